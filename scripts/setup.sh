@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Provision this machine for criu-rs: Debian packages, and a CRIU >= 4.1
+# (with libcriu, its headers and criu.pc) whose `criu check` passes.
+#
+# Idempotent: on a provisioned machine it installs and rebuilds nothing.
+# Must run as root. See ../shared/ENVIRONMENT.md for why CRIU is built here.
+set -euo pipefail
+
+CRIU_VERSIONS=("4.2.1-1" "4.1.1-1")   # Debian source versions to try, in order
+CRIU_SUITES=("sid" "trixie")           # suites whose deb-src provide them
+CRIU_MIN="4.1"
+PREFIX=/usr/local
+STATE_DIR=${CRIU_RS_STATE_DIR:-/var/cache/criu-rs}
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "must run as root (CRIU needs it, and so does installing packages); try: sudo $0"
+command -v apt-get >/dev/null || die "apt-get not found: this script provisions Debian (12 or newer)"
+
+PACKAGES=(
+  # bindgen and the Rust build
+  libclang-dev clang pkg-config gcc make
+  # CRIU's build dependencies
+  libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
+  python3-protobuf libnl-3-dev libnet1-dev libcap-dev libaio-dev libbsd-dev
+  libgnutls28-dev uuid-dev libnftables-dev xz-utils
+  # what tests and examples use
+  iproute2 iptables busybox-static runc util-linux procps
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || die "apt-get update failed: is the package registry reachable?"
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || die "apt-get install failed for: ${missing[*]}"
+fi
+
+# The distro's CRIU 3.x cannot work on this kernel; make sure it cannot shadow ours.
+if dpkg-query -W -f='${Status}' criu 2>/dev/null | grep -q 'install ok installed'; then
+  log "removing Debian's criu package (too old for this kernel)"
+  apt-get remove -y -qq criu >/dev/null || die "could not remove the distro criu package"
+fi
+
+export PATH="$PREFIX/sbin:$PATH"
+export PKG_CONFIG_PATH="$PREFIX/lib/x86_64-linux-gnu/pkgconfig:$PREFIX/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+
+version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
+
+criu_ok() {
+  local bin v pcv
+  bin=$(command -v criu) || return 1
+  v=$("$bin" --version 2>/dev/null | awk '/^Version:/ {print $2}')
+  [ -n "$v" ] && version_ge "$v" "$CRIU_MIN" || return 1
+  pcv=$(pkg-config --modversion criu 2>/dev/null) || return 1
+  [ "$pcv" = "$v" ] || { log "criu binary $v and pkg-config criu $pcv disagree"; return 1; }
+  "$bin" check >/dev/null 2>&1 || return 1
+  log "CRIU $v at $bin passes 'criu check'; keeping it"
+}
+
+# The mirror this machine already uses for Debian, read from its apt sources.
+debian_mirror() {
+  local uri=""
+  if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+    uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources)
+  fi
+  if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
+    uri=$(awk '$1 == "deb" && $0 !~ /security/ {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' /etc/apt/sources.list)
+  fi
+  [ -n "$uri" ] || die "cannot find a Debian mirror in /etc/apt/sources.list{,.d}"
+  printf '%s\n' "$uri"
+}
+
+build_criu() {
+  local mirror aptdir srcdir tarball deb_ver up_ver want got logf i
+  mirror=$(debian_mirror)
+  aptdir="$STATE_DIR/apt"
+  srcdir="$STATE_DIR/src"
+  mkdir -p "$aptdir/lists/partial" "$srcdir"
+  : > "$aptdir/sources.list"
+  for s in "${CRIU_SUITES[@]}"; do
+    echo "deb-src $mirror $s main" >> "$aptdir/sources.list"
+  done
+  # A private apt configuration: the system's sources stay as they are.
+  local APT=(-o "Dir::Etc::SourceList=$aptdir/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
+             -o "Dir::State::Lists=$aptdir/lists")
+  log "reading Debian source indexes (${CRIU_SUITES[*]}) into $aptdir"
+  apt-get "${APT[@]}" update -qq >"$aptdir/update.log" 2>&1 \
+    || die "apt-get update of the deb-src indexes failed (see $aptdir/update.log): is the package registry reachable?"
+
+  for i in "${!CRIU_VERSIONS[@]}"; do
+    deb_ver=${CRIU_VERSIONS[$i]}
+    up_ver=${deb_ver%-*}
+    tarball="$srcdir/criu_${up_ver}.orig.tar.xz"
+    # showsrc prints one stanza per version; take the one asked for.
+    want=$(apt-cache "${APT[@]}" showsrc criu 2>/dev/null | awk -v v="$deb_ver" '
+      /^$/ {stanza_ver=""; f=0}
+      /^Version:/ {stanza_ver=$2}
+      /^Checksums-Sha256:/ {f=1; next}
+      /^[^ ]/ {f=0}
+      f && stanza_ver == v && $3 ~ /orig\.tar\.xz$/ {print $1; exit}')
+    if [ -z "$want" ]; then
+      log "criu $deb_ver is not in the source indexes; trying the next version"
+      continue
+    fi
+    if [ ! -f "$tarball" ] || [ "$(sha256sum "$tarball" | cut -d' ' -f1)" != "$want" ]; then
+      rm -f "$tarball"
+      log "downloading criu $deb_ver source"
+      # The mirror may serve the .orig tarball but 404 the .debian one, so
+      # apt-get's exit code is not trusted: the checksum below decides.
+      (cd "$srcdir" && apt-get "${APT[@]}" source --download-only "criu=$deb_ver" >"$srcdir/download.log" 2>&1) || true
+    fi
+    [ -f "$tarball" ] || { log "no tarball for criu $deb_ver (see $srcdir/download.log)"; continue; }
+    got=$(sha256sum "$tarball" | cut -d' ' -f1)
+    [ "$got" = "$want" ] || die "checksum mismatch for $tarball: got $got, the apt index says $want"
+    log "sha256 of $(basename "$tarball") verified: $got"
+
+    local build="$srcdir/criu-$up_ver"
+    rm -rf "$build"
+    tar -C "$srcdir" -xf "$tarball"
+    [ -d "$build" ] || die "unpacking $tarball did not give $build"
+    logf="$srcdir/build-$up_ver.log"
+    log "building CRIU $up_ver (log: $logf)"
+    if ! make -C "$build" -j"$(nproc)" criu lib >"$logf" 2>&1; then
+      tail -n 20 "$logf" >&2
+      die "building CRIU $up_ver failed; full log: $logf"
+    fi
+    if ! make -C "$build" install-criu install-lib PREFIX="$PREFIX" SKIP_PIP_INSTALL=1 >>"$logf" 2>&1; then
+      tail -n 20 "$logf" >&2
+      die "installing CRIU $up_ver failed; full log: $logf"
+    fi
+    ldconfig
+    return 0
+  done
+  die "no CRIU source version (${CRIU_VERSIONS[*]}) could be downloaded and verified"
+}
+
+if ! criu_ok; then
+  build_criu
+  hash -r
+  criu_ok || die "CRIU was installed to $PREFIX but 'criu check' or pkg-config still fails; run 'criu check' to see why"
+fi
+
+# pkg-config must find our criu.pc without the caller setting PKG_CONFIG_PATH.
+pcdir=$(pkg-config --variable=pcfiledir criu)
+if ! PKG_CONFIG_PATH= pkg-config --exists criu 2>/dev/null; then
+  log "note: $pcdir is not on pkg-config's default path; set PKG_CONFIG_PATH=$pcdir (the Makefile does)"
+fi
+log "ready: $(criu --version | head -n1), libcriu from $pcdir"
