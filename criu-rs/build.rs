@@ -16,4 +16,7 @@ fn main() {
         }
     }
     println!("cargo:rustc-env=CRIU_RS_HEADER_VERSION={version}");
+    println!("cargo:rerun-if-env-changed=DEP_CRIU_BINDINGS");
+    let bindings = std::env::var("DEP_CRIU_BINDINGS").unwrap_or_default();
+    println!("cargo:rustc-env=CRIU_RS_BINDINGS={bindings}");
 }

@@ -168,7 +168,10 @@ fn main() {
         .generate()
         .unwrap_or_else(|e| fail(&format!("bindgen failed on {}: {e}", header.display())));
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let path = out.join("bindings.rs");
     bindings
-        .write_to_file(out.join("bindings.rs"))
+        .write_to_file(&path)
         .unwrap_or_else(|e| fail(&format!("cannot write the bindings: {e}")));
+    // Seen by dependents as DEP_CRIU_BINDINGS (criu-rs checks its coverage).
+    println!("cargo:bindings={}", path.display());
 }

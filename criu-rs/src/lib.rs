@@ -1,3 +1,92 @@
-//! Safe checkpoint/restore with CRIU.
+//! Safe, typed checkpoint/restore of Linux processes with
+//! [CRIU](https://criu.org), over libcriu.
+//!
+//! ```no_run
+//! use criu::{Criu, ImagesDir, Options};
+//!
+//! # fn main() -> criu::Result<()> {
+//! let criu = Criu::new();
+//! let images = ImagesDir::create("/tmp/checkpoint")?;
+//!
+//! // Freeze process 1234 and its children, write their state, stop them.
+//! let dump = criu.dump(
+//!     Options::new()
+//!         .pid(1234)
+//!         .images_dir(&images)
+//!         .log_file("dump.log"),
+//! )?;
+//! if let Some(stats) = dump.stats {
+//!     println!("stopped for {:?}, {} pages", stats.stopped_time(), stats.pages_written);
+//! }
+//!
+//! // Bring them back (same pids), detached from this process.
+//! let restored = criu.restore(Options::new().images_dir(&images).log_file("restore.log"))?;
+//! println!("restored, root pid {}", restored.pid);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Concepts
+//!
+//! * [`Criu`]: the client and its operations ([`Criu::dump`],
+//!   [`Criu::pre_dump`], [`Criu::dump_iters`], [`Criu::restore`],
+//!   [`Criu::restore_child`], [`Criu::check`], [`Criu::version`],
+//!   [`Criu::feature_check`]).
+//! * [`Options`]: every libcriu setter, typed, plus CLI-only options.
+//! * [`Notification`] / [`Event`]: CRIU's notifications as a closure.
+//! * [`ImagesDir`]: a checkpoint's directory.
+//! * [`DumpReport`], [`RestoreReport`], [`Stats`]: times and CRIU's statistics.
+//! * [`Error`]: what went wrong, where, and what CRIU's log said.
+//!
+//! # Concurrency
+//!
+//! libcriu keeps process-global state that every request writes (the errno
+//! it reports, the received orphan-pts fd). The crate therefore runs one
+//! libcriu request at a time per process: calls from several threads are
+//! safe and all complete, but they take turns. Two dumps of the same pid at
+//! once are refused ([`InvalidKind::Busy`]) rather than queued, and a
+//! request cannot be started from inside a notification closure.
+//!
+//! # Security
+//!
+//! * CRIU trusts its images: restoring images from an untrusted source
+//!   means running code of the source's choosing, as root.
+//! * Images hold process memory in clear. [`ImagesDir::create`] makes
+//!   directories 0700; keep them so.
+//! * [`Options::config_file`] is read by CRIU like a command line: never
+//!   build it from untrusted input. The CLI-only options the crate passes
+//!   that way are validated (no spaces, quotes or comments).
+
 #![deny(missing_docs)]
+#![warn(rust_2018_idioms)]
+
+mod child;
+mod client;
+mod error;
+mod images;
+mod notify;
+mod options;
+mod raw;
+mod report;
+mod stats;
+mod version;
+
+/// The raw bindings, for what this crate does not wrap.
 pub use criu_sys as sys;
+
+pub use child::RestoredChild;
+pub use client::Criu;
+pub use error::{Context, Error, InvalidKind, Operation, Result};
+pub use images::ImagesDir;
+pub use notify::{Event, Iteration, Notification};
+pub use options::{
+    CgroupMode, CpuCap, FileValidation, LogLevel, Namespace, NetworkLock, Options, PreDumpMode,
+};
+pub use report::{DumpReport, RestoreReport};
+pub use stats::{DumpStats, RestoreStats, Stats};
+pub use version::{Features, Version};
+
+/// The README's example, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -1,0 +1,383 @@
+//! Errors: what went wrong, in which operation, for which pid, and what CRIU's
+//! log said about it.
+
+use std::fmt;
+use std::io;
+
+use nix::errno::Errno;
+use serde::Serialize;
+
+/// The libcriu request an error belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Operation {
+    /// `criu check`.
+    Check,
+    /// Asking the binary for its version.
+    Version,
+    /// Asking which optional features the kernel and CRIU support.
+    FeatureCheck,
+    /// A checkpoint.
+    Dump,
+    /// A single memory pre-dump.
+    PreDump,
+    /// Iterative pre-dumps followed by a dump.
+    DumpIters,
+    /// A restore (detached from the caller).
+    Restore,
+    /// A restore whose root task becomes the caller's child.
+    RestoreChild,
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Operation::Check => "check",
+            Operation::Version => "version",
+            Operation::FeatureCheck => "feature check",
+            Operation::Dump => "dump",
+            Operation::PreDump => "pre-dump",
+            Operation::DumpIters => "iterative dump",
+            Operation::Restore => "restore",
+            Operation::RestoreChild => "restore (as child)",
+        })
+    }
+}
+
+/// Where an error happened: the operation, the pid it concerned, and the
+/// `Error (...)` lines CRIU wrote to its log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Context {
+    /// The operation, when the error came from one.
+    pub operation: Option<Operation>,
+    /// The pid the operation was about, when there was one.
+    pub pid: Option<i32>,
+    /// `Error (...)` lines of CRIU's log, without the harmless
+    /// `RLIMIT_NOFILE` complaint CRIU prints on every run.
+    pub log_errors: Vec<String>,
+    /// Name of the log file inside the work directory, when one was read.
+    pub log_file: Option<String>,
+}
+
+impl Context {
+    pub(crate) fn new(operation: Operation, pid: Option<i32>) -> Context {
+        Context {
+            operation: Some(operation),
+            pid,
+            ..Context::default()
+        }
+    }
+
+    /// A one-line rendering of the log lines, empty when there are none.
+    fn log_suffix(&self) -> String {
+        if self.log_errors.is_empty() {
+            return String::new();
+        }
+        let file = self.log_file.as_deref().unwrap_or("log");
+        format!(
+            "\n  CRIU's {file} says:\n    {}",
+            self.log_errors.join("\n    ")
+        )
+    }
+
+    fn log_mentions(&self, needle: &str) -> bool {
+        self.log_errors.iter().any(|l| l.contains(needle))
+    }
+}
+
+impl fmt::Display for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.operation, self.pid) {
+            (Some(op), Some(pid)) => write!(f, "{op} of pid {pid}"),
+            (Some(op), None) => write!(f, "{op}"),
+            (None, Some(pid)) => write!(f, "pid {pid}"),
+            (None, None) => f.write_str("criu"),
+        }
+    }
+}
+
+/// Why an argument was rejected before CRIU was called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InvalidKind {
+    /// The value is malformed (a log file name with a `/`, an empty key...).
+    Malformed,
+    /// The process does not exist.
+    NoSuchProcess,
+    /// A path that must exist does not.
+    NotFound,
+    /// The images directory already holds a checkpoint.
+    ImagesExist,
+    /// The images directory holds no checkpoint.
+    NoImages,
+    /// A required option is missing.
+    Missing,
+    /// Two options cannot be combined.
+    Conflict,
+    /// A pid is being checkpointed by another call of this process.
+    Busy,
+}
+
+/// The error type of this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// libcriu could not start or connect to the `criu` service (is the
+    /// binary installed, on `PATH`, and are we root?).
+    #[error("{ctx}: cannot reach CRIU: {source}{}", .ctx.log_suffix())]
+    Connect {
+        /// Where it happened.
+        ctx: Context,
+        /// The OS error libcriu saw.
+        source: io::Error,
+    },
+    /// The connection to CRIU broke while a request or response was in
+    /// flight (CRIU may have crashed: see its log).
+    #[error("{ctx}: the connection to CRIU broke mid-request{}", .ctx.log_suffix())]
+    Communication {
+        /// Where it happened.
+        ctx: Context,
+    },
+    /// CRIU ran the request and reported failure.
+    #[error("{ctx}: CRIU refused the request{}{}", errno_suffix(.errno), .ctx.log_suffix())]
+    Refused {
+        /// Where it happened.
+        ctx: Context,
+        /// CRIU's errno for the failure, when it sent one.
+        errno: Option<Errno>,
+    },
+    /// The installed CRIU or kernel does not support what was asked.
+    #[error("{ctx}: not supported here: {what}{}", .ctx.log_suffix())]
+    Unsupported {
+        /// Where it happened.
+        ctx: Context,
+        /// What is missing.
+        what: String,
+    },
+    /// CRIU answered something libcriu did not expect (a version mismatch
+    /// between libcriu and the binary is the usual cause).
+    #[error("{ctx}: unexpected response from CRIU{}", .ctx.log_suffix())]
+    BadResponse {
+        /// Where it happened.
+        ctx: Context,
+    },
+    /// The notification closure refused an event, which failed the operation.
+    #[error("{ctx}: the notification handler refused `{event}`: {reason}{}", .ctx.log_suffix())]
+    NotificationRefused {
+        /// Where it happened.
+        ctx: Context,
+        /// CRIU's name of the event (`post-dump`, ...).
+        event: String,
+        /// What the handler said.
+        reason: String,
+    },
+    /// The `dump_iters` closure asked to abort.
+    #[error("{ctx}: aborted by the caller after {iterations} pre-dump iteration(s)")]
+    Aborted {
+        /// Where it happened.
+        ctx: Context,
+        /// How many pre-dumps had completed.
+        iterations: u32,
+    },
+    /// An argument was rejected before CRIU was called.
+    #[error("{}invalid argument: {message}", op_prefix(.operation))]
+    InvalidArgument {
+        /// The operation it was meant for, if any.
+        operation: Option<Operation>,
+        /// The kind of problem.
+        kind: InvalidKind,
+        /// What is wrong, in words.
+        message: String,
+    },
+    /// An image file could not be decoded.
+    #[error("bad image {file}: {message}")]
+    BadImage {
+        /// The file's name.
+        file: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// An I/O error outside CRIU (creating directories, reading logs...).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+fn errno_suffix(errno: &Option<Errno>) -> String {
+    match errno {
+        Some(e) => format!(" (errno {}: {})", *e as i32, e.desc()),
+        None => String::new(),
+    }
+}
+
+fn op_prefix(op: &Option<Operation>) -> String {
+    op.map(|o| format!("{o}: ")).unwrap_or_default()
+}
+
+impl Error {
+    pub(crate) fn invalid(
+        operation: Option<Operation>,
+        kind: InvalidKind,
+        message: impl Into<String>,
+    ) -> Error {
+        Error::InvalidArgument {
+            operation,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Error {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// The context (operation, pid, CRIU log lines), for errors from CRIU.
+    pub fn context(&self) -> Option<&Context> {
+        match self {
+            Error::Connect { ctx, .. }
+            | Error::Communication { ctx }
+            | Error::Refused { ctx, .. }
+            | Error::Unsupported { ctx, .. }
+            | Error::BadResponse { ctx }
+            | Error::NotificationRefused { ctx, .. }
+            | Error::Aborted { ctx, .. } => Some(ctx),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn context_mut(&mut self) -> Option<&mut Context> {
+        match self {
+            Error::Connect { ctx, .. }
+            | Error::Communication { ctx }
+            | Error::Refused { ctx, .. }
+            | Error::Unsupported { ctx, .. }
+            | Error::BadResponse { ctx }
+            | Error::NotificationRefused { ctx, .. }
+            | Error::Aborted { ctx, .. } => Some(ctx),
+            _ => None,
+        }
+    }
+
+    /// The operation the error belongs to.
+    pub fn operation(&self) -> Option<Operation> {
+        match self {
+            Error::InvalidArgument { operation, .. } => *operation,
+            _ => self.context().and_then(|c| c.operation),
+        }
+    }
+
+    /// The `Error (...)` lines of CRIU's log (empty when none were read).
+    pub fn log_errors(&self) -> &[String] {
+        self.context().map_or(&[], |c| &c.log_errors)
+    }
+
+    /// CRIU's errno, when CRIU refused the request and sent one.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            Error::Refused { errno, .. } => *errno,
+            _ => None,
+        }
+    }
+
+    /// The kind of invalid argument, for errors found before calling CRIU.
+    pub fn invalid_kind(&self) -> Option<InvalidKind> {
+        match self {
+            Error::InvalidArgument { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+
+    /// A restore failed because a pid it needs is taken by a live process
+    /// (CRIU restores tasks with their original pids).
+    pub fn is_pid_in_use(&self) -> bool {
+        match self {
+            Error::Refused { ctx, errno } => {
+                *errno == Some(Errno::EEXIST)
+                    || ctx.log_mentions("File exists")
+                    || ctx.log_mentions("is already taken")
+            }
+            _ => false,
+        }
+    }
+
+    /// The process, file or directory named in the request does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self.invalid_kind(),
+            Some(InvalidKind::NoSuchProcess | InvalidKind::NotFound | InvalidKind::NoImages)
+        ) || self.errno() == Some(Errno::ESRCH)
+            || self.errno() == Some(Errno::ENOENT)
+    }
+
+    /// CRIU, libcriu or the kernel lacks what was asked for.
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, Error::Unsupported { .. })
+    }
+
+    /// CRIU could not be started or reached at all.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Error::Connect { .. })
+    }
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Keeps `Error (...)` lines from a CRIU log, minus known harmless ones.
+pub(crate) fn error_lines(log: &str) -> Vec<String> {
+    const MAX: usize = 20;
+    let mut lines: Vec<String> = log
+        .lines()
+        .filter(|l| l.contains("Error (") || l.contains("BUG at"))
+        .filter(|l| !l.contains("RLIMIT_NOFILE"))
+        .map(|l| l.trim().to_string())
+        .collect();
+    if lines.len() > MAX {
+        let dropped = lines.len() - MAX;
+        lines.drain(..dropped);
+        lines.insert(0, format!("({dropped} earlier error lines omitted)"));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_filter_drops_rlimit_and_keeps_errors() {
+        let log = "(00.001) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n\
+                   (00.002) Warn  (criu/x.c:1): whatever\n\
+                   (00.003) Error (criu/cr-restore.c:1234): Can't fork for 42: File exists\n";
+        let lines = error_lines(log);
+        assert_eq!(
+            lines,
+            vec!["(00.003) Error (criu/cr-restore.c:1234): Can't fork for 42: File exists"]
+        );
+    }
+
+    #[test]
+    fn display_names_operation_pid_and_log() {
+        let mut ctx = Context::new(Operation::Restore, Some(42));
+        ctx.log_errors = vec!["Error (x): Can't fork for 42: File exists".into()];
+        ctx.log_file = Some("restore.log".into());
+        let e = Error::Refused {
+            ctx,
+            errno: Some(Errno::EEXIST),
+        };
+        let s = e.to_string();
+        assert!(s.starts_with("restore of pid 42: CRIU refused the request (errno 17"));
+        assert!(s.contains("restore.log says"));
+        assert!(s.contains("Can't fork for 42"));
+        assert!(e.is_pid_in_use());
+        assert!(!e.is_not_found());
+    }
+}

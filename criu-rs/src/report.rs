@@ -1,0 +1,43 @@
+//! What each operation returns: wall time measured by the crate plus CRIU's
+//! own statistics.
+
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+use crate::stats::{DumpStats, RestoreStats};
+
+fn micros<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// The result of a dump or pre-dump. In JSON, CRIU's statistics appear
+/// flattened beside `pid` and `wall_time_us`, under CRIU's own field names.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct DumpReport {
+    /// The dumped tree's root pid.
+    pub pid: i32,
+    /// Wall time of the libcriu call, as this process saw it.
+    #[serde(rename = "wall_time_us", serialize_with = "micros")]
+    pub wall_time: Duration,
+    /// Pre-dump passes before the final dump (for `dump_iters`; else 0).
+    pub iterations: u32,
+    /// CRIU's statistics (`stats-dump`), when it wrote them.
+    #[serde(flatten)]
+    pub stats: Option<DumpStats>,
+}
+
+/// The result of a restore.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct RestoreReport {
+    /// The restored tree's root pid.
+    pub pid: i32,
+    /// Wall time of the libcriu call, as this process saw it.
+    #[serde(rename = "wall_time_us", serialize_with = "micros")]
+    pub wall_time: Duration,
+    /// CRIU's statistics (`stats-restore`), when it wrote them.
+    #[serde(flatten)]
+    pub stats: Option<RestoreStats>,
+}
