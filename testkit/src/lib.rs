@@ -1,0 +1,301 @@
+//! Test support for criu-rs: a workload process to checkpoint, and guards
+//! that clean up what a test started. Used by the integration tests in
+//! `tests/`, by the examples and by the benches; not a public API.
+
+use std::fs;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Where the workload binary is: `CRIU_RS_WORKLOAD_BIN`, else next to the
+/// running executable or one directory up (examples and benches live in
+/// subdirectories of cargo's target directory).
+pub fn workload_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CRIU_RS_WORKLOAD_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    for _ in 0..3 {
+        let candidate = dir.join("criu-rs-workload");
+        if candidate.exists() {
+            return candidate;
+        }
+        if !dir.pop() {
+            break;
+        }
+    }
+    PathBuf::from("criu-rs-workload")
+}
+
+/// One line of the workload's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tick {
+    /// The counter: 1, 2, 3...
+    pub seq: u64,
+    /// When it was written, in nanoseconds since the Unix epoch.
+    pub unix_ns: u128,
+}
+
+/// The counting (and optionally memory-holding) workload, started as a
+/// child of this process in a session of its own, with its own output file.
+/// Dropping it kills it (by pid) and reaps it if it is still our child.
+#[derive(Debug)]
+pub struct Workload {
+    child: Option<Child>,
+    pid: i32,
+    output: PathBuf,
+}
+
+impl Workload {
+    /// Starts `bin OUTPUT --interval-us N [--memory-mib M]`.
+    pub fn spawn(
+        bin: &Path,
+        output: &Path,
+        interval: Duration,
+        memory_mib: usize,
+    ) -> io::Result<Workload> {
+        Self::spawn_in(bin, output, interval, memory_mib, |_| Ok(()))
+    }
+
+    /// Like [`Workload::spawn`] but in this process's session and process
+    /// group, as a shell job would be (CRIU needs `shell_job` for it).
+    pub fn spawn_shell_job(bin: &Path, output: &Path, interval: Duration) -> io::Result<Workload> {
+        Self::start(bin, output, interval, 0, false, |_| Ok(()))
+    }
+
+    /// Like [`Workload::spawn`], running `setup` in the child after
+    /// `setsid` and before exec (to enter a network namespace, say).
+    pub fn spawn_in(
+        bin: &Path,
+        output: &Path,
+        interval: Duration,
+        memory_mib: usize,
+        setup: impl Fn(&mut Command) -> io::Result<()>,
+    ) -> io::Result<Workload> {
+        Self::start(bin, output, interval, memory_mib, true, setup)
+    }
+
+    fn start(
+        bin: &Path,
+        output: &Path,
+        interval: Duration,
+        memory_mib: usize,
+        own_session: bool,
+        setup: impl Fn(&mut Command) -> io::Result<()>,
+    ) -> io::Result<Workload> {
+        let mut cmd = Command::new(bin);
+        cmd.arg(output)
+            .arg("--interval-us")
+            .arg(interval.as_micros().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if memory_mib > 0 {
+            cmd.arg("--memory-mib").arg(memory_mib.to_string());
+        }
+        if own_session {
+            // SAFETY: setsid is async-signal-safe; a session of its own lets
+            // CRIU dump the workload without --shell-job.
+            unsafe {
+                cmd.pre_exec(|| {
+                    nix::unistd::setsid().map_err(io::Error::from)?;
+                    Ok(())
+                });
+            }
+        }
+        setup(&mut cmd)?;
+        let child = cmd.spawn()?;
+        let w = Workload {
+            pid: child.id() as i32,
+            child: Some(child),
+            output: output.to_path_buf(),
+        };
+        // Ready once the pattern is in place and the first tick is out.
+        w.wait_for_seq(1, Duration::from_secs(60 + memory_mib as u64 / 16))?;
+        Ok(w)
+    }
+
+    /// The workload's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Its output file.
+    pub fn output(&self) -> &Path {
+        &self.output
+    }
+
+    /// All ticks written so far.
+    pub fn ticks(&self) -> Vec<Tick> {
+        read_ticks(&self.output)
+    }
+
+    /// The last counter value written, 0 before the first.
+    pub fn last_seq(&self) -> u64 {
+        self.ticks().last().map_or(0, |t| t.seq)
+    }
+
+    /// Waits until the counter reaches `seq`.
+    pub fn wait_for_seq(&self, seq: u64, timeout: Duration) -> io::Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = self.last_seq();
+            if last >= seq {
+                return Ok(last);
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "workload {} reached {last}, not {seq}, in {timeout:?}",
+                        self.pid
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether the counter advances within `timeout` (the process runs).
+    pub fn advances(&self, timeout: Duration) -> bool {
+        let now = self.last_seq();
+        self.wait_for_seq(now + 2, timeout).is_ok()
+    }
+
+    /// The checksum the workload computed after filling its memory.
+    pub fn memory_checksum(&self) -> Option<String> {
+        let text = fs::read_to_string(&self.output).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("memory "))
+            .and_then(|r| r.split_whitespace().nth(1))
+            .map(str::to_string)
+    }
+
+    /// Asks process `pid` (this workload, or its restored self) to verify
+    /// its memory, and returns `(checksum, ok)` from its answer.
+    pub fn verify_memory(&self, pid: i32, timeout: Duration) -> io::Result<(String, bool)> {
+        let count = |t: &str| t.lines().filter(|l| l.starts_with("verify ")).count();
+        let before = count(&fs::read_to_string(&self.output)?);
+        kill(Pid::from_raw(pid), Signal::SIGUSR1).map_err(io::Error::from)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = fs::read_to_string(&self.output)?;
+            if count(&text) > before {
+                let line = text
+                    .lines()
+                    .rfind(|l| l.starts_with("verify "))
+                    .unwrap_or("");
+                let mut parts = line.split_whitespace().skip(1);
+                let sum = parts.next().unwrap_or("").to_string();
+                return Ok((sum, parts.next() == Some("ok")));
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "no verify answer"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether the original process is still alive (and not a zombie).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => true,
+            Some(Ok(Some(_))) => {
+                self.child = None;
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Reaps the original process after a dump killed it, so its pid is
+    /// free for the restore. Waits at most `timeout`.
+    pub fn reap(&mut self, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while let Some(child) = self.child.as_mut() {
+            if child.try_wait()?.is_some() {
+                self.child = None;
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the workload did not exit",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
+    /// Stops owning the original process (it was restored elsewhere, say).
+    pub fn forget(&mut self) {
+        self.child = None;
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Parses `tick SEQ NS` lines.
+pub fn read_ticks(path: &Path) -> Vec<Tick> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut p = l.strip_prefix("tick ")?.split_whitespace();
+            Some(Tick {
+                seq: p.next()?.parse().ok()?,
+                unix_ns: p.next()?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Kills a process that is not our child by pid when dropped (a restored
+/// tree, whose parent is init). Signals only the pid it was given.
+#[derive(Debug)]
+pub struct KillOnDrop(pub i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
+            wait_gone(self.0, Duration::from_secs(5));
+        }
+    }
+}
+
+/// Waits until `/proc/PID` is gone (reaped by whoever is its parent).
+pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// Whether `pid` is alive and not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
