@@ -1,0 +1,26 @@
+# The two commands a new machine needs (both run the set-up first, as root):
+#   make demo   - the main job
+#   make test   - the whole test suite
+SHELL := /bin/bash
+export PATH := /usr/local/sbin:/usr/local/bin:$(PATH)
+
+.PHONY: root setup demo test lint bad-env
+
+root:
+	@[ "$$(id -u)" = 0 ] || { echo "error: run as root (CRIU needs it): sudo make $(MAKECMDGOALS)" >&2; exit 1; }
+
+setup: root
+	bash scripts/setup.sh
+
+demo: setup
+	cargo build --release -p criu-testkit --bins
+	cargo run --release -p criu-rs-examples --example dump_restore
+
+test: setup
+	cargo build -p criu-testkit --bins
+	cargo test --workspace
+	bash scripts/check-bad-env.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
