@@ -108,7 +108,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
-                print!("dumped pid {pid} into {} in {:?}", images_dir.display(), report.wall_time);
+                print!(
+                    "dumped pid {pid} into {} in {:?}",
+                    images_dir.display(),
+                    report.wall_time
+                );
                 if let Some(s) = report.stats {
                     print!(
                         " (stopped {:?}, {} pages written)",
@@ -150,7 +154,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let images = ImagesDir::open(&images_dir)?;
             let dump = images.dump_stats()?.and_then(|s| s.dump);
             let restore = images.restore_stats()?.and_then(|s| s.restore);
-            println!("{}", serde_json::json!({ "dump": dump, "restore": restore }));
+            println!(
+                "{}",
+                serde_json::json!({ "dump": dump, "restore": restore })
+            );
         }
     }
     Ok(())

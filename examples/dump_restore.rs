@@ -14,17 +14,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::Builder::new().prefix("criu-rs-demo-").tempdir()?;
     let bin = workload_bin();
     if !bin.exists() {
-        return Err(format!("{} not found: run `cargo build -p criu-testkit --bins` first", bin.display()).into());
+        return Err(format!(
+            "{} not found: run `cargo build -p criu-testkit --bins` first",
+            bin.display()
+        )
+        .into());
     }
-    let mut w = Workload::spawn(&bin, &dir.path().join("counter.log"), Duration::from_millis(1), 16)?;
+    let mut w = Workload::spawn(
+        &bin,
+        &dir.path().join("counter.log"),
+        Duration::from_millis(1),
+        16,
+    )?;
     w.wait_for_seq(100, Duration::from_secs(10))?;
 
     let images = ImagesDir::create(dir.path().join("images"))?;
-    let dump = criu.dump(Options::new().pid(w.pid()).images_dir(&images).log_file("dump.log"))?;
+    let dump = criu.dump(
+        Options::new()
+            .pid(w.pid())
+            .images_dir(&images)
+            .log_file("dump.log"),
+    )?;
     w.reap(Duration::from_secs(10))?;
     let at_dump = w.last_seq();
 
-    let (mut child, restore) = criu.restore_child(Options::new().images_dir(&images).log_file("restore.log"))?;
+    let (mut child, restore) =
+        criu.restore_child(Options::new().images_dir(&images).log_file("restore.log"))?;
     w.forget();
     w.wait_for_seq(at_dump + 100, Duration::from_secs(10))?;
     let (sum, intact) = w.verify_memory(child.pid(), Duration::from_secs(10))?;
@@ -39,10 +54,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     child.wait()?;
 
     let ds = dump.stats.ok_or("CRIU wrote no dump statistics")?;
-    println!("pid {} dumped at tick {at_dump}, restored as pid {}", dump.pid, restore.pid);
-    println!("  dump     {:>9.1} ms wall, frozen {:.1} ms, {} pages", ms(dump.wall_time), ms(ds.stopped_time()), ds.pages_written);
+    println!(
+        "pid {} dumped at tick {at_dump}, restored as pid {}",
+        dump.pid, restore.pid
+    );
+    println!(
+        "  dump     {:>9.1} ms wall, frozen {:.1} ms, {} pages",
+        ms(dump.wall_time),
+        ms(ds.stopped_time()),
+        ds.pages_written
+    );
     println!("  restore  {:>9.1} ms wall", ms(restore.wall_time));
-    println!("  longest pause the process saw: {:.1} ms", gap as f64 / 1e6);
+    println!(
+        "  longest pause the process saw: {:.1} ms",
+        gap as f64 / 1e6
+    );
     println!("  counter continued without repeat or reset: {continuous}");
     println!("  16 MiB memory pattern intact after restore: {intact} (checksum {sum})");
     if !(continuous && intact) {

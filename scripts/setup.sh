@@ -148,6 +148,17 @@ if ! criu_ok; then
   criu_ok || die "CRIU was installed to $PREFIX but 'criu check' or pkg-config still fails; run 'criu check' to see why"
 fi
 
+# CRIU's lazy-pages server asks for pipes of ~3.2 MiB (PIPE_MAX_SIZE in
+# criu/include/page-pipe.h). Without CAP_SYS_RESOURCE (root here lacks it)
+# F_SETPIPE_SZ may not exceed fs.pipe-max-size (default 1 MiB), and CRIU
+# 4.2.1 ignores that failure, then fails serving pages with "splice: -1: Bad
+# file descriptor". Raise the limit (a runtime sysctl; lost on reboot).
+PIPE_MIN=4194304
+if [ "$(cat /proc/sys/fs/pipe-max-size)" -lt "$PIPE_MIN" ]; then
+  log "raising fs.pipe-max-size to $PIPE_MIN for CRIU's lazy-pages server"
+  echo "$PIPE_MIN" > /proc/sys/fs/pipe-max-size || die "cannot raise fs.pipe-max-size (lazy pages will fail)"
+fi
+
 # pkg-config must find our criu.pc without the caller setting PKG_CONFIG_PATH.
 pcdir=$(pkg-config --variable=pcfiledir criu)
 if ! PKG_CONFIG_PATH= pkg-config --exists criu 2>/dev/null; then
