@@ -26,7 +26,8 @@ use crate::version::{Features, Version};
 /// Serialises libcriu calls: libcriu keeps process-global state that every
 /// call writes (`saved_errno`, the orphan pts fd), so two calls at once
 /// would race on it. CRIU's own work dominates each call; see the crate
-/// docs on concurrency.
+/// docs on concurrency. A lazy dump does not take it: it blocks until its
+/// pages are served, possibly to a lazy restore made by this same process.
 static LIBCRIU: Mutex<()> = Mutex::new(());
 
 /// Pids with a dump in progress in this process.
@@ -295,11 +296,13 @@ impl Criu {
             unsafe { sys::criu_local_set_notify_cb(raw.as_ptr(), Some(notify_trampoline)) };
         }
         let ctx = Context::new(op, opts.get_pid());
+        let blocks_on_peer = op == Operation::Dump && opts.wants_lazy_pages();
         let work_dir = opts.get_work_dir();
         let log_name = opts.log_file_name().to_string();
 
         let (rc, errno, wall, outcome) = {
-            let _lock = LIBCRIU.lock().unwrap_or_else(|e| e.into_inner());
+            let _lock =
+                (!blocks_on_peer).then(|| LIBCRIU.lock().unwrap_or_else(|e| e.into_inner()));
             IN_CALL.with(|c| c.set(true));
             // SAFETY: the closures live in `opts` and `iter`, which outlive
             // `installed`; it is finished on this thread before they end.
@@ -451,11 +454,19 @@ impl Criu {
     }
 
     fn dump_report(opts: &Options<'_>, wall: Duration, iterations: u32) -> DumpReport {
+        let mut stats = read_stats(opts.get_work_dir(), "stats-dump").and_then(|s| s.dump);
+        // CRIU (4.2.1) re-initialises its dump counters when a lazy dump
+        // starts serving pages (init_stats in cr_page_server), so the file
+        // it writes at the end holds zeros and a frozen_time measured from
+        // nothing. Such statistics would mislead; drop them.
+        if opts.wants_lazy_pages() && stats.is_some_and(|s| s.pages_scanned == 0) {
+            stats = None;
+        }
         DumpReport {
             pid: opts.get_pid().unwrap_or(0),
             wall_time: wall,
             iterations,
-            stats: read_stats(opts.get_work_dir(), "stats-dump").and_then(|s| s.dump),
+            stats,
         }
     }
 

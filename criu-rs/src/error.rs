@@ -198,6 +198,13 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// A CRIU daemon (page server, lazy-pages) failed; the message quotes
+    /// its log.
+    #[error("{message}")]
+    Daemon {
+        /// What happened, with the daemon's `Error (...)` lines.
+        message: String,
+    },
     /// An I/O error outside CRIU (creating directories, reading logs...).
     #[error("{what}: {source}")]
     Io {

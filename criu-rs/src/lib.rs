@@ -47,6 +47,13 @@
 //! once are refused ([`InvalidKind::Busy`]) rather than queued, and a
 //! request cannot be started from inside a notification closure.
 //!
+//! The one exception is a lazy dump ([`Options::lazy_pages`]): it blocks
+//! until every page has been served, perhaps to a lazy restore made by the
+//! same process, so it runs beside the others. While one runs, the errno in
+//! another request's [`Error::Refused`] may be off (libcriu's
+//! `saved_errno` is shared); CRIU's log lines in the error are per request
+//! and stay right.
+//!
 //! # Security
 //!
 //! * CRIU trusts its images: restoring images from an untrusted source
@@ -62,6 +69,7 @@
 
 mod child;
 mod client;
+mod daemon;
 mod error;
 mod images;
 mod notify;
@@ -76,6 +84,7 @@ pub use criu_sys as sys;
 
 pub use child::RestoredChild;
 pub use client::Criu;
+pub use daemon::{free_port, Daemon, DaemonConfig};
 pub use error::{Context, Error, InvalidKind, Operation, Result};
 pub use images::ImagesDir;
 pub use notify::{Event, Iteration, Notification};

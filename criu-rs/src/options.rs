@@ -740,6 +740,10 @@ impl<'a> Options<'a> {
         self.overwrite_images
     }
 
+    pub(crate) fn wants_lazy_pages(&self) -> bool {
+        self.lazy_pages
+    }
+
     pub(crate) fn wants_mem_track(&self) -> bool {
         self.flags.track_mem == Some(true)
     }

@@ -23,7 +23,9 @@ pub struct DumpReport {
     pub wall_time: Duration,
     /// Pre-dump passes before the final dump (for `dump_iters`; else 0).
     pub iterations: u32,
-    /// CRIU's statistics (`stats-dump`), when it wrote them.
+    /// CRIU's statistics (`stats-dump`), when it wrote usable ones. After
+    /// a lazy dump CRIU 4.2.1 writes zeroed counters (it resets them when
+    /// it starts serving pages); those are dropped, leaving `None`.
     #[serde(flatten)]
     pub stats: Option<DumpStats>,
 }

@@ -49,6 +49,8 @@ pub struct Tick {
 pub struct Workload {
     child: Option<Child>,
     pid: i32,
+    /// With a PID namespace: the workload (its init), a child of `child`.
+    inner: Option<i32>,
     output: PathBuf,
 }
 
@@ -79,6 +81,48 @@ impl Workload {
         setup: impl Fn(&mut Command) -> io::Result<()>,
     ) -> io::Result<Workload> {
         Self::start(bin, output, interval, memory_mib, true, setup)
+    }
+
+    /// Like [`Workload::spawn`], as the init of a new PID namespace (via
+    /// util-linux `unshare --pid --fork`, then `setsid` inside it), so that
+    /// its restore cannot collide with pids taken on this machine.
+    pub fn spawn_in_pid_ns(
+        bin: &Path,
+        output: &Path,
+        interval: Duration,
+        memory_mib: usize,
+    ) -> io::Result<Workload> {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork", "--", "setsid"])
+            .arg(bin)
+            .arg(output)
+            .arg("--interval-us")
+            .arg(interval.as_micros().to_string())
+            .arg("--memory-mib")
+            .arg(memory_mib.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn()?;
+        let outer = child.id() as i32;
+        let mut w = Workload {
+            pid: outer,
+            child: Some(child),
+            inner: None,
+            output: output.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while w.inner.is_none() {
+            let kids = fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
+                .unwrap_or_default();
+            w.inner = kids.split_whitespace().next().and_then(|p| p.parse().ok());
+            if Instant::now() > deadline {
+                return Err(io::Error::other("unshare started no child"));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        w.wait_for_seq(1, Duration::from_secs(60 + memory_mib as u64 / 16))?;
+        Ok(w)
     }
 
     fn start(
@@ -114,6 +158,7 @@ impl Workload {
         let w = Workload {
             pid: child.id() as i32,
             child: Some(child),
+            inner: None,
             output: output.to_path_buf(),
         };
         // Ready once the pattern is in place and the first tick is out.
@@ -121,9 +166,9 @@ impl Workload {
         Ok(w)
     }
 
-    /// The workload's pid.
+    /// The workload's pid (in a PID namespace: its init, as seen here).
     pub fn pid(&self) -> i32 {
-        self.pid
+        self.inner.unwrap_or(self.pid)
     }
 
     /// Its output file.
@@ -204,6 +249,9 @@ impl Workload {
 
     /// Whether the original process is still alive (and not a zombie).
     pub fn is_running(&mut self) -> bool {
+        if let Some(inner) = self.inner {
+            return alive(inner);
+        }
         match self.child.as_mut().map(Child::try_wait) {
             Some(Ok(None)) => true,
             Some(Ok(Some(_))) => {
@@ -242,6 +290,9 @@ impl Workload {
 
 impl Drop for Workload {
     fn drop(&mut self) {
+        if let (Some(inner), Some(_)) = (self.inner, self.child.as_ref()) {
+            let _ = kill(Pid::from_raw(inner), Signal::SIGKILL);
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

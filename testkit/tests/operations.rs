@@ -19,6 +19,16 @@ struct Setup {
     dir: tempfile::TempDir,
 }
 
+impl Drop for Setup {
+    fn drop(&mut self) {
+        // CRIU_RS_TEST_KEEP=1 keeps the images and logs for a post-mortem.
+        if std::env::var_os("CRIU_RS_TEST_KEEP").is_some() {
+            eprintln!("kept {}", self.dir.path().display());
+            let _ = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()).keep();
+        }
+    }
+}
+
 impl Setup {
     fn new() -> Setup {
         Setup {
@@ -624,4 +634,82 @@ fn reports_serialise_with_criu_field_names() {
     // The same statistics are readable later from the directory.
     let again = images.dump_stats().unwrap().unwrap().dump.unwrap();
     assert_eq!(Some(again), rep.stats);
+}
+
+#[test]
+fn lazy_dump_lazy_pages_daemon_and_lazy_restore_on_one_machine() {
+    let criu = Criu::new();
+    if !criu.feature_check().unwrap().lazy_pages {
+        panic!("this test needs userfaultfd (lazy pages); criu check --feature uffd-noncoop fails here");
+    }
+    let s = Setup::new();
+    // Its own PID namespace: the lazily dumped tasks keep their pids until
+    // every page is served, so the restore must not need the same ones.
+    let mut w = Workload::spawn_in_pid_ns(BIN.as_ref(), &s.path("out.log"), TICK, 16).unwrap();
+    let sum_before = w.memory_checksum().unwrap();
+    w.wait_for_seq(20, WAIT).unwrap();
+    let images = s.images("img");
+    let addr = criu::free_port("127.0.0.1".parse().unwrap()).unwrap();
+    let pid = w.pid();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+
+    std::thread::scope(|scope| {
+        let dumper = scope.spawn(|| {
+            let criu = Criu::new();
+            criu.dump(
+                Options::new()
+                    .pid(pid)
+                    .images_dir(&images)
+                    .log_file("dump.log")
+                    .lazy_pages(true)
+                    .lazy_pages_address(addr)
+                    .on_notify(move |n| {
+                        if matches!(n.event, Event::StatusReady) {
+                            let _ = ready_tx.send(());
+                        }
+                        ControlFlow::Continue(())
+                    }),
+            )
+        });
+        ready_rx
+            .recv_timeout(WAIT)
+            .expect("the lazy dump reports status-ready once its page server listens");
+        let daemon = criu::DaemonConfig::new().lazy_pages(&images, addr).unwrap();
+        let restored = criu
+            .restore(
+                Options::new()
+                    .images_dir(&images)
+                    .log_file("restore.log")
+                    .lazy_pages(true),
+            )
+            .unwrap();
+        let _guard = KillOnDrop(restored.pid);
+        let ticks_at_restore = w.last_seq();
+        w.wait_for_seq(ticks_at_restore + 20, WAIT).unwrap();
+        let (sum_after, ok) = w.verify_memory(restored.pid, WAIT).unwrap();
+        assert!(ok, "memory pattern intact after lazy restore");
+        assert_eq!(sum_after, sum_before);
+        daemon
+            .wait(WAIT)
+            .expect("the lazy-pages daemon delivers every page and exits");
+        let report = dumper
+            .join()
+            .unwrap()
+            .expect("the lazy dump finishes once its pages are served");
+        // CRIU 4.2.1 zeroes its counters when the lazy page server starts;
+        // the crate drops such statistics rather than report zeros.
+        if let Some(stats) = report.stats {
+            assert!(
+                stats.pages_lazy > 0,
+                "pages were left for lazy transfer: {stats:?}"
+            );
+        }
+        assert!(report.wall_time > Duration::ZERO);
+        let ticks = w.ticks();
+        assert!(
+            ticks.iter().enumerate().all(|(i, t)| t.seq == i as u64 + 1),
+            "the counter continued without repeat or reset"
+        );
+    });
+    w.reap(WAIT).unwrap();
 }

@@ -1,0 +1,287 @@
+//! CRIU's helper daemons, which libcriu cannot start: the page server
+//! (`criu page-server`, receives memory pages of a dump over TCP) and the
+//! lazy-pages daemon (`criu lazy-pages`, feeds a lazily restored tree its
+//! pages on demand). Each is an owned child process: started, checked for
+//! readiness through CRIU's `--status-fd`, and killed and reaped on drop.
+//! When one fails, the error quotes its log.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::{error_lines, Error, Result};
+use crate::images::ImagesDir;
+
+/// The descriptor number the daemon reports readiness on.
+const STATUS_FD: i32 = 3;
+
+/// A running CRIU daemon (page server or lazy-pages).
+#[derive(Debug)]
+pub struct Daemon {
+    what: &'static str,
+    child: Option<Child>,
+    dir: PathBuf,
+    log_file: String,
+}
+
+/// How to start a daemon: which binary, and in which network namespace.
+#[derive(Debug, Clone, Default)]
+pub struct DaemonConfig {
+    binary: Option<PathBuf>,
+    netns: Option<PathBuf>,
+    ready_timeout: Option<Duration>,
+}
+
+impl DaemonConfig {
+    /// Defaults: `criu` from `PATH`, this network namespace, 10 s to start.
+    pub fn new() -> DaemonConfig {
+        DaemonConfig::default()
+    }
+
+    /// Use this `criu` binary.
+    pub fn binary(&mut self, path: impl AsRef<Path>) -> &mut Self {
+        self.binary = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Run the daemon in the network namespace bound at `path` (such as
+    /// `/run/netns/NAME`), switching only the network namespace.
+    pub fn netns(&mut self, path: impl AsRef<Path>) -> &mut Self {
+        self.netns = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// How long the daemon may take to report that it is ready.
+    pub fn ready_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.ready_timeout = Some(timeout);
+        self
+    }
+
+    /// Starts `criu page-server` writing received pages into `images`,
+    /// listening on `listen`. It exits after one dump has sent its pages.
+    pub fn page_server(&self, images: &ImagesDir, listen: SocketAddr) -> Result<Daemon> {
+        let args: Vec<OsString> = vec![
+            "page-server".into(),
+            "--address".into(),
+            listen.ip().to_string().into(),
+            "--port".into(),
+            listen.port().to_string().into(),
+        ];
+        self.start("page server", "page-server.log", images, args)
+    }
+
+    /// Starts `criu lazy-pages`, which fetches pages from the lazy dump's
+    /// page server at `source` and serves them to a lazy restore from
+    /// `images`. It exits when every page has been delivered.
+    pub fn lazy_pages(&self, images: &ImagesDir, source: SocketAddr) -> Result<Daemon> {
+        let args: Vec<OsString> = vec![
+            "lazy-pages".into(),
+            "--page-server".into(),
+            "--address".into(),
+            source.ip().to_string().into(),
+            "--port".into(),
+            source.port().to_string().into(),
+        ];
+        self.start("lazy-pages daemon", "lazy-pages.log", images, args)
+    }
+
+    fn start(
+        &self,
+        what: &'static str,
+        log_file: &str,
+        images: &ImagesDir,
+        mut args: Vec<OsString>,
+    ) -> Result<Daemon> {
+        let dir = images.path().to_path_buf();
+        args.extend([
+            "-D".into(),
+            dir.clone().into_os_string(),
+            "-o".into(),
+            log_file.into(),
+            "--status-fd".into(),
+            STATUS_FD.to_string().into(),
+        ]);
+        let (read, write) =
+            nix::unistd::pipe().map_err(|e| Error::io("creating a status pipe", e.into()))?;
+        let netns =
+            match &self.netns {
+                Some(p) => Some(File::open(p).map_err(|e| {
+                    Error::io(format!("opening network namespace {}", p.display()), e)
+                })?),
+                None => None,
+            };
+        let binary = self.binary.clone().unwrap_or_else(|| PathBuf::from("criu"));
+        let mut cmd = Command::new(&binary);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let write_raw = write.as_raw_fd();
+        let netns_raw = netns.as_ref().map(AsRawFd::as_raw_fd);
+        // SAFETY: only async-signal-safe calls (setns, dup2) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some(fd) = netns_raw {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                if libc::dup2(write_raw, STATUS_FD) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::io(format!("starting {} ({})", what, binary.display()), e))?;
+        drop(write);
+        drop(netns);
+        let mut daemon = Daemon {
+            what,
+            child: Some(child),
+            dir,
+            log_file: log_file.to_string(),
+        };
+        daemon.wait_ready(read, self.ready_timeout.unwrap_or(Duration::from_secs(10)))?;
+        Ok(daemon)
+    }
+}
+
+impl Daemon {
+    fn failure(&self, message: String) -> Error {
+        let log = std::fs::read_to_string(self.dir.join(&self.log_file)).unwrap_or_default();
+        let lines = error_lines(&log);
+        let mut message = format!("{}: {message}", self.what);
+        if !lines.is_empty() {
+            message.push_str(&format!(
+                "\n  its {} says:\n    {}",
+                self.log_file,
+                lines.join("\n    ")
+            ));
+        }
+        Error::Daemon { message }
+    }
+
+    /// Waits for the one byte CRIU writes to its status fd when it is ready.
+    fn wait_ready(&mut self, read: OwnedFd, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        // SAFETY: `read` is an owned pipe end, handed over to the File.
+        let mut f = unsafe { File::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(read)) };
+        let fd = f.as_raw_fd();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let e = self.failure(format!("not ready after {timeout:?}"));
+                self.kill();
+                return Err(e);
+            }
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: one valid pollfd.
+            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if rc < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                self.kill();
+                return Err(Error::io("waiting for a CRIU daemon", err));
+            }
+            if rc == 0 {
+                continue;
+            }
+            let mut byte = [0u8; 1];
+            return match f.read(&mut byte) {
+                Ok(1) => Ok(()),
+                _ => {
+                    // EOF: it exited (or closed the fd) without being ready.
+                    let status = self.child.as_mut().and_then(|c| c.wait().ok());
+                    self.child = None;
+                    Err(self.failure(format!("exited before it was ready ({})", describe(status))))
+                }
+            };
+        }
+    }
+
+    /// Waits for the daemon to finish its job and exit; an exit other than
+    /// success is an error quoting its log. After `timeout` it is killed.
+    pub fn wait(mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let Some(child) = self.child.as_mut() else {
+            return Ok(());
+        };
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.child = None;
+                    return if status.success() {
+                        Ok(())
+                    } else {
+                        Err(self.failure(format!("failed ({})", describe(Some(status)))))
+                    };
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Ok(None) => {
+                    let e = self.failure(format!("still running after {timeout:?}; killed"));
+                    self.kill();
+                    return Err(e);
+                }
+                Err(e) => return Err(Error::io(format!("waiting for the {}", self.what), e)),
+            }
+        }
+    }
+
+    /// The daemon's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills and reaps the daemon now.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The path of its log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join(&self.log_file)
+    }
+}
+
+fn describe(status: Option<ExitStatus>) -> String {
+    match status {
+        Some(s) => s.to_string(),
+        None => "status unknown".into(),
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A loopback or namespace-local address with a free TCP port, chosen by
+/// the kernel (bound, then released: another process could take it in
+/// between, which the caller sees as a failure to start).
+pub fn free_port(ip: std::net::IpAddr) -> Result<SocketAddr> {
+    let l = std::net::TcpListener::bind(SocketAddr::new(ip, 0))
+        .map_err(|e| Error::io(format!("finding a free port on {ip}"), e))?;
+    l.local_addr()
+        .map_err(|e| Error::io("reading a bound address", e))
+}
