@@ -124,7 +124,8 @@ impl DaemonConfig {
             .stderr(Stdio::null());
         let write_raw = write.as_raw_fd();
         let netns_raw = netns.as_ref().map(AsRawFd::as_raw_fd);
-        // SAFETY: only async-signal-safe calls (setns, dup2) between fork and exec.
+        // SAFETY: only async-signal-safe calls (setns, dup2, fcntl, close_range)
+        // between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
                 if let Some(fd) = netns_raw {
@@ -132,9 +133,17 @@ impl DaemonConfig {
                         return Err(io::Error::last_os_error());
                     }
                 }
-                if libc::dup2(write_raw, STATUS_FD) < 0 {
+                if write_raw == STATUS_FD {
+                    // dup2 onto itself keeps close-on-exec: clear it instead.
+                    if libc::fcntl(STATUS_FD, libc::F_SETFD, 0) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                } else if libc::dup2(write_raw, STATUS_FD) < 0 {
                     return Err(io::Error::last_os_error());
                 }
+                // Nothing else of ours leaks into the daemon (libcriu's
+                // sockets are not close-on-exec).
+                libc::syscall(libc::SYS_close_range, STATUS_FD as u32 + 1, u32::MAX, 0u32);
                 Ok(())
             });
         }

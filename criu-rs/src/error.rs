@@ -205,6 +205,26 @@ pub enum Error {
         /// What happened, with the daemon's `Error (...)` lines.
         message: String,
     },
+    /// Sending or receiving images failed (truncated stream, checksum
+    /// mismatch, a name escaping the target, the peer's failure...).
+    #[error("image transfer: {message}")]
+    Transfer {
+        /// What went wrong.
+        message: String,
+        /// The I/O error behind it, if any.
+        #[source]
+        source: Option<io::Error>,
+    },
+    /// A migration failed; the message says at which step and what became
+    /// of the source process.
+    #[error("migration: {message}{}", .source.as_ref().map(|e| format!("\n  because: {e}")).unwrap_or_default())]
+    Migration {
+        /// What happened.
+        message: String,
+        /// The error behind it, if any.
+        #[source]
+        source: Option<Box<Error>>,
+    },
     /// An I/O error outside CRIU (creating directories, reading logs...).
     #[error("{what}: {source}")]
     Io {

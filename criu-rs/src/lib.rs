@@ -72,11 +72,13 @@ mod client;
 mod daemon;
 mod error;
 mod images;
+pub mod migrate;
 mod notify;
 mod options;
 mod raw;
 mod report;
 mod stats;
+pub mod transfer;
 mod version;
 
 /// The raw bindings, for what this crate does not wrap.

@@ -7,7 +7,7 @@ use serde::{Serialize, Serializer};
 
 use crate::stats::{DumpStats, RestoreStats};
 
-fn micros<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn micros<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 

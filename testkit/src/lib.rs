@@ -2,6 +2,8 @@
 //! that clean up what a test started. Used by the integration tests in
 //! `tests/`, by the examples and by the benches; not a public API.
 
+pub mod hosts;
+
 use std::fs;
 use std::io;
 use std::os::unix::process::CommandExt;
@@ -103,6 +105,7 @@ impl Workload {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        close_inherited_fds(&mut cmd);
         let child = cmd.spawn()?;
         let outer = child.id() as i32;
         let mut w = Workload {
@@ -154,6 +157,7 @@ impl Workload {
             }
         }
         setup(&mut cmd)?;
+        close_inherited_fds(&mut cmd);
         let child = cmd.spawn()?;
         let w = Workload {
             pid: child.id() as i32,
@@ -297,6 +301,20 @@ impl Drop for Workload {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Closes every descriptor above stderr in the child before exec. libcriu
+/// creates its sockets without `O_CLOEXEC`, so a process spawned while
+/// another thread talks to CRIU would inherit them, and CRIU then refuses
+/// to dump it ("Unix socket N not found").
+pub fn close_inherited_fds(cmd: &mut Command) {
+    // SAFETY: close_range is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
     }
 }
 

@@ -1,0 +1,138 @@
+//! Two "hosts" on one machine: network namespaces joined by a veth pair,
+//! each with its own address. Names are unique per process and call; both
+//! namespaces are deleted on drop.
+
+use std::fs::File;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// One network namespace with an address on the link to its peer.
+#[derive(Debug)]
+pub struct Host {
+    /// Its `ip netns` name.
+    pub name: String,
+    /// Its address.
+    pub addr: Ipv4Addr,
+}
+
+impl Host {
+    /// The namespace's bind-mount path, for `setns` or `nsenter --net=`.
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+
+    /// Runs `f` on a new thread that has switched to this host's network
+    /// namespace only (files, mounts and pids stay as they are). Sockets
+    /// made there, and processes forked from there, belong to this host.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+        let ns = File::open(self.netns_path())?;
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                // SAFETY: setns on this thread only, with an open nsfs fd.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| io::Error::other("the thread in the namespace panicked"))?
+        })
+    }
+
+    /// The inode of this host's network namespace.
+    pub fn netns_inode(&self) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(std::fs::metadata(self.netns_path())?.ino())
+    }
+}
+
+/// Two hosts, `a` (10.X.Y.1) and `b` (10.X.Y.2), linked by veth.
+#[derive(Debug)]
+pub struct TwoHosts {
+    /// The first host (the source, by convention).
+    pub a: Host,
+    /// The second host (the destination).
+    pub b: Host,
+}
+
+fn ip(args: &[&str]) -> io::Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+impl TwoHosts {
+    /// Creates both namespaces, the veth pair and the addresses, and
+    /// brings the links up. Needs root and iproute2.
+    pub fn new() -> io::Result<TwoHosts> {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}-{n}", std::process::id());
+        let a = Host {
+            name: format!("criu-rs-{tag}-a"),
+            addr: Ipv4Addr::new(10, 231, 0, 1),
+        };
+        let b = Host {
+            name: format!("criu-rs-{tag}-b"),
+            addr: Ipv4Addr::new(10, 231, 0, 2),
+        };
+        ip(&["netns", "add", &a.name])?;
+        let hosts = TwoHosts { a, b };
+        ip(&["netns", "add", &hosts.b.name])?;
+        // Created inside the namespaces, so the names never clash with the
+        // machine's or another run's interfaces.
+        ip(&[
+            "-n",
+            &hosts.a.name,
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &hosts.b.name,
+        ])?;
+        for h in [&hosts.a, &hosts.b] {
+            ip(&[
+                "-n",
+                &h.name,
+                "addr",
+                "add",
+                &format!("{}/24", h.addr),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", &h.name, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &h.name, "link", "set", "lo", "up"])?;
+        }
+        Ok(hosts)
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.a.name]);
+        let _ = ip(&["netns", "del", &self.b.name]);
+    }
+}
+
+/// The inode of the network namespace of `pid`.
+pub fn netns_of(pid: i32) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(format!("/proc/{pid}/ns/net"))?.ino())
+}

@@ -1,0 +1,339 @@
+//! Migration between two network-namespace hosts, with real CRIU, TCP and
+//! faults. Needs root.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use criu::migrate::{self, DestConfig, DestReport, SourceConfig, SourceReport, Strategy};
+use criu::{Criu, DaemonConfig};
+use criu_testkit::hosts::{netns_of, TwoHosts};
+use criu_testkit::Workload;
+
+const BIN: &str = env!("CARGO_BIN_EXE_criu-rs-workload");
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Run {
+    src: criu::Result<SourceReport>,
+    dst: criu::Result<DestReport>,
+}
+
+/// Runs `send` on host a and `receive` on host b, the stream going
+/// through `relay` (which may damage it) when given.
+fn migrate_between(
+    hosts: &TwoHosts,
+    pid: i32,
+    strategy: Strategy,
+    dir: &Path,
+    dest_cfg: impl FnOnce(DestConfig<'static>) -> DestConfig<'static> + Send,
+    relay: Option<fn(TcpStream, TcpStream)>,
+) -> Run {
+    let listener = hosts
+        .b
+        .run(|| TcpListener::bind((hosts.b.addr, 0)))
+        .unwrap()
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (src_dir, dst_dir) = (dir.join("src"), dir.join("dst"));
+    std::fs::create_dir_all(&src_dir).unwrap();
+    std::fs::create_dir_all(&dst_dir).unwrap();
+    std::thread::scope(|s| {
+        let dst = s.spawn(|| {
+            hosts
+                .b
+                .run(|| {
+                    let criu = Criu::new();
+                    let (mut stream, _) = match relay {
+                        None => listener.accept().unwrap(),
+                        Some(relay) => {
+                            // A relay in host b between the source and the receiver.
+                            let inner = TcpListener::bind((hosts.b.addr, 0)).unwrap();
+                            let inner_addr = inner.local_addr().unwrap();
+                            let (from_src, _) = listener.accept().unwrap();
+                            std::thread::spawn(move || {
+                                let to_dst = TcpStream::connect(inner_addr).unwrap();
+                                relay(from_src, to_dst);
+                            });
+                            inner.accept().unwrap()
+                        }
+                    };
+                    stream.set_read_timeout(Some(WAIT)).unwrap();
+                    migrate::receive(&criu, &mut stream, dest_cfg(DestConfig::new(&dst_dir)))
+                })
+                .unwrap()
+        });
+        let src = hosts
+            .a
+            .run(|| {
+                let criu = Criu::new();
+                let mut stream = TcpStream::connect(addr).unwrap();
+                stream.set_read_timeout(Some(WAIT)).unwrap();
+                migrate::send(
+                    &criu,
+                    pid,
+                    &mut stream,
+                    SourceConfig::new(strategy, &src_dir),
+                )
+            })
+            .unwrap();
+        Run {
+            src,
+            dst: dst.join().unwrap(),
+        }
+    })
+}
+
+/// The workload on host a, as the init of its own PID namespace: on one
+/// machine the two "hosts" share pid numbers, and the source copy keeps its
+/// pids (stopped) until the destination has restored.
+fn spawn_on_a(hosts: &TwoHosts, out: &Path, mib: usize) -> Workload {
+    hosts
+        .a
+        .run(|| Workload::spawn_in_pid_ns(BIN.as_ref(), out, Duration::from_millis(1), mib))
+        .unwrap()
+        .unwrap()
+}
+
+fn check_strategy(strategy: Strategy) {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let out = dir.path().join("out.log");
+    let mut w = spawn_on_a(&hosts, &out, 8);
+    let sum = w.memory_checksum().unwrap();
+    w.wait_for_seq(50, WAIT).unwrap();
+    let before = netns_of(w.pid()).unwrap();
+    assert_eq!(before, hosts.a.netns_inode().unwrap());
+
+    let run = migrate_between(&hosts, w.pid(), strategy, dir.path(), |c| c, None);
+    let src = run.src.unwrap_or_else(|e| panic!("{strategy}: {e}"));
+    let dst = run.dst.unwrap_or_else(|e| panic!("{strategy}: {e}"));
+    w.reap(WAIT).unwrap();
+    let seq_at_stop = w.last_seq();
+    let pid = dst.child.pid();
+    assert_eq!(src.restored_pid, pid);
+    assert_eq!(
+        netns_of(pid).unwrap(),
+        hosts.b.netns_inode().unwrap(),
+        "now on host b"
+    );
+    w.wait_for_seq(seq_at_stop + 50, WAIT).unwrap();
+    let (sum_after, ok) = w.verify_memory(pid, WAIT).unwrap();
+    assert!(ok && sum_after == sum, "{strategy}: memory pattern intact");
+    let ticks = w.ticks();
+    assert!(
+        ticks.iter().enumerate().all(|(i, t)| t.seq == i as u64 + 1),
+        "{strategy}: no repeat, no reset"
+    );
+    assert!(src.transfer.bytes > 0);
+    if strategy == Strategy::PageServer {
+        assert!(
+            src.page_server_bytes >= 8 << 20,
+            "pages went through the page server"
+        );
+    }
+    drop(dst);
+    assert!(!criu_testkit::alive(pid));
+}
+
+#[test]
+fn stop_and_copy_moves_the_workload_to_host_b() {
+    check_strategy(Strategy::StopAndCopy);
+}
+
+#[test]
+fn page_server_moves_the_workload_to_host_b() {
+    check_strategy(Strategy::PageServer);
+}
+
+#[test]
+fn lazy_moves_the_workload_to_host_b() {
+    check_strategy(Strategy::Lazy);
+}
+
+/// After a failed migration: the source runs on, nothing is left in the
+/// destination's directory, and the error explains.
+fn assert_failed_cleanly(run: Run, w: &mut Workload, dir: &Path, expect: &str) {
+    let e = run.src.expect_err("the source reports the failure");
+    let text = format!("{e}");
+    assert!(
+        text.contains("resumed"),
+        "the error says the source resumed: {text}"
+    );
+    let d = run.dst.expect_err("the destination fails");
+    let dtext = d.to_string();
+    assert!(
+        dtext.contains(expect) || text.contains(expect),
+        "expected {expect:?} in: {text} / {dtext}"
+    );
+    assert!(w.is_running(), "the source process is alive");
+    assert!(w.advances(WAIT), "and running");
+    let left: Vec<_> = std::fs::read_dir(dir.join("dst")).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "nothing left behind on the destination: {left:?}"
+    );
+}
+
+fn cut_after_64k(mut from: TcpStream, mut to: TcpStream) {
+    let mut buf = vec![0u8; 65536];
+    if from.read_exact(&mut buf).is_ok() {
+        let _ = to.write_all(&buf);
+    }
+    // Both ends are dropped here: the stream is cut mid-transfer.
+}
+
+fn flip_a_byte(mut from: TcpStream, mut to: TcpStream) {
+    let mut back_from = to.try_clone().unwrap();
+    let mut back_to = from.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut back_from, &mut back_to);
+    });
+    let mut buf = vec![0u8; 65536];
+    let mut total = 0usize;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        // Flip one byte well inside the first large file.
+        if total <= 200_000 && total + n > 200_000 {
+            buf[200_000 - total] ^= 0x55;
+        }
+        total += n;
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+#[test]
+fn a_stream_cut_mid_transfer_leaves_the_source_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let mut w = spawn_on_a(&hosts, &dir.path().join("out.log"), 8);
+    let run = migrate_between(
+        &hosts,
+        w.pid(),
+        Strategy::StopAndCopy,
+        dir.path(),
+        |c| c,
+        Some(cut_after_64k),
+    );
+    assert_failed_cleanly(run, &mut w, dir.path(), "truncated");
+}
+
+#[test]
+fn a_checksum_mismatch_leaves_the_source_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let mut w = spawn_on_a(&hosts, &dir.path().join("out.log"), 8);
+    let run = migrate_between(
+        &hosts,
+        w.pid(),
+        Strategy::StopAndCopy,
+        dir.path(),
+        |c| c,
+        Some(flip_a_byte),
+    );
+    assert_failed_cleanly(run, &mut w, dir.path(), "checksum mismatch");
+}
+
+#[test]
+fn a_page_server_that_dies_leaves_the_source_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let mut w = spawn_on_a(&hosts, &dir.path().join("out.log"), 8);
+    // A "criu" that dies as a page server would when killed.
+    let fake = dir.path().join("dying-criu");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'Error (fake): killed' >&2\nkill -9 $$\n",
+    )
+    .unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&fake).unwrap().permissions(),
+        0o755,
+    );
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let run = migrate_between(
+        &hosts,
+        w.pid(),
+        Strategy::PageServer,
+        dir.path(),
+        move |c| {
+            let mut d = DaemonConfig::new();
+            d.binary(&fake);
+            c.daemons(d)
+        },
+        None,
+    );
+    let e = run.src.expect_err("the source reports the failure");
+    assert!(e.to_string().contains("page server"), "{e}");
+    let d = run.dst.expect_err("the destination fails");
+    assert!(
+        d.to_string()
+            .contains("page server: exited before it was ready"),
+        "{d}"
+    );
+    assert!(w.is_running() && w.advances(WAIT), "the source runs on");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("dst")).unwrap().count(),
+        0
+    );
+}
+
+#[test]
+fn a_failed_destination_restore_leaves_the_source_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let mut w = spawn_on_a(&hosts, &dir.path().join("out.log"), 8);
+    let run = migrate_between(
+        &hosts,
+        w.pid(),
+        Strategy::StopAndCopy,
+        dir.path(),
+        |c| {
+            c.customize(|o| {
+                o.join_ns(criu::Namespace::Uts, "/nonexistent-criu-rs-ns", None);
+            })
+        },
+        None,
+    );
+    assert_failed_cleanly(run, &mut w, dir.path(), "restore");
+}
+
+#[test]
+fn hosts_are_removed_on_drop() {
+    let names = {
+        let hosts = TwoHosts::new().unwrap();
+        let listing = std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&listing.stdout).to_string();
+        assert!(listing.contains(&hosts.a.name) && listing.contains(&hosts.b.name));
+        let reach = hosts
+            .a
+            .run(|| {
+                TcpStream::connect_timeout(
+                    &SocketAddr::from((hosts.b.addr, 9)),
+                    Duration::from_secs(2),
+                )
+            })
+            .unwrap();
+        // Port 9 has no listener: refused (not unreachable) proves the link.
+        assert_eq!(
+            reach.unwrap_err().kind(),
+            std::io::ErrorKind::ConnectionRefused
+        );
+        (hosts.a.name.clone(), hosts.b.name.clone())
+    };
+    let listing = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout).to_string();
+    assert!(!listing.contains(&names.0) && !listing.contains(&names.1));
+}
