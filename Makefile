@@ -14,12 +14,17 @@ setup: root
 
 demo: setup
 	cargo build --release -p criu-testkit --bins
-	cargo run --release -p criu-rs-examples --example dump_restore
+	cargo run --release -p criu-rs-examples --example migrate -- --strategy all --workload memory:256 --json migrate.json
+	cargo run --release -p criu-rs-examples --example migrate_container -- --json migrate_container.json
 
 test: setup
 	cargo build -p criu-testkit --bins
 	cargo test --workspace
 	bash scripts/check-bad-env.sh
+	# The examples, end to end, on small workloads.
+	cargo run -q -p criu-rs-examples --example dump_restore
+	cargo run -q -p criu-rs-examples --example migrate -- --strategy all --workload memory:16 --warmup-ms 200
+	cargo run -q -p criu-rs-examples --example migrate_container -- --interval 0.05 --warmup-ms 300
 
 lint:
 	cargo fmt --all -- --check

@@ -13,13 +13,11 @@
 //! source copy keeps its pids until the destination has restored.
 
 use std::io::IsTerminal;
-use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use criu::migrate::{self, DestConfig, SourceConfig, Strategy};
-use criu::Criu;
+use criu::migrate::{DestConfig, SourceConfig, Strategy};
 use criu_testkit::hosts::{netns_of, TwoHosts};
 use criu_testkit::{workload_bin, Workload};
 use serde::Serialize;
@@ -89,11 +87,16 @@ struct Bar {
 
 impl Bar {
     fn update(&mut self, done: u64, total: u64) {
-        if self.bar.is_none() && self.start.elapsed() > Duration::from_secs(1) && std::io::stderr().is_terminal() {
+        if self.bar.is_none()
+            && self.start.elapsed() > Duration::from_secs(1)
+            && std::io::stderr().is_terminal()
+        {
             let b = indicatif::ProgressBar::new(total);
             b.set_style(
-                indicatif::ProgressStyle::with_template("  sending images {bar:40} {bytes}/{total_bytes} {bytes_per_sec}")
-                    .expect("valid template"),
+                indicatif::ProgressStyle::with_template(
+                    "  sending images {bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .expect("valid template"),
             );
             self.bar = Some(b);
         }
@@ -111,12 +114,23 @@ impl Drop for Bar {
     }
 }
 
-fn run_one(strategy: Strategy, workload: &str, mib: usize, warmup: Duration) -> Result<Row, Box<dyn std::error::Error>> {
+fn run_one(
+    strategy: Strategy,
+    workload: &str,
+    mib: usize,
+    warmup: Duration,
+) -> Result<Row, Box<dyn std::error::Error>> {
     let bin = workload_bin();
     if !bin.exists() {
-        return Err(format!("{} not found: run `cargo build -p criu-testkit --bins` first", bin.display()).into());
+        return Err(format!(
+            "{} not found: run `cargo build -p criu-testkit --bins` first",
+            bin.display()
+        )
+        .into());
     }
-    let dir = tempfile::Builder::new().prefix("criu-rs-migrate-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("criu-rs-migrate-")
+        .tempdir()?;
     let hosts = TwoHosts::new()?;
     let out = dir.path().join("counter.log");
     let mut w = hosts
@@ -131,42 +145,35 @@ fn run_one(strategy: Strategy, workload: &str, mib: usize, warmup: Duration) -> 
     std::fs::create_dir_all(&src_dir)?;
     std::fs::create_dir_all(&dst_dir)?;
 
-    let listener = hosts.b.run(|| TcpListener::bind((hosts.b.addr, 0)))??;
-    let addr = listener.local_addr()?;
-    let (src, dst) = std::thread::scope(|s| {
-        let dst = s.spawn(|| {
-            hosts.b.run(|| -> criu::Result<_> {
-                let (mut stream, _) = listener.accept().map_err(|e| criu::Error::Io {
-                    what: "accepting the source".into(),
-                    source: e,
-                })?;
-                migrate::receive(&Criu::new(), &mut stream, DestConfig::new(&dst_dir))
-            })
-        });
-        let src = hosts.a.run(|| -> criu::Result<_> {
-            let mut stream = TcpStream::connect(addr).map_err(|e| criu::Error::Io {
-                what: "connecting to host b".into(),
-                source: e,
-            })?;
+    let run = hosts.migrate(
+        pid_before,
+        || {
             let mut bar = Bar {
                 start: Instant::now(),
                 bar: None,
             };
-            let cfg = SourceConfig::new(strategy, &src_dir).progress(move |done, total| bar.update(done, total));
-            migrate::send(&Criu::new(), pid_before, &mut stream, cfg)
-        });
-        (src, dst.join().expect("destination thread"))
-    });
-    let src = src??;
-    let dst = dst??;
+            SourceConfig::new(strategy, &src_dir)
+                .progress(move |done, total| bar.update(done, total))
+        },
+        || DestConfig::new(&dst_dir),
+        None,
+    )?;
+    let (src, dst) = (run.src, run.dst);
+    let src = src?;
+    let dst = dst?;
     w.reap(Duration::from_secs(10))?;
     let seq_at_stop = w.last_seq();
     let pid_after = dst.child.pid();
     let dest_netns = netns_of(pid_after)?;
     w.wait_for_seq(seq_at_stop + 200, Duration::from_secs(60))?;
     let ticks = w.ticks();
-    let continued = ticks.iter().enumerate().all(|(i, t)| t.seq == i as u64 + 1) && ticks.len() as u64 > seq_at_stop;
-    let downtime_ns = ticks.windows(2).map(|p| p[1].unix_ns.saturating_sub(p[0].unix_ns)).max().unwrap_or(0);
+    let continued = ticks.iter().enumerate().all(|(i, t)| t.seq == i as u64 + 1)
+        && ticks.len() as u64 > seq_at_stop;
+    let downtime_ns = ticks
+        .windows(2)
+        .map(|p| p[1].unix_ns.saturating_sub(p[0].unix_ns))
+        .max()
+        .unwrap_or(0);
     let memory_intact = if mib > 0 {
         let (sum, ok) = w.verify_memory(pid_after, Duration::from_secs(120))?;
         Some(ok && Some(sum) == checksum)
@@ -202,10 +209,20 @@ fn run_one(strategy: Strategy, workload: &str, mib: usize, warmup: Duration) -> 
 }
 
 fn print_table(rows: &[Row]) {
-    let opt = |v: Option<u64>, div: f64| v.map_or("-".to_string(), |v| format!("{:.1}", v as f64 / div));
+    let opt =
+        |v: Option<u64>, div: f64| v.map_or("-".to_string(), |v| format!("{:.1}", v as f64 / div));
     println!(
-        "{:<14} {:>9} {:>9} {:>9} {:>10} {:>9} {:>10} {:>10} {:>9}  {:<9} {}",
-        "strategy", "rss MiB", "dump ms", "frozen ms", "sent MiB", "xfer ms", "restore ms", "downtime", "continued", "memory", "netns a -> b"
+        "{:<14} {:>9} {:>9} {:>9} {:>10} {:>9} {:>10} {:>10} {:>9}  {:<9} netns a -> b",
+        "strategy",
+        "rss MiB",
+        "dump ms",
+        "frozen ms",
+        "sent MiB",
+        "xfer ms",
+        "restore ms",
+        "downtime",
+        "continued",
+        "memory",
     );
     for r in rows {
         println!(
@@ -230,7 +247,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let mib = match cli.workload.as_str() {
         "counter" => 0,
-        w => match w.strip_prefix("memory:").and_then(|m| m.parse::<usize>().ok()) {
+        w => match w
+            .strip_prefix("memory:")
+            .and_then(|m| m.parse::<usize>().ok())
+        {
             Some(m) if m > 0 => m,
             _ => {
                 eprintln!("error: --workload takes `counter` or `memory:MIB` (MIB > 0), not {w:?}");
@@ -255,7 +275,9 @@ fn main() -> std::process::ExitCode {
         eprintln!("migrating a {} workload with {st}...", cli.workload);
         match run_one(st, &cli.workload, mib, Duration::from_millis(cli.warmup_ms)) {
             Ok(r) => {
-                failed |= !r.continued || r.memory_intact == Some(false) || r.source_netns == r.dest_netns;
+                failed |= !r.continued
+                    || r.memory_intact == Some(false)
+                    || r.source_netns == r.dest_netns;
                 rows.push(r);
             }
             Err(e) => {

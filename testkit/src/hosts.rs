@@ -136,3 +136,83 @@ pub fn netns_of(pid: i32) -> io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     Ok(std::fs::metadata(format!("/proc/{pid}/ns/net"))?.ino())
 }
+
+/// Both sides of one migration from host a to host b.
+#[derive(Debug)]
+pub struct Migration {
+    /// The source side's result.
+    pub src: criu::Result<criu::migrate::SourceReport>,
+    /// The destination side's result.
+    pub dst: criu::Result<criu::migrate::DestReport>,
+}
+
+/// A relay between the source's connection and the receiver's, which may
+/// damage the stream (for fault tests).
+pub type Relay = fn(std::net::TcpStream, std::net::TcpStream);
+
+impl TwoHosts {
+    /// Migrates the tree rooted at `pid` from host a to host b over TCP:
+    /// `migrate::send` runs on a thread in host a, `migrate::receive` on a
+    /// thread in host b (each forks its CRIU there). `src`/`dst` build the
+    /// two sides' settings; `relay`, when given, sits in host b between the
+    /// two connections.
+    pub fn migrate<'a>(
+        &self,
+        pid: i32,
+        src: impl FnOnce() -> criu::migrate::SourceConfig<'a> + Send,
+        dst: impl FnOnce() -> criu::migrate::DestConfig<'a> + Send,
+        relay: Option<Relay>,
+    ) -> io::Result<Migration> {
+        use std::net::{TcpListener, TcpStream};
+        let timeout = Some(std::time::Duration::from_secs(120));
+        let listener = self.b.run(|| TcpListener::bind((self.b.addr, 0)))??;
+        let addr = listener.local_addr()?;
+        std::thread::scope(|s| {
+            let dst_side = s.spawn(|| {
+                self.b.run(|| -> criu::Result<_> {
+                    let io = |what: &str| {
+                        let what = what.to_string();
+                        move |e| criu::Error::Io { what, source: e }
+                    };
+                    let (mut stream, _) = match relay {
+                        None => listener.accept().map_err(io("accepting the source"))?,
+                        Some(relay) => {
+                            let inner = TcpListener::bind((self.b.addr, 0))
+                                .map_err(io("binding the relay"))?;
+                            let inner_addr = inner.local_addr().map_err(io("binding the relay"))?;
+                            let (from_src, _) =
+                                listener.accept().map_err(io("accepting the source"))?;
+                            std::thread::spawn(move || {
+                                if let Ok(to_dst) = TcpStream::connect(inner_addr) {
+                                    relay(from_src, to_dst);
+                                }
+                            });
+                            inner.accept().map_err(io("accepting the relay"))?
+                        }
+                    };
+                    stream
+                        .set_read_timeout(timeout)
+                        .map_err(io("setting a timeout"))?;
+                    criu::migrate::receive(&criu::Criu::new(), &mut stream, dst())
+                })
+            });
+            let src = self.a.run(|| -> criu::Result<_> {
+                let mut stream = TcpStream::connect(addr).map_err(|e| criu::Error::Io {
+                    what: format!("connecting to {addr}"),
+                    source: e,
+                })?;
+                stream
+                    .set_read_timeout(timeout)
+                    .map_err(|e| criu::Error::Io {
+                        what: "setting a timeout".into(),
+                        source: e,
+                    })?;
+                criu::migrate::send(&criu::Criu::new(), pid, &mut stream, src())
+            })?;
+            let dst = dst_side
+                .join()
+                .map_err(|_| io::Error::other("the destination thread panicked"))??;
+            Ok(Migration { src, dst })
+        })
+    }
+}

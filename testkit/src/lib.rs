@@ -2,6 +2,7 @@
 //! that clean up what a test started. Used by the integration tests in
 //! `tests/`, by the examples and by the benches; not a public API.
 
+pub mod container;
 pub mod hosts;
 
 use std::fs;

@@ -2,86 +2,38 @@
 //! faults. Needs root.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use criu::migrate::{self, DestConfig, DestReport, SourceConfig, SourceReport, Strategy};
-use criu::{Criu, DaemonConfig};
-use criu_testkit::hosts::{netns_of, TwoHosts};
+use criu::migrate::{DestConfig, SourceConfig, Strategy};
+use criu::DaemonConfig;
+use criu_testkit::hosts::{netns_of, Migration, TwoHosts};
 use criu_testkit::Workload;
 
 const BIN: &str = env!("CARGO_BIN_EXE_criu-rs-workload");
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Run {
-    src: criu::Result<SourceReport>,
-    dst: criu::Result<DestReport>,
-}
-
-/// Runs `send` on host a and `receive` on host b, the stream going
-/// through `relay` (which may damage it) when given.
+/// Runs a migration from host a to host b, through `relay` if given.
 fn migrate_between(
     hosts: &TwoHosts,
     pid: i32,
     strategy: Strategy,
     dir: &Path,
     dest_cfg: impl FnOnce(DestConfig<'static>) -> DestConfig<'static> + Send,
-    relay: Option<fn(TcpStream, TcpStream)>,
-) -> Run {
-    let listener = hosts
-        .b
-        .run(|| TcpListener::bind((hosts.b.addr, 0)))
-        .unwrap()
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
+    relay: Option<criu_testkit::hosts::Relay>,
+) -> Migration {
     let (src_dir, dst_dir) = (dir.join("src"), dir.join("dst"));
     std::fs::create_dir_all(&src_dir).unwrap();
     std::fs::create_dir_all(&dst_dir).unwrap();
-    std::thread::scope(|s| {
-        let dst = s.spawn(|| {
-            hosts
-                .b
-                .run(|| {
-                    let criu = Criu::new();
-                    let (mut stream, _) = match relay {
-                        None => listener.accept().unwrap(),
-                        Some(relay) => {
-                            // A relay in host b between the source and the receiver.
-                            let inner = TcpListener::bind((hosts.b.addr, 0)).unwrap();
-                            let inner_addr = inner.local_addr().unwrap();
-                            let (from_src, _) = listener.accept().unwrap();
-                            std::thread::spawn(move || {
-                                let to_dst = TcpStream::connect(inner_addr).unwrap();
-                                relay(from_src, to_dst);
-                            });
-                            inner.accept().unwrap()
-                        }
-                    };
-                    stream.set_read_timeout(Some(WAIT)).unwrap();
-                    migrate::receive(&criu, &mut stream, dest_cfg(DestConfig::new(&dst_dir)))
-                })
-                .unwrap()
-        });
-        let src = hosts
-            .a
-            .run(|| {
-                let criu = Criu::new();
-                let mut stream = TcpStream::connect(addr).unwrap();
-                stream.set_read_timeout(Some(WAIT)).unwrap();
-                migrate::send(
-                    &criu,
-                    pid,
-                    &mut stream,
-                    SourceConfig::new(strategy, &src_dir),
-                )
-            })
-            .unwrap();
-        Run {
-            src,
-            dst: dst.join().unwrap(),
-        }
-    })
+    hosts
+        .migrate(
+            pid,
+            || SourceConfig::new(strategy, &src_dir),
+            || dest_cfg(DestConfig::new(&dst_dir)),
+            relay,
+        )
+        .unwrap()
 }
 
 /// The workload on host a, as the init of its own PID namespace: on one
@@ -153,7 +105,7 @@ fn lazy_moves_the_workload_to_host_b() {
 
 /// After a failed migration: the source runs on, nothing is left in the
 /// destination's directory, and the error explains.
-fn assert_failed_cleanly(run: Run, w: &mut Workload, dir: &Path, expect: &str) {
+fn assert_failed_cleanly(run: Migration, w: &mut Workload, dir: &Path, expect: &str) {
     let e = run.src.expect_err("the source reports the failure");
     let text = format!("{e}");
     assert!(
@@ -336,4 +288,61 @@ fn hosts_are_removed_on_drop() {
         .unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout).to_string();
     assert!(!listing.contains(&names.0) && !listing.contains(&names.1));
+}
+
+#[test]
+fn a_container_migrates_and_counts_on_from_n_plus_one() {
+    use criu_testkit::container::{consecutive, make_rootfs, numbers, wait_lines, OwnContainer};
+    let dir = tempfile::tempdir().unwrap();
+    let (rootfs_a, rootfs_b, logdir) = (
+        dir.path().join("rootfs-a"),
+        dir.path().join("rootfs-b"),
+        dir.path().join("log"),
+    );
+    make_rootfs(&rootfs_a).unwrap();
+    make_rootfs(&rootfs_b).unwrap();
+    std::fs::create_dir_all(&logdir).unwrap();
+    let log = logdir.join("counter.log");
+    let hosts = TwoHosts::new().unwrap();
+    let mut c = hosts
+        .a
+        .run(|| OwnContainer::start(dir.path(), &rootfs_a, &logdir, "0.05"))
+        .unwrap()
+        .unwrap();
+    wait_lines(&log, 5, WAIT).unwrap();
+    let (src_dir, dst_dir) = (dir.path().join("src"), dir.path().join("dst"));
+    std::fs::create_dir_all(&src_dir).unwrap();
+    std::fs::create_dir_all(&dst_dir).unwrap();
+    let logdir_s = logdir.to_string_lossy().to_string();
+    let run = hosts
+        .migrate(
+            c.init,
+            || {
+                SourceConfig::new(Strategy::StopAndCopy, &src_dir).customize(|o| {
+                    o.add_ext_mount("/log", "logdir");
+                })
+            },
+            || {
+                DestConfig::new(&dst_dir).customize(move |o| {
+                    o.root(&rootfs_b).add_ext_mount("logdir", logdir_s.clone());
+                })
+            },
+            None,
+        )
+        .unwrap();
+    let src = run.src.unwrap();
+    let dst = run.dst.unwrap();
+    let _ = c.unshare.wait();
+    assert!(!criu_testkit::alive(c.init), "the source container is gone");
+    let before = numbers(&log);
+    let n = *before.last().unwrap();
+    wait_lines(&log, before.len() + 3, WAIT).unwrap();
+    let after = numbers(&log);
+    assert_eq!(after[before.len()], n + 1, "the count goes on from {n} + 1");
+    assert!(consecutive(&after), "0, 1, 2, ... throughout");
+    assert_eq!(src.restored_pid, dst.child.pid());
+    assert_ne!(
+        netns_of(dst.child.pid()).unwrap(),
+        hosts.a.netns_inode().unwrap()
+    );
 }
