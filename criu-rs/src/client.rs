@@ -5,7 +5,7 @@ use std::ffi::c_int;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -114,7 +114,9 @@ impl ConfigFile {
             .prefix("criu-rs-config-")
             .tempdir()
             .map_err(|e| Error::io("creating a private directory for the CRIU config file", e))?;
-        // tempfile creates the directory 0700.
+        // Private before anything is written into it.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io("making the CRIU config directory private", e))?;
         let path = dir.path().join("criu.conf");
         let mut f = OpenOptions::new()
             .write(true)
@@ -430,7 +432,6 @@ impl Criu {
                 "no pid: set Options::pid to the tree's root",
             )
         })?;
-        check_pid(op, pid)?;
         let dir = opts.get_images_dir().ok_or_else(|| {
             Error::invalid(
                 Some(op),
@@ -447,6 +448,7 @@ impl Criu {
                 "the images directory already holds a checkpoint; use a fresh one, or allow replacing it with Options::overwrite_images(true)",
             ));
         }
+        check_pid(op, pid)?;
         if opts.wants_mem_track() || matches!(op, Operation::PreDump | Operation::DumpIters) {
             self.require_mem_track(op, Some(pid))?;
         }
@@ -615,4 +617,57 @@ fn attach_log(ctx: &mut Context, dir: BorrowedFd<'_>, name: &str) {
         ctx.log_file = Some(name.to_string());
     }
     let _ = dir.as_raw_fd();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_is_private_and_removed() {
+        let cfg = ConfigFile::write(&["lazy-pages".into(), "port 1234".into()]).unwrap();
+        let path = cfg.path().to_path_buf();
+        let dir = path.parent().unwrap().to_path_buf();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "lazy-pages\nport 1234\n"
+        );
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        drop(cfg);
+        assert!(!path.exists() && !dir.exists());
+    }
+
+    #[test]
+    fn libcriu_return_codes_map_to_error_kinds() {
+        let ctx = || Context::new(Operation::Dump, Some(7));
+        assert!(matches!(
+            map_rc(ctx(), -libc::ECONNREFUSED, libc::ENOENT),
+            Error::Connect { .. }
+        ));
+        assert!(matches!(
+            map_rc(ctx(), -libc::ECOMM, 0),
+            Error::Communication { .. }
+        ));
+        assert!(matches!(
+            map_rc(ctx(), -libc::EINVAL, 0),
+            Error::Unsupported { .. }
+        ));
+        assert!(matches!(
+            map_rc(ctx(), -libc::EBADMSG, 0),
+            Error::BadResponse { .. }
+        ));
+        let e = map_rc(ctx(), -libc::EBADE, libc::ESRCH);
+        assert_eq!(e.errno(), Some(Errno::ESRCH));
+        assert!(e.is_not_found());
+        assert!(e
+            .to_string()
+            .starts_with("dump of pid 7: CRIU refused the request (errno 3"));
+    }
 }

@@ -124,3 +124,29 @@ fn unreachable_service_is_reported_as_econnrefused() {
     };
     assert_eq!(rc, -libc::ECONNREFUSED);
 }
+
+#[test]
+fn the_bindings_cover_the_whole_header() {
+    // Each must exist with the C signature; a missing one fails to compile.
+    let _: unsafe extern "C" fn(*mut criu_opts) -> i32 = criu_local_dump;
+    let _: unsafe extern "C" fn(*mut criu_opts) -> i32 = criu_local_restore_child;
+    let _: unsafe extern "C" fn(
+        *mut criu_opts,
+        Option<unsafe extern "C" fn(criu_predump_info) -> i32>,
+    ) -> i32 = criu_local_dump_iters;
+    let _: unsafe extern "C" fn(*mut criu_opts, *mut criu_feature_check, usize) -> i32 =
+        criu_local_feature_check;
+    let _: unsafe extern "C" fn(
+        *mut criu_opts,
+        Option<unsafe extern "C" fn(*mut std::ffi::c_char, criu_notify_arg_t) -> i32>,
+    ) = criu_local_set_notify_cb;
+    let _: unsafe extern "C" fn(*mut criu_opts, *const std::ffi::c_char) -> i32 =
+        criu_local_set_config_file;
+    // The global API and the enums come along.
+    let _: unsafe extern "C" fn() -> i32 = criu_init_opts;
+    let _: unsafe extern "C" fn() -> i32 = criu_dump;
+    assert_eq!(criu_cg_mode_CRIU_CG_MODE_DEFAULT, 6);
+    assert_eq!(criu_network_lock_method_CRIU_NETWORK_LOCK_SKIP, 3);
+    assert_eq!(criu_pre_dump_mode_CRIU_PRE_DUMP_READ, 2);
+    assert_eq!(CRIU_LOG_DEBUG, 4);
+}
