@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 
 use crate::child::RestoredChild;
+use crate::deadline::{OwnSwrk, Watchdog};
 use crate::error::{error_lines, Context, Error, InvalidKind, Operation, Result};
 use crate::images::{exists_at, read_at};
 use crate::notify::{iter_trampoline, notify_trampoline, Installed, IterFn, Iteration};
@@ -270,9 +271,30 @@ impl Criu {
             ));
         }
         let raw = RawOpts::new()?;
-        self.apply_service(&raw, op)?;
         let mut empty = Options::new();
         let opts = opts.unwrap_or(&mut empty);
+        let mut own_swrk = match opts.get_deadline() {
+            None => {
+                self.apply_service(&raw, op)?;
+                None
+            }
+            Some(deadline) => {
+                let binary = match &self.service {
+                    Service::Binary(b) => b.clone().unwrap_or_else(|| PathBuf::from("criu")),
+                    _ => {
+                        return Err(Error::invalid(
+                            Some(op),
+                            InvalidKind::Conflict,
+                            "a deadline needs the crate to start CRIU itself: not with a service address or fd",
+                        ))
+                    }
+                };
+                let (swrk, fd) = OwnSwrk::spawn(&binary)?;
+                // SAFETY: raw is live; libcriu takes the socket and closes it.
+                unsafe { sys::criu_local_set_service_fd(raw.as_ptr(), fd.into_raw_fd()) };
+                Some((swrk, deadline))
+            }
+        };
         let with_op = |e: Error| match e {
             Error::InvalidArgument { kind, message, .. } => Error::InvalidArgument {
                 operation: Some(op),
@@ -309,18 +331,55 @@ impl Criu {
             // SAFETY: the closures live in `opts` and `iter`, which outlive
             // `installed`; it is finished on this thread before they end.
             let installed = unsafe { Installed::new(opts.notify.as_deref_mut(), iter) };
+            let sibling = if opts.get_restore_sibling() {
+                opts.get_images_dir().and_then(root_pid_at)
+            } else {
+                None
+            };
+            let dog = own_swrk
+                .as_ref()
+                .map(|(s, d)| Watchdog::start(s.pid(), sibling, *d));
             let start = Instant::now();
             let rc = call(raw.as_ptr());
             let errno = Errno::last_raw();
             let wall = start.elapsed();
             let outcome = installed.finish();
             IN_CALL.with(|c| c.set(false));
-            (rc, errno, wall, outcome)
+            let killed = dog.and_then(Watchdog::finish);
+            (rc, errno, wall, (outcome, killed))
         };
+        let (outcome, killed) = outcome;
         drop(config);
         drop(raw);
+        if let Some((swrk, _)) = own_swrk.as_mut() {
+            swrk.reap(Duration::from_secs(5));
+        }
         if let Some(panic) = outcome.panic {
             std::panic::resume_unwind(panic);
+        }
+        if let (Some(n), Some((_, deadline))) = (killed, own_swrk.as_ref()) {
+            let outcome = match (op, ctx.pid) {
+                (Operation::Dump | Operation::PreDump | Operation::DumpIters, Some(pid)) => {
+                    let state = if crate::tree::alive(pid) {
+                        "is still running"
+                    } else {
+                        "is NOT running"
+                    };
+                    format!("CRIU was killed and reaped ({n} task(s)); pid {pid} {state}")
+                }
+                _ => format!(
+                    "CRIU and what it had restored were killed and reaped ({n} task(s)); nothing restored is left"
+                ),
+            };
+            let mut err = Error::DeadlineExceeded {
+                ctx,
+                deadline: *deadline,
+                outcome,
+            };
+            if let (Some(dir), Some(c)) = (work_dir, err.context_mut()) {
+                attach_log(c, dir, &log_name);
+            }
+            return Err(err);
         }
         if rc >= 0 {
             return Ok((rc, wall));
@@ -564,15 +623,33 @@ impl Criu {
     /// and that reaps it.
     pub fn restore_child(&self, opts: &mut Options<'_>) -> Result<(RestoredChild, RestoreReport)> {
         Self::prepare_restore(Operation::RestoreChild, opts)?;
-        // SAFETY: as above.
-        let (pid, wall) = self.run(Operation::RestoreChild, Some(opts), None, |p| unsafe {
-            sys::criu_local_restore_child(p)
-        })?;
+        let (pid, wall) = if opts.get_deadline().is_some() {
+            // libcriu's restore_child starts CRIU itself; with a deadline the
+            // crate does, and asks CRIU for the same thing (the restored root
+            // becomes a sibling of CRIU, i.e. our child) through the config.
+            opts.set_restore_sibling(true);
+            // SAFETY: as above.
+            let r = self.run(Operation::RestoreChild, Some(opts), None, |p| unsafe {
+                sys::criu_local_restore(p)
+            });
+            opts.set_restore_sibling(false);
+            r?
+        } else {
+            // SAFETY: as above.
+            self.run(Operation::RestoreChild, Some(opts), None, |p| unsafe {
+                sys::criu_local_restore_child(p)
+            })?
+        };
         Ok((
             RestoredChild::new(pid),
             Self::restore_report(opts, pid, wall),
         ))
     }
+}
+
+/// The root pid recorded in the images (see [`ImagesDir::root_pid`]).
+fn root_pid_at(dir: BorrowedFd<'_>) -> Option<i32> {
+    crate::images::root_pid_of(&read_at(dir, "pstree.img").ok()?).ok()
 }
 
 fn read_stats(dir: Option<BorrowedFd<'_>>, name: &str) -> Option<Stats> {

@@ -180,6 +180,17 @@ pub enum Error {
         /// How many pre-dumps had completed.
         iterations: u32,
     },
+    /// The operation's deadline ([`crate::Options::deadline`]) passed: CRIU
+    /// was killed and reaped.
+    #[error("{ctx}: the deadline of {deadline:?} passed; {outcome}{}", .ctx.log_suffix())]
+    DeadlineExceeded {
+        /// Where it happened.
+        ctx: Context,
+        /// The deadline that passed.
+        deadline: std::time::Duration,
+        /// What was done about it, and what became of the tasks.
+        outcome: String,
+    },
     /// An argument was rejected before CRIU was called.
     #[error("{}invalid argument: {message}", op_prefix(.operation))]
     InvalidArgument {
@@ -275,7 +286,8 @@ impl Error {
             | Error::Unsupported { ctx, .. }
             | Error::BadResponse { ctx }
             | Error::NotificationRefused { ctx, .. }
-            | Error::Aborted { ctx, .. } => Some(ctx),
+            | Error::Aborted { ctx, .. }
+            | Error::DeadlineExceeded { ctx, .. } => Some(ctx),
             _ => None,
         }
     }
@@ -288,7 +300,8 @@ impl Error {
             | Error::Unsupported { ctx, .. }
             | Error::BadResponse { ctx }
             | Error::NotificationRefused { ctx, .. }
-            | Error::Aborted { ctx, .. } => Some(ctx),
+            | Error::Aborted { ctx, .. }
+            | Error::DeadlineExceeded { ctx, .. } => Some(ctx),
             _ => None,
         }
     }
@@ -347,6 +360,11 @@ impl Error {
     /// CRIU, libcriu or the kernel lacks what was asked for.
     pub fn is_unsupported(&self) -> bool {
         matches!(self, Error::Unsupported { .. })
+    }
+
+    /// The operation's deadline passed.
+    pub fn is_deadline_exceeded(&self) -> bool {
+        matches!(self, Error::DeadlineExceeded { .. })
     }
 
     /// CRIU could not be started or reached at all.

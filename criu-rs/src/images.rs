@@ -170,6 +170,12 @@ impl ImagesDir {
             .map_err(|e| Error::io(format!("reading {} in {}", name, self.path.display()), e))
     }
 
+    /// The pid of the checkpoint's root task, from `pstree.img` (the pid a
+    /// restore gives it, unless it is the init of a PID namespace).
+    pub fn root_pid(&self) -> Result<i32> {
+        root_pid_of(&self.read("pstree.img")?)
+    }
+
     /// Decodes `stats-dump`, if the directory (as work directory of a
     /// dump) has one.
     pub fn dump_stats(&self) -> Result<Option<Stats>> {
@@ -194,4 +200,34 @@ impl AsFd for ImagesDir {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// The first entry of a `pstree.img`: magic, pstree magic, then entries of
+/// a u32 size and a `pstree_entry` message.
+pub(crate) fn root_pid_of(bytes: &[u8]) -> Result<i32> {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct PstreeEntry {
+        #[prost(uint32, required, tag = "1")]
+        pid: u32,
+    }
+    const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
+    const PSTREE_MAGIC: u32 = 0x5027_3030;
+    let bad = |message: &str| Error::BadImage {
+        file: "pstree.img".into(),
+        message: message.into(),
+    };
+    let word = |i: usize| -> Option<u32> {
+        bytes
+            .get(i..i + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    if word(0) != Some(IMG_COMMON_MAGIC) || word(4) != Some(PSTREE_MAGIC) {
+        return Err(bad("not a pstree image (bad magic)"));
+    }
+    let size = word(8).ok_or_else(|| bad("no entry"))? as usize;
+    let body = bytes
+        .get(12..12usize.saturating_add(size))
+        .ok_or_else(|| bad("truncated entry"))?;
+    let entry = <PstreeEntry as prost::Message>::decode(body).map_err(|e| bad(&e.to_string()))?;
+    i32::try_from(entry.pid).map_err(|_| bad("pid out of range"))
 }

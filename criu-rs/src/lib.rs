@@ -70,6 +70,7 @@
 mod child;
 mod client;
 mod daemon;
+mod deadline;
 mod error;
 mod images;
 pub mod migrate;
@@ -77,8 +78,9 @@ mod notify;
 mod options;
 mod raw;
 mod report;
-mod stats;
+pub mod stats;
 pub mod transfer;
+mod tree;
 mod version;
 
 /// The raw bindings, for what this crate does not wrap.

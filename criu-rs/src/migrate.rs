@@ -47,6 +47,7 @@ use crate::notify::Event;
 use crate::options::Options;
 use crate::report::{DumpReport, RestoreReport};
 use crate::transfer::{self, read_header, recv_message, send_message, write_header, TransferStats};
+use crate::tree::{state, tree};
 
 /// How memory gets to the destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -231,36 +232,6 @@ pub struct DestReport {
     pub restore: RestoreReport,
     /// Images received over the stream.
     pub transfer: TransferStats,
-}
-
-/// Every task of the tree rooted at `root` (root first).
-fn tree(root: i32) -> Vec<i32> {
-    let mut out = vec![root];
-    let mut i = 0;
-    while i < out.len() {
-        let pid = out[i];
-        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-            for t in tasks.flatten() {
-                let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-                out.extend(
-                    kids.split_whitespace()
-                        .filter_map(|k| k.parse::<i32>().ok()),
-                );
-            }
-        }
-        i += 1;
-    }
-    out
-}
-
-fn state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .next()?
-        .chars()
-        .next()
 }
 
 /// A stopped source tree: continued on drop unless killed.

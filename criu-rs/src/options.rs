@@ -356,6 +356,8 @@ pub struct Options<'a> {
     // CLI-only options, passed through a config file the crate writes.
     lazy_pages: bool,
     unprivileged: bool,
+    restore_sibling: bool,
+    deadline: Option<Duration>,
     lazy_address: Option<SocketAddr>,
     file_validation: Option<FileValidation>,
     pub(crate) notify: Option<Box<NotifyFn<'a>>>,
@@ -684,6 +686,32 @@ impl<'a> Options<'a> {
         self
     }
 
+    /// The longest the whole operation may take. CRIU's own
+    /// [`Options::timeout`] covers only collecting the tasks; with a
+    /// deadline the crate starts CRIU itself and, when the deadline passes,
+    /// kills it and everything it forked (a half-restored tree included),
+    /// reaps them, and fails with [`crate::Error::DeadlineExceeded`]. A
+    /// dump interrupted this way leaves its tasks running. Not available
+    /// with [`crate::Criu::with_service_address`] / `with_service_fd`, nor
+    /// with [`Options::add_inherit_fd`] (libcriu allows it only when it
+    /// starts CRIU itself).
+    pub fn deadline(&mut self, deadline: Duration) -> &mut Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    pub(crate) fn get_deadline(&self) -> Option<Duration> {
+        self.deadline
+    }
+
+    pub(crate) fn get_restore_sibling(&self) -> bool {
+        self.restore_sibling
+    }
+
+    pub(crate) fn set_restore_sibling(&mut self, on: bool) {
+        self.restore_sibling = on;
+    }
+
     /// Run without root, with CAP_CHECKPOINT_RESTORE (`--unprivileged`).
     /// libcriu has only a global setter (`criu_set_unprivileged`), which
     /// would leak into other threads' requests, so this is passed through
@@ -812,6 +840,9 @@ impl<'a> Options<'a> {
         }
         if self.unprivileged {
             lines.push("unprivileged".to_string());
+        }
+        if self.restore_sibling {
+            lines.push("restore-sibling".to_string());
         }
         if let Some(addr) = self.lazy_address {
             lines.push(format!("address {}", addr.ip()));

@@ -5,6 +5,7 @@
 //! ```text
 //! stream  := "CRIURS\x00\x01" item* end
 //! item    := 'F' name_len:u16 name mode:u32 size:u64 bytes[size] crc32:u32
+//!            (the CRC-32 covers everything from 'F' to the last byte)
 //!          | 'M' len:u32 json[len]            (a control message)
 //! end     := 'E' files:u32 bytes:u64
 //! ```
@@ -190,6 +191,7 @@ pub fn send_dir(
             .map_err(io_err("sending a file header"))?;
         let mut left = *size;
         let mut crc = crc32fast::Hasher::new();
+        crc.update(&head);
         while left > 0 {
             let n = (left.min(BUF as u64)) as usize;
             f.read_exact(&mut buf[..n]).map_err(|e| {
@@ -296,8 +298,15 @@ pub fn receive_dir(
                         None,
                     ));
                 }
-                let mode = read_u32(r, "reading a file mode")? & 0o777;
+                let raw_mode = read_u32(r, "reading a file mode")?;
                 let size = read_u64(r, "reading a file size")?;
+                let mode = raw_mode & 0o777;
+                let mut crc = crc32fast::Hasher::new();
+                crc.update(b"F");
+                crc.update(&(name.len() as u16).to_le_bytes());
+                crc.update(name.as_bytes());
+                crc.update(&raw_mode.to_le_bytes());
+                crc.update(&size.to_le_bytes());
                 let path = partial.path.join(&name);
                 let mut f = OpenOptions::new()
                     .write(true)
@@ -312,7 +321,6 @@ pub fn receive_dir(
                         }
                     })?;
                 let mut left = size;
-                let mut crc = crc32fast::Hasher::new();
                 while left > 0 {
                     let n = (left.min(BUF as u64)) as usize;
                     r.read_exact(&mut buf[..n])
@@ -454,7 +462,7 @@ mod tests {
             v.extend_from_slice(name.as_bytes());
             v.extend_from_slice(&0o600u32.to_le_bytes());
             v.extend_from_slice(&0u64.to_le_bytes());
-            v.extend_from_slice(&crc32fast::hash(b"").to_le_bytes());
+            v.extend_from_slice(&0u32.to_le_bytes());
             v.push(b'E');
             v.extend_from_slice(&1u32.to_le_bytes());
             v.extend_from_slice(&0u64.to_le_bytes());

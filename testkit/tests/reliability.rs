@@ -1,0 +1,309 @@
+//! Promises under faults: a failed checkpoint leaves the process running, a
+//! failed restore leaves no half-built tree, bad input is a typed error.
+//! Real CRIU, as root.
+
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use criu::{Criu, Error, ImagesDir, InvalidKind, Options};
+use criu_testkit::{alive, Workload};
+
+const BIN: &str = env!("CARGO_BIN_EXE_criu-rs-workload");
+const WAIT: Duration = Duration::from_secs(30);
+
+fn workload(dir: &tempfile::TempDir, mib: usize) -> Workload {
+    Workload::spawn(
+        BIN.as_ref(),
+        &dir.path().join("out.log"),
+        Duration::from_millis(1),
+        mib,
+    )
+    .unwrap()
+}
+
+#[test]
+fn an_expired_dump_deadline_kills_criu_and_leaves_the_process_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = workload(&dir, 768);
+    let sum = w.memory_checksum().unwrap();
+    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let e = Criu::new()
+        .dump(
+            Options::new()
+                .pid(w.pid())
+                .images_dir(&images)
+                .log_file("dump.log")
+                .deadline(Duration::from_millis(150)),
+        )
+        .unwrap_err();
+    assert!(e.is_deadline_exceeded(), "{e}");
+    assert!(e.to_string().contains("is still running"), "{e}");
+    assert!(w.is_running());
+    assert!(
+        w.advances(WAIT),
+        "the process runs on after the interrupted dump"
+    );
+    let (after, ok) = w.verify_memory(w.pid(), WAIT).unwrap();
+    assert!(ok && after == sum, "its memory is intact");
+}
+
+#[test]
+fn a_restore_that_would_hang_is_cut_by_the_deadline_and_leaves_nothing() {
+    // A truncated pages image makes CRIU 4.2.1's restorer spin forever.
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = workload(&dir, 1);
+    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let criu = Criu::new();
+    criu.dump(Options::new().pid(w.pid()).images_dir(&images))
+        .unwrap();
+    w.reap(WAIT).unwrap();
+    let pages = std::fs::read_dir(images.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("pages-")
+        })
+        .unwrap();
+    let len = std::fs::metadata(&pages).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pages)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    for child in [false, true] {
+        let mut o = Options::new();
+        o.images_dir(&images)
+            .log_file("restore.log")
+            .deadline(Duration::from_secs(3));
+        let e = if child {
+            criu.restore_child(&mut o).map(|_| ()).unwrap_err()
+        } else {
+            criu.restore(&mut o).map(|_| ()).unwrap_err()
+        };
+        assert!(e.is_deadline_exceeded(), "{e}");
+        assert!(
+            criu_testkit::wait_gone(w.pid(), Duration::from_secs(5)) || !alive(w.pid()),
+            "no restored task is left"
+        );
+        assert!(!alive(w.pid()));
+    }
+}
+
+#[test]
+fn a_deadline_that_is_not_reached_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = workload(&dir, 1);
+    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let criu = Criu::new();
+    criu.dump(
+        Options::new()
+            .pid(w.pid())
+            .images_dir(&images)
+            .deadline(Duration::from_secs(60)),
+    )
+    .unwrap();
+    w.reap(WAIT).unwrap();
+    let seq = w.last_seq();
+    let (mut child, report) = criu
+        .restore_child(
+            Options::new()
+                .images_dir(&images)
+                .deadline(Duration::from_secs(60)),
+        )
+        .unwrap();
+    w.forget();
+    assert_eq!(child.pid(), report.pid);
+    w.wait_for_seq(seq + 5, WAIT).unwrap();
+    assert_eq!(
+        child.try_wait().unwrap(),
+        None,
+        "the restored root is our child"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_dump_to_an_unreachable_page_server_leaves_the_process_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = workload(&dir, 8);
+    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    // Nothing listens on this port.
+    let addr = criu::free_port("127.0.0.1".parse().unwrap()).unwrap();
+    let e = Criu::new()
+        .dump(
+            Options::new()
+                .pid(w.pid())
+                .images_dir(&images)
+                .log_file("dump.log")
+                .page_server(addr),
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::Refused { .. }), "{e}");
+    assert!(!e.log_errors().is_empty(), "{e}");
+    assert!(w.is_running() && w.advances(WAIT));
+}
+
+#[test]
+fn a_corrupted_inventory_is_a_clear_error_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = workload(&dir, 1);
+    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let criu = Criu::new();
+    criu.dump(Options::new().pid(w.pid()).images_dir(&images))
+        .unwrap();
+    w.reap(WAIT).unwrap();
+    let inv = images.path().join("inventory.img");
+    let mut bytes = std::fs::read(&inv).unwrap();
+    for b in bytes.iter_mut().skip(4) {
+        *b ^= 0xA5;
+    }
+    std::fs::write(&inv, bytes).unwrap();
+    let e = criu
+        .restore(Options::new().images_dir(&images).log_file("restore.log"))
+        .unwrap_err();
+    // CRIU 4.2.1 refuses some corruptions and aborts on others (a BUG in
+    // bfd.c), which breaks the connection; either way the error says so.
+    assert!(
+        matches!(e, Error::Refused { .. } | Error::Communication { .. }),
+        "{e}"
+    );
+    assert!(!e.log_errors().is_empty(), "{e}");
+    assert!(!alive(w.pid()));
+}
+
+#[test]
+fn more_bad_input_is_rejected_before_criu_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = workload(&dir, 0);
+    let criu = Criu::new();
+    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+
+    // An inherit-fd that is closed: a number above any open descriptor
+    // (other test threads may reuse a number we just closed).
+    // SAFETY: the crate only asks the kernel about this number
+    // (F_GETFD) and rejects it; it is never read or written.
+    let stale = unsafe { std::os::fd::BorrowedFd::borrow_raw(1 << 20) };
+    let e = criu
+        .dump(
+            Options::new()
+                .pid(w.pid())
+                .images_dir(&images)
+                .add_inherit_fd(stale, "fd[1]:x"),
+        )
+        .unwrap_err();
+    assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
+
+    // Empty external keys, an empty inherit-fd key.
+    let e = criu
+        .dump(
+            Options::new()
+                .pid(w.pid())
+                .images_dir(&images)
+                .add_external("  "),
+        )
+        .unwrap_err();
+    assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let e = criu
+        .dump(
+            Options::new()
+                .pid(w.pid())
+                .images_dir(&images)
+                .add_inherit_fd(null.as_fd(), ""),
+        )
+        .unwrap_err();
+    assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
+
+    // Parent images outside the checkpoint root.
+    let e = criu
+        .dump(
+            Options::new()
+                .pid(w.pid())
+                .images_dir(&images)
+                .parent_images("../../elsewhere"),
+        )
+        .unwrap_err();
+    assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
+    let e = criu
+        .dump(
+            Options::new()
+                .pid(w.pid())
+                .images_dir(&images)
+                .parent_images("/abs/path"),
+        )
+        .unwrap_err();
+    assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
+    let other = ImagesDir::create(dir.path().join("nested-root-a")).unwrap();
+    assert!(
+        images.parent_link(&other).is_ok(),
+        "siblings link as ../name"
+    );
+    std::fs::create_dir(dir.path().join("deeper")).unwrap();
+    let deep = ImagesDir::create(dir.path().join("deeper/pre")).unwrap();
+    assert!(images.parent_link(&deep).is_err(), "not a sibling");
+
+    // A deadline with a service address is a conflict, found before CRIU runs.
+    let e = Criu::with_service_address("/nonexistent.sock")
+        .dump(
+            Options::new()
+                .pid(w.pid())
+                .images_dir(&images)
+                .deadline(Duration::from_secs(1)),
+        )
+        .unwrap_err();
+    assert_eq!(e.invalid_kind(), Some(InvalidKind::Conflict), "{e}");
+
+    assert!(
+        w.is_running() && w.advances(WAIT),
+        "nothing touched the process"
+    );
+    assert!(!images.holds_images());
+}
+
+/// A read-only tmpfs mounted for one test, unmounted on drop.
+struct ReadOnlyMount(std::path::PathBuf);
+
+impl ReadOnlyMount {
+    fn new(at: &std::path::Path) -> ReadOnlyMount {
+        std::fs::create_dir(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "ro,size=1m", "criu-rs-test"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mounting a read-only tmpfs");
+        ReadOnlyMount(at.to_path_buf())
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_dump_into_a_read_only_images_directory_fails_clearly_and_the_process_runs() {
+    // root may write anywhere except on a read-only filesystem.
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = workload(&dir, 0);
+    let ro = ReadOnlyMount::new(&dir.path().join("ro"));
+    let e = ImagesDir::create(ro.0.join("img")).unwrap_err();
+    assert!(e.to_string().contains("Read-only file system"), "{e}");
+    let images = ImagesDir::open(&ro.0).unwrap();
+    let e = Criu::new()
+        .dump(Options::new().pid(w.pid()).images_dir(&images))
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Refused { .. } | Error::Communication { .. }),
+        "{e}"
+    );
+    assert!(w.is_running() && w.advances(WAIT), "the process runs on");
+}
