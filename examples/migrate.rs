@@ -17,10 +17,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use criu::migrate::{DestConfig, SourceConfig, Strategy};
-use criu_testkit::hosts::{netns_of, TwoHosts};
-use criu_testkit::{workload_bin, Workload};
-use serde::Serialize;
+use criu::migrate::Strategy;
+use criu_testkit::measure::{migrate_workload, Row};
 
 #[derive(Parser)]
 #[command(about = "Migrate a live process between two network-namespace hosts with CRIU")]
@@ -37,46 +35,6 @@ struct Cli {
     /// How long the workload runs on host A before it is moved, in ms.
     #[arg(long, default_value_t = 500)]
     warmup_ms: u64,
-}
-
-/// One migration's cost, with the field names the project publishes.
-#[derive(Debug, Serialize)]
-struct Row {
-    strategy: String,
-    workload: String,
-    rss_bytes: u64,
-    freezing_time_us: Option<u64>,
-    frozen_time_us: Option<u64>,
-    memdump_time_us: Option<u64>,
-    memwrite_time_us: Option<u64>,
-    pages_written: Option<u64>,
-    dump_ms: f64,
-    transfer_bytes: u64,
-    transfer_ms: f64,
-    restore_ms: f64,
-    restore_time_us: Option<u64>,
-    downtime_ms: f64,
-    continued: bool,
-    memory_intact: Option<bool>,
-    pid_before: i32,
-    pid_after: i32,
-    source_netns: u64,
-    dest_netns: u64,
-}
-
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e5).round() / 100.0
-}
-
-fn rss_bytes(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// A progress bar that appears only when a transfer lasts over a second.
@@ -112,100 +70,6 @@ impl Drop for Bar {
             b.finish_and_clear();
         }
     }
-}
-
-fn run_one(
-    strategy: Strategy,
-    workload: &str,
-    mib: usize,
-    warmup: Duration,
-) -> Result<Row, Box<dyn std::error::Error>> {
-    let bin = workload_bin();
-    if !bin.exists() {
-        return Err(format!(
-            "{} not found: run `cargo build -p criu-testkit --bins` first",
-            bin.display()
-        )
-        .into());
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("criu-rs-migrate-")
-        .tempdir()?;
-    let hosts = TwoHosts::new()?;
-    let out = dir.path().join("counter.log");
-    let mut w = hosts
-        .a
-        .run(|| Workload::spawn_in_pid_ns(&bin, &out, Duration::from_millis(1), mib))??;
-    let checksum = w.memory_checksum();
-    std::thread::sleep(warmup);
-    let pid_before = w.pid();
-    let rss = rss_bytes(pid_before);
-    let source_netns = netns_of(pid_before)?;
-    let (src_dir, dst_dir) = (dir.path().join("a"), dir.path().join("b"));
-    std::fs::create_dir_all(&src_dir)?;
-    std::fs::create_dir_all(&dst_dir)?;
-
-    let run = hosts.migrate(
-        pid_before,
-        || {
-            let mut bar = Bar {
-                start: Instant::now(),
-                bar: None,
-            };
-            SourceConfig::new(strategy, &src_dir)
-                .progress(move |done, total| bar.update(done, total))
-        },
-        || DestConfig::new(&dst_dir),
-        None,
-    )?;
-    let (src, dst) = (run.src, run.dst);
-    let src = src?;
-    let dst = dst?;
-    w.reap(Duration::from_secs(10))?;
-    let seq_at_stop = w.last_seq();
-    let pid_after = dst.child.pid();
-    let dest_netns = netns_of(pid_after)?;
-    w.wait_for_seq(seq_at_stop + 200, Duration::from_secs(60))?;
-    let ticks = w.ticks();
-    let continued = ticks.iter().enumerate().all(|(i, t)| t.seq == i as u64 + 1)
-        && ticks.len() as u64 > seq_at_stop;
-    let downtime_ns = ticks
-        .windows(2)
-        .map(|p| p[1].unix_ns.saturating_sub(p[0].unix_ns))
-        .max()
-        .unwrap_or(0);
-    let memory_intact = if mib > 0 {
-        let (sum, ok) = w.verify_memory(pid_after, Duration::from_secs(120))?;
-        Some(ok && Some(sum) == checksum)
-    } else {
-        None
-    };
-    drop(dst.child);
-
-    let stats = src.dump.stats;
-    let us = |f: fn(&criu::DumpStats) -> Duration| stats.as_ref().map(|s| f(s).as_micros() as u64);
-    Ok(Row {
-        strategy: strategy.to_string(),
-        workload: workload.to_string(),
-        rss_bytes: rss,
-        freezing_time_us: us(|s| s.freezing_time),
-        frozen_time_us: us(|s| s.frozen_time),
-        memdump_time_us: us(|s| s.memdump_time),
-        memwrite_time_us: us(|s| s.memwrite_time),
-        pages_written: stats.map(|s| s.pages_written),
-        dump_ms: ms(src.dump.wall_time),
-        transfer_bytes: src.transfer.bytes + src.page_server_bytes,
-        transfer_ms: ms(src.transfer.elapsed),
-        restore_ms: ms(src.restore_wall),
-        restore_time_us: src.restore_time_us,
-        downtime_ms: downtime_ns as f64 / 1e6,
-        continued,
-        memory_intact,
-        pid_before,
-        pid_after,
-        source_netns,
-        dest_netns,
-    })
 }
 
 fn print_table(rows: &[Row]) {
@@ -273,7 +137,19 @@ fn main() -> std::process::ExitCode {
     let mut failed = false;
     for st in strategies {
         eprintln!("migrating a {} workload with {st}...", cli.workload);
-        match run_one(st, &cli.workload, mib, Duration::from_millis(cli.warmup_ms)) {
+        match migrate_workload(
+            st,
+            &cli.workload,
+            mib,
+            Duration::from_millis(cli.warmup_ms),
+            {
+                let mut bar = Bar {
+                    start: Instant::now(),
+                    bar: None,
+                };
+                move |done, total| bar.update(done, total)
+            },
+        ) {
             Ok(r) => {
                 failed |= !r.continued
                     || r.memory_intact == Some(false)

@@ -1,1 +1,188 @@
-//! Shared helpers for the benches.
+//! Shared pieces of the benchmarks: settings from the environment, where
+//! images go, workloads, and a record of CRIU's own timings per run.
+//!
+//! Settings (all optional):
+//! * `CRIU_RS_BENCH_SIZES`: memory sizes in MiB, comma-separated
+//!   (default `1`: the quick mode; the published run uses
+//!   `1,16,64,256,1024`).
+//! * `CRIU_RS_BENCH_SAMPLES`: criterion samples per benchmark (default 10,
+//!   criterion's minimum).
+//! * `CRIU_RS_BENCH_FS`: `tmpfs`, `disk` or both (default both).
+//! * `CRIU_RS_BENCH_REPS`: repetitions per migration (default 3).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use criu_testkit::{workload_bin, Workload};
+use serde::Serialize;
+
+/// Memory sizes to measure, in MiB.
+pub fn sizes() -> Vec<usize> {
+    let raw = std::env::var("CRIU_RS_BENCH_SIZES").unwrap_or_else(|_| "1".into());
+    let mut v: Vec<usize> = raw
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .filter(|&s| s > 0)
+        .collect();
+    if v.is_empty() {
+        v.push(1);
+    }
+    v
+}
+
+/// The smallest size measured (the peers are compared there, where fixed
+/// costs dominate).
+pub fn smallest() -> usize {
+    sizes().into_iter().min().unwrap_or(1)
+}
+
+/// Criterion samples per benchmark.
+pub fn samples() -> usize {
+    std::env::var("CRIU_RS_BENCH_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10)
+        .max(10)
+}
+
+/// Repetitions per migration measurement.
+pub fn reps() -> usize {
+    std::env::var("CRIU_RS_BENCH_REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1)
+}
+
+/// A filesystem the images go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fs {
+    /// `/dev/shm`.
+    Tmpfs,
+    /// `/var/tmp` (the root filesystem).
+    Disk,
+}
+
+impl Fs {
+    /// The filesystems selected by `CRIU_RS_BENCH_FS`.
+    pub fn selected() -> Vec<Fs> {
+        let raw = std::env::var("CRIU_RS_BENCH_FS").unwrap_or_else(|_| "tmpfs,disk".into());
+        let mut v = Vec::new();
+        if raw.contains("tmpfs") {
+            v.push(Fs::Tmpfs);
+        }
+        if raw.contains("disk") {
+            v.push(Fs::Disk);
+        }
+        if v.is_empty() {
+            v.push(Fs::Tmpfs);
+        }
+        v
+    }
+
+    /// Its name in benchmark ids.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fs::Tmpfs => "tmpfs",
+            Fs::Disk => "disk",
+        }
+    }
+
+    /// A fresh scratch directory on it, removed on drop.
+    pub fn scratch(self) -> tempfile::TempDir {
+        let base = match self {
+            Fs::Tmpfs => Path::new("/dev/shm"),
+            Fs::Disk => Path::new("/var/tmp"),
+        };
+        tempfile::Builder::new()
+            .prefix("criu-rs-bench-")
+            .tempdir_in(base)
+            .expect("scratch directory")
+    }
+}
+
+/// Starts the workload with `mib` MiB of touched memory, as our child in
+/// its own session, writing to `out`.
+pub fn workload(out: &Path, mib: usize) -> Workload {
+    let bin = workload_bin();
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build --release -p criu-testkit --bins` first",
+        bin.display()
+    );
+    Workload::spawn(&bin, out, Duration::from_millis(1), mib).expect("workload starts")
+}
+
+/// Makes this process the reaper of orphans below it, so that trees
+/// restored detached (by the `criu` CLI) can be reaped at once instead of
+/// by a slow init.
+pub fn become_subreaper() {
+    // SAFETY: a plain prctl on this process.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+}
+
+/// Kills `pid` and reaps it (it must be our child, or an orphan we reap).
+pub fn kill_and_reap(pid: i32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+}
+
+/// One measured dump, as CRIU itself timed it.
+#[derive(Debug, Serialize)]
+pub struct StatsRecord<'a> {
+    /// The benchmark.
+    pub bench: &'a str,
+    /// Filesystem of the images.
+    pub fs: &'a str,
+    /// Memory size, MiB.
+    pub mib: usize,
+    /// Wall time of the call, µs.
+    pub wall_us: u64,
+    /// CRIU's freezing_time, µs.
+    pub freezing_time_us: u64,
+    /// CRIU's frozen_time, µs.
+    pub frozen_time_us: u64,
+    /// CRIU's memdump_time, µs.
+    pub memdump_time_us: u64,
+    /// CRIU's memwrite_time, µs.
+    pub memwrite_time_us: u64,
+    /// Pages written.
+    pub pages_written: u64,
+}
+
+/// Where records and generated reports go: `target/criu-rs-bench/`.
+pub fn out_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let d = target.join("criu-rs-bench");
+    let _ = std::fs::create_dir_all(&d);
+    d
+}
+
+/// Appends one record to `target/criu-rs-bench/criu-stats.jsonl`.
+pub fn record(r: &StatsRecord<'_>) {
+    let path = out_dir().join("criu-stats.jsonl");
+    if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{}", serde_json::to_string(r).unwrap_or_default());
+    }
+}
+
+/// The median of some values (0 for none).
+pub fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}

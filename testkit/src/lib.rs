@@ -4,6 +4,7 @@
 
 pub mod container;
 pub mod hosts;
+pub mod measure;
 
 use std::fs;
 use std::io;

@@ -1,0 +1,175 @@
+//! Turns a benchmark run into the tables of BENCHMARKS.md: criterion's
+//! medians (`target/criterion/*/*/new/estimates.json`), CRIU's own timings
+//! of each dump (`target/criu-rs-bench/criu-stats.jsonl`) and the migration
+//! summary (`target/criu-rs-bench/migration.json`). Copies the plots to
+//! `docs/bench/`. Prints Markdown.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use criu_rs_benches::{median, out_dir};
+
+fn target() -> PathBuf {
+    out_dir().parent().expect("target dir").to_path_buf()
+}
+
+/// Criterion's median for `group/id`, in ms.
+fn med(group: &str, id: &str) -> Option<f64> {
+    let p = target()
+        .join("criterion")
+        .join(group)
+        .join(id)
+        .join("new/estimates.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()?;
+    Some(v["median"]["point_estimate"].as_f64()? / 1e6)
+}
+
+fn fmt(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| {
+        if v < 1.0 {
+            format!("{v:.3}")
+        } else {
+            format!("{v:.1}")
+        }
+    })
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.3}", a / b),
+        _ => "-".into(),
+    }
+}
+
+fn main() {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/bench");
+    let _ = std::fs::create_dir_all(&docs);
+    // CRIU's own stopped time (freezing + frozen) per (bench, fs, mib).
+    let mut stopped: BTreeMap<(String, String, u64), Vec<f64>> = BTreeMap::new();
+    if let Ok(text) = std::fs::read_to_string(out_dir().join("criu-stats.jsonl")) {
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let key = (
+                v["bench"].as_str().unwrap_or("").to_string(),
+                v["fs"].as_str().unwrap_or("").to_string(),
+                v["mib"].as_u64().unwrap_or(0),
+            );
+            let ms = (v["freezing_time_us"].as_f64().unwrap_or(0.0)
+                + v["frozen_time_us"].as_f64().unwrap_or(0.0))
+                / 1000.0;
+            stopped.entry(key).or_default().push(ms);
+        }
+    }
+    let stop_med = |bench: &str, fs: &str, mib: u64| {
+        stopped
+            .get(&(bench.to_string(), fs.to_string(), mib))
+            .map(|v| median(&mut v.clone()))
+    };
+
+    // Peers at the smallest size.
+    let crit = target().join("criterion");
+    let mut groups: Vec<String> = std::fs::read_dir(&crit)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    groups.sort();
+    for kind in ["dump", "restore"] {
+        for g in groups
+            .iter()
+            .filter(|g| g.starts_with(&format!("peers_{kind}_")))
+        {
+            println!(
+                "\n### {kind}: criu-rs and its peers ({})\n",
+                g.trim_start_matches(&format!("peers_{kind}_"))
+            );
+            println!("| implementation | median ms | criu-rs / it |");
+            println!("|---|---:|---:|");
+            let ours = med(g, "criu-rs");
+            for id in ["criu-rs", "criu-sys", "criu-cli", "rust-criu"] {
+                println!(
+                    "| {id} | {} | {} |",
+                    fmt(med(g, id)),
+                    ratio(ours, med(g, id))
+                );
+            }
+        }
+    }
+    // Latency versus size.
+    for fs in ["tmpfs", "disk"] {
+        let dump_g = format!("dump_{fs}");
+        let Ok(entries) = std::fs::read_dir(crit.join(&dump_g)) else {
+            continue;
+        };
+        let mut sizes: Vec<u64> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+            .collect();
+        sizes.sort();
+        println!("\n### Latency versus memory size, images on {fs}\n");
+        println!("| MiB | dump ms | CRIU stopped ms | restore ms | write same bytes ms | memcpy ms | dump MiB/s | write MiB/s | dump / write throughput |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for mib in sizes {
+            let id = mib.to_string();
+            let dump = med(&dump_g, &id);
+            let write = med(&format!("write_limit_{fs}"), &id);
+            let thr = |ms: Option<f64>| ms.map(|ms| mib as f64 / (ms / 1000.0));
+            println!(
+                "| {mib} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                fmt(dump),
+                fmt(stop_med("dump", fs, mib)),
+                fmt(med(&format!("restore_{fs}"), &id)),
+                fmt(write),
+                fmt(med("memcpy", &id)),
+                fmt(thr(dump)),
+                fmt(thr(write)),
+                ratio(thr(dump), thr(write)),
+            );
+        }
+        for kind in ["dump", "restore"] {
+            let src = crit.join(format!("{kind}_{fs}/report/lines.svg"));
+            if src.exists() {
+                let _ = std::fs::copy(&src, docs.join(format!("{kind}_{fs}_lines.svg")));
+            }
+        }
+    }
+    for g in groups.iter().filter(|g| g.starts_with("dump_mode_")) {
+        println!(
+            "\n### leave-running versus kill ({})\n",
+            g.trim_start_matches("dump_mode_")
+        );
+        println!("| mode | median ms |");
+        println!("|---|---:|");
+        for id in ["kill", "leave_running"] {
+            println!("| {id} | {} |", fmt(med(g, id)));
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string(out_dir().join("migration.json")) {
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+        println!("\n### Migration by strategy and size (medians)\n");
+        println!("| strategy | MiB | runs | downtime ms | total ms | on the wire MiB | downtime / stop-and-copy's |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        for r in &rows {
+            let base = rows
+                .iter()
+                .find(|b| b["mib"] == r["mib"] && b["strategy"] == "stop-and-copy")
+                .and_then(|b| b["median_downtime_ms"].as_f64());
+            let d = r["median_downtime_ms"].as_f64();
+            println!(
+                "| {} | {} | {} | {} | {} | {:.1} | {} |",
+                r["strategy"].as_str().unwrap_or(""),
+                r["mib"],
+                r["runs"],
+                fmt(d),
+                fmt(r["median_total_ms"].as_f64()),
+                r["median_transfer_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+                ratio(d, base)
+            );
+        }
+        let _ = std::fs::copy(out_dir().join("downtime.svg"), docs.join("downtime.svg"));
+    }
+}

@@ -1,0 +1,148 @@
+//! One measured migration of the counting workload between two fresh
+//! network-namespace hosts: shared by `examples/migrate` and the migration
+//! benchmark.
+
+use std::time::Duration;
+
+use criu::migrate::{DestConfig, SourceConfig, Strategy};
+use serde::Serialize;
+
+use crate::container::BoxError;
+use crate::hosts::{netns_of, TwoHosts};
+use crate::{workload_bin, Workload};
+
+/// One migration's cost, with the field names the project publishes.
+#[derive(Debug, Clone, Serialize)]
+#[allow(missing_docs)]
+pub struct Row {
+    pub strategy: String,
+    pub workload: String,
+    pub rss_bytes: u64,
+    pub freezing_time_us: Option<u64>,
+    pub frozen_time_us: Option<u64>,
+    pub memdump_time_us: Option<u64>,
+    pub memwrite_time_us: Option<u64>,
+    pub pages_written: Option<u64>,
+    pub dump_ms: f64,
+    pub transfer_bytes: u64,
+    pub transfer_ms: f64,
+    pub restore_ms: f64,
+    pub restore_time_us: Option<u64>,
+    pub downtime_ms: f64,
+    pub continued: bool,
+    pub memory_intact: Option<bool>,
+    pub pid_before: i32,
+    pub pid_after: i32,
+    pub source_netns: u64,
+    pub dest_netns: u64,
+}
+
+/// Milliseconds, to 0.01.
+pub fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}
+
+/// VmRSS of a process, in bytes.
+pub fn rss_bytes(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A progress bar that appears only when a transfer lasts over a second.
+/// Starts the workload (`mib` MiB of patterned memory, 0 for the bare
+/// counter) on host a of fresh hosts, lets it run for `warmup`, migrates it
+/// to host b with `strategy`, checks that it goes on, and measures the
+/// cost. `progress` sees the bytes of images sent.
+pub fn migrate_workload(
+    strategy: Strategy,
+    workload: &str,
+    mib: usize,
+    warmup: Duration,
+    progress: impl FnMut(u64, u64) + Send,
+) -> Result<Row, BoxError> {
+    let bin = workload_bin();
+    if !bin.exists() {
+        return Err(format!(
+            "{} not found: run `cargo build -p criu-testkit --bins` first",
+            bin.display()
+        )
+        .into());
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("criu-rs-migrate-")
+        .tempdir()?;
+    let hosts = TwoHosts::new()?;
+    let out = dir.path().join("counter.log");
+    let mut w = hosts
+        .a
+        .run(|| Workload::spawn_in_pid_ns(&bin, &out, Duration::from_millis(1), mib))??;
+    let checksum = w.memory_checksum();
+    std::thread::sleep(warmup);
+    let pid_before = w.pid();
+    let rss = rss_bytes(pid_before);
+    let source_netns = netns_of(pid_before)?;
+    let (src_dir, dst_dir) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&src_dir)?;
+    std::fs::create_dir_all(&dst_dir)?;
+
+    let run = hosts.migrate(
+        pid_before,
+        || SourceConfig::new(strategy, &src_dir).progress(progress),
+        || DestConfig::new(&dst_dir),
+        None,
+    )?;
+    let (src, dst) = (run.src, run.dst);
+    let src = src?;
+    let dst = dst?;
+    w.reap(Duration::from_secs(10))?;
+    let seq_at_stop = w.last_seq();
+    let pid_after = dst.child.pid();
+    let dest_netns = netns_of(pid_after)?;
+    w.wait_for_seq(seq_at_stop + 200, Duration::from_secs(60))?;
+    let ticks = w.ticks();
+    let continued = ticks.iter().enumerate().all(|(i, t)| t.seq == i as u64 + 1)
+        && ticks.len() as u64 > seq_at_stop;
+    let downtime_ns = ticks
+        .windows(2)
+        .map(|p| p[1].unix_ns.saturating_sub(p[0].unix_ns))
+        .max()
+        .unwrap_or(0);
+    let memory_intact = if mib > 0 {
+        let (sum, ok) = w.verify_memory(pid_after, Duration::from_secs(120))?;
+        Some(ok && Some(sum) == checksum)
+    } else {
+        None
+    };
+    drop(dst.child);
+
+    let stats = src.dump.stats;
+    let us = |f: fn(&criu::DumpStats) -> Duration| stats.as_ref().map(|s| f(s).as_micros() as u64);
+    Ok(Row {
+        strategy: strategy.to_string(),
+        workload: workload.to_string(),
+        rss_bytes: rss,
+        freezing_time_us: us(|s| s.freezing_time),
+        frozen_time_us: us(|s| s.frozen_time),
+        memdump_time_us: us(|s| s.memdump_time),
+        memwrite_time_us: us(|s| s.memwrite_time),
+        pages_written: stats.map(|s| s.pages_written),
+        dump_ms: ms(src.dump.wall_time),
+        transfer_bytes: src.transfer.bytes + src.page_server_bytes,
+        transfer_ms: ms(src.transfer.elapsed),
+        restore_ms: ms(src.restore_wall),
+        restore_time_us: src.restore_time_us,
+        downtime_ms: downtime_ns as f64 / 1e6,
+        continued,
+        memory_intact,
+        pid_before,
+        pid_after,
+        source_netns,
+        dest_netns,
+    })
+}
