@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 export PATH := /usr/local/sbin:/usr/local/bin:$(PATH)
 
-.PHONY: root setup demo test lint bad-env
+.PHONY: root setup demo test lint bench bench-quick
 
 root:
 	@[ "$$(id -u)" = 0 ] || { echo "error: run as root (CRIU needs it): sudo make $(MAKECMDGOALS)" >&2; exit 1; }
@@ -26,6 +26,27 @@ test: setup
 	cargo run -q -p criu-rs-examples --example dump_restore
 	cargo run -q -p criu-rs-examples --example migrate -- --strategy all --workload memory:16 --warmup-ms 200
 	cargo run -q -p criu-rs-examples --example migrate_container -- --interval 0.05 --warmup-ms 300
+	# The benches compile, and the quick mode's harness works on the smallest size.
+	cargo bench -p criu-rs-benches --no-run
+	$(MAKE) bench-quick
+
+# Quick mode: the smallest size, tmpfs only, criterion's --quick; one
+# migration per strategy at 16 MiB. A couple of minutes.
+bench-quick: setup
+	cargo build --release -p criu-testkit --bins
+	CRIU_RS_BENCH_SIZES=1 CRIU_RS_BENCH_FS=tmpfs cargo bench -p criu-rs-benches --bench latency -- --quick
+	CRIU_RS_BENCH_ROUNDS=2 cargo bench -p criu-rs-benches --bench overhead
+	CRIU_RS_BENCH_MIGRATION_SIZES=16 CRIU_RS_BENCH_REPS=1 cargo bench -p criu-rs-benches --bench migration
+
+# The published run (BENCHMARKS.md): every size, both filesystems, then the
+# tables (printed) and plots (docs/bench/). Takes about half an hour.
+bench: setup
+	cargo build --release -p criu-testkit --bins
+	rm -f target/criu-rs-bench/criu-stats.jsonl
+	CRIU_RS_BENCH_SIZES=1,16,64,256,1024 cargo bench -p criu-rs-benches --bench latency
+	CRIU_RS_BENCH_ROUNDS=25 cargo bench -p criu-rs-benches --bench overhead
+	CRIU_RS_BENCH_MIGRATION_SIZES=16,256,1024 CRIU_RS_BENCH_REPS=3 cargo bench -p criu-rs-benches --bench migration
+	cargo run --release -q -p criu-rs-benches --bin bench-report
 
 lint:
 	cargo fmt --all -- --check

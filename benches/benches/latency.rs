@@ -7,135 +7,22 @@
 //! outside the timed region; CRIU's own freezing/frozen times of every
 //! timed dump are appended to `target/criu-rs-bench/criu-stats.jsonl`.
 
-use std::ffi::CString;
 use std::hint::black_box;
 use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::path::Path;
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 use criu::{Criu, ImagesDir, Options};
+mod peers;
 use criu_rs_benches::{
     become_subreaper, kill_and_reap, record, samples, sizes, smallest, workload, Fs, StatsRecord,
 };
+use peers::*;
 
 const MIB: u64 = 1 << 20;
-
-/// One dump implementation: dumps `pid` into `dir` (killing it).
-type DumpFn = fn(i32, &Path);
-/// One restore implementation: restores from `dir`, returns the root pid
-/// (our child or an orphan we reap).
-type RestoreFn = fn(&Path) -> i32;
-
-fn dump_criu_rs(pid: i32, dir: &Path) {
-    let images = ImagesDir::open(dir).unwrap();
-    Criu::new()
-        .dump(
-            Options::new()
-                .pid(pid)
-                .images_dir(&images)
-                .log_file("dump.log"),
-        )
-        .expect("criu-rs dump");
-}
-
-fn dump_raw_sys(pid: i32, dir: &Path) {
-    let d = std::fs::File::open(dir).unwrap();
-    let log = CString::new("dump.log").unwrap();
-    let mut o: *mut criu_sys::criu_opts = std::ptr::null_mut();
-    // SAFETY: the documented libcriu sequence on a handle that starts NULL.
-    let rc = unsafe {
-        criu_sys::criu_local_init_opts(&mut o);
-        criu_sys::criu_local_set_pid(o, pid);
-        criu_sys::criu_local_set_images_dir_fd(o, d.as_raw_fd());
-        criu_sys::criu_local_set_log_file(o, log.as_ptr());
-        let rc = criu_sys::criu_local_dump(o);
-        criu_sys::criu_local_free_opts(o);
-        rc
-    };
-    assert_eq!(rc, 0, "raw criu-sys dump");
-}
-
-fn dump_cli(pid: i32, dir: &Path) {
-    let ok = Command::new("criu")
-        .args(["dump", "-t", &pid.to_string(), "-D"])
-        .arg(dir)
-        .args(["-o", "dump.log"])
-        .stdin(Stdio::null())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "criu dump");
-}
-
-fn dump_rust_criu(pid: i32, dir: &Path) {
-    let d = std::fs::File::open(dir).unwrap();
-    let mut c = rust_criu::Criu::new().expect("rust-criu");
-    c.set_pid(pid);
-    c.set_images_dir_fd(d.as_raw_fd());
-    c.set_log_file("dump.log".into());
-    c.dump().expect("rust-criu dump");
-}
-
-fn restore_criu_rs(dir: &Path) -> i32 {
-    let images = ImagesDir::open(dir).unwrap();
-    let (child, _) = Criu::new()
-        .restore_child(Options::new().images_dir(&images).log_file("restore.log"))
-        .expect("criu-rs restore");
-    child.detach()
-}
-
-fn restore_raw_sys(dir: &Path) -> i32 {
-    let d = std::fs::File::open(dir).unwrap();
-    let log = CString::new("restore.log").unwrap();
-    let mut o: *mut criu_sys::criu_opts = std::ptr::null_mut();
-    // SAFETY: as in dump_raw_sys.
-    let pid = unsafe {
-        criu_sys::criu_local_init_opts(&mut o);
-        criu_sys::criu_local_set_images_dir_fd(o, d.as_raw_fd());
-        criu_sys::criu_local_set_log_file(o, log.as_ptr());
-        let pid = criu_sys::criu_local_restore_child(o);
-        criu_sys::criu_local_free_opts(o);
-        pid
-    };
-    assert!(pid > 0, "raw criu-sys restore");
-    pid
-}
-
-fn restore_cli(dir: &Path) -> i32 {
-    let pidfile = dir.join("restored.pid");
-    let _ = std::fs::remove_file(&pidfile);
-    let ok = Command::new("criu")
-        .args(["restore", "-d", "-D"])
-        .arg(dir)
-        .args(["-o", "restore.log", "--pidfile"])
-        .arg(&pidfile)
-        .stdin(Stdio::null())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "criu restore");
-    std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-fn restore_rust_criu(dir: &Path) -> i32 {
-    let d = std::fs::File::open(dir).unwrap();
-    let mut c = rust_criu::Criu::new().expect("rust-criu");
-    c.set_images_dir_fd(d.as_raw_fd());
-    c.set_log_file("restore.log".into());
-    // rust-criu does not return the pid; the root keeps its dumped pid.
-    c.set_rst_sibling(true);
-    c.restore().expect("rust-criu restore");
-    ImagesDir::open(dir).unwrap().root_pid().unwrap()
-}
 
 /// Times `iters` dumps, each of a fresh workload into a fresh directory.
 fn time_dumps(iters: u64, fs: Fs, mib: usize, name: &str, dump: DumpFn) -> Duration {

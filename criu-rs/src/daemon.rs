@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -122,31 +122,12 @@ impl DaemonConfig {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let write_raw = write.as_raw_fd();
-        let netns_raw = netns.as_ref().map(AsRawFd::as_raw_fd);
-        // SAFETY: only async-signal-safe calls (setns, dup2, fcntl, close_range)
-        // between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if let Some(fd) = netns_raw {
-                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                if write_raw == STATUS_FD {
-                    // dup2 onto itself keeps close-on-exec: clear it instead.
-                    if libc::fcntl(STATUS_FD, libc::F_SETFD, 0) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                } else if libc::dup2(write_raw, STATUS_FD) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // Nothing else of ours leaks into the daemon (libcriu's
-                // sockets are not close-on-exec).
-                libc::syscall(libc::SYS_close_range, STATUS_FD as u32 + 1, u32::MAX, 0u32);
-                Ok(())
-            });
-        }
+        hand_over_fd(
+            &mut cmd,
+            write.as_raw_fd(),
+            STATUS_FD,
+            netns.as_ref().map(AsRawFd::as_raw_fd),
+        );
         let child = cmd
             .spawn()
             .map_err(|e| Error::io(format!("starting {} ({})", what, binary.display()), e))?;
@@ -293,4 +274,31 @@ pub fn free_port(ip: std::net::IpAddr) -> Result<SocketAddr> {
         .map_err(|e| Error::io(format!("finding a free port on {ip}"), e))?;
     l.local_addr()
         .map_err(|e| Error::io("reading a bound address", e))
+}
+
+/// Arranges for `fd` to be descriptor `target` in the child (and every
+/// other descriptor above it closed: libcriu's sockets are not
+/// close-on-exec), after switching to network namespace `netns` if given.
+pub(crate) fn hand_over_fd(cmd: &mut Command, fd: RawFd, target: RawFd, netns: Option<RawFd>) {
+    // SAFETY: only async-signal-safe calls (setns, dup2, fcntl,
+    // close_range) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(ns) = netns {
+                if libc::setns(ns, libc::CLONE_NEWNET) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if fd == target {
+                // dup2 onto itself keeps close-on-exec: clear it instead.
+                if libc::fcntl(target, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, target) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            libc::syscall(libc::SYS_close_range, target as u32 + 1, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
 }

@@ -2,9 +2,7 @@
 //! and a watchdog that kills it, and everything it forked, when the
 //! operation's time is up.
 
-use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -15,6 +13,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::unistd::Pid;
 
+use crate::daemon::hand_over_fd;
 use crate::error::{Error, Result};
 use crate::tree::tree;
 
@@ -37,26 +36,11 @@ impl OwnSwrk {
             SockFlag::SOCK_CLOEXEC,
         )
         .map_err(|e| Error::io("creating the CRIU service socket", e.into()))?;
-        let theirs_raw = theirs.as_raw_fd();
         let mut cmd = Command::new(binary);
         cmd.arg("swrk")
             .arg(SERVICE_FD.to_string())
             .stdin(Stdio::null());
-        // SAFETY: only async-signal-safe calls (dup2, fcntl, close_range)
-        // between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if theirs_raw == SERVICE_FD {
-                    if libc::fcntl(SERVICE_FD, libc::F_SETFD, 0) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                } else if libc::dup2(theirs_raw, SERVICE_FD) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                libc::syscall(libc::SYS_close_range, SERVICE_FD as u32 + 1, u32::MAX, 0u32);
-                Ok(())
-            });
-        }
+        hand_over_fd(&mut cmd, theirs.as_raw_fd(), SERVICE_FD, None);
         let child = cmd
             .spawn()
             .map_err(|e| Error::io(format!("starting {} swrk", binary.display()), e))?;

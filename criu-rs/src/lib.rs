@@ -63,6 +63,13 @@
 //! * [`Options::config_file`] is read by CRIU like a command line: never
 //!   build it from untrusted input. The CLI-only options the crate passes
 //!   that way are validated (no spaces, quotes or comments).
+//! * The image stream of [`transfer`] and [`migrate`] protects integrity
+//!   against accidents (a CRC-32 over each file's header and contents,
+//!   names confined to the target directory), not against an attacker:
+//!   wrap the stream (TLS, SSH) where the network is not trusted.
+//!
+//! RELIABILITY.md in the repository lists the bad inputs and faults tried,
+//! with their outcomes.
 
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms)]

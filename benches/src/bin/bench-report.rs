@@ -99,6 +99,31 @@ fn main() {
             }
         }
     }
+    // The interleaved comparison (benches/overhead.rs).
+    if let Ok(text) = std::fs::read_to_string(out_dir().join("overhead.json")) {
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let ours = &v["criu-rs"];
+        println!("\n### The safe layer's cost, interleaved rounds (1 MiB, tmpfs)\n");
+        println!("| implementation | rounds | dump median ms | criu-rs / it | restore median ms | criu-rs / it |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        for id in ["criu-rs", "criu-sys", "criu-cli", "rust-criu"] {
+            let r = &v[id];
+            println!(
+                "| {id} | {} | {} | {} | {} | {} |",
+                r["rounds"],
+                fmt(r["dump_median_ms"].as_f64()),
+                ratio(
+                    ours["dump_median_ms"].as_f64(),
+                    r["dump_median_ms"].as_f64()
+                ),
+                fmt(r["restore_median_ms"].as_f64()),
+                ratio(
+                    ours["restore_median_ms"].as_f64(),
+                    r["restore_median_ms"].as_f64()
+                ),
+            );
+        }
+    }
     // Latency versus size.
     for fs in ["tmpfs", "disk"] {
         let dump_g = format!("dump_{fs}");

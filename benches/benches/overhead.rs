@@ -1,0 +1,76 @@
+//! The cost of the safe layer, measured side by side: in each round, every
+//! implementation (criu-rs, raw criu-sys, the `criu` CLI, rust-criu) dumps
+//! a fresh 1 MiB workload, then restores it, in an order rotated per round,
+//! so drift and order effects fall on all of them alike. Prints medians and
+//! criu-rs's ratio to each; writes `target/criu-rs-bench/overhead.json`.
+//! Rounds: `CRIU_RS_BENCH_ROUNDS` (default 15).
+
+mod peers;
+
+use std::time::{Duration, Instant};
+
+use criu_rs_benches::{become_subreaper, kill_and_reap, median, out_dir, workload, Fs};
+use peers::*;
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    become_subreaper();
+    let rounds: usize = std::env::var("CRIU_RS_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    let impls: [(&str, DumpFn, RestoreFn); 4] = [
+        ("criu-rs", dump_criu_rs, restore_criu_rs),
+        ("criu-sys", dump_raw_sys, restore_raw_sys),
+        ("criu-cli", dump_cli, restore_cli),
+        ("rust-criu", dump_rust_criu, restore_rust_criu),
+    ];
+    let mut dumps = vec![Vec::new(); impls.len()];
+    let mut restores = vec![Vec::new(); impls.len()];
+    for round in 0..rounds {
+        for k in 0..impls.len() {
+            let i = (k + round) % impls.len();
+            let (_, dump, restore) = impls[i];
+            let scratch = Fs::Tmpfs.scratch();
+            let mut w = workload(&scratch.path().join("out.log"), 1);
+            let dir = scratch.path().join("img");
+            std::fs::create_dir(&dir).unwrap();
+            let t = Instant::now();
+            dump(w.pid(), &dir);
+            dumps[i].push(t.elapsed().as_secs_f64() * 1000.0);
+            w.reap(Duration::from_secs(30)).unwrap();
+            w.forget();
+            let t = Instant::now();
+            let pid = restore(&dir);
+            restores[i].push(t.elapsed().as_secs_f64() * 1000.0);
+            kill_and_reap(pid);
+        }
+    }
+    let mut out = serde_json::Map::new();
+    println!(
+        "{:<10} {:>14} {:>12} {:>17} {:>15}",
+        "impl", "dump median ms", "criu-rs / it", "restore median ms", "criu-rs / it"
+    );
+    let ours_d = median(&mut dumps[0].clone());
+    let ours_r = median(&mut restores[0].clone());
+    for (i, (name, _, _)) in impls.iter().enumerate() {
+        let d = median(&mut dumps[i]);
+        let r = median(&mut restores[i]);
+        println!(
+            "{name:<10} {d:>14.2} {:>12.3} {r:>17.2} {:>15.3}",
+            ours_d / d,
+            ours_r / r
+        );
+        out.insert(
+            name.to_string(),
+            serde_json::json!({"rounds": rounds, "dump_median_ms": d, "restore_median_ms": r}),
+        );
+    }
+    std::fs::write(
+        out_dir().join("overhead.json"),
+        serde_json::to_string_pretty(&out).unwrap() + "\n",
+    )
+    .unwrap();
+}
