@@ -124,6 +124,7 @@ pub struct SourceConfig<'a> {
     progress: Option<Box<dyn FnMut(u64, u64) + 'a>>,
     customize: Option<Customize<'a>>,
     lazy_timeout: Duration,
+    deadline: Option<Duration>,
 }
 
 impl<'a> SourceConfig<'a> {
@@ -135,6 +136,7 @@ impl<'a> SourceConfig<'a> {
             progress: None,
             customize: None,
             lazy_timeout: Duration::from_secs(600),
+            deadline: None,
         }
     }
 
@@ -152,6 +154,17 @@ impl<'a> SourceConfig<'a> {
         self
     }
 
+    /// Bounds the migration on this side: every wait on the peer (the
+    /// stream's read and write timeouts), the dump (see
+    /// [`Options::deadline`]) and the serving of lazy pages each get at most
+    /// `deadline`. When one expires the source is resumed and the error
+    /// says so.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self.lazy_timeout = self.lazy_timeout.min(deadline);
+        self
+    }
+
     /// How long the lazy dump may take to serve every page (default 600 s).
     pub fn lazy_timeout(mut self, t: Duration) -> Self {
         self.lazy_timeout = t;
@@ -165,6 +178,7 @@ pub struct DestConfig<'a> {
     customize: Option<Customize<'a>>,
     daemons: DaemonConfig,
     daemon_timeout: Duration,
+    deadline: Option<Duration>,
 }
 
 impl<'a> DestConfig<'a> {
@@ -175,12 +189,21 @@ impl<'a> DestConfig<'a> {
             customize: None,
             daemons: DaemonConfig::new(),
             daemon_timeout: Duration::from_secs(600),
+            deadline: None,
         }
     }
 
     /// Adjusts the restore options.
     pub fn customize(mut self, f: impl Fn(&mut Options<'_>) + Sync + 'a) -> Self {
         self.customize = Some(Box::new(f));
+        self
+    }
+
+    /// Bounds this side: every wait on the peer, the restore (see
+    /// [`Options::deadline`]) and the daemons each get at most `deadline`.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self.daemon_timeout = self.daemon_timeout.min(deadline);
         self
     }
 
@@ -315,6 +338,7 @@ pub fn send(
 ) -> Result<SourceReport> {
     let start = Instant::now();
     let strategy = cfg.strategy;
+    set_timeouts(stream, cfg.deadline)?;
     write_header(stream)?;
     send_message(stream, &Msg::Hello { strategy })?;
     let images = ImagesDir::create(cfg.work_dir.join("images"))?;
@@ -357,6 +381,9 @@ pub fn send(
                     .images_dir(&images)
                     .log_file("dump.log")
                     .leave_running(true);
+                if let Some(d) = cfg.deadline {
+                    o.deadline(d);
+                }
                 if let Some(port) = page_server_port {
                     o.page_server(SocketAddr::new(peer_ip, port));
                 }
@@ -554,6 +581,7 @@ fn receive_inner(
     cfg: &DestConfig<'_>,
     images_path: &Path,
 ) -> Result<DestReport> {
+    set_timeouts(stream, cfg.deadline)?;
     read_header(stream)?;
     let strategy = match recv_message(stream)? {
         Msg::Hello { strategy } => strategy,
@@ -607,6 +635,9 @@ fn receive_inner(
         c(&mut o);
     }
     o.images_dir(&images).log_file("restore.log");
+    if let Some(d) = cfg.deadline {
+        o.deadline(d);
+    }
     if strategy == Strategy::Lazy {
         o.lazy_pages(true);
     }
@@ -639,4 +670,14 @@ fn receive_inner(
         restore,
         transfer,
     })
+}
+
+fn set_timeouts(stream: &TcpStream, deadline: Option<Duration>) -> Result<()> {
+    if let Some(d) = deadline {
+        stream
+            .set_read_timeout(Some(d))
+            .and_then(|()| stream.set_write_timeout(Some(d)))
+            .map_err(|e| Error::io("setting the stream's timeouts", e))?;
+    }
+    Ok(())
 }

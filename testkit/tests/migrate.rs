@@ -346,3 +346,37 @@ fn a_container_migrates_and_counts_on_from_n_plus_one() {
         hosts.a.netns_inode().unwrap()
     );
 }
+
+fn swallow(mut from: TcpStream, to: TcpStream) {
+    // A destination that takes everything and never answers.
+    drop(to);
+    let _ = std::io::copy(&mut from, &mut std::io::sink());
+}
+
+#[test]
+fn a_destination_that_never_answers_is_bounded_by_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let mut w = spawn_on_a(&hosts, &dir.path().join("out.log"), 8);
+    let (src_dir, dst_dir) = (dir.path().join("src"), dir.path().join("dst"));
+    std::fs::create_dir_all(&src_dir).unwrap();
+    std::fs::create_dir_all(&dst_dir).unwrap();
+    let start = std::time::Instant::now();
+    let run = hosts
+        .migrate(
+            w.pid(),
+            || SourceConfig::new(Strategy::StopAndCopy, &src_dir).deadline(Duration::from_secs(3)),
+            || DestConfig::new(&dst_dir),
+            Some(swallow),
+        )
+        .unwrap();
+    let e = run.src.expect_err("the source gives up");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "bounded: {:?}",
+        start.elapsed()
+    );
+    assert!(e.to_string().contains("resumed"), "{e}");
+    assert!(w.is_running() && w.advances(WAIT), "the source runs on");
+    assert_eq!(std::fs::read_dir(&dst_dir).unwrap().count(), 0);
+}

@@ -307,3 +307,26 @@ fn a_dump_into_a_read_only_images_directory_fails_clearly_and_the_process_runs()
     );
     assert!(w.is_running() && w.advances(WAIT), "the process runs on");
 }
+
+#[test]
+fn a_zombie_is_not_dumped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id() as i32;
+    // Not reaped yet: it stays a zombie until wait().
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+    {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let e = Criu::new()
+        .dump(Options::new().pid(pid).images_dir(&images))
+        .unwrap_err();
+    assert_eq!(e.invalid_kind(), Some(InvalidKind::NoSuchProcess), "{e}");
+    assert!(e.to_string().contains("zombie"), "{e}");
+    child.wait().unwrap();
+}
