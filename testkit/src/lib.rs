@@ -360,6 +360,19 @@ pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
     true
 }
 
+/// Whether `pid` stops being alive within a second (a task CRIU killed on
+/// a failed restore may take a moment to finish dying).
+pub fn dies_soon(pid: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
 /// Whether `pid` is alive and not a zombie.
 pub fn alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -504,7 +504,7 @@ fn restore_from_truncated_images_is_a_clear_error() {
         assert!(matches!(e, Error::Refused { .. }), "{e}");
         assert!(!e.log_errors().is_empty(), "{e}");
         assert!(
-            !alive(w.pid()),
+            criu_testkit::dies_soon(w.pid()),
             "no process from the images is left running"
         );
     }

@@ -174,7 +174,10 @@ fn a_corrupted_inventory_is_a_clear_error_and_leaves_nothing() {
         "{e}"
     );
     assert!(!e.log_errors().is_empty(), "{e}");
-    assert!(!alive(w.pid()));
+    assert!(
+        criu_testkit::dies_soon(w.pid()),
+        "nothing from the images is left"
+    );
 }
 
 #[test]
