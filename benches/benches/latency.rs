@@ -177,6 +177,8 @@ fn leave_running(c: &mut Criterion) {
 }
 
 fn peers(c: &mut Criterion) {
+    // The CLI restores detached: its trees must come back to us to be reaped.
+    become_subreaper();
     let mib = smallest();
     let dumps: [(&str, DumpFn); 4] = [
         ("criu-rs", dump_criu_rs),
