@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::ffi::c_int;
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -693,7 +693,6 @@ fn attach_log(ctx: &mut Context, dir: BorrowedFd<'_>, name: &str) {
         ctx.log_errors = error_lines(&String::from_utf8_lossy(&bytes));
         ctx.log_file = Some(name.to_string());
     }
-    let _ = dir.as_raw_fd();
 }
 
 #[cfg(test)]
