@@ -69,10 +69,28 @@ impl Workload {
         Self::spawn_in(bin, output, interval, memory_mib, |_| Ok(()))
     }
 
-    /// Like [`Workload::spawn`] but in this process's session and process
-    /// group, as a shell job would be (CRIU needs `shell_job` for it).
+    /// Like [`Workload::spawn`] but as a shell job: the child of a `sh`
+    /// that leads a new session, in that shell's process group, so the
+    /// session leader is outside the tree a dump of the workload takes
+    /// (CRIU needs `shell_job` for it). The shell is our child; the
+    /// workload is its only child, and [`Workload::pid`] is the workload.
+    ///
+    /// A session of our own, not this process's: under a harness whose
+    /// session leader lives in an outer PID namespace, CRIU sees session 0
+    /// and refuses the dump even with `shell_job`.
     pub fn spawn_shell_job(bin: &Path, output: &Path, interval: Duration) -> io::Result<Workload> {
-        Self::start(bin, output, interval, 0, false, |_| Ok(()))
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("\"$0\" \"$@\" & wait")
+            .arg(bin)
+            .arg(output)
+            .arg("--interval-us")
+            .arg(interval.as_micros().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        new_session(&mut cmd);
+        Self::start_wrapped(cmd, output, 0)
     }
 
     /// Like [`Workload::spawn`], running `setup` in the child after
@@ -84,7 +102,30 @@ impl Workload {
         memory_mib: usize,
         setup: impl Fn(&mut Command) -> io::Result<()>,
     ) -> io::Result<Workload> {
-        Self::start(bin, output, interval, memory_mib, true, setup)
+        let mut cmd = Command::new(bin);
+        cmd.arg(output)
+            .arg("--interval-us")
+            .arg(interval.as_micros().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if memory_mib > 0 {
+            cmd.arg("--memory-mib").arg(memory_mib.to_string());
+        }
+        // A session of its own lets CRIU dump it without `shell_job`.
+        new_session(&mut cmd);
+        setup(&mut cmd)?;
+        close_inherited_fds(&mut cmd);
+        let child = cmd.spawn()?;
+        let w = Workload {
+            pid: child.id() as i32,
+            child: Some(child),
+            inner: None,
+            output: output.to_path_buf(),
+        };
+        // Ready once the pattern is in place and the first tick is out.
+        w.wait_for_seq(1, Duration::from_secs(60 + memory_mib as u64 / 16))?;
+        Ok(w)
     }
 
     /// Like [`Workload::spawn`], as the init of a new PID namespace (via
@@ -107,6 +148,12 @@ impl Workload {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        Self::start_wrapped(cmd, output, memory_mib)
+    }
+
+    /// Spawns `cmd`, a wrapper (`unshare`, `sh`) whose first child is the
+    /// workload, and waits for that child's first tick.
+    fn start_wrapped(mut cmd: Command, output: &Path, memory_mib: usize) -> io::Result<Workload> {
         close_inherited_fds(&mut cmd);
         let child = cmd.spawn()?;
         let outer = child.id() as i32;
@@ -122,52 +169,13 @@ impl Workload {
                 .unwrap_or_default();
             w.inner = kids.split_whitespace().next().and_then(|p| p.parse().ok());
             if Instant::now() > deadline {
-                return Err(io::Error::other("unshare started no child"));
+                return Err(io::Error::other(format!(
+                    "{:?} started no child",
+                    cmd.get_program()
+                )));
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        w.wait_for_seq(1, Duration::from_secs(60 + memory_mib as u64 / 16))?;
-        Ok(w)
-    }
-
-    fn start(
-        bin: &Path,
-        output: &Path,
-        interval: Duration,
-        memory_mib: usize,
-        own_session: bool,
-        setup: impl Fn(&mut Command) -> io::Result<()>,
-    ) -> io::Result<Workload> {
-        let mut cmd = Command::new(bin);
-        cmd.arg(output)
-            .arg("--interval-us")
-            .arg(interval.as_micros().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if memory_mib > 0 {
-            cmd.arg("--memory-mib").arg(memory_mib.to_string());
-        }
-        if own_session {
-            // SAFETY: setsid is async-signal-safe; a session of its own lets
-            // CRIU dump the workload without --shell-job.
-            unsafe {
-                cmd.pre_exec(|| {
-                    nix::unistd::setsid().map_err(io::Error::from)?;
-                    Ok(())
-                });
-            }
-        }
-        setup(&mut cmd)?;
-        close_inherited_fds(&mut cmd);
-        let child = cmd.spawn()?;
-        let w = Workload {
-            pid: child.id() as i32,
-            child: Some(child),
-            inner: None,
-            output: output.to_path_buf(),
-        };
-        // Ready once the pattern is in place and the first tick is out.
         w.wait_for_seq(1, Duration::from_secs(60 + memory_mib as u64 / 16))?;
         Ok(w)
     }
@@ -303,6 +311,17 @@ impl Drop for Workload {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Makes the child a session leader (`setsid`) before exec.
+fn new_session(cmd: &mut Command) {
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            Ok(())
+        });
     }
 }
 
