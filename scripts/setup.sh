@@ -52,6 +52,27 @@ fi
 export PATH="$PREFIX/sbin:$PATH"
 export PKG_CONFIG_PATH="$PREFIX/lib/x86_64-linux-gnu/pkgconfig:$PREFIX/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
 
+# CRIU probes the kernel on every call (~40 ms here) unless it can keep the
+# result, its "kdat", in a file on tmpfs; it refuses any other filesystem,
+# so that the cache cannot outlive a reboot or a kernel upgrade. /run is a
+# tmpfs on most systems but not on these machines, and mounting over /run
+# would hide what lives there (ip netns's /run/netns). So the CRIU built
+# here keeps its cache in its own directory, on a tiny root-only tmpfs
+# mounted by this script (a runtime mount, gone on reboot; until the next
+# set-up CRIU then just probes, as before).
+KDAT_DIR=/run/criu
+
+# The cache file a CRIU binary uses (the path is compiled in).
+kdat_file() { grep -aoE -m1 '/[[:alnum:]/._-]*criu\.kdat' "$1" 2>/dev/null | head -n1; }
+on_tmpfs() { [ "$(stat -f -c %T "$1" 2>/dev/null)" = tmpfs ]; }
+
+mkdir -p "$KDAT_DIR"
+if ! mountpoint -q "$KDAT_DIR" && ! on_tmpfs "$KDAT_DIR"; then
+  log "mounting a tmpfs on $KDAT_DIR for CRIU's kernel-probe cache"
+  mount -t tmpfs -o size=1m,mode=0700,nosuid,nodev,noexec criu-kdat "$KDAT_DIR" \
+    || die "cannot mount a tmpfs on $KDAT_DIR"
+fi
+
 version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
 
 criu_ok() {
@@ -62,6 +83,15 @@ criu_ok() {
   pcv=$(pkg-config --modversion criu 2>/dev/null) || return 1
   [ "$pcv" = "$v" ] || { log "criu binary $v and pkg-config criu $pcv disagree"; return 1; }
   "$bin" check >/dev/null 2>&1 || return 1
+  local kf
+  kf=$(kdat_file "$bin")
+  if [ -n "$kf" ] && ! on_tmpfs "$(dirname "$kf")"; then
+    if [ "$bin" = "$PREFIX/sbin/criu" ] && compgen -G "$STATE_DIR/src/build-*.log" >/dev/null; then
+      log "CRIU $v at $bin (built by this script) keeps its kernel-probe cache in $kf, not on tmpfs; rebuilding it to use $KDAT_DIR"
+      return 1
+    fi
+    log "note: CRIU at $bin cannot cache its kernel probe ($kf is not on tmpfs); every call pays ~40 ms"
+  fi
   log "CRIU $v at $bin passes 'criu check'; keeping it"
 }
 
@@ -128,11 +158,11 @@ build_criu() {
     [ -d "$build" ] || die "unpacking $tarball did not give $build"
     logf="$srcdir/build-$up_ver.log"
     log "building CRIU $up_ver (log: $logf)"
-    if ! make -C "$build" -j"$(nproc)" criu lib >"$logf" 2>&1; then
+    if ! make -C "$build" -j"$(nproc)" RUNDIR="$KDAT_DIR" criu lib >"$logf" 2>&1; then
       tail -n 20 "$logf" >&2
       die "building CRIU $up_ver failed; full log: $logf"
     fi
-    if ! make -C "$build" install-criu install-lib PREFIX="$PREFIX" SKIP_PIP_INSTALL=1 >>"$logf" 2>&1; then
+    if ! make -C "$build" install-criu install-lib PREFIX="$PREFIX" RUNDIR="$KDAT_DIR" SKIP_PIP_INSTALL=1 >>"$logf" 2>&1; then
       tail -n 20 "$logf" >&2
       die "installing CRIU $up_ver failed; full log: $logf"
     fi
