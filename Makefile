@@ -43,6 +43,7 @@ bench-quick: setup
 bench: setup
 	cargo build --release -p criu-testkit --bins
 	rm -f target/criu-rs-bench/criu-stats.jsonl
+	mkdir -p target/criu-rs-bench && touch target/criu-rs-bench/run-started
 	CRIU_RS_BENCH_SIZES=1,16,64,256,1024 cargo bench -p criu-rs-benches --bench latency
 	CRIU_RS_BENCH_ROUNDS=25 cargo bench -p criu-rs-benches --bench overhead
 	CRIU_RS_BENCH_MIGRATION_SIZES=16,256,1024 CRIU_RS_BENCH_REPS=3 cargo bench -p criu-rs-benches --bench migration

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use criu_rs_benches::{median, out_dir};
 
@@ -13,13 +14,28 @@ fn target() -> PathBuf {
     out_dir().parent().expect("target dir").to_path_buf()
 }
 
-/// Criterion's median for `group/id`, in ms.
+/// When the run being reported began (`make bench` touches
+/// `run-started`). Criterion keeps every group it ever measured; results
+/// older than this are from an earlier run and are left out.
+fn run_started() -> Option<SystemTime> {
+    std::fs::metadata(out_dir().join("run-started"))
+        .ok()?
+        .modified()
+        .ok()
+}
+
+/// Criterion's median for `group/id`, in ms, if measured in this run.
 fn med(group: &str, id: &str) -> Option<f64> {
     let p = target()
         .join("criterion")
         .join(group)
         .join(id)
         .join("new/estimates.json");
+    if let Some(started) = run_started() {
+        if std::fs::metadata(&p).ok()?.modified().ok()? < started {
+            return None;
+        }
+    }
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()?;
     Some(v["median"]["point_estimate"].as_f64()? / 1e6)
 }
@@ -78,6 +94,8 @@ fn main() {
         })
         .unwrap_or_default();
     groups.sort();
+    // Only the groups this run measured.
+    groups.retain(|g| ["criu-rs", "kill"].iter().any(|id| med(g, id).is_some()));
     for kind in ["dump", "restore"] {
         for g in groups
             .iter()
@@ -133,8 +151,12 @@ fn main() {
         let mut sizes: Vec<u64> = entries
             .flatten()
             .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+            .filter(|mib: &u64| med(&dump_g, &mib.to_string()).is_some())
             .collect();
         sizes.sort();
+        if sizes.is_empty() {
+            continue;
+        }
         println!("\n### Latency versus memory size, images on {fs}\n");
         println!("| MiB | dump ms | CRIU stopped ms | restore ms | write same bytes ms | memcpy ms | dump MiB/s | write MiB/s | dump / write throughput |");
         println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
