@@ -59,11 +59,15 @@ impl OwnSwrk {
             return;
         };
         let deadline = Instant::now() + grace;
+        // It usually exits within microseconds of the reply: poll often at
+        // first, then back off to 2 ms.
+        let mut pause = Duration::from_micros(20);
         loop {
             match child.try_wait() {
                 Ok(Some(_)) | Err(_) => return,
                 Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(2))
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(2));
                 }
                 Ok(None) => {
                     let _ = child.kill();
