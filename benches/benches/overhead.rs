@@ -1,13 +1,19 @@
 //! The cost of the safe layer, measured side by side: in each round, every
 //! implementation (criu-rs, raw criu-sys, the `criu` CLI, rust-criu) dumps
 //! a fresh 1 MiB workload, then restores it, in an order rotated per round,
-//! so drift and order effects fall on all of them alike. Prints medians and
+//! so drift and order effects fall on all of them alike. A fifth peer,
+//! criu-rs through a long-running `criu service` (which the bench starts and
+//! owns), shows what starting CRIU for every call costs. Prints medians and
 //! criu-rs's ratio to each; writes `target/criu-rs-bench/overhead.json`.
 //! Rounds: `CRIU_RS_BENCH_ROUNDS` (default 15).
 
 mod peers;
 
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use criu::{Criu, ImagesDir, Options};
 
 use criu_rs_benches::{become_subreaper, kill_and_reap, median, out_dir, workload, Fs};
 use peers::*;
@@ -21,11 +27,22 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(15);
-    let impls: [(&str, DumpFn, RestoreFn); 4] = [
+    let service = criu::DaemonConfig::new()
+        .service()
+        .expect("starting criu service");
+    SERVICE_SOCKET
+        .set(service.socket().to_path_buf())
+        .expect("set once");
+    let impls: [(&str, DumpFn, RestoreFn); 5] = [
         ("criu-rs", dump_criu_rs, restore_criu_rs),
         ("criu-sys", dump_raw_sys, restore_raw_sys),
         ("criu-cli", dump_cli, restore_cli),
         ("rust-criu", dump_rust_criu, restore_rust_criu),
+        (
+            "criu-rs-service",
+            dump_criu_rs_service,
+            restore_criu_rs_service,
+        ),
     ];
     let mut dumps = vec![Vec::new(); impls.len()];
     let mut restores = vec![Vec::new(); impls.len()];
@@ -48,9 +65,10 @@ fn main() {
             kill_and_reap(pid);
         }
     }
+    drop(service);
     let mut out = serde_json::Map::new();
     println!(
-        "{:<10} {:>14} {:>12} {:>17} {:>15}",
+        "{:<16} {:>14} {:>12} {:>17} {:>15}",
         "impl", "dump median ms", "criu-rs / it", "restore median ms", "criu-rs / it"
     );
     let ours_d = median(&mut dumps[0].clone());
@@ -59,7 +77,7 @@ fn main() {
         let d = median(&mut dumps[i]);
         let r = median(&mut restores[i]);
         println!(
-            "{name:<10} {d:>14.2} {:>12.3} {r:>17.2} {:>15.3}",
+            "{name:<16} {d:>14.2} {:>12.3} {r:>17.2} {:>15.3}",
             ours_d / d,
             ours_r / r
         );
@@ -73,4 +91,32 @@ fn main() {
         serde_json::to_string_pretty(&out).unwrap() + "\n",
     )
     .unwrap();
+}
+
+/// The socket of the `criu service` the `criu-rs-service` peer talks to
+/// (started and owned by the bench's `main`).
+static SERVICE_SOCKET: OnceLock<PathBuf> = OnceLock::new();
+
+fn service_client() -> Criu {
+    Criu::with_service_address(SERVICE_SOCKET.get().expect("the bench started a service"))
+}
+
+fn dump_criu_rs_service(pid: i32, dir: &Path) {
+    let images = ImagesDir::open(dir).unwrap();
+    service_client()
+        .dump(
+            Options::new()
+                .pid(pid)
+                .images_dir(&images)
+                .log_file("dump.log"),
+        )
+        .expect("criu-rs dump through criu service");
+}
+
+fn restore_criu_rs_service(dir: &Path) -> i32 {
+    let images = ImagesDir::open(dir).unwrap();
+    let report = service_client()
+        .restore(Options::new().images_dir(&images).log_file("restore.log"))
+        .expect("criu-rs restore through criu service");
+    report.pid
 }

@@ -123,13 +123,19 @@ pub fn become_subreaper() {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
 }
 
-/// Kills `pid` and reaps it (it must be our child, or an orphan we reap).
+/// Kills `pid` and reaps it: our child, or an orphan we adopt as the
+/// subreaper (a tree restored through `criu service` is adopted only once
+/// the service's worker has exited, so wait up to 5 s for that).
 pub fn kill_and_reap(pid: i32) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while let Err(nix::errno::Errno::ECHILD) = nix::sys::wait::waitpid(pid, None) {
+        if std::time::Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
 }
 
 /// One measured dump, as CRIU itself timed it.

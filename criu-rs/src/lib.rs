@@ -95,7 +95,7 @@ pub use criu_sys as sys;
 
 pub use child::RestoredChild;
 pub use client::Criu;
-pub use daemon::{free_port, Daemon, DaemonConfig};
+pub use daemon::{free_port, Daemon, DaemonConfig, Service};
 pub use error::{Context, Error, InvalidKind, Operation, Result};
 pub use images::ImagesDir;
 pub use notify::{Event, Iteration, Notification};

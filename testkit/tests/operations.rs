@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use criu::{Criu, Error, Event, ImagesDir, InvalidKind, Iteration, Options};
+use criu::{Criu, DaemonConfig, Error, Event, ImagesDir, InvalidKind, Iteration, Options};
 use criu_testkit::{alive, wait_gone, KillOnDrop, Workload};
 
 const BIN: &str = env!("CARGO_BIN_EXE_criu-rs-workload");
@@ -88,6 +88,52 @@ fn dump_and_restore_continue_the_counter_and_keep_memory() {
     let (sum_after, ok) = w.verify_memory(restored.pid, WAIT).unwrap();
     assert!(ok, "the restored process found its memory pattern changed");
     assert_eq!(sum_after, sum_before);
+}
+
+#[test]
+fn a_criu_service_serves_dumps_and_restores_and_goes_on_drop() {
+    let s = Setup::new();
+    let mut w = s.workload(1);
+    let svc = DaemonConfig::new().service().unwrap();
+    let service_pid = svc.pid().expect("running") as i32;
+    let socket = svc.socket().to_path_buf();
+    let criu = svc.client();
+
+    let images = s.images("img");
+    criu.dump(
+        Options::new()
+            .pid(w.pid())
+            .images_dir(&images)
+            .log_file("dump.log"),
+    )
+    .unwrap();
+    w.reap(WAIT).unwrap();
+    let seq = w.last_seq();
+    let restored = criu
+        .restore(Options::new().images_dir(&images).log_file("restore.log"))
+        .unwrap();
+    let _guard = KillOnDrop(restored.pid);
+    assert_eq!(restored.pid, w.pid());
+    w.wait_for_seq(seq + 5, WAIT).unwrap();
+    assert!(alive(service_pid), "the service outlives its requests");
+
+    // It refuses what needs a CRIU of the crate's own.
+    let images2 = s.images("img2");
+    let e = criu
+        .dump(
+            Options::new()
+                .pid(restored.pid)
+                .images_dir(&images2)
+                .deadline(WAIT),
+        )
+        .unwrap_err();
+    assert_eq!(e.invalid_kind(), Some(InvalidKind::Conflict), "{e}");
+
+    drop(svc);
+    assert!(!alive(service_pid), "dropping the service ends it");
+    assert!(!socket.exists(), "and removes its directory");
+    let e = criu.check().unwrap_err();
+    assert!(matches!(e, Error::Connect { .. }), "{e}");
 }
 
 #[test]

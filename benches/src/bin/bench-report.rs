@@ -124,8 +124,17 @@ fn main() {
         println!("\n### The safe layer's cost, interleaved rounds (1 MiB, tmpfs)\n");
         println!("| implementation | rounds | dump median ms | criu-rs / it | restore median ms | criu-rs / it |");
         println!("|---|---:|---:|---:|---:|---:|");
-        for id in ["criu-rs", "criu-sys", "criu-cli", "rust-criu"] {
+        for id in [
+            "criu-rs",
+            "criu-sys",
+            "criu-cli",
+            "rust-criu",
+            "criu-rs-service",
+        ] {
             let r = &v[id];
+            if r.is_null() {
+                continue;
+            }
             println!(
                 "| {id} | {} | {} | {} | {} | {} |",
                 r["rounds"],
