@@ -14,9 +14,10 @@
 //!
 //! # What happens to the source process
 //!
-//! The source tree is stopped (`SIGSTOP`, every task) before the dump and
-//! dumped with `leave_running`, so CRIU leaves it stopped, alive, on the
-//! source. It is killed only after the destination has reported a
+//! The source tree is stopped (`SIGSTOP`, every task) when CRIU sends its
+//! pre-dump notification (CRIU has started, and not yet frozen the tasks:
+//! stopping earlier would add CRIU's start-up to the downtime), and dumped
+//! with `leave_running`, so CRIU leaves it stopped, alive, on the source. It is killed only after the destination has reported a
 //! successful restore (and, for `Lazy`, after the last page was served).
 //! If anything fails before that point, in any strategy, the source tree
 //! is sent `SIGCONT` and runs on where it was: nothing is lost. The
@@ -31,7 +32,7 @@ use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -43,8 +44,8 @@ use crate::client::Criu;
 use crate::daemon::{free_port, DaemonConfig};
 use crate::error::{Error, Result};
 use crate::images::ImagesDir;
-use crate::notify::Event;
-use crate::options::Options;
+use crate::notify::{Event, Notification};
+use crate::options::{NotifyFn, Options};
 use crate::report::{DumpReport, RestoreReport};
 use crate::transfer::{self, read_header, recv_message, send_message, write_header, TransferStats};
 use crate::tree::{state, tree};
@@ -148,7 +149,10 @@ impl<'a> SourceConfig<'a> {
 
     /// Adjusts the dump options (shell job, TCP, external resources...).
     /// The migration sets pid, images directory, log file, leave-running
-    /// and the strategy's own options itself.
+    /// and the strategy's own options itself. A notification handler set
+    /// here ([`Options::on_notify`]) sees every event of the dump, before
+    /// the migration's own (which stops the tree at pre-dump), and may
+    /// refuse any of them to fail the migration with the source running.
     pub fn customize(mut self, f: impl Fn(&mut Options<'_>) + Sync + 'a) -> Self {
         self.customize = Some(Box::new(f));
         self
@@ -328,6 +332,54 @@ enum LazyEvent {
     Finished(Box<Result<DumpReport>>),
 }
 
+/// Where the dump's notification handler leaves the stopped source tree.
+type StopSlot = Arc<Mutex<Option<(StoppedTree, Instant)>>>;
+
+/// The source dump's notification handler: the caller's own handler (set
+/// through `customize`) first, then, at pre-dump, stopping the tree into
+/// `slot`; at status-ready (lazy dumps) it tells `ready`.
+fn stop_at_pre_dump<'a>(
+    pid: i32,
+    mut user: Option<Box<NotifyFn<'a>>>,
+    slot: StopSlot,
+    ready: Option<mpsc::Sender<LazyEvent>>,
+) -> impl FnMut(Notification) -> ControlFlow<String> + 'a {
+    move |n| {
+        let pre_dump = matches!(n.event, Event::PreDump);
+        let status_ready = matches!(n.event, Event::StatusReady);
+        if let Some(user) = user.as_mut() {
+            user(n)?;
+        }
+        if pre_dump {
+            match StoppedTree::stop(pid) {
+                Ok(t) => {
+                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((t, Instant::now()));
+                }
+                Err(e) => return ControlFlow::Break(format!("stopping the source tree: {e}")),
+            }
+        }
+        if status_ready {
+            if let Some(r) = &ready {
+                let _ = r.send(LazyEvent::Ready);
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// Takes the stopped tree out of `slot` after a successful dump.
+fn take_stopped(slot: &StopSlot) -> Result<(StoppedTree, Instant)> {
+    slot.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .ok_or_else(|| {
+            migration(
+                "CRIU sent no pre-dump notification, so the source was never stopped and ran on after the dump; the images are stale",
+                None,
+            )
+        })
+}
+
 /// Migrates the tree rooted at `pid` to the peer of `stream`, which runs
 /// [`receive`]. See the module docs for what happens to the source.
 pub fn send(
@@ -361,8 +413,7 @@ pub fn send(
         None
     };
 
-    let stopped = StoppedTree::stop(pid)?;
-    let stopped_at = Instant::now();
+    let slot: StopSlot = Arc::new(Mutex::new(None));
     let customize = cfg.customize.take();
     let base = |o: &mut Options<'_>| {
         if let Some(c) = &customize {
@@ -377,10 +428,12 @@ pub fn send(
             Strategy::StopAndCopy | Strategy::PageServer => {
                 let mut o = Options::new();
                 base(&mut o);
+                let user = o.notify.take();
                 o.pid(pid)
                     .images_dir(&images)
                     .log_file("dump.log")
-                    .leave_running(true);
+                    .leave_running(true)
+                    .on_notify(stop_at_pre_dump(pid, user, slot.clone(), None));
                 if let Some(d) = cfg.deadline {
                     o.deadline(d);
                 }
@@ -404,22 +457,19 @@ pub fn send(
                 let (tx, rx) = mpsc::channel();
                 let images = &images;
                 let base = &base;
+                let slot = slot.clone();
                 let handle = scope.spawn(move || {
                     let ready = tx.clone();
                     let mut o = Options::new();
                     base(&mut o);
+                    let user = o.notify.take();
                     o.pid(pid)
                         .images_dir(images)
                         .log_file("dump.log")
                         .leave_running(true)
                         .lazy_pages(true)
                         .lazy_pages_address(addr)
-                        .on_notify(move |n| {
-                            if matches!(n.event, Event::StatusReady) {
-                                let _ = ready.send(LazyEvent::Ready);
-                            }
-                            ControlFlow::Continue(())
-                        });
+                        .on_notify(stop_at_pre_dump(pid, user, slot, Some(ready)));
                     let r = Criu::new().dump(&mut o);
                     let _ = tx.send(LazyEvent::Finished(Box::new(r)));
                 });
@@ -460,6 +510,20 @@ pub fn send(
                     let _ = s.shutdown(Shutdown::Both);
                 }
                 let _ = h.join();
+            }
+        };
+
+        let (stopped, stopped_at) = match take_stopped(&slot) {
+            Ok(s) => s,
+            Err(e) => {
+                abort_lazy(&mut lazy_thread);
+                let _ = send_message(
+                    stream,
+                    &Msg::Failed {
+                        message: e.to_string(),
+                    },
+                );
+                return Err(e);
             }
         };
 

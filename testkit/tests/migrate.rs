@@ -257,6 +257,70 @@ fn a_failed_destination_restore_leaves_the_source_running() {
 }
 
 #[test]
+fn the_callers_dump_notifications_still_arrive_during_a_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let mut w = spawn_on_a(&hosts, &dir.path().join("out.log"), 8);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (src_dir, dst_dir) = (dir.path().join("src"), dir.path().join("dst"));
+    std::fs::create_dir_all(&src_dir).unwrap();
+    std::fs::create_dir_all(&dst_dir).unwrap();
+    let log = seen.clone();
+    let run = hosts
+        .migrate(
+            w.pid(),
+            || {
+                SourceConfig::new(Strategy::Lazy, &src_dir).customize(move |o| {
+                    let log = log.clone();
+                    o.on_notify(move |n| {
+                        log.lock().unwrap().push(n.event.name().to_string());
+                        std::ops::ControlFlow::Continue(())
+                    });
+                })
+            },
+            || DestConfig::new(&dst_dir),
+            None,
+        )
+        .unwrap();
+    run.src.unwrap();
+    let dst = run.dst.unwrap();
+    w.reap(WAIT).unwrap();
+    let seen = seen.lock().unwrap().clone();
+    for event in ["pre-dump", "post-dump", "status-ready"] {
+        assert!(seen.iter().any(|e| e == event), "{event} in {seen:?}");
+    }
+    drop(dst);
+}
+
+#[test]
+fn a_source_notification_refusing_the_dump_leaves_the_source_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let mut w = spawn_on_a(&hosts, &dir.path().join("out.log"), 8);
+    let (src_dir, dst_dir) = (dir.path().join("src"), dir.path().join("dst"));
+    std::fs::create_dir_all(&src_dir).unwrap();
+    std::fs::create_dir_all(&dst_dir).unwrap();
+    let run = hosts
+        .migrate(
+            w.pid(),
+            || {
+                SourceConfig::new(Strategy::StopAndCopy, &src_dir).customize(|o| {
+                    o.on_notify(|n| match n.event {
+                        criu::Event::PostDump => {
+                            std::ops::ControlFlow::Break("not this time".into())
+                        }
+                        _ => std::ops::ControlFlow::Continue(()),
+                    });
+                })
+            },
+            || DestConfig::new(&dst_dir),
+            None,
+        )
+        .unwrap();
+    assert_failed_cleanly(run, &mut w, dir.path(), "not this time");
+}
+
+#[test]
 fn hosts_are_removed_on_drop() {
     let names = {
         let hosts = TwoHosts::new().unwrap();
