@@ -736,7 +736,13 @@ fn receive_inner(
     })
 }
 
+/// Sets the stream's timeouts from `deadline`, and `TCP_NODELAY`: the
+/// protocol's small messages (ready, restored, done) must not wait for a
+/// delayed ACK.
 fn set_timeouts(stream: &TcpStream, deadline: Option<Duration>) -> Result<()> {
+    stream
+        .set_nodelay(true)
+        .map_err(|e| Error::io("setting TCP_NODELAY on the stream", e))?;
     if let Some(d) = deadline {
         stream
             .set_read_timeout(Some(d))

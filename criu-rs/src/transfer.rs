@@ -154,6 +154,10 @@ pub fn send_dir(
     mut progress: Option<Progress<'_>>,
 ) -> Result<TransferStats> {
     let start = Instant::now();
+    // Headers, checksums and small images would otherwise go out as tiny
+    // writes, each a TCP segment (or, without TCP_NODELAY, a wait for the
+    // previous one's delayed ACK).
+    let w = &mut std::io::BufWriter::with_capacity(BUF, w);
     let mut files = Vec::new();
     let entries =
         fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
