@@ -20,6 +20,7 @@ fn migrate_between(
     pid: i32,
     strategy: Strategy,
     dir: &Path,
+    src_cfg: impl FnOnce(SourceConfig<'static>) -> SourceConfig<'static> + Send,
     dest_cfg: impl FnOnce(DestConfig<'static>) -> DestConfig<'static> + Send,
     relay: Option<criu_testkit::hosts::Relay>,
 ) -> Migration {
@@ -29,7 +30,7 @@ fn migrate_between(
     hosts
         .migrate(
             pid,
-            || SourceConfig::new(strategy, &src_dir),
+            || src_cfg(SourceConfig::new(strategy, &src_dir)),
             || dest_cfg(DestConfig::new(&dst_dir)),
             relay,
         )
@@ -57,7 +58,7 @@ fn check_strategy(strategy: Strategy) {
     let before = netns_of(w.pid()).unwrap();
     assert_eq!(before, hosts.a.netns_inode().unwrap());
 
-    let run = migrate_between(&hosts, w.pid(), strategy, dir.path(), |c| c, None);
+    let run = migrate_between(&hosts, w.pid(), strategy, dir.path(), |c| c, |c| c, None);
     let src = run.src.unwrap_or_else(|e| panic!("{strategy}: {e}"));
     let dst = run.dst.unwrap_or_else(|e| panic!("{strategy}: {e}"));
     w.reap(WAIT).unwrap();
@@ -171,6 +172,7 @@ fn a_stream_cut_mid_transfer_leaves_the_source_running() {
         Strategy::StopAndCopy,
         dir.path(),
         |c| c,
+        |c| c,
         Some(cut_after_64k),
     );
     assert_failed_cleanly(run, &mut w, dir.path(), "truncated");
@@ -186,6 +188,7 @@ fn a_checksum_mismatch_leaves_the_source_running() {
         w.pid(),
         Strategy::StopAndCopy,
         dir.path(),
+        |c| c,
         |c| c,
         Some(flip_a_byte),
     );
@@ -214,6 +217,7 @@ fn a_page_server_that_dies_leaves_the_source_running() {
         w.pid(),
         Strategy::PageServer,
         dir.path(),
+        |c| c,
         move |c| {
             let mut d = DaemonConfig::new();
             d.binary(&fake);
@@ -246,6 +250,7 @@ fn a_failed_destination_restore_leaves_the_source_running() {
         w.pid(),
         Strategy::StopAndCopy,
         dir.path(),
+        |c| c,
         |c| {
             c.customize(|o| {
                 o.join_ns(criu::Namespace::Uts, "/nonexistent-criu-rs-ns", None);
@@ -262,26 +267,24 @@ fn the_callers_dump_notifications_still_arrive_during_a_migration() {
     let hosts = TwoHosts::new().unwrap();
     let mut w = spawn_on_a(&hosts, &dir.path().join("out.log"), 8);
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (src_dir, dst_dir) = (dir.path().join("src"), dir.path().join("dst"));
-    std::fs::create_dir_all(&src_dir).unwrap();
-    std::fs::create_dir_all(&dst_dir).unwrap();
     let log = seen.clone();
-    let run = hosts
-        .migrate(
-            w.pid(),
-            || {
-                SourceConfig::new(Strategy::Lazy, &src_dir).customize(move |o| {
-                    let log = log.clone();
-                    o.on_notify(move |n| {
-                        log.lock().unwrap().push(n.event.name().to_string());
-                        std::ops::ControlFlow::Continue(())
-                    });
-                })
-            },
-            || DestConfig::new(&dst_dir),
-            None,
-        )
-        .unwrap();
+    let run = migrate_between(
+        &hosts,
+        w.pid(),
+        Strategy::Lazy,
+        dir.path(),
+        |c| {
+            c.customize(move |o| {
+                let log = log.clone();
+                o.on_notify(move |n| {
+                    log.lock().unwrap().push(n.event.name().to_string());
+                    std::ops::ControlFlow::Continue(())
+                });
+            })
+        },
+        |c| c,
+        None,
+    );
     run.src.unwrap();
     let dst = run.dst.unwrap();
     w.reap(WAIT).unwrap();
@@ -297,26 +300,22 @@ fn a_source_notification_refusing_the_dump_leaves_the_source_running() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = TwoHosts::new().unwrap();
     let mut w = spawn_on_a(&hosts, &dir.path().join("out.log"), 8);
-    let (src_dir, dst_dir) = (dir.path().join("src"), dir.path().join("dst"));
-    std::fs::create_dir_all(&src_dir).unwrap();
-    std::fs::create_dir_all(&dst_dir).unwrap();
-    let run = hosts
-        .migrate(
-            w.pid(),
-            || {
-                SourceConfig::new(Strategy::StopAndCopy, &src_dir).customize(|o| {
-                    o.on_notify(|n| match n.event {
-                        criu::Event::PostDump => {
-                            std::ops::ControlFlow::Break("not this time".into())
-                        }
-                        _ => std::ops::ControlFlow::Continue(()),
-                    });
-                })
-            },
-            || DestConfig::new(&dst_dir),
-            None,
-        )
-        .unwrap();
+    let run = migrate_between(
+        &hosts,
+        w.pid(),
+        Strategy::StopAndCopy,
+        dir.path(),
+        |c| {
+            c.customize(|o| {
+                o.on_notify(|n| match n.event {
+                    criu::Event::PostDump => std::ops::ControlFlow::Break("not this time".into()),
+                    _ => std::ops::ControlFlow::Continue(()),
+                });
+            })
+        },
+        |c| c,
+        None,
+    );
     assert_failed_cleanly(run, &mut w, dir.path(), "not this time");
 }
 
