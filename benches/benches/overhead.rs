@@ -102,15 +102,7 @@ fn service_client() -> Criu {
 }
 
 fn dump_criu_rs_service(pid: i32, dir: &Path) {
-    let images = ImagesDir::open(dir).unwrap();
-    service_client()
-        .dump(
-            Options::new()
-                .pid(pid)
-                .images_dir(&images)
-                .log_file("dump.log"),
-        )
-        .expect("criu-rs dump through criu service");
+    dump_with(&service_client(), pid, dir);
 }
 
 fn restore_criu_rs_service(dir: &Path) -> i32 {

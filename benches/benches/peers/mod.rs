@@ -15,15 +15,19 @@ pub type DumpFn = fn(i32, &Path);
 pub type RestoreFn = fn(&Path) -> i32;
 
 pub fn dump_criu_rs(pid: i32, dir: &Path) {
+    dump_with(&Criu::new(), pid, dir);
+}
+
+/// A criu-rs dump through `criu`, however it reaches CRIU.
+pub fn dump_with(criu: &Criu, pid: i32, dir: &Path) {
     let images = ImagesDir::open(dir).unwrap();
-    Criu::new()
-        .dump(
-            Options::new()
-                .pid(pid)
-                .images_dir(&images)
-                .log_file("dump.log"),
-        )
-        .expect("criu-rs dump");
+    criu.dump(
+        Options::new()
+            .pid(pid)
+            .images_dir(&images)
+            .log_file("dump.log"),
+    )
+    .expect("criu-rs dump");
 }
 
 pub fn dump_raw_sys(pid: i32, dir: &Path) {
