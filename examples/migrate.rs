@@ -94,7 +94,7 @@ fn print_table(rows: &[Row]) {
             r.strategy,
             r.rss_bytes as f64 / 1048576.0,
             r.dump_ms,
-            opt(r.frozen_time_us, 1000.0),
+            opt(r.criu.frozen_time_us, 1000.0),
             r.transfer_bytes as f64 / 1048576.0,
             r.transfer_ms,
             r.restore_ms,

@@ -39,6 +39,7 @@ use criu_testkit::container::{
     consecutive, make_rootfs, numbers, wait_lines, OwnContainer, SCRIPT,
 };
 use criu_testkit::hosts::{netns_of, TwoHosts};
+use criu_testkit::measure::DumpTimes;
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -66,11 +67,8 @@ struct Row {
     strategy: String,
     workload: String,
     rss_bytes: u64,
-    freezing_time_us: Option<u64>,
-    frozen_time_us: Option<u64>,
-    memdump_time_us: Option<u64>,
-    memwrite_time_us: Option<u64>,
-    pages_written: Option<u64>,
+    #[serde(flatten)]
+    criu: DumpTimes,
     dump_ms: f64,
     transfer_bytes: u64,
     transfer_ms: f64,
@@ -208,18 +206,12 @@ fn run_criu_rs(cli: &Cli, work: &Path) -> Result<Row, BoxError> {
     let pid_after = dst.child.pid();
     let dest_netns = netns_of(pid_after)?;
     drop(dst);
-    let stats = src.dump.stats;
-    let us = |f: fn(&criu::DumpStats) -> Duration| stats.as_ref().map(|s| f(s).as_micros() as u64);
     Ok(Row {
         engine: "criu-rs".into(),
         strategy: "stop-and-copy".into(),
         workload: format!("busybox counter, interval {}s", cli.interval),
         rss_bytes: rss,
-        freezing_time_us: us(|s| s.freezing_time),
-        frozen_time_us: us(|s| s.frozen_time),
-        memdump_time_us: us(|s| s.memdump_time),
-        memwrite_time_us: us(|s| s.memwrite_time),
-        pages_written: stats.map(|s| s.pages_written),
+        criu: DumpTimes::of(src.dump.stats.as_ref()),
         dump_ms: ms(src.dump.wall_time),
         transfer_bytes: src.transfer.bytes,
         transfer_ms: ms(src.transfer.elapsed),
@@ -427,17 +419,12 @@ fn run_runc(cli: &Cli, work: &Path) -> Result<Row, BoxError> {
     let rstats = criu::ImagesDir::open(&work_b)?
         .restore_stats()?
         .and_then(|s| s.restore);
-    let us = |f: fn(&criu::DumpStats) -> Duration| dstats.as_ref().map(|s| f(s).as_micros() as u64);
     Ok(Row {
         engine: "runc".into(),
         strategy: "stop-and-copy".into(),
         workload: format!("busybox counter, interval {}s", cli.interval),
         rss_bytes: rss,
-        freezing_time_us: us(|s| s.freezing_time),
-        frozen_time_us: us(|s| s.frozen_time),
-        memdump_time_us: us(|s| s.memdump_time),
-        memwrite_time_us: us(|s| s.memwrite_time),
-        pages_written: dstats.map(|s| s.pages_written),
+        criu: DumpTimes::of(dstats.as_ref()),
         dump_ms: ms(dump),
         transfer_bytes: sent.bytes,
         transfer_ms: ms(sent.elapsed),
@@ -514,7 +501,8 @@ fn main() -> std::process::ExitCode {
             r.engine,
             r.rss_bytes / 1024,
             r.dump_ms,
-            r.frozen_time_us
+            r.criu
+                .frozen_time_us
                 .map_or("-".into(), |v| format!("{:.1}", v as f64 / 1000.0)),
             r.transfer_bytes as f64 / 1024.0,
             r.transfer_ms,

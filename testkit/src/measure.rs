@@ -18,11 +18,8 @@ pub struct Row {
     pub strategy: String,
     pub workload: String,
     pub rss_bytes: u64,
-    pub freezing_time_us: Option<u64>,
-    pub frozen_time_us: Option<u64>,
-    pub memdump_time_us: Option<u64>,
-    pub memwrite_time_us: Option<u64>,
-    pub pages_written: Option<u64>,
+    #[serde(flatten)]
+    pub criu: DumpTimes,
     pub dump_ms: f64,
     pub transfer_bytes: u64,
     pub transfer_ms: f64,
@@ -35,6 +32,32 @@ pub struct Row {
     pub pid_after: i32,
     pub source_netns: u64,
     pub dest_netns: u64,
+}
+
+/// CRIU's own timings of a dump (absent when CRIU wrote none, as after a
+/// lazy dump), under the field names the project publishes.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[allow(missing_docs)]
+pub struct DumpTimes {
+    pub freezing_time_us: Option<u64>,
+    pub frozen_time_us: Option<u64>,
+    pub memdump_time_us: Option<u64>,
+    pub memwrite_time_us: Option<u64>,
+    pub pages_written: Option<u64>,
+}
+
+impl DumpTimes {
+    /// From CRIU's dump statistics, if it wrote any.
+    pub fn of(stats: Option<&criu::DumpStats>) -> DumpTimes {
+        let us = |d: Duration| Some(d.as_micros() as u64);
+        stats.map_or_else(DumpTimes::default, |s| DumpTimes {
+            freezing_time_us: us(s.freezing_time),
+            frozen_time_us: us(s.frozen_time),
+            memdump_time_us: us(s.memdump_time),
+            memwrite_time_us: us(s.memwrite_time),
+            pages_written: Some(s.pages_written),
+        })
+    }
 }
 
 /// Milliseconds, to 0.01.
@@ -121,17 +144,11 @@ pub fn migrate_workload(
     };
     drop(dst.child);
 
-    let stats = src.dump.stats;
-    let us = |f: fn(&criu::DumpStats) -> Duration| stats.as_ref().map(|s| f(s).as_micros() as u64);
     Ok(Row {
         strategy: strategy.to_string(),
         workload: workload.to_string(),
         rss_bytes: rss,
-        freezing_time_us: us(|s| s.freezing_time),
-        frozen_time_us: us(|s| s.frozen_time),
-        memdump_time_us: us(|s| s.memdump_time),
-        memwrite_time_us: us(|s| s.memwrite_time),
-        pages_written: stats.map(|s| s.pages_written),
+        criu: DumpTimes::of(src.dump.stats.as_ref()),
         dump_ms: ms(src.dump.wall_time),
         transfer_bytes: src.transfer.bytes + src.page_server_bytes,
         transfer_ms: ms(src.transfer.elapsed),
