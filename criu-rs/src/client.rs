@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::child::RestoredChild;
 use crate::error::{Context, Error, InvalidKind, Operation, Result};
-use crate::images::{exists_at, read_at};
+use crate::images::{exists_at, read_at, MAX_STATS_READ};
 use crate::notify::{iter_trampoline, IterFn, Iteration};
 use crate::options::Options;
 use crate::report::{DumpReport, RestoreReport};
@@ -17,6 +17,7 @@ use crate::request::{refuse_nested, Channel, Request};
 use crate::spawn::spawn_swrk;
 use crate::stats::Stats;
 use crate::sys;
+use crate::verify::verify_images;
 use crate::version::{Features, Version};
 
 /// Pids with a dump in progress in this process.
@@ -397,6 +398,9 @@ impl Criu {
                 "the images directory holds no checkpoint (no inventory.img)",
             ));
         }
+        if opts.wants_image_check() {
+            verify_images(dir)?;
+        }
         Ok(())
     }
 
@@ -449,6 +453,6 @@ impl Criu {
 }
 
 fn read_stats(dir: Option<BorrowedFd<'_>>, name: &str) -> Option<Stats> {
-    let bytes = read_at(dir?, name).ok()?;
+    let bytes = read_at(dir?, name, MAX_STATS_READ).ok()?;
     Stats::decode(name, &bytes).ok()
 }

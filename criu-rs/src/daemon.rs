@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::Criu;
 use crate::error::{error_lines, Error, Result};
-use crate::images::ImagesDir;
+use crate::images::{read_tail, ImagesDir, MAX_LOG_TAIL};
 use crate::spawn::{hand_over_fd, OwnedChild};
 
 /// The descriptor number the daemon reports readiness on.
@@ -174,7 +174,8 @@ impl DaemonConfig {
 
 impl Daemon {
     fn failure(&self, message: String) -> Error {
-        let log = std::fs::read_to_string(self.dir.join(&self.log_file)).unwrap_or_default();
+        let log = read_tail(&self.dir.join(&self.log_file), MAX_LOG_TAIL).unwrap_or_default();
+        let log = String::from_utf8_lossy(&log);
         let lines = error_lines(&log);
         let mut message = format!("{}: {message}", self.what);
         if !lines.is_empty() {

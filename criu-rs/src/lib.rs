@@ -107,6 +107,7 @@ mod client;
 mod daemon;
 mod deadline;
 mod error;
+mod framing;
 mod images;
 pub mod migrate;
 mod notify;
@@ -118,6 +119,7 @@ mod spawn;
 pub mod stats;
 pub mod transfer;
 mod tree;
+mod verify;
 mod version;
 
 /// The raw bindings, for what this crate does not wrap.

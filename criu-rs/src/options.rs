@@ -315,6 +315,7 @@ pub struct Options<'a> {
     images_dir_holds_images: bool,
     work_dir: Option<BorrowedFd<'a>>,
     overwrite_images: bool,
+    skip_image_check: bool,
     parent_images: Option<PathBuf>,
     flags: Flags,
     #[cfg(criu_3_19)]
@@ -465,6 +466,18 @@ impl<'a> Options<'a> {
     /// directory rather than mixing two checkpoints.
     pub fn overwrite_images(&mut self, allow: bool) -> &mut Self {
         self.overwrite_images = allow;
+        self
+    }
+
+    /// Before a restore, check the checkpoint (on by default): every image
+    /// CRIU opens for the root task is present and not empty, and every
+    /// `pages-*.img` holds exactly the pages its `pagemap-*.img` announces.
+    /// A damaged checkpoint is then refused in milliseconds with
+    /// [`crate::Error::BadImage`] naming the file, before CRIU starts (a
+    /// truncated pages image makes CRIU 4.2.1 spin forever). `false` skips
+    /// the check, e.g. to let CRIU itself see the damage.
+    pub fn verify_images(&mut self, on: bool) -> &mut Self {
+        self.skip_image_check = !on;
         self
     }
 
@@ -792,6 +805,10 @@ impl<'a> Options<'a> {
 
     pub(crate) fn images_dir_holds_images(&self) -> bool {
         self.images_dir_holds_images
+    }
+
+    pub(crate) fn wants_image_check(&self) -> bool {
+        !self.skip_image_check
     }
 
     pub(crate) fn get_overwrite_images(&self) -> bool {

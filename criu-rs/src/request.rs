@@ -18,7 +18,7 @@ use nix::errno::Errno;
 
 use crate::deadline::Watchdog;
 use crate::error::{error_lines, Context, Error, InvalidKind, Operation, Result};
-use crate::images::read_at;
+use crate::images::{read_at, read_tail_at, MAX_IMAGE_READ, MAX_LOG_TAIL};
 use crate::notify::{notify_trampoline, Installed, IterFn, Outcome};
 use crate::options::Options;
 use crate::raw::{c_path, cvt, RawOpts};
@@ -307,7 +307,7 @@ impl Reporting<'_> {
             return err;
         }
         if let (Some(dir), Some(c)) = (self.work_dir, err.context_mut()) {
-            if let Ok(bytes) = read_at(dir, &self.log_name) {
+            if let Ok(bytes) = read_tail_at(dir, &self.log_name, MAX_LOG_TAIL) {
                 c.log_errors = error_lines(&String::from_utf8_lossy(&bytes));
                 c.log_file = Some(self.log_name.clone());
             }
@@ -340,7 +340,7 @@ fn deadline_error(ctx: Context, deadline: Duration, killed: usize) -> Error {
 
 /// The root pid recorded in the images (see [`crate::ImagesDir::root_pid`]).
 fn root_pid_at(dir: BorrowedFd<'_>) -> Option<i32> {
-    crate::images::root_pid_of(&read_at(dir, "pstree.img").ok()?).ok()
+    crate::images::root_pid_of(&read_at(dir, "pstree.img", MAX_IMAGE_READ).ok()?).ok()
 }
 
 #[cfg(criu_3_19)]
