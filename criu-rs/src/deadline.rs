@@ -1,89 +1,15 @@
-//! Deadlines: a `criu swrk` the crate starts itself (so it knows the pid),
-//! and a watchdog that kills it, and everything it forked, when the
-//! operation's time is up.
+//! Deadlines: a watchdog that kills the `criu swrk` the crate started
+//! itself for the call (see `spawn.rs`), and everything it forked, when
+//! the operation's time is up.
 
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::unistd::Pid;
 
-use crate::daemon::hand_over_fd;
-use crate::error::{Error, Result};
 use crate::tree::tree;
-
-/// The descriptor number the service socket gets in the child.
-const SERVICE_FD: i32 = 3;
-
-/// A `criu swrk` child of this process, serving one libcriu request over
-/// the socket handed to libcriu with `criu_local_set_service_fd`.
-pub(crate) struct OwnSwrk {
-    child: Option<Child>,
-}
-
-impl OwnSwrk {
-    /// Starts `binary swrk 3`; returns it and libcriu's end of the socket.
-    pub(crate) fn spawn(binary: &Path) -> Result<(OwnSwrk, OwnedFd)> {
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| Error::io("creating the CRIU service socket", e.into()))?;
-        let mut cmd = Command::new(binary);
-        cmd.arg("swrk")
-            .arg(SERVICE_FD.to_string())
-            .stdin(Stdio::null());
-        hand_over_fd(&mut cmd, theirs.as_raw_fd(), SERVICE_FD, None);
-        let child = cmd
-            .spawn()
-            .map_err(|e| Error::io(format!("starting {} swrk", binary.display()), e))?;
-        drop(theirs);
-        Ok((OwnSwrk { child: Some(child) }, ours))
-    }
-
-    pub(crate) fn pid(&self) -> i32 {
-        self.child.as_ref().map_or(0, |c| c.id() as i32)
-    }
-
-    /// Reaps the helper once libcriu has closed its socket (it exits on
-    /// its own then); kills it if it has not after `grace`.
-    pub(crate) fn reap(&mut self, grace: Duration) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let deadline = Instant::now() + grace;
-        // It usually exits within microseconds of the reply: poll often at
-        // first, then back off to 2 ms.
-        let mut pause = Duration::from_micros(20);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) | Err(_) => return,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(2));
-                }
-                Ok(None) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return;
-                }
-            }
-        }
-    }
-}
-
-impl Drop for OwnSwrk {
-    fn drop(&mut self) {
-        self.reap(Duration::ZERO);
-    }
-}
 
 /// Kills the helper's whole tree when the deadline passes, unless stopped
 /// first. Returns how many tasks it killed.

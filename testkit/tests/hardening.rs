@@ -1,0 +1,137 @@
+//! The crate never acts on what it does not own, never hangs by default,
+//! and hands out only what is really its to hand out (issue #9). Real
+//! CRIU, as root.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use criu::{Criu, Error, ImagesDir, Options};
+use criu_testkit::{alive, Workload};
+
+const BIN: &str = env!("CARGO_BIN_EXE_criu-rs-workload");
+const WAIT: Duration = Duration::from_secs(30);
+
+fn workload(dir: &tempfile::TempDir) -> Workload {
+    Workload::spawn(
+        BIN.as_ref(),
+        &dir.path().join("out.log"),
+        Duration::from_millis(1),
+        1,
+    )
+    .unwrap()
+}
+
+/// Dumps a fresh 1 MiB workload into `dir/img` and reaps it; returns the
+/// images and the pid the checkpoint restores to.
+fn checkpoint(dir: &tempfile::TempDir) -> (ImagesDir, i32) {
+    let mut w = workload(dir);
+    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    Criu::new()
+        .dump(Options::new().pid(w.pid()).images_dir(&images))
+        .unwrap();
+    w.reap(WAIT).unwrap();
+    (images, w.pid())
+}
+
+/// The checkpoint's first file whose name starts with `prefix`.
+fn image_file(images: &ImagesDir, prefix: &str) -> PathBuf {
+    std::fs::read_dir(images.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .unwrap()
+}
+
+fn truncate_to_half(path: &Path) {
+    let len = std::fs::metadata(path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+}
+
+/// Restores (as a child or not) on another thread; fails the test if no
+/// answer comes within `WAIT` (a hang), instead of hanging the test.
+fn restore_or_hang(images: &Path, child: bool) -> (Result<i32, Error>, Duration) {
+    let (tx, rx) = mpsc::channel();
+    let path = images.to_path_buf();
+    std::thread::spawn(move || {
+        let images = ImagesDir::open(&path).unwrap();
+        let mut o = Options::new();
+        o.images_dir(&images).log_file("restore.log");
+        let start = Instant::now();
+        let r = if child {
+            Criu::new().restore_child(&mut o).map(|(restored, report)| {
+                drop(restored); // kills and reaps it
+                report.pid
+            })
+        } else {
+            Criu::new().restore(&mut o).map(|r| r.pid)
+        };
+        let _ = tx.send((r, start.elapsed()));
+    });
+    rx.recv_timeout(WAIT)
+        .expect("the restore of a damaged checkpoint hung (no deadline was set)")
+}
+
+#[test]
+fn a_truncated_pages_image_is_refused_without_a_deadline_and_nothing_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (images, pid) = checkpoint(&dir);
+    let pages = image_file(&images, "pages-");
+    truncate_to_half(&pages);
+    for child in [false, true] {
+        let (r, took) = restore_or_hang(images.path(), child);
+        let e = r.unwrap_err();
+        eprintln!("restore (child: {child}) refused after {took:?}: {e}");
+        let name = pages.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            matches!(e, Error::BadImage { ref file, .. } if *file == name),
+            "{e}"
+        );
+        assert!(e.to_string().contains("announces"), "{e}");
+        assert!(
+            !images.path().join("restore.log").exists(),
+            "CRIU was not started"
+        );
+        assert!(!alive(pid), "nothing was restored");
+    }
+}
+
+#[test]
+fn a_missing_or_empty_root_task_image_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (images, pid) = checkpoint(&dir);
+    let core = images.path().join(format!("core-{pid}.img"));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&core)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let (r, _) = restore_or_hang(images.path(), false);
+    let e = r.unwrap_err();
+    assert!(e.to_string().contains(&format!("core-{pid}.img")), "{e}");
+    assert!(e.to_string().contains("empty"), "{e}");
+    std::fs::remove_file(&core).unwrap();
+    let (r, _) = restore_or_hang(images.path(), false);
+    let e = r.unwrap_err();
+    assert!(e.to_string().contains("missing"), "{e}");
+    assert!(!images.path().join("restore.log").exists());
+}
+
+#[test]
+fn an_intact_checkpoint_passes_the_check_and_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let (images, pid) = checkpoint(&dir);
+    let restored = Criu::new()
+        .restore(Options::new().images_dir(&images))
+        .unwrap();
+    let _guard = criu_testkit::KillOnDrop(restored.pid);
+    assert_eq!(restored.pid, pid);
+    assert!(alive(pid));
+}
