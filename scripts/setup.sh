@@ -27,6 +27,8 @@ PACKAGES=(
   libgnutls28-dev uuid-dev libnftables-dev xz-utils
   # what tests and examples use
   iproute2 iptables busybox-static runc util-linux procps
+  # the TLS migration tests capture the hosts' link (testkit/tests/tls.rs)
+  tcpdump
 )
 
 missing=()

@@ -236,6 +236,18 @@ pub enum Error {
         #[source]
         source: Option<Box<Error>>,
     },
+    /// The secure channel of a migration could not be set up (see
+    /// `criu::tls`): the peer was refused (no certificate, one from another
+    /// CA, an expired one, not TLS at all, too slow), or it refused ours,
+    /// or the PEM files could not be used. Nothing was sent or received.
+    #[error("TLS: {message}{}", .source.as_ref().map(|e| format!("\n  because: {e}")).unwrap_or_default())]
+    Tls {
+        /// What went wrong, and what to do about it.
+        message: String,
+        /// The TLS or I/O error behind it, if any.
+        #[source]
+        source: Option<io::Error>,
+    },
     /// An I/O error outside CRIU (creating directories, reading logs...).
     #[error("{what}: {source}")]
     Io {

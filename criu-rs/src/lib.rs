@@ -117,6 +117,7 @@ mod report;
 mod request;
 mod spawn;
 pub mod stats;
+pub mod tls;
 pub mod transfer;
 mod tree;
 mod verify;

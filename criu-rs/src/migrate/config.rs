@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::strategy::Strategy;
 use crate::daemon::DaemonConfig;
 use crate::options::Options;
+use crate::tls::TlsFiles;
 
 /// A hook that adjusts the options of a dump or restore.
 pub(super) type Customize<'a> = Box<dyn Fn(&mut Options<'_>) + Sync + 'a>;
@@ -20,6 +21,7 @@ pub struct SourceConfig<'a> {
     pub(super) lazy_timeout: Duration,
     pub(super) deadline: Option<Duration>,
     pub(super) criu_addresses: Option<(IpAddr, IpAddr)>,
+    pub(super) criu_tls: Option<TlsFiles>,
 }
 
 impl<'a> SourceConfig<'a> {
@@ -33,6 +35,7 @@ impl<'a> SourceConfig<'a> {
             lazy_timeout: Duration::from_secs(600),
             deadline: None,
             criu_addresses: None,
+            criu_tls: None,
         }
     }
 
@@ -79,6 +82,15 @@ impl<'a> SourceConfig<'a> {
         self.criu_addresses = Some((local, peer));
         self
     }
+
+    /// CRIU's own connections (page server, lazy pages) use CRIU's TLS with
+    /// these files. A [`crate::tls::TlsStream`] sets this by itself; name
+    /// files here for another secure stream (SSH...), or CRIU's
+    /// connections carry memory in clear.
+    pub fn criu_tls(mut self, files: TlsFiles) -> Self {
+        self.criu_tls = Some(files);
+        self
+    }
 }
 
 /// The destination side's settings.
@@ -89,6 +101,7 @@ pub struct DestConfig<'a> {
     pub(super) daemon_timeout: Duration,
     pub(super) deadline: Option<Duration>,
     pub(super) criu_address: Option<IpAddr>,
+    pub(super) criu_tls: Option<TlsFiles>,
 }
 
 impl<'a> DestConfig<'a> {
@@ -101,6 +114,7 @@ impl<'a> DestConfig<'a> {
             daemon_timeout: Duration::from_secs(600),
             deadline: None,
             criu_address: None,
+            criu_tls: None,
         }
     }
 
@@ -131,6 +145,16 @@ impl<'a> DestConfig<'a> {
     pub fn criu_address(self, local: IpAddr) -> Self {
         DestConfig {
             criu_address: Some(local),
+            ..self
+        }
+    }
+
+    /// The page server and lazy-pages daemon use CRIU's TLS with these
+    /// files (see [`SourceConfig::criu_tls`]; a [`crate::tls::TlsStream`]
+    /// sets this by itself).
+    pub fn criu_tls(self, files: TlsFiles) -> Self {
+        DestConfig {
+            criu_tls: Some(files),
             ..self
         }
     }

@@ -20,8 +20,11 @@ use crate::transfer::{read_header, Transport};
 pub(super) fn receive(
     criu: &Criu,
     stream: &mut dyn Transport,
-    cfg: DestConfig<'_>,
+    mut cfg: DestConfig<'_>,
 ) -> Result<DestReport> {
+    if let Some(files) = cfg.criu_tls.clone().or_else(|| stream.criu_tls()) {
+        cfg.daemons.tls(&files);
+    }
     let images_path = cfg.work_dir.join("images");
     let r = receive_inner(criu, stream, &cfg, &images_path);
     if let Err(e) = &r {

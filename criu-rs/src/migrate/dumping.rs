@@ -17,6 +17,7 @@ use crate::images::ImagesDir;
 use crate::notify::{Event, Notification};
 use crate::options::{NotifyFn, Options};
 use crate::report::DumpReport;
+use crate::tls::TlsFiles;
 
 /// What the dump thread tells the driver.
 enum DumpEvent {
@@ -61,6 +62,8 @@ pub(super) struct DumpJob<'j> {
     pub(super) deadline: Option<Duration>,
     pub(super) side: &'j dyn SourceSide,
     pub(super) slot: StopSlot,
+    /// CRIU's TLS for its own connections, if the migration is secured.
+    pub(super) criu_tls: Option<&'j TlsFiles>,
 }
 
 /// The dump running on its thread. Dropped before it finished (the
@@ -173,6 +176,9 @@ impl DumpJob<'_> {
             .leave_running(true)
             .on_notify(stop_at_pre_dump(self.pid, user, self.slot.clone(), ready));
         self.side.dump_options(&mut o);
+        if let Some(files) = self.criu_tls {
+            o.criu_tls(files);
+        }
         if let Some(d) = self.deadline {
             o.deadline(d);
         }

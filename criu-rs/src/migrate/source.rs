@@ -42,6 +42,7 @@ pub(super) fn send(
     let addrs = cfg.criu_addresses.or_else(|| stream.ip_addresses());
     let side = strategy::source_side(cfg.strategy, stream, addrs)?;
     let customize = cfg.customize.take();
+    let criu_tls = cfg.criu_tls.clone().or_else(|| stream.criu_tls());
     let job = DumpJob {
         criu,
         pid,
@@ -50,6 +51,7 @@ pub(super) fn send(
         deadline: cfg.deadline,
         side: side.as_ref(),
         slot: StopSlot::default(),
+        criu_tls: criu_tls.as_ref(),
     };
     std::thread::scope(|scope| migrate(scope, job, stream, &mut cfg, start))
 }
