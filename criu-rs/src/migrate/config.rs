@@ -8,6 +8,7 @@ use super::strategy::Strategy;
 use crate::daemon::DaemonConfig;
 use crate::options::Options;
 use crate::tls::TlsFiles;
+use crate::transfer::Limits;
 
 /// A hook that adjusts the options of a dump or restore.
 pub(super) type Customize<'a> = Box<dyn Fn(&mut Options<'_>) + Sync + 'a>;
@@ -102,6 +103,7 @@ pub struct DestConfig<'a> {
     pub(super) deadline: Option<Duration>,
     pub(super) criu_address: Option<IpAddr>,
     pub(super) criu_tls: Option<TlsFiles>,
+    pub(super) limits: Limits,
 }
 
 impl<'a> DestConfig<'a> {
@@ -115,6 +117,7 @@ impl<'a> DestConfig<'a> {
             deadline: None,
             criu_address: None,
             criu_tls: None,
+            limits: Limits::default(),
         }
     }
 
@@ -127,6 +130,14 @@ impl<'a> DestConfig<'a> {
     /// How the page server and lazy-pages daemon are started.
     pub fn daemons(self, daemons: DaemonConfig) -> Self {
         DestConfig { daemons, ..self }
+    }
+
+    /// What the source may send: file count, file and total sizes, and how
+    /// long it may stay silent when no deadline is set (see [`Limits`];
+    /// the defaults apply otherwise: a silent source is given up after
+    /// 120 s).
+    pub fn limits(self, limits: Limits) -> Self {
+        DestConfig { limits, ..self }
     }
 
     /// Bounds this side: every wait on the peer, the restore (see

@@ -1,13 +1,11 @@
 //! The destination side: receive the images the way the strategy says,
 //! restore the tree as a child of this process, continue it, report, and
-//! wait for the source's confirmation.
-
-use std::path::Path;
+//! keep it unless the source explicitly aborts.
 
 use super::config::DestConfig;
 use super::report::DestReport;
 use super::stopped::continue_tree;
-use super::strategy::{self, DestSide, Inbound, Received};
+use super::strategy::{self, Created, DestSide, Inbound, Received};
 use super::wire::{self, migration, unexpected, Msg};
 use crate::child::RestoredChild;
 use crate::client::Criu;
@@ -25,12 +23,11 @@ pub(super) fn receive(
     if let Some(files) = cfg.criu_tls.clone().or_else(|| stream.criu_tls()) {
         cfg.daemons.tls(&files);
     }
-    let images_path = cfg.work_dir.join("images");
-    let r = receive_inner(criu, stream, &cfg, &images_path);
+    let mut created = Created::default();
+    let r = receive_inner(criu, stream, &cfg, &mut created);
     if let Err(e) = &r {
         wire::tell_failure(stream, e);
-        let _ = std::fs::remove_dir_all(&images_path);
-        let _ = std::fs::remove_dir_all(cfg.work_dir.join("images.rest"));
+        created.remove_all();
     }
     r
 }
@@ -39,10 +36,13 @@ fn receive_inner(
     criu: &Criu,
     stream: &mut dyn Transport,
     cfg: &DestConfig<'_>,
-    images_path: &Path,
+    created: &mut Created,
 ) -> Result<DestReport> {
+    // Without a deadline a silent source is still given up, after the
+    // limits' idle timeout.
+    let timeout = cfg.deadline.unwrap_or(cfg.limits.idle());
     stream
-        .prepare(cfg.deadline)
+        .prepare(Some(timeout))
         .map_err(|e| Error::io("preparing the stream (timeouts, TCP_NODELAY)", e))?;
     read_header(&mut &mut *stream)?;
     let strategy = match wire::recv(stream)? {
@@ -53,9 +53,12 @@ fn receive_inner(
         .criu_address
         .or_else(|| stream.ip_addresses().map(|a| a.0));
     let mut side = strategy::dest_side(strategy, cfg, local)?;
+    let images_path = cfg.work_dir.join("images");
     let Received { images, transfer } = side.receive(Inbound {
         stream: &mut *stream,
-        images: images_path,
+        images: &images_path,
+        limits: &cfg.limits,
+        created,
     })?;
     let (child, restore) = restore(criu, &images, cfg, side.as_ref())?;
     wire::send(
@@ -67,12 +70,13 @@ fn receive_inner(
         },
     )?;
     side.after_restore(cfg.daemon_timeout)?;
-    await_done(stream)?;
+    let source_confirmed = await_verdict(stream)?;
     Ok(DestReport {
         strategy,
         child,
         restore,
         transfer,
+        source_confirmed,
     })
 }
 
@@ -98,14 +102,25 @@ fn restore(
     Ok((child, restore))
 }
 
-/// Waits for the source's confirmation that its copy is gone.
-fn await_done(stream: &mut dyn Transport) -> Result<()> {
+/// The source's verdict on the restored copy, which runs already. `Done`
+/// (the source stops its copy): confirmed, and answered with `Kept`. An
+/// explicit abort: an error, and the restored copy goes. Anything else
+/// (silence, a broken stream): the copy is kept unconfirmed, since the
+/// source may have stopped its copy for good and a duplicate is better
+/// than a loss.
+fn await_verdict(stream: &mut dyn Transport) -> Result<bool> {
     match wire::recv(stream) {
-        Ok(Msg::Done) => Ok(()),
-        Ok(other) => Err(unexpected("done", &other)),
-        Err(e) => Err(migration(
-            "the source did not confirm the end of the migration",
-            Some(e),
+        Ok(Msg::Done) => {
+            // If this is lost the source resumes its copy too: a duplicate.
+            let _ = wire::send(stream, &Msg::Kept);
+            Ok(true)
+        }
+        Ok(Msg::Failed { message }) => Err(migration(
+            format!(
+                "the source aborted after the restore ({message}); the restored copy was killed"
+            ),
+            None,
         )),
+        Ok(_) | Err(_) => Ok(false),
     }
 }

@@ -50,4 +50,9 @@ pub struct DestReport {
     pub restore: RestoreReport,
     /// Images received over the stream.
     pub transfer: TransferStats,
+    /// Whether the source confirmed (`Done`) that it stops its copy. When
+    /// false, the source went silent after the restore: the restored copy
+    /// was kept rather than risk losing the tree, and the source's copy
+    /// may be running too. Check it before relying on one copy.
+    pub source_confirmed: bool,
 }

@@ -7,7 +7,7 @@ use super::config::SourceConfig;
 use super::dumping::{DumpJob, Dumping, StopSlot};
 use super::report::SourceReport;
 use super::strategy::{self, SourceSide};
-use super::wire::{self, migration, Msg};
+use super::wire::{self, migration, unexpected, Msg};
 use crate::client::Criu;
 use crate::error::{Error, Result};
 use crate::images::ImagesDir;
@@ -72,11 +72,12 @@ fn migrate<'scope>(
     })?;
     let (stopped, stopped_at) = slot.take().inspect_err(|e| wire::tell_failure(stream, e))?;
     // On failure the dump ends (inside) before the tree is continued (here).
-    let (sent, restored, dump) = until_restored(stream, dumping, early, side, cfg)?;
+    let (sent, restored, dump) = until_restored(stream, dumping, early, side, cfg)
+        .inspect_err(|e| wire::tell_failure(stream, e))?;
     let stopped_to_restored = stopped_at.elapsed();
-    // The destination runs; the source copy must go.
+    confirm_end(stream)?;
+    // The destination runs and keeps its copy; this one must go.
     stopped.kill();
-    let _ = wire::send(stream, &Msg::Done);
     Ok(SourceReport {
         strategy: cfg.strategy,
         pid,
@@ -125,6 +126,32 @@ fn send_images(
             Some(e),
         )
     })
+}
+
+/// Tells the destination that the source stops its copy, and waits for it
+/// to say that it keeps its own. Without that answer the source copy is
+/// resumed (by the caller dropping it): perhaps a duplicate, never a loss.
+fn confirm_end(stream: &mut dyn Transport) -> Result<()> {
+    let answer = wire::send(stream, &Msg::Done).and_then(|()| wire::recv(stream));
+    let why = match answer {
+        Ok(Msg::Kept) => return Ok(()),
+        Ok(Msg::Failed { message }) => {
+            return Err(migration(
+                format!(
+                    "the destination failed after its restore ({message}) and killed its copy; \
+                     the source process was resumed"
+                ),
+                None,
+            ))
+        }
+        Ok(other) => Some(unexpected("kept", &other)),
+        Err(e) => Some(e),
+    };
+    Err(migration(
+        "the destination restored the tree but did not confirm that it keeps it; the source \
+         process was resumed, so two copies may now run: check the destination",
+        why,
+    ))
 }
 
 /// Waits for the destination's restore.

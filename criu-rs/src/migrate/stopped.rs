@@ -1,21 +1,23 @@
 //! The source tree while it is being moved: stopped, then either killed
-//! (the destination runs it) or continued (anything failed).
+//! (the destination runs it) or continued (anything failed). Every signal
+//! goes through a pidfd taken when the tree was stopped: the tree may stay
+//! stopped for as long as a lazy migration serves its pages, and a pid
+//! could be reused by then.
 
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 use super::wire::migration;
 use crate::error::{Error, Result};
-use crate::tree::{state, tree};
+use crate::tree::{state, tree_pidfds, PidFd};
 
 /// How long the tasks may take to stop.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A stopped source tree: continued on drop unless killed.
 pub(super) struct StoppedTree {
-    pids: Vec<i32>,
+    tasks: Vec<PidFd>,
     killed: bool,
 }
 
@@ -23,19 +25,18 @@ impl StoppedTree {
     /// Stops every task of the tree rooted at `root` and waits until each
     /// is really stopped, so that nothing runs after this.
     pub(super) fn stop(root: i32) -> Result<StoppedTree> {
-        let pids = tree(root);
         let mut stopped = StoppedTree {
-            pids: Vec::new(),
+            tasks: Vec::new(),
             killed: false,
         };
-        for &p in &pids {
-            kill(Pid::from_raw(p), Signal::SIGSTOP).map_err(|e| {
-                Error::io(format!("stopping task {p} of the source tree"), e.into())
-            })?;
-            stopped.pids.push(p);
+        for task in tree_pidfds(root) {
+            let p = task.pid();
+            task.signal(Signal::SIGSTOP)
+                .map_err(|e| Error::io(format!("stopping task {p} of the source tree"), e))?;
+            stopped.tasks.push(task);
         }
         let deadline = Instant::now() + STOP_TIMEOUT;
-        for &p in &pids {
+        for p in stopped.tasks.iter().map(PidFd::pid) {
             while !matches!(state(p), Some('T' | 't') | None) {
                 if Instant::now() > deadline {
                     return Err(migration(
@@ -56,8 +57,8 @@ impl StoppedTree {
     }
 
     fn signal_all(&self, signal: Signal) {
-        for &p in &self.pids {
-            let _ = kill(Pid::from_raw(p), signal);
+        for task in &self.tasks {
+            let _ = task.signal(signal);
         }
     }
 }
@@ -73,7 +74,7 @@ impl Drop for StoppedTree {
 /// Continues every task of the tree rooted at `root` (the restored tree,
 /// which CRIU restores stopped).
 pub(super) fn continue_tree(root: i32) {
-    for p in tree(root) {
-        let _ = kill(Pid::from_raw(p), Signal::SIGCONT);
+    for task in tree_pidfds(root) {
+        let _ = task.signal(Signal::SIGCONT);
     }
 }

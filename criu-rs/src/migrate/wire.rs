@@ -10,8 +10,17 @@
 //! → the images (a transfer::send_dir stream) | Failed
 //! → LazySource { addr }                      (lazy only)
 //! ← Restored { .. } | Failed
-//! → Done
+//! → Done | Failed                            (Failed: an abort)
+//! ← Kept | Failed
 //! ```
+//!
+//! The end is built so that a lost message makes a duplicate, never a
+//! loss. The destination, once it has restored (and continued) its copy,
+//! keeps it unless the source explicitly aborts: `Done`, silence or a
+//! broken stream all keep it. The source stops its own copy for good only
+//! after `Kept`; without it, it resumes its copy, and both may then run
+//! (the source's error says so, and [`super::DestReport::source_confirmed`]
+//! is false on the destination).
 
 use std::net::SocketAddr;
 
@@ -38,8 +47,10 @@ pub(super) enum Msg {
     },
     /// The sender failed; the message says why.
     Failed { message: String },
-    /// The source has stopped its copy for good.
+    /// The source is about to stop its copy for good.
     Done,
+    /// The destination keeps its restored copy; the source may kill its own.
+    Kept,
 }
 
 pub(super) fn send(stream: &mut dyn Transport, msg: &Msg) -> Result<()> {

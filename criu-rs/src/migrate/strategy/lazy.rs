@@ -71,6 +71,8 @@ impl DestSide for Dest<'_> {
         let received = stop_and_copy::Dest.receive(Inbound {
             stream: &mut *at.stream,
             images: at.images,
+            limits: at.limits,
+            created: &mut *at.created,
         })?;
         let addr = match wire::recv(at.stream)? {
             Msg::LazySource { addr } => addr,

@@ -10,7 +10,7 @@ mod stop_and_copy;
 
 use std::fmt;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use crate::error::Result;
 use crate::images::ImagesDir;
 use crate::options::Options;
 use crate::report::DumpReport;
-use crate::transfer::{TransferStats, Transport};
+use crate::transfer::{self, Limits, TransferStats, Transport};
 
 /// How memory gets to the destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -94,11 +94,50 @@ pub(super) trait SourceSide: Sync {
     }
 }
 
-/// Where the destination receives: the stream, and the path the images
-/// must end up at.
+/// Where the destination receives: the stream, the path the images must
+/// end up at, what the sender may send, and the record of what this
+/// receive created.
 pub(super) struct Inbound<'s> {
     pub(super) stream: &'s mut dyn Transport,
     pub(super) images: &'s Path,
+    pub(super) limits: &'s Limits,
+    pub(super) created: &'s mut Created,
+}
+
+impl Inbound<'_> {
+    /// Receives a directory sent with `transfer::send_dir` into `target`
+    /// (which must not exist), and records it as created here.
+    pub(super) fn receive_dir(&mut self, target: &Path) -> Result<TransferStats> {
+        let t = transfer::receive_dir_with(&mut &mut *self.stream, target, self.limits, None)?;
+        self.created.add(target);
+        Ok(t)
+    }
+
+    /// Creates the images directory, recorded as created here.
+    pub(super) fn create_images(&mut self) -> Result<ImagesDir> {
+        let images = ImagesDir::create(self.images)?;
+        self.created.add(self.images);
+        Ok(images)
+    }
+}
+
+/// The directories one receive created: on failure, these and nothing
+/// else are removed (a directory that was there before belongs to someone
+/// else).
+#[derive(Default)]
+pub(super) struct Created(Vec<PathBuf>);
+
+impl Created {
+    fn add(&mut self, path: &Path) {
+        self.0.push(path.to_path_buf());
+    }
+
+    /// Removes what was recorded (whatever is gone already is skipped).
+    pub(super) fn remove_all(&self) {
+        for path in self.0.iter().rev() {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
 }
 
 /// The images as they arrived.

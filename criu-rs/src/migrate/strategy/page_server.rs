@@ -8,12 +8,11 @@ use std::path::Path;
 use super::{DestSide, Inbound, Received, SourceSide};
 use crate::daemon::{free_port, Daemon};
 use crate::error::{Error, Result};
-use crate::images::ImagesDir;
 use crate::migrate::config::DestConfig;
 use crate::migrate::wire::{self, migration, unexpected, Msg};
 use crate::options::Options;
 use crate::report::DumpReport;
-use crate::transfer::{self, Transport};
+use crate::transfer::Transport;
 
 pub(super) struct Source {
     page_server: SocketAddr,
@@ -63,13 +62,13 @@ impl DestSide for Dest<'_> {
     /// Starts the page server into `images_path`, tells the source where it
     /// listens, then receives the other images beside the pages and moves
     /// them in once the dump is over.
-    fn receive(&mut self, at: Inbound<'_>) -> Result<Received> {
-        let images = ImagesDir::create(at.images)?;
+    fn receive(&mut self, mut at: Inbound<'_>) -> Result<Received> {
+        let images = at.create_images()?;
         let addr = free_port(self.local)?;
         let server: Daemon = self.cfg.daemons.page_server(&images, addr)?;
         wire::send(at.stream, &Msg::PageServerReady { port: addr.port() })?;
         let rest = self.cfg.work_dir.join("images.rest");
-        let transfer = transfer::receive_dir(&mut &mut *at.stream, &rest, None)?;
+        let transfer = at.receive_dir(&rest)?;
         move_into(&rest, at.images)?;
         server.wait(self.cfg.daemon_timeout)?;
         Ok(Received { images, transfer })

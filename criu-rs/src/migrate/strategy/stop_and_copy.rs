@@ -5,7 +5,6 @@ use super::{DestSide, Inbound, Received, SourceSide};
 use crate::error::Result;
 use crate::images::ImagesDir;
 use crate::options::Options;
-use crate::transfer;
 
 pub(super) struct Source;
 
@@ -16,8 +15,8 @@ impl SourceSide for Source {
 pub(super) struct Dest;
 
 impl DestSide for Dest {
-    fn receive(&mut self, at: Inbound<'_>) -> Result<Received> {
-        let transfer = transfer::receive_dir(&mut &mut *at.stream, at.images, None)?;
+    fn receive(&mut self, mut at: Inbound<'_>) -> Result<Received> {
+        let transfer = at.receive_dir(at.images)?;
         let images = ImagesDir::open(at.images)?;
         Ok(Received { images, transfer })
     }
