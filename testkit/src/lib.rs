@@ -2,8 +2,11 @@
 //! that clean up what a test started. Used by the integration tests in
 //! `tests/`, by the examples and by the benches; not a public API.
 
+pub mod capture;
+pub mod certs;
 pub mod container;
 pub mod hosts;
+pub mod link;
 pub mod measure;
 
 use std::fs;
@@ -15,6 +18,12 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+
+/// Word `i` of the memory pattern the workload keeps (`--memory-mib`):
+/// known bytes that tests look for, in images or on the wire.
+pub fn memory_pattern(i: usize) -> u64 {
+    (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xC0FF_EE00_D15E_A5E5
+}
 
 /// Where the workload binary is: `CRIU_RS_WORKLOAD_BIN`, else next to the
 /// running executable or one directory up (examples and benches live in
