@@ -89,3 +89,56 @@ pub fn accept_peer(link: &Link, listener: &TcpListener) -> criu::Result<(Stream,
 pub fn receive_from(stream: &mut Stream, cfg: DestConfig<'_>) -> criu::Result<DestReport> {
     migrate::receive(&Criu::new(), &mut **stream, cfg)
 }
+
+/// Plain or TLS, as the demo and the benches choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// Plain TCP.
+    Plain,
+    /// Mutual TLS with throwaway certificates.
+    Tls,
+}
+
+impl std::str::FromStr for Security {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Security, String> {
+        match s {
+            "plain" => Ok(Security::Plain),
+            "tls" => Ok(Security::Tls),
+            _ => Err(format!("unknown transport {s:?} (plain, tls)")),
+        }
+    }
+}
+
+/// The links of host a and host b for one demo run, and the throwaway
+/// PKI they read (CRIU reads the files when it connects, so they live as
+/// long as this).
+pub struct DemoLinks {
+    /// Host a's link.
+    pub a: Link,
+    /// Host b's link.
+    pub b: Link,
+    _pki: Option<crate::certs::Pki>,
+}
+
+impl DemoLinks {
+    /// Plain links, or TLS links with a fresh CA and a certificate per host.
+    pub fn new(security: Security) -> Result<DemoLinks, crate::container::BoxError> {
+        if security == Security::Plain {
+            return Ok(DemoLinks {
+                a: Link::Plain,
+                b: Link::Plain,
+                _pki: None,
+            });
+        }
+        let pki = crate::certs::Pki::new()?;
+        let link = |f: &criu::tls::TlsFiles| -> criu::Result<Link> {
+            Ok(Link::Tls(Box::new(TlsConfig::new(f.clone())?)))
+        };
+        Ok(DemoLinks {
+            a: link(&pki.a)?,
+            b: link(&pki.b)?,
+            _pki: Some(pki),
+        })
+    }
+}
