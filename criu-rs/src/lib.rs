@@ -37,6 +37,8 @@
 //! * [`ImagesDir`]: a checkpoint's directory.
 //! * [`DumpReport`], [`RestoreReport`], [`Stats`]: times and CRIU's statistics.
 //! * [`Error`]: what went wrong, where, and what CRIU's log said.
+//! * [`migrate`], [`transfer`], [`tls`]: moving a tree to another host,
+//!   over any stream, or over mutual TLS.
 //!
 //! # Concurrency
 //!
@@ -65,8 +67,15 @@
 //!   that way are validated (no spaces, quotes or comments).
 //! * The image stream of [`transfer`] and [`migrate`] protects integrity
 //!   against accidents (a CRC-32 over each file's header and contents,
-//!   names confined to the target directory), not against an attacker:
-//!   wrap the stream (TLS, SSH) where the network is not trusted.
+//!   names confined to the target directory), not against an attacker.
+//!   Where the network is not trusted, migrate over `tls::TlsStream`
+//!   (feature `tls`): mutual authentication against a CA of your own
+//!   before any byte of the migration, TLS 1.3 for the stream, and CRIU's
+//!   own TLS for its page-server and lazy-pages connections, which would
+//!   otherwise carry memory in clear. Over another secure stream (SSH),
+//!   name the files for CRIU's connections
+//!   ([`migrate::SourceConfig::criu_tls`]). An authenticated peer is still
+//!   trusted with root: see docs/security.md.
 //!
 //! RELIABILITY.md in the repository lists the bad inputs and faults tried,
 //! with their outcomes.
@@ -89,7 +98,9 @@
 //  7. `request` (one libcriu call: prepare, connect, call, interpret).
 //  8. `client` (`Criu`: the service to use and the operations).
 //  9. `daemon` (page server, lazy-pages daemon, `criu service`).
-// 10. `transfer` (the image stream), `migrate` (live migration).
+// 10. `tls` (its PEM files are also options of CRIU's: `options` and
+//     `daemon` use `tls::TlsFiles`, which uses nothing), `transfer` (the
+//     image stream), `tls::TlsStream` (a transport), `migrate`.
 //
 // One dump: `Criu::dump` checks the pid and the images directory and marks
 // the pid busy (client); `Request::prepare` validates the `Options` and

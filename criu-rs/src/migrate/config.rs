@@ -85,7 +85,7 @@ impl<'a> SourceConfig<'a> {
     }
 
     /// CRIU's own connections (page server, lazy pages) use CRIU's TLS with
-    /// these files. A [`crate::tls::TlsStream`] sets this by itself; name
+    /// these files. A `crate::tls::TlsStream` sets this by itself; name
     /// files here for another secure stream (SSH...), or CRIU's
     /// connections carry memory in clear.
     pub fn criu_tls(mut self, files: TlsFiles) -> Self {
@@ -161,7 +161,7 @@ impl<'a> DestConfig<'a> {
     }
 
     /// The page server and lazy-pages daemon use CRIU's TLS with these
-    /// files (see [`SourceConfig::criu_tls`]; a [`crate::tls::TlsStream`]
+    /// files (see [`SourceConfig::criu_tls`]; a `crate::tls::TlsStream`
     /// sets this by itself).
     pub fn criu_tls(self, files: TlsFiles) -> Self {
         DestConfig {

@@ -4,9 +4,9 @@
 //! signed by a certificate authority the operator keeps for this purpose
 //! only, and that CA's certificate ([`TlsFiles`], three PEM files). Then:
 //!
-//! * the migration's own stream is a [`TlsStream`] (feature `tls`, through
-//!   rustls, TLS 1.3 only): [`TlsConfig::connect`] on the source,
-//!   [`TlsConfig::accept`] on the destination, both before
+//! * the migration's own stream is a `TlsStream` (feature `tls`, through
+//!   rustls, TLS 1.3 only): `TlsConfig::connect` on the source,
+//!   `TlsConfig::accept` on the destination, both before
 //!   [`crate::migrate::send`] / [`crate::migrate::receive`]. Each side
 //!   checks that the other's certificate chains to the CA and is valid
 //!   now; a peer that fails (no certificate, another CA, expired, not TLS,
@@ -17,7 +17,7 @@
 //!   daemon's, beside the stream) use CRIU's TLS (GnuTLS, `--tls`) with the
 //!   same three files: the migration passes them to the dump through the
 //!   crate's config file ([`crate::Options::criu_tls`]) and to the daemons
-//!   on their command line ([`crate::DaemonConfig::tls`]). A [`TlsStream`]
+//!   on their command line ([`crate::DaemonConfig::tls`]). A `TlsStream`
 //!   carries its files, so [`crate::migrate`] does this by itself.
 //!
 //! Who may migrate: any holder of a certificate from the CA, in either

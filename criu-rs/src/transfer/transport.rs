@@ -31,7 +31,7 @@ pub trait Transport: Read + Write {
     }
 
     /// The TLS files CRIU's own connections of a migration must use to be
-    /// as safe as this stream (a [`crate::tls::TlsStream`] gives its own;
+    /// as safe as this stream (a `crate::tls::TlsStream` gives its own;
     /// the default: none, CRIU's connections are plain TCP unless the
     /// migration's configuration names files).
     fn criu_tls(&self) -> Option<crate::tls::TlsFiles> {
