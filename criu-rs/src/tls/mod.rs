@@ -150,6 +150,27 @@ mod tests {
     }
 
     #[test]
+    fn criu_tls_reaches_the_config_file_only_with_a_criu_connection() {
+        let f = TlsFiles::new("/ca.pem", "/c.pem", "/k.pem");
+        let mut o = crate::options::Options::new();
+        o.criu_tls(&f);
+        assert!(o.cli_only_lines().is_empty(), "a local dump opens no TCP connection");
+        o.page_server("10.0.0.2:7000".parse().unwrap());
+        let lines = o.cli_only_lines();
+        assert!(lines.iter().any(|l| l == "tls-cacert /ca.pem"), "{lines:?}");
+        assert!(o.validate_cli_only().is_ok());
+    }
+
+    #[test]
+    fn a_path_criu_cannot_read_from_its_config_file_is_refused() {
+        let f = TlsFiles::new("/my certs/ca.pem", "/c.pem", "/k.pem");
+        let mut o = crate::options::Options::new();
+        o.criu_tls(&f)
+            .page_server("10.0.0.2:7000".parse().unwrap());
+        assert!(o.validate_cli_only().is_err());
+    }
+
+    #[test]
     fn relative_paths_become_absolute() {
         let f = TlsFiles::new("ca.pem", "c.pem", "k.pem");
         assert!(f.ca().is_absolute() && f.cert().is_absolute() && f.key().is_absolute());
