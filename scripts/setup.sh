@@ -26,7 +26,7 @@ PACKAGES=(
   python3-protobuf libnl-3-dev libnet1-dev libcap-dev libaio-dev libbsd-dev
   libgnutls28-dev uuid-dev libnftables-dev xz-utils
   # what tests and examples use
-  iproute2 iptables busybox-static runc util-linux procps
+  iproute2 iptables busybox-static runc util-linux procps patch
 )
 
 missing=()
