@@ -705,9 +705,22 @@ fn restore_from_truncated_images_is_a_clear_error() {
             .unwrap();
         w.reap(WAIT).unwrap();
         truncate_image(&images, prefix);
-        let e = criu
-            .restore(Options::new().images_dir(&images).log_file("restore.log"))
-            .unwrap_err();
+        // A deadline bounds a CRIU that spins; a restore that unexpectedly
+        // succeeds is killed, not leaked as a detached process.
+        let e = match criu.restore(
+            Options::new()
+                .images_dir(&images)
+                .log_file("restore.log")
+                .deadline(WAIT),
+        ) {
+            Ok(r) => {
+                let _kill = KillOnDrop(r.pid);
+                panic!("truncated {prefix}* restored as pid {}", r.pid);
+            }
+            Err(e) => e,
+        };
+        assert!(!e.is_deadline_exceeded(), "CRIU must fail, not hang: {e}");
+        assert_eq!(e.operation(), Some(criu::Operation::Restore), "{e}");
         eprintln!("truncated {prefix}: {e}");
         assert!(matches!(e, Error::Refused { .. }), "{e}");
         assert!(!e.log_errors().is_empty(), "{e}");
