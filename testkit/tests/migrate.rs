@@ -311,7 +311,10 @@ fn a_page_server_killed_mid_dump_after_the_source_stopped_leaves_the_source_runn
         None,
     );
     let (server, stopped, gone) = seen.lock().unwrap().expect("query-ext-files arrived");
-    assert!(server.is_some(), "the page server was running during the dump");
+    assert!(
+        server.is_some(),
+        "the page server was running during the dump"
+    );
     assert!(
         matches!(stopped, Some('T' | 't')),
         "the source was stopped (and seized by CRIU) before the kill: {stopped:?}"
@@ -322,7 +325,10 @@ fn a_page_server_killed_mid_dump_after_the_source_stopped_leaves_the_source_runn
     assert_resumed(&e);
     assert!(e.to_string().contains("the dump failed"), "{e}");
     let dump_err = inner(&e);
-    assert!(matches!(dump_err, criu::Error::Refused { .. }), "{dump_err}");
+    assert!(
+        matches!(dump_err, criu::Error::Refused { .. }),
+        "{dump_err}"
+    );
     assert!(!dump_err.log_errors().is_empty(), "{dump_err}");
 }
 
@@ -340,7 +346,12 @@ fn inner(e: &criu::Error) -> &criu::Error {
 /// The state letter of a task (`R`, `S`, `T`...).
 fn task_state(pid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
 }
 
 #[test]
@@ -370,7 +381,11 @@ fn a_failed_destination_restore_leaves_the_source_running_for_every_strategy() {
         );
         // CRIU 4.2.1 rejects the join-ns option before it opens a log:
         // EBADRQC ("Invalid request code"), and no log lines to quote.
-        assert_eq!(d.errno(), Some(nix::errno::Errno::EBADRQC), "{strategy}: {d}");
+        assert_eq!(
+            d.errno(),
+            Some(nix::errno::Errno::EBADRQC),
+            "{strategy}: {d}"
+        );
     }
 }
 
@@ -583,6 +598,9 @@ fn a_destination_that_never_answers_is_bounded_by_the_deadline_for_every_strateg
             _ => assert_resumed(&e),
         }
         assert!(w.is_running() && w.advances(WAIT), "the source runs on");
-        assert_eq!(std::fs::read_dir(dir.path().join("dst")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("dst")).unwrap().count(),
+            0
+        );
     }
 }

@@ -315,7 +315,10 @@ fn pre_dump_dump_iters_and_track_mem_are_unsupported_without_soft_dirty() {
     for d in [&pre, &iters, &tracked] {
         assert!(!d.holds_images(), "nothing was written to {:?}", d.path());
     }
-    assert!(w.is_running() && w.advances(WAIT), "the process was not touched");
+    assert!(
+        w.is_running() && w.advances(WAIT),
+        "the process was not touched"
+    );
 }
 
 fn assert_unsupported(e: &Error, op: criu::Operation, pid: i32) {
@@ -418,11 +421,7 @@ fn notifications_arrive_in_order_with_pids() {
 
     seen.borrow_mut().clear();
     let restored = criu
-        .restore(
-            Options::new()
-                .images_dir(&images)
-                .on_notify(record(&seen)),
-        )
+        .restore(Options::new().images_dir(&images).on_notify(record(&seen)))
         .unwrap();
     let _guard = KillOnDrop(restored.pid);
     assert_in_order(

@@ -137,7 +137,9 @@ fn a_deadline_that_is_not_reached_changes_nothing() {
     w.reap(WAIT).unwrap();
     // The same report as without a deadline: the pid, CRIU's statistics.
     assert_eq!(dump.pid, w.pid());
-    let stats = dump.stats.expect("stats-dump is read as without a deadline");
+    let stats = dump
+        .stats
+        .expect("stats-dump is read as without a deadline");
     assert!(stats.pages_written >= 256, "1 MiB at least: {stats:?}");
     assert_eq!(images.root_pid().unwrap(), w.pid());
     let seq = w.last_seq();
@@ -151,7 +153,11 @@ fn a_deadline_that_is_not_reached_changes_nothing() {
         .unwrap();
     w.forget();
     assert_eq!(child.pid(), report.pid);
-    assert_eq!(report.pid, w.pid(), "the original pid, as without a deadline");
+    assert_eq!(
+        report.pid,
+        w.pid(),
+        "the original pid, as without a deadline"
+    );
     assert!(report.stats.is_some(), "stats-restore is read");
     w.wait_for_seq(seq + 5, WAIT).unwrap();
     assert_eq!(
