@@ -95,7 +95,10 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// Setters called anywhere in `src/` (every module, folders included).
 fn setters_called() -> BTreeSet<String> {
     let mut files = Vec::new();
-    rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+    rust_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
     assert!(files.len() > 5, "found the crate's sources: {files:?}");
     files
         .iter()

@@ -42,7 +42,10 @@ fn init_set_use_and_free_options_repeatedly() {
             criu_local_set_log_file(o.0, log.as_ptr());
             criu_local_check(o.0)
         };
-        assert_eq!(rc, 0, "round {i}: a handle with options set serves a request");
+        assert_eq!(
+            rc, 0,
+            "round {i}: a handle with options set serves a request"
+        );
     }
 }
 
