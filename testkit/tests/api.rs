@@ -331,3 +331,31 @@ fn errors_before_criu_name_the_operation_and_have_no_context() {
     assert!(e.log_errors().is_empty());
     assert!(!e.is_connect());
 }
+
+#[test]
+fn a_criu_request_from_inside_a_notification_closure_is_a_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = workload(dir.path());
+    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let criu = Criu::new();
+    let inner = std::cell::RefCell::new(None);
+    criu.dump(
+        Options::new()
+            .pid(w.pid())
+            .images_dir(&images)
+            .leave_running(true)
+            .on_notify(|n| {
+                if matches!(n.event, criu::Event::PreDump) {
+                    *inner.borrow_mut() = Some(criu.check());
+                }
+                std::ops::ControlFlow::Continue(())
+            }),
+    )
+    .unwrap();
+    let e = inner
+        .into_inner()
+        .expect("pre-dump arrived")
+        .expect_err("a nested request is refused");
+    assert_eq!(e.invalid_kind(), Some(InvalidKind::Conflict), "{e}");
+    assert!(w.is_running() && w.advances(WAIT), "the outer dump went on");
+}
