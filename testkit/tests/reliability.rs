@@ -272,6 +272,15 @@ fn more_bad_input_is_rejected_before_criu_runs() {
         )
         .unwrap_err();
     assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
+    let e = criu
+        .dump(
+            Options::new()
+                .pid(w.pid())
+                .images_dir(&images)
+                .add_ext_mount("", "/mnt"),
+        )
+        .unwrap_err();
+    assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
     let null = std::fs::File::open("/dev/null").unwrap();
     let e = criu
         .dump(
