@@ -574,7 +574,11 @@ fn bad_input_gives_typed_errors() {
         .unwrap_err();
     assert!(e.is_not_found(), "{e}");
     assert_eq!(e.invalid_kind(), Some(InvalidKind::NoSuchProcess));
-    assert!(e.to_string().contains("dump"), "names the operation: {e}");
+    assert_eq!(e.operation(), Some(criu::Operation::Dump), "{e}");
+    assert!(
+        e.to_string().starts_with("dump: "),
+        "the message names the operation: {e}"
+    );
 
     let e = ImagesDir::open(s.path("missing")).unwrap_err();
     assert!(e.is_not_found(), "{e}");
