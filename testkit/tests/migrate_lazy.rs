@@ -74,12 +74,16 @@ fn dirs(root: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
 /// The destination's bound in the lazy tests.
 const DEST_DEADLINE: Duration = Duration::from_secs(4);
 
+/// Set at post-restore: the pid of the lazy-pages daemon that was stopped,
+/// if one was found.
+type StoppedDaemon = std::sync::Arc<std::sync::Mutex<Option<Option<i32>>>>;
+
 /// Stops the destination's lazy-pages daemon (found by its unique images
 /// directory) at post-restore, and records its pid.
 fn stop_lazy_daemon_at_post_restore(
     dst_dir: &Path,
 ) -> (
-    std::sync::Arc<std::sync::Mutex<Option<Option<i32>>>>,
+    StoppedDaemon,
     impl Fn(&mut criu::Options<'_>) + Sync + Send + 'static,
 ) {
     let needle = dst_dir.join("images").to_string_lossy().into_owned();
