@@ -65,7 +65,10 @@ impl<'a> SourceConfig<'a> {
         self
     }
 
-    /// How long the lazy dump may take to serve every page (default 600 s).
+    /// How long the lazy dump may take to serve every page once the
+    /// destination has restored (default 600 s). Then the dump is ended
+    /// (its CRIU killed if it is still serving a stalled daemon), the
+    /// source resumed, and the destination told to drop its copy.
     pub fn lazy_timeout(mut self, t: Duration) -> Self {
         self.lazy_timeout = t;
         self
