@@ -58,6 +58,8 @@
 //! * `source`, `dumping`, `stopped`: the source side (the dump on its own
 //!   thread, stopping, resuming and killing the tree);
 //! * `dest`: the destination side;
+//! * `workdir`: where the images live (the caller's directory, or the
+//!   crate's own in memory);
 //! * `strategy`: one module per strategy behind two small traits (one per
 //!   side): a new strategy is a new file there.
 
@@ -69,6 +71,7 @@ mod source;
 mod stopped;
 mod strategy;
 mod wire;
+mod workdir;
 
 pub use crate::transfer::Transport;
 pub use config::{DestConfig, SourceConfig};

@@ -87,6 +87,7 @@ impl DestSide for Dest<'_> {
     fn receive(&mut self, at: Inbound<'_>) -> Result<Received> {
         let received = stop_and_copy::Dest.receive(Inbound {
             stream: &mut *at.stream,
+            work_dir: at.work_dir,
             images: at.images,
             limits: at.limits,
             created: &mut *at.created,
