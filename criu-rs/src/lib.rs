@@ -112,6 +112,7 @@ mod images;
 pub mod migrate;
 mod notify;
 mod options;
+mod pidfd;
 mod raw;
 mod report;
 mod request;

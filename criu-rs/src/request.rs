@@ -328,7 +328,7 @@ fn deadline_error(ctx: Context, deadline: Duration, killed: usize) -> Error {
             format!("CRIU was killed and reaped ({killed} task(s)); pid {pid} {state}")
         }
         _ => format!(
-            "CRIU and what it had restored were killed and reaped ({killed} task(s)); nothing restored is left"
+            "CRIU and what it had restored were killed ({killed} task(s)), and those that were this process's children reaped; nothing restored is left"
         ),
     };
     Error::DeadlineExceeded {

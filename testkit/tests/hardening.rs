@@ -135,3 +135,68 @@ fn an_intact_checkpoint_passes_the_check_and_restores() {
     assert_eq!(restored.pid, pid);
     assert!(alive(pid));
 }
+
+/// A child of this process that is the init of a PID namespace of its own,
+/// as a container started by the caller would be (`sleep 60`, in a session
+/// of its own). Killed and reaped on drop.
+struct NsChild(i32);
+
+impl NsChild {
+    fn spawn() -> NsChild {
+        use nix::sched::{clone, CloneFlags};
+        let path = std::ffi::CString::new("/bin/sleep").unwrap();
+        let arg = std::ffi::CString::new("60").unwrap();
+        let argv = [path.as_ptr(), arg.as_ptr(), std::ptr::null()];
+        let mut stack = vec![0u8; 64 * 1024];
+        // SAFETY: the child only calls setsid and execv (async-signal-safe)
+        // on data prepared before the clone.
+        let pid = unsafe {
+            clone(
+                Box::new(|| {
+                    libc::setsid();
+                    libc::execv(path.as_ptr(), argv.as_ptr());
+                    127
+                }),
+                &mut stack,
+                CloneFlags::CLONE_NEWPID,
+                Some(libc::SIGCHLD),
+            )
+        }
+        .unwrap();
+        NsChild(pid.as_raw())
+    }
+}
+
+impl Drop for NsChild {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+    }
+}
+
+#[test]
+fn a_restore_deadline_kills_only_what_the_restore_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let (images, pid) = checkpoint(&dir);
+    truncate_to_half(&image_file(&images, "pages-"));
+    let bystander = NsChild::spawn();
+    assert!(alive(bystander.0));
+    let mut o = Options::new();
+    // CRIU 4.2.1 spins on this checkpoint; the crate's check is off so that
+    // CRIU starts, and the deadline has to cut it.
+    o.images_dir(&images)
+        .log_file("restore.log")
+        .verify_images(false)
+        .deadline(Duration::from_secs(2));
+    let e = Criu::new().restore_child(&mut o).map(|_| ()).unwrap_err();
+    assert!(e.is_deadline_exceeded(), "{e}");
+    assert!(
+        alive(bystander.0),
+        "a child of the caller in its own PID namespace, which the restore did not create, survives"
+    );
+    assert!(
+        criu_testkit::wait_gone(pid, WAIT),
+        "the half-restored task was killed and reaped: {e}"
+    );
+}
