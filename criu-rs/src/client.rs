@@ -272,7 +272,17 @@ impl Criu {
     }
 
     fn require_mem_track(&self, op: Operation, pid: Option<i32>) -> Result<()> {
-        if self.feature_check()?.mem_track {
+        let features = match &self.service {
+            // A one-shot socket is kept for the request itself: ask a
+            // `criu` started for the check instead, and if there is none,
+            // leave the answer to the service.
+            Service::Fd(_) => match Criu::new().feature_check() {
+                Err(e) if e.is_connect() => return Ok(()),
+                other => other?,
+            },
+            _ => self.feature_check()?,
+        };
+        if features.mem_track {
             return Ok(());
         }
         Err(Error::Unsupported {
@@ -420,6 +430,7 @@ impl Criu {
         let (pid, wall) = self.run(Operation::Restore, Some(opts), None, |p| unsafe {
             sys::criu_local_restore(p)
         })?;
+        let pid = restored_pid(Operation::Restore, pid)?;
         Ok(Self::restore_report(opts, pid, wall))
     }
 
@@ -427,6 +438,15 @@ impl Criu {
     /// child, returned as an owned handle that can be waited on, signalled,
     /// and that reaps it.
     pub fn restore_child(&self, opts: &mut Options<'_>) -> Result<(RestoredChild, RestoreReport)> {
+        if matches!(self.service, Service::Fd(_)) {
+            // libcriu's restore_child ignores a service socket and starts
+            // `criu` from PATH; refuse rather than leave the socket unused.
+            return Err(Error::invalid(
+                Some(Operation::RestoreChild),
+                InvalidKind::Conflict,
+                "restore_child needs a CRIU this process starts (its root becomes our child), not a service socket: use Criu::new() or Criu::with_binary; the socket is kept for another request",
+            ));
+        }
         Self::prepare_restore(Operation::RestoreChild, opts)?;
         let (pid, wall) = if opts.get_deadline().is_some() {
             // libcriu's restore_child starts CRIU itself; with a deadline the
@@ -445,10 +465,24 @@ impl Criu {
                 sys::criu_local_restore_child(p)
             })?
         };
+        let pid = restored_pid(Operation::RestoreChild, pid)?;
         Ok((
             RestoredChild::new(pid),
             Self::restore_report(opts, pid, wall),
         ))
+    }
+}
+
+/// The restored root's pid, which CRIU must have answered: a pid <= 0
+/// would make `kill` hit the caller's process group (0) or every process
+/// (-1), and `waitpid` wait for any child.
+fn restored_pid(op: Operation, pid: c_int) -> Result<i32> {
+    if pid > 0 {
+        Ok(pid)
+    } else {
+        Err(Error::BadResponse {
+            ctx: Context::new(op, None),
+        })
     }
 }
 

@@ -200,3 +200,125 @@ fn a_restore_deadline_kills_only_what_the_restore_created() {
         "the half-restored task was killed and reaped: {e}"
     );
 }
+
+/// A socket connected to `socket`, a `criu service`'s (SOCK_SEQPACKET).
+fn connect_service(socket: &Path) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{
+        connect, socket as new_socket, AddressFamily, SockFlag, SockType, UnixAddr,
+    };
+    let fd = new_socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &UnixAddr::new(socket).unwrap(),
+    )
+    .unwrap();
+    fd
+}
+
+#[test]
+fn a_one_shot_service_socket_is_spent_only_on_the_request_itself() {
+    let service = criu::DaemonConfig::new().service().unwrap();
+    let criu = Criu::with_service_fd(connect_service(service.socket()));
+    // Refused before CRIU: the socket stays with the client.
+    let e = criu
+        .dump(Options::new().pid(1).log_file("a/b"))
+        .unwrap_err();
+    assert!(e.invalid_kind().is_some(), "{e}");
+    // restore_child cannot use a service socket: refused, socket kept.
+    let e = criu
+        .restore_child(&mut Options::new())
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(e.invalid_kind(), Some(criu::InvalidKind::Conflict), "{e}");
+    // A pre-dump's own feature check does not spend the socket (here
+    // memory tracking is off, so it is refused after the check).
+    let dir = tempfile::tempdir().unwrap();
+    let w = workload(&dir);
+    let images = ImagesDir::create(dir.path().join("pre")).unwrap();
+    let pre = criu.pre_dump(
+        Options::new()
+            .pid(w.pid())
+            .images_dir(&images)
+            .leave_running(true),
+    );
+    if let Err(e) = pre {
+        assert!(e.is_unsupported(), "{e}");
+        // ...and the socket still serves one request.
+        criu.check().unwrap();
+    }
+    // Now it is spent.
+    let e = criu.check().unwrap_err();
+    assert_eq!(e.invalid_kind(), Some(criu::InvalidKind::Missing), "{e}");
+}
+
+/// Answers the one request that arrives on `peer` with a successful
+/// restore of root pid `pid`: a `criu_resp` (images/rpc.proto) encoded by
+/// hand: type = RESTORE (2), success = true, restore = { pid }. Real CRIU
+/// never sends pid <= 0; this peer injects that fault.
+fn answer_restore_with(peer: std::os::fd::OwnedFd, pid: i32) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        nix::sys::socket::recv(
+            std::os::fd::AsRawFd::as_raw_fd(&peer),
+            &mut buf,
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .unwrap();
+        let mut varint = Vec::new();
+        // The 32-bit form of the int32 (5 bytes for a negative one), which
+        // libcriu's protobuf-c reads; it refused the 10-byte sign-extended form.
+        let mut v = u64::from(pid as u32);
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                varint.push(byte);
+                break;
+            }
+            varint.push(byte | 0x80);
+        }
+        let mut restore = vec![0x08]; // field 1, varint
+        restore.extend(&varint);
+        let mut resp = vec![0x08, 0x02, 0x10, 0x01, 0x22, restore.len() as u8];
+        resp.extend(&restore);
+        nix::sys::socket::send(
+            std::os::fd::AsRawFd::as_raw_fd(&peer),
+            &resp,
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .unwrap();
+    })
+}
+
+#[test]
+fn a_restore_answered_with_pid_0_or_less_is_an_error() {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    let dir = tempfile::tempdir().unwrap();
+    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    std::fs::write(images.path().join("inventory.img"), b"x").unwrap();
+    for pid in [0, -1] {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let peer = answer_restore_with(theirs, pid);
+        let r = Criu::with_service_fd(ours)
+            .restore(Options::new().images_dir(&images).verify_images(false));
+        peer.join().unwrap();
+        let e = r.map(|r| r.pid).unwrap_err();
+        // libcriu returns the pid as its result, so a negative one already
+        // reads as a failure code; 0 must not pass as a pid.
+        if pid == 0 {
+            assert!(matches!(e, Error::BadResponse { .. }), "pid {pid}: {e}");
+        }
+    }
+}
