@@ -131,6 +131,20 @@ pub(crate) fn size_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<Option<u64>
     }
 }
 
+/// A fresh directory of this user's, mode 0700 whatever the umask (created
+/// no wider than 0700, then set to exactly that): CRIU, as root, writes its
+/// log and socket there, and nobody else may plant a symlink in it.
+pub(crate) fn private_dir(prefix: &str) -> io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::Permissions::from_mode(0o700);
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .permissions(mode.clone())
+        .tempdir()?;
+    std::fs::set_permissions(dir.path(), mode)?;
+    Ok(dir)
+}
+
 pub(crate) fn exists_at(dir: BorrowedFd<'_>, name: &str) -> bool {
     let Ok(c) = std::ffi::CString::new(name) else {
         return false;

@@ -132,7 +132,8 @@ fn a_criu_service_serves_dumps_and_restores_and_goes_on_drop() {
     drop(svc);
     assert!(!alive(service_pid), "dropping the service ends it");
     assert!(!socket.exists(), "and removes its directory");
-    let e = criu.check().unwrap_err();
+    // (`criu`, borrowing the service, cannot outlive it: a new client.)
+    let e = Criu::with_service_address(&socket).check().unwrap_err();
     assert!(matches!(e, Error::Connect { .. }), "{e}");
 }
 
