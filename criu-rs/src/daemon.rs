@@ -136,7 +136,10 @@ impl DaemonConfig {
             STATUS_FD.to_string().into(),
         ]);
         let (read, write) =
-            nix::unistd::pipe().map_err(|e| Error::io("creating a status pipe", e.into()))?;
+            // Close-on-exec: a process another thread spawns meanwhile must
+            // not hold the write end (its EOF tells us the daemon died).
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| Error::io("creating a status pipe", e.into()))?;
         let netns =
             match &self.netns {
                 Some(p) => Some(File::open(p).map_err(|e| {

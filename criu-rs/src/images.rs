@@ -309,3 +309,33 @@ pub(crate) fn root_pid_of(bytes: &[u8]) -> Result<i32> {
         .filter(|&p| p > 0)
         .ok_or_else(|| bad(file, format!("root pid {} is out of range", entry.pid)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fifo_in_place_of_an_image_is_refused_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["stats-dump", "pstree.img"] {
+            nix::unistd::mkfifo(&dir.path().join(name), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        }
+        let images = ImagesDir::open(dir.path()).unwrap();
+        // Opening a FIFO for reading blocks until a writer comes: on
+        // another thread, so that a regression fails instead of hanging.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            let images = ImagesDir::open(path).unwrap();
+            let _ = tx.send((images.dump_stats().is_err(), images.root_pid().is_err()));
+        });
+        let (stats_refused, pstree_refused) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading a FIFO hung");
+        assert!(stats_refused && pstree_refused);
+        let e = images.read("stats-dump").unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let tail = read_tail(&dir.path().join("pstree.img"), 10);
+        assert!(tail.is_err());
+    }
+}

@@ -401,7 +401,9 @@ fn map_rc(ctx: Context, rc: c_int, errno: i32) -> Error {
             std::io::Error::from(fallback)
         }
     };
-    match -rc {
+    // saturating: -i32::MIN does not fit (libcriu never returns it, but a
+    // bad peer's answer must not panic).
+    match rc.saturating_neg() {
         libc::ECONNREFUSED | 1 => Error::Connect {
             ctx,
             source: os(Errno::ECONNREFUSED),
@@ -474,5 +476,9 @@ mod tests {
         assert!(e
             .to_string()
             .starts_with("dump of pid 7: CRIU refused the request (errno 3"));
+        assert!(matches!(
+            map_rc(ctx(), c_int::MIN, 0),
+            Error::Refused { .. }
+        ));
     }
 }
