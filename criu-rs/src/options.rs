@@ -735,7 +735,9 @@ impl<'a> Options<'a> {
     /// [`Options::timeout`] covers only collecting the tasks; with a
     /// deadline the crate starts CRIU itself and, when the deadline passes,
     /// kills it and everything it forked (a half-restored tree included),
-    /// reaps them, and fails with [`crate::Error::DeadlineExceeded`]. A
+    /// through pidfds and nothing else (the caller's other children are
+    /// spared), reaps those that are this process's children, and fails
+    /// with [`crate::Error::DeadlineExceeded`]. A
     /// dump interrupted this way leaves its tasks running. Not available
     /// with [`crate::Criu::with_service_address`] / `with_service_fd`, nor
     /// with [`Options::add_inherit_fd`] (libcriu allows it only when it

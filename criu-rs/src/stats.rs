@@ -181,7 +181,7 @@ pub struct Stats {
 
 impl Stats {
     /// Decodes the bytes of a `stats-dump` or `stats-restore` file. Never
-    /// panics; malformed input gives [`Error::BadImage`].
+    /// panics; malformed input gives [`crate::Error::BadImage`].
     pub fn decode(file: &str, bytes: &[u8]) -> Result<Stats> {
         let magics = [IMG_SERVICE_MAGIC, STATS_MAGIC];
         let entry: proto::StatsEntry =
