@@ -101,8 +101,8 @@ fn connect_seqpacket(path: &Path) -> std::os::fd::OwnedFd {
 #[test]
 fn a_stopped_service_is_a_connect_error_with_its_context() {
     let svc = DaemonConfig::new().service().unwrap();
-    // (`svc.client()` borrows the service and cannot outlive it: a client
-    // by address can.)
+    // `Service::client` borrows the service, so it cannot outlive it; a
+    // client made from the socket's address can, and must then fail cleanly.
     let criu = Criu::with_service_address(svc.socket());
     criu.check().unwrap();
     drop(svc);

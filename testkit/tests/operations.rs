@@ -709,10 +709,10 @@ fn restore_from_truncated_images_is_a_clear_error() {
             .unwrap();
         w.reap(WAIT).unwrap();
         truncate_image(&images, prefix);
-        // A deadline bounds a CRIU that spins; a restore that unexpectedly
-        // succeeds is killed, not leaked as a detached process. CRIU's own
-        // answer is the subject here, so the crate's image check (which
-        // refuses some of these itself) is off; see hardening.rs.
+        // CRIU's own answer is the subject here, so the crate's image check
+        // (which refuses some of these itself) is off; see hardening.rs. A
+        // deadline bounds a CRIU that spins; a restore that unexpectedly
+        // succeeds is killed, not leaked as a detached process.
         let e = match criu.restore(
             Options::new()
                 .images_dir(&images)
