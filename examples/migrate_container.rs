@@ -1,8 +1,9 @@
-//! Migrate a live container between two hosts, with criu-rs and with runc,
-//! and print both side by side.
+//! Migrate a live container between two hosts, with criu-rs, with runc and
+//! with Docker, and print the engines side by side.
 //!
 //! ```text
-//! migrate_container [--interval SECS] [--warmup-ms MS] [--json FILE] [--skip-runc]
+//! migrate_container [--engine criu-rs|runc|docker|all] [--interval SECS]
+//!                   [--warmup-ms MS] [--reps N] [--json FILE]
 //! ```
 //!
 //! The container is the classic busybox counter,
@@ -18,6 +19,14 @@
 //! Podman, which drives CRIU itself): `runc checkpoint` on host A, the same
 //! image transfer code, `runc restore` on host B.
 //!
+//! Then by Docker: each host runs a `dockerd` of its own, the counter is a
+//! Docker container of a busybox image imported from Debian's
+//! busybox-static, `docker checkpoint create` runs on host A (the source
+//! stays, stopped, until B has restored), the checkpoint crosses the same
+//! TCP transfer into the clone's checkpoints folder on host B, and `docker
+//! start --checkpoint` restores it there. Docker timestamps every log line,
+//! so its downtime is the largest gap between two lines in Docker's log.
+//!
 //! Each engine is one implementation of `criu_testkit::container::Engine`;
 //! one driver starts, migrates and measures them all alike.
 //!
@@ -32,14 +41,22 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use criu_testkit::container::{migrate_measured, BoxError, Engine, OwnEngine, Row, RuncEngine};
+use criu_testkit::container::{
+    migrate_measured, BoxError, DockerEngine, Engine, OwnEngine, Row, RuncEngine,
+};
 use criu_testkit::hosts::TwoHosts;
 
 #[derive(Parser)]
 #[command(
-    about = "Migrate a busybox container between two netns hosts, with criu-rs and with runc"
+    about = "Migrate a busybox container between two netns hosts, with criu-rs, runc and Docker"
 )]
 struct Cli {
+    /// Which engine moves the container.
+    #[arg(long, value_enum, default_value_t = Which::All)]
+    engine: Which,
+    /// Migrations per engine, interleaved; medians are printed when > 1.
+    #[arg(long, default_value_t = 1)]
+    reps: usize,
     /// Seconds between counter lines (busybox sleep takes fractions).
     #[arg(long, default_value = "0.1")]
     interval: String,
@@ -49,9 +66,15 @@ struct Cli {
     /// Write the result objects (a JSON array) to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Only the criu-rs migration.
-    #[arg(long)]
-    skip_runc: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Which {
+    #[value(name = "criu-rs")]
+    CriuRs,
+    Runc,
+    Docker,
+    All,
 }
 
 /// Builds one engine in its own work directory.
@@ -65,13 +88,30 @@ fn runc(dir: &Path) -> Result<Box<dyn Engine>, BoxError> {
     Ok(Box::new(RuncEngine::new(dir)?))
 }
 
+fn docker(dir: &Path) -> Result<Box<dyn Engine>, BoxError> {
+    Ok(Box::new(DockerEngine::new(dir)?))
+}
+
+/// The engines `which` selects, in table order.
+fn engines(which: Which) -> Vec<(&'static str, MakeEngine)> {
+    let all: [(&str, Which, MakeEngine); 3] = [
+        ("criu-rs", Which::CriuRs, own),
+        ("runc", Which::Runc, runc),
+        ("docker", Which::Docker, docker),
+    ];
+    all.into_iter()
+        .filter(|(_, w, _)| which == Which::All || which == *w)
+        .map(|(name, _, make)| (name, make))
+        .collect()
+}
+
 /// One migration with a fresh pair of hosts; the engine (and with it its
 /// containers) goes before the hosts do.
 fn run_engine(cli: &Cli, work: &Path, name: &str, make: MakeEngine) -> Result<Row, BoxError> {
-    let dir = work.join(name);
-    fs::create_dir_all(&dir)?;
+    let dir = tempfile::Builder::new().prefix(name).tempdir_in(work)?;
+    let dir = dir.path();
     let hosts = TwoHosts::new()?;
-    let mut engine = make(&dir)?;
+    let mut engine = make(dir)?;
     let warmup = Duration::from_millis(cli.warmup_ms);
     migrate_measured(engine.as_mut(), &hosts, &cli.interval, warmup)
 }
@@ -118,16 +158,61 @@ fn print_table(rows: &[Row]) {
             r.dest_netns
         );
     }
-    if let [a, b] = rows {
+}
+
+/// Each engine's ratios to the first engine of the table.
+fn print_ratios(rows: &[Row]) {
+    let Some(base) = rows.first() else { return };
+    for r in rows.iter().filter(|r| r.engine != base.engine) {
         println!(
             "{} / {}: dump {:.2}x, restore {:.2}x, downtime {:.2}x",
-            a.engine,
-            b.engine,
-            a.cost.dump_ms / b.cost.dump_ms.max(0.001),
-            a.cost.restore_ms / b.cost.restore_ms.max(0.001),
-            a.cost.downtime_ms / b.cost.downtime_ms.max(0.001)
+            r.engine,
+            base.engine,
+            r.cost.dump_ms / base.cost.dump_ms.max(0.001),
+            r.cost.restore_ms / base.cost.restore_ms.max(0.001),
+            r.cost.downtime_ms / base.cost.downtime_ms.max(0.001)
         );
     }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// One row per engine holding the medians of its runs (CRIU's own
+/// timings and the count are those of the engine's median-downtime run).
+fn medians(rows: &[Row]) -> Vec<Row> {
+    let mut names: Vec<&str> = Vec::new();
+    for r in rows {
+        if !names.contains(&r.engine.as_str()) {
+            names.push(&r.engine);
+        }
+    }
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let runs: Vec<&Row> = rows.iter().filter(|r| r.engine == name).collect();
+            let of = |f: fn(&Row) -> f64| median(runs.iter().map(|r| f(r)).collect());
+            let mut m = (*runs.iter().min_by(|a, b| {
+                let d = of(|r| r.cost.downtime_ms);
+                (a.cost.downtime_ms - d)
+                    .abs()
+                    .total_cmp(&(b.cost.downtime_ms - d).abs())
+            })?)
+            .clone();
+            m.cost.dump_ms = of(|r| r.cost.dump_ms);
+            m.cost.transfer_ms = of(|r| r.cost.transfer_ms);
+            m.cost.restore_ms = of(|r| r.cost.restore_ms);
+            m.cost.downtime_ms = of(|r| r.cost.downtime_ms);
+            m.continued = runs.iter().all(|r| r.continued);
+            Some(m)
+        })
+        .collect()
 }
 
 fn write_json(path: &Path, rows: &[Row]) -> io::Result<()> {
@@ -151,25 +236,35 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut engines: Vec<(&str, MakeEngine)> = vec![("criu-rs", own)];
-    if !cli.skip_runc {
-        engines.push(("runc", runc));
-    }
     let (mut rows, mut failed) = (Vec::new(), false);
-    for (name, make) in engines {
-        eprintln!("migrating the busybox container with {name}...");
-        match run_engine(&cli, work.path(), name, make) {
-            Ok(r) => {
-                failed |= !r.continued;
-                rows.push(r);
-            }
-            Err(e) => {
-                eprintln!("error: {name}: {e}");
-                failed = true;
+    for rep in 0..cli.reps.max(1) {
+        for (name, make) in engines(cli.engine) {
+            eprintln!(
+                "migrating the busybox container with {name} ({}/{})...",
+                rep + 1,
+                cli.reps.max(1)
+            );
+            match run_engine(&cli, work.path(), name, make) {
+                Ok(r) => {
+                    failed |= !r.continued;
+                    rows.push(r);
+                }
+                Err(e) => {
+                    eprintln!("error: {name}: {e}");
+                    failed = true;
+                }
             }
         }
     }
     print_table(&rows);
+    if cli.reps > 1 {
+        println!("\nmedians of {} runs per engine:", cli.reps);
+        let m = medians(&rows);
+        print_table(&m);
+        print_ratios(&m);
+    } else {
+        print_ratios(&rows);
+    }
     if let Some(p) = &cli.json {
         if let Err(e) = write_json(p, &rows) {
             eprintln!("error: writing {}: {e}", p.display());

@@ -10,9 +10,11 @@
 //! - `phased`: engines that checkpoint, move the checkpoint over TCP with
 //!   `criu::transfer`, then restore (written once for all of them);
 //! - `runc`: runc, the engine under Docker and Podman;
+//! - `docker`: Docker hosts (a `dockerd` per namespace) and the API;
 //! - `watch`: downtime and memory, observed from the host.
 
 mod busybox;
+pub mod docker;
 mod own;
 mod phased;
 mod runc;
@@ -26,6 +28,7 @@ use crate::hosts::{netns_of, TwoHosts};
 use crate::measure::{ms, Cost, DumpTimes};
 
 pub use busybox::{consecutive, make_rootfs, numbers, wait_lines, SCRIPT};
+pub use docker::DockerEngine;
 pub use own::{OwnContainer, OwnEngine};
 pub use phased::{move_checkpoint, Checkpointed, Phased, Restored};
 pub use runc::RuncEngine;
