@@ -2,6 +2,8 @@
 //! engine behind `criu_testkit::container::Engine`, with real CRIU. Needs
 //! root.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
@@ -150,44 +152,107 @@ fn lose_pstree(images: &Path) {
     std::fs::remove_file(images.join("pstree.img")).unwrap();
 }
 
+/// A Docker counter between fresh hosts; fields drop in order (the
+/// engine and its daemons first).
+struct DockerRun {
+    engine: DockerEngine,
+    hosts: TwoHosts,
+    dir: TempDir,
+}
+
+impl DockerRun {
+    fn new(fault: impl FnOnce(&mut DockerEngine)) -> DockerRun {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = TwoHosts::new().unwrap();
+        let mut engine = DockerEngine::new(dir.path()).unwrap();
+        fault(&mut engine);
+        DockerRun { engine, hosts, dir }
+    }
+
+    /// Starts the counter; returns its init's pid.
+    fn start(&mut self) -> i32 {
+        let pid = self.engine.start(&self.hosts, DOCKER_INTERVAL).unwrap();
+        wait_numbers(&self.engine, 2, WAIT).unwrap();
+        pid
+    }
+
+    /// The source runs on and counts without losing or repeating a
+    /// number, no clone is left on b; once dropped, nothing is left.
+    fn assert_source_counts_on_then_nothing_left(self) {
+        let engine = &self.engine;
+        assert!(engine.source_state().unwrap().running, "the source runs");
+        let n = engine.numbers().unwrap().len();
+        wait_numbers(engine, n + 3, WAIT).unwrap();
+        let nums = engine.numbers().unwrap();
+        assert!(consecutive(&nums), "no number lost or repeated: {nums:?}");
+        let ids = engine.logs().unwrap().ids().unwrap();
+        assert_eq!(ids.clone, None, "the clone on b is removed");
+        let traces = DockerTraces::of(engine, self.dir.path(), &self.hosts);
+        drop(self);
+        traces.assert_gone();
+    }
+}
+
+/// Lets `fault` break one phase of the migration, checks that it fails
+/// with `expected` in its error, and that the source counts on.
+fn docker_fault_keeps_the_source(fault: impl FnOnce(&mut DockerEngine), expected: &str) {
+    let mut run = DockerRun::new(fault);
+    let e = migrate_measured(&mut run.engine, &run.hosts, DOCKER_INTERVAL, Duration::ZERO)
+        .expect_err("the migration fails");
+    assert!(e.to_string().contains(expected), "{e}");
+    run.assert_source_counts_on_then_nothing_left();
+}
+
 #[test]
 fn a_failed_docker_restore_leaves_the_source_counting_on_host_a() {
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = TwoHosts::new().unwrap();
-    let mut engine = DockerEngine::new(dir.path()).unwrap();
-    engine.damage_on_arrival(lose_pstree);
-    let e = migrate_measured(&mut engine, &hosts, DOCKER_INTERVAL, Duration::ZERO)
-        .expect_err("the restore on b fails");
-    assert!(e.to_string().contains("--checkpoint"), "{e}");
-    assert!(engine.source_state().unwrap().running, "the source runs");
-    let n = engine.numbers().unwrap().len();
-    wait_numbers(&engine, n + 3, WAIT).unwrap();
-    let nums = engine.numbers().unwrap();
-    assert!(consecutive(&nums), "no number lost or repeated: {nums:?}");
-    let ids = engine.logs().unwrap().ids().unwrap();
-    assert_eq!(ids.clone, None, "the clone on b is removed");
-    let traces = DockerTraces::of(&engine, dir.path(), &hosts);
-    drop(engine);
-    drop(hosts);
-    traces.assert_gone();
+    docker_fault_keeps_the_source(|e| e.damage_on_arrival(lose_pstree), "--checkpoint");
+}
+
+fn cut_after_64k(mut from: TcpStream, mut to: TcpStream) {
+    let mut buf = vec![0u8; 65536];
+    if from.read_exact(&mut buf).is_ok() {
+        let _ = to.write_all(&buf);
+    }
+    // Both ends are dropped here: the stream is cut mid-transfer.
+}
+
+#[test]
+fn a_cut_docker_checkpoint_transfer_leaves_the_source_counting_on_host_a() {
+    docker_fault_keeps_the_source(|e| e.relay_through(cut_after_64k), "transfer");
+}
+
+#[test]
+fn a_failed_docker_checkpoint_quotes_criu_and_the_source_counts_on() {
+    let mut run = DockerRun::new(|_| {});
+    // A task that another tracer holds cannot be dumped by CRIU.
+    let traced = nix::unistd::Pid::from_raw(run.start());
+    nix::sys::ptrace::seize(traced, nix::sys::ptrace::Options::empty()).unwrap();
+    let e = run
+        .engine
+        .migrate(&run.hosts)
+        .expect_err("CRIU cannot dump it");
+    nix::sys::ptrace::detach(traced, None).unwrap();
+    let e = e.to_string();
+    assert!(
+        e.contains("CRIU's dump log") && e.contains("Error ("),
+        "{e}"
+    );
+    run.assert_source_counts_on_then_nothing_left();
 }
 
 #[test]
 fn a_stopped_docker_source_is_refused_with_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = TwoHosts::new().unwrap();
-    let mut engine = DockerEngine::new(dir.path()).unwrap();
-    let pid = engine.start(&hosts, DOCKER_INTERVAL).unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    let mut run = DockerRun::new(|_| {});
+    let pid = nix::unistd::Pid::from_raw(run.start());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
     let deadline = std::time::Instant::now() + WAIT;
-    while engine.source_state().unwrap().running {
+    while run.engine.source_state().unwrap().running {
         assert!(std::time::Instant::now() < deadline, "the container stops");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let e = engine.migrate(&hosts).expect_err("nothing to checkpoint");
+    let e = run
+        .engine
+        .migrate(&run.hosts)
+        .expect_err("nothing to checkpoint");
     assert!(e.to_string().contains("is not running"), "{e}");
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use criu::transfer::{self, TransferStats};
 
 use super::{BoxError, Engine, Moved};
-use crate::hosts::TwoHosts;
+use crate::hosts::{Relay, TwoHosts};
 use crate::measure::DumpTimes;
 
 /// A checkpoint taken on host a.
@@ -45,6 +45,10 @@ pub trait Phased: Engine {
     fn landing(&mut self, hosts: &TwoHosts) -> Result<PathBuf, BoxError>;
     /// Restores the counter on host b from the checkpoint at `images`.
     fn restore(&mut self, hosts: &TwoHosts, images: &Path) -> Result<Restored, BoxError>;
+    /// A relay the checkpoint passes through on host b (fault tests).
+    fn relay(&self) -> Option<Relay> {
+        None
+    }
     /// Brings the source back after a failure past the checkpoint, for
     /// engines that can (the default cannot, and says nothing).
     fn recover(&mut self, _hosts: &TwoHosts) -> Result<(), BoxError> {
@@ -86,7 +90,7 @@ fn move_and_restore(
     images: &Path,
 ) -> Result<(TransferStats, Restored), BoxError> {
     let target = engine.landing(hosts)?;
-    let sent = move_checkpoint(hosts, images, &target)?;
+    let sent = move_checkpoint(hosts, images, &target, engine.relay())?;
     let restored = engine.restore(hosts, &target)?;
     Ok((sent, restored))
 }
@@ -112,20 +116,37 @@ fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> criu::Error {
     }
 }
 
+/// The receiving end on host b: the sender's connection, or, with a
+/// relay, a second connection that the relay feeds from the first.
+fn accept_on_b(listener: &TcpListener, relay: Option<Relay>) -> std::io::Result<TcpStream> {
+    let (from_a, _) = listener.accept()?;
+    let Some(relay) = relay else {
+        return Ok(from_a);
+    };
+    let inner = TcpListener::bind((listener.local_addr()?.ip(), 0))?;
+    let inner_addr = inner.local_addr()?;
+    std::thread::spawn(move || match TcpStream::connect(inner_addr) {
+        Ok(to_b) => relay(from_a, to_b),
+        Err(_) => drop(from_a),
+    });
+    Ok(inner.accept()?.0)
+}
+
 /// Sends the files of `from` (on host a) over a TCP connection to host b,
 /// which writes them to `to`: the same transfer code as criu-rs's own
-/// migration.
+/// migration. `relay`, when given, sits on host b between the two.
 pub fn move_checkpoint(
     hosts: &TwoHosts,
     from: &Path,
     to: &Path,
+    relay: Option<Relay>,
 ) -> Result<TransferStats, BoxError> {
     let listener = hosts.b.run(|| TcpListener::bind((hosts.b.addr, 0)))??;
     let addr = listener.local_addr()?;
     std::thread::scope(|s| {
         let recv = s.spawn(|| {
             hosts.b.run(|| -> criu::Result<_> {
-                let (mut stream, _) = listener.accept().map_err(io_err("accept"))?;
+                let mut stream = accept_on_b(&listener, relay).map_err(io_err("accept"))?;
                 transfer::read_header(&mut stream)?;
                 transfer::receive_dir(&mut stream, to, None)
             })

@@ -42,6 +42,18 @@ impl DockerHost {
     /// under `root` (created), waits until it answers, and imports the
     /// busybox image into it.
     pub fn start(host: &Host, root: &Path) -> Result<DockerHost, BoxError> {
+        // dockerd uses a containerd it finds at the default address instead
+        // of starting its own: its shims and state would then live outside
+        // this host's directory, beyond the reach of the clean-up.
+        let system = Path::new("/run/containerd/containerd.sock");
+        if system.exists() {
+            return Err(format!(
+                "a system containerd listens on {}: stop it (systemctl stop containerd docker) \
+                 so that each test dockerd runs a containerd of its own",
+                system.display()
+            )
+            .into());
+        }
         fs::create_dir_all(root.join("data"))?;
         fs::write(root.join("daemon.json"), "{\"experimental\": true}\n")?;
         let log = fs::File::create(root.join("dockerd.log"))?;

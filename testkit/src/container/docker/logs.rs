@@ -84,11 +84,15 @@ impl Logs {
         Ok(())
     }
 
+    /// The clone on host b is gone.
+    pub fn forget_clone(&self) -> Result<(), BoxError> {
+        self.lock()?.clone = None;
+        Ok(())
+    }
+
     /// The source runs again: read its log live.
     pub fn thaw_source_log(&self) -> Result<(), BoxError> {
-        let mut c = self.lock()?;
-        c.source_log = None;
-        c.clone = None;
+        self.lock()?.source_log = None;
         Ok(())
     }
 

@@ -33,7 +33,7 @@ use super::phased::{
     dump_times_in, migrate_phased, restore_time_in, Checkpointed, Phased, Restored,
 };
 use super::{BoxError, Downtime, Engine, Moved, SCRIPT};
-use crate::hosts::TwoHosts;
+use crate::hosts::{Relay, TwoHosts};
 
 pub use api::{Api, LogLine, State};
 pub use daemon::{mounts_below, processes_mentioning, DockerHost};
@@ -52,6 +52,7 @@ pub struct DockerEngine {
     name: String,
     logs: Option<Logs>,
     damage: Option<Damage>,
+    relay: Option<Relay>,
 }
 
 impl DockerEngine {
@@ -65,12 +66,18 @@ impl DockerEngine {
             name: format!("criu-rs-counter-{}-{n}", std::process::id()),
             logs: None,
             damage: None,
+            relay: None,
         })
     }
 
     /// Damages the checkpoint on host b before the restore (tests).
     pub fn damage_on_arrival(&mut self, damage: Damage) {
         self.damage = Some(damage);
+    }
+
+    /// Sends the checkpoint through `relay` on host b (tests).
+    pub fn relay_through(&mut self, relay: Relay) {
+        self.relay = Some(relay);
     }
 
     /// The two daemons and the containers, once started.
@@ -158,22 +165,27 @@ fn keep_files(dir: &Path, keep: &Path, files: &[&str]) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// The `Error` lines of CRIU's log, or its last lines if it has none.
+fn wait_until_stopped(host: &DockerHost, id: &str) -> Result<(), BoxError> {
+    let deadline = Instant::now() + super::WAIT;
+    while host.api().state(id)?.running {
+        if Instant::now() > deadline {
+            return Err(format!("{id} still runs after its checkpoint").into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// The last `Error` lines of CRIU's log, or its last lines if it has none.
 fn criu_errors(log: &Path) -> String {
     let text = fs::read_to_string(log).unwrap_or_default();
     let errors: Vec<&str> = text.lines().filter(|l| l.contains("Error")).collect();
-    let lines: Vec<&str> = if errors.is_empty() {
-        text.lines()
-            .rev()
-            .take(5)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect()
+    let lines = if errors.is_empty() {
+        text.lines().collect()
     } else {
         errors
     };
-    lines.join("\n  ")
+    lines[lines.len().saturating_sub(6)..].join("\n  ")
 }
 
 impl Phased for DockerEngine {
@@ -197,6 +209,8 @@ impl Phased for DockerEngine {
             .into());
         }
         let wall = t.elapsed();
+        // The daemon marks the container exited a moment after the call.
+        wait_until_stopped(a, &source)?;
         logs.freeze_source_log()?;
         Ok(Checkpointed {
             images: a
@@ -241,18 +255,38 @@ impl Phased for DockerEngine {
         })
     }
 
+    fn relay(&self) -> Option<Relay> {
+        self.relay
+    }
+
     fn recover(&mut self, _hosts: &TwoHosts) -> Result<(), BoxError> {
         let logs = self.logs()?;
         let ids = logs.ids()?;
         if let Some(clone) = &ids.clone {
             let _ = logs.b.api().remove(clone);
+            logs.forget_clone()?;
         }
         if !logs.a.api().state(&ids.source)?.running {
-            logs.a
-                .api()
-                .start_from_checkpoint(&ids.source, CHECKPOINT)
+            restart_from_checkpoint(&logs.a, &ids.source)
                 .map_err(|e| format!("restarting the source from its checkpoint: {e}"))?;
         }
         logs.thaw_source_log()
+    }
+}
+
+/// Starts a checkpointed container again from its own checkpoint. Right
+/// after `checkpoint create`, Docker 20.10 can refuse with "failed to
+/// upload checkpoint to containerd: ... already exists" until containerd
+/// has collected the checkpoint's earlier copy: that answer is retried for
+/// up to 10 s.
+fn restart_from_checkpoint(host: &DockerHost, id: &str) -> Result<(), BoxError> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match host.api().start_from_checkpoint(id, CHECKPOINT) {
+            Err(e) if e.to_string().contains("already exists") && Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            done => return done,
+        }
     }
 }
