@@ -53,9 +53,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     chmod 755 "$policy"
     own_policy=1
   fi
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-    || { [ -n "$own_policy" ] && rm -f "$policy"; die "apt-get install failed for: ${missing[*]}"; }
-  [ -n "$own_policy" ] && rm -f "$policy"
+  install_ok=1
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || install_ok=
+  if [ -n "$own_policy" ]; then rm -f "$policy"; fi
+  [ -n "$install_ok" ] || die "apt-get install failed for: ${missing[*]}"
 fi
 
 # The distro's CRIU 3.x cannot work on this kernel; make sure it cannot shadow ours.
