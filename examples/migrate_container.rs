@@ -258,7 +258,11 @@ fn main() -> ExitCode {
     }
     print_table(&rows);
     if cli.reps > 1 {
-        println!("\nmedians of {} runs per engine:", cli.reps);
+        println!(
+            "\nmedians of {} runs per engine (dump, xfer, restore, downtime; the other \
+             columns are those of the run with the median downtime):",
+            cli.reps
+        );
         let m = medians(&rows);
         print_table(&m);
         print_ratios(&m);

@@ -106,21 +106,20 @@ impl DockerHost {
         loop {
             if let Some(status) = self.dockerd.try_wait()? {
                 return Err(format!(
-                    "dockerd exited ({status}) before answering: {}",
+                    "dockerd exited ({status}) before answering: {} ({SETUP})",
                     self.log_tail()
                 )
                 .into());
             }
-            if socket.exists() {
-                let api = Api::new(&socket)?;
-                if api.version().is_ok() {
-                    self.api = Some(api);
-                    return Ok(());
-                }
+            if self.api.is_none() && socket.exists() {
+                self.api = Some(Api::new(&socket)?);
+            }
+            if self.api.as_ref().is_some_and(|api| api.version().is_ok()) {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "dockerd did not answer on {} within {READY:?}: {}",
+                    "dockerd did not answer on {} within {READY:?}: {} ({SETUP})",
                     socket.display(),
                     self.log_tail()
                 )
