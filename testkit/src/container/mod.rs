@@ -135,6 +135,9 @@ pub fn migrate_measured(
     std::thread::sleep(warmup);
     let rss_bytes = rss_of_tree(pid_before);
     let source_netns = netns_of(pid_before)?;
+    // Held open, the source's namespace outlives the source, so that its
+    // inode number cannot be reused for the destination's.
+    let _source_ns = std::fs::File::open(format!("/proc/{pid_before}/ns/net"))?;
     let downtime = engine.downtime();
     let moved = engine.migrate(hosts)?;
     wait_numbers(engine, moved.lines_before + 5, WAIT)?;
