@@ -55,7 +55,13 @@ impl DockerHost {
             .into());
         }
         fs::create_dir_all(root.join("data"))?;
-        fs::write(root.join("daemon.json"), "{\"experimental\": true}\n")?;
+        // Checkpoints need experimental features; the identity key would
+        // otherwise go to /etc/docker.
+        let config = serde_json::json!({
+            "experimental": true,
+            "deprecated-key-path": root.join("key.json"),
+        });
+        fs::write(root.join("daemon.json"), config.to_string())?;
         let log = fs::File::create(root.join("dockerd.log"))?;
         let cgroup_parent = format!("/criu-rs-docker-{}", host.name);
         let mut cmd = Command::new("dockerd");
