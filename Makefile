@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 export PATH := /usr/local/sbin:/usr/local/bin:$(PATH)
 
-.PHONY: root setup demo test lint bench bench-quick publish-check
+.PHONY: root setup demo test lint bench bench-quick publish-check features
 
 root:
 	@[ "$$(id -u)" = 0 ] || { echo "error: run as root (CRIU needs it): sudo make $(MAKECMDGOALS)" >&2; exit 1; }
@@ -60,6 +60,10 @@ publish-check: setup
 	  cargo doc --no-deps -p criu-sys -p criu-rs --target-dir target/docs-rs
 	cargo package -p criu-sys -p criu-rs --target-dir target/package
 	cargo publish --dry-run -p criu-sys --target-dir target/package
+
+# Every feature set a user would pick builds and passes clippy.
+features: setup
+	bash scripts/check-features.sh
 
 lint:
 	cargo fmt --all -- --check

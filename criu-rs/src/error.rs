@@ -5,11 +5,11 @@ use std::fmt;
 use std::io;
 
 use nix::errno::Errno;
-use serde::Serialize;
 
 /// The libcriu request an error belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
 #[non_exhaustive]
 pub enum Operation {
     /// `criu check`.
