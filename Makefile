@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 export PATH := /usr/local/sbin:/usr/local/bin:$(PATH)
 
-.PHONY: root setup demo test lint bench bench-quick
+.PHONY: root setup demo test lint bench bench-quick publish-check features
 
 root:
 	@[ "$$(id -u)" = 0 ] || { echo "error: run as root (CRIU needs it): sudo make $(MAKECMDGOALS)" >&2; exit 1; }
@@ -15,17 +15,18 @@ setup: root
 demo: setup
 	cargo build --release -p criu-testkit --bins
 	cargo run --release -p criu-rs-examples --example migrate -- --strategy all --workload memory:256 --json migrate.json
-	cargo run --release -p criu-rs-examples --example migrate_container -- --json migrate_container.json
+	cargo run --release -p criu-rs-examples --example migrate_container -- --engine all --json migrate_container.json
 
 test: setup
 	cargo build -p criu-testkit --bins
 	cargo test --workspace
 	bash scripts/check-bad-env.sh
 	bash scripts/cli-smoke.sh
+	bash scripts/check-page-server.sh
 	# The examples, end to end, on small workloads.
 	cargo run -q -p criu-rs-examples --example dump_restore
 	cargo run -q -p criu-rs-examples --example migrate -- --strategy all --workload memory:16 --warmup-ms 200
-	cargo run -q -p criu-rs-examples --example migrate_container -- --interval 0.05 --warmup-ms 300
+	cargo run -q -p criu-rs-examples --example migrate_container -- --engine all --interval 0.1 --warmup-ms 300
 	# The benches compile, and the quick mode's harness works on the smallest size.
 	cargo bench -p criu-rs-benches --no-run
 	$(MAKE) bench-quick
@@ -48,6 +49,21 @@ bench: setup
 	CRIU_RS_BENCH_ROUNDS=25 cargo bench -p criu-rs-benches --bench overhead
 	CRIU_RS_BENCH_MIGRATION_SIZES=16,256,1024 CRIU_RS_BENCH_REPS=3 cargo bench -p criu-rs-benches --bench migration
 	cargo run --release -q -p criu-rs-benches --bin bench-report
+
+# What crates.io and docs.rs will see: the docs built with no libcriu (as
+# docs.rs does, DOCS_RS set, pkg-config finding nothing) with broken
+# intra-doc links denied, the packages assembled and built from their
+# tarballs, and a dry-run publish of criu-sys.
+publish-check: setup
+	env DOCS_RS=1 PKG_CONFIG_LIBDIR=/nonexistent PKG_CONFIG_PATH=/nonexistent \
+	  RUSTDOCFLAGS="-D rustdoc::broken_intra_doc_links -D warnings" \
+	  cargo doc --no-deps -p criu-sys -p criu-rs --target-dir target/docs-rs
+	cargo package -p criu-sys -p criu-rs --target-dir target/package
+	cargo publish --dry-run -p criu-sys --target-dir target/package
+
+# Every feature set a user would pick builds and passes clippy.
+features: setup
+	bash scripts/check-features.sh
 
 lint:
 	cargo fmt --all -- --check

@@ -104,9 +104,9 @@ fn main() -> std::process::ExitCode {
                 println!(
                     "{}: downtime {:.2}x of stop-and-copy's ({:.1} vs {:.1} ms)",
                     r.strategy,
-                    r.downtime_ms / base.downtime_ms.max(0.001),
-                    r.downtime_ms,
-                    base.downtime_ms
+                    r.cost.downtime_ms / base.cost.downtime_ms.max(0.001),
+                    r.cost.downtime_ms,
+                    base.cost.downtime_ms
                 );
             }
         }

@@ -27,7 +27,7 @@ use criu::migrate::{DestConfig, SourceConfig, Strategy};
 use criu::tls::{TlsConfig, TlsFiles};
 use criu_testkit::hosts::netns_of;
 use criu_testkit::link::{accept_peer, receive_from, send_to, Link};
-use criu_testkit::measure::{rss_bytes, Row};
+use criu_testkit::measure::{rss_bytes, Cost, Row};
 
 mod cli;
 use cli::{print_table, write_json, Bar};
@@ -192,12 +192,16 @@ fn send(args: SendArgs) -> Result<(), String> {
             o.shell_job(shell_job);
         });
     let src = send_to(&link, to, args.pid, cfg).map_err(|e| e.to_string())?;
+    let of = Row::of(&src, link.name(), &format!("pid {}", args.pid));
     let row = Row {
-        rss_bytes: rss,
+        cost: Cost {
+            rss_bytes: rss,
+            ..of.cost
+        },
         // The destination reported the tree restored and running.
         continued: true,
         source_netns: netns,
-        ..Row::of(&src, link.name(), &format!("pid {}", args.pid))
+        ..of
     };
     print_table(std::slice::from_ref(&row));
     match &args.json {

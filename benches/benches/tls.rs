@@ -64,12 +64,12 @@ fn run(security: Security, strategy: Strategy, mib: usize) -> Row {
 }
 
 fn side(strategy: Strategy, rows: &[Row]) -> Side {
-    let down: Vec<f64> = rows.iter().map(|r| r.downtime_ms).collect();
+    let down: Vec<f64> = rows.iter().map(|r| r.cost.downtime_ms).collect();
     let mut rate: Vec<f64> = rows
         .iter()
         .map(|r| {
-            let stream = r.transfer_bytes as f64 / 1048576.0;
-            stream / (r.transfer_ms.max(0.01) / 1000.0)
+            let stream = r.cost.transfer_bytes as f64 / 1048576.0;
+            stream / (r.cost.transfer_ms.max(0.01) / 1000.0)
         })
         .collect();
     Side {

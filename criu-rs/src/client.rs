@@ -244,7 +244,7 @@ impl Criu {
 
     /// Whether the `criu` binary is at least `min`.
     pub fn version_at_least(&self, min: Version) -> Result<bool> {
-        let min = min.encoded() as c_int;
+        let min = c_int::try_from(min.encoded()).unwrap_or(c_int::MAX);
         // SAFETY: as above.
         let (v, _) = self.run(Operation::Version, None, None, |p| unsafe {
             sys::criu_local_check_version(p, min)
@@ -272,7 +272,17 @@ impl Criu {
     }
 
     fn require_mem_track(&self, op: Operation, pid: Option<i32>) -> Result<()> {
-        if self.feature_check()?.mem_track {
+        let features = match &self.service {
+            // A one-shot socket is kept for the request itself: ask a
+            // `criu` started for the check instead, and if there is none,
+            // leave the answer to the service.
+            Service::Fd(_) => match Criu::new().feature_check() {
+                Err(e) if e.is_connect() => return Ok(()),
+                other => other?,
+            },
+            _ => self.feature_check()?,
+        };
+        if features.mem_track {
             return Ok(());
         }
         Err(Error::Unsupported {
@@ -293,13 +303,7 @@ impl Criu {
                 "no pid: set Options::pid to the tree's root",
             )
         })?;
-        let dir = opts.get_images_dir().ok_or_else(|| {
-            Error::invalid(
-                Some(op),
-                InvalidKind::Missing,
-                "no images directory: set Options::images_dir",
-            )
-        })?;
+        let dir = required_images_dir(op, opts)?;
         if !opts.get_overwrite_images()
             && (opts.images_dir_holds_images() || exists_at(dir, "inventory.img"))
         {
@@ -384,13 +388,7 @@ impl Criu {
     }
 
     fn prepare_restore(op: Operation, opts: &Options<'_>) -> Result<()> {
-        let dir = opts.get_images_dir().ok_or_else(|| {
-            Error::invalid(
-                Some(op),
-                InvalidKind::Missing,
-                "no images directory: set Options::images_dir",
-            )
-        })?;
+        let dir = required_images_dir(op, opts)?;
         if !exists_at(dir, "inventory.img") {
             return Err(Error::invalid(
                 Some(op),
@@ -420,6 +418,7 @@ impl Criu {
         let (pid, wall) = self.run(Operation::Restore, Some(opts), None, |p| unsafe {
             sys::criu_local_restore(p)
         })?;
+        let pid = restored_pid(Operation::Restore, pid)?;
         Ok(Self::restore_report(opts, pid, wall))
     }
 
@@ -427,6 +426,15 @@ impl Criu {
     /// child, returned as an owned handle that can be waited on, signalled,
     /// and that reaps it.
     pub fn restore_child(&self, opts: &mut Options<'_>) -> Result<(RestoredChild, RestoreReport)> {
+        if matches!(self.service, Service::Fd(_)) {
+            // libcriu's restore_child ignores a service socket and starts
+            // `criu` from PATH; refuse rather than leave the socket unused.
+            return Err(Error::invalid(
+                Some(Operation::RestoreChild),
+                InvalidKind::Conflict,
+                "restore_child needs a CRIU this process starts (its root becomes our child), not a service socket: use Criu::new() or Criu::with_binary; the socket is kept for another request",
+            ));
+        }
         Self::prepare_restore(Operation::RestoreChild, opts)?;
         let (pid, wall) = if opts.get_deadline().is_some() {
             // libcriu's restore_child starts CRIU itself; with a deadline the
@@ -445,10 +453,35 @@ impl Criu {
                 sys::criu_local_restore_child(p)
             })?
         };
+        let pid = restored_pid(Operation::RestoreChild, pid)?;
         Ok((
             RestoredChild::new(pid),
             Self::restore_report(opts, pid, wall),
         ))
+    }
+}
+
+/// The images directory every dump and restore needs.
+fn required_images_dir<'a>(op: Operation, opts: &Options<'a>) -> Result<BorrowedFd<'a>> {
+    opts.get_images_dir().ok_or_else(|| {
+        Error::invalid(
+            Some(op),
+            InvalidKind::Missing,
+            "no images directory: set Options::images_dir",
+        )
+    })
+}
+
+/// The restored root's pid, which CRIU must have answered: a pid <= 0
+/// would make `kill` hit the caller's process group (0) or every process
+/// (-1), and `waitpid` wait for any child.
+fn restored_pid(op: Operation, pid: c_int) -> Result<i32> {
+    if pid > 0 {
+        Ok(pid)
+    } else {
+        Err(Error::BadResponse {
+            ctx: Context::new(op, None),
+        })
     }
 }
 

@@ -2,11 +2,10 @@
 
 use std::fmt;
 
-use serde::Serialize;
-
 /// A CRIU version, as libcriu encodes it (`major * 10000 + minor * 100 +
 /// sublevel`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Version {
     /// Major number.
     pub major: u32,
@@ -31,9 +30,13 @@ impl Version {
         Version::new(v / 10000, (v / 100) % 100, v % 100)
     }
 
-    /// libcriu's integer form.
+    /// libcriu's integer form (saturating at `u32::MAX` for parts too
+    /// large to encode).
     pub fn encoded(self) -> u32 {
-        self.major * 10000 + self.minor * 100 + self.sublevel
+        self.major
+            .saturating_mul(10000)
+            .saturating_add(self.minor.saturating_mul(100))
+            .saturating_add(self.sublevel)
     }
 
     /// The version of the libcriu headers this crate was built against.
@@ -53,7 +56,8 @@ impl fmt::Display for Version {
 }
 
 /// Optional features, as `criu check --feature` reports them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Features {
     /// Soft-dirty memory tracking (`mem_dirty_track`): needed by pre-dumps,
@@ -76,5 +80,6 @@ mod tests {
         assert_eq!(v.encoded(), 40201);
         assert_eq!(v.to_string(), "4.2.1");
         assert!(Version::new(4, 1, 0) < v);
+        assert_eq!(Version::new(u32::MAX, 99, 99).encoded(), u32::MAX);
     }
 }

@@ -324,7 +324,7 @@ impl Drop for Workload {
 }
 
 /// Makes the child a session leader (`setsid`) before exec.
-fn new_session(cmd: &mut Command) {
+pub(crate) fn new_session(cmd: &mut Command) {
     // SAFETY: setsid is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
@@ -410,4 +410,46 @@ pub fn alive(pid: i32) -> bool {
             .is_some_and(|state| state != "Z" && state != "X"),
         Err(_) => false,
     }
+}
+
+/// Polls `cond` every 2 ms until it holds (true) or `timeout` passes (false).
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The pid of a live (not zombie) process whose command line (arguments
+/// joined by spaces, or the title CRIU gives itself) contains `needle`;
+/// give a unique one (a test's own directory) so that the answer cannot be
+/// another test's process.
+pub fn find_process(needle: &str) -> Option<i32> {
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        (text.contains(needle) && alive(pid)).then_some(pid)
+    })
+}
+
+/// A connection to a `criu service` socket at `path` (SOCK_SEQPACKET, as
+/// libcriu's), close-on-exec, for `Criu::with_service_fd`.
+pub fn connect_seqpacket(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    Ok(fd)
 }

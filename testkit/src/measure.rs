@@ -20,6 +20,21 @@ pub struct Row {
     /// `plain` or `tls`.
     pub transport: String,
     pub workload: String,
+    #[serde(flatten)]
+    pub cost: Cost,
+    pub continued: bool,
+    pub memory_intact: Option<bool>,
+    pub pid_before: i32,
+    pub pid_after: i32,
+    pub source_netns: u64,
+    pub dest_netns: u64,
+}
+
+/// What one migration cost, phase by phase, under the field names the
+/// project publishes (shared by the process and container migrations).
+#[derive(Debug, Clone, Default, Serialize)]
+#[allow(missing_docs)]
+pub struct Cost {
     pub rss_bytes: u64,
     #[serde(flatten)]
     pub criu: DumpTimes,
@@ -29,12 +44,6 @@ pub struct Row {
     pub restore_ms: f64,
     pub restore_time_us: Option<u64>,
     pub downtime_ms: f64,
-    pub continued: bool,
-    pub memory_intact: Option<bool>,
-    pub pid_before: i32,
-    pub pid_after: i32,
-    pub source_netns: u64,
-    pub dest_netns: u64,
 }
 
 /// CRIU's own timings of a dump (absent when CRIU wrote none, as after a
@@ -72,14 +81,16 @@ impl Row {
             strategy: src.strategy.to_string(),
             transport: transport.to_string(),
             workload: workload.to_string(),
-            rss_bytes: 0,
-            criu: DumpTimes::of(src.dump.stats.as_ref()),
-            dump_ms: ms(src.dump.wall_time),
-            transfer_bytes: src.transfer.bytes + src.page_server_bytes,
-            transfer_ms: ms(src.transfer.elapsed),
-            restore_ms: ms(src.restore_wall),
-            restore_time_us: src.restore_time_us,
-            downtime_ms: ms(src.stopped_to_restored),
+            cost: Cost {
+                rss_bytes: 0,
+                criu: DumpTimes::of(src.dump.stats.as_ref()),
+                dump_ms: ms(src.dump.wall_time),
+                transfer_bytes: src.transfer.bytes + src.page_server_bytes,
+                transfer_ms: ms(src.transfer.elapsed),
+                restore_ms: ms(src.restore_wall),
+                restore_time_us: src.restore_time_us,
+                downtime_ms: ms(src.stopped_to_restored),
+            },
             continued: false,
             memory_intact: None,
             pid_before: src.pid,
@@ -190,15 +201,19 @@ pub fn migrate_workload_over(
     };
     drop(dst.child);
 
+    let of = Row::of(&src, links.a.name(), workload);
     Ok(Row {
-        rss_bytes: rss,
-        downtime_ms: downtime_ns as f64 / 1e6,
+        cost: Cost {
+            rss_bytes: rss,
+            downtime_ms: downtime_ns as f64 / 1e6,
+            ..of.cost
+        },
         continued,
         memory_intact,
         pid_before,
         pid_after,
         source_netns,
         dest_netns,
-        ..Row::of(&src, links.a.name(), workload)
+        ..of
     })
 }

@@ -24,14 +24,32 @@
 //! pre-dump notification (CRIU has started, and not yet frozen the tasks:
 //! stopping earlier would add CRIU's start-up to the downtime), and dumped
 //! with `leave_running`, so CRIU leaves it stopped, alive, on the source.
-//! It is killed only after the destination has reported a successful
-//! restore (and, for `Lazy`, after the last page was served). If anything
-//! fails before that point, in any strategy, the source tree is sent
-//! `SIGCONT` and runs on where it was: nothing is lost. The restored tree
-//! is likewise restored stopped and continued by [`receive`]. (If the
-//! destination restore succeeded but the lazy page transfer failed
-//! afterwards, the destination copy cannot run on; the source is resumed
-//! and the error says so.)
+//! Its tasks are held by pidfds from then on, so no signal of the
+//! migration can reach a process that reused one of their pids. If
+//! anything fails before the destination has restored, in any strategy,
+//! the source tree is sent `SIGCONT` and runs on where it was: nothing is
+//! lost. The restored tree is likewise restored stopped and continued by
+//! [`receive`]. (If the destination restore succeeded but the lazy page
+//! transfer failed afterwards, the destination copy cannot run on; it is
+//! killed, the source is resumed and the error says so.)
+//!
+//! # The end: a duplicate rather than a loss
+//!
+//! Once the destination has restored (and, for `Lazy`, the last page was
+//! served), the source says `Done` and the destination answers `Kept`;
+//! only then is the source tree killed. The destination keeps its copy
+//! unless the source explicitly aborts: if `Done` is lost (a broken stream,
+//! a silent source) it keeps the copy anyway and reports
+//! [`DestReport::source_confirmed`] false; if `Kept` is lost the source
+//! resumes its copy and says that two copies may now run. Either way the
+//! tree is never lost; at worst it runs twice, and both sides say so.
+//!
+//! # Limits
+//!
+//! The destination accepts what [`DestConfig::limits`] allows (file count,
+//! sizes, free space) and, without a [`DestConfig::deadline`], gives up a
+//! source that stays silent for the limits' idle timeout (120 s by
+//! default) where the stream has timeouts.
 //!
 //! # Inside
 //!
@@ -40,6 +58,8 @@
 //! * `source`, `dumping`, `stopped`: the source side (the dump on its own
 //!   thread, stopping, resuming and killing the tree);
 //! * `dest`: the destination side;
+//! * `workdir`: where the images live (the caller's directory, or the
+//!   crate's own in memory);
 //! * `strategy`: one module per strategy behind two small traits (one per
 //!   side): a new strategy is a new file there.
 
@@ -51,6 +71,7 @@ mod source;
 mod stopped;
 mod strategy;
 mod wire;
+mod workdir;
 
 pub use crate::transfer::Transport;
 pub use config::{DestConfig, SourceConfig};

@@ -154,7 +154,10 @@ mod tests {
         let f = TlsFiles::new("/ca.pem", "/c.pem", "/k.pem");
         let mut o = crate::options::Options::new();
         o.criu_tls(&f);
-        assert!(o.cli_only_lines().is_empty(), "a local dump opens no TCP connection");
+        assert!(
+            o.cli_only_lines().is_empty(),
+            "a local dump opens no TCP connection"
+        );
         o.page_server("10.0.0.2:7000".parse().unwrap());
         let lines = o.cli_only_lines();
         assert!(lines.iter().any(|l| l == "tls-cacert /ca.pem"), "{lines:?}");
@@ -165,8 +168,7 @@ mod tests {
     fn a_path_criu_cannot_read_from_its_config_file_is_refused() {
         let f = TlsFiles::new("/my certs/ca.pem", "/c.pem", "/k.pem");
         let mut o = crate::options::Options::new();
-        o.criu_tls(&f)
-            .page_server("10.0.0.2:7000".parse().unwrap());
+        o.criu_tls(&f).page_server("10.0.0.2:7000".parse().unwrap());
         assert!(o.validate_cli_only().is_err());
     }
 

@@ -25,9 +25,45 @@ fn send_to_vec(dir: &Path) -> Vec<u8> {
 }
 
 fn receive(bytes: &[u8], target: &Path) -> Result<TransferStats> {
-    let mut r = bytes;
-    read_header(&mut r)?;
-    receive_dir(&mut r, target, None)
+    receive_with(bytes, target, &Limits::default(), None)
+}
+
+fn receive_with(
+    mut bytes: &[u8],
+    target: &Path,
+    limits: &Limits,
+    progress: Option<Progress<'_>>,
+) -> Result<TransferStats> {
+    read_header(&mut bytes)?;
+    receive_dir_with(&mut bytes, target, limits, progress)
+}
+
+/// A sample directory's stream, and an empty directory to receive into.
+struct Sample {
+    bytes: Vec<u8>,
+    out: tempfile::TempDir,
+}
+
+impl Sample {
+    fn new() -> Sample {
+        Sample {
+            bytes: send_to_vec(sample_dir().path()),
+            out: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Receives into `out/recv`, calling `progress` as bytes arrive.
+    fn receive(&self, limits: &Limits, progress: Option<Progress<'_>>) -> Result<TransferStats> {
+        receive_with(&self.bytes, &self.target(), limits, progress)
+    }
+
+    fn target(&self) -> std::path::PathBuf {
+        self.out.path().join("recv")
+    }
+
+    fn left(&self) -> usize {
+        fs::read_dir(self.out.path()).unwrap().count()
+    }
 }
 
 #[test]
@@ -145,21 +181,16 @@ fn a_file_larger_than_the_free_space_is_refused() {
 
 #[test]
 fn file_count_and_total_limits_are_enforced() {
-    let src = sample_dir();
-    let bytes = send_to_vec(src.path());
-    let out = tempfile::tempdir().unwrap();
     let few = Limits::default().max_files(2);
     let small = Limits::default().max_total_bytes(1 << 20);
     for (limits, expect) in [
         (few, "Limits::max_files"),
         (small, "Limits::max_total_bytes"),
     ] {
-        let target = out.path().join("recv");
-        let mut r = &bytes[..];
-        read_header(&mut r).unwrap();
-        let e = receive_dir_with(&mut r, &target, &limits, None).unwrap_err();
+        let sample = Sample::new();
+        let e = sample.receive(&limits, None).unwrap_err();
         assert!(e.to_string().contains(expect), "{e}");
-        assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0);
+        assert_eq!(sample.left(), 0);
     }
 }
 
@@ -167,15 +198,14 @@ fn file_count_and_total_limits_are_enforced() {
 fn a_directory_named_like_a_partial_one_is_not_touched() {
     // Before: the partial directory was `.NAME.partial-PID`, removed
     // first if present, whoever it belonged to.
-    let src = sample_dir();
-    let bytes = send_to_vec(src.path());
-    let out = tempfile::tempdir().unwrap();
-    let theirs = out
+    let sample = Sample::new();
+    let theirs = sample
+        .out
         .path()
         .join(format!(".recv.partial-{}", std::process::id()));
     fs::create_dir(&theirs).unwrap();
     fs::write(theirs.join("precious"), b"mine").unwrap();
-    receive(&bytes, &out.path().join("recv")).unwrap();
+    sample.receive(&Limits::default(), None).unwrap();
     assert_eq!(fs::read(theirs.join("precious")).unwrap(), b"mine");
 }
 
@@ -190,49 +220,39 @@ fn partial_in(dir: &Path) -> std::path::PathBuf {
 
 #[test]
 fn swapping_the_partial_directory_for_a_link_redirects_nothing() {
-    let src = sample_dir();
-    let bytes = send_to_vec(src.path());
-    let out = tempfile::tempdir().unwrap();
-    let elsewhere = out.path().join("elsewhere");
+    let sample = Sample::new();
+    let root = sample.out.path();
+    let elsewhere = root.join("elsewhere");
     fs::create_dir(&elsewhere).unwrap();
-    let (root, away) = (out.path().to_path_buf(), out.path().join("moved-away"));
     let mut swapped = false;
     let mut swap = |_: u64, _: u64| {
         if !swapped {
-            let partial = partial_in(&root);
-            fs::rename(&partial, &away).unwrap();
+            let partial = partial_in(root);
+            fs::rename(&partial, root.join("moved-away")).unwrap();
             std::os::unix::fs::symlink(&elsewhere, &partial).unwrap();
             swapped = true;
         }
     };
-    let mut r = &bytes[..];
-    read_header(&mut r).unwrap();
-    let target = out.path().join("recv");
-    let e = receive_dir(&mut r, &target, Some(&mut swap)).unwrap_err();
+    let e = sample
+        .receive(&Limits::default(), Some(&mut swap))
+        .unwrap_err();
     assert!(e.to_string().contains("replaced"), "{e}");
     assert!(swapped);
-    assert_eq!(
-        fs::read_dir(&elsewhere).unwrap().count(),
-        0,
-        "nothing written through the link"
-    );
-    assert!(!target
-        .symlink_metadata()
-        .is_ok_and(|m| m.file_type().is_symlink()));
+    let through_link = fs::read_dir(&elsewhere).unwrap().count();
+    assert_eq!(through_link, 0, "nothing written through the link");
+    assert!(sample.target().symlink_metadata().is_err(), "no target");
 }
 
 #[test]
 fn a_target_that_appears_meanwhile_is_not_replaced() {
-    let src = sample_dir();
-    let bytes = send_to_vec(src.path());
-    let out = tempfile::tempdir().unwrap();
-    let target = out.path().join("recv");
+    let sample = Sample::new();
+    let target = sample.target();
     let mut plant = |_: u64, _: u64| {
         let _ = fs::create_dir(&target);
     };
-    let mut r = &bytes[..];
-    read_header(&mut r).unwrap();
-    let e = receive_dir(&mut r, &out.path().join("recv"), Some(&mut plant)).unwrap_err();
+    let e = sample
+        .receive(&Limits::default(), Some(&mut plant))
+        .unwrap_err();
     assert!(e.to_string().contains("already exists"), "{e}");
-    assert_eq!(fs::read_dir(out.path().join("recv")).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(sample.target()).unwrap().count(), 0);
 }
