@@ -1173,6 +1173,11 @@ impl<'a> Options<'a> {
     /// Validates the values of CLI-only options for the config file.
     pub(crate) fn validate_cli_only(&self) -> Result<()> {
         for line in self.cli_only_lines() {
+            // A line is an option and at most one value: more words mean a
+            // value (a path) with spaces, which CRIU would split.
+            if line.split(' ').count() > 2 {
+                config_value(&line, "config value")?;
+            }
             for word in line.split(' ') {
                 config_value(word, "config value")?;
             }
