@@ -16,7 +16,10 @@ pub struct DumpReport {
     /// The dumped tree's root pid.
     pub pid: i32,
     /// Wall time of the libcriu call, as this process saw it.
-    #[cfg_attr(feature = "serde", serde(rename = "wall_time_us", serialize_with = "micros"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "wall_time_us", serialize_with = "micros")
+    )]
     pub wall_time: Duration,
     /// Pre-dump passes before the final dump (for `dump_iters`; else 0).
     pub iterations: u32,
@@ -35,7 +38,10 @@ pub struct RestoreReport {
     /// The restored tree's root pid.
     pub pid: i32,
     /// Wall time of the libcriu call, as this process saw it.
-    #[cfg_attr(feature = "serde", serde(rename = "wall_time_us", serialize_with = "micros"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "wall_time_us", serialize_with = "micros")
+    )]
     pub wall_time: Duration,
     /// CRIU's statistics (`stats-restore`), when it wrote them.
     #[cfg_attr(feature = "serde", serde(flatten))]

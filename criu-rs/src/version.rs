@@ -2,7 +2,6 @@
 
 use std::fmt;
 
-
 /// A CRIU version, as libcriu encodes it (`major * 10000 + minor * 100 +
 /// sublevel`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

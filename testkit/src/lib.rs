@@ -37,6 +37,22 @@ pub fn workload_bin() -> PathBuf {
     PathBuf::from("criu-rs-workload")
 }
 
+/// [`workload_bin`], or an error that says how to build it.
+pub fn existing_workload_bin() -> io::Result<PathBuf> {
+    let bin = workload_bin();
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "{} not found: run `cargo build -p criu-testkit --bins` first",
+                bin.display()
+            ),
+        ))
+    }
+}
+
 /// One line of the workload's output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tick {
