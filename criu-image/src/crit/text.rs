@@ -1,0 +1,173 @@
+//! The text encodings crit uses: Python's `base64.encodebytes` (76-column
+//! lines, each ending in a newline), `quopri.encodestring`, `"0x%x"`,
+//! `major:minor`, flag lists joined by `" | "`, and compressed IP addresses.
+
+use base64::Engine;
+use prost_reflect::Value;
+use serde_json::Value as Json;
+
+/// Base64 in lines of at most 76 characters, every line ending in `\n`.
+pub(crate) fn base64_lines(data: &[u8]) -> String {
+    let flat = base64::engine::general_purpose::STANDARD.encode(data);
+    let mut out = String::with_capacity(flat.len() + flat.len() / 76 + 1);
+    for chunk in flat.as_bytes().chunks(76) {
+        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out
+}
+
+/// Python's `"0x%x" % v` (a minus sign before the prefix when negative).
+pub(crate) fn hex(v: i128) -> String {
+    if v < 0 {
+        format!("-0x{:x}", -v)
+    } else {
+        format!("0x{v:x}")
+    }
+}
+
+/// A device number as `major:minor`: the kernel's packing (minor in the low
+/// 20 bits) or, for `odev`, glibc's `major()`/`minor()` of a `dev_t`.
+pub(crate) fn device(v: u64, old: bool) -> String {
+    if old {
+        let major = ((v >> 8) & 0xfff) | ((v >> 32) & !0xfff);
+        let minor = (v & 0xff) | ((v >> 12) & !0xff);
+        format!("{major}:{minor}")
+    } else {
+        format!("{}:{}", v >> 20, v & ((1 << 20) - 1))
+    }
+}
+
+/// The names of the bits set, then any unnamed rest in hex.
+pub(crate) fn flag_names(value: u64, names: &[(&str, u64)]) -> String {
+    let mut parts: Vec<String> = names
+        .iter()
+        .filter(|(_, bit)| value & bit != 0)
+        .map(|(n, _)| n.to_string())
+        .collect();
+    let known = names.iter().fold(0, |acc, (_, bit)| acc | bit);
+    let rest = value & !known;
+    if rest != 0 {
+        parts.push(format!("0x{rest:x}"));
+    }
+    parts.join(" | ")
+}
+
+/// CRIU stores addresses as u32 words in network order: one word is IPv4,
+/// four are IPv6 (written compressed, as Python's `ipaddress` does).
+pub(crate) fn ip_address(words: &[Value]) -> Json {
+    let w: Vec<u32> = words
+        .iter()
+        .map(|v| match v {
+            Value::U32(x) => *x,
+            _ => 0,
+        })
+        .collect();
+    match ip_words(&w) {
+        Some(text) => Json::Array(vec![Json::String(text)]),
+        None => w.iter().map(|x| Json::from(*x)).collect(),
+    }
+}
+
+/// The address CRIU's network-order words hold (one word IPv4, four IPv6).
+pub(crate) fn ip_words(w: &[u32]) -> Option<String> {
+    match w.len() {
+        1 => Some(std::net::Ipv4Addr::from(u32::from_be_bytes(w[0].to_le_bytes())).to_string()),
+        n if n >= 4 => Some(ipv6_compressed(&w[..4])),
+        _ => None,
+    }
+}
+
+/// RFC 5952 text (Python's form: no dotted quad for mapped addresses).
+fn ipv6_compressed(words: &[u32]) -> String {
+    let groups: Vec<u16> = words
+        .iter()
+        .flat_map(|w| {
+            let b = w.to_le_bytes();
+            [
+                u16::from_be_bytes([b[0], b[1]]),
+                u16::from_be_bytes([b[2], b[3]]),
+            ]
+        })
+        .collect();
+    let (mut best_start, mut best_len) = (0, 0);
+    let mut i = 0;
+    while i < 8 {
+        if groups[i] == 0 {
+            let start = i;
+            while i < 8 && groups[i] == 0 {
+                i += 1;
+            }
+            if i - start > best_len {
+                (best_start, best_len) = (start, i - start);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    let join = |g: &[u16]| {
+        g.iter()
+            .map(|x| format!("{x:x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    if best_len < 2 {
+        return join(&groups);
+    }
+    format!(
+        "{}::{}",
+        join(&groups[..best_start]),
+        join(&groups[best_start + best_len..])
+    )
+}
+
+/// Python's `quopri.encodestring` (binascii's quoted-printable for text,
+/// tabs and spaces left alone except at a line end, 76-column soft breaks).
+pub(crate) fn quoted_printable(data: &[u8]) -> String {
+    const MAX_LINE: usize = 76;
+    let crlf = data
+        .iter()
+        .position(|&c| c == b'\n')
+        .is_some_and(|p| p > 0 && data[p - 1] == b'\r');
+    let newline = if crlf { "\r\n" } else { "\n" };
+    let mut out = String::new();
+    let mut line_len = 0;
+    let mut i = 0;
+    while i < data.len() {
+        let c = data[i];
+        let last = i + 1 == data.len();
+        let next = data.get(i + 1).copied();
+        let lone_dot =
+            c == b'.' && line_len == 0 && (last || matches!(next, Some(b'\n' | b'\r' | 0)));
+        let trailing_space = (c == b'\t' || c == b' ') && last;
+        let control = c < 33 && c != b'\r' && c != b'\n' && c != b'\t' && c != b' ';
+        if c > 126 || c == b'=' || lone_dot || trailing_space || control {
+            if line_len + 3 >= MAX_LINE {
+                out.push('=');
+                out.push_str(newline);
+                line_len = 0;
+            }
+            out.push_str(&format!("={c:02X}"));
+            line_len += 3;
+            i += 1;
+        } else if c == b'\n' || (c == b'\r' && next == Some(b'\n')) {
+            if let Some(ws @ (' ' | '\t')) = out.chars().last() {
+                out.pop();
+                out.push_str(&format!("={:02X}", ws as u8));
+            }
+            out.push_str(newline);
+            line_len = 0;
+            i += if c == b'\r' { 2 } else { 1 };
+        } else {
+            if !last && next != Some(b'\n') && line_len + 1 >= MAX_LINE {
+                out.push('=');
+                out.push_str(newline);
+                line_len = 0;
+            }
+            line_len += 1;
+            out.push(c as char);
+            i += 1;
+        }
+    }
+    out
+}
