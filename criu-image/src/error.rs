@@ -35,7 +35,7 @@ pub enum ErrorKind {
     },
     /// The magic is not one of CRIU's (raw `pages-*.img` have none).
     #[error(
-        "unknown magic {0:#x} (raw data such as pages-*.img has no magic; read it through Memory)"
+        "unknown magic {0:#x}: not one of CRIU's protobuf images (raw data such as pages-*.img, ip(8) dumps, tar archives; read pages through Memory)"
     )]
     UnknownMagic(u32),
     /// CRIU defines the magic but no message type for it.

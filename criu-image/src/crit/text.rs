@@ -171,3 +171,77 @@ pub(crate) fn quoted_printable(data: &[u8]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Python's own encoder `f` (stdlib only, no protobuf) applied to every
+    /// sample, in one interpreter.
+    fn python(f: &str) -> Option<Vec<String>> {
+        let code = format!(
+            "import base64, json, quopri, sys\n\
+             print(json.dumps([{f}(bytes.fromhex(a)).decode() for a in sys.argv[1:]]))"
+        );
+        let hex = SAMPLES
+            .iter()
+            .map(|s| s.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let out = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", &code])
+            .args(hex)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    const SAMPLES: &[&[u8]] = &[
+        b"",
+        b"/run/criu.sock",
+        b"\0abstract name=1",
+        b"trailing space ",
+        b"tab\tinside\tand at end\t",
+        b".",
+        b"line\n.\nnext",
+        b"crlf\r\nline \r\nend",
+        b"\x7f\x80\xff high bytes and = signs ==",
+        b"a very long name that goes on and on past the seventy-six column limit of quoted printable text",
+        b"exactly-76-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx=",
+    ];
+
+    #[test]
+    fn quoted_printable_is_pythons_quopri() {
+        let expected = python("quopri.encodestring").expect("/usr/bin/python3 runs");
+        for (s, expected) in SAMPLES.iter().zip(expected) {
+            assert_eq!(quoted_printable(s), expected, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn base64_lines_are_pythons_encodebytes() {
+        let expected = python("base64.encodebytes").expect("/usr/bin/python3 runs");
+        for (s, expected) in SAMPLES.iter().zip(expected) {
+            assert_eq!(base64_lines(s), expected, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn ipv6_is_written_as_python_compresses_it() {
+        let words = |groups: [u16; 8]| -> Vec<Value> {
+            groups
+                .chunks(2)
+                .map(|g| {
+                    let b = [g[0].to_be_bytes(), g[1].to_be_bytes()].concat();
+                    Value::U32(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                })
+                .collect()
+        };
+        let show = |g| ip_address(&words(g))[0].as_str().unwrap().to_string();
+        assert_eq!(show([0, 0, 0, 0, 0, 0, 0, 1]), "::1");
+        assert_eq!(show([0, 0, 0, 0, 0, 0xffff, 0x7f00, 1]), "::ffff:7f00:1");
+        assert_eq!(show([0x2001, 0xdb8, 0, 0, 1, 0, 0, 1]), "2001:db8::1:0:0:1");
+        assert_eq!(show([1, 0, 2, 0, 3, 0, 4, 0]), "1:0:2:0:3:0:4:0");
+        assert_eq!(show([0; 8]), "::");
+    }
+}
