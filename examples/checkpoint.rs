@@ -287,6 +287,9 @@ fn run(cli: Cli) -> CliResult {
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` or `grep -q` ends quietly, as for any CLI.
+    // SAFETY: restoring the default disposition of a signal, before any thread.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

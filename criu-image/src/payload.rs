@@ -39,6 +39,13 @@ fn field_u64(entry: &DynamicMessage, name: &str) -> u64 {
     }
 }
 
+fn field_bool(entry: &DynamicMessage, name: &str) -> bool {
+    matches!(
+        entry.get_field_by_name(name).as_deref(),
+        Some(Value::Bool(true))
+    )
+}
+
 /// Reads the payload of `kind` that follows `entry`.
 pub(crate) fn read(
     reader: &mut Reader<'_>,
@@ -56,6 +63,11 @@ pub(crate) fn read(
             inq: reader.take(field_u64(entry, "inq_len"))?.to_vec(),
             outq: reader.take(field_u64(entry, "outq_len"))?.to_vec(),
         },
+        // Newer CRIU keeps segment contents in pagemap/pages images and says
+        // so with `in_pagemaps`; nothing follows the entry then (crit reads
+        // `size` bytes regardless: at the end of the file it gets none, and
+        // shows ""; before another entry it would misread that entry).
+        PayloadKind::IpcShm if field_bool(entry, "in_pagemaps") => Extra::Bytes(Vec::new()),
         PayloadKind::IpcShm => {
             let size = field_u64(entry, "size");
             let data = reader.take(size)?.to_vec();

@@ -379,6 +379,30 @@ fn every_truncation_of_a_real_image_is_an_error_with_an_offset_not_a_panic() {
     assert!(err.to_string().contains("pages-1.img at offset 0"), "{err}");
 }
 
+/// SysV IPC objects with contents (CRIU dumps them with the IPC namespace,
+/// each followed by its raw payload): a shared memory segment holding
+/// text, a set of three semaphores with values, a queue with two messages.
+const SYSV_IPC: &str = r#"
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+IPC_PRIVATE, IPC_CREAT, SETVAL = 0, 0o1000, 16
+shm = libc.shmget(IPC_PRIVATE, 8192, IPC_CREAT | 0o600)
+addr = libc.shmat(shm, None, 0)
+ctypes.memmove(addr, b"shared memory text", 18)
+libc.shmdt(ctypes.c_void_p(addr))
+sem = libc.semget(IPC_PRIVATE, 3, IPC_CREAT | 0o600)
+for i, v in enumerate((3, 1, 4)):
+    assert libc.semctl(sem, i, SETVAL, v) == 0
+q = libc.msgget(IPC_PRIVATE, IPC_CREAT | 0o600)
+for kind, text in ((1, b"first message"), (2, b"second, longer message")):
+    buf = ctypes.create_string_buffer(8 + len(text))
+    ctypes.c_long.from_buffer(buf).value = kind
+    ctypes.memmove(ctypes.addressof(buf) + 8, text, len(text))
+    assert libc.msgsnd(q, buf, len(text), 0) == 0
+assert min(shm, sem, q) >= 0
+"#;
+
 #[test]
 fn a_busybox_container_decodes_as_crit_does() {
     use criu_testkit::container::{make_rootfs, wait_lines, OwnContainer};
@@ -391,6 +415,15 @@ fn a_busybox_container_decodes_as_crit_does() {
     std::fs::create_dir_all(&logdir).unwrap();
     let mut c = OwnContainer::start(dir.path(), &rootfs, &logdir, "0.05").unwrap();
     wait_lines(&logdir.join("counter.log"), 2, WAIT).unwrap();
+    let made = Command::new("nsenter")
+        .arg(format!("--ipc=/proc/{}/ns/ipc", c.init))
+        .args(["/usr/bin/python3", "-c", SYSV_IPC])
+        .status()
+        .unwrap();
+    assert!(
+        made.success(),
+        "SysV IPC objects in the container's namespace"
+    );
     let path = dir.path().join("img");
     let images = ImagesDir::create(&path).unwrap();
     let dumped = Criu::new().dump(
@@ -404,7 +437,16 @@ fn a_busybox_container_decodes_as_crit_does() {
     dumped.unwrap_or_else(|e| panic!("dump failed: {e}"));
 
     let magics = assert_every_image_matches_crit(&path);
-    for m in ["MNTS", "UTSNS", "IPC_VAR", "NETDEV", "NETNS"] {
+    for m in [
+        "MNTS",
+        "UTSNS",
+        "IPC_VAR",
+        "IPCNS_SHM",
+        "IPCNS_SEM",
+        "IPCNS_MSG",
+        "NETDEV",
+        "NETNS",
+    ] {
         assert!(magics.contains(m), "{m} image expected in {magics:?}");
     }
     let inspection = Checkpoint::open(&path).inspect().unwrap();
