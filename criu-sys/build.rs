@@ -3,6 +3,10 @@
 //! Discovery order:
 //! 1. `CRIU_LIB_DIR` (and `CRIU_INCLUDE_DIR`, `CRIU_STATIC`) when set;
 //! 2. pkg-config's `criu` module, at least [`MIN_VERSION`].
+//!
+//! When `DOCS_RS` is set (docs.rs builds documentation on machines without
+//! libcriu, and never links), nothing is probed: the bindings generated from
+//! CRIU [`DOCS_VERSION`]'s headers, kept in `src/docs/`, stand in for them.
 
 use std::env;
 use std::fs;
@@ -13,6 +17,10 @@ const MIN_VERSION: &str = "3.17";
 
 /// CRIU feature levels turned into cfgs (`criu_4_2` means "headers >= 4.2").
 const LEVELS: &[(u32, u32)] = &[(3, 19), (4, 0), (4, 1), (4, 2)];
+
+/// The CRIU version whose headers generated `src/docs/bindings.rs`
+/// (`scripts/update-docs-bindings.sh` regenerates it).
+const DOCS_VERSION: (u32, u32, u32) = (4, 2, 1);
 
 const SETUP_HINT: &str = "\
 libcriu (CRIU's C library, >= 3.17, with criu.h and criu.pc) was not found.
@@ -124,6 +132,48 @@ fn header_path(include_dirs: &[PathBuf]) -> PathBuf {
 }
 
 fn main() {
+    let (version, bindings) = if env_var("DOCS_RS").is_some() {
+        docs_only_bindings()
+    } else {
+        generated_bindings()
+    };
+    emit_feature_levels(version);
+    let (major, minor, sub) = version;
+    // Seen by dependents as DEP_CRIU_VERSION / DEP_CRIU_BINDINGS (criu-rs
+    // turns the first into the same cfgs and checks its coverage against
+    // the second).
+    println!("cargo:version={major}.{minor}.{sub}");
+    println!("cargo:bindings={}", bindings.display());
+    // This crate's own tests compare the generated bindings with the
+    // documentation copy.
+    println!("cargo:rustc-env=CRIU_SYS_BINDINGS={}", bindings.display());
+    println!("cargo:rustc-env=CRIU_SYS_HEADER_VERSION={major}.{minor}.{sub}");
+}
+
+/// One cfg per CRIU feature level the headers reach.
+fn emit_feature_levels((major, minor, _): (u32, u32, u32)) {
+    for (maj, min) in LEVELS {
+        println!("cargo::rustc-check-cfg=cfg(criu_{maj}_{min})");
+        if (major, minor) >= (*maj, *min) {
+            println!("cargo:rustc-cfg=criu_{maj}_{min}");
+        }
+    }
+}
+
+/// For docs.rs: the bindings of [`DOCS_VERSION`], copied to where the
+/// generated ones would be; nothing is probed or linked.
+fn docs_only_bindings() -> ((u32, u32, u32), PathBuf) {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    let docs = manifest.join("src/docs/bindings.rs");
+    println!("cargo:rerun-if-changed={}", docs.display());
+    let path = out_dir().join("bindings.rs");
+    fs::copy(&docs, &path)
+        .unwrap_or_else(|e| fail(&format!("cannot copy {}: {e}", docs.display())));
+    (DOCS_VERSION, path)
+}
+
+/// Finds libcriu, links it, and runs bindgen on its `criu.h`.
+fn generated_bindings() -> ((u32, u32, u32), PathBuf) {
     let statik = env_var("CRIU_STATIC").is_some_and(|v| v != "0");
     let include_override = env_var("CRIU_INCLUDE_DIR");
     let found = match env_var("CRIU_LIB_DIR") {
@@ -136,23 +186,17 @@ fn main() {
             f
         }
     };
-
-    let (major, minor, sub) = header_version(&found.include_dirs);
-    for (maj, min) in LEVELS {
-        println!("cargo::rustc-check-cfg=cfg(criu_{maj}_{min})");
-        if (major, minor) >= (*maj, *min) {
-            println!("cargo:rustc-cfg=criu_{maj}_{min}");
-        }
-    }
-    // Seen by dependents as DEP_CRIU_VERSION / DEP_CRIU_INCLUDE.
-    println!("cargo:version={major}.{minor}.{sub}");
+    let version = header_version(&found.include_dirs);
     let header = header_path(&found.include_dirs);
     println!(
         "cargo:include={}",
         header.parent().unwrap_or(Path::new("/")).display()
     );
     println!("cargo:rerun-if-changed={}", header.display());
+    (version, run_bindgen(&header, &found.include_dirs))
+}
 
+fn run_bindgen(header: &Path, include_dirs: &[PathBuf]) -> PathBuf {
     let mut builder = bindgen::Builder::default()
         .header(header.to_string_lossy())
         .allowlist_function("criu_.*")
@@ -161,17 +205,19 @@ fn main() {
         .derive_default(true)
         .generate_comments(true)
         .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()));
-    for dir in &found.include_dirs {
+    for dir in include_dirs {
         builder = builder.clang_arg(format!("-I{}", dir.display()));
     }
     let bindings = builder
         .generate()
         .unwrap_or_else(|e| fail(&format!("bindgen failed on {}: {e}", header.display())));
-    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let path = out.join("bindings.rs");
+    let path = out_dir().join("bindings.rs");
     bindings
         .write_to_file(&path)
         .unwrap_or_else(|e| fail(&format!("cannot write the bindings: {e}")));
-    // Seen by dependents as DEP_CRIU_BINDINGS (criu-rs checks its coverage).
-    println!("cargo:bindings={}", path.display());
+    path
+}
+
+fn out_dir() -> PathBuf {
+    PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
 }
