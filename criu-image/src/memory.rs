@@ -96,7 +96,10 @@ impl Memory {
                     "address {at:#x} was not dumped into this checkpoint"
                 ))
             })?;
-            let range_end = range.vaddr + range.pages * PAGE_SIZE;
+            // A hostile pagemap may claim ranges past the end of the address space.
+            let range_end = range
+                .vaddr
+                .saturating_add(range.pages.saturating_mul(PAGE_SIZE));
             let n = range_end.min(end) - at;
             let mut buf = vec![0; n as usize];
             file.seek(SeekFrom::Start(file_offset))

@@ -142,3 +142,40 @@ proptest! {
         check(&data);
     }
 }
+
+/// A pagemap whose ranges overflow the address space, and pages that are
+/// missing from the pages file, are errors, not panics.
+#[test]
+fn memory_from_a_hostile_pagemap_is_an_error() {
+    use criu_image::proto::{PagemapEntry, PagemapHead};
+    use criu_image::Memory;
+    let dir = tempfile::tempdir().unwrap();
+    let head = PagemapHead { pages_id: 1 }.encode_to_vec();
+    let huge = PagemapEntry {
+        vaddr: u64::MAX - 4095,
+        compat_nr_pages: 0,
+        in_parent: None,
+        flags: Some(4),
+        nr_pages: Some(2),
+    }
+    .encode_to_vec();
+    let mut data = magic::IMG_COMMON.to_le_bytes().to_vec();
+    data.extend_from_slice(&magic::value_of("PAGEMAP").unwrap().to_le_bytes());
+    for m in [&head, &huge] {
+        data.extend_from_slice(&(m.len() as u32).to_le_bytes());
+        data.extend_from_slice(m);
+    }
+    std::fs::write(dir.path().join("pagemap-7.img"), &data).unwrap();
+    std::fs::write(dir.path().join("pages-1.img"), [0u8; 100]).unwrap();
+    let memory = Memory::open(dir.path(), 7).unwrap();
+    let err = memory.read(u64::MAX - 10, u64::MAX).unwrap_err();
+    assert!(err.to_string().contains("pages-1.img"), "{err}");
+    assert!(
+        memory.read(0, 1 << 40).is_err(),
+        "more than 64 MiB at once is refused"
+    );
+    assert!(
+        memory.read(4096, 8192).is_err(),
+        "an address that was not dumped"
+    );
+}
