@@ -30,8 +30,9 @@ pub(crate) fn hex(v: i128) -> String {
 /// 20 bits) or, for `odev`, glibc's `major()`/`minor()` of a `dev_t`.
 pub(crate) fn device(v: u64, old: bool) -> String {
     if old {
-        let major = ((v >> 8) & 0xfff) | ((v >> 32) & !0xfff);
-        let minor = (v & 0xff) | ((v >> 12) & !0xff);
+        // glibc's gnu_dev_major/minor, both 32-bit results.
+        let major = ((v >> 8) & 0xfff) | ((v >> 32) & 0xffff_f000);
+        let minor = (v & 0xff) | ((v >> 12) & 0xffff_ff00);
         format!("{major}:{minor}")
     } else {
         format!("{}:{}", v >> 20, v & ((1 << 20) - 1))
@@ -224,6 +225,22 @@ mod tests {
         for (s, expected) in SAMPLES.iter().zip(expected) {
             assert_eq!(base64_lines(s), expected, "{s:?}");
         }
+    }
+
+    #[test]
+    fn old_device_numbers_split_as_glibc_does() {
+        let values: [u64; 5] = [0, 0x0103, 0x8_8001, 0xfff0_0abc, 0x1234_5678_9abc];
+        let code = format!(
+            "import os; print(' '.join('%d:%d' % (os.major(v), os.minor(v)) for v in {values:?}))"
+        );
+        let out = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", &code])
+            .output()
+            .expect("/usr/bin/python3 runs");
+        let expected = String::from_utf8(out.stdout).unwrap();
+        let ours: Vec<String> = values.iter().map(|v| device(*v, true)).collect();
+        assert_eq!(ours.join(" "), expected.trim());
+        assert_eq!(device((8 << 20) | 17, false), "8:17");
     }
 
     #[test]
