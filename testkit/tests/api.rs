@@ -71,7 +71,7 @@ fn with_binary_starts_the_given_criu_and_a_missing_one_breaks_the_connection() {
 #[test]
 fn with_service_fd_serves_one_request_then_says_the_socket_was_used() {
     let svc = DaemonConfig::new().service().unwrap();
-    let criu = Criu::with_service_fd(connect_seqpacket(svc.socket()));
+    let criu = Criu::with_service_fd(criu_testkit::connect_seqpacket(svc.socket()).unwrap());
     criu.check().unwrap();
     let e = criu.check().unwrap_err();
     assert_eq!(e.invalid_kind(), Some(InvalidKind::Missing), "{e}");
@@ -80,28 +80,12 @@ fn with_service_fd_serves_one_request_then_says_the_socket_was_used() {
     assert!(svc.log_path().exists(), "the service logs to its directory");
 }
 
-/// A connection to a `criu service` socket (SOCK_SEQPACKET, as libcriu's).
-fn connect_seqpacket(path: &Path) -> std::os::fd::OwnedFd {
-    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .unwrap();
-    connect(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &UnixAddr::new(path).unwrap(),
-    )
-    .unwrap();
-    fd
-}
-
 #[test]
 fn a_stopped_service_is_a_connect_error_with_its_context() {
     let svc = DaemonConfig::new().service().unwrap();
-    let criu = svc.client();
+    // `Service::client` borrows the service, so it cannot outlive it; a
+    // client made from the socket's address can, and must then fail cleanly.
+    let criu = Criu::with_service_address(svc.socket());
     criu.check().unwrap();
     drop(svc);
     let e = criu.version().unwrap_err();
