@@ -156,11 +156,22 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     }
 }
 
-fn children(pid: u32) -> usize {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .count()
+/// The command names of `pid`'s children, sorted.
+fn children(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|c| std::fs::read_to_string(format!("/proc/{c}/comm")).ok())
+            .map(|c| c.trim().to_string())
+            .collect();
+    names.sort();
+    names
+}
+
+/// Once both children have exec'd (a fork not yet exec'd is still `sh`).
+fn pipeline_ready(pid: u32) -> bool {
+    children(pid) == ["cat", "sleep"]
 }
 
 /// Dumps `child`'s tree into `dir/img` (CRIU kills it), then reaps it.
@@ -201,7 +212,7 @@ fn a_shell_pipeline_decodes_as_crit_does_and_inspect_shows_its_command_line() {
         .env("CRIU_IMAGE_TEST", &env);
     let mut child = spawn(cmd);
     let pid = child.id();
-    wait_until("the pipeline's two children", || children(pid) == 2);
+    wait_until("the pipeline's two children", || pipeline_ready(pid));
     let images = dump(&mut child, dir.path(), |_| {});
 
     let magics = assert_every_image_matches_crit(&images);
@@ -356,7 +367,7 @@ fn every_truncation_of_a_real_image_is_an_error_with_an_offset_not_a_panic() {
     cmd.args(["-c", "sleep 1000 | cat"]);
     let mut child = spawn(cmd);
     let pid = child.id();
-    wait_until("the pipeline's two children", || children(pid) == 2);
+    wait_until("the pipeline's two children", || pipeline_ready(pid));
     let images = dump(&mut child, dir.path(), |_| {});
     let core = std::fs::read(images.join(format!("core-{pid}.img"))).unwrap();
     let mut errors = 0;
