@@ -315,7 +315,7 @@ impl Drop for Workload {
 }
 
 /// Makes the child a session leader (`setsid`) before exec.
-fn new_session(cmd: &mut Command) {
+pub(crate) fn new_session(cmd: &mut Command) {
     // SAFETY: setsid is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
