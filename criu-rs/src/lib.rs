@@ -74,20 +74,53 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms)]
 
+// Layers, lowest first. A module uses only modules of lower layers (no
+// import circles); the public API is re-exported below.
+//
+//  1. `criu_sys` (the raw bindings), `error` (what went wrong).
+//  2. `raw` (the owned `criu_opts` handle, the return-code helper),
+//     `stats`, `version`, `tree` (process trees from /proc).
+//  3. `images` (checkpoint directories), `report`, `child` (a restored
+//     child, reaped on drop).
+//  4. `notify` (events, the closure types and their C trampolines).
+//  5. `options` (what a request carries; writes it into a `raw` handle).
+//  6. `spawn` (CRIU processes the crate starts: an fd handed over, a
+//     network namespace, reaped on drop), `deadline` (the watchdog).
+//  7. `request` (one libcriu call: prepare, connect, call, interpret).
+//  8. `client` (`Criu`: the service to use and the operations).
+//  9. `daemon` (page server, lazy-pages daemon, `criu service`).
+// 10. `transfer` (the image stream), `migrate` (live migration).
+//
+// One dump: `Criu::dump` checks the pid and the images directory and marks
+// the pid busy (client); `Request::prepare` validates the `Options` and
+// writes them into a fresh handle plus, for CLI-only options, a private
+// config file (request, options, raw); `Criu::choose_service` picks libcriu's
+// own `criu swrk`, a service socket, or a `criu swrk` the crate spawns so a
+// deadline can kill it (client, spawn); `Request::call` installs the
+// notification closure (notify), takes the global libcriu lock, starts the
+// watchdog (deadline) and calls `criu_local_dump`; `Finished::interpret`
+// turns the result into `Ok` or a typed `Error` quoting CRIU's log, and the
+// client reads `stats-dump` into the `DumpReport` (stats, report).
+
 mod child;
 mod client;
 mod daemon;
 mod deadline;
 mod error;
+mod framing;
 mod images;
 pub mod migrate;
 mod notify;
 mod options;
+mod pidfd;
 mod raw;
 mod report;
+mod request;
+mod spawn;
 pub mod stats;
 pub mod transfer;
 mod tree;
+mod verify;
 mod version;
 
 /// The raw bindings, for what this crate does not wrap.

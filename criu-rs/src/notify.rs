@@ -14,7 +14,6 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
 
-use crate::options::NotifyFn;
 use crate::sys;
 
 /// What CRIU is about to do or has done. Names follow CRIU's action scripts.
@@ -131,6 +130,10 @@ pub enum Iteration {
 }
 
 pub(crate) type IterFn<'a> = dyn FnMut(u32) -> Iteration + 'a;
+
+/// A closure called for each notification CRIU sends (what
+/// [`crate::Options::on_notify`] stores).
+pub(crate) type NotifyFn<'a> = dyn FnMut(Notification) -> ControlFlow<String> + 'a;
 
 thread_local! {
     static NOTIFY: Cell<Option<NonNull<NotifyFn<'static>>>> = const { Cell::new(None) };

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::framing::Entries;
 
 /// Magic of CRIU's service files (the first word of `stats-*`).
-pub const IMG_SERVICE_MAGIC: u32 = 0x5510_5940;
+pub const IMG_SERVICE_MAGIC: u32 = crate::framing::IMG_SERVICE_MAGIC;
 /// Magic of the statistics image (the second word).
 pub const STATS_MAGIC: u32 = 0x5709_3306;
 /// The largest statistics message accepted (real ones are under 100 bytes).
@@ -169,37 +170,9 @@ impl Stats {
     /// Decodes the bytes of a `stats-dump` or `stats-restore` file. Never
     /// panics; malformed input gives [`Error::BadImage`].
     pub fn decode(file: &str, bytes: &[u8]) -> Result<Stats> {
-        use prost::Message;
-        let bad = |message: String| Error::BadImage {
-            file: file.to_string(),
-            message,
-        };
-        let word = |i: usize| -> Option<u32> {
-            bytes
-                .get(i..i + 4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        };
-        let (m1, m2, size) = match (word(0), word(4), word(8)) {
-            (Some(a), Some(b), Some(c)) => (a, b, c as usize),
-            _ => {
-                return Err(bad(format!(
-                    "{} bytes is too short for a header",
-                    bytes.len()
-                )))
-            }
-        };
-        if m1 != IMG_SERVICE_MAGIC || m2 != STATS_MAGIC {
-            return Err(bad(format!(
-                "magic {m1:#x} {m2:#x} is not a statistics image"
-            )));
-        }
-        if size > MAX_ENTRY {
-            return Err(bad(format!("entry size {size} is implausible")));
-        }
-        let body = bytes
-            .get(12..12 + size)
-            .ok_or_else(|| bad(format!("entry of {size} bytes is truncated")))?;
-        let entry = proto::StatsEntry::decode(body).map_err(|e| bad(e.to_string()))?;
+        let magics = [IMG_SERVICE_MAGIC, STATS_MAGIC];
+        let entry: proto::StatsEntry =
+            Entries::open(file, bytes, &magics, "a statistics image", MAX_ENTRY)?.first()?;
         Ok(Stats {
             dump: entry.dump.map(|d| DumpStats {
                 freezing_time: us(d.freezing_time),

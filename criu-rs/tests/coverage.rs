@@ -22,14 +22,21 @@ fn setters_in_bindings() -> BTreeSet<String> {
         .collect()
 }
 
-/// Identifiers used in the crate's sources.
+/// Identifiers used in the crate's sources (module folders included).
 fn identifiers_in_sources() -> BTreeSet<String> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut words = BTreeSet::new();
-    for entry in std::fs::read_dir(src).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        for w in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-            words.insert(w.to_string());
+    let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(path).unwrap();
+            for w in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                words.insert(w.to_string());
+            }
         }
     }
     words
