@@ -58,10 +58,13 @@
 //! * `source`, `dumping`, `stopped`: the source side (the dump on its own
 //!   thread, stopping, resuming and killing the tree);
 //! * `dest`: the destination side;
+//! * `connections`: moving established TCP connections and their
+//!   service address with the tree (a caller's hook);
 //! * `strategy`: one module per strategy behind two small traits (one per
 //!   side): a new strategy is a new file there.
 
 mod config;
+pub mod connections;
 mod dest;
 mod dumping;
 mod report;
@@ -72,6 +75,7 @@ mod wire;
 
 pub use crate::transfer::Transport;
 pub use config::{DestConfig, SourceConfig};
+pub use connections::{AddressMove, Connections};
 pub use report::{DestReport, SourceReport};
 pub use strategy::Strategy;
 

@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 
 use super::wire::migration;
 use crate::error::{Error, Result};
-use crate::tree::{state, tree_pidfds, PidFd};
+use crate::tree::{alive, state, tree_pidfds, PidFd};
 
 /// How long the tasks may take to stop.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -54,6 +54,19 @@ impl StoppedTree {
     pub(super) fn kill(mut self) {
         self.signal_all(Signal::SIGKILL);
         self.killed = true;
+    }
+
+    /// Kills the tree and waits (up to [`STOP_TIMEOUT`]) until every task
+    /// has exited, so that their sockets are closed.
+    pub(super) fn kill_and_wait(self) {
+        let pids: Vec<i32> = self.tasks.iter().map(PidFd::pid).collect();
+        self.kill();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        for p in pids {
+            while alive(p) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
     }
 
     fn signal_all(&self, signal: Signal) {
