@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod run;
+pub mod table;
 pub mod topology;
 
 /// Bytes in a request.
