@@ -98,3 +98,20 @@ fn no_lock_is_a_clear_error_before_anything_freezes() {
         o.rules_left
     );
 }
+
+#[test]
+fn criu_s_own_lock_methods_work_and_leave_no_rules() {
+    for lock in [criu::NetworkLock::Iptables, criu::NetworkLock::Nftables] {
+        let mut s = TcpSettings::new(Strategy::StopAndCopy, MIB);
+        s.network_lock = lock;
+        let o = migrate_server(&s).expect("the run");
+        assert!(o.row.is_some(), "{lock:?}: migration failed: {:?}", o.error);
+        assert!(
+            o.clients.clean(),
+            "{lock:?}: the clients saw {:?}",
+            o.clients
+        );
+        assert_eq!(o.service_on, (false, true), "{lock:?}");
+        assert_nothing_left(&o);
+    }
+}
