@@ -244,7 +244,7 @@ impl Criu {
 
     /// Whether the `criu` binary is at least `min`.
     pub fn version_at_least(&self, min: Version) -> Result<bool> {
-        let min = min.encoded() as c_int;
+        let min = c_int::try_from(min.encoded()).unwrap_or(c_int::MAX);
         // SAFETY: as above.
         let (v, _) = self.run(Operation::Version, None, None, |p| unsafe {
             sys::criu_local_check_version(p, min)

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::Criu;
 use crate::error::{error_lines, Error, Result};
-use crate::images::{read_tail, ImagesDir, MAX_LOG_TAIL};
+use crate::images::{private_dir, read_tail, ImagesDir, MAX_LOG_TAIL};
 use crate::spawn::{hand_over_fd, OwnedChild};
 
 /// The descriptor number the daemon reports readiness on.
@@ -103,9 +103,7 @@ impl DaemonConfig {
     /// already-loaded worker per request instead; a 1 MiB dump took
     /// ~17 ms through it against ~23 ms here (see BENCHMARKS.md).
     pub fn service(&self) -> Result<Service> {
-        let dir = tempfile::Builder::new()
-            .prefix("criu-rs-service-")
-            .tempdir()
+        let dir = private_dir("criu-rs-service-")
             .map_err(|e| Error::io("creating the CRIU service's directory", e))?;
         let socket = dir.path().join("criu.sock");
         let args: Vec<OsString> = vec![
@@ -138,7 +136,10 @@ impl DaemonConfig {
             STATUS_FD.to_string().into(),
         ]);
         let (read, write) =
-            nix::unistd::pipe().map_err(|e| Error::io("creating a status pipe", e.into()))?;
+            // Close-on-exec: a process another thread spawns meanwhile must
+            // not hold the write end (its EOF tells us the daemon died).
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| Error::io("creating a status pipe", e.into()))?;
         let netns =
             match &self.netns {
                 Some(p) => Some(File::open(p).map_err(|e| {
@@ -299,9 +300,22 @@ pub struct Service {
 }
 
 impl Service {
-    /// A client that sends its requests to this service.
-    pub fn client(&self) -> Criu {
-        Criu::with_service_address(&self.socket)
+    /// A client that sends its requests to this service. It borrows the
+    /// service, so the service cannot be dropped (killed, its directory
+    /// removed) while the client is in use:
+    ///
+    /// ```compile_fail
+    /// let service = criu::DaemonConfig::new().service()?;
+    /// let client = service.client();
+    /// drop(service);
+    /// client.check()?;
+    /// # Ok::<(), criu::Error>(())
+    /// ```
+    pub fn client(&self) -> ServiceClient<'_> {
+        ServiceClient {
+            criu: Criu::with_service_address(&self.socket),
+            _service: std::marker::PhantomData,
+        }
     }
 
     /// The service's socket.
@@ -318,6 +332,22 @@ impl Service {
     /// work directory it names).
     pub fn log_path(&self) -> PathBuf {
         self.daemon.log_path()
+    }
+}
+
+/// A [`Criu`] that sends its requests to a [`Service`], which it borrows
+/// (see [`Service::client`]); use it as a `Criu`.
+#[derive(Debug)]
+pub struct ServiceClient<'s> {
+    criu: Criu,
+    _service: std::marker::PhantomData<&'s Service>,
+}
+
+impl std::ops::Deref for ServiceClient<'_> {
+    type Target = Criu;
+
+    fn deref(&self) -> &Criu {
+        &self.criu
     }
 }
 

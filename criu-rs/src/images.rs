@@ -131,6 +131,20 @@ pub(crate) fn size_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<Option<u64>
     }
 }
 
+/// A fresh directory of this user's, mode 0700 whatever the umask (created
+/// no wider than 0700, then set to exactly that): CRIU, as root, writes its
+/// log and socket there, and nobody else may plant a symlink in it.
+pub(crate) fn private_dir(prefix: &str) -> io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::Permissions::from_mode(0o700);
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .permissions(mode.clone())
+        .tempdir()?;
+    std::fs::set_permissions(dir.path(), mode)?;
+    Ok(dir)
+}
+
 pub(crate) fn exists_at(dir: BorrowedFd<'_>, name: &str) -> bool {
     let Ok(c) = std::ffi::CString::new(name) else {
         return false;
@@ -294,4 +308,34 @@ pub(crate) fn root_pid_of(bytes: &[u8]) -> Result<i32> {
         .ok()
         .filter(|&p| p > 0)
         .ok_or_else(|| bad(file, format!("root pid {} is out of range", entry.pid)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fifo_in_place_of_an_image_is_refused_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["stats-dump", "pstree.img"] {
+            nix::unistd::mkfifo(&dir.path().join(name), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        }
+        let images = ImagesDir::open(dir.path()).unwrap();
+        // Opening a FIFO for reading blocks until a writer comes: on
+        // another thread, so that a regression fails instead of hanging.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            let images = ImagesDir::open(path).unwrap();
+            let _ = tx.send((images.dump_stats().is_err(), images.root_pid().is_err()));
+        });
+        let (stats_refused, pstree_refused) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading a FIFO hung");
+        assert!(stats_refused && pstree_refused);
+        let e = images.read("stats-dump").unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let tail = read_tail(&dir.path().join("pstree.img"), 10);
+        assert!(tail.is_err());
+    }
 }

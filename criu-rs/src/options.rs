@@ -648,7 +648,9 @@ impl<'a> Options<'a> {
 
     /// Hand a descriptor of the caller to the restored tree in place of the
     /// resource named `key` (`--inherit-fd fd[N]:KEY`). Only works when
-    /// CRIU runs as the caller's child (the default service).
+    /// CRIU runs as the caller's child (the default service). The
+    /// descriptor must not be close-on-exec (CRIU is started with an exec);
+    /// the operation refuses one that is, rather than change its flags.
     pub fn add_inherit_fd(&mut self, fd: BorrowedFd<'a>, key: impl Into<String>) -> &mut Self {
         self.inherit_fds.push((fd, key.into()));
         self
@@ -733,7 +735,9 @@ impl<'a> Options<'a> {
     /// [`Options::timeout`] covers only collecting the tasks; with a
     /// deadline the crate starts CRIU itself and, when the deadline passes,
     /// kills it and everything it forked (a half-restored tree included),
-    /// reaps them, and fails with [`crate::Error::DeadlineExceeded`]. A
+    /// through pidfds and nothing else (the caller's other children are
+    /// spared), reaps those that are this process's children, and fails
+    /// with [`crate::Error::DeadlineExceeded`]. A
     /// dump interrupted this way leaves its tasks running. Not available
     /// with [`crate::Criu::with_service_address`] / `with_service_fd`, nor
     /// with [`Options::add_inherit_fd`] (libcriu allows it only when it
@@ -849,12 +853,7 @@ impl<'a> Options<'a> {
             if key.is_empty() {
                 return Err(invalid("an inherit-fd key is empty"));
             }
-            if nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).is_err() {
-                return Err(invalid(format!(
-                    "inherit-fd {} for {key:?} is not an open descriptor",
-                    fd.as_raw_fd()
-                )));
-            }
+            check_inheritable(fd.as_raw_fd(), key)?;
         }
         if let Some(exec) = &self.exec_cmd {
             if exec.is_empty() {
@@ -1160,6 +1159,23 @@ impl<'a> Options<'a> {
     }
 }
 
+/// An inherited descriptor must be open and not close-on-exec: libcriu
+/// passes it to the `criu` it execs, and an exec closes the others.
+fn check_inheritable(fd: i32, key: &str) -> Result<()> {
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).map_err(|_| {
+        invalid(format!(
+            "inherit-fd {fd} for {key:?} is not an open descriptor"
+        ))
+    })?;
+    if flags & libc::FD_CLOEXEC != 0 {
+        return Err(invalid(format!(
+            "inherit-fd {fd} for {key:?} is close-on-exec, so the CRIU libcriu starts would not \
+             receive it (Rust opens files close-on-exec): clear the flag first (fcntl F_SETFD 0)"
+        )));
+    }
+    Ok(())
+}
+
 /// A parent images path must stay inside the checkpoint root: relative,
 /// and at most one `..` (to a sibling of the images directory).
 fn check_parent_path(path: &Path) -> Result<()> {
@@ -1228,6 +1244,21 @@ mod tests {
         );
         assert!(o.validate().is_ok());
         assert!(o.validate_cli_only().is_ok());
+    }
+
+    #[test]
+    fn a_close_on_exec_inherit_fd_is_refused() {
+        let file = std::fs::File::open("/dev/null").unwrap(); // O_CLOEXEC
+        let mut o = Options::new();
+        o.add_inherit_fd(file.as_fd(), "fd[1]:x");
+        let e = o.validate().unwrap_err();
+        assert!(e.to_string().contains("close-on-exec"), "{e}");
+        nix::fcntl::fcntl(
+            file.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .unwrap();
+        assert!(o.validate().is_ok());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::ffi::c_int;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use nix::errno::Errno;
 
 use crate::deadline::Watchdog;
 use crate::error::{error_lines, Context, Error, InvalidKind, Operation, Result};
-use crate::images::{read_at, read_tail_at, MAX_IMAGE_READ, MAX_LOG_TAIL};
+use crate::images::{private_dir, read_at, read_tail_at, MAX_IMAGE_READ, MAX_LOG_TAIL};
 use crate::notify::{notify_trampoline, Installed, IterFn, Outcome};
 use crate::options::Options;
 use crate::raw::{c_path, cvt, RawOpts};
@@ -369,13 +369,9 @@ struct ConfigFile {
 
 impl ConfigFile {
     fn write(lines: &[String]) -> Result<ConfigFile> {
-        let dir = tempfile::Builder::new()
-            .prefix("criu-rs-config-")
-            .tempdir()
-            .map_err(|e| Error::io("creating a private directory for the CRIU config file", e))?;
         // Private before anything is written into it.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io("making the CRIU config directory private", e))?;
+        let dir = private_dir("criu-rs-config-")
+            .map_err(|e| Error::io("creating a private directory for the CRIU config file", e))?;
         let path = dir.path().join("criu.conf");
         let mut f = OpenOptions::new()
             .write(true)
@@ -405,7 +401,9 @@ fn map_rc(ctx: Context, rc: c_int, errno: i32) -> Error {
             std::io::Error::from(fallback)
         }
     };
-    match -rc {
+    // saturating: -i32::MIN does not fit (libcriu never returns it, but a
+    // bad peer's answer must not panic).
+    match rc.saturating_neg() {
         libc::ECONNREFUSED | 1 => Error::Connect {
             ctx,
             source: os(Errno::ECONNREFUSED),
@@ -430,6 +428,7 @@ fn map_rc(ctx: Context, rc: c_int, errno: i32) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn config_file_is_private_and_removed() {
@@ -477,5 +476,9 @@ mod tests {
         assert!(e
             .to_string()
             .starts_with("dump of pid 7: CRIU refused the request (errno 3"));
+        assert!(matches!(
+            map_rc(ctx(), c_int::MIN, 0),
+            Error::Refused { .. }
+        ));
     }
 }

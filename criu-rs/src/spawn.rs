@@ -113,8 +113,13 @@ pub(crate) fn spawn_swrk(binary: &Path) -> Result<(OwnedChild, OwnedFd)> {
 }
 
 /// Arranges for `fd` to be descriptor `target` in the child (and every
-/// other descriptor above it closed: libcriu's sockets are not
+/// other descriptor above it closed at exec: libcriu's sockets are not
 /// close-on-exec), after switching to network namespace `netns` if given.
+///
+/// The descriptors above `target` are marked close-on-exec rather than
+/// closed (`CLOSE_RANGE_CLOEXEC`, Linux 5.11): std reports a failed exec
+/// through a pipe of its own among them, which must stay open until the
+/// exec.
 pub(crate) fn hand_over_fd(cmd: &mut Command, fd: RawFd, target: RawFd, netns: Option<RawFd>) {
     // SAFETY: only async-signal-safe calls (setns, dup2, fcntl,
     // close_range) between fork and exec.
@@ -133,8 +138,53 @@ pub(crate) fn hand_over_fd(cmd: &mut Command, fd: RawFd, target: RawFd, netns: O
             } else if libc::dup2(fd, target) < 0 {
                 return Err(io::Error::last_os_error());
             }
-            libc::syscall(libc::SYS_close_range, target as u32 + 1, u32::MAX, 0u32);
+            let first = target as u32 + 1;
+            let flags = libc::CLOSE_RANGE_CLOEXEC;
+            if libc::syscall(libc::SYS_close_range, first, u32::MAX, flags) != 0 {
+                return Err(io::Error::last_os_error());
+            }
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_exec_is_reported_as_such() {
+        // std reports exec errors through a close-on-exec pipe of its own,
+        // which the hand-over must leave open until the exec.
+        let e = spawn_swrk(Path::new("/nonexistent/criu")).unwrap_err();
+        let Error::Io { source, .. } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(source.kind(), io::ErrorKind::NotFound, "{e}");
+    }
+
+    #[test]
+    fn the_handed_over_fd_and_only_it_reaches_the_child() {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        // A descriptor that is not close-on-exec, as libcriu's are.
+        let stray = nix::unistd::dup(ours.as_raw_fd()).unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg("ls /proc/self/fd");
+        cmd.stdout(Stdio::piped());
+        hand_over_fd(&mut cmd, theirs.as_raw_fd(), 3, None);
+        let out = cmd.output().unwrap();
+        nix::unistd::close(stray).unwrap();
+        let fds: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        assert!(fds.contains(&3), "{fds:?}");
+        assert!(!fds.contains(&stray), "{fds:?}");
     }
 }

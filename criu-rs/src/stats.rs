@@ -134,8 +134,21 @@ pub struct DumpStats {
 impl DumpStats {
     /// How long the tasks were stopped: freezing plus frozen time.
     pub fn stopped_time(&self) -> Duration {
-        self.freezing_time + self.frozen_time
+        self.freezing_time.saturating_add(self.frozen_time)
     }
+
+    /// The bytes of memory written: `pages_written` pages of this
+    /// machine's page size (saturating, for a damaged statistics file).
+    pub fn bytes_written(&self) -> u64 {
+        self.pages_written.saturating_mul(page_size())
+    }
+}
+
+/// This machine's page size, the unit of CRIU's page counts.
+pub(crate) fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).unwrap_or(4096)
 }
 
 /// Statistics of a restore (`stats-restore`).
@@ -168,7 +181,7 @@ pub struct Stats {
 
 impl Stats {
     /// Decodes the bytes of a `stats-dump` or `stats-restore` file. Never
-    /// panics; malformed input gives [`Error::BadImage`].
+    /// panics; malformed input gives [`crate::Error::BadImage`].
     pub fn decode(file: &str, bytes: &[u8]) -> Result<Stats> {
         let magics = [IMG_SERVICE_MAGIC, STATS_MAGIC];
         let entry: proto::StatsEntry =
@@ -235,6 +248,12 @@ mod tests {
         assert_eq!(json["freezing_time"], 1500);
         assert_eq!(json["frozen_time"], 20_000);
         assert_eq!(json["pages_written"], 7);
+        assert_eq!(d.bytes_written(), 7 * page_size());
+        let huge = DumpStats {
+            pages_written: u64::MAX,
+            ..d
+        };
+        assert_eq!(huge.bytes_written(), u64::MAX);
     }
 
     #[test]

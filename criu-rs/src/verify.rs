@@ -14,6 +14,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use crate::error::{Error, Result};
 use crate::framing::{bad, Entries, IMG_COMMON_MAGIC};
 use crate::images::{read_at, root_pid_of, size_at, MAX_IMAGE_READ};
+use crate::stats::page_size;
 
 /// The magic of `pagemap-*.img` (after the common one).
 const PAGEMAP_MAGIC: u32 = 0x5608_4025;
@@ -159,12 +160,6 @@ fn check_pages(dir: BorrowedFd<'_>, pagemap: &str) -> Result<()> {
             ),
         )),
     }
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(size).unwrap_or(4096)
 }
 
 #[cfg(test)]

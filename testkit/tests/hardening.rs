@@ -322,3 +322,15 @@ fn a_restore_answered_with_pid_0_or_less_is_an_error() {
         }
     }
 }
+
+#[test]
+fn a_service_directory_is_0700_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    // The umask of this test process (022 under cargo) used to decide the
+    // mode: 0755, or 0777 with umask 0.
+    let service = criu::DaemonConfig::new().service().unwrap();
+    let dir = service.socket().parent().unwrap();
+    let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{}", dir.display());
+    service.client().check().unwrap();
+}

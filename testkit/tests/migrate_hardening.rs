@@ -513,3 +513,73 @@ fn the_source_never_kills_a_process_that_reused_a_pid_of_its_tree() {
     );
     drop(dst);
 }
+
+/// The crate's in-memory work directories that hold images right now.
+fn in_memory_images() -> Vec<PathBuf> {
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains("/criu-rs-migrate-"))
+        .filter(|p| p.join("images/inventory.img").exists())
+        .collect()
+}
+
+/// The in-memory tests look at /dev/shm as a whole: one at a time.
+static IN_MEMORY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Migrates with the images in memory on both sides; `restore` adjusts
+/// the destination's restore. Returns the run and the in-memory image
+/// directories seen just before the destination's restore.
+fn migrate_in_memory(
+    sc: &TwoHostScene,
+    restore: impl Fn(&mut criu::Options<'_>) + Sync + Send,
+) -> (Migration, Vec<PathBuf>) {
+    let seen = std::sync::Mutex::new(Vec::new());
+    let record = |o: &mut criu::Options<'_>| {
+        *seen.lock().unwrap() = in_memory_images();
+        restore(o);
+    };
+    let run = sc
+        .hosts
+        .migrate(
+            sc.w.pid(),
+            || SourceConfig::in_memory(Strategy::StopAndCopy),
+            || DestConfig::in_memory().customize(record),
+            None,
+        )
+        .unwrap();
+    (run, seen.into_inner().unwrap())
+}
+
+fn assert_used_and_removed(seen: &[PathBuf]) {
+    assert_eq!(
+        seen.len(),
+        2,
+        "both sides' images were in /dev/shm: {seen:?}"
+    );
+    assert!(seen.iter().all(|p| !p.exists()), "and are gone: {seen:?}");
+}
+
+#[test]
+fn images_in_memory_are_used_and_removed_after_a_migration() {
+    let _one = IN_MEMORY.lock().unwrap_or_else(|e| e.into_inner());
+    let mut sc = TwoHostScene::new();
+    let (run, seen) = migrate_in_memory(&sc, |_| {});
+    let src = run.src.unwrap();
+    let dst = run.dst.unwrap();
+    sc.w.reap(WAIT).unwrap();
+    assert_eq!(src.restored_pid, dst.child.pid());
+    assert_used_and_removed(&seen);
+}
+
+#[test]
+fn images_in_memory_are_removed_after_a_failed_migration() {
+    let _one = IN_MEMORY.lock().unwrap_or_else(|e| e.into_inner());
+    let mut sc = TwoHostScene::new();
+    let (run, seen) = migrate_in_memory(&sc, |o| {
+        o.join_ns(criu::Namespace::Uts, "/nonexistent-criu-rs-ns", None);
+    });
+    sc.assert_source_runs_on(run, "restore");
+    assert_used_and_removed(&seen);
+}

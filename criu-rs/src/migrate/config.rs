@@ -1,11 +1,12 @@
 //! The settings of each side of a migration.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use super::connections::Connections;
 use super::strategy::Strategy;
+use super::workdir::WorkDir;
 use crate::daemon::DaemonConfig;
 use crate::options::Options;
 use crate::transfer::Limits;
@@ -16,7 +17,7 @@ pub(super) type Customize<'a> = Box<dyn Fn(&mut Options<'_>) + Sync + 'a>;
 /// The source side's settings.
 pub struct SourceConfig<'a> {
     pub(super) strategy: Strategy,
-    pub(super) work_dir: PathBuf,
+    pub(super) work_dir: WorkDir,
     pub(super) progress: Option<Box<dyn FnMut(u64, u64) + 'a>>,
     pub(super) customize: Option<Customize<'a>>,
     pub(super) lazy_timeout: Duration,
@@ -26,11 +27,23 @@ pub struct SourceConfig<'a> {
 }
 
 impl<'a> SourceConfig<'a> {
-    /// `work_dir` must exist; the images are written to `work_dir/images`.
+    /// `work_dir` must exist; the images are written to `work_dir/images`
+    /// and stay there.
     pub fn new(strategy: Strategy, work_dir: impl AsRef<Path>) -> SourceConfig<'a> {
+        Self::at(strategy, WorkDir::Chosen(work_dir.as_ref().to_path_buf()))
+    }
+
+    /// The images are written in memory: a private (0700) directory of the
+    /// crate's on a tmpfs (`/dev/shm`), removed when [`super::send`]
+    /// returns. No disk in the path; the memory is the images' size.
+    pub fn in_memory(strategy: Strategy) -> SourceConfig<'a> {
+        Self::at(strategy, WorkDir::InMemory)
+    }
+
+    fn at(strategy: Strategy, work_dir: WorkDir) -> SourceConfig<'a> {
         SourceConfig {
             strategy,
-            work_dir: work_dir.as_ref().to_path_buf(),
+            work_dir,
             progress: None,
             customize: None,
             lazy_timeout: Duration::from_secs(600),
@@ -77,7 +90,10 @@ impl<'a> SourceConfig<'a> {
         self
     }
 
-    /// How long the lazy dump may take to serve every page (default 600 s).
+    /// How long the lazy dump may take to serve every page once the
+    /// destination has restored (default 600 s). Then the dump is ended
+    /// (its CRIU killed if it is still serving a stalled daemon), the
+    /// source resumed, and the destination told to drop its copy.
     pub fn lazy_timeout(mut self, t: Duration) -> Self {
         self.lazy_timeout = t;
         self
@@ -96,7 +112,7 @@ impl<'a> SourceConfig<'a> {
 
 /// The destination side's settings.
 pub struct DestConfig<'a> {
-    pub(super) work_dir: PathBuf,
+    pub(super) work_dir: WorkDir,
     pub(super) customize: Option<Customize<'a>>,
     pub(super) daemons: DaemonConfig,
     pub(super) daemon_timeout: Duration,
@@ -107,10 +123,22 @@ pub struct DestConfig<'a> {
 }
 
 impl<'a> DestConfig<'a> {
-    /// `work_dir` must exist; the images arrive in `work_dir/images`.
+    /// `work_dir` must exist; the images arrive in `work_dir/images` and
+    /// stay there after a successful migration.
     pub fn new(work_dir: impl AsRef<Path>) -> DestConfig<'a> {
+        Self::at(WorkDir::Chosen(work_dir.as_ref().to_path_buf()))
+    }
+
+    /// The images arrive in memory: a private (0700) directory of the
+    /// crate's on a tmpfs (`/dev/shm`), removed when [`super::receive`]
+    /// returns (the restored tree needs none of them by then).
+    pub fn in_memory() -> DestConfig<'a> {
+        Self::at(WorkDir::InMemory)
+    }
+
+    fn at(work_dir: WorkDir) -> DestConfig<'a> {
         DestConfig {
-            work_dir: work_dir.as_ref().to_path_buf(),
+            work_dir,
             customize: None,
             daemons: DaemonConfig::new(),
             daemon_timeout: Duration::from_secs(600),

@@ -19,11 +19,17 @@
 //! 2. the dump (CRIU's own lock, [`Connections::network_lock`], covers its
 //!    repair of the sockets; [`NetworkLock::Skip`] is right here, since the
 //!    hook's lock is the external lock CRIU's documentation asks for);
-//! 3. `move_to_dest`: the address leaves the source and joins the
-//!    destination, before the restore (which binds the sockets to it);
-//!    neighbours still send to the source, which drops;
+//! 3. `move_to_dest`: the destination is locked the same way, then the
+//!    address leaves the source and joins the destination, before the
+//!    restore (which binds the sockets to it). Neighbours mostly still send
+//!    to the source, which drops; but one that looks the address up again
+//!    now (an ARP probe) finds the destination, which must not answer for
+//!    connections its restore has not built yet (without this lock, one
+//!    restore in 30 failed with "Can't restore not-sent send queue data:
+//!    Connection reset by peer", most likely such a packet);
 //! 4. the restore on the destination (`tcp_established`), then `announce`:
-//!    neighbours learn the address's new home (gratuitous ARP);
+//!    the destination's lock goes and neighbours learn the address's new
+//!    home (gratuitous ARP);
 //! 5. the source copy is killed and waited for (its sockets close while the
 //!    lock holds, so no reset escapes), then `unlock`.
 //!
@@ -47,13 +53,15 @@ pub trait AddressMove: Send + Sync {
     /// Drops every packet to and from the service address on the source
     /// host (called before the tree is stopped).
     fn lock(&self) -> io::Result<()>;
-    /// Removes the address from the source host and adds it to the
-    /// destination host (after the dump, before the restore).
+    /// Locks the destination host like the source, removes the address
+    /// from the source host and adds it to the destination host (after the
+    /// dump, before the restore).
     fn move_to_dest(&self) -> io::Result<()>;
-    /// Tells the neighbours that the address now lives on the destination
-    /// (after the restore).
+    /// Unlocks the destination host and tells the neighbours that the
+    /// address now lives there (after the restore).
     fn announce(&self) -> io::Result<()>;
-    /// Undoes `move_to_dest` and tells the neighbours (on failure).
+    /// Undoes `move_to_dest` (the destination's lock included) and tells
+    /// the neighbours (on failure).
     fn move_back(&self) -> io::Result<()>;
     /// Releases the lock taken by `lock`.
     fn unlock(&self) -> io::Result<()>;

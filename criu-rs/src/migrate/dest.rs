@@ -50,9 +50,11 @@ fn receive_inner(
         .criu_address
         .or_else(|| stream.ip_addresses().map(|a| a.0));
     let mut side = strategy::dest_side(strategy, cfg, local)?;
-    let images_path = cfg.work_dir.join("images");
+    let work_dir = cfg.work_dir.hold()?;
+    let images_path = work_dir.path().join("images");
     let Received { images, transfer } = side.receive(Inbound {
         stream: &mut *stream,
+        work_dir: work_dir.path(),
         images: &images_path,
         limits: &cfg.limits,
         created,

@@ -19,6 +19,10 @@ use crate::notify::{Event, Notification};
 use crate::options::{NotifyFn, Options};
 use crate::report::DumpReport;
 
+/// The error when the pages were not all served in time.
+const NOT_IN_TIME: &str =
+    "serving lazy pages did not finish in time; the source process was resumed";
+
 /// What the dump thread tells the driver.
 enum DumpEvent {
     /// The images to send are complete; the dump serves pages on.
@@ -131,16 +135,16 @@ impl<'scope> Dumping<'scope> {
         self.join();
         match r {
             Ok(DumpEvent::Finished(r)) => (*r).map_err(|e| {
+                if e.is_deadline_exceeded() {
+                    return migration(NOT_IN_TIME, Some(e));
+                }
                 migration(
                     "the destination restored, but serving its memory failed; the source process \
                      was resumed (the destination copy cannot run on)",
                     Some(e),
                 )
             }),
-            _ => Err(migration(
-                "serving lazy pages did not finish in time; the source process was resumed",
-                None,
-            )),
+            _ => Err(migration(NOT_IN_TIME, None)),
         }
     }
 

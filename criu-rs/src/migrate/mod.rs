@@ -60,6 +60,8 @@
 //! * `dest`: the destination side;
 //! * `connections`: moving established TCP connections and their
 //!   service address with the tree (a caller's hook);
+//! * `workdir`: where the images live (the caller's directory, or the
+//!   crate's own in memory);
 //! * `strategy`: one module per strategy behind two small traits (one per
 //!   side): a new strategy is a new file there.
 
@@ -72,6 +74,7 @@ mod source;
 mod stopped;
 mod strategy;
 mod wire;
+mod workdir;
 
 pub use crate::transfer::Transport;
 pub use config::{DestConfig, SourceConfig};

@@ -39,7 +39,8 @@ pub(super) fn send(
             strategy: cfg.strategy,
         },
     )?;
-    let images = ImagesDir::create(cfg.work_dir.join("images"))?;
+    let work_dir = cfg.work_dir.hold()?;
+    let images = ImagesDir::create(work_dir.path().join("images"))?;
     let addrs = cfg.criu_addresses.or_else(|| stream.ip_addresses());
     let side = strategy::source_side(cfg.strategy, stream, addrs)?;
     let customize = cfg.customize.take();

@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::hosts::{Host, TwoHosts};
@@ -119,6 +119,7 @@ impl ThreeHosts {
             dest: self.pair.b.name.clone(),
             addr: self.service,
             iptables_restore: PathBuf::from("iptables-restore"),
+            dest_locked: AtomicBool::new(false),
         }
     }
 
@@ -241,16 +242,22 @@ fn enter(path: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// The address-move hook for two namespace hosts: the lock is a pair of
-/// iptables rules on the source (every packet to or from the service
-/// address dropped), the move is `ip addr del` on the source then
-/// `ip addr add` on the destination, the announcement a gratuitous ARP.
-#[derive(Debug, Clone)]
+/// The address-move hook for two namespace hosts. The lock is a pair of
+/// iptables rules (every packet to or from the service address dropped),
+/// on the source from before the stop until the source copy is gone, and
+/// on the destination from before the address arrives there until the
+/// restore is done: a client that looks the address up again in between
+/// (an ARP probe) would otherwise reach the destination before its
+/// sockets exist and be reset. The move is `ip addr del` on the source,
+/// then `ip addr add` on the destination; the announcement a gratuitous
+/// ARP.
+#[derive(Debug)]
 pub struct NamespaceMove {
     source: String,
     dest: String,
     addr: Ipv4Addr,
     iptables_restore: PathBuf,
+    dest_locked: AtomicBool,
 }
 
 impl NamespaceMove {
@@ -261,15 +268,15 @@ impl NamespaceMove {
         self
     }
 
-    /// Inserts (`-I`) or deletes (`-D`) the two lock rules, in one
-    /// `iptables-restore --noflush` run.
-    fn rules(&self, op: &str) -> io::Result<()> {
+    /// Inserts (`-I`) or deletes (`-D`) the two lock rules in `netns`, in
+    /// one `iptables-restore --noflush` run.
+    fn rules(&self, netns: &str, op: &str) -> io::Result<()> {
         let a = self.addr;
         let tag = format!("-m comment --comment {LOCK_COMMENT}");
         let text = format!(
             "*filter\n{op} INPUT -d {a}/32 {tag} -j DROP\n{op} OUTPUT -s {a}/32 {tag} -j DROP\nCOMMIT\n"
         );
-        let path = format!("/run/netns/{}", self.source);
+        let path = format!("/run/netns/{netns}");
         let bin = self.iptables_restore.clone();
         std::thread::scope(|s| {
             s.spawn(|| {
@@ -303,6 +310,14 @@ impl NamespaceMove {
         })
     }
 
+    /// Removes the destination's lock, if it was taken.
+    fn unlock_dest(&self) -> io::Result<()> {
+        if self.dest_locked.swap(false, Ordering::SeqCst) {
+            return self.rules(&self.dest, "-D");
+        }
+        Ok(())
+    }
+
     fn addr_op(&self, netns: &str, op: &str) -> io::Result<()> {
         ip(&[
             "-n",
@@ -318,27 +333,33 @@ impl NamespaceMove {
 
 impl criu::migrate::AddressMove for NamespaceMove {
     fn lock(&self) -> io::Result<()> {
-        self.rules("-I")
+        self.rules(&self.source, "-I")
     }
 
     fn move_to_dest(&self) -> io::Result<()> {
+        self.rules(&self.dest, "-I")?;
+        self.dest_locked.store(true, Ordering::SeqCst);
         self.addr_op(&self.source, "del")?;
         self.addr_op(&self.dest, "add")
     }
 
+    /// The restore is done: the destination's lock goes, then the
+    /// neighbours learn where the address lives.
     fn announce(&self) -> io::Result<()> {
+        self.unlock_dest()?;
         gratuitous_arp(&self.dest, self.addr)
     }
 
     fn move_back(&self) -> io::Result<()> {
         // Either may be where it should already (a move that half failed).
         let _ = self.addr_op(&self.dest, "del");
+        let unlocked = self.unlock_dest();
         let _ = self.addr_op(&self.source, "add");
-        gratuitous_arp(&self.source, self.addr)
+        unlocked.and(gratuitous_arp(&self.source, self.addr))
     }
 
     fn unlock(&self) -> io::Result<()> {
-        self.rules("-D")
+        self.rules(&self.source, "-D")
     }
 }
 

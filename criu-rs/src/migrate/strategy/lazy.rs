@@ -3,7 +3,9 @@
 //! and its `criu lazy-pages` daemon fetches pages as the tree touches them.
 
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
 
 use super::{stop_and_copy, DestSide, Inbound, Received, SourceSide};
 use crate::daemon::{free_port, Daemon};
@@ -12,6 +14,10 @@ use crate::migrate::config::DestConfig;
 use crate::migrate::wire::{self, unexpected, Msg};
 use crate::options::Options;
 use crate::transfer::Transport;
+use crate::tree::children_holding;
+
+/// How long a lazy dump may take to end after the hang-up.
+const HANG_UP_GRACE: Duration = Duration::from_millis(500);
 
 pub(super) struct Source {
     serve_at: SocketAddr,
@@ -44,11 +50,22 @@ impl SourceSide for Source {
         )
     }
 
-    /// The dump waits for a lazy-pages daemon: connect as one and hang up,
-    /// which ends it.
+    /// A dump still waiting for a lazy-pages daemon ends when one connects
+    /// and hangs up. One already serving a daemon (that stalls, say) does
+    /// not: then the CRIU holding the serving socket, a child of this
+    /// process, is killed.
     fn unblock_dump(&self) {
         if let Ok(s) = TcpStream::connect_timeout(&self.serve_at, Duration::from_secs(2)) {
             let _ = s.shutdown(Shutdown::Both);
+        }
+        let deadline = Instant::now() + HANG_UP_GRACE;
+        let mut serving = children_holding(self.serve_at);
+        while !serving.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            serving = children_holding(self.serve_at);
+        }
+        for criu in serving {
+            let _ = criu.signal(Signal::SIGKILL);
         }
     }
 }
@@ -70,6 +87,7 @@ impl DestSide for Dest<'_> {
     fn receive(&mut self, at: Inbound<'_>) -> Result<Received> {
         let received = stop_and_copy::Dest.receive(Inbound {
             stream: &mut *at.stream,
+            work_dir: at.work_dir,
             images: at.images,
             limits: at.limits,
             created: &mut *at.created,

@@ -94,11 +94,12 @@ pub(super) trait SourceSide: Sync {
     }
 }
 
-/// Where the destination receives: the stream, the path the images must
-/// end up at, what the sender may send, and the record of what this
+/// Where the destination receives: the stream, its work directory, the
+/// path the images must end up at, what the sender may send, and the record of what this
 /// receive created.
 pub(super) struct Inbound<'s> {
     pub(super) stream: &'s mut dyn Transport,
+    pub(super) work_dir: &'s Path,
     pub(super) images: &'s Path,
     pub(super) limits: &'s Limits,
     pub(super) created: &'s mut Created,

@@ -67,7 +67,7 @@ impl DestSide for Dest<'_> {
         let addr = free_port(self.local)?;
         let server: Daemon = self.cfg.daemons.page_server(&images, addr)?;
         wire::send(at.stream, &Msg::PageServerReady { port: addr.port() })?;
-        let rest = self.cfg.work_dir.join("images.rest");
+        let rest = at.work_dir.join("images.rest");
         let transfer = at.receive_dir(&rest)?;
         move_into(&rest, at.images)?;
         server.wait(self.cfg.daemon_timeout)?;
