@@ -16,7 +16,7 @@
 //! 1. `lock` (source): drop everything to and from the service address,
 //!    at CRIU's pre-dump notification, before anything is frozen; if it
 //!    fails, the dump is refused and the source never stops;
-//! 2. the dump (CRIU's own lock, [`Connections::network_lock`], covers its
+//! 2. the dump (CRIU's own lock, chosen in [`Connections::new`], covers its
 //!    repair of the sockets; [`NetworkLock::Skip`] is right here, since the
 //!    hook's lock is the external lock CRIU's documentation asks for);
 //! 3. `move_to_dest`: the destination is locked the same way, then the
@@ -25,7 +25,7 @@
 //!    to the source, which drops; but one that looks the address up again
 //!    now (an ARP probe) finds the destination, which must not answer for
 //!    connections its restore has not built yet (without this lock, one
-//!    restore in 30 failed with "Can't restore not-sent send queue data:
+//!    restore in 60 failed with "Can't restore not-sent send queue data:
 //!    Connection reset by peer", most likely such a packet);
 //! 4. the restore on the destination (`tcp_established`), then `announce`:
 //!    the destination's lock goes and neighbours learn the address's new
