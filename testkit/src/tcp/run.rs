@@ -15,7 +15,7 @@ use super::topology::ThreeHosts;
 use super::{server_bin, SERVICE_PORT};
 use crate::container::BoxError;
 use crate::hosts::netns_of;
-use crate::measure::{ms, rss_bytes, DumpTimes, Row};
+use crate::measure::{ms, rss_bytes, Cost, DumpTimes, Row};
 use crate::Workload;
 
 /// What to run.
@@ -179,14 +179,16 @@ pub fn migrate_server(s: &TcpSettings) -> Result<TcpOutcome, BoxError> {
     let row = Row {
         strategy: s.strategy.to_string(),
         workload: format!("tcp-server:{}", s.mib),
-        rss_bytes: rss,
-        criu: DumpTimes::of(src.dump.stats.as_ref()),
-        dump_ms: ms(src.dump.wall_time),
-        transfer_bytes: src.transfer.bytes + src.page_server_bytes,
-        transfer_ms: ms(src.transfer.elapsed),
-        restore_ms: ms(src.restore_wall),
-        restore_time_us: src.restore_time_us,
-        downtime_ms,
+        cost: Cost {
+            rss_bytes: rss,
+            criu: DumpTimes::of(src.dump.stats.as_ref()),
+            dump_ms: ms(src.dump.wall_time),
+            transfer_bytes: src.transfer.bytes + src.page_server_bytes,
+            transfer_ms: ms(src.transfer.elapsed),
+            restore_ms: ms(src.restore_wall),
+            restore_time_us: src.restore_time_us,
+            downtime_ms,
+        },
         continued,
         memory_intact: Some(clients.checksums_ok),
         pid_before,

@@ -28,7 +28,7 @@ pub fn print_clients(rows: &[TcpRow]) {
             c.connections,
             c.answers,
             c.longest_stall_ms,
-            r.row.downtime_ms,
+            r.row.cost.downtime_ms,
             r.stall_to_downtime,
             c.errors,
             c.reconnects,
