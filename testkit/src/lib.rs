@@ -5,6 +5,7 @@
 pub mod container;
 pub mod hosts;
 pub mod measure;
+pub mod tcp;
 
 use std::fs;
 use std::io;
@@ -168,8 +169,13 @@ impl Workload {
     }
 
     /// Spawns `cmd`, a wrapper (`unshare`, `sh`) whose first child is the
-    /// workload, and waits for that child's first tick.
-    fn start_wrapped(mut cmd: Command, output: &Path, memory_mib: usize) -> io::Result<Workload> {
+    /// workload (or another program writing `tick` lines to `output`), and
+    /// waits for that child's first tick.
+    pub fn start_wrapped(
+        mut cmd: Command,
+        output: &Path,
+        memory_mib: usize,
+    ) -> io::Result<Workload> {
         close_inherited_fds(&mut cmd);
         let child = cmd.spawn()?;
         let outer = child.id() as i32;

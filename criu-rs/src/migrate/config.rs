@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use super::connections::Connections;
 use super::strategy::Strategy;
 use super::workdir::WorkDir;
 use crate::daemon::DaemonConfig;
@@ -22,6 +23,7 @@ pub struct SourceConfig<'a> {
     pub(super) lazy_timeout: Duration,
     pub(super) deadline: Option<Duration>,
     pub(super) criu_addresses: Option<(IpAddr, IpAddr)>,
+    pub(super) connections: Option<Connections<'a>>,
 }
 
 impl<'a> SourceConfig<'a> {
@@ -47,7 +49,17 @@ impl<'a> SourceConfig<'a> {
             lazy_timeout: Duration::from_secs(600),
             deadline: None,
             criu_addresses: None,
+            connections: None,
         }
+    }
+
+    /// Moves the tree's established TCP connections, and the service
+    /// address they use, with it (see [`Connections`] and
+    /// [`super::connections`] for the order of the steps). The destination
+    /// must set [`DestConfig::tcp_established`].
+    pub fn connections(mut self, c: Connections<'a>) -> Self {
+        self.connections = Some(c);
+        self
     }
 
     /// Called as images are sent: bytes done, bytes in total.
@@ -107,6 +119,7 @@ pub struct DestConfig<'a> {
     pub(super) deadline: Option<Duration>,
     pub(super) criu_address: Option<IpAddr>,
     pub(super) limits: Limits,
+    pub(super) tcp_established: bool,
 }
 
 impl<'a> DestConfig<'a> {
@@ -132,6 +145,17 @@ impl<'a> DestConfig<'a> {
             deadline: None,
             criu_address: None,
             limits: Limits::default(),
+            tcp_established: false,
+        }
+    }
+
+    /// Restores established TCP connections (the counterpart of
+    /// [`SourceConfig::connections`]; the service address must be on this
+    /// host before the restore, which the source's hook sees to).
+    pub fn tcp_established(self, on: bool) -> Self {
+        DestConfig {
+            tcp_established: on,
+            ..self
         }
     }
 
