@@ -15,6 +15,7 @@ setup: root
 demo: setup
 	cargo build --release -p criu-testkit --bins
 	cargo run --release -p criu-rs-examples --example migrate -- --strategy all --workload memory:256 --json migrate.json
+	cargo run --release -p criu-rs-examples --example migrate -- --strategy all --workload tcp-server:256 --json migrate_tcp.json
 	cargo run --release -p criu-rs-examples --example migrate_container -- --engine all --json migrate_container.json
 
 test: setup
@@ -26,6 +27,7 @@ test: setup
 	# The examples, end to end, on small workloads.
 	cargo run -q -p criu-rs-examples --example dump_restore
 	cargo run -q -p criu-rs-examples --example migrate -- --strategy all --workload memory:16 --warmup-ms 200
+	cargo run -q -p criu-rs-examples --example migrate -- --strategy all --workload tcp-server:16
 	cargo run -q -p criu-rs-examples --example migrate_container -- --engine all --interval 0.1 --warmup-ms 300
 	# The benches compile, and the quick mode's harness works on the smallest size.
 	cargo bench -p criu-rs-benches --no-run
@@ -58,7 +60,7 @@ publish-check: setup
 	env DOCS_RS=1 PKG_CONFIG_LIBDIR=/nonexistent PKG_CONFIG_PATH=/nonexistent \
 	  RUSTDOCFLAGS="-D rustdoc::broken_intra_doc_links -D warnings" \
 	  cargo doc --no-deps -p criu-sys -p criu-rs --target-dir target/docs-rs
-	cargo package -p criu-sys -p criu-rs --target-dir target/package
+	cargo package -p criu-sys -p criu-image -p criu-rs --target-dir target/package
 	cargo publish --dry-run -p criu-sys --target-dir target/package
 
 # Every feature set a user would pick builds and passes clippy.

@@ -1,9 +1,14 @@
 //! Migrate a live process from one host to another and report the cost.
 //!
 //! ```text
-//! migrate [--workload counter|memory:MIB] [--strategy stop-and-copy|page-server|lazy|all]
-//!         [--transport tls|plain] [--json FILE]
+//! migrate [--workload counter|memory:MIB|tcp-server[:MIB]]
+//!         [--strategy stop-and-copy|page-server|lazy|all] [--transport tls|plain] [--json FILE]
 //! ```
+//!
+//! `tcp-server[:MIB]` moves a server with 8 clients connected from a third
+//! host (see `criu_testkit::tcp`): its established connections and its
+//! service address move with it, and a second table shows what the
+//! clients saw (the longest stall, errors, reconnects, counters).
 //!
 //! The two hosts are network namespaces on this machine joined by a veth
 //! pair; the images cross a real TCP connection between them, by default
@@ -29,7 +34,8 @@ use cli::{print_table, write_json, Bar};
 #[derive(Parser)]
 #[command(about = "Migrate a live process between two network-namespace hosts with CRIU")]
 struct Cli {
-    /// `counter`, or `memory:MIB` for a counter holding MIB of patterned memory.
+    /// `counter`, `memory:MIB` for a counter holding MIB of patterned memory,
+    /// or `tcp-server[:MIB]` for a server with clients connected.
     #[arg(long, default_value = "counter")]
     workload: String,
     /// `stop-and-copy`, `page-server`, `lazy`, or `all` (each on a fresh workload).
@@ -39,16 +45,126 @@ struct Cli {
     #[arg(long)]
     json: Option<PathBuf>,
     /// `tls` (mutual TLS with throwaway certificates, through the same
-    /// steps as `migrate_host send`/`receive`) or `plain` TCP.
+    /// steps as `migrate_host send`/`receive`) or `plain` TCP (the
+    /// tcp-server workload is always plain).
     #[arg(long, default_value = "tls")]
     transport: Security,
     /// How long the workload runs on host A before it is moved, in ms.
     #[arg(long, default_value_t = 500)]
     warmup_ms: u64,
+    /// tcp-server: CRIU's network-lock method for the dump (iptables,
+    /// nftables, skip; the migration holds its own lock on the service
+    /// address either way).
+    #[arg(long, default_value = "skip")]
+    network_lock: String,
+    /// tcp-server: the clients' minimum retransmission timeout towards
+    /// the service, in ms (0: the kernel's 200 ms).
+    #[arg(long, default_value_t = 0)]
+    client_rto_min_ms: u64,
+}
+
+/// `--workload tcp-server[:MIB]`.
+mod tcp_server {
+    use std::process::ExitCode;
+    use std::time::Duration;
+
+    use criu::NetworkLock;
+    use criu_testkit::tcp::run::{migrate_server, TcpSettings};
+    use criu_testkit::tcp::table::print_clients;
+
+    fn settings(cli: &super::Cli) -> Result<Vec<TcpSettings>, String> {
+        let mib = match cli.workload.strip_prefix("tcp-server") {
+            Some("") => 16,
+            Some(m) => m
+                .strip_prefix(':')
+                .and_then(|m| m.parse().ok())
+                .ok_or(format!(
+                    "--workload tcp-server[:MIB], not {:?}",
+                    cli.workload
+                ))?,
+            None => unreachable!("checked by the caller"),
+        };
+        let lock = match cli.network_lock.as_str() {
+            "iptables" => NetworkLock::Iptables,
+            "nftables" => NetworkLock::Nftables,
+            "skip" => NetworkLock::Skip,
+            l => return Err(format!("--network-lock iptables|nftables|skip, not {l:?}")),
+        };
+        let strategies = super::strategies(&cli.strategy)?;
+        Ok(strategies
+            .into_iter()
+            .map(|st| {
+                let mut s = TcpSettings::new(st, mib);
+                s.network_lock = lock;
+                s.client_rto_min = (cli.client_rto_min_ms > 0)
+                    .then(|| Duration::from_millis(cli.client_rto_min_ms));
+                s
+            })
+            .collect())
+    }
+
+    pub(super) fn main(cli: &super::Cli) -> ExitCode {
+        let all = match settings(cli) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let (mut rows, mut failed) = (Vec::new(), false);
+        for s in all {
+            eprintln!(
+                "migrating a tcp-server:{} with 8 clients, {}...",
+                s.mib, s.strategy
+            );
+            match migrate_server(&s) {
+                Ok(o) => match o.row {
+                    Some(r) => {
+                        failed |= !o.clients.clean() || !o.rules_left.is_empty();
+                        rows.push(r);
+                    }
+                    None => {
+                        eprintln!("error: {}: {}", s.strategy, o.error.unwrap_or_default());
+                        failed = true;
+                    }
+                },
+                Err(e) => {
+                    eprintln!("error: {}: {e}", s.strategy);
+                    failed = true;
+                }
+            }
+        }
+        let cost: Vec<_> = rows.iter().map(|r| r.row.clone()).collect();
+        super::print_table(&cost);
+        print_clients(&rows);
+        if let Some(path) = &cli.json {
+            let text = serde_json::to_string_pretty(&rows).expect("rows serialize");
+            if let Err(e) = std::fs::write(path, text + "\n") {
+                eprintln!("error: writing {}: {e}", path.display());
+                failed = true;
+            }
+        }
+        if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// `all`, or one strategy.
+fn strategies(s: &str) -> Result<Vec<Strategy>, String> {
+    if s == "all" {
+        return Ok(Strategy::ALL.to_vec());
+    }
+    Ok(vec![s.parse()?])
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if cli.workload.starts_with("tcp-server") {
+        return tcp_server::main(&cli);
+    }
     let mib = match cli.workload.as_str() {
         "counter" => 0,
         w => match w

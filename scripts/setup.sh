@@ -274,4 +274,7 @@ pcdir=$(pkg-config --variable=pcfiledir criu)
 if ! PKG_CONFIG_PATH= pkg-config --exists criu 2>/dev/null; then
   log "note: $pcdir is not on pkg-config's default path; set PKG_CONFIG_PATH=$pcdir (the Makefile does)"
 fi
+# crit (CRIU's own image decoder, the reference of testkit/tests/image.rs)
+# imports crit/version.py, which only CRIU's pip install would write.
+for d in "$STATE_DIR"/src/criu-*/crit/crit; do [ -d "$d" ] && [ ! -f "$d/version.py" ] && v=${d%/crit/crit} && echo "__version__ = \"${v##*/criu-}\"" > "$d/version.py"; done
 log "ready: $(criu --version | head -n1), libcriu from $pcdir"

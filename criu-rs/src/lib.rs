@@ -146,6 +146,9 @@ mod tree;
 mod verify;
 mod version;
 
+/// Decoding of checkpoint images (the `criu-image` crate).
+#[cfg(feature = "image")]
+pub use criu_image as image;
 /// The raw bindings, for what this crate does not wrap.
 pub use criu_sys as sys;
 

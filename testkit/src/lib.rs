@@ -8,6 +8,7 @@ pub mod container;
 pub mod hosts;
 pub mod link;
 pub mod measure;
+pub mod tcp;
 
 use std::fs;
 use std::io;
@@ -44,6 +45,22 @@ pub fn workload_bin() -> PathBuf {
         }
     }
     PathBuf::from("criu-rs-workload")
+}
+
+/// [`workload_bin`], or an error that says how to build it.
+pub fn existing_workload_bin() -> io::Result<PathBuf> {
+    let bin = workload_bin();
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "{} not found: run `cargo build -p criu-testkit --bins` first",
+                bin.display()
+            ),
+        ))
+    }
 }
 
 /// One line of the workload's output.
@@ -161,8 +178,13 @@ impl Workload {
     }
 
     /// Spawns `cmd`, a wrapper (`unshare`, `sh`) whose first child is the
-    /// workload, and waits for that child's first tick.
-    fn start_wrapped(mut cmd: Command, output: &Path, memory_mib: usize) -> io::Result<Workload> {
+    /// workload (or another program writing `tick` lines to `output`), and
+    /// waits for that child's first tick.
+    pub fn start_wrapped(
+        mut cmd: Command,
+        output: &Path,
+        memory_mib: usize,
+    ) -> io::Result<Workload> {
         close_inherited_fds(&mut cmd);
         let child = cmd.spawn()?;
         let outer = child.id() as i32;

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::container::BoxError;
 use crate::hosts::{netns_of, TwoHosts};
 use crate::link::{DemoLinks, Security};
-use crate::{workload_bin, Workload};
+use crate::{existing_workload_bin, Workload};
 
 /// One migration's cost, with the field names the project publishes.
 #[derive(Debug, Clone, Serialize)]
@@ -145,14 +145,7 @@ pub fn migrate_workload_over(
     progress: impl FnMut(u64, u64) + Send,
 ) -> Result<Row, BoxError> {
     let links = DemoLinks::new(security)?;
-    let bin = workload_bin();
-    if !bin.exists() {
-        return Err(format!(
-            "{} not found: run `cargo build -p criu-testkit --bins` first",
-            bin.display()
-        )
-        .into());
-    }
+    let bin = existing_workload_bin()?;
     let dir = tempfile::Builder::new()
         .prefix("criu-rs-migrate-")
         .tempdir()?;

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use super::connections::Connections;
 use super::strategy::Strategy;
 use super::workdir::WorkDir;
 use crate::daemon::DaemonConfig;
@@ -24,6 +25,7 @@ pub struct SourceConfig<'a> {
     pub(super) deadline: Option<Duration>,
     pub(super) criu_addresses: Option<(IpAddr, IpAddr)>,
     pub(super) criu_tls: Option<TlsFiles>,
+    pub(super) connections: Option<Connections<'a>>,
 }
 
 impl<'a> SourceConfig<'a> {
@@ -50,7 +52,17 @@ impl<'a> SourceConfig<'a> {
             deadline: None,
             criu_addresses: None,
             criu_tls: None,
+            connections: None,
         }
+    }
+
+    /// Moves the tree's established TCP connections, and the service
+    /// address they use, with it (see [`Connections`] and
+    /// [`super::connections`] for the order of the steps). The destination
+    /// must set [`DestConfig::tcp_established`].
+    pub fn connections(mut self, c: Connections<'a>) -> Self {
+        self.connections = Some(c);
+        self
     }
 
     /// Called as images are sent: bytes done, bytes in total.
@@ -120,6 +132,7 @@ pub struct DestConfig<'a> {
     pub(super) criu_address: Option<IpAddr>,
     pub(super) criu_tls: Option<TlsFiles>,
     pub(super) limits: Limits,
+    pub(super) tcp_established: bool,
 }
 
 impl<'a> DestConfig<'a> {
@@ -146,6 +159,17 @@ impl<'a> DestConfig<'a> {
             criu_address: None,
             criu_tls: None,
             limits: Limits::default(),
+            tcp_established: false,
+        }
+    }
+
+    /// Restores established TCP connections (the counterpart of
+    /// [`SourceConfig::connections`]; the service address must be on this
+    /// host before the restore, which the source's hook sees to).
+    pub fn tcp_established(self, on: bool) -> Self {
+        DestConfig {
+            tcp_established: on,
+            ..self
         }
     }
 

@@ -95,6 +95,9 @@ fn restore(
         c(&mut o);
     }
     o.images_dir(images).log_file("restore.log");
+    if cfg.tcp_established {
+        o.tcp_established(true);
+    }
     if let Some(d) = cfg.deadline {
         o.deadline(d);
     }
