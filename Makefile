@@ -50,6 +50,7 @@ bench: setup
 	CRIU_RS_BENCH_SIZES=1,16,64,256,1024 cargo bench -p criu-rs-benches --bench latency
 	CRIU_RS_BENCH_ROUNDS=25 cargo bench -p criu-rs-benches --bench overhead
 	CRIU_RS_BENCH_MIGRATION_SIZES=16,256,1024 CRIU_RS_BENCH_REPS=3 cargo bench -p criu-rs-benches --bench migration
+	CRIU_RS_BENCH_MIGRATION_SIZES=256,1024 CRIU_RS_BENCH_REPS=5 cargo bench -p criu-rs-benches --bench tls
 	cargo run --release -q -p criu-rs-benches --bin bench-report
 
 # What crates.io and docs.rs will see: the docs built with no libcriu (as
