@@ -27,6 +27,9 @@ PACKAGES=(
   libgnutls28-dev uuid-dev libnftables-dev xz-utils
   # what tests and examples use
   iproute2 iptables busybox-static runc util-linux procps
+  # the OCI registry that checkpoint images travel through (issue 14); its
+  # service is never started: tests run their own in a network namespace
+  docker-registry
 )
 
 missing=()
