@@ -20,6 +20,7 @@ pub mod archive;
 mod error;
 pub mod image;
 pub mod layout;
+pub mod migrate;
 pub mod registry;
 pub mod source;
 

@@ -1,0 +1,356 @@
+//! A real OCI registry for tests: Debian's `docker-registry` (the CNCF
+//! distribution registry) in a third network namespace, bridged to both
+//! hosts of a [`TwoHosts`], with its storage in a temporary directory and,
+//! optionally, htpasswd basic authentication. It listens only on its
+//! namespace's address; dropping it kills it (by pid), deletes the
+//! namespace and removes the storage.
+
+use std::fs;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use criu_oci::migrate::{checkpoint_and_push, pull_and_restore};
+use criu_oci::{Limits, Registry, RegistryConfig};
+use serde::Serialize;
+
+use crate::container::BoxError;
+use crate::hosts::{netns_of, Host, TwoHosts};
+use crate::measure::{ms, rss_bytes, DumpTimes, Row};
+use crate::{workload_bin, Workload};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// The registry's address on the bridge; host a is .1, host b is .2.
+pub const REGISTRY_ADDR: Ipv4Addr = Ipv4Addr::new(10, 232, 0, 254);
+const PORT: u16 = 5000;
+
+/// A running registry in its own network namespace.
+#[derive(Debug)]
+pub struct RegistryHost {
+    /// The registry's namespace.
+    pub host: Host,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+fn ip(args: &[&str]) -> io::Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+impl RegistryHost {
+    /// Creates the namespace, links `hosts.a` (10.232.0.1) and `hosts.b`
+    /// (10.232.0.2) to it through a bridge, and starts the registry there,
+    /// with basic authentication when `user` is given. Waits until it
+    /// accepts connections.
+    pub fn start(hosts: &TwoHosts, user: Option<(&str, &str)>) -> io::Result<RegistryHost> {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let host = Host {
+            name: format!("criu-rs-{}-{n}-reg", std::process::id()),
+            addr: REGISTRY_ADDR,
+        };
+        ip(&["netns", "add", &host.name])?;
+        let dir = tempfile::Builder::new()
+            .prefix("criu-rs-registry-")
+            .tempdir()?;
+        let mut reg = RegistryHost {
+            host,
+            child: None,
+            dir,
+        };
+        reg.link(&[(&hosts.a, 1), (&hosts.b, 2)])?;
+        reg.write_config(user)?;
+        reg.spawn()?;
+        reg.wait_ready(Duration::from_secs(20))?;
+        Ok(reg)
+    }
+
+    /// `host:port`, for image references.
+    pub fn address(&self) -> String {
+        format!("{REGISTRY_ADDR}:{PORT}")
+    }
+
+    /// The registry's storage root (`docker/registry/v2/...` inside).
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// Where the registry keeps the blob `sha256:HEX`.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.storage()
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    /// The registry's own log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    fn link(&self, peers: &[(&Host, u8)]) -> io::Result<()> {
+        let r = &self.host.name;
+        ip(&["-n", r, "link", "add", "br0", "type", "bridge"])?;
+        ip(&[
+            "-n",
+            r,
+            "addr",
+            "add",
+            &format!("{REGISTRY_ADDR}/24"),
+            "dev",
+            "br0",
+        ])?;
+        ip(&["-n", r, "link", "set", "br0", "up"])?;
+        ip(&["-n", r, "link", "set", "lo", "up"])?;
+        for (peer, last) in peers {
+            let port = format!("v{last}");
+            ip(&[
+                "-n", &peer.name, "link", "add", "reg0", "type", "veth", "peer", "name", &port,
+                "netns", r,
+            ])?;
+            ip(&["-n", r, "link", "set", &port, "master", "br0", "up"])?;
+            let addr = format!("10.232.0.{last}/24");
+            ip(&["-n", &peer.name, "addr", "add", &addr, "dev", "reg0"])?;
+            ip(&["-n", &peer.name, "link", "set", "reg0", "up"])?;
+        }
+        Ok(())
+    }
+
+    fn write_config(&self, user: Option<(&str, &str)>) -> io::Result<()> {
+        let d = self.dir.path();
+        fs::create_dir(d.join("storage"))?;
+        let mut config = format!(
+            "version: 0.1\n\
+             log:\n  level: info\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+             http:\n  addr: {REGISTRY_ADDR}:{PORT}\n  secret: criu-rs-test-{}\n",
+            d.join("storage").display(),
+            std::process::id()
+        );
+        if let Some((name, password)) = user {
+            let hash = bcrypt::hash(password, 4).map_err(io::Error::other)?;
+            fs::write(d.join("htpasswd"), format!("{name}:{hash}\n"))?;
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: criu-rs\n    path: {}\n",
+                d.join("htpasswd").display()
+            ));
+        }
+        fs::write(d.join("config.yml"), config)
+    }
+
+    /// Starts `docker-registry serve` in the namespace (nsenter switches
+    /// only the network namespace and execs, so the child's pid is the
+    /// registry's).
+    fn spawn(&mut self) -> io::Result<()> {
+        let log = fs::File::create(self.dir.path().join("registry.log"))?;
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.host.netns_path().display()))
+            .args(["docker-registry", "serve"])
+            .arg(self.dir.path().join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        crate::close_inherited_fds(&mut cmd);
+        self.child = Some(cmd.spawn().map_err(|e| {
+            io::Error::other(format!(
+                "starting docker-registry: {e}; install it with scripts/setup.sh (Debian package docker-registry)"
+            ))
+        })?);
+        Ok(())
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> io::Result<()> {
+        let addr = SocketAddr::from((REGISTRY_ADDR, PORT));
+        let deadline = Instant::now() + timeout;
+        loop {
+            let up = self
+                .host
+                .run(|| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())?;
+            if up {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(io::Error::other(format!(
+                    "docker-registry exited ({status}) before serving: {}",
+                    self.log()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "docker-registry did not listen on {addr} within {timeout:?}: {}",
+                    self.log()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RegistryHost {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = ip(&["netns", "del", &self.host.name]);
+    }
+}
+
+/// A tag unique to this process and call, for image references.
+pub fn unique_tag(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// What moving through the registry cost, beyond a [`Row`].
+#[derive(Debug, Clone, Serialize)]
+#[allow(missing_docs)]
+pub struct RegistryCost {
+    pub pack_ms: f64,
+    pub push_ms: f64,
+    pub pull_ms: f64,
+    pub unpack_ms: f64,
+    pub image_bytes: u64,
+}
+
+/// Like [`crate::measure::migrate_workload`], through a registry: starts
+/// the workload in its own PID namespace on host a of fresh hosts, starts a
+/// registry host, checkpoints and pushes on a, pulls and restores on b,
+/// kills the (stopped) source only then, and checks the counter goes on.
+pub fn migrate_via_registry(
+    workload: &str,
+    mib: usize,
+    warmup: Duration,
+) -> Result<(Row, RegistryCost), BoxError> {
+    let bin = workload_bin();
+    if !bin.exists() {
+        return Err(format!(
+            "{} not found: run `cargo build -p criu-testkit --bins` first",
+            bin.display()
+        )
+        .into());
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("criu-rs-regmig-")
+        .tempdir()?;
+    let hosts = TwoHosts::new()?;
+    let registry = RegistryHost::start(&hosts, None)?;
+    let out = dir.path().join("counter.log");
+    let mut w = hosts
+        .a
+        .run(|| Workload::spawn_in_pid_ns(&bin, &out, Duration::from_millis(1), mib))??;
+    let checksum = w.memory_checksum();
+    std::thread::sleep(warmup);
+    let pid_before = w.pid();
+    let rss = rss_bytes(pid_before);
+    let source_netns = netns_of(pid_before)?;
+    let (src_dir, dst_dir) = (dir.path().join("a"), dir.path().join("b"));
+    fs::create_dir_all(&src_dir)?;
+    fs::create_dir_all(&dst_dir)?;
+    let reference = format!(
+        "{}/criu-rs/{}:latest",
+        registry.address(),
+        unique_tag(workload.replace(':', "-").as_str())
+    );
+    let config = RegistryConfig {
+        plain_http: true,
+        ..RegistryConfig::default()
+    };
+    let criu = criu::Criu::new();
+    let pushed = hosts.a.run(|| -> criu_oci::Result<_> {
+        let client = Registry::new(&config)?;
+        checkpoint_and_push(
+            &criu,
+            pid_before,
+            workload,
+            &src_dir,
+            &client,
+            &reference,
+            |_| {},
+        )
+    })??;
+    let restored = hosts.b.run(|| -> criu_oci::Result<_> {
+        let client = Registry::new(&config)?;
+        pull_and_restore(
+            &criu,
+            &client,
+            &reference,
+            &dst_dir,
+            &Limits::default(),
+            |_| {},
+        )
+    })??;
+    let cost = RegistryCost {
+        pack_ms: ms(pushed.pack),
+        push_ms: ms(pushed.push.elapsed),
+        pull_ms: ms(restored.pull.elapsed),
+        unpack_ms: ms(restored.unpack),
+        image_bytes: pushed.image_bytes,
+    };
+    let (dump_wall, dump_stats) = (pushed.dump.wall_time, pushed.dump.stats);
+    pushed.finish();
+    w.reap(Duration::from_secs(10))?;
+    let seq_at_stop = w.last_seq();
+    let pid_after = restored.child.pid();
+    let dest_netns = netns_of(pid_after)?;
+    w.wait_for_seq(seq_at_stop + 200, Duration::from_secs(60))?;
+    let ticks = w.ticks();
+    let continued = ticks.iter().enumerate().all(|(i, t)| t.seq == i as u64 + 1)
+        && ticks.len() as u64 > seq_at_stop;
+    let downtime_ns = ticks
+        .windows(2)
+        .map(|p| p[1].unix_ns.saturating_sub(p[0].unix_ns))
+        .max()
+        .unwrap_or(0);
+    let memory_intact = if mib > 0 {
+        let (sum, ok) = w.verify_memory(pid_after, Duration::from_secs(120))?;
+        Some(ok && Some(sum) == checksum)
+    } else {
+        None
+    };
+    let row = Row {
+        strategy: "registry".into(),
+        workload: workload.into(),
+        rss_bytes: rss,
+        criu: DumpTimes::of(dump_stats.as_ref()),
+        dump_ms: ms(dump_wall),
+        transfer_bytes: cost.image_bytes,
+        transfer_ms: cost.push_ms + cost.pull_ms,
+        restore_ms: ms(restored.restore.wall_time),
+        restore_time_us: restored
+            .restore
+            .stats
+            .map(|s| s.restore_time.as_micros() as u64),
+        downtime_ms: downtime_ns as f64 / 1e6,
+        continued,
+        memory_intact,
+        pid_before,
+        pid_after,
+        source_netns,
+        dest_netns,
+    };
+    drop(restored.child);
+    Ok((row, cost))
+}
