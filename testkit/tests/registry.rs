@@ -110,8 +110,11 @@ fn archive_round_trip_has_the_engines_layout_and_restores() {
     drop(child);
 }
 
-/// A tar whose single entry has raw `name`, `kind`, `size` and link.
-fn raw_tar(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+/// One raw tar entry: name, type, content, link target.
+type RawEntry<'a> = (&'a str, tar::EntryType, &'a [u8], Option<&'a str>);
+
+/// A tar of raw entries (names unchecked, as an attacker would write them).
+fn raw_tar(entries: &[RawEntry<'_>]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, kind, data, link) in entries {
         let mut h = tar::Header::new_old();
@@ -155,7 +158,7 @@ fn unpack_refuses_paths_that_escape() {
 #[test]
 fn unpack_refuses_links_that_point_outside_and_devices() {
     use tar::EntryType::*;
-    let cases: [&[(&str, tar::EntryType, &[u8], Option<&str>)]; 5] = [
+    let cases: [&[RawEntry<'_>]; 5] = [
         &[("l", Symlink, b"", Some("/etc/passwd"))],
         &[("checkpoint/l", Symlink, b"", Some("../../x"))],
         &[("h", Link, b"", Some("../outside"))],
