@@ -12,6 +12,29 @@
 //!   image layout directory.
 //! * [`source`]: keeping the checkpointed tree stopped, not killed, until
 //!   the destination has restored it.
+//!
+//! # Through a cluster's own registry
+//!
+//! ```no_run
+//! use criu_oci::migrate::{checkpoint_and_push, pull_and_restore};
+//! use criu_oci::{Limits, Registry, RegistryConfig};
+//! # fn main() -> criu_oci::Result<()> {
+//! let config = RegistryConfig {
+//!     ca_pem: Some(std::fs::read("/etc/pki/cluster-ca.pem").unwrap()),
+//!     basic_auth: Some(("ci".into(), std::env::var("REGISTRY_PASSWORD").unwrap())),
+//!     ..RegistryConfig::default()
+//! };
+//! let registry = Registry::new(&config)?;
+//! let criu = criu::Criu::new();
+//! let reference = "registry.cluster.local:5000/checkpoints/counter:1";
+//! // Node A: the tree is dumped and left stopped, not killed.
+//! let pushed = checkpoint_and_push(&criu, 4242, "counter", "/var/tmp/a".as_ref(), &registry, reference, |_| {})?;
+//! // Node B (another process, on another machine): pull, check, restore.
+//! let restored = pull_and_restore(&criu, &registry, reference, "/var/tmp/b".as_ref(), &Limits::default(), |_| {})?;
+//! // Only once B has restored does A's copy go; dropping `pushed` instead resumes it.
+//! pushed.finish();
+//! # drop(restored); Ok(()) }
+//! ```
 
 #![deny(missing_docs)]
 
