@@ -45,6 +45,14 @@ pub enum Error {
         /// The client's message.
         message: String,
     },
+    /// The registry's TLS certificate was not trusted (or TLS failed).
+    #[error("TLS with registry {registry} failed: {message}; give its CA certificate (`RegistryConfig::ca_pem`), or `plain_http` for a registry that serves HTTP")]
+    Tls {
+        /// The registry's host:port.
+        registry: String,
+        /// The client's message.
+        message: String,
+    },
     /// The registry refused the credentials.
     #[error(
         "registry {registry} refused authentication: {message}; check the user name and password"

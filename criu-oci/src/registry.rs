@@ -69,6 +69,9 @@ impl Registry {
                     data: pem.clone(),
                 })
                 .collect(),
+            // One POST and one PUT per blob instead of POST, PATCH, PUT:
+            // each request costs the registry tens of ms of file work.
+            use_monolithic_push: true,
             connect_timeout: Some(timeout),
             read_timeout: Some(timeout),
             ..ClientConfig::default()
@@ -167,6 +170,10 @@ fn classify(r: &Reference, what: &str, e: OciDistributionError) -> Error {
         | OciDistributionError::ServerError { code: 401, .. } => {
             Error::AuthRefused { registry, message }
         }
+        OciDistributionError::RequestError(ref re) if is_tls_failure(re) => Error::Tls {
+            registry,
+            message: error_chain(re),
+        },
         OciDistributionError::RequestError(ref re) if re.is_connect() || re.is_timeout() => {
             Error::Unreachable {
                 registry,
@@ -186,6 +193,21 @@ fn classify(r: &Reference, what: &str, e: OciDistributionError) -> Error {
             message,
         },
     }
+}
+
+/// Whether a request failed in the TLS handshake: rustls's errors are
+/// reached only as the source chain's text, so the text decides.
+fn is_tls_failure(e: &reqwest::Error) -> bool {
+    let chain = error_chain(e).to_lowercase();
+    e.is_connect()
+        && [
+            "certificate",
+            "tls handshake",
+            "handshake failure",
+            "invalidcontenttype",
+        ]
+        .iter()
+        .any(|k| chain.contains(k))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -56,6 +56,21 @@ impl RegistryHost {
     /// with basic authentication when `user` is given. Waits until it
     /// accepts connections.
     pub fn start(hosts: &TwoHosts, user: Option<(&str, &str)>) -> io::Result<RegistryHost> {
+        Self::start_with(hosts, user, false)
+    }
+
+    /// Like [`RegistryHost::start`], serving HTTPS with a certificate for
+    /// its address signed by a fresh private CA ([`RegistryHost::ca_pem`]),
+    /// made with the `openssl` command.
+    pub fn start_tls(hosts: &TwoHosts, user: Option<(&str, &str)>) -> io::Result<RegistryHost> {
+        Self::start_with(hosts, user, true)
+    }
+
+    fn start_with(
+        hosts: &TwoHosts,
+        user: Option<(&str, &str)>,
+        tls: bool,
+    ) -> io::Result<RegistryHost> {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let host = Host {
             name: format!("criu-rs-{}-{n}-reg", std::process::id()),
@@ -71,7 +86,10 @@ impl RegistryHost {
             dir,
         };
         reg.link(&[(&hosts.a, 1), (&hosts.b, 2)])?;
-        reg.write_config(user)?;
+        if tls {
+            reg.make_certificates()?;
+        }
+        reg.write_config(user, tls)?;
         reg.spawn()?;
         reg.wait_ready(Duration::from_secs(20))?;
         Ok(reg)
@@ -130,7 +148,82 @@ impl RegistryHost {
         Ok(())
     }
 
-    fn write_config(&self, user: Option<(&str, &str)>) -> io::Result<()> {
+    /// The private CA's certificate (PEM) of a registry started with
+    /// [`RegistryHost::start_tls`].
+    pub fn ca_pem(&self) -> io::Result<Vec<u8>> {
+        fs::read(self.dir.path().join("ca.pem"))
+    }
+
+    /// A CA, and a server certificate for the registry's address signed
+    /// by it (a self-signed certificate will not do: rustls refuses a CA
+    /// certificate as a server's).
+    fn make_certificates(&self) -> io::Result<()> {
+        let d = self.dir.path();
+        let ext = d.join("server.ext");
+        fs::write(
+            &ext,
+            format!("subjectAltName=IP:{REGISTRY_ADDR}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
+        )?;
+        let p = |name: &str| d.join(name).display().to_string();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"],
+                &ec[..],
+                &[
+                    "-keyout",
+                    &p("ca.key"),
+                    "-out",
+                    &p("ca.pem"),
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=criu-rs test CA",
+                ],
+            ]
+            .concat(),
+        )?;
+        openssl(
+            &[
+                &["req"],
+                &ec[..],
+                &[
+                    "-keyout",
+                    &p("key.pem"),
+                    "-out",
+                    &p("server.csr"),
+                    "-subj",
+                    "/CN=criu-rs test registry",
+                ],
+            ]
+            .concat(),
+        )?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &p("server.csr"),
+            "-CA",
+            &p("ca.pem"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &p("cert.pem"),
+            "-days",
+            "1",
+            "-extfile",
+            &p("server.ext"),
+        ])
+    }
+
+    fn write_config(&self, user: Option<(&str, &str)>, tls: bool) -> io::Result<()> {
         let d = self.dir.path();
         fs::create_dir(d.join("storage"))?;
         let mut config = format!(
@@ -141,6 +234,13 @@ impl RegistryHost {
             d.join("storage").display(),
             std::process::id()
         );
+        if tls {
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                d.join("cert.pem").display(),
+                d.join("key.pem").display()
+            ));
+        }
         if let Some((name, password)) = user {
             let hash = bcrypt::hash(password, 4).map_err(io::Error::other)?;
             fs::write(d.join("htpasswd"), format!("{name}:{hash}\n"))?;
@@ -202,6 +302,23 @@ impl RegistryHost {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+fn openssl(args: &[&str]) -> io::Result<()> {
+    let out = Command::new("openssl").args(args).output().map_err(|e| {
+        io::Error::other(format!(
+            "running openssl: {e}; install it (scripts/setup.sh)"
+        ))
+    })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
     }
 }
 

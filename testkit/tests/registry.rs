@@ -297,6 +297,33 @@ fn registry_round_trip_with_basic_auth_and_refused_credentials() {
 }
 
 #[test]
+fn registry_over_tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_w, image) = image_of(dir.path());
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start_tls(&hosts, Some(("bob", "pw"))).unwrap();
+    let tls = RegistryConfig {
+        ca_pem: Some(reg.ca_pem().unwrap()),
+        basic_auth: Some(("bob".into(), "pw".into())),
+        timeout: Some(Duration::from_secs(10)),
+        ..RegistryConfig::default()
+    };
+    let reference = push_from_a(&hosts, &reg, &tls, &image).unwrap();
+    assert_eq!(
+        pull_on_b(&hosts, &tls, &reference).unwrap().layer,
+        image.layer
+    );
+    // Without the CA the server's certificate is not trusted.
+    let untrusted = RegistryConfig {
+        ca_pem: None,
+        ..tls
+    };
+    let e = pull_on_b(&hosts, &untrusted, &reference).unwrap_err();
+    assert!(matches!(e, Error::Tls { .. }), "{e}");
+    assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+}
+
+#[test]
 fn unreachable_registry_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let (_w, image) = image_of(dir.path());
