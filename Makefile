@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 export PATH := /usr/local/sbin:/usr/local/bin:$(PATH)
 
-.PHONY: root setup demo test lint bench bench-quick
+.PHONY: root setup demo test lint bench bench-quick publish-check
 
 root:
 	@[ "$$(id -u)" = 0 ] || { echo "error: run as root (CRIU needs it): sudo make $(MAKECMDGOALS)" >&2; exit 1; }
@@ -22,6 +22,7 @@ test: setup
 	cargo test --workspace
 	bash scripts/check-bad-env.sh
 	bash scripts/cli-smoke.sh
+	bash scripts/check-page-server.sh
 	# The examples, end to end, on small workloads.
 	cargo run -q -p criu-rs-examples --example dump_restore
 	cargo run -q -p criu-rs-examples --example migrate -- --strategy all --workload memory:16 --warmup-ms 200
@@ -48,6 +49,17 @@ bench: setup
 	CRIU_RS_BENCH_ROUNDS=25 cargo bench -p criu-rs-benches --bench overhead
 	CRIU_RS_BENCH_MIGRATION_SIZES=16,256,1024 CRIU_RS_BENCH_REPS=3 cargo bench -p criu-rs-benches --bench migration
 	cargo run --release -q -p criu-rs-benches --bin bench-report
+
+# What crates.io and docs.rs will see: the docs built with no libcriu (as
+# docs.rs does, DOCS_RS set, pkg-config finding nothing) with broken
+# intra-doc links denied, the packages assembled and built from their
+# tarballs, and a dry-run publish of criu-sys.
+publish-check: setup
+	env DOCS_RS=1 PKG_CONFIG_LIBDIR=/nonexistent PKG_CONFIG_PATH=/nonexistent \
+	  RUSTDOCFLAGS="-D rustdoc::broken_intra_doc_links -D warnings" \
+	  cargo doc --no-deps -p criu-sys -p criu-rs --target-dir target/docs-rs
+	cargo package -p criu-sys -p criu-rs --target-dir target/package
+	cargo publish --dry-run -p criu-sys --target-dir target/package
 
 lint:
 	cargo fmt --all -- --check

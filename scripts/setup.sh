@@ -26,7 +26,7 @@ PACKAGES=(
   python3-protobuf libnl-3-dev libnet1-dev libcap-dev libaio-dev libbsd-dev
   libgnutls28-dev uuid-dev libnftables-dev xz-utils
   # what tests and examples use
-  iproute2 iptables busybox-static runc util-linux procps
+  iproute2 iptables busybox-static runc util-linux procps patch
   # the OCI registry that checkpoint images travel through (issue 14); its
   # service is never started: tests run their own in a network namespace
   docker-registry openssl
@@ -78,6 +78,39 @@ fi
 
 version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
 
+# The project's own patches to CRIU (patches/criu-*.patch, applied in name
+# order when CRIU is built here; see docs/page-server-stall.md). A CRIU
+# built here records the patches' sha256 sums in PATCH_MARKER, so that a
+# CRIU built before a patch was added or changed is rebuilt, once.
+PATCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/patches"
+PATCH_MARKER="$STATE_DIR/criu-patches.sha256"
+criu_patches() { compgen -G "$PATCH_DIR/criu-*.patch" | sort; }
+patches_fingerprint() {
+  local p
+  while read -r p; do
+    if [ -n "$p" ]; then printf '%s  %s\n' "$(sha256sum "$p" | cut -d' ' -f1)" "$(basename "$p")"; fi
+  done < <(criu_patches)
+}
+
+# A CRIU this script built and installed (the kdat and patch checks only
+# rebuild those, never a CRIU someone else installed).
+built_here() { [ "$1" = "$PREFIX/sbin/criu" ] && compgen -G "$STATE_DIR/src/build-*.log" >/dev/null; }
+
+# True when the CRIU built here carries exactly the current patches: the
+# marker matches, and the source tree it was built from has each patch
+# applied (reversing it would succeed).
+patches_current() {
+  local v=$1 tree="$STATE_DIR/src/criu-$1" p
+  [ "$(cat "$PATCH_MARKER" 2>/dev/null)" = "$(patches_fingerprint)" ] || return 1
+  while read -r p; do
+    [ -n "$p" ] || continue
+    patch -d "$tree" -p1 -R --dry-run --batch --silent < "$p" >/dev/null 2>&1 || {
+      log "the CRIU $v source tree ($tree) lacks $(basename "$p")"
+      return 1
+    }
+  done < <(criu_patches)
+}
+
 criu_ok() {
   local bin v pcv
   bin=$(command -v criu) || return 1
@@ -89,13 +122,39 @@ criu_ok() {
   local kf
   kf=$(kdat_file "$bin")
   if [ -n "$kf" ] && ! on_tmpfs "$(dirname "$kf")"; then
-    if [ "$bin" = "$PREFIX/sbin/criu" ] && compgen -G "$STATE_DIR/src/build-*.log" >/dev/null; then
+    if built_here "$bin"; then
       log "CRIU $v at $bin (built by this script) keeps its kernel-probe cache in $kf, not on tmpfs; rebuilding it to use $KDAT_DIR"
       return 1
     fi
     log "note: CRIU at $bin cannot cache its kernel probe ($kf is not on tmpfs); every call pays ~40 ms"
   fi
+  if built_here "$bin"; then
+    if ! patches_current "$v"; then
+      log "CRIU $v at $bin was built by this script without the current patches ($PATCH_DIR); rebuilding it"
+      return 1
+    fi
+  elif [ -n "$(criu_patches)" ]; then
+    log "note: CRIU at $bin was not built by this script and lacks the patches in $PATCH_DIR: dumps through a page server stay frozen ~200 ms longer (docs/page-server-stall.md); scripts/check-page-server.sh will fail"
+  fi
   log "CRIU $v at $bin passes 'criu check'; keeping it"
+}
+
+# Applies the project's patches to a freshly unpacked CRIU tree, and checks
+# that each one took (a reverse dry run must succeed).
+apply_criu_patches() {
+  local tree=$1 p
+  if [ -n "$(criu_patches)" ] && ! command -v patch >/dev/null; then
+    log "installing 'patch' to apply the project's CRIU patches"
+    apt-get install -y -qq --no-install-recommends patch >/dev/null || die "cannot install the 'patch' tool"
+  fi
+  while read -r p; do
+    [ -n "$p" ] || continue
+    log "applying $(basename "$p") to $(basename "$tree")"
+    patch -d "$tree" -p1 --forward --batch --silent < "$p" \
+      || die "$(basename "$p") does not apply to $(basename "$tree"); it was written for CRIU 4.2.1"
+    patch -d "$tree" -p1 -R --dry-run --batch --silent < "$p" >/dev/null \
+      || die "$(basename "$p") did not apply cleanly to $tree"
+  done < <(criu_patches)
 }
 
 # The mirror this machine already uses for Debian, read from its apt sources.
@@ -156,9 +215,11 @@ build_criu() {
     log "sha256 of $(basename "$tarball") verified: $got"
 
     local build="$srcdir/criu-$up_ver"
+    rm -f "$PATCH_MARKER"   # until the patched build is installed
     rm -rf "$build"
     tar -C "$srcdir" -xf "$tarball"
     [ -d "$build" ] || die "unpacking $tarball did not give $build"
+    apply_criu_patches "$build"
     logf="$srcdir/build-$up_ver.log"
     log "building CRIU $up_ver (log: $logf)"
     if ! make -C "$build" -j"$(nproc)" RUNDIR="$KDAT_DIR" criu lib >"$logf" 2>&1; then
@@ -170,6 +231,7 @@ build_criu() {
       die "installing CRIU $up_ver failed; full log: $logf"
     fi
     ldconfig
+    patches_fingerprint > "$PATCH_MARKER"
     return 0
   done
   die "no CRIU source version (${CRIU_VERSIONS[*]}) could be downloaded and verified"

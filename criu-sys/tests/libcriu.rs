@@ -31,14 +31,21 @@ fn encoded(major: u32, minor: u32, sub: u32) -> i32 {
 }
 
 #[test]
-fn init_and_free_options_repeatedly() {
-    for _ in 0..100 {
+fn init_set_use_and_free_options_repeatedly() {
+    for i in 0..20 {
         let o = Opts::new();
-        // SAFETY: o.0 is a live criu_opts.
-        unsafe {
+        let log = std::ffi::CString::new(format!("check-{i}.log")).unwrap();
+        // SAFETY: o.0 is a live criu_opts; libcriu copies the string.
+        let rc = unsafe {
             criu_local_set_pid(o.0, 1);
             criu_local_set_log_level(o.0, CRIU_LOG_DEBUG as i32);
-        }
+            criu_local_set_log_file(o.0, log.as_ptr());
+            criu_local_check(o.0)
+        };
+        assert_eq!(
+            rc, 0,
+            "round {i}: a handle with options set serves a request"
+        );
     }
 }
 
@@ -105,12 +112,18 @@ fn feature_check_reports_lazy_pages() {
     let rc =
         unsafe { criu_local_feature_check(o.0, &mut f, std::mem::size_of::<criu_feature_check>()) };
     assert_eq!(rc, 0, "criu_local_feature_check failed: {rc}");
-    // userfaultfd is available on the machines this project targets; the
-    // answer must agree with the kernel's device node.
-    assert_eq!(
+    // userfaultfd (lazy pages) is available on the machines this project
+    // targets; a machine without it must say so (CRIU_RS_NO_USERFAULTFD=1)
+    // rather than let this pass untried.
+    if std::env::var("CRIU_RS_NO_USERFAULTFD").as_deref() == Ok("1") {
+        eprintln!("SKIPPED the lazy-pages check: CRIU_RS_NO_USERFAULTFD=1");
+        return;
+    }
+    assert!(
         f.lazy_pages,
-        std::path::Path::new("/dev/userfaultfd").exists()
+        "CRIU reports no lazy-pages support (userfaultfd); set CRIU_RS_NO_USERFAULTFD=1 on a machine without it"
     );
+    assert!(std::path::Path::new("/dev/userfaultfd").exists());
 }
 
 #[test]

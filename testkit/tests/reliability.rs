@@ -6,7 +6,7 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 use criu::{Criu, Error, ImagesDir, InvalidKind, Options};
-use criu_testkit::{alive, Workload};
+use criu_testkit::{alive, find_process, wait_until, KillOnDrop, Workload};
 
 const BIN: &str = env!("CARGO_BIN_EXE_criu-rs-workload");
 const WAIT: Duration = Duration::from_secs(30);
@@ -24,19 +24,42 @@ fn workload(dir: &tempfile::TempDir, mib: usize) -> Workload {
 #[test]
 fn an_expired_dump_deadline_kills_criu_and_leaves_the_process_running() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = workload(&dir, 768);
+    let mut w = workload(&dir, 1);
     let sum = w.memory_checksum().unwrap();
     let images = ImagesDir::create(dir.path().join("img")).unwrap();
-    let e = Criu::new()
+    // A criu of a unique name, so that the closure can tell when this
+    // call's CRIU is gone (tests run in parallel, each with its own CRIU).
+    // CRIU retitles itself "NAME: dump ...", so the name must be unique.
+    let name = format!("criu-deadline-{}", w.pid());
+    let criu_bin = dir.path().join(&name);
+    std::os::unix::fs::symlink(criu_path(), &criu_bin).unwrap();
+    let deadline = Duration::from_millis(300);
+    // The pre-dump notification holds the dump until the watchdog has
+    // killed CRIU: the deadline passes whatever the machine's speed.
+    let e = Criu::with_binary(&criu_bin)
         .dump(
             Options::new()
                 .pid(w.pid())
                 .images_dir(&images)
                 .log_file("dump.log")
-                .deadline(Duration::from_millis(150)),
+                .deadline(deadline)
+                .on_notify(|n| {
+                    if matches!(n.event, criu::Event::PreDump) {
+                        assert!(
+                            wait_until(WAIT, || find_process(&name).is_none()),
+                            "the watchdog did not kill CRIU"
+                        );
+                    }
+                    std::ops::ControlFlow::Continue(())
+                }),
         )
         .unwrap_err();
     assert!(e.is_deadline_exceeded(), "{e}");
+    assert!(
+        matches!(e, Error::DeadlineExceeded { deadline: d, .. } if d == deadline),
+        "{e}"
+    );
+    assert_eq!(e.operation(), Some(criu::Operation::Dump));
     assert!(e.to_string().contains("is still running"), "{e}");
     assert!(w.is_running());
     assert!(
@@ -45,6 +68,7 @@ fn an_expired_dump_deadline_kills_criu_and_leaves_the_process_running() {
     );
     let (after, ok) = w.verify_memory(w.pid(), WAIT).unwrap();
     assert!(ok && after == sum, "its memory is intact");
+    assert!(!images.holds_images(), "no checkpoint was completed");
 }
 
 #[test]
@@ -98,32 +122,56 @@ fn a_restore_that_would_hang_is_cut_by_the_deadline_and_leaves_nothing() {
 fn a_deadline_that_is_not_reached_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = workload(&dir, 1);
+    let sum = w.memory_checksum().unwrap();
     let images = ImagesDir::create(dir.path().join("img")).unwrap();
     let criu = Criu::new();
-    criu.dump(
-        Options::new()
-            .pid(w.pid())
-            .images_dir(&images)
-            .deadline(Duration::from_secs(60)),
-    )
-    .unwrap();
+    let dump = criu
+        .dump(
+            Options::new()
+                .pid(w.pid())
+                .images_dir(&images)
+                .log_file("dump.log")
+                .deadline(Duration::from_secs(60)),
+        )
+        .unwrap();
     w.reap(WAIT).unwrap();
+    // The same report as without a deadline: the pid, CRIU's statistics.
+    assert_eq!(dump.pid, w.pid());
+    let stats = dump
+        .stats
+        .expect("stats-dump is read as without a deadline");
+    assert!(stats.pages_written >= 256, "1 MiB at least: {stats:?}");
+    assert_eq!(images.root_pid().unwrap(), w.pid());
     let seq = w.last_seq();
     let (mut child, report) = criu
         .restore_child(
             Options::new()
                 .images_dir(&images)
+                .log_file("restore.log")
                 .deadline(Duration::from_secs(60)),
         )
         .unwrap();
     w.forget();
     assert_eq!(child.pid(), report.pid);
+    assert_eq!(
+        report.pid,
+        w.pid(),
+        "the original pid, as without a deadline"
+    );
+    assert!(report.stats.is_some(), "stats-restore is read");
     w.wait_for_seq(seq + 5, WAIT).unwrap();
     assert_eq!(
         child.try_wait().unwrap(),
         None,
         "the restored root is our child"
     );
+    let ticks = w.ticks();
+    assert!(
+        ticks.iter().enumerate().all(|(i, t)| t.seq == i as u64 + 1),
+        "the counter went on without repeat or reset"
+    );
+    let (after, ok) = w.verify_memory(child.pid(), WAIT).unwrap();
+    assert!(ok && after == sum, "memory intact");
     child.kill().unwrap();
     child.wait().unwrap();
 }
@@ -164,9 +212,21 @@ fn a_corrupted_inventory_is_a_clear_error_and_leaves_nothing() {
         *b ^= 0xA5;
     }
     std::fs::write(&inv, bytes).unwrap();
-    let e = criu
-        .restore(Options::new().images_dir(&images).log_file("restore.log"))
-        .unwrap_err();
+    // A deadline, and a restore that unexpectedly succeeds is killed rather
+    // than leaked as a detached process.
+    let e = match criu.restore(
+        Options::new()
+            .images_dir(&images)
+            .log_file("restore.log")
+            .deadline(WAIT),
+    ) {
+        Ok(r) => {
+            let _kill = KillOnDrop(r.pid);
+            panic!("a corrupted inventory restored as pid {}", r.pid);
+        }
+        Err(e) => e,
+    };
+    assert!(!e.is_deadline_exceeded(), "CRIU must fail, not hang: {e}");
     // CRIU 4.2.1 refuses some corruptions and aborts on others (a BUG in
     // bfd.c), which breaks the connection; either way the error says so.
     assert!(
@@ -212,6 +272,15 @@ fn more_bad_input_is_rejected_before_criu_runs() {
         )
         .unwrap_err();
     assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
+    let e = criu
+        .dump(
+            Options::new()
+                .pid(w.pid())
+                .images_dir(&images)
+                .add_ext_mount("", "/mnt"),
+        )
+        .unwrap_err();
+    assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
     let null = std::fs::File::open("/dev/null").unwrap();
     let e = criu
         .dump(
@@ -243,13 +312,19 @@ fn more_bad_input_is_rejected_before_criu_runs() {
         .unwrap_err();
     assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
     let other = ImagesDir::create(dir.path().join("nested-root-a")).unwrap();
-    assert!(
-        images.parent_link(&other).is_ok(),
+    assert_eq!(
+        images.parent_link(&other).unwrap(),
+        std::path::Path::new("../nested-root-a"),
         "siblings link as ../name"
     );
     std::fs::create_dir(dir.path().join("deeper")).unwrap();
     let deep = ImagesDir::create(dir.path().join("deeper/pre")).unwrap();
-    assert!(images.parent_link(&deep).is_err(), "not a sibling");
+    let e = images.parent_link(&deep).unwrap_err();
+    assert_eq!(
+        e.invalid_kind(),
+        Some(InvalidKind::Malformed),
+        "not a sibling: {e}"
+    );
 
     // A deadline with a service address is a conflict, found before CRIU runs.
     let e = Criu::with_service_address("/nonexistent.sock")
@@ -304,8 +379,34 @@ fn a_dump_into_a_read_only_images_directory_fails_clearly_and_the_process_runs()
     let e = Criu::new()
         .dump(Options::new().pid(w.pid()).images_dir(&images))
         .unwrap_err();
+    // CRIU cannot create its log in a read-only directory, so there are no
+    // log lines to quote; the error says it was refused.
+    assert!(matches!(e, Error::Refused { .. }), "{e}");
+    assert!(e.log_errors().is_empty(), "{e}");
+    assert_eq!(e.operation(), Some(criu::Operation::Dump));
+    assert!(w.is_running() && w.advances(WAIT), "the process runs on");
+
+    // With a writable work directory, CRIU's log is there and the error
+    // quotes the lines that name the cause.
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let work_fd = std::fs::File::open(&work).unwrap();
+    let e = Criu::new()
+        .dump(
+            Options::new()
+                .pid(w.pid())
+                .images_dir(&images)
+                .work_dir(&work_fd)
+                .log_file("dump.log"),
+        )
+        .unwrap_err();
+    eprintln!("read-only with a work dir: {e}");
+    assert!(matches!(e, Error::Refused { .. }), "{e}");
+    assert!(work.join("dump.log").exists(), "the log is in the work dir");
     assert!(
-        matches!(e, Error::Refused { .. } | Error::Communication { .. }),
+        e.log_errors()
+            .iter()
+            .any(|l| l.contains("Read-only file system")),
         "{e}"
     );
     assert!(w.is_running() && w.advances(WAIT), "the process runs on");
@@ -332,4 +433,14 @@ fn a_zombie_is_not_dumped() {
     assert_eq!(e.invalid_kind(), Some(InvalidKind::NoSuchProcess), "{e}");
     assert!(e.to_string().contains("zombie"), "{e}");
     child.wait().unwrap();
+}
+
+/// The `criu` binary on `PATH`.
+fn criu_path() -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("criu"))
+        .find(|p| p.is_file())
+        .expect("criu on PATH")
 }

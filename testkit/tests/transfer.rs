@@ -1,0 +1,90 @@
+//! The image transfer's promises about what it leaves on disk: received
+//! files are owner-only, and a receiver killed mid-transfer leaves only its
+//! partial directory, never one under the final name.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use criu_testkit::wait_until;
+
+const RECEIVER: &str = env!("CARGO_BIN_EXE_criu-rs-receive-dir");
+const WAIT: Duration = Duration::from_secs(20);
+const FILE: usize = 64 << 10;
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// A directory with a world-readable file `a` and an executable `b`, and
+/// the stream `send_dir` makes of it.
+fn source(dir: &Path) -> Vec<u8> {
+    let src = dir.join("src");
+    std::fs::create_dir(&src).unwrap();
+    for (name, m) in [("a", 0o644), ("b", 0o755)] {
+        std::fs::write(src.join(name), vec![name.as_bytes()[0]; FILE]).unwrap();
+        std::fs::set_permissions(src.join(name), std::fs::Permissions::from_mode(m)).unwrap();
+    }
+    let mut stream = Vec::new();
+    criu::transfer::send_dir(&mut stream, &src, None).unwrap();
+    stream
+}
+
+#[test]
+fn received_files_are_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = source(dir.path());
+    let target = dir.path().join("dst");
+    let stats = criu::transfer::receive_dir(&mut stream.as_slice(), &target, None).unwrap();
+    assert_eq!((stats.files, stats.bytes), (2, 2 * FILE as u64));
+    assert_eq!(mode(&target), 0o700, "the directory");
+    assert_eq!(mode(&target.join("a")), 0o600, "0644 arrives as 0600");
+    assert_eq!(mode(&target.join("b")), 0o700, "0755 arrives as 0700");
+}
+
+#[test]
+fn a_sigkilled_receiver_leaves_only_its_partial_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = source(dir.path());
+    let parent = dir.path().join("in");
+    std::fs::create_dir(&parent).unwrap();
+    let target = parent.join("images");
+    let mut rx = Command::new(RECEIVER)
+        .arg(&target)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let partial = parent.join(format!(".images.partial-{}", rx.id()));
+    // All of file a, and b's header with half its contents: the receiver
+    // has written a and created b, and waits for the rest.
+    let cut = stream.len() - FILE / 2;
+    let mut stdin = rx.stdin.take().unwrap();
+    stdin.write_all(&stream[..cut]).unwrap();
+    stdin.flush().unwrap();
+    let a = partial.join("a");
+    assert!(
+        wait_until(WAIT, || partial.join("b").exists()
+            && std::fs::metadata(&a).is_ok_and(|m| m.len() == FILE as u64)),
+        "the receiver got as far as file b"
+    );
+    rx.kill().unwrap();
+    rx.wait().unwrap();
+    drop(stdin);
+
+    let left: Vec<String> = std::fs::read_dir(&parent)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        left,
+        [partial.file_name().unwrap().to_string_lossy().into_owned()],
+        "only the partial directory, nothing under the final name"
+    );
+    assert!(!target.exists());
+    assert_eq!(mode(&partial), 0o700);
+    assert_eq!(mode(&a), 0o600);
+}
