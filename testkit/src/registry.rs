@@ -8,12 +8,12 @@
 use std::fs;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use criu_oci::migrate::{checkpoint_and_push, pull_and_restore};
+use criu_oci::migrate::{checkpoint_and_push, pull_and_restore, Pushed, Restored};
 use criu_oci::{Limits, Registry, RegistryConfig};
 use serde::Serialize;
 
@@ -341,6 +341,43 @@ pub fn unique_tag(prefix: &str) -> String {
     )
 }
 
+/// Moves the tree rooted at `pid` from host a to host b through
+/// `registry` (plain HTTP): a checkpoints into `dirs.0` and pushes, b pulls
+/// into `dirs.1` and restores. `src`/`dst` add CRIU options to the dump
+/// and the restore. The source is left stopped: the caller kills it with
+/// [`Pushed::finish`] once it has seen the restored tree (dropping it
+/// continues the source). On failure the source runs on.
+pub fn move_through_registry(
+    hosts: &TwoHosts,
+    registry: &RegistryHost,
+    pid: i32,
+    name: &str,
+    dirs: (&Path, &Path),
+    src: impl Fn(&mut criu::Options<'_>) + Sync,
+    dst: impl Fn(&mut criu::Options<'_>) + Sync,
+) -> Result<(Pushed, Restored), BoxError> {
+    let repo = name.replace(|c: char| !c.is_ascii_alphanumeric(), "-");
+    let reference = format!(
+        "{}/criu-rs/{}:latest",
+        registry.address(),
+        unique_tag(&repo)
+    );
+    let config = RegistryConfig {
+        plain_http: true,
+        ..RegistryConfig::default()
+    };
+    let criu = criu::Criu::new();
+    let pushed = hosts.a.run(|| -> criu_oci::Result<_> {
+        let client = Registry::new(&config)?;
+        checkpoint_and_push(&criu, pid, name, dirs.0, &client, &reference, &src)
+    })??;
+    let restored = hosts.b.run(|| -> criu_oci::Result<_> {
+        let client = Registry::new(&config)?;
+        pull_and_restore(&criu, &client, &reference, dirs.1, &Limits::default(), &dst)
+    })??;
+    Ok((pushed, restored))
+}
+
 /// What moving through the registry cost, beyond a [`Row`].
 #[derive(Debug, Clone, Serialize)]
 #[allow(missing_docs)]
@@ -386,39 +423,15 @@ pub fn migrate_via_registry(
     let (src_dir, dst_dir) = (dir.path().join("a"), dir.path().join("b"));
     fs::create_dir_all(&src_dir)?;
     fs::create_dir_all(&dst_dir)?;
-    let reference = format!(
-        "{}/criu-rs/{}:latest",
-        registry.address(),
-        unique_tag(workload.replace(':', "-").as_str())
-    );
-    let config = RegistryConfig {
-        plain_http: true,
-        ..RegistryConfig::default()
-    };
-    let criu = criu::Criu::new();
-    let pushed = hosts.a.run(|| -> criu_oci::Result<_> {
-        let client = Registry::new(&config)?;
-        checkpoint_and_push(
-            &criu,
-            pid_before,
-            workload,
-            &src_dir,
-            &client,
-            &reference,
-            |_| {},
-        )
-    })??;
-    let restored = hosts.b.run(|| -> criu_oci::Result<_> {
-        let client = Registry::new(&config)?;
-        pull_and_restore(
-            &criu,
-            &client,
-            &reference,
-            &dst_dir,
-            &Limits::default(),
-            |_| {},
-        )
-    })??;
+    let (pushed, restored) = move_through_registry(
+        &hosts,
+        &registry,
+        pid_before,
+        workload,
+        (&src_dir, &dst_dir),
+        |_| {},
+        |_| {},
+    )?;
     let cost = RegistryCost {
         pack_ms: ms(pushed.pack),
         push_ms: ms(pushed.push.elapsed),

@@ -450,3 +450,51 @@ fn task_state(pid: i32) -> Option<char> {
         .chars()
         .next()
 }
+
+#[test]
+fn busybox_container_through_a_registry_counts_on() {
+    use criu_testkit::container::{consecutive, make_rootfs, numbers, wait_lines, OwnContainer};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (rootfs_a, rootfs_b, logdir) = (d.join("rootfs-a"), d.join("rootfs-b"), d.join("log"));
+    make_rootfs(&rootfs_a).unwrap();
+    make_rootfs(&rootfs_b).unwrap();
+    std::fs::create_dir_all(&logdir).unwrap();
+    let log = logdir.join("counter.log");
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    let mut container = hosts
+        .a
+        .run(|| OwnContainer::start(d, &rootfs_a, &logdir, "0.05"))
+        .unwrap()
+        .unwrap();
+    wait_lines(&log, 3, WAIT).unwrap();
+    let source_netns = criu_testkit::hosts::netns_of(container.init).unwrap();
+    let (src, dst) = (d.join("a"), d.join("b"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    let logdir_s = logdir.to_string_lossy().to_string();
+    let (pushed, restored) = criu_testkit::registry::move_through_registry(
+        &hosts,
+        &reg,
+        container.init,
+        "busybox-counter",
+        (&src, &dst),
+        |o| {
+            o.add_ext_mount("/log", "logdir");
+        },
+        |o| {
+            o.root(&rootfs_b).add_ext_mount("logdir", logdir_s.clone());
+        },
+    )
+    .unwrap();
+    pushed.finish();
+    let _ = container.unshare.wait();
+    let before = numbers(&log);
+    wait_lines(&log, before.len() + 5, WAIT).unwrap();
+    assert!(consecutive(&numbers(&log)), "{:?}", numbers(&log));
+    assert_ne!(
+        criu_testkit::hosts::netns_of(restored.child.pid()).unwrap(),
+        source_netns
+    );
+}
