@@ -5,6 +5,9 @@
 //! migrate_container [--interval SECS] [--runs N] [--json FILE] [--skip-runc]
 //! ```
 //!
+//! A third row moves the same container through a registry on a third
+//! host: its checkpoint travels as an OCI image, pushed on A, pulled on B.
+//!
 //! The container is the classic busybox counter,
 //! `/bin/sh -c 'i=0; while true; do echo $i; i=$(expr $i + 1); sleep 1; done'`
 //! (the interval is configurable), with its own PID, mount, UTS, IPC and
@@ -217,6 +220,88 @@ fn run_criu_rs(cli: &Cli, work: &Path) -> Result<Row, BoxError> {
         transfer_ms: ms(src.transfer.elapsed),
         restore_ms: ms(src.restore_wall),
         restore_time_us: src.restore_time_us,
+        downtime_ms,
+        continued: consecutive(&nums) && first_after == last_before + 1,
+        last_before,
+        first_after,
+        pid_before,
+        pid_after,
+        source_netns,
+        dest_netns,
+    })
+}
+
+/// The criu-rs container move, through a registry on a third host: the
+/// checkpoint travels as an OCI image (push on A, pull on B).
+fn run_registry(cli: &Cli, work: &Path) -> Result<Row, BoxError> {
+    let dir = work.join("registry");
+    let (rootfs_a, rootfs_b, logdir) =
+        (dir.join("rootfs-a"), dir.join("rootfs-b"), dir.join("log"));
+    make_rootfs(&rootfs_a)?;
+    make_rootfs(&rootfs_b)?;
+    fs::create_dir_all(&logdir)?;
+    let log = logdir.join("counter.log");
+    let hosts = TwoHosts::new()?;
+    let registry = criu_testkit::registry::RegistryHost::start(&hosts, None)?;
+    let mut container = hosts
+        .a
+        .run(|| OwnContainer::start(&dir, &rootfs_a, &logdir, &cli.interval))?
+        .map_err(|e| e.to_string())?;
+    let pid_before = container.init;
+    wait_lines(&log, 3, Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_millis(cli.warmup_ms));
+    let rss = rss_of_tree(pid_before);
+    let source_netns = netns_of(pid_before)?;
+    let (src_dir, dst_dir) = (dir.join("a"), dir.join("b"));
+    fs::create_dir_all(&src_dir)?;
+    fs::create_dir_all(&dst_dir)?;
+    let watcher = Watcher::start(log.clone());
+    let logdir_s = logdir.to_string_lossy().to_string();
+    let (pushed, restored) = criu_testkit::registry::move_through_registry(
+        &hosts,
+        &registry,
+        pid_before,
+        "busybox-counter",
+        (&src_dir, &dst_dir),
+        |o| {
+            o.add_ext_mount("/log", "logdir");
+        },
+        |o| {
+            o.root(&rootfs_b).add_ext_mount("logdir", logdir_s.clone());
+        },
+    )?;
+    let (dump_ms, criu_times) = (
+        ms(pushed.dump.wall_time),
+        DumpTimes::of(pushed.dump.stats.as_ref()),
+    );
+    let (sent, xfer_ms) = (
+        pushed.image_bytes,
+        ms(pushed.push.elapsed) + ms(restored.pull.elapsed),
+    );
+    pushed.finish();
+    let _ = container.unshare.wait();
+    let before = numbers(&log);
+    let last_before = before.last().copied().unwrap_or(0);
+    wait_lines(&log, before.len() + 5, Duration::from_secs(30))?;
+    let downtime_ms = watcher.finish();
+    let nums = numbers(&log);
+    let first_after = nums.get(before.len()).copied().unwrap_or(0);
+    let pid_after = restored.child.pid();
+    let dest_netns = netns_of(pid_after)?;
+    Ok(Row {
+        engine: "registry".into(),
+        strategy: "oci-image".into(),
+        workload: format!("busybox counter, interval {}s", cli.interval),
+        rss_bytes: rss,
+        criu: criu_times,
+        dump_ms,
+        transfer_bytes: sent,
+        transfer_ms: xfer_ms,
+        restore_ms: ms(restored.restore.wall_time),
+        restore_time_us: restored
+            .restore
+            .stats
+            .map(|s| s.restore_time.as_micros() as u64),
         downtime_ms,
         continued: consecutive(&nums) && first_after == last_before + 1,
         last_before,
@@ -470,6 +555,7 @@ fn main() -> std::process::ExitCode {
     if !cli.skip_runc {
         engines.push(("runc", run_runc));
     }
+    engines.push(("registry", run_registry));
     for (name, f) in engines {
         eprintln!("migrating the busybox container with {name}...");
         match f(&cli, work.path()) {
@@ -518,7 +604,8 @@ fn main() -> std::process::ExitCode {
             r.dest_netns
         );
     }
-    if let [a, b] = &rows[..] {
+    let by = |e: &str| rows.iter().find(|r| r.engine == e);
+    if let (Some(a), Some(b)) = (by("criu-rs"), by("runc")) {
         println!(
             "criu-rs / runc: dump {:.2}x, restore {:.2}x, downtime {:.2}x",
             a.dump_ms / b.dump_ms.max(0.001),
