@@ -294,6 +294,19 @@ fn registry_round_trip_with_basic_auth_and_refused_credentials() {
     assert!(e.is_auth_refused(), "{e}");
     let e = push_from_a(&hosts, &reg, &http(), &image).unwrap_err();
     assert!(e.is_auth_refused(), "anonymous push: {e}");
+    // A ping checks the credentials before a move stops its source.
+    let e = hosts
+        .b
+        .run(|| Registry::new(&bad)?.ping(&reference))
+        .unwrap()
+        .unwrap_err();
+    assert!(e.is_auth_refused(), "ping: {e}");
+    let missing = format!("{}/criu-rs/not-pushed-yet:latest", reg.address());
+    hosts
+        .b
+        .run(|| Registry::new(&good)?.ping(&missing))
+        .unwrap()
+        .unwrap();
 }
 
 #[test]
@@ -336,6 +349,12 @@ fn unreachable_registry_is_named() {
         .unwrap()
         .unwrap_err();
     assert!(e.is_unreachable(), "{e}");
+    let e = hosts
+        .a
+        .run(|| Registry::new(&http())?.ping(reference))
+        .unwrap()
+        .unwrap_err();
+    assert!(e.is_unreachable(), "ping: {e}");
 }
 
 #[test]
