@@ -98,6 +98,11 @@ impl RegistryHost {
         Ok(reg)
     }
 
+    /// The registry process's pid.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
     /// `host:port`, for image references.
     pub fn address(&self) -> String {
         format!("{REGISTRY_ADDR}:{PORT}")

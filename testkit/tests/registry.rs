@@ -517,3 +517,46 @@ fn busybox_container_through_a_registry_counts_on() {
         source_netns
     );
 }
+
+/// Listening TCP sockets (address:port, kernel hex) in the network
+/// namespace of `pid`.
+fn listeners(pid: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for l in text.lines().skip(1) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.get(3) == Some(&"0A") {
+                out.push(f[1].to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_registry_listens_only_in_its_own_namespace() {
+    let hosts = TwoHosts::new().unwrap();
+    let before = listeners("self");
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    let pid = reg.pid().unwrap();
+    assert_eq!(
+        criu_testkit::hosts::netns_of(pid).unwrap(),
+        reg.host.netns_inode().unwrap()
+    );
+    // 10.232.0.254:5000, as /proc prints it (little-endian address).
+    assert_eq!(
+        listeners(&pid.to_string()),
+        vec!["FE00E80A:1388".to_string()]
+    );
+    // Nothing new listens in this (the machine's) namespace.
+    let after = listeners("self");
+    assert!(
+        after
+            .iter()
+            .all(|l| before.contains(l) || !l.ends_with(":1388")),
+        "{after:?}"
+    );
+    drop(reg);
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists() || !criu_testkit::alive(pid));
+}
