@@ -29,7 +29,7 @@ PACKAGES=(
   iproute2 iptables busybox-static runc util-linux procps patch
   # the OCI registry that checkpoint images travel through (issue 14); its
   # service is never started: tests run their own in a network namespace
-  docker-registry openssl
+  docker-registry openssl zstd
 )
 
 missing=()

@@ -9,7 +9,8 @@
 //! network.status, rootfs-diff.tar, ...   when the caller has them
 //! ```
 //!
-//! Written as a tar stream, gzip-compressed or not. Reading checks every
+//! Written as a tar stream, gzip-compressed or not; read plain, gzip or
+//! zstd (Podman's default). Reading checks every
 //! entry before a byte of it lands: see [`unpack`].
 
 use std::fs::{self, DirBuilder, OpenOptions};
@@ -306,7 +307,7 @@ impl Unpacked {
     }
 }
 
-/// Unpacks an archive (plain or gzip, told by its first bytes) into
+/// Unpacks an archive (plain, gzip or zstd, told by its first bytes) into
 /// `target`, a directory this call creates (0700) and removes again if
 /// anything fails. Refuses entries whose path leaves `target` (absolute,
 /// `..`, or through a symbolic link), links that point outside it, device
@@ -330,11 +331,11 @@ fn unpack_into(input: impl Read, target: &Path, limits: &Limits) -> Result<Unpac
         .map_err(|e| Error::io("reading the archive", e))?;
     let stream: Box<dyn Read> = match head {
         [0x1f, 0x8b, ..] => Box::new(flate2::read::GzDecoder::new(input)),
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => {
-            return Err(Error::Malformed(
-                "zstd-compressed archives are not read by this build; decompress it first (`zstd -d`) or export with gzip".into(),
-            ))
-        }
+        // Podman's default export.
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(
+            ruzstd::decoding::StreamingDecoder::new(input)
+                .map_err(|e| Error::Malformed(format!("zstd stream: {e}")))?,
+        ),
         _ => Box::new(input),
     };
     let mut archive = tar::Archive::new(stream);

@@ -50,6 +50,23 @@ fn image_of(dir: &Path) -> (Workload, CheckpointImage) {
     (w, CheckpointImage::build(&images, &meta, &host).unwrap())
 }
 
+/// `data` compressed by the zstd command.
+fn zstd_cli(data: &[u8]) -> Vec<u8> {
+    let mut child = std::process::Command::new("zstd")
+        .args(["-q", "-c", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the zstd command (scripts/setup.sh installs it)");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
 fn files_under(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -90,6 +107,16 @@ fn archive_round_trip_has_the_engines_layout_and_restores() {
         );
     }
     assert!(!files.contains(&"checkpoint/dump.log".to_string()));
+    // The same archive compressed by the zstd command (as Podman exports
+    // by default) unpacks to the same files.
+    let mut plain = Vec::new();
+    archive::write(&images, &meta, &mut plain, Compression::None).unwrap();
+    let zst = zstd_cli(&plain);
+    assert_eq!(&zst[..4], &[0x28, 0xb5, 0x2f, 0xfd]);
+    let un_zst =
+        archive::unpack(zst.as_slice(), &dir.path().join("zst"), &Limits::default()).unwrap();
+    assert_eq!(files_under(&un_zst.root), files);
+    assert_eq!(un_zst.bytes, un.bytes);
     // Every image CRIU wrote came back byte for byte.
     for e in std::fs::read_dir(images.path()).unwrap().flatten() {
         let name = e.file_name().into_string().unwrap();
