@@ -112,7 +112,7 @@ impl ArchiveMeta {
     }
 }
 
-/// What [`write`] produced.
+/// What [`write()`] produced.
 #[derive(Debug, Clone)]
 pub struct Written {
     /// Bytes of the uncompressed tar stream.

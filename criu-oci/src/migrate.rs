@@ -25,6 +25,8 @@ pub struct Pushed {
     pub push: Transfer,
     /// The compressed layer's size.
     pub image_bytes: u64,
+    /// The layer's digest (`sha256:...`).
+    pub layer_digest: String,
     stopped: StoppedTree,
 }
 
@@ -65,6 +67,7 @@ pub fn checkpoint_and_push(
         pack,
         push,
         image_bytes: image.layer.len() as u64,
+        layer_digest: crate::image::sha256_digest(&image.layer),
         stopped,
     })
 }

@@ -466,23 +466,31 @@ fn source_runs_on_when_the_destination_cannot_restore() {
     // Stopped, not gone, while the destination works.
     assert_eq!(task_state(w.pid()), Some('T'));
     let seq = w.last_seq();
+    let restore_on_b = |reference: &str| {
+        hosts
+            .b
+            .run(|| {
+                let client = Registry::new(&http())?;
+                pull_and_restore(&criu, &client, reference, &dst, &Limits::default(), |_| {})
+            })
+            .unwrap()
+    };
     // The destination asks for an image that is not there and fails.
-    let e = hosts
-        .b
-        .run(|| {
-            pull_and_restore(
-                &criu,
-                &Registry::new(&http())?,
-                "10.232.0.254:5000/criu-rs/missing:latest",
-                &dst,
-                &Limits::default(),
-                |_| {},
-            )
-        })
-        .unwrap()
-        .unwrap_err();
+    let missing = format!("{}/criu-rs/missing:latest", reg.address());
+    let e = restore_on_b(&missing).unwrap_err();
     assert!(matches!(e, Error::Registry { .. }), "{e}");
     assert!(!dst.join("archive").exists());
+    // The pushed layer is altered in the registry's storage: refused by
+    // its digest before anything is unpacked (CRIU never sees a byte).
+    let blob = reg.blob_path(&pushed.layer_digest);
+    let mut data = std::fs::read(&blob).unwrap();
+    data[10] ^= 0x55;
+    std::fs::write(&blob, data).unwrap();
+    let e = restore_on_b(&reference).unwrap_err();
+    assert!(e.is_digest_mismatch(), "{e}");
+    assert!(!dst.join("archive").exists());
+    // Through all this the source stayed stopped, alive.
+    assert_eq!(task_state(w.pid()), Some('T'));
     drop(pushed); // the source continues
     w.wait_for_seq(seq + 20, WAIT).unwrap();
 }
