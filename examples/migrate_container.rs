@@ -257,12 +257,17 @@ fn run_registry(cli: &Cli, work: &Path) -> Result<Row, BoxError> {
     fs::create_dir_all(&dst_dir)?;
     let watcher = Watcher::start(log.clone());
     let logdir_s = logdir.to_string_lossy().to_string();
+    let m = criu_testkit::registry::Move {
+        pid: pid_before,
+        name: "busybox-counter",
+        src_dir: &src_dir,
+        dst_dir: &dst_dir,
+        compression: criu_testkit::registry::Compression::None,
+    };
     let (pushed, restored) = criu_testkit::registry::move_through_registry(
         &hosts,
         &registry,
-        pid_before,
-        "busybox-counter",
-        (&src_dir, &dst_dir),
+        &m,
         |o| {
             o.add_ext_mount("/log", "logdir");
         },

@@ -13,16 +13,20 @@ use crate::annotations::{self, HostFacts};
 use crate::archive::{self, ArchiveMeta, Compression, Limits, Unpacked};
 use crate::error::{Error, Result};
 
-/// The layer's media type: a gzip-compressed tar.
+/// A gzip-compressed tar layer's media type.
 pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// An uncompressed tar layer's media type.
+pub const PLAIN_LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
 /// The config's media type.
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 
 /// A checkpoint image, ready to push or to write as a layout.
 #[derive(Debug, Clone)]
 pub struct CheckpointImage {
-    /// The layer: the checkpoint archive, gzip-compressed.
+    /// The layer: the checkpoint archive.
     pub layer: Vec<u8>,
+    /// How the layer is compressed.
+    pub compression: Compression,
     /// The image config (JSON).
     pub config: Vec<u8>,
     /// The manifest's annotations.
@@ -31,14 +35,18 @@ pub struct CheckpointImage {
 
 impl CheckpointImage {
     /// Packs the dump in `images` (with `meta` for the engine files) into
-    /// an image annotated with `host`'s facts.
+    /// an image annotated with `host`'s facts, its layer compressed with
+    /// `compression` (gzip, as the engines do, for images that are kept;
+    /// none for a move, where checkpointed memory rarely shrinks and
+    /// compressing it adds to the downtime).
     pub fn build(
         images: &criu::ImagesDir,
         meta: &ArchiveMeta,
         host: &HostFacts,
+        compression: Compression,
     ) -> Result<CheckpointImage> {
         let mut layer = Vec::new();
-        let written = archive::write(images, meta, &mut layer, Compression::Gzip)?;
+        let written = archive::write(images, meta, &mut layer, compression)?;
         let mut annotations = host.annotations();
         annotations.insert(annotations::CONTAINER_NAME.into(), meta.name.clone());
         annotations.insert(annotations::ENGINE_NAME.into(), "criu-rs".into());
@@ -57,6 +65,7 @@ impl CheckpointImage {
         });
         Ok(CheckpointImage {
             layer,
+            compression,
             config: serde_json::to_vec(&config).unwrap_or_default(),
             annotations,
         })
@@ -72,7 +81,11 @@ impl CheckpointImage {
     }
 
     pub(crate) fn oci_layer(&self) -> oci_client::client::ImageLayer {
-        oci_client::client::ImageLayer::new(self.layer.clone(), LAYER_MEDIA_TYPE.into(), None)
+        let media_type = match self.compression {
+            Compression::Gzip => LAYER_MEDIA_TYPE,
+            Compression::None => PLAIN_LAYER_MEDIA_TYPE,
+        };
+        oci_client::client::ImageLayer::new(self.layer.clone(), media_type.into(), None)
     }
 
     pub(crate) fn oci_config(&self) -> oci_client::client::Config {
@@ -88,7 +101,7 @@ pub struct FetchedImage {
     pub reference: String,
     /// The manifest's annotations.
     pub annotations: BTreeMap<String, String>,
-    /// The layer (gzip archive), checked against its digest.
+    /// The layer (the archive, plain or compressed), checked against its digest.
     pub layer: Vec<u8>,
 }
 
@@ -129,10 +142,7 @@ pub(crate) fn checkpoint_layer<'m>(
     manifest: &'m OciImageManifest,
 ) -> Result<&'m oci_client::manifest::OciDescriptor> {
     match manifest.layers.as_slice() {
-        [one]
-            if one.media_type == LAYER_MEDIA_TYPE
-                || one.media_type == "application/vnd.oci.image.layer.v1.tar" =>
-        {
+        [one] if one.media_type == LAYER_MEDIA_TYPE || one.media_type == PLAIN_LAYER_MEDIA_TYPE => {
             Ok(one)
         }
         layers => Err(Error::Malformed(format!(

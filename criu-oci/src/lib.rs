@@ -16,8 +16,8 @@
 //! # Through a cluster's own registry
 //!
 //! ```no_run
-//! use criu_oci::migrate::{checkpoint_and_push, pull_and_restore};
-//! use criu_oci::{Limits, Registry, RegistryConfig};
+//! use criu_oci::migrate::{checkpoint_and_push, pull_and_restore, PushTo};
+//! use criu_oci::{Compression, Limits, Registry, RegistryConfig};
 //! # fn main() -> criu_oci::Result<()> {
 //! let config = RegistryConfig {
 //!     ca_pem: Some(std::fs::read("/etc/pki/cluster-ca.pem").unwrap()),
@@ -28,7 +28,8 @@
 //! let criu = criu::Criu::new();
 //! let reference = "registry.cluster.local:5000/checkpoints/counter:1";
 //! // Node A: the tree is dumped and left stopped, not killed.
-//! let pushed = checkpoint_and_push(&criu, 4242, "counter", "/var/tmp/a".as_ref(), &registry, reference, |_| {})?;
+//! let to = PushTo { registry: &registry, reference, compression: Compression::None };
+//! let pushed = checkpoint_and_push(&criu, 4242, "counter", "/var/tmp/a".as_ref(), &to, |_| {})?;
 //! // Node B (another process, on another machine): pull, check, restore.
 //! let restored = pull_and_restore(&criu, &registry, reference, "/var/tmp/b".as_ref(), &Limits::default(), |_| {})?;
 //! // Only once B has restored does A's copy go; dropping `pushed` instead resumes it.

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::annotations::HostFacts;
-use crate::archive::{ArchiveMeta, Limits};
+use crate::archive::{ArchiveMeta, Compression, Limits};
 use crate::error::Result;
 use crate::image::CheckpointImage;
 use crate::registry::{Registry, Transfer};
@@ -19,11 +19,11 @@ use crate::source::{continue_tree, dump_stopped, StoppedTree};
 pub struct Pushed {
     /// The dump.
     pub dump: criu::DumpReport,
-    /// Packing the images into the image (archive + gzip).
+    /// Packing the images into the image (archive, compression).
     pub pack: Duration,
     /// The push.
     pub push: Transfer,
-    /// The compressed layer's size.
+    /// The layer's size.
     pub image_bytes: u64,
     /// The layer's digest (`sha256:...`).
     pub layer_digest: String,
@@ -42,16 +42,27 @@ impl Pushed {
     }
 }
 
+/// Where, and how, [`checkpoint_and_push`] pushes.
+#[derive(Debug, Clone, Copy)]
+pub struct PushTo<'a> {
+    /// The client.
+    pub registry: &'a Registry,
+    /// `host:port/repo:tag`.
+    pub reference: &'a str,
+    /// The layer's compression: [`Compression::None`] keeps gzip's time
+    /// out of the downtime (checkpointed memory rarely shrinks much).
+    pub compression: Compression,
+}
+
 /// Dumps the tree rooted at `pid` into `work_dir/images` (created), packs
-/// it as a checkpoint image named `name`, and pushes it as `reference`.
+/// it as a checkpoint image named `name`, and pushes it as `to` says.
 /// On failure the source runs on.
 pub fn checkpoint_and_push(
     criu: &criu::Criu,
     pid: i32,
     name: &str,
     work_dir: &Path,
-    registry: &Registry,
-    reference: &str,
+    to: &PushTo<'_>,
     customize: impl Fn(&mut criu::Options<'_>),
 ) -> Result<Pushed> {
     let meta = ArchiveMeta::of_process(pid, name);
@@ -59,9 +70,9 @@ pub fn checkpoint_and_push(
     let images = criu::ImagesDir::create(work_dir.join("images"))?;
     let (dump, stopped) = dump_stopped(criu, pid, &images, customize)?;
     let t = Instant::now();
-    let image = CheckpointImage::build(&images, &meta, &host)?;
+    let image = CheckpointImage::build(&images, &meta, &host, to.compression)?;
     let pack = t.elapsed();
-    let push = registry.push(reference, &image)?;
+    let push = to.registry.push(to.reference, &image)?;
     Ok(Pushed {
         dump,
         pack,

@@ -13,7 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use criu_oci::migrate::{checkpoint_and_push, pull_and_restore, Pushed, Restored};
+use criu_oci::migrate::{checkpoint_and_push, pull_and_restore, PushTo, Pushed, Restored};
+pub use criu_oci::Compression;
 use criu_oci::{Limits, Registry, RegistryConfig};
 use serde::Serialize;
 
@@ -399,21 +400,41 @@ pub fn unique_tag(prefix: &str) -> String {
     )
 }
 
-/// Moves the tree rooted at `pid` from host a to host b through
-/// `registry` (plain HTTP): a checkpoints into `dirs.0` and pushes, b pulls
-/// into `dirs.1` and restores. `src`/`dst` add CRIU options to the dump
-/// and the restore. The source is left stopped: the caller kills it with
-/// [`Pushed::finish`] once it has seen the restored tree (dropping it
-/// continues the source). On failure the source runs on.
+/// What [`move_through_registry`] moves, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Move<'a> {
+    /// The root of the tree, on host a.
+    pub pid: i32,
+    /// Its name (the image's container name and repository).
+    pub name: &'a str,
+    /// Host a's work directory (the dump).
+    pub src_dir: &'a Path,
+    /// Host b's work directory (the unpacked archive).
+    pub dst_dir: &'a Path,
+    /// The layer's compression.
+    pub compression: Compression,
+}
+
+/// Moves `m.pid`'s tree from host a to host b through `registry` (plain
+/// HTTP): a checkpoints and pushes, b pulls and restores. `src`/`dst` add
+/// CRIU options to the dump and the restore. The source is left stopped:
+/// the caller kills it with [`Pushed::finish`] once it has seen the
+/// restored tree (dropping it continues the source). On failure the
+/// source runs on.
 pub fn move_through_registry(
     hosts: &TwoHosts,
     registry: &RegistryHost,
-    pid: i32,
-    name: &str,
-    dirs: (&Path, &Path),
+    m: &Move<'_>,
     src: impl Fn(&mut criu::Options<'_>) + Sync,
     dst: impl Fn(&mut criu::Options<'_>) + Sync,
 ) -> Result<(Pushed, Restored), BoxError> {
+    let Move {
+        pid,
+        name,
+        src_dir,
+        dst_dir,
+        compression,
+    } = *m;
     let repo = name.replace(|c: char| !c.is_ascii_alphanumeric(), "-");
     let reference = format!(
         "{}/criu-rs/{}:latest",
@@ -434,15 +455,20 @@ pub fn move_through_registry(
     hosts.a.run(|| client_a.ping(&reference))??;
     hosts.b.run(|| client_b.ping(&reference))??;
     let criu = criu::Criu::new();
-    let pushed = hosts
-        .a
-        .run(|| checkpoint_and_push(&criu, pid, name, dirs.0, &client_a, &reference, &src))??;
+    let pushed = hosts.a.run(|| {
+        let to = PushTo {
+            registry: &client_a,
+            reference: &reference,
+            compression,
+        };
+        checkpoint_and_push(&criu, pid, name, src_dir, &to, &src)
+    })??;
     let restored = hosts.b.run(|| {
         pull_and_restore(
             &criu,
             &client_b,
             &reference,
-            dirs.1,
+            dst_dir,
             &Limits::default(),
             &dst,
         )
@@ -461,11 +487,13 @@ pub struct RegistryCost {
     pub image_bytes: u64,
 }
 
-/// Like [`crate::measure::migrate_workload`], through a registry: starts
+/// Like [`crate::measure::migrate_workload`], through a registry (the
+/// layer compressed with `compression`): starts
 /// the workload in its own PID namespace on host a of fresh hosts, starts a
 /// registry host, checkpoints and pushes on a, pulls and restores on b,
 /// kills the (stopped) source only then, and checks the counter goes on.
 pub fn migrate_via_registry(
+    compression: Compression,
     workload: &str,
     mib: usize,
     warmup: Duration,
@@ -495,15 +523,14 @@ pub fn migrate_via_registry(
     let (src_dir, dst_dir) = (dir.path().join("a"), dir.path().join("b"));
     fs::create_dir_all(&src_dir)?;
     fs::create_dir_all(&dst_dir)?;
-    let (pushed, restored) = move_through_registry(
-        &hosts,
-        &registry,
-        pid_before,
-        workload,
-        (&src_dir, &dst_dir),
-        |_| {},
-        |_| {},
-    )?;
+    let m = Move {
+        pid: pid_before,
+        name: workload,
+        src_dir: &src_dir,
+        dst_dir: &dst_dir,
+        compression,
+    };
+    let (pushed, restored) = move_through_registry(&hosts, &registry, &m, |_| {}, |_| {})?;
     let cost = RegistryCost {
         pack_ms: ms(pushed.pack),
         push_ms: ms(pushed.push.elapsed),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use criu_oci::annotations::{self, HostFacts};
 use criu_oci::archive::{self, ArchiveMeta, Compression, Limits};
-use criu_oci::migrate::{checkpoint_and_push, pull_and_restore};
+use criu_oci::migrate::{checkpoint_and_push, pull_and_restore, PushTo};
 use criu_oci::{CheckpointImage, Error, Registry, RegistryConfig};
 use criu_testkit::hosts::TwoHosts;
 use criu_testkit::registry::{migrate_via_registry, unique_tag, RegistryHost};
@@ -47,7 +47,10 @@ fn image_of(dir: &Path) -> (Workload, CheckpointImage) {
     let (w, images) = real_dump(dir, true);
     let host = HostFacts::current(&criu::Criu::new()).unwrap();
     let meta = ArchiveMeta::of_process(w.pid(), "counter");
-    (w, CheckpointImage::build(&images, &meta, &host).unwrap())
+    (
+        w,
+        CheckpointImage::build(&images, &meta, &host, Compression::Gzip).unwrap(),
+    )
 }
 
 /// `data` compressed by the zstd command.
@@ -426,7 +429,8 @@ fn tampered_blob_not_a_checkpoint_and_incompatible_hosts_are_refused() {
 
 #[test]
 fn migration_through_a_registry_continues_the_counter() {
-    let (row, cost) = migrate_via_registry("counter", 0, Duration::from_millis(100)).unwrap();
+    let (row, cost) =
+        migrate_via_registry(Compression::None, "counter", 0, Duration::from_millis(100)).unwrap();
     assert!(row.continued, "{row:?}");
     assert_ne!(row.source_netns, row.dest_netns);
     assert!(cost.image_bytes > 0 && cost.push_ms > 0.0 && cost.pull_ms > 0.0);
@@ -451,15 +455,12 @@ fn source_runs_on_when_the_destination_cannot_restore() {
     let pushed = hosts
         .a
         .run(|| {
-            checkpoint_and_push(
-                &criu,
-                w.pid(),
-                "counter",
-                &src,
-                &Registry::new(&http())?,
-                &reference,
-                |_| {},
-            )
+            let to = PushTo {
+                registry: &Registry::new(&http())?,
+                reference: &reference,
+                compression: Compression::None,
+            };
+            checkpoint_and_push(&criu, w.pid(), "counter", &src, &to, |_| {})
         })
         .unwrap()
         .unwrap();
@@ -528,12 +529,17 @@ fn busybox_container_through_a_registry_counts_on() {
     std::fs::create_dir_all(&src).unwrap();
     std::fs::create_dir_all(&dst).unwrap();
     let logdir_s = logdir.to_string_lossy().to_string();
+    let m = criu_testkit::registry::Move {
+        pid: container.init,
+        name: "busybox-counter",
+        src_dir: &src,
+        dst_dir: &dst,
+        compression: Compression::Gzip,
+    };
     let (pushed, restored) = criu_testkit::registry::move_through_registry(
         &hosts,
         &reg,
-        container.init,
-        "busybox-counter",
-        (&src, &dst),
+        &m,
         |o| {
             o.add_ext_mount("/log", "logdir");
         },
