@@ -24,7 +24,9 @@ pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 #[derive(Debug, Clone)]
 pub struct CheckpointImage {
     /// The layer: the checkpoint archive.
-    pub layer: Vec<u8>,
+    layer: Vec<u8>,
+    /// `sha256:...` of `layer`, computed once.
+    layer_digest: String,
     /// How the layer is compressed.
     pub compression: Compression,
     /// The image config (JSON).
@@ -63,29 +65,57 @@ impl CheckpointImage {
             "rootfs": { "type": "layers", "diff_ids": [written.diff_id] },
             "config": {},
         });
+        // A plain layer is the tar stream itself, hashed as it was written.
+        let layer_digest = match compression {
+            Compression::None => written.diff_id.clone(),
+            Compression::Gzip => sha256_digest(&layer),
+        };
         Ok(CheckpointImage {
             layer,
+            layer_digest,
             compression,
             config: serde_json::to_vec(&config).unwrap_or_default(),
             annotations,
         })
     }
 
-    /// The OCI manifest of this image.
+    /// The layer (the checkpoint archive).
+    pub fn layer(&self) -> &[u8] {
+        &self.layer
+    }
+
+    /// The layer's digest, `sha256:...`.
+    pub fn layer_digest(&self) -> &str {
+        &self.layer_digest
+    }
+
+    /// The OCI manifest of this image (the layer's digest is not computed
+    /// again: for a large checkpoint that pass would be downtime).
     pub fn manifest(&self) -> OciImageManifest {
-        OciImageManifest::build(
-            &[self.oci_layer()],
-            &self.oci_config(),
-            Some(self.annotations.clone()),
-        )
+        let mut m =
+            OciImageManifest::build(&[], &self.oci_config(), Some(self.annotations.clone()));
+        m.layers.push(oci_client::manifest::OciDescriptor {
+            media_type: self.layer_media_type().into(),
+            digest: self.layer_digest.clone(),
+            size: self.layer.len() as i64,
+            ..Default::default()
+        });
+        m
+    }
+
+    fn layer_media_type(&self) -> &'static str {
+        match self.compression {
+            Compression::Gzip => LAYER_MEDIA_TYPE,
+            Compression::None => PLAIN_LAYER_MEDIA_TYPE,
+        }
     }
 
     pub(crate) fn oci_layer(&self) -> oci_client::client::ImageLayer {
-        let media_type = match self.compression {
-            Compression::Gzip => LAYER_MEDIA_TYPE,
-            Compression::None => PLAIN_LAYER_MEDIA_TYPE,
-        };
-        oci_client::client::ImageLayer::new(self.layer.clone(), media_type.into(), None)
+        oci_client::client::ImageLayer::new(
+            self.layer.clone(),
+            self.layer_media_type().into(),
+            None,
+        )
     }
 
     pub(crate) fn oci_config(&self) -> oci_client::client::Config {

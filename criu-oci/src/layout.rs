@@ -35,8 +35,12 @@ pub fn write(dir: &Path, tag: &str, image: &CheckpointImage) -> Result<String> {
     let manifest = serde_json::to_vec(&image.manifest())
         .map_err(|e| layout_err(dir, format!("encoding the manifest: {e}")))?;
     let manifest_digest = sha256_digest(&manifest);
-    for data in [&image.layer, &image.config, &manifest] {
-        let digest = sha256_digest(data);
+    let blobs_and_digests = [
+        (image.layer(), image.layer_digest().to_string()),
+        (&image.config, sha256_digest(&image.config)),
+        (&manifest, manifest_digest.clone()),
+    ];
+    for (data, digest) in blobs_and_digests {
         let hex = digest.trim_start_matches("sha256:");
         fs::write(blobs.join(hex), data).map_err(io("writing a blob"))?;
     }

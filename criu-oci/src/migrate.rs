@@ -77,8 +77,8 @@ pub fn checkpoint_and_push(
         dump,
         pack,
         push,
-        image_bytes: image.layer.len() as u64,
-        layer_digest: crate::image::sha256_digest(&image.layer),
+        image_bytes: image.layer().len() as u64,
+        layer_digest: image.layer_digest().to_string(),
         stopped,
     })
 }

@@ -123,7 +123,7 @@ impl Registry {
             ))
             .map_err(|e| classify(&r, "push", e))?;
         Ok(Transfer {
-            layer_bytes: image.layer.len() as u64,
+            layer_bytes: image.layer().len() as u64,
             elapsed: start.elapsed(),
         })
     }

@@ -254,11 +254,11 @@ fn layout_round_trip_and_a_tampered_blob_is_refused() {
     criu_oci::layout::write(&layout, "v1", &image).unwrap();
     let host = HostFacts::current(&criu::Criu::new()).unwrap();
     let back = criu_oci::layout::read(&layout, "v1", &host).unwrap();
-    assert_eq!(back.layer, image.layer);
+    assert_eq!(back.layer, image.layer());
     assert_eq!(back.annotations[annotations::CONTAINER_NAME], "counter");
     let blob = layout
         .join("blobs/sha256")
-        .join(criu_oci::image::sha256_digest(&image.layer).trim_start_matches("sha256:"));
+        .join(image.layer_digest().trim_start_matches("sha256:"));
     let mut data = std::fs::read(&blob).unwrap();
     let mid = data.len() / 2;
     data[mid] ^= 0xff;
@@ -314,7 +314,7 @@ fn registry_round_trip_with_basic_auth_and_refused_credentials() {
     };
     let reference = push_from_a(&hosts, &reg, &good, &image).unwrap();
     let back = pull_on_b(&hosts, &good, &reference).unwrap();
-    assert_eq!(back.layer, image.layer);
+    assert_eq!(back.layer, image.layer());
     assert_eq!(back.annotations, image.annotations);
     let bad = RegistryConfig {
         basic_auth: Some(("alice".into(), "wrong".into())),
@@ -354,7 +354,7 @@ fn registry_over_tls_with_a_private_ca() {
     let reference = push_from_a(&hosts, &reg, &tls, &image).unwrap();
     assert_eq!(
         pull_on_b(&hosts, &tls, &reference).unwrap().layer,
-        image.layer
+        image.layer()
     );
     // Without the CA the server's certificate is not trusted.
     let untrusted = RegistryConfig {
@@ -396,7 +396,7 @@ fn tampered_blob_not_a_checkpoint_and_incompatible_hosts_are_refused() {
 
     // A blob altered in the registry's storage fails its digest check.
     let reference = push_from_a(&hosts, &reg, &http(), &image).unwrap();
-    let blob = reg.blob_path(&criu_oci::image::sha256_digest(&image.layer));
+    let blob = reg.blob_path(image.layer_digest());
     let mut data = std::fs::read(&blob).unwrap();
     let mid = data.len() / 2;
     data[mid] ^= 0xff;
