@@ -151,3 +151,56 @@ fn distribution() -> (String, String) {
     };
     (field("ID"), field("VERSION_ID"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn here() -> HostFacts {
+        HostFacts {
+            arch: "amd64".into(),
+            kernel: "6.1.0".into(),
+            cgroup_version: "v2".into(),
+            criu_version: criu::Version::new(4, 2, 1),
+            distribution: ("debian".into(), "12".into()),
+        }
+    }
+
+    #[test]
+    fn own_annotations_pass_and_each_difference_is_named() {
+        let h = here();
+        let mut a = h.annotations();
+        a.insert(CONTAINER_NAME.into(), "c".into());
+        assert_eq!(a[CRIU_VERSION], "40201");
+        h.check("r", &a).unwrap();
+        // Kernel, cgroup and distribution may differ: CRIU copes.
+        a.insert(HOST_KERNEL.into(), "5.10".into());
+        h.check("r", &a).unwrap();
+        let mut arch = a.clone();
+        arch.insert(HOST_ARCH.into(), "arm64".into());
+        let e = h.check("r", &arch).unwrap_err().to_string();
+        assert!(e.contains("arm64") && e.contains("amd64"), "{e}");
+        let mut newer = a.clone();
+        newer.insert(CRIU_VERSION.into(), "40300".into());
+        let e = h.check("r", &newer).unwrap_err().to_string();
+        assert!(e.contains("CRIU 4.3.0") && e.contains("4.2.1"), "{e}");
+        let mut unsaid = a.clone();
+        unsaid.remove(CRIU_VERSION);
+        assert!(matches!(
+            h.check("r", &unsaid),
+            Err(Error::Incompatible { .. })
+        ));
+        a.remove(CONTAINER_NAME);
+        assert!(matches!(
+            h.check("r", &a),
+            Err(Error::NotACheckpoint { .. })
+        ));
+    }
+
+    #[test]
+    fn go_names_for_rust_arches() {
+        assert_eq!(go_arch("x86_64"), "amd64");
+        assert_eq!(go_arch("aarch64"), "arm64");
+        assert_eq!(go_arch("s390x"), "s390x");
+    }
+}

@@ -522,3 +522,25 @@ fn rfc3339_now() -> String {
         rem % 60
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confined_paths() {
+        assert_eq!(confined(Path::new("./a/b")), Some(PathBuf::from("a/b")));
+        assert_eq!(confined(Path::new("a/../b")), Some(PathBuf::from("b")));
+        assert_eq!(confined(Path::new("a/../../b")), None);
+        assert_eq!(confined(Path::new("/etc")), None);
+        assert_eq!(confined(Path::new("..")), None);
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let t = rfc3339_now();
+        assert_eq!(t.len(), 20, "{t}");
+        assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+        assert!(t.as_str() > "2024-01-01T00:00:00Z", "{t}");
+    }
+}
