@@ -388,6 +388,15 @@ fn unpack_entry<R: Read>(
     }
     let kind = entry.header().entry_type();
     let io = |e| Error::io(format!("unpacking {name}"), e);
+    // Archives need not list a file's directories before it (the path has
+    // been checked: no component is a link, none climbs out).
+    if let Some(parent) = dest.parent() {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(io)?;
+    }
     match kind {
         tar::EntryType::Directory => DirBuilder::new()
             .recursive(true)

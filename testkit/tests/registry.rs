@@ -204,10 +204,20 @@ fn unpack_refuses_links_that_point_outside_and_devices() {
         let (e, _dir) = unpack_err(&raw_tar(entries), &Limits::default());
         assert!(matches!(e, Error::UnsafeEntry { .. }), "{entries:?}: {e}");
     }
-    // A link that stays inside is fine.
+    // A link that stays inside is fine, and so is a file whose directory
+    // the archive does not list.
     let dir = tempfile::tempdir().unwrap();
-    let ok = raw_tar(&[("f", Regular, b"x", None), ("l", Symlink, b"", Some("f"))]);
-    archive::unpack(ok.as_slice(), &dir.path().join("t"), &Limits::default()).unwrap();
+    let ok = raw_tar(&[
+        ("f", Regular, b"x", None),
+        ("l", Symlink, b"", Some("f")),
+        ("checkpoint/sub/g", Regular, b"y", None),
+    ]);
+    let un = archive::unpack(ok.as_slice(), &dir.path().join("t"), &Limits::default()).unwrap();
+    assert_eq!(std::fs::read(un.root.join("l")).unwrap(), b"x");
+    assert_eq!(
+        std::fs::read(un.root.join("checkpoint/sub/g")).unwrap(),
+        b"y"
+    );
 }
 
 #[test]
