@@ -23,8 +23,8 @@ pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 /// A checkpoint image, ready to push or to write as a layout.
 #[derive(Debug, Clone)]
 pub struct CheckpointImage {
-    /// The layer: the checkpoint archive.
-    layer: Vec<u8>,
+    /// The layer: the checkpoint archive (shared, not copied, by a push).
+    layer: bytes::Bytes,
     /// `sha256:...` of `layer`, computed once.
     layer_digest: String,
     /// How the layer is compressed.
@@ -71,7 +71,7 @@ impl CheckpointImage {
             Compression::Gzip => sha256_digest(&layer),
         };
         Ok(CheckpointImage {
-            layer,
+            layer: layer.into(),
             layer_digest,
             compression,
             config: serde_json::to_vec(&config).unwrap_or_default(),
