@@ -51,9 +51,9 @@ fn main() {
                 let start = std::time::Instant::now();
                 match migrate_workload(strategy, &format!("memory:{mib}"), mib, Duration::from_millis(300), |_, _| {}) {
                     Ok(r) if r.continued && r.memory_intact != Some(false) => {
-                        down.push(r.downtime_ms);
+                        down.push(r.cost.downtime_ms);
                         total.push(start.elapsed().as_secs_f64() * 1000.0);
-                        bytes.push(r.transfer_bytes as f64);
+                        bytes.push(r.cost.transfer_bytes as f64);
                     }
                     Ok(r) => panic!("{strategy} {mib} MiB run {rep}: the workload did not continue correctly: {r:?}"),
                     Err(e) => panic!("{strategy} {mib} MiB run {rep}: {e}"),

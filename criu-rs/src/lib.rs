@@ -71,6 +71,7 @@
 //! RELIABILITY.md in the repository lists the bad inputs and faults tried,
 //! with their outcomes.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms)]
 
@@ -115,6 +116,8 @@ mod deadline;
 mod error;
 mod framing;
 mod images;
+#[cfg(feature = "migrate")]
+#[cfg_attr(docsrs, doc(cfg(feature = "migrate")))]
 pub mod migrate;
 mod notify;
 mod options;
@@ -124,6 +127,8 @@ mod report;
 mod request;
 mod spawn;
 pub mod stats;
+#[cfg(feature = "migrate")]
+#[cfg_attr(docsrs, doc(cfg(feature = "migrate")))]
 pub mod transfer;
 mod tree;
 mod verify;

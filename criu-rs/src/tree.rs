@@ -1,5 +1,8 @@
 //! Process trees, read from `/proc`.
 
+#[cfg(feature = "migrate")]
+use crate::pidfd::Pidfd;
+
 /// Every task of the tree rooted at `root`, root first (threads' children
 /// included).
 pub(crate) fn tree(root: i32) -> Vec<i32> {
@@ -37,71 +40,22 @@ pub(crate) fn alive(pid: i32) -> bool {
     !matches!(state(pid), None | Some('Z' | 'X'))
 }
 
-/// A process held by a pidfd: a signal sent through it reaches that
-/// process or, once it is gone, nothing; never a later process that reuses
-/// its pid.
-#[derive(Debug)]
-pub(crate) struct PidFd {
-    pid: i32,
-    fd: std::os::fd::OwnedFd,
-}
-
-impl PidFd {
-    /// Opens a pidfd for process `pid` (a thread-group leader).
-    pub(crate) fn open(pid: i32) -> std::io::Result<PidFd> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: pidfd_open takes a pid and flags; no pointers.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(PidFd {
-            pid,
-            // SAFETY: a descriptor just returned by the kernel, owned here
-            // (pidfds are close-on-exec).
-            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) },
-        })
-    }
-
-    /// The pid it was opened for.
-    pub(crate) fn pid(&self) -> i32 {
-        self.pid
-    }
-
-    /// Sends `signal` to the process, if it still exists (`ESRCH` if not).
-    pub(crate) fn signal(&self, signal: nix::sys::signal::Signal) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: an open pidfd, a signal number, no siginfo, no flags.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.fd.as_raw_fd(),
-                signal as i32,
-                std::ptr::null::<libc::siginfo_t>(),
-                0u32,
-            )
-        };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-}
-
+#[cfg(feature = "migrate")]
 /// Pidfds for every task of the tree rooted at `root` that still exists,
 /// root first.
-pub(crate) fn tree_pidfds(root: i32) -> Vec<PidFd> {
+pub(crate) fn tree_pidfds(root: i32) -> Vec<Pidfd> {
     tree(root)
         .into_iter()
-        .filter_map(|p| PidFd::open(p).ok())
+        .filter_map(|p| Pidfd::open(p).ok())
         .collect()
 }
 
+#[cfg(feature = "migrate")]
 /// This process's children (of every thread) that hold a TCP socket bound
 /// to `addr`, as pidfds: the CRIU that serves a lazy dump's pages there,
 /// for one. Only our own children are considered, so nothing else can be
 /// matched.
-pub(crate) fn children_holding(addr: std::net::SocketAddr) -> Vec<PidFd> {
+pub(crate) fn children_holding(addr: std::net::SocketAddr) -> Vec<Pidfd> {
     let mut kids = Vec::new();
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for t in tasks.flatten() {
@@ -113,7 +67,7 @@ pub(crate) fn children_holding(addr: std::net::SocketAddr) -> Vec<PidFd> {
         }
     }
     kids.into_iter()
-        .filter_map(|p| PidFd::open(p).ok())
+        .filter_map(|p| Pidfd::open(p).ok())
         .filter(|task| {
             let inodes = socket_inodes_bound_to(task.pid(), addr);
             !inodes.is_empty() && holds_any_socket(task.pid(), &inodes)
@@ -121,6 +75,7 @@ pub(crate) fn children_holding(addr: std::net::SocketAddr) -> Vec<PidFd> {
         .collect()
 }
 
+#[cfg(feature = "migrate")]
 /// Inodes of the TCP sockets bound to `addr` in the network namespace of
 /// `pid`.
 fn socket_inodes_bound_to(pid: i32, addr: std::net::SocketAddr) -> Vec<u64> {
@@ -137,6 +92,7 @@ fn socket_inodes_bound_to(pid: i32, addr: std::net::SocketAddr) -> Vec<u64> {
         .collect()
 }
 
+#[cfg(feature = "migrate")]
 /// An address as `/proc/net/tcp{,6}` writes it: the IP's 32-bit words in
 /// host order, in hex, then the port.
 fn proc_net_address(addr: std::net::SocketAddr) -> String {
@@ -151,6 +107,7 @@ fn proc_net_address(addr: std::net::SocketAddr) -> String {
     format!("{ip}:{:04X}", addr.port())
 }
 
+#[cfg(feature = "migrate")]
 /// Whether `pid` has one of the socket `inodes` open.
 fn holds_any_socket(pid: i32, inodes: &[u64]) -> bool {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -167,7 +124,7 @@ fn holds_any_socket(pid: i32, inodes: &[u64]) -> bool {
     })
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "migrate"))]
 mod tests {
     use super::*;
 
@@ -199,7 +156,7 @@ mod tests {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let mut found = Vec::new();
         while found.is_empty() && std::time::Instant::now() < deadline {
-            found = children_holding(addr).iter().map(PidFd::pid).collect();
+            found = children_holding(addr).iter().map(Pidfd::pid).collect();
         }
         for c in [&mut child, &mut other] {
             let _ = c.kill();

@@ -38,6 +38,22 @@ pub fn workload_bin() -> PathBuf {
     PathBuf::from("criu-rs-workload")
 }
 
+/// [`workload_bin`], or an error that says how to build it.
+pub fn existing_workload_bin() -> io::Result<PathBuf> {
+    let bin = workload_bin();
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "{} not found: run `cargo build -p criu-testkit --bins` first",
+                bin.display()
+            ),
+        ))
+    }
+}
+
 /// One line of the workload's output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tick {
@@ -316,7 +332,7 @@ impl Drop for Workload {
 }
 
 /// Makes the child a session leader (`setsid`) before exec.
-fn new_session(cmd: &mut Command) {
+pub(crate) fn new_session(cmd: &mut Command) {
     // SAFETY: setsid is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
@@ -429,4 +445,19 @@ pub fn find_process(needle: &str) -> Option<i32> {
         let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         (text.contains(needle) && alive(pid)).then_some(pid)
     })
+}
+
+/// A connection to a `criu service` socket at `path` (SOCK_SEQPACKET, as
+/// libcriu's), close-on-exec, for `Criu::with_service_fd`.
+pub fn connect_seqpacket(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    Ok(fd)
 }

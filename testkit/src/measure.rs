@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::container::BoxError;
 use crate::hosts::{netns_of, TwoHosts};
-use crate::{workload_bin, Workload};
+use crate::{existing_workload_bin, Workload};
 
 /// One migration's cost, with the field names the project publishes.
 #[derive(Debug, Clone, Serialize)]
@@ -17,6 +17,21 @@ use crate::{workload_bin, Workload};
 pub struct Row {
     pub strategy: String,
     pub workload: String,
+    #[serde(flatten)]
+    pub cost: Cost,
+    pub continued: bool,
+    pub memory_intact: Option<bool>,
+    pub pid_before: i32,
+    pub pid_after: i32,
+    pub source_netns: u64,
+    pub dest_netns: u64,
+}
+
+/// What one migration cost, phase by phase, under the field names the
+/// project publishes (shared by the process and container migrations).
+#[derive(Debug, Clone, Default, Serialize)]
+#[allow(missing_docs)]
+pub struct Cost {
     pub rss_bytes: u64,
     #[serde(flatten)]
     pub criu: DumpTimes,
@@ -26,12 +41,6 @@ pub struct Row {
     pub restore_ms: f64,
     pub restore_time_us: Option<u64>,
     pub downtime_ms: f64,
-    pub continued: bool,
-    pub memory_intact: Option<bool>,
-    pub pid_before: i32,
-    pub pid_after: i32,
-    pub source_netns: u64,
-    pub dest_netns: u64,
 }
 
 /// CRIU's own timings of a dump (absent when CRIU wrote none, as after a
@@ -89,14 +98,7 @@ pub fn migrate_workload(
     warmup: Duration,
     progress: impl FnMut(u64, u64) + Send,
 ) -> Result<Row, BoxError> {
-    let bin = workload_bin();
-    if !bin.exists() {
-        return Err(format!(
-            "{} not found: run `cargo build -p criu-testkit --bins` first",
-            bin.display()
-        )
-        .into());
-    }
+    let bin = existing_workload_bin()?;
     let dir = tempfile::Builder::new()
         .prefix("criu-rs-migrate-")
         .tempdir()?;
@@ -147,14 +149,16 @@ pub fn migrate_workload(
     Ok(Row {
         strategy: strategy.to_string(),
         workload: workload.to_string(),
-        rss_bytes: rss,
-        criu: DumpTimes::of(src.dump.stats.as_ref()),
-        dump_ms: ms(src.dump.wall_time),
-        transfer_bytes: src.transfer.bytes + src.page_server_bytes,
-        transfer_ms: ms(src.transfer.elapsed),
-        restore_ms: ms(src.restore_wall),
-        restore_time_us: src.restore_time_us,
-        downtime_ms: downtime_ns as f64 / 1e6,
+        cost: Cost {
+            rss_bytes: rss,
+            criu: DumpTimes::of(src.dump.stats.as_ref()),
+            dump_ms: ms(src.dump.wall_time),
+            transfer_bytes: src.transfer.bytes + src.page_server_bytes,
+            transfer_ms: ms(src.transfer.elapsed),
+            restore_ms: ms(src.restore_wall),
+            restore_time_us: src.restore_time_us,
+            downtime_ms: downtime_ns as f64 / 1e6,
+        },
         continued,
         memory_intact,
         pid_before,

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::host::{unique_tag, RegistryHost};
 use crate::container::BoxError;
 use crate::hosts::{netns_of, TwoHosts};
-use crate::measure::{ms, rss_bytes, DumpTimes, Row};
+use crate::measure::{ms, rss_bytes, Cost, DumpTimes, Row};
 use crate::{workload_bin, Workload};
 
 /// What [`move_through_registry`] moves, and how.
@@ -177,17 +177,19 @@ pub fn migrate_via_registry(
     let row = Row {
         strategy: "registry".into(),
         workload: workload.into(),
-        rss_bytes: rss,
-        criu: DumpTimes::of(dump_stats.as_ref()),
-        dump_ms: ms(dump_wall),
-        transfer_bytes: cost.image_bytes,
-        transfer_ms: cost.push_ms + cost.pull_ms,
-        restore_ms: ms(restored.restore.wall_time),
-        restore_time_us: restored
-            .restore
-            .stats
-            .map(|s| s.restore_time.as_micros() as u64),
-        downtime_ms: downtime_ns as f64 / 1e6,
+        cost: Cost {
+            rss_bytes: rss,
+            criu: DumpTimes::of(dump_stats.as_ref()),
+            dump_ms: ms(dump_wall),
+            transfer_bytes: cost.image_bytes,
+            transfer_ms: cost.push_ms + cost.pull_ms,
+            restore_ms: ms(restored.restore.wall_time),
+            restore_time_us: restored
+                .restore
+                .stats
+                .map(|s| s.restore_time.as_micros() as u64),
+            downtime_ms: downtime_ns as f64 / 1e6,
+        },
         continued,
         memory_intact,
         pid_before,
