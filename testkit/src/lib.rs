@@ -5,6 +5,7 @@
 pub mod container;
 pub mod hosts;
 pub mod measure;
+pub mod registry;
 pub mod tcp;
 
 use std::fs;
