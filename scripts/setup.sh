@@ -30,6 +30,9 @@ PACKAGES=(
   # the Docker engine (Engine 20.10, containerd, runc); tests and the
   # container example start their own daemons, the set-up starts none
   docker.io
+  # the OCI registry that checkpoint images travel through (issue 14); its
+  # service is never started: tests run their own in a network namespace
+  docker-registry openssl zstd
   # the TLS migration tests capture the hosts' link (testkit/tests/tls.rs)
   tcpdump
 )

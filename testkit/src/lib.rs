@@ -8,6 +8,7 @@ pub mod container;
 pub mod hosts;
 pub mod link;
 pub mod measure;
+pub mod registry;
 pub mod tcp;
 
 use std::fs;
