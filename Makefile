@@ -60,7 +60,7 @@ bench: setup
 publish-check: setup
 	env DOCS_RS=1 PKG_CONFIG_LIBDIR=/nonexistent PKG_CONFIG_PATH=/nonexistent \
 	  RUSTDOCFLAGS="-D rustdoc::broken_intra_doc_links -D warnings" \
-	  cargo doc --no-deps -p criu-sys -p criu-rs --target-dir target/docs-rs
+	  cargo doc --no-deps -p criu-sys -p criu-rs --features criu-rs/tls --target-dir target/docs-rs
 	cargo package -p criu-sys -p criu-image -p criu-rs --target-dir target/package
 	cargo publish --dry-run -p criu-sys --target-dir target/package
 
