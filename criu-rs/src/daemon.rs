@@ -39,7 +39,7 @@ pub struct DaemonConfig {
     binary: Option<PathBuf>,
     netns: Option<PathBuf>,
     ready_timeout: Option<Duration>,
-    tls: Option<crate::tls::TlsFiles>,
+    tls: Option<crate::credentials::TlsFiles>,
 }
 
 impl DaemonConfig {
@@ -70,7 +70,7 @@ impl DaemonConfig {
     /// The page server and the lazy-pages daemon talk TLS (CRIU's own,
     /// GnuTLS) with these files, and require the peer's certificate to
     /// chain to their CA. See [`crate::tls`].
-    pub fn tls(&mut self, files: &crate::tls::TlsFiles) -> &mut Self {
+    pub fn tls(&mut self, files: &crate::credentials::TlsFiles) -> &mut Self {
         self.tls = Some(files.clone());
         self
     }
@@ -79,7 +79,7 @@ impl DaemonConfig {
     fn tls_args(&self) -> Vec<OsString> {
         self.tls
             .as_ref()
-            .map_or_else(Vec::new, crate::tls::TlsFiles::criu_args)
+            .map_or_else(Vec::new, crate::credentials::TlsFiles::criu_args)
     }
 
     /// Starts `criu page-server` writing received pages into `images`,

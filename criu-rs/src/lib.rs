@@ -89,7 +89,8 @@
 //
 //  1. `criu_sys` (the raw bindings), `error` (what went wrong), `tree`
 //     (process trees from /proc), `pidfd` (signals that cannot hit a
-//     reused pid).
+//     reused pid), `credentials` (the PEM files of a TLS migration, which
+//     options, daemons and transports hand to CRIU).
 //  2. `raw` (the owned `criu_opts` handle, the return-code helper),
 //     `framing` (CRIU's image framing: magic, sized protobuf entries),
 //     `version`.
@@ -104,9 +105,8 @@
 //  8. `request` (one libcriu call: prepare, connect, call, interpret).
 //  9. `client` (`Criu`: the service to use and the operations).
 // 10. `daemon` (page server, lazy-pages daemon, `criu service`).
-// 11. `tls` (its PEM files are also options of CRIU's: `options` and
-//     `daemon` use `tls::TlsFiles`, which uses nothing), `transfer` (the
-//     image stream), `tls::TlsStream` (a transport), `migrate`.
+// 11. `transfer` (the image stream), `tls` (`TlsStream`, a transport),
+//     `migrate`.
 //
 // One dump: `Criu::dump` checks the pid and the images directory and marks
 // the pid busy (client); `Request::prepare` validates the `Options` and
@@ -122,6 +122,7 @@
 
 mod child;
 mod client;
+mod credentials;
 mod daemon;
 mod deadline;
 mod error;

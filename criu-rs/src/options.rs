@@ -360,7 +360,7 @@ pub struct Options<'a> {
     deadline: Option<Duration>,
     lazy_address: Option<SocketAddr>,
     file_validation: Option<FileValidation>,
-    criu_tls: Option<crate::tls::TlsFiles>,
+    criu_tls: Option<crate::credentials::TlsFiles>,
     pub(crate) notify: Option<Box<NotifyFn<'a>>>,
 }
 
@@ -809,7 +809,7 @@ impl<'a> Options<'a> {
     /// CRIU's GnuTLS, mutual authentication against the CA. CLI-only,
     /// passed through a config file, and only when the request has such a
     /// connection. See [`crate::tls`].
-    pub fn criu_tls(&mut self, files: &crate::tls::TlsFiles) -> &mut Self {
+    pub fn criu_tls(&mut self, files: &crate::credentials::TlsFiles) -> &mut Self {
         self.criu_tls = Some(files.clone());
         self
     }

@@ -20,7 +20,7 @@ use rustls::{
     RootCertStore, ServerConfig, ServerConnection, SignatureScheme, StreamOwned,
 };
 
-use super::TlsFiles;
+use crate::credentials::TlsFiles;
 use crate::error::{Error, Result};
 use crate::transfer::Transport;
 

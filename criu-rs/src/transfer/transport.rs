@@ -34,7 +34,7 @@ pub trait Transport: Read + Write {
     /// as safe as this stream (a `crate::tls::TlsStream` gives its own;
     /// the default: none, CRIU's connections are plain TCP unless the
     /// migration's configuration names files).
-    fn criu_tls(&self) -> Option<crate::tls::TlsFiles> {
+    fn criu_tls(&self) -> Option<crate::credentials::TlsFiles> {
         None
     }
 }
@@ -75,7 +75,7 @@ impl<T: Transport + ?Sized> Transport for &mut T {
         (**self).ip_addresses()
     }
 
-    fn criu_tls(&self) -> Option<crate::tls::TlsFiles> {
+    fn criu_tls(&self) -> Option<crate::credentials::TlsFiles> {
         (**self).criu_tls()
     }
 }
