@@ -89,7 +89,8 @@ struct ReceiveArgs {
     /// The address to listen on (the source connects here).
     #[arg(long)]
     listen: SocketAddr,
-    /// Where the images go (default: a private temporary directory).
+    /// Where the images go (default: in memory, a private tmpfs directory
+    /// removed afterwards: no disk in the path).
     #[arg(long)]
     work_dir: Option<PathBuf>,
     /// Leave the restored tree running and exit, instead of waiting for it.
@@ -113,7 +114,8 @@ struct SendArgs {
     /// `stop-and-copy`, `page-server` or `lazy`.
     #[arg(long, default_value = "stop-and-copy")]
     strategy: Strategy,
-    /// Where the images are written (default: a private temporary directory).
+    /// Where the images are written (default: in memory, a private tmpfs
+    /// directory removed afterwards: no disk in the path).
     #[arg(long)]
     work_dir: Option<PathBuf>,
     /// Also write the cost as JSON (an array of one row) to this file.
@@ -123,23 +125,8 @@ struct SendArgs {
     security: Security,
 }
 
-/// The given directory, or a fresh private one removed at exit.
-fn work_dir(given: &Option<PathBuf>) -> Result<(PathBuf, Option<tempfile::TempDir>), String> {
-    match given {
-        Some(d) => Ok((d.clone(), None)),
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("criu-rs-migrate-host-")
-                .tempdir()
-                .map_err(|e| format!("creating a work directory: {e}"))?;
-            Ok((t.path().to_path_buf(), Some(t)))
-        }
-    }
-}
-
 fn receive(args: ReceiveArgs) -> Result<(), String> {
     let link = args.security.link()?;
-    let (dir, _keep) = work_dir(&args.work_dir)?;
     let listener =
         TcpListener::bind(args.listen).map_err(|e| format!("listening on {}: {e}", args.listen))?;
     eprintln!("waiting for a source on {} ({})", args.listen, link.name());
@@ -152,7 +139,11 @@ fn receive(args: ReceiveArgs) -> Result<(), String> {
     };
     eprintln!("{peer} authenticated; receiving");
     let shell_job = args.security.shell_job;
-    let cfg = DestConfig::new(&dir).customize(move |o| {
+    let cfg = match &args.work_dir {
+        Some(dir) => DestConfig::new(dir),
+        None => DestConfig::in_memory(),
+    };
+    let cfg = cfg.customize(move |o| {
         o.shell_job(shell_job);
     });
     let report = receive_from(&mut stream, cfg).map_err(|e| e.to_string())?;
@@ -183,14 +174,15 @@ fn send(args: SendArgs) -> Result<(), String> {
         .map_err(|e| format!("resolving {}: {e}", args.to))?
         .next()
         .ok_or_else(|| format!("{} has no address", args.to))?;
-    let (dir, _keep) = work_dir(&args.work_dir)?;
     let (rss, netns) = (rss_bytes(args.pid), netns_of(args.pid).unwrap_or(0));
     let shell_job = args.security.shell_job;
-    let cfg = SourceConfig::new(args.strategy, &dir)
-        .progress(Bar::new().callback())
-        .customize(move |o| {
-            o.shell_job(shell_job);
-        });
+    let cfg = match &args.work_dir {
+        Some(dir) => SourceConfig::new(args.strategy, dir),
+        None => SourceConfig::in_memory(args.strategy),
+    };
+    let cfg = cfg.progress(Bar::new().callback()).customize(move |o| {
+        o.shell_job(shell_job);
+    });
     let src = send_to(&link, to, args.pid, cfg).map_err(|e| e.to_string())?;
     let of = Row::of(&src, link.name(), &format!("pid {}", args.pid));
     let row = Row {
