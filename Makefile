@@ -24,6 +24,7 @@ test: setup
 	bash scripts/check-bad-env.sh
 	bash scripts/cli-smoke.sh
 	bash scripts/check-page-server.sh
+	bash scripts/two-hosts-smoke.sh
 	# The examples, end to end, on small workloads.
 	cargo run -q -p criu-rs-examples --example dump_restore
 	cargo run -q -p criu-rs-examples --example migrate -- --strategy all --workload memory:16 --warmup-ms 200
