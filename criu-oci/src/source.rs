@@ -10,6 +10,8 @@ use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use criu::{process_tree, task_state};
+
 use crate::error::{Error, Result};
 
 /// A stopped source tree: continued on drop unless [`StoppedTree::kill`]ed.
@@ -30,13 +32,13 @@ impl StoppedTree {
             since: Instant::now(),
             killed: false,
         };
-        for p in tree(root) {
+        for p in process_tree(root) {
             signal(p, libc::SIGSTOP)?;
             t.pids.push(p);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         for &p in &t.pids {
-            while !matches!(state(p), Some('T' | 't') | None) {
+            while !matches!(task_state(p), Some('T' | 't') | None) {
                 if Instant::now() > deadline {
                     return Err(std::io::Error::other(format!(
                         "task {p} did not stop within 5 s"
@@ -105,7 +107,7 @@ pub fn dump_stopped(
 /// Sends `SIGCONT` to every task of the tree rooted at `root` (a tree
 /// restored from a dump of stopped tasks comes back stopped).
 pub fn continue_tree(root: i32) {
-    for p in tree(root) {
+    for p in process_tree(root) {
         let _ = signal(p, libc::SIGCONT);
     }
 }
@@ -117,33 +119,4 @@ fn signal(pid: i32, sig: i32) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
-}
-
-/// Every task of the tree rooted at `root`, root first.
-fn tree(root: i32) -> Vec<i32> {
-    let mut out = vec![root];
-    let mut i = 0;
-    while i < out.len() {
-        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", out[i])) {
-            for t in tasks.flatten() {
-                let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-                out.extend(
-                    kids.split_whitespace()
-                        .filter_map(|k| k.parse::<i32>().ok()),
-                );
-            }
-        }
-        i += 1;
-    }
-    out
-}
-
-fn state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .next()?
-        .chars()
-        .next()
 }

@@ -4,8 +4,10 @@
 use crate::pidfd::Pidfd;
 
 /// Every task of the tree rooted at `root`, root first (threads' children
-/// included).
-pub(crate) fn tree(root: i32) -> Vec<i32> {
+/// included), read from `/proc/<pid>/task/*/children`; a task that is gone
+/// meanwhile is simply left out. Public as [`crate::process_tree`] for
+/// crates built on this one (criu-oci stops and continues trees with it).
+pub fn tree(root: i32) -> Vec<i32> {
     let mut out = vec![root];
     let mut i = 0;
     while i < out.len() {
@@ -24,8 +26,10 @@ pub(crate) fn tree(root: i32) -> Vec<i32> {
     out
 }
 
-/// The state letter of a task (`R`, `S`, `T`, `Z`...), if it exists.
-pub(crate) fn state(pid: i32) -> Option<char> {
+/// The state letter of a task (`R`, `S`, `T`, `Z`...) from
+/// `/proc/<pid>/stat`, or `None` if it does not exist. Public as
+/// [`crate::task_state`].
+pub fn state(pid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?
         .1
