@@ -7,7 +7,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::link::{accept_peer, receive_from, send_to, Link};
@@ -63,17 +63,41 @@ pub struct TwoHosts {
     pub b: Host,
 }
 
-fn ip(args: &[&str]) -> io::Result<()> {
+/// Runs `ip` with `args` (iproute2); an error names the command and quotes
+/// its stderr. Shared with the other topologies (registry, three hosts).
+pub(crate) fn ip(args: &[&str]) -> io::Result<()> {
     let out = Command::new("ip").args(args).output()?;
+    check_output("ip", args, &out)
+}
+
+/// `Ok` if `program args`, which produced `out`, succeeded; otherwise an
+/// error that names the command and quotes its stderr.
+pub(crate) fn check_output(program: &str, args: &[&str], out: &Output) -> io::Result<()> {
     if out.status.success() {
         Ok(())
     } else {
         Err(io::Error::other(format!(
-            "ip {}: {}",
+            "{program} {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         )))
     }
+}
+
+/// Gives `h`'s `eth0` its address (a /24) and brings `eth0` and `lo` up:
+/// the last step of linking a host, whatever it is linked to.
+pub(crate) fn address_and_up(h: &Host) -> io::Result<()> {
+    ip(&[
+        "-n",
+        &h.name,
+        "addr",
+        "add",
+        &format!("{}/24", h.addr),
+        "dev",
+        "eth0",
+    ])?;
+    ip(&["-n", &h.name, "link", "set", "eth0", "up"])?;
+    ip(&["-n", &h.name, "link", "set", "lo", "up"])
 }
 
 impl TwoHosts {
@@ -110,17 +134,7 @@ impl TwoHosts {
             &hosts.b.name,
         ])?;
         for h in [&hosts.a, &hosts.b] {
-            ip(&[
-                "-n",
-                &h.name,
-                "addr",
-                "add",
-                &format!("{}/24", h.addr),
-                "dev",
-                "eth0",
-            ])?;
-            ip(&["-n", &h.name, "link", "set", "eth0", "up"])?;
-            ip(&["-n", &h.name, "link", "set", "lo", "up"])?;
+            address_and_up(h)?;
         }
         Ok(hosts)
     }

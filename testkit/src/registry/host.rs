@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::hosts::{Host, TwoHosts};
+use crate::hosts::{check_output, ip, Host, TwoHosts};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -28,19 +28,6 @@ pub struct RegistryHost {
     pub host: Host,
     child: Option<Child>,
     dir: tempfile::TempDir,
-}
-
-fn ip(args: &[&str]) -> io::Result<()> {
-    let out = Command::new("ip").args(args).output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
 }
 
 impl RegistryHost {
@@ -312,15 +299,7 @@ fn openssl(args: &[&str]) -> io::Result<()> {
             "running openssl: {e}; install it (scripts/setup.sh)"
         ))
     })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "openssl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    check_output("openssl", args, &out)
 }
 
 impl RegistryHost {

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::hosts::{Host, TwoHosts};
+use crate::hosts::{address_and_up, Host, TwoHosts};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -178,17 +178,7 @@ fn attach(h: &Host, switch: &str, i: usize) -> io::Result<()> {
         switch,
     ])?;
     ip(&["-n", switch, "link", "set", &port, "master", "br0", "up"])?;
-    ip(&[
-        "-n",
-        &h.name,
-        "addr",
-        "add",
-        &format!("{}/24", h.addr),
-        "dev",
-        "eth0",
-    ])?;
-    ip(&["-n", &h.name, "link", "set", "eth0", "up"])?;
-    ip(&["-n", &h.name, "link", "set", "lo", "up"])
+    address_and_up(h)
 }
 
 /// Namespaces made so far by a `new` that has not returned yet.
