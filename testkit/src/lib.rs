@@ -50,7 +50,13 @@ pub fn workload_bin() -> PathBuf {
 
 /// [`workload_bin`], or an error that says how to build it.
 pub fn existing_workload_bin() -> io::Result<PathBuf> {
-    let bin = workload_bin();
+    built_bin(workload_bin())
+}
+
+/// `bin` (one of this crate's binaries, as [`workload_bin`] or
+/// [`tcp::server_bin`] find it) if it exists, or an error that says how to
+/// build it.
+pub fn built_bin(bin: PathBuf) -> io::Result<PathBuf> {
     if bin.exists() {
         Ok(bin)
     } else {
@@ -62,6 +68,22 @@ pub fn existing_workload_bin() -> io::Result<PathBuf> {
             ),
         ))
     }
+}
+
+/// Whether `ticks` count 1, 2, 3... without a gap or repeat and go on past
+/// `seq` (the last number seen before a move): the workload continued.
+pub fn continued_past(ticks: &[Tick], seq: u64) -> bool {
+    ticks.iter().enumerate().all(|(i, t)| t.seq == i as u64 + 1) && ticks.len() as u64 > seq
+}
+
+/// The longest time between two consecutive `ticks`, in nanoseconds (0 for
+/// fewer than two): a move's downtime as the workload saw it.
+pub fn longest_gap_ns(ticks: &[Tick]) -> u128 {
+    ticks
+        .windows(2)
+        .map(|p| p[1].unix_ns.saturating_sub(p[0].unix_ns))
+        .max()
+        .unwrap_or(0)
 }
 
 /// One line of the workload's output.

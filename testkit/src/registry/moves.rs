@@ -13,7 +13,7 @@ use super::host::{unique_tag, RegistryHost};
 use crate::container::BoxError;
 use crate::hosts::{netns_of, TwoHosts};
 use crate::measure::{ms, rss_bytes, Cost, DumpTimes, Row};
-use crate::{workload_bin, Workload};
+use crate::{continued_past, existing_workload_bin, longest_gap_ns, Workload};
 
 /// What [`move_through_registry`] moves, and how.
 #[derive(Debug, Clone, Copy)]
@@ -113,14 +113,7 @@ pub fn migrate_via_registry(
     mib: usize,
     warmup: Duration,
 ) -> Result<(Row, RegistryCost), BoxError> {
-    let bin = workload_bin();
-    if !bin.exists() {
-        return Err(format!(
-            "{} not found: run `cargo build -p criu-testkit --bins` first",
-            bin.display()
-        )
-        .into());
-    }
+    let bin = existing_workload_bin()?;
     let dir = tempfile::Builder::new()
         .prefix("criu-rs-regmig-")
         .tempdir()?;
@@ -161,13 +154,8 @@ pub fn migrate_via_registry(
     let dest_netns = netns_of(pid_after)?;
     w.wait_for_seq(seq_at_stop + 200, Duration::from_secs(60))?;
     let ticks = w.ticks();
-    let continued = ticks.iter().enumerate().all(|(i, t)| t.seq == i as u64 + 1)
-        && ticks.len() as u64 > seq_at_stop;
-    let downtime_ns = ticks
-        .windows(2)
-        .map(|p| p[1].unix_ns.saturating_sub(p[0].unix_ns))
-        .max()
-        .unwrap_or(0);
+    let continued = continued_past(&ticks, seq_at_stop);
+    let downtime_ns = longest_gap_ns(&ticks);
     let memory_intact = if mib > 0 {
         let (sum, ok) = w.verify_memory(pid_after, Duration::from_secs(120))?;
         Some(ok && Some(sum) == checksum)

@@ -16,7 +16,7 @@ use super::{server_bin, SERVICE_PORT};
 use crate::container::BoxError;
 use crate::hosts::netns_of;
 use crate::measure::{rss_bytes, Cost, Row};
-use crate::Workload;
+use crate::{built_bin, continued_past, longest_gap_ns, Workload};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -99,14 +99,7 @@ pub struct TcpOutcome {
 
 /// Starts the server on host `a` as the init of its own PID namespace.
 fn spawn_server(hosts: &ThreeHosts, out: &Path, mib: usize) -> Result<Workload, BoxError> {
-    let bin = server_bin();
-    if !bin.exists() {
-        return Err(format!(
-            "{} not found: run `cargo build -p criu-testkit --bins` first",
-            bin.display()
-        )
-        .into());
-    }
+    let bin = built_bin(server_bin())?;
     let listen = SocketAddr::new(hosts.service.into(), SERVICE_PORT).to_string();
     let w = hosts.pair.a.run(|| {
         let mut cmd = std::process::Command::new("unshare");
@@ -168,14 +161,8 @@ pub fn migrate_server(s: &TcpSettings) -> Result<TcpOutcome, BoxError> {
     w.wait_for_seq(seq_at_stop + 100, Duration::from_secs(60))?;
     let clients = finish_clients(clients)?;
     let ticks = w.ticks();
-    let continued = ticks.iter().enumerate().all(|(i, t)| t.seq == i as u64 + 1)
-        && ticks.len() as u64 > seq_at_stop;
-    let downtime_ms = ticks
-        .windows(2)
-        .map(|p| p[1].unix_ns.saturating_sub(p[0].unix_ns))
-        .max()
-        .unwrap_or(0) as f64
-        / 1e6;
+    let continued = continued_past(&ticks, seq_at_stop);
+    let downtime_ms = longest_gap_ns(&ticks) as f64 / 1e6;
     let of = Row::of(&src, "plain", &format!("tcp-server:{}", s.mib));
     let row = Row {
         cost: Cost {
