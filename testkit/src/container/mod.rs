@@ -29,6 +29,7 @@ use crate::measure::{ms, Cost, DumpTimes};
 
 pub use busybox::{consecutive, make_rootfs, numbers, wait_lines, SCRIPT};
 pub use docker::DockerEngine;
+pub(crate) use own::OwnSetup;
 pub use own::{OwnContainer, OwnEngine};
 pub use phased::{move_checkpoint, Checkpointed, Phased, Restored};
 pub use runc::RuncEngine;

@@ -88,36 +88,75 @@ impl Drop for OwnContainer {
     }
 }
 
+/// What the engines that move [`OwnContainer`] share ([`OwnEngine`] and
+/// the registry's engine): `dir` with both root filesystems (`rootfs-a`
+/// for the source, `rootfs-b` for the restore), the log directory, and the
+/// source container once started on host a.
+pub(crate) struct OwnSetup {
+    pub(crate) dir: PathBuf,
+    pub(crate) rootfs_b: PathBuf,
+    pub(crate) logdir: PathBuf,
+    pub(crate) source: Option<OwnContainer>,
+}
+
+impl OwnSetup {
+    /// Prepares both root filesystems and the log directory under `dir`.
+    pub(crate) fn new(dir: &Path) -> Result<OwnSetup, BoxError> {
+        let setup = OwnSetup {
+            dir: dir.to_path_buf(),
+            rootfs_b: dir.join("rootfs-b"),
+            logdir: dir.join("log"),
+            source: None,
+        };
+        make_rootfs(&dir.join("rootfs-a"))?;
+        make_rootfs(&setup.rootfs_b)?;
+        fs::create_dir_all(&setup.logdir)?;
+        Ok(setup)
+    }
+
+    /// The counter's log file (in the log directory both sides mount).
+    pub(crate) fn log(&self) -> PathBuf {
+        self.logdir.join("counter.log")
+    }
+
+    /// Starts the container on host a in `rootfs-a`; returns its init.
+    pub(crate) fn start(&mut self, hosts: &TwoHosts, interval: &str) -> Result<i32, BoxError> {
+        let rootfs_a = self.dir.join("rootfs-a");
+        let c = hosts
+            .a
+            .run(|| OwnContainer::start(&self.dir, &rootfs_a, &self.logdir, interval))??;
+        let init = c.init;
+        self.source = Some(c);
+        Ok(init)
+    }
+
+    /// The numbers the counter has logged so far.
+    pub(crate) fn numbers(&self) -> Result<Vec<u64>, BoxError> {
+        Ok(numbers(&self.log()))
+    }
+
+    /// Watches the log for the gap a move leaves.
+    pub(crate) fn downtime(&self) -> Box<dyn Downtime> {
+        Box::new(FileWatcher::start(self.log()))
+    }
+}
+
 /// criu-rs's own container as an [`Engine`]: `criu::migrate` checkpoints
 /// it on host a, streams its images and restores it on host b, into a
 /// second copy of the root filesystem; the log directory is an external
 /// mount that both sides bind to the same host directory.
 pub struct OwnEngine {
-    dir: PathBuf,
-    rootfs_b: PathBuf,
-    logdir: PathBuf,
-    source: Option<OwnContainer>,
+    own: OwnSetup,
     restored: Option<DestReport>,
 }
 
 impl OwnEngine {
     /// Prepares both root filesystems and the log directory under `dir`.
     pub fn new(dir: &Path) -> Result<OwnEngine, BoxError> {
-        let engine = OwnEngine {
-            dir: dir.to_path_buf(),
-            rootfs_b: dir.join("rootfs-b"),
-            logdir: dir.join("log"),
-            source: None,
+        Ok(OwnEngine {
+            own: OwnSetup::new(dir)?,
             restored: None,
-        };
-        make_rootfs(&dir.join("rootfs-a"))?;
-        make_rootfs(&engine.rootfs_b)?;
-        fs::create_dir_all(&engine.logdir)?;
-        Ok(engine)
-    }
-
-    fn log(&self) -> PathBuf {
-        self.logdir.join("counter.log")
+        })
     }
 
     /// The restored container on host b, once migrated.
@@ -132,33 +171,25 @@ impl Engine for OwnEngine {
     }
 
     fn start(&mut self, hosts: &TwoHosts, interval: &str) -> Result<i32, BoxError> {
-        let rootfs_a = self.dir.join("rootfs-a");
-        let c = hosts
-            .a
-            .run(|| OwnContainer::start(&self.dir, &rootfs_a, &self.logdir, interval))??;
-        let init = c.init;
-        self.source = Some(c);
-        Ok(init)
+        self.own.start(hosts, interval)
     }
 
     fn numbers(&self) -> Result<Vec<u64>, BoxError> {
-        Ok(numbers(&self.log()))
+        self.own.numbers()
     }
 
     fn downtime(&self) -> Box<dyn Downtime> {
-        Box::new(FileWatcher::start(self.log()))
+        self.own.downtime()
     }
 
     fn migrate(&mut self, hosts: &TwoHosts) -> Result<Moved, BoxError> {
-        let source = self
-            .source
-            .as_mut()
-            .ok_or("the container was not started")?;
-        let (src_dir, dst_dir) = (self.dir.join("a"), self.dir.join("b"));
+        let own = &mut self.own;
+        let source = own.source.as_mut().ok_or("the container was not started")?;
+        let (src_dir, dst_dir) = (own.dir.join("a"), own.dir.join("b"));
         fs::create_dir_all(&src_dir)?;
         fs::create_dir_all(&dst_dir)?;
-        let logdir = self.logdir.to_string_lossy().to_string();
-        let rootfs_b = &self.rootfs_b;
+        let logdir = own.logdir.to_string_lossy().to_string();
+        let rootfs_b = &own.rootfs_b;
         let run = hosts.migrate(
             source.init,
             || {
@@ -182,7 +213,7 @@ impl Engine for OwnEngine {
             transfer: src.transfer.elapsed,
             restore: src.restore_wall,
             restore_time_us: src.restore_time_us,
-            lines_before: numbers(&self.log()).len(),
+            lines_before: numbers(&self.own.log()).len(),
             pid_after: dst.child.pid(),
         };
         self.restored = Some(dst);
