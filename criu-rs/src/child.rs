@@ -22,6 +22,7 @@ pub struct RestoredChild {
 
 impl RestoredChild {
     pub(crate) fn new(pid: i32) -> RestoredChild {
+        debug_assert!(pid > 0, "the client rejects pid {pid} as a bad response");
         RestoredChild {
             pid,
             status: None,

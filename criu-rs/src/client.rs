@@ -2,41 +2,26 @@
 
 use std::collections::HashSet;
 use std::ffi::c_int;
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
-use nix::errno::Errno;
+use std::time::Duration;
 
 use crate::child::RestoredChild;
-use crate::deadline::{OwnSwrk, Watchdog};
-use crate::error::{error_lines, Context, Error, InvalidKind, Operation, Result};
-use crate::images::{exists_at, read_at};
-use crate::notify::{iter_trampoline, notify_trampoline, Installed, IterFn, Iteration};
+use crate::error::{Context, Error, InvalidKind, Operation, Result};
+use crate::images::{exists_at, read_at, MAX_STATS_READ};
+use crate::notify::{iter_trampoline, IterFn, Iteration};
 use crate::options::Options;
-use crate::raw::{c_path, cvt, RawOpts};
 use crate::report::{DumpReport, RestoreReport};
+use crate::request::{refuse_nested, Channel, Request};
+use crate::spawn::spawn_swrk;
 use crate::stats::Stats;
 use crate::sys;
+use crate::verify::verify_images;
 use crate::version::{Features, Version};
-
-/// Serialises libcriu calls: libcriu keeps process-global state that every
-/// call writes (`saved_errno`, the orphan pts fd), so two calls at once
-/// would race on it. CRIU's own work dominates each call; see the crate
-/// docs on concurrency. A lazy dump does not take it: it blocks until its
-/// pages are served, possibly to a lazy restore made by this same process.
-static LIBCRIU: Mutex<()> = Mutex::new(());
 
 /// Pids with a dump in progress in this process.
 static BUSY: Mutex<Option<HashSet<i32>>> = Mutex::new(None);
-
-thread_local! {
-    static IN_CALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
 
 /// How libcriu reaches CRIU.
 #[derive(Debug)]
@@ -99,42 +84,6 @@ impl Drop for BusyGuard {
         if let Some(s) = set.as_mut() {
             s.remove(&self.0);
         }
-    }
-}
-
-/// The crate's own config file for CLI-only options: mode 0600 in a
-/// private 0700 directory, removed on drop.
-struct ConfigFile {
-    dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl ConfigFile {
-    fn write(lines: &[String]) -> Result<ConfigFile> {
-        let dir = tempfile::Builder::new()
-            .prefix("criu-rs-config-")
-            .tempdir()
-            .map_err(|e| Error::io("creating a private directory for the CRIU config file", e))?;
-        // Private before anything is written into it.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io("making the CRIU config directory private", e))?;
-        let path = dir.path().join("criu.conf");
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-        let mut text = lines.join("\n");
-        text.push('\n');
-        f.write_all(text.as_bytes())
-            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-        Ok(ConfigFile { dir, path })
-    }
-
-    fn path(&self) -> &Path {
-        debug_assert!(self.path.starts_with(self.dir.path()));
-        &self.path
     }
 }
 
@@ -218,44 +167,48 @@ impl Criu {
         }
     }
 
-    fn apply_service(&self, raw: &RawOpts, op: Operation) -> Result<()> {
-        let p = raw.as_ptr();
-        match &self.service {
-            Service::Binary(None) => {}
-            Service::Binary(Some(path)) => {
-                let c = c_path(path, "CRIU binary")?;
-                cvt(
-                    // SAFETY: p is live; libcriu copies the string.
-                    unsafe { sys::criu_local_set_service_binary(p, c.as_ptr()) },
-                    "set_service_binary",
-                )?;
-            }
-            Service::Address(path) => {
-                let c = c_path(path, "CRIU service address")?;
-                cvt(
-                    // SAFETY: p is live; libcriu copies the string.
-                    unsafe { sys::criu_local_set_service_address(p, c.as_ptr()) },
-                    "set_service_address",
-                )?;
-            }
-            Service::Fd(slot) => {
-                let fd = slot.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or_else(|| {
-                    Error::invalid(
-                        Some(op),
-                        InvalidKind::Missing,
-                        "the service socket was used by an earlier request (libcriu closes it after one)",
-                    )
-                })?;
-                // SAFETY: p is live; libcriu takes the descriptor and closes it.
-                unsafe { sys::criu_local_set_service_fd(p, fd.into_raw_fd()) };
-            }
-        }
-        Ok(())
+    /// Chooses how this request reaches CRIU. Taken last, after every
+    /// check, because a one-shot service socket is spent by taking it.
+    fn choose_service(&self, op: Operation, deadline: Option<Duration>) -> Result<Channel> {
+        let Some(deadline) = deadline else {
+            return match &self.service {
+                Service::Binary(b) => Ok(Channel::Binary(b.clone())),
+                Service::Address(a) => Ok(Channel::Address(a.clone())),
+                Service::Fd(slot) => Ok(Channel::Fd(Self::take_fd(slot, op)?)),
+            };
+        };
+        let Service::Binary(binary) = &self.service else {
+            return Err(Error::invalid(
+                Some(op),
+                InvalidKind::Conflict,
+                "a deadline needs the crate to start CRIU itself: not with a service address or fd",
+            ));
+        };
+        let binary = binary.clone().unwrap_or_else(|| PathBuf::from("criu"));
+        let (child, fd) = spawn_swrk(&binary)?;
+        Ok(Channel::OwnSwrk {
+            child,
+            fd,
+            deadline,
+        })
     }
 
-    /// Runs one libcriu request with everything around it: validation, a
-    /// fresh handle, the config file, closures, the global lock, timing and
-    /// error mapping. Returns libcriu's non-negative result and the time.
+    fn take_fd(slot: &Mutex<Option<OwnedFd>>, op: Operation) -> Result<OwnedFd> {
+        slot.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| {
+                Error::invalid(
+                    Some(op),
+                    InvalidKind::Missing,
+                    "the service socket was used by an earlier request (libcriu closes it after one)",
+                )
+            })
+    }
+
+    /// Runs one libcriu request: prepare it, choose the service, call
+    /// libcriu with the closures installed, interpret the result. Returns
+    /// libcriu's non-negative result and the time the call took.
     fn run(
         &self,
         op: Operation,
@@ -263,163 +216,12 @@ impl Criu {
         iter: Option<&mut IterFn<'_>>,
         call: impl FnOnce(*mut sys::criu_opts) -> c_int,
     ) -> Result<(c_int, Duration)> {
-        if IN_CALL.with(|c| c.get()) {
-            return Err(Error::invalid(
-                Some(op),
-                InvalidKind::Conflict,
-                "a CRIU operation cannot be started from inside a notification or iteration closure",
-            ));
-        }
-        let raw = RawOpts::new()?;
+        refuse_nested(op)?;
         let mut empty = Options::new();
         let opts = opts.unwrap_or(&mut empty);
-        let mut own_swrk = match opts.get_deadline() {
-            None => {
-                self.apply_service(&raw, op)?;
-                None
-            }
-            Some(deadline) => {
-                let binary = match &self.service {
-                    Service::Binary(b) => b.clone().unwrap_or_else(|| PathBuf::from("criu")),
-                    _ => {
-                        return Err(Error::invalid(
-                            Some(op),
-                            InvalidKind::Conflict,
-                            "a deadline needs the crate to start CRIU itself: not with a service address or fd",
-                        ))
-                    }
-                };
-                let (swrk, fd) = OwnSwrk::spawn(&binary)?;
-                // SAFETY: raw is live; libcriu takes the socket and closes it.
-                unsafe { sys::criu_local_set_service_fd(raw.as_ptr(), fd.into_raw_fd()) };
-                Some((swrk, deadline))
-            }
-        };
-        let with_op = |e: Error| match e {
-            Error::InvalidArgument { kind, message, .. } => Error::InvalidArgument {
-                operation: Some(op),
-                kind,
-                message,
-            },
-            other => other,
-        };
-        opts.validate().map_err(with_op)?;
-        opts.validate_cli_only().map_err(with_op)?;
-        opts.apply(&raw).map_err(with_op)?;
-        let lines = opts.cli_only_lines();
-        let config = if lines.is_empty() {
-            None
-        } else {
-            Some(ConfigFile::write(&lines)?)
-        };
-        if let Some(cfg) = &config {
-            self.set_config_file(&raw, op, cfg.path())?;
-        }
-        if opts.notify.is_some() {
-            // SAFETY: raw is live; the trampoline is a valid extern "C" fn.
-            unsafe { sys::criu_local_set_notify_cb(raw.as_ptr(), Some(notify_trampoline)) };
-        }
-        let ctx = Context::new(op, opts.get_pid());
-        let blocks_on_peer = op == Operation::Dump && opts.wants_lazy_pages();
-        let work_dir = opts.get_work_dir();
-        let log_name = opts.log_file_name().to_string();
-
-        let (rc, errno, wall, outcome) = {
-            let _lock =
-                (!blocks_on_peer).then(|| LIBCRIU.lock().unwrap_or_else(|e| e.into_inner()));
-            IN_CALL.with(|c| c.set(true));
-            // SAFETY: the closures live in `opts` and `iter`, which outlive
-            // `installed`; it is finished on this thread before they end.
-            let installed = unsafe { Installed::new(opts.notify.as_deref_mut(), iter) };
-            let sibling = if opts.get_restore_sibling() {
-                opts.get_images_dir().and_then(root_pid_at)
-            } else {
-                None
-            };
-            let dog = own_swrk
-                .as_ref()
-                .map(|(s, d)| Watchdog::start(s.pid(), sibling, *d));
-            let start = Instant::now();
-            let rc = call(raw.as_ptr());
-            let errno = Errno::last_raw();
-            let wall = start.elapsed();
-            let outcome = installed.finish();
-            IN_CALL.with(|c| c.set(false));
-            let killed = dog.and_then(Watchdog::finish);
-            (rc, errno, wall, (outcome, killed))
-        };
-        let (outcome, killed) = outcome;
-        drop(config);
-        drop(raw);
-        if let Some((swrk, _)) = own_swrk.as_mut() {
-            swrk.reap(Duration::from_secs(5));
-        }
-        if let Some(panic) = outcome.panic {
-            std::panic::resume_unwind(panic);
-        }
-        if let (Some(n), Some((_, deadline))) = (killed, own_swrk.as_ref()) {
-            let outcome = match (op, ctx.pid) {
-                (Operation::Dump | Operation::PreDump | Operation::DumpIters, Some(pid)) => {
-                    let state = if crate::tree::alive(pid) {
-                        "is still running"
-                    } else {
-                        "is NOT running"
-                    };
-                    format!("CRIU was killed and reaped ({n} task(s)); pid {pid} {state}")
-                }
-                _ => format!(
-                    "CRIU and what it had restored were killed and reaped ({n} task(s)); nothing restored is left"
-                ),
-            };
-            let mut err = Error::DeadlineExceeded {
-                ctx,
-                deadline: *deadline,
-                outcome,
-            };
-            if let (Some(dir), Some(c)) = (work_dir, err.context_mut()) {
-                attach_log(c, dir, &log_name);
-            }
-            return Err(err);
-        }
-        if rc >= 0 {
-            return Ok((rc, wall));
-        }
-        let mut err = if let Some((event, reason)) = outcome.refused {
-            Error::NotificationRefused { ctx, event, reason }
-        } else if outcome.aborted {
-            Error::Aborted {
-                ctx,
-                iterations: outcome.iterations,
-            }
-        } else {
-            map_rc(ctx, rc, errno)
-        };
-        if !matches!(err, Error::Connect { .. }) {
-            if let (Some(dir), Some(c)) = (work_dir, err.context_mut()) {
-                attach_log(c, dir, &log_name);
-            }
-        }
-        Err(err)
-    }
-
-    #[cfg(criu_3_19)]
-    fn set_config_file(&self, raw: &RawOpts, _op: Operation, path: &Path) -> Result<()> {
-        let c = c_path(path, "config file")?;
-        cvt(
-            // SAFETY: raw is live; libcriu copies the string.
-            unsafe { sys::criu_local_set_config_file(raw.as_ptr(), c.as_ptr()) },
-            "set_config_file",
-        )?;
-        Ok(())
-    }
-
-    #[cfg(not(criu_3_19))]
-    fn set_config_file(&self, _raw: &RawOpts, op: Operation, _path: &Path) -> Result<()> {
-        Err(Error::Unsupported {
-            ctx: Context::new(op, None),
-            what: "this libcriu has no criu_local_set_config_file, needed for CLI-only options"
-                .into(),
-        })
+        let mut request = Request::prepare(op, opts)?;
+        request.connect(self.choose_service(op, opts.get_deadline())?)?;
+        request.call(opts, iter, call).interpret()
     }
 
     /// Runs `criu check`: are the kernel and CRIU fit to checkpoint?
@@ -442,7 +244,7 @@ impl Criu {
 
     /// Whether the `criu` binary is at least `min`.
     pub fn version_at_least(&self, min: Version) -> Result<bool> {
-        let min = min.encoded() as c_int;
+        let min = c_int::try_from(min.encoded()).unwrap_or(c_int::MAX);
         // SAFETY: as above.
         let (v, _) = self.run(Operation::Version, None, None, |p| unsafe {
             sys::criu_local_check_version(p, min)
@@ -470,7 +272,17 @@ impl Criu {
     }
 
     fn require_mem_track(&self, op: Operation, pid: Option<i32>) -> Result<()> {
-        if self.feature_check()?.mem_track {
+        let features = match &self.service {
+            // A one-shot socket is kept for the request itself: ask a
+            // `criu` started for the check instead, and if there is none,
+            // leave the answer to the service.
+            Service::Fd(_) => match Criu::new().feature_check() {
+                Err(e) if e.is_connect() => return Ok(()),
+                other => other?,
+            },
+            _ => self.feature_check()?,
+        };
+        if features.mem_track {
             return Ok(());
         }
         Err(Error::Unsupported {
@@ -596,6 +408,9 @@ impl Criu {
                 "the images directory holds no checkpoint (no inventory.img)",
             ));
         }
+        if opts.wants_image_check() {
+            verify_images(dir)?;
+        }
         Ok(())
     }
 
@@ -615,6 +430,7 @@ impl Criu {
         let (pid, wall) = self.run(Operation::Restore, Some(opts), None, |p| unsafe {
             sys::criu_local_restore(p)
         })?;
+        let pid = restored_pid(Operation::Restore, pid)?;
         Ok(Self::restore_report(opts, pid, wall))
     }
 
@@ -622,6 +438,15 @@ impl Criu {
     /// child, returned as an owned handle that can be waited on, signalled,
     /// and that reaps it.
     pub fn restore_child(&self, opts: &mut Options<'_>) -> Result<(RestoredChild, RestoreReport)> {
+        if matches!(self.service, Service::Fd(_)) {
+            // libcriu's restore_child ignores a service socket and starts
+            // `criu` from PATH; refuse rather than leave the socket unused.
+            return Err(Error::invalid(
+                Some(Operation::RestoreChild),
+                InvalidKind::Conflict,
+                "restore_child needs a CRIU this process starts (its root becomes our child), not a service socket: use Criu::new() or Criu::with_binary; the socket is kept for another request",
+            ));
+        }
         Self::prepare_restore(Operation::RestoreChild, opts)?;
         let (pid, wall) = if opts.get_deadline().is_some() {
             // libcriu's restore_child starts CRIU itself; with a deadline the
@@ -640,6 +465,7 @@ impl Criu {
                 sys::criu_local_restore_child(p)
             })?
         };
+        let pid = restored_pid(Operation::RestoreChild, pid)?;
         Ok((
             RestoredChild::new(pid),
             Self::restore_report(opts, pid, wall),
@@ -647,103 +473,20 @@ impl Criu {
     }
 }
 
-/// The root pid recorded in the images (see [`ImagesDir::root_pid`]).
-fn root_pid_at(dir: BorrowedFd<'_>) -> Option<i32> {
-    crate::images::root_pid_of(&read_at(dir, "pstree.img").ok()?).ok()
+/// The restored root's pid, which CRIU must have answered: a pid <= 0
+/// would make `kill` hit the caller's process group (0) or every process
+/// (-1), and `waitpid` wait for any child.
+fn restored_pid(op: Operation, pid: c_int) -> Result<i32> {
+    if pid > 0 {
+        Ok(pid)
+    } else {
+        Err(Error::BadResponse {
+            ctx: Context::new(op, None),
+        })
+    }
 }
 
 fn read_stats(dir: Option<BorrowedFd<'_>>, name: &str) -> Option<Stats> {
-    let bytes = read_at(dir?, name).ok()?;
+    let bytes = read_at(dir?, name, MAX_STATS_READ).ok()?;
     Stats::decode(name, &bytes).ok()
-}
-
-/// Maps a negative libcriu return (see the table in criu.h) to an error.
-fn map_rc(ctx: Context, rc: c_int, errno: i32) -> Error {
-    let os = |fallback: Errno| {
-        if errno > 0 {
-            std::io::Error::from_raw_os_error(errno)
-        } else {
-            std::io::Error::from(fallback)
-        }
-    };
-    match -rc {
-        libc::ECONNREFUSED | 1 => Error::Connect {
-            ctx,
-            source: os(Errno::ECONNREFUSED),
-        },
-        libc::ECOMM => Error::Communication { ctx },
-        libc::EINVAL => Error::Unsupported {
-            ctx,
-            what: "this CRIU does not know the request (update CRIU)".into(),
-        },
-        libc::EBADMSG => Error::BadResponse { ctx },
-        libc::EBADE => Error::Refused {
-            ctx,
-            errno: (errno > 0).then(|| Errno::from_raw(errno)),
-        },
-        other => Error::Refused {
-            ctx,
-            errno: Some(Errno::from_raw(other)),
-        },
-    }
-}
-
-fn attach_log(ctx: &mut Context, dir: BorrowedFd<'_>, name: &str) {
-    if let Ok(bytes) = read_at(dir, name) {
-        ctx.log_errors = error_lines(&String::from_utf8_lossy(&bytes));
-        ctx.log_file = Some(name.to_string());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn config_file_is_private_and_removed() {
-        let cfg = ConfigFile::write(&["lazy-pages".into(), "port 1234".into()]).unwrap();
-        let path = cfg.path().to_path_buf();
-        let dir = path.parent().unwrap().to_path_buf();
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            "lazy-pages\nport 1234\n"
-        );
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert_eq!(
-            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
-            0o700
-        );
-        drop(cfg);
-        assert!(!path.exists() && !dir.exists());
-    }
-
-    #[test]
-    fn libcriu_return_codes_map_to_error_kinds() {
-        let ctx = || Context::new(Operation::Dump, Some(7));
-        assert!(matches!(
-            map_rc(ctx(), -libc::ECONNREFUSED, libc::ENOENT),
-            Error::Connect { .. }
-        ));
-        assert!(matches!(
-            map_rc(ctx(), -libc::ECOMM, 0),
-            Error::Communication { .. }
-        ));
-        assert!(matches!(
-            map_rc(ctx(), -libc::EINVAL, 0),
-            Error::Unsupported { .. }
-        ));
-        assert!(matches!(
-            map_rc(ctx(), -libc::EBADMSG, 0),
-            Error::BadResponse { .. }
-        ));
-        let e = map_rc(ctx(), -libc::EBADE, libc::ESRCH);
-        assert_eq!(e.errno(), Some(Errno::ESRCH));
-        assert!(e.is_not_found());
-        assert!(e
-            .to_string()
-            .starts_with("dump of pid 7: CRIU refused the request (errno 3"));
-    }
 }

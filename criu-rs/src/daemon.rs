@@ -11,15 +11,15 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::client::Criu;
 use crate::error::{error_lines, Error, Result};
-use crate::images::ImagesDir;
+use crate::images::{private_dir, read_tail, ImagesDir, MAX_LOG_TAIL};
+use crate::spawn::{hand_over_fd, OwnedChild};
 
 /// The descriptor number the daemon reports readiness on.
 const STATUS_FD: i32 = 3;
@@ -28,7 +28,7 @@ const STATUS_FD: i32 = 3;
 #[derive(Debug)]
 pub struct Daemon {
     what: &'static str,
-    child: Option<Child>,
+    child: OwnedChild,
     dir: PathBuf,
     log_file: String,
 }
@@ -103,9 +103,7 @@ impl DaemonConfig {
     /// already-loaded worker per request instead; a 1 MiB dump took
     /// ~17 ms through it against ~23 ms here (see BENCHMARKS.md).
     pub fn service(&self) -> Result<Service> {
-        let dir = tempfile::Builder::new()
-            .prefix("criu-rs-service-")
-            .tempdir()
+        let dir = private_dir("criu-rs-service-")
             .map_err(|e| Error::io("creating the CRIU service's directory", e))?;
         let socket = dir.path().join("criu.sock");
         let args: Vec<OsString> = vec![
@@ -138,7 +136,10 @@ impl DaemonConfig {
             STATUS_FD.to_string().into(),
         ]);
         let (read, write) =
-            nix::unistd::pipe().map_err(|e| Error::io("creating a status pipe", e.into()))?;
+            // Close-on-exec: a process another thread spawns meanwhile must
+            // not hold the write end (its EOF tells us the daemon died).
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| Error::io("creating a status pipe", e.into()))?;
         let netns =
             match &self.netns {
                 Some(p) => Some(File::open(p).map_err(|e| {
@@ -158,14 +159,12 @@ impl DaemonConfig {
             STATUS_FD,
             netns.as_ref().map(AsRawFd::as_raw_fd),
         );
-        let child = cmd
-            .spawn()
-            .map_err(|e| Error::io(format!("starting {} ({})", what, binary.display()), e))?;
+        let child = OwnedChild::spawn(&mut cmd, &format!("{what} ({})", binary.display()))?;
         drop(write);
         drop(netns);
         let mut daemon = Daemon {
             what,
-            child: Some(child),
+            child,
             dir,
             log_file: log_file.to_string(),
         };
@@ -176,7 +175,8 @@ impl DaemonConfig {
 
 impl Daemon {
     fn failure(&self, message: String) -> Error {
-        let log = std::fs::read_to_string(self.dir.join(&self.log_file)).unwrap_or_default();
+        let log = read_tail(&self.dir.join(&self.log_file), MAX_LOG_TAIL).unwrap_or_default();
+        let log = String::from_utf8_lossy(&log);
         let lines = error_lines(&log);
         let mut message = format!("{}: {message}", self.what);
         if !lines.is_empty() {
@@ -226,8 +226,7 @@ impl Daemon {
                 Ok(1) => Ok(()),
                 _ => {
                     // EOF: it exited (or closed the fd) without being ready.
-                    let status = self.child.as_mut().and_then(|c| c.wait().ok());
-                    self.child = None;
+                    let status = self.child.wait();
                     Err(self.failure(format!("exited before it was ready ({})", describe(status))))
                 }
             };
@@ -238,13 +237,12 @@ impl Daemon {
     /// success is an error quoting its log. After `timeout` it is killed.
     pub fn wait(mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let Some(child) = self.child.as_mut() else {
+        if self.child.pid().is_none() {
             return Ok(());
-        };
+        }
         loop {
-            match child.try_wait() {
+            match self.child.try_wait() {
                 Ok(Some(status)) => {
-                    self.child = None;
                     return if status.success() {
                         Ok(())
                     } else {
@@ -266,15 +264,12 @@ impl Daemon {
 
     /// The daemon's pid, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.pid()
     }
 
     /// Kills and reaps the daemon now.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.child.kill();
     }
 
     /// The path of its log file.
@@ -305,9 +300,22 @@ pub struct Service {
 }
 
 impl Service {
-    /// A client that sends its requests to this service.
-    pub fn client(&self) -> Criu {
-        Criu::with_service_address(&self.socket)
+    /// A client that sends its requests to this service. It borrows the
+    /// service, so the service cannot be dropped (killed, its directory
+    /// removed) while the client is in use:
+    ///
+    /// ```compile_fail
+    /// let service = criu::DaemonConfig::new().service()?;
+    /// let client = service.client();
+    /// drop(service);
+    /// client.check()?;
+    /// # Ok::<(), criu::Error>(())
+    /// ```
+    pub fn client(&self) -> ServiceClient<'_> {
+        ServiceClient {
+            criu: Criu::with_service_address(&self.socket),
+            _service: std::marker::PhantomData,
+        }
     }
 
     /// The service's socket.
@@ -327,16 +335,26 @@ impl Service {
     }
 }
 
+/// A [`Criu`] that sends its requests to a [`Service`], which it borrows
+/// (see [`Service::client`]); use it as a `Criu`.
+#[derive(Debug)]
+pub struct ServiceClient<'s> {
+    criu: Criu,
+    _service: std::marker::PhantomData<&'s Service>,
+}
+
+impl std::ops::Deref for ServiceClient<'_> {
+    type Target = Criu;
+
+    fn deref(&self) -> &Criu {
+        &self.criu
+    }
+}
+
 fn describe(status: Option<ExitStatus>) -> String {
     match status {
         Some(s) => s.to_string(),
         None => "status unknown".into(),
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -348,31 +366,4 @@ pub fn free_port(ip: std::net::IpAddr) -> Result<SocketAddr> {
         .map_err(|e| Error::io(format!("finding a free port on {ip}"), e))?;
     l.local_addr()
         .map_err(|e| Error::io("reading a bound address", e))
-}
-
-/// Arranges for `fd` to be descriptor `target` in the child (and every
-/// other descriptor above it closed: libcriu's sockets are not
-/// close-on-exec), after switching to network namespace `netns` if given.
-pub(crate) fn hand_over_fd(cmd: &mut Command, fd: RawFd, target: RawFd, netns: Option<RawFd>) {
-    // SAFETY: only async-signal-safe calls (setns, dup2, fcntl,
-    // close_range) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some(ns) = netns {
-                if libc::setns(ns, libc::CLONE_NEWNET) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            if fd == target {
-                // dup2 onto itself keeps close-on-exec: clear it instead.
-                if libc::fcntl(target, libc::F_SETFD, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            } else if libc::dup2(fd, target) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            libc::syscall(libc::SYS_close_range, target as u32 + 1, u32::MAX, 0u32);
-            Ok(())
-        });
-    }
 }

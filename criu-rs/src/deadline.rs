@@ -1,89 +1,20 @@
-//! Deadlines: a `criu swrk` the crate starts itself (so it knows the pid),
-//! and a watchdog that kills it, and everything it forked, when the
-//! operation's time is up.
+//! Deadlines: a watchdog that kills the `criu swrk` the crate started
+//! itself for the call (see `spawn.rs`), and everything it forked, when
+//! the operation's time is up.
+//!
+//! It acts only on what the call created: the helper's tree and, for a
+//! restore whose root CRIU creates as its sibling (the caller's child),
+//! the caller's children that appeared during the call with the images'
+//! root pid. Every signal goes through a pidfd opened while the task was
+//! known to be the right one, and the caller's children it kills are
+//! reaped.
 
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-use nix::unistd::Pid;
-
-use crate::daemon::hand_over_fd;
-use crate::error::{Error, Result};
+use crate::pidfd::Pidfd;
 use crate::tree::tree;
-
-/// The descriptor number the service socket gets in the child.
-const SERVICE_FD: i32 = 3;
-
-/// A `criu swrk` child of this process, serving one libcriu request over
-/// the socket handed to libcriu with `criu_local_set_service_fd`.
-pub(crate) struct OwnSwrk {
-    child: Option<Child>,
-}
-
-impl OwnSwrk {
-    /// Starts `binary swrk 3`; returns it and libcriu's end of the socket.
-    pub(crate) fn spawn(binary: &Path) -> Result<(OwnSwrk, OwnedFd)> {
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| Error::io("creating the CRIU service socket", e.into()))?;
-        let mut cmd = Command::new(binary);
-        cmd.arg("swrk")
-            .arg(SERVICE_FD.to_string())
-            .stdin(Stdio::null());
-        hand_over_fd(&mut cmd, theirs.as_raw_fd(), SERVICE_FD, None);
-        let child = cmd
-            .spawn()
-            .map_err(|e| Error::io(format!("starting {} swrk", binary.display()), e))?;
-        drop(theirs);
-        Ok((OwnSwrk { child: Some(child) }, ours))
-    }
-
-    pub(crate) fn pid(&self) -> i32 {
-        self.child.as_ref().map_or(0, |c| c.id() as i32)
-    }
-
-    /// Reaps the helper once libcriu has closed its socket (it exits on
-    /// its own then); kills it if it has not after `grace`.
-    pub(crate) fn reap(&mut self, grace: Duration) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let deadline = Instant::now() + grace;
-        // It usually exits within microseconds of the reply: poll often at
-        // first, then back off to 2 ms.
-        let mut pause = Duration::from_micros(20);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) | Err(_) => return,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(2));
-                }
-                Ok(None) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return;
-                }
-            }
-        }
-    }
-}
-
-impl Drop for OwnSwrk {
-    fn drop(&mut self) {
-        self.reap(Duration::ZERO);
-    }
-}
 
 /// Kills the helper's whole tree when the deadline passes, unless stopped
 /// first. Returns how many tasks it killed.
@@ -93,23 +24,23 @@ pub(crate) struct Watchdog {
 }
 
 impl Watchdog {
-    /// `sibling`: the pid a restored root will have if CRIU creates it as
-    /// its sibling (our child) rather than its child (`restore_child`).
+    /// `sibling`: the pid (as seen in its own PID namespace) a restored
+    /// root will have if CRIU creates it as its sibling, i.e. our child,
+    /// rather than its child (`restore_child`).
     pub(crate) fn start(helper: i32, sibling: Option<i32>, deadline: Duration) -> Watchdog {
         let (tx, rx) = mpsc::channel::<()>();
+        // Recorded before the call: the children this call did not create.
+        let before = if sibling.is_some() {
+            our_children()
+                .into_iter()
+                .filter_map(|p| Pidfd::open(p).ok())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let helper = Pidfd::open(helper).ok();
         let handle = std::thread::spawn(move || match rx.recv_timeout(deadline) {
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                // Stop the helper first, so it cannot react to its children dying.
-                let _ = kill(Pid::from_raw(helper), Signal::SIGSTOP);
-                let mut victims = tree(helper);
-                for root in restored_siblings(helper, sibling) {
-                    victims.extend(tree(root));
-                }
-                for &p in victims.iter().rev() {
-                    let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
-                }
-                Some(victims.len())
-            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Some(expire(helper, sibling, &before)),
             _ => None,
         });
         Watchdog {
@@ -125,41 +56,85 @@ impl Watchdog {
     }
 }
 
-/// Our children that CRIU restored as its siblings: the expected root pid,
-/// or (for a tree that is the init of its own PID namespace, whose pid is
-/// new) a child of ours in another PID namespace. The helper is excluded.
-fn restored_siblings(helper: i32, expected: Option<i32>) -> Vec<i32> {
-    if expected.is_none() {
-        return Vec::new();
-    }
-    let me = std::process::id();
-    let our_pidns = std::fs::metadata("/proc/self/ns/pid").ok().map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        m.ino()
-    });
-    let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return out;
+/// Kills the helper's tree and what it restored as our children; reaps
+/// the latter (the helper is reaped by its owner). Returns how many tasks
+/// it killed.
+fn expire(helper: Option<Pidfd>, sibling: Option<i32>, before: &[Pidfd]) -> usize {
+    let Some(helper) = helper else {
+        return 0;
     };
-    for t in tasks.flatten() {
-        let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        for kid in kids
-            .split_whitespace()
-            .filter_map(|k| k.parse::<i32>().ok())
-        {
-            if kid == helper || kid as u32 == me {
-                continue;
-            }
-            let ns = std::fs::metadata(format!("/proc/{kid}/ns/pid"))
-                .ok()
-                .map(|m| {
-                    use std::os::unix::fs::MetadataExt;
-                    m.ino()
-                });
-            if Some(kid) == expected || (ns.is_some() && ns != our_pidns) {
-                out.push(kid);
-            }
-        }
+    // Stop the helper first, so it cannot react to its children dying.
+    let _ = helper.signal(libc::SIGSTOP);
+    let siblings = restored_siblings(helper.pid(), sibling, before);
+    let mut victims = tree_of(helper);
+    for root in &siblings {
+        victims.extend(tree_of_descendants(root));
     }
+    let killed = victims
+        .iter()
+        .chain(&siblings)
+        .rev()
+        .filter(|p| p.signal(libc::SIGKILL).is_ok())
+        .count();
+    for root in &siblings {
+        let _ = root.reap();
+    }
+    killed
+}
+
+/// `root` and every task below it, each as a pidfd opened as soon as it
+/// was seen.
+fn tree_of(root: Pidfd) -> Vec<Pidfd> {
+    let mut out = tree_of_descendants(&root);
+    out.insert(0, root);
     out
+}
+
+fn tree_of_descendants(root: &Pidfd) -> Vec<Pidfd> {
+    tree(root.pid())
+        .into_iter()
+        .skip(1)
+        .filter_map(|p| Pidfd::open(p).ok())
+        .collect()
+}
+
+/// This process's children now.
+fn our_children() -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .flat_map(|t| {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            kids.split_whitespace()
+                .filter_map(|k| k.parse::<i32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// A task's pid in its own (innermost) PID namespace.
+fn innermost_pid(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+    line.split_whitespace().last()?.parse().ok()
+}
+
+/// Our children that CRIU restored as its siblings during this call: not
+/// the helper, not a child that existed before the call (still the same
+/// process, per its pidfd), and with the images' root pid in its own PID
+/// namespace (the root keeps its pid, or is the init of a new namespace
+/// with the pid it had in the old one).
+fn restored_siblings(helper: i32, expected: Option<i32>, before: &[Pidfd]) -> Vec<Pidfd> {
+    let Some(expected) = expected else {
+        return Vec::new();
+    };
+    let existed = |kid: i32| before.iter().any(|b| b.pid() == kid && b.signal(0).is_ok());
+    our_children()
+        .into_iter()
+        .filter(|&kid| kid != helper && !existed(kid))
+        .filter(|&kid| innermost_pid(kid) == Some(expected))
+        .filter_map(|kid| Pidfd::open(kid).ok())
+        .collect()
 }

@@ -8,6 +8,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, InvalidKind, Result};
+use crate::framing::{bad, Entries, IMG_COMMON_MAGIC};
 use crate::stats::Stats;
 
 /// The file every complete checkpoint has.
@@ -40,26 +41,108 @@ fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Reads a file of a directory descriptor, not following symlinks.
-pub(crate) fn read_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<Vec<u8>> {
+/// The most the crate reads of an image it decodes itself (pstree,
+/// pagemaps): real ones are kilobytes.
+pub(crate) const MAX_IMAGE_READ: u64 = 64 << 20;
+/// The most read of a statistics file (real ones are under 100 bytes).
+pub(crate) const MAX_STATS_READ: u64 = 1 << 20;
+/// How much of the end of a CRIU log is read for its error lines.
+pub(crate) const MAX_LOG_TAIL: u64 = 8 << 20;
+
+/// Opens a file of a directory descriptor for reading, refusing anything
+/// but a regular file: no symlink is followed, and a FIFO is opened
+/// without blocking (`O_NONBLOCK`) and then refused, so planting one
+/// cannot hang the caller.
+pub(crate) fn open_regular_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<File> {
     let c = std::ffi::CString::new(name)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains a NUL byte"))?;
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
     // SAFETY: `dir` is an open descriptor, `c` a valid C string.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: `fd` was just opened and is owned by nobody else.
-    let mut f = unsafe { File::from_raw_fd(fd) };
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf)?;
+    let file = unsafe { File::from_raw_fd(fd) };
+    regular(file, name)
+}
+
+/// `file` if it is a regular file, an `InvalidData` error naming it if not.
+fn regular(file: File, name: &str) -> io::Result<File> {
+    if file.metadata()?.file_type().is_file() {
+        Ok(file)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{name} is not a regular file"),
+        ))
+    }
+}
+
+/// Reads a regular file of a directory descriptor whole (see
+/// [`open_regular_at`]), refusing one larger than `max` bytes.
+pub(crate) fn read_at(dir: BorrowedFd<'_>, name: &str, max: u64) -> io::Result<Vec<u8>> {
+    let f = open_regular_at(dir, name)?;
+    let len = f.metadata()?.len();
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{name} is {len} bytes, more than the {max} expected"),
+        ));
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    f.take(max).read_to_end(&mut buf)?;
     Ok(buf)
+}
+
+/// The last `max` bytes (at most) of a regular file of a directory.
+pub(crate) fn read_tail_at(dir: BorrowedFd<'_>, name: &str, max: u64) -> io::Result<Vec<u8>> {
+    tail(open_regular_at(dir, name)?, max)
+}
+
+/// The last `max` bytes (at most) of the regular file at `path` (not
+/// followed if a symlink, refused if not a regular file).
+pub(crate) fn read_tail(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    tail(regular(f, &path.display().to_string())?, max)
+}
+
+fn tail(mut f: File, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    let len = f.metadata()?.len();
+    if len > max {
+        f.seek(SeekFrom::Start(len - max))?;
+    }
+    let mut buf = Vec::new();
+    f.take(max).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// The size of a regular file of a directory; `None` if it does not exist.
+pub(crate) fn size_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<Option<u64>> {
+    match open_regular_at(dir, name) {
+        Ok(f) => Ok(Some(f.metadata()?.len())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A fresh directory of this user's, mode 0700 whatever the umask (created
+/// no wider than 0700, then set to exactly that): CRIU, as root, writes its
+/// log and socket there, and nobody else may plant a symlink in it.
+pub(crate) fn private_dir(prefix: &str) -> io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::Permissions::from_mode(0o700);
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .permissions(mode.clone())
+        .tempdir()?;
+    std::fs::set_permissions(dir.path(), mode)?;
+    Ok(dir)
 }
 
 pub(crate) fn exists_at(dir: BorrowedFd<'_>, name: &str) -> bool {
@@ -164,16 +247,19 @@ impl ImagesDir {
         }
     }
 
-    /// Reads one file of the directory.
+    /// Reads one regular file of the directory (a symlink, FIFO or device
+    /// is refused rather than followed or waited on).
     pub fn read(&self, name: &str) -> Result<Vec<u8>> {
-        read_at(self.fd.as_fd(), name)
+        read_at(self.fd.as_fd(), name, u64::MAX)
             .map_err(|e| Error::io(format!("reading {} in {}", name, self.path.display()), e))
     }
 
     /// The pid of the checkpoint's root task, from `pstree.img` (the pid a
     /// restore gives it, unless it is the init of a PID namespace).
     pub fn root_pid(&self) -> Result<i32> {
-        root_pid_of(&self.read("pstree.img")?)
+        let bytes = read_at(self.fd.as_fd(), "pstree.img", MAX_IMAGE_READ)
+            .map_err(|e| Error::io(format!("reading pstree.img in {}", self.path.display()), e))?;
+        root_pid_of(&bytes)
     }
 
     /// Decodes `stats-dump`, if the directory (as work directory of a
@@ -188,7 +274,7 @@ impl ImagesDir {
     }
 
     fn stats(&self, name: &str) -> Result<Option<Stats>> {
-        match read_at(self.fd.as_fd(), name) {
+        match read_at(self.fd.as_fd(), name, MAX_STATS_READ) {
             Ok(bytes) => Stats::decode(name, &bytes).map(Some),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(format!("reading {name}"), e)),
@@ -202,32 +288,54 @@ impl AsFd for ImagesDir {
     }
 }
 
-/// The first entry of a `pstree.img`: magic, pstree magic, then entries of
-/// a u32 size and a `pstree_entry` message.
+/// The magic of `pstree.img` (after the common one).
+const PSTREE_MAGIC: u32 = 0x5027_3030;
+/// The largest pstree entry accepted (a task with 64k threads fits).
+const MAX_PSTREE_ENTRY: usize = 1 << 20;
+
+/// The first entry of a `pstree.img`: the root task's pid.
 pub(crate) fn root_pid_of(bytes: &[u8]) -> Result<i32> {
     #[derive(Clone, PartialEq, prost::Message)]
     struct PstreeEntry {
         #[prost(uint32, required, tag = "1")]
         pid: u32,
     }
-    const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
-    const PSTREE_MAGIC: u32 = 0x5027_3030;
-    let bad = |message: &str| Error::BadImage {
-        file: "pstree.img".into(),
-        message: message.into(),
-    };
-    let word = |i: usize| -> Option<u32> {
-        bytes
-            .get(i..i + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    if word(0) != Some(IMG_COMMON_MAGIC) || word(4) != Some(PSTREE_MAGIC) {
-        return Err(bad("not a pstree image (bad magic)"));
+    let file = "pstree.img";
+    let magics = [IMG_COMMON_MAGIC, PSTREE_MAGIC];
+    let entry: PstreeEntry =
+        Entries::open(file, bytes, &magics, "a pstree image", MAX_PSTREE_ENTRY)?.first()?;
+    i32::try_from(entry.pid)
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or_else(|| bad(file, format!("root pid {} is out of range", entry.pid)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fifo_in_place_of_an_image_is_refused_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["stats-dump", "pstree.img"] {
+            nix::unistd::mkfifo(&dir.path().join(name), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        }
+        let images = ImagesDir::open(dir.path()).unwrap();
+        // Opening a FIFO for reading blocks until a writer comes: on
+        // another thread, so that a regression fails instead of hanging.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            let images = ImagesDir::open(path).unwrap();
+            let _ = tx.send((images.dump_stats().is_err(), images.root_pid().is_err()));
+        });
+        let (stats_refused, pstree_refused) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading a FIFO hung");
+        assert!(stats_refused && pstree_refused);
+        let e = images.read("stats-dump").unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let tail = read_tail(&dir.path().join("pstree.img"), 10);
+        assert!(tail.is_err());
     }
-    let size = word(8).ok_or_else(|| bad("no entry"))? as usize;
-    let body = bytes
-        .get(12..12usize.saturating_add(size))
-        .ok_or_else(|| bad("truncated entry"))?;
-    let entry = <PstreeEntry as prost::Message>::decode(body).map_err(|e| bad(&e.to_string()))?;
-    i32::try_from(entry.pid).map_err(|_| bad("pid out of range"))
 }

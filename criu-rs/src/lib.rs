@@ -74,20 +74,59 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms)]
 
+// Layers, lowest first. A module uses only modules of lower layers (no
+// import circles); the public API is re-exported below.
+//
+//  1. `criu_sys` (the raw bindings), `error` (what went wrong), `tree`
+//     (process trees from /proc), `pidfd` (signals that cannot hit a
+//     reused pid).
+//  2. `raw` (the owned `criu_opts` handle, the return-code helper),
+//     `framing` (CRIU's image framing: magic, sized protobuf entries),
+//     `version`.
+//  3. `stats` (CRIU's statistics files).
+//  4. `images` (checkpoint directories, safe reads of their files),
+//     `report`, `child` (a restored child, reaped on drop).
+//  5. `verify` (a checkpoint checked before a restore), `notify` (events,
+//     the closure types and their C trampolines).
+//  6. `options` (what a request carries; writes it into a `raw` handle).
+//  7. `spawn` (CRIU processes the crate starts: an fd handed over, a
+//     network namespace, reaped on drop), `deadline` (the watchdog).
+//  8. `request` (one libcriu call: prepare, connect, call, interpret).
+//  9. `client` (`Criu`: the service to use and the operations).
+// 10. `daemon` (page server, lazy-pages daemon, `criu service`).
+// 11. `transfer` (the image stream), `migrate` (live migration).
+//
+// One dump: `Criu::dump` checks the pid and the images directory and marks
+// the pid busy (client); `Request::prepare` validates the `Options` and
+// writes them into a fresh handle plus, for CLI-only options, a private
+// config file (request, options, raw); `Criu::choose_service` picks libcriu's
+// own `criu swrk`, a service socket, or a `criu swrk` the crate spawns so a
+// deadline can kill it (client, spawn); `Request::call` installs the
+// notification closure (notify), takes the global libcriu lock, starts the
+// watchdog (deadline) and calls `criu_local_dump`; `Finished::interpret`
+// turns the result into `Ok` or a typed `Error` quoting CRIU's log, and the
+// client reads `stats-dump` into the `DumpReport` (stats, report). A restore
+// takes the same path after `verify` has checked the images.
+
 mod child;
 mod client;
 mod daemon;
 mod deadline;
 mod error;
+mod framing;
 mod images;
 pub mod migrate;
 mod notify;
 mod options;
+mod pidfd;
 mod raw;
 mod report;
+mod request;
+mod spawn;
 pub mod stats;
 pub mod transfer;
 mod tree;
+mod verify;
 mod version;
 
 /// The raw bindings, for what this crate does not wrap.
@@ -95,7 +134,7 @@ pub use criu_sys as sys;
 
 pub use child::RestoredChild;
 pub use client::Criu;
-pub use daemon::{free_port, Daemon, DaemonConfig, Service};
+pub use daemon::{free_port, Daemon, DaemonConfig, Service, ServiceClient};
 pub use error::{Context, Error, InvalidKind, Operation, Result};
 pub use images::ImagesDir;
 pub use notify::{Event, Iteration, Notification};

@@ -10,11 +10,11 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_int, CStr};
 use std::ops::ControlFlow;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
+use std::sync::Mutex;
 
-use crate::options::NotifyFn;
 use crate::sys;
 
 /// What CRIU is about to do or has done. Names follow CRIU's action scripts.
@@ -132,6 +132,10 @@ pub enum Iteration {
 
 pub(crate) type IterFn<'a> = dyn FnMut(u32) -> Iteration + 'a;
 
+/// A closure called for each notification CRIU sends (what
+/// [`crate::Options::on_notify`] stores).
+pub(crate) type NotifyFn<'a> = dyn FnMut(Notification) -> ControlFlow<String> + 'a;
+
 thread_local! {
     static NOTIFY: Cell<Option<NonNull<NotifyFn<'static>>>> = const { Cell::new(None) };
     static ITER: Cell<Option<NonNull<IterFn<'static>>>> = const { Cell::new(None) };
@@ -208,11 +212,8 @@ pub(crate) unsafe extern "C" fn notify_trampoline(
     // SAFETY: `na` is the notification message libcriu is handling.
     let pid = unsafe { sys::criu_notify_pid(na) };
     let event = Event::from_action(&name, || {
-        // SAFETY: a plain getter of libcriu's static. The fd arrived with
-        // this very message (recv_resp stores it before calling us).
-        let fd = unsafe { sys::criu_get_orphan_pts_master_fd() };
-        // SAFETY: a descriptor received by SCM_RIGHTS, owned by no one yet.
-        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+        // SAFETY: a plain getter of libcriu's static.
+        adopt_orphan_pts(unsafe { sys::criu_get_orphan_pts_master_fd() })
     });
     let note = Notification {
         event,
@@ -238,6 +239,48 @@ pub(crate) unsafe extern "C" fn notify_trampoline(
     }
 }
 
+/// The placeholder parked on the number of the last orphan-pts descriptor
+/// handed out (see [`adopt_orphan_pts`]).
+static PTS_PLACEHOLDER: Mutex<Option<OwnedFd>> = Mutex::new(None);
+
+/// The descriptor that arrived with an `orphan-pts-master` notification,
+/// given `raw`, libcriu's orphan-pts slot. libcriu stores a received
+/// descriptor's number there and never resets it, so the slot may name a
+/// descriptor handed out long ago, whose number the caller's own file may
+/// have taken since. To tell a fresh arrival from a stale number, the
+/// number of each adopted descriptor is kept occupied by a placeholder
+/// (`/dev/null`) of the crate's: the slot then names either our
+/// placeholder (nothing arrived: `None`) or a descriptor the kernel just
+/// gave libcriu. The caller gets it on a new close-on-exec number (libcriu
+/// receives it without `MSG_CMSG_CLOEXEC`). One placeholder is held per
+/// process, once an orphan pts has been received.
+pub(crate) fn adopt_orphan_pts(raw: RawFd) -> Option<OwnedFd> {
+    if raw < 0 {
+        return None;
+    }
+    let mut placeholder = PTS_PLACEHOLDER.lock().unwrap_or_else(|e| e.into_inner());
+    if placeholder.as_ref().map(AsRawFd::as_raw_fd) == Some(raw) {
+        return None;
+    }
+    // SAFETY: fcntl on a number; fails cleanly if it is not open.
+    let moved = unsafe { libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 0) };
+    if moved < 0 {
+        return None;
+    }
+    // SAFETY: `moved` was just returned by the kernel; nobody else owns it.
+    let adopted = unsafe { OwnedFd::from_raw_fd(moved) };
+    let null = std::fs::File::open("/dev/null").ok()?;
+    // SAFETY: dup3 atomically closes the received original at `raw` and
+    // puts the placeholder there; both descriptors are open.
+    if unsafe { libc::dup3(null.as_raw_fd(), raw, libc::O_CLOEXEC) } < 0 {
+        return None;
+    }
+    // SAFETY: `raw` now holds our placeholder, owned by nobody else; the
+    // previous placeholder (if any) is closed as it is replaced.
+    *placeholder = Some(unsafe { OwnedFd::from_raw_fd(raw) });
+    Some(adopted)
+}
+
 /// libcriu's `dump_iters` callback.
 pub(crate) unsafe extern "C" fn iter_trampoline(_pi: sys::criu_predump_info) -> c_int {
     let Some(mut f) = ITER.with(Cell::get) else {
@@ -261,5 +304,41 @@ pub(crate) unsafe extern "C" fn iter_trampoline(_pi: sys::criu_predump_info) -> 
             OUTCOME.with(|o| o.borrow_mut().panic = Some(panic));
             -libc::ECANCELED
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_open(fd: RawFd) -> bool {
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+    }
+
+    #[test]
+    fn only_a_descriptor_that_really_arrived_is_adopted() {
+        // A "received" descriptor, as libcriu gets it: not close-on-exec.
+        let mut ends = [0; 2];
+        // SAFETY: a valid out-array of two ints.
+        assert_eq!(unsafe { libc::pipe(ends.as_mut_ptr()) }, 0);
+        // SAFETY: the write end is ours alone.
+        let write = unsafe { OwnedFd::from_raw_fd(ends[1]) };
+        let raw = ends[0];
+        let adopted = adopt_orphan_pts(raw).expect("a fresh arrival is adopted");
+        assert_ne!(adopted.as_raw_fd(), raw, "handed out on a new number");
+        // SAFETY: as in is_open.
+        let flags = unsafe { libc::fcntl(adopted.as_raw_fd(), libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        drop(write);
+        // The caller closes it and opens a file of its own.
+        drop(adopted);
+        let mine = std::fs::File::open("/dev/zero").unwrap();
+        // A later notification without a descriptor: libcriu's slot still
+        // says `raw`. Nothing is adopted, and the caller's file stays open
+        // (before, the stale number was wrapped and closed on drop).
+        assert!(adopt_orphan_pts(raw).is_none());
+        assert!(is_open(mine.as_raw_fd()));
+        assert!(adopt_orphan_pts(-1).is_none());
     }
 }

@@ -5,7 +5,7 @@
 //! operation turns it into a fresh libcriu handle, so a failed call never
 //! leaves it half-cleared and it can be reused.
 
-use std::ffi::{c_char, OsString};
+use std::ffi::{c_char, c_int, c_uint, CString, OsString};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use crate::error::{Error, InvalidKind, Result};
 use crate::images::ImagesDir;
+// NotifyFn is re-exported here because migration code names it by this path.
 use crate::notify::Notification;
+pub(crate) use crate::notify::NotifyFn;
 use crate::raw::{c_path, c_string, cvt, RawOpts};
 use crate::sys;
 
@@ -228,9 +230,6 @@ struct JoinNs {
     extra: Option<String>,
 }
 
-/// A closure called for each notification CRIU sends.
-pub(crate) type NotifyFn<'a> = dyn FnMut(Notification) -> ControlFlow<String> + 'a;
-
 macro_rules! bool_options {
     ($( $(#[$doc:meta])* $name:ident => $setter:ident ),* $(,)?) => {
         /// On/off options, each mapped to one libcriu setter.
@@ -316,6 +315,7 @@ pub struct Options<'a> {
     images_dir_holds_images: bool,
     work_dir: Option<BorrowedFd<'a>>,
     overwrite_images: bool,
+    skip_image_check: bool,
     parent_images: Option<PathBuf>,
     flags: Flags,
     #[cfg(criu_3_19)]
@@ -377,6 +377,37 @@ impl fmt::Debug for Options<'_> {
     }
 }
 
+/// A libcriu setter taking one signed number (or a descriptor).
+type IntSetter = unsafe extern "C" fn(*mut sys::criu_opts, c_int);
+/// A libcriu setter taking one unsigned number.
+type UintSetter = unsafe extern "C" fn(*mut sys::criu_opts, c_uint);
+/// A libcriu setter taking one string.
+type TextSetter = unsafe extern "C" fn(*mut sys::criu_opts, *const c_char) -> c_int;
+/// A libcriu setter taking two strings (the first may be NULL for some).
+type PairSetter = unsafe extern "C" fn(*mut sys::criu_opts, *const c_char, *const c_char) -> c_int;
+
+/// A C string from text or path bytes, rejecting interior NULs.
+fn c_bytes(value: &[u8], what: &str) -> Result<CString> {
+    CString::new(value).map_err(|_| {
+        invalid(format!(
+            "{what} {:?} contains a NUL byte",
+            String::from_utf8_lossy(value)
+        ))
+    })
+}
+
+fn path_bytes(path: &Path) -> &[u8] {
+    path.as_os_str().as_bytes()
+}
+
+fn texts(values: &[String]) -> Vec<&[u8]> {
+    values.iter().map(String::as_bytes).collect()
+}
+
+fn paths(values: &[PathBuf]) -> Vec<&[u8]> {
+    values.iter().map(|p| path_bytes(p)).collect()
+}
+
 fn invalid(msg: impl Into<String>) -> Error {
     Error::invalid(None, InvalidKind::Malformed, msg)
 }
@@ -435,6 +466,18 @@ impl<'a> Options<'a> {
     /// directory rather than mixing two checkpoints.
     pub fn overwrite_images(&mut self, allow: bool) -> &mut Self {
         self.overwrite_images = allow;
+        self
+    }
+
+    /// Before a restore, check the checkpoint (on by default): every image
+    /// CRIU opens for the root task is present and not empty, and every
+    /// `pages-*.img` holds exactly the pages its `pagemap-*.img` announces.
+    /// A damaged checkpoint is then refused in milliseconds with
+    /// [`crate::Error::BadImage`] naming the file, before CRIU starts (a
+    /// truncated pages image makes CRIU 4.2.1 spin forever). `false` skips
+    /// the check, e.g. to let CRIU itself see the damage.
+    pub fn verify_images(&mut self, on: bool) -> &mut Self {
+        self.skip_image_check = !on;
         self
     }
 
@@ -605,7 +648,9 @@ impl<'a> Options<'a> {
 
     /// Hand a descriptor of the caller to the restored tree in place of the
     /// resource named `key` (`--inherit-fd fd[N]:KEY`). Only works when
-    /// CRIU runs as the caller's child (the default service).
+    /// CRIU runs as the caller's child (the default service). The
+    /// descriptor must not be close-on-exec (CRIU is started with an exec);
+    /// the operation refuses one that is, rather than change its flags.
     pub fn add_inherit_fd(&mut self, fd: BorrowedFd<'a>, key: impl Into<String>) -> &mut Self {
         self.inherit_fds.push((fd, key.into()));
         self
@@ -690,7 +735,9 @@ impl<'a> Options<'a> {
     /// [`Options::timeout`] covers only collecting the tasks; with a
     /// deadline the crate starts CRIU itself and, when the deadline passes,
     /// kills it and everything it forked (a half-restored tree included),
-    /// reaps them, and fails with [`crate::Error::DeadlineExceeded`]. A
+    /// through pidfds and nothing else (the caller's other children are
+    /// spared), reaps those that are this process's children, and fails
+    /// with [`crate::Error::DeadlineExceeded`]. A
     /// dump interrupted this way leaves its tasks running. Not available
     /// with [`crate::Criu::with_service_address`] / `with_service_fd`, nor
     /// with [`Options::add_inherit_fd`] (libcriu allows it only when it
@@ -764,6 +811,10 @@ impl<'a> Options<'a> {
         self.images_dir_holds_images
     }
 
+    pub(crate) fn wants_image_check(&self) -> bool {
+        !self.skip_image_check
+    }
+
     pub(crate) fn get_overwrite_images(&self) -> bool {
         self.overwrite_images
     }
@@ -802,12 +853,7 @@ impl<'a> Options<'a> {
             if key.is_empty() {
                 return Err(invalid("an inherit-fd key is empty"));
             }
-            if nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).is_err() {
-                return Err(invalid(format!(
-                    "inherit-fd {} for {key:?} is not an open descriptor",
-                    fd.as_raw_fd()
-                )));
-            }
+            check_inheritable(fd.as_raw_fd(), key)?;
         }
         if let Some(exec) = &self.exec_cmd {
             if exec.is_empty() {
@@ -856,228 +902,232 @@ impl<'a> Options<'a> {
         lines
     }
 
-    /// Writes every recorded option into a fresh libcriu handle.
-    // One safety argument covers every call here; it is stated once below
-    // rather than repeated on each of the ~50 one-line blocks.
-    #[allow(clippy::undocumented_unsafe_blocks)]
+    /// Writes every recorded option into a fresh libcriu handle: the
+    /// plain values, then the text and text-pair setters (two tables, one
+    /// loop each), then the few setters of their own shape.
     pub(crate) fn apply(&self, raw: &RawOpts) -> Result<()> {
-        let p = raw.as_ptr();
-        // SAFETY (for every unsafe block below): `p` is a live criu_opts
-        // owned by `raw`; libcriu copies every string it is given (strdup)
-        // and only records descriptors, which the `'a` borrows keep open
-        // for as long as these options live.
-        if let Some(pid) = self.pid {
-            unsafe { sys::criu_local_set_pid(p, pid) };
-        }
-        if let Some(fd) = self.images_dir {
-            unsafe { sys::criu_local_set_images_dir_fd(p, fd.as_raw_fd()) };
-        }
-        if let Some(fd) = self.work_dir {
-            unsafe { sys::criu_local_set_work_dir_fd(p, fd.as_raw_fd()) };
-        }
-        if let Some(parent) = &self.parent_images {
-            let c = c_path(parent, "parent images")?;
-            cvt(
-                unsafe { sys::criu_local_set_parent_images(p, c.as_ptr()) },
-                "set_parent_images",
-            )?;
-        }
+        self.apply_values(raw)?;
         self.flags.apply(raw);
+        for (value, what, setter, name) in self.text_setters() {
+            let c = c_bytes(value, what)?;
+            // SAFETY: raw is a live criu_opts; libcriu copies (strdup) the string.
+            cvt(unsafe { setter(raw.as_ptr(), c.as_ptr()) }, name)?;
+        }
+        for (first, second, what, setter, name) in self.pair_setters() {
+            let first = first.map(|v| c_bytes(v, what)).transpose()?;
+            let second = c_bytes(second, what)?;
+            let first_ptr = first.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+            // SAFETY: as above; a missing first value is passed as NULL,
+            // which these setters accept (it means "all controllers").
+            let rc = unsafe { setter(raw.as_ptr(), first_ptr, second.as_ptr()) };
+            cvt(rc, name)?;
+        }
+        self.apply_descriptors(raw)?;
+        self.apply_exec_cmd(raw)?;
+        self.apply_network(raw)?;
+        self.apply_join_ns(raw)?;
         #[cfg(criu_3_19)]
-        if let Some(v) = self.skip_file_rwx_check {
-            unsafe { sys::criu_local_set_skip_file_rwx_check(p, v) };
+        if let Some(file) = &self.config_file {
+            let c = c_bytes(file.as_os_str().as_bytes(), "config file")?;
+            // SAFETY: as above.
+            let rc = unsafe { sys::criu_local_set_config_file(raw.as_ptr(), c.as_ptr()) };
+            cvt(rc, "set_config_file")?;
         }
-        if let Some(level) = self.log_level {
-            unsafe { sys::criu_local_set_log_level(p, level.raw()) };
+        Ok(())
+    }
+
+    /// Setters of one number, descriptor or enum, which cannot fail: two
+    /// tables (signed and unsigned numbers) and the enums.
+    fn apply_values(&self, raw: &RawOpts) -> Result<()> {
+        let p = raw.as_ptr();
+        let fd = |fd: Option<BorrowedFd<'_>>| fd.map(|f| f.as_raw_fd());
+        let ints: [(Option<c_int>, IntSetter); 5] = [
+            (self.pid, sys::criu_local_set_pid),
+            (fd(self.images_dir), sys::criu_local_set_images_dir_fd),
+            (fd(self.work_dir), sys::criu_local_set_work_dir_fd),
+            (fd(self.pidfd_store_sk), sys::criu_local_set_pidfd_store_sk),
+            (
+                self.log_level.map(LogLevel::raw),
+                sys::criu_local_set_log_level,
+            ),
+        ];
+        let secs = self
+            .timeout
+            .map(|t| t.as_secs().saturating_add(u64::from(t.subsec_nanos() > 0)));
+        let secs = secs
+            .map(|s| u32::try_from(s).map_err(|_| invalid("timeout is too long")))
+            .transpose()?;
+        let uints: [(Option<c_uint>, UintSetter); 3] = [
+            (self.cpu_cap.map(CpuCap::bits), sys::criu_local_set_cpu_cap),
+            (self.ghost_limit, sys::criu_local_set_ghost_limit),
+            (secs, sys::criu_local_set_timeout),
+        ];
+        for (value, setter) in ints {
+            if let Some(v) = value {
+                // SAFETY: `p` is a live criu_opts; the setter copies a number
+                // (descriptors stay open: the `'a` borrows keep them so).
+                unsafe { setter(p, v) };
+            }
         }
-        if let Some(name) = &self.log_file {
-            let c = c_string(name, "log file")?;
-            cvt(
-                unsafe { sys::criu_local_set_log_file(p, c.as_ptr()) },
-                "set_log_file",
-            )?;
-        }
-        if let Some(cap) = self.cpu_cap {
-            unsafe { sys::criu_local_set_cpu_cap(p, cap.bits()) };
-        }
-        if let Some(root) = &self.root {
-            let c = c_path(root, "root")?;
-            cvt(
-                unsafe { sys::criu_local_set_root(p, c.as_ptr()) },
-                "set_root",
-            )?;
+        for (value, setter) in uints {
+            if let Some(v) = value {
+                // SAFETY: as above.
+                unsafe { setter(p, v) };
+            }
         }
         if let Some(mode) = self.cgroup_mode {
+            // SAFETY: as above.
             unsafe { sys::criu_local_set_manage_cgroups_mode(p, mode.raw()) };
         }
-        if let Some(cg) = &self.freeze_cgroup {
-            let c = c_path(cg, "freeze cgroup")?;
-            cvt(
-                unsafe { sys::criu_local_set_freeze_cgroup(p, c.as_ptr()) },
-                "set_freeze_cgroup",
-            )?;
+        #[cfg(criu_3_19)]
+        self.apply_criu_3_19_values(raw);
+        Ok(())
+    }
+
+    #[cfg(criu_3_19)]
+    fn apply_criu_3_19_values(&self, raw: &RawOpts) {
+        if let Some(v) = self.skip_file_rwx_check {
+            // SAFETY: raw is live; a plain value.
+            unsafe { sys::criu_local_set_skip_file_rwx_check(raw.as_ptr(), v) };
         }
-        if let Some(profile) = &self.lsm_profile {
-            let c = c_string(profile, "LSM profile")?;
-            cvt(
-                unsafe { sys::criu_local_set_lsm_profile(p, c.as_ptr()) },
-                "set_lsm_profile",
-            )?;
+        if !self.empty_ns.is_empty() {
+            let mask = self.empty_ns.iter().fold(0, |m, ns| m | ns.clone_flag());
+            // SAFETY: as above.
+            unsafe { sys::criu_local_set_empty_ns(raw.as_ptr(), mask) };
         }
-        if let Some(ctx) = &self.lsm_mount_context {
-            let c = c_string(ctx, "LSM mount context")?;
-            cvt(
-                unsafe { sys::criu_local_set_lsm_mount_context(p, c.as_ptr()) },
-                "set_lsm_mount_context",
-            )?;
-        }
-        if let Some(t) = self.timeout {
-            let secs = t.as_secs() + u64::from(t.subsec_nanos() > 0);
-            let secs = u32::try_from(secs).map_err(|_| invalid("timeout is too long"))?;
-            unsafe { sys::criu_local_set_timeout(p, secs) };
-        }
-        if let Some(argv) = &self.exec_cmd {
-            let owned: Vec<std::ffi::CString> = argv
-                .iter()
-                .map(|a| {
-                    std::ffi::CString::new(a.as_bytes())
-                        .map_err(|_| invalid("an exec_cmd argument contains a NUL byte"))
-                })
-                .collect::<Result<_>>()?;
-            let mut ptrs: Vec<*mut c_char> = owned.iter().map(|c| c.as_ptr().cast_mut()).collect();
-            let argc = i32::try_from(ptrs.len()).map_err(|_| invalid("exec_cmd is too long"))?;
-            // libcriu only reads (strdup) the strings.
-            cvt(
-                unsafe { sys::criu_local_set_exec_cmd(p, argc, ptrs.as_mut_ptr()) },
-                "set_exec_cmd",
-            )?;
-        }
-        for inode in &self.unix_sk_inodes {
-            cvt(
-                unsafe { sys::criu_local_add_unix_sk(p, *inode) },
-                "add_unix_sk",
-            )?;
-        }
+    }
+
+    /// Every option set through a one-string setter, as (value, what it
+    /// is, setter, setter's name), lists expanded one entry per item.
+    #[rustfmt::skip] // a table: one row per option reads better than rustfmt's tuples
+    fn text_setters(&self) -> Vec<(&[u8], &'static str, TextSetter, &'static str)> {
+        use sys::*;
+        let singles: [(Option<&[u8]>, &'static str, TextSetter, &'static str); 9] = [
+            (self.parent_images.as_deref().map(path_bytes), "parent images", criu_local_set_parent_images, "set_parent_images"),
+            (self.log_file.as_deref().map(str::as_bytes), "log file", criu_local_set_log_file, "set_log_file"),
+            (self.root.as_deref().map(path_bytes), "root", criu_local_set_root, "set_root"),
+            (self.freeze_cgroup.as_deref().map(path_bytes), "freeze cgroup", criu_local_set_freeze_cgroup, "set_freeze_cgroup"),
+            (self.lsm_profile.as_deref().map(str::as_bytes), "LSM profile", criu_local_set_lsm_profile, "set_lsm_profile"),
+            (self.lsm_mount_context.as_deref().map(str::as_bytes), "LSM mount context", criu_local_set_lsm_mount_context, "set_lsm_mount_context"),
+            (self.cg_props.as_deref().map(str::as_bytes), "cgroup props", criu_local_add_cg_props, "add_cg_props"),
+            (self.cg_props_file.as_deref().map(path_bytes), "cgroup props file", criu_local_add_cg_props_file, "add_cg_props_file"),
+            (self.cg_yard.as_deref().map(path_bytes), "cgroup yard", criu_local_add_cg_yard, "add_cg_yard"),
+        ];
+        let lists: [(Vec<&[u8]>, &'static str, TextSetter, &'static str); 5] = [
+            (texts(&self.cg_dump_controllers), "cgroup controller", criu_local_add_cg_dump_controller, "add_cg_dump_controller"),
+            (texts(&self.enable_fs), "filesystem", criu_local_add_enable_fs, "add_enable_fs"),
+            (paths(&self.skip_mnt), "skipped mount", criu_local_add_skip_mnt, "add_skip_mnt"),
+            (paths(&self.irmap_paths), "irmap path", criu_local_add_irmap_path, "add_irmap_path"),
+            (texts(&self.externals), "external key", criu_local_add_external, "add_external"),
+        ];
+        let singles = singles.into_iter().filter_map(|(v, what, f, name)| v.map(|v| (v, what, f, name)));
+        let lists = lists.into_iter().flat_map(|(vs, what, f, name)| vs.into_iter().map(move |v| (v, what, f, name)));
+        singles.chain(lists).collect()
+    }
+
+    /// Every option set through a two-string setter.
+    #[allow(clippy::type_complexity)]
+    fn pair_setters(&self) -> Vec<(Option<&[u8]>, &[u8], &'static str, PairSetter, &'static str)> {
+        let mut out: Vec<(Option<&[u8]>, &[u8], &'static str, PairSetter, &'static str)> =
+            Vec::new();
         for (k, v) in &self.ext_mounts {
-            let (k, v) = (
-                c_string(k, "ext mount key")?,
-                c_string(v, "ext mount value")?,
-            );
-            cvt(
-                unsafe { sys::criu_local_add_ext_mount(p, k.as_ptr(), v.as_ptr()) },
+            out.push((
+                Some(k.as_bytes()),
+                v.as_bytes(),
+                "ext mount",
+                sys::criu_local_add_ext_mount,
                 "add_ext_mount",
-            )?;
+            ));
         }
         for (i, o) in &self.veth_pairs {
-            let (i, o) = (c_string(i, "veth name")?, c_string(o, "veth name")?);
-            cvt(
-                unsafe { sys::criu_local_add_veth_pair(p, i.as_ptr(), o.as_ptr()) },
+            out.push((
+                Some(i.as_bytes()),
+                o.as_bytes(),
+                "veth name",
+                sys::criu_local_add_veth_pair,
                 "add_veth_pair",
-            )?;
+            ));
         }
         for (ctrl, path) in &self.cg_roots {
-            let ctrl = ctrl
-                .as_deref()
-                .map(|c| c_string(c, "cgroup controller"))
-                .transpose()?;
-            let path = c_path(path, "cgroup root")?;
-            let ctrl_ptr = ctrl.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
-            cvt(
-                unsafe { sys::criu_local_add_cg_root(p, ctrl_ptr, path.as_ptr()) },
+            let ctrl = ctrl.as_ref().map(|c| c.as_bytes());
+            out.push((
+                ctrl,
+                path.as_os_str().as_bytes(),
+                "cgroup root",
+                sys::criu_local_add_cg_root,
                 "add_cg_root",
-            )?;
+            ));
         }
-        if let Some(props) = &self.cg_props {
-            let c = c_string(props, "cgroup props")?;
-            cvt(
-                unsafe { sys::criu_local_add_cg_props(p, c.as_ptr()) },
-                "add_cg_props",
-            )?;
-        }
-        if let Some(file) = &self.cg_props_file {
-            let c = c_path(file, "cgroup props file")?;
-            cvt(
-                unsafe { sys::criu_local_add_cg_props_file(p, c.as_ptr()) },
-                "add_cg_props_file",
-            )?;
-        }
-        for name in &self.cg_dump_controllers {
-            let c = c_string(name, "cgroup controller")?;
-            cvt(
-                unsafe { sys::criu_local_add_cg_dump_controller(p, c.as_ptr()) },
-                "add_cg_dump_controller",
-            )?;
-        }
-        if let Some(yard) = &self.cg_yard {
-            let c = c_path(yard, "cgroup yard")?;
-            cvt(
-                unsafe { sys::criu_local_add_cg_yard(p, c.as_ptr()) },
-                "add_cg_yard",
-            )?;
-        }
-        for fs in &self.enable_fs {
-            let c = c_string(fs, "filesystem")?;
-            cvt(
-                unsafe { sys::criu_local_add_enable_fs(p, c.as_ptr()) },
-                "add_enable_fs",
-            )?;
-        }
-        for mnt in &self.skip_mnt {
-            let c = c_path(mnt, "skipped mount")?;
-            cvt(
-                unsafe { sys::criu_local_add_skip_mnt(p, c.as_ptr()) },
-                "add_skip_mnt",
-            )?;
-        }
-        if let Some(limit) = self.ghost_limit {
-            unsafe { sys::criu_local_set_ghost_limit(p, limit) };
-        }
-        for path in &self.irmap_paths {
-            let c = c_path(path, "irmap path")?;
-            cvt(
-                unsafe { sys::criu_local_add_irmap_path(p, c.as_ptr()) },
-                "add_irmap_path",
-            )?;
-        }
+        out
+    }
+
+    /// Inherited descriptors and external unix sockets: adders that can
+    /// fail. libcriu only records the descriptor numbers; the `'a` borrows
+    /// keep them open for as long as these options live.
+    fn apply_descriptors(&self, raw: &RawOpts) -> Result<()> {
+        let p = raw.as_ptr();
         for (fd, key) in &self.inherit_fds {
             let c = c_string(key, "inherit-fd key")?;
             cvt(
+                // SAFETY: as above; libcriu copies the key.
                 unsafe { sys::criu_local_add_inherit_fd(p, fd.as_raw_fd(), c.as_ptr()) },
                 "add_inherit_fd (only possible when CRIU runs as a child: the default service)",
             )?;
         }
-        for key in &self.externals {
-            let c = c_string(key, "external key")?;
-            cvt(
-                unsafe { sys::criu_local_add_external(p, c.as_ptr()) },
-                "add_external",
-            )?;
+        for inode in &self.unix_sk_inodes {
+            // SAFETY: as above; a plain number.
+            let rc = unsafe { sys::criu_local_add_unix_sk(p, *inode) };
+            cvt(rc, "add_unix_sk")?;
         }
+        Ok(())
+    }
+
+    fn apply_exec_cmd(&self, raw: &RawOpts) -> Result<()> {
+        let Some(argv) = &self.exec_cmd else {
+            return Ok(());
+        };
+        let owned: Vec<std::ffi::CString> = argv
+            .iter()
+            .map(|a| c_bytes(a.as_bytes(), "an exec_cmd argument"))
+            .collect::<Result<_>>()?;
+        let mut ptrs: Vec<*mut c_char> = owned.iter().map(|c| c.as_ptr().cast_mut()).collect();
+        let argc = i32::try_from(ptrs.len()).map_err(|_| invalid("exec_cmd is too long"))?;
+        cvt(
+            // SAFETY: raw is live; libcriu only reads (strdup) the strings.
+            unsafe { sys::criu_local_set_exec_cmd(raw.as_ptr(), argc, ptrs.as_mut_ptr()) },
+            "set_exec_cmd",
+        )?;
+        Ok(())
+    }
+
+    /// The page server, pre-dump mode and network lock.
+    fn apply_network(&self, raw: &RawOpts) -> Result<()> {
+        let p = raw.as_ptr();
         if let Some(addr) = self.page_server {
             let ip = c_string(&addr.ip().to_string(), "page server address")?;
             // CRIU 4.2.1 returns -ENOMEM from this setter even on success
             // (it falls through to `return -ENOMEM`), so the value is not
             // checked; a real allocation failure shows up as a dump that
             // does not use the page server.
+            // SAFETY: p is live; libcriu copies the string.
             let _ = unsafe {
                 sys::criu_local_set_page_server_address_port(p, ip.as_ptr(), i32::from(addr.port()))
             };
         }
         if let Some(mode) = self.pre_dump_mode {
-            cvt(
-                unsafe { sys::criu_local_set_pre_dump_mode(p, mode.raw()) },
-                "set_pre_dump_mode",
-            )?;
-        }
-        if let Some(sk) = self.pidfd_store_sk {
-            unsafe { sys::criu_local_set_pidfd_store_sk(p, sk.as_raw_fd()) };
+            // SAFETY: p is live; a plain value.
+            let rc = unsafe { sys::criu_local_set_pre_dump_mode(p, mode.raw()) };
+            cvt(rc, "set_pre_dump_mode")?;
         }
         if let Some(method) = self.network_lock {
-            cvt(
-                unsafe { sys::criu_local_set_network_lock(p, method.raw()) },
-                "set_network_lock",
-            )?;
+            // SAFETY: as above.
+            let rc = unsafe { sys::criu_local_set_network_lock(p, method.raw()) };
+            cvt(rc, "set_network_lock")?;
         }
+        Ok(())
+    }
+
+    fn apply_join_ns(&self, raw: &RawOpts) -> Result<()> {
         for j in &self.join_ns {
             let ns = c_string(j.ns.name(), "namespace")?;
             let file = c_path(&j.file, "namespace file")?;
@@ -1088,21 +1138,11 @@ impl<'a> Options<'a> {
                 .transpose()?;
             let extra_ptr = extra.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
             cvt(
-                unsafe { sys::criu_local_join_ns_add(p, ns.as_ptr(), file.as_ptr(), extra_ptr) },
+                // SAFETY: raw is live; libcriu copies the strings; extra may be NULL.
+                unsafe {
+                    sys::criu_local_join_ns_add(raw.as_ptr(), ns.as_ptr(), file.as_ptr(), extra_ptr)
+                },
                 "join_ns_add",
-            )?;
-        }
-        #[cfg(criu_3_19)]
-        if !self.empty_ns.is_empty() {
-            let mask = self.empty_ns.iter().fold(0, |m, ns| m | ns.clone_flag());
-            unsafe { sys::criu_local_set_empty_ns(p, mask) };
-        }
-        #[cfg(criu_3_19)]
-        if let Some(file) = &self.config_file {
-            let c = c_path(file, "config file")?;
-            cvt(
-                unsafe { sys::criu_local_set_config_file(p, c.as_ptr()) },
-                "set_config_file",
             )?;
         }
         Ok(())
@@ -1117,6 +1157,23 @@ impl<'a> Options<'a> {
         }
         Ok(())
     }
+}
+
+/// An inherited descriptor must be open and not close-on-exec: libcriu
+/// passes it to the `criu` it execs, and an exec closes the others.
+fn check_inheritable(fd: i32, key: &str) -> Result<()> {
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).map_err(|_| {
+        invalid(format!(
+            "inherit-fd {fd} for {key:?} is not an open descriptor"
+        ))
+    })?;
+    if flags & libc::FD_CLOEXEC != 0 {
+        return Err(invalid(format!(
+            "inherit-fd {fd} for {key:?} is close-on-exec, so the CRIU libcriu starts would not \
+             receive it (Rust opens files close-on-exec): clear the flag first (fcntl F_SETFD 0)"
+        )));
+    }
+    Ok(())
 }
 
 /// A parent images path must stay inside the checkpoint root: relative,
@@ -1187,6 +1244,21 @@ mod tests {
         );
         assert!(o.validate().is_ok());
         assert!(o.validate_cli_only().is_ok());
+    }
+
+    #[test]
+    fn a_close_on_exec_inherit_fd_is_refused() {
+        let file = std::fs::File::open("/dev/null").unwrap(); // O_CLOEXEC
+        let mut o = Options::new();
+        o.add_inherit_fd(file.as_fd(), "fd[1]:x");
+        let e = o.validate().unwrap_err();
+        assert!(e.to_string().contains("close-on-exec"), "{e}");
+        nix::fcntl::fcntl(
+            file.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .unwrap();
+        assert!(o.validate().is_ok());
     }
 
     #[test]

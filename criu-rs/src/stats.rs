@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::framing::Entries;
 
 /// Magic of CRIU's service files (the first word of `stats-*`).
-pub const IMG_SERVICE_MAGIC: u32 = 0x5510_5940;
+pub const IMG_SERVICE_MAGIC: u32 = crate::framing::IMG_SERVICE_MAGIC;
 /// Magic of the statistics image (the second word).
 pub const STATS_MAGIC: u32 = 0x5709_3306;
 /// The largest statistics message accepted (real ones are under 100 bytes).
@@ -133,8 +134,21 @@ pub struct DumpStats {
 impl DumpStats {
     /// How long the tasks were stopped: freezing plus frozen time.
     pub fn stopped_time(&self) -> Duration {
-        self.freezing_time + self.frozen_time
+        self.freezing_time.saturating_add(self.frozen_time)
     }
+
+    /// The bytes of memory written: `pages_written` pages of this
+    /// machine's page size (saturating, for a damaged statistics file).
+    pub fn bytes_written(&self) -> u64 {
+        self.pages_written.saturating_mul(page_size())
+    }
+}
+
+/// This machine's page size, the unit of CRIU's page counts.
+pub(crate) fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).unwrap_or(4096)
 }
 
 /// Statistics of a restore (`stats-restore`).
@@ -167,39 +181,11 @@ pub struct Stats {
 
 impl Stats {
     /// Decodes the bytes of a `stats-dump` or `stats-restore` file. Never
-    /// panics; malformed input gives [`Error::BadImage`].
+    /// panics; malformed input gives [`crate::Error::BadImage`].
     pub fn decode(file: &str, bytes: &[u8]) -> Result<Stats> {
-        use prost::Message;
-        let bad = |message: String| Error::BadImage {
-            file: file.to_string(),
-            message,
-        };
-        let word = |i: usize| -> Option<u32> {
-            bytes
-                .get(i..i + 4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        };
-        let (m1, m2, size) = match (word(0), word(4), word(8)) {
-            (Some(a), Some(b), Some(c)) => (a, b, c as usize),
-            _ => {
-                return Err(bad(format!(
-                    "{} bytes is too short for a header",
-                    bytes.len()
-                )))
-            }
-        };
-        if m1 != IMG_SERVICE_MAGIC || m2 != STATS_MAGIC {
-            return Err(bad(format!(
-                "magic {m1:#x} {m2:#x} is not a statistics image"
-            )));
-        }
-        if size > MAX_ENTRY {
-            return Err(bad(format!("entry size {size} is implausible")));
-        }
-        let body = bytes
-            .get(12..12 + size)
-            .ok_or_else(|| bad(format!("entry of {size} bytes is truncated")))?;
-        let entry = proto::StatsEntry::decode(body).map_err(|e| bad(e.to_string()))?;
+        let magics = [IMG_SERVICE_MAGIC, STATS_MAGIC];
+        let entry: proto::StatsEntry =
+            Entries::open(file, bytes, &magics, "a statistics image", MAX_ENTRY)?.first()?;
         Ok(Stats {
             dump: entry.dump.map(|d| DumpStats {
                 freezing_time: us(d.freezing_time),
@@ -262,6 +248,12 @@ mod tests {
         assert_eq!(json["freezing_time"], 1500);
         assert_eq!(json["frozen_time"], 20_000);
         assert_eq!(json["pages_written"], 7);
+        assert_eq!(d.bytes_written(), 7 * page_size());
+        let huge = DumpStats {
+            pages_written: u64::MAX,
+            ..d
+        };
+        assert_eq!(huge.bytes_written(), u64::MAX);
     }
 
     #[test]

@@ -36,3 +36,175 @@ pub(crate) fn state(pid: i32) -> Option<char> {
 pub(crate) fn alive(pid: i32) -> bool {
     !matches!(state(pid), None | Some('Z' | 'X'))
 }
+
+/// A process held by a pidfd: a signal sent through it reaches that
+/// process or, once it is gone, nothing; never a later process that reuses
+/// its pid.
+#[derive(Debug)]
+pub(crate) struct PidFd {
+    pid: i32,
+    fd: std::os::fd::OwnedFd,
+}
+
+impl PidFd {
+    /// Opens a pidfd for process `pid` (a thread-group leader).
+    pub(crate) fn open(pid: i32) -> std::io::Result<PidFd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open takes a pid and flags; no pointers.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(PidFd {
+            pid,
+            // SAFETY: a descriptor just returned by the kernel, owned here
+            // (pidfds are close-on-exec).
+            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) },
+        })
+    }
+
+    /// The pid it was opened for.
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Sends `signal` to the process, if it still exists (`ESRCH` if not).
+    pub(crate) fn signal(&self, signal: nix::sys::signal::Signal) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: an open pidfd, a signal number, no siginfo, no flags.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                signal as i32,
+                std::ptr::null::<libc::siginfo_t>(),
+                0u32,
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Pidfds for every task of the tree rooted at `root` that still exists,
+/// root first.
+pub(crate) fn tree_pidfds(root: i32) -> Vec<PidFd> {
+    tree(root)
+        .into_iter()
+        .filter_map(|p| PidFd::open(p).ok())
+        .collect()
+}
+
+/// This process's children (of every thread) that hold a TCP socket bound
+/// to `addr`, as pidfds: the CRIU that serves a lazy dump's pages there,
+/// for one. Only our own children are considered, so nothing else can be
+/// matched.
+pub(crate) fn children_holding(addr: std::net::SocketAddr) -> Vec<PidFd> {
+    let mut kids = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            kids.extend(
+                list.split_whitespace()
+                    .filter_map(|k| k.parse::<i32>().ok()),
+            );
+        }
+    }
+    kids.into_iter()
+        .filter_map(|p| PidFd::open(p).ok())
+        .filter(|task| {
+            let inodes = socket_inodes_bound_to(task.pid(), addr);
+            !inodes.is_empty() && holds_any_socket(task.pid(), &inodes)
+        })
+        .collect()
+}
+
+/// Inodes of the TCP sockets bound to `addr` in the network namespace of
+/// `pid`.
+fn socket_inodes_bound_to(pid: i32, addr: std::net::SocketAddr) -> Vec<u64> {
+    let table = if addr.is_ipv4() { "tcp" } else { "tcp6" };
+    let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+    let want = proc_net_address(addr);
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let matches = cols.get(1).is_some_and(|a| a.eq_ignore_ascii_case(&want));
+            matches.then(|| cols.get(9)?.parse().ok()).flatten()
+        })
+        .collect()
+}
+
+/// An address as `/proc/net/tcp{,6}` writes it: the IP's 32-bit words in
+/// host order, in hex, then the port.
+fn proc_net_address(addr: std::net::SocketAddr) -> String {
+    let octets = match addr.ip() {
+        std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
+        std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
+    };
+    let ip: String = octets
+        .chunks(4)
+        .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+        .collect();
+    format!("{ip}:{:04X}", addr.port())
+}
+
+/// Whether `pid` has one of the socket `inodes` open.
+fn holds_any_socket(pid: i32, inodes: &[u64]) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|l| {
+            let l = l.to_string_lossy();
+            l.strip_prefix("socket:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| inodes.contains(&n))
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_written_as_proc_net_tcp_does() {
+        let a: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(proc_net_address(a), "0100007F:1F90");
+    }
+
+    #[test]
+    fn a_child_holding_a_listening_socket_is_found_and_no_other() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        // A child that inherits the listening socket: close-on-exec cleared
+        // in the child only.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        // SAFETY: fcntl is async-signal-safe; `fd` is open in the child.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                libc::fcntl(fd, libc::F_SETFD, 0);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        let other = std::process::Command::new("sleep").arg("30").spawn();
+        let mut other = other.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut found = Vec::new();
+        while found.is_empty() && std::time::Instant::now() < deadline {
+            found = children_holding(addr).iter().map(PidFd::pid).collect();
+        }
+        for c in [&mut child, &mut other] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        assert_eq!(found, vec![child.id() as i32]);
+    }
+}

@@ -31,9 +31,13 @@ impl Version {
         Version::new(v / 10000, (v / 100) % 100, v % 100)
     }
 
-    /// libcriu's integer form.
+    /// libcriu's integer form (saturating at `u32::MAX` for parts too
+    /// large to encode).
     pub fn encoded(self) -> u32 {
-        self.major * 10000 + self.minor * 100 + self.sublevel
+        self.major
+            .saturating_mul(10000)
+            .saturating_add(self.minor.saturating_mul(100))
+            .saturating_add(self.sublevel)
     }
 
     /// The version of the libcriu headers this crate was built against.
@@ -76,5 +80,6 @@ mod tests {
         assert_eq!(v.encoded(), 40201);
         assert_eq!(v.to_string(), "4.2.1");
         assert!(Version::new(4, 1, 0) < v);
+        assert_eq!(Version::new(u32::MAX, 99, 99).encoded(), u32::MAX);
     }
 }

@@ -101,7 +101,9 @@ fn connect_seqpacket(path: &Path) -> std::os::fd::OwnedFd {
 #[test]
 fn a_stopped_service_is_a_connect_error_with_its_context() {
     let svc = DaemonConfig::new().service().unwrap();
-    let criu = svc.client();
+    // `Service::client` borrows the service, so it cannot outlive it; a
+    // client made from the socket's address can, and must then fail cleanly.
+    let criu = Criu::with_service_address(svc.socket());
     criu.check().unwrap();
     drop(svc);
     let e = criu.version().unwrap_err();

@@ -113,7 +113,6 @@ fn stop_lazy_daemon_at_post_restore(
 /// the dump and the restore of 4 MiB, which take well under a second),
 /// stop serving pages and resume its process.
 #[test]
-#[ignore = "needs fix: after lazy_timeout, criu::migrate::send still joins the lazy dump, which serves pages until the destination gives up (issue #18 item 3)"]
 fn the_source_gives_up_at_its_lazy_timeout_even_if_the_destination_waits_longer() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = TwoHosts::new().unwrap();
@@ -202,7 +201,6 @@ fn lazy_pages_that_never_finish_are_bounded_by_lazy_timeout_and_the_source_resum
 /// The lazy dump must go through the caller's `Criu` (here a wrapper that
 /// records each start of CRIU), as the other strategies' dumps do.
 #[test]
-#[ignore = "needs fix: the lazy dump in criu::migrate::send uses Criu::new() instead of the caller's Criu (issue #18 item 3)"]
 fn a_lazy_migration_dumps_through_the_callers_criu() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = TwoHosts::new().unwrap();

@@ -57,19 +57,29 @@ fn a_sigkilled_receiver_leaves_only_its_partial_directory() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let partial = parent.join(format!(".images.partial-{}", rx.id()));
     // All of file a, and b's header with half its contents: the receiver
     // has written a and created b, and waits for the rest.
     let cut = stream.len() - FILE / 2;
     let mut stdin = rx.stdin.take().unwrap();
     stdin.write_all(&stream[..cut]).unwrap();
     stdin.flush().unwrap();
-    let a = partial.join("a");
+    // The partial directory's name is random: `.images.partial-XXXXXX`.
+    let partial_dir = || {
+        std::fs::read_dir(&parent)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().contains("/.images.partial-"))
+    };
+    let got_to_b = |p: &Path| {
+        p.join("b").exists() && std::fs::metadata(p.join("a")).is_ok_and(|m| m.len() == FILE as u64)
+    };
     assert!(
-        wait_until(WAIT, || partial.join("b").exists()
-            && std::fs::metadata(&a).is_ok_and(|m| m.len() == FILE as u64)),
+        wait_until(WAIT, || partial_dir().is_some_and(|p| got_to_b(&p))),
         "the receiver got as far as file b"
     );
+    let partial = partial_dir().unwrap();
+    let a = partial.join("a");
     rx.kill().unwrap();
     rx.wait().unwrap();
     drop(stdin);

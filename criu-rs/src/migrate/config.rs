@@ -1,0 +1,176 @@
+//! The settings of each side of a migration.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::strategy::Strategy;
+use super::workdir::WorkDir;
+use crate::daemon::DaemonConfig;
+use crate::options::Options;
+use crate::transfer::Limits;
+
+/// A hook that adjusts the options of a dump or restore.
+pub(super) type Customize<'a> = Box<dyn Fn(&mut Options<'_>) + Sync + 'a>;
+
+/// The source side's settings.
+pub struct SourceConfig<'a> {
+    pub(super) strategy: Strategy,
+    pub(super) work_dir: WorkDir,
+    pub(super) progress: Option<Box<dyn FnMut(u64, u64) + 'a>>,
+    pub(super) customize: Option<Customize<'a>>,
+    pub(super) lazy_timeout: Duration,
+    pub(super) deadline: Option<Duration>,
+    pub(super) criu_addresses: Option<(IpAddr, IpAddr)>,
+}
+
+impl<'a> SourceConfig<'a> {
+    /// `work_dir` must exist; the images are written to `work_dir/images`
+    /// and stay there.
+    pub fn new(strategy: Strategy, work_dir: impl AsRef<Path>) -> SourceConfig<'a> {
+        Self::at(strategy, WorkDir::Chosen(work_dir.as_ref().to_path_buf()))
+    }
+
+    /// The images are written in memory: a private (0700) directory of the
+    /// crate's on a tmpfs (`/dev/shm`), removed when [`super::send`]
+    /// returns. No disk in the path; the memory is the images' size.
+    pub fn in_memory(strategy: Strategy) -> SourceConfig<'a> {
+        Self::at(strategy, WorkDir::InMemory)
+    }
+
+    fn at(strategy: Strategy, work_dir: WorkDir) -> SourceConfig<'a> {
+        SourceConfig {
+            strategy,
+            work_dir,
+            progress: None,
+            customize: None,
+            lazy_timeout: Duration::from_secs(600),
+            deadline: None,
+            criu_addresses: None,
+        }
+    }
+
+    /// Called as images are sent: bytes done, bytes in total.
+    pub fn progress(mut self, f: impl FnMut(u64, u64) + 'a) -> Self {
+        self.progress = Some(Box::new(f));
+        self
+    }
+
+    /// Adjusts the dump options (shell job, TCP, external resources...).
+    /// The migration sets pid, images directory, log file, leave-running
+    /// and the strategy's own options itself. A notification handler set
+    /// here ([`Options::on_notify`]) sees every event of the dump, before
+    /// the migration's own (which stops the tree at pre-dump), and may
+    /// refuse any of them to fail the migration with the source running.
+    pub fn customize(mut self, f: impl Fn(&mut Options<'_>) + Sync + 'a) -> Self {
+        self.customize = Some(Box::new(f));
+        self
+    }
+
+    /// Bounds the migration on this side: every wait on the peer (the
+    /// stream's read and write timeouts, where the stream has them), the
+    /// dump (see [`Options::deadline`]) and the serving of lazy pages each
+    /// get at most `deadline`. When one expires the source is resumed and
+    /// the error says so.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self.lazy_timeout = self.lazy_timeout.min(deadline);
+        self
+    }
+
+    /// How long the lazy dump may take to serve every page once the
+    /// destination has restored (default 600 s). Then the dump is ended
+    /// (its CRIU killed if it is still serving a stalled daemon), the
+    /// source resumed, and the destination told to drop its copy.
+    pub fn lazy_timeout(mut self, t: Duration) -> Self {
+        self.lazy_timeout = t;
+        self
+    }
+
+    /// The addresses of CRIU's own connections, beside the stream: `local`
+    /// is this host's (a lazy dump serves its pages there), `peer` the
+    /// destination's (where its page server listens). Needed by the
+    /// page-server and lazy strategies when the stream is not TCP (a TCP
+    /// stream's two ends are the default).
+    pub fn criu_addresses(mut self, local: IpAddr, peer: IpAddr) -> Self {
+        self.criu_addresses = Some((local, peer));
+        self
+    }
+}
+
+/// The destination side's settings.
+pub struct DestConfig<'a> {
+    pub(super) work_dir: WorkDir,
+    pub(super) customize: Option<Customize<'a>>,
+    pub(super) daemons: DaemonConfig,
+    pub(super) daemon_timeout: Duration,
+    pub(super) deadline: Option<Duration>,
+    pub(super) criu_address: Option<IpAddr>,
+    pub(super) limits: Limits,
+}
+
+impl<'a> DestConfig<'a> {
+    /// `work_dir` must exist; the images arrive in `work_dir/images` and
+    /// stay there after a successful migration.
+    pub fn new(work_dir: impl AsRef<Path>) -> DestConfig<'a> {
+        Self::at(WorkDir::Chosen(work_dir.as_ref().to_path_buf()))
+    }
+
+    /// The images arrive in memory: a private (0700) directory of the
+    /// crate's on a tmpfs (`/dev/shm`), removed when [`super::receive`]
+    /// returns (the restored tree needs none of them by then).
+    pub fn in_memory() -> DestConfig<'a> {
+        Self::at(WorkDir::InMemory)
+    }
+
+    fn at(work_dir: WorkDir) -> DestConfig<'a> {
+        DestConfig {
+            work_dir,
+            customize: None,
+            daemons: DaemonConfig::new(),
+            daemon_timeout: Duration::from_secs(600),
+            deadline: None,
+            criu_address: None,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Adjusts the restore options.
+    pub fn customize(self, f: impl Fn(&mut Options<'_>) + Sync + 'a) -> Self {
+        let customize: Option<Customize<'a>> = Some(Box::new(f));
+        DestConfig { customize, ..self }
+    }
+
+    /// How the page server and lazy-pages daemon are started.
+    pub fn daemons(self, daemons: DaemonConfig) -> Self {
+        DestConfig { daemons, ..self }
+    }
+
+    /// What the source may send: file count, file and total sizes, and how
+    /// long it may stay silent when no deadline is set (see [`Limits`];
+    /// the defaults apply otherwise: a silent source is given up after
+    /// 120 s).
+    pub fn limits(self, limits: Limits) -> Self {
+        DestConfig { limits, ..self }
+    }
+
+    /// Bounds this side: every wait on the peer, the restore (see
+    /// [`Options::deadline`]) and the daemons each get at most `deadline`.
+    pub fn deadline(self, deadline: Duration) -> Self {
+        DestConfig {
+            deadline: Some(deadline),
+            daemon_timeout: self.daemon_timeout.min(deadline),
+            ..self
+        }
+    }
+
+    /// This host's address for CRIU's own connections (the page server
+    /// listens there). Needed by the page-server strategy when the stream
+    /// is not TCP (a TCP stream's local end is the default).
+    pub fn criu_address(self, local: IpAddr) -> Self {
+        DestConfig {
+            criu_address: Some(local),
+            ..self
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The source's dump, on a thread of its own: the driver waits for the
+//! images to be complete (the end of the dump, or CRIU's status-ready for a
+//! dump that goes on serving pages) while the dump may still run.
+
+use std::ops::ControlFlow;
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::{Scope, ScopedJoinHandle};
+use std::time::{Duration, Instant};
+
+use super::config::Customize;
+use super::stopped::StoppedTree;
+use super::strategy::SourceSide;
+use super::wire::migration;
+use crate::client::Criu;
+use crate::error::Result;
+use crate::images::ImagesDir;
+use crate::notify::{Event, Notification};
+use crate::options::{NotifyFn, Options};
+use crate::report::DumpReport;
+
+/// The error when the pages were not all served in time.
+const NOT_IN_TIME: &str =
+    "serving lazy pages did not finish in time; the source process was resumed";
+
+/// What the dump thread tells the driver.
+enum DumpEvent {
+    /// The images to send are complete; the dump serves pages on.
+    ImagesReady,
+    /// The dump ended.
+    Finished(Box<Result<DumpReport>>),
+}
+
+/// Where the dump's notification handler leaves the stopped source tree.
+#[derive(Clone, Default)]
+pub(super) struct StopSlot(Arc<Mutex<Option<(StoppedTree, Instant)>>>);
+
+impl StopSlot {
+    fn put(&self, tree: StoppedTree) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((tree, Instant::now()));
+    }
+
+    /// The stopped tree and when it was stopped, after the images are
+    /// complete.
+    pub(super) fn take(&self) -> Result<(StoppedTree, Instant)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| {
+                migration(
+                    "CRIU sent no pre-dump notification, so the source was never stopped and ran \
+                     on after the dump; the images are stale",
+                    None,
+                )
+            })
+    }
+}
+
+/// What one dump needs, all of it shareable with the dump thread.
+pub(super) struct DumpJob<'j> {
+    pub(super) criu: &'j Criu,
+    pub(super) pid: i32,
+    pub(super) images: &'j ImagesDir,
+    pub(super) customize: Option<&'j Customize<'j>>,
+    pub(super) deadline: Option<Duration>,
+    pub(super) side: &'j dyn SourceSide,
+    pub(super) slot: StopSlot,
+}
+
+/// The dump running on its thread. Dropped before it finished (the
+/// migration failed), it unblocks the dump and waits for its end.
+pub(super) struct Dumping<'scope> {
+    handle: Option<ScopedJoinHandle<'scope, ()>>,
+    events: mpsc::Receiver<DumpEvent>,
+    side: &'scope dyn SourceSide,
+    images: &'scope ImagesDir,
+}
+
+impl<'scope> Dumping<'scope> {
+    pub(super) fn start<'env>(scope: &'scope Scope<'scope, 'env>, job: DumpJob<'scope>) -> Self {
+        let (tx, events) = mpsc::channel();
+        let (side, images) = (job.side, job.images);
+        let handle = scope.spawn(move || {
+            let r = job.run(tx.clone());
+            let _ = tx.send(DumpEvent::Finished(Box::new(r)));
+        });
+        Dumping {
+            handle: Some(handle),
+            events,
+            side,
+            images,
+        }
+    }
+
+    /// The directory the dump writes.
+    pub(super) fn images(&self) -> &'scope ImagesDir {
+        self.images
+    }
+
+    /// Waits until the images to send are complete. Returns the dump's
+    /// report if the dump is over by then.
+    pub(super) fn images_ready(&mut self) -> Result<Option<DumpReport>> {
+        match self.events.recv() {
+            Ok(DumpEvent::ImagesReady) => Ok(None),
+            Ok(DumpEvent::Finished(r)) => {
+                self.join();
+                let d = (*r)?;
+                if self.side.serves_after_images() {
+                    return Err(migration("the lazy dump ended without serving pages", None));
+                }
+                Ok(Some(d))
+            }
+            Err(_) => {
+                self.join();
+                Err(migration("the dump thread ended without a result", None))
+            }
+        }
+    }
+
+    /// The dump's report: `early` if it was over with the images, else its
+    /// end, waited for at most `timeout`.
+    pub(super) fn finish(
+        mut self,
+        early: Option<DumpReport>,
+        timeout: Duration,
+    ) -> Result<DumpReport> {
+        if let Some(d) = early {
+            return Ok(d);
+        }
+        let r = self.events.recv_timeout(timeout);
+        self.side.unblock_dump();
+        self.join();
+        match r {
+            Ok(DumpEvent::Finished(r)) => (*r).map_err(|e| {
+                if e.is_deadline_exceeded() {
+                    return migration(NOT_IN_TIME, Some(e));
+                }
+                migration(
+                    "the destination restored, but serving its memory failed; the source process \
+                     was resumed (the destination copy cannot run on)",
+                    Some(e),
+                )
+            }),
+            _ => Err(migration(NOT_IN_TIME, None)),
+        }
+    }
+
+    fn join(&mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Dumping<'_> {
+    fn drop(&mut self) {
+        if self.handle.is_some() {
+            self.side.unblock_dump();
+            self.join();
+        }
+    }
+}
+
+impl DumpJob<'_> {
+    /// Runs the dump (on the dump thread); tells `events` when the images
+    /// are complete ahead of the dump's end.
+    fn run(self, events: mpsc::Sender<DumpEvent>) -> Result<DumpReport> {
+        let mut o = Options::new();
+        if let Some(c) = self.customize {
+            c(&mut o);
+        }
+        let user = o.notify.take();
+        let ready = self.side.serves_after_images().then_some(events);
+        o.pid(self.pid)
+            .images_dir(self.images)
+            .log_file("dump.log")
+            .leave_running(true)
+            .on_notify(stop_at_pre_dump(self.pid, user, self.slot.clone(), ready));
+        self.side.dump_options(&mut o);
+        if let Some(d) = self.deadline {
+            o.deadline(d);
+        }
+        self.criu.dump(&mut o)
+    }
+}
+
+/// The dump's notification handler: the caller's own handler (set through
+/// `customize`) first, then, at pre-dump, stopping the tree into `slot`; at
+/// status-ready it tells `ready`, if given.
+fn stop_at_pre_dump<'a>(
+    pid: i32,
+    mut user: Option<Box<NotifyFn<'a>>>,
+    slot: StopSlot,
+    ready: Option<mpsc::Sender<DumpEvent>>,
+) -> impl FnMut(Notification) -> ControlFlow<String> + 'a {
+    move |n| {
+        let pre_dump = matches!(n.event, Event::PreDump);
+        let status_ready = matches!(n.event, Event::StatusReady);
+        if let Some(user) = user.as_mut() {
+            user(n)?;
+        }
+        if pre_dump {
+            match StoppedTree::stop(pid) {
+                Ok(t) => slot.put(t),
+                Err(e) => return ControlFlow::Break(format!("stopping the source tree: {e}")),
+            }
+        }
+        if let (true, Some(r)) = (status_ready, &ready) {
+            let _ = r.send(DumpEvent::ImagesReady);
+        }
+        ControlFlow::Continue(())
+    }
+}

@@ -1,0 +1,106 @@
+//! Moving a live process tree to another host over one connected stream.
+//!
+//! The source calls [`send`], the destination [`receive`], each with its
+//! end of a connected byte stream (a [`Transport`]: a `TcpStream`, a
+//! `UnixStream`, or a TLS stream wrapped around one), each in its own
+//! network namespace or host. Three strategies ([`Strategy`]):
+//!
+//! * [`Strategy::StopAndCopy`]: dump to a local directory, send it, restore.
+//! * [`Strategy::PageServer`]: the destination runs `criu page-server`; the
+//!   dump streams memory pages straight into it, the other images follow
+//!   over the stream.
+//! * [`Strategy::Lazy`] (post-copy): the dump leaves memory behind and
+//!   serves it; the destination restores at once and `criu lazy-pages`
+//!   fetches pages as the process touches them.
+//!
+//! The page-server and lazy strategies need CRIU's own TCP connections
+//! between the two hosts, beside the stream: their addresses come from
+//! [`SourceConfig::criu_addresses`] / [`DestConfig::criu_address`], or,
+//! when the stream is TCP, from its two ends.
+//!
+//! # What happens to the source process
+//!
+//! The source tree is stopped (`SIGSTOP`, every task) when CRIU sends its
+//! pre-dump notification (CRIU has started, and not yet frozen the tasks:
+//! stopping earlier would add CRIU's start-up to the downtime), and dumped
+//! with `leave_running`, so CRIU leaves it stopped, alive, on the source.
+//! Its tasks are held by pidfds from then on, so no signal of the
+//! migration can reach a process that reused one of their pids. If
+//! anything fails before the destination has restored, in any strategy,
+//! the source tree is sent `SIGCONT` and runs on where it was: nothing is
+//! lost. The restored tree is likewise restored stopped and continued by
+//! [`receive`]. (If the destination restore succeeded but the lazy page
+//! transfer failed afterwards, the destination copy cannot run on; it is
+//! killed, the source is resumed and the error says so.)
+//!
+//! # The end: a duplicate rather than a loss
+//!
+//! Once the destination has restored (and, for `Lazy`, the last page was
+//! served), the source says `Done` and the destination answers `Kept`;
+//! only then is the source tree killed. The destination keeps its copy
+//! unless the source explicitly aborts: if `Done` is lost (a broken stream,
+//! a silent source) it keeps the copy anyway and reports
+//! [`DestReport::source_confirmed`] false; if `Kept` is lost the source
+//! resumes its copy and says that two copies may now run. Either way the
+//! tree is never lost; at worst it runs twice, and both sides say so.
+//!
+//! # Limits
+//!
+//! The destination accepts what [`DestConfig::limits`] allows (file count,
+//! sizes, free space) and, without a [`DestConfig::deadline`], gives up a
+//! source that stays silent for the limits' idle timeout (120 s by
+//! default) where the stream has timeouts.
+//!
+//! # Inside
+//!
+//! * `config`, `report`: the public settings and results;
+//! * `wire`: the control messages and their framing on the stream;
+//! * `source`, `dumping`, `stopped`: the source side (the dump on its own
+//!   thread, stopping, resuming and killing the tree);
+//! * `dest`: the destination side;
+//! * `workdir`: where the images live (the caller's directory, or the
+//!   crate's own in memory);
+//! * `strategy`: one module per strategy behind two small traits (one per
+//!   side): a new strategy is a new file there.
+
+mod config;
+mod dest;
+mod dumping;
+mod report;
+mod source;
+mod stopped;
+mod strategy;
+mod wire;
+mod workdir;
+
+pub use crate::transfer::Transport;
+pub use config::{DestConfig, SourceConfig};
+pub use report::{DestReport, SourceReport};
+pub use strategy::Strategy;
+
+use crate::client::Criu;
+use crate::error::Result;
+
+/// Migrates the tree rooted at `pid` to the peer of `stream`, which runs
+/// [`receive`]. See the module docs for what happens to the source.
+pub fn send<S: Transport + ?Sized>(
+    criu: &Criu,
+    pid: i32,
+    stream: &mut S,
+    cfg: SourceConfig<'_>,
+) -> Result<SourceReport> {
+    let mut stream = stream;
+    source::send(criu, pid, &mut stream, cfg)
+}
+
+/// Receives a tree migrated by [`send`] and restores it as a child of this
+/// process. On failure, the received images are removed and the source is
+/// told, so that it resumes its copy.
+pub fn receive<S: Transport + ?Sized>(
+    criu: &Criu,
+    stream: &mut S,
+    cfg: DestConfig<'_>,
+) -> Result<DestReport> {
+    let mut stream = stream;
+    dest::receive(criu, &mut stream, cfg)
+}

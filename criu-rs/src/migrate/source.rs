@@ -1,0 +1,181 @@
+//! The source side: stop and dump the tree, send the images, wait for the
+//! destination's restore, and only then kill the source copy.
+
+use std::time::{Duration, Instant};
+
+use super::config::SourceConfig;
+use super::dumping::{DumpJob, Dumping, StopSlot};
+use super::report::SourceReport;
+use super::strategy::{self, SourceSide};
+use super::wire::{self, migration, unexpected, Msg};
+use crate::client::Criu;
+use crate::error::{Error, Result};
+use crate::images::ImagesDir;
+use crate::report::DumpReport;
+use crate::transfer::{self, write_header, TransferStats, Transport};
+
+/// What the destination reported about its restore.
+struct Restored {
+    pid: i32,
+    wall: Duration,
+    restore_time_us: Option<u64>,
+}
+
+pub(super) fn send(
+    criu: &Criu,
+    pid: i32,
+    stream: &mut dyn Transport,
+    mut cfg: SourceConfig<'_>,
+) -> Result<SourceReport> {
+    let start = Instant::now();
+    stream
+        .prepare(cfg.deadline)
+        .map_err(|e| Error::io("preparing the stream (timeouts, TCP_NODELAY)", e))?;
+    write_header(&mut &mut *stream)?;
+    wire::send(
+        stream,
+        &Msg::Hello {
+            strategy: cfg.strategy,
+        },
+    )?;
+    let work_dir = cfg.work_dir.hold()?;
+    let images = ImagesDir::create(work_dir.path().join("images"))?;
+    let addrs = cfg.criu_addresses.or_else(|| stream.ip_addresses());
+    let side = strategy::source_side(cfg.strategy, stream, addrs)?;
+    let customize = cfg.customize.take();
+    let job = DumpJob {
+        criu,
+        pid,
+        images: &images,
+        customize: customize.as_ref(),
+        deadline: cfg.deadline,
+        side: side.as_ref(),
+        slot: StopSlot::default(),
+    };
+    std::thread::scope(|scope| migrate(scope, job, stream, &mut cfg, start))
+}
+
+/// Everything from the start of the dump to the source's end.
+fn migrate<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    job: DumpJob<'scope>,
+    stream: &mut dyn Transport,
+    cfg: &mut SourceConfig<'_>,
+    start: Instant,
+) -> Result<SourceReport> {
+    let (pid, side, slot) = (job.pid, job.side, job.slot.clone());
+    let mut dumping = Dumping::start(scope, job);
+    let early = dumping.images_ready().map_err(|e| {
+        wire::tell_failure(stream, &e);
+        migration("the dump failed; the source process was resumed", Some(e))
+    })?;
+    let (stopped, stopped_at) = slot.take().inspect_err(|e| wire::tell_failure(stream, e))?;
+    // On failure the dump ends (inside) before the tree is continued (here).
+    let (sent, restored, dump) = until_restored(stream, dumping, early, side, cfg)
+        .inspect_err(|e| wire::tell_failure(stream, e))?;
+    let stopped_to_restored = stopped_at.elapsed();
+    confirm_end(stream)?;
+    // The destination runs and keeps its copy; this one must go.
+    stopped.kill();
+    Ok(SourceReport {
+        strategy: cfg.strategy,
+        pid,
+        page_server_bytes: side.bytes_beside_stream(&dump),
+        dump,
+        transfer: sent,
+        restored_pid: restored.pid,
+        restore_wall: restored.wall,
+        restore_time_us: restored.restore_time_us,
+        stopped_to_restored,
+        total: start.elapsed(),
+    })
+}
+
+/// From complete images to the destination's restore and the dump's end.
+fn until_restored(
+    stream: &mut dyn Transport,
+    dumping: Dumping<'_>,
+    early: Option<DumpReport>,
+    side: &dyn SourceSide,
+    cfg: &mut SourceConfig<'_>,
+) -> Result<(TransferStats, Restored, DumpReport)> {
+    let sent = send_images(stream, dumping.images(), side, cfg)?;
+    let restored = await_restore(stream)?;
+    let dump = dumping.finish(early, cfg.lazy_timeout)?;
+    Ok((sent, restored, dump))
+}
+
+/// Sends the images, then what the strategy adds after them.
+fn send_images(
+    stream: &mut dyn Transport,
+    images: &ImagesDir,
+    side: &dyn SourceSide,
+    cfg: &mut SourceConfig<'_>,
+) -> Result<TransferStats> {
+    let mut progress = cfg.progress.take();
+    let sent = transfer::send_dir(
+        &mut &mut *stream,
+        images.path(),
+        progress.as_deref_mut().map(|p| p as _),
+    )
+    .and_then(|sent| side.after_images(stream).map(|()| sent));
+    sent.map_err(|e| {
+        migration(
+            "sending the images failed; the source process was resumed",
+            Some(e),
+        )
+    })
+}
+
+/// Tells the destination that the source stops its copy, and waits for it
+/// to say that it keeps its own. Without that answer the source copy is
+/// resumed (by the caller dropping it): perhaps a duplicate, never a loss.
+fn confirm_end(stream: &mut dyn Transport) -> Result<()> {
+    let answer = wire::send(stream, &Msg::Done).and_then(|()| wire::recv(stream));
+    let why = match answer {
+        Ok(Msg::Kept) => return Ok(()),
+        Ok(Msg::Failed { message }) => {
+            return Err(migration(
+                format!(
+                    "the destination failed after its restore ({message}) and killed its copy; \
+                     the source process was resumed"
+                ),
+                None,
+            ))
+        }
+        Ok(other) => Some(unexpected("kept", &other)),
+        Err(e) => Some(e),
+    };
+    Err(migration(
+        "the destination restored the tree but did not confirm that it keeps it; the source \
+         process was resumed, so two copies may now run: check the destination",
+        why,
+    ))
+}
+
+/// Waits for the destination's restore.
+fn await_restore(stream: &mut dyn Transport) -> Result<Restored> {
+    match wire::recv(stream) {
+        Ok(Msg::Restored {
+            pid,
+            wall_us,
+            restore_time_us,
+        }) => Ok(Restored {
+            pid,
+            wall: Duration::from_micros(wall_us),
+            restore_time_us,
+        }),
+        Ok(Msg::Failed { message }) => Err(migration(
+            format!("the destination failed: {message}; the source process was resumed"),
+            None,
+        )),
+        Ok(other) => Err(migration(
+            format!("unexpected message {other:?}; the source process was resumed"),
+            None,
+        )),
+        Err(e) => Err(migration(
+            "lost the destination before it restored; the source process was resumed",
+            Some(e),
+        )),
+    }
+}

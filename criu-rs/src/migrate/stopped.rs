@@ -1,0 +1,80 @@
+//! The source tree while it is being moved: stopped, then either killed
+//! (the destination runs it) or continued (anything failed). Every signal
+//! goes through a pidfd taken when the tree was stopped: the tree may stay
+//! stopped for as long as a lazy migration serves its pages, and a pid
+//! could be reused by then.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::wire::migration;
+use crate::error::{Error, Result};
+use crate::tree::{state, tree_pidfds, PidFd};
+
+/// How long the tasks may take to stop.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A stopped source tree: continued on drop unless killed.
+pub(super) struct StoppedTree {
+    tasks: Vec<PidFd>,
+    killed: bool,
+}
+
+impl StoppedTree {
+    /// Stops every task of the tree rooted at `root` and waits until each
+    /// is really stopped, so that nothing runs after this.
+    pub(super) fn stop(root: i32) -> Result<StoppedTree> {
+        let mut stopped = StoppedTree {
+            tasks: Vec::new(),
+            killed: false,
+        };
+        for task in tree_pidfds(root) {
+            let p = task.pid();
+            task.signal(Signal::SIGSTOP)
+                .map_err(|e| Error::io(format!("stopping task {p} of the source tree"), e))?;
+            stopped.tasks.push(task);
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        for p in stopped.tasks.iter().map(PidFd::pid) {
+            while !matches!(state(p), Some('T' | 't') | None) {
+                if Instant::now() > deadline {
+                    return Err(migration(
+                        format!("task {p} did not stop within {STOP_TIMEOUT:?}"),
+                        None,
+                    ));
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        Ok(stopped)
+    }
+
+    /// Kills the tree: the destination runs it now.
+    pub(super) fn kill(mut self) {
+        self.signal_all(Signal::SIGKILL);
+        self.killed = true;
+    }
+
+    fn signal_all(&self, signal: Signal) {
+        for task in &self.tasks {
+            let _ = task.signal(signal);
+        }
+    }
+}
+
+impl Drop for StoppedTree {
+    fn drop(&mut self) {
+        if !self.killed {
+            self.signal_all(Signal::SIGCONT);
+        }
+    }
+}
+
+/// Continues every task of the tree rooted at `root` (the restored tree,
+/// which CRIU restores stopped).
+pub(super) fn continue_tree(root: i32) {
+    for task in tree_pidfds(root) {
+        let _ = task.signal(Signal::SIGCONT);
+    }
+}

@@ -1,0 +1,211 @@
+//! How memory gets to the destination: the public [`Strategy`] and, behind
+//! it, one module per strategy implementing the two sides' steps
+//! ([`SourceSide`], [`DestSide`]). The source and destination drivers run
+//! the steps every strategy shares (stop, dump, send the images, restore,
+//! confirm) and ask the strategy only for what differs.
+
+mod lazy;
+mod page_server;
+mod stop_and_copy;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::config::DestConfig;
+use super::wire::migration;
+use crate::error::Result;
+use crate::images::ImagesDir;
+use crate::options::Options;
+use crate::report::DumpReport;
+use crate::transfer::{self, Limits, TransferStats, Transport};
+
+/// How memory gets to the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Dump everything locally, send it, restore.
+    StopAndCopy,
+    /// Stream memory pages into a `criu page-server` on the destination.
+    PageServer,
+    /// Post-copy: restore first, fetch memory on demand.
+    Lazy,
+}
+
+impl Strategy {
+    /// All strategies, in the order they are usually compared.
+    pub const ALL: [Strategy; 3] = [Strategy::StopAndCopy, Strategy::PageServer, Strategy::Lazy];
+
+    /// The kebab-case name (`stop-and-copy`, `page-server`, `lazy`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::StopAndCopy => "stop-and-copy",
+            Strategy::PageServer => "page-server",
+            Strategy::Lazy => "lazy",
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Strategy, String> {
+        Strategy::ALL
+            .into_iter()
+            .find(|st| st.name() == s)
+            .ok_or_else(|| format!("unknown strategy {s:?} (stop-and-copy, page-server, lazy)"))
+    }
+}
+
+/// The source's part of a strategy, for one migration.
+pub(super) trait SourceSide: Sync {
+    /// Adds the strategy's own options to the dump.
+    fn dump_options(&self, o: &mut Options<'_>);
+
+    /// Whether the dump keeps serving memory after its images are written
+    /// (lazy): the images are complete at CRIU's status-ready, and the dump
+    /// ends only when the destination has every page.
+    fn serves_after_images(&self) -> bool {
+        false
+    }
+
+    /// After the images were sent: what the destination needs before it
+    /// restores.
+    fn after_images(&self, _stream: &mut dyn Transport) -> Result<()> {
+        Ok(())
+    }
+
+    /// Unblocks a dump that serves pages to a destination which will not
+    /// come, so that it ends.
+    fn unblock_dump(&self) {}
+
+    /// Bytes of memory that went to the destination beside the stream.
+    fn bytes_beside_stream(&self, _dump: &DumpReport) -> u64 {
+        0
+    }
+}
+
+/// Where the destination receives: the stream, its work directory, the
+/// path the images must end up at, what the sender may send, and the record of what this
+/// receive created.
+pub(super) struct Inbound<'s> {
+    pub(super) stream: &'s mut dyn Transport,
+    pub(super) work_dir: &'s Path,
+    pub(super) images: &'s Path,
+    pub(super) limits: &'s Limits,
+    pub(super) created: &'s mut Created,
+}
+
+impl Inbound<'_> {
+    /// Receives a directory sent with `transfer::send_dir` into `target`
+    /// (which must not exist), and records it as created here.
+    pub(super) fn receive_dir(&mut self, target: &Path) -> Result<TransferStats> {
+        let t = transfer::receive_dir_with(&mut &mut *self.stream, target, self.limits, None)?;
+        self.created.add(target);
+        Ok(t)
+    }
+
+    /// Creates the images directory, recorded as created here.
+    pub(super) fn create_images(&mut self) -> Result<ImagesDir> {
+        let images = ImagesDir::create(self.images)?;
+        self.created.add(self.images);
+        Ok(images)
+    }
+}
+
+/// The directories one receive created: on failure, these and nothing
+/// else are removed (a directory that was there before belongs to someone
+/// else).
+#[derive(Default)]
+pub(super) struct Created(Vec<PathBuf>);
+
+impl Created {
+    fn add(&mut self, path: &Path) {
+        self.0.push(path.to_path_buf());
+    }
+
+    /// Removes what was recorded (whatever is gone already is skipped).
+    pub(super) fn remove_all(&self) {
+        for path in self.0.iter().rev() {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
+}
+
+/// The images as they arrived.
+pub(super) struct Received {
+    pub(super) images: ImagesDir,
+    pub(super) transfer: TransferStats,
+}
+
+/// The destination's part of a strategy, for one migration.
+pub(super) trait DestSide {
+    /// Receives the images, starting whatever the strategy's restore needs
+    /// beside the stream.
+    fn receive(&mut self, at: Inbound<'_>) -> Result<Received>;
+
+    /// Adds the strategy's own options to the restore.
+    fn restore_options(&self, _o: &mut Options<'_>) {}
+
+    /// After the restore, until the restored tree has all it needs (lazy:
+    /// every page), for at most `timeout`.
+    fn after_restore(self: Box<Self>, _timeout: Duration) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Starts the source's part of `strategy`: agrees with the destination on
+/// what the strategy needs before the dump. `addrs` are this host's and
+/// the destination's addresses for CRIU's own connections.
+pub(super) fn source_side(
+    strategy: Strategy,
+    stream: &mut dyn Transport,
+    addrs: Option<(IpAddr, IpAddr)>,
+) -> Result<Box<dyn SourceSide>> {
+    Ok(match strategy {
+        Strategy::StopAndCopy => Box::new(stop_and_copy::Source),
+        Strategy::PageServer => Box::new(page_server::Source::connect(
+            stream,
+            need(addrs, strategy)?.1,
+        )?),
+        Strategy::Lazy => Box::new(lazy::Source::new(need(addrs, strategy)?.0)?),
+    })
+}
+
+/// The destination's part of `strategy`; `local` is this host's address
+/// for CRIU's own connections, when known.
+pub(super) fn dest_side<'c>(
+    strategy: Strategy,
+    cfg: &'c DestConfig<'_>,
+    local: Option<IpAddr>,
+) -> Result<Box<dyn DestSide + 'c>> {
+    Ok(match strategy {
+        Strategy::StopAndCopy => Box::new(stop_and_copy::Dest),
+        Strategy::PageServer => Box::new(page_server::Dest::new(cfg, need(local, strategy)?)),
+        Strategy::Lazy => Box::new(lazy::Dest::new(cfg)),
+    })
+}
+
+/// The addresses a strategy with connections of CRIU's own cannot do
+/// without.
+fn need<T>(addrs: Option<T>, strategy: Strategy) -> Result<T> {
+    addrs.ok_or_else(|| {
+        migration(
+            format!(
+                "the {strategy} strategy needs CRIU's own TCP connections between the hosts, \
+                 and the stream is not TCP: name the addresses (SourceConfig::criu_addresses, \
+                 DestConfig::criu_address)"
+            ),
+            None,
+        )
+    })
+}

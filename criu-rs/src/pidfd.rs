@@ -1,0 +1,105 @@
+//! Process descriptors (`pidfd_open`, Linux 5.3+): a handle on one process
+//! that stays bound to it, so a signal sent through it can never reach
+//! another process that reused the pid in the meantime.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// A descriptor of one process, close-on-exec.
+#[derive(Debug)]
+pub(crate) struct Pidfd {
+    pid: i32,
+    fd: OwnedFd,
+}
+
+impl Pidfd {
+    /// Opens a descriptor of the process that has `pid` now.
+    pub(crate) fn open(pid: i32) -> io::Result<Pidfd> {
+        if pid <= 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: a plain syscall; pidfd_open's descriptors are
+        // close-on-exec by definition.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by the kernel and is owned by no one.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(Pidfd { pid, fd })
+    }
+
+    /// The pid the process had when the descriptor was opened.
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Sends `signal` (0: only check) to exactly this process; `ESRCH`
+    /// once it has exited.
+    pub(crate) fn signal(&self, signal: i32) -> io::Result<()> {
+        // SAFETY: a plain syscall on a descriptor we own; no siginfo.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Reaps the process, which must be a child of this one, once it has
+    /// exited (blocking until then).
+    pub(crate) fn reap(&self) -> io::Result<()> {
+        loop {
+            // SAFETY: an all-zero siginfo_t is a valid out-parameter.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waitid on a descriptor we own, with a valid out-pointer.
+            let rc = unsafe {
+                libc::waitid(
+                    libc::P_PIDFD,
+                    self.fd.as_raw_fd() as libc::id_t,
+                    &mut info,
+                    libc::WEXITED,
+                )
+            };
+            if rc == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_reach_only_the_process_and_it_is_reaped() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let p = Pidfd::open(child.id() as i32).unwrap();
+        p.signal(0).unwrap();
+        p.signal(libc::SIGKILL).unwrap();
+        p.reap().unwrap();
+        // Reaped through the pidfd: std's wait finds no child any more.
+        assert!(child.wait().is_err());
+        assert_eq!(
+            p.signal(0).unwrap_err().raw_os_error(),
+            Some(libc::ESRCH),
+            "a signal after the exit goes nowhere"
+        );
+        assert!(Pidfd::open(0).is_err());
+    }
+}

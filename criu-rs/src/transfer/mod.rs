@@ -1,0 +1,97 @@
+//! Sending an images directory over a byte stream, and receiving it.
+//!
+//! The wire format, all integers little-endian:
+//!
+//! ```text
+//! stream  := "CRIURS\x00\x01" item* end
+//! item    := 'F' name_len:u16 name mode:u32 size:u64 bytes[size] crc32:u32
+//!            (the CRC-32 covers everything from 'F' to the last byte)
+//!          | 'M' len:u32 json[len]            (a control message)
+//! end     := 'E' files:u32 bytes:u64
+//! ```
+//!
+//! Names are single path components (a CRIU images directory is flat). The
+//! receiver writes into a private directory of a random name beside the
+//! target (0700, files created through its descriptor, never following a
+//! link) and renames it into place only when the end marker's totals
+//! match; on any error the partial directory is removed. What the sender
+//! announces is bounded ([`Limits`]: file count, file and total sizes, the
+//! free space of the target's file system, and an idle timeout where the
+//! stream has timeouts). The CRC-32 per file protects against corruption,
+//! not against an attacker (who could rewrite the checksum too): wrap the
+//! stream in TLS or similar for authenticity and secrecy.
+//!
+//! Inside: `frame` (header, messages, integers), `send`, `receive` (with
+//! its limits) and `partial` (the private directory being received), and
+//! [`Transport`], the connected stream both ends use.
+
+mod frame;
+mod partial;
+mod receive;
+mod send;
+mod transport;
+
+use std::io;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::Error;
+
+pub use frame::{read_header, recv_message, send_message, write_header};
+pub use receive::{receive_dir, receive_dir_with, receive_from, Limits};
+pub use send::send_dir;
+pub use transport::Transport;
+
+/// What one transfer moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct TransferStats {
+    /// Files sent or received.
+    pub files: u32,
+    /// Payload bytes (file contents).
+    pub bytes: u64,
+    /// How long it took.
+    #[serde(serialize_with = "crate::report::micros")]
+    pub elapsed: Duration,
+}
+
+/// Progress callback: bytes done so far, bytes in total.
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
+
+/// The size of the copy buffers.
+const BUF: usize = 1 << 20;
+
+/// Whether `name` is a plain file name that stays inside a directory.
+pub fn is_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.len() <= 255
+        && !name.contains('/')
+        && !name.contains('\0')
+}
+
+fn transfer_err(message: impl Into<String>, source: Option<io::Error>) -> Error {
+    Error::Transfer {
+        message: message.into(),
+        source,
+    }
+}
+
+/// Maps an I/O error on the stream, naming a stream that ended early.
+fn io_err(what: &str) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |e| {
+        let msg = match e.kind() {
+            io::ErrorKind::UnexpectedEof => format!("{what}: the stream ended early (truncated)"),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                format!("{what}: the peer sent nothing within the stream's timeout")
+            }
+            _ => what.to_string(),
+        };
+        transfer_err(msg, Some(e))
+    }
+}
+
+#[cfg(test)]
+mod tests;

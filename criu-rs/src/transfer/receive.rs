@@ -1,0 +1,278 @@
+//! Receiving a directory, within limits.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::frame::{file_header, read_header, read_u16, read_u32, read_u64, read_u8};
+use super::partial::Partial;
+use super::{io_err, is_safe_name, transfer_err, Progress, TransferStats, Transport, BUF};
+use crate::error::{Error, Result};
+
+/// What a receiver accepts from the sender. Every file's announced size is
+/// checked before a byte of it is written; the free space of the target's
+/// file system is always checked too.
+///
+/// ```
+/// let limits = criu::transfer::Limits::default()
+///     .max_files(1000)
+///     .idle_timeout(std::time::Duration::from_secs(30));
+/// # let _ = limits;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    max_files: u32,
+    max_file_bytes: u64,
+    max_total_bytes: u64,
+    idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_files: 1 << 16,
+            max_file_bytes: 256 << 30,
+            max_total_bytes: 1 << 40,
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Limits {
+    /// The most files one directory may hold (default 65,536; a CRIU
+    /// checkpoint has about ten per task).
+    pub fn max_files(self, n: u32) -> Limits {
+        Limits {
+            max_files: n,
+            ..self
+        }
+    }
+
+    /// The largest file (default 256 GiB: a pages image is as large as the
+    /// memory it holds).
+    pub fn max_file_bytes(self, n: u64) -> Limits {
+        Limits {
+            max_file_bytes: n,
+            ..self
+        }
+    }
+
+    /// The most bytes of all files together (default 1 TiB).
+    pub fn max_total_bytes(self, n: u64) -> Limits {
+        Limits {
+            max_total_bytes: n,
+            ..self
+        }
+    }
+
+    /// How long the peer may stay silent, where the stream has timeouts
+    /// (default 120 s; see [`Transport::prepare`]).
+    pub fn idle_timeout(self, t: Duration) -> Limits {
+        Limits {
+            idle_timeout: t,
+            ..self
+        }
+    }
+
+    /// The idle timeout.
+    pub(crate) fn idle(&self) -> Duration {
+        self.idle_timeout
+    }
+}
+
+/// Receives a directory sent by [`super::send_dir`] into `target`, which
+/// must not exist yet, within the default [`Limits`] (but for the idle
+/// timeout, which a plain reader cannot have: set timeouts on the stream,
+/// or use [`receive_from`]). Either the whole directory appears at
+/// `target`, or nothing does.
+pub fn receive_dir(
+    r: &mut impl Read,
+    target: &Path,
+    progress: Option<Progress<'_>>,
+) -> Result<TransferStats> {
+    receive_dir_with(r, target, &Limits::default(), progress)
+}
+
+/// Reads the header from `stream`, then receives a directory into
+/// `target` as [`receive_dir_with`] does, with the stream's reads bounded
+/// by `limits.idle_timeout` (where the stream supports timeouts).
+pub fn receive_from<S: Transport + ?Sized>(
+    stream: &mut S,
+    target: &Path,
+    limits: &Limits,
+    progress: Option<Progress<'_>>,
+) -> Result<TransferStats> {
+    stream
+        .prepare(Some(limits.idle_timeout))
+        .map_err(|e| Error::io("setting the stream's timeouts", e))?;
+    let mut stream = stream;
+    read_header(&mut stream)?;
+    receive_dir_with(&mut stream, target, limits, progress)
+}
+
+/// Like [`receive_dir`], within `limits`.
+pub fn receive_dir_with(
+    r: &mut impl Read,
+    target: &Path,
+    limits: &Limits,
+    progress: Option<Progress<'_>>,
+) -> Result<TransferStats> {
+    let start = Instant::now();
+    if target.symlink_metadata().is_ok() {
+        return Err(transfer_err(
+            format!("{} already exists", target.display()),
+            None,
+        ));
+    }
+    let mut rx = Receiving {
+        partial: Partial::beside(target)?,
+        limits,
+        files: 0,
+        bytes: 0,
+        buf: vec![0u8; BUF],
+        progress,
+    };
+    loop {
+        match read_u8(r, "reading the next frame")? {
+            b'F' => rx.file(r)?,
+            b'E' => {
+                rx.end(r)?;
+                rx.partial.commit(target)?;
+                return Ok(TransferStats {
+                    files: rx.files,
+                    bytes: rx.bytes,
+                    elapsed: start.elapsed(),
+                });
+            }
+            other => return Err(transfer_err(format!("unexpected frame {other:#x}"), None)),
+        }
+    }
+}
+
+/// A directory being received.
+struct Receiving<'l, 'p> {
+    partial: Partial,
+    limits: &'l Limits,
+    files: u32,
+    bytes: u64,
+    buf: Vec<u8>,
+    progress: Option<Progress<'p>>,
+}
+
+impl Receiving<'_, '_> {
+    /// Receives one file (its 'F' already read).
+    fn file(&mut self, r: &mut impl Read) -> Result<()> {
+        let len = read_u16(r, "reading a file name")? as usize;
+        let mut name = vec![0u8; len];
+        r.read_exact(&mut name)
+            .map_err(io_err("reading a file name"))?;
+        let name =
+            String::from_utf8(name).map_err(|_| transfer_err("a file name is not UTF-8", None))?;
+        if !is_safe_name(&name) {
+            return Err(transfer_err(
+                format!("refusing file name {name:?}: it would escape the target directory"),
+                None,
+            ));
+        }
+        let raw_mode = read_u32(r, "reading a file mode")?;
+        let size = read_u64(r, "reading a file size")?;
+        self.admit(&name, size)?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&file_header(&name, raw_mode, size));
+        self.contents(r, &name, raw_mode & 0o700 | 0o600, size, &mut crc)?;
+        let want = read_u32(r, "reading a checksum")?;
+        let got = crc.finalize();
+        if want != got {
+            return Err(transfer_err(
+                format!("checksum mismatch in {name:?}: sent {want:#010x}, received {got:#010x}"),
+                None,
+            ));
+        }
+        self.files += 1;
+        Ok(())
+    }
+
+    /// Refuses a file the limits do not allow, before any of it is written.
+    fn admit(&self, name: &str, size: u64) -> Result<()> {
+        let l = self.limits;
+        let refuse = |why: String| Err(transfer_err(format!("refusing {name:?}: {why}"), None));
+        if self.files >= l.max_files {
+            return refuse(format!(
+                "more than {} files (Limits::max_files)",
+                l.max_files
+            ));
+        }
+        if size > l.max_file_bytes {
+            return refuse(format!(
+                "{size} bytes announced, over {} (Limits::max_file_bytes)",
+                l.max_file_bytes
+            ));
+        }
+        if self.bytes.saturating_add(size) > l.max_total_bytes {
+            return refuse(format!(
+                "{} bytes in all, over {} (Limits::max_total_bytes)",
+                self.bytes.saturating_add(size),
+                l.max_total_bytes
+            ));
+        }
+        let free = self
+            .partial
+            .free_bytes()
+            .map_err(|e| Error::io("reading the free space of the target's file system", e))?;
+        if size > free {
+            return refuse(format!(
+                "{size} bytes announced, {free} free on the target's file system"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Copies `size` bytes of the stream into a new file `name`.
+    fn contents(
+        &mut self,
+        r: &mut impl Read,
+        name: &str,
+        mode: u32,
+        size: u64,
+        crc: &mut crc32fast::Hasher,
+    ) -> Result<()> {
+        let mut f = self.partial.create_file(name, mode).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                transfer_err(format!("file {name:?} sent twice"), None)
+            } else {
+                Error::io(format!("creating {name:?} in the received directory"), e)
+            }
+        })?;
+        let mut left = size;
+        while left > 0 {
+            let chunk = &mut self.buf[..left.min(BUF as u64) as usize];
+            r.read_exact(chunk)
+                .map_err(io_err("reading file contents"))?;
+            crc.update(chunk);
+            f.write_all(chunk)
+                .map_err(|e| Error::io(format!("writing {name:?}"), e))?;
+            left -= chunk.len() as u64;
+            self.bytes += chunk.len() as u64;
+            if let Some(p) = self.progress.as_mut() {
+                p(self.bytes, 0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the end marker (its 'E' already read) against what arrived.
+    fn end(&self, r: &mut impl Read) -> Result<()> {
+        let want_files = read_u32(r, "reading the end marker")?;
+        let want_bytes = read_u64(r, "reading the end marker")?;
+        if (want_files, want_bytes) != (self.files, self.bytes) {
+            return Err(transfer_err(
+                format!(
+                    "the sender announced {want_files} files / {want_bytes} bytes, {} / {} arrived",
+                    self.files, self.bytes
+                ),
+                None,
+            ));
+        }
+        Ok(())
+    }
+}

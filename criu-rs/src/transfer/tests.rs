@@ -1,0 +1,258 @@
+//! The image stream's unit tests: round trips, truncation, corruption,
+//! escaping names, limits, and the private partial directory.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use super::*;
+use crate::error::Result;
+
+fn sample_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    fs::write(d.path().join("inventory.img"), b"inventory").unwrap();
+    fs::write(d.path().join("pages-1.img"), vec![7u8; 3 << 20]).unwrap();
+    fs::write(d.path().join("empty.img"), b"").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", d.path().join("link")).unwrap();
+    d
+}
+
+fn send_to_vec(dir: &Path) -> Vec<u8> {
+    let mut v = Vec::new();
+    write_header(&mut v).unwrap();
+    send_dir(&mut v, dir, None).unwrap();
+    v
+}
+
+fn receive(bytes: &[u8], target: &Path) -> Result<TransferStats> {
+    receive_with(bytes, target, &Limits::default(), None)
+}
+
+fn receive_with(
+    mut bytes: &[u8],
+    target: &Path,
+    limits: &Limits,
+    progress: Option<Progress<'_>>,
+) -> Result<TransferStats> {
+    read_header(&mut bytes)?;
+    receive_dir_with(&mut bytes, target, limits, progress)
+}
+
+/// A sample directory's stream, and an empty directory to receive into.
+struct Sample {
+    bytes: Vec<u8>,
+    out: tempfile::TempDir,
+}
+
+impl Sample {
+    fn new() -> Sample {
+        Sample {
+            bytes: send_to_vec(sample_dir().path()),
+            out: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Receives into `out/recv`, calling `progress` as bytes arrive.
+    fn receive(&self, limits: &Limits, progress: Option<Progress<'_>>) -> Result<TransferStats> {
+        receive_with(&self.bytes, &self.target(), limits, progress)
+    }
+
+    fn target(&self) -> std::path::PathBuf {
+        self.out.path().join("recv")
+    }
+
+    fn left(&self) -> usize {
+        fs::read_dir(self.out.path()).unwrap().count()
+    }
+}
+
+#[test]
+fn round_trip_copies_regular_files_only() {
+    let src = sample_dir();
+    let bytes = send_to_vec(src.path());
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("recv");
+    let stats = receive(&bytes, &target).unwrap();
+    assert_eq!(stats.files, 3);
+    assert_eq!(stats.bytes, 9 + (3 << 20));
+    assert_eq!(
+        fs::read(target.join("pages-1.img")).unwrap(),
+        vec![7u8; 3 << 20]
+    );
+    assert!(!target.join("link").exists());
+    let mode = fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}
+
+#[test]
+fn truncation_anywhere_leaves_nothing_behind() {
+    let src = sample_dir();
+    let bytes = send_to_vec(src.path());
+    let out = tempfile::tempdir().unwrap();
+    for cut in [0, 5, 9, 20, 40, 1000, bytes.len() / 2, bytes.len() - 1] {
+        let target = out.path().join(format!("recv{cut}"));
+        let e = receive(&bytes[..cut], &target).unwrap_err();
+        assert!(
+            e.to_string().contains("truncated") || e.to_string().contains("magic"),
+            "{cut}: {e}"
+        );
+        assert!(!target.exists());
+    }
+    assert_eq!(
+        fs::read_dir(out.path()).unwrap().count(),
+        0,
+        "no partial directory left"
+    );
+}
+
+#[test]
+fn corruption_is_a_checksum_mismatch() {
+    let src = sample_dir();
+    let mut bytes = send_to_vec(src.path());
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("recv");
+    let e = receive(&bytes, &target).unwrap_err();
+    assert!(e.to_string().contains("checksum mismatch"), "{e}");
+    assert!(!target.exists());
+    assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn names_that_escape_are_refused() {
+    for name in ["../evil", "a/b", "..", ".", ""] {
+        let mut v = Vec::new();
+        write_header(&mut v).unwrap();
+        v.push(b'F');
+        v.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        v.extend_from_slice(name.as_bytes());
+        v.extend_from_slice(&0o600u32.to_le_bytes());
+        v.extend_from_slice(&0u64.to_le_bytes());
+        v.extend_from_slice(&0u32.to_le_bytes());
+        v.push(b'E');
+        v.extend_from_slice(&1u32.to_le_bytes());
+        v.extend_from_slice(&0u64.to_le_bytes());
+        let out = tempfile::tempdir().unwrap();
+        let e = receive(&v, &out.path().join("recv")).unwrap_err();
+        assert!(e.to_string().contains("escape"), "{name:?}: {e}");
+        assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0);
+    }
+}
+
+#[test]
+fn messages_round_trip() {
+    let mut v = Vec::new();
+    send_message(&mut v, &serde_json::json!({"hello": 1})).unwrap();
+    let m: serde_json::Value = recv_message(&mut v.as_slice()).unwrap();
+    assert_eq!(m["hello"], 1);
+    assert!(recv_message::<serde_json::Value>(&mut &v[..3]).is_err());
+}
+
+/// A stream announcing one file of `size` bytes and sending none of it.
+fn announcing(size: u64) -> Vec<u8> {
+    let mut v = Vec::new();
+    write_header(&mut v).unwrap();
+    v.extend_from_slice(&frame::file_header("pages-1.img", 0o600, size));
+    v
+}
+
+#[test]
+fn a_file_over_the_size_limit_is_refused_before_it_is_written() {
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("recv");
+    let e = receive(&announcing(1 << 62), &target).unwrap_err();
+    assert!(e.to_string().contains("Limits::max_file_bytes"), "{e}");
+    assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_file_larger_than_the_free_space_is_refused() {
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("recv");
+    // Under the default per-file limit, over any disk of this machine.
+    let e = receive(&announcing(255 << 30), &target).unwrap_err();
+    assert!(
+        e.to_string().contains("free on the target's file system"),
+        "{e}"
+    );
+    assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn file_count_and_total_limits_are_enforced() {
+    let few = Limits::default().max_files(2);
+    let small = Limits::default().max_total_bytes(1 << 20);
+    for (limits, expect) in [
+        (few, "Limits::max_files"),
+        (small, "Limits::max_total_bytes"),
+    ] {
+        let sample = Sample::new();
+        let e = sample.receive(&limits, None).unwrap_err();
+        assert!(e.to_string().contains(expect), "{e}");
+        assert_eq!(sample.left(), 0);
+    }
+}
+
+#[test]
+fn a_directory_named_like_a_partial_one_is_not_touched() {
+    // Before: the partial directory was `.NAME.partial-PID`, removed
+    // first if present, whoever it belonged to.
+    let sample = Sample::new();
+    let theirs = sample
+        .out
+        .path()
+        .join(format!(".recv.partial-{}", std::process::id()));
+    fs::create_dir(&theirs).unwrap();
+    fs::write(theirs.join("precious"), b"mine").unwrap();
+    sample.receive(&Limits::default(), None).unwrap();
+    assert_eq!(fs::read(theirs.join("precious")).unwrap(), b"mine");
+}
+
+/// The partial directory (there is one while receiving).
+fn partial_in(dir: &Path) -> std::path::PathBuf {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains(".recv.partial-"))
+        .expect("a partial directory")
+}
+
+#[test]
+fn swapping_the_partial_directory_for_a_link_redirects_nothing() {
+    let sample = Sample::new();
+    let root = sample.out.path();
+    let elsewhere = root.join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    let mut swapped = false;
+    let mut swap = |_: u64, _: u64| {
+        if !swapped {
+            let partial = partial_in(root);
+            fs::rename(&partial, root.join("moved-away")).unwrap();
+            std::os::unix::fs::symlink(&elsewhere, &partial).unwrap();
+            swapped = true;
+        }
+    };
+    let e = sample
+        .receive(&Limits::default(), Some(&mut swap))
+        .unwrap_err();
+    assert!(e.to_string().contains("replaced"), "{e}");
+    assert!(swapped);
+    let through_link = fs::read_dir(&elsewhere).unwrap().count();
+    assert_eq!(through_link, 0, "nothing written through the link");
+    assert!(sample.target().symlink_metadata().is_err(), "no target");
+}
+
+#[test]
+fn a_target_that_appears_meanwhile_is_not_replaced() {
+    let sample = Sample::new();
+    let target = sample.target();
+    let mut plant = |_: u64, _: u64| {
+        let _ = fs::create_dir(&target);
+    };
+    let e = sample
+        .receive(&Limits::default(), Some(&mut plant))
+        .unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+    assert_eq!(fs::read_dir(sample.target()).unwrap().count(), 0);
+}

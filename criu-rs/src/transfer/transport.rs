@@ -1,0 +1,69 @@
+//! The connected byte stream a transfer or a migration runs over.
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+/// A connected byte stream between two peers (TCP, a unix socket, or a
+/// TLS or SSH stream wrapped around one), as the image stream and
+/// [`crate::migrate`] use it. Only `Read + Write` is required: the two
+/// methods have defaults for streams that have no timeouts and no IP
+/// addresses; implement them where the stream does.
+pub trait Transport: Read + Write {
+    /// Readies the stream for a request/answer exchange: bound each later
+    /// read and write by `timeout` (`None` leaves the stream's timeouts as
+    /// they are) and send small writes at once (`TCP_NODELAY` for TCP).
+    /// Returns whether the stream can bound its reads and writes; the
+    /// default cannot, and then only the caller can unblock a silent peer
+    /// (by closing the stream).
+    fn prepare(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        let _ = timeout;
+        Ok(false)
+    }
+
+    /// The IP addresses of this end and of the peer, for a network stream
+    /// (the default: none). CRIU's own connections of a migration (page
+    /// server, lazy pages) go between these addresses unless the
+    /// configuration names others.
+    fn ip_addresses(&self) -> Option<(IpAddr, IpAddr)> {
+        None
+    }
+}
+
+impl Transport for TcpStream {
+    fn prepare(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        // The protocol's small messages (ready, restored, done) must not
+        // wait for a delayed ACK.
+        self.set_nodelay(true)?;
+        if timeout.is_some() {
+            self.set_read_timeout(timeout)?;
+            self.set_write_timeout(timeout)?;
+        }
+        Ok(true)
+    }
+
+    fn ip_addresses(&self) -> Option<(IpAddr, IpAddr)> {
+        Some((self.local_addr().ok()?.ip(), self.peer_addr().ok()?.ip()))
+    }
+}
+
+impl Transport for UnixStream {
+    fn prepare(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        if timeout.is_some() {
+            self.set_read_timeout(timeout)?;
+            self.set_write_timeout(timeout)?;
+        }
+        Ok(true)
+    }
+}
+
+impl<T: Transport + ?Sized> Transport for &mut T {
+    fn prepare(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        (**self).prepare(timeout)
+    }
+
+    fn ip_addresses(&self) -> Option<(IpAddr, IpAddr)> {
+        (**self).ip_addresses()
+    }
+}

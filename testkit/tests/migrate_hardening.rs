@@ -1,0 +1,585 @@
+//! Migration over other streams than TCP, and the migration's hardening:
+//! what a receiver removes, limits, pidfds, the end-of-migration protocol.
+//! Real CRIU, real processes. Needs root.
+
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+
+use criu::migrate::{self, DestConfig, SourceConfig, Strategy};
+use criu::transfer::Limits;
+use criu::Criu;
+use criu_testkit::hosts::{Migration, TwoHosts};
+use criu_testkit::Workload;
+
+const BIN: &str = env!("CARGO_BIN_EXE_criu-rs-workload");
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Both sides' results of one migration.
+struct Run {
+    src: criu::Result<migrate::SourceReport>,
+    dst: criu::Result<migrate::DestReport>,
+}
+
+/// How the source reaches CRIU, and what its end of the stream is.
+struct SourceEnd<S> {
+    criu: Criu,
+    stream: S,
+}
+
+/// Migrates `pid` over a connected unix socket pair, on this host; `src`
+/// and `dst` build the two sides' settings (on their own threads: the
+/// settings are not `Send`); `end` makes the source's end of the stream.
+fn migrate_over_unix<'a, S: migrate::Transport>(
+    pid: i32,
+    end: impl FnOnce(UnixStream) -> SourceEnd<S>,
+    src: impl FnOnce() -> SourceConfig<'a>,
+    dst: impl FnOnce() -> DestConfig<'a> + Send,
+) -> Run {
+    let (a, mut b) = UnixStream::pair().unwrap();
+    let mut a = end(a);
+    std::thread::scope(|s| {
+        let dst_side = s.spawn(move || migrate::receive(&Criu::new(), &mut b, dst()));
+        let src = migrate::send(&a.criu, pid, &mut a.stream, src());
+        drop(a);
+        Run {
+            src,
+            dst: dst_side.join().unwrap(),
+        }
+    })
+}
+
+/// A workload (4 MiB, the init of its own PID namespace, so that its
+/// restored copy can take the same pids while the source copy still holds
+/// them) and the two sides' work directories.
+struct Scene {
+    dir: tempfile::TempDir,
+    w: Workload,
+    sum: Option<String>,
+}
+
+impl Scene {
+    fn new() -> Scene {
+        let dir = tempfile::tempdir().unwrap();
+        for side in ["src", "dst"] {
+            std::fs::create_dir_all(dir.path().join(side)).unwrap();
+        }
+        let out = dir.path().join("out.log");
+        let w = Workload::spawn_in_pid_ns(BIN.as_ref(), &out, Duration::from_millis(1), 4).unwrap();
+        let sum = w.memory_checksum();
+        w.wait_for_seq(20, WAIT).unwrap();
+        Scene { dir, w, sum }
+    }
+
+    /// Migrates the workload over a unix socket pair; `src` and `dst` get
+    /// the two sides' work directories.
+    fn migrate<'a>(
+        &self,
+        src: impl FnOnce(PathBuf) -> SourceConfig<'a>,
+        dst: impl FnOnce(PathBuf) -> DestConfig<'a> + Send,
+    ) -> Run {
+        let plain = |stream| SourceEnd {
+            criu: Criu::new(),
+            stream,
+        };
+        self.migrate_from(plain, src, dst)
+    }
+
+    /// Like [`Scene::migrate`], with the source's CRIU and stream from `end`.
+    fn migrate_from<'a, S: migrate::Transport>(
+        &self,
+        end: impl FnOnce(UnixStream) -> SourceEnd<S>,
+        src: impl FnOnce(PathBuf) -> SourceConfig<'a>,
+        dst: impl FnOnce(PathBuf) -> DestConfig<'a> + Send,
+    ) -> Run {
+        let (s, d) = (self.dir.path().join("src"), self.dir.path().join("dst"));
+        migrate_over_unix(self.w.pid(), end, || src(s), || dst(d))
+    }
+
+    /// The restored copy runs on from where the source stopped, with its
+    /// memory intact; the source copy is gone.
+    fn assert_moved(&mut self, run: Run) {
+        let src = run.src.unwrap_or_else(|e| panic!("source: {e}"));
+        let dst = run.dst.unwrap_or_else(|e| panic!("destination: {e}"));
+        self.w.reap(WAIT).unwrap();
+        let pid = dst.child.pid();
+        assert_eq!(src.restored_pid, pid);
+        let seq = self.w.last_seq();
+        self.w.wait_for_seq(seq + 20, WAIT).unwrap();
+        let (after, ok) = self.w.verify_memory(pid, WAIT).unwrap();
+        assert!(ok && Some(after) == self.sum, "memory intact");
+        drop(dst);
+        assert!(criu_testkit::wait_gone(pid, WAIT));
+    }
+}
+
+#[test]
+fn stop_and_copy_over_a_unix_socket() {
+    let mut sc = Scene::new();
+    let run = sc.migrate(
+        |s| SourceConfig::new(Strategy::StopAndCopy, s),
+        DestConfig::new,
+    );
+    sc.assert_moved(run);
+}
+
+#[test]
+fn page_server_over_a_unix_socket_with_named_addresses() {
+    let mut sc = Scene::new();
+    let lo = std::net::IpAddr::from([127, 0, 0, 1]);
+    let run = sc.migrate(
+        |s| SourceConfig::new(Strategy::PageServer, s).criu_addresses(lo, lo),
+        |d| DestConfig::new(d).criu_address(lo),
+    );
+    sc.assert_moved(run);
+}
+
+#[test]
+fn page_server_over_a_unix_socket_without_addresses_is_refused_plainly() {
+    let mut sc = Scene::new();
+    let page_server = |s| SourceConfig::new(Strategy::PageServer, s);
+    let Run { src, dst } = sc.migrate(page_server, DestConfig::new);
+    let e = dst.expect_err("the destination has no address for its page server");
+    assert!(e.to_string().contains("criu_address"), "{e}");
+    let e = src.expect_err("the source fails too");
+    assert!(e.to_string().contains("criu_addresses"), "{e}");
+    assert!(
+        sc.w.is_running() && sc.w.advances(WAIT),
+        "the source runs on"
+    );
+}
+
+/// A `criu` that notes each start in `log`, then runs the real one.
+fn recording_criu(dir: &std::path::Path, log: &std::path::Path) -> PathBuf {
+    let path = dir.join("recording-criu");
+    let script = format!(
+        "#!/bin/sh\necho \"$@\" >> '{}'\nexec criu \"$@\"\n",
+        log.display()
+    );
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+const LO: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+#[test]
+fn the_lazy_dump_goes_through_the_callers_criu() {
+    // Before: the lazy dump made its own `Criu::new()`.
+    let mut sc = Scene::new();
+    let log = sc.dir.path().join("criu-starts.log");
+    let binary = recording_criu(sc.dir.path(), &log);
+    let end = |stream| SourceEnd {
+        criu: Criu::with_binary(&binary),
+        stream,
+    };
+    let run = sc.migrate_from(
+        end,
+        |s| SourceConfig::new(Strategy::Lazy, s).criu_addresses(LO, LO),
+        |d| DestConfig::new(d).criu_address(LO),
+    );
+    sc.assert_moved(run);
+    let starts = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        starts.contains("swrk"),
+        "the caller's criu ran the dump: {starts:?}"
+    );
+}
+
+/// The source's end of a stream that breaks when the lazy page server's
+/// address is sent, and only then.
+struct BreaksOnLazySource(UnixStream);
+
+impl std::io::Read for BreaksOnLazySource {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl std::io::Write for BreaksOnLazySource {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.windows(10).any(|w| w == b"LazySource") {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl migrate::Transport for BreaksOnLazySource {
+    fn prepare(&mut self, timeout: Option<Duration>) -> std::io::Result<bool> {
+        self.0.prepare(timeout)
+    }
+}
+
+#[test]
+fn a_lost_lazy_source_message_ends_the_lazy_dump_and_resumes_the_source() {
+    // Before: `send_message(LazySource)?` returned without ending the lazy
+    // dump, whose thread then waited for a lazy-pages daemon forever.
+    let mut sc = Scene::new();
+    let breaking = |stream| SourceEnd {
+        criu: Criu::new(),
+        stream: BreaksOnLazySource(stream),
+    };
+    let run = sc.migrate_from(
+        breaking,
+        |s| SourceConfig::new(Strategy::Lazy, s).criu_addresses(LO, LO),
+        |d| DestConfig::new(d).criu_address(LO),
+    );
+    let e = run.src.expect_err("the source fails");
+    assert!(e.to_string().contains("resumed"), "{e}");
+    assert!(run.dst.is_err(), "the destination fails too");
+    assert!(
+        sc.w.is_running() && sc.w.advances(WAIT),
+        "the source runs on"
+    );
+}
+
+/// A destination that takes the images and the lazy source's address,
+/// claims a restore, and never fetches a page.
+fn never_fetches(mut b: UnixStream, dir: &std::path::Path) {
+    use criu::transfer::{read_header, receive_dir, recv_message, send_message};
+    read_header(&mut b).unwrap();
+    let _hello: serde_json::Value = recv_message(&mut b).unwrap();
+    receive_dir(&mut b, &dir.join("images"), None).unwrap();
+    let _lazy_source: serde_json::Value = recv_message(&mut b).unwrap();
+    let restored =
+        serde_json::json!({"Restored": {"pid": 1, "wall_us": 0, "restore_time_us": null}});
+    send_message(&mut b, &restored).unwrap();
+    // Until the source hangs up.
+    let _ = std::io::copy(&mut b, &mut std::io::sink());
+}
+
+#[test]
+fn the_source_deadline_bounds_a_lazy_dump_nobody_fetches_from() {
+    // Before: the lazy dump had no deadline, and after the lazy timeout the
+    // source joined its thread, which waited for a lazy-pages daemon forever.
+    let mut sc = Scene::new();
+    let (a, b) = UnixStream::pair().unwrap();
+    let (src_dir, dst_dir) = (sc.dir.path().join("src"), sc.dir.path().join("dst"));
+    let src = std::thread::scope(|s| {
+        s.spawn(|| never_fetches(b, &dst_dir));
+        let cfg = SourceConfig::new(Strategy::Lazy, &src_dir)
+            .criu_addresses(LO, LO)
+            .deadline(Duration::from_secs(3));
+        let mut a = a;
+        migrate::send(&Criu::new(), sc.w.pid(), &mut a, cfg)
+    });
+    let e = src.expect_err("the source gives up");
+    assert!(e.to_string().contains("resumed"), "{e}");
+    assert!(
+        sc.w.is_running() && sc.w.advances(WAIT),
+        "the source runs on"
+    );
+}
+
+/// The workload on host a of fresh hosts, as the init of its own PID
+/// namespace (on one machine both hosts share pid numbers).
+struct TwoHostScene {
+    hosts: TwoHosts,
+    dir: tempfile::TempDir,
+    w: Workload,
+}
+
+impl TwoHostScene {
+    fn new() -> TwoHostScene {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = TwoHosts::new().unwrap();
+        let out = dir.path().join("out.log");
+        let w = hosts
+            .a
+            .run(|| Workload::spawn_in_pid_ns(BIN.as_ref(), &out, Duration::from_millis(1), 4))
+            .unwrap()
+            .unwrap();
+        w.wait_for_seq(20, WAIT).unwrap();
+        for side in ["src", "dst"] {
+            std::fs::create_dir_all(dir.path().join(side)).unwrap();
+        }
+        TwoHostScene { hosts, dir, w }
+    }
+
+    fn dst(&self) -> PathBuf {
+        self.dir.path().join("dst")
+    }
+
+    /// Stop-and-copy from host a to host b over TCP, through `relay` if
+    /// given; `dst` adjusts the destination's settings.
+    fn migrate<'a>(
+        &'a self,
+        dst: impl FnOnce(DestConfig<'a>) -> DestConfig<'a> + Send,
+        relay: Option<criu_testkit::hosts::Relay>,
+    ) -> Migration {
+        let src = self.dir.path().join("src");
+        let dst_dir = self.dst();
+        self.hosts
+            .migrate(
+                self.w.pid(),
+                || SourceConfig::new(Strategy::StopAndCopy, src),
+                || dst(DestConfig::new(dst_dir)),
+                relay,
+            )
+            .unwrap()
+    }
+
+    /// The migration failed on both sides and the source runs on.
+    fn assert_source_runs_on(&mut self, run: Migration, expect: &str) {
+        let e = run.src.expect_err("the source fails");
+        assert!(e.to_string().contains("resumed"), "{e}");
+        let d = run.dst.expect_err("the destination fails");
+        assert!(d.to_string().contains(expect), "{expect:?} in {d}");
+        assert!(
+            self.w.is_running() && self.w.advances(WAIT),
+            "the source runs on"
+        );
+    }
+}
+
+/// Plants `name/precious` in `dir`.
+fn plant(dir: &std::path::Path, name: &str) -> PathBuf {
+    let planted = dir.join(name);
+    std::fs::create_dir_all(&planted).unwrap();
+    std::fs::write(planted.join("precious"), b"not yours").unwrap();
+    planted.join("precious")
+}
+
+#[test]
+fn an_images_directory_already_on_the_destination_is_left_alone() {
+    // Before: a refused migration removed `images` wholesale.
+    let mut sc = TwoHostScene::new();
+    let precious = plant(&sc.dst(), "images");
+    let run = sc.migrate(|c| c, None);
+    sc.assert_source_runs_on(run, "already exists");
+    assert_eq!(std::fs::read(&precious).unwrap(), b"not yours");
+}
+
+#[test]
+fn a_strangers_bytes_on_the_port_remove_nothing() {
+    // Before: `images` and `images.rest` were removed on any error.
+    let dir = tempfile::tempdir().unwrap();
+    let kept = [
+        plant(dir.path(), "images"),
+        plant(dir.path(), "images.rest"),
+    ];
+    let hosts = TwoHosts::new().unwrap();
+    let listener = hosts
+        .b
+        .run(|| TcpListener::bind((hosts.b.addr, 0)))
+        .unwrap()
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stranger = hosts
+        .a
+        .run(|| {
+            let mut s = TcpStream::connect(addr)?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            Ok::<_, std::io::Error>(s)
+        })
+        .unwrap()
+        .unwrap();
+    let (mut stream, _) = listener.accept().unwrap();
+    let e = migrate::receive(&Criu::new(), &mut stream, DestConfig::new(dir.path())).unwrap_err();
+    assert!(e.to_string().contains("bad magic"), "{e}");
+    // Without a deadline, a silent peer would have met the default timeout.
+    assert_eq!(
+        stream.read_timeout().unwrap(),
+        Some(Duration::from_secs(120))
+    );
+    for f in &kept {
+        assert_eq!(std::fs::read(f).unwrap(), b"not yours");
+    }
+    drop(stranger);
+}
+
+#[test]
+fn a_silent_source_is_given_up_after_the_idle_timeout() {
+    // Before: without a deadline the receiver waited forever.
+    let (silent, mut b) = UnixStream::pair().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let quick = Limits::default().idle_timeout(Duration::from_millis(300));
+    let cfg = DestConfig::new(dir.path()).limits(quick);
+    let e = migrate::receive(&Criu::new(), &mut b, cfg).unwrap_err();
+    assert!(e.to_string().contains("sent nothing within"), "{e}");
+    drop(silent);
+}
+
+#[test]
+fn limits_of_the_destination_apply_to_a_migration() {
+    let mut sc = TwoHostScene::new();
+    let run = sc.migrate(|c| c.limits(Limits::default().max_files(3)), None);
+    sc.assert_source_runs_on(run, "Limits::max_files");
+    let left = std::fs::read_dir(sc.dst()).unwrap().count();
+    assert_eq!(left, 0, "nothing left on the destination");
+}
+
+/// Forwards both ways until the destination's "restored" passes, then
+/// lets nothing more through: the source's `Done` never arrives, nor any
+/// answer to it.
+fn lose_the_end(mut from_src: TcpStream, mut to_dst: TcpStream) {
+    let (mut fwd_from, mut fwd_to) = (from_src.try_clone().unwrap(), to_dst.try_clone().unwrap());
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut fwd_from, &mut fwd_to);
+    });
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = match std::io::Read::read(&mut to_dst, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if buf[..n].windows(8).any(|w| w == b"Restored") {
+            // Before the source can answer: the destination hears no more.
+            let _ = to_dst.shutdown(std::net::Shutdown::Write);
+        }
+        if from_src.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = from_src.shutdown(std::net::Shutdown::Both);
+}
+
+#[test]
+fn a_lost_end_of_migration_leaves_a_copy_running() {
+    // Before: the source killed its copy, then sent `Done` unchecked; the
+    // destination, without `Done`, killed the only copy left.
+    let mut sc = TwoHostScene::new();
+    let run = sc.migrate(|c| c, Some(lose_the_end));
+    let dst = run.dst.expect("the destination keeps its restored copy");
+    assert!(!dst.source_confirmed);
+    assert!(
+        criu_testkit::alive(dst.child.pid()),
+        "the restored copy runs"
+    );
+    let e = run.src.expect_err("the source could not confirm the end");
+    assert!(e.to_string().contains("two copies may now run"), "{e}");
+    assert!(
+        sc.w.is_running() && sc.w.advances(WAIT),
+        "and so does the source"
+    );
+}
+
+/// Kills `pid` (the init of a PID namespace, reaped by its `unshare`),
+/// then starts an unrelated process that gets the same pid. `None` if the
+/// pid could not be had (another fork took it each time).
+fn reuse_pid(pid: i32) -> Option<std::process::Child> {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    assert!(criu_testkit::wait_gone(pid, WAIT), "{pid} reaped");
+    for _ in 0..100 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        if child.id() as i32 == pid {
+            return Some(child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    None
+}
+
+#[test]
+fn the_source_never_kills_a_process_that_reused_a_pid_of_its_tree() {
+    // Before: the stopped tree was killed by raw pid after the restore.
+    let mut sc = TwoHostScene::new();
+    let pid = sc.w.pid();
+    let innocent = std::sync::Mutex::new(None);
+    let run = sc.migrate(
+        |c| {
+            // Once the images are on the destination, before its restore:
+            // the source's root dies and its pid goes to a stranger.
+            c.customize(|_| *innocent.lock().unwrap() = reuse_pid(pid))
+        },
+        None,
+    );
+    run.src.unwrap();
+    let dst = run.dst.unwrap();
+    sc.w.reap(WAIT).unwrap();
+    let mut innocent = innocent.lock().unwrap().take().expect("the pid was reused");
+    let status = innocent.try_wait().unwrap();
+    let _ = innocent.kill();
+    let _ = innocent.wait();
+    assert_eq!(
+        status, None,
+        "the process that reused pid {pid} was left alone"
+    );
+    drop(dst);
+}
+
+/// The crate's in-memory work directories that hold images right now.
+fn in_memory_images() -> Vec<PathBuf> {
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains("/criu-rs-migrate-"))
+        .filter(|p| p.join("images/inventory.img").exists())
+        .collect()
+}
+
+/// The in-memory tests look at /dev/shm as a whole: one at a time.
+static IN_MEMORY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Migrates with the images in memory on both sides; `restore` adjusts
+/// the destination's restore. Returns the run and the in-memory image
+/// directories seen just before the destination's restore.
+fn migrate_in_memory(
+    sc: &TwoHostScene,
+    restore: impl Fn(&mut criu::Options<'_>) + Sync + Send,
+) -> (Migration, Vec<PathBuf>) {
+    let seen = std::sync::Mutex::new(Vec::new());
+    let record = |o: &mut criu::Options<'_>| {
+        *seen.lock().unwrap() = in_memory_images();
+        restore(o);
+    };
+    let run = sc
+        .hosts
+        .migrate(
+            sc.w.pid(),
+            || SourceConfig::in_memory(Strategy::StopAndCopy),
+            || DestConfig::in_memory().customize(record),
+            None,
+        )
+        .unwrap();
+    (run, seen.into_inner().unwrap())
+}
+
+fn assert_used_and_removed(seen: &[PathBuf]) {
+    assert_eq!(
+        seen.len(),
+        2,
+        "both sides' images were in /dev/shm: {seen:?}"
+    );
+    assert!(seen.iter().all(|p| !p.exists()), "and are gone: {seen:?}");
+}
+
+#[test]
+fn images_in_memory_are_used_and_removed_after_a_migration() {
+    let _one = IN_MEMORY.lock().unwrap_or_else(|e| e.into_inner());
+    let mut sc = TwoHostScene::new();
+    let (run, seen) = migrate_in_memory(&sc, |_| {});
+    let src = run.src.unwrap();
+    let dst = run.dst.unwrap();
+    sc.w.reap(WAIT).unwrap();
+    assert_eq!(src.restored_pid, dst.child.pid());
+    assert_used_and_removed(&seen);
+}
+
+#[test]
+fn images_in_memory_are_removed_after_a_failed_migration() {
+    let _one = IN_MEMORY.lock().unwrap_or_else(|e| e.into_inner());
+    let mut sc = TwoHostScene::new();
+    let (run, seen) = migrate_in_memory(&sc, |o| {
+        o.join_ns(criu::Namespace::Uts, "/nonexistent-criu-rs-ns", None);
+    });
+    sc.assert_source_runs_on(run, "restore");
+    assert_used_and_removed(&seen);
+}
