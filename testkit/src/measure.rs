@@ -32,6 +32,19 @@ pub struct Row {
     pub pid_after: i32,
     pub source_netns: u64,
     pub dest_netns: u64,
+    /// Where the downtime went (`criu::migrate::Phases`, in µs), plus
+    /// `resume_us`: the application's gap that the migration's own phases
+    /// do not explain (its first tick after the restore).
+    pub phases: RowPhases,
+}
+
+/// A migration's phases and the application's resume, in µs.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[allow(missing_docs)]
+pub struct RowPhases {
+    #[serde(flatten)]
+    pub migration: criu::migrate::Phases,
+    pub resume_us: u64,
 }
 
 /// CRIU's own timings of a dump (absent when CRIU wrote none, as after a
@@ -161,5 +174,12 @@ pub fn migrate_workload(
         pid_after,
         source_netns,
         dest_netns,
+        phases: RowPhases {
+            migration: src.phases,
+            resume_us: u64::try_from(
+                (downtime_ns / 1000).saturating_sub(src.stopped_to_restored.as_micros()),
+            )
+            .unwrap_or(u64::MAX),
+        },
     })
 }

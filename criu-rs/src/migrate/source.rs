@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::config::SourceConfig;
 use super::dumping::{DumpJob, Dumping, StopSlot};
-use super::report::SourceReport;
+use super::report::{Phases, SourceReport};
 use super::strategy::{self, SourceSide};
 use super::wire::{self, migration, unexpected, Msg};
 use crate::client::Criu;
@@ -69,11 +69,19 @@ fn migrate<'scope>(
         wire::tell_failure(stream, &e);
         migration("the dump failed; the source process was resumed", Some(e))
     })?;
+    let images_at = Instant::now();
     let (stopped, stopped_at) = slot.take().inspect_err(|e| wire::tell_failure(stream, e))?;
     // On failure the dump ends (inside) before the tree is continued (here).
     let (sent, restored, dump) = until_restored(stream, dumping, early, side, cfg)
         .inspect_err(|e| wire::tell_failure(stream, e))?;
     let stopped_to_restored = stopped_at.elapsed();
+    let phases = Phases::split(
+        &dump,
+        images_at.saturating_duration_since(stopped_at),
+        sent.elapsed,
+        restored.wall,
+        stopped_to_restored,
+    );
     confirm_end(stream)?;
     // The destination runs and keeps its copy; this one must go.
     stopped.kill();
@@ -88,6 +96,7 @@ fn migrate<'scope>(
         restore_time_us: restored.restore_time_us,
         stopped_to_restored,
         total: start.elapsed(),
+        phases,
     })
 }
 
