@@ -15,7 +15,7 @@ setup: root
 demo: setup
 	cargo build --release -p criu-testkit --bins
 	cargo run --release -p criu-rs-examples --example migrate -- --strategy all --workload memory:256 --json migrate.json
-	cargo run --release -p criu-rs-examples --example migrate_container -- --json migrate_container.json
+	cargo run --release -p criu-rs-examples --example migrate_container -- --engine all --json migrate_container.json
 
 test: setup
 	cargo build -p criu-testkit --bins
@@ -26,7 +26,7 @@ test: setup
 	# The examples, end to end, on small workloads.
 	cargo run -q -p criu-rs-examples --example dump_restore
 	cargo run -q -p criu-rs-examples --example migrate -- --strategy all --workload memory:16 --warmup-ms 200
-	cargo run -q -p criu-rs-examples --example migrate_container -- --interval 0.05 --warmup-ms 300
+	cargo run -q -p criu-rs-examples --example migrate_container -- --engine all --interval 0.1 --warmup-ms 300
 	# The benches compile, and the quick mode's harness works on the smallest size.
 	cargo bench -p criu-rs-benches --no-run
 	$(MAKE) bench-quick

@@ -92,13 +92,13 @@ fn print_table(rows: &[Row]) {
         println!(
             "{:<14} {:>9.1} {:>9.1} {:>9} {:>10.1} {:>9.1} {:>10.1} {:>7.1} ms {:>9}  {:<9} {} -> {}",
             r.strategy,
-            r.rss_bytes as f64 / 1048576.0,
-            r.dump_ms,
-            opt(r.criu.frozen_time_us, 1000.0),
-            r.transfer_bytes as f64 / 1048576.0,
-            r.transfer_ms,
-            r.restore_ms,
-            r.downtime_ms,
+            r.cost.rss_bytes as f64 / 1048576.0,
+            r.cost.dump_ms,
+            opt(r.cost.criu.frozen_time_us, 1000.0),
+            r.cost.transfer_bytes as f64 / 1048576.0,
+            r.cost.transfer_ms,
+            r.cost.restore_ms,
+            r.cost.downtime_ms,
             if r.continued { "yes" } else { "NO" },
             r.memory_intact.map_or("-", |ok| if ok { "intact" } else { "CHANGED" }),
             r.source_netns,
@@ -169,9 +169,9 @@ fn main() -> std::process::ExitCode {
                 println!(
                     "{}: downtime {:.2}x of stop-and-copy's ({:.1} vs {:.1} ms)",
                     r.strategy,
-                    r.downtime_ms / base.downtime_ms.max(0.001),
-                    r.downtime_ms,
-                    base.downtime_ms
+                    r.cost.downtime_ms / base.cost.downtime_ms.max(0.001),
+                    r.cost.downtime_ms,
+                    base.cost.downtime_ms
                 );
             }
         }

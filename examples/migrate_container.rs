@@ -1,8 +1,9 @@
-//! Migrate a live container between two hosts, with criu-rs and with runc,
-//! and print both side by side.
+//! Migrate a live container between two hosts, with criu-rs, with runc and
+//! with Docker, and print the engines side by side.
 //!
 //! ```text
-//! migrate_container [--interval SECS] [--runs N] [--json FILE] [--skip-runc]
+//! migrate_container [--engine criu-rs|runc|docker|all] [--interval SECS]
+//!                   [--warmup-ms MS] [--reps N] [--json FILE]
 //! ```
 //!
 //! The container is the classic busybox counter,
@@ -18,471 +19,111 @@
 //! Podman, which drives CRIU itself): `runc checkpoint` on host A, the same
 //! image transfer code, `runc restore` on host B.
 //!
+//! Then by Docker: each host runs a `dockerd` of its own, the counter is a
+//! Docker container of a busybox image imported from Debian's
+//! busybox-static, `docker checkpoint create` runs on host A (the source
+//! stays, stopped, until B has restored), the checkpoint crosses the same
+//! TCP transfer into the clone's checkpoints folder on host B, and `docker
+//! start --checkpoint` restores it there. Docker timestamps every log line,
+//! so its downtime is the largest gap between two lines in Docker's log.
+//!
+//! Each engine is one implementation of `criu_testkit::container::Engine`;
+//! one driver starts, migrates and measures them all alike.
+//!
 //! busybox's shell has no clock, so the downtime is observed from outside:
 //! a host thread polls the log every millisecond and reports the largest
 //! gap between two new lines (this includes one ordinary interval).
 
 use std::fs;
-use std::io::{self, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
-use criu::migrate::{DestConfig, SourceConfig, Strategy};
-use criu::transfer;
-use criu_testkit::close_inherited_fds;
 use criu_testkit::container::{
-    consecutive, make_rootfs, numbers, wait_lines, OwnContainer, SCRIPT,
+    migrate_measured, BoxError, DockerEngine, Engine, OwnEngine, Row, RuncEngine,
 };
-use criu_testkit::hosts::{netns_of, TwoHosts};
-use criu_testkit::measure::DumpTimes;
-use serde::Serialize;
+use criu_testkit::hosts::TwoHosts;
 
 #[derive(Parser)]
 #[command(
-    about = "Migrate a busybox container between two netns hosts, with criu-rs and with runc"
+    about = "Migrate a busybox container between two netns hosts, with criu-rs, runc and Docker"
 )]
 struct Cli {
+    /// Which engine moves the container.
+    #[arg(long, value_enum, default_value_t = Which::All)]
+    engine: Which,
+    /// Migrations per engine, interleaved; medians are printed when > 1.
+    #[arg(long, default_value_t = 1)]
+    reps: usize,
     /// Seconds between counter lines (busybox sleep takes fractions).
     #[arg(long, default_value = "0.1")]
     interval: String,
     /// How long the container counts on host A first, in ms.
     #[arg(long, default_value_t = 1000)]
     warmup_ms: u64,
-    /// Write the two result objects (a JSON array) to this file.
+    /// Write the result objects (a JSON array) to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Only the criu-rs migration.
-    #[arg(long)]
-    skip_runc: bool,
 }
 
-#[derive(Debug, Serialize)]
-struct Row {
-    engine: String,
-    strategy: String,
-    workload: String,
-    rss_bytes: u64,
-    #[serde(flatten)]
-    criu: DumpTimes,
-    dump_ms: f64,
-    transfer_bytes: u64,
-    transfer_ms: f64,
-    restore_ms: f64,
-    restore_time_us: Option<u64>,
-    downtime_ms: f64,
-    continued: bool,
-    last_before: u64,
-    first_after: u64,
-    pid_before: i32,
-    pid_after: i32,
-    source_netns: u64,
-    dest_netns: u64,
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Which {
+    #[value(name = "criu-rs")]
+    CriuRs,
+    Runc,
+    Docker,
+    All,
 }
 
-use criu_testkit::container::BoxError;
+/// Builds one engine in its own work directory.
+type MakeEngine = fn(&Path) -> Result<Box<dyn Engine>, BoxError>;
 
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e5).round() / 100.0
+fn own(dir: &Path) -> Result<Box<dyn Engine>, BoxError> {
+    Ok(Box::new(OwnEngine::new(dir)?))
 }
 
-/// Watches the log from the host and remembers when each line appeared.
-struct Watcher {
-    stop: Arc<AtomicBool>,
-    handle: Option<std::thread::JoinHandle<Vec<(Instant, usize)>>>,
+fn runc(dir: &Path) -> Result<Box<dyn Engine>, BoxError> {
+    Ok(Box::new(RuncEngine::new(dir)?))
 }
 
-impl Watcher {
-    fn start(log: PathBuf) -> Watcher {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            let mut last = 0;
-            while !flag.load(Ordering::Relaxed) {
-                let n = fs::read_to_string(&log)
-                    .map(|t| t.lines().count())
-                    .unwrap_or(0);
-                if n != last {
-                    seen.push((Instant::now(), n));
-                    last = n;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            seen
-        });
-        Watcher {
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    /// The largest gap between two appearances of new lines, in ms.
-    fn finish(mut self) -> f64 {
-        self.stop.store(true, Ordering::Relaxed);
-        let seen = self
-            .handle
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default();
-        seen.windows(2)
-            .map(|w| w[1].0.duration_since(w[0].0))
-            .max()
-            .map_or(0.0, ms)
-    }
+fn docker(dir: &Path) -> Result<Box<dyn Engine>, BoxError> {
+    Ok(Box::new(DockerEngine::new(dir)?))
 }
 
-fn rss_of_tree(root: i32) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![root];
-    while let Some(p) = stack.pop() {
-        if let Ok(s) = fs::read_to_string(format!("/proc/{p}/status")) {
-            total += s
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-                .unwrap_or(0)
-                * 1024;
-        }
-        let kids = fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
-        stack.extend(
-            kids.split_whitespace()
-                .filter_map(|k| k.parse::<i32>().ok()),
-        );
-    }
-    total
+/// The engines `which` selects, in table order.
+fn engines(which: Which) -> Vec<(&'static str, MakeEngine)> {
+    let all: [(&str, Which, MakeEngine); 3] = [
+        ("criu-rs", Which::CriuRs, own),
+        ("runc", Which::Runc, runc),
+        ("docker", Which::Docker, docker),
+    ];
+    all.into_iter()
+        .filter(|(_, w, _)| which == Which::All || which == *w)
+        .map(|(name, _, make)| (name, make))
+        .collect()
 }
 
-fn run_criu_rs(cli: &Cli, work: &Path) -> Result<Row, BoxError> {
-    let dir = work.join("criu-rs");
-    let (rootfs_a, rootfs_b, logdir) =
-        (dir.join("rootfs-a"), dir.join("rootfs-b"), dir.join("log"));
-    make_rootfs(&rootfs_a)?;
-    make_rootfs(&rootfs_b)?;
-    fs::create_dir_all(&logdir)?;
-    let log = logdir.join("counter.log");
+/// One migration with a fresh pair of hosts; the engine (and with it its
+/// containers) goes before the hosts do.
+fn run_engine(cli: &Cli, work: &Path, name: &str, make: MakeEngine) -> Result<Row, BoxError> {
+    let dir = tempfile::Builder::new().prefix(name).tempdir_in(work)?;
+    let dir = dir.path();
     let hosts = TwoHosts::new()?;
-    let mut container = hosts
-        .a
-        .run(|| OwnContainer::start(&dir, &rootfs_a, &logdir, &cli.interval))?
-        .map_err(|e| e.to_string())?;
-    let pid_before = container.init;
-    wait_lines(&log, 3, Duration::from_secs(30))?;
-    std::thread::sleep(Duration::from_millis(cli.warmup_ms));
-    let rss = rss_of_tree(pid_before);
-    let source_netns = netns_of(pid_before)?;
-    let (src_dir, dst_dir) = (dir.join("a"), dir.join("b"));
-    fs::create_dir_all(&src_dir)?;
-    fs::create_dir_all(&dst_dir)?;
-    let watcher = Watcher::start(log.clone());
-    let logdir_s = logdir.to_string_lossy().to_string();
-    let run = hosts.migrate(
-        pid_before,
-        || {
-            SourceConfig::new(Strategy::StopAndCopy, &src_dir).customize(|o| {
-                o.add_ext_mount("/log", "logdir");
-            })
-        },
-        || {
-            DestConfig::new(&dst_dir).customize(move |o| {
-                o.root(&rootfs_b).add_ext_mount("logdir", logdir_s.clone());
-            })
-        },
-        None,
-    )?;
-    let src = run.src?;
-    let dst = run.dst?;
-    let _ = container.unshare.wait();
-    let before = numbers(&log);
-    let last_before = before.last().copied().unwrap_or(0);
-    wait_lines(&log, before.len() + 5, Duration::from_secs(30))?;
-    let downtime_ms = watcher.finish();
-    let nums = numbers(&log);
-    let first_after = nums.get(before.len()).copied().unwrap_or(0);
-    let pid_after = dst.child.pid();
-    let dest_netns = netns_of(pid_after)?;
-    drop(dst);
-    Ok(Row {
-        engine: "criu-rs".into(),
-        strategy: "stop-and-copy".into(),
-        workload: format!("busybox counter, interval {}s", cli.interval),
-        rss_bytes: rss,
-        criu: DumpTimes::of(src.dump.stats.as_ref()),
-        dump_ms: ms(src.dump.wall_time),
-        transfer_bytes: src.transfer.bytes,
-        transfer_ms: ms(src.transfer.elapsed),
-        restore_ms: ms(src.restore_wall),
-        restore_time_us: src.restore_time_us,
-        downtime_ms,
-        continued: consecutive(&nums) && first_after == last_before + 1,
-        last_before,
-        first_after,
-        pid_before,
-        pid_after,
-        source_netns,
-        dest_netns,
-    })
+    let mut engine = make(dir)?;
+    let warmup = Duration::from_millis(cli.warmup_ms);
+    migrate_measured(engine.as_mut(), &hosts, &cli.interval, warmup)
 }
 
-fn runc(args: &[&str], cwd: &Path) -> Result<String, BoxError> {
-    let mut cmd = Command::new("runc");
-    cmd.args(args).current_dir(cwd).stdin(Stdio::null());
-    close_inherited_fds(&mut cmd);
-    let out = cmd.output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "runc {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
-        .into());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+fn frozen_ms(r: &Row) -> String {
+    r.cost
+        .criu
+        .frozen_time_us
+        .map_or("-".into(), |v| format!("{:.1}", v as f64 / 1000.0))
 }
 
-fn runc_pid(id: &str, cwd: &Path) -> Result<i32, BoxError> {
-    let state: serde_json::Value = serde_json::from_str(&runc(&["state", id], cwd)?)?;
-    Ok(state["pid"].as_i64().ok_or("runc state has no pid")? as i32)
-}
-
-/// An OCI bundle for the same container, written with serde_json.
-fn make_bundle(bundle: &Path, logdir: &Path, interval: &str) -> Result<(), BoxError> {
-    make_rootfs(&bundle.join("rootfs"))?;
-    let script = SCRIPT.replace("INTERVAL", interval);
-    let config = serde_json::json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            "user": {"uid": 0, "gid": 0},
-            "args": ["/bin/sh", "-c", format!("exec </dev/null >>/log/counter.log 2>&1; {script}")],
-            "env": ["PATH=/bin"],
-            "cwd": "/",
-            "capabilities": {
-                "bounding": ["CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"],
-                "effective": ["CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"],
-                "permitted": ["CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"]
-            },
-            "noNewPrivileges": true
-        },
-        "root": {"path": "rootfs", "readonly": false},
-        "hostname": "counter",
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/log", "type": "bind", "source": logdir, "options": ["rbind", "rw"]}
-        ],
-        "linux": {
-            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
-        }
-    });
-    fs::write(
-        bundle.join("config.json"),
-        serde_json::to_vec_pretty(&config)?,
-    )?;
-    Ok(())
-}
-
-/// Removes runc containers by id on drop (and their cgroups with them).
-struct RuncGuard(Vec<String>, PathBuf);
-
-impl Drop for RuncGuard {
-    fn drop(&mut self) {
-        for id in &self.0 {
-            let _ = runc(&["delete", "--force", id], &self.1);
-        }
-    }
-}
-
-fn run_runc(cli: &Cli, work: &Path) -> Result<Row, BoxError> {
-    let dir = work.join("runc");
-    let logdir = dir.join("log");
-    fs::create_dir_all(&logdir)?;
-    let log = logdir.join("counter.log");
-    let (bundle_a, bundle_b) = (dir.join("bundle-a"), dir.join("bundle-b"));
-    make_bundle(&bundle_a, &logdir, &cli.interval)?;
-    make_bundle(&bundle_b, &logdir, &cli.interval)?;
-    let tag = std::process::id();
-    let (id_a, id_b) = (format!("criu-rs-{tag}-a"), format!("criu-rs-{tag}-b"));
-    let _guard = RuncGuard(vec![id_a.clone(), id_b.clone()], dir.clone());
-    let hosts = TwoHosts::new()?;
-    hosts
-        .a
-        .run(|| runc(&["run", "--detach", &id_a], &bundle_a))?
-        .map_err(|e| e.to_string())?;
-    let pid_before = runc_pid(&id_a, &dir)?;
-    wait_lines(&log, 3, Duration::from_secs(30))?;
-    std::thread::sleep(Duration::from_millis(cli.warmup_ms));
-    let rss = rss_of_tree(pid_before);
-    let source_netns = netns_of(pid_before)?;
-    let (img_a, work_a, img_b, work_b) = (
-        dir.join("img-a"),
-        dir.join("work-a"),
-        dir.join("img-b"),
-        dir.join("work-b"),
-    );
-    let watcher = Watcher::start(log.clone());
-
-    // Checkpoint on host A.
-    let t = Instant::now();
-    hosts
-        .a
-        .run(|| {
-            runc(
-                &[
-                    "checkpoint",
-                    "--image-path",
-                    path(&img_a),
-                    "--work-path",
-                    path(&work_a),
-                    &id_a,
-                ],
-                &dir,
-            )
-        })?
-        .map_err(|e| e.to_string())?;
-    let dump = t.elapsed();
-    let before = numbers(&log);
-    let last_before = before.last().copied().unwrap_or(0);
-
-    // The same transfer code as criu-rs's migration, over TCP from A to B.
-    let listener = hosts.b.run(|| TcpListener::bind((hosts.b.addr, 0)))??;
-    let addr = listener.local_addr()?;
-    let sent = std::thread::scope(|s| -> Result<transfer::TransferStats, String> {
-        let recv = s.spawn(|| {
-            hosts.b.run(|| -> criu::Result<_> {
-                let (mut stream, _) = listener.accept().map_err(|e| criu::Error::Io {
-                    what: "accept".into(),
-                    source: e,
-                })?;
-                transfer::read_header(&mut stream)?;
-                transfer::receive_dir(&mut stream, &img_b, None)
-            })
-        });
-        let sent = hosts
-            .a
-            .run(|| -> criu::Result<_> {
-                let mut stream = TcpStream::connect(addr).map_err(|e| criu::Error::Io {
-                    what: "connect".into(),
-                    source: e,
-                })?;
-                transfer::write_header(&mut stream)?;
-                let s = transfer::send_dir(&mut stream, &img_a, None)?;
-                stream.flush().map_err(|e| criu::Error::Io {
-                    what: "flush".into(),
-                    source: e,
-                })?;
-                Ok(s)
-            })
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        recv.join()
-            .map_err(|_| "receiver panicked")?
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        Ok(sent)
-    })?;
-
-    // Restore on host B.
-    let t = Instant::now();
-    hosts
-        .b
-        .run(|| {
-            runc(
-                &[
-                    "restore",
-                    "--detach",
-                    "--image-path",
-                    path(&img_b),
-                    "--work-path",
-                    path(&work_b),
-                    "--bundle",
-                    path(&bundle_b),
-                    &id_b,
-                ],
-                &dir,
-            )
-        })?
-        .map_err(|e| e.to_string())?;
-    let restore = t.elapsed();
-    let pid_after = runc_pid(&id_b, &dir)?;
-    wait_lines(&log, before.len() + 5, Duration::from_secs(30))?;
-    let downtime_ms = watcher.finish();
-    let nums = numbers(&log);
-    let first_after = nums.get(before.len()).copied().unwrap_or(0);
-    let dest_netns = netns_of(pid_after)?;
-    let dstats = criu::ImagesDir::open(&work_a)?
-        .dump_stats()?
-        .and_then(|s| s.dump);
-    let rstats = criu::ImagesDir::open(&work_b)?
-        .restore_stats()?
-        .and_then(|s| s.restore);
-    Ok(Row {
-        engine: "runc".into(),
-        strategy: "stop-and-copy".into(),
-        workload: format!("busybox counter, interval {}s", cli.interval),
-        rss_bytes: rss,
-        criu: DumpTimes::of(dstats.as_ref()),
-        dump_ms: ms(dump),
-        transfer_bytes: sent.bytes,
-        transfer_ms: ms(sent.elapsed),
-        restore_ms: ms(restore),
-        restore_time_us: rstats.map(|s| s.restore_time.as_micros() as u64),
-        downtime_ms,
-        continued: consecutive(&nums) && first_after == last_before + 1,
-        last_before,
-        first_after,
-        pid_before,
-        pid_after,
-        source_netns,
-        dest_netns,
-    })
-}
-
-/// One way of migrating the container.
-type Engine = fn(&Cli, &Path) -> Result<Row, BoxError>;
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("temporary paths are UTF-8")
-}
-
-fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    if cli.interval.parse::<f64>().map_or(true, |v| v <= 0.0) {
-        eprintln!("error: --interval takes a positive number of seconds");
-        return std::process::ExitCode::from(2);
-    }
-    let work = match tempfile::Builder::new()
-        .prefix("criu-rs-container-")
-        .tempdir()
-    {
-        Ok(w) => w,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let mut rows = Vec::new();
-    let mut failed = false;
-    let mut engines: Vec<(&str, Engine)> = vec![("criu-rs", run_criu_rs)];
-    if !cli.skip_runc {
-        engines.push(("runc", run_runc));
-    }
-    for (name, f) in engines {
-        eprintln!("migrating the busybox container with {name}...");
-        match f(&cli, work.path()) {
-            Ok(r) => {
-                failed |= !r.continued;
-                rows.push(r);
-            }
-            Err(e) => {
-                eprintln!("error: {name}: {e}");
-                failed = true;
-            }
-        }
-    }
+fn print_table(rows: &[Row]) {
     println!(
         "{:<8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>11}  {:<26} netns a -> b",
         "engine",
@@ -495,49 +136,148 @@ fn main() -> std::process::ExitCode {
         "downtime ms",
         "count",
     );
-    for r in &rows {
+    for r in rows {
+        let count = format!(
+            "{} -> {} ({})",
+            r.last_before,
+            r.first_after,
+            if r.continued { "ok" } else { "BROKEN" }
+        );
         println!(
             "{:<8} {:>8} {:>9.1} {:>9} {:>9.1} {:>9.1} {:>10.1} {:>11.1}  {:<26} {} -> {}",
             r.engine,
-            r.rss_bytes / 1024,
-            r.dump_ms,
-            r.criu
-                .frozen_time_us
-                .map_or("-".into(), |v| format!("{:.1}", v as f64 / 1000.0)),
-            r.transfer_bytes as f64 / 1024.0,
-            r.transfer_ms,
-            r.restore_ms,
-            r.downtime_ms,
-            format!(
-                "{} -> {} ({})",
-                r.last_before,
-                r.first_after,
-                if r.continued { "ok" } else { "BROKEN" }
-            ),
+            r.cost.rss_bytes / 1024,
+            r.cost.dump_ms,
+            frozen_ms(r),
+            r.cost.transfer_bytes as f64 / 1024.0,
+            r.cost.transfer_ms,
+            r.cost.restore_ms,
+            r.cost.downtime_ms,
+            count,
             r.source_netns,
             r.dest_netns
         );
     }
-    if let [a, b] = &rows[..] {
+}
+
+/// Each engine's ratios to the first engine of the table.
+fn print_ratios(rows: &[Row]) {
+    let Some(base) = rows.first() else { return };
+    for r in rows.iter().filter(|r| r.engine != base.engine) {
         println!(
-            "criu-rs / runc: dump {:.2}x, restore {:.2}x, downtime {:.2}x",
-            a.dump_ms / b.dump_ms.max(0.001),
-            a.restore_ms / b.restore_ms.max(0.001),
-            a.downtime_ms / b.downtime_ms.max(0.001)
+            "{} / {}: dump {:.2}x, restore {:.2}x, downtime {:.2}x",
+            r.engine,
+            base.engine,
+            r.cost.dump_ms / base.cost.dump_ms.max(0.001),
+            r.cost.restore_ms / base.cost.restore_ms.max(0.001),
+            r.cost.downtime_ms / base.cost.downtime_ms.max(0.001)
         );
     }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// One row per engine holding the medians of its runs (CRIU's own
+/// timings and the count are those of the engine's median-downtime run).
+fn medians(rows: &[Row]) -> Vec<Row> {
+    let mut names: Vec<&str> = Vec::new();
+    for r in rows {
+        if !names.contains(&r.engine.as_str()) {
+            names.push(&r.engine);
+        }
+    }
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let runs: Vec<&Row> = rows.iter().filter(|r| r.engine == name).collect();
+            let of = |f: fn(&Row) -> f64| median(runs.iter().map(|r| f(r)).collect());
+            let mut m = (*runs.iter().min_by(|a, b| {
+                let d = of(|r| r.cost.downtime_ms);
+                (a.cost.downtime_ms - d)
+                    .abs()
+                    .total_cmp(&(b.cost.downtime_ms - d).abs())
+            })?)
+            .clone();
+            m.cost.dump_ms = of(|r| r.cost.dump_ms);
+            m.cost.transfer_ms = of(|r| r.cost.transfer_ms);
+            m.cost.restore_ms = of(|r| r.cost.restore_ms);
+            m.cost.downtime_ms = of(|r| r.cost.downtime_ms);
+            m.continued = runs.iter().all(|r| r.continued);
+            Some(m)
+        })
+        .collect()
+}
+
+fn write_json(path: &Path, rows: &[Row]) -> io::Result<()> {
+    let text = serde_json::to_string_pretty(rows).map_err(io::Error::other)?;
+    fs::write(path, text + "\n")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.interval.parse::<f64>().map_or(true, |v| v <= 0.0) {
+        eprintln!("error: --interval takes a positive number of seconds");
+        return ExitCode::from(2);
+    }
+    let work = match tempfile::Builder::new()
+        .prefix("criu-rs-container-")
+        .tempdir()
+    {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (mut rows, mut failed) = (Vec::new(), false);
+    for rep in 0..cli.reps.max(1) {
+        for (name, make) in engines(cli.engine) {
+            eprintln!(
+                "migrating the busybox container with {name} ({}/{})...",
+                rep + 1,
+                cli.reps.max(1)
+            );
+            match run_engine(&cli, work.path(), name, make) {
+                Ok(r) => {
+                    failed |= !r.continued;
+                    rows.push(r);
+                }
+                Err(e) => {
+                    eprintln!("error: {name}: {e}");
+                    failed = true;
+                }
+            }
+        }
+    }
+    print_table(&rows);
+    if cli.reps > 1 {
+        println!(
+            "\nmedians of {} runs per engine (dump, xfer, restore, downtime; the other \
+             columns are those of the run with the median downtime):",
+            cli.reps
+        );
+        let m = medians(&rows);
+        print_table(&m);
+        print_ratios(&m);
+    } else {
+        print_ratios(&rows);
+    }
     if let Some(p) = &cli.json {
-        if let Err(e) = serde_json::to_string_pretty(&rows)
-            .map_err(io::Error::other)
-            .and_then(|t| fs::write(p, t + "\n"))
-        {
+        if let Err(e) = write_json(p, &rows) {
             eprintln!("error: writing {}: {e}", p.display());
             failed = true;
         }
     }
     if failed {
-        std::process::ExitCode::FAILURE
+        ExitCode::FAILURE
     } else {
-        std::process::ExitCode::SUCCESS
+        ExitCode::SUCCESS
     }
 }

@@ -27,6 +27,9 @@ PACKAGES=(
   libgnutls28-dev uuid-dev libnftables-dev xz-utils
   # what tests and examples use
   iproute2 iptables busybox-static runc util-linux procps patch
+  # the Docker engine (Engine 20.10, containerd, runc); tests and the
+  # container example start their own daemons, the set-up starts none
+  docker.io
 )
 
 missing=()
@@ -39,8 +42,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq || die "apt-get update failed: is the package registry reachable?"
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-    || die "apt-get install failed for: ${missing[*]}"
+  # docker.io's postinst starts a system dockerd through invoke-rc.d (its
+  # SysV script) where PID 1 is not systemd. That daemon would hold
+  # /var/run/docker.sock and /var/lib/docker: deny service starts during the
+  # install, unless a policy (e.g. a container image's) is in place already.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# criu-rs set-up: start no service while installing\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    own_policy=1
+  fi
+  install_ok=1
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || install_ok=
+  if [ -n "$own_policy" ]; then rm -f "$policy"; fi
+  [ -n "$install_ok" ] || die "apt-get install failed for: ${missing[*]}"
 fi
 
 # The distro's CRIU 3.x cannot work on this kernel; make sure it cannot shadow ours.

@@ -76,9 +76,9 @@ impl Runs {
 
     /// A migration's figures; its phases come from the row's JSON, in µs.
     fn add_migration(&mut self, r: &criu_testkit::measure::Row, total: Duration) {
-        self.down.push(r.downtime_ms);
+        self.down.push(r.cost.downtime_ms);
         self.total.push(total.as_secs_f64() * 1000.0);
-        self.bytes.push(r.transfer_bytes as f64);
+        self.bytes.push(r.cost.transfer_bytes as f64);
         let v = serde_json::to_value(r).unwrap_or_default();
         if let Some(obj) = v["phases"].as_object() {
             for (k, us) in obj {

@@ -303,13 +303,7 @@ impl Criu {
                 "no pid: set Options::pid to the tree's root",
             )
         })?;
-        let dir = opts.get_images_dir().ok_or_else(|| {
-            Error::invalid(
-                Some(op),
-                InvalidKind::Missing,
-                "no images directory: set Options::images_dir",
-            )
-        })?;
+        let dir = required_images_dir(op, opts)?;
         if !opts.get_overwrite_images()
             && (opts.images_dir_holds_images() || exists_at(dir, "inventory.img"))
         {
@@ -394,13 +388,7 @@ impl Criu {
     }
 
     fn prepare_restore(op: Operation, opts: &Options<'_>) -> Result<()> {
-        let dir = opts.get_images_dir().ok_or_else(|| {
-            Error::invalid(
-                Some(op),
-                InvalidKind::Missing,
-                "no images directory: set Options::images_dir",
-            )
-        })?;
+        let dir = required_images_dir(op, opts)?;
         if !exists_at(dir, "inventory.img") {
             return Err(Error::invalid(
                 Some(op),
@@ -471,6 +459,17 @@ impl Criu {
             Self::restore_report(opts, pid, wall),
         ))
     }
+}
+
+/// The images directory every dump and restore needs.
+fn required_images_dir<'a>(op: Operation, opts: &Options<'a>) -> Result<BorrowedFd<'a>> {
+    opts.get_images_dir().ok_or_else(|| {
+        Error::invalid(
+            Some(op),
+            InvalidKind::Missing,
+            "no images directory: set Options::images_dir",
+        )
+    })
 }
 
 /// The restored root's pid, which CRIU must have answered: a pid <= 0

@@ -119,6 +119,24 @@ pub enum InvalidKind {
     Busy,
 }
 
+/// The context of the variants that have one, by shared or mutable
+/// reference (the match binds in the mode of the reference it is given).
+macro_rules! context_of {
+    ($error:expr) => {
+        match $error {
+            Error::Connect { ctx, .. }
+            | Error::Communication { ctx }
+            | Error::Refused { ctx, .. }
+            | Error::Unsupported { ctx, .. }
+            | Error::BadResponse { ctx }
+            | Error::NotificationRefused { ctx, .. }
+            | Error::Aborted { ctx, .. }
+            | Error::DeadlineExceeded { ctx, .. } => Some(ctx),
+            _ => None,
+        }
+    };
+}
+
 /// The error type of this crate.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -279,31 +297,11 @@ impl Error {
 
     /// The context (operation, pid, CRIU log lines), for errors from CRIU.
     pub fn context(&self) -> Option<&Context> {
-        match self {
-            Error::Connect { ctx, .. }
-            | Error::Communication { ctx }
-            | Error::Refused { ctx, .. }
-            | Error::Unsupported { ctx, .. }
-            | Error::BadResponse { ctx }
-            | Error::NotificationRefused { ctx, .. }
-            | Error::Aborted { ctx, .. }
-            | Error::DeadlineExceeded { ctx, .. } => Some(ctx),
-            _ => None,
-        }
+        context_of!(self)
     }
 
     pub(crate) fn context_mut(&mut self) -> Option<&mut Context> {
-        match self {
-            Error::Connect { ctx, .. }
-            | Error::Communication { ctx }
-            | Error::Refused { ctx, .. }
-            | Error::Unsupported { ctx, .. }
-            | Error::BadResponse { ctx }
-            | Error::NotificationRefused { ctx, .. }
-            | Error::Aborted { ctx, .. }
-            | Error::DeadlineExceeded { ctx, .. } => Some(ctx),
-            _ => None,
-        }
+        context_of!(self)
     }
 
     /// The operation the error belongs to.

@@ -377,6 +377,33 @@ impl fmt::Debug for Options<'_> {
     }
 }
 
+/// Rows of a setter table: `value, "what it is" => setter` becomes
+/// `(value, what, sys::setter, "setter")`, the setter named once and its
+/// name kept for errors.
+macro_rules! rows {
+    ($ty:ty: $( $value:expr, $what:literal => $setter:ident ),* $(,)?) => {
+        [ $( ($value, $what, sys::$setter as $ty, stringify!($setter)) ),* ]
+    };
+}
+
+/// Table rows whose value is a list, as one row per item.
+fn expand<T, S: Copy, const N: usize>(
+    rows: [(Vec<T>, &'static str, S, &'static str); N],
+) -> Vec<(T, &'static str, S, &'static str)> {
+    rows.into_iter()
+        .flat_map(|(items, what, setter, name)| {
+            items.into_iter().map(move |v| (v, what, setter, name))
+        })
+        .collect()
+}
+
+/// The two strings of a two-string setter; the first may be missing.
+type TextPair<'v> = (Option<&'v [u8]>, &'v [u8]);
+
+fn text_pair((first, second): &(String, String)) -> TextPair<'_> {
+    (Some(first.as_bytes()), second.as_bytes())
+}
+
 /// A libcriu setter taking one signed number (or a descriptor).
 type IntSetter = unsafe extern "C" fn(*mut sys::criu_opts, c_int);
 /// A libcriu setter taking one unsigned number.
@@ -913,7 +940,7 @@ impl<'a> Options<'a> {
             // SAFETY: raw is a live criu_opts; libcriu copies (strdup) the string.
             cvt(unsafe { setter(raw.as_ptr(), c.as_ptr()) }, name)?;
         }
-        for (first, second, what, setter, name) in self.pair_setters() {
+        for ((first, second), what, setter, name) in self.pair_setters() {
             let first = first.map(|v| c_bytes(v, what)).transpose()?;
             let second = c_bytes(second, what)?;
             let first_ptr = first.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
@@ -941,15 +968,12 @@ impl<'a> Options<'a> {
     fn apply_values(&self, raw: &RawOpts) -> Result<()> {
         let p = raw.as_ptr();
         let fd = |fd: Option<BorrowedFd<'_>>| fd.map(|f| f.as_raw_fd());
-        let ints: [(Option<c_int>, IntSetter); 5] = [
-            (self.pid, sys::criu_local_set_pid),
-            (fd(self.images_dir), sys::criu_local_set_images_dir_fd),
-            (fd(self.work_dir), sys::criu_local_set_work_dir_fd),
-            (fd(self.pidfd_store_sk), sys::criu_local_set_pidfd_store_sk),
-            (
-                self.log_level.map(LogLevel::raw),
-                sys::criu_local_set_log_level,
-            ),
+        let ints = rows![IntSetter:
+            self.pid, "pid" => criu_local_set_pid,
+            fd(self.images_dir), "images directory" => criu_local_set_images_dir_fd,
+            fd(self.work_dir), "work directory" => criu_local_set_work_dir_fd,
+            fd(self.pidfd_store_sk), "pidfd store" => criu_local_set_pidfd_store_sk,
+            self.log_level.map(LogLevel::raw), "log level" => criu_local_set_log_level,
         ];
         let secs = self
             .timeout
@@ -957,19 +981,19 @@ impl<'a> Options<'a> {
         let secs = secs
             .map(|s| u32::try_from(s).map_err(|_| invalid("timeout is too long")))
             .transpose()?;
-        let uints: [(Option<c_uint>, UintSetter); 3] = [
-            (self.cpu_cap.map(CpuCap::bits), sys::criu_local_set_cpu_cap),
-            (self.ghost_limit, sys::criu_local_set_ghost_limit),
-            (secs, sys::criu_local_set_timeout),
+        let uints = rows![UintSetter:
+            self.cpu_cap.map(CpuCap::bits), "CPU caps" => criu_local_set_cpu_cap,
+            self.ghost_limit, "ghost limit" => criu_local_set_ghost_limit,
+            secs, "timeout" => criu_local_set_timeout,
         ];
-        for (value, setter) in ints {
+        for (value, _, setter, _) in ints {
             if let Some(v) = value {
                 // SAFETY: `p` is a live criu_opts; the setter copies a number
                 // (descriptors stay open: the `'a` borrows keep them so).
                 unsafe { setter(p, v) };
             }
         }
-        for (value, setter) in uints {
+        for (value, _, setter, _) in uints {
             if let Some(v) = value {
                 // SAFETY: as above.
                 unsafe { setter(p, v) };
@@ -999,66 +1023,44 @@ impl<'a> Options<'a> {
 
     /// Every option set through a one-string setter, as (value, what it
     /// is, setter, setter's name), lists expanded one entry per item.
-    #[rustfmt::skip] // a table: one row per option reads better than rustfmt's tuples
     fn text_setters(&self) -> Vec<(&[u8], &'static str, TextSetter, &'static str)> {
-        use sys::*;
-        let singles: [(Option<&[u8]>, &'static str, TextSetter, &'static str); 9] = [
-            (self.parent_images.as_deref().map(path_bytes), "parent images", criu_local_set_parent_images, "set_parent_images"),
-            (self.log_file.as_deref().map(str::as_bytes), "log file", criu_local_set_log_file, "set_log_file"),
-            (self.root.as_deref().map(path_bytes), "root", criu_local_set_root, "set_root"),
-            (self.freeze_cgroup.as_deref().map(path_bytes), "freeze cgroup", criu_local_set_freeze_cgroup, "set_freeze_cgroup"),
-            (self.lsm_profile.as_deref().map(str::as_bytes), "LSM profile", criu_local_set_lsm_profile, "set_lsm_profile"),
-            (self.lsm_mount_context.as_deref().map(str::as_bytes), "LSM mount context", criu_local_set_lsm_mount_context, "set_lsm_mount_context"),
-            (self.cg_props.as_deref().map(str::as_bytes), "cgroup props", criu_local_add_cg_props, "add_cg_props"),
-            (self.cg_props_file.as_deref().map(path_bytes), "cgroup props file", criu_local_add_cg_props_file, "add_cg_props_file"),
-            (self.cg_yard.as_deref().map(path_bytes), "cgroup yard", criu_local_add_cg_yard, "add_cg_yard"),
+        let singles = rows![TextSetter:
+            self.parent_images.as_deref().map(path_bytes), "parent images" => criu_local_set_parent_images,
+            self.log_file.as_deref().map(str::as_bytes), "log file" => criu_local_set_log_file,
+            self.root.as_deref().map(path_bytes), "root" => criu_local_set_root,
+            self.freeze_cgroup.as_deref().map(path_bytes), "freeze cgroup" => criu_local_set_freeze_cgroup,
+            self.lsm_profile.as_deref().map(str::as_bytes), "LSM profile" => criu_local_set_lsm_profile,
+            self.lsm_mount_context.as_deref().map(str::as_bytes), "LSM mount context" => criu_local_set_lsm_mount_context,
+            self.cg_props.as_deref().map(str::as_bytes), "cgroup props" => criu_local_add_cg_props,
+            self.cg_props_file.as_deref().map(path_bytes), "cgroup props file" => criu_local_add_cg_props_file,
+            self.cg_yard.as_deref().map(path_bytes), "cgroup yard" => criu_local_add_cg_yard,
         ];
-        let lists: [(Vec<&[u8]>, &'static str, TextSetter, &'static str); 5] = [
-            (texts(&self.cg_dump_controllers), "cgroup controller", criu_local_add_cg_dump_controller, "add_cg_dump_controller"),
-            (texts(&self.enable_fs), "filesystem", criu_local_add_enable_fs, "add_enable_fs"),
-            (paths(&self.skip_mnt), "skipped mount", criu_local_add_skip_mnt, "add_skip_mnt"),
-            (paths(&self.irmap_paths), "irmap path", criu_local_add_irmap_path, "add_irmap_path"),
-            (texts(&self.externals), "external key", criu_local_add_external, "add_external"),
+        let lists = rows![TextSetter:
+            texts(&self.cg_dump_controllers), "cgroup controller" => criu_local_add_cg_dump_controller,
+            texts(&self.enable_fs), "filesystem" => criu_local_add_enable_fs,
+            paths(&self.skip_mnt), "skipped mount" => criu_local_add_skip_mnt,
+            paths(&self.irmap_paths), "irmap path" => criu_local_add_irmap_path,
+            texts(&self.externals), "external key" => criu_local_add_external,
         ];
-        let singles = singles.into_iter().filter_map(|(v, what, f, name)| v.map(|v| (v, what, f, name)));
-        let lists = lists.into_iter().flat_map(|(vs, what, f, name)| vs.into_iter().map(move |v| (v, what, f, name)));
-        singles.chain(lists).collect()
+        let singles = singles
+            .into_iter()
+            .filter_map(|(v, what, f, name)| v.map(|v| (v, what, f, name)));
+        singles.chain(expand(lists)).collect()
     }
 
-    /// Every option set through a two-string setter.
-    #[allow(clippy::type_complexity)]
-    fn pair_setters(&self) -> Vec<(Option<&[u8]>, &[u8], &'static str, PairSetter, &'static str)> {
-        let mut out: Vec<(Option<&[u8]>, &[u8], &'static str, PairSetter, &'static str)> =
-            Vec::new();
-        for (k, v) in &self.ext_mounts {
-            out.push((
-                Some(k.as_bytes()),
-                v.as_bytes(),
-                "ext mount",
-                sys::criu_local_add_ext_mount,
-                "add_ext_mount",
-            ));
-        }
-        for (i, o) in &self.veth_pairs {
-            out.push((
-                Some(i.as_bytes()),
-                o.as_bytes(),
-                "veth name",
-                sys::criu_local_add_veth_pair,
-                "add_veth_pair",
-            ));
-        }
-        for (ctrl, path) in &self.cg_roots {
-            let ctrl = ctrl.as_ref().map(|c| c.as_bytes());
-            out.push((
-                ctrl,
-                path.as_os_str().as_bytes(),
-                "cgroup root",
-                sys::criu_local_add_cg_root,
-                "add_cg_root",
-            ));
-        }
-        out
+    /// Every option set through a two-string setter (the first string may
+    /// be missing: NULL), one entry per item.
+    fn pair_setters(&self) -> Vec<(TextPair<'_>, &'static str, PairSetter, &'static str)> {
+        let lists = rows![PairSetter:
+            self.ext_mounts.iter().map(text_pair).collect(), "ext mount" => criu_local_add_ext_mount,
+            self.veth_pairs.iter().map(text_pair).collect(), "veth name" => criu_local_add_veth_pair,
+            self.cg_roots
+                .iter()
+                .map(|(ctrl, path)| (ctrl.as_deref().map(str::as_bytes), path_bytes(path)))
+                .collect(),
+            "cgroup root" => criu_local_add_cg_root,
+        ];
+        expand(lists)
     }
 
     /// Inherited descriptors and external unix sockets: adders that can

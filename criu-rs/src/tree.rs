@@ -1,5 +1,7 @@
 //! Process trees, read from `/proc`.
 
+use crate::pidfd::Pidfd;
+
 /// Every task of the tree rooted at `root`, root first (threads' children
 /// included).
 pub(crate) fn tree(root: i32) -> Vec<i32> {
@@ -37,63 +39,12 @@ pub(crate) fn alive(pid: i32) -> bool {
     !matches!(state(pid), None | Some('Z' | 'X'))
 }
 
-/// A process held by a pidfd: a signal sent through it reaches that
-/// process or, once it is gone, nothing; never a later process that reuses
-/// its pid.
-#[derive(Debug)]
-pub(crate) struct PidFd {
-    pid: i32,
-    fd: std::os::fd::OwnedFd,
-}
-
-impl PidFd {
-    /// Opens a pidfd for process `pid` (a thread-group leader).
-    pub(crate) fn open(pid: i32) -> std::io::Result<PidFd> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: pidfd_open takes a pid and flags; no pointers.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(PidFd {
-            pid,
-            // SAFETY: a descriptor just returned by the kernel, owned here
-            // (pidfds are close-on-exec).
-            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) },
-        })
-    }
-
-    /// The pid it was opened for.
-    pub(crate) fn pid(&self) -> i32 {
-        self.pid
-    }
-
-    /// Sends `signal` to the process, if it still exists (`ESRCH` if not).
-    pub(crate) fn signal(&self, signal: nix::sys::signal::Signal) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: an open pidfd, a signal number, no siginfo, no flags.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.fd.as_raw_fd(),
-                signal as i32,
-                std::ptr::null::<libc::siginfo_t>(),
-                0u32,
-            )
-        };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-}
-
 /// Pidfds for every task of the tree rooted at `root` that still exists,
 /// root first.
-pub(crate) fn tree_pidfds(root: i32) -> Vec<PidFd> {
+pub(crate) fn tree_pidfds(root: i32) -> Vec<Pidfd> {
     tree(root)
         .into_iter()
-        .filter_map(|p| PidFd::open(p).ok())
+        .filter_map(|p| Pidfd::open(p).ok())
         .collect()
 }
 
@@ -101,7 +52,7 @@ pub(crate) fn tree_pidfds(root: i32) -> Vec<PidFd> {
 /// to `addr`, as pidfds: the CRIU that serves a lazy dump's pages there,
 /// for one. Only our own children are considered, so nothing else can be
 /// matched.
-pub(crate) fn children_holding(addr: std::net::SocketAddr) -> Vec<PidFd> {
+pub(crate) fn children_holding(addr: std::net::SocketAddr) -> Vec<Pidfd> {
     let mut kids = Vec::new();
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for t in tasks.flatten() {
@@ -113,7 +64,7 @@ pub(crate) fn children_holding(addr: std::net::SocketAddr) -> Vec<PidFd> {
         }
     }
     kids.into_iter()
-        .filter_map(|p| PidFd::open(p).ok())
+        .filter_map(|p| Pidfd::open(p).ok())
         .filter(|task| {
             let inodes = socket_inodes_bound_to(task.pid(), addr);
             !inodes.is_empty() && holds_any_socket(task.pid(), &inodes)
@@ -199,7 +150,7 @@ mod tests {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let mut found = Vec::new();
         while found.is_empty() && std::time::Instant::now() < deadline {
-            found = children_holding(addr).iter().map(PidFd::pid).collect();
+            found = children_holding(addr).iter().map(Pidfd::pid).collect();
         }
         for c in [&mut child, &mut other] {
             let _ = c.kill();

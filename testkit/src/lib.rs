@@ -315,7 +315,7 @@ impl Drop for Workload {
 }
 
 /// Makes the child a session leader (`setsid`) before exec.
-fn new_session(cmd: &mut Command) {
+pub(crate) fn new_session(cmd: &mut Command) {
     // SAFETY: setsid is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
@@ -428,4 +428,19 @@ pub fn find_process(needle: &str) -> Option<i32> {
         let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         (text.contains(needle) && alive(pid)).then_some(pid)
     })
+}
+
+/// A connection to a `criu service` socket at `path` (SOCK_SEQPACKET, as
+/// libcriu's), close-on-exec, for `Criu::with_service_fd`.
+pub fn connect_seqpacket(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    Ok(fd)
 }

@@ -17,15 +17,8 @@ use crate::{workload_bin, Workload};
 pub struct Row {
     pub strategy: String,
     pub workload: String,
-    pub rss_bytes: u64,
     #[serde(flatten)]
-    pub criu: DumpTimes,
-    pub dump_ms: f64,
-    pub transfer_bytes: u64,
-    pub transfer_ms: f64,
-    pub restore_ms: f64,
-    pub restore_time_us: Option<u64>,
-    pub downtime_ms: f64,
+    pub cost: Cost,
     pub continued: bool,
     pub memory_intact: Option<bool>,
     pub pid_before: i32,
@@ -45,6 +38,22 @@ pub struct RowPhases {
     #[serde(flatten)]
     pub migration: criu::migrate::Phases,
     pub resume_us: u64,
+}
+
+/// What one migration cost, phase by phase, under the field names the
+/// project publishes (shared by the process and container migrations).
+#[derive(Debug, Clone, Default, Serialize)]
+#[allow(missing_docs)]
+pub struct Cost {
+    pub rss_bytes: u64,
+    #[serde(flatten)]
+    pub criu: DumpTimes,
+    pub dump_ms: f64,
+    pub transfer_bytes: u64,
+    pub transfer_ms: f64,
+    pub restore_ms: f64,
+    pub restore_time_us: Option<u64>,
+    pub downtime_ms: f64,
 }
 
 /// CRIU's own timings of a dump (absent when CRIU wrote none, as after a
@@ -160,14 +169,16 @@ pub fn migrate_workload(
     Ok(Row {
         strategy: strategy.to_string(),
         workload: workload.to_string(),
-        rss_bytes: rss,
-        criu: DumpTimes::of(src.dump.stats.as_ref()),
-        dump_ms: ms(src.dump.wall_time),
-        transfer_bytes: src.transfer.bytes + src.page_server_bytes,
-        transfer_ms: ms(src.transfer.elapsed),
-        restore_ms: ms(src.restore_wall),
-        restore_time_us: src.restore_time_us,
-        downtime_ms: downtime_ns as f64 / 1e6,
+        cost: Cost {
+            rss_bytes: rss,
+            criu: DumpTimes::of(src.dump.stats.as_ref()),
+            dump_ms: ms(src.dump.wall_time),
+            transfer_bytes: src.transfer.bytes + src.page_server_bytes,
+            transfer_ms: ms(src.transfer.elapsed),
+            restore_ms: ms(src.restore_wall),
+            restore_time_us: src.restore_time_us,
+            downtime_ms: downtime_ns as f64 / 1e6,
+        },
         continued,
         memory_intact,
         pid_before,

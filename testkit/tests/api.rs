@@ -71,31 +71,13 @@ fn with_binary_starts_the_given_criu_and_a_missing_one_breaks_the_connection() {
 #[test]
 fn with_service_fd_serves_one_request_then_says_the_socket_was_used() {
     let svc = DaemonConfig::new().service().unwrap();
-    let criu = Criu::with_service_fd(connect_seqpacket(svc.socket()));
+    let criu = Criu::with_service_fd(criu_testkit::connect_seqpacket(svc.socket()).unwrap());
     criu.check().unwrap();
     let e = criu.check().unwrap_err();
     assert_eq!(e.invalid_kind(), Some(InvalidKind::Missing), "{e}");
     assert_eq!(e.operation(), Some(Operation::Check), "{e}");
     assert!(e.to_string().contains("used by an earlier request"), "{e}");
     assert!(svc.log_path().exists(), "the service logs to its directory");
-}
-
-/// A connection to a `criu service` socket (SOCK_SEQPACKET, as libcriu's).
-fn connect_seqpacket(path: &Path) -> std::os::fd::OwnedFd {
-    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .unwrap();
-    connect(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &UnixAddr::new(path).unwrap(),
-    )
-    .unwrap();
-    fd
 }
 
 #[test]

@@ -201,30 +201,10 @@ fn a_restore_deadline_kills_only_what_the_restore_created() {
     );
 }
 
-/// A socket connected to `socket`, a `criu service`'s (SOCK_SEQPACKET).
-fn connect_service(socket: &Path) -> std::os::fd::OwnedFd {
-    use nix::sys::socket::{
-        connect, socket as new_socket, AddressFamily, SockFlag, SockType, UnixAddr,
-    };
-    let fd = new_socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .unwrap();
-    connect(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &UnixAddr::new(socket).unwrap(),
-    )
-    .unwrap();
-    fd
-}
-
 #[test]
 fn a_one_shot_service_socket_is_spent_only_on_the_request_itself() {
     let service = criu::DaemonConfig::new().service().unwrap();
-    let criu = Criu::with_service_fd(connect_service(service.socket()));
+    let criu = Criu::with_service_fd(criu_testkit::connect_seqpacket(service.socket()).unwrap());
     // Refused before CRIU: the socket stays with the client.
     let e = criu
         .dump(Options::new().pid(1).log_file("a/b"))

@@ -491,63 +491,6 @@ fn hosts_are_removed_on_drop() {
     assert!(!listing.contains(&names.0) && !listing.contains(&names.1));
 }
 
-#[test]
-fn a_container_migrates_and_counts_on_from_n_plus_one() {
-    use criu_testkit::container::{consecutive, make_rootfs, numbers, wait_lines, OwnContainer};
-    let dir = tempfile::tempdir().unwrap();
-    let (rootfs_a, rootfs_b, logdir) = (
-        dir.path().join("rootfs-a"),
-        dir.path().join("rootfs-b"),
-        dir.path().join("log"),
-    );
-    make_rootfs(&rootfs_a).unwrap();
-    make_rootfs(&rootfs_b).unwrap();
-    std::fs::create_dir_all(&logdir).unwrap();
-    let log = logdir.join("counter.log");
-    let hosts = TwoHosts::new().unwrap();
-    let mut c = hosts
-        .a
-        .run(|| OwnContainer::start(dir.path(), &rootfs_a, &logdir, "0.05"))
-        .unwrap()
-        .unwrap();
-    wait_lines(&log, 5, WAIT).unwrap();
-    let (src_dir, dst_dir) = (dir.path().join("src"), dir.path().join("dst"));
-    std::fs::create_dir_all(&src_dir).unwrap();
-    std::fs::create_dir_all(&dst_dir).unwrap();
-    let logdir_s = logdir.to_string_lossy().to_string();
-    let run = hosts
-        .migrate(
-            c.init,
-            || {
-                SourceConfig::new(Strategy::StopAndCopy, &src_dir).customize(|o| {
-                    o.add_ext_mount("/log", "logdir");
-                })
-            },
-            || {
-                DestConfig::new(&dst_dir).customize(move |o| {
-                    o.root(&rootfs_b).add_ext_mount("logdir", logdir_s.clone());
-                })
-            },
-            None,
-        )
-        .unwrap();
-    let src = run.src.unwrap();
-    let dst = run.dst.unwrap();
-    let _ = c.unshare.wait();
-    assert!(!criu_testkit::alive(c.init), "the source container is gone");
-    let before = numbers(&log);
-    let n = *before.last().unwrap();
-    wait_lines(&log, before.len() + 3, WAIT).unwrap();
-    let after = numbers(&log);
-    assert_eq!(after[before.len()], n + 1, "the count goes on from {n} + 1");
-    assert!(consecutive(&after), "0, 1, 2, ... throughout");
-    assert_eq!(src.restored_pid, dst.child.pid());
-    assert_ne!(
-        netns_of(dst.child.pid()).unwrap(),
-        hosts.a.netns_inode().unwrap()
-    );
-}
-
 fn swallow(mut from: TcpStream, to: TcpStream) {
     // A destination that takes everything and never answers.
     drop(to);

@@ -10,14 +10,15 @@ use nix::sys::signal::Signal;
 
 use super::wire::migration;
 use crate::error::{Error, Result};
-use crate::tree::{state, tree_pidfds, PidFd};
+use crate::pidfd::Pidfd;
+use crate::tree::{state, tree_pidfds};
 
 /// How long the tasks may take to stop.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A stopped source tree: continued on drop unless killed.
 pub(super) struct StoppedTree {
-    tasks: Vec<PidFd>,
+    tasks: Vec<Pidfd>,
     killed: bool,
 }
 
@@ -31,12 +32,12 @@ impl StoppedTree {
         };
         for task in tree_pidfds(root) {
             let p = task.pid();
-            task.signal(Signal::SIGSTOP)
+            task.signal(Signal::SIGSTOP as i32)
                 .map_err(|e| Error::io(format!("stopping task {p} of the source tree"), e))?;
             stopped.tasks.push(task);
         }
         let deadline = Instant::now() + STOP_TIMEOUT;
-        for p in stopped.tasks.iter().map(PidFd::pid) {
+        for p in stopped.tasks.iter().map(Pidfd::pid) {
             while !matches!(state(p), Some('T' | 't') | None) {
                 if Instant::now() > deadline {
                     return Err(migration(
@@ -58,7 +59,7 @@ impl StoppedTree {
 
     fn signal_all(&self, signal: Signal) {
         for task in &self.tasks {
-            let _ = task.signal(signal);
+            let _ = task.signal(signal as i32);
         }
     }
 }
@@ -75,6 +76,6 @@ impl Drop for StoppedTree {
 /// which CRIU restores stopped).
 pub(super) fn continue_tree(root: i32) {
     for task in tree_pidfds(root) {
-        let _ = task.signal(Signal::SIGCONT);
+        let _ = task.signal(Signal::SIGCONT as i32);
     }
 }

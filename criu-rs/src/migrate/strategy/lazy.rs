@@ -5,8 +5,6 @@
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
-
 use super::{stop_and_copy, DestSide, Inbound, Received, SourceSide};
 use crate::daemon::{free_port, Daemon};
 use crate::error::Result;
@@ -65,7 +63,7 @@ impl SourceSide for Source {
             serving = children_holding(self.serve_at);
         }
         for criu in serving {
-            let _ = criu.signal(Signal::SIGKILL);
+            let _ = criu.signal(libc::SIGKILL);
         }
     }
 }

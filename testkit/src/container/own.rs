@@ -1,0 +1,191 @@
+//! criu-rs's own container: the busybox counter with its own PID, mount,
+//! UTS, IPC and network namespaces, a root filesystem made from Debian's
+//! busybox-static, and its output in a log file on the host (bind-mounted
+//! at `/log`); moved between hosts by `criu::migrate`.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use criu::migrate::{DestConfig, DestReport, SourceConfig, Strategy};
+
+use super::{make_rootfs, numbers, BoxError, Downtime, Engine, FileWatcher, Moved, SCRIPT};
+use crate::hosts::TwoHosts;
+use crate::measure::DumpTimes;
+use crate::{alive, close_inherited_fds};
+
+/// Our own container: unshare's namespaces, a private mount tree with the
+/// rootfs bind-mounted and pivoted into, the log directory at /log.
+pub struct OwnContainer {
+    /// The `unshare` process (our child).
+    pub unshare: Child,
+    /// The container's init, as seen from the host.
+    pub init: i32,
+}
+
+impl OwnContainer {
+    /// Starts the counter in `rootfs` (from [`make_rootfs`]), logging to
+    /// `logdir/counter.log`; `dir` receives the start script.
+    pub fn start(
+        dir: &Path,
+        rootfs: &Path,
+        logdir: &Path,
+        interval: &str,
+    ) -> Result<OwnContainer, BoxError> {
+        let start = dir.join("start.sh");
+        let script = SCRIPT.replace("INTERVAL", interval);
+        fs::write(
+            &start,
+            format!(
+                "#!/bin/sh\nset -e\nR=\"$1\"\nmount --make-rprivate /\nmount --bind \"$R\" \"$R\"\n\
+                 mount --bind \"$2\" \"$R/log\"\nmount -t proc proc \"$R/proc\"\ncd \"$R\"\n\
+                 pivot_root . oldroot\numount -l /oldroot\n\
+                 exec /bin/setsid /bin/sh -c 'exec </dev/null >>/log/counter.log 2>&1; {script}' 10<&-\n"
+            ),
+        )?;
+        fs::set_permissions(&start, fs::Permissions::from_mode(0o755))?;
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--pid", "--mount", "--uts", "--ipc", "--net", "--fork", "--",
+        ])
+        .arg(&start)
+        .arg(rootfs)
+        .arg(logdir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        close_inherited_fds(&mut cmd);
+        let unshare = cmd.spawn()?;
+        let outer = unshare.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let init = loop {
+            let kids = fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
+                .unwrap_or_default();
+            if let Some(p) = kids.split_whitespace().next().and_then(|p| p.parse().ok()) {
+                break p;
+            }
+            if Instant::now() > deadline {
+                return Err("the container did not start".into());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        Ok(OwnContainer { unshare, init })
+    }
+}
+
+impl Drop for OwnContainer {
+    fn drop(&mut self) {
+        if alive(self.init) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.init),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.unshare.kill();
+        let _ = self.unshare.wait();
+    }
+}
+
+/// criu-rs's own container as an [`Engine`]: `criu::migrate` checkpoints
+/// it on host a, streams its images and restores it on host b, into a
+/// second copy of the root filesystem; the log directory is an external
+/// mount that both sides bind to the same host directory.
+pub struct OwnEngine {
+    dir: PathBuf,
+    rootfs_b: PathBuf,
+    logdir: PathBuf,
+    source: Option<OwnContainer>,
+    restored: Option<DestReport>,
+}
+
+impl OwnEngine {
+    /// Prepares both root filesystems and the log directory under `dir`.
+    pub fn new(dir: &Path) -> Result<OwnEngine, BoxError> {
+        let engine = OwnEngine {
+            dir: dir.to_path_buf(),
+            rootfs_b: dir.join("rootfs-b"),
+            logdir: dir.join("log"),
+            source: None,
+            restored: None,
+        };
+        make_rootfs(&dir.join("rootfs-a"))?;
+        make_rootfs(&engine.rootfs_b)?;
+        fs::create_dir_all(&engine.logdir)?;
+        Ok(engine)
+    }
+
+    fn log(&self) -> PathBuf {
+        self.logdir.join("counter.log")
+    }
+
+    /// The restored container on host b, once migrated.
+    pub fn restored(&self) -> Option<&DestReport> {
+        self.restored.as_ref()
+    }
+}
+
+impl Engine for OwnEngine {
+    fn name(&self) -> &'static str {
+        "criu-rs"
+    }
+
+    fn start(&mut self, hosts: &TwoHosts, interval: &str) -> Result<i32, BoxError> {
+        let rootfs_a = self.dir.join("rootfs-a");
+        let c = hosts
+            .a
+            .run(|| OwnContainer::start(&self.dir, &rootfs_a, &self.logdir, interval))??;
+        let init = c.init;
+        self.source = Some(c);
+        Ok(init)
+    }
+
+    fn numbers(&self) -> Result<Vec<u64>, BoxError> {
+        Ok(numbers(&self.log()))
+    }
+
+    fn downtime(&self) -> Box<dyn Downtime> {
+        Box::new(FileWatcher::start(self.log()))
+    }
+
+    fn migrate(&mut self, hosts: &TwoHosts) -> Result<Moved, BoxError> {
+        let source = self
+            .source
+            .as_mut()
+            .ok_or("the container was not started")?;
+        let (src_dir, dst_dir) = (self.dir.join("a"), self.dir.join("b"));
+        fs::create_dir_all(&src_dir)?;
+        fs::create_dir_all(&dst_dir)?;
+        let logdir = self.logdir.to_string_lossy().to_string();
+        let rootfs_b = &self.rootfs_b;
+        let run = hosts.migrate(
+            source.init,
+            || {
+                SourceConfig::new(Strategy::StopAndCopy, &src_dir).customize(|o| {
+                    o.add_ext_mount("/log", "logdir");
+                })
+            },
+            || {
+                DestConfig::new(&dst_dir).customize(move |o| {
+                    o.root(rootfs_b).add_ext_mount("logdir", logdir.clone());
+                })
+            },
+            None,
+        )?;
+        let (src, dst) = (run.src?, run.dst?);
+        let _ = source.unshare.wait();
+        let moved = Moved {
+            criu: DumpTimes::of(src.dump.stats.as_ref()),
+            dump: src.dump.wall_time,
+            transfer_bytes: src.transfer.bytes,
+            transfer: src.transfer.elapsed,
+            restore: src.restore_wall,
+            restore_time_us: src.restore_time_us,
+            lines_before: numbers(&self.log()).len(),
+            pid_after: dst.child.pid(),
+        };
+        self.restored = Some(dst);
+        Ok(moved)
+    }
+}
