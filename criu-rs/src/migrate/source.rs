@@ -19,6 +19,8 @@ struct Restored {
     pid: i32,
     wall: Duration,
     restore_time_us: Option<u64>,
+    /// When the source heard of it (a lazy dump goes on serving pages).
+    at: Instant,
 }
 
 pub(super) fn send(
@@ -74,7 +76,7 @@ fn migrate<'scope>(
     // On failure the dump ends (inside) before the tree is continued (here).
     let (sent, restored, dump) = until_restored(stream, dumping, early, side, cfg)
         .inspect_err(|e| wire::tell_failure(stream, e))?;
-    let stopped_to_restored = stopped_at.elapsed();
+    let stopped_to_restored = restored.at.saturating_duration_since(stopped_at);
     let phases = Phases::split(
         &dump,
         images_at.saturating_duration_since(stopped_at),
@@ -173,6 +175,7 @@ fn await_restore(stream: &mut dyn Transport) -> Result<Restored> {
             pid,
             wall: Duration::from_micros(wall_us),
             restore_time_us,
+            at: Instant::now(),
         }),
         Ok(Msg::Failed { message }) => Err(migration(
             format!("the destination failed: {message}; the source process was resumed"),
