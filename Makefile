@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 export PATH := /usr/local/sbin:/usr/local/bin:$(PATH)
 
-.PHONY: root setup demo test lint bench bench-quick publish-check
+.PHONY: root setup demo test lint bench bench-quick publish-check features
 
 root:
 	@[ "$$(id -u)" = 0 ] || { echo "error: run as root (CRIU needs it): sudo make $(MAKECMDGOALS)" >&2; exit 1; }
@@ -15,6 +15,7 @@ setup: root
 demo: setup
 	cargo build --release -p criu-testkit --bins
 	cargo run --release -p criu-rs-examples --example migrate -- --strategy all --workload memory:256 --json migrate.json
+	cargo run --release -p criu-rs-examples --example migrate -- --strategy all --workload tcp-server:256 --json migrate_tcp.json
 	cargo run --release -p criu-rs-examples --example migrate_container -- --engine all --json migrate_container.json
 
 test: setup
@@ -23,9 +24,11 @@ test: setup
 	bash scripts/check-bad-env.sh
 	bash scripts/cli-smoke.sh
 	bash scripts/check-page-server.sh
+	bash scripts/two-hosts-smoke.sh
 	# The examples, end to end, on small workloads.
 	cargo run -q -p criu-rs-examples --example dump_restore
 	cargo run -q -p criu-rs-examples --example migrate -- --strategy all --workload memory:16 --warmup-ms 200
+	cargo run -q -p criu-rs-examples --example migrate -- --strategy all --workload tcp-server:16
 	cargo run -q -p criu-rs-examples --example migrate_container -- --engine all --interval 0.1 --warmup-ms 300
 	# The benches compile, and the quick mode's harness works on the smallest size.
 	cargo bench -p criu-rs-benches --no-run
@@ -48,6 +51,7 @@ bench: setup
 	CRIU_RS_BENCH_SIZES=1,16,64,256,1024 cargo bench -p criu-rs-benches --bench latency
 	CRIU_RS_BENCH_ROUNDS=25 cargo bench -p criu-rs-benches --bench overhead
 	CRIU_RS_BENCH_MIGRATION_SIZES=16,256,1024 CRIU_RS_BENCH_REPS=3 cargo bench -p criu-rs-benches --bench migration
+	CRIU_RS_BENCH_MIGRATION_SIZES=256,1024 CRIU_RS_BENCH_REPS=5 cargo bench -p criu-rs-benches --bench tls
 	cargo run --release -q -p criu-rs-benches --bin bench-report
 
 # What crates.io and docs.rs will see: the docs built with no libcriu (as
@@ -57,9 +61,13 @@ bench: setup
 publish-check: setup
 	env DOCS_RS=1 PKG_CONFIG_LIBDIR=/nonexistent PKG_CONFIG_PATH=/nonexistent \
 	  RUSTDOCFLAGS="-D rustdoc::broken_intra_doc_links -D warnings" \
-	  cargo doc --no-deps -p criu-sys -p criu-rs --target-dir target/docs-rs
-	cargo package -p criu-sys -p criu-rs --target-dir target/package
+	  cargo doc --no-deps -p criu-sys -p criu-rs --features criu-rs/tls --target-dir target/docs-rs
+	cargo package -p criu-sys -p criu-image -p criu-rs --target-dir target/package
 	cargo publish --dry-run -p criu-sys --target-dir target/package
+
+# Every feature set a user would pick builds and passes clippy.
+features: setup
+	bash scripts/check-features.sh
 
 lint:
 	cargo fmt --all -- --check

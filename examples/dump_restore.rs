@@ -5,21 +5,14 @@
 use std::time::Duration;
 
 use criu::{Criu, ImagesDir, Options};
-use criu_testkit::{workload_bin, Workload};
+use criu_testkit::{existing_workload_bin, Workload};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let criu = Criu::new();
     println!("CRIU {} ({:?})", criu.version()?, criu.feature_check()?);
 
     let dir = tempfile::Builder::new().prefix("criu-rs-demo-").tempdir()?;
-    let bin = workload_bin();
-    if !bin.exists() {
-        return Err(format!(
-            "{} not found: run `cargo build -p criu-testkit --bins` first",
-            bin.display()
-        )
-        .into());
-    }
+    let bin = existing_workload_bin()?;
     let mut w = Workload::spawn(
         &bin,
         &dir.path().join("counter.log"),

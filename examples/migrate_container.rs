@@ -2,7 +2,7 @@
 //! with Docker, and print the engines side by side.
 //!
 //! ```text
-//! migrate_container [--engine criu-rs|runc|docker|all] [--interval SECS]
+//! migrate_container [--engine criu-rs|runc|docker|registry|all] [--interval SECS]
 //!                   [--warmup-ms MS] [--reps N] [--json FILE]
 //! ```
 //!
@@ -26,6 +26,10 @@
 //! TCP transfer into the clone's checkpoints folder on host B, and `docker
 //! start --checkpoint` restores it there. Docker timestamps every log line,
 //! so its downtime is the largest gap between two lines in Docker's log.
+//!
+//! Last, criu-rs's container again, its checkpoint moved as an OCI image
+//! through a registry (docker-registry) on a third host: pushed on A,
+//! pulled on B.
 //!
 //! Each engine is one implementation of `criu_testkit::container::Engine`;
 //! one driver starts, migrates and measures them all alike.
@@ -74,6 +78,7 @@ enum Which {
     CriuRs,
     Runc,
     Docker,
+    Registry,
     All,
 }
 
@@ -92,12 +97,17 @@ fn docker(dir: &Path) -> Result<Box<dyn Engine>, BoxError> {
     Ok(Box::new(DockerEngine::new(dir)?))
 }
 
+fn registry(dir: &Path) -> Result<Box<dyn Engine>, BoxError> {
+    Ok(Box::new(criu_testkit::registry::RegistryEngine::new(dir)?))
+}
+
 /// The engines `which` selects, in table order.
 fn engines(which: Which) -> Vec<(&'static str, MakeEngine)> {
-    let all: [(&str, Which, MakeEngine); 3] = [
+    let all: [(&str, Which, MakeEngine); 4] = [
         ("criu-rs", Which::CriuRs, own),
         ("runc", Which::Runc, runc),
         ("docker", Which::Docker, docker),
+        ("registry", Which::Registry, registry),
     ];
     all.into_iter()
         .filter(|(_, w, _)| which == Which::All || which == *w)

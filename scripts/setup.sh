@@ -30,6 +30,11 @@ PACKAGES=(
   # the Docker engine (Engine 20.10, containerd, runc); tests and the
   # container example start their own daemons, the set-up starts none
   docker.io
+  # the OCI registry that checkpoint images travel through (issue 14); its
+  # service is never started: tests run their own in a network namespace
+  docker-registry openssl zstd
+  # the TLS migration tests capture the hosts' link (testkit/tests/tls.rs)
+  tcpdump
 )
 
 missing=()
@@ -272,4 +277,7 @@ pcdir=$(pkg-config --variable=pcfiledir criu)
 if ! PKG_CONFIG_PATH= pkg-config --exists criu 2>/dev/null; then
   log "note: $pcdir is not on pkg-config's default path; set PKG_CONFIG_PATH=$pcdir (the Makefile does)"
 fi
+# crit (CRIU's own image decoder, the reference of testkit/tests/image.rs)
+# imports crit/version.py, which only CRIU's pip install would write.
+for d in "$STATE_DIR"/src/criu-*/crit/crit; do [ -d "$d" ] && [ ! -f "$d/version.py" ] && v=${d%/crit/crit} && echo "__version__ = \"${v##*/criu-}\"" > "$d/version.py"; done
 log "ready: $(criu --version | head -n1), libcriu from $pcdir"

@@ -39,6 +39,7 @@ pub struct DaemonConfig {
     binary: Option<PathBuf>,
     netns: Option<PathBuf>,
     ready_timeout: Option<Duration>,
+    tls: Option<crate::credentials::TlsFiles>,
 }
 
 impl DaemonConfig {
@@ -66,16 +67,32 @@ impl DaemonConfig {
         self
     }
 
+    /// The page server and the lazy-pages daemon talk TLS (CRIU's own,
+    /// GnuTLS) with these files, and require the peer's certificate to
+    /// chain to their CA. See [`crate::tls`].
+    pub fn tls(&mut self, files: &crate::credentials::TlsFiles) -> &mut Self {
+        self.tls = Some(files.clone());
+        self
+    }
+
+    /// The TLS arguments of a daemon that connects or listens over TCP.
+    fn tls_args(&self) -> Vec<OsString> {
+        self.tls
+            .as_ref()
+            .map_or_else(Vec::new, crate::credentials::TlsFiles::criu_args)
+    }
+
     /// Starts `criu page-server` writing received pages into `images`,
     /// listening on `listen`. It exits after one dump has sent its pages.
     pub fn page_server(&self, images: &ImagesDir, listen: SocketAddr) -> Result<Daemon> {
-        let args: Vec<OsString> = vec![
+        let mut args: Vec<OsString> = vec![
             "page-server".into(),
             "--address".into(),
             listen.ip().to_string().into(),
             "--port".into(),
             listen.port().to_string().into(),
         ];
+        args.extend(self.tls_args());
         self.start("page server", "page-server.log", images.path(), args)
     }
 
@@ -83,7 +100,7 @@ impl DaemonConfig {
     /// page server at `source` and serves them to a lazy restore from
     /// `images`. It exits when every page has been delivered.
     pub fn lazy_pages(&self, images: &ImagesDir, source: SocketAddr) -> Result<Daemon> {
-        let args: Vec<OsString> = vec![
+        let mut args: Vec<OsString> = vec![
             "lazy-pages".into(),
             "--page-server".into(),
             "--address".into(),
@@ -91,6 +108,7 @@ impl DaemonConfig {
             "--port".into(),
             source.port().to_string().into(),
         ];
+        args.extend(self.tls_args());
         self.start("lazy-pages daemon", "lazy-pages.log", images.path(), args)
     }
 

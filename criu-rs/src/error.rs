@@ -5,11 +5,11 @@ use std::fmt;
 use std::io;
 
 use nix::errno::Errno;
-use serde::Serialize;
 
 /// The libcriu request an error belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
 #[non_exhaustive]
 pub enum Operation {
     /// `criu check`.
@@ -253,6 +253,18 @@ pub enum Error {
         /// The error behind it, if any.
         #[source]
         source: Option<Box<Error>>,
+    },
+    /// The secure channel of a migration could not be set up (see
+    /// `criu::tls`): the peer was refused (no certificate, one from another
+    /// CA, an expired one, not TLS at all, too slow), or it refused ours,
+    /// or the PEM files could not be used. Nothing was sent or received.
+    #[error("TLS: {message}{}", .source.as_ref().map(|e| format!("\n  because: {e}")).unwrap_or_default())]
+    Tls {
+        /// What went wrong, and what to do about it.
+        message: String,
+        /// The TLS or I/O error behind it, if any.
+        #[source]
+        source: Option<io::Error>,
     },
     /// An I/O error outside CRIU (creating directories, reading logs...).
     #[error("{what}: {source}")]

@@ -37,6 +37,8 @@
 //! * [`ImagesDir`]: a checkpoint's directory.
 //! * [`DumpReport`], [`RestoreReport`], [`Stats`]: times and CRIU's statistics.
 //! * [`Error`]: what went wrong, where, and what CRIU's log said.
+//! * [`migrate`], [`transfer`], [`tls`]: moving a tree to another host,
+//!   over any stream, or over mutual TLS.
 //!
 //! # Concurrency
 //!
@@ -65,12 +67,20 @@
 //!   that way are validated (no spaces, quotes or comments).
 //! * The image stream of [`transfer`] and [`migrate`] protects integrity
 //!   against accidents (a CRC-32 over each file's header and contents,
-//!   names confined to the target directory), not against an attacker:
-//!   wrap the stream (TLS, SSH) where the network is not trusted.
+//!   names confined to the target directory), not against an attacker.
+//!   Where the network is not trusted, migrate over `tls::TlsStream`
+//!   (feature `tls`): mutual authentication against a CA of your own
+//!   before any byte of the migration, TLS 1.3 for the stream, and CRIU's
+//!   own TLS for its page-server and lazy-pages connections, which would
+//!   otherwise carry memory in clear. Over another secure stream (SSH),
+//!   name the files for CRIU's connections
+//!   ([`migrate::SourceConfig::criu_tls`]). An authenticated peer is still
+//!   trusted with root: see docs/security.md.
 //!
 //! RELIABILITY.md in the repository lists the bad inputs and faults tried,
 //! with their outcomes.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms)]
 
@@ -79,7 +89,8 @@
 //
 //  1. `criu_sys` (the raw bindings), `error` (what went wrong), `tree`
 //     (process trees from /proc), `pidfd` (signals that cannot hit a
-//     reused pid).
+//     reused pid), `credentials` (the PEM files of a TLS migration, which
+//     options, daemons and transports hand to CRIU).
 //  2. `raw` (the owned `criu_opts` handle, the return-code helper),
 //     `framing` (CRIU's image framing: magic, sized protobuf entries),
 //     `version`.
@@ -94,7 +105,8 @@
 //  8. `request` (one libcriu call: prepare, connect, call, interpret).
 //  9. `client` (`Criu`: the service to use and the operations).
 // 10. `daemon` (page server, lazy-pages daemon, `criu service`).
-// 11. `transfer` (the image stream), `migrate` (live migration).
+// 11. `transfer` (the image stream), `tls` (`TlsStream`, a transport),
+//     `migrate`.
 //
 // One dump: `Criu::dump` checks the pid and the images directory and marks
 // the pid busy (client); `Request::prepare` validates the `Options` and
@@ -110,11 +122,14 @@
 
 mod child;
 mod client;
+mod credentials;
 mod daemon;
 mod deadline;
 mod error;
 mod framing;
 mod images;
+#[cfg(feature = "migrate")]
+#[cfg_attr(docsrs, doc(cfg(feature = "migrate")))]
 pub mod migrate;
 mod notify;
 mod options;
@@ -124,11 +139,17 @@ mod report;
 mod request;
 mod spawn;
 pub mod stats;
+pub mod tls;
+#[cfg(feature = "migrate")]
+#[cfg_attr(docsrs, doc(cfg(feature = "migrate")))]
 pub mod transfer;
 mod tree;
 mod verify;
 mod version;
 
+/// Decoding of checkpoint images (the `criu-image` crate).
+#[cfg(feature = "image")]
+pub use criu_image as image;
 /// The raw bindings, for what this crate does not wrap.
 pub use criu_sys as sys;
 

@@ -360,6 +360,7 @@ pub struct Options<'a> {
     deadline: Option<Duration>,
     lazy_address: Option<SocketAddr>,
     file_validation: Option<FileValidation>,
+    criu_tls: Option<crate::credentials::TlsFiles>,
     pub(crate) notify: Option<Box<NotifyFn<'a>>>,
 }
 
@@ -802,6 +803,17 @@ impl<'a> Options<'a> {
         self
     }
 
+    /// CRIU's own TCP connections of this request (to a page server, or a
+    /// lazy dump's page server) use TLS with these files (`--tls`,
+    /// `--tls-cacert`, `--tls-cert`, `--tls-key`, `--tls-no-cn-verify`):
+    /// CRIU's GnuTLS, mutual authentication against the CA. CLI-only,
+    /// passed through a config file, and only when the request has such a
+    /// connection. See [`crate::tls`].
+    pub fn criu_tls(&mut self, files: &crate::credentials::TlsFiles) -> &mut Self {
+        self.criu_tls = Some(files.clone());
+        self
+    }
+
     /// How files are validated on restore (`--file-validation`). CLI-only,
     /// passed through a config file.
     pub fn file_validation(&mut self, how: FileValidation) -> &mut Self {
@@ -920,6 +932,9 @@ impl<'a> Options<'a> {
         if let Some(addr) = self.lazy_address {
             lines.push(format!("address {}", addr.ip()));
             lines.push(format!("port {}", addr.port()));
+        }
+        if let (Some(tls), true) = (&self.criu_tls, self.has_criu_connection()) {
+            lines.extend(tls.criu_config_lines());
         }
         match self.file_validation {
             Some(FileValidation::FileSize) => lines.push("file-validation filesize".into()),
@@ -1150,9 +1165,19 @@ impl<'a> Options<'a> {
         Ok(())
     }
 
+    /// Whether CRIU opens a TCP connection of its own for this request.
+    fn has_criu_connection(&self) -> bool {
+        self.page_server.is_some() || self.lazy_address.is_some()
+    }
+
     /// Validates the values of CLI-only options for the config file.
     pub(crate) fn validate_cli_only(&self) -> Result<()> {
         for line in self.cli_only_lines() {
+            // A line is an option and at most one value: more words mean a
+            // value (a path) with spaces, which CRIU would split.
+            if line.split(' ').count() > 2 {
+                config_value(&line, "config value")?;
+            }
             for word in line.split(' ') {
                 config_value(word, "config value")?;
             }

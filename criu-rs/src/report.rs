@@ -3,43 +3,47 @@
 
 use std::time::Duration;
 
-use serde::{Serialize, Serializer};
-
+#[cfg(feature = "serde")]
+pub(crate) use crate::stats::micros;
 use crate::stats::{DumpStats, RestoreStats};
-
-pub(crate) fn micros<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
 
 /// The result of a dump or pre-dump. In JSON, CRIU's statistics appear
 /// flattened beside `pid` and `wall_time_us`, under CRIU's own field names.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct DumpReport {
     /// The dumped tree's root pid.
     pub pid: i32,
     /// Wall time of the libcriu call, as this process saw it.
-    #[serde(rename = "wall_time_us", serialize_with = "micros")]
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "wall_time_us", serialize_with = "micros")
+    )]
     pub wall_time: Duration,
     /// Pre-dump passes before the final dump (for `dump_iters`; else 0).
     pub iterations: u32,
     /// CRIU's statistics (`stats-dump`), when it wrote usable ones. After
     /// a lazy dump CRIU 4.2.1 writes zeroed counters (it resets them when
     /// it starts serving pages); those are dropped, leaving `None`.
-    #[serde(flatten)]
+    #[cfg_attr(feature = "serde", serde(flatten))]
     pub stats: Option<DumpStats>,
 }
 
 /// The result of a restore.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct RestoreReport {
     /// The restored tree's root pid.
     pub pid: i32,
     /// Wall time of the libcriu call, as this process saw it.
-    #[serde(rename = "wall_time_us", serialize_with = "micros")]
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "wall_time_us", serialize_with = "micros")
+    )]
     pub wall_time: Duration,
     /// CRIU's statistics (`stats-restore`), when it wrote them.
-    #[serde(flatten)]
+    #[cfg_attr(feature = "serde", serde(flatten))]
     pub stats: Option<RestoreStats>,
 }

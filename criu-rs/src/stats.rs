@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use serde::{Serialize, Serializer};
+#[cfg(feature = "serde")]
+use serde::Serializer;
 
 use crate::error::Result;
 use crate::framing::Entries;
@@ -76,10 +77,13 @@ mod proto {
     }
 }
 
-fn micros<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+/// A duration in JSON: whole microseconds, as CRIU's own `*_time` fields.
+#[cfg(feature = "serde")]
+pub(crate) fn micros<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
+#[cfg(feature = "serde")]
 pub(crate) fn opt_micros<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match d {
         Some(d) => micros(d, s),
@@ -92,21 +96,22 @@ fn us(v: u32) -> Duration {
 }
 
 /// Statistics of a dump or pre-dump (`stats-dump`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct DumpStats {
     /// Time to freeze the tasks.
-    #[serde(serialize_with = "micros")]
+    #[cfg_attr(feature = "serde", serde(serialize_with = "micros"))]
     pub freezing_time: Duration,
     /// Time the tasks stayed frozen (with leave-running or a failed dump,
     /// until they resumed).
-    #[serde(serialize_with = "micros")]
+    #[cfg_attr(feature = "serde", serde(serialize_with = "micros"))]
     pub frozen_time: Duration,
     /// Time to collect memory pages.
-    #[serde(serialize_with = "micros")]
+    #[cfg_attr(feature = "serde", serde(serialize_with = "micros"))]
     pub memdump_time: Duration,
     /// Time to write memory pages out.
-    #[serde(serialize_with = "micros")]
+    #[cfg_attr(feature = "serde", serde(serialize_with = "micros"))]
     pub memwrite_time: Duration,
     /// Pages examined.
     pub pages_scanned: u64,
@@ -115,7 +120,7 @@ pub struct DumpStats {
     /// Pages written.
     pub pages_written: u64,
     /// Time to resolve inotify watch paths, when measured.
-    #[serde(serialize_with = "opt_micros")]
+    #[cfg_attr(feature = "serde", serde(serialize_with = "opt_micros"))]
     pub irmap_resolve: Option<Duration>,
     /// Pages left for lazy (post-copy) transfer.
     pub pages_lazy: u64,
@@ -152,7 +157,8 @@ pub(crate) fn page_size() -> u64 {
 }
 
 /// Statistics of a restore (`stats-restore`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct RestoreStats {
     /// Pages compared with the parent.
@@ -160,17 +166,18 @@ pub struct RestoreStats {
     /// Pages skipped because copy-on-write shares them.
     pub pages_skipped_cow: u64,
     /// Time to fork the task tree.
-    #[serde(serialize_with = "micros")]
+    #[cfg_attr(feature = "serde", serde(serialize_with = "micros"))]
     pub forking_time: Duration,
     /// Time of the whole restore inside CRIU.
-    #[serde(serialize_with = "micros")]
+    #[cfg_attr(feature = "serde", serde(serialize_with = "micros"))]
     pub restore_time: Duration,
     /// Pages restored, when reported.
     pub pages_restored: Option<u64>,
 }
 
 /// A decoded statistics file: dump or restore part, or both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Stats {
     /// The dump part.
@@ -244,10 +251,13 @@ mod tests {
         let d = stats.dump.unwrap();
         assert_eq!(d.freezing_time, Duration::from_micros(1500));
         assert_eq!(d.stopped_time(), Duration::from_micros(21_500));
-        let json = serde_json::to_value(d).unwrap();
-        assert_eq!(json["freezing_time"], 1500);
-        assert_eq!(json["frozen_time"], 20_000);
-        assert_eq!(json["pages_written"], 7);
+        #[cfg(feature = "serde")]
+        {
+            let json = serde_json::to_value(d).unwrap();
+            assert_eq!(json["freezing_time"], 1500);
+            assert_eq!(json["frozen_time"], 20_000);
+            assert_eq!(json["pages_written"], 7);
+        }
         assert_eq!(d.bytes_written(), 7 * page_size());
         let huge = DumpStats {
             pages_written: u64::MAX,

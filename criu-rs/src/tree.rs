@@ -1,5 +1,6 @@
 //! Process trees, read from `/proc`.
 
+#[cfg(feature = "migrate")]
 use crate::pidfd::Pidfd;
 
 /// Every task of the tree rooted at `root`, root first (threads' children
@@ -39,6 +40,7 @@ pub(crate) fn alive(pid: i32) -> bool {
     !matches!(state(pid), None | Some('Z' | 'X'))
 }
 
+#[cfg(feature = "migrate")]
 /// Pidfds for every task of the tree rooted at `root` that still exists,
 /// root first.
 pub(crate) fn tree_pidfds(root: i32) -> Vec<Pidfd> {
@@ -48,6 +50,7 @@ pub(crate) fn tree_pidfds(root: i32) -> Vec<Pidfd> {
         .collect()
 }
 
+#[cfg(feature = "migrate")]
 /// This process's children (of every thread) that hold a TCP socket bound
 /// to `addr`, as pidfds: the CRIU that serves a lazy dump's pages there,
 /// for one. Only our own children are considered, so nothing else can be
@@ -72,6 +75,7 @@ pub(crate) fn children_holding(addr: std::net::SocketAddr) -> Vec<Pidfd> {
         .collect()
 }
 
+#[cfg(feature = "migrate")]
 /// Inodes of the TCP sockets bound to `addr` in the network namespace of
 /// `pid`.
 fn socket_inodes_bound_to(pid: i32, addr: std::net::SocketAddr) -> Vec<u64> {
@@ -88,6 +92,7 @@ fn socket_inodes_bound_to(pid: i32, addr: std::net::SocketAddr) -> Vec<u64> {
         .collect()
 }
 
+#[cfg(feature = "migrate")]
 /// An address as `/proc/net/tcp{,6}` writes it: the IP's 32-bit words in
 /// host order, in hex, then the port.
 fn proc_net_address(addr: std::net::SocketAddr) -> String {
@@ -102,6 +107,7 @@ fn proc_net_address(addr: std::net::SocketAddr) -> String {
     format!("{ip}:{:04X}", addr.port())
 }
 
+#[cfg(feature = "migrate")]
 /// Whether `pid` has one of the socket `inodes` open.
 fn holds_any_socket(pid: i32, inodes: &[u64]) -> bool {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -118,7 +124,7 @@ fn holds_any_socket(pid: i32, inodes: &[u64]) -> bool {
     })
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "migrate"))]
 mod tests {
     use super::*;
 

@@ -2,11 +2,10 @@
 
 use std::fmt;
 
-use serde::Serialize;
-
 /// A CRIU version, as libcriu encodes it (`major * 10000 + minor * 100 +
 /// sublevel`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Version {
     /// Major number.
     pub major: u32,
@@ -57,7 +56,8 @@ impl fmt::Display for Version {
 }
 
 /// Optional features, as `criu check --feature` reports them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Features {
     /// Soft-dirty memory tracking (`mem_dirty_track`): needed by pre-dumps,

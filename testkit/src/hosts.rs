@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::link::{accept_peer, receive_from, send_to, Link};
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// One network namespace with an address on the link to its peer.
@@ -151,11 +153,11 @@ pub struct Migration {
 pub type Relay = fn(std::net::TcpStream, std::net::TcpStream);
 
 impl TwoHosts {
-    /// Migrates the tree rooted at `pid` from host a to host b over TCP:
-    /// `migrate::send` runs on a thread in host a, `migrate::receive` on a
-    /// thread in host b (each forks its CRIU there). `src`/`dst` build the
-    /// two sides' settings; `relay`, when given, sits in host b between the
-    /// two connections.
+    /// Migrates the tree rooted at `pid` from host a to host b over plain
+    /// TCP: `migrate::send` runs on a thread in host a, `migrate::receive`
+    /// on a thread in host b (each forks its CRIU there). `src`/`dst` build
+    /// the two sides' settings; `relay`, when given, sits in host b between
+    /// the two connections.
     pub fn migrate<'a>(
         &self,
         pid: i32,
@@ -163,56 +165,62 @@ impl TwoHosts {
         dst: impl FnOnce() -> criu::migrate::DestConfig<'a> + Send,
         relay: Option<Relay>,
     ) -> io::Result<Migration> {
-        use std::net::{TcpListener, TcpStream};
-        let timeout = Some(std::time::Duration::from_secs(120));
+        self.migrate_over([&Link::Plain, &Link::Plain], pid, src, dst, relay)
+    }
+
+    /// As [`TwoHosts::migrate`], over `links` (host a's, host b's), through
+    /// the same steps as the two commands of `examples/migrate_host`
+    /// ([`crate::link::send_to`], [`crate::link::accept_peer`]).
+    pub fn migrate_over<'a>(
+        &self,
+        links: [&Link; 2],
+        pid: i32,
+        src: impl FnOnce() -> criu::migrate::SourceConfig<'a> + Send,
+        dst: impl FnOnce() -> criu::migrate::DestConfig<'a> + Send,
+        relay: Option<Relay>,
+    ) -> io::Result<Migration> {
+        use std::net::TcpListener;
         let listener = self.b.run(|| TcpListener::bind((self.b.addr, 0)))??;
         let addr = listener.local_addr()?;
         std::thread::scope(|s| {
             let dst_side = s.spawn(|| {
                 self.b.run(|| -> criu::Result<_> {
-                    let io = |what: &str| {
-                        let what = what.to_string();
-                        move |e| criu::Error::Io { what, source: e }
+                    let listener = match relay {
+                        None => listener,
+                        Some(relay) => self.relayed(&listener, relay)?,
                     };
-                    let (mut stream, _) = match relay {
-                        None => listener.accept().map_err(io("accepting the source"))?,
-                        Some(relay) => {
-                            let inner = TcpListener::bind((self.b.addr, 0))
-                                .map_err(io("binding the relay"))?;
-                            let inner_addr = inner.local_addr().map_err(io("binding the relay"))?;
-                            let (from_src, _) =
-                                listener.accept().map_err(io("accepting the source"))?;
-                            std::thread::spawn(move || {
-                                if let Ok(to_dst) = TcpStream::connect(inner_addr) {
-                                    relay(from_src, to_dst);
-                                }
-                            });
-                            inner.accept().map_err(io("accepting the relay"))?
-                        }
-                    };
-                    stream
-                        .set_read_timeout(timeout)
-                        .map_err(io("setting a timeout"))?;
-                    criu::migrate::receive(&criu::Criu::new(), &mut stream, dst())
+                    let (mut stream, _) = accept_peer(links[1], &listener)?;
+                    receive_from(&mut stream, dst())
                 })
             });
-            let src = self.a.run(|| -> criu::Result<_> {
-                let mut stream = TcpStream::connect(addr).map_err(|e| criu::Error::Io {
-                    what: format!("connecting to {addr}"),
-                    source: e,
-                })?;
-                stream
-                    .set_read_timeout(timeout)
-                    .map_err(|e| criu::Error::Io {
-                        what: "setting a timeout".into(),
-                        source: e,
-                    })?;
-                criu::migrate::send(&criu::Criu::new(), pid, &mut stream, src())
-            })?;
+            let src = self.a.run(|| send_to(links[0], addr, pid, src()))?;
             let dst = dst_side
                 .join()
                 .map_err(|_| io::Error::other("the destination thread panicked"))??;
             Ok(Migration { src, dst })
         })
+    }
+
+    /// A listener in host b that the receiver accepts from, fed by `relay`
+    /// from the source's connection to `outer`.
+    fn relayed(
+        &self,
+        outer: &std::net::TcpListener,
+        relay: Relay,
+    ) -> criu::Result<std::net::TcpListener> {
+        use std::net::{TcpListener, TcpStream};
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |e| criu::Error::Io { what, source: e }
+        };
+        let inner = TcpListener::bind((self.b.addr, 0)).map_err(io("binding the relay"))?;
+        let inner_addr = inner.local_addr().map_err(io("binding the relay"))?;
+        let (from_src, _) = outer.accept().map_err(io("accepting the source"))?;
+        std::thread::spawn(move || {
+            if let Ok(to_dst) = TcpStream::connect(inner_addr) {
+                relay(from_src, to_dst);
+            }
+        });
+        Ok(inner)
     }
 }

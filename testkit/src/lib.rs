@@ -2,9 +2,14 @@
 //! that clean up what a test started. Used by the integration tests in
 //! `tests/`, by the examples and by the benches; not a public API.
 
+pub mod capture;
+pub mod certs;
 pub mod container;
 pub mod hosts;
+pub mod link;
 pub mod measure;
+pub mod registry;
+pub mod tcp;
 
 use std::fs;
 use std::io;
@@ -15,6 +20,12 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+
+/// Word `i` of the memory pattern the workload keeps (`--memory-mib`):
+/// known bytes that tests look for, in images or on the wire.
+pub fn memory_pattern(i: usize) -> u64 {
+    (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xC0FF_EE00_D15E_A5E5
+}
 
 /// Where the workload binary is: `CRIU_RS_WORKLOAD_BIN`, else next to the
 /// running executable or one directory up (examples and benches live in
@@ -35,6 +46,22 @@ pub fn workload_bin() -> PathBuf {
         }
     }
     PathBuf::from("criu-rs-workload")
+}
+
+/// [`workload_bin`], or an error that says how to build it.
+pub fn existing_workload_bin() -> io::Result<PathBuf> {
+    let bin = workload_bin();
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "{} not found: run `cargo build -p criu-testkit --bins` first",
+                bin.display()
+            ),
+        ))
+    }
 }
 
 /// One line of the workload's output.
@@ -152,8 +179,13 @@ impl Workload {
     }
 
     /// Spawns `cmd`, a wrapper (`unshare`, `sh`) whose first child is the
-    /// workload, and waits for that child's first tick.
-    fn start_wrapped(mut cmd: Command, output: &Path, memory_mib: usize) -> io::Result<Workload> {
+    /// workload (or another program writing `tick` lines to `output`), and
+    /// waits for that child's first tick.
+    pub fn start_wrapped(
+        mut cmd: Command,
+        output: &Path,
+        memory_mib: usize,
+    ) -> io::Result<Workload> {
         close_inherited_fds(&mut cmd);
         let child = cmd.spawn()?;
         let outer = child.id() as i32;

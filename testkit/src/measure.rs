@@ -4,18 +4,21 @@
 
 use std::time::Duration;
 
-use criu::migrate::{DestConfig, SourceConfig, Strategy};
+use criu::migrate::{DestConfig, SourceConfig, SourceReport, Strategy};
 use serde::Serialize;
 
 use crate::container::BoxError;
 use crate::hosts::{netns_of, TwoHosts};
-use crate::{workload_bin, Workload};
+use crate::link::{DemoLinks, Security};
+use crate::{existing_workload_bin, Workload};
 
 /// One migration's cost, with the field names the project publishes.
 #[derive(Debug, Clone, Serialize)]
 #[allow(missing_docs)]
 pub struct Row {
     pub strategy: String,
+    /// `plain` or `tls`.
+    pub transport: String,
     pub workload: String,
     #[serde(flatten)]
     pub cost: Cost,
@@ -82,6 +85,39 @@ impl DumpTimes {
     }
 }
 
+impl Row {
+    /// What the source's report tells, with the downtime as the source
+    /// sees it (from stopping the tree to the destination's "restored");
+    /// the caller fills in what it measured on the workload itself.
+    pub fn of(src: &SourceReport, transport: &str, workload: &str) -> Row {
+        Row {
+            strategy: src.strategy.to_string(),
+            transport: transport.to_string(),
+            workload: workload.to_string(),
+            cost: Cost {
+                rss_bytes: 0,
+                criu: DumpTimes::of(src.dump.stats.as_ref()),
+                dump_ms: ms(src.dump.wall_time),
+                transfer_bytes: src.transfer.bytes + src.page_server_bytes,
+                transfer_ms: ms(src.transfer.elapsed),
+                restore_ms: ms(src.restore_wall),
+                restore_time_us: src.restore_time_us,
+                downtime_ms: ms(src.stopped_to_restored),
+            },
+            continued: false,
+            memory_intact: None,
+            pid_before: src.pid,
+            pid_after: src.restored_pid,
+            source_netns: 0,
+            dest_netns: 0,
+            phases: RowPhases {
+                migration: src.phases,
+                resume_us: 0,
+            },
+        }
+    }
+}
+
 /// Milliseconds, to 0.01.
 pub fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e5).round() / 100.0
@@ -111,14 +147,22 @@ pub fn migrate_workload(
     warmup: Duration,
     progress: impl FnMut(u64, u64) + Send,
 ) -> Result<Row, BoxError> {
-    let bin = workload_bin();
-    if !bin.exists() {
-        return Err(format!(
-            "{} not found: run `cargo build -p criu-testkit --bins` first",
-            bin.display()
-        )
-        .into());
-    }
+    migrate_workload_over(Security::Plain, strategy, workload, mib, warmup, progress)
+}
+
+/// As [`migrate_workload`], over plain TCP or mutual TLS (with throwaway
+/// certificates), through the steps of the two commands of
+/// `examples/migrate_host`.
+pub fn migrate_workload_over(
+    security: Security,
+    strategy: Strategy,
+    workload: &str,
+    mib: usize,
+    warmup: Duration,
+    progress: impl FnMut(u64, u64) + Send,
+) -> Result<Row, BoxError> {
+    let links = DemoLinks::new(security)?;
+    let bin = existing_workload_bin()?;
     let dir = tempfile::Builder::new()
         .prefix("criu-rs-migrate-")
         .tempdir()?;
@@ -136,7 +180,8 @@ pub fn migrate_workload(
     std::fs::create_dir_all(&src_dir)?;
     std::fs::create_dir_all(&dst_dir)?;
 
-    let run = hosts.migrate(
+    let run = hosts.migrate_over(
+        [&links.a, &links.b],
         pid_before,
         || SourceConfig::new(strategy, &src_dir).progress(progress),
         || DestConfig::new(&dst_dir),
@@ -166,18 +211,12 @@ pub fn migrate_workload(
     };
     drop(dst.child);
 
+    let of = Row::of(&src, links.a.name(), workload);
     Ok(Row {
-        strategy: strategy.to_string(),
-        workload: workload.to_string(),
         cost: Cost {
             rss_bytes: rss,
-            criu: DumpTimes::of(src.dump.stats.as_ref()),
-            dump_ms: ms(src.dump.wall_time),
-            transfer_bytes: src.transfer.bytes + src.page_server_bytes,
-            transfer_ms: ms(src.transfer.elapsed),
-            restore_ms: ms(src.restore_wall),
-            restore_time_us: src.restore_time_us,
             downtime_ms: downtime_ns as f64 / 1e6,
+            ..of.cost
         },
         continued,
         memory_intact,
@@ -192,5 +231,6 @@ pub fn migrate_workload(
             )
             .unwrap_or(u64::MAX),
         },
+        ..of
     })
 }

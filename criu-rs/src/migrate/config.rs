@@ -4,10 +4,12 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use super::connections::Connections;
 use super::strategy::Strategy;
 use super::workdir::WorkDir;
 use crate::daemon::DaemonConfig;
 use crate::options::Options;
+use crate::tls::TlsFiles;
 use crate::transfer::Limits;
 
 /// A hook that adjusts the options of a dump or restore.
@@ -22,6 +24,8 @@ pub struct SourceConfig<'a> {
     pub(super) lazy_timeout: Duration,
     pub(super) deadline: Option<Duration>,
     pub(super) criu_addresses: Option<(IpAddr, IpAddr)>,
+    pub(super) criu_tls: Option<TlsFiles>,
+    pub(super) connections: Option<Connections<'a>>,
 }
 
 impl<'a> SourceConfig<'a> {
@@ -47,7 +51,18 @@ impl<'a> SourceConfig<'a> {
             lazy_timeout: Duration::from_secs(600),
             deadline: None,
             criu_addresses: None,
+            criu_tls: None,
+            connections: None,
         }
+    }
+
+    /// Moves the tree's established TCP connections, and the service
+    /// address they use, with it (see [`Connections`] and
+    /// [`super::connections`] for the order of the steps). The destination
+    /// must set [`DestConfig::tcp_established`].
+    pub fn connections(mut self, c: Connections<'a>) -> Self {
+        self.connections = Some(c);
+        self
     }
 
     /// Called as images are sent: bytes done, bytes in total.
@@ -96,6 +111,15 @@ impl<'a> SourceConfig<'a> {
         self.criu_addresses = Some((local, peer));
         self
     }
+
+    /// CRIU's own connections (page server, lazy pages) use CRIU's TLS with
+    /// these files. A `crate::tls::TlsStream` sets this by itself; name
+    /// files here for another secure stream (SSH...), or CRIU's
+    /// connections carry memory in clear.
+    pub fn criu_tls(mut self, files: TlsFiles) -> Self {
+        self.criu_tls = Some(files);
+        self
+    }
 }
 
 /// The destination side's settings.
@@ -106,7 +130,9 @@ pub struct DestConfig<'a> {
     pub(super) daemon_timeout: Duration,
     pub(super) deadline: Option<Duration>,
     pub(super) criu_address: Option<IpAddr>,
+    pub(super) criu_tls: Option<TlsFiles>,
     pub(super) limits: Limits,
+    pub(super) tcp_established: bool,
 }
 
 impl<'a> DestConfig<'a> {
@@ -131,7 +157,19 @@ impl<'a> DestConfig<'a> {
             daemon_timeout: Duration::from_secs(600),
             deadline: None,
             criu_address: None,
+            criu_tls: None,
             limits: Limits::default(),
+            tcp_established: false,
+        }
+    }
+
+    /// Restores established TCP connections (the counterpart of
+    /// [`SourceConfig::connections`]; the service address must be on this
+    /// host before the restore, which the source's hook sees to).
+    pub fn tcp_established(self, on: bool) -> Self {
+        DestConfig {
+            tcp_established: on,
+            ..self
         }
     }
 
@@ -170,6 +208,16 @@ impl<'a> DestConfig<'a> {
     pub fn criu_address(self, local: IpAddr) -> Self {
         DestConfig {
             criu_address: Some(local),
+            ..self
+        }
+    }
+
+    /// The page server and lazy-pages daemon use CRIU's TLS with these
+    /// files (see [`SourceConfig::criu_tls`]; a `crate::tls::TlsStream`
+    /// sets this by itself).
+    pub fn criu_tls(self, files: TlsFiles) -> Self {
+        DestConfig {
+            criu_tls: Some(files),
             ..self
         }
     }

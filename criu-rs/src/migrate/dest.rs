@@ -18,8 +18,11 @@ use crate::transfer::{read_header, Transport};
 pub(super) fn receive(
     criu: &Criu,
     stream: &mut dyn Transport,
-    cfg: DestConfig<'_>,
+    mut cfg: DestConfig<'_>,
 ) -> Result<DestReport> {
+    if let Some(files) = cfg.criu_tls.clone().or_else(|| stream.criu_tls()) {
+        cfg.daemons.tls(&files);
+    }
     let mut created = Created::default();
     let r = receive_inner(criu, stream, &cfg, &mut created);
     if let Err(e) = &r {
@@ -92,6 +95,9 @@ fn restore(
         c(&mut o);
     }
     o.images_dir(images).log_file("restore.log");
+    if cfg.tcp_established {
+        o.tcp_established(true);
+    }
     if let Some(d) = cfg.deadline {
         o.deadline(d);
     }

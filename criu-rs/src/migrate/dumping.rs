@@ -8,6 +8,7 @@ use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
 use super::config::Customize;
+use super::connections::{Connections, ServiceMove};
 use super::stopped::StoppedTree;
 use super::strategy::SourceSide;
 use super::wire::migration;
@@ -17,6 +18,7 @@ use crate::images::ImagesDir;
 use crate::notify::{Event, Notification};
 use crate::options::{NotifyFn, Options};
 use crate::report::DumpReport;
+use crate::tls::TlsFiles;
 
 /// The error when the pages were not all served in time.
 const NOT_IN_TIME: &str =
@@ -65,6 +67,10 @@ pub(super) struct DumpJob<'j> {
     pub(super) deadline: Option<Duration>,
     pub(super) side: &'j dyn SourceSide,
     pub(super) slot: StopSlot,
+    /// CRIU's TLS for its own connections, if the migration is secured.
+    pub(super) criu_tls: Option<&'j TlsFiles>,
+    /// Established connections to move, and their lock.
+    pub(super) service: Option<(&'j Connections<'j>, &'j ServiceMove<'j>)>,
 }
 
 /// The dump running on its thread. Dropped before it finished (the
@@ -175,8 +181,20 @@ impl DumpJob<'_> {
             .images_dir(self.images)
             .log_file("dump.log")
             .leave_running(true)
-            .on_notify(stop_at_pre_dump(self.pid, user, self.slot.clone(), ready));
+            .on_notify(stop_at_pre_dump(
+                self.pid,
+                user,
+                self.slot.clone(),
+                ready,
+                self.service.map(|s| s.1),
+            ));
         self.side.dump_options(&mut o);
+        if let Some(files) = self.criu_tls {
+            o.criu_tls(files);
+        }
+        if let Some((c, _)) = self.service {
+            c.dump_options(&mut o);
+        }
         if let Some(d) = self.deadline {
             o.deadline(d);
         }
@@ -186,12 +204,14 @@ impl DumpJob<'_> {
 
 /// The dump's notification handler: the caller's own handler (set through
 /// `customize`) first, then, at pre-dump, stopping the tree into `slot`; at
-/// status-ready it tells `ready`, if given.
+/// status-ready it tells `ready`, if given. With connections to move, the
+/// service's lock is taken just before the tree stops.
 fn stop_at_pre_dump<'a>(
     pid: i32,
     mut user: Option<Box<NotifyFn<'a>>>,
     slot: StopSlot,
     ready: Option<mpsc::Sender<DumpEvent>>,
+    service: Option<&'a ServiceMove<'a>>,
 ) -> impl FnMut(Notification) -> ControlFlow<String> + 'a {
     move |n| {
         let pre_dump = matches!(n.event, Event::PreDump);
@@ -200,6 +220,9 @@ fn stop_at_pre_dump<'a>(
             user(n)?;
         }
         if pre_dump {
+            if let Some(Err(e)) = service.map(ServiceMove::lock) {
+                return ControlFlow::Break(e);
+            }
             match StoppedTree::stop(pid) {
                 Ok(t) => slot.put(t),
                 Err(e) => return ControlFlow::Break(format!("stopping the source tree: {e}")),

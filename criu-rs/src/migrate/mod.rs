@@ -58,12 +58,15 @@
 //! * `source`, `dumping`, `stopped`: the source side (the dump on its own
 //!   thread, stopping, resuming and killing the tree);
 //! * `dest`: the destination side;
+//! * `connections`: moving established TCP connections and their
+//!   service address with the tree (a caller's hook);
 //! * `workdir`: where the images live (the caller's directory, or the
 //!   crate's own in memory);
 //! * `strategy`: one module per strategy behind two small traits (one per
 //!   side): a new strategy is a new file there.
 
 mod config;
+pub mod connections;
 mod dest;
 mod dumping;
 mod report;
@@ -75,6 +78,7 @@ mod workdir;
 
 pub use crate::transfer::Transport;
 pub use config::{DestConfig, SourceConfig};
+pub use connections::{AddressMove, Connections};
 pub use report::{DestReport, Phases, SourceReport};
 pub use strategy::Strategy;
 

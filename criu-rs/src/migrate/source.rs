@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::config::SourceConfig;
+use super::connections::ServiceMove;
 use super::dumping::{DumpJob, Dumping, StopSlot};
 use super::report::{Phases, SourceReport};
 use super::strategy::{self, SourceSide};
@@ -45,6 +46,11 @@ pub(super) fn send(
     let addrs = cfg.criu_addresses.or_else(|| stream.ip_addresses());
     let side = strategy::source_side(cfg.strategy, stream, addrs)?;
     let customize = cfg.customize.take();
+    let criu_tls = cfg.criu_tls.clone().or_else(|| stream.criu_tls());
+    let connections = cfg.connections.take();
+    // Dropped after the scope: on failure it moves the address back and
+    // unlocks, once the tree was continued.
+    let service = connections.as_ref().map(ServiceMove::new);
     let job = DumpJob {
         criu,
         pid,
@@ -53,6 +59,8 @@ pub(super) fn send(
         deadline: cfg.deadline,
         side: side.as_ref(),
         slot: StopSlot::default(),
+        criu_tls: criu_tls.as_ref(),
+        service: connections.as_ref().zip(service.as_ref()),
     };
     std::thread::scope(|scope| migrate(scope, job, stream, &mut cfg, start))
 }
@@ -66,15 +74,23 @@ fn migrate<'scope>(
     start: Instant,
 ) -> Result<SourceReport> {
     let (pid, side, slot) = (job.pid, job.side, job.slot.clone());
+    let service = job.service.map(|s| s.1);
     let mut dumping = Dumping::start(scope, job);
     let early = dumping.images_ready().map_err(|e| {
         wire::tell_failure(stream, &e);
-        migration("the dump failed; the source process was resumed", Some(e))
+        match service {
+            Some(s) => s.dump_failed(e),
+            None => migration("the dump failed; the source process was resumed", Some(e)),
+        }
     })?;
     let images_at = Instant::now();
     let (stopped, stopped_at) = slot.take().inspect_err(|e| wire::tell_failure(stream, e))?;
+    if let Some(s) = service {
+        s.move_to_dest()
+            .inspect_err(|e| wire::tell_failure(stream, e))?;
+    }
     // On failure the dump ends (inside) before the tree is continued (here).
-    let (sent, restored, dump) = until_restored(stream, dumping, early, side, cfg)
+    let (sent, restored, dump) = until_restored(stream, dumping, early, side, service, cfg)
         .inspect_err(|e| wire::tell_failure(stream, e))?;
     let stopped_to_restored = restored.at.saturating_duration_since(stopped_at);
     let phases = Phases::split(
@@ -86,7 +102,14 @@ fn migrate<'scope>(
     );
     confirm_end(stream)?;
     // The destination runs and keeps its copy; this one must go.
-    stopped.kill();
+    match service {
+        Some(s) => {
+            // Its sockets close while the lock holds: no reset escapes.
+            stopped.kill_and_wait();
+            s.finish()?;
+        }
+        None => stopped.kill(),
+    }
     Ok(SourceReport {
         strategy: cfg.strategy,
         pid,
@@ -108,10 +131,14 @@ fn until_restored(
     dumping: Dumping<'_>,
     early: Option<DumpReport>,
     side: &dyn SourceSide,
+    service: Option<&ServiceMove<'_>>,
     cfg: &mut SourceConfig<'_>,
 ) -> Result<(TransferStats, Restored, DumpReport)> {
     let sent = send_images(stream, dumping.images(), side, cfg)?;
     let restored = await_restore(stream)?;
+    if let Some(s) = service {
+        s.announce()?;
+    }
     let dump = dumping.finish(early, cfg.lazy_timeout)?;
     Ok((sent, restored, dump))
 }

@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use super::wire::migration;
 use crate::error::{Error, Result};
 use crate::pidfd::Pidfd;
-use crate::tree::{state, tree_pidfds};
+use crate::tree::{alive, state, tree_pidfds};
 
 /// How long the tasks may take to stop.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -55,6 +55,19 @@ impl StoppedTree {
     pub(super) fn kill(mut self) {
         self.signal_all(Signal::SIGKILL);
         self.killed = true;
+    }
+
+    /// Kills the tree and waits (up to [`STOP_TIMEOUT`]) until every task
+    /// has exited, so that their sockets are closed.
+    pub(super) fn kill_and_wait(self) {
+        let pids: Vec<i32> = self.tasks.iter().map(Pidfd::pid).collect();
+        self.kill();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        for p in pids {
+            while alive(p) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
     }
 
     fn signal_all(&self, signal: Signal) {

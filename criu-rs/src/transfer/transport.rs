@@ -29,6 +29,14 @@ pub trait Transport: Read + Write {
     fn ip_addresses(&self) -> Option<(IpAddr, IpAddr)> {
         None
     }
+
+    /// The TLS files CRIU's own connections of a migration must use to be
+    /// as safe as this stream (a `crate::tls::TlsStream` gives its own;
+    /// the default: none, CRIU's connections are plain TCP unless the
+    /// migration's configuration names files).
+    fn criu_tls(&self) -> Option<crate::credentials::TlsFiles> {
+        None
+    }
 }
 
 impl Transport for TcpStream {
@@ -65,5 +73,9 @@ impl<T: Transport + ?Sized> Transport for &mut T {
 
     fn ip_addresses(&self) -> Option<(IpAddr, IpAddr)> {
         (**self).ip_addresses()
+    }
+
+    fn criu_tls(&self) -> Option<crate::credentials::TlsFiles> {
+        (**self).criu_tls()
     }
 }

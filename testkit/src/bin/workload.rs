@@ -20,9 +20,7 @@ extern "C" fn on_usr1(_: libc::c_int) {
     VERIFY.store(true, Ordering::SeqCst);
 }
 
-fn pattern(i: usize) -> u64 {
-    (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xC0FF_EE00_D15E_A5E5
-}
+use criu_testkit::memory_pattern as pattern;
 
 fn checksum(buf: &[u64]) -> u64 {
     buf.iter().enumerate().fold(0u64, |acc, (i, v)| {

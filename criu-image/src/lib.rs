@@ -1,0 +1,45 @@
+//! Read CRIU's checkpoint images without CRIU, Python or Go.
+//!
+//! * [`Image`]: one image file decoded: CRIU's framing (the magic header,
+//!   size-prefixed protobuf entries, the raw payloads some images carry after
+//!   an entry), every entry a reflective [`prost_reflect::DynamicMessage`]
+//!   that also decodes into the generated typed structs of [`proto`].
+//! * [`crit`]: the JSON that CRIU's own `crit decode` prints for an image,
+//!   value for value (plain or `--pretty`).
+//! * [`Memory`]: the dumped memory of a task, addressed by virtual address
+//!   through `pagemap-*.img` and `pages-*.img`.
+//! * [`Checkpoint`]: the questions people ask of a checkpoint (process tree,
+//!   command lines, environment, memory, files, sockets, namespaces,
+//!   mounts, statistics) as one serialisable [`Inspection`].
+//!
+//! The types are generated at build time from the `.proto` files of the CRIU
+//! source tree named by `CRIU_SOURCE_DIR`.
+//!
+//! ```no_run
+//! let image = criu_image::Image::open("/tmp/ck/pstree.img")?;
+//! println!("{}", criu_image::crit::render(&image, criu_image::crit::Style::Plain));
+//! # Ok::<(), criu_image::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+mod checkpoint;
+pub mod crit;
+mod descriptors;
+mod error;
+mod framing;
+mod image;
+mod kind;
+pub mod magic;
+mod memory;
+mod payload;
+pub mod proto;
+
+pub use checkpoint::{
+    Checkpoint, FileView, Inspection, MemoryView, MountView, NamespaceView, ProcessView, SocketView,
+};
+pub use descriptors::pool;
+pub use error::{Error, ErrorKind, Result};
+pub use image::{Entry, Image};
+pub use kind::{ImageKind, Layout, PayloadKind};
+pub use memory::Memory;
+pub use payload::Extra;

@@ -1,0 +1,555 @@
+//! Checkpoint archives in the layout Podman, CRI-O and checkpointctl use:
+//!
+//! ```text
+//! checkpoint/      CRIU's images
+//! config.dump      the engine's container config (JSON)
+//! spec.dump        the OCI runtime spec the container ran with (JSON)
+//! stats-dump       CRIU's dump statistics
+//! dump.log         CRIU's dump log
+//! network.status, rootfs-diff.tar, ...   when the caller has them
+//! ```
+//!
+//! Written as a tar stream, gzip-compressed or not; read plain, gzip or
+//! zstd (Podman's default). Reading checks every
+//! entry before a byte of it lands: see [`unpack`].
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Error, Result};
+
+/// The directory that holds CRIU's images inside an archive.
+pub const CHECKPOINT_DIR: &str = "checkpoint";
+/// The engine's container config.
+pub const CONFIG_DUMP: &str = "config.dump";
+/// The OCI runtime spec.
+pub const SPEC_DUMP: &str = "spec.dump";
+/// CRIU's dump statistics (top level, as the engines keep CRIU's work dir).
+pub const STATS_DUMP: &str = "stats-dump";
+/// CRIU's dump log (top level, likewise).
+pub const DUMP_LOG: &str = "dump.log";
+/// The engines' network state.
+pub const NETWORK_STATUS: &str = "network.status";
+/// The container root file system's changes.
+pub const ROOTFS_DIFF: &str = "rootfs-diff.tar";
+/// Files the container deleted from its root file system.
+pub const DELETED_FILES: &str = "deleted.files";
+
+/// The extra top-level files a caller may add (the engines' names).
+pub const EXTRA_FILES: [&str; 3] = [NETWORK_STATUS, ROOTFS_DIFF, DELETED_FILES];
+
+/// How the tar stream is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// Plain tar.
+    None,
+    /// gzip (what `podman container checkpoint --compress gzip` writes).
+    #[default]
+    Gzip,
+}
+
+/// What the archive says about the checkpointed process or container.
+#[derive(Debug, Clone, Default)]
+pub struct ArchiveMeta {
+    /// The container's (or process's) name.
+    pub name: String,
+    /// Its id (config.dump's `id`).
+    pub id: String,
+    /// The image its root file system came from, if any.
+    pub rootfs_image_name: Option<String>,
+    /// The runtime spec's `process.args` and `process.cwd`.
+    pub args: Vec<String>,
+    /// The working directory.
+    pub cwd: String,
+    /// Extra top-level files, named from [`EXTRA_FILES`].
+    pub extra: Vec<(String, Vec<u8>)>,
+}
+
+impl ArchiveMeta {
+    /// The metadata of process `pid` (its command line and working
+    /// directory, read now, before the dump), named `name`.
+    pub fn of_process(pid: i32, name: &str) -> ArchiveMeta {
+        let args = fs::read(format!("/proc/{pid}/cmdline"))
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let cwd = fs::read_link(format!("/proc/{pid}/cwd"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "/".into());
+        ArchiveMeta {
+            name: name.into(),
+            id: format!("{name}-{pid}"),
+            args,
+            cwd,
+            ..ArchiveMeta::default()
+        }
+    }
+
+    fn config_dump(&self) -> Vec<u8> {
+        let v = serde_json::json!({
+            "id": self.id,
+            "name": self.name,
+            "rootfsImageName": self.rootfs_image_name.clone().unwrap_or_default(),
+            "runtime": "criu-rs",
+            "checkpointedTime": rfc3339_now(),
+        });
+        serde_json::to_vec_pretty(&v).unwrap_or_default()
+    }
+
+    fn spec_dump(&self) -> Vec<u8> {
+        let v = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": { "args": self.args, "cwd": self.cwd },
+            "root": { "path": "/" },
+        });
+        serde_json::to_vec_pretty(&v).unwrap_or_default()
+    }
+}
+
+/// What [`write()`] produced.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// Bytes of the uncompressed tar stream.
+    pub tar_bytes: u64,
+    /// `sha256:...` of the uncompressed tar stream (an OCI layer's diff id).
+    pub diff_id: String,
+    /// Files written.
+    pub files: usize,
+}
+
+/// Writes the archive of the dump in `images` (CRIU's images, with its
+/// `dump.log` and `stats-dump`, which go to the top level) to `out`.
+pub fn write(
+    images: &criu::ImagesDir,
+    meta: &ArchiveMeta,
+    out: impl Write,
+    compression: Compression,
+) -> Result<Written> {
+    for (name, _) in &meta.extra {
+        if !EXTRA_FILES.contains(&name.as_str()) {
+            return Err(Error::Malformed(format!(
+                "extra file {name:?} is not one of {EXTRA_FILES:?}"
+            )));
+        }
+    }
+    match compression {
+        Compression::None => write_tar(images, meta, out),
+        Compression::Gzip => {
+            let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+            let w = write_tar(images, meta, &mut gz)?;
+            gz.try_finish()
+                .map_err(|e| Error::io("finishing the gzip stream", e))?;
+            Ok(w)
+        }
+    }
+}
+
+/// Hashes what passes through, for the diff id.
+struct Hashing<W> {
+    inner: W,
+    hash: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn write_tar(images: &criu::ImagesDir, meta: &ArchiveMeta, out: impl Write) -> Result<Written> {
+    let hashing = Hashing {
+        inner: out,
+        hash: Sha256::new(),
+        bytes: 0,
+    };
+    let mut tar = tar::Builder::new(hashing);
+    let mut files = 0;
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |e| Error::io(what, e)
+    };
+    append_bytes(&mut tar, CONFIG_DUMP, &meta.config_dump()).map_err(io("writing config.dump"))?;
+    append_bytes(&mut tar, SPEC_DUMP, &meta.spec_dump()).map_err(io("writing spec.dump"))?;
+    files += 2;
+    for top in [STATS_DUMP, DUMP_LOG] {
+        if let Ok(data) = fs::read(images.path().join(top)) {
+            append_bytes(&mut tar, top, &data).map_err(io("writing CRIU's files"))?;
+            files += 1;
+        }
+    }
+    for (name, data) in &meta.extra {
+        append_bytes(&mut tar, name, data).map_err(io("writing an extra file"))?;
+        files += 1;
+    }
+    append_dir(&mut tar, CHECKPOINT_DIR).map_err(io("writing the checkpoint directory"))?;
+    files += append_images(&mut tar, images.path(), Path::new(CHECKPOINT_DIR))?;
+    let hashing = tar.into_inner().map_err(io("finishing the tar stream"))?;
+    Ok(Written {
+        tar_bytes: hashing.bytes,
+        diff_id: format!("sha256:{}", hex::encode(hashing.hash.finalize())),
+        files,
+    })
+}
+
+/// Adds the images under `dir` as `prefix/...`, sorted, leaving out the
+/// files that go to the top level.
+fn append_images<W: Write>(tar: &mut tar::Builder<W>, dir: &Path, prefix: &Path) -> Result<usize> {
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    names.sort();
+    let mut files = 0;
+    for name in names {
+        if prefix == Path::new(CHECKPOINT_DIR) && (name == STATS_DUMP || name == DUMP_LOG) {
+            continue;
+        }
+        let path = dir.join(&name);
+        let inside = prefix.join(&name);
+        let meta = fs::symlink_metadata(&path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let io = |e| Error::io(format!("archiving {}", path.display()), e);
+        if meta.file_type().is_symlink() {
+            let target = fs::read_link(&path).map_err(io)?;
+            let mut h = header(tar::EntryType::Symlink, 0, 0o777);
+            tar.append_link(&mut h, &inside, &target).map_err(io)?;
+        } else if meta.is_dir() {
+            append_dir(tar, &inside).map_err(io)?;
+            files += append_images(tar, &path, &inside)?;
+        } else if meta.is_file() {
+            let f = fs::File::open(&path).map_err(io)?;
+            let mut h = header(tar::EntryType::Regular, meta.len(), 0o600);
+            tar.append_data(&mut h, &inside, f).map_err(io)?;
+            files += 1;
+        }
+    }
+    Ok(files)
+}
+
+fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(mode);
+    // A fixed time: the same dump gives the same layer digest.
+    h.set_mtime(0);
+    h
+}
+
+fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, name: &str, data: &[u8]) -> io::Result<()> {
+    let mut h = header(tar::EntryType::Regular, data.len() as u64, 0o600);
+    tar.append_data(&mut h, name, data)
+}
+
+fn append_dir<W: Write>(tar: &mut tar::Builder<W>, name: impl AsRef<Path>) -> io::Result<()> {
+    let mut h = header(tar::EntryType::Directory, 0, 0o700);
+    tar.append_data(&mut h, name, io::empty())
+}
+
+/// How much an archive may unpack to.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// All files together, uncompressed.
+    pub total_bytes: u64,
+    /// One file.
+    pub entry_bytes: u64,
+    /// Number of entries.
+    pub entries: usize,
+}
+
+impl Default for Limits {
+    /// 64 GiB in all and per file, 100 000 entries: far above any
+    /// checkpoint these machines make, far below a decompression bomb's aim.
+    fn default() -> Limits {
+        Limits {
+            total_bytes: 64 << 30,
+            entry_bytes: 64 << 30,
+            entries: 100_000,
+        }
+    }
+}
+
+/// An unpacked archive.
+#[derive(Debug)]
+pub struct Unpacked {
+    /// The directory it was unpacked into.
+    pub root: PathBuf,
+    /// Bytes of file content written.
+    pub bytes: u64,
+    /// Entries unpacked.
+    pub entries: usize,
+}
+
+impl Unpacked {
+    /// CRIU's images (`checkpoint/`), to restore from.
+    pub fn images(&self) -> Result<criu::ImagesDir> {
+        Ok(criu::ImagesDir::open(self.root.join(CHECKPOINT_DIR))?)
+    }
+
+    /// The engine's `config.dump`, parsed.
+    pub fn config_dump(&self) -> Result<serde_json::Value> {
+        let text = fs::read(self.root.join(CONFIG_DUMP))
+            .map_err(|e| Error::io("reading config.dump", e))?;
+        serde_json::from_slice(&text).map_err(|e| Error::Malformed(format!("config.dump: {e}")))
+    }
+}
+
+/// Unpacks an archive (plain, gzip or zstd, told by its first bytes) into
+/// `target`, a directory this call creates (0700) and removes again if
+/// anything fails. Refuses entries whose path leaves `target` (absolute,
+/// `..`, or through a symbolic link), links that point outside it, device
+/// and fifo entries, and sizes beyond `limits`: before writing that entry.
+pub fn unpack(input: impl Read, target: &Path, limits: &Limits) -> Result<Unpacked> {
+    DirBuilder::new()
+        .mode(0o700)
+        .create(target)
+        .map_err(|e| Error::io(format!("creating {}", target.display()), e))?;
+    let r = unpack_into(input, target, limits);
+    if r.is_err() {
+        let _ = fs::remove_dir_all(target);
+    }
+    r
+}
+
+fn unpack_into(input: impl Read, target: &Path, limits: &Limits) -> Result<Unpacked> {
+    let mut input = BufReader::new(input);
+    let head = input
+        .fill_buf()
+        .map_err(|e| Error::io("reading the archive", e))?;
+    let stream: Box<dyn Read> = match head {
+        [0x1f, 0x8b, ..] => Box::new(flate2::read::GzDecoder::new(input)),
+        // Podman's default export.
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(
+            ruzstd::decoding::StreamingDecoder::new(input)
+                .map_err(|e| Error::Malformed(format!("zstd stream: {e}")))?,
+        ),
+        _ => Box::new(input),
+    };
+    let mut archive = tar::Archive::new(stream);
+    let mut out = Unpacked {
+        root: target.to_path_buf(),
+        bytes: 0,
+        entries: 0,
+    };
+    let entries = archive
+        .entries()
+        .map_err(|e| Error::io("reading the archive", e))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| Error::io("reading an archive entry", e))?;
+        out.entries += 1;
+        if out.entries > limits.entries {
+            return Err(Error::TooLarge {
+                what: "the number of archive entries".into(),
+                limit: limits.entries as u64,
+            });
+        }
+        unpack_entry(&mut entry, target, limits, &mut out.bytes)?;
+    }
+    Ok(out)
+}
+
+fn unpack_entry<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    target: &Path,
+    limits: &Limits,
+    total: &mut u64,
+) -> Result<()> {
+    let raw = entry
+        .path()
+        .map_err(|e| Error::io("reading an entry's path", e))?
+        .into_owned();
+    let name = raw.display().to_string();
+    let refuse = |reason: &str| Error::UnsafeEntry {
+        entry: name.clone(),
+        reason: reason.into(),
+    };
+    let Some(rel) = confined(&raw) else {
+        return Err(refuse("its path is absolute or climbs out with `..`"));
+    };
+    if rel.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let dest = target.join(&rel);
+    if through_symlink(target, &rel) {
+        return Err(refuse("its path goes through a symbolic link"));
+    }
+    let kind = entry.header().entry_type();
+    let io = |e| Error::io(format!("unpacking {name}"), e);
+    // Archives need not list a file's directories before it (the path has
+    // been checked: no component is a link, none climbs out).
+    if let Some(parent) = dest.parent() {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(io)?;
+    }
+    match kind {
+        tar::EntryType::Directory => DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dest)
+            .map_err(io),
+        tar::EntryType::Regular | tar::EntryType::Continuous => {
+            write_file(entry, &dest, &name, limits, total)
+        }
+        tar::EntryType::Symlink => {
+            let link = link_target(entry, &name)?;
+            let parent = rel.parent().unwrap_or(Path::new(""));
+            if link.is_absolute() || confined(&parent.join(&link)).is_none() {
+                return Err(refuse(
+                    "it is a symbolic link that points outside the archive",
+                ));
+            }
+            std::os::unix::fs::symlink(&link, &dest).map_err(io)
+        }
+        tar::EntryType::Link => {
+            let link = link_target(entry, &name)?;
+            let Some(src) = confined(&link) else {
+                return Err(refuse("it is a hard link to a path outside the archive"));
+            };
+            if through_symlink(target, &src) || !target.join(&src).is_file() {
+                return Err(refuse(
+                    "it is a hard link to something other than a file unpacked before it",
+                ));
+            }
+            fs::hard_link(target.join(&src), &dest).map_err(io)
+        }
+        tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => Ok(()),
+        other => Err(refuse(&format!(
+            "its type {other:?} (device, fifo...) never belongs to a checkpoint"
+        ))),
+    }
+}
+
+fn link_target<R: Read>(entry: &tar::Entry<'_, R>, name: &str) -> Result<PathBuf> {
+    entry
+        .link_name()
+        .map_err(|e| Error::io(format!("reading the link of {name}"), e))?
+        .map(|l| l.into_owned())
+        .ok_or_else(|| Error::UnsafeEntry {
+            entry: name.into(),
+            reason: "a link without a target".into(),
+        })
+}
+
+/// Copies one file's content, counting the bytes really read (a header's
+/// size is not trusted), into a new file that must not exist yet.
+fn write_file(
+    entry: &mut impl Read,
+    dest: &Path,
+    name: &str,
+    limits: &Limits,
+    total: &mut u64,
+) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dest)
+        .map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
+    let room = limits
+        .entry_bytes
+        .min(limits.total_bytes.saturating_sub(*total));
+    let n = io::copy(&mut entry.take(room + 1), &mut f)
+        .map_err(|e| Error::io(format!("unpacking {name}"), e))?;
+    if n > room {
+        let (what, limit) = if room == limits.entry_bytes {
+            (format!("archive entry {name}"), limits.entry_bytes)
+        } else {
+            ("the archive's content".to_string(), limits.total_bytes)
+        };
+        return Err(Error::TooLarge { what, limit });
+    }
+    *total += n;
+    Ok(())
+}
+
+/// The path made of `p`'s normal components, or `None` if it is absolute
+/// or a `..` would climb above its start.
+fn confined(p: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    return None;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Whether any directory on the way from `root` to `rel` (or `rel`
+/// itself) is a symbolic link already on disk.
+fn through_symlink(root: &Path, rel: &Path) -> bool {
+    let mut p = root.to_path_buf();
+    rel.components().any(|c| {
+        p.push(c);
+        fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink())
+    })
+}
+
+/// Now as RFC 3339 UTC (what the engines write in config.dump).
+fn rfc3339_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Days to civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confined_paths() {
+        assert_eq!(confined(Path::new("./a/b")), Some(PathBuf::from("a/b")));
+        assert_eq!(confined(Path::new("a/../b")), Some(PathBuf::from("b")));
+        assert_eq!(confined(Path::new("a/../../b")), None);
+        assert_eq!(confined(Path::new("/etc")), None);
+        assert_eq!(confined(Path::new("..")), None);
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let t = rfc3339_now();
+        assert_eq!(t.len(), 20, "{t}");
+        assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+        assert!(t.as_str() > "2024-01-01T00:00:00Z", "{t}");
+    }
+}

@@ -1,0 +1,184 @@
+//! A checkpoint as a one-layer OCI image: the archive (gzip) is the layer,
+//! the `org.criu.checkpoint.*` annotations sit on the manifest, as
+//! `podman container checkpoint --create-image` and `checkpointctl build`
+//! make them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use oci_client::manifest::OciImageManifest;
+use sha2::{Digest as _, Sha256};
+
+use crate::annotations::{self, HostFacts};
+use crate::archive::{self, ArchiveMeta, Compression, Limits, Unpacked};
+use crate::error::{Error, Result};
+
+/// A gzip-compressed tar layer's media type.
+pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// An uncompressed tar layer's media type.
+pub const PLAIN_LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
+/// The config's media type.
+pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+
+/// A checkpoint image, ready to push or to write as a layout.
+#[derive(Debug, Clone)]
+pub struct CheckpointImage {
+    /// The layer: the checkpoint archive (shared, not copied, by a push).
+    layer: bytes::Bytes,
+    /// `sha256:...` of `layer`, computed once.
+    layer_digest: String,
+    /// How the layer is compressed.
+    pub compression: Compression,
+    /// The image config (JSON).
+    pub config: Vec<u8>,
+    /// The manifest's annotations.
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl CheckpointImage {
+    /// Packs the dump in `images` (with `meta` for the engine files) into
+    /// an image annotated with `host`'s facts, its layer compressed with
+    /// `compression` (gzip, as the engines do, for images that are kept;
+    /// none for a move, where checkpointed memory rarely shrinks and
+    /// compressing it adds to the downtime).
+    pub fn build(
+        images: &criu::ImagesDir,
+        meta: &ArchiveMeta,
+        host: &HostFacts,
+        compression: Compression,
+    ) -> Result<CheckpointImage> {
+        let mut layer = Vec::new();
+        let written = archive::write(images, meta, &mut layer, compression)?;
+        let mut annotations = host.annotations();
+        annotations.insert(annotations::CONTAINER_NAME.into(), meta.name.clone());
+        annotations.insert(annotations::ENGINE_NAME.into(), "criu-rs".into());
+        annotations.insert(
+            annotations::ENGINE_VERSION.into(),
+            env!("CARGO_PKG_VERSION").into(),
+        );
+        if let Some(image) = &meta.rootfs_image_name {
+            annotations.insert(annotations::ROOTFS_IMAGE_NAME.into(), image.clone());
+        }
+        let config = serde_json::json!({
+            "architecture": host.arch,
+            "os": "linux",
+            "rootfs": { "type": "layers", "diff_ids": [written.diff_id] },
+            "config": {},
+        });
+        // A plain layer is the tar stream itself, hashed as it was written.
+        let layer_digest = match compression {
+            Compression::None => written.diff_id.clone(),
+            Compression::Gzip => sha256_digest(&layer),
+        };
+        Ok(CheckpointImage {
+            layer: layer.into(),
+            layer_digest,
+            compression,
+            config: serde_json::to_vec(&config).unwrap_or_default(),
+            annotations,
+        })
+    }
+
+    /// The layer (the checkpoint archive).
+    pub fn layer(&self) -> &[u8] {
+        &self.layer
+    }
+
+    /// The layer's digest, `sha256:...`.
+    pub fn layer_digest(&self) -> &str {
+        &self.layer_digest
+    }
+
+    /// The OCI manifest of this image (the layer's digest is not computed
+    /// again: for a large checkpoint that pass would be downtime).
+    pub fn manifest(&self) -> OciImageManifest {
+        let mut m =
+            OciImageManifest::build(&[], &self.oci_config(), Some(self.annotations.clone()));
+        m.layers.push(oci_client::manifest::OciDescriptor {
+            media_type: self.layer_media_type().into(),
+            digest: self.layer_digest.clone(),
+            size: self.layer.len() as i64,
+            ..Default::default()
+        });
+        m
+    }
+
+    fn layer_media_type(&self) -> &'static str {
+        match self.compression {
+            Compression::Gzip => LAYER_MEDIA_TYPE,
+            Compression::None => PLAIN_LAYER_MEDIA_TYPE,
+        }
+    }
+
+    pub(crate) fn oci_layer(&self) -> oci_client::client::ImageLayer {
+        oci_client::client::ImageLayer::new(
+            self.layer.clone(),
+            self.layer_media_type().into(),
+            None,
+        )
+    }
+
+    pub(crate) fn oci_config(&self) -> oci_client::client::Config {
+        oci_client::client::Config::new(self.config.clone(), CONFIG_MEDIA_TYPE.into(), None)
+    }
+}
+
+/// A checkpoint image fetched from a registry or a layout, its layer's
+/// digest verified.
+#[derive(Debug, Clone)]
+pub struct FetchedImage {
+    /// Where it came from.
+    pub reference: String,
+    /// The manifest's annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// The layer (the archive, plain or compressed), checked against its digest.
+    pub layer: Vec<u8>,
+}
+
+impl FetchedImage {
+    /// Unpacks the layer into `target` (created here), within `limits`.
+    pub fn unpack(&self, target: &Path, limits: &Limits) -> Result<Unpacked> {
+        archive::unpack(self.layer.as_slice(), target, limits)
+    }
+}
+
+/// `sha256:<hex>` of `data`.
+pub fn sha256_digest(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// Checks `data` against a descriptor's digest and size.
+pub(crate) fn verify(what: &str, data: &[u8], digest: &str, size: i64) -> Result<()> {
+    let actual = sha256_digest(data);
+    if actual != digest {
+        return Err(Error::Digest {
+            what: what.into(),
+            expected: digest.into(),
+            actual,
+        });
+    }
+    if size >= 0 && data.len() as u64 != size as u64 {
+        return Err(Error::Malformed(format!(
+            "{what} has {} bytes, its descriptor says {size}",
+            data.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The single checkpoint layer of `manifest`.
+pub(crate) fn checkpoint_layer<'m>(
+    reference: &str,
+    manifest: &'m OciImageManifest,
+) -> Result<&'m oci_client::manifest::OciDescriptor> {
+    match manifest.layers.as_slice() {
+        [one] if one.media_type == LAYER_MEDIA_TYPE || one.media_type == PLAIN_LAYER_MEDIA_TYPE => {
+            Ok(one)
+        }
+        layers => Err(Error::Malformed(format!(
+            "{reference}: a checkpoint image has one tar layer, this one has {} ({:?})",
+            layers.len(),
+            layers.iter().map(|l| &l.media_type).collect::<Vec<_>>()
+        ))),
+    }
+}

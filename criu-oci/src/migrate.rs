@@ -1,0 +1,140 @@
+//! Moving a process tree through a registry: the source checkpoints and
+//! pushes ([`checkpoint_and_push`]), the destination pulls and restores
+//! ([`pull_and_restore`]). The source tree stays stopped, alive, until the
+//! caller has heard that the destination restored it, then is killed
+//! ([`Pushed::finish`]); dropping [`Pushed`] instead continues it.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::annotations::HostFacts;
+use crate::archive::{ArchiveMeta, Compression, Limits};
+use crate::error::Result;
+use crate::image::CheckpointImage;
+use crate::registry::{Registry, Transfer};
+use crate::source::{continue_tree, dump_stopped, StoppedTree};
+
+/// The source side after a successful push.
+#[derive(Debug)]
+pub struct Pushed {
+    /// The dump.
+    pub dump: criu::DumpReport,
+    /// Packing the images into the image (archive, compression).
+    pub pack: Duration,
+    /// The push.
+    pub push: Transfer,
+    /// The layer's size.
+    pub image_bytes: u64,
+    /// The layer's digest (`sha256:...`).
+    pub layer_digest: String,
+    stopped: StoppedTree,
+}
+
+impl Pushed {
+    /// When the source was stopped.
+    pub fn stopped_since(&self) -> Instant {
+        self.stopped.since
+    }
+
+    /// The destination restored the tree: kill the source copy.
+    pub fn finish(self) {
+        self.stopped.kill();
+    }
+}
+
+/// Where, and how, [`checkpoint_and_push`] pushes.
+#[derive(Debug, Clone, Copy)]
+pub struct PushTo<'a> {
+    /// The client.
+    pub registry: &'a Registry,
+    /// `host:port/repo:tag`.
+    pub reference: &'a str,
+    /// The layer's compression: [`Compression::None`] keeps gzip's time
+    /// out of the downtime (checkpointed memory rarely shrinks much).
+    pub compression: Compression,
+}
+
+/// Dumps the tree rooted at `pid` into `work_dir/images` (created), packs
+/// it as a checkpoint image named `name`, and pushes it as `to` says.
+/// On failure the source runs on.
+pub fn checkpoint_and_push(
+    criu: &criu::Criu,
+    pid: i32,
+    name: &str,
+    work_dir: &Path,
+    to: &PushTo<'_>,
+    customize: impl Fn(&mut criu::Options<'_>),
+) -> Result<Pushed> {
+    let meta = ArchiveMeta::of_process(pid, name);
+    let host = HostFacts::current(criu)?;
+    let images = criu::ImagesDir::create(work_dir.join("images"))?;
+    let (dump, stopped) = dump_stopped(criu, pid, &images, customize)?;
+    let t = Instant::now();
+    let image = CheckpointImage::build(&images, &meta, &host, to.compression)?;
+    let pack = t.elapsed();
+    let push = to.registry.push(to.reference, &image)?;
+    Ok(Pushed {
+        dump,
+        pack,
+        push,
+        image_bytes: image.layer().len() as u64,
+        layer_digest: image.layer_digest().to_string(),
+        stopped,
+    })
+}
+
+/// The destination side after a successful restore.
+#[derive(Debug)]
+pub struct Restored {
+    /// The restored root task, a child of this process, running.
+    pub child: criu::RestoredChild,
+    /// The restore.
+    pub restore: criu::RestoreReport,
+    /// The pull.
+    pub pull: Transfer,
+    /// Unpacking the layer.
+    pub unpack: Duration,
+}
+
+/// Pulls `reference`, refuses it unless its annotations say it is a
+/// checkpoint this host can restore (before its layer is downloaded),
+/// verifies the layer's digest, unpacks it into `work_dir/archive`
+/// (created) within `limits`, and restores it as a child of this process.
+/// On failure the unpacked files are removed.
+pub fn pull_and_restore(
+    criu: &criu::Criu,
+    registry: &Registry,
+    reference: &str,
+    work_dir: &Path,
+    limits: &Limits,
+    customize: impl Fn(&mut criu::Options<'_>),
+) -> Result<Restored> {
+    let host = HostFacts::current(criu)?;
+    let (fetched, pull) = registry.pull(reference, &host)?;
+    let target = work_dir.join("archive");
+    let t = Instant::now();
+    let unpacked = fetched.unpack(&target, limits)?;
+    let unpack = t.elapsed();
+    let restored = (|| -> Result<_> {
+        let images = unpacked.images()?;
+        let mut o = criu::Options::new();
+        customize(&mut o);
+        o.images_dir(&images).log_file("restore.log");
+        Ok(criu.restore_child(&mut o)?)
+    })();
+    match restored {
+        Ok((child, restore)) => {
+            continue_tree(child.pid());
+            Ok(Restored {
+                child,
+                restore,
+                pull,
+                unpack,
+            })
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&target);
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! Mutually authenticated, encrypted migration.
+//!
+//! Two hosts that migrate to each other each hold a certificate and key
+//! signed by a certificate authority the operator keeps for this purpose
+//! only, and that CA's certificate ([`TlsFiles`], three PEM files). Then:
+//!
+//! * the migration's own stream is a `TlsStream` (feature `tls`, through
+//!   rustls, TLS 1.3 only): `TlsConfig::connect` on the source,
+//!   `TlsConfig::accept` on the destination, both before
+//!   [`crate::migrate::send`] / [`crate::migrate::receive`]. Each side
+//!   checks that the other's certificate chains to the CA and is valid
+//!   now; a peer that fails (no certificate, another CA, expired, not TLS,
+//!   silent past the handshake timeout) is refused with [`Error::Tls`]
+//!   before a byte of the migration crosses, so the source process is not
+//!   even stopped;
+//! * CRIU's own connections (the page server's and the lazy-pages
+//!   daemon's, beside the stream) use CRIU's TLS (GnuTLS, `--tls`) with the
+//!   same three files: the migration passes them to the dump through the
+//!   crate's config file ([`crate::Options::criu_tls`]) and to the daemons
+//!   on their command line ([`crate::DaemonConfig::tls`]). A `TlsStream`
+//!   carries its files, so [`crate::migrate`] does this by itself.
+//!
+//! Who may migrate: any holder of a certificate from the CA, in either
+//! direction. Peer names are not checked (CRIU's page server would check
+//! the *client's* certificate against its own listening address, so CRIU
+//! runs with `--tls-no-cn-verify`, and the crate's stream does the same:
+//! one rule for every connection). Keep the CA for migration only, and
+//! its key off the hosts.
+
+#[cfg(feature = "tls")]
+mod stream;
+
+pub use crate::credentials::TlsFiles;
+#[cfg(feature = "tls")]
+pub use stream::{TlsConfig, TlsStream};
+
+#[cfg(doc)]
+use crate::error::Error;

@@ -1,0 +1,528 @@
+//! The migration stream over rustls: configuration from PEM files, a
+//! handshake bounded by a deadline, and a confirmation from the accepting
+//! side, so that both sides know the other was authenticated before either
+//! sends a byte of the migration.
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, TcpStream};
+use std::ops::DerefMut;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{verify_server_cert_signed_by_trust_anchor, Resumption};
+use rustls::crypto::{ring, verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{
+    CertificateError, ClientConfig, ClientConnection, ConnectionCommon, DigitallySignedStruct,
+    RootCertStore, ServerConfig, ServerConnection, SignatureScheme, StreamOwned,
+};
+
+use crate::credentials::TlsFiles;
+use crate::error::{Error, Result};
+use crate::transfer::Transport;
+
+/// The byte the accepting side sends once it has verified the connecting
+/// side's certificate. TLS 1.3 lets a client finish its handshake before
+/// the server has judged the client's certificate; without this byte a
+/// refused source would only learn so at its first read, after its dump.
+const ACCEPTED: u8 = 0xA5;
+
+/// What both ends of a migration need to set up its TLS stream, built
+/// once from the host's [`TlsFiles`].
+#[derive(Clone)]
+pub struct TlsConfig {
+    files: TlsFiles,
+    client: Arc<ClientConfig>,
+    server: Arc<ServerConfig>,
+    handshake_timeout: Duration,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("files", &self.files)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsConfig {
+    /// Reads and checks the three PEM files. Errors name the file at fault.
+    pub fn new(files: TlsFiles) -> Result<TlsConfig> {
+        let provider = Arc::new(ring::default_provider());
+        let roots = Arc::new(load_roots(files.ca())?);
+        let chain = load_chain(files.cert())?;
+        let key = load_key(files.key())?;
+        let client = client_config(&provider, &roots, chain.clone(), key.clone_key(), &files)?;
+        let server = server_config(&provider, roots, chain, key, &files)?;
+        Ok(TlsConfig {
+            files,
+            client: Arc::new(client),
+            server: Arc::new(server),
+            handshake_timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// How long a peer may take over the whole handshake and the
+    /// confirmation (default 10 s). A peer that is silent or trickles
+    /// bytes is dropped then: the limits apply before authentication.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> TlsConfig {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// The PEM files this configuration was read from.
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
+    /// The source's side: authenticates the destination on `tcp` and is
+    /// authenticated by it. Returns once the destination has confirmed.
+    pub fn connect(&self, tcp: TcpStream) -> Result<TlsStream> {
+        let deadline = Instant::now() + self.handshake_timeout;
+        // Any name will do: the verifier checks the chain, not the name.
+        let name = ServerName::try_from("criu-rs-migration").expect("a valid DNS name");
+        let conn = ClientConnection::new(self.client.clone(), name)
+            .map_err(|e| tls_error("starting a TLS session", e))?;
+        let mut s = StreamOwned::new(conn, tcp);
+        handshake(&mut s.conn, &mut s.sock, deadline).map_err(|e| e.explain(self))?;
+        await_acceptance(&mut s, deadline).map_err(|e| e.explain(self))?;
+        TlsStream::ready(Conn::Client(s), &self.files)
+    }
+
+    /// The destination's side: authenticates the source on `tcp` (accepted
+    /// from a listener) and confirms it. A refused peer gets an error here,
+    /// before anything of the migration was read.
+    pub fn accept(&self, tcp: TcpStream) -> Result<TlsStream> {
+        let deadline = Instant::now() + self.handshake_timeout;
+        let conn = ServerConnection::new(self.server.clone())
+            .map_err(|e| tls_error("starting a TLS session", e))?;
+        let mut s = StreamOwned::new(conn, tcp);
+        handshake(&mut s.conn, &mut s.sock, deadline).map_err(|e| e.explain(self))?;
+        s.conn
+            .writer()
+            .write_all(&[ACCEPTED])
+            .and_then(|()| flush_tls(&mut s.conn, &mut s.sock))
+            .map_err(|e| HandshakeError::Io(e).explain(self))?;
+        TlsStream::ready(Conn::Server(s), &self.files)
+    }
+}
+
+fn tls_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Tls {
+        message: what.to_string(),
+        source: Some(io::Error::other(e)),
+    }
+}
+
+fn pem_error(what: &str, path: &std::path::Path, e: impl std::fmt::Display) -> Error {
+    Error::Tls {
+        message: format!(
+            "cannot use {what} {}: {e} (expected PEM, as `openssl req`/`openssl x509` write it)",
+            path.display()
+        ),
+        source: None,
+    }
+}
+
+fn load_chain(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error("the certificate", path, e))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| pem_error("the certificate", path, e))?;
+    if certs.is_empty() {
+        return Err(pem_error("the certificate", path, "no CERTIFICATE block"));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| pem_error("the private key", path, e))
+}
+
+fn load_roots(path: &std::path::Path) -> Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_chain(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| pem_error("the CA certificate", path, e))?;
+    }
+    Ok(roots)
+}
+
+fn client_config(
+    provider: &Arc<CryptoProvider>,
+    roots: &Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    files: &TlsFiles,
+) -> Result<ClientConfig> {
+    let verifier = Arc::new(CaOnly {
+        roots: roots.clone(),
+        provider: provider.clone(),
+    });
+    let mut c = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_error("configuring TLS 1.3", e))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| key_mismatch(files, e))?;
+    c.resumption = Resumption::disabled();
+    Ok(c)
+}
+
+fn server_config(
+    provider: &Arc<CryptoProvider>,
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    files: &TlsFiles,
+) -> Result<ServerConfig> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| tls_error("building the client-certificate verifier", e))?;
+    let mut c = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_error("configuring TLS 1.3", e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| key_mismatch(files, e))?;
+    c.send_tls13_tickets = 0;
+    Ok(c)
+}
+
+fn key_mismatch(files: &TlsFiles, e: rustls::Error) -> Error {
+    Error::Tls {
+        message: format!(
+            "the key {} does not go with the certificate {} (or is of a kind rustls cannot use)",
+            files.key().display(),
+            files.cert().display()
+        ),
+        source: Some(io::Error::other(e)),
+    }
+}
+
+/// Checks the destination's certificate against the CA only, not against
+/// a name (see the module docs for why).
+#[derive(Debug)]
+struct CaOnly {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for CaOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Why a handshake did not complete.
+#[derive(Debug)]
+enum HandshakeError {
+    /// rustls refused what the peer sent (certificate, protocol).
+    Tls(rustls::Error),
+    /// The connection failed or timed out.
+    Io(io::Error),
+    /// The deadline passed.
+    TimedOut,
+    /// The peer hung up.
+    Closed,
+}
+
+impl HandshakeError {
+    /// The error a caller can act on.
+    fn explain(self, cfg: &TlsConfig) -> Error {
+        let ca = cfg.files.ca().display();
+        let (message, source) = match self {
+            HandshakeError::Tls(e) => {
+                (describe_tls(&e, &ca.to_string()), Some(io::Error::other(e)))
+            }
+            HandshakeError::Io(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                (timed_out(cfg), Some(e))
+            }
+            HandshakeError::Io(e) => (
+                "the connection failed during the TLS handshake".into(),
+                Some(e),
+            ),
+            HandshakeError::TimedOut => (timed_out(cfg), None),
+            HandshakeError::Closed => (
+                "the peer hung up during the TLS handshake (it may have refused our certificate, \
+                 or does not speak TLS)"
+                    .into(),
+                None,
+            ),
+        };
+        Error::Tls { message, source }
+    }
+}
+
+fn timed_out(cfg: &TlsConfig) -> String {
+    format!(
+        "the peer did not complete the TLS handshake within {:?}: refused (a silent or plain TCP \
+         peer, or one that is too slow; see TlsConfig::handshake_timeout)",
+        cfg.handshake_timeout
+    )
+}
+
+/// Words for what rustls refused.
+fn describe_tls(e: &rustls::Error, ca: &str) -> String {
+    use rustls::Error as E;
+    match e {
+        E::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
+            format!("the peer's certificate is not signed by our CA ({ca}): refused")
+        }
+        E::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "the peer's certificate has expired: refused".into(),
+        E::InvalidCertificate(
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+        ) => "the peer's certificate is not valid yet (check both clocks): refused".into(),
+        E::InvalidCertificate(other) => {
+            format!("the peer's certificate is not valid ({other:?}): refused")
+        }
+        E::NoCertificatesPresented => "the peer presented no certificate: refused".into(),
+        E::InvalidMessage(_)
+        | E::InappropriateMessage { .. }
+        | E::InappropriateHandshakeMessage { .. } => {
+            "the peer does not speak TLS 1.3 (a plain TCP client, or another protocol): refused"
+                .into()
+        }
+        E::AlertReceived(alert) => format!(
+            "the peer refused us ({alert:?}): our certificate is probably not signed by the CA it \
+             trusts, or has expired; check --tls-cert against the peer's --tls-ca"
+        ),
+        other => format!("the TLS handshake failed: {other}"),
+    }
+}
+
+/// Drives `conn`'s handshake on `tcp` until it completes, or `deadline`
+/// passes, whatever the peer sends (or does not).
+fn handshake<D>(
+    conn: &mut impl DerefMut<Target = ConnectionCommon<D>>,
+    tcp: &mut TcpStream,
+    deadline: Instant,
+) -> std::result::Result<(), HandshakeError> {
+    while conn.is_handshaking() {
+        flush_tls(conn, tcp).map_err(HandshakeError::Io)?;
+        if conn.is_handshaking() && conn.wants_read() {
+            read_some(conn, tcp, deadline)?;
+        }
+    }
+    flush_tls(conn, tcp).map_err(HandshakeError::Io)
+}
+
+/// Reads what the peer sent, with the time left, and processes it. On a
+/// refusal rustls has queued an alert for the peer: send it, best effort.
+fn read_some<D>(
+    conn: &mut impl DerefMut<Target = ConnectionCommon<D>>,
+    tcp: &mut TcpStream,
+    deadline: Instant,
+) -> std::result::Result<(), HandshakeError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(HandshakeError::TimedOut);
+    }
+    tcp.set_read_timeout(Some(left))
+        .map_err(HandshakeError::Io)?;
+    match conn.read_tls(tcp) {
+        Ok(0) => return Err(HandshakeError::Closed),
+        Ok(_) => {}
+        Err(e) => return Err(HandshakeError::Io(e)),
+    }
+    if let Err(e) = conn.process_new_packets() {
+        let _ = flush_tls(conn, tcp);
+        return Err(HandshakeError::Tls(e));
+    }
+    Ok(())
+}
+
+/// Writes every TLS record rustls has ready.
+fn flush_tls<D>(
+    conn: &mut impl DerefMut<Target = ConnectionCommon<D>>,
+    tcp: &mut TcpStream,
+) -> io::Result<()> {
+    while conn.wants_write() {
+        conn.write_tls(tcp)?;
+    }
+    tcp.flush()
+}
+
+/// The source waits for the destination's confirmation byte: the proof
+/// that its certificate was accepted.
+fn await_acceptance(
+    s: &mut StreamOwned<ClientConnection, TcpStream>,
+    deadline: Instant,
+) -> std::result::Result<(), HandshakeError> {
+    loop {
+        let mut byte = [0u8; 1];
+        match s.conn.reader().read(&mut byte) {
+            Ok(1) if byte[0] == ACCEPTED => return Ok(()),
+            Ok(_) => return Err(HandshakeError::Closed),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(HandshakeError::Io(e)),
+        }
+        read_some(&mut s.conn, &mut s.sock, deadline)?;
+    }
+}
+
+enum Conn {
+    Client(StreamOwned<ClientConnection, TcpStream>),
+    Server(StreamOwned<ServerConnection, TcpStream>),
+}
+
+/// An authenticated, encrypted migration stream over TCP: a
+/// [`Transport`] for [`crate::migrate`], which also tells the migration to
+/// secure CRIU's own connections with the same files.
+pub struct TlsStream {
+    conn: Conn,
+    files: TlsFiles,
+}
+
+impl std::fmt::Debug for TlsStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsStream")
+            .field("peer", &self.tcp().peer_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsStream {
+    /// After the handshake: the handshake's timeouts are lifted (the
+    /// migration sets its own through [`Transport::prepare`]).
+    fn ready(conn: Conn, files: &TlsFiles) -> Result<TlsStream> {
+        let s = TlsStream {
+            conn,
+            files: files.clone(),
+        };
+        s.tcp()
+            .set_read_timeout(None)
+            .map_err(|e| Error::io("clearing the handshake's timeout", e))?;
+        Ok(s)
+    }
+
+    /// The TCP connection underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match &self.conn {
+            Conn::Client(s) => s.get_ref(),
+            Conn::Server(s) => s.get_ref(),
+        }
+    }
+
+    fn tcp_mut(&mut self) -> &mut TcpStream {
+        match &mut self.conn {
+            Conn::Client(s) => s.get_mut(),
+            Conn::Server(s) => s.get_mut(),
+        }
+    }
+
+    /// Ends the TLS session cleanly (a `close_notify`) and keeps the TCP
+    /// connection open until the peer has hung up too, or `timeout`.
+    pub fn close(mut self, timeout: Duration) {
+        match &mut self.conn {
+            Conn::Client(s) => s.conn.send_close_notify(),
+            Conn::Server(s) => s.conn.send_close_notify(),
+        }
+        let _ = self.flush();
+        let tcp = self.tcp_mut();
+        let _ = tcp.set_read_timeout(Some(timeout));
+        let mut sink = [0u8; 4096];
+        while matches!(tcp.read(&mut sink), Ok(n) if n > 0) {}
+    }
+}
+
+impl Read for TlsStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.conn {
+            Conn::Client(s) => s.read(buf),
+            Conn::Server(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for TlsStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.conn {
+            Conn::Client(s) => s.write(buf),
+            Conn::Server(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.conn {
+            Conn::Client(s) => s.flush(),
+            Conn::Server(s) => s.flush(),
+        }
+    }
+}
+
+impl Transport for TlsStream {
+    fn prepare(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        self.tcp_mut().prepare(timeout)
+    }
+
+    fn ip_addresses(&self) -> Option<(IpAddr, IpAddr)> {
+        self.tcp().ip_addresses()
+    }
+
+    fn criu_tls(&self) -> Option<TlsFiles> {
+        Some(self.files.clone())
+    }
+}

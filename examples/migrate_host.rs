@@ -1,0 +1,217 @@
+//! Migrate a live process between two machines, with mutual TLS.
+//!
+//! ```text
+//! host B:  migrate_host receive --listen 0.0.0.0:7700 \
+//!              --tls-ca ca.pem --tls-cert b.pem --tls-key b-key.pem
+//! host A:  migrate_host send --pid 1234 --to hostb:7700 --strategy page-server \
+//!              --tls-ca ca.pem --tls-cert a.pem --tls-key a-key.pem [--json cost.json]
+//! ```
+//!
+//! Both hosts present a certificate signed by the CA in `--tls-ca` and
+//! refuse a peer that does not; CRIU's own connections (page server, lazy
+//! pages) use TLS with the same files. `receive` waits for one source that
+//! authenticates (a refused connection is reported and the wait goes on),
+//! restores the tree as its child and waits for it to exit (`--detach`:
+//! leave it running and exit). `send` shows the images still to go, then
+//! the cost table of `examples/migrate` (the downtime is the source's view:
+//! from stopping the tree to the destination's "restored"). README.md,
+//! "Migrating between two machines", says how to make the certificates and
+//! which ports to open.
+
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use criu::migrate::{DestConfig, SourceConfig, Strategy};
+use criu::tls::{TlsConfig, TlsFiles};
+use criu_testkit::hosts::netns_of;
+use criu_testkit::link::{accept_peer, receive_from, send_to, Link};
+use criu_testkit::measure::{rss_bytes, Cost, Row};
+
+mod cli;
+use cli::{print_table, write_json, Bar};
+
+#[derive(Parser)]
+#[command(about = "Migrate a live process between two machines with CRIU, over mutual TLS")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// On the destination: wait for a source, restore what it sends.
+    Receive(ReceiveArgs),
+    /// On the source: move the process tree of `--pid` to `--to`.
+    Send(SendArgs),
+}
+
+/// The secure channel's files, or an explicit `--plain`.
+#[derive(Args)]
+struct Security {
+    /// The CA certificate both hosts trust (PEM).
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// This host's certificate, signed by the CA (PEM).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// This host's private key (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// Plain TCP: memory crosses in clear and anyone who reaches the port
+    /// is heard. For a network you trust entirely.
+    #[arg(long, conflicts_with_all = ["tls_ca", "tls_cert", "tls_key"])]
+    plain: bool,
+    /// CRIU dumps and restores a process started from a terminal.
+    #[arg(long)]
+    shell_job: bool,
+}
+
+impl Security {
+    fn link(&self) -> Result<Link, String> {
+        match (&self.tls_ca, &self.tls_cert, &self.tls_key, self.plain) {
+            (Some(ca), Some(cert), Some(key), false) => {
+                TlsConfig::new(TlsFiles::new(ca, cert, key))
+                    .map(|c| Link::Tls(Box::new(c)))
+                    .map_err(|e| e.to_string())
+            }
+            (None, None, None, true) => Ok(Link::Plain),
+            _ => Err(
+                "give --tls-ca, --tls-cert and --tls-key (or --plain on a trusted network)".into(),
+            ),
+        }
+    }
+}
+
+#[derive(Args)]
+struct ReceiveArgs {
+    /// The address to listen on (the source connects here).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Where the images go (default: in memory, a private tmpfs directory
+    /// removed afterwards: no disk in the path).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Leave the restored tree running and exit, instead of waiting for it.
+    #[arg(long)]
+    detach: bool,
+    /// Give up after the first refused connection instead of waiting on.
+    #[arg(long)]
+    once: bool,
+    #[command(flatten)]
+    security: Security,
+}
+
+#[derive(Args)]
+struct SendArgs {
+    /// The root of the process tree to move.
+    #[arg(long)]
+    pid: i32,
+    /// The destination's `receive --listen` address (HOST:PORT).
+    #[arg(long)]
+    to: String,
+    /// `stop-and-copy`, `page-server` or `lazy`.
+    #[arg(long, default_value = "stop-and-copy")]
+    strategy: Strategy,
+    /// Where the images are written (default: in memory, a private tmpfs
+    /// directory removed afterwards: no disk in the path).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Also write the cost as JSON (an array of one row) to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    security: Security,
+}
+
+fn receive(args: ReceiveArgs) -> Result<(), String> {
+    let link = args.security.link()?;
+    let listener =
+        TcpListener::bind(args.listen).map_err(|e| format!("listening on {}: {e}", args.listen))?;
+    eprintln!("waiting for a source on {} ({})", args.listen, link.name());
+    let (mut stream, peer) = loop {
+        match accept_peer(&link, &listener) {
+            Ok(s) => break s,
+            Err(e) if !args.once => eprintln!("refused a connection: {e}"),
+            Err(e) => return Err(format!("refused a connection: {e}")),
+        }
+    };
+    eprintln!("{peer} authenticated; receiving");
+    let shell_job = args.security.shell_job;
+    let cfg = match &args.work_dir {
+        Some(dir) => DestConfig::new(dir),
+        None => DestConfig::in_memory(),
+    };
+    let cfg = cfg.customize(move |o| {
+        o.shell_job(shell_job);
+    });
+    let report = receive_from(&mut stream, cfg).map_err(|e| e.to_string())?;
+    println!(
+        "restored pid {} ({}, {:.1} MiB of images, restore {:.1} ms)",
+        report.child.pid(),
+        report.strategy,
+        report.transfer.bytes as f64 / 1048576.0,
+        report.restore.wall_time.as_secs_f64() * 1000.0
+    );
+    if args.detach {
+        report.child.detach();
+        return Ok(());
+    }
+    let mut child = report.child;
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for the restored tree: {e}"))?;
+    eprintln!("the restored tree exited: {status}");
+    Ok(())
+}
+
+fn send(args: SendArgs) -> Result<(), String> {
+    let link = args.security.link()?;
+    let to = args
+        .to
+        .to_socket_addrs()
+        .map_err(|e| format!("resolving {}: {e}", args.to))?
+        .next()
+        .ok_or_else(|| format!("{} has no address", args.to))?;
+    let (rss, netns) = (rss_bytes(args.pid), netns_of(args.pid).unwrap_or(0));
+    let shell_job = args.security.shell_job;
+    let cfg = match &args.work_dir {
+        Some(dir) => SourceConfig::new(args.strategy, dir),
+        None => SourceConfig::in_memory(args.strategy),
+    };
+    let cfg = cfg.progress(Bar::new().callback()).customize(move |o| {
+        o.shell_job(shell_job);
+    });
+    let src = send_to(&link, to, args.pid, cfg).map_err(|e| e.to_string())?;
+    let of = Row::of(&src, link.name(), &format!("pid {}", args.pid));
+    let row = Row {
+        cost: Cost {
+            rss_bytes: rss,
+            ..of.cost
+        },
+        // The destination reported the tree restored and running.
+        continued: true,
+        source_netns: netns,
+        ..of
+    };
+    print_table(std::slice::from_ref(&row));
+    match &args.json {
+        Some(path) => write_json(path, &[row]),
+        None => Ok(()),
+    }
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Receive(a) => receive(a),
+        Command::Send(a) => send(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The README's two commands for two machines, end to end: certificates made
+# with the README's openssl recipe, `migrate_host receive` on host b and
+# `migrate_host send` on host a (two network namespaces joined by veth), for
+# every strategy, over mutual TLS. Each run checks that the counter the
+# moved shell writes goes on by one on b, and that a's copy is gone.
+# Everything it creates (namespaces, processes, files) is removed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${MIGRATE_HOST_BIN:-target/debug/examples/migrate_host}
+[ -x "$bin" ] || cargo build -q -p criu-rs-examples --example migrate_host
+bin=$(realpath "$bin")
+
+tag="smoke$$"
+a="criu-rs-$tag-a" b="criu-rs-$tag-b"
+work=$(mktemp -d /tmp/criu-rs-two-hosts.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  ip netns del "$a" 2>/dev/null || true
+  ip netns del "$b" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fail() { echo "two-hosts-smoke: FAIL: $*" >&2; exit 1; }
+
+# Polls COMMAND until it succeeds, for at most SECONDS.
+until_true() {
+  local secs=$1; shift
+  local end=$((SECONDS + secs))
+  until "$@"; do
+    [ $SECONDS -lt $end ] || return 1
+    sleep 0.05
+  done
+}
+
+ip netns add "$a"
+ip netns add "$b"
+ip -n "$a" link add eth0 type veth peer name eth0 netns "$b"
+ip -n "$a" addr add 10.233.0.1/24 dev eth0
+ip -n "$b" addr add 10.233.0.2/24 dev eth0
+for h in "$a" "$b"; do
+  ip -n "$h" link set eth0 up
+  ip -n "$h" link set lo up
+done
+
+# The README's certificate recipe, as written there.
+(
+  cd "$work"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+      -subj "/CN=migration CA" -keyout ca-key.pem -out ca.pem 2>/dev/null
+  printf '%s\n' 'basicConstraints = CA:FALSE' 'keyUsage = digitalSignature' \
+      'extendedKeyUsage = serverAuth, clientAuth' > host.ext
+  for h in a b; do
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -subj "/CN=host-$h" -keyout $h-key.pem -out $h.csr 2>/dev/null
+    openssl x509 -req -in $h.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial \
+        -days 365 -extfile host.ext -out $h.pem 2>/dev/null
+  done
+)
+
+last_number() { tail -n 1 "$1" 2>/dev/null | tr -dc 0-9; }
+grows_past() { local n; n=$(last_number "$1"); [ -n "$n" ] && [ "$n" -gt "$2" ]; }
+
+# One migration with STRATEGY; prints nothing on success.
+migrate() {
+  local strategy=$1 out="$work/$1.out" log="$work/$1.receive.log" port=$((7700 + RANDOM % 200))
+  # The counter: the init of its own PID namespace (both "hosts" share pid
+  # numbers on one machine) and a session leader inside it.
+  nsenter --net="/run/netns/$a" unshare --pid --fork setsid sh -c \
+    'i=0; while :; do echo $i; i=$((i+1)); sleep 0.05; done' > "$out" 2>/dev/null < /dev/null &
+  local unshare_pid=$!
+  pids+=("$unshare_pid")
+  until_true 5 grows_past "$out" 3 || fail "$strategy: the counter did not start"
+  local src
+  src=$(pgrep -P "$unshare_pid" | head -n 1)
+  [ -n "$src" ] || fail "$strategy: no counter under unshare $unshare_pid"
+
+  nsenter --net="/run/netns/$b" "$bin" receive --listen "10.233.0.2:$port" --detach --once \
+    --tls-ca "$work/ca.pem" --tls-cert "$work/b.pem" --tls-key "$work/b-key.pem" > "$log" 2>&1 &
+  local recv=$!
+  pids+=("$recv")
+  until_true 10 grep -qs "waiting for a source" "$log" || fail "$strategy: receive did not start: $(cat "$log")"
+
+  nsenter --net="/run/netns/$a" "$bin" send --pid "$src" --to "10.233.0.2:$port" \
+    --strategy "$strategy" --json "$work/$strategy.json" \
+    --tls-ca "$work/ca.pem" --tls-cert "$work/a.pem" --tls-key "$work/a-key.pem" \
+    > "$work/$strategy.send.log" 2>&1 || fail "$strategy: send failed: $(cat "$work/$strategy.send.log")"
+  wait "$recv" || fail "$strategy: receive failed: $(cat "$log")"
+  local moved
+  moved=$(sed -n 's/^restored pid \([0-9]*\).*/\1/p' "$log")
+  [ -n "$moved" ] || fail "$strategy: receive named no restored pid: $(cat "$log")"
+  pids+=("$moved")
+
+  # a's copy is gone (killed after b answered), b's counts on by one.
+  until_true 5 bash -c "! kill -0 $src 2>/dev/null" || fail "$strategy: the source $src still runs"
+  local before
+  before=$(last_number "$out")
+  until_true 5 grows_past "$out" "$((before + 3))" || fail "$strategy: the restored counter does not count"
+  awk 'NR > 1 && $1 != prev + 1 { bad = 1 } { prev = $1 } END { exit bad }' "$out" \
+    || fail "$strategy: the count has a gap or a repeat: $(tr '\n' ' ' < "$out")"
+  grep -q '"transport": *"tls"' "$work/$strategy.json" || fail "$strategy: the JSON does not say tls"
+  kill -KILL "$moved"
+  echo "ok: $strategy over mutual TLS, count $before -> $(last_number "$out") on host b"
+}
+
+for s in stop-and-copy page-server lazy; do
+  migrate "$s"
+done

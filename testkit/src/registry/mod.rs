@@ -1,0 +1,17 @@
+//! A real OCI registry for tests, and moves through it.
+//!
+//! * [`host`]: Debian's `docker-registry` in a third network namespace,
+//!   bridged to both hosts of a [`crate::hosts::TwoHosts`].
+//! * [`moves`]: a process tree or a container checkpointed and pushed on
+//!   host a, pulled and restored on host b, with the cost.
+//! * [`container`]: the busybox container moved that way, as a container
+//!   [`crate::container::Engine`].
+
+pub mod container;
+pub mod host;
+pub mod moves;
+
+pub use container::RegistryEngine;
+pub use criu_oci::Compression;
+pub use host::{unique_tag, RegistryHost, REGISTRY_ADDR};
+pub use moves::{migrate_via_registry, move_through_registry, Move, RegistryCost};

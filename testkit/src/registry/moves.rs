@@ -1,0 +1,204 @@
+//! Moving a process tree (or a container) from host a to host b through a
+//! [`RegistryHost`], and the cost of it beside the direct strategies.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use criu_oci::migrate::{checkpoint_and_push, pull_and_restore, PushTo, Pushed, Restored};
+use criu_oci::{Compression, Limits, Registry, RegistryConfig};
+use serde::Serialize;
+
+use super::host::{unique_tag, RegistryHost};
+use crate::container::BoxError;
+use crate::hosts::{netns_of, TwoHosts};
+use crate::measure::{ms, rss_bytes, Cost, DumpTimes, Row};
+use crate::{workload_bin, Workload};
+
+/// What [`move_through_registry`] moves, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Move<'a> {
+    /// The root of the tree, on host a.
+    pub pid: i32,
+    /// Its name (the image's container name and repository).
+    pub name: &'a str,
+    /// Host a's work directory (the dump).
+    pub src_dir: &'a Path,
+    /// Host b's work directory (the unpacked archive).
+    pub dst_dir: &'a Path,
+    /// The layer's compression.
+    pub compression: Compression,
+}
+
+/// Moves `m.pid`'s tree from host a to host b through `registry` (plain
+/// HTTP): a checkpoints and pushes, b pulls and restores. `src`/`dst` add
+/// CRIU options to the dump and the restore. The source is left stopped:
+/// the caller kills it with [`Pushed::finish`] once it has seen the
+/// restored tree (dropping it continues the source). On failure the
+/// source runs on.
+pub fn move_through_registry(
+    hosts: &TwoHosts,
+    registry: &RegistryHost,
+    m: &Move<'_>,
+    src: impl Fn(&mut criu::Options<'_>) + Sync,
+    dst: impl Fn(&mut criu::Options<'_>) + Sync,
+) -> Result<(Pushed, Restored), BoxError> {
+    let Move {
+        pid,
+        name,
+        src_dir,
+        dst_dir,
+        compression,
+    } = *m;
+    let repo = name.replace(|c: char| !c.is_ascii_alphanumeric(), "-");
+    let reference = format!(
+        "{}/criu-rs/{}:latest",
+        registry.address(),
+        unique_tag(&repo)
+    );
+    let config = RegistryConfig {
+        plain_http: true,
+        ..RegistryConfig::default()
+    };
+    // Both clients are made before the source stops: building one loads
+    // the system's CA certificates, which is not the move's cost. Their
+    // sockets are made in whichever host's thread runs the request.
+    let (client_a, client_b) = (Registry::new(&config)?, Registry::new(&config)?);
+    // A ping from each side before the source stops: finds an unreachable
+    // registry or refused credentials early, and takes the client's
+    // one-time set-up (seen: ~0.5 s, once per process) out of the downtime.
+    hosts.a.run(|| client_a.ping(&reference))??;
+    hosts.b.run(|| client_b.ping(&reference))??;
+    let criu = criu::Criu::new();
+    let pushed = hosts.a.run(|| {
+        let to = PushTo {
+            registry: &client_a,
+            reference: &reference,
+            compression,
+        };
+        checkpoint_and_push(&criu, pid, name, src_dir, &to, &src)
+    })??;
+    let restored = hosts.b.run(|| {
+        pull_and_restore(
+            &criu,
+            &client_b,
+            &reference,
+            dst_dir,
+            &Limits::default(),
+            &dst,
+        )
+    })??;
+    Ok((pushed, restored))
+}
+
+/// What moving through the registry cost, beyond a [`Row`].
+#[derive(Debug, Clone, Serialize)]
+#[allow(missing_docs)]
+pub struct RegistryCost {
+    pub pack_ms: f64,
+    pub push_ms: f64,
+    pub pull_ms: f64,
+    pub unpack_ms: f64,
+    pub image_bytes: u64,
+}
+
+/// Like [`crate::measure::migrate_workload`], through a registry (the
+/// layer compressed with `compression`): starts
+/// the workload in its own PID namespace on host a of fresh hosts, starts a
+/// registry host, checkpoints and pushes on a, pulls and restores on b,
+/// kills the (stopped) source only then, and checks the counter goes on.
+pub fn migrate_via_registry(
+    compression: Compression,
+    workload: &str,
+    mib: usize,
+    warmup: Duration,
+) -> Result<(Row, RegistryCost), BoxError> {
+    let bin = workload_bin();
+    if !bin.exists() {
+        return Err(format!(
+            "{} not found: run `cargo build -p criu-testkit --bins` first",
+            bin.display()
+        )
+        .into());
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("criu-rs-regmig-")
+        .tempdir()?;
+    let hosts = TwoHosts::new()?;
+    let registry = RegistryHost::start(&hosts, None)?;
+    let out = dir.path().join("counter.log");
+    let mut w = hosts
+        .a
+        .run(|| Workload::spawn_in_pid_ns(&bin, &out, Duration::from_millis(1), mib))??;
+    let checksum = w.memory_checksum();
+    std::thread::sleep(warmup);
+    let pid_before = w.pid();
+    let rss = rss_bytes(pid_before);
+    let source_netns = netns_of(pid_before)?;
+    let (src_dir, dst_dir) = (dir.path().join("a"), dir.path().join("b"));
+    fs::create_dir_all(&src_dir)?;
+    fs::create_dir_all(&dst_dir)?;
+    let m = Move {
+        pid: pid_before,
+        name: workload,
+        src_dir: &src_dir,
+        dst_dir: &dst_dir,
+        compression,
+    };
+    let (pushed, restored) = move_through_registry(&hosts, &registry, &m, |_| {}, |_| {})?;
+    let cost = RegistryCost {
+        pack_ms: ms(pushed.pack),
+        push_ms: ms(pushed.push.elapsed),
+        pull_ms: ms(restored.pull.elapsed),
+        unpack_ms: ms(restored.unpack),
+        image_bytes: pushed.image_bytes,
+    };
+    let (dump_wall, dump_stats) = (pushed.dump.wall_time, pushed.dump.stats);
+    pushed.finish();
+    w.reap(Duration::from_secs(10))?;
+    let seq_at_stop = w.last_seq();
+    let pid_after = restored.child.pid();
+    let dest_netns = netns_of(pid_after)?;
+    w.wait_for_seq(seq_at_stop + 200, Duration::from_secs(60))?;
+    let ticks = w.ticks();
+    let continued = ticks.iter().enumerate().all(|(i, t)| t.seq == i as u64 + 1)
+        && ticks.len() as u64 > seq_at_stop;
+    let downtime_ns = ticks
+        .windows(2)
+        .map(|p| p[1].unix_ns.saturating_sub(p[0].unix_ns))
+        .max()
+        .unwrap_or(0);
+    let memory_intact = if mib > 0 {
+        let (sum, ok) = w.verify_memory(pid_after, Duration::from_secs(120))?;
+        Some(ok && Some(sum) == checksum)
+    } else {
+        None
+    };
+    let row = Row {
+        strategy: "registry".into(),
+        // The registry is reached over plain HTTP.
+        transport: "plain".into(),
+        workload: workload.into(),
+        cost: Cost {
+            rss_bytes: rss,
+            criu: DumpTimes::of(dump_stats.as_ref()),
+            dump_ms: ms(dump_wall),
+            transfer_bytes: cost.image_bytes,
+            transfer_ms: cost.push_ms + cost.pull_ms,
+            restore_ms: ms(restored.restore.wall_time),
+            restore_time_us: restored
+                .restore
+                .stats
+                .map(|s| s.restore_time.as_micros() as u64),
+            downtime_ms: downtime_ns as f64 / 1e6,
+        },
+        continued,
+        memory_intact,
+        pid_before,
+        pid_after,
+        source_netns,
+        dest_netns,
+    };
+    drop(restored.child);
+    Ok((row, cost))
+}

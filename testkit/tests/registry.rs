@@ -1,0 +1,613 @@
+//! Checkpoint archives, OCI images, a real registry (docker-registry in a
+//! network namespace) and migration through it, with the bad paths. Needs
+//! root and the docker-registry package.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use criu_oci::annotations::{self, HostFacts};
+use criu_oci::archive::{self, ArchiveMeta, Compression, Limits};
+use criu_oci::migrate::{checkpoint_and_push, pull_and_restore, PushTo};
+use criu_oci::{CheckpointImage, Error, Registry, RegistryConfig};
+use criu_testkit::hosts::TwoHosts;
+use criu_testkit::registry::{migrate_via_registry, unique_tag, RegistryHost};
+use criu_testkit::Workload;
+
+const BIN: &str = env!("CARGO_BIN_EXE_criu-rs-workload");
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A real dump of a small workload in `dir/images` (left running, or
+/// killed by the dump and reaped).
+fn real_dump(dir: &Path, leave_running: bool) -> (Workload, criu::ImagesDir) {
+    let w = Workload::spawn(
+        BIN.as_ref(),
+        &dir.join("out.log"),
+        Duration::from_millis(1),
+        0,
+    )
+    .unwrap();
+    let images = criu::ImagesDir::create(dir.join("images")).unwrap();
+    {
+        let mut o = criu::Options::new();
+        o.pid(w.pid())
+            .images_dir(&images)
+            .log_file("dump.log")
+            .leave_running(leave_running);
+        criu::Criu::new().dump(&mut o).unwrap();
+    }
+    let mut w = w;
+    if !leave_running {
+        w.reap(WAIT).unwrap();
+    }
+    (w, images)
+}
+
+fn image_of(dir: &Path) -> (Workload, CheckpointImage) {
+    let (w, images) = real_dump(dir, true);
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let meta = ArchiveMeta::of_process(w.pid(), "counter");
+    (
+        w,
+        CheckpointImage::build(&images, &meta, &host, Compression::Gzip).unwrap(),
+    )
+}
+
+/// `data` compressed by the zstd command.
+fn zstd_cli(data: &[u8]) -> Vec<u8> {
+    let mut child = std::process::Command::new("zstd")
+        .args(["-q", "-c", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the zstd command (scripts/setup.sh installs it)");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+fn files_under(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p.strip_prefix(root).unwrap().display().to_string());
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn archive_round_trip_has_the_engines_layout_and_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, images) = real_dump(dir.path(), false);
+    let meta = ArchiveMeta::of_process(w.pid(), "counter");
+    let mut tar = Vec::new();
+    let written = archive::write(&images, &meta, &mut tar, Compression::Gzip).unwrap();
+    assert_eq!(&tar[..2], &[0x1f, 0x8b], "gzip");
+    assert!(written.diff_id.starts_with("sha256:"));
+    let un = archive::unpack(tar.as_slice(), &dir.path().join("un"), &Limits::default()).unwrap();
+    let files = files_under(&un.root);
+    for top in [
+        "checkpoint",
+        "config.dump",
+        "spec.dump",
+        "stats-dump",
+        "dump.log",
+    ] {
+        assert!(
+            files.contains(&top.to_string()),
+            "{top} missing in {files:?}"
+        );
+    }
+    assert!(!files.contains(&"checkpoint/dump.log".to_string()));
+    // The same archive compressed by the zstd command (as Podman exports
+    // by default) unpacks to the same files.
+    let mut plain = Vec::new();
+    archive::write(&images, &meta, &mut plain, Compression::None).unwrap();
+    let zst = zstd_cli(&plain);
+    assert_eq!(&zst[..4], &[0x28, 0xb5, 0x2f, 0xfd]);
+    let un_zst =
+        archive::unpack(zst.as_slice(), &dir.path().join("zst"), &Limits::default()).unwrap();
+    assert_eq!(files_under(&un_zst.root), files);
+    assert_eq!(un_zst.bytes, un.bytes);
+    // Every image CRIU wrote came back byte for byte.
+    for e in std::fs::read_dir(images.path()).unwrap().flatten() {
+        let name = e.file_name().into_string().unwrap();
+        if name == "dump.log" || name == "stats-dump" {
+            continue;
+        }
+        let back = std::fs::read(un.root.join("checkpoint").join(&name)).unwrap();
+        assert_eq!(back, std::fs::read(e.path()).unwrap(), "{name}");
+    }
+    assert_eq!(un.config_dump().unwrap()["name"], "counter");
+    // And CRIU restores from the unpacked images.
+    let restored_images = un.images().unwrap();
+    let mut o = criu::Options::new();
+    o.images_dir(&restored_images).log_file("restore.log");
+    let (child, _) = criu::Criu::new().restore_child(&mut o).unwrap();
+    let seq = w.last_seq();
+    w.wait_for_seq(seq + 20, WAIT).unwrap();
+    drop(child);
+}
+
+/// One raw tar entry: name, type, content, link target.
+type RawEntry<'a> = (&'a str, tar::EntryType, &'a [u8], Option<&'a str>);
+
+/// A tar of raw entries (names unchecked, as an attacker would write them).
+fn raw_tar(entries: &[RawEntry<'_>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, kind, data, link) in entries {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        if let Some(l) = link {
+            h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
+        }
+        h.set_entry_type(*kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o600);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+fn unpack_err(tar: &[u8], limits: &Limits) -> (Error, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("t");
+    let e = archive::unpack(tar, &target, limits).unwrap_err();
+    assert!(!target.exists(), "a refused archive leaves nothing behind");
+    (e, dir)
+}
+
+#[test]
+fn unpack_refuses_paths_that_escape() {
+    use tar::EntryType::Regular;
+    for name in ["../evil", "checkpoint/../../evil", "/tmp/criu-rs-evil"] {
+        let (e, dir) = unpack_err(
+            &raw_tar(&[("ok", Regular, b"x", None), (name, Regular, b"x", None)]),
+            &Limits::default(),
+        );
+        assert!(matches!(e, Error::UnsafeEntry { .. }), "{name}: {e}");
+        assert!(!dir.path().join("evil").exists());
+    }
+}
+
+#[test]
+fn unpack_refuses_links_that_point_outside_and_devices() {
+    use tar::EntryType::*;
+    let cases: [&[RawEntry<'_>]; 5] = [
+        &[("l", Symlink, b"", Some("/etc/passwd"))],
+        &[("checkpoint/l", Symlink, b"", Some("../../x"))],
+        &[("h", Link, b"", Some("../outside"))],
+        // A link inside, then a file written through it.
+        &[
+            ("d", Directory, b"", None),
+            ("l", Symlink, b"", Some("d")),
+            ("l/f", Regular, b"x", None),
+        ],
+        &[("dev", Char, b"", None)],
+    ];
+    for entries in cases {
+        let (e, _dir) = unpack_err(&raw_tar(entries), &Limits::default());
+        assert!(matches!(e, Error::UnsafeEntry { .. }), "{entries:?}: {e}");
+    }
+    // A link that stays inside is fine, and so is a file whose directory
+    // the archive does not list.
+    let dir = tempfile::tempdir().unwrap();
+    let ok = raw_tar(&[
+        ("f", Regular, b"x", None),
+        ("l", Symlink, b"", Some("f")),
+        ("checkpoint/sub/g", Regular, b"y", None),
+    ]);
+    let un = archive::unpack(ok.as_slice(), &dir.path().join("t"), &Limits::default()).unwrap();
+    assert_eq!(std::fs::read(un.root.join("l")).unwrap(), b"x");
+    assert_eq!(
+        std::fs::read(un.root.join("checkpoint/sub/g")).unwrap(),
+        b"y"
+    );
+}
+
+#[test]
+fn unpack_refuses_sizes_beyond_limits() {
+    use tar::EntryType::Regular;
+    let big = vec![7u8; 4096];
+    let tar = raw_tar(&[("a", Regular, &big, None), ("b", Regular, &big, None)]);
+    let per_file = Limits {
+        entry_bytes: 1000,
+        ..Limits::default()
+    };
+    let (e, _d) = unpack_err(&tar, &per_file);
+    assert!(matches!(&e, Error::TooLarge { limit: 1000, .. }), "{e}");
+    let total = Limits {
+        total_bytes: 6000,
+        ..Limits::default()
+    };
+    let (e, _d) = unpack_err(&tar, &total);
+    assert!(matches!(&e, Error::TooLarge { limit: 6000, .. }), "{e}");
+    let count = Limits {
+        entries: 1,
+        ..Limits::default()
+    };
+    let (e, _d) = unpack_err(&tar, &count);
+    assert!(matches!(&e, Error::TooLarge { limit: 1, .. }), "{e}");
+    // The same archive within limits unpacks, gzip-compressed too.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let un = archive::unpack(
+        gz.finish().unwrap().as_slice(),
+        &dir.path().join("t"),
+        &Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(un.bytes, 8192);
+}
+
+#[test]
+fn layout_round_trip_and_a_tampered_blob_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_w, image) = image_of(dir.path());
+    let layout = dir.path().join("layout");
+    criu_oci::layout::write(&layout, "v1", &image).unwrap();
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let back = criu_oci::layout::read(&layout, "v1", &host).unwrap();
+    assert_eq!(back.layer, image.layer());
+    assert_eq!(back.annotations[annotations::CONTAINER_NAME], "counter");
+    let blob = layout
+        .join("blobs/sha256")
+        .join(image.layer_digest().trim_start_matches("sha256:"));
+    let mut data = std::fs::read(&blob).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0xff;
+    std::fs::write(&blob, data).unwrap();
+    let e = criu_oci::layout::read(&layout, "v1", &host).unwrap_err();
+    assert!(e.is_digest_mismatch(), "{e}");
+}
+
+/// Pushes `image` from host a as a fresh reference, returns it.
+fn push_from_a(
+    hosts: &TwoHosts,
+    reg: &RegistryHost,
+    cfg: &RegistryConfig,
+    image: &CheckpointImage,
+) -> Result<String, Error> {
+    let reference = format!("{}/criu-rs/{}:latest", reg.address(), unique_tag("t"));
+    hosts
+        .a
+        .run(|| Registry::new(cfg)?.push(&reference, image))
+        .unwrap()?;
+    Ok(reference)
+}
+
+fn pull_on_b(
+    hosts: &TwoHosts,
+    cfg: &RegistryConfig,
+    reference: &str,
+) -> Result<criu_oci::FetchedImage, Error> {
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    hosts
+        .b
+        .run(|| Ok(Registry::new(cfg)?.pull(reference, &host)?.0))
+        .unwrap()
+}
+
+fn http() -> RegistryConfig {
+    RegistryConfig {
+        plain_http: true,
+        timeout: Some(Duration::from_secs(10)),
+        ..RegistryConfig::default()
+    }
+}
+
+#[test]
+fn registry_round_trip_with_basic_auth_and_refused_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_w, image) = image_of(dir.path());
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, Some(("alice", "s3cret"))).unwrap();
+    let good = RegistryConfig {
+        basic_auth: Some(("alice".into(), "s3cret".into())),
+        ..http()
+    };
+    let reference = push_from_a(&hosts, &reg, &good, &image).unwrap();
+    let back = pull_on_b(&hosts, &good, &reference).unwrap();
+    assert_eq!(back.layer, image.layer());
+    assert_eq!(back.annotations, image.annotations);
+    let bad = RegistryConfig {
+        basic_auth: Some(("alice".into(), "wrong".into())),
+        ..http()
+    };
+    let e = pull_on_b(&hosts, &bad, &reference).unwrap_err();
+    assert!(e.is_auth_refused(), "{e}");
+    let e = push_from_a(&hosts, &reg, &http(), &image).unwrap_err();
+    assert!(e.is_auth_refused(), "anonymous push: {e}");
+    // A ping checks the credentials before a move stops its source.
+    let e = hosts
+        .b
+        .run(|| Registry::new(&bad)?.ping(&reference))
+        .unwrap()
+        .unwrap_err();
+    assert!(e.is_auth_refused(), "ping: {e}");
+    let missing = format!("{}/criu-rs/not-pushed-yet:latest", reg.address());
+    hosts
+        .b
+        .run(|| Registry::new(&good)?.ping(&missing))
+        .unwrap()
+        .unwrap();
+}
+
+#[test]
+fn registry_over_tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_w, image) = image_of(dir.path());
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start_tls(&hosts, Some(("bob", "pw"))).unwrap();
+    let tls = RegistryConfig {
+        ca_pem: Some(reg.ca_pem().unwrap()),
+        basic_auth: Some(("bob".into(), "pw".into())),
+        timeout: Some(Duration::from_secs(10)),
+        ..RegistryConfig::default()
+    };
+    let reference = push_from_a(&hosts, &reg, &tls, &image).unwrap();
+    assert_eq!(
+        pull_on_b(&hosts, &tls, &reference).unwrap().layer,
+        image.layer()
+    );
+    // Without the CA the server's certificate is not trusted.
+    let untrusted = RegistryConfig {
+        ca_pem: None,
+        ..tls
+    };
+    let e = pull_on_b(&hosts, &untrusted, &reference).unwrap_err();
+    assert!(matches!(e, Error::Tls { .. }), "{e}");
+    assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+}
+
+#[test]
+fn unreachable_registry_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_w, image) = image_of(dir.path());
+    let hosts = TwoHosts::new().unwrap();
+    // Host a has no route to 10.232.0.0/24 without a registry host: refused at once.
+    let reference = "10.231.0.2:5999/criu-rs/none:latest";
+    let e = hosts
+        .a
+        .run(|| Registry::new(&http())?.push(reference, &image))
+        .unwrap()
+        .unwrap_err();
+    assert!(e.is_unreachable(), "{e}");
+    let e = hosts
+        .a
+        .run(|| Registry::new(&http())?.ping(reference))
+        .unwrap()
+        .unwrap_err();
+    assert!(e.is_unreachable(), "ping: {e}");
+}
+
+#[test]
+fn tampered_blob_not_a_checkpoint_and_incompatible_hosts_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_w, image) = image_of(dir.path());
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+
+    // A blob altered in the registry's storage fails its digest check.
+    let reference = push_from_a(&hosts, &reg, &http(), &image).unwrap();
+    let blob = reg.blob_path(image.layer_digest());
+    let mut data = std::fs::read(&blob).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0xff;
+    std::fs::write(&blob, data).unwrap();
+    let e = pull_on_b(&hosts, &http(), &reference).unwrap_err();
+    assert!(e.is_digest_mismatch(), "{e}");
+
+    // No checkpoint annotation.
+    let mut plain = image.clone();
+    plain.annotations.remove(annotations::CONTAINER_NAME);
+    let reference = push_from_a(&hosts, &reg, &http(), &plain).unwrap();
+    let e = pull_on_b(&hosts, &http(), &reference).unwrap_err();
+    assert!(matches!(e, Error::NotACheckpoint { .. }), "{e}");
+
+    // Another CPU architecture, another CRIU: refused, saying why.
+    for (key, value, says) in [
+        (annotations::HOST_ARCH, "s390x", "s390x"),
+        (annotations::CRIU_VERSION, "31701", "CRIU 3.17.1"),
+    ] {
+        let mut other = image.clone();
+        other.annotations.insert(key.into(), value.into());
+        let reference = push_from_a(&hosts, &reg, &http(), &other).unwrap();
+        let e = pull_on_b(&hosts, &http(), &reference).unwrap_err();
+        assert!(
+            matches!(e, Error::Incompatible { .. }) && e.to_string().contains(says),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn migration_through_a_registry_continues_the_counter() {
+    let (row, cost) =
+        migrate_via_registry(Compression::None, "counter", 0, Duration::from_millis(100)).unwrap();
+    assert!(row.continued, "{row:?}");
+    assert_ne!(row.source_netns, row.dest_netns);
+    assert!(cost.image_bytes > 0 && cost.push_ms > 0.0 && cost.pull_ms > 0.0);
+}
+
+#[test]
+fn source_runs_on_when_the_destination_cannot_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    let out = dir.path().join("out.log");
+    let w = hosts
+        .a
+        .run(|| Workload::spawn_in_pid_ns(BIN.as_ref(), &out, Duration::from_millis(1), 0))
+        .unwrap()
+        .unwrap();
+    let reference = format!("{}/criu-rs/{}:latest", reg.address(), unique_tag("fail"));
+    let criu = criu::Criu::new();
+    let (src, dst) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    let pushed = hosts
+        .a
+        .run(|| {
+            let to = PushTo {
+                registry: &Registry::new(&http())?,
+                reference: &reference,
+                compression: Compression::None,
+            };
+            checkpoint_and_push(&criu, w.pid(), "counter", &src, &to, |_| {})
+        })
+        .unwrap()
+        .unwrap();
+    // Stopped, not gone, while the destination works.
+    assert_eq!(task_state(w.pid()), Some('T'));
+    let seq = w.last_seq();
+    let restore_on_b = |reference: &str| {
+        hosts
+            .b
+            .run(|| {
+                let client = Registry::new(&http())?;
+                pull_and_restore(&criu, &client, reference, &dst, &Limits::default(), |_| {})
+            })
+            .unwrap()
+    };
+    // The destination asks for an image that is not there and fails.
+    let missing = format!("{}/criu-rs/missing:latest", reg.address());
+    let e = restore_on_b(&missing).unwrap_err();
+    assert!(matches!(e, Error::Registry { .. }), "{e}");
+    assert!(!dst.join("archive").exists());
+    // The pushed layer is altered in the registry's storage: refused by
+    // its digest before anything is unpacked (CRIU never sees a byte).
+    let blob = reg.blob_path(&pushed.layer_digest);
+    let mut data = std::fs::read(&blob).unwrap();
+    data[10] ^= 0x55;
+    std::fs::write(&blob, data).unwrap();
+    let e = restore_on_b(&reference).unwrap_err();
+    assert!(e.is_digest_mismatch(), "{e}");
+    assert!(!dst.join("archive").exists());
+    // Through all this the source stayed stopped, alive.
+    assert_eq!(task_state(w.pid()), Some('T'));
+    drop(pushed); // the source continues
+    w.wait_for_seq(seq + 20, WAIT).unwrap();
+}
+
+fn task_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+#[test]
+fn busybox_container_through_a_registry_counts_on() {
+    use criu_testkit::container::{consecutive, make_rootfs, numbers, wait_lines, OwnContainer};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (rootfs_a, rootfs_b, logdir) = (d.join("rootfs-a"), d.join("rootfs-b"), d.join("log"));
+    make_rootfs(&rootfs_a).unwrap();
+    make_rootfs(&rootfs_b).unwrap();
+    std::fs::create_dir_all(&logdir).unwrap();
+    let log = logdir.join("counter.log");
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    let mut container = hosts
+        .a
+        .run(|| OwnContainer::start(d, &rootfs_a, &logdir, "0.05"))
+        .unwrap()
+        .unwrap();
+    wait_lines(&log, 3, WAIT).unwrap();
+    let source_netns = criu_testkit::hosts::netns_of(container.init).unwrap();
+    let (src, dst) = (d.join("a"), d.join("b"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    let logdir_s = logdir.to_string_lossy().to_string();
+    let m = criu_testkit::registry::Move {
+        pid: container.init,
+        name: "busybox-counter",
+        src_dir: &src,
+        dst_dir: &dst,
+        compression: Compression::Gzip,
+    };
+    let (pushed, restored) = criu_testkit::registry::move_through_registry(
+        &hosts,
+        &reg,
+        &m,
+        |o| {
+            o.add_ext_mount("/log", "logdir");
+        },
+        |o| {
+            o.root(&rootfs_b).add_ext_mount("logdir", logdir_s.clone());
+        },
+    )
+    .unwrap();
+    pushed.finish();
+    let _ = container.unshare.wait();
+    let before = numbers(&log);
+    wait_lines(&log, before.len() + 5, WAIT).unwrap();
+    assert!(consecutive(&numbers(&log)), "{:?}", numbers(&log));
+    assert_ne!(
+        criu_testkit::hosts::netns_of(restored.child.pid()).unwrap(),
+        source_netns
+    );
+}
+
+/// Listening TCP sockets (address:port, kernel hex) in the network
+/// namespace of `pid`.
+fn listeners(pid: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for l in text.lines().skip(1) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.get(3) == Some(&"0A") {
+                out.push(f[1].to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_registry_listens_only_in_its_own_namespace() {
+    let hosts = TwoHosts::new().unwrap();
+    let before = listeners("self");
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    let pid = reg.pid().unwrap();
+    assert_eq!(
+        criu_testkit::hosts::netns_of(pid).unwrap(),
+        reg.host.netns_inode().unwrap()
+    );
+    // 10.232.0.254:5000, as /proc prints it (little-endian address).
+    assert_eq!(
+        listeners(&pid.to_string()),
+        vec!["FE00E80A:1388".to_string()]
+    );
+    // Nothing new listens in this (the machine's) namespace.
+    let after = listeners("self");
+    assert!(
+        after
+            .iter()
+            .all(|l| before.contains(l) || !l.ends_with(":1388")),
+        "{after:?}"
+    );
+    drop(reg);
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists() || !criu_testkit::alive(pid));
+}

@@ -1,0 +1,117 @@
+//! A server migrated with 8 clients connected: for each strategy, no client
+//! sees an error, every counter goes on by one, and nothing is left behind
+//! (namespaces, the service address on the source, firewall rules). Then
+//! the two bad paths: a restore that fails (the address goes back, the
+//! source resumes, the clients see only a stall), and a lock that cannot
+//! be taken (a clear error, nothing frozen).
+
+use std::path::Path;
+
+use criu::migrate::Strategy;
+use criu_testkit::tcp::run::{migrate_server, TcpOutcome, TcpSettings};
+
+/// Small memory keeps each migration well under a second.
+const MIB: usize = 4;
+
+fn assert_nothing_left(o: &TcpOutcome) {
+    assert!(
+        o.rules_left.is_empty(),
+        "firewall rules left: {:?}",
+        o.rules_left
+    );
+    for ns in &o.namespaces {
+        assert!(
+            !Path::new(&format!("/run/netns/{ns}")).exists(),
+            "namespace {ns} left behind"
+        );
+    }
+}
+
+fn migrates_with_clients(strategy: Strategy) {
+    let o = migrate_server(&TcpSettings::new(strategy, MIB)).expect("the run");
+    let row = o
+        .row
+        .as_ref()
+        .unwrap_or_else(|| panic!("migration failed: {:?}", o.error));
+    assert_eq!(o.clients.connections, 8);
+    assert!(o.clients.clean(), "the clients saw {:?}", o.clients);
+    assert!(row.row.continued, "the server's ticks did not go on");
+    assert_ne!(row.row.source_netns, row.row.dest_netns);
+    assert_eq!(
+        o.service_on,
+        (false, true),
+        "the service address is not (only) on b"
+    );
+    assert_nothing_left(&o);
+}
+
+#[test]
+fn stop_and_copy_keeps_the_clients_connected() {
+    migrates_with_clients(Strategy::StopAndCopy);
+}
+
+#[test]
+fn page_server_keeps_the_clients_connected() {
+    migrates_with_clients(Strategy::PageServer);
+}
+
+#[test]
+fn lazy_keeps_the_clients_connected() {
+    migrates_with_clients(Strategy::Lazy);
+}
+
+#[test]
+fn a_failed_restore_moves_the_address_back_and_the_source_serves_on() {
+    let mut s = TcpSettings::new(Strategy::StopAndCopy, MIB);
+    s.fail_restore = true;
+    let o = migrate_server(&s).expect("the run");
+    let err = o.error.as_deref().expect("the migration must fail");
+    assert!(err.contains("destination failed"), "{err}");
+    assert!(!o.served_from_b, "the source did not run on in a");
+    assert!(o.clients.clean(), "the clients saw {:?}", o.clients);
+    assert_eq!(
+        o.service_on,
+        (true, false),
+        "the service address did not go back to a"
+    );
+    assert!(
+        o.rules_left.is_empty(),
+        "firewall rules left: {:?}",
+        o.rules_left
+    );
+}
+
+#[test]
+fn no_lock_is_a_clear_error_before_anything_freezes() {
+    let mut s = TcpSettings::new(Strategy::StopAndCopy, MIB);
+    s.break_lock = true;
+    let o = migrate_server(&s).expect("the run");
+    let err = o.error.as_deref().expect("the migration must fail");
+    assert!(err.contains("network lock"), "{err}");
+    assert!(err.contains("nothing was frozen"), "{err}");
+    assert!(!o.served_from_b);
+    assert!(o.clients.clean(), "the clients saw {:?}", o.clients);
+    assert_eq!(o.service_on, (true, false));
+    assert!(
+        o.rules_left.is_empty(),
+        "firewall rules left: {:?}",
+        o.rules_left
+    );
+}
+
+#[test]
+fn criu_s_own_lock_methods_work_and_leave_no_rules() {
+    for lock in [criu::NetworkLock::Iptables, criu::NetworkLock::Nftables] {
+        let mut s = TcpSettings::new(Strategy::StopAndCopy, MIB);
+        s.network_lock = lock;
+        let o = migrate_server(&s).expect("the run");
+        assert!(o.row.is_some(), "{lock:?}: migration failed: {:?}", o.error);
+        assert!(
+            o.clients.clean(),
+            "{lock:?}: the clients saw {:?}",
+            o.clients
+        );
+        assert_eq!(o.service_on, (false, true), "{lock:?}");
+        assert_nothing_left(&o);
+    }
+}

@@ -1,0 +1,281 @@
+//! Migration over mutual TLS between two network-namespace hosts: every
+//! strategy moves the workload with its memory intact while a capture of
+//! the hosts' link never shows that memory (a plaintext run does, so the
+//! check can fail); peers without a valid certificate are refused before
+//! anything of the migration crosses, and the source runs on. Needs root
+//! and tcpdump.
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use criu::migrate::{DestConfig, SourceConfig, Strategy};
+use criu::tls::{TlsConfig, TlsFiles};
+use criu_testkit::capture::{count_markers, memory_markers, Capture};
+use criu_testkit::certs::{trusting, Ca, Pki, Validity};
+use criu_testkit::hosts::{netns_of, TwoHosts};
+use criu_testkit::link::{accept_peer, send_to, Link};
+use criu_testkit::Workload;
+
+const BIN: &str = env!("CARGO_BIN_EXE_criu-rs-workload");
+const WAIT: Duration = Duration::from_secs(30);
+const MIB: usize = 16;
+
+fn tls(files: &TlsFiles) -> Link {
+    Link::Tls(Box::new(TlsConfig::new(files.clone()).unwrap()))
+}
+
+fn spawn_on_a(hosts: &TwoHosts, out: &Path) -> Workload {
+    hosts
+        .a
+        .run(|| Workload::spawn_in_pid_ns(BIN.as_ref(), out, Duration::from_millis(1), MIB))
+        .unwrap()
+        .unwrap()
+}
+
+/// Migrates a fresh workload from a to b over `links` while capturing host
+/// a's link; checks that it goes on with its memory intact on b. Returns
+/// how many memory markers the capture holds.
+fn migrate_captured(strategy: Strategy, links: [&Link; 2]) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let mut w = spawn_on_a(&hosts, &dir.path().join("out.log"));
+    let sum = w.memory_checksum().unwrap();
+    w.wait_for_seq(20, WAIT).unwrap();
+    let (src_dir, dst_dir) = (dir.path().join("src"), dir.path().join("dst"));
+    std::fs::create_dir_all(&src_dir).unwrap();
+    std::fs::create_dir_all(&dst_dir).unwrap();
+
+    let capture = Capture::start(&hosts.a, &dir.path().join("link.pcap")).unwrap();
+    let run = hosts
+        .migrate_over(
+            links,
+            w.pid(),
+            || SourceConfig::new(strategy, &src_dir),
+            || DestConfig::new(&dst_dir),
+            None,
+        )
+        .unwrap();
+    let (bytes, dropped) = capture.stop().unwrap();
+    let what = format!("{strategy} over {}", links[0].name());
+    let src = run.src.unwrap_or_else(|e| panic!("{what}: {e}"));
+    let dst = run.dst.unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(
+        dropped, 0,
+        "{what}: tcpdump dropped packets, the check would be void"
+    );
+
+    w.reap(WAIT).unwrap();
+    let pid = dst.child.pid();
+    assert_eq!(src.restored_pid, pid);
+    assert_eq!(netns_of(pid).unwrap(), hosts.b.netns_inode().unwrap());
+    w.wait_for_seq(w.last_seq() + 20, WAIT).unwrap();
+    let (sum_after, ok) = w.verify_memory(pid, WAIT).unwrap();
+    assert!(ok && sum_after == sum, "{what}: memory intact");
+    assert!(
+        bytes.len() > 1 << 20,
+        "{what}: the capture saw the migration"
+    );
+    count_markers(&bytes, &memory_markers(MIB, 64))
+}
+
+/// The TLS run shows no marker; the plaintext run of the same strategy
+/// shows them, through the same capture and search.
+fn memory_stays_hidden(strategy: Strategy) {
+    let pki = Pki::new().unwrap();
+    let (a, b) = (tls(&pki.a), tls(&pki.b));
+    let in_tls = migrate_captured(strategy, [&a, &b]);
+    assert_eq!(in_tls, 0, "{strategy}: memory seen on the link despite TLS");
+    let in_plain = migrate_captured(strategy, [&Link::Plain, &Link::Plain]);
+    assert!(
+        in_plain > 0,
+        "{strategy}: the plaintext control run shows no memory: the capture check cannot fail"
+    );
+}
+
+#[test]
+fn stop_and_copy_over_tls_keeps_memory_off_the_wire() {
+    memory_stays_hidden(Strategy::StopAndCopy);
+}
+
+#[test]
+fn page_server_over_tls_keeps_memory_off_the_wire() {
+    memory_stays_hidden(Strategy::PageServer);
+}
+
+#[test]
+fn lazy_over_tls_keeps_memory_off_the_wire() {
+    memory_stays_hidden(Strategy::Lazy);
+}
+
+/// A receiver on loopback with `link`, accepting one connection; returns
+/// its address and the accept's result.
+fn one_receiver(
+    link: Link,
+) -> (
+    SocketAddr,
+    std::thread::JoinHandle<criu::Result<SocketAddr>>,
+) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let h = std::thread::spawn(move || accept_peer(&link, &listener).map(|(_, peer)| peer));
+    (addr, h)
+}
+
+/// A source workload, running (it is never touched when refused).
+fn source_workload(dir: &Path) -> Workload {
+    let w = Workload::spawn_in_pid_ns(
+        BIN.as_ref(),
+        &dir.join("out.log"),
+        Duration::from_millis(1),
+        1,
+    )
+    .unwrap();
+    w.wait_for_seq(10, WAIT).unwrap();
+    w
+}
+
+/// `source` sends a workload to a receiver with `dest`: both refuse or
+/// are refused with the expected words, and the workload runs on, never
+/// stopped (its counter has no gap of a dump).
+fn refused(source: Link, dest: Link, src_says: &str, dst_says: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = source_workload(dir.path());
+    let (addr, receiver) = one_receiver(dest);
+    let work = dir.path().join("src");
+    std::fs::create_dir_all(&work).unwrap();
+    let sent = send_to(
+        &source,
+        addr,
+        w.pid(),
+        SourceConfig::new(Strategy::StopAndCopy, &work),
+    );
+    let accepted = receiver.join().unwrap();
+    let src_err = sent.expect_err("the source fails").to_string();
+    let dst_err = accepted.expect_err("the receiver refuses").to_string();
+    assert!(src_err.contains(src_says), "source: {src_err}");
+    assert!(dst_err.contains(dst_says), "receiver: {dst_err}");
+    assert!(w.advances(WAIT), "the source runs on");
+    assert!(
+        !work.join("images").exists(),
+        "nothing was dumped: the source was never touched"
+    );
+    w.reap(Duration::ZERO).ok();
+}
+
+#[test]
+fn a_source_with_a_certificate_from_another_ca_is_refused() {
+    let pki = Pki::new().unwrap();
+    let other = Ca::new(pki.dir.path(), "other").unwrap();
+    // It trusts the right CA (so it accepts the receiver), but its own
+    // certificate comes from another.
+    let intruder = trusting(&other.host("intruder", Validity::Current).unwrap(), &pki.ca);
+    refused(
+        tls(&intruder),
+        tls(&pki.b),
+        "the peer refused us",
+        "not signed by our CA",
+    );
+}
+
+#[test]
+fn a_receiver_with_a_certificate_from_another_ca_is_refused() {
+    let pki = Pki::new().unwrap();
+    let other = Ca::new(pki.dir.path(), "other").unwrap();
+    let impostor = trusting(&other.host("impostor", Validity::Current).unwrap(), &pki.ca);
+    refused(
+        tls(&pki.a),
+        tls(&impostor),
+        "not signed by our CA",
+        "refused us",
+    );
+}
+
+#[test]
+fn an_expired_certificate_is_refused() {
+    let pki = Pki::new().unwrap();
+    let expired = pki.ca.host("expired", Validity::Expired).unwrap();
+    refused(
+        tls(&expired),
+        tls(&pki.b),
+        "the peer refused us",
+        "has expired",
+    );
+}
+
+#[test]
+fn a_plain_tcp_sender_is_refused_and_resumes() {
+    let pki = Pki::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = source_workload(dir.path());
+    let (addr, receiver) = one_receiver(tls(&pki.b));
+    let work = dir.path().join("src");
+    std::fs::create_dir_all(&work).unwrap();
+    // Stop-and-copy writes its hello and dumps without waiting for an
+    // answer: the refusal reaches it while it sends (or, if the reset came
+    // first, before it dumps); either way it resumes the workload.
+    let sent = send_to(
+        &Link::Plain,
+        addr,
+        w.pid(),
+        SourceConfig::new(Strategy::StopAndCopy, &work),
+    );
+    let dst_err = receiver.join().unwrap().expect_err("refused").to_string();
+    assert!(
+        dst_err.contains("does not speak TLS"),
+        "receiver: {dst_err}"
+    );
+    let src_err = sent.expect_err("the plain sender fails").to_string();
+    assert!(w.advances(WAIT), "the source runs on after: {src_err}");
+    w.reap(Duration::ZERO).ok();
+}
+
+/// A peer that connects and then says nothing, or trickles a byte at a
+/// time, is dropped at the handshake deadline: the receive side's limits
+/// hold before authentication.
+#[test]
+fn a_silent_or_trickling_peer_times_out_in_the_handshake() {
+    let pki = Pki::new().unwrap();
+    let config = TlsConfig::new(pki.b.clone())
+        .unwrap()
+        .handshake_timeout(Duration::from_millis(800));
+    for trickle in [false, true] {
+        let (addr, receiver) = one_receiver(Link::Tls(Box::new(config.clone())));
+        let mut peer = TcpStream::connect(addr).unwrap();
+        let feeder = std::thread::spawn(move || {
+            // A TLS record header that announces a long handshake message,
+            // then one byte every 200 ms: every single read succeeds.
+            if trickle {
+                let _ = peer.write_all(&[0x16, 0x03, 0x01, 0x40, 0x00]);
+                while peer.write_all(&[0x01]).is_ok() {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            } else {
+                let mut sink = [0u8; 1];
+                let _ = std::io::Read::read(&mut peer, &mut sink);
+            }
+        });
+        let e = receiver.join().unwrap().expect_err("timed out").to_string();
+        assert!(
+            e.contains("did not complete the TLS handshake within"),
+            "trickle {trickle}: {e}"
+        );
+        feeder.join().unwrap();
+    }
+}
+
+#[test]
+fn unusable_pem_files_are_named_in_the_error() {
+    let pki = Pki::new().unwrap();
+    let bad = TlsFiles::new(pki.a.ca(), pki.a.key(), pki.a.key());
+    let e = TlsConfig::new(bad)
+        .expect_err("a key is no certificate")
+        .to_string();
+    assert!(e.contains("certificate") && e.contains("-key.pem"), "{e}");
+    let mismatched = TlsFiles::new(pki.a.ca(), pki.a.cert(), pki.b.key());
+    let e = TlsConfig::new(mismatched)
+        .expect_err("wrong key")
+        .to_string();
+    assert!(e.contains("does not go with"), "{e}");
+}
