@@ -30,8 +30,10 @@ pub struct Row {
     pub dest_netns: u64,
     /// Where the downtime went (`criu::migrate::Phases`, in µs), plus
     /// `resume_us`: the application's gap that the migration's own phases
-    /// do not explain (its first tick after the restore).
-    pub phases: RowPhases,
+    /// do not explain (its first tick after the restore). `None` for
+    /// moves that are not a `criu::migrate` migration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phases: Option<RowPhases>,
 }
 
 /// A migration's phases and the application's resume, in µs.
@@ -110,10 +112,10 @@ impl Row {
             pid_after: src.restored_pid,
             source_netns: 0,
             dest_netns: 0,
-            phases: RowPhases {
+            phases: Some(RowPhases {
                 migration: src.phases,
                 resume_us: 0,
-            },
+            }),
         }
     }
 }
@@ -224,13 +226,13 @@ pub fn migrate_workload_over(
         pid_after,
         source_netns,
         dest_netns,
-        phases: RowPhases {
+        phases: Some(RowPhases {
             migration: src.phases,
             resume_us: u64::try_from(
                 (downtime_ns / 1000).saturating_sub(src.stopped_to_restored.as_micros()),
             )
             .unwrap_or(u64::MAX),
-        },
+        }),
         ..of
     })
 }
