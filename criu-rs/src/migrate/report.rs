@@ -56,12 +56,13 @@ pub struct Phases {
     /// CRIU stopping every task of the tree (`freezing_time`).
     #[serde(rename = "freeze_us", serialize_with = "crate::stats::opt_micros")]
     pub freeze: Option<Duration>,
-    /// CRIU's frozen time less the memory dump and write: collecting and
+    /// CRIU's frozen time less its memory dump (which holds the write): collecting and
     /// writing everything but the memory pages (namespaces, files, the
     /// network lock, ...).
     #[serde(rename = "frozen_us", serialize_with = "crate::stats::opt_micros")]
     pub frozen: Option<Duration>,
-    /// CRIU reading the memory pages (`memdump_time`).
+    /// CRIU collecting the memory pages: `memdump_time` less the write
+    /// that CRIU times inside it.
     #[serde(rename = "memory_dump_us", serialize_with = "crate::stats::opt_micros")]
     pub memory_dump: Option<Duration>,
     /// CRIU writing the pages (`memwrite_time`): into the images, or for
@@ -101,15 +102,12 @@ impl Phases {
         stopped_to_restored: Duration,
     ) -> Phases {
         let criu = dump_report.stats.as_ref();
-        let memory_dump = criu.map(|s| s.memdump_time);
-        let memory_write = criu.map(|s| s.memwrite_time);
-        // CRIU times the memory dump and write on their own; when they add
-        // up to more than its frozen time, the rest of frozen shows 0.
-        let frozen = criu.map(|s| {
-            s.frozen_time
-                .saturating_sub(s.memdump_time)
-                .saturating_sub(s.memwrite_time)
-        });
+        // CRIU times the page writes inside its memory dump (memwrite is
+        // part of memdump) and both inside its frozen time: split them so
+        // that the phases do not overlap.
+        let memory_write = criu.map(|s| s.memwrite_time.min(s.memdump_time));
+        let memory_dump = criu.map(|s| s.memdump_time.saturating_sub(s.memwrite_time));
+        let frozen = criu.map(|s| s.frozen_time.saturating_sub(s.memdump_time));
         let freeze = criu.map(|s| s.freezing_time);
         let in_criu = [freeze, frozen, memory_dump, memory_write]
             .into_iter()
@@ -198,7 +196,9 @@ mod tests {
     fn phases_add_up_to_stopped_to_restored() {
         let p = Phases::split(&dump_with(2, 50, 20, 10), ms(60), ms(30), ms(40), ms(140));
         assert_eq!(p.freeze, Some(ms(2)));
-        assert_eq!(p.frozen, Some(ms(20)));
+        assert_eq!(p.frozen, Some(ms(30)));
+        assert_eq!(p.memory_dump, Some(ms(10)));
+        assert_eq!(p.memory_write, Some(ms(10)));
         assert_eq!(p.dump_other, ms(8));
         assert_eq!(p.handoff, ms(10));
         assert_eq!(sum(&p), ms(140));
@@ -206,10 +206,11 @@ mod tests {
 
     #[test]
     fn memory_phases_longer_than_frozen_still_add_up() {
-        // CRIU's memory dump and write exceed its frozen time: frozen's
-        // rest is 0 and the dump's other time shrinks, the sum holds.
-        let p = Phases::split(&dump_with(1, 30, 20, 15), ms(50), ms(5), ms(20), ms(80));
+        // CRIU's memory dump exceeds its frozen time (separate clocks):
+        // frozen's rest is 0 and the sum still holds.
+        let p = Phases::split(&dump_with(1, 30, 35, 15), ms(50), ms(5), ms(20), ms(80));
         assert_eq!(p.frozen, Some(ms(0)));
+        assert_eq!(p.memory_dump, Some(ms(20)));
         assert_eq!(p.dump_other, ms(14));
         assert_eq!(sum(&p), ms(80));
     }
