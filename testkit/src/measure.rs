@@ -178,15 +178,14 @@ pub fn migrate_workload_over(
     let pid_before = w.pid();
     let rss = rss_bytes(pid_before);
     let source_netns = netns_of(pid_before)?;
-    let (src_dir, dst_dir) = (dir.path().join("a"), dir.path().join("b"));
-    std::fs::create_dir_all(&src_dir)?;
-    std::fs::create_dir_all(&dst_dir)?;
 
     let run = hosts.migrate_over(
         [&links.a, &links.b],
         pid_before,
-        || SourceConfig::new(strategy, &src_dir).progress(progress),
-        || DestConfig::new(&dst_dir),
+        // The images live in memory on both hosts (no disk in the path),
+        // in private tmpfs directories removed when each side returns.
+        || SourceConfig::in_memory(strategy).progress(progress),
+        DestConfig::in_memory,
         None,
     )?;
     let (src, dst) = (run.src, run.dst);
