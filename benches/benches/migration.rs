@@ -4,13 +4,22 @@
 //! writes `target/criu-rs-bench/migration.json` and a plot of downtime
 //! versus size per strategy, `target/criu-rs-bench/downtime.svg`.
 //!
+//! Each run also reports where the downtime went (the `phases` of
+//! `testkit::measure::Row`); their medians go into `migration.json` for
+//! `bench-report`'s stacked-bar plot. Beside the strategies, each
+//! repetition measures a local baseline interleaved with them: a dump of
+//! the same workload to tmpfs plus a restore from it on the same host
+//! (`local-tmpfs`), the floor a stop-and-copy migration is held against.
+//!
 //! Sizes: `CRIU_RS_BENCH_MIGRATION_SIZES` (MiB, default `16`; the
 //! published run uses `16,256,1024`).
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use criu::migrate::Strategy;
-use criu_rs_benches::{median, out_dir, reps};
+use criu::{Criu, ImagesDir, Options};
+use criu_rs_benches::{become_subreaper, median, out_dir, reps, workload, Fs};
 use criu_testkit::measure::migrate_workload;
 use plotters::prelude::*;
 use serde::Serialize;
@@ -24,6 +33,93 @@ struct Summary {
     median_downtime_ms: f64,
     median_total_ms: f64,
     median_transfer_bytes: f64,
+    /// The slowest run's downtime over the fastest's.
+    downtime_spread: f64,
+    /// Median of each phase of the downtime, ms (see `testkit::measure`).
+    phases_ms: BTreeMap<String, f64>,
+}
+
+/// The name of the local baseline in the summary.
+const LOCAL: &str = "local-tmpfs";
+
+/// One run's figures, whatever produced them.
+#[derive(Default)]
+struct Runs {
+    down: Vec<f64>,
+    total: Vec<f64>,
+    bytes: Vec<f64>,
+    phases: BTreeMap<String, Vec<f64>>,
+}
+
+impl Runs {
+    fn summary(mut self, strategy: &str, mib: usize) -> Summary {
+        let all = self.down.clone();
+        let (lo, hi) = all
+            .iter()
+            .fold((f64::MAX, 0f64), |(lo, hi), &d| (lo.min(d), hi.max(d)));
+        Summary {
+            strategy: strategy.to_string(),
+            mib,
+            runs: all.len(),
+            downtime_ms: all,
+            median_downtime_ms: median(&mut self.down),
+            median_total_ms: median(&mut self.total),
+            median_transfer_bytes: median(&mut self.bytes),
+            downtime_spread: if lo > 0.0 { hi / lo } else { f64::NAN },
+            phases_ms: self
+                .phases
+                .into_iter()
+                .map(|(k, mut v)| (k, median(&mut v)))
+                .collect(),
+        }
+    }
+
+    /// A migration's figures; its phases come from the row's JSON, in µs.
+    fn add_migration(&mut self, r: &criu_testkit::measure::Row, total: Duration) {
+        self.down.push(r.cost.downtime_ms);
+        self.total.push(total.as_secs_f64() * 1000.0);
+        self.bytes.push(r.cost.transfer_bytes as f64);
+        let v = serde_json::to_value(r).unwrap_or_default();
+        if let Some(obj) = v["phases"].as_object() {
+            for (k, us) in obj {
+                if let Some(us) = us.as_f64() {
+                    let name = k.trim_end_matches("_us").to_string();
+                    self.phases.entry(name).or_default().push(us / 1000.0);
+                }
+            }
+        }
+    }
+}
+
+/// The local baseline: a fresh workload of `mib` MiB dumped to tmpfs and
+/// restored from it on this host, through criu-rs; (dump, restore) wall.
+fn local_dump_restore(mib: usize) -> (Duration, Duration) {
+    let scratch = Fs::Tmpfs.scratch();
+    let mut w = workload(&scratch.path().join("out.log"), mib);
+    std::thread::sleep(Duration::from_millis(300));
+    let dir = scratch.path().join("img");
+    let images = ImagesDir::create(&dir).expect("images dir");
+    let t = Instant::now();
+    Criu::new()
+        .dump(
+            Options::new()
+                .pid(w.pid())
+                .images_dir(&images)
+                .log_file("dump.log"),
+        )
+        .expect("local dump");
+    let dump = t.elapsed();
+    w.reap(Duration::from_secs(30))
+        .expect("reaping the dumped workload");
+    w.forget();
+    let images = ImagesDir::open(&dir).expect("images dir");
+    let t = Instant::now();
+    let (child, _) = Criu::new()
+        .restore_child(Options::new().images_dir(&images).log_file("restore.log"))
+        .expect("local restore");
+    let restore = t.elapsed();
+    drop(child);
+    (dump, restore)
 }
 
 fn sizes() -> Vec<usize> {
@@ -40,44 +136,61 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    become_subreaper();
     let reps = reps();
     let mut rows: Vec<Summary> = Vec::new();
     for mib in sizes() {
-        for strategy in Strategy::ALL {
-            let mut down = Vec::new();
-            let mut total = Vec::new();
-            let mut bytes = Vec::new();
-            for rep in 0..reps {
-                let start = std::time::Instant::now();
+        let mut by: BTreeMap<String, Runs> = BTreeMap::new();
+        // Interleaved: each repetition runs every strategy and the local
+        // baseline once, so drift on this shared machine falls on all.
+        for rep in 0..reps {
+            for strategy in Strategy::ALL {
+                let start = Instant::now();
                 match migrate_workload(strategy, &format!("memory:{mib}"), mib, Duration::from_millis(300), |_, _| {}) {
                     Ok(r) if r.continued && r.memory_intact != Some(false) => {
-                        down.push(r.cost.downtime_ms);
-                        total.push(start.elapsed().as_secs_f64() * 1000.0);
-                        bytes.push(r.cost.transfer_bytes as f64);
+                        by.entry(strategy.to_string()).or_default().add_migration(&r, start.elapsed());
                     }
                     Ok(r) => panic!("{strategy} {mib} MiB run {rep}: the workload did not continue correctly: {r:?}"),
                     Err(e) => panic!("{strategy} {mib} MiB run {rep}: {e}"),
                 }
             }
-            let all = down.clone();
-            rows.push(Summary {
-                strategy: strategy.to_string(),
-                mib,
-                runs: reps,
-                downtime_ms: all,
-                median_downtime_ms: median(&mut down),
-                median_total_ms: median(&mut total),
-                median_transfer_bytes: median(&mut bytes),
-            });
-            eprintln!(
-                "migration {strategy} {mib} MiB: median downtime {:.1} ms",
-                rows.last().unwrap().median_downtime_ms
-            );
+            let (dump, restore) = local_dump_restore(mib);
+            let runs = by.entry(LOCAL.to_string()).or_default();
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            runs.down.push(ms(dump + restore));
+            runs.total.push(ms(dump + restore));
+            runs.bytes.push(0.0);
+            runs.phases.entry("dump".into()).or_default().push(ms(dump));
+            runs.phases
+                .entry("restore".into())
+                .or_default()
+                .push(ms(restore));
+        }
+        for name in Strategy::ALL
+            .iter()
+            .map(|s| s.to_string())
+            .chain([LOCAL.to_string()])
+        {
+            if let Some(runs) = by.remove(&name) {
+                rows.push(runs.summary(&name, mib));
+                let r = rows.last().unwrap();
+                eprintln!(
+                    "migration {name} {mib} MiB: median downtime {:.1} ms (spread {:.2}x)",
+                    r.median_downtime_ms, r.downtime_spread
+                );
+            }
         }
     }
     println!(
-        "{:<14} {:>6} {:>5} {:>14} {:>12} {:>10} {:>18}",
-        "strategy", "MiB", "runs", "downtime ms", "total ms", "wire MiB", "downtime / s&c"
+        "{:<14} {:>6} {:>5} {:>14} {:>12} {:>10} {:>18} {:>8}",
+        "strategy",
+        "MiB",
+        "runs",
+        "downtime ms",
+        "total ms",
+        "wire MiB",
+        "downtime / s&c",
+        "spread"
     );
     for r in &rows {
         let base = rows
@@ -85,14 +198,15 @@ fn main() {
             .find(|b| b.mib == r.mib && b.strategy == "stop-and-copy")
             .map_or(f64::NAN, |b| b.median_downtime_ms);
         println!(
-            "{:<14} {:>6} {:>5} {:>14.1} {:>12.1} {:>10.1} {:>17.3}x",
+            "{:<14} {:>6} {:>5} {:>14.1} {:>12.1} {:>10.1} {:>17.3}x {:>7.2}x",
             r.strategy,
             r.mib,
             r.runs,
             r.median_downtime_ms,
             r.median_total_ms,
             r.median_transfer_bytes / 1048576.0,
-            r.median_downtime_ms / base
+            r.median_downtime_ms / base,
+            r.downtime_spread
         );
     }
     let dir = out_dir();

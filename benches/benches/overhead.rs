@@ -5,6 +5,9 @@
 //! criu-rs through a long-running `criu service` (which the bench starts and
 //! owns), shows what starting CRIU for every call costs. Prints medians and
 //! criu-rs's ratio to each; writes `target/criu-rs-bench/overhead.json`.
+//! It also prints the safe layer's own time per call (the criu-rs call's
+//! wall time minus the libcriu call inside it, as its report gives it):
+//! a figure the round-to-round noise of CRIU itself does not blur.
 //! Rounds: `CRIU_RS_BENCH_ROUNDS` (default 15).
 
 mod peers;
@@ -67,6 +70,15 @@ fn main() {
     }
     drop(service);
     let mut out = serde_json::Map::new();
+    let (own_d, own_r) = {
+        let own = peers::OWN_US.lock().unwrap();
+        (median(&mut own.0.clone()), median(&mut own.1.clone()))
+    };
+    println!("criu-rs's own time outside the libcriu call (median): dump {own_d:.1} us, restore {own_r:.1} us");
+    out.insert(
+        "criu-rs-own".to_string(),
+        serde_json::json!({"rounds": rounds, "dump_median_us": own_d, "restore_median_us": own_r}),
+    );
     println!(
         "{:<16} {:>14} {:>12} {:>17} {:>15}",
         "impl", "dump median ms", "criu-rs / it", "restore median ms", "criu-rs / it"

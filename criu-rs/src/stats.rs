@@ -84,7 +84,7 @@ pub(crate) fn micros<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Erro
 }
 
 #[cfg(feature = "serde")]
-fn opt_micros<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn opt_micros<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match d {
         Some(d) => micros(d, s),
         None => s.serialize_none(),

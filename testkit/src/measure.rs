@@ -28,6 +28,21 @@ pub struct Row {
     pub pid_after: i32,
     pub source_netns: u64,
     pub dest_netns: u64,
+    /// Where the downtime went (`criu::migrate::Phases`, in µs), plus
+    /// `resume_us`: the application's gap that the migration's own phases
+    /// do not explain (its first tick after the restore). `None` for
+    /// moves that are not a `criu::migrate` migration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phases: Option<RowPhases>,
+}
+
+/// A migration's phases and the application's resume, in µs.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[allow(missing_docs)]
+pub struct RowPhases {
+    #[serde(flatten)]
+    pub migration: criu::migrate::Phases,
+    pub resume_us: u64,
 }
 
 /// What one migration cost, phase by phase, under the field names the
@@ -97,6 +112,10 @@ impl Row {
             pid_after: src.restored_pid,
             source_netns: 0,
             dest_netns: 0,
+            phases: Some(RowPhases {
+                migration: src.phases,
+                resume_us: 0,
+            }),
         }
     }
 }
@@ -159,15 +178,14 @@ pub fn migrate_workload_over(
     let pid_before = w.pid();
     let rss = rss_bytes(pid_before);
     let source_netns = netns_of(pid_before)?;
-    let (src_dir, dst_dir) = (dir.path().join("a"), dir.path().join("b"));
-    std::fs::create_dir_all(&src_dir)?;
-    std::fs::create_dir_all(&dst_dir)?;
 
     let run = hosts.migrate_over(
         [&links.a, &links.b],
         pid_before,
-        || SourceConfig::new(strategy, &src_dir).progress(progress),
-        || DestConfig::new(&dst_dir),
+        // The images live in memory on both hosts (no disk in the path),
+        // in private tmpfs directories removed when each side returns.
+        || SourceConfig::in_memory(strategy).progress(progress),
+        DestConfig::in_memory,
         None,
     )?;
     let (src, dst) = (run.src, run.dst);
@@ -207,6 +225,13 @@ pub fn migrate_workload_over(
         pid_after,
         source_netns,
         dest_netns,
+        phases: Some(RowPhases {
+            migration: src.phases,
+            resume_us: u64::try_from(
+                (downtime_ns / 1000).saturating_sub(src.stopped_to_restored.as_micros()),
+            )
+            .unwrap_or(u64::MAX),
+        }),
         ..of
     })
 }

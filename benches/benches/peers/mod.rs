@@ -5,6 +5,8 @@ use std::ffi::CString;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use criu::{Criu, ImagesDir, Options};
 
@@ -14,20 +16,35 @@ pub type DumpFn = fn(i32, &Path);
 /// (our child or an orphan we reap).
 pub type RestoreFn = fn(&Path) -> i32;
 
+/// criu-rs's own time per dump and per restore of the `criu-rs` peer, in
+/// µs: the whole call (opening the images directory included, as the
+/// other peers' times include theirs) minus the libcriu call's wall time
+/// from its report.
+pub static OWN_US: Mutex<(Vec<f64>, Vec<f64>)> = Mutex::new((Vec::new(), Vec::new()));
+
+fn own_us(total: Duration, libcriu: Duration) -> f64 {
+    total.saturating_sub(libcriu).as_secs_f64() * 1e6
+}
+
 pub fn dump_criu_rs(pid: i32, dir: &Path) {
-    dump_with(&Criu::new(), pid, dir);
+    let t = Instant::now();
+    let report = dump_with(&Criu::new(), pid, dir);
+    let own = own_us(t.elapsed(), report.wall_time);
+    OWN_US.lock().unwrap().0.push(own);
 }
 
 /// A criu-rs dump through `criu`, however it reaches CRIU.
-pub fn dump_with(criu: &Criu, pid: i32, dir: &Path) {
+pub fn dump_with(criu: &Criu, pid: i32, dir: &Path) -> criu::DumpReport {
     let images = ImagesDir::open(dir).unwrap();
-    criu.dump(
-        Options::new()
-            .pid(pid)
-            .images_dir(&images)
-            .log_file("dump.log"),
-    )
-    .expect("criu-rs dump");
+    let report = criu
+        .dump(
+            Options::new()
+                .pid(pid)
+                .images_dir(&images)
+                .log_file("dump.log"),
+        )
+        .expect("criu-rs dump");
+    report
 }
 
 pub fn dump_raw_sys(pid: i32, dir: &Path) {
@@ -69,10 +86,13 @@ pub fn dump_rust_criu(pid: i32, dir: &Path) {
 }
 
 pub fn restore_criu_rs(dir: &Path) -> i32 {
+    let t = Instant::now();
     let images = ImagesDir::open(dir).unwrap();
-    let (child, _) = Criu::new()
+    let (child, report) = Criu::new()
         .restore_child(Options::new().images_dir(&images).log_file("restore.log"))
         .expect("criu-rs restore");
+    let own = own_us(t.elapsed(), report.wall_time);
+    OWN_US.lock().unwrap().1.push(own);
     child.detach()
 }
 

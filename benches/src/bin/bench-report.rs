@@ -2,13 +2,15 @@
 //! medians (`target/criterion/*/*/new/estimates.json`), CRIU's own timings
 //! of each dump (`target/criu-rs-bench/criu-stats.jsonl`) and the migration
 //! summary (`target/criu-rs-bench/migration.json`). Copies the plots to
-//! `docs/bench/`. Prints Markdown.
+//! `docs/bench/` and draws the downtime's phases per strategy and size as
+//! stacked bars (`docs/bench/phases.svg`). Prints Markdown.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use criu_rs_benches::{median, out_dir};
+use plotters::prelude::*;
 
 fn target() -> PathBuf {
     out_dir().parent().expect("target dir").to_path_buf()
@@ -232,5 +234,150 @@ fn main() {
             );
         }
         let _ = std::fs::copy(out_dir().join("downtime.svg"), docs.join("downtime.svg"));
+        print_phases(&rows);
+        if let Err(e) = plot_phases(&rows, &docs.join("phases.svg")) {
+            eprintln!("phases plot: {e}");
+        }
     }
+}
+
+/// The phases of a migration's downtime, in the order they happen (see
+/// `criu::migrate::Phases`; `resume` is measured by the testkit); the
+/// local baseline has `dump` and `restore`.
+const PHASES: [&str; 10] = [
+    "dump",
+    "freeze",
+    "frozen",
+    "memory_dump",
+    "memory_write",
+    "dump_other",
+    "transfer",
+    "restore",
+    "handoff",
+    "resume",
+];
+
+fn phase_ms(r: &serde_json::Value, phase: &str) -> f64 {
+    r["phases_ms"][phase].as_f64().unwrap_or(0.0)
+}
+
+/// The phase medians as a table, with their sum beside the downtime.
+fn print_phases(rows: &[serde_json::Value]) {
+    println!("\n### Where the downtime goes (medians, ms)\n");
+    let shown: Vec<&str> = PHASES
+        .iter()
+        .copied()
+        .filter(|p| rows.iter().any(|r| phase_ms(r, p) > 0.0))
+        .collect();
+    println!(
+        "| strategy | MiB | {} | sum | downtime |",
+        shown.join(" | ").replace('_', " ")
+    );
+    println!("|---|---:|{}---:|---:|", "---:|".repeat(shown.len()));
+    for r in rows {
+        let cells: Vec<String> = shown.iter().map(|p| fmt(Some(phase_ms(r, p)))).collect();
+        let sum: f64 = shown.iter().map(|p| phase_ms(r, p)).sum();
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            r["strategy"].as_str().unwrap_or(""),
+            r["mib"],
+            cells.join(" | "),
+            fmt(Some(sum)),
+            fmt(r["median_downtime_ms"].as_f64())
+        );
+    }
+}
+
+/// Stacked bars of the phase medians: one panel per size (each with its
+/// own scale, as 16 MiB and 1 GiB differ by two orders of magnitude), a
+/// bar per strategy, a colour per phase.
+fn plot_phases(rows: &[serde_json::Value], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let mut sizes: Vec<u64> = rows.iter().filter_map(|r| r["mib"].as_u64()).collect();
+    sizes.sort();
+    sizes.dedup();
+    if sizes.is_empty() {
+        return Ok(());
+    }
+    let root = SVGBackend::new(path, (360 * sizes.len() as u32 + 160, 460)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(
+        "Where the downtime goes: phases per strategy (medians)",
+        ("sans-serif", 18),
+    )?;
+    let (panels, legend) = root.split_horizontally(360 * sizes.len() as u32);
+    for (panel, mib) in panels.split_evenly((1, sizes.len())).iter().zip(&sizes) {
+        let bars: Vec<&serde_json::Value> = rows
+            .iter()
+            .filter(|r| r["mib"].as_u64() == Some(*mib))
+            .collect();
+        let top = bars
+            .iter()
+            .map(|r| {
+                let sum: f64 = PHASES.iter().map(|p| phase_ms(r, p)).sum();
+                sum.max(r["median_downtime_ms"].as_f64().unwrap_or(0.0))
+            })
+            .fold(1.0, f64::max);
+        let names: Vec<String> = bars
+            .iter()
+            .map(|r| r["strategy"].as_str().unwrap_or("").to_string())
+            .collect();
+        let mut chart = ChartBuilder::on(panel)
+            .caption(format!("{mib} MiB"), ("sans-serif", 15))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..bars.len() as f64, 0f64..top * 1.08)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(bars.len())
+            .x_label_formatter(&|x| {
+                names
+                    .get(x.floor() as usize)
+                    .filter(|_| x.fract() == 0.5)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .y_desc("ms")
+            .draw()?;
+        for (i, r) in bars.iter().enumerate() {
+            let mut base = 0.0;
+            for (k, p) in PHASES.iter().enumerate() {
+                let h = phase_ms(r, p);
+                if h <= 0.0 {
+                    continue;
+                }
+                let x = i as f64;
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(x + 0.15, base), (x + 0.85, base + h)],
+                    Palette99::pick(k).filled(),
+                )))?;
+                base += h;
+            }
+            // The measured downtime, as a tick across the bar.
+            if let Some(d) = r["median_downtime_ms"].as_f64() {
+                let x = i as f64;
+                chart.draw_series(std::iter::once(PathElement::new(
+                    vec![(x + 0.05, d), (x + 0.95, d)],
+                    BLACK.stroke_width(2),
+                )))?;
+            }
+        }
+    }
+    for (k, p) in PHASES.iter().enumerate() {
+        let y = 40 + 24 * k as i32;
+        legend.draw(&Rectangle::new(
+            [(10, y), (26, y + 14)],
+            Palette99::pick(k).filled(),
+        ))?;
+        legend.draw(&Text::new(p.replace('_', " "), (32, y), ("sans-serif", 13)))?;
+    }
+    let y = 40 + 24 * PHASES.len() as i32 + 7;
+    legend.draw(&PathElement::new(
+        vec![(10, y), (26, y)],
+        BLACK.stroke_width(2),
+    ))?;
+    legend.draw(&Text::new("downtime", (32, y - 7), ("sans-serif", 13)))?;
+    root.present()?;
+    Ok(())
 }

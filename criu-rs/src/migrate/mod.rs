@@ -79,7 +79,7 @@ mod workdir;
 pub use crate::transfer::Transport;
 pub use config::{DestConfig, SourceConfig};
 pub use connections::{AddressMove, Connections};
-pub use report::{DestReport, SourceReport};
+pub use report::{DestReport, Phases, SourceReport};
 pub use strategy::Strategy;
 
 use crate::client::Criu;

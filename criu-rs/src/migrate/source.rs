@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::config::SourceConfig;
 use super::connections::ServiceMove;
 use super::dumping::{DumpJob, Dumping, StopSlot};
-use super::report::SourceReport;
+use super::report::{Phases, SourceReport};
 use super::strategy::{self, SourceSide};
 use super::wire::{self, migration, unexpected, Msg};
 use crate::client::Criu;
@@ -20,6 +20,8 @@ struct Restored {
     pid: i32,
     wall: Duration,
     restore_time_us: Option<u64>,
+    /// When the source heard of it (a lazy dump goes on serving pages).
+    at: Instant,
 }
 
 pub(super) fn send(
@@ -81,6 +83,7 @@ fn migrate<'scope>(
             None => migration("the dump failed; the source process was resumed", Some(e)),
         }
     })?;
+    let images_at = Instant::now();
     let (stopped, stopped_at) = slot.take().inspect_err(|e| wire::tell_failure(stream, e))?;
     if let Some(s) = service {
         s.move_to_dest()
@@ -89,7 +92,14 @@ fn migrate<'scope>(
     // On failure the dump ends (inside) before the tree is continued (here).
     let (sent, restored, dump) = until_restored(stream, dumping, early, side, service, cfg)
         .inspect_err(|e| wire::tell_failure(stream, e))?;
-    let stopped_to_restored = stopped_at.elapsed();
+    let stopped_to_restored = restored.at.saturating_duration_since(stopped_at);
+    let phases = Phases::split(
+        &dump,
+        images_at.saturating_duration_since(stopped_at),
+        sent.elapsed,
+        restored.wall,
+        stopped_to_restored,
+    );
     confirm_end(stream)?;
     // The destination runs and keeps its copy; this one must go.
     match service {
@@ -111,6 +121,7 @@ fn migrate<'scope>(
         restore_time_us: restored.restore_time_us,
         stopped_to_restored,
         total: start.elapsed(),
+        phases,
     })
 }
 
@@ -191,6 +202,7 @@ fn await_restore(stream: &mut dyn Transport) -> Result<Restored> {
             pid,
             wall: Duration::from_micros(wall_us),
             restore_time_us,
+            at: Instant::now(),
         }),
         Ok(Msg::Failed { message }) => Err(migration(
             format!("the destination failed: {message}; the source process was resumed"),

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criu::migrate::{DestConfig, DestReport, SourceConfig, Strategy};
+use criu::{Namespace, NetworkLock, Options};
 
 use super::{make_rootfs, numbers, BoxError, Downtime, Engine, FileWatcher, Moved, SCRIPT};
 use crate::hosts::TwoHosts;
@@ -195,11 +196,13 @@ impl Engine for OwnEngine {
             || {
                 SourceConfig::new(Strategy::StopAndCopy, &src_dir).customize(|o| {
                     o.add_ext_mount("/log", "logdir");
+                    container_network(o);
                 })
             },
             || {
                 DestConfig::new(&dst_dir).customize(move |o| {
                     o.root(rootfs_b).add_ext_mount("logdir", logdir.clone());
+                    o.network_lock(NetworkLock::Nftables);
                 })
             },
             None,
@@ -219,4 +222,18 @@ impl Engine for OwnEngine {
         self.restored = Some(dst);
         Ok(moved)
     }
+}
+
+/// How CRIU treats the container's network namespace. It holds nothing but
+/// a loopback device: whoever runs a container sets its network up on each
+/// host, so CRIU recreates the namespace without dumping its properties
+/// (as runc's checkpoints of the same container show: no netns image).
+/// Dumping them runs `ip addr/route/rule save`, `iptables-save`,
+/// `ip6tables-save` and their legacy twins inside the frozen time: 100 to
+/// 250 ms here. The namespace is locked with nftables, inside CRIU, rather
+/// than by running `iptables-restore` to lock and again to unlock (about
+/// 80 ms more of frozen time here).
+fn container_network(o: &mut Options<'_>) {
+    o.empty_ns(Namespace::Net)
+        .network_lock(NetworkLock::Nftables);
 }

@@ -186,6 +186,7 @@ pub fn migrate_via_registry(
         pid_after,
         source_netns,
         dest_netns,
+        phases: None,
     };
     drop(restored.child);
     Ok((row, cost))
