@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::container::BoxError;
 use crate::hosts::{netns_of, TwoHosts};
 use crate::link::{DemoLinks, Security};
-use crate::{existing_workload_bin, Workload};
+use crate::{continued_past, existing_workload_bin, longest_gap_ns, Workload};
 
 /// One migration's cost, with the field names the project publishes.
 #[derive(Debug, Clone, Serialize)]
@@ -137,7 +137,6 @@ pub fn rss_bytes(pid: i32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// A progress bar that appears only when a transfer lasts over a second.
 /// Starts the workload (`mib` MiB of patterned memory, 0 for the bare
 /// counter) on host a of fresh hosts, lets it run for `warmup`, migrates it
 /// to host b with `strategy`, checks that it goes on, and measures the
@@ -197,13 +196,8 @@ pub fn migrate_workload_over(
     let dest_netns = netns_of(pid_after)?;
     w.wait_for_seq(seq_at_stop + 200, Duration::from_secs(60))?;
     let ticks = w.ticks();
-    let continued = ticks.iter().enumerate().all(|(i, t)| t.seq == i as u64 + 1)
-        && ticks.len() as u64 > seq_at_stop;
-    let downtime_ns = ticks
-        .windows(2)
-        .map(|p| p[1].unix_ns.saturating_sub(p[0].unix_ns))
-        .max()
-        .unwrap_or(0);
+    let continued = continued_past(&ticks, seq_at_stop);
+    let downtime_ns = longest_gap_ns(&ticks);
     let memory_intact = if mib > 0 {
         let (sum, ok) = w.verify_memory(pid_after, Duration::from_secs(120))?;
         Some(ok && Some(sum) == checksum)
