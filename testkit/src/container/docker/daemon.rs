@@ -62,6 +62,10 @@ impl DockerHost {
             "deprecated-key-path": root.join("key.json"),
         });
         fs::write(root.join("daemon.json"), config.to_string())?;
+        // containerd keeps a temporary copy of every checkpoint (and its
+        // stack dumps) in the temporary directory: keep those in ours too,
+        // so that they go with the host.
+        fs::create_dir_all(root.join("tmp"))?;
         let log = fs::File::create(root.join("dockerd.log"))?;
         let cgroup_parent = format!("/criu-rs-docker-{}", host.name);
         let mut cmd = Command::new("dockerd");
@@ -82,6 +86,7 @@ impl DockerHost {
                 "PATH",
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             )
+            .env("TMPDIR", root.join("tmp"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
