@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use criu::migrate::Strategy;
 use criu::{Criu, ImagesDir, Options};
-use criu_rs_benches::{become_subreaper, median, out_dir, reps, workload, Fs};
+use criu_rs_benches::{become_subreaper, median, migration_sizes, out_dir, reps, workload, Fs};
 use criu_testkit::measure::migrate_workload;
 use plotters::prelude::*;
 use serde::Serialize;
@@ -122,15 +122,6 @@ fn local_dump_restore(mib: usize) -> (Duration, Duration) {
     (dump, restore)
 }
 
-fn sizes() -> Vec<usize> {
-    std::env::var("CRIU_RS_BENCH_MIGRATION_SIZES")
-        .unwrap_or_else(|_| "16".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .filter(|&s| s > 0)
-        .collect()
-}
-
 fn main() {
     // `cargo bench` passes --bench; a filter argument is not supported here.
     if std::env::args().any(|a| a == "--list") {
@@ -139,7 +130,7 @@ fn main() {
     become_subreaper();
     let reps = reps();
     let mut rows: Vec<Summary> = Vec::new();
-    for mib in sizes() {
+    for mib in migration_sizes() {
         let mut by: BTreeMap<String, Runs> = BTreeMap::new();
         // Interleaved: each repetition runs every strategy and the local
         // baseline once, so drift on this shared machine falls on all.

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use criu::migrate::Strategy;
-use criu_rs_benches::{median, out_dir, reps};
+use criu_rs_benches::{median, migration_sizes, out_dir, reps};
 use criu_testkit::link::Security;
 use criu_testkit::measure::{migrate_workload_over, Row};
 use serde::Serialize;
@@ -36,15 +36,6 @@ struct Summary {
     plain: Side,
     tls: Side,
     tls_over_plain_downtime: f64,
-}
-
-fn sizes() -> Vec<usize> {
-    std::env::var("CRIU_RS_BENCH_MIGRATION_SIZES")
-        .unwrap_or_else(|_| "16".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .filter(|&s| s > 0)
-        .collect()
 }
 
 fn run(security: Security, strategy: Strategy, mib: usize) -> Row {
@@ -85,7 +76,7 @@ fn main() {
     }
     let reps = reps();
     let mut out = Vec::new();
-    for mib in sizes() {
+    for mib in migration_sizes() {
         for strategy in Strategy::ALL {
             let (mut plain, mut tls) = (Vec::new(), Vec::new());
             for _ in 0..reps {

@@ -18,18 +18,30 @@ use std::time::Duration;
 use criu_testkit::{workload_bin, Workload};
 use serde::Serialize;
 
-/// Memory sizes to measure, in MiB.
+/// Memory sizes to measure, in MiB (`CRIU_RS_BENCH_SIZES`, default 1).
 pub fn sizes() -> Vec<usize> {
-    let raw = std::env::var("CRIU_RS_BENCH_SIZES").unwrap_or_else(|_| "1".into());
-    let mut v: Vec<usize> = raw
+    sizes_from("CRIU_RS_BENCH_SIZES", 1)
+}
+
+/// Memory sizes of the migration benches, in MiB
+/// (`CRIU_RS_BENCH_MIGRATION_SIZES`, default 16).
+pub fn migration_sizes() -> Vec<usize> {
+    sizes_from("CRIU_RS_BENCH_MIGRATION_SIZES", 16)
+}
+
+/// The comma-separated sizes in `var`, or `default` alone.
+fn sizes_from(var: &str, default: usize) -> Vec<usize> {
+    let raw = std::env::var(var).unwrap_or_default();
+    let v: Vec<usize> = raw
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .filter(|&s| s > 0)
         .collect();
     if v.is_empty() {
-        v.push(1);
+        vec![default]
+    } else {
+        v
     }
-    v
 }
 
 /// The smallest size measured (the peers are compared there, where fixed

@@ -12,6 +12,93 @@ use crate::hosts::{netns_of, TwoHosts};
 use crate::link::{DemoLinks, Security};
 use crate::{continued_past, existing_workload_bin, longest_gap_ns, Workload};
 
+/// The counting workload, started in its own PID namespace on host a of
+/// fresh hosts and left to run for its warm-up: where every measured move
+/// begins.
+pub struct Started {
+    /// The workload (on host a until moved).
+    pub workload: Workload,
+    /// Host a (the source) and host b.
+    pub hosts: TwoHosts,
+    /// The workload's memory checksum before the move.
+    pub checksum: Option<String>,
+    /// Its pid before the move.
+    pub pid: i32,
+    /// Its resident memory before the move.
+    pub rss: u64,
+    /// Host a's network namespace.
+    pub netns: u64,
+    dir: tempfile::TempDir,
+}
+
+/// What a moved workload showed on host b.
+pub struct Observed {
+    /// The count went on by one past where it stopped.
+    pub continued: bool,
+    /// The longest gap between two ticks, in ns: the downtime it saw.
+    pub downtime_ns: u128,
+    /// Its memory pattern after the move (`None` without memory).
+    pub memory_intact: Option<bool>,
+    /// Host b's network namespace.
+    pub dest_netns: u64,
+}
+
+impl Started {
+    /// Starts the workload (`mib` MiB of patterned memory) on fresh hosts
+    /// and lets it run for `warmup`; its files live in a temporary
+    /// directory named `prefix...`.
+    pub fn new(prefix: &str, mib: usize, warmup: Duration) -> Result<Started, BoxError> {
+        let bin = existing_workload_bin()?;
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir()?;
+        let hosts = TwoHosts::new()?;
+        let out = dir.path().join("counter.log");
+        let workload = hosts
+            .a
+            .run(|| Workload::spawn_in_pid_ns(&bin, &out, Duration::from_millis(1), mib))??;
+        let checksum = workload.memory_checksum();
+        std::thread::sleep(warmup);
+        let pid = workload.pid();
+        Ok(Started {
+            rss: rss_bytes(pid),
+            netns: netns_of(pid)?,
+            workload,
+            hosts,
+            checksum,
+            pid,
+            dir,
+        })
+    }
+
+    /// A directory for the move's own files, removed with `self`.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Once the workload was moved to `pid_after` (and the source killed):
+    /// reaps the source, waits for 200 more ticks, and checks the count
+    /// and (with `mib` > 0) the memory.
+    pub fn observe(&mut self, pid_after: i32, mib: usize) -> Result<Observed, BoxError> {
+        let w = &mut self.workload;
+        w.reap(Duration::from_secs(10))?;
+        let seq_at_stop = w.last_seq();
+        let dest_netns = netns_of(pid_after)?;
+        w.wait_for_seq(seq_at_stop + 200, Duration::from_secs(60))?;
+        let ticks = w.ticks();
+        let memory_intact = if mib > 0 {
+            let (sum, ok) = w.verify_memory(pid_after, Duration::from_secs(120))?;
+            Some(ok && Some(sum) == self.checksum)
+        } else {
+            None
+        };
+        Ok(Observed {
+            continued: continued_past(&ticks, seq_at_stop),
+            downtime_ns: longest_gap_ns(&ticks),
+            memory_intact,
+            dest_netns,
+        })
+    }
+}
+
 /// One migration's cost, with the field names the project publishes.
 #[derive(Debug, Clone, Serialize)]
 #[allow(missing_docs)]
@@ -163,22 +250,9 @@ pub fn migrate_workload_over(
     progress: impl FnMut(u64, u64) + Send,
 ) -> Result<Row, BoxError> {
     let links = DemoLinks::new(security)?;
-    let bin = existing_workload_bin()?;
-    let dir = tempfile::Builder::new()
-        .prefix("criu-rs-migrate-")
-        .tempdir()?;
-    let hosts = TwoHosts::new()?;
-    let out = dir.path().join("counter.log");
-    let mut w = hosts
-        .a
-        .run(|| Workload::spawn_in_pid_ns(&bin, &out, Duration::from_millis(1), mib))??;
-    let checksum = w.memory_checksum();
-    std::thread::sleep(warmup);
-    let pid_before = w.pid();
-    let rss = rss_bytes(pid_before);
-    let source_netns = netns_of(pid_before)?;
-
-    let run = hosts.migrate_over(
+    let mut started = Started::new("criu-rs-migrate-", mib, warmup)?;
+    let pid_before = started.pid;
+    let run = started.hosts.migrate_over(
         [&links.a, &links.b],
         pid_before,
         // The images live in memory on both hosts (no disk in the path),
@@ -190,21 +264,12 @@ pub fn migrate_workload_over(
     let (src, dst) = (run.src, run.dst);
     let src = src?;
     let dst = dst?;
-    w.reap(Duration::from_secs(10))?;
-    let seq_at_stop = w.last_seq();
     let pid_after = dst.child.pid();
-    let dest_netns = netns_of(pid_after)?;
-    w.wait_for_seq(seq_at_stop + 200, Duration::from_secs(60))?;
-    let ticks = w.ticks();
-    let continued = continued_past(&ticks, seq_at_stop);
-    let downtime_ns = longest_gap_ns(&ticks);
-    let memory_intact = if mib > 0 {
-        let (sum, ok) = w.verify_memory(pid_after, Duration::from_secs(120))?;
-        Some(ok && Some(sum) == checksum)
-    } else {
-        None
-    };
+    let seen = started.observe(pid_after, mib)?;
     drop(dst.child);
+    let (rss, source_netns, downtime_ns) = (started.rss, started.netns, seen.downtime_ns);
+    let (continued, memory_intact, dest_netns) =
+        (seen.continued, seen.memory_intact, seen.dest_netns);
 
     let of = Row::of(&src, links.a.name(), workload);
     Ok(Row {

@@ -11,9 +11,8 @@ use serde::Serialize;
 
 use super::host::{unique_tag, RegistryHost};
 use crate::container::BoxError;
-use crate::hosts::{netns_of, TwoHosts};
-use crate::measure::{ms, rss_bytes, Cost, DumpTimes, Row};
-use crate::{continued_past, existing_workload_bin, longest_gap_ns, Workload};
+use crate::hosts::TwoHosts;
+use crate::measure::{ms, Cost, DumpTimes, Row, Started};
 
 /// What [`move_through_registry`] moves, and how.
 #[derive(Debug, Clone, Copy)]
@@ -113,22 +112,10 @@ pub fn migrate_via_registry(
     mib: usize,
     warmup: Duration,
 ) -> Result<(Row, RegistryCost), BoxError> {
-    let bin = existing_workload_bin()?;
-    let dir = tempfile::Builder::new()
-        .prefix("criu-rs-regmig-")
-        .tempdir()?;
-    let hosts = TwoHosts::new()?;
-    let registry = RegistryHost::start(&hosts, None)?;
-    let out = dir.path().join("counter.log");
-    let mut w = hosts
-        .a
-        .run(|| Workload::spawn_in_pid_ns(&bin, &out, Duration::from_millis(1), mib))??;
-    let checksum = w.memory_checksum();
-    std::thread::sleep(warmup);
-    let pid_before = w.pid();
-    let rss = rss_bytes(pid_before);
-    let source_netns = netns_of(pid_before)?;
-    let (src_dir, dst_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let mut started = Started::new("criu-rs-regmig-", mib, warmup)?;
+    let registry = RegistryHost::start(&started.hosts, None)?;
+    let (pid_before, rss, source_netns) = (started.pid, started.rss, started.netns);
+    let (src_dir, dst_dir) = (started.dir().join("a"), started.dir().join("b"));
     fs::create_dir_all(&src_dir)?;
     fs::create_dir_all(&dst_dir)?;
     let m = Move {
@@ -138,7 +125,7 @@ pub fn migrate_via_registry(
         dst_dir: &dst_dir,
         compression,
     };
-    let (pushed, restored) = move_through_registry(&hosts, &registry, &m, |_| {}, |_| {})?;
+    let (pushed, restored) = move_through_registry(&started.hosts, &registry, &m, |_| {}, |_| {})?;
     let cost = RegistryCost {
         pack_ms: ms(pushed.pack),
         push_ms: ms(pushed.push.elapsed),
@@ -148,20 +135,14 @@ pub fn migrate_via_registry(
     };
     let (dump_wall, dump_stats) = (pushed.dump.wall_time, pushed.dump.stats);
     pushed.finish();
-    w.reap(Duration::from_secs(10))?;
-    let seq_at_stop = w.last_seq();
     let pid_after = restored.child.pid();
-    let dest_netns = netns_of(pid_after)?;
-    w.wait_for_seq(seq_at_stop + 200, Duration::from_secs(60))?;
-    let ticks = w.ticks();
-    let continued = continued_past(&ticks, seq_at_stop);
-    let downtime_ns = longest_gap_ns(&ticks);
-    let memory_intact = if mib > 0 {
-        let (sum, ok) = w.verify_memory(pid_after, Duration::from_secs(120))?;
-        Some(ok && Some(sum) == checksum)
-    } else {
-        None
-    };
+    let seen = started.observe(pid_after, mib)?;
+    let (continued, downtime_ns, memory_intact, dest_netns) = (
+        seen.continued,
+        seen.downtime_ns,
+        seen.memory_intact,
+        seen.dest_netns,
+    );
     let row = Row {
         strategy: "registry".into(),
         // The registry is reached over plain HTTP.
