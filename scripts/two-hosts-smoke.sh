@@ -60,6 +60,16 @@ done
   done
 )
 
+# The counter gets no descriptor of ours beyond 0-2: a harness may leave
+# some open (CI's did: a /dev/null of another mount, which CRIU cannot dump).
+close_inherited_fds() {
+  local fd
+  for fd in /proc/$BASHPID/fd/*; do
+    fd=${fd##*/}
+    if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+  done
+}
+
 last_number() { tail -n 1 "$1" 2>/dev/null | tr -dc 0-9; }
 grows_past() { local n; n=$(last_number "$1"); [ -n "$n" ] && [ "$n" -gt "$2" ]; }
 
@@ -68,8 +78,11 @@ migrate() {
   local strategy=$1 out="$work/$1.out" log="$work/$1.receive.log" port=$((7700 + RANDOM % 200))
   # The counter: the init of its own PID namespace (both "hosts" share pid
   # numbers on one machine) and a session leader inside it.
-  nsenter --net="/run/netns/$a" unshare --pid --fork setsid sh -c \
-    'i=0; while :; do echo $i; i=$((i+1)); sleep 0.05; done' > "$out" 2>/dev/null < /dev/null &
+  (
+    close_inherited_fds
+    exec nsenter --net="/run/netns/$a" unshare --pid --fork setsid sh -c \
+      'i=0; while :; do echo $i; i=$((i+1)); sleep 0.05; done' > "$out" 2>/dev/null < /dev/null
+  ) &
   local unshare_pid=$!
   pids+=("$unshare_pid")
   until_true 5 grows_past "$out" 3 || fail "$strategy: the counter did not start"
