@@ -47,9 +47,10 @@ pub mod layout;
 pub mod migrate;
 pub mod registry;
 pub mod source;
+mod stream;
 
 pub use annotations::HostFacts;
 pub use archive::{ArchiveMeta, Compression, Limits, Unpacked};
 pub use error::{Error, Result};
 pub use image::{CheckpointImage, FetchedImage};
-pub use registry::{Registry, RegistryConfig, Transfer};
+pub use registry::{PulledCheckpoint, PushedCheckpoint, Registry, RegistryConfig, Transfer};

@@ -1,17 +1,33 @@
 //! Pushing checkpoint images to and pulling them from an OCI registry
 //! (the distribution API) through `oci-client`. The client is async; a
 //! private single-thread tokio runtime makes the API here blocking.
+//!
+//! Checkpoints stream both ways with bounded memory:
+//! [`Registry::push_checkpoint`] packs while it uploads, in chunks;
+//! [`Registry::pull`] streams the layer into a temporary file, which
+//! oci-client hashes as it arrives, and hands it on only once the digest
+//! matched, so a tampered blob never reaches the unpacker or CRIU.
+//! ([`Registry::push`] sends a [`CheckpointImage`] already in memory.)
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
+use tokio::sync::mpsc;
+
 use crate::annotations::HostFacts;
+use crate::archive::{self, ArchiveMeta, Compression, Limits, Unpacked};
 use crate::error::{Error, Result};
-use crate::image::{checkpoint_layer, CheckpointImage, FetchedImage};
+use crate::image::{
+    checkpoint_annotations, checkpoint_layer, checkpoint_manifest, image_config, layer_media_type,
+    sha256_digest, CheckpointImage, FetchedImage, Spooled,
+};
+use crate::stream::{self, Chunks, SpoolWriter};
 
 /// How to reach a registry.
 #[derive(Debug, Clone, Default)]
@@ -130,8 +146,9 @@ impl Registry {
 
     /// Pulls the checkpoint image `reference`: first its manifest, whose
     /// annotations must say it is a checkpoint `host` can restore (else
-    /// nothing more is downloaded), then its layer, verified against the
-    /// manifest's digest before it is returned.
+    /// nothing more is downloaded), then its layer, streamed into an
+    /// unnamed temporary file (never more than the manifest's size) and
+    /// verified against the manifest's digest before it is returned.
     pub fn pull(&self, reference: &str, host: &HostFacts) -> Result<(FetchedImage, Transfer)> {
         let start = Instant::now();
         let r = parse(reference)?;
@@ -142,34 +159,198 @@ impl Registry {
         let annotations = manifest.annotations.clone().unwrap_or_default();
         host.check(reference, &annotations)?;
         let layer = checkpoint_layer(reference, &manifest)?;
-        let mut data = Vec::with_capacity(layer.size.max(0) as usize);
+        let size = u64::try_from(layer.size).unwrap_or(0);
+        let mut spool = Spooled::new()?;
+        let out = SpoolWriter {
+            spool: &mut spool,
+            cap: size,
+        };
+        // oci-client hashes the blob as it streams and fails with
+        // `DigestError` (our `Error::Digest`, see `classify`) when it does
+        // not match; the spool is then dropped, unread. The tests alter a
+        // blob in the registry's storage and see it refused, so a client
+        // that stopped checking would fail them.
         self.runtime
-            .block_on(self.client.pull_blob(&r, layer, &mut data))
+            .block_on(self.client.pull_blob(&r, layer, out))
             .map_err(|e| classify(&r, "pull (layer)", e))?;
-        // oci-client checks the digest as it streams (a mismatch is
-        // `Error::Digest`, see `classify`); hashing the layer a second time
-        // would add a full pass to the downtime. The tests alter a blob in
-        // the registry's storage and see it refused, so a client that
-        // stopped checking would fail them.
-        if data.len() as u64 != layer.size.max(0) as u64 {
+        if spool.len != size {
             return Err(Error::Malformed(format!(
                 "{reference}: the layer has {} bytes, its manifest says {}",
-                data.len(),
-                layer.size
+                spool.len, layer.size
             )));
         }
-        let moved = data.len() as u64;
         Ok((
             FetchedImage {
                 reference: reference.into(),
                 annotations,
-                layer: data,
+                layer: spool,
             },
             Transfer {
-                layer_bytes: moved,
+                layer_bytes: size,
                 elapsed: start.elapsed(),
             },
         ))
+    }
+
+    /// Pulls the checkpoint image `reference` as [`Registry::pull`] does
+    /// (its annotations checked against `host`, its layer verified before
+    /// a byte of it is unpacked) and unpacks it into `target` (created
+    /// here, removed again on failure) within `limits`.
+    pub fn pull_checkpoint(
+        &self,
+        reference: &str,
+        host: &HostFacts,
+        target: &Path,
+        limits: &Limits,
+    ) -> Result<PulledCheckpoint> {
+        let (fetched, pull) = self.pull(reference, host)?;
+        let t = Instant::now();
+        let unpacked = fetched.unpack(target, limits)?;
+        Ok(PulledCheckpoint {
+            unpacked,
+            annotations: fetched.annotations,
+            pull,
+            unpack: t.elapsed(),
+        })
+    }
+
+    /// Packs the dump in `images` (with `meta`'s engine files and `host`'s
+    /// facts as annotations) and pushes it as `reference`, streaming: a
+    /// thread writes the archive in chunks of a few MiB while the client
+    /// sends them, so packing overlaps the upload and memory stays bounded
+    /// (about 16 MiB, whatever the checkpoint's size). An archive of one
+    /// chunk or less goes up in one request (`POST`, `PUT`); a larger one
+    /// as a chunked upload (one `PATCH` per chunk, the digest computed as
+    /// it goes: oci-client's monolithic stream push needs the digest
+    /// before the first byte, which would take a second pass over the
+    /// images). If packing fails, the upload is abandoned before it is
+    /// committed, and no manifest is pushed.
+    pub fn push_checkpoint(
+        &self,
+        reference: &str,
+        images: &criu::ImagesDir,
+        meta: &ArchiveMeta,
+        host: &HostFacts,
+        compression: Compression,
+    ) -> Result<PushedCheckpoint> {
+        let start = Instant::now();
+        let r = parse(reference)?;
+        self.runtime.block_on(
+            self.client
+                .store_auth_if_needed(r.resolve_registry(), &self.auth),
+        );
+        let (chunks, rx) = Chunks::channel();
+        let (packed, sent) = std::thread::scope(|s| {
+            let packer = s.spawn(move || pack_into(images, meta, compression, chunks));
+            let sent = self.runtime.block_on(self.push_layer(&r, rx));
+            (packer.join(), sent)
+        });
+        let packed = packed.map_err(|_| Error::Malformed("the packing thread panicked".into()))?;
+        let ((written, pack), (layer_digest, layer_bytes)) = match (packed, sent) {
+            (Ok(p), Ok(l)) => (p, l),
+            // Packing failed and said why; the upload was abandoned for it.
+            (Err(e), Ok(_) | Err(OciDistributionError::GenericError(_))) => return Err(e),
+            (_, Err(e)) => return Err(classify(&r, "push (layer)", e)),
+        };
+        let config = image_config(host, &written.diff_id);
+        let manifest = checkpoint_manifest(
+            &config,
+            checkpoint_annotations(meta, host),
+            layer_media_type(compression),
+            &layer_digest,
+            layer_bytes,
+        );
+        self.runtime
+            .block_on(async {
+                let config_digest = manifest.config.digest.clone();
+                self.client.push_blob(&r, config, &config_digest).await?;
+                self.client.push_manifest(&r, &manifest.into()).await
+            })
+            .map_err(|e| classify(&r, "push (manifest)", e))?;
+        Ok(PushedCheckpoint {
+            push: Transfer {
+                layer_bytes,
+                elapsed: start.elapsed(),
+            },
+            pack,
+            layer_digest,
+        })
+    }
+
+    /// Sends the chunks from `rx` as one blob: in one request when there
+    /// is only one, else as a chunked upload. Returns its digest and size.
+    async fn push_layer(
+        &self,
+        r: &Reference,
+        mut rx: mpsc::Receiver<stream::Item>,
+    ) -> std::result::Result<(String, u64), OciDistributionError> {
+        let first = rx.recv().await.transpose()?;
+        let second = rx.recv().await.transpose()?;
+        match (first, second) {
+            (None, _) => Err(OciDistributionError::PushNoDataError),
+            (Some(only), None) => {
+                let digest = sha256_digest(&only);
+                let len = only.len() as u64;
+                self.client.push_blob(r, only, &digest).await?;
+                Ok((digest, len))
+            }
+            (Some(first), Some(second)) => {
+                let rest = futures_util::stream::unfold(rx, |mut rx| async {
+                    rx.recv().await.map(|item| (item, rx))
+                });
+                let all = futures_util::stream::iter([Ok(first), Ok(second)]).chain(rest);
+                let done = self.client.push_blob_stream_chunked(r, all).await?;
+                Ok((done.blob_digest, done.size))
+            }
+        }
+    }
+}
+
+/// What [`Registry::push_checkpoint`] did.
+#[derive(Debug, Clone)]
+pub struct PushedCheckpoint {
+    /// The whole push (packing included, since it overlaps the upload);
+    /// its `layer_bytes` is the layer's size.
+    pub push: Transfer,
+    /// How long writing the archive took (while the upload ran).
+    pub pack: Duration,
+    /// The layer's digest (`sha256:...`).
+    pub layer_digest: String,
+}
+
+/// What [`Registry::pull_checkpoint`] did.
+#[derive(Debug)]
+pub struct PulledCheckpoint {
+    /// The unpacked archive.
+    pub unpacked: Unpacked,
+    /// The manifest's annotations.
+    pub annotations: std::collections::BTreeMap<String, String>,
+    /// The pull (manifest and layer, into a temporary file, verified).
+    pub pull: Transfer,
+    /// Unpacking the layer.
+    pub unpack: Duration,
+}
+
+/// The packing thread: writes the archive into `chunks` and ends the
+/// stream, or ends it with the reason packing failed.
+fn pack_into(
+    images: &criu::ImagesDir,
+    meta: &ArchiveMeta,
+    compression: Compression,
+    mut chunks: Chunks,
+) -> Result<(archive::Written, Duration)> {
+    let t = Instant::now();
+    match archive::write(images, meta, &mut chunks, compression) {
+        Ok(written) => {
+            chunks
+                .finish()
+                .map_err(|e| Error::io("sending the archive's last chunk", e))?;
+            Ok((written, t.elapsed()))
+        }
+        Err(e) => {
+            chunks.fail(e.to_string());
+            Err(e)
+        }
     }
 }
 

@@ -264,7 +264,7 @@ fn layout_round_trip_and_a_tampered_blob_is_refused() {
     criu_oci::layout::write(&layout, "v1", &image).unwrap();
     let host = HostFacts::current(&criu::Criu::new()).unwrap();
     let back = criu_oci::layout::read(&layout, "v1", &host).unwrap();
-    assert_eq!(back.layer, image.layer());
+    assert_eq!(back.read_layer().unwrap(), image.layer());
     assert_eq!(back.annotations[annotations::CONTAINER_NAME], "counter");
     let blob = layout
         .join("blobs/sha256")
@@ -324,7 +324,7 @@ fn registry_round_trip_with_basic_auth_and_refused_credentials() {
     };
     let reference = push_from_a(&hosts, &reg, &good, &image).unwrap();
     let back = pull_on_b(&hosts, &good, &reference).unwrap();
-    assert_eq!(back.layer, image.layer());
+    assert_eq!(back.read_layer().unwrap(), image.layer());
     assert_eq!(back.annotations, image.annotations);
     let bad = RegistryConfig {
         basic_auth: Some(("alice".into(), "wrong".into())),
@@ -363,7 +363,10 @@ fn registry_over_tls_with_a_private_ca() {
     };
     let reference = push_from_a(&hosts, &reg, &tls, &image).unwrap();
     assert_eq!(
-        pull_on_b(&hosts, &tls, &reference).unwrap().layer,
+        pull_on_b(&hosts, &tls, &reference)
+            .unwrap()
+            .read_layer()
+            .unwrap(),
         image.layer()
     );
     // Without the CA the server's certificate is not trusted.
