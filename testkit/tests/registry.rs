@@ -20,11 +20,16 @@ const WAIT: Duration = Duration::from_secs(30);
 /// A real dump of a small workload in `dir/images` (left running, or
 /// killed by the dump and reaped).
 fn real_dump(dir: &Path, leave_running: bool) -> (Workload, criu::ImagesDir) {
+    real_dump_of(dir, leave_running, 0)
+}
+
+/// [`real_dump`] of a workload holding `mib` MiB of patterned memory.
+fn real_dump_of(dir: &Path, leave_running: bool, mib: usize) -> (Workload, criu::ImagesDir) {
     let w = Workload::spawn(
         BIN.as_ref(),
         &dir.join("out.log"),
         Duration::from_millis(1),
-        0,
+        mib,
     )
     .unwrap();
     let images = criu::ImagesDir::create(dir.join("images")).unwrap();
@@ -347,6 +352,66 @@ fn registry_round_trip_with_basic_auth_and_refused_credentials() {
         .run(|| Registry::new(&good)?.ping(&missing))
         .unwrap()
         .unwrap();
+
+    streamed_push_and_pull_with_credentials(&hosts, &reg, &good, &bad);
+}
+
+/// A dump too large for one chunk, streamed to the registry and back
+/// with `good` credentials, and refused with `bad` ones.
+fn streamed_push_and_pull_with_credentials(
+    hosts: &TwoHosts,
+    reg: &RegistryHost,
+    good: &RegistryConfig,
+    bad: &RegistryConfig,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, images) = real_dump_of(dir.path(), true, 6);
+    let meta = ArchiveMeta::of_process(w.pid(), "counter");
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let reference = reg.fresh_reference("streamed");
+    let push = |cfg: &RegistryConfig| {
+        hosts
+            .a
+            .run(|| {
+                Registry::new(cfg)?.push_checkpoint(
+                    &reference,
+                    &images,
+                    &meta,
+                    &host,
+                    Compression::None,
+                )
+            })
+            .unwrap()
+    };
+    let e = push(bad).unwrap_err();
+    assert!(e.is_auth_refused(), "{e}");
+    let pushed = push(good).unwrap();
+    assert!(pushed.push.layer_bytes > 6 << 20, "{pushed:?}");
+    let target = dir.path().join("pulled");
+    let pulled = hosts
+        .b
+        .run(|| {
+            Registry::new(good)?.pull_checkpoint(&reference, &host, &target, &Limits::default())
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(pulled.pull.layer_bytes, pushed.push.layer_bytes);
+    assert_eq!(pulled.annotations[annotations::CONTAINER_NAME], "counter");
+    assert_eq!(pulled.annotations[annotations::ENGINE_NAME], "criu-rs");
+    // Every image came back byte for byte.
+    let back = pulled.unpacked.images().unwrap();
+    for e in std::fs::read_dir(images.path()).unwrap().flatten() {
+        let name = e.file_name();
+        if name == "dump.log" || name == "stats-dump" {
+            continue;
+        }
+        let original = std::fs::read(e.path()).unwrap();
+        assert_eq!(
+            std::fs::read(back.path().join(&name)).unwrap(),
+            original,
+            "{name:?}"
+        );
+    }
 }
 
 #[test]
@@ -442,11 +507,15 @@ fn tampered_blob_not_a_checkpoint_and_incompatible_hosts_are_refused() {
 
 #[test]
 fn migration_through_a_registry_continues_the_counter() {
+    // 10 MiB of patterned memory: the image spans three of the push's
+    // 4 MiB chunks, so the chunked, streamed upload is what moves it.
     let (row, cost) =
-        migrate_via_registry(Compression::None, "counter", 0, Duration::from_millis(100)).unwrap();
+        migrate_via_registry(Compression::None, "counter", 10, Duration::from_millis(100)).unwrap();
     assert!(row.continued, "{row:?}");
+    assert_eq!(row.memory_intact, Some(true), "{row:?}");
     assert_ne!(row.source_netns, row.dest_netns);
-    assert!(cost.image_bytes > 0 && cost.push_ms > 0.0 && cost.pull_ms > 0.0);
+    assert!(cost.image_bytes > 10 << 20, "{cost:?}");
+    assert!(cost.push_ms > 0.0 && cost.pull_ms > 0.0);
 }
 
 #[test]

@@ -42,6 +42,7 @@ struct Route {
 pub struct DockerRegistryEngine {
     docker: DockerEngine,
     route: Option<Route>,
+    tamper: bool,
 }
 
 impl DockerRegistryEngine {
@@ -50,7 +51,15 @@ impl DockerRegistryEngine {
         Ok(DockerRegistryEngine {
             docker: DockerEngine::new(dir)?,
             route: None,
+            tamper: false,
         })
+    }
+
+    /// Alters one byte of the pushed layer in the registry's storage
+    /// before host b pulls it (tests: the pull must refuse it by its
+    /// digest, and the source count on).
+    pub fn tamper_with_pushed_layer(&mut self) {
+        self.tamper = true;
     }
 
     /// The Docker engine underneath (its daemons and containers).
@@ -145,6 +154,9 @@ impl Phased for DockerRegistryEngine {
             let images = criu::ImagesDir::open(&cp.images)?;
             a.push_checkpoint(reference, &images, &meta, facts, Compression::None)
         })??;
+        if self.tamper {
+            flip_a_byte(&route.registry.blob_path(&pushed.layer_digest))?;
+        }
         // Beside `to`: the daemon's data root is a file system of its own
         // (a rename from elsewhere crosses devices).
         let work = to.with_extension("pulled");
@@ -175,4 +187,12 @@ impl Phased for DockerRegistryEngine {
     fn recover(&mut self, hosts: &TwoHosts) -> Result<(), BoxError> {
         self.docker.recover(hosts)
     }
+}
+
+fn flip_a_byte(path: &Path) -> Result<(), BoxError> {
+    let mut data = fs::read(path)?;
+    let mid = data.len() / 2;
+    data[mid] ^= 0xff;
+    fs::write(path, data)?;
+    Ok(())
 }
