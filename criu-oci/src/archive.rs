@@ -74,6 +74,9 @@ pub struct ArchiveMeta {
     /// images: an engine whose runtime removes CRIU's work directory (as
     /// containerd does for Docker) keeps them elsewhere.
     pub criu_files: Option<PathBuf>,
+    /// When the checkpoint was made (RFC 3339, `config.dump`'s
+    /// `checkpointedTime`); the time of writing when empty.
+    pub checkpointed_time: String,
 }
 
 impl ArchiveMeta {
@@ -94,6 +97,7 @@ impl ArchiveMeta {
             id: format!("{name}-{pid}"),
             args,
             cwd,
+            checkpointed_time: rfc3339_now(),
             ..ArchiveMeta::default()
         }
     }
@@ -116,7 +120,11 @@ impl ArchiveMeta {
             "name": self.name,
             "rootfsImageName": self.rootfs_image_name.clone().unwrap_or_default(),
             "runtime": self.engine_name(),
-            "checkpointedTime": rfc3339_now(),
+            "checkpointedTime": if self.checkpointed_time.is_empty() {
+                rfc3339_now()
+            } else {
+                self.checkpointed_time.clone()
+            },
         });
         serde_json::to_vec_pretty(&v).unwrap_or_default()
     }
@@ -543,7 +551,7 @@ fn through_symlink(root: &Path, rel: &Path) -> bool {
 }
 
 /// Now as RFC 3339 UTC (what the engines write in config.dump).
-fn rfc3339_now() -> String {
+pub(crate) fn rfc3339_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);

@@ -124,3 +124,101 @@ impl tokio::io::AsyncWrite for SpoolWriter<'_> {
         Poll::Ready(Ok(()))
     }
 }
+
+/// How much a pulled layer's bytes are gathered into before they go to
+/// the unpacking thread (the client's own pieces are a few KiB).
+const PIECE: usize = 1 << 20;
+
+/// An `AsyncWrite` that hands a pulled blob, in [`PIECE`]s, to a thread
+/// reading them through [`Pieces`]; no more than `cap` bytes. A send
+/// blocks while [`QUEUE`] pieces wait: that is the back-pressure that
+/// keeps memory bounded (the runtime serves only this pull, so blocking
+/// it stops nothing else).
+pub(crate) struct PieceWriter {
+    tx: std::sync::mpsc::SyncSender<Bytes>,
+    buf: BytesMut,
+    pub(crate) written: u64,
+    cap: u64,
+}
+
+impl PieceWriter {
+    /// A writer of at most `cap` bytes, and the reading end.
+    pub(crate) fn channel(cap: u64) -> (PieceWriter, Pieces) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let writer = PieceWriter {
+            tx,
+            buf: BytesMut::with_capacity(PIECE),
+            written: 0,
+            cap,
+        };
+        let reader = Pieces {
+            rx,
+            piece: Bytes::new(),
+        };
+        (writer, reader)
+    }
+
+    fn send_buffered(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let piece = self.buf.split().freeze();
+        self.buf.reserve(PIECE);
+        self.tx
+            .send(piece)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the unpacker stopped reading"))
+    }
+}
+
+impl tokio::io::AsyncWrite for PieceWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.written + data.len() as u64 > this.cap {
+            return Poll::Ready(Err(io::Error::other(format!(
+                "the registry sent more than the {} bytes the manifest announces",
+                this.cap
+            ))));
+        }
+        let n = data.len().min(PIECE - this.buf.len());
+        this.buf.extend_from_slice(&data[..n]);
+        this.written += n as u64;
+        if this.buf.len() == PIECE {
+            if let Err(e) = this.send_buffered() {
+                return Poll::Ready(Err(e));
+            }
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.send_buffered())
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush(cx)
+    }
+}
+
+/// The reading end of a [`PieceWriter`]: ends when the writer is dropped.
+pub(crate) struct Pieces {
+    rx: std::sync::mpsc::Receiver<Bytes>,
+    piece: Bytes,
+}
+
+impl io::Read for Pieces {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.piece.is_empty() {
+            match self.rx.recv() {
+                Ok(next) => self.piece = next,
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.piece.len());
+        out[..n].copy_from_slice(&self.piece.split_to(n));
+        Ok(n)
+    }
+}

@@ -357,7 +357,8 @@ fn registry_round_trip_with_basic_auth_and_refused_credentials() {
 }
 
 /// A dump too large for one chunk, streamed to the registry and back
-/// with `good` credentials, and refused with `bad` ones.
+/// with `good` credentials (plain: one streamed `PUT`; gzip: a chunked
+/// upload), and refused with `bad` ones.
 fn streamed_push_and_pull_with_credentials(
     hosts: &TwoHosts,
     reg: &RegistryHost,
@@ -368,46 +369,48 @@ fn streamed_push_and_pull_with_credentials(
     let (w, images) = real_dump_of(dir.path(), true, 6);
     let meta = ArchiveMeta::of_process(w.pid(), "counter");
     let host = HostFacts::current(&criu::Criu::new()).unwrap();
-    let reference = reg.fresh_reference("streamed");
-    let push = |cfg: &RegistryConfig| {
+    let push = |cfg: &RegistryConfig, reference: &str, compression| {
         hosts
             .a
             .run(|| {
-                Registry::new(cfg)?.push_checkpoint(
-                    &reference,
-                    &images,
-                    &meta,
-                    &host,
-                    Compression::None,
-                )
+                Registry::new(cfg)?.push_checkpoint(reference, &images, &meta, &host, compression)
             })
             .unwrap()
     };
-    let e = push(bad).unwrap_err();
+    let e = push(bad, &reg.fresh_reference("refused"), Compression::None).unwrap_err();
     assert!(e.is_auth_refused(), "{e}");
-    let pushed = push(good).unwrap();
-    assert!(pushed.push.layer_bytes > 6 << 20, "{pushed:?}");
-    let target = dir.path().join("pulled");
-    let pulled = hosts
-        .b
-        .run(|| {
-            Registry::new(good)?.pull_checkpoint(&reference, &host, &target, &Limits::default())
-        })
-        .unwrap()
-        .unwrap();
-    assert_eq!(pulled.pull.layer_bytes, pushed.push.layer_bytes);
-    assert_eq!(pulled.annotations[annotations::CONTAINER_NAME], "counter");
-    assert_eq!(pulled.annotations[annotations::ENGINE_NAME], "criu-rs");
-    // Every image came back byte for byte.
-    let back = pulled.unpacked.images().unwrap();
-    for e in std::fs::read_dir(images.path()).unwrap().flatten() {
+    for compression in [Compression::None, Compression::Gzip] {
+        let reference = reg.fresh_reference("streamed");
+        let pushed = push(good, &reference, compression).unwrap();
+        // More than one 4 MiB chunk, compressed too (the pattern is not
+        // very compressible).
+        assert!(pushed.push.layer_bytes > 4 << 20, "{pushed:?}");
+        let target = dir.path().join(format!("pulled-{compression:?}"));
+        let pulled = hosts
+            .b
+            .run(|| {
+                Registry::new(good)?.pull_checkpoint(&reference, &host, &target, &Limits::default())
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(pulled.pull.layer_bytes, pushed.push.layer_bytes);
+        assert_eq!(pulled.annotations[annotations::CONTAINER_NAME], "counter");
+        assert_eq!(pulled.annotations[annotations::ENGINE_NAME], "criu-rs");
+        assert_same_images(&images, &pulled.unpacked.images().unwrap());
+    }
+}
+
+/// Every image of `a` (CRIU's log and statistics aside) is in `b`, byte
+/// for byte.
+fn assert_same_images(a: &criu::ImagesDir, b: &criu::ImagesDir) {
+    for e in std::fs::read_dir(a.path()).unwrap().flatten() {
         let name = e.file_name();
         if name == "dump.log" || name == "stats-dump" {
             continue;
         }
         let original = std::fs::read(e.path()).unwrap();
         assert_eq!(
-            std::fs::read(back.path().join(&name)).unwrap(),
+            std::fs::read(b.path().join(&name)).unwrap(),
             original,
             "{name:?}"
         );

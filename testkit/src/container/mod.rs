@@ -66,8 +66,10 @@ pub struct Moved {
 }
 
 /// What moving a checkpoint through a registry cost, beside the direct
-/// moves' columns: packing overlaps the push (it streams), unpacking
-/// follows the pull.
+/// moves' columns. Both directions stream: packing overlaps the push
+/// (`push_ms` includes it; `pack_ms` is the packing thread's own time),
+/// unpacking overlaps the pull (`unpack_ms` is only what it took beyond
+/// the end of the download).
 #[derive(Debug, Clone, Serialize)]
 #[allow(missing_docs)]
 pub struct RegistryCost {
