@@ -41,7 +41,9 @@ impl CheckpointImage {
     /// an image annotated with `host`'s facts, its layer compressed with
     /// `compression` (gzip, as the engines do, for images that are kept;
     /// none for a move, where checkpointed memory rarely shrinks and
-    /// compressing it adds to the downtime).
+    /// compressing it adds to the downtime). The layer is held in memory:
+    /// to push a large checkpoint, [`crate::Registry::push_checkpoint`]
+    /// streams it instead.
     pub fn build(
         images: &criu::ImagesDir,
         meta: &ArchiveMeta,

@@ -3,11 +3,22 @@
 //! private single-thread tokio runtime makes the API here blocking.
 //!
 //! Checkpoints stream both ways with bounded memory:
-//! [`Registry::push_checkpoint`] packs while it uploads, in chunks;
-//! [`Registry::pull`] streams the layer into a temporary file, which
-//! oci-client hashes as it arrives, and hands it on only once the digest
-//! matched, so a tampered blob never reaches the unpacker or CRIU.
-//! ([`Registry::push`] sends a [`CheckpointImage`] already in memory.)
+//! [`Registry::push_checkpoint`] packs while it uploads;
+//! [`Registry::pull_checkpoint`] unpacks while it downloads and keeps
+//! nothing unless the whole layer matched its digest (oci-client hashes
+//! every byte as it arrives), so CRIU never sees a byte of an altered
+//! one; [`Registry::pull`] streams the layer into a temporary file and
+//! hands it on only once the digest matched. ([`Registry::push`] sends a
+//! [`CheckpointImage`] already in memory.)
+//!
+//! What oci-client 0.18 offers, and what is used: `pull_blob` into any
+//! `AsyncWrite`, verifying the layer's digest (and the registry's
+//! `Docker-Content-Digest`) after the last byte; `push_blob_stream`, one
+//! streamed `PUT` given the digest and size in advance; and
+//! `push_blob_stream_chunked`, which computes the digest as it goes but
+//! sends one `PATCH` per 4 MiB (its chunk size is not configurable, and
+//! smaller stream items are not merged). Manifests and configs are small
+//! and go whole.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,7 +1,8 @@
-//! The two adapters that let a checkpoint stream through the registry
-//! client with bounded memory: [`Chunks`] turns the archive writer's
-//! output into the chunks a push sends, and [`SpoolWriter`] takes a pulled
-//! blob into a temporary file, no larger than its descriptor says.
+//! The adapters that let a checkpoint stream through the registry client
+//! with bounded memory: [`Chunks`] turns the archive writer's output into
+//! the chunks a push sends; [`PieceWriter`] hands a pulled blob to the
+//! unpacking thread ([`Pieces`]), and [`SpoolWriter`] takes one into a
+//! temporary file, either no larger than its descriptor says.
 
 use std::io::{self, Write};
 use std::pin::Pin;
