@@ -310,17 +310,9 @@ impl Registry {
         let (chunks, rx) = Chunks::channel();
         let (packed, sent) = std::thread::scope(|s| {
             let packer = s.spawn(move || pack_into(images, meta, compression, chunks));
-            let sent = self.runtime.block_on(async {
-                match &sized {
-                    Some(w) => {
-                        let body = receiver_stream(rx);
-                        let (digest, size) = (&w.diff_id, Some(w.tar_bytes));
-                        let url = self.client.push_blob_stream(&r, body, digest, size);
-                        url.await.map(|_| (w.diff_id.clone(), w.tar_bytes))
-                    }
-                    None => self.push_layer(&r, rx).await,
-                }
-            });
+            let sent = self
+                .runtime
+                .block_on(self.send_layer(&r, rx, sized.as_ref(), host));
             (packer.join(), sent)
         });
         let packed = packed.map_err(|_| Error::Malformed("the packing thread panicked".into()))?;
@@ -340,8 +332,10 @@ impl Registry {
         );
         self.runtime
             .block_on(async {
-                let config_digest = manifest.config.digest.clone();
-                self.client.push_blob(&r, config, &config_digest).await?;
+                if sized.is_none() {
+                    let config_digest = manifest.config.digest.clone();
+                    self.client.push_blob(&r, config, &config_digest).await?;
+                }
                 self.client.push_manifest(&r, &manifest.into()).await
             })
             .map_err(|e| classify(&r, "push (manifest)", e))?;
@@ -353,6 +347,30 @@ impl Registry {
             pack,
             layer_digest,
         })
+    }
+
+    /// Sends the layer from `rx`: with its size and digest known
+    /// (`sized`), in one streamed `PUT`, the image config (which `sized`
+    /// settles too) going up alongside; else as [`Registry::push_layer`]
+    /// does. Returns the layer's digest and size.
+    async fn send_layer(
+        &self,
+        r: &Reference,
+        rx: mpsc::Receiver<stream::Item>,
+        sized: Option<&archive::Written>,
+        host: &HostFacts,
+    ) -> std::result::Result<(String, u64), OciDistributionError> {
+        let Some(w) = sized else {
+            return self.push_layer(r, rx).await;
+        };
+        let config = image_config(host, &w.diff_id);
+        let config_digest = sha256_digest(&config);
+        let layer = self
+            .client
+            .push_blob_stream(r, receiver_stream(rx), &w.diff_id, Some(w.tar_bytes));
+        let config = self.client.push_blob(r, config, &config_digest);
+        futures_util::future::try_join(layer, config).await?;
+        Ok((w.diff_id.clone(), w.tar_bytes))
     }
 
     /// Sends the chunks from `rx` as one blob: in one request when there
