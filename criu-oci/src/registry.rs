@@ -365,9 +365,9 @@ impl Registry {
         };
         let config = image_config(host, &w.diff_id);
         let config_digest = sha256_digest(&config);
-        let layer = self
-            .client
-            .push_blob_stream(r, receiver_stream(rx), &w.diff_id, Some(w.tar_bytes));
+        let layer =
+            self.client
+                .push_blob_stream(r, receiver_stream(rx), &w.diff_id, Some(w.tar_bytes));
         let config = self.client.push_blob(r, config, &config_digest);
         futures_util::future::try_join(layer, config).await?;
         Ok((w.diff_id.clone(), w.tar_bytes))
