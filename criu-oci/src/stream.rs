@@ -86,6 +86,17 @@ impl Write for Chunks {
     }
 }
 
+/// Refuses `data` if, after `have` bytes, it would take a pulled blob
+/// past `cap`, the size its manifest announces.
+fn within_cap(have: u64, data: &[u8], cap: u64) -> io::Result<()> {
+    if have + data.len() as u64 > cap {
+        return Err(io::Error::other(format!(
+            "the registry sent more than the {cap} bytes the manifest announces"
+        )));
+    }
+    Ok(())
+}
+
 /// An `AsyncWrite` into a [`Spooled`] file that refuses to grow past
 /// `cap` bytes (a registry sending more than the descriptor's size is
 /// cut off, not written to disk without end). The writes are plain
@@ -104,11 +115,8 @@ impl tokio::io::AsyncWrite for SpoolWriter<'_> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.spool.len + data.len() as u64 > this.cap {
-            return Poll::Ready(Err(io::Error::other(format!(
-                "the registry sent more than the {} bytes the manifest announces",
-                this.cap
-            ))));
+        if let Err(e) = within_cap(this.spool.len, data, this.cap) {
+            return Poll::Ready(Err(e));
         }
         let written = this.spool.file.write(data);
         if let Ok(n) = written {
@@ -178,11 +186,8 @@ impl tokio::io::AsyncWrite for PieceWriter {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.written + data.len() as u64 > this.cap {
-            return Poll::Ready(Err(io::Error::other(format!(
-                "the registry sent more than the {} bytes the manifest announces",
-                this.cap
-            ))));
+        if let Err(e) = within_cap(this.written, data, this.cap) {
+            return Poll::Ready(Err(e));
         }
         let n = data.len().min(PIECE - this.buf.len());
         this.buf.extend_from_slice(&data[..n]);
