@@ -319,9 +319,16 @@ impl Registry {
         let ((written, pack), (layer_digest, layer_bytes)) = match (packed, sent) {
             (Ok(p), Ok(l)) => (p, l),
             // Packing failed and said why; the upload was abandoned for it.
-            (Err(e), Ok(_) | Err(OciDistributionError::GenericError(_))) => return Err(e),
+            (Err(e), _) if !stopped_by_the_push(&e) => return Err(e),
             (_, Err(e)) => return Err(classify(&r, "push (layer)", e)),
+            (Err(e), Ok(_)) => return Err(e),
         };
+        if sized.as_ref().is_some_and(|w| w.diff_id != written.diff_id) {
+            return Err(Error::Malformed(format!(
+                "the images in {} changed while they were pushed; nothing was tagged",
+                images.path().display()
+            )));
+        }
         let config = image_config(host, &written.diff_id);
         let manifest = checkpoint_manifest(
             &config,
@@ -423,6 +430,11 @@ pub struct PulledCheckpoint {
     pub pull: Transfer,
     /// What unpacking took beyond the end of the download.
     pub unpack: Duration,
+}
+
+/// Whether packing failed only because the push stopped reading.
+fn stopped_by_the_push(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// The chunks from `rx`, as the stream a push sends.

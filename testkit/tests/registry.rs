@@ -398,6 +398,32 @@ fn streamed_push_and_pull_with_credentials(
         assert_eq!(pulled.annotations[annotations::ENGINE_NAME], "criu-rs");
         assert_same_images(&images, &pulled.unpacked.images().unwrap());
     }
+    // Packing fails (an extra file the archive's layout has no place
+    // for): the error says why, and nothing is tagged.
+    let mut unpackable = meta.clone();
+    unpackable.extra.push(("evil".into(), b"x".to_vec()));
+    for compression in [Compression::None, Compression::Gzip] {
+        let reference = reg.fresh_reference("unpackable");
+        let e = hosts
+            .a
+            .run(|| {
+                Registry::new(good)?.push_checkpoint(
+                    &reference,
+                    &images,
+                    &unpackable,
+                    &host,
+                    compression,
+                )
+            })
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Malformed(m) if m.contains("evil")),
+            "{e}"
+        );
+        let e = pull_on_b(hosts, good, &reference).unwrap_err();
+        assert!(matches!(e, Error::Registry { .. }), "nothing tagged: {e}");
+    }
 }
 
 /// Every image of `a` (CRIU's log and statistics aside) is in `b`, byte
