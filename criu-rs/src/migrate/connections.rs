@@ -13,8 +13,10 @@
 //! taken by the caller's [`AddressMove`] hook, from just before the tree is
 //! stopped until the source copy is gone:
 //!
-//! 1. `lock` (source): drop everything to the service address, and at
-//!    least every reset or FIN from it, at CRIU's pre-dump notification,
+//! 1. `lock` (source): drop everything to and from the service address
+//!    (nothing the source sends after the dump may reach a client: its TCP
+//!    timestamps would run ahead of the restored sockets'), at CRIU's
+//!    pre-dump notification,
 //!    before anything is frozen; if it fails, the dump is refused and the
 //!    source never stops;
 //! 2. the dump (CRIU's own lock, chosen in [`Connections::new`], covers its
@@ -64,9 +66,8 @@ use crate::options::{NetworkLock, Options};
 /// called once, from the source side, in the order the module docs give;
 /// `move_back` and `unlock` also on failure.
 pub trait AddressMove: Send + Sync {
-    /// Drops every packet to the service address on the source host, and
-    /// every one from it that could end a connection (a reset, a FIN), or
-    /// simply all (called before the tree is stopped); a hook that holds the
+    /// Drops every packet to and from the service address on the source
+    /// host (called before the tree is stopped); a hook that holds the
     /// clients' packets starts holding here, first. On error, nothing may
     /// stay locked or held (`unlock` is not called then).
     fn lock(&self) -> io::Result<()>;

@@ -84,8 +84,24 @@ pub(super) fn ip_out(args: &[&str]) -> io::Result<String> {
 /// Runs the `ip` commands in `text` (one a line) in `netns`, in one
 /// process, going on past a failing one (`-force`).
 pub(super) fn ip_batch(netns: &str, text: &str) -> io::Result<()> {
-    let mut child = Command::new("ip")
-        .args(["-n", netns, "-force", "-batch", "-"])
+    let out = feed(
+        Command::new("ip").args(["-n", netns, "-force", "-batch", "-"]),
+        text,
+    )?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(io::Error::other(format!(
+        "ip -batch in {netns} ({}) failed: {}",
+        text.trim().replace('\n', "; "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
+/// Runs `cmd` with `text` on its standard input; its standard error is
+/// captured, its output discarded.
+fn feed(cmd: &mut Command, text: &str) -> io::Result<std::process::Output> {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -95,15 +111,7 @@ pub(super) fn ip_batch(netns: &str, text: &str) -> io::Result<()> {
         .take()
         .expect("piped stdin")
         .write_all(text.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(io::Error::other(format!(
-        "ip -batch in {netns} ({}) failed: {}",
-        text.trim().replace('\n', "; "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    )))
+    child.wait_with_output()
 }
 
 impl ThreeHosts {
@@ -324,17 +332,20 @@ fn enter(path: &str) -> io::Result<()> {
 /// The address-move hook for two namespace hosts behind the router.
 ///
 /// The lock is a set of iptables rules: on the source, from before the
-/// stop until the source copy is gone, every packet to the service address
-/// dropped, and every reset or FIN from it (what would end a connection
-/// when the source copy's sockets close); on the destination, from before
-/// the address arrives there until the restore is done, every packet to
-/// the service address dropped: a client packet that reached the
-/// destination before its sockets exist would be answered with a reset.
-/// The rest of what the servers send goes out: an answer the source wrote
-/// just before the freeze reaches its client (whose acknowledgement the
-/// router then holds), and the destination's first answers and the window
-/// probe the kernel sends when CRIU ends the repair of a socket do not wait
-/// for a retransmission. The move is `ip addr del` on the source, then
+/// stop until the source copy is gone, every packet to and from the
+/// service address dropped; on the destination, from before the address
+/// arrives there until the restore is done, every packet to it: a client
+/// packet that reached the destination before its sockets exist would be
+/// answered with a reset. What the destination sends goes out (its first
+/// answers, and the window probe the kernel sends when CRIU ends the
+/// repair of a socket). The source must stay silent from the dump on: a
+/// packet it sent after the dump (a retransmission of an answer whose
+/// acknowledgement the router holds) would carry a newer TCP timestamp
+/// than the restored socket continues from, and the client would then
+/// discard the destination's answers as old (PAWS) until its
+/// retransmission timer fired (seen: 0.85 s). So answers written between
+/// the lock and the freeze are lost, and the destination sends them again
+/// on its own timer. The move is `ip addr del` on the source, then
 /// `ip addr add` on the destination; the announcement a gratuitous ARP.
 ///
 /// In front of both locks, the router holds the clients' packets to the
@@ -377,17 +388,13 @@ impl NamespaceMove {
 
     /// Inserts (`-I`) or deletes (`-D`) the lock rules in `netns`, in one
     /// `iptables-restore --noflush` run: every packet to the service
-    /// address dropped, and with `closing`, every reset or FIN from it.
-    fn rules(&self, netns: &str, op: &str, closing: bool) -> io::Result<()> {
+    /// address dropped, and with `outgoing`, every packet from it.
+    fn rules(&self, netns: &str, op: &str, outgoing: bool) -> io::Result<()> {
         let a = self.addr;
         let tag = format!("-m comment --comment {LOCK_COMMENT}");
         let mut text = format!("*filter\n{op} INPUT -d {a}/32 {tag} -j DROP\n");
-        if closing {
-            for flag in ["RST", "FIN"] {
-                text.push_str(&format!(
-                    "{op} OUTPUT -s {a}/32 -p tcp --tcp-flags {flag} {flag} {tag} -j DROP\n"
-                ));
-            }
+        if outgoing {
+            text.push_str(&format!("{op} OUTPUT -s {a}/32 {tag} -j DROP\n"));
         }
         text.push_str("COMMIT\n");
         let path = format!("/run/netns/{netns}");
@@ -395,21 +402,10 @@ impl NamespaceMove {
         std::thread::scope(|s| {
             s.spawn(|| {
                 enter(&path)?;
-                let mut child = Command::new(&bin)
-                    .args(["-w", "--noflush"])
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .map_err(|e| {
+                let out =
+                    feed(Command::new(&bin).args(["-w", "--noflush"]), &text).map_err(|e| {
                         io::Error::new(e.kind(), format!("running {}: {e}", bin.display()))
                     })?;
-                child
-                    .stdin
-                    .take()
-                    .expect("piped stdin")
-                    .write_all(text.as_bytes())?;
-                let out = child.wait_with_output()?;
                 if out.status.success() {
                     return Ok(());
                 }
