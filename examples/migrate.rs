@@ -123,7 +123,7 @@ mod tcp_server {
             match migrate_server(&s) {
                 Ok(o) => match o.row {
                     Some(r) => {
-                        failed |= !o.clients.clean() || !o.rules_left.is_empty();
+                        failed |= !o.clients.clean() || !o.rules_left.is_empty() || o.hold_left;
                         rows.push(r);
                     }
                     None => {

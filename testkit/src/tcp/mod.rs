@@ -1,7 +1,8 @@
 //! A server migrated with its clients connected: the request/answer
 //! protocol the server binary (`criu-rs-tcp-server`) and the clients share,
 //! the clients ([`client`]), the three-host topology and its address-move
-//! hook ([`topology`]), and one measured migration ([`run`]).
+//! hook ([`topology`]), the router's hold on the service's packets while
+//! the server moves ([`hold`]), and one measured migration ([`run`]).
 //!
 //! The protocol: a request is 8 bytes (the client's own sequence number),
 //! an answer 24 bytes, little-endian: the connection's counter (1, 2, 3...,
@@ -11,6 +12,7 @@
 //! checksum without sharing anything else with the server.
 
 pub mod client;
+pub mod hold;
 pub mod run;
 pub mod table;
 pub mod topology;
