@@ -160,14 +160,7 @@ fn leave_running(c: &mut Criterion) {
             for i in 0..n {
                 let images = ImagesDir::create(scratch.path().join(format!("img{i}"))).unwrap();
                 let t = Instant::now();
-                Criu::new()
-                    .dump(
-                        Options::new()
-                            .pid(w.pid())
-                            .images_dir(&images)
-                            .leave_running(true),
-                    )
-                    .expect("dump");
+                criu_rs_benches::dump(&Criu::new(), w.pid(), &images, true);
                 total += t.elapsed();
             }
             total
@@ -186,26 +179,38 @@ fn peers(c: &mut Criterion) {
         ("criu-cli", dump_cli),
         ("rust-criu", dump_rust_criu),
     ];
-    let mut g = c.benchmark_group(format!("peers_dump_{mib}MiB_tmpfs"));
-    configure(&mut g);
-    for (name, f) in dumps {
-        g.bench_function(name, |b| {
-            b.iter_custom(|n| time_dumps(n, Fs::Tmpfs, mib, name, f))
-        });
-    }
-    g.finish();
+    compare(
+        c,
+        format!("peers_dump_{mib}MiB_tmpfs"),
+        dumps,
+        |n, name, f| time_dumps(n, Fs::Tmpfs, mib, name, f),
+    );
     let restores: [(&str, RestoreFn); 4] = [
         ("criu-rs", restore_criu_rs),
         ("criu-sys", restore_raw_sys),
         ("criu-cli", restore_cli),
         ("rust-criu", restore_rust_criu),
     ];
-    let mut g = c.benchmark_group(format!("peers_restore_{mib}MiB_tmpfs"));
+    compare(
+        c,
+        format!("peers_restore_{mib}MiB_tmpfs"),
+        restores,
+        |n, _, f| time_restores(n, Fs::Tmpfs, mib, f),
+    );
+}
+
+/// One criterion group with a benchmark per peer, each timing `n` runs of
+/// its implementation through `time`.
+fn compare<F: Copy>(
+    c: &mut Criterion,
+    group: String,
+    peers: [(&str, F); 4],
+    time: impl Fn(u64, &str, F) -> Duration,
+) {
+    let mut g = c.benchmark_group(group);
     configure(&mut g);
-    for (name, f) in restores {
-        g.bench_function(name, |b| {
-            b.iter_custom(|n| time_restores(n, Fs::Tmpfs, mib, f))
-        });
+    for (name, f) in peers {
+        g.bench_function(name, |b| b.iter_custom(|n| time(n, name, f)));
     }
     g.finish();
 }

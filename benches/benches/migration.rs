@@ -100,14 +100,7 @@ fn local_dump_restore(mib: usize) -> (Duration, Duration) {
     let dir = scratch.path().join("img");
     let images = ImagesDir::create(&dir).expect("images dir");
     let t = Instant::now();
-    Criu::new()
-        .dump(
-            Options::new()
-                .pid(w.pid())
-                .images_dir(&images)
-                .log_file("dump.log"),
-        )
-        .expect("local dump");
+    criu_rs_benches::dump(&Criu::new(), w.pid(), &images, false);
     let dump = t.elapsed();
     w.reap(Duration::from_secs(30))
         .expect("reaping the dumped workload");
