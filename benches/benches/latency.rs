@@ -13,7 +13,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use criterion::{
-    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+    criterion_group, criterion_main, Bencher, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 use criu::{Criu, ImagesDir, Options};
 mod peers;
@@ -86,61 +86,54 @@ fn configure<M: criterion::measurement::Measurement>(g: &mut criterion::Benchmar
 fn by_size(c: &mut Criterion) {
     become_subreaper();
     for fs in Fs::selected() {
-        let mut g = c.benchmark_group(format!("dump_{}", fs.name()));
-        configure(&mut g);
-        for mib in sizes() {
-            g.throughput(Throughput::Bytes(mib as u64 * MIB));
-            g.bench_with_input(BenchmarkId::from_parameter(mib), &mib, |b, &mib| {
-                b.iter_custom(|n| time_dumps(n, fs, mib, "dump", dump_criu_rs))
-            });
-        }
-        g.finish();
-        let mut g = c.benchmark_group(format!("restore_{}", fs.name()));
-        configure(&mut g);
-        for mib in sizes() {
-            g.throughput(Throughput::Bytes(mib as u64 * MIB));
-            g.bench_with_input(BenchmarkId::from_parameter(mib), &mib, |b, &mib| {
-                b.iter_custom(|n| time_restores(n, fs, mib, restore_criu_rs))
-            });
-        }
-        g.finish();
-        let mut g = c.benchmark_group(format!("write_limit_{}", fs.name()));
-        configure(&mut g);
-        for mib in sizes() {
-            g.throughput(Throughput::Bytes(mib as u64 * MIB));
-            g.bench_with_input(BenchmarkId::from_parameter(mib), &mib, |b, &mib| {
-                let data = vec![0x5au8; mib << 20];
-                b.iter_custom(|n| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..n {
-                        let scratch = fs.scratch();
-                        let t = Instant::now();
-                        let mut f =
-                            std::fs::File::create(scratch.path().join("pages.img")).unwrap();
-                        f.write_all(&data).unwrap();
-                        drop(f);
-                        total += t.elapsed();
-                    }
-                    total
-                })
-            });
-        }
-        g.finish();
+        per_size(c, format!("dump_{}", fs.name()), |b, mib| {
+            b.iter_custom(|n| time_dumps(n, fs, mib, "dump", dump_criu_rs))
+        });
+        per_size(c, format!("restore_{}", fs.name()), |b, mib| {
+            b.iter_custom(|n| time_restores(n, fs, mib, restore_criu_rs))
+        });
+        per_size(c, format!("write_limit_{}", fs.name()), |b, mib| {
+            let data = vec![0x5au8; mib << 20];
+            b.iter_custom(|n| time_writes(n, fs, &data))
+        });
     }
-    let mut g = c.benchmark_group("memcpy");
+    per_size(c, "memcpy".into(), |b, mib| {
+        let src = vec![0x5au8; mib << 20];
+        let mut dst = vec![0u8; mib << 20];
+        b.iter(|| {
+            dst.copy_from_slice(black_box(&src));
+            black_box(&dst);
+        })
+    });
+}
+
+/// One criterion group with a benchmark per memory size of
+/// `CRIU_RS_BENCH_SIZES`, each run by `bench` with its size in MiB.
+fn per_size(c: &mut Criterion, group: String, mut bench: impl FnMut(&mut Bencher<'_>, usize)) {
+    let mut g = c.benchmark_group(group);
     configure(&mut g);
     for mib in sizes() {
         g.throughput(Throughput::Bytes(mib as u64 * MIB));
         g.bench_with_input(BenchmarkId::from_parameter(mib), &mib, |b, &mib| {
-            let src = vec![0x5au8; mib << 20];
-            let mut dst = vec![0u8; mib << 20];
-            b.iter(|| {
-                dst.copy_from_slice(black_box(&src));
-                black_box(&dst);
-            })
+            bench(b, mib)
         });
     }
     g.finish();
+}
+
+/// Times `iters` writes of `data` to a fresh file on `fs`: what writing
+/// the pages of a dump costs at the least.
+fn time_writes(iters: u64, fs: Fs, data: &[u8]) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let scratch = fs.scratch();
+        let t = Instant::now();
+        let mut f = std::fs::File::create(scratch.path().join("pages.img")).unwrap();
+        f.write_all(data).unwrap();
+        drop(f);
+        total += t.elapsed();
+    }
+    total
 }
 
 fn leave_running(c: &mut Criterion) {

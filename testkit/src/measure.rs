@@ -249,21 +249,10 @@ pub fn rss_bytes(pid: i32) -> u64 {
 
 /// Starts the workload (`mib` MiB of patterned memory, 0 for the bare
 /// counter) on host a of fresh hosts, lets it run for `warmup`, migrates it
-/// to host b with `strategy`, checks that it goes on, and measures the
-/// cost. `progress` sees the bytes of images sent.
-pub fn migrate_workload(
-    strategy: Strategy,
-    workload: &str,
-    mib: usize,
-    warmup: Duration,
-    progress: impl FnMut(u64, u64) + Send,
-) -> Result<Row, BoxError> {
-    migrate_workload_over(Security::Plain, strategy, workload, mib, warmup, progress)
-}
-
-/// As [`migrate_workload`], over plain TCP or mutual TLS (with throwaway
+/// to host b with `strategy` over plain TCP or mutual TLS (with throwaway
 /// certificates), through the steps of the two commands of
-/// `examples/migrate_host`.
+/// `examples/migrate_host`, checks that it goes on, and measures the cost.
+/// `progress` sees the bytes of images sent.
 pub fn migrate_workload_over(
     security: Security,
     strategy: Strategy,

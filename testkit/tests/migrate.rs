@@ -452,9 +452,14 @@ fn a_source_notification_refusing_the_dump_leaves_the_source_running() {
             if event == "post-dump" && reason == "not this time"),
         "{dump_err}"
     );
-    // The destination sees a message where it expected image frames (it is
-    // not told the source's reason: see the report of issue #18).
-    assert!(matches!(d, criu::Error::Transfer { .. }), "{d}");
+    // The destination hears the source's reason (before: "unexpected
+    // frame 0x4d", the source's message where image frames were expected).
+    assert!(matches!(d, criu::Error::Migration { .. }), "{d}");
+    assert!(
+        d.to_string().contains("the source failed before it sent the images")
+            && d.to_string().contains("not this time"),
+        "{d}"
+    );
 }
 
 #[test]

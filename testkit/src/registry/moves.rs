@@ -101,7 +101,7 @@ pub struct RegistryCost {
     pub image_bytes: u64,
 }
 
-/// Like [`crate::measure::migrate_workload`], through a registry (the
+/// Like [`crate::measure::migrate_workload_over`], through a registry (the
 /// layer compressed with `compression`): starts
 /// the workload in its own PID namespace on host a of fresh hosts, starts a
 /// registry host, checkpoints and pushes on a, pulls and restores on b,
