@@ -244,65 +244,25 @@ fn more_bad_input_is_rejected_before_criu_runs() {
     // SAFETY: the crate only asks the kernel about this number
     // (F_GETFD) and rejects it; it is never read or written.
     let stale = unsafe { std::os::fd::BorrowedFd::borrow_raw(1 << 20) };
-    let e = criu
-        .dump(
-            Options::new()
-                .pid(w.pid())
-                .images_dir(&images)
-                .add_inherit_fd(stale, "fd[1]:x"),
-        )
-        .unwrap_err();
-    assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
-
-    // Empty external keys, an empty inherit-fd key.
-    let e = criu
-        .dump(
-            Options::new()
-                .pid(w.pid())
-                .images_dir(&images)
-                .add_external("  "),
-        )
-        .unwrap_err();
-    assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
-    let e = criu
-        .dump(
-            Options::new()
-                .pid(w.pid())
-                .images_dir(&images)
-                .add_ext_mount("", "/mnt"),
-        )
-        .unwrap_err();
-    assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
     let null = std::fs::File::open("/dev/null").unwrap();
-    let e = criu
-        .dump(
-            Options::new()
-                .pid(w.pid())
-                .images_dir(&images)
-                .add_inherit_fd(null.as_fd(), ""),
-        )
-        .unwrap_err();
-    assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
-
+    // Each dump below is refused as malformed, by the crate.
+    let dump_of_w = || {
+        let mut o = Options::new();
+        o.pid(w.pid()).images_dir(&images);
+        o
+    };
+    let malformed = |o: &mut Options<'_>| {
+        let e = criu.dump(o).unwrap_err();
+        assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
+    };
+    malformed(dump_of_w().add_inherit_fd(stale, "fd[1]:x"));
+    // Empty external keys, an empty inherit-fd key.
+    malformed(dump_of_w().add_external("  "));
+    malformed(dump_of_w().add_ext_mount("", "/mnt"));
+    malformed(dump_of_w().add_inherit_fd(null.as_fd(), ""));
     // Parent images outside the checkpoint root.
-    let e = criu
-        .dump(
-            Options::new()
-                .pid(w.pid())
-                .images_dir(&images)
-                .parent_images("../../elsewhere"),
-        )
-        .unwrap_err();
-    assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
-    let e = criu
-        .dump(
-            Options::new()
-                .pid(w.pid())
-                .images_dir(&images)
-                .parent_images("/abs/path"),
-        )
-        .unwrap_err();
-    assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
+    malformed(dump_of_w().parent_images("../../elsewhere"));
+    malformed(dump_of_w().parent_images("/abs/path"));
     let other = ImagesDir::create(dir.path().join("nested-root-a")).unwrap();
     assert_eq!(
         images.parent_link(&other).unwrap(),
