@@ -37,10 +37,10 @@ pub fn counter_on(host: &Host, out: &Path, mib: usize) -> Workload {
         .expect("the workload starts")
 }
 
-/// A bare counter dumped into `dir/img` (logging to `dump.log` there) and
-/// reaped, ready to be restored.
-pub fn dumped(dir: &Path) -> (Workload, ImagesDir) {
-    let mut w = counter(dir, 0);
+/// A counter (with `mib` MiB of patterned memory) dumped into `dir/img`
+/// (logging to `dump.log` there) and reaped, ready to be restored.
+pub fn dumped(dir: &Path, mib: usize) -> (Workload, ImagesDir) {
+    let mut w = counter(dir, mib);
     let images = ImagesDir::create(dir.join("img")).expect("the images directory");
     Criu::new()
         .dump(

@@ -73,7 +73,7 @@ fn a_stopped_service_is_a_connect_error_with_its_context() {
 #[test]
 fn restored_child_signal_and_detach() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut w, images) = fixture::dumped(dir.path());
+    let (mut w, images) = fixture::dumped(dir.path(), 0);
     let seq = w.last_seq();
     let (child, _) = Criu::new()
         .restore_child(Options::new().images_dir(&images).deadline(WAIT))
@@ -111,7 +111,7 @@ fn restored_child_signal_and_detach() {
 #[test]
 fn signalling_a_reaped_child_is_an_error_not_a_stray_signal() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut w, images) = fixture::dumped(dir.path());
+    let (mut w, images) = fixture::dumped(dir.path(), 0);
     let (mut child, _) = Criu::new()
         .restore_child(Options::new().images_dir(&images).deadline(WAIT))
         .unwrap();
@@ -125,7 +125,7 @@ fn signalling_a_reaped_child_is_an_error_not_a_stray_signal() {
 #[test]
 fn images_dir_readers_and_modes() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut w, images) = fixture::dumped(dir.path());
+    let (mut w, images) = fixture::dumped(dir.path(), 0);
     assert_eq!(
         std::fs::metadata(images.path())
             .unwrap()

@@ -14,12 +14,7 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Dumps a fresh 1 MiB workload into `dir/img` and reaps it; returns the
 /// images and the pid the checkpoint restores to.
 fn checkpoint(dir: &tempfile::TempDir) -> (ImagesDir, i32) {
-    let mut w = fixture::counter(dir.path(), 1);
-    let images = ImagesDir::create(dir.path().join("img")).unwrap();
-    Criu::new()
-        .dump(Options::new().pid(w.pid()).images_dir(&images))
-        .unwrap();
-    w.reap(WAIT).unwrap();
+    let (w, images) = fixture::dumped(dir.path(), 1);
     (images, w.pid())
 }
 

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use criu::{Criu, DaemonConfig, Error, Event, ImagesDir, InvalidKind, Iteration, Options};
-use criu_testkit::{alive, wait_gone, KillOnDrop, Workload};
+use criu_testkit::{alive, fixture, wait_gone, KillOnDrop, Workload};
 
 const BIN: &str = env!("CARGO_BIN_EXE_criu-rs-workload");
 const TICK: Duration = Duration::from_millis(1);
@@ -181,12 +181,8 @@ fn shell_job_dumps_a_job_of_a_shells_session() {
 #[test]
 fn restore_child_returns_an_owned_child_that_is_reaped() {
     let s = Setup::new();
-    let mut w = s.workload(0);
-    let images = s.images("img");
+    let (mut w, images) = fixture::dumped(s.dir.path(), 0);
     let criu = Criu::new();
-    criu.dump(Options::new().pid(w.pid()).images_dir(&images))
-        .unwrap();
-    w.reap(WAIT).unwrap();
     let seq = w.last_seq();
     let (mut child, report) = criu
         .restore_child(Options::new().images_dir(&images))
@@ -210,12 +206,8 @@ fn restore_child_returns_an_owned_child_that_is_reaped() {
 #[test]
 fn dropping_a_restored_child_kills_and_reaps_it() {
     let s = Setup::new();
-    let mut w = s.workload(0);
-    let images = s.images("img");
+    let (mut w, images) = fixture::dumped(s.dir.path(), 0);
     let criu = Criu::new();
-    criu.dump(Options::new().pid(w.pid()).images_dir(&images))
-        .unwrap();
-    w.reap(WAIT).unwrap();
     let (child, _) = criu
         .restore_child(Options::new().images_dir(&images))
         .unwrap();

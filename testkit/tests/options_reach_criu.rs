@@ -127,7 +127,7 @@ fn timeout_reaches_criu() {
 #[test]
 fn exec_cmd_runs_after_a_successful_restore() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut w, images) = fixture::dumped(dir.path());
+    let (mut w, images) = fixture::dumped(dir.path(), 0);
     let criu = Criu::new();
     let marker = dir.path().join("exec-cmd-ran");
     let script = format!("echo \"$0 $1\" > '{}'", marker.display());
@@ -282,7 +282,7 @@ fn a_config_file_conflicts_with_the_crates_cli_only_options() {
 #[test]
 fn join_ns_puts_the_restored_process_in_the_named_namespace() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut w, images) = fixture::dumped(dir.path());
+    let (mut w, images) = fixture::dumped(dir.path(), 0);
     let criu = Criu::new();
     // CRIU 4.2.1 checks the join-ns file before anything else and refuses
     // the request (EBADRQC) when it is missing; a real one restores.

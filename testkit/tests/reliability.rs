@@ -64,12 +64,8 @@ fn an_expired_dump_deadline_kills_criu_and_leaves_the_process_running() {
 fn a_restore_that_would_hang_is_cut_by_the_deadline_and_leaves_nothing() {
     // A truncated pages image makes CRIU 4.2.1's restorer spin forever.
     let dir = tempfile::tempdir().unwrap();
-    let mut w = fixture::counter(dir.path(), 1);
-    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let (w, images) = fixture::dumped(dir.path(), 1);
     let criu = Criu::new();
-    criu.dump(Options::new().pid(w.pid()).images_dir(&images))
-        .unwrap();
-    w.reap(WAIT).unwrap();
     let pages = std::fs::read_dir(images.path())
         .unwrap()
         .flatten()
@@ -192,12 +188,8 @@ fn a_dump_to_an_unreachable_page_server_leaves_the_process_running() {
 #[test]
 fn a_corrupted_inventory_is_a_clear_error_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = fixture::counter(dir.path(), 1);
-    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let (w, images) = fixture::dumped(dir.path(), 1);
     let criu = Criu::new();
-    criu.dump(Options::new().pid(w.pid()).images_dir(&images))
-        .unwrap();
-    w.reap(WAIT).unwrap();
     let inv = images.path().join("inventory.img");
     let mut bytes = std::fs::read(&inv).unwrap();
     for b in bytes.iter_mut().skip(4) {
