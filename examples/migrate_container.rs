@@ -2,7 +2,8 @@
 //! with Docker, and print the engines side by side.
 //!
 //! ```text
-//! migrate_container [--engine criu-rs|runc|docker|registry|all] [--interval SECS]
+//! migrate_container [--engine criu-rs|runc|docker|registry|docker-registry|all]
+//!                   [--interval SECS]
 //!                   [--warmup-ms MS] [--reps N] [--json FILE]
 //! ```
 //!
@@ -27,9 +28,14 @@
 //! start --checkpoint` restores it there. Docker timestamps every log line,
 //! so its downtime is the largest gap between two lines in Docker's log.
 //!
-//! Last, criu-rs's container again, its checkpoint moved as an OCI image
-//! through a registry (docker-registry) on a third host: pushed on A,
-//! pulled on B.
+//! Last, the checkpoints go as OCI images through a registry
+//! (docker-registry) on a third host, pushed on A, pulled on B:
+//! criu-rs's container (`registry`), then Docker's (`docker+registry`:
+//! `docker checkpoint create` on A, the checkpoint packed as a checkpoint
+//! archive with the `org.criu.checkpoint.*` annotations, pushed, pulled
+//! and verified on B, unpacked into the clone's checkpoints folder,
+//! `docker start --checkpoint`). Their push and pull times have columns
+//! of their own (and a `registry` object in the JSON).
 //!
 //! Each engine is one implementation of `criu_testkit::container::Engine`;
 //! one driver starts, migrates and measures them all alike.
@@ -44,7 +50,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use criu_testkit::container::{
-    migrate_measured, BoxError, DockerEngine, Engine, OwnEngine, Row, RuncEngine,
+    migrate_measured, BoxError, DockerEngine, Engine, OwnEngine, RegistryCost, Row, RuncEngine,
 };
 use criu_testkit::hosts::TwoHosts;
 
@@ -82,6 +88,7 @@ enum Which {
     Runc,
     Docker,
     Registry,
+    DockerRegistry,
     All,
 }
 
@@ -104,13 +111,20 @@ fn registry(dir: &Path) -> Result<Box<dyn Engine>, BoxError> {
     Ok(Box::new(criu_testkit::registry::RegistryEngine::new(dir)?))
 }
 
+fn docker_registry(dir: &Path) -> Result<Box<dyn Engine>, BoxError> {
+    Ok(Box::new(criu_testkit::registry::DockerRegistryEngine::new(
+        dir,
+    )?))
+}
+
 /// The engines `which` selects, in table order.
 fn engines(which: Which) -> Vec<(&'static str, MakeEngine)> {
-    let all: [(&str, Which, MakeEngine); 4] = [
+    let all: [(&str, Which, MakeEngine); 5] = [
         ("criu-rs", Which::CriuRs, own),
         ("runc", Which::Runc, runc),
         ("docker", Which::Docker, docker),
         ("registry", Which::Registry, registry),
+        ("docker+registry", Which::DockerRegistry, docker_registry),
     ];
     all.into_iter()
         .filter(|(_, w, _)| which == Which::All || which == *w)
@@ -136,15 +150,24 @@ fn frozen_ms(r: &Row) -> String {
         .map_or("-".into(), |v| format!("{:.1}", v as f64 / 1000.0))
 }
 
+/// A registry move's push or pull time, `-` for the direct moves.
+fn registry_ms(r: &Row, f: fn(&RegistryCost) -> f64) -> String {
+    r.registry
+        .as_ref()
+        .map_or("-".into(), |c| format!("{:.1}", f(c)))
+}
+
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>11}  {:<26} netns a -> b",
+        "{:<15} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10} {:>11}  {:<26} netns a -> b",
         "engine",
         "rss KiB",
         "dump ms",
         "frozen ms",
         "sent KiB",
         "xfer ms",
+        "push ms",
+        "pull ms",
         "restore ms",
         "downtime ms",
         "count",
@@ -157,13 +180,15 @@ fn print_table(rows: &[Row]) {
             if r.continued { "ok" } else { "BROKEN" }
         );
         println!(
-            "{:<8} {:>8} {:>9.1} {:>9} {:>9.1} {:>9.1} {:>10.1} {:>11.1}  {:<26} {} -> {}",
+            "{:<15} {:>8} {:>9.1} {:>9} {:>9.1} {:>9.1} {:>8} {:>8} {:>10.1} {:>11.1}  {:<26} {} -> {}",
             r.engine,
             r.cost.rss_bytes / 1024,
             r.cost.dump_ms,
             frozen_ms(r),
             r.cost.transfer_bytes as f64 / 1024.0,
             r.cost.transfer_ms,
+            registry_ms(r, |c| c.push_ms),
+            registry_ms(r, |c| c.pull_ms),
             r.cost.restore_ms,
             r.cost.downtime_ms,
             count,
@@ -222,6 +247,10 @@ fn medians(rows: &[Row]) -> Vec<Row> {
             m.cost.transfer_ms = of(|r| r.cost.transfer_ms);
             m.cost.restore_ms = of(|r| r.cost.restore_ms);
             m.cost.downtime_ms = of(|r| r.cost.downtime_ms);
+            if let Some(c) = m.registry.as_mut() {
+                c.push_ms = of(|r| r.registry.as_ref().map_or(0.0, |c| c.push_ms));
+                c.pull_ms = of(|r| r.registry.as_ref().map_or(0.0, |c| c.pull_ms));
+            }
             m.continued = runs.iter().all(|r| r.continued);
             Some(m)
         })
@@ -267,7 +296,7 @@ fn main() -> ExitCode {
     print_table(&rows);
     if cli.reps > 1 {
         println!(
-            "\nmedians of {} runs per engine (dump, xfer, restore, downtime; the other \
+            "\nmedians of {} runs per engine (dump, xfer, push, pull, restore, downtime; the other \
              columns are those of the run with the median downtime):",
             cli.reps
         );

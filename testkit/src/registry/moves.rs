@@ -6,11 +6,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use criu_oci::migrate::{checkpoint_and_push, pull_and_restore, PushTo, Pushed, Restored};
-use criu_oci::{Compression, Limits, Registry, RegistryConfig};
-use serde::Serialize;
+use criu_oci::{Compression, Limits};
 
-use super::host::{unique_tag, RegistryHost};
-use crate::container::BoxError;
+use super::host::RegistryHost;
+use crate::container::{BoxError, RegistryCost};
 use crate::hosts::TwoHosts;
 use crate::measure::{ms, Cost, DumpTimes, Row, Started};
 
@@ -49,25 +48,8 @@ pub fn move_through_registry(
         dst_dir,
         compression,
     } = *m;
-    let repo = name.replace(|c: char| !c.is_ascii_alphanumeric(), "-");
-    let reference = format!(
-        "{}/criu-rs/{}:latest",
-        registry.address(),
-        unique_tag(&repo)
-    );
-    let config = RegistryConfig {
-        plain_http: true,
-        ..RegistryConfig::default()
-    };
-    // Both clients are made before the source stops: building one loads
-    // the system's CA certificates, which is not the move's cost. Their
-    // sockets are made in whichever host's thread runs the request.
-    let (client_a, client_b) = (Registry::new(&config)?, Registry::new(&config)?);
-    // A ping from each side before the source stops: finds an unreachable
-    // registry or refused credentials early, and takes the client's
-    // one-time set-up (seen: ~0.5 s, once per process) out of the downtime.
-    hosts.a.run(|| client_a.ping(&reference))??;
-    hosts.b.run(|| client_b.ping(&reference))??;
+    let reference = registry.fresh_reference(name);
+    let (client_a, client_b) = registry.clients(hosts, &reference)?;
     let criu = criu::Criu::new();
     let pushed = hosts.a.run(|| {
         let to = PushTo {
@@ -88,17 +70,6 @@ pub fn move_through_registry(
         )
     })??;
     Ok((pushed, restored))
-}
-
-/// What moving through the registry cost, beyond a [`Row`].
-#[derive(Debug, Clone, Serialize)]
-#[allow(missing_docs)]
-pub struct RegistryCost {
-    pub pack_ms: f64,
-    pub push_ms: f64,
-    pub pull_ms: f64,
-    pub unpack_ms: f64,
-    pub image_bytes: u64,
 }
 
 /// Like [`crate::measure::migrate_workload_over`], through a registry (the
