@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use criterion::{
     criterion_group, criterion_main, Bencher, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
-use criu::{Criu, ImagesDir, Options};
+use criu::{Criu, ImagesDir};
 mod peers;
 use criu_rs_benches::{
     become_subreaper, kill_and_reap, record, samples, sizes, smallest, workload, Fs, StatsRecord,

@@ -731,7 +731,7 @@ fn threads_checkpointing_different_processes_all_succeed() {
             .zip(&dirs)
             .map(|(w, d)| {
                 let criu = &criu;
-                scope.spawn(move || criu.dump(&mut leaving_running(w.pid(), &d)))
+                scope.spawn(move || criu.dump(&mut leaving_running(w.pid(), d)))
             })
             .collect();
         for h in handles {
