@@ -44,8 +44,6 @@
 //! a host thread polls the log every millisecond and reports the largest
 //! gap between two new lines (this includes one ordinary interval).
 
-use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -55,6 +53,11 @@ use criu_testkit::container::{
     migrate_measured, BoxError, DockerEngine, Engine, OwnEngine, RegistryCost, Row, RuncEngine,
 };
 use criu_testkit::hosts::TwoHosts;
+
+// Of what the migration examples share, this one needs only the ending
+// (its rows are containers', with their own table).
+mod cli;
+use cli::finish;
 
 #[derive(Parser)]
 #[command(
@@ -254,11 +257,6 @@ fn medians(rows: &[Row]) -> Vec<Row> {
         .collect()
 }
 
-fn write_json(path: &Path, rows: &[Row]) -> io::Result<()> {
-    let text = serde_json::to_string_pretty(rows).map_err(io::Error::other)?;
-    fs::write(path, text + "\n")
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.interval.parse::<f64>().map_or(true, |v| v <= 0.0) {
@@ -308,15 +306,5 @@ fn main() -> ExitCode {
     } else {
         print_ratios(&rows);
     }
-    if let Some(p) = &cli.json {
-        if let Err(e) = write_json(p, &rows) {
-            eprintln!("error: writing {}: {e}", p.display());
-            failed = true;
-        }
-    }
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    finish(cli.json.as_deref(), &rows, failed)
 }

@@ -47,6 +47,11 @@ pub fn recv_message<T: DeserializeOwned>(r: &mut impl Read) -> Result<T> {
             None,
         ));
     }
+    read_message_body(r)
+}
+
+/// Reads a control message whose 'M' was read already.
+pub(super) fn read_message_body<T: DeserializeOwned>(r: &mut impl Read) -> Result<T> {
     let len = read_u32(r, "reading a message")?;
     if len > MAX_MESSAGE {
         return Err(transfer_err(

@@ -40,6 +40,7 @@ use crate::error::Error;
 
 pub use frame::{read_header, recv_message, send_message, write_header};
 pub use receive::{receive_dir, receive_dir_with, receive_from, Limits};
+pub(crate) use receive::{receive_dir_or_message, DirOrMessage};
 pub use send::send_dir;
 pub use transport::Transport;
 

@@ -4,7 +4,11 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::frame::{file_header, read_header, read_u16, read_u32, read_u64, read_u8};
+use serde::de::DeserializeOwned;
+
+use super::frame::{
+    file_header, read_header, read_message_body, read_u16, read_u32, read_u64, read_u8,
+};
 use super::partial::Partial;
 use super::{io_err, is_safe_name, transfer_err, Progress, TransferStats, Transport, BUF};
 use crate::error::{Error, Result};
@@ -117,6 +121,33 @@ pub fn receive_dir_with(
     limits: &Limits,
     progress: Option<Progress<'_>>,
 ) -> Result<TransferStats> {
+    match receive_dir_or_message::<serde_json::Value>(r, target, limits, progress)? {
+        DirOrMessage::Dir(stats) => Ok(stats),
+        DirOrMessage::Message(m) => Err(transfer_err(
+            format!("the sender sent the message {m} where a file was expected"),
+            None,
+        )),
+    }
+}
+
+/// What came where a directory was expected.
+pub(crate) enum DirOrMessage<T> {
+    /// The whole directory, now at its target.
+    Dir(TransferStats),
+    /// A control message the sender sent instead (a sender that failed
+    /// says why); nothing is left at the target.
+    Message(T),
+}
+
+/// Like [`receive_dir_with`], handing a control message that comes
+/// between files (the format allows one there) back to the caller, who
+/// knows what it means.
+pub(crate) fn receive_dir_or_message<T: DeserializeOwned>(
+    r: &mut impl Read,
+    target: &Path,
+    limits: &Limits,
+    progress: Option<Progress<'_>>,
+) -> Result<DirOrMessage<T>> {
     let start = Instant::now();
     if target.symlink_metadata().is_ok() {
         return Err(transfer_err(
@@ -138,12 +169,13 @@ pub fn receive_dir_with(
             b'E' => {
                 rx.end(r)?;
                 rx.partial.commit(target)?;
-                return Ok(TransferStats {
+                return Ok(DirOrMessage::Dir(TransferStats {
                     files: rx.files,
                     bytes: rx.bytes,
                     elapsed: start.elapsed(),
-                });
+                }));
             }
+            b'M' => return read_message_body(r).map(DirOrMessage::Message),
             other => return Err(transfer_err(format!("unexpected frame {other:#x}"), None)),
         }
     }

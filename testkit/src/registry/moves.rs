@@ -72,7 +72,7 @@ pub fn move_through_registry(
     Ok((pushed, restored))
 }
 
-/// Like [`crate::measure::migrate_workload`], through a registry (the
+/// Like [`crate::measure::migrate_workload_over`], through a registry (the
 /// layer compressed with `compression`): starts
 /// the workload in its own PID namespace on host a of fresh hosts, starts a
 /// registry host, checkpoints and pushes on a, pulls and restores on b,
@@ -85,12 +85,11 @@ pub fn migrate_via_registry(
 ) -> Result<(Row, RegistryCost), BoxError> {
     let mut started = Started::new("criu-rs-regmig-", mib, warmup)?;
     let registry = RegistryHost::start(&started.hosts, None)?;
-    let (pid_before, rss, source_netns) = (started.pid, started.rss, started.netns);
     let (src_dir, dst_dir) = (started.dir().join("a"), started.dir().join("b"));
     fs::create_dir_all(&src_dir)?;
     fs::create_dir_all(&dst_dir)?;
     let m = Move {
-        pid: pid_before,
+        pid: started.pid,
         name: workload,
         src_dir: &src_dir,
         dst_dir: &dst_dir,
@@ -108,19 +107,12 @@ pub fn migrate_via_registry(
     pushed.finish();
     let pid_after = restored.child.pid();
     let seen = started.observe(pid_after, mib)?;
-    let (continued, downtime_ns, memory_intact, dest_netns) = (
-        seen.continued,
-        seen.downtime_ns,
-        seen.memory_intact,
-        seen.dest_netns,
-    );
     let row = Row {
         strategy: "registry".into(),
         // The registry is reached over plain HTTP.
         transport: "plain".into(),
         workload: workload.into(),
         cost: Cost {
-            rss_bytes: rss,
             criu: DumpTimes::of(dump_stats.as_ref()),
             dump_ms: ms(dump_wall),
             transfer_bytes: cost.image_bytes,
@@ -130,16 +122,11 @@ pub fn migrate_via_registry(
                 .restore
                 .stats
                 .map(|s| s.restore_time.as_micros() as u64),
-            downtime_ms: downtime_ns as f64 / 1e6,
+            ..Cost::default()
         },
-        continued,
-        memory_intact,
-        pid_before,
-        pid_after,
-        source_netns,
-        dest_netns,
-        phases: None,
-    };
+        ..Row::default()
+    }
+    .observed(&started, &seen);
     drop(restored.child);
     Ok((row, cost))
 }

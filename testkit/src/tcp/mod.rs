@@ -45,25 +45,8 @@ pub fn expected_page_checksum(page: u64) -> u64 {
     page_checksum(&words)
 }
 
-/// Where the server binary is: `CRIU_RS_TCP_SERVER_BIN`, else next to the
-/// running executable or up to three directories up.
+/// Where the server binary is: `CRIU_RS_TCP_SERVER_BIN`, else as
+/// [`crate::find_bin`] finds it.
 pub fn server_bin() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("CRIU_RS_TCP_SERVER_BIN") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().unwrap_or_default();
-    let mut dir = exe
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_default();
-    for _ in 0..4 {
-        let candidate = dir.join("criu-rs-tcp-server");
-        if candidate.exists() {
-            return candidate;
-        }
-        if !dir.pop() {
-            break;
-        }
-    }
-    "criu-rs-tcp-server".into()
+    crate::find_bin("criu-rs-tcp-server", "CRIU_RS_TCP_SERVER_BIN")
 }
