@@ -28,6 +28,8 @@
 //! its key off the hosts.
 
 #[cfg(feature = "tls")]
+mod socket;
+#[cfg(feature = "tls")]
 mod stream;
 
 pub use crate::credentials::TlsFiles;
