@@ -9,7 +9,8 @@
 //! through the crate's TLS stream, interleaved; `--stream-only` stops
 //! there). Writes `target/criu-rs-bench/tls.json` and `tls-stream.json`.
 //!
-//! Sizes: `CRIU_RS_BENCH_MIGRATION_SIZES` (MiB, default `16`); reps:
+//! Sizes: `CRIU_RS_BENCH_MIGRATION_SIZES` (MiB, default `16`); strategies:
+//! `CRIU_RS_BENCH_STRATEGIES` (default all); reps:
 //! `CRIU_RS_BENCH_REPS` (default 3; the target's is 5).
 
 use std::io::Write;
@@ -140,6 +141,21 @@ fn stream_throughput(reps: usize) -> (f64, f64) {
     (p, t)
 }
 
+/// The strategies to measure: `CRIU_RS_BENCH_STRATEGIES` (comma-separated
+/// names), or all.
+fn strategies() -> Vec<Strategy> {
+    let raw = std::env::var("CRIU_RS_BENCH_STRATEGIES").unwrap_or_default();
+    let named: Vec<Strategy> = raw
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    if named.is_empty() {
+        Strategy::ALL.to_vec()
+    } else {
+        named
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -151,7 +167,7 @@ fn main() {
     }
     let mut out = Vec::new();
     for mib in migration_sizes() {
-        for strategy in Strategy::ALL {
+        for strategy in strategies() {
             let (mut plain, mut tls) = (Vec::new(), Vec::new());
             for _ in 0..reps {
                 plain.push(run(Security::Plain, strategy, mib));

@@ -39,6 +39,12 @@ impl Socket {
     pub(super) fn tcp_mut(&mut self) -> &mut TcpStream {
         &mut self.tcp
     }
+
+    /// The connection, and what was read ahead of rustls.
+    pub(super) fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        let early = self.buf[self.pos..self.len].to_vec();
+        (self.tcp, early)
+    }
 }
 
 impl Read for Socket {

@@ -80,6 +80,11 @@ impl TlsConfig {
         self
     }
 
+    /// The handshake timeout.
+    pub(crate) fn handshake_limit(&self) -> Duration {
+        self.handshake_timeout
+    }
+
     /// The PEM files this configuration was read from.
     pub fn files(&self) -> &TlsFiles {
         &self.files
@@ -484,6 +489,20 @@ impl TlsStream {
         match &mut self.conn {
             Conn::Client(s) => s.get_mut().tcp_mut(),
             Conn::Server(s) => s.get_mut().tcp_mut(),
+        }
+    }
+
+    /// The TLS session and its socket, to relay CRIU's connection.
+    pub(super) fn into_parts(self) -> (rustls::Connection, Socket) {
+        match self.conn {
+            Conn::Client(s) => {
+                let (c, sock) = s.into_parts();
+                (c.into(), sock)
+            }
+            Conn::Server(s) => {
+                let (c, sock) = s.into_parts();
+                (c.into(), sock)
+            }
         }
     }
 
