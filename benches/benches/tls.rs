@@ -122,7 +122,7 @@ fn stream_throughput(reps: usize) -> (f64, f64) {
     let src = tempfile::tempdir().unwrap();
     let mut f = std::fs::File::create(src.path().join("pages-1.img")).unwrap();
     let block: Vec<u8> = (0..1 << 20)
-        .map(|i: u32| (i * 2654435761u32 >> 13) as u8)
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     for _ in 0..mib {
         f.write_all(&block).unwrap();

@@ -79,6 +79,7 @@ impl DaemonConfig {
     }
 
     /// The TLS files of CRIU's own connections, if set.
+    #[cfg(feature = "tls")]
     pub(crate) fn tls_files(&self) -> Option<&crate::credentials::TlsFiles> {
         self.tls.as_ref()
     }
@@ -107,6 +108,7 @@ impl DaemonConfig {
     /// Starts `criu page-server` serving one dump over `socket`, already
     /// connected (`--ps-socket`; no listener, no TLS of CRIU's: the crate
     /// carries the other end, see [`crate::tls`]).
+    #[cfg(feature = "tls")]
     pub(crate) fn page_server_on(&self, images: &ImagesDir, socket: &OwnedFd) -> Result<Daemon> {
         let args: Vec<OsString> = vec![
             "page-server".into(),

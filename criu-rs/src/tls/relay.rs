@@ -323,6 +323,7 @@ mod tests {
 
     #[test]
     fn a_loopback_socket_of_another_user_is_not() {
+        // SAFETY: geteuid cannot fail and touches no memory.
         if unsafe { libc::geteuid() } != 0 {
             return; // Only root can connect as someone else.
         }
