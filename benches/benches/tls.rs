@@ -5,15 +5,24 @@
 //! (target: TLS at most 1.25x plain), and the image stream's throughput
 //! (stop-and-copy carries all memory on it; page-server and lazy carry
 //! memory on CRIU's own connections, so their stream figure is small).
-//! Writes `target/criu-rs-bench/tls.json`.
+//! First, the image stream alone (256 MiB sent over loopback, plain and
+//! through the crate's TLS stream, interleaved; `--stream-only` stops
+//! there). Writes `target/criu-rs-bench/tls.json` and `tls-stream.json`.
 //!
-//! Sizes: `CRIU_RS_BENCH_MIGRATION_SIZES` (MiB, default `16`); reps:
+//! Sizes: `CRIU_RS_BENCH_MIGRATION_SIZES` (MiB, default `16`); strategies:
+//! `CRIU_RS_BENCH_STRATEGIES` (default all); reps:
 //! `CRIU_RS_BENCH_REPS` (default 3; the target's is 5).
 
-use std::time::Duration;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use criu::migrate::Strategy;
+use criu::tls::TlsConfig;
+use criu::transfer::{receive_from, send_dir, write_header, Limits, Transport};
 use criu_rs_benches::{median, migration_sizes, out_dir, reps};
+use criu_testkit::certs::Pki;
 use criu_testkit::link::Security;
 use criu_testkit::measure::{migrate_workload_over, Row};
 use serde::Serialize;
@@ -70,14 +79,95 @@ fn side(strategy: Strategy, rows: &[Row]) -> Side {
     }
 }
 
+/// One directory of `mib` MiB sent over loopback TCP, plain or through
+/// the crate's TLS stream, as a migration sends its images; the MiB/s.
+fn stream_rate(pki: &Pki, src: &Path, mib: usize, tls: bool) -> f64 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = TlsConfig::new(pki.b.clone()).unwrap();
+    let into = tempfile::tempdir().unwrap();
+    let target = into.path().join("got");
+    let receiver = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        let limits = Limits::default();
+        if tls {
+            let mut s = server.accept(tcp).unwrap();
+            receive_from(&mut s, &target, &limits, None).unwrap();
+        } else {
+            let mut s = tcp;
+            receive_from(&mut s, &target, &limits, None).unwrap();
+        }
+    });
+    let tcp = TcpStream::connect(addr).unwrap();
+    let start = Instant::now();
+    if tls {
+        let mut s = TlsConfig::new(pki.a.clone()).unwrap().connect(tcp).unwrap();
+        s.prepare(None).unwrap();
+        write_header(&mut s).unwrap();
+        send_dir(&mut s, src, None).unwrap();
+    } else {
+        let mut s = tcp;
+        s.prepare(None).unwrap();
+        write_header(&mut s).unwrap();
+        send_dir(&mut s, src, None).unwrap();
+    }
+    receiver.join().unwrap();
+    mib as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The image stream alone, plain and TLS interleaved: medians of MiB/s.
+fn stream_throughput(reps: usize) -> (f64, f64) {
+    let mib = 256;
+    let pki = Pki::new().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let mut f = std::fs::File::create(src.path().join("pages-1.img")).unwrap();
+    let block: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    for _ in 0..mib {
+        f.write_all(&block).unwrap();
+    }
+    drop(f);
+    let (mut plain, mut tls) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        plain.push(stream_rate(&pki, src.path(), mib, false));
+        tls.push(stream_rate(&pki, src.path(), mib, true));
+    }
+    let (p, t) = (median(&mut plain), median(&mut tls));
+    eprintln!(
+        "stream {mib} MiB over loopback: plain {p:.0} MiB/s, tls {t:.0} MiB/s ({:.0}%)",
+        100.0 * t / p
+    );
+    (p, t)
+}
+
+/// The strategies to measure: `CRIU_RS_BENCH_STRATEGIES` (comma-separated
+/// names), or all.
+fn strategies() -> Vec<Strategy> {
+    let raw = std::env::var("CRIU_RS_BENCH_STRATEGIES").unwrap_or_default();
+    let named: Vec<Strategy> = raw
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    if named.is_empty() {
+        Strategy::ALL.to_vec()
+    } else {
+        named
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
     let reps = reps();
+    let stream = stream_throughput(reps);
+    if std::env::args().any(|a| a == "--stream-only") {
+        return;
+    }
     let mut out = Vec::new();
     for mib in migration_sizes() {
-        for strategy in Strategy::ALL {
+        for strategy in strategies() {
             let (mut plain, mut tls) = (Vec::new(), Vec::new());
             for _ in 0..reps {
                 plain.push(run(Security::Plain, strategy, mib));
@@ -97,6 +187,19 @@ fn main() {
         }
     }
     print_summary(&out);
+    println!(
+        "image stream alone, 256 MiB over loopback: plain {:.0} MiB/s, tls {:.0} MiB/s ({:.0}%)",
+        stream.0,
+        stream.1,
+        100.0 * stream.1 / stream.0
+    );
+    std::fs::write(
+        out_dir().join("tls-stream.json"),
+        serde_json::json!({ "mib": 256, "runs": reps, "plain_mib_s": stream.0, "tls_mib_s": stream.1 })
+            .to_string()
+            + "\n",
+    )
+    .unwrap();
     std::fs::write(
         out_dir().join("tls.json"),
         serde_json::to_string_pretty(&out).unwrap() + "\n",

@@ -19,10 +19,13 @@ use std::time::{Duration, Instant};
 use crate::client::Criu;
 use crate::error::{error_lines, Error, Result};
 use crate::images::{private_dir, read_tail, ImagesDir, MAX_LOG_TAIL};
-use crate::spawn::{hand_over_fd, OwnedChild};
+use crate::spawn::{hand_over_fds, OwnedChild};
 
 /// The descriptor number the daemon reports readiness on.
 const STATUS_FD: i32 = 3;
+
+/// The descriptor number of a connected page-server socket handed over.
+const PS_FD: i32 = 4;
 
 /// A running CRIU daemon (page server or lazy-pages).
 #[derive(Debug)]
@@ -75,6 +78,12 @@ impl DaemonConfig {
         self
     }
 
+    /// The TLS files of CRIU's own connections, if set.
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_files(&self) -> Option<&crate::credentials::TlsFiles> {
+        self.tls.as_ref()
+    }
+
     /// The TLS arguments of a daemon that connects or listens over TCP.
     fn tls_args(&self) -> Vec<OsString> {
         self.tls
@@ -88,7 +97,21 @@ impl DaemonConfig {
         let mut args: Vec<OsString> = vec!["page-server".into()];
         args.extend(address_args(listen));
         args.extend(self.tls_args());
-        self.start("page server", "page-server.log", images.path(), args)
+        self.start("page server", "page-server.log", images.path(), args, None)
+    }
+
+    /// Starts `criu page-server` serving one dump over `socket`, already
+    /// connected (`--ps-socket`; no listener, no TLS of CRIU's: the crate
+    /// carries the other end, see [`crate::tls`]).
+    #[cfg(feature = "tls")]
+    pub(crate) fn page_server_on(&self, images: &ImagesDir, socket: &OwnedFd) -> Result<Daemon> {
+        let args: Vec<OsString> = vec![
+            "page-server".into(),
+            "--ps-socket".into(),
+            PS_FD.to_string().into(),
+        ];
+        let fd = Some(socket.as_raw_fd());
+        self.start("page server", "page-server.log", images.path(), args, fd)
     }
 
     /// Starts `criu lazy-pages`, which fetches pages from the lazy dump's
@@ -98,7 +121,13 @@ impl DaemonConfig {
         let mut args: Vec<OsString> = vec!["lazy-pages".into(), "--page-server".into()];
         args.extend(address_args(source));
         args.extend(self.tls_args());
-        self.start("lazy-pages daemon", "lazy-pages.log", images.path(), args)
+        self.start(
+            "lazy-pages daemon",
+            "lazy-pages.log",
+            images.path(),
+            args,
+            None,
+        )
     }
 
     /// Starts a long-running `criu service` on a unix socket in a private
@@ -118,7 +147,7 @@ impl DaemonConfig {
             "--address".into(),
             socket.clone().into_os_string(),
         ];
-        let daemon = self.start("CRIU service", "service.log", dir.path(), args)?;
+        let daemon = self.start("CRIU service", "service.log", dir.path(), args, None)?;
         Ok(Service {
             daemon,
             socket,
@@ -132,6 +161,7 @@ impl DaemonConfig {
         log_file: &str,
         dir: &Path,
         mut args: Vec<OsString>,
+        socket: Option<i32>,
     ) -> Result<Daemon> {
         let dir = dir.to_path_buf();
         args.extend([
@@ -160,12 +190,9 @@ impl DaemonConfig {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        hand_over_fd(
-            &mut cmd,
-            write.as_raw_fd(),
-            STATUS_FD,
-            netns.as_ref().map(AsRawFd::as_raw_fd),
-        );
+        let mut fds = vec![(write.as_raw_fd(), STATUS_FD)];
+        fds.extend(socket.map(|fd| (fd, PS_FD)));
+        hand_over_fds(&mut cmd, fds, netns.as_ref().map(AsRawFd::as_raw_fd));
         let child = OwnedChild::spawn(&mut cmd, &format!("{what} ({})", binary.display()))?;
         drop(write);
         drop(netns);

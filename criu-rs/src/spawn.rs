@@ -115,14 +115,21 @@ pub(crate) fn spawn_swrk(binary: &Path) -> Result<(OwnedChild, OwnedFd)> {
 /// Arranges for `fd` to be descriptor `target` in the child (and every
 /// other descriptor above it closed at exec: libcriu's sockets are not
 /// close-on-exec), after switching to network namespace `netns` if given.
+pub(crate) fn hand_over_fd(cmd: &mut Command, fd: RawFd, target: RawFd, netns: Option<RawFd>) {
+    hand_over_fds(cmd, vec![(fd, target)], netns);
+}
+
+/// As [`hand_over_fd`], for several `(fd, target)` pairs; every
+/// descriptor above the highest target is closed at exec.
 ///
-/// The descriptors above `target` are marked close-on-exec rather than
+/// The descriptors above the targets are marked close-on-exec rather than
 /// closed (`CLOSE_RANGE_CLOEXEC`, Linux 5.11): std reports a failed exec
 /// through a pipe of its own among them, which must stay open until the
 /// exec.
-pub(crate) fn hand_over_fd(cmd: &mut Command, fd: RawFd, target: RawFd, netns: Option<RawFd>) {
+pub(crate) fn hand_over_fds(cmd: &mut Command, fds: Vec<(RawFd, RawFd)>, netns: Option<RawFd>) {
+    let last = fds.iter().map(|f| f.1).max().unwrap_or(2);
     // SAFETY: only async-signal-safe calls (setns, dup2, fcntl,
-    // close_range) between fork and exec.
+    // close_range) between fork and exec; `fds` was allocated before.
     unsafe {
         cmd.pre_exec(move || {
             if let Some(ns) = netns {
@@ -130,15 +137,21 @@ pub(crate) fn hand_over_fd(cmd: &mut Command, fd: RawFd, target: RawFd, netns: O
                     return Err(io::Error::last_os_error());
                 }
             }
-            if fd == target {
-                // dup2 onto itself keeps close-on-exec: clear it instead.
-                if libc::fcntl(target, libc::F_SETFD, 0) < 0 {
+            // First out of the targets' way: a source may be another
+            // pair's target.
+            let mut moved = [0 as RawFd; 8];
+            for (i, &(fd, _)) in fds.iter().enumerate().take(moved.len()) {
+                moved[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, last + 1);
+                if moved[i] < 0 {
                     return Err(io::Error::last_os_error());
                 }
-            } else if libc::dup2(fd, target) < 0 {
-                return Err(io::Error::last_os_error());
             }
-            let first = target as u32 + 1;
+            for (i, &(_, target)) in fds.iter().enumerate().take(moved.len()) {
+                if libc::dup2(moved[i], target) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            let first = last as u32 + 1;
             let flags = libc::CLOSE_RANGE_CLOEXEC;
             if libc::syscall(libc::SYS_close_range, first, u32::MAX, flags) != 0 {
                 return Err(io::Error::last_os_error());

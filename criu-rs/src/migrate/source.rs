@@ -47,9 +47,9 @@ pub(super) fn send(
         Some(named) => Some(named),
         None => stream.ip_addresses().map_err(wire::no_addresses)?,
     };
-    let side = strategy::source_side(cfg.strategy, stream, addrs)?;
-    let customize = cfg.customize.take();
     let criu_tls = cfg.criu_tls.clone().or_else(|| stream.criu_tls());
+    let side = strategy::source_side(cfg.strategy, stream, addrs, criu_tls.as_ref())?;
+    let customize = cfg.customize.take();
     let connections = cfg.connections.take();
     // Dropped after the scope: on failure it moves the address back and
     // unlocks, once the tree was continued.
@@ -62,7 +62,7 @@ pub(super) fn send(
         deadline: cfg.deadline,
         side: side.as_ref(),
         slot: StopSlot::default(),
-        criu_tls: criu_tls.as_ref(),
+        criu_tls: criu_tls.as_ref().filter(|_| !side.carries_criu_tls()),
         service: connections.as_ref().zip(service.as_ref()),
     };
     std::thread::scope(|scope| migrate(scope, job, stream, &mut cfg, start))

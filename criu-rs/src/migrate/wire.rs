@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! → header, Hello { strategy }
-//! ← PageServerReady { port } | Failed        (page-server only)
+//! ← PageServerReady { port }                 (page-server only)
+//!   | PageServerRelay { port } | Failed       (the same, relayed in TLS)
 //! → the images (a transfer::send_dir stream) | Failed
 //! → LazySource { addr }                      (lazy only)
 //! ← Restored { .. } | Failed
@@ -38,6 +39,9 @@ pub(super) enum Msg {
     Hello { strategy: Strategy },
     /// The destination's page server listens on this port.
     PageServerReady { port: u16 },
+    /// The destination's relay to its page server listens on this port,
+    /// for one connection of the crate's TLS (see `crate::tls`).
+    PageServerRelay { port: u16 },
     /// The lazy dump serves its pages at this address.
     LazySource { addr: SocketAddr },
     /// The destination restored the tree (and continued it).

@@ -28,6 +28,10 @@
 //! its key off the hosts.
 
 #[cfg(feature = "tls")]
+pub(crate) mod relay;
+#[cfg(feature = "tls")]
+mod socket;
+#[cfg(feature = "tls")]
 mod stream;
 
 pub use crate::credentials::TlsFiles;

@@ -24,11 +24,17 @@ use crate::credentials::TlsFiles;
 use crate::error::{Error, Result};
 use crate::transfer::Transport;
 
+use super::socket::Socket;
+
 /// The byte the accepting side sends once it has verified the connecting
 /// side's certificate. TLS 1.3 lets a client finish its handshake before
 /// the server has judged the client's certificate; without this byte a
 /// refused source would only learn so at its first read, after its dump.
 const ACCEPTED: u8 = 0xA5;
+
+/// How much plaintext one write encrypts before it is sent (64 records of
+/// 16 KiB: as many as rustls hands the socket in one `writev`).
+const SEND_BATCH: usize = 1 << 20;
 
 /// What both ends of a migration need to set up its TLS stream, built
 /// once from the host's [`TlsFiles`].
@@ -74,6 +80,11 @@ impl TlsConfig {
         self
     }
 
+    /// The handshake timeout.
+    pub(crate) fn handshake_limit(&self) -> Duration {
+        self.handshake_timeout
+    }
+
     /// The PEM files this configuration was read from.
     pub fn files(&self) -> &TlsFiles {
         &self.files
@@ -87,7 +98,7 @@ impl TlsConfig {
         let name = ServerName::try_from("criu-rs-migration").expect("a valid DNS name");
         let conn = ClientConnection::new(self.client.clone(), name)
             .map_err(|e| tls_error("starting a TLS session", e))?;
-        let mut s = StreamOwned::new(conn, tcp);
+        let mut s = StreamOwned::new(conn, Socket::new(tcp));
         handshake(&mut s.conn, &mut s.sock, deadline).map_err(|e| e.explain(self))?;
         await_acceptance(&mut s, deadline).map_err(|e| e.explain(self))?;
         TlsStream::ready(Conn::Client(s), &self.files)
@@ -100,7 +111,7 @@ impl TlsConfig {
         let deadline = Instant::now() + self.handshake_timeout;
         let conn = ServerConnection::new(self.server.clone())
             .map_err(|e| tls_error("starting a TLS session", e))?;
-        let mut s = StreamOwned::new(conn, tcp);
+        let mut s = StreamOwned::new(conn, Socket::new(tcp));
         handshake(&mut s.conn, &mut s.sock, deadline).map_err(|e| e.explain(self))?;
         s.conn
             .writer()
@@ -357,7 +368,7 @@ fn describe_tls(e: &rustls::Error, ca: &str) -> String {
 /// passes, whatever the peer sends (or does not).
 fn handshake<D>(
     conn: &mut impl DerefMut<Target = ConnectionCommon<D>>,
-    tcp: &mut TcpStream,
+    tcp: &mut Socket,
     deadline: Instant,
 ) -> std::result::Result<(), HandshakeError> {
     while conn.is_handshaking() {
@@ -373,14 +384,15 @@ fn handshake<D>(
 /// refusal rustls has queued an alert for the peer: send it, best effort.
 fn read_some<D>(
     conn: &mut impl DerefMut<Target = ConnectionCommon<D>>,
-    tcp: &mut TcpStream,
+    tcp: &mut Socket,
     deadline: Instant,
 ) -> std::result::Result<(), HandshakeError> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
         return Err(HandshakeError::TimedOut);
     }
-    tcp.set_read_timeout(Some(left))
+    tcp.tcp()
+        .set_read_timeout(Some(left))
         .map_err(HandshakeError::Io)?;
     match conn.read_tls(tcp) {
         Ok(0) => return Err(HandshakeError::Closed),
@@ -397,7 +409,7 @@ fn read_some<D>(
 /// Writes every TLS record rustls has ready.
 fn flush_tls<D>(
     conn: &mut impl DerefMut<Target = ConnectionCommon<D>>,
-    tcp: &mut TcpStream,
+    tcp: &mut Socket,
 ) -> io::Result<()> {
     while conn.wants_write() {
         conn.write_tls(tcp)?;
@@ -408,7 +420,7 @@ fn flush_tls<D>(
 /// The source waits for the destination's confirmation byte: the proof
 /// that its certificate was accepted.
 fn await_acceptance(
-    s: &mut StreamOwned<ClientConnection, TcpStream>,
+    s: &mut StreamOwned<ClientConnection, Socket>,
     deadline: Instant,
 ) -> std::result::Result<(), HandshakeError> {
     loop {
@@ -424,8 +436,8 @@ fn await_acceptance(
 }
 
 enum Conn {
-    Client(StreamOwned<ClientConnection, TcpStream>),
-    Server(StreamOwned<ServerConnection, TcpStream>),
+    Client(StreamOwned<ClientConnection, Socket>),
+    Server(StreamOwned<ServerConnection, Socket>),
 }
 
 /// An authenticated, encrypted migration stream over TCP: a
@@ -447,7 +459,14 @@ impl std::fmt::Debug for TlsStream {
 impl TlsStream {
     /// After the handshake: the handshake's timeouts are lifted (the
     /// migration sets its own through [`Transport::prepare`]).
-    fn ready(conn: Conn, files: &TlsFiles) -> Result<TlsStream> {
+    fn ready(mut conn: Conn, files: &TlsFiles) -> Result<TlsStream> {
+        // rustls encrypts at most 64 KiB of a write before sending it (its
+        // default limit), one `writev` per 64 KiB: a migration's 1 MiB
+        // writes go out in one call each with this limit.
+        match &mut conn {
+            Conn::Client(s) => s.conn.set_buffer_limit(Some(SEND_BATCH)),
+            Conn::Server(s) => s.conn.set_buffer_limit(Some(SEND_BATCH)),
+        }
         let s = TlsStream {
             conn,
             files: files.clone(),
@@ -461,15 +480,29 @@ impl TlsStream {
     /// The TCP connection underneath.
     pub fn tcp(&self) -> &TcpStream {
         match &self.conn {
-            Conn::Client(s) => s.get_ref(),
-            Conn::Server(s) => s.get_ref(),
+            Conn::Client(s) => s.get_ref().tcp(),
+            Conn::Server(s) => s.get_ref().tcp(),
         }
     }
 
     fn tcp_mut(&mut self) -> &mut TcpStream {
         match &mut self.conn {
-            Conn::Client(s) => s.get_mut(),
-            Conn::Server(s) => s.get_mut(),
+            Conn::Client(s) => s.get_mut().tcp_mut(),
+            Conn::Server(s) => s.get_mut().tcp_mut(),
+        }
+    }
+
+    /// The TLS session and its socket, to relay CRIU's connection.
+    pub(super) fn into_parts(self) -> (rustls::Connection, Socket) {
+        match self.conn {
+            Conn::Client(s) => {
+                let (c, sock) = s.into_parts();
+                (c.into(), sock)
+            }
+            Conn::Server(s) => {
+                let (c, sock) = s.into_parts();
+                (c.into(), sock)
+            }
         }
     }
 

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::DestConfig;
 use super::wire::migration;
+use crate::credentials::TlsFiles;
 use crate::error::Result;
 use crate::images::ImagesDir;
 use crate::options::Options;
@@ -87,6 +88,12 @@ pub(super) trait SourceSide: Sync {
     /// Unblocks a dump that serves pages to a destination which will not
     /// come, so that it ends.
     fn unblock_dump(&self) {}
+
+    /// Whether the strategy carries CRIU's own connection through the
+    /// crate's TLS itself (then CRIU must not add its own).
+    fn carries_criu_tls(&self) -> bool {
+        false
+    }
 
     /// Bytes of memory that went to the destination beside the stream.
     fn bytes_beside_stream(&self, _dump: &DumpReport) -> u64 {
@@ -165,17 +172,20 @@ pub(super) trait DestSide {
 
 /// Starts the source's part of `strategy`: agrees with the destination on
 /// what the strategy needs before the dump. `addrs` are this host's and
-/// the destination's addresses for CRIU's own connections.
+/// the destination's addresses for CRIU's own connections, `tls` the
+/// files that secure them.
 pub(super) fn source_side(
     strategy: Strategy,
     stream: &mut dyn Transport,
     addrs: Option<(IpAddr, IpAddr)>,
+    tls: Option<&TlsFiles>,
 ) -> Result<Box<dyn SourceSide>> {
     Ok(match strategy {
         Strategy::StopAndCopy => Box::new(stop_and_copy::Source),
         Strategy::PageServer => Box::new(page_server::Source::connect(
             stream,
             need(addrs, strategy)?.1,
+            tls,
         )?),
         Strategy::Lazy => Box::new(lazy::Source::new(need(addrs, strategy)?.0)?),
     })
