@@ -38,7 +38,11 @@ impl StoppedTree {
         }
         let deadline = Instant::now() + STOP_TIMEOUT;
         for p in stopped.tasks.iter().map(Pidfd::pid) {
-            while !matches!(state(p), Some('T' | 't') | None) {
+            // A task that exited between the listing and the signal is a
+            // zombie until its (now stopped) parent reaps it, which will
+            // not happen before the parent runs again: it counts as
+            // stopped (CRIU dumps zombies as such).
+            while !matches!(state(p), Some('T' | 't' | 'Z' | 'X') | None) {
                 if Instant::now() > deadline {
                     return Err(migration(
                         format!("task {p} did not stop within {STOP_TIMEOUT:?}"),
@@ -90,5 +94,42 @@ impl Drop for StoppedTree {
 pub(super) fn continue_tree(root: i32) {
     for task in tree_pidfds(root) {
         let _ = task.signal(Signal::SIGCONT as i32);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::StoppedTree;
+    use crate::tree::{state, tree};
+
+    /// A tree holding a child that exited but was not reaped (its parent
+    /// execs `sleep`, which never waits) stops at once: the zombie counts
+    /// as stopped.
+    #[test]
+    fn a_zombie_in_the_tree_counts_as_stopped() {
+        let mut parent = Command::new("sh")
+            .args(["-c", "true & exec sleep 30"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawning sh");
+        let root = parent.id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let zombie = loop {
+            let dead = tree(root).into_iter().find(|&p| state(p) == Some('Z'));
+            if let Some(p) = dead {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "no zombie child appeared");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let stopped = StoppedTree::stop(root);
+        assert_eq!(state(root), Some('T'), "the parent is stopped");
+        assert_eq!(state(zombie), Some('Z'));
+        let stopped = stopped.expect("a tree with a zombie stops");
+        stopped.kill();
+        parent.wait().expect("reaping the parent");
     }
 }
