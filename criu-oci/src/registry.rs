@@ -40,7 +40,7 @@ use crate::image::{
     checkpoint_annotations, checkpoint_layer, checkpoint_manifest, image_config, layer_media_type,
     sha256_digest, CheckpointImage, FetchedImage, Spooled,
 };
-use crate::stream::{self, Chunks, PieceWriter, Pieces, SpoolWriter};
+use crate::stream::{self, Capped, Chunks, PieceWriter, Pieces};
 
 /// How to reach a registry.
 #[derive(Debug, Clone, Default)]
@@ -168,10 +168,7 @@ impl Registry {
         let (annotations, layer) = self.checked_manifest(&r, reference, host)?;
         let size = u64::try_from(layer.size).unwrap_or(0);
         let mut spool = Spooled::new()?;
-        let out = SpoolWriter {
-            spool: &mut spool,
-            cap: size,
-        };
+        let out = Capped::new(&mut spool, size);
         // oci-client hashes the blob as it streams and fails with
         // `DigestError` (our `Error::Digest`, see `classify`) when it does
         // not match; the spool is then dropped, unread. The tests alter a
@@ -222,12 +219,12 @@ impl Registry {
         let r = parse(reference)?;
         let (annotations, layer) = self.checked_manifest(&r, reference, host)?;
         let size = u64::try_from(layer.size).unwrap_or(0);
-        let (writer, pieces) = PieceWriter::channel(size);
+        let (writer, pieces) = PieceWriter::channel();
         let (pulled, unpacked) = std::thread::scope(|s| {
             let unpacker = s.spawn(move || unpack_all(pieces, target, limits));
             let pulled = self
                 .runtime
-                .block_on(self.client.pull_blob(&r, &layer, writer))
+                .block_on(self.client.pull_blob(&r, &layer, Capped::new(writer, size)))
                 .map(|()| start.elapsed());
             (pulled, unpacker.join())
         });

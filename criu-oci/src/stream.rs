@@ -1,8 +1,9 @@
 //! The adapters that let a checkpoint stream through the registry client
 //! with bounded memory: [`Chunks`] turns the archive writer's output into
 //! the chunks a push sends; [`PieceWriter`] hands a pulled blob to the
-//! unpacking thread ([`Pieces`]), and [`SpoolWriter`] takes one into a
-//! temporary file, either no larger than its descriptor says.
+//! unpacking thread ([`Pieces`]), and [`Spooled`] takes one into a
+//! temporary file, either through [`Capped`], which holds it to the size
+//! its descriptor says.
 
 use std::io::{self, Write};
 use std::pin::Pin;
@@ -97,40 +98,63 @@ fn within_cap(have: u64, data: &[u8], cap: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// An `AsyncWrite` into a [`Spooled`] file that refuses to grow past
-/// `cap` bytes (a registry sending more than the descriptor's size is
-/// cut off, not written to disk without end). The writes are plain
-/// blocking file writes: they go to a local file, from a runtime that
-/// serves only this pull, so the hop to tokio's blocking pool that
-/// `tokio::fs` would take for every chunk buys nothing.
-pub(crate) struct SpoolWriter<'a> {
-    pub(crate) spool: &'a mut Spooled,
-    pub(crate) cap: u64,
+/// An `AsyncWrite` over a blocking `Write` that refuses to take more than
+/// `cap` bytes: a registry sending more than the descriptor's size is cut
+/// off, not written without end. The writes block: they go to a local
+/// file or a bounded queue, from a runtime that serves only this pull, so
+/// a hop to tokio's blocking pool for every chunk would buy nothing.
+pub(crate) struct Capped<W> {
+    inner: W,
+    written: u64,
+    cap: u64,
 }
 
-impl tokio::io::AsyncWrite for SpoolWriter<'_> {
+impl<W> Capped<W> {
+    pub(crate) fn new(inner: W, cap: u64) -> Capped<W> {
+        Capped {
+            inner,
+            written: 0,
+            cap,
+        }
+    }
+}
+
+impl<W: Write + Unpin> tokio::io::AsyncWrite for Capped<W> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if let Err(e) = within_cap(this.spool.len, data, this.cap) {
+        if let Err(e) = within_cap(this.written, data, this.cap) {
             return Poll::Ready(Err(e));
         }
-        let written = this.spool.file.write(data);
+        let written = this.inner.write(data);
         if let Ok(n) = written {
-            this.spool.len += n as u64;
+            this.written += n as u64;
         }
         Poll::Ready(written)
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_flush(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.inner.flush())
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush(cx)
+    }
+}
+
+/// A pulled blob taken into a temporary file.
+impl Write for Spooled {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(data)?;
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -138,27 +162,23 @@ impl tokio::io::AsyncWrite for SpoolWriter<'_> {
 /// the unpacking thread (the client's own pieces are a few KiB).
 const PIECE: usize = 1 << 20;
 
-/// An `AsyncWrite` that hands a pulled blob, in [`PIECE`]s, to a thread
-/// reading them through [`Pieces`]; no more than `cap` bytes. A send
+/// A `Write` that hands a pulled blob, in [`PIECE`]s, to a thread
+/// reading them through [`Pieces`] (wrap it in [`Capped`]). A send
 /// blocks while [`QUEUE`] pieces wait: that is the back-pressure that
 /// keeps memory bounded (the runtime serves only this pull, so blocking
 /// it stops nothing else).
 pub(crate) struct PieceWriter {
     tx: std::sync::mpsc::SyncSender<Bytes>,
     buf: BytesMut,
-    pub(crate) written: u64,
-    cap: u64,
 }
 
 impl PieceWriter {
-    /// A writer of at most `cap` bytes, and the reading end.
-    pub(crate) fn channel(cap: u64) -> (PieceWriter, Pieces) {
+    /// A writer and its reading end.
+    pub(crate) fn channel() -> (PieceWriter, Pieces) {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let writer = PieceWriter {
             tx,
             buf: BytesMut::with_capacity(PIECE),
-            written: 0,
-            cap,
         };
         let reader = Pieces {
             rx,
@@ -179,33 +199,18 @@ impl PieceWriter {
     }
 }
 
-impl tokio::io::AsyncWrite for PieceWriter {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        if let Err(e) = within_cap(this.written, data, this.cap) {
-            return Poll::Ready(Err(e));
+impl Write for PieceWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(PIECE - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == PIECE {
+            self.send_buffered()?;
         }
-        let n = data.len().min(PIECE - this.buf.len());
-        this.buf.extend_from_slice(&data[..n]);
-        this.written += n as u64;
-        if this.buf.len() == PIECE {
-            if let Err(e) = this.send_buffered() {
-                return Poll::Ready(Err(e));
-            }
-        }
-        Poll::Ready(Ok(n))
+        Ok(n)
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(self.send_buffered())
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.poll_flush(cx)
+    fn flush(&mut self) -> io::Result<()> {
+        self.send_buffered()
     }
 }
 
