@@ -124,9 +124,14 @@ fn the_source_gives_up_at_its_lazy_timeout_even_if_the_destination_waits_longer(
         &hosts,
         &Criu::new(),
         w.pid(),
-        || SourceConfig::new(Strategy::Lazy, &src_dir).lazy_timeout(lazy_timeout),
         || {
-            DestConfig::new(&dst_dir)
+            SourceConfig::new(Strategy::Lazy)
+                .work_dir(&src_dir)
+                .lazy_timeout(lazy_timeout)
+        },
+        || {
+            DestConfig::new()
+                .work_dir(&dst_dir)
                 .deadline(Duration::from_secs(20))
                 .customize(customize)
         },
@@ -162,9 +167,14 @@ fn lazy_pages_that_never_finish_are_bounded_by_lazy_timeout_and_the_source_resum
         &hosts,
         &Criu::new(),
         w.pid(),
-        || SourceConfig::new(Strategy::Lazy, &src_dir).lazy_timeout(Duration::from_secs(1)),
         || {
-            DestConfig::new(&dst_dir)
+            SourceConfig::new(Strategy::Lazy)
+                .work_dir(&src_dir)
+                .lazy_timeout(Duration::from_secs(1))
+        },
+        || {
+            DestConfig::new()
+                .work_dir(&dst_dir)
                 .deadline(DEST_DEADLINE)
                 .customize(customize)
         },
@@ -225,8 +235,8 @@ fn a_lazy_migration_dumps_through_the_callers_criu() {
         &hosts,
         &Criu::with_binary(&wrapper),
         w.pid(),
-        || SourceConfig::new(Strategy::Lazy, &src_dir),
-        || DestConfig::new(&dst_dir),
+        || SourceConfig::new(Strategy::Lazy).work_dir(&src_dir),
+        || DestConfig::new().work_dir(&dst_dir),
     );
     let src = src.unwrap();
     let dst = dst.unwrap();
@@ -268,10 +278,11 @@ fn a_stop_and_copy_migration_dumps_through_the_callers_criu() {
         &Criu::with_binary(&wrapper),
         w.pid(),
         || {
-            SourceConfig::new(Strategy::StopAndCopy, &src_dir)
+            SourceConfig::new(Strategy::StopAndCopy)
+                .work_dir(&src_dir)
                 .progress(|done, total| progress.push((done, total)))
         },
-        || DestConfig::new(&dst_dir),
+        || DestConfig::new().work_dir(&dst_dir),
     );
     let src = src.unwrap();
     let dst = dst.unwrap();
