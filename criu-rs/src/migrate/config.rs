@@ -65,7 +65,10 @@ impl<'a> SourceConfig<'a> {
         self
     }
 
-    /// Called as images are sent: bytes done, bytes in total.
+    /// Called as images are sent: bytes done, bytes in total. The total is
+    /// 0 while it is not known yet: stop-and-copy sends the pages while
+    /// the dump still writes them, and knows the total once the dump is
+    /// over.
     pub fn progress(mut self, f: impl FnMut(u64, u64) + 'a) -> Self {
         self.progress = Some(Box::new(f));
         self

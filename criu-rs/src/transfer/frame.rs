@@ -47,6 +47,11 @@ pub fn recv_message<T: DeserializeOwned>(r: &mut impl Read) -> Result<T> {
             None,
         ));
     }
+    recv_message_body(r)
+}
+
+/// Receives a control message whose tag was read already.
+pub(super) fn recv_message_body<T: DeserializeOwned>(r: &mut impl Read) -> Result<T> {
     let len = read_u32(r, "reading a message")?;
     if len > MAX_MESSAGE {
         return Err(transfer_err(
@@ -101,4 +106,15 @@ pub(super) fn end_marker(files: u32, bytes: u64) -> Vec<u8> {
     end.extend_from_slice(&files.to_le_bytes());
     end.extend_from_slice(&bytes.to_le_bytes());
     end
+}
+
+/// A growing file's header: its chunks and end follow (see the module
+/// docs of [`crate::transfer`]).
+pub(super) fn growing_header(name: &str, mode: u32) -> Vec<u8> {
+    let mut head = Vec::with_capacity(name.len() + 7);
+    head.push(b'G');
+    head.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    head.extend_from_slice(name.as_bytes());
+    head.extend_from_slice(&mode.to_le_bytes());
+    head
 }

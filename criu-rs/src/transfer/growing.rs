@@ -1,0 +1,233 @@
+//! Sending a directory while it is still being written (a dump in
+//! progress): files that only grow at their end (CRIU's `pages-*.img`,
+//! into which it splices memory) go out in chunks as they grow; the other
+//! files, and the growing files' last bytes, once the writer is done.
+//! The receiver is the same as for [`super::send_dir`].
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::frame::{end_marker, growing_header};
+use super::send::{regular_files, Sent};
+use super::{io_err, transfer_err, Progress, TransferStats, BUF};
+use crate::error::{Error, Result};
+
+/// The largest chunk of a growing file on the wire (the receiver refuses
+/// more, so that a corrupt length cannot make it wait for gigabytes).
+pub(super) const MAX_CHUNK: u32 = 8 << 20;
+
+/// A growing file being sent.
+struct Open {
+    file: File,
+    /// Bytes sent so far.
+    sent: u64,
+    crc: crc32fast::Hasher,
+    /// The inode, so that a file replaced meanwhile is noticed.
+    ino: u64,
+}
+
+/// A directory being sent while it is written. [`Growing::step`] sends
+/// what the growing files gained; [`Growing::finish`], once the writer is
+/// done, sends the rest and the end marker. Dropped unfinished, it leaves
+/// the stream inside a file: the receiver then fails and removes what it
+/// received, as for any cut stream.
+pub struct Growing<'p, W: Write> {
+    w: BufWriter<W>,
+    dir: PathBuf,
+    grows: fn(&str) -> bool,
+    open: BTreeMap<String, Open>,
+    sent: Sent,
+    progress: Option<Progress<'p>>,
+    start: Instant,
+}
+
+impl<'p, W: Write> Growing<'p, W> {
+    /// Starts sending `dir` to `w` (after the stream's header); `grows`
+    /// names the files that only grow at their end while written and may
+    /// be sent in chunks before they are complete. `progress` gets the
+    /// bytes sent and, once the writer is done, the bytes in all (0 until
+    /// then).
+    pub fn new(
+        w: W,
+        dir: &Path,
+        grows: fn(&str) -> bool,
+        progress: Option<Progress<'p>>,
+    ) -> Growing<'p, W> {
+        Growing {
+            w: BufWriter::with_capacity(BUF, w),
+            dir: dir.to_path_buf(),
+            grows,
+            open: BTreeMap::new(),
+            sent: Sent::new(0),
+            progress,
+            start: Instant::now(),
+        }
+    }
+
+    /// Sends what the growing files gained since the last call, and
+    /// flushes it. Returns the bytes sent (0: nothing new, the caller may
+    /// wait a little).
+    pub fn step(&mut self) -> Result<u64> {
+        let before = self.sent.done;
+        for name in self.growing_names()? {
+            self.send_new_bytes(&name)?;
+        }
+        self.w.flush().map_err(io_err("sending file contents"))?;
+        Ok(self.sent.done - before)
+    }
+
+    /// Calls [`Growing::step`] until `done` says the writer has finished,
+    /// waiting `idle` whenever nothing was new.
+    pub fn follow(&mut self, mut done: impl FnMut() -> bool, idle: Duration) -> Result<()> {
+        while !done() {
+            if self.step()? == 0 {
+                std::thread::sleep(idle);
+            }
+        }
+        Ok(())
+    }
+
+    /// The writer is done: sends the growing files' last bytes, every other
+    /// regular file, and the end marker.
+    pub fn finish(mut self) -> Result<TransferStats> {
+        let names: Vec<String> = self.open.keys().cloned().collect();
+        let rest: Vec<_> = regular_files(&self.dir)?
+            .into_iter()
+            .filter(|(name, ..)| !self.open.contains_key(name))
+            .collect();
+        let growing_left: u64 = self
+            .open
+            .values()
+            .map(|o| {
+                o.file
+                    .metadata()
+                    .map_or(0, |m| m.len().saturating_sub(o.sent))
+            })
+            .sum();
+        self.sent.total = self.sent.done + growing_left + rest.iter().map(|f| f.1).sum::<u64>();
+        for name in &names {
+            self.send_new_bytes(name)?;
+            self.close(name)?;
+        }
+        for entry in &rest {
+            self.sent
+                .file(&mut self.w, &self.dir, entry, &mut self.progress)?;
+        }
+        let files = (names.len() + rest.len()) as u32;
+        self.w
+            .write_all(&end_marker(files, self.sent.done))
+            .and_then(|()| self.w.flush())
+            .map_err(io_err("sending the end marker"))?;
+        // The last report has the total, even when no bytes were left.
+        self.sent.advance(0, &mut self.progress);
+        Ok(TransferStats {
+            files,
+            bytes: self.sent.done,
+            elapsed: self.start.elapsed(),
+        })
+    }
+
+    /// The names of the growing files there now.
+    fn growing_names(&self) -> Result<Vec<String>> {
+        let listing = |e| Error::io(format!("listing {}", self.dir.display()), e);
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(listing)? {
+            let name = entry.map_err(listing)?.file_name();
+            if let Some(name) = name.to_str().filter(|n| (self.grows)(n)) {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Sends the bytes `name` gained since its last chunk (its header
+    /// first, the first time).
+    fn send_new_bytes(&mut self, name: &str) -> Result<()> {
+        if !self.open.contains_key(name) {
+            let open = self.open_file(name)?;
+            self.open.insert(name.to_string(), open);
+        }
+        let Some(open) = self.open.get_mut(name) else {
+            return Ok(());
+        };
+        let meta = open
+            .file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading the size of {name}"), e))?;
+        if meta.len() < open.sent {
+            return Err(transfer_err(
+                format!("{name} shrank while it was sent, so it cannot be streamed"),
+                None,
+            ));
+        }
+        let mut left = meta.len() - open.sent;
+        while left > 0 {
+            let n = left.min(u64::from(MAX_CHUNK)).min(BUF as u64) as usize;
+            let chunk = &mut self.sent.buf[..n];
+            open.file
+                .read_exact(chunk)
+                .map_err(|e| Error::io(format!("reading {name}"), e))?;
+            open.crc.update(chunk);
+            self.w
+                .write_all(&[b'D'])
+                .and_then(|()| self.w.write_all(&(n as u32).to_le_bytes()))
+                .and_then(|()| self.w.write_all(chunk))
+                .map_err(io_err("sending file contents"))?;
+            open.sent += n as u64;
+            self.sent.advance(n as u64, &mut self.progress);
+            left -= n as u64;
+        }
+        Ok(())
+    }
+
+    /// Opens `name` and sends its header.
+    fn open_file(&mut self, name: &str) -> Result<Open> {
+        let path = self.dir.join(name);
+        let file =
+            File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let head = growing_header(name, meta.permissions().mode() & 0o7777);
+        self.w
+            .write_all(&head)
+            .map_err(io_err("sending a file header"))?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head);
+        Ok(Open {
+            file,
+            sent: 0,
+            crc,
+            ino: meta.ino(),
+        })
+    }
+
+    /// Ends growing file `name`: the end tag, its size and
+    /// checksum. The file must still be the one that was sent.
+    fn close(&mut self, name: &str) -> Result<()> {
+        let Some(open) = self.open.get(name) else {
+            return Ok(());
+        };
+        let now = fs::symlink_metadata(self.dir.join(name)).ok();
+        if now.map(|m| (m.ino(), m.len())) != Some((open.ino, open.sent)) {
+            return Err(transfer_err(
+                format!("{name} was replaced or changed while it was sent"),
+                None,
+            ));
+        }
+        let mut crc = open.crc.clone();
+        let size = open.sent.to_le_bytes();
+        crc.update(&size);
+        let mut end = vec![b'Z'];
+        end.extend_from_slice(&size);
+        end.extend_from_slice(&crc.finalize().to_le_bytes());
+        self.w
+            .write_all(&end)
+            .map_err(io_err("sending the end of a file"))
+    }
+}
