@@ -2,23 +2,64 @@
 //! progress): files that only grow at their end (CRIU's `pages-*.img`,
 //! into which it splices memory) go out in chunks as they grow; the other
 //! files, and the growing files' last bytes, once the writer is done.
-//! The receiver is the same as for [`super::send_dir`].
+//! The receiver is the same as for [`super::send_dir`]. Over a plain
+//! socket ([`Transport::plain_socket`]) the chunks' bytes go with
+//! `sendfile(2)`: the kernel hands the file's pages to the socket, and this
+//! process reads them only for their checksum.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{BufWriter, Read, Write};
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::frame::{end_marker, growing_header};
 use super::send::{regular_files, Sent};
-use super::{io_err, transfer_err, Progress, TransferStats, BUF};
+use super::{io_err, transfer_err, Progress, TransferStats, Transport, BUF};
 use crate::error::{Error, Result};
 
 /// The largest chunk of a growing file on the wire (the receiver refuses
 /// more, so that a corrupt length cannot make it wait for gigabytes).
 pub(super) const MAX_CHUNK: u32 = 8 << 20;
+
+/// Sends `chunk`, the bytes of `file` at `offset`: from the file with
+/// `sendfile(2)` where the stream is a plain socket, else from `chunk`.
+fn send_chunk<W: Transport>(
+    w: &mut BufWriter<W>,
+    chunk: &[u8],
+    file: &File,
+    offset: u64,
+) -> Result<()> {
+    // The chunk's header goes first (a chunk as large as the buffer would
+    // flush it anyway).
+    w.flush().map_err(io_err("sending file contents"))?;
+    if let Some(socket) = w.get_ref().plain_socket() {
+        return sendfile_all(socket, file, offset, chunk.len())
+            .map_err(io_err("sending file contents"));
+    }
+    w.write_all(chunk).map_err(io_err("sending file contents"))
+}
+
+/// Sends `len` bytes of `file` from `offset` to `socket`.
+fn sendfile_all(
+    socket: BorrowedFd<'_>,
+    file: &File,
+    offset: u64,
+    len: usize,
+) -> std::io::Result<()> {
+    let mut off = offset as libc::off_t;
+    let end = offset as libc::off_t + len as libc::off_t;
+    while off < end {
+        match nix::sys::sendfile::sendfile(socket, file, Some(&mut off), (end - off) as usize) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
 
 /// A growing file being sent.
 struct Open {
@@ -35,7 +76,7 @@ struct Open {
 /// done, sends the rest and the end marker. Dropped unfinished, it leaves
 /// the stream inside a file: the receiver then fails and removes what it
 /// received, as for any cut stream.
-pub struct Growing<'p, W: Write> {
+pub struct Growing<'p, W: Transport> {
     w: BufWriter<W>,
     dir: PathBuf,
     grows: fn(&str) -> bool,
@@ -45,7 +86,7 @@ pub struct Growing<'p, W: Write> {
     start: Instant,
 }
 
-impl<'p, W: Write> Growing<'p, W> {
+impl<'p, W: Transport> Growing<'p, W> {
     /// Starts sending `dir` to `w` (after the stream's header); `grows`
     /// names the files that only grow at their end while written and may
     /// be sent in chunks before they are complete. `progress` gets the
@@ -174,10 +215,10 @@ impl<'p, W: Write> Growing<'p, W> {
                 .map_err(|e| Error::io(format!("reading {name}"), e))?;
             open.crc.update(chunk);
             self.w
-                .write_all(&[b'D'])
+                .write_all(b"D")
                 .and_then(|()| self.w.write_all(&(n as u32).to_le_bytes()))
-                .and_then(|()| self.w.write_all(chunk))
                 .map_err(io_err("sending file contents"))?;
+            send_chunk(&mut self.w, chunk, &open.file, open.sent)?;
             open.sent += n as u64;
             self.sent.advance(n as u64, &mut self.progress);
             left -= n as u64;

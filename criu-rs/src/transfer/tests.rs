@@ -257,6 +257,9 @@ fn a_target_that_appears_meanwhile_is_not_replaced() {
     assert_eq!(fs::read_dir(sample.target()).unwrap().count(), 0);
 }
 
+/// The tests' streams: bytes in memory, no socket of their own.
+impl Transport for Vec<u8> {}
+
 /// The stream of a directory sent while `pages-1.img` grows in three
 /// steps, and the directory as it ended.
 fn growing_stream() -> (Vec<u8>, tempfile::TempDir) {
