@@ -52,7 +52,8 @@ fn sendfile_all(
     let mut off = offset as libc::off_t;
     let end = offset as libc::off_t + len as libc::off_t;
     while off < end {
-        match nix::sys::sendfile::sendfile(socket, file, Some(&mut off), (end - off) as usize) {
+        let left = (end - off) as usize;
+        match nix::sys::sendfile::sendfile(socket, file, Some(&mut off), left) {
             Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
