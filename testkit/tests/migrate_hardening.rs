@@ -3,7 +3,7 @@
 //! Real CRIU, real processes. Needs root.
 
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use std::io::Write;
@@ -532,22 +532,29 @@ fn the_source_never_kills_a_process_that_reused_a_pid_of_its_tree() {
     drop(dst);
 }
 
-/// The crate's in-memory work directories that hold images right now.
-fn in_memory_images() -> Vec<PathBuf> {
+/// The crate's in-memory work directories that hold images of a tree
+/// with a file under `ours` open (the scene's own directory: other
+/// programs on this machine may migrate at the same time).
+fn in_memory_images(ours: &Path) -> Vec<PathBuf> {
+    let marker = ours.as_os_str().as_encoded_bytes();
+    let mentions_ours = |p: &PathBuf| {
+        std::fs::read(p.join("images/files.img"))
+            .is_ok_and(|b| b.windows(marker.len()).any(|w| w == marker))
+    };
     std::fs::read_dir("/dev/shm")
         .unwrap()
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.to_string_lossy().contains("/criu-rs-migrate-"))
-        .filter(|p| p.join("images/inventory.img").exists())
+        .filter(mentions_ours)
         .collect()
 }
 
 /// The in-memory tests look at /dev/shm as a whole: one at a time.
 static IN_MEMORY: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Migrates with the default settings (images in memory on both sides); `restore` adjusts
-/// the destination's restore. Returns the run and the in-memory image
+/// Migrates with the default settings (images in memory on both sides);
+/// `restore` adjusts the destination's restore. Returns the run and the in-memory image
 /// directories seen just before the destination's restore.
 fn migrate_in_memory(
     sc: &TwoHostScene,
@@ -555,7 +562,7 @@ fn migrate_in_memory(
 ) -> (Migration, Vec<PathBuf>) {
     let seen = std::sync::Mutex::new(Vec::new());
     let record = |o: &mut criu::Options<'_>| {
-        *seen.lock().unwrap() = in_memory_images();
+        *seen.lock().unwrap() = in_memory_images(sc.dir.path());
         restore(o);
     };
     let run = sc
