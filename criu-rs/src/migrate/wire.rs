@@ -7,7 +7,7 @@
 //! ```text
 //! → header, Hello { strategy }
 //! ← PageServerReady { port } | Failed        (page-server only)
-//! → the images (a transfer::send_dir stream) | Failed
+//! → the images (a transfer stream; stop-and-copy's starts during the dump) | Failed
 //! → LazySource { addr }                      (lazy only)
 //! ← Restored { .. } | Failed
 //! → Done | Failed                            (Failed: an abort)
