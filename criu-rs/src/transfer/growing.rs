@@ -7,7 +7,6 @@
 //! `sendfile(2)`: the kernel hands the file's pages to the socket, and this
 //! process reads them only for their checksum.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{BufWriter, Read, Write};
 use std::os::fd::BorrowedFd;
@@ -64,6 +63,7 @@ fn sendfile_all(
 
 /// A growing file being sent.
 struct Open {
+    name: String,
     file: File,
     /// Bytes sent so far.
     sent: u64,
@@ -72,16 +72,25 @@ struct Open {
     ino: u64,
 }
 
+/// A growing file whose end went out: name, inode, size.
+type Ended = (String, u64, u64);
+
 /// A directory being sent while it is written. [`Growing::step`] sends
 /// what the growing files gained; [`Growing::finish`], once the writer is
-/// done, sends the rest and the end marker. Dropped unfinished, it leaves
-/// the stream inside a file: the receiver then fails and removes what it
+/// done, sends the rest and the end marker. Growing files go out one at a
+/// time (the stream holds one file after the other), in the order they
+/// appear: once the writer has started the next one, the current one is
+/// taken as complete, as CRIU writes its pages images one task after the
+/// other; [`Growing::finish`] checks that none of them changed after its
+/// end went out, and fails if one did. Dropped unfinished, it leaves the
+/// stream inside a file: the receiver then fails and removes what it
 /// received, as for any cut stream.
 pub struct Growing<'p, W: Transport> {
     w: BufWriter<W>,
     dir: PathBuf,
     grows: fn(&str) -> bool,
-    open: BTreeMap<String, Open>,
+    current: Option<Open>,
+    ended: Vec<Ended>,
     sent: Sent,
     progress: Option<Progress<'p>>,
     start: Instant,
@@ -103,20 +112,30 @@ impl<'p, W: Transport> Growing<'p, W> {
             w: BufWriter::with_capacity(BUF, w),
             dir: dir.to_path_buf(),
             grows,
-            open: BTreeMap::new(),
+            current: None,
+            ended: Vec::new(),
             sent: Sent::new(0),
             progress,
             start: Instant::now(),
         }
     }
 
-    /// Sends what the growing files gained since the last call, and
-    /// flushes it. Returns the bytes sent (0: nothing new, the caller may
-    /// wait a little).
+    /// Sends what the current growing file gained since the last call (and
+    /// ends it if the writer has started the next one), and flushes it.
+    /// Returns the bytes sent (0: nothing new, the caller may wait a
+    /// little).
     pub fn step(&mut self) -> Result<u64> {
         let before = self.sent.done;
-        for name in self.growing_names()? {
-            self.send_new_bytes(&name)?;
+        let waiting = self.waiting()?;
+        if self.current.is_none() {
+            if let Some(first) = waiting.first() {
+                self.current = Some(self.open_file(first)?);
+            }
+        }
+        self.send_new_bytes()?;
+        let current = self.current.as_ref().map(|c| c.name.as_str());
+        if waiting.iter().any(|n| Some(n.as_str()) != current) {
+            self.end_current()?;
         }
         self.w.flush().map_err(io_err("sending file contents"))?;
         Ok(self.sent.done - before)
@@ -133,33 +152,31 @@ impl<'p, W: Transport> Growing<'p, W> {
         Ok(())
     }
 
-    /// The writer is done: sends the growing files' last bytes, every other
-    /// regular file, and the end marker.
+    /// The writer is done: sends the current growing file's last bytes,
+    /// every other regular file, and the end marker, after checking that
+    /// the growing files sent earlier did not change since.
     pub fn finish(mut self) -> Result<TransferStats> {
-        let names: Vec<String> = self.open.keys().cloned().collect();
+        let current = self.current.as_ref().map(|c| c.name.clone());
         let rest: Vec<_> = regular_files(&self.dir)?
             .into_iter()
-            .filter(|(name, ..)| !self.open.contains_key(name))
-            .collect();
-        let growing_left: u64 = self
-            .open
-            .values()
-            .map(|o| {
-                o.file
-                    .metadata()
-                    .map_or(0, |m| m.len().saturating_sub(o.sent))
+            .filter(|(name, ..)| {
+                Some(name) != current.as_ref() && !self.ended.iter().any(|e| &e.0 == name)
             })
-            .sum();
-        self.sent.total = self.sent.done + growing_left + rest.iter().map(|f| f.1).sum::<u64>();
-        for name in &names {
-            self.send_new_bytes(name)?;
-            self.close(name)?;
-        }
+            .collect();
+        let current_left = self.current.as_ref().map_or(0, |c| {
+            c.file
+                .metadata()
+                .map_or(0, |m| m.len().saturating_sub(c.sent))
+        });
+        self.sent.total = self.sent.done + current_left + rest.iter().map(|f| f.1).sum::<u64>();
+        self.send_new_bytes()?;
+        self.end_current()?;
+        self.check_ended()?;
         for entry in &rest {
             self.sent
                 .file(&mut self.w, &self.dir, entry, &mut self.progress)?;
         }
-        let files = (names.len() + rest.len()) as u32;
+        let files = (self.ended.len() + rest.len()) as u32;
         self.w
             .write_all(&end_marker(files, self.sent.done))
             .and_then(|()| self.w.flush())
@@ -173,30 +190,48 @@ impl<'p, W: Transport> Growing<'p, W> {
         })
     }
 
-    /// The names of the growing files there now.
-    fn growing_names(&self) -> Result<Vec<String>> {
+    /// Fails if a growing file whose end went out was replaced or changed
+    /// since.
+    fn check_ended(&self) -> Result<()> {
+        for (name, ino, size) in &self.ended {
+            let now = fs::symlink_metadata(self.dir.join(name)).ok();
+            if now.map(|m| (m.ino(), m.len())) != Some((*ino, *size)) {
+                return Err(transfer_err(
+                    format!("{name} was replaced or changed after it was sent"),
+                    None,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The growing files there now that were not started yet, in the order
+    /// the writer made them (CRIU numbers them: shorter names first).
+    fn waiting(&self) -> Result<Vec<String>> {
         let listing = |e| Error::io(format!("listing {}", self.dir.display()), e);
         let mut names = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(listing)? {
             let name = entry.map_err(listing)?.file_name();
-            if let Some(name) = name.to_str().filter(|n| (self.grows)(n)) {
+            let Some(name) = name.to_str().filter(|n| (self.grows)(n)) else {
+                continue;
+            };
+            let started = self.current.as_ref().is_some_and(|c| c.name == name)
+                || self.ended.iter().any(|e| e.0 == name);
+            if !started {
                 names.push(name.to_string());
             }
         }
-        names.sort();
+        names.sort_by(|a, b| (a.len(), a).cmp(&(b.len(), b)));
         Ok(names)
     }
 
-    /// Sends the bytes `name` gained since its last chunk (its header
-    /// first, the first time).
-    fn send_new_bytes(&mut self, name: &str) -> Result<()> {
-        if !self.open.contains_key(name) {
-            let open = self.open_file(name)?;
-            self.open.insert(name.to_string(), open);
-        }
-        let Some(open) = self.open.get_mut(name) else {
+    /// Sends the bytes the current growing file gained since its last
+    /// chunk.
+    fn send_new_bytes(&mut self) -> Result<()> {
+        let Some(open) = self.current.as_mut() else {
             return Ok(());
         };
+        let name = &open.name;
         let meta = open
             .file
             .metadata()
@@ -227,7 +262,7 @@ impl<'p, W: Transport> Growing<'p, W> {
         Ok(())
     }
 
-    /// Opens `name` and sends its header.
+    /// Opens growing file `name` and sends its header.
     fn open_file(&mut self, name: &str) -> Result<Open> {
         let path = self.dir.join(name);
         let file =
@@ -242,6 +277,7 @@ impl<'p, W: Transport> Growing<'p, W> {
         let mut crc = crc32fast::Hasher::new();
         crc.update(&head);
         Ok(Open {
+            name: name.to_string(),
             file,
             sent: 0,
             crc,
@@ -249,25 +285,19 @@ impl<'p, W: Transport> Growing<'p, W> {
         })
     }
 
-    /// Ends growing file `name`: the end tag, its size and
-    /// checksum. The file must still be the one that was sent.
-    fn close(&mut self, name: &str) -> Result<()> {
-        let Some(open) = self.open.get(name) else {
+    /// Ends the current growing file on the wire: the end tag, its size and
+    /// checksum.
+    fn end_current(&mut self) -> Result<()> {
+        let Some(open) = self.current.take() else {
             return Ok(());
         };
-        let now = fs::symlink_metadata(self.dir.join(name)).ok();
-        if now.map(|m| (m.ino(), m.len())) != Some((open.ino, open.sent)) {
-            return Err(transfer_err(
-                format!("{name} was replaced or changed while it was sent"),
-                None,
-            ));
-        }
-        let mut crc = open.crc.clone();
+        let mut crc = open.crc;
         let size = open.sent.to_le_bytes();
         crc.update(&size);
         let mut end = vec![b'Z'];
         end.extend_from_slice(&size);
         end.extend_from_slice(&crc.finalize().to_le_bytes());
+        self.ended.push((open.name, open.ino, open.sent));
         self.w
             .write_all(&end)
             .map_err(io_err("sending the end of a file"))

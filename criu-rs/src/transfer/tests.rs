@@ -408,3 +408,23 @@ fn a_growing_file_goes_with_sendfile_over_a_plain_socket() {
     });
     same_files(src.path(), &target);
 }
+
+#[test]
+fn growing_files_go_one_after_the_other_and_one_changed_after_its_end_is_an_error() {
+    let src = tempfile::tempdir().unwrap();
+    let mut v = Memory::default();
+    let mut g = Growing::new(&mut v, src.path(), |_| true, None);
+    fs::write(src.path().join("pages-1.img"), vec![1u8; 4096]).unwrap();
+    g.step().unwrap();
+    // The writer moves on to the next file: the first one's end goes out.
+    fs::write(src.path().join("pages-2.img"), vec![2u8; 4096]).unwrap();
+    g.step().unwrap();
+    g.step().unwrap();
+    let mut first = fs::OpenOptions::new()
+        .append(true)
+        .open(src.path().join("pages-1.img"))
+        .unwrap();
+    std::io::Write::write_all(&mut first, b"late").unwrap();
+    let e = g.finish().unwrap_err();
+    assert!(e.to_string().contains("pages-1.img was replaced or changed"), "{e}");
+}
