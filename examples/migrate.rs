@@ -32,7 +32,7 @@ use criu_testkit::link::Security;
 use criu_testkit::measure::migrate_workload_over;
 
 mod cli;
-use cli::{print_table, write_json, Bar};
+use cli::{finish, print_table, Bar};
 
 #[derive(Parser)]
 #[command(about = "Migrate a live process between two network-namespace hosts with CRIU")]
@@ -123,7 +123,7 @@ mod tcp_server {
             match migrate_server(&s) {
                 Ok(o) => match o.row {
                     Some(r) => {
-                        failed |= !o.clients.clean() || !o.rules_left.is_empty();
+                        failed |= !o.clients.clean() || !o.rules_left.is_empty() || o.hold_left;
                         rows.push(r);
                     }
                     None => {
@@ -140,18 +140,7 @@ mod tcp_server {
         let cost: Vec<_> = rows.iter().map(|r| r.row.clone()).collect();
         super::print_table(&cost);
         print_clients(&rows);
-        if let Some(path) = &cli.json {
-            let text = serde_json::to_string_pretty(&rows).expect("rows serialize");
-            if let Err(e) = std::fs::write(path, text + "\n") {
-                eprintln!("error: writing {}: {e}", path.display());
-                failed = true;
-            }
-        }
-        if failed {
-            ExitCode::FAILURE
-        } else {
-            ExitCode::SUCCESS
-        }
+        super::finish(cli.json.as_deref(), &rows, failed)
     }
 }
 
@@ -267,15 +256,5 @@ fn main() -> std::process::ExitCode {
             }
         }
     }
-    if let Some(path) = cli.json {
-        if let Err(e) = write_json(&path, &rows) {
-            eprintln!("error: {e}");
-            failed = true;
-        }
-    }
-    if failed {
-        std::process::ExitCode::FAILURE
-    } else {
-        std::process::ExitCode::SUCCESS
-    }
+    finish(cli.json.as_deref(), &rows, failed)
 }

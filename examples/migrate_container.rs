@@ -2,7 +2,8 @@
 //! with Docker, and print the engines side by side.
 //!
 //! ```text
-//! migrate_container [--engine criu-rs|runc|docker|registry|all] [--interval SECS]
+//! migrate_container [--engine criu-rs|runc|docker|registry|docker-registry|all]
+//!                   [--interval SECS]
 //!                   [--warmup-ms MS] [--reps N] [--json FILE]
 //! ```
 //!
@@ -27,9 +28,14 @@
 //! start --checkpoint` restores it there. Docker timestamps every log line,
 //! so its downtime is the largest gap between two lines in Docker's log.
 //!
-//! Last, criu-rs's container again, its checkpoint moved as an OCI image
-//! through a registry (docker-registry) on a third host: pushed on A,
-//! pulled on B.
+//! Last, the checkpoints go as OCI images through a registry
+//! (docker-registry) on a third host, pushed on A, pulled on B:
+//! criu-rs's container (`registry`), then Docker's (`docker+registry`:
+//! `docker checkpoint create` on A, the checkpoint packed as a checkpoint
+//! archive with the `org.criu.checkpoint.*` annotations, pushed, pulled
+//! and verified on B, unpacked into the clone's checkpoints folder,
+//! `docker start --checkpoint`). Their push and pull times have columns
+//! of their own (and a `registry` object in the JSON).
 //!
 //! Each engine is one implementation of `criu_testkit::container::Engine`;
 //! one driver starts, migrates and measures them all alike.
@@ -38,17 +44,20 @@
 //! a host thread polls the log every millisecond and reports the largest
 //! gap between two new lines (this includes one ordinary interval).
 
-use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use criu_testkit::container::{
-    migrate_measured, BoxError, DockerEngine, Engine, OwnEngine, Row, RuncEngine,
+    migrate_measured, BoxError, DockerEngine, Engine, OwnEngine, RegistryCost, Row, RuncEngine,
 };
 use criu_testkit::hosts::TwoHosts;
+
+// Of what the migration examples share, this one needs only the ending
+// (its rows are containers', with their own table).
+mod cli;
+use cli::finish;
 
 #[derive(Parser)]
 #[command(
@@ -79,6 +88,7 @@ enum Which {
     Runc,
     Docker,
     Registry,
+    DockerRegistry,
     All,
 }
 
@@ -101,13 +111,20 @@ fn registry(dir: &Path) -> Result<Box<dyn Engine>, BoxError> {
     Ok(Box::new(criu_testkit::registry::RegistryEngine::new(dir)?))
 }
 
+fn docker_registry(dir: &Path) -> Result<Box<dyn Engine>, BoxError> {
+    Ok(Box::new(criu_testkit::registry::DockerRegistryEngine::new(
+        dir,
+    )?))
+}
+
 /// The engines `which` selects, in table order.
 fn engines(which: Which) -> Vec<(&'static str, MakeEngine)> {
-    let all: [(&str, Which, MakeEngine); 4] = [
+    let all: [(&str, Which, MakeEngine); 5] = [
         ("criu-rs", Which::CriuRs, own),
         ("runc", Which::Runc, runc),
         ("docker", Which::Docker, docker),
         ("registry", Which::Registry, registry),
+        ("docker+registry", Which::DockerRegistry, docker_registry),
     ];
     all.into_iter()
         .filter(|(_, w, _)| which == Which::All || which == *w)
@@ -133,15 +150,24 @@ fn frozen_ms(r: &Row) -> String {
         .map_or("-".into(), |v| format!("{:.1}", v as f64 / 1000.0))
 }
 
+/// A registry move's push or pull time, `-` for the direct moves.
+fn registry_ms(r: &Row, f: fn(&RegistryCost) -> f64) -> String {
+    r.registry
+        .as_ref()
+        .map_or("-".into(), |c| format!("{:.1}", f(c)))
+}
+
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>11}  {:<26} netns a -> b",
+        "{:<15} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10} {:>11}  {:<26} netns a -> b",
         "engine",
         "rss KiB",
         "dump ms",
         "frozen ms",
         "sent KiB",
         "xfer ms",
+        "push ms",
+        "pull ms",
         "restore ms",
         "downtime ms",
         "count",
@@ -154,13 +180,15 @@ fn print_table(rows: &[Row]) {
             if r.continued { "ok" } else { "BROKEN" }
         );
         println!(
-            "{:<8} {:>8} {:>9.1} {:>9} {:>9.1} {:>9.1} {:>10.1} {:>11.1}  {:<26} {} -> {}",
+            "{:<15} {:>8} {:>9.1} {:>9} {:>9.1} {:>9.1} {:>8} {:>8} {:>10.1} {:>11.1}  {:<26} {} -> {}",
             r.engine,
             r.cost.rss_bytes / 1024,
             r.cost.dump_ms,
             frozen_ms(r),
             r.cost.transfer_bytes as f64 / 1024.0,
             r.cost.transfer_ms,
+            registry_ms(r, |c| c.push_ms),
+            registry_ms(r, |c| c.pull_ms),
             r.cost.restore_ms,
             r.cost.downtime_ms,
             count,
@@ -219,15 +247,14 @@ fn medians(rows: &[Row]) -> Vec<Row> {
             m.cost.transfer_ms = of(|r| r.cost.transfer_ms);
             m.cost.restore_ms = of(|r| r.cost.restore_ms);
             m.cost.downtime_ms = of(|r| r.cost.downtime_ms);
+            if let Some(c) = m.registry.as_mut() {
+                c.push_ms = of(|r| r.registry.as_ref().map_or(0.0, |c| c.push_ms));
+                c.pull_ms = of(|r| r.registry.as_ref().map_or(0.0, |c| c.pull_ms));
+            }
             m.continued = runs.iter().all(|r| r.continued);
             Some(m)
         })
         .collect()
-}
-
-fn write_json(path: &Path, rows: &[Row]) -> io::Result<()> {
-    let text = serde_json::to_string_pretty(rows).map_err(io::Error::other)?;
-    fs::write(path, text + "\n")
 }
 
 fn main() -> ExitCode {
@@ -269,7 +296,7 @@ fn main() -> ExitCode {
     print_table(&rows);
     if cli.reps > 1 {
         println!(
-            "\nmedians of {} runs per engine (dump, xfer, restore, downtime; the other \
+            "\nmedians of {} runs per engine (dump, xfer, push, pull, restore, downtime; the other \
              columns are those of the run with the median downtime):",
             cli.reps
         );
@@ -279,15 +306,5 @@ fn main() -> ExitCode {
     } else {
         print_ratios(&rows);
     }
-    if let Some(p) = &cli.json {
-        if let Err(e) = write_json(p, &rows) {
-            eprintln!("error: writing {}: {e}", p.display());
-            failed = true;
-        }
-    }
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    finish(cli.json.as_deref(), &rows, failed)
 }

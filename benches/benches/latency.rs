@@ -13,9 +13,9 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use criterion::{
-    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+    criterion_group, criterion_main, Bencher, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
-use criu::{Criu, ImagesDir, Options};
+use criu::{Criu, ImagesDir};
 mod peers;
 use criu_rs_benches::{
     become_subreaper, kill_and_reap, record, samples, sizes, smallest, workload, Fs, StatsRecord,
@@ -86,61 +86,54 @@ fn configure<M: criterion::measurement::Measurement>(g: &mut criterion::Benchmar
 fn by_size(c: &mut Criterion) {
     become_subreaper();
     for fs in Fs::selected() {
-        let mut g = c.benchmark_group(format!("dump_{}", fs.name()));
-        configure(&mut g);
-        for mib in sizes() {
-            g.throughput(Throughput::Bytes(mib as u64 * MIB));
-            g.bench_with_input(BenchmarkId::from_parameter(mib), &mib, |b, &mib| {
-                b.iter_custom(|n| time_dumps(n, fs, mib, "dump", dump_criu_rs))
-            });
-        }
-        g.finish();
-        let mut g = c.benchmark_group(format!("restore_{}", fs.name()));
-        configure(&mut g);
-        for mib in sizes() {
-            g.throughput(Throughput::Bytes(mib as u64 * MIB));
-            g.bench_with_input(BenchmarkId::from_parameter(mib), &mib, |b, &mib| {
-                b.iter_custom(|n| time_restores(n, fs, mib, restore_criu_rs))
-            });
-        }
-        g.finish();
-        let mut g = c.benchmark_group(format!("write_limit_{}", fs.name()));
-        configure(&mut g);
-        for mib in sizes() {
-            g.throughput(Throughput::Bytes(mib as u64 * MIB));
-            g.bench_with_input(BenchmarkId::from_parameter(mib), &mib, |b, &mib| {
-                let data = vec![0x5au8; mib << 20];
-                b.iter_custom(|n| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..n {
-                        let scratch = fs.scratch();
-                        let t = Instant::now();
-                        let mut f =
-                            std::fs::File::create(scratch.path().join("pages.img")).unwrap();
-                        f.write_all(&data).unwrap();
-                        drop(f);
-                        total += t.elapsed();
-                    }
-                    total
-                })
-            });
-        }
-        g.finish();
+        per_size(c, format!("dump_{}", fs.name()), |b, mib| {
+            b.iter_custom(|n| time_dumps(n, fs, mib, "dump", dump_criu_rs))
+        });
+        per_size(c, format!("restore_{}", fs.name()), |b, mib| {
+            b.iter_custom(|n| time_restores(n, fs, mib, restore_criu_rs))
+        });
+        per_size(c, format!("write_limit_{}", fs.name()), |b, mib| {
+            let data = vec![0x5au8; mib << 20];
+            b.iter_custom(|n| time_writes(n, fs, &data))
+        });
     }
-    let mut g = c.benchmark_group("memcpy");
+    per_size(c, "memcpy".into(), |b, mib| {
+        let src = vec![0x5au8; mib << 20];
+        let mut dst = vec![0u8; mib << 20];
+        b.iter(|| {
+            dst.copy_from_slice(black_box(&src));
+            black_box(&dst);
+        })
+    });
+}
+
+/// One criterion group with a benchmark per memory size of
+/// `CRIU_RS_BENCH_SIZES`, each run by `bench` with its size in MiB.
+fn per_size(c: &mut Criterion, group: String, mut bench: impl FnMut(&mut Bencher<'_>, usize)) {
+    let mut g = c.benchmark_group(group);
     configure(&mut g);
     for mib in sizes() {
         g.throughput(Throughput::Bytes(mib as u64 * MIB));
         g.bench_with_input(BenchmarkId::from_parameter(mib), &mib, |b, &mib| {
-            let src = vec![0x5au8; mib << 20];
-            let mut dst = vec![0u8; mib << 20];
-            b.iter(|| {
-                dst.copy_from_slice(black_box(&src));
-                black_box(&dst);
-            })
+            bench(b, mib)
         });
     }
     g.finish();
+}
+
+/// Times `iters` writes of `data` to a fresh file on `fs`: what writing
+/// the pages of a dump costs at the least.
+fn time_writes(iters: u64, fs: Fs, data: &[u8]) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let scratch = fs.scratch();
+        let t = Instant::now();
+        let mut f = std::fs::File::create(scratch.path().join("pages.img")).unwrap();
+        f.write_all(data).unwrap();
+        drop(f);
+        total += t.elapsed();
+    }
+    total
 }
 
 fn leave_running(c: &mut Criterion) {
@@ -160,14 +153,7 @@ fn leave_running(c: &mut Criterion) {
             for i in 0..n {
                 let images = ImagesDir::create(scratch.path().join(format!("img{i}"))).unwrap();
                 let t = Instant::now();
-                Criu::new()
-                    .dump(
-                        Options::new()
-                            .pid(w.pid())
-                            .images_dir(&images)
-                            .leave_running(true),
-                    )
-                    .expect("dump");
+                criu_rs_benches::dump(&Criu::new(), w.pid(), &images, true);
                 total += t.elapsed();
             }
             total
@@ -186,26 +172,38 @@ fn peers(c: &mut Criterion) {
         ("criu-cli", dump_cli),
         ("rust-criu", dump_rust_criu),
     ];
-    let mut g = c.benchmark_group(format!("peers_dump_{mib}MiB_tmpfs"));
-    configure(&mut g);
-    for (name, f) in dumps {
-        g.bench_function(name, |b| {
-            b.iter_custom(|n| time_dumps(n, Fs::Tmpfs, mib, name, f))
-        });
-    }
-    g.finish();
+    compare(
+        c,
+        format!("peers_dump_{mib}MiB_tmpfs"),
+        dumps,
+        |n, name, f| time_dumps(n, Fs::Tmpfs, mib, name, f),
+    );
     let restores: [(&str, RestoreFn); 4] = [
         ("criu-rs", restore_criu_rs),
         ("criu-sys", restore_raw_sys),
         ("criu-cli", restore_cli),
         ("rust-criu", restore_rust_criu),
     ];
-    let mut g = c.benchmark_group(format!("peers_restore_{mib}MiB_tmpfs"));
+    compare(
+        c,
+        format!("peers_restore_{mib}MiB_tmpfs"),
+        restores,
+        |n, _, f| time_restores(n, Fs::Tmpfs, mib, f),
+    );
+}
+
+/// One criterion group with a benchmark per peer, each timing `n` runs of
+/// its implementation through `time`.
+fn compare<F: Copy>(
+    c: &mut Criterion,
+    group: String,
+    peers: [(&str, F); 4],
+    time: impl Fn(u64, &str, F) -> Duration,
+) {
+    let mut g = c.benchmark_group(group);
     configure(&mut g);
-    for (name, f) in restores {
-        g.bench_function(name, |b| {
-            b.iter_custom(|n| time_restores(n, Fs::Tmpfs, mib, f))
-        });
+    for (name, f) in peers {
+        g.bench_function(name, |b| b.iter_custom(|n| time(n, name, f)));
     }
     g.finish();
 }

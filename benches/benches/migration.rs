@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use criu::migrate::Strategy;
 use criu::{Criu, ImagesDir, Options};
 use criu_rs_benches::{become_subreaper, median, migration_sizes, out_dir, reps, workload, Fs};
-use criu_testkit::measure::migrate_workload;
+use criu_testkit::link::Security;
+use criu_testkit::measure::migrate_workload_over;
 use plotters::prelude::*;
 use serde::Serialize;
 
@@ -136,14 +137,7 @@ fn local_dump_restore(mib: usize) -> (Duration, Duration) {
     let dir = scratch.path().join("img");
     let images = ImagesDir::create(&dir).expect("images dir");
     let t = Instant::now();
-    Criu::new()
-        .dump(
-            Options::new()
-                .pid(w.pid())
-                .images_dir(&images)
-                .log_file("dump.log"),
-        )
-        .expect("local dump");
+    criu_rs_benches::dump(&Criu::new(), w.pid(), &images, false);
     let dump = t.elapsed();
     w.reap(Duration::from_secs(30))
         .expect("reaping the dumped workload");
@@ -173,7 +167,7 @@ fn main() {
         for rep in 0..reps {
             for &strategy in &strategies() {
                 let start = Instant::now();
-                match migrate_workload(strategy, &format!("memory:{mib}"), mib, Duration::from_millis(300), |_, _| {}) {
+                match migrate_workload_over(Security::Plain, strategy, &format!("memory:{mib}"), mib, Duration::from_millis(300), |_, _| {}) {
                     Ok(r) if r.continued && r.memory_intact != Some(false) => {
                         by.entry(strategy.to_string()).or_default().add_migration(&r, start.elapsed());
                     }

@@ -15,6 +15,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use criu::{Criu, DumpReport, ImagesDir, Options};
 use criu_testkit::{workload_bin, Workload};
 use serde::Serialize;
 
@@ -50,22 +51,22 @@ pub fn smallest() -> usize {
     sizes().into_iter().min().unwrap_or(1)
 }
 
-/// Criterion samples per benchmark.
+/// Criterion samples per benchmark (criterion takes no fewer than 10).
 pub fn samples() -> usize {
-    std::env::var("CRIU_RS_BENCH_SAMPLES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10)
-        .max(10)
+    count_from("CRIU_RS_BENCH_SAMPLES", 10).max(10)
 }
 
 /// Repetitions per migration measurement.
 pub fn reps() -> usize {
-    std::env::var("CRIU_RS_BENCH_REPS")
+    count_from("CRIU_RS_BENCH_REPS", 3).max(1)
+}
+
+/// The number in `var`, or `default` when it is unset or not a number.
+fn count_from(var: &str, default: usize) -> usize {
+    std::env::var(var)
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3)
-        .max(1)
+        .unwrap_or(default)
 }
 
 /// A filesystem the images go to.
@@ -125,6 +126,19 @@ pub fn workload(out: &Path, mib: usize) -> Workload {
         bin.display()
     );
     Workload::spawn(&bin, out, Duration::from_millis(1), mib).expect("workload starts")
+}
+
+/// A criu-rs dump of `pid` into `images` through `criu`, logging to
+/// `dump.log` there as every dump the benches compare does.
+pub fn dump(criu: &Criu, pid: i32, images: &ImagesDir, leave_running: bool) -> DumpReport {
+    criu.dump(
+        Options::new()
+            .pid(pid)
+            .images_dir(images)
+            .log_file("dump.log")
+            .leave_running(leave_running),
+    )
+    .expect("criu-rs dump")
 }
 
 /// Makes this process the reaper of orphans below it, so that trees

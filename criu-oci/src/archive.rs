@@ -67,6 +67,16 @@ pub struct ArchiveMeta {
     pub cwd: String,
     /// Extra top-level files, named from [`EXTRA_FILES`].
     pub extra: Vec<(String, Vec<u8>)>,
+    /// The engine that made the checkpoint, name and version (the
+    /// `engine.name` / `engine.version` annotations); criu-rs when `None`.
+    pub engine: Option<(String, String)>,
+    /// Where CRIU's `stats-dump` and `dump.log` are, when not among the
+    /// images: an engine whose runtime removes CRIU's work directory (as
+    /// containerd does for Docker) keeps them elsewhere.
+    pub criu_files: Option<PathBuf>,
+    /// When the checkpoint was made (RFC 3339, `config.dump`'s
+    /// `checkpointedTime`); the time of writing when empty.
+    pub checkpointed_time: String,
 }
 
 impl ArchiveMeta {
@@ -87,8 +97,21 @@ impl ArchiveMeta {
             id: format!("{name}-{pid}"),
             args,
             cwd,
+            checkpointed_time: rfc3339_now(),
             ..ArchiveMeta::default()
         }
+    }
+
+    /// The engine's name: [`ArchiveMeta::engine`]'s, or `criu-rs`.
+    pub fn engine_name(&self) -> &str {
+        self.engine.as_ref().map_or("criu-rs", |(name, _)| name)
+    }
+
+    /// The engine's version: [`ArchiveMeta::engine`]'s, or this crate's.
+    pub fn engine_version(&self) -> &str {
+        self.engine
+            .as_ref()
+            .map_or(env!("CARGO_PKG_VERSION"), |(_, version)| version)
     }
 
     fn config_dump(&self) -> Vec<u8> {
@@ -96,8 +119,12 @@ impl ArchiveMeta {
             "id": self.id,
             "name": self.name,
             "rootfsImageName": self.rootfs_image_name.clone().unwrap_or_default(),
-            "runtime": "criu-rs",
-            "checkpointedTime": rfc3339_now(),
+            "runtime": self.engine_name(),
+            "checkpointedTime": if self.checkpointed_time.is_empty() {
+                rfc3339_now()
+            } else {
+                self.checkpointed_time.clone()
+            },
         });
         serde_json::to_vec_pretty(&v).unwrap_or_default()
     }
@@ -124,7 +151,9 @@ pub struct Written {
 }
 
 /// Writes the archive of the dump in `images` (CRIU's images, with its
-/// `dump.log` and `stats-dump`, which go to the top level) to `out`.
+/// `dump.log` and `stats-dump`, which go to the top level; from
+/// [`ArchiveMeta::criu_files`] when given) to `out`, streaming: nothing
+/// beyond one file's buffer is held in memory.
 pub fn write(
     images: &criu::ImagesDir,
     meta: &ArchiveMeta,
@@ -150,14 +179,30 @@ pub fn write(
     }
 }
 
-/// Hashes what passes through, for the diff id.
-struct Hashing<W> {
+/// A writer that hashes (SHA-256) and counts what passes through: the
+/// archive's diff id as it is written, a blob as it is copied.
+pub(crate) struct HashingWriter<W> {
     inner: W,
     hash: Sha256,
     bytes: u64,
 }
 
-impl<W: Write> Write for Hashing<W> {
+impl<W> HashingWriter<W> {
+    pub(crate) fn new(inner: W) -> HashingWriter<W> {
+        HashingWriter {
+            inner,
+            hash: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// `sha256:<hex>` of what was written.
+    pub(crate) fn digest(self) -> String {
+        format!("sha256:{}", hex::encode(self.hash.finalize()))
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hash.update(&buf[..n]);
@@ -170,11 +215,7 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 fn write_tar(images: &criu::ImagesDir, meta: &ArchiveMeta, out: impl Write) -> Result<Written> {
-    let hashing = Hashing {
-        inner: out,
-        hash: Sha256::new(),
-        bytes: 0,
-    };
+    let hashing = HashingWriter::new(out);
     let mut tar = tar::Builder::new(hashing);
     let mut files = 0;
     let io = |what: &str| {
@@ -184,8 +225,9 @@ fn write_tar(images: &criu::ImagesDir, meta: &ArchiveMeta, out: impl Write) -> R
     append_bytes(&mut tar, CONFIG_DUMP, &meta.config_dump()).map_err(io("writing config.dump"))?;
     append_bytes(&mut tar, SPEC_DUMP, &meta.spec_dump()).map_err(io("writing spec.dump"))?;
     files += 2;
+    let criu_files = meta.criu_files.as_deref().unwrap_or(images.path());
     for top in [STATS_DUMP, DUMP_LOG] {
-        if let Ok(data) = fs::read(images.path().join(top)) {
+        if let Ok(data) = fs::read(criu_files.join(top)) {
             append_bytes(&mut tar, top, &data).map_err(io("writing CRIU's files"))?;
             files += 1;
         }
@@ -199,7 +241,7 @@ fn write_tar(images: &criu::ImagesDir, meta: &ArchiveMeta, out: impl Write) -> R
     let hashing = tar.into_inner().map_err(io("finishing the tar stream"))?;
     Ok(Written {
         tar_bytes: hashing.bytes,
-        diff_id: format!("sha256:{}", hex::encode(hashing.hash.finalize())),
+        diff_id: hashing.digest(),
         files,
     })
 }
@@ -509,7 +551,7 @@ fn through_symlink(root: &Path, rel: &Path) -> bool {
 }
 
 /// Now as RFC 3339 UTC (what the engines write in config.dump).
-fn rfc3339_now() -> String {
+pub(crate) fn rfc3339_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);

@@ -4,6 +4,7 @@
 //! make them.
 
 use std::collections::BTreeMap;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use oci_client::manifest::OciImageManifest;
@@ -40,7 +41,9 @@ impl CheckpointImage {
     /// an image annotated with `host`'s facts, its layer compressed with
     /// `compression` (gzip, as the engines do, for images that are kept;
     /// none for a move, where checkpointed memory rarely shrinks and
-    /// compressing it adds to the downtime).
+    /// compressing it adds to the downtime). The layer is held in memory:
+    /// to push a large checkpoint, [`crate::Registry::push_checkpoint`]
+    /// streams it instead.
     pub fn build(
         images: &criu::ImagesDir,
         meta: &ArchiveMeta,
@@ -49,22 +52,6 @@ impl CheckpointImage {
     ) -> Result<CheckpointImage> {
         let mut layer = Vec::new();
         let written = archive::write(images, meta, &mut layer, compression)?;
-        let mut annotations = host.annotations();
-        annotations.insert(annotations::CONTAINER_NAME.into(), meta.name.clone());
-        annotations.insert(annotations::ENGINE_NAME.into(), "criu-rs".into());
-        annotations.insert(
-            annotations::ENGINE_VERSION.into(),
-            env!("CARGO_PKG_VERSION").into(),
-        );
-        if let Some(image) = &meta.rootfs_image_name {
-            annotations.insert(annotations::ROOTFS_IMAGE_NAME.into(), image.clone());
-        }
-        let config = serde_json::json!({
-            "architecture": host.arch,
-            "os": "linux",
-            "rootfs": { "type": "layers", "diff_ids": [written.diff_id] },
-            "config": {},
-        });
         // A plain layer is the tar stream itself, hashed as it was written.
         let layer_digest = match compression {
             Compression::None => written.diff_id.clone(),
@@ -74,8 +61,8 @@ impl CheckpointImage {
             layer: layer.into(),
             layer_digest,
             compression,
-            config: serde_json::to_vec(&config).unwrap_or_default(),
-            annotations,
+            config: image_config(host, &written.diff_id),
+            annotations: checkpoint_annotations(meta, host),
         })
     }
 
@@ -92,22 +79,17 @@ impl CheckpointImage {
     /// The OCI manifest of this image (the layer's digest is not computed
     /// again: for a large checkpoint that pass would be downtime).
     pub fn manifest(&self) -> OciImageManifest {
-        let mut m =
-            OciImageManifest::build(&[], &self.oci_config(), Some(self.annotations.clone()));
-        m.layers.push(oci_client::manifest::OciDescriptor {
-            media_type: self.layer_media_type().into(),
-            digest: self.layer_digest.clone(),
-            size: self.layer.len() as i64,
-            ..Default::default()
-        });
-        m
+        checkpoint_manifest(
+            &self.config,
+            self.annotations.clone(),
+            self.layer_media_type(),
+            &self.layer_digest,
+            self.layer.len() as u64,
+        )
     }
 
     fn layer_media_type(&self) -> &'static str {
-        match self.compression {
-            Compression::Gzip => LAYER_MEDIA_TYPE,
-            Compression::None => PLAIN_LAYER_MEDIA_TYPE,
-        }
+        layer_media_type(self.compression)
     }
 
     pub(crate) fn oci_layer(&self) -> oci_client::client::ImageLayer {
@@ -123,22 +105,123 @@ impl CheckpointImage {
     }
 }
 
-/// A checkpoint image fetched from a registry or a layout, its layer's
-/// digest verified.
-#[derive(Debug, Clone)]
+/// The layer's media type for `compression`.
+pub(crate) fn layer_media_type(compression: Compression) -> &'static str {
+    match compression {
+        Compression::Gzip => LAYER_MEDIA_TYPE,
+        Compression::None => PLAIN_LAYER_MEDIA_TYPE,
+    }
+}
+
+/// The `org.criu.checkpoint.*` annotations of a checkpoint of `meta`'s
+/// container made on `host`.
+pub(crate) fn checkpoint_annotations(
+    meta: &ArchiveMeta,
+    host: &HostFacts,
+) -> BTreeMap<String, String> {
+    let mut annotations = host.annotations();
+    annotations.insert(annotations::CONTAINER_NAME.into(), meta.name.clone());
+    annotations.insert(annotations::ENGINE_NAME.into(), meta.engine_name().into());
+    annotations.insert(
+        annotations::ENGINE_VERSION.into(),
+        meta.engine_version().into(),
+    );
+    if let Some(image) = &meta.rootfs_image_name {
+        annotations.insert(annotations::ROOTFS_IMAGE_NAME.into(), image.clone());
+    }
+    annotations
+}
+
+/// The manifest of a one-layer checkpoint image: `config` (JSON), the
+/// layer's media type, digest and size, and the annotations.
+pub(crate) fn checkpoint_manifest(
+    config: &[u8],
+    annotations: BTreeMap<String, String>,
+    media_type: &str,
+    layer_digest: &str,
+    layer_bytes: u64,
+) -> OciImageManifest {
+    let config = oci_client::client::Config::new(config.to_vec(), CONFIG_MEDIA_TYPE.into(), None);
+    let mut m = OciImageManifest::build(&[], &config, Some(annotations));
+    m.layers.push(oci_client::manifest::OciDescriptor {
+        media_type: media_type.into(),
+        digest: layer_digest.into(),
+        size: layer_bytes as i64,
+        ..Default::default()
+    });
+    m
+}
+
+/// The image config (JSON) of a layer whose tar stream hashes to `diff_id`.
+pub(crate) fn image_config(host: &HostFacts, diff_id: &str) -> Vec<u8> {
+    let config = serde_json::json!({
+        "architecture": host.arch,
+        "os": "linux",
+        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+        "config": {},
+    });
+    serde_json::to_vec(&config).unwrap_or_default()
+}
+
+/// A checkpoint image fetched from a registry or a layout: its annotations
+/// and its layer, checked against its digest, spooled to an unnamed
+/// temporary file (gone once closed), so that a checkpoint of any size
+/// costs no memory.
+#[derive(Debug)]
 pub struct FetchedImage {
     /// Where it came from.
     pub reference: String,
     /// The manifest's annotations.
     pub annotations: BTreeMap<String, String>,
-    /// The layer (the archive, plain or compressed), checked against its digest.
-    pub layer: Vec<u8>,
+    pub(crate) layer: Spooled,
 }
 
 impl FetchedImage {
+    /// The layer's size in bytes.
+    pub fn layer_len(&self) -> u64 {
+        self.layer.len
+    }
+
+    /// The layer (the archive, plain or compressed) read into memory.
+    pub fn read_layer(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.layer.len as usize);
+        self.layer
+            .reader()?
+            .read_to_end(&mut out)
+            .map_err(|e| Error::io("reading the spooled layer", e))?;
+        Ok(out)
+    }
+
     /// Unpacks the layer into `target` (created here), within `limits`.
     pub fn unpack(&self, target: &Path, limits: &Limits) -> Result<Unpacked> {
-        archive::unpack(self.layer.as_slice(), target, limits)
+        archive::unpack(self.layer.reader()?, target, limits)
+    }
+}
+
+/// A layer in an unnamed temporary file, already checked.
+#[derive(Debug)]
+pub(crate) struct Spooled {
+    pub(crate) file: std::fs::File,
+    pub(crate) len: u64,
+}
+
+impl Spooled {
+    /// An empty spool in the temporary directory.
+    pub(crate) fn new() -> Result<Spooled> {
+        let file = tempfile::tempfile()
+            .map_err(|e| Error::io("creating a temporary file for the layer", e))?;
+        Ok(Spooled { file, len: 0 })
+    }
+
+    /// The layer from its start (reads through a second handle, so `&self` will do).
+    fn reader(&self) -> Result<impl Read> {
+        let mut f = self
+            .file
+            .try_clone()
+            .map_err(|e| Error::io("reopening the spooled layer", e))?;
+        f.seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io("rewinding the spooled layer", e))?;
+        Ok(io::BufReader::with_capacity(1 << 20, f.take(self.len)))
     }
 }
 

@@ -3,13 +3,17 @@
 //! `skopeo copy oci:DIR:TAG docker://...` pushes one later.
 
 use std::fs;
+use std::io;
 use std::path::Path;
 
 use oci_client::manifest::{ImageIndexEntry, OciImageIndex, OciImageManifest};
 
 use crate::annotations::HostFacts;
+use crate::archive::HashingWriter;
 use crate::error::{Error, Result};
-use crate::image::{checkpoint_layer, sha256_digest, verify, CheckpointImage, FetchedImage};
+use crate::image::{
+    checkpoint_layer, sha256_digest, verify, CheckpointImage, FetchedImage, Spooled,
+};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -90,13 +94,39 @@ pub fn read(dir: &Path, tag: &str, host: &HostFacts) -> Result<FetchedImage> {
     let annotations = manifest.annotations.clone().unwrap_or_default();
     host.check(&reference, &annotations)?;
     let layer = checkpoint_layer(&reference, &manifest)?;
-    let data = read_blob(dir, &layer.digest)?;
-    verify("the checkpoint layer", &data, &layer.digest, layer.size)?;
+    let spooled = spool_blob(dir, &layer.digest, layer.size)?;
     Ok(FetchedImage {
         reference,
         annotations,
-        layer: data,
+        layer: spooled,
     })
+}
+
+/// Copies the blob `digest` into a temporary file while hashing it (so
+/// that what is checked is what will be read, whatever happens to the
+/// layout meanwhile), and checks its digest and size.
+fn spool_blob(dir: &Path, digest: &str, size: i64) -> Result<Spooled> {
+    let mut blob = fs::File::open(blob_path(dir, digest)?)
+        .map_err(|e| Error::io(format!("opening the layer blob of {}", dir.display()), e))?;
+    let mut spool = Spooled::new()?;
+    let mut hashing = HashingWriter::new(&mut spool.file);
+    spool.len = io::copy(&mut blob, &mut hashing)
+        .map_err(|e| Error::io(format!("copying the layer blob of {}", dir.display()), e))?;
+    let actual = hashing.digest();
+    if actual != digest {
+        return Err(Error::Digest {
+            what: "the checkpoint layer".into(),
+            expected: digest.into(),
+            actual,
+        });
+    }
+    if size >= 0 && spool.len != size as u64 {
+        return Err(Error::Malformed(format!(
+            "the checkpoint layer has {} bytes, its descriptor says {size}",
+            spool.len
+        )));
+    }
+    Ok(spool)
 }
 
 fn read_file(dir: &Path, name: &str) -> Result<Vec<u8>> {
@@ -105,9 +135,14 @@ fn read_file(dir: &Path, name: &str) -> Result<Vec<u8>> {
 }
 
 fn read_blob(dir: &Path, digest: &str) -> Result<Vec<u8>> {
+    fs::read(blob_path(dir, digest)?)
+        .map_err(|e| Error::io(format!("reading a blob of {}", dir.display()), e))
+}
+
+fn blob_path(dir: &Path, digest: &str) -> Result<std::path::PathBuf> {
     let hex = digest
         .strip_prefix("sha256:")
         .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
         .ok_or_else(|| layout_err(dir, format!("unsupported or malformed digest {digest:?}")))?;
-    read_file(dir, &format!("blobs/sha256/{hex}"))
+    Ok(dir.join("blobs/sha256").join(hex))
 }

@@ -8,8 +8,9 @@
 //!   `org.criu.checkpoint.*` [`annotations`].
 //! * [`registry`]: pushing and pulling those images over the OCI
 //!   distribution API (basic auth, TLS with a private CA), every blob
-//!   checked against its digest; [`layout`]: the same image as an OCI
-//!   image layout directory.
+//!   checked against its digest, checkpoints streamed both ways with
+//!   bounded memory; [`layout`]: the same image as an OCI image layout
+//!   directory.
 //! * [`source`]: keeping the checkpointed tree stopped, not killed, until
 //!   the destination has restored it.
 //!
@@ -47,9 +48,10 @@ pub mod layout;
 pub mod migrate;
 pub mod registry;
 pub mod source;
+mod stream;
 
 pub use annotations::HostFacts;
 pub use archive::{ArchiveMeta, Compression, Limits, Unpacked};
 pub use error::{Error, Result};
 pub use image::{CheckpointImage, FetchedImage};
-pub use registry::{Registry, RegistryConfig, Transfer};
+pub use registry::{PulledCheckpoint, PushedCheckpoint, Registry, RegistryConfig, Transfer};

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use crate::annotations::HostFacts;
 use crate::archive::{ArchiveMeta, Compression, Limits};
 use crate::error::Result;
-use crate::image::CheckpointImage;
 use crate::registry::{Registry, Transfer};
 use crate::source::{continue_tree, dump_stopped, StoppedTree};
 
@@ -19,9 +18,10 @@ use crate::source::{continue_tree, dump_stopped, StoppedTree};
 pub struct Pushed {
     /// The dump.
     pub dump: criu::DumpReport,
-    /// Packing the images into the image (archive, compression).
+    /// Packing the images into the image (archive, compression), while
+    /// the push ran.
     pub pack: Duration,
-    /// The push.
+    /// The push (packing included).
     pub push: Transfer,
     /// The layer's size.
     pub image_bytes: u64,
@@ -69,16 +69,15 @@ pub fn checkpoint_and_push(
     let host = HostFacts::current(criu)?;
     let images = criu::ImagesDir::create(work_dir.join("images"))?;
     let (dump, stopped) = dump_stopped(criu, pid, &images, customize)?;
-    let t = Instant::now();
-    let image = CheckpointImage::build(&images, &meta, &host, to.compression)?;
-    let pack = t.elapsed();
-    let push = to.registry.push(to.reference, &image)?;
+    let pushed =
+        to.registry
+            .push_checkpoint(to.reference, &images, &meta, &host, to.compression)?;
     Ok(Pushed {
         dump,
-        pack,
-        push,
-        image_bytes: image.layer().len() as u64,
-        layer_digest: image.layer_digest().to_string(),
+        pack: pushed.pack,
+        image_bytes: pushed.push.layer_bytes,
+        push: pushed.push,
+        layer_digest: pushed.layer_digest,
         stopped,
     })
 }
@@ -110,11 +109,10 @@ pub fn pull_and_restore(
     customize: impl Fn(&mut criu::Options<'_>),
 ) -> Result<Restored> {
     let host = HostFacts::current(criu)?;
-    let (fetched, pull) = registry.pull(reference, &host)?;
     let target = work_dir.join("archive");
-    let t = Instant::now();
-    let unpacked = fetched.unpack(&target, limits)?;
-    let unpack = t.elapsed();
+    let pulled = registry.pull_checkpoint(reference, &host, &target, limits)?;
+    let unpacked = pulled.unpacked;
+    let (pull, unpack) = (pulled.pull, pulled.unpack);
     let restored = (|| -> Result<_> {
         let images = unpacked.images()?;
         let mut o = criu::Options::new();

@@ -341,12 +341,7 @@ impl Criu {
     /// [`Options::images_dir`]. Unless `leave_running` is set, the tree is
     /// killed once dumped; if the dump fails, it keeps running.
     pub fn dump(&self, opts: &mut Options<'_>) -> Result<DumpReport> {
-        let _busy = self.prepare_dump(Operation::Dump, opts)?;
-        // SAFETY: p is the live handle `run` passes.
-        let (_, wall) = self.run(Operation::Dump, Some(opts), None, |p| unsafe {
-            sys::criu_local_dump(p)
-        })?;
-        Ok(Self::dump_report(opts, wall, 0))
+        self.dump_once(Operation::Dump, opts, sys::criu_local_dump)
     }
 
     /// Dumps the tree's memory only, leaving it running, as the base of a
@@ -354,11 +349,20 @@ impl Criu {
     /// ([`Features::mem_track`]); without it the error is
     /// [`Error::Unsupported`].
     pub fn pre_dump(&self, opts: &mut Options<'_>) -> Result<DumpReport> {
-        let _busy = self.prepare_dump(Operation::PreDump, opts)?;
-        // SAFETY: as above.
-        let (_, wall) = self.run(Operation::PreDump, Some(opts), None, |p| unsafe {
-            sys::criu_local_pre_dump(p)
-        })?;
+        self.dump_once(Operation::PreDump, opts, sys::criu_local_pre_dump)
+    }
+
+    /// A dump or a pre-dump: one libcriu call, `call`, that takes only the
+    /// options.
+    fn dump_once(
+        &self,
+        op: Operation,
+        opts: &mut Options<'_>,
+        call: unsafe extern "C" fn(*mut sys::criu_opts) -> c_int,
+    ) -> Result<DumpReport> {
+        let _busy = self.prepare_dump(op, opts)?;
+        // SAFETY: p is the live handle `run` passes, all `call` needs.
+        let (_, wall) = self.run(op, Some(opts), None, |p| unsafe { call(p) })?;
         Ok(Self::dump_report(opts, wall, 0))
     }
 

@@ -85,13 +85,8 @@ impl DaemonConfig {
     /// Starts `criu page-server` writing received pages into `images`,
     /// listening on `listen`. It exits after one dump has sent its pages.
     pub fn page_server(&self, images: &ImagesDir, listen: SocketAddr) -> Result<Daemon> {
-        let mut args: Vec<OsString> = vec![
-            "page-server".into(),
-            "--address".into(),
-            listen.ip().to_string().into(),
-            "--port".into(),
-            listen.port().to_string().into(),
-        ];
+        let mut args: Vec<OsString> = vec!["page-server".into()];
+        args.extend(address_args(listen));
         args.extend(self.tls_args());
         self.start("page server", "page-server.log", images.path(), args)
     }
@@ -100,14 +95,8 @@ impl DaemonConfig {
     /// page server at `source` and serves them to a lazy restore from
     /// `images`. It exits when every page has been delivered.
     pub fn lazy_pages(&self, images: &ImagesDir, source: SocketAddr) -> Result<Daemon> {
-        let mut args: Vec<OsString> = vec![
-            "lazy-pages".into(),
-            "--page-server".into(),
-            "--address".into(),
-            source.ip().to_string().into(),
-            "--port".into(),
-            source.port().to_string().into(),
-        ];
+        let mut args: Vec<OsString> = vec!["lazy-pages".into(), "--page-server".into()];
+        args.extend(address_args(source));
         args.extend(self.tls_args());
         self.start("lazy-pages daemon", "lazy-pages.log", images.path(), args)
     }
@@ -367,6 +356,16 @@ impl std::ops::Deref for ServiceClient<'_> {
     fn deref(&self) -> &Criu {
         &self.criu
     }
+}
+
+/// CRIU's arguments for a TCP address: `--address IP --port PORT`.
+fn address_args(addr: SocketAddr) -> [OsString; 4] {
+    [
+        "--address".into(),
+        addr.ip().to_string().into(),
+        "--port".into(),
+        addr.port().to_string().into(),
+    ]
 }
 
 fn describe(status: Option<ExitStatus>) -> String {

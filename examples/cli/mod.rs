@@ -1,8 +1,12 @@
 //! What the migration examples share: the sender's progress bar, the cost
-//! table and the JSON file.
+//! table, the JSON file and the exit status.
+
+// Each example compiles this module on its own and uses a part of it.
+#![allow(dead_code)]
 
 use std::io::IsTerminal;
 use std::path::Path;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use criu_testkit::measure::Row;
@@ -102,7 +106,21 @@ pub fn print_table(rows: &[Row]) {
 }
 
 /// Writes the rows as a JSON array.
-pub fn write_json(path: &Path, rows: &[Row]) -> Result<(), String> {
+pub fn write_json<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<(), String> {
     let text = serde_json::to_string_pretty(rows).map_err(|e| e.to_string())?;
     std::fs::write(path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// How a migration example ends: its rows written to `json` when asked (a
+/// failure to write fails the run too), and failure if any move `failed`.
+pub fn finish<T: serde::Serialize>(json: Option<&Path>, rows: &[T], failed: bool) -> ExitCode {
+    let written = json.map_or(Ok(()), |path| write_json(path, rows));
+    if let Err(e) = &written {
+        eprintln!("error: {e}");
+    }
+    if failed || written.is_err() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -5,6 +5,7 @@
 pub mod capture;
 pub mod certs;
 pub mod container;
+pub mod fixture;
 pub mod hosts;
 pub mod link;
 pub mod measure;
@@ -27,17 +28,24 @@ pub fn memory_pattern(i: usize) -> u64 {
     (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xC0FF_EE00_D15E_A5E5
 }
 
-/// Where the workload binary is: `CRIU_RS_WORKLOAD_BIN`, else next to the
-/// running executable or one directory up (examples and benches live in
-/// subdirectories of cargo's target directory).
+/// Where the workload binary is: `CRIU_RS_WORKLOAD_BIN`, else as
+/// [`find_bin`] finds it.
 pub fn workload_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CRIU_RS_WORKLOAD_BIN") {
+    find_bin("criu-rs-workload", "CRIU_RS_WORKLOAD_BIN")
+}
+
+/// Where this crate's binary `name` is: the path in the environment
+/// variable `var` when set, else next to the running executable or up to
+/// three directories up (tests, examples and benches live in different
+/// subdirectories of cargo's target directory), else plain `name`.
+pub fn find_bin(name: &str, var: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(var) {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().unwrap_or_default();
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    for _ in 0..3 {
-        let candidate = dir.join("criu-rs-workload");
+    for _ in 0..4 {
+        let candidate = dir.join(name);
         if candidate.exists() {
             return candidate;
         }
@@ -45,7 +53,7 @@ pub fn workload_bin() -> PathBuf {
             break;
         }
     }
-    PathBuf::from("criu-rs-workload")
+    PathBuf::from(name)
 }
 
 /// [`workload_bin`], or an error that says how to build it.

@@ -33,6 +33,8 @@ pub struct Started {
 
 /// What a moved workload showed on host b.
 pub struct Observed {
+    /// Its pid there.
+    pub pid_after: i32,
     /// The count went on by one past where it stopped.
     pub continued: bool,
     /// The longest gap between two ticks, in ns: the downtime it saw.
@@ -91,6 +93,7 @@ impl Started {
             None
         };
         Ok(Observed {
+            pid_after,
             continued: continued_past(&ticks, seq_at_stop),
             downtime_ns: longest_gap_ns(&ticks),
             memory_intact,
@@ -100,7 +103,7 @@ impl Started {
 }
 
 /// One migration's cost, with the field names the project publishes.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 #[allow(missing_docs)]
 pub struct Row {
     pub strategy: String,
@@ -205,6 +208,26 @@ impl Row {
             }),
         }
     }
+
+    /// This row completed with what a move of the `started` workload
+    /// showed (`seen`): its pids, size and network namespaces before and
+    /// after, whether it went on, its memory, and the downtime it saw.
+    pub fn observed(self, started: &Started, seen: &Observed) -> Row {
+        Row {
+            cost: Cost {
+                rss_bytes: started.rss,
+                downtime_ms: seen.downtime_ns as f64 / 1e6,
+                ..self.cost
+            },
+            continued: seen.continued,
+            memory_intact: seen.memory_intact,
+            pid_before: started.pid,
+            pid_after: seen.pid_after,
+            source_netns: started.netns,
+            dest_netns: seen.dest_netns,
+            ..self
+        }
+    }
 }
 
 /// Milliseconds, to 0.01.
@@ -226,21 +249,10 @@ pub fn rss_bytes(pid: i32) -> u64 {
 
 /// Starts the workload (`mib` MiB of patterned memory, 0 for the bare
 /// counter) on host a of fresh hosts, lets it run for `warmup`, migrates it
-/// to host b with `strategy`, checks that it goes on, and measures the
-/// cost. `progress` sees the bytes of images sent.
-pub fn migrate_workload(
-    strategy: Strategy,
-    workload: &str,
-    mib: usize,
-    warmup: Duration,
-    progress: impl FnMut(u64, u64) + Send,
-) -> Result<Row, BoxError> {
-    migrate_workload_over(Security::Plain, strategy, workload, mib, warmup, progress)
-}
-
-/// As [`migrate_workload`], over plain TCP or mutual TLS (with throwaway
+/// to host b with `strategy` over plain TCP or mutual TLS (with throwaway
 /// certificates), through the steps of the two commands of
-/// `examples/migrate_host`.
+/// `examples/migrate_host`, checks that it goes on, and measures the cost.
+/// `progress` sees the bytes of images sent.
 pub fn migrate_workload_over(
     security: Security,
     strategy: Strategy,
@@ -267,30 +279,13 @@ pub fn migrate_workload_over(
     let pid_after = dst.child.pid();
     let seen = started.observe(pid_after, mib)?;
     drop(dst.child);
-    let (rss, source_netns, downtime_ns) = (started.rss, started.netns, seen.downtime_ns);
-    let (continued, memory_intact, dest_netns) =
-        (seen.continued, seen.memory_intact, seen.dest_netns);
-
-    let of = Row::of(&src, links.a.name(), workload);
+    // The application's gap beyond the migration's own phases.
+    let resume_us = (seen.downtime_ns / 1000).saturating_sub(src.stopped_to_restored.as_micros());
     Ok(Row {
-        cost: Cost {
-            rss_bytes: rss,
-            downtime_ms: downtime_ns as f64 / 1e6,
-            ..of.cost
-        },
-        continued,
-        memory_intact,
-        pid_before,
-        pid_after,
-        source_netns,
-        dest_netns,
         phases: Some(RowPhases {
             migration: src.phases,
-            resume_us: u64::try_from(
-                (downtime_ns / 1000).saturating_sub(src.stopped_to_restored.as_micros()),
-            )
-            .unwrap_or(u64::MAX),
+            resume_us: u64::try_from(resume_us).unwrap_or(u64::MAX),
         }),
-        ..of
+        ..Row::of(&src, links.a.name(), workload).observed(&started, &seen)
     })
 }

@@ -10,37 +10,10 @@ use std::time::Duration;
 
 use criu::migrate::Strategy;
 use criu::{Criu, DaemonConfig, Error, ImagesDir, InvalidKind, Operation, Options};
-use criu_testkit::{alive, wait_gone, wait_until, Workload};
+use criu_testkit::{alive, fixture, wait_gone, wait_until};
 use nix::sys::signal::Signal;
 
-const BIN: &str = env!("CARGO_BIN_EXE_criu-rs-workload");
 const WAIT: Duration = Duration::from_secs(20);
-
-fn workload(dir: &Path) -> Workload {
-    Workload::spawn(
-        BIN.as_ref(),
-        &dir.join("out.log"),
-        Duration::from_millis(1),
-        0,
-    )
-    .unwrap()
-}
-
-/// A dumped (and reaped) workload, ready to be restored.
-fn dumped(dir: &Path) -> (Workload, ImagesDir) {
-    let mut w = workload(dir);
-    let images = ImagesDir::create(dir.join("img")).unwrap();
-    Criu::new()
-        .dump(
-            Options::new()
-                .pid(w.pid())
-                .images_dir(&images)
-                .log_file("dump.log"),
-        )
-        .unwrap();
-    w.reap(WAIT).unwrap();
-    (w, images)
-}
 
 #[test]
 fn with_binary_starts_the_given_criu_and_a_missing_one_breaks_the_connection() {
@@ -100,7 +73,7 @@ fn a_stopped_service_is_a_connect_error_with_its_context() {
 #[test]
 fn restored_child_signal_and_detach() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut w, images) = dumped(dir.path());
+    let (mut w, images) = fixture::dumped(dir.path(), 0);
     let seq = w.last_seq();
     let (child, _) = Criu::new()
         .restore_child(Options::new().images_dir(&images).deadline(WAIT))
@@ -110,7 +83,7 @@ fn restored_child_signal_and_detach() {
 
     // signal: SIGSTOP stops the counter, SIGCONT lets it go on.
     child.signal(Signal::SIGSTOP).unwrap();
-    assert!(wait_until(WAIT, || state(child.pid()) == Some('T')));
+    assert!(wait_until(WAIT, || criu::task_state(child.pid()) == Some('T')));
     let stopped_at = w.last_seq();
     assert!(
         !w.advances(Duration::from_millis(300)),
@@ -138,7 +111,7 @@ fn restored_child_signal_and_detach() {
 #[test]
 fn signalling_a_reaped_child_is_an_error_not_a_stray_signal() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut w, images) = dumped(dir.path());
+    let (mut w, images) = fixture::dumped(dir.path(), 0);
     let (mut child, _) = Criu::new()
         .restore_child(Options::new().images_dir(&images).deadline(WAIT))
         .unwrap();
@@ -149,20 +122,10 @@ fn signalling_a_reaped_child_is_an_error_not_a_stray_signal() {
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
 }
 
-fn state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .next()?
-        .chars()
-        .next()
-}
-
 #[test]
 fn images_dir_readers_and_modes() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut w, images) = dumped(dir.path());
+    let (mut w, images) = fixture::dumped(dir.path(), 0);
     assert_eq!(
         std::fs::metadata(images.path())
             .unwrap()
@@ -319,7 +282,7 @@ fn errors_before_criu_name_the_operation_and_have_no_context() {
 #[test]
 fn a_criu_request_from_inside_a_notification_closure_is_a_conflict() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = workload(dir.path());
+    let mut w = fixture::counter(dir.path(), 0);
     let images = ImagesDir::create(dir.path().join("img")).unwrap();
     let criu = Criu::new();
     let inner = std::cell::RefCell::new(None);

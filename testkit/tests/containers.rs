@@ -179,17 +179,23 @@ impl DockerRun {
     /// number, no clone is left on b; once dropped, nothing is left.
     fn assert_source_counts_on_then_nothing_left(self) {
         let engine = &self.engine;
-        assert!(engine.source_state().unwrap().running, "the source runs");
-        let n = engine.numbers().unwrap().len();
-        wait_numbers(engine, n + 3, WAIT).unwrap();
-        let nums = engine.numbers().unwrap();
-        assert!(consecutive(&nums), "no number lost or repeated: {nums:?}");
-        let ids = engine.logs().unwrap().ids().unwrap();
-        assert_eq!(ids.clone, None, "the clone on b is removed");
+        assert_source_counts_on(engine);
         let traces = DockerTraces::of(engine, self.dir.path(), &self.hosts);
         drop(self);
         traces.assert_gone();
     }
+}
+
+/// The source runs on and counts without losing or repeating a number;
+/// no clone is left on b.
+fn assert_source_counts_on(engine: &DockerEngine) {
+    assert!(engine.source_state().unwrap().running, "the source runs");
+    let n = engine.numbers().unwrap().len();
+    wait_numbers(engine, n + 3, WAIT).unwrap();
+    let nums = engine.numbers().unwrap();
+    assert!(consecutive(&nums), "no number lost or repeated: {nums:?}");
+    let ids = engine.logs().unwrap().ids().unwrap();
+    assert_eq!(ids.clone, None, "the clone on b is removed");
 }
 
 /// Lets `fault` break one phase of the migration, checks that it fails
@@ -254,4 +260,90 @@ fn a_stopped_docker_source_is_refused_with_a_clear_error() {
         .migrate(&run.hosts)
         .expect_err("nothing to checkpoint");
     assert!(e.to_string().contains("is not running"), "{e}");
+}
+
+#[test]
+fn a_docker_container_through_a_registry_counts_on_with_true_annotations_and_leaves_nothing_behind()
+{
+    use criu_oci::annotations::*;
+    use criu_testkit::registry::DockerRegistryEngine;
+    let m = migrate_with(|d| DockerRegistryEngine::new(d).unwrap(), DOCKER_INTERVAL);
+    let cost = m.row.registry.as_ref().expect("push and pull measured");
+    assert!(cost.image_bytes > 0 && cost.push_ms > 0.0 && cost.pull_ms > 0.0);
+    assert_eq!(m.row.cost.transfer_bytes, cost.image_bytes);
+    let docker = m.engine.docker();
+    let logs = docker.logs().unwrap();
+    let ids = logs.ids().unwrap();
+    let on_b = logs.b.api().state(ids.clone.as_deref().unwrap()).unwrap();
+    assert!(
+        on_b.running && on_b.pid == m.row.pid_after,
+        "b runs the clone"
+    );
+    assert!(
+        logs.a.api().state(&ids.source).is_err(),
+        "the source is removed"
+    );
+
+    // The image in the registry says truly what it holds.
+    let reference = m.engine.reference().unwrap();
+    let criu = criu::Criu::new();
+    let here = HostFacts::current(&criu).unwrap();
+    let client = criu_oci::Registry::new(&criu_oci::RegistryConfig {
+        plain_http: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let (image, _) = m
+        ._hosts
+        .b
+        .run(|| client.pull(reference, &here))
+        .unwrap()
+        .unwrap();
+    let a = &image.annotations;
+    assert_eq!(a[ENGINE_NAME], "docker");
+    assert_eq!(a[ENGINE_VERSION], logs.a.api().version().unwrap());
+    assert_eq!(a[CONTAINER_NAME], docker.container_name());
+    assert_eq!(a[ROOTFS_IMAGE_NAME], ids.image);
+    assert_eq!(
+        a[CRIU_VERSION],
+        criu.version().unwrap().encoded().to_string()
+    );
+    assert_eq!(a[HOST_ARCH], go_arch(std::env::consts::ARCH));
+    assert_eq!(a[CGROUP_VERSION], here.cgroup_version);
+    assert_eq!(a[HOST_KERNEL], here.kernel);
+    // And its archive: Docker's container, CRIU's statistics and images.
+    let un = image
+        .unpack(&m._dir.path().join("inspect"), &criu_oci::Limits::default())
+        .unwrap();
+    let config = un.config_dump().unwrap();
+    assert_eq!(config["id"], ids.source.as_str());
+    assert_eq!(config["rootfsImageName"], ids.image.as_str());
+    assert!(un.root.join("stats-dump").is_file(), "stats-dump kept");
+    assert!(un.images().unwrap().path().join("pstree.img").is_file());
+    std::fs::remove_dir_all(&un.root).unwrap();
+
+    let registry = m.engine.registry().unwrap();
+    let registry_pid = registry.pid().unwrap();
+    let mut traces = DockerTraces::of(docker, m._dir.path(), &m._hosts);
+    traces.netns.push(registry.host.name.clone());
+    drop(m);
+    traces.assert_gone();
+    assert!(!criu_testkit::alive(registry_pid), "the registry stopped");
+}
+
+#[test]
+fn a_docker_checkpoint_altered_in_the_registry_is_refused_and_the_source_counts_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let mut engine = criu_testkit::registry::DockerRegistryEngine::new(dir.path()).unwrap();
+    engine.tamper_with_pushed_layer();
+    let e = migrate_measured(&mut engine, &hosts, DOCKER_INTERVAL, Duration::ZERO)
+        .expect_err("the pull refuses the altered layer");
+    assert!(e.to_string().contains("digest mismatch"), "{e}");
+    // Started again from its checkpoint on host a, it counts on.
+    assert_source_counts_on(engine.docker());
+    let traces = DockerTraces::of(engine.docker(), dir.path(), &hosts);
+    drop(engine);
+    drop(hosts);
+    traces.assert_gone();
 }

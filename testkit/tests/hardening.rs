@@ -7,30 +7,14 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use criu::{Criu, Error, ImagesDir, Options};
-use criu_testkit::{alive, Workload};
+use criu_testkit::{alive, fixture};
 
-const BIN: &str = env!("CARGO_BIN_EXE_criu-rs-workload");
 const WAIT: Duration = Duration::from_secs(30);
-
-fn workload(dir: &tempfile::TempDir) -> Workload {
-    Workload::spawn(
-        BIN.as_ref(),
-        &dir.path().join("out.log"),
-        Duration::from_millis(1),
-        1,
-    )
-    .unwrap()
-}
 
 /// Dumps a fresh 1 MiB workload into `dir/img` and reaps it; returns the
 /// images and the pid the checkpoint restores to.
 fn checkpoint(dir: &tempfile::TempDir) -> (ImagesDir, i32) {
-    let mut w = workload(dir);
-    let images = ImagesDir::create(dir.path().join("img")).unwrap();
-    Criu::new()
-        .dump(Options::new().pid(w.pid()).images_dir(&images))
-        .unwrap();
-    w.reap(WAIT).unwrap();
+    let (w, images) = fixture::dumped(dir.path(), 1);
     (images, w.pid())
 }
 
@@ -219,7 +203,7 @@ fn a_one_shot_service_socket_is_spent_only_on_the_request_itself() {
     // A pre-dump's own feature check does not spend the socket (here
     // memory tracking is off, so it is refused after the check).
     let dir = tempfile::tempdir().unwrap();
-    let w = workload(&dir);
+    let w = fixture::counter(dir.path(), 1);
     let images = ImagesDir::create(dir.path().join("pre")).unwrap();
     let pre = criu.pre_dump(
         Options::new()

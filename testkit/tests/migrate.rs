@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use criu::migrate::{DestConfig, SourceConfig, Strategy};
 use criu_testkit::hosts::{netns_of, Migration, TwoHosts};
-use criu_testkit::Workload;
+use criu_testkit::{fixture, Workload};
 
-const BIN: &str = env!("CARGO_BIN_EXE_criu-rs-workload");
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Runs a migration from host a to host b, through `relay` if given.
@@ -36,22 +35,11 @@ fn migrate_between(
         .unwrap()
 }
 
-/// The workload on host a, as the init of its own PID namespace: on one
-/// machine the two "hosts" share pid numbers, and the source copy keeps its
-/// pids (stopped) until the destination has restored.
-fn spawn_on_a(hosts: &TwoHosts, out: &Path, mib: usize) -> Workload {
-    hosts
-        .a
-        .run(|| Workload::spawn_in_pid_ns(BIN.as_ref(), out, Duration::from_millis(1), mib))
-        .unwrap()
-        .unwrap()
-}
-
 fn check_strategy(strategy: Strategy) {
     let dir = tempfile::tempdir().unwrap();
     let hosts = TwoHosts::new().unwrap();
     let out = dir.path().join("out.log");
-    let mut w = spawn_on_a(&hosts, &out, 8);
+    let mut w = fixture::counter_on(&hosts.a, &out, 8);
     let sum = w.memory_checksum().unwrap();
     w.wait_for_seq(50, WAIT).unwrap();
     let before = netns_of(w.pid()).unwrap();
@@ -169,7 +157,7 @@ fn failed_migration(
 ) -> (criu::Error, criu::Error) {
     let dir = tempfile::tempdir().unwrap();
     let hosts = TwoHosts::new().unwrap();
-    let mut w = spawn_on_a(&hosts, &dir.path().join("out.log"), 4);
+    let mut w = fixture::counter_on(&hosts.a, &dir.path().join("out.log"), 4);
     let run = migrate_between(
         &hosts,
         w.pid(),
@@ -271,7 +259,7 @@ fn a_checksum_mismatch_leaves_the_source_running() {
 fn a_page_server_killed_mid_dump_after_the_source_stopped_leaves_the_source_running() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = TwoHosts::new().unwrap();
-    let mut w = spawn_on_a(&hosts, &dir.path().join("out.log"), 8);
+    let mut w = fixture::counter_on(&hosts.a, &dir.path().join("out.log"), 8);
     let pid = w.pid();
     // The real `criu page-server` of this test: its images dir is unique.
     let needle = dir.path().join("dst/images").to_string_lossy().into_owned();
@@ -291,7 +279,7 @@ fn a_page_server_killed_mid_dump_after_the_source_stopped_leaves_the_source_runn
                 o.on_notify(move |n| {
                     if matches!(n.event, criu::Event::QueryExtFiles) {
                         let server = criu_testkit::find_process(&needle);
-                        let stopped = task_state(pid);
+                        let stopped = criu::task_state(pid);
                         if let Some(p) = server {
                             let _ = nix::sys::signal::kill(
                                 nix::unistd::Pid::from_raw(p),
@@ -343,17 +331,6 @@ fn inner(e: &criu::Error) -> &criu::Error {
     }
 }
 
-/// The state letter of a task (`R`, `S`, `T`...).
-fn task_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .next()?
-        .chars()
-        .next()
-}
-
 #[test]
 fn a_failed_destination_restore_leaves_the_source_running_for_every_strategy() {
     for strategy in Strategy::ALL {
@@ -393,7 +370,7 @@ fn a_failed_destination_restore_leaves_the_source_running_for_every_strategy() {
 fn the_callers_dump_notifications_still_arrive_during_a_migration() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = TwoHosts::new().unwrap();
-    let mut w = spawn_on_a(&hosts, &dir.path().join("out.log"), 8);
+    let mut w = fixture::counter_on(&hosts.a, &dir.path().join("out.log"), 8);
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = seen.clone();
     let run = migrate_between(
@@ -427,7 +404,7 @@ fn the_callers_dump_notifications_still_arrive_during_a_migration() {
 fn a_source_notification_refusing_the_dump_leaves_the_source_running() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = TwoHosts::new().unwrap();
-    let mut w = spawn_on_a(&hosts, &dir.path().join("out.log"), 8);
+    let mut w = fixture::counter_on(&hosts.a, &dir.path().join("out.log"), 8);
     let run = migrate_between(
         &hosts,
         w.pid(),
@@ -452,9 +429,15 @@ fn a_source_notification_refusing_the_dump_leaves_the_source_running() {
             if event == "post-dump" && reason == "not this time"),
         "{dump_err}"
     );
-    // The destination sees a message where it expected image frames (it is
-    // not told the source's reason: see the report of issue #18).
-    assert!(matches!(d, criu::Error::Transfer { .. }), "{d}");
+    // The destination hears the source's reason (before: "unexpected
+    // frame 0x4d", the source's message where image frames were expected).
+    assert!(matches!(d, criu::Error::Migration { .. }), "{d}");
+    assert!(
+        d.to_string()
+            .contains("the source failed before it sent the images")
+            && d.to_string().contains("not this time"),
+        "{d}"
+    );
 }
 
 #[test]
@@ -511,7 +494,7 @@ fn a_destination_that_never_answers_is_bounded_by_the_deadline_for_every_strateg
     for strategy in Strategy::ALL {
         let dir = tempfile::tempdir().unwrap();
         let hosts = TwoHosts::new().unwrap();
-        let mut w = spawn_on_a(&hosts, &dir.path().join("out.log"), 4);
+        let mut w = fixture::counter_on(&hosts.a, &dir.path().join("out.log"), 4);
         let start = std::time::Instant::now();
         let run = migrate_between(
             &hosts,

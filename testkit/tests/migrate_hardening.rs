@@ -156,18 +156,6 @@ fn page_server_over_a_unix_socket_without_addresses_is_refused_plainly() {
     );
 }
 
-/// A `criu` that notes each start in `log`, then runs the real one.
-fn recording_criu(dir: &std::path::Path, log: &std::path::Path) -> PathBuf {
-    let path = dir.join("recording-criu");
-    let script = format!(
-        "#!/bin/sh\necho \"$@\" >> '{}'\nexec criu \"$@\"\n",
-        log.display()
-    );
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    path
-}
-
 const LO: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 #[test]
@@ -175,7 +163,7 @@ fn the_lazy_dump_goes_through_the_callers_criu() {
     // Before: the lazy dump made its own `Criu::new()`.
     let mut sc = Scene::new();
     let log = sc.dir.path().join("criu-starts.log");
-    let binary = recording_criu(sc.dir.path(), &log);
+    let binary = criu_testkit::fixture::recording_criu(sc.dir.path(), &log);
     let end = |stream| SourceEnd {
         criu: Criu::with_binary(&binary),
         stream,

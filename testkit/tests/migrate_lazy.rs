@@ -8,18 +8,9 @@ use std::time::{Duration, Instant};
 use criu::migrate::{DestConfig, SourceConfig, Strategy};
 use criu::Criu;
 use criu_testkit::hosts::TwoHosts;
-use criu_testkit::{find_process, Workload};
+use criu_testkit::{find_process, fixture};
 
-const BIN: &str = env!("CARGO_BIN_EXE_criu-rs-workload");
 const WAIT: Duration = Duration::from_secs(30);
-
-fn spawn_on_a(hosts: &TwoHosts, out: &Path, mib: usize) -> Workload {
-    hosts
-        .a
-        .run(|| Workload::spawn_in_pid_ns(BIN.as_ref(), out, Duration::from_millis(1), mib))
-        .unwrap()
-        .unwrap()
-}
 
 /// Runs `send` on host a with the caller's `criu`, `receive` on host b.
 fn migrate_with<'a>(
@@ -62,13 +53,6 @@ fn migrate_with<'a>(
         let src_took = start.elapsed();
         (src, dst_side.join().unwrap(), src_took)
     })
-}
-
-fn dirs(root: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (src, dst) = (root.join("src"), root.join("dst"));
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::create_dir_all(&dst).unwrap();
-    (src, dst)
 }
 
 /// The destination's bound in the lazy tests.
@@ -116,8 +100,8 @@ fn stop_lazy_daemon_at_post_restore(
 fn the_source_gives_up_at_its_lazy_timeout_even_if_the_destination_waits_longer() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = TwoHosts::new().unwrap();
-    let mut w = spawn_on_a(&hosts, &dir.path().join("out.log"), 4);
-    let (src_dir, dst_dir) = dirs(dir.path());
+    let mut w = fixture::counter_on(&hosts.a, &dir.path().join("out.log"), 4);
+    let (src_dir, dst_dir) = fixture::migration_dirs(dir.path());
     let (stopped, customize) = stop_lazy_daemon_at_post_restore(&dst_dir);
     let lazy_timeout = Duration::from_secs(1);
     let (src, dst, src_took) = migrate_with(
@@ -159,8 +143,8 @@ fn the_source_gives_up_at_its_lazy_timeout_even_if_the_destination_waits_longer(
 fn lazy_pages_that_never_finish_are_bounded_by_lazy_timeout_and_the_source_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = TwoHosts::new().unwrap();
-    let mut w = spawn_on_a(&hosts, &dir.path().join("out.log"), 4);
-    let (src_dir, dst_dir) = dirs(dir.path());
+    let mut w = fixture::counter_on(&hosts.a, &dir.path().join("out.log"), 4);
+    let (src_dir, dst_dir) = fixture::migration_dirs(dir.path());
     let (stopped, customize) = stop_lazy_daemon_at_post_restore(&dst_dir);
     let start = Instant::now();
     let (src, dst, _) = migrate_with(
@@ -208,34 +192,26 @@ fn lazy_pages_that_never_finish_are_bounded_by_lazy_timeout_and_the_source_resum
     assert_eq!(std::fs::read_dir(&dst_dir).unwrap().count(), 0);
 }
 
-/// The lazy dump must go through the caller's `Criu` (here a wrapper that
-/// records each start of CRIU), as the other strategies' dumps do.
-#[test]
-fn a_lazy_migration_dumps_through_the_callers_criu() {
+/// Migrates a fresh workload of `mib` MiB with `strategy` (its config
+/// adjusted by `src_cfg`) through a `criu` that records its starts, checks
+/// that the dump started that `criu` and that the tree moved, and returns
+/// the source's report.
+fn through_a_recording_criu<'a>(
+    strategy: Strategy,
+    mib: usize,
+    src_cfg: impl FnOnce(SourceConfig<'a>) -> SourceConfig<'a> + Send,
+) -> criu::migrate::SourceReport {
     let dir = tempfile::tempdir().unwrap();
     let hosts = TwoHosts::new().unwrap();
-    let mut w = spawn_on_a(&hosts, &dir.path().join("out.log"), 4);
-    let (src_dir, dst_dir) = dirs(dir.path());
+    let mut w = fixture::counter_on(&hosts.a, &dir.path().join("out.log"), mib);
+    let (src_dir, dst_dir) = fixture::migration_dirs(dir.path());
     let marker = dir.path().join("criu-started");
-    let wrapper = dir.path().join("criu-wrapper");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\necho \"$*\" >> '{}'\nexec criu \"$@\"\n",
-            marker.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let wrapper = fixture::recording_criu(dir.path(), &marker);
     let (src, dst, _) = migrate_with(
         &hosts,
         &Criu::with_binary(&wrapper),
         w.pid(),
-        || SourceConfig::new(Strategy::Lazy).work_dir(&src_dir),
+        || src_cfg(SourceConfig::new(strategy).work_dir(&src_dir)),
         || DestConfig::new().work_dir(&dst_dir),
     );
     let src = src.unwrap();
@@ -244,55 +220,27 @@ fn a_lazy_migration_dumps_through_the_callers_criu() {
     let started = std::fs::read_to_string(&marker).unwrap_or_default();
     assert!(
         started.lines().any(|l| l.starts_with("swrk")),
-        "the lazy dump started CRIU through the caller's binary: {started:?}"
+        "the {strategy} dump started CRIU through the caller's binary: {started:?}"
     );
     assert_eq!(src.restored_pid, dst.child.pid());
+    src
+}
+
+/// The lazy dump must go through the caller's `Criu` (here a wrapper that
+/// records each start of CRIU), as the other strategies' dumps do.
+#[test]
+fn a_lazy_migration_dumps_through_the_callers_criu() {
+    through_a_recording_criu(Strategy::Lazy, 4, |c| c);
 }
 
 /// The same wrapper sees the stop-and-copy dump: what the lazy test above
 /// expects is what the other strategies do today.
 #[test]
 fn a_stop_and_copy_migration_dumps_through_the_callers_criu() {
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = TwoHosts::new().unwrap();
-    let mut w = spawn_on_a(&hosts, &dir.path().join("out.log"), 1);
-    let (src_dir, dst_dir) = dirs(dir.path());
-    let marker = dir.path().join("criu-started");
-    let wrapper = dir.path().join("criu-wrapper");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\necho \"$*\" >> '{}'\nexec criu \"$@\"\n",
-            marker.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
     let mut progress = Vec::new();
-    let (src, dst, _) = migrate_with(
-        &hosts,
-        &Criu::with_binary(&wrapper),
-        w.pid(),
-        || {
-            SourceConfig::new(Strategy::StopAndCopy)
-                .work_dir(&src_dir)
-                .progress(|done, total| progress.push((done, total)))
-        },
-        || DestConfig::new().work_dir(&dst_dir),
-    );
-    let src = src.unwrap();
-    let dst = dst.unwrap();
-    w.reap(WAIT).unwrap();
-    let started = std::fs::read_to_string(&marker).unwrap_or_default();
-    assert!(
-        started.lines().any(|l| l.starts_with("swrk")),
-        "the dump started CRIU through the caller's binary: {started:?}"
-    );
-    assert_eq!(src.restored_pid, dst.child.pid());
+    let src = through_a_recording_criu(Strategy::StopAndCopy, 1, |c| {
+        c.progress(|done, total| progress.push((done, total)))
+    });
     // SourceConfig::progress: called as images go out, never backwards,
     // ending at the bytes sent; the total is 0 until it is known (the
     // pages go out while the dump writes them).

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use criu::{Criu, DaemonConfig, Error, Event, ImagesDir, InvalidKind, Iteration, Options};
-use criu_testkit::{alive, wait_gone, KillOnDrop, Workload};
+use criu_testkit::{alive, fixture, wait_gone, KillOnDrop, Workload};
 
 const BIN: &str = env!("CARGO_BIN_EXE_criu-rs-workload");
 const TICK: Duration = Duration::from_millis(1);
@@ -47,6 +47,13 @@ impl Setup {
     fn workload(&self, mib: usize) -> Workload {
         Workload::spawn(BIN.as_ref(), &self.path("out.log"), TICK, mib).unwrap()
     }
+}
+
+/// The options of a dump of `pid` into `images` that leaves it running.
+fn leaving_running(pid: i32, images: &ImagesDir) -> Options<'_> {
+    let mut o = Options::new();
+    o.pid(pid).images_dir(images).leave_running(true);
+    o
 }
 
 #[test]
@@ -143,12 +150,7 @@ fn leave_running_keeps_the_process_going() {
     let mut w = s.workload(0);
     let images = s.images("img");
     Criu::new()
-        .dump(
-            Options::new()
-                .pid(w.pid())
-                .images_dir(&images)
-                .leave_running(true),
-        )
+        .dump(&mut leaving_running(w.pid(), &images))
         .unwrap();
     assert!(images.holds_images());
     assert!(w.is_running());
@@ -162,12 +164,7 @@ fn shell_job_dumps_a_job_of_a_shells_session() {
     let criu = Criu::new();
     let without = s.images("without");
     let err = criu
-        .dump(
-            Options::new()
-                .pid(w.pid())
-                .images_dir(&without)
-                .leave_running(true),
-        )
+        .dump(&mut leaving_running(w.pid(), &without))
         .unwrap_err();
     assert!(matches!(err, Error::Refused { .. }), "{err}");
     assert!(
@@ -175,14 +172,8 @@ fn shell_job_dumps_a_job_of_a_shells_session() {
         "the error carries CRIU's log lines: {err}"
     );
     let with = s.images("with");
-    criu.dump(
-        Options::new()
-            .pid(w.pid())
-            .images_dir(&with)
-            .leave_running(true)
-            .shell_job(true),
-    )
-    .unwrap();
+    criu.dump(leaving_running(w.pid(), &with).shell_job(true))
+        .unwrap();
     assert!(w.is_running());
     assert!(w.advances(WAIT));
 }
@@ -190,12 +181,8 @@ fn shell_job_dumps_a_job_of_a_shells_session() {
 #[test]
 fn restore_child_returns_an_owned_child_that_is_reaped() {
     let s = Setup::new();
-    let mut w = s.workload(0);
-    let images = s.images("img");
+    let (mut w, images) = fixture::dumped(s.dir.path(), 0);
     let criu = Criu::new();
-    criu.dump(Options::new().pid(w.pid()).images_dir(&images))
-        .unwrap();
-    w.reap(WAIT).unwrap();
     let seq = w.last_seq();
     let (mut child, report) = criu
         .restore_child(Options::new().images_dir(&images))
@@ -219,12 +206,8 @@ fn restore_child_returns_an_owned_child_that_is_reaped() {
 #[test]
 fn dropping_a_restored_child_kills_and_reaps_it() {
     let s = Setup::new();
-    let mut w = s.workload(0);
-    let images = s.images("img");
+    let (mut w, images) = fixture::dumped(s.dir.path(), 0);
     let criu = Criu::new();
-    criu.dump(Options::new().pid(w.pid()).images_dir(&images))
-        .unwrap();
-    w.reap(WAIT).unwrap();
     let (child, _) = criu
         .restore_child(Options::new().images_dir(&images))
         .unwrap();
@@ -559,12 +542,7 @@ fn bad_input_gives_typed_errors() {
     // leave_running: were validation ever to let this through, CRIU would
     // checkpoint this very test process and must not kill it.
     let e = criu
-        .dump(
-            Options::new()
-                .pid(std::process::id() as i32)
-                .images_dir(&images)
-                .leave_running(true),
-        )
+        .dump(&mut leaving_running(std::process::id() as i32, &images))
         .unwrap_err();
     assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
     assert_eq!(e.operation(), Some(criu::Operation::Dump), "{e}");
@@ -603,13 +581,7 @@ fn bad_input_gives_typed_errors() {
     // pid 1 with leave_running: should validation regress, CRIU would
     // checkpoint init and leave it running rather than kill it.
     let e = criu
-        .dump(
-            Options::new()
-                .pid(1)
-                .images_dir(&images)
-                .leave_running(true)
-                .log_file("x/y.log"),
-        )
+        .dump(leaving_running(1, &images).log_file("x/y.log"))
         .unwrap_err();
     assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
 }
@@ -646,12 +618,7 @@ fn a_kernel_thread_is_refused_with_a_kind() {
     let s = Setup::new();
     let images = s.images("img");
     let e = Criu::new()
-        .dump(
-            Options::new()
-                .pid(kthread)
-                .images_dir(&images)
-                .leave_running(true),
-        )
+        .dump(&mut leaving_running(kthread, &images))
         .unwrap_err();
     assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
     assert_eq!(e.operation(), Some(criu::Operation::Dump), "{e}");
@@ -665,31 +632,14 @@ fn dump_refuses_a_directory_that_holds_images_unless_allowed() {
     let mut w = s.workload(0);
     let images = s.images("img");
     let criu = Criu::new();
-    criu.dump(
-        Options::new()
-            .pid(w.pid())
-            .images_dir(&images)
-            .leave_running(true),
-    )
-    .unwrap();
+    criu.dump(&mut leaving_running(w.pid(), &images)).unwrap();
     let reopened = ImagesDir::open(images.path()).unwrap();
     let e = criu
-        .dump(
-            Options::new()
-                .pid(w.pid())
-                .images_dir(&reopened)
-                .leave_running(true),
-        )
+        .dump(&mut leaving_running(w.pid(), &reopened))
         .unwrap_err();
     assert_eq!(e.invalid_kind(), Some(InvalidKind::ImagesExist), "{e}");
-    criu.dump(
-        Options::new()
-            .pid(w.pid())
-            .images_dir(&reopened)
-            .leave_running(true)
-            .overwrite_images(true),
-    )
-    .unwrap();
+    criu.dump(leaving_running(w.pid(), &reopened).overwrite_images(true))
+        .unwrap();
     assert!(w.is_running());
 }
 
@@ -758,13 +708,7 @@ fn restore_while_the_pid_is_taken_says_so() {
     let mut w = s.workload(0);
     let images = s.images("img");
     let criu = Criu::new();
-    criu.dump(
-        Options::new()
-            .pid(w.pid())
-            .images_dir(&images)
-            .leave_running(true),
-    )
-    .unwrap();
+    criu.dump(&mut leaving_running(w.pid(), &images)).unwrap();
     let e = criu
         .restore(Options::new().images_dir(&images).log_file("restore.log"))
         .unwrap_err();
@@ -787,14 +731,7 @@ fn threads_checkpointing_different_processes_all_succeed() {
             .zip(&dirs)
             .map(|(w, d)| {
                 let criu = &criu;
-                scope.spawn(move || {
-                    criu.dump(
-                        Options::new()
-                            .pid(w.pid())
-                            .images_dir(d)
-                            .leave_running(true),
-                    )
-                })
+                scope.spawn(move || criu.dump(&mut leaving_running(w.pid(), d)))
             })
             .collect();
         for h in handles {
@@ -818,27 +755,16 @@ fn two_dumps_of_one_pid_at_once_one_is_refused_cleanly() {
     let (entered, second_done) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
     let (ra, rb) = std::thread::scope(|scope| {
         let ha = scope.spawn(|| {
-            criu.dump(
-                Options::new()
-                    .pid(w.pid())
-                    .images_dir(&a)
-                    .leave_running(true)
-                    .on_notify(|n| {
-                        if matches!(n.event, Event::PreDump) {
-                            entered.wait();
-                            second_done.wait();
-                        }
-                        ControlFlow::Continue(())
-                    }),
-            )
+            criu.dump(leaving_running(w.pid(), &a).on_notify(|n| {
+                if matches!(n.event, Event::PreDump) {
+                    entered.wait();
+                    second_done.wait();
+                }
+                ControlFlow::Continue(())
+            }))
         });
         entered.wait();
-        let rb = criu.dump(
-            Options::new()
-                .pid(w.pid())
-                .images_dir(&b)
-                .leave_running(true),
-        );
+        let rb = criu.dump(&mut leaving_running(w.pid(), &b));
         second_done.wait();
         (ha.join().unwrap(), rb)
     });
@@ -857,12 +783,7 @@ fn reports_serialise_with_criu_field_names() {
     let mut w = s.workload(0);
     let images = s.images("img");
     let rep = Criu::new()
-        .dump(
-            Options::new()
-                .pid(w.pid())
-                .images_dir(&images)
-                .leave_running(true),
-        )
+        .dump(&mut leaving_running(w.pid(), &images))
         .unwrap();
     let json = serde_json::to_value(&rep).unwrap();
     for key in [

@@ -7,20 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use criu::{Criu, ImagesDir, InvalidKind, LogLevel, Options};
-use criu_testkit::{KillOnDrop, Workload};
+use criu_testkit::{fixture, KillOnDrop};
 
-const BIN: &str = env!("CARGO_BIN_EXE_criu-rs-workload");
 const WAIT: Duration = Duration::from_secs(20);
-
-fn workload(dir: &Path) -> Workload {
-    Workload::spawn(
-        BIN.as_ref(),
-        &dir.join("out.log"),
-        Duration::from_millis(1),
-        0,
-    )
-    .unwrap()
-}
 
 fn log(images: &ImagesDir, name: &str) -> String {
     std::fs::read_to_string(images.path().join(name)).unwrap()
@@ -29,7 +18,7 @@ fn log(images: &ImagesDir, name: &str) -> String {
 #[test]
 fn log_level_sets_what_criu_writes_to_its_log() {
     let dir = tempfile::tempdir().unwrap();
-    let w = workload(dir.path());
+    let w = fixture::counter(dir.path(), 0);
     let criu = Criu::new();
     let dump_at = |level, name: &str| {
         let images = ImagesDir::create(dir.path().join(name)).unwrap();
@@ -94,7 +83,7 @@ impl Drop for Freezer {
 /// debug level, and returns CRIU's log.
 fn dump_through_a_freezer(timeout: Option<Duration>) -> (String, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = workload(dir.path());
+    let mut w = fixture::counter(dir.path(), 0);
     let freezer = Freezer::new(w.pid()).expect(
         "a cgroup-v1 freezer at /sys/fs/cgroup/freezer (these machines have one; see ENVIRONMENT.md)",
     );
@@ -138,12 +127,8 @@ fn timeout_reaches_criu() {
 #[test]
 fn exec_cmd_runs_after_a_successful_restore() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = workload(dir.path());
-    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let (mut w, images) = fixture::dumped(dir.path(), 0);
     let criu = Criu::new();
-    criu.dump(Options::new().pid(w.pid()).images_dir(&images))
-        .unwrap();
-    w.reap(WAIT).unwrap();
     let marker = dir.path().join("exec-cmd-ran");
     let script = format!("echo \"$0 $1\" > '{}'", marker.display());
     let r = criu
@@ -171,7 +156,7 @@ fn exec_cmd_runs_after_a_successful_restore() {
 #[test]
 fn parent_images_makes_criu_link_and_read_the_parent_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = workload(dir.path());
+    let mut w = fixture::counter(dir.path(), 0);
     let parent = ImagesDir::create(dir.path().join("parent")).unwrap();
     let images = ImagesDir::create(dir.path().join("img")).unwrap();
     let criu = Criu::new();
@@ -211,7 +196,7 @@ fn parent_images_makes_criu_link_and_read_the_parent_directory() {
 #[test]
 fn work_dir_gets_the_log_and_statistics() {
     let dir = tempfile::tempdir().unwrap();
-    let w = workload(dir.path());
+    let w = fixture::counter(dir.path(), 0);
     let images = ImagesDir::create(dir.path().join("img")).unwrap();
     let work = dir.path().join("work");
     std::fs::create_dir(&work).unwrap();
@@ -239,7 +224,7 @@ fn work_dir_gets_the_log_and_statistics() {
 #[test]
 fn a_config_file_is_read_by_criu_and_overrides_rpc_options() {
     let dir = tempfile::tempdir().unwrap();
-    let w = workload(dir.path());
+    let w = fixture::counter(dir.path(), 0);
     let images = ImagesDir::create(dir.path().join("img")).unwrap();
     let cfg = dir.path().join("criu.conf");
     // The config file names another log file: CRIU 4.2 reads it after the
@@ -273,7 +258,7 @@ fn a_config_file_is_read_by_criu_and_overrides_rpc_options() {
 #[test]
 fn a_config_file_conflicts_with_the_crates_cli_only_options() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = workload(dir.path());
+    let mut w = fixture::counter(dir.path(), 0);
     let images = ImagesDir::create(dir.path().join("img")).unwrap();
     let cfg = dir.path().join("criu.conf");
     std::fs::write(&cfg, "\n").unwrap();
@@ -297,12 +282,8 @@ fn a_config_file_conflicts_with_the_crates_cli_only_options() {
 #[test]
 fn join_ns_puts_the_restored_process_in_the_named_namespace() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = workload(dir.path());
-    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let (mut w, images) = fixture::dumped(dir.path(), 0);
     let criu = Criu::new();
-    criu.dump(Options::new().pid(w.pid()).images_dir(&images))
-        .unwrap();
-    w.reap(WAIT).unwrap();
     // CRIU 4.2.1 checks the join-ns file before anything else and refuses
     // the request (EBADRQC) when it is missing; a real one restores.
     let e = criu

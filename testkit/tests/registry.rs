@@ -20,11 +20,16 @@ const WAIT: Duration = Duration::from_secs(30);
 /// A real dump of a small workload in `dir/images` (left running, or
 /// killed by the dump and reaped).
 fn real_dump(dir: &Path, leave_running: bool) -> (Workload, criu::ImagesDir) {
+    real_dump_of(dir, leave_running, 0)
+}
+
+/// [`real_dump`] of a workload holding `mib` MiB of patterned memory.
+fn real_dump_of(dir: &Path, leave_running: bool, mib: usize) -> (Workload, criu::ImagesDir) {
     let w = Workload::spawn(
         BIN.as_ref(),
         &dir.join("out.log"),
         Duration::from_millis(1),
-        0,
+        mib,
     )
     .unwrap();
     let images = criu::ImagesDir::create(dir.join("images")).unwrap();
@@ -264,7 +269,7 @@ fn layout_round_trip_and_a_tampered_blob_is_refused() {
     criu_oci::layout::write(&layout, "v1", &image).unwrap();
     let host = HostFacts::current(&criu::Criu::new()).unwrap();
     let back = criu_oci::layout::read(&layout, "v1", &host).unwrap();
-    assert_eq!(back.layer, image.layer());
+    assert_eq!(back.read_layer().unwrap(), image.layer());
     assert_eq!(back.annotations[annotations::CONTAINER_NAME], "counter");
     let blob = layout
         .join("blobs/sha256")
@@ -324,7 +329,7 @@ fn registry_round_trip_with_basic_auth_and_refused_credentials() {
     };
     let reference = push_from_a(&hosts, &reg, &good, &image).unwrap();
     let back = pull_on_b(&hosts, &good, &reference).unwrap();
-    assert_eq!(back.layer, image.layer());
+    assert_eq!(back.read_layer().unwrap(), image.layer());
     assert_eq!(back.annotations, image.annotations);
     let bad = RegistryConfig {
         basic_auth: Some(("alice".into(), "wrong".into())),
@@ -347,6 +352,95 @@ fn registry_round_trip_with_basic_auth_and_refused_credentials() {
         .run(|| Registry::new(&good)?.ping(&missing))
         .unwrap()
         .unwrap();
+
+    streamed_push_and_pull_with_credentials(&hosts, &reg, &good, &bad);
+}
+
+/// A dump too large for one chunk, streamed to the registry and back
+/// with `good` credentials (plain: one streamed `PUT`; gzip: a chunked
+/// upload), and refused with `bad` ones.
+fn streamed_push_and_pull_with_credentials(
+    hosts: &TwoHosts,
+    reg: &RegistryHost,
+    good: &RegistryConfig,
+    bad: &RegistryConfig,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, images) = real_dump_of(dir.path(), true, 6);
+    let meta = ArchiveMeta::of_process(w.pid(), "counter");
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let push = |cfg: &RegistryConfig, reference: &str, compression| {
+        hosts
+            .a
+            .run(|| {
+                Registry::new(cfg)?.push_checkpoint(reference, &images, &meta, &host, compression)
+            })
+            .unwrap()
+    };
+    let e = push(bad, &reg.fresh_reference("refused"), Compression::None).unwrap_err();
+    assert!(e.is_auth_refused(), "{e}");
+    for compression in [Compression::None, Compression::Gzip] {
+        let reference = reg.fresh_reference("streamed");
+        let pushed = push(good, &reference, compression).unwrap();
+        // More than one 4 MiB chunk, compressed too (the pattern is not
+        // very compressible).
+        assert!(pushed.push.layer_bytes > 4 << 20, "{pushed:?}");
+        let target = dir.path().join(format!("pulled-{compression:?}"));
+        let pulled = hosts
+            .b
+            .run(|| {
+                Registry::new(good)?.pull_checkpoint(&reference, &host, &target, &Limits::default())
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(pulled.pull.layer_bytes, pushed.push.layer_bytes);
+        assert_eq!(pulled.annotations[annotations::CONTAINER_NAME], "counter");
+        assert_eq!(pulled.annotations[annotations::ENGINE_NAME], "criu-rs");
+        assert_same_images(&images, &pulled.unpacked.images().unwrap());
+    }
+    // Packing fails (an extra file the archive's layout has no place
+    // for): the error says why, and nothing is tagged.
+    let mut unpackable = meta.clone();
+    unpackable.extra.push(("evil".into(), b"x".to_vec()));
+    for compression in [Compression::None, Compression::Gzip] {
+        let reference = reg.fresh_reference("unpackable");
+        let e = hosts
+            .a
+            .run(|| {
+                Registry::new(good)?.push_checkpoint(
+                    &reference,
+                    &images,
+                    &unpackable,
+                    &host,
+                    compression,
+                )
+            })
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Malformed(m) if m.contains("evil")),
+            "{e}"
+        );
+        let e = pull_on_b(hosts, good, &reference).unwrap_err();
+        assert!(matches!(e, Error::Registry { .. }), "nothing tagged: {e}");
+    }
+}
+
+/// Every image of `a` (CRIU's log and statistics aside) is in `b`, byte
+/// for byte.
+fn assert_same_images(a: &criu::ImagesDir, b: &criu::ImagesDir) {
+    for e in std::fs::read_dir(a.path()).unwrap().flatten() {
+        let name = e.file_name();
+        if name == "dump.log" || name == "stats-dump" {
+            continue;
+        }
+        let original = std::fs::read(e.path()).unwrap();
+        assert_eq!(
+            std::fs::read(b.path().join(&name)).unwrap(),
+            original,
+            "{name:?}"
+        );
+    }
 }
 
 #[test]
@@ -363,7 +457,10 @@ fn registry_over_tls_with_a_private_ca() {
     };
     let reference = push_from_a(&hosts, &reg, &tls, &image).unwrap();
     assert_eq!(
-        pull_on_b(&hosts, &tls, &reference).unwrap().layer,
+        pull_on_b(&hosts, &tls, &reference)
+            .unwrap()
+            .read_layer()
+            .unwrap(),
         image.layer()
     );
     // Without the CA the server's certificate is not trusted.
@@ -439,11 +536,15 @@ fn tampered_blob_not_a_checkpoint_and_incompatible_hosts_are_refused() {
 
 #[test]
 fn migration_through_a_registry_continues_the_counter() {
+    // 10 MiB of patterned memory: the image spans three of the push's
+    // 4 MiB chunks, so the chunked, streamed upload is what moves it.
     let (row, cost) =
-        migrate_via_registry(Compression::None, "counter", 0, Duration::from_millis(100)).unwrap();
+        migrate_via_registry(Compression::None, "counter", 10, Duration::from_millis(100)).unwrap();
     assert!(row.continued, "{row:?}");
+    assert_eq!(row.memory_intact, Some(true), "{row:?}");
     assert_ne!(row.source_netns, row.dest_netns);
-    assert!(cost.image_bytes > 0 && cost.push_ms > 0.0 && cost.pull_ms > 0.0);
+    assert!(cost.image_bytes > 10 << 20, "{cost:?}");
+    assert!(cost.push_ms > 0.0 && cost.pull_ms > 0.0);
 }
 
 #[test]
@@ -475,7 +576,7 @@ fn source_runs_on_when_the_destination_cannot_restore() {
         .unwrap()
         .unwrap();
     // Stopped, not gone, while the destination works.
-    assert_eq!(task_state(w.pid()), Some('T'));
+    assert_eq!(criu::task_state(w.pid()), Some('T'));
     let seq = w.last_seq();
     let restore_on_b = |reference: &str| {
         hosts
@@ -501,19 +602,9 @@ fn source_runs_on_when_the_destination_cannot_restore() {
     assert!(e.is_digest_mismatch(), "{e}");
     assert!(!dst.join("archive").exists());
     // Through all this the source stayed stopped, alive.
-    assert_eq!(task_state(w.pid()), Some('T'));
+    assert_eq!(criu::task_state(w.pid()), Some('T'));
     drop(pushed); // the source continues
     w.wait_for_seq(seq + 20, WAIT).unwrap();
-}
-
-fn task_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .next()?
-        .chars()
-        .next()
 }
 
 #[test]

@@ -6,25 +6,14 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 use criu::{Criu, Error, ImagesDir, InvalidKind, Options};
-use criu_testkit::{alive, find_process, wait_until, KillOnDrop, Workload};
+use criu_testkit::{alive, find_process, fixture, wait_until, KillOnDrop};
 
-const BIN: &str = env!("CARGO_BIN_EXE_criu-rs-workload");
 const WAIT: Duration = Duration::from_secs(30);
-
-fn workload(dir: &tempfile::TempDir, mib: usize) -> Workload {
-    Workload::spawn(
-        BIN.as_ref(),
-        &dir.path().join("out.log"),
-        Duration::from_millis(1),
-        mib,
-    )
-    .unwrap()
-}
 
 #[test]
 fn an_expired_dump_deadline_kills_criu_and_leaves_the_process_running() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = workload(&dir, 1);
+    let mut w = fixture::counter(dir.path(), 1);
     let sum = w.memory_checksum().unwrap();
     let images = ImagesDir::create(dir.path().join("img")).unwrap();
     // A criu of a unique name, so that the closure can tell when this
@@ -75,12 +64,8 @@ fn an_expired_dump_deadline_kills_criu_and_leaves_the_process_running() {
 fn a_restore_that_would_hang_is_cut_by_the_deadline_and_leaves_nothing() {
     // A truncated pages image makes CRIU 4.2.1's restorer spin forever.
     let dir = tempfile::tempdir().unwrap();
-    let mut w = workload(&dir, 1);
-    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let (w, images) = fixture::dumped(dir.path(), 1);
     let criu = Criu::new();
-    criu.dump(Options::new().pid(w.pid()).images_dir(&images))
-        .unwrap();
-    w.reap(WAIT).unwrap();
     let pages = std::fs::read_dir(images.path())
         .unwrap()
         .flatten()
@@ -124,7 +109,7 @@ fn a_restore_that_would_hang_is_cut_by_the_deadline_and_leaves_nothing() {
 #[test]
 fn a_deadline_that_is_not_reached_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = workload(&dir, 1);
+    let mut w = fixture::counter(dir.path(), 1);
     let sum = w.memory_checksum().unwrap();
     let images = ImagesDir::create(dir.path().join("img")).unwrap();
     let criu = Criu::new();
@@ -182,7 +167,7 @@ fn a_deadline_that_is_not_reached_changes_nothing() {
 #[test]
 fn a_dump_to_an_unreachable_page_server_leaves_the_process_running() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = workload(&dir, 8);
+    let mut w = fixture::counter(dir.path(), 8);
     let images = ImagesDir::create(dir.path().join("img")).unwrap();
     // Nothing listens on this port.
     let addr = criu::free_port("127.0.0.1".parse().unwrap()).unwrap();
@@ -203,12 +188,8 @@ fn a_dump_to_an_unreachable_page_server_leaves_the_process_running() {
 #[test]
 fn a_corrupted_inventory_is_a_clear_error_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = workload(&dir, 1);
-    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let (w, images) = fixture::dumped(dir.path(), 1);
     let criu = Criu::new();
-    criu.dump(Options::new().pid(w.pid()).images_dir(&images))
-        .unwrap();
-    w.reap(WAIT).unwrap();
     let inv = images.path().join("inventory.img");
     let mut bytes = std::fs::read(&inv).unwrap();
     for b in bytes.iter_mut().skip(4) {
@@ -246,7 +227,7 @@ fn a_corrupted_inventory_is_a_clear_error_and_leaves_nothing() {
 #[test]
 fn more_bad_input_is_rejected_before_criu_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = workload(&dir, 0);
+    let mut w = fixture::counter(dir.path(), 0);
     let criu = Criu::new();
     let images = ImagesDir::create(dir.path().join("img")).unwrap();
 
@@ -255,65 +236,25 @@ fn more_bad_input_is_rejected_before_criu_runs() {
     // SAFETY: the crate only asks the kernel about this number
     // (F_GETFD) and rejects it; it is never read or written.
     let stale = unsafe { std::os::fd::BorrowedFd::borrow_raw(1 << 20) };
-    let e = criu
-        .dump(
-            Options::new()
-                .pid(w.pid())
-                .images_dir(&images)
-                .add_inherit_fd(stale, "fd[1]:x"),
-        )
-        .unwrap_err();
-    assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
-
-    // Empty external keys, an empty inherit-fd key.
-    let e = criu
-        .dump(
-            Options::new()
-                .pid(w.pid())
-                .images_dir(&images)
-                .add_external("  "),
-        )
-        .unwrap_err();
-    assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
-    let e = criu
-        .dump(
-            Options::new()
-                .pid(w.pid())
-                .images_dir(&images)
-                .add_ext_mount("", "/mnt"),
-        )
-        .unwrap_err();
-    assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
     let null = std::fs::File::open("/dev/null").unwrap();
-    let e = criu
-        .dump(
-            Options::new()
-                .pid(w.pid())
-                .images_dir(&images)
-                .add_inherit_fd(null.as_fd(), ""),
-        )
-        .unwrap_err();
-    assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
-
+    // Each dump below is refused as malformed, by the crate.
+    let dump_of_w = || {
+        let mut o = Options::new();
+        o.pid(w.pid()).images_dir(&images);
+        o
+    };
+    let malformed = |o: &mut Options<'_>| {
+        let e = criu.dump(o).unwrap_err();
+        assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
+    };
+    malformed(dump_of_w().add_inherit_fd(stale, "fd[1]:x"));
+    // Empty external keys, an empty inherit-fd key.
+    malformed(dump_of_w().add_external("  "));
+    malformed(dump_of_w().add_ext_mount("", "/mnt"));
+    malformed(dump_of_w().add_inherit_fd(null.as_fd(), ""));
     // Parent images outside the checkpoint root.
-    let e = criu
-        .dump(
-            Options::new()
-                .pid(w.pid())
-                .images_dir(&images)
-                .parent_images("../../elsewhere"),
-        )
-        .unwrap_err();
-    assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
-    let e = criu
-        .dump(
-            Options::new()
-                .pid(w.pid())
-                .images_dir(&images)
-                .parent_images("/abs/path"),
-        )
-        .unwrap_err();
-    assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
+    malformed(dump_of_w().parent_images("../../elsewhere"));
+    malformed(dump_of_w().parent_images("/abs/path"));
     let other = ImagesDir::create(dir.path().join("nested-root-a")).unwrap();
     assert_eq!(
         images.parent_link(&other).unwrap(),
@@ -374,7 +315,7 @@ impl Drop for ReadOnlyMount {
 fn a_dump_into_a_read_only_images_directory_fails_clearly_and_the_process_runs() {
     // root may write anywhere except on a read-only filesystem.
     let dir = tempfile::tempdir().unwrap();
-    let mut w = workload(&dir, 0);
+    let mut w = fixture::counter(dir.path(), 0);
     let ro = ReadOnlyMount::new(&dir.path().join("ro"));
     let e = ImagesDir::create(ro.0.join("img")).unwrap_err();
     assert!(e.to_string().contains("Read-only file system"), "{e}");

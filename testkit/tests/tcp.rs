@@ -1,6 +1,7 @@
 //! A server migrated with 8 clients connected: for each strategy, no client
 //! sees an error, every counter goes on by one, and nothing is left behind
-//! (namespaces, the service address on the source, firewall rules). Then
+//! (namespaces, the service address on the source, firewall rules, the
+//! router's hold on the service's packets). Then
 //! the two bad paths: a restore that fails (the address goes back, the
 //! source resumes, the clients see only a stall), and a lock that cannot
 //! be taken (a clear error, nothing frozen).
@@ -14,11 +15,7 @@ use criu_testkit::tcp::run::{migrate_server, TcpOutcome, TcpSettings};
 const MIB: usize = 4;
 
 fn assert_nothing_left(o: &TcpOutcome) {
-    assert!(
-        o.rules_left.is_empty(),
-        "firewall rules left: {:?}",
-        o.rules_left
-    );
+    assert_no_rules_nor_hold(o);
     for ns in &o.namespaces {
         assert!(
             !Path::new(&format!("/run/netns/{ns}")).exists(),
@@ -43,6 +40,16 @@ fn migrates_with_clients(strategy: Strategy) {
         "the service address is not (only) on b"
     );
     assert_nothing_left(&o);
+}
+
+/// No firewall rule on `a` or `b`, and the router holds nothing back.
+fn assert_no_rules_nor_hold(o: &TcpOutcome) {
+    assert!(
+        o.rules_left.is_empty(),
+        "firewall rules left: {:?}",
+        o.rules_left
+    );
+    assert!(!o.hold_left, "the router's hold on the service was left");
 }
 
 #[test]
@@ -74,11 +81,7 @@ fn a_failed_restore_moves_the_address_back_and_the_source_serves_on() {
         (true, false),
         "the service address did not go back to a"
     );
-    assert!(
-        o.rules_left.is_empty(),
-        "firewall rules left: {:?}",
-        o.rules_left
-    );
+    assert_no_rules_nor_hold(&o);
 }
 
 #[test]
@@ -92,11 +95,7 @@ fn no_lock_is_a_clear_error_before_anything_freezes() {
     assert!(!o.served_from_b);
     assert!(o.clients.clean(), "the clients saw {:?}", o.clients);
     assert_eq!(o.service_on, (true, false));
-    assert!(
-        o.rules_left.is_empty(),
-        "firewall rules left: {:?}",
-        o.rules_left
-    );
+    assert_no_rules_nor_hold(&o);
 }
 
 #[test]
@@ -114,4 +113,29 @@ fn criu_s_own_lock_methods_work_and_leave_no_rules() {
         assert_eq!(o.service_on, (false, true), "{lock:?}");
         assert_nothing_left(&o);
     }
+}
+
+#[test]
+fn the_router_holds_from_lock_until_unlock() {
+    use criu::migrate::AddressMove;
+    use criu_testkit::tcp::topology::ThreeHosts;
+    let hosts = ThreeHosts::new(None).expect("the hosts");
+    let hook = hosts.address_move();
+    assert!(!hosts.hold_left().expect("the router's routes"));
+    hook.lock().expect("lock");
+    assert!(hosts.hold_left().expect("the router's routes"), "no hold");
+    hook.unlock().expect("unlock");
+    assert!(
+        !hosts.hold_left().expect("the router's routes"),
+        "hold left"
+    );
+    assert!(ThreeHosts::firewall_rules(&hosts.pair.a)
+        .unwrap()
+        .is_empty());
+    hook.lock().expect("lock again");
+    drop(hook);
+    assert!(
+        !hosts.hold_left().expect("the router's routes"),
+        "a dropped hook left its hold"
+    );
 }

@@ -35,16 +35,7 @@ pub fn dump_criu_rs(pid: i32, dir: &Path) {
 
 /// A criu-rs dump through `criu`, however it reaches CRIU.
 pub fn dump_with(criu: &Criu, pid: i32, dir: &Path) -> criu::DumpReport {
-    let images = ImagesDir::open(dir).unwrap();
-    let report = criu
-        .dump(
-            Options::new()
-                .pid(pid)
-                .images_dir(&images)
-                .log_file("dump.log"),
-        )
-        .expect("criu-rs dump");
-    report
+    criu_rs_benches::dump(criu, pid, &ImagesDir::open(dir).unwrap(), false)
 }
 
 pub fn dump_raw_sys(pid: i32, dir: &Path) {

@@ -74,20 +74,27 @@ fn file_view(fd: u32, file: &FileEntry) -> FileView {
         view.flags = open_flags(reg.flags);
         view.mode = reg.mode;
         view.pos = Some(reg.pos);
-    } else if let Some(pipe) = &file.pipe {
-        view.path = format!("pipe:[{}]", pipe.pipe_id);
-        view.flags = open_flags(pipe.flags);
-    } else if let Some(isk) = &file.isk {
-        view.path = format!("socket:[{}]", isk.ino);
-        view.flags = open_flags(isk.flags);
-    } else if let Some(usk) = &file.usk {
-        view.path = format!("socket:[{}]", usk.ino);
-        view.flags = open_flags(usk.flags);
-    } else if let Some(tty) = &file.tty {
-        view.path = format!("tty index {}", tty.tty_info_id);
-        view.flags = open_flags(tty.flags);
+    } else if let Some((path, flags)) = described(file) {
+        view.path = path;
+        view.flags = open_flags(flags);
     }
     view
+}
+
+/// How crit names a file that has no path, with its open flags: the
+/// first of the kinds below that `file` is.
+fn described(file: &FileEntry) -> Option<(String, u32)> {
+    let socket = |ino: u32, flags: u32| (format!("socket:[{ino}]"), flags);
+    file.pipe
+        .as_ref()
+        .map(|p| (format!("pipe:[{}]", p.pipe_id), p.flags))
+        .or_else(|| file.isk.as_ref().map(|s| socket(s.ino, s.flags)))
+        .or_else(|| file.usk.as_ref().map(|s| socket(s.ino, s.flags)))
+        .or_else(|| {
+            file.tty
+                .as_ref()
+                .map(|t| (format!("tty index {}", t.tty_info_id), t.flags))
+        })
 }
 
 fn open_flags(flags: u32) -> String {

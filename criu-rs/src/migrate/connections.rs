@@ -13,13 +13,17 @@
 //! taken by the caller's [`AddressMove`] hook, from just before the tree is
 //! stopped until the source copy is gone:
 //!
-//! 1. `lock` (source): drop everything to and from the service address,
-//!    at CRIU's pre-dump notification, before anything is frozen; if it
-//!    fails, the dump is refused and the source never stops;
+//! 1. `lock` (source): drop everything to and from the service address
+//!    (nothing the source sends after the dump may reach a client: its TCP
+//!    timestamps would run ahead of the restored sockets'), at CRIU's
+//!    pre-dump notification,
+//!    before anything is frozen; if it fails, the dump is refused and the
+//!    source never stops;
 //! 2. the dump (CRIU's own lock, chosen in [`Connections::new`], covers its
 //!    repair of the sockets; [`NetworkLock::Skip`] is right here, since the
 //!    hook's lock is the external lock CRIU's documentation asks for);
-//! 3. `move_to_dest`: the destination is locked the same way, then the
+//! 3. `move_to_dest`: the destination is locked (at least against what
+//!    comes in for the service address), then the
 //!    address leaves the source and joins the destination, before the
 //!    restore (which binds the sockets to it). Neighbours mostly still send
 //!    to the source, which drops; but one that looks the address up again
@@ -36,6 +40,18 @@
 //! If anything fails after step 1, the address goes back (`move_back`, if
 //! it had moved), the lock is released and the source resumes with its
 //! connections: clients see a stall, not an error.
+//!
+//! A lock that drops the clients' packets makes each client wait for its
+//! own retransmission timer, which backs off (0.2, 0.4, 0.8 s...): the
+//! clients' stall then ends anywhere from 1x to 2x the downtime. A hook
+//! that can, should rather *hold* them in the network in front of both
+//! hosts, from `lock` (before the stop) until `announce` (then to the
+//! destination) or, on failure, `unlock` (to the source, after its lock is
+//! gone), so a request sent during the move is answered as soon as the
+//! server runs again. The testkit's namespace hook does this in its router
+//! (a route through a neighbour nobody answers for queues the packets; the
+//! kernel's `plug` qdisc made for this is often not built); a hold must be
+//! released on every path, or the service stays unreachable.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,19 +67,24 @@ use crate::options::{NetworkLock, Options};
 /// `move_back` and `unlock` also on failure.
 pub trait AddressMove: Send + Sync {
     /// Drops every packet to and from the service address on the source
-    /// host (called before the tree is stopped).
+    /// host (called before the tree is stopped); a hook that holds the
+    /// clients' packets starts holding here, first. On error, nothing may
+    /// stay locked or held (`unlock` is not called then).
     fn lock(&self) -> io::Result<()>;
     /// Locks the destination host like the source, removes the address
     /// from the source host and adds it to the destination host (after the
     /// dump, before the restore).
     fn move_to_dest(&self) -> io::Result<()>;
-    /// Unlocks the destination host and tells the neighbours that the
-    /// address now lives there (after the restore).
+    /// Unlocks the destination host, releases any held packets to it and
+    /// tells the neighbours that the address now lives there (after the
+    /// restore).
     fn announce(&self) -> io::Result<()>;
     /// Undoes `move_to_dest` (the destination's lock included) and tells
     /// the neighbours (on failure).
     fn move_back(&self) -> io::Result<()>;
-    /// Releases the lock taken by `lock`.
+    /// Releases the lock taken by `lock`, then any packets still held (to
+    /// the source: `announce` was not reached). Called last, on every path
+    /// where `lock` succeeded.
     fn unlock(&self) -> io::Result<()>;
 }
 

@@ -49,9 +49,13 @@ fn receive_inner(
         Msg::Hello { strategy } => strategy,
         other => return Err(unexpected("a hello", &other)),
     };
-    let local = cfg
-        .criu_address
-        .or_else(|| stream.ip_addresses().map(|a| a.0));
+    let local = match cfg.criu_address {
+        Some(named) => Some(named),
+        None => stream
+            .ip_addresses()
+            .map_err(wire::no_addresses)?
+            .map(|a| a.0),
+    };
     let mut side = strategy::dest_side(strategy, cfg, local)?;
     let work_dir = cfg.work_dir.hold()?;
     let images_path = work_dir.path().join("images");

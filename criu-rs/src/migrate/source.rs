@@ -43,7 +43,10 @@ pub(super) fn send(
     )?;
     let work_dir = cfg.work_dir.hold()?;
     let images = ImagesDir::create(work_dir.path().join("images"))?;
-    let addrs = cfg.criu_addresses.or_else(|| stream.ip_addresses());
+    let addrs = match cfg.criu_addresses {
+        Some(named) => Some(named),
+        None => stream.ip_addresses().map_err(wire::no_addresses)?,
+    };
     let side = strategy::source_side(cfg.strategy, stream, addrs)?;
     let customize = cfg.customize.take();
     let criu_tls = cfg.criu_tls.clone().or_else(|| stream.criu_tls());
@@ -317,5 +320,89 @@ fn await_restore(stream: &mut dyn Transport) -> Result<Restored> {
             "lost the destination before it restored; the source process was resumed",
             Some(e),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{self, Read, Write};
+    use std::net::{IpAddr, TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
+
+    use nix::sys::socket::{setsockopt, sockopt::Linger};
+
+    use crate::client::Criu;
+    use crate::migrate::{SourceConfig, Strategy, Transport};
+
+    /// The source's end of a connection that the destination reset right
+    /// after the hello: what the source writes is kept (so the header and
+    /// the hello go out), and its addresses are those of a real TCP stream
+    /// whose peer reset it.
+    struct ResetAfterHello {
+        written: Vec<u8>,
+        tcp: TcpStream,
+    }
+
+    impl Read for ResetAfterHello {
+        fn read(&mut self, _buf: &mut [u8]) -> io::Result<usize> {
+            Ok(0)
+        }
+    }
+
+    impl Write for ResetAfterHello {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.written.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Transport for ResetAfterHello {
+        fn ip_addresses(&self) -> io::Result<Option<(IpAddr, IpAddr)>> {
+            self.tcp.ip_addresses()
+        }
+    }
+
+    /// A loopback TCP stream whose peer closed it with a reset (linger 0).
+    fn reset_stream() -> TcpStream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let abort = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        setsockopt(&server, Linger, &abort).unwrap();
+        drop(server);
+        let until = Instant::now() + Duration::from_secs(5);
+        while client.peer_addr().is_ok() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        client
+    }
+
+    #[test]
+    fn a_connection_reset_after_the_hello_is_reported_as_what_it_is() {
+        // Before: "the page-server strategy needs CRIU's own TCP
+        // connections ..., and the stream is not TCP".
+        let dir = tempfile::tempdir().unwrap();
+        let mut end = ResetAfterHello {
+            written: Vec::new(),
+            tcp: reset_stream(),
+        };
+        let cfg = SourceConfig::new(Strategy::PageServer).work_dir(dir.path());
+        let e = crate::migrate::send(&Criu::new(), 1, &mut end, cfg).unwrap_err();
+        assert!(
+            end.written.windows(5).any(|w| w == b"Hello"),
+            "the hello went out first"
+        );
+        let crate::Error::Io { source, .. } = &e else {
+            panic!("an I/O error, not {e}");
+        };
+        assert_eq!(source.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+        assert!(e.to_string().contains("IP addresses"), "{e}");
     }
 }

@@ -23,12 +23,13 @@
 //! is false on the destination).
 
 use std::net::SocketAddr;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::strategy::Strategy;
 use crate::error::{Error, Result};
-use crate::transfer::{self, Transport};
+use crate::transfer::{self, DirOrMessage, Limits, TransferStats, Transport};
 
 /// One control message.
 #[derive(Debug, Serialize, Deserialize)]
@@ -61,6 +62,24 @@ pub(super) fn recv(stream: &mut dyn Transport) -> Result<Msg> {
     transfer::recv_message(&mut &mut *stream)
 }
 
+/// Receives the images into `target`, or the source's reason when it
+/// failed before it could send them (it sends `Failed` where they would
+/// have started).
+pub(super) fn receive_images(
+    stream: &mut dyn Transport,
+    target: &Path,
+    limits: &Limits,
+) -> Result<TransferStats> {
+    match transfer::receive_dir_or_message(&mut &mut *stream, target, limits, None)? {
+        DirOrMessage::Dir(stats) => Ok(stats),
+        DirOrMessage::Message(Msg::Failed { message }) => Err(migration(
+            format!("the source failed before it sent the images: {message}"),
+            None,
+        )),
+        DirOrMessage::Message(other) => Err(unexpected("the images", &other)),
+    }
+}
+
 /// Tells the peer why this side failed. Best effort: the peer or the
 /// stream may be gone already, which is then the peer's own error.
 pub(super) fn tell_failure(stream: &mut dyn Transport, e: &Error) {
@@ -80,7 +99,43 @@ pub(super) fn migration(message: impl Into<String>, source: Option<Error>) -> Er
     }
 }
 
+/// The error of a stream that cannot tell its IP addresses (for CRIU's
+/// own connections): after the hello, mostly a peer that closed or reset
+/// the connection.
+pub(super) fn no_addresses(e: std::io::Error) -> Error {
+    Error::io(
+        "reading the stream's IP addresses (for CRIU's own connections) after the hello",
+        e,
+    )
+}
+
 /// The error for a message other than the one the protocol expects here.
 pub(super) fn unexpected(expected: &str, got: &Msg) -> Error {
     migration(format!("expected {expected}, got {got:?}"), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    #[test]
+    fn a_source_that_failed_before_its_images_is_heard_with_its_reason() {
+        // Before: "image transfer: unexpected frame 0x4d".
+        let (mut source, mut dest) = UnixStream::pair().unwrap();
+        let refused = migration("the dump failed", None);
+        tell_failure(&mut source, &refused);
+        let out = tempfile::tempdir().unwrap();
+        let target = out.path().join("images");
+        let e = receive_images(&mut dest, &target, &Limits::default()).unwrap_err();
+        assert!(matches!(e, Error::Migration { .. }), "{e}");
+        assert!(
+            e.to_string().contains(
+                "the source failed before it sent the images: migration: the dump failed"
+            ),
+            "{e}"
+        );
+        assert!(!target.exists(), "nothing received");
+    }
 }

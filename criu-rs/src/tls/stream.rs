@@ -518,7 +518,7 @@ impl Transport for TlsStream {
         self.tcp_mut().prepare(timeout)
     }
 
-    fn ip_addresses(&self) -> Option<(IpAddr, IpAddr)> {
+    fn ip_addresses(&self) -> io::Result<Option<(IpAddr, IpAddr)>> {
         self.tcp().ip_addresses()
     }
 

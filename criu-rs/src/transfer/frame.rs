@@ -47,11 +47,11 @@ pub fn recv_message<T: DeserializeOwned>(r: &mut impl Read) -> Result<T> {
             None,
         ));
     }
-    recv_message_body(r)
+    read_message_body(r)
 }
 
-/// Receives a control message whose tag was read already.
-pub(super) fn recv_message_body<T: DeserializeOwned>(r: &mut impl Read) -> Result<T> {
+/// Reads a control message whose 'M' was read already.
+pub(super) fn read_message_body<T: DeserializeOwned>(r: &mut impl Read) -> Result<T> {
     let len = read_u32(r, "reading a message")?;
     if len > MAX_MESSAGE {
         return Err(transfer_err(

@@ -19,7 +19,8 @@
 //! target (0700, files created through its descriptor, never following a
 //! link) and renames it into place only when the end marker's totals
 //! match; on any error the partial directory is removed (a message where a
-//! file or chunk is due is the sender giving up). Every chunk of a growing
+//! file or chunk is due is the sender giving up, handed back to the
+//! migration, which shows why). Every chunk of a growing
 //! file is checked against the limits before it is written. What the
 //! sender announces is bounded ([`Limits`]: file count, file and total sizes, the
 //! free space of the target's file system, and an idle timeout where the
@@ -49,6 +50,7 @@ use crate::error::Error;
 pub use frame::{read_header, recv_message, send_message, write_header};
 pub use growing::Growing;
 pub use receive::{receive_dir, receive_dir_with, receive_from, Limits};
+pub(crate) use receive::{receive_dir_or_message, DirOrMessage};
 pub use send::send_dir;
 pub use transport::Transport;
 

@@ -5,9 +5,11 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use serde::de::DeserializeOwned;
+
 use super::frame::{
-    file_header, growing_header, read_header, read_u16, read_u32, read_u64, read_u8,
-    recv_message_body,
+    file_header, growing_header, read_header, read_message_body, read_u16, read_u32, read_u64,
+    read_u8,
 };
 use super::growing::MAX_CHUNK;
 use super::partial::Partial;
@@ -122,6 +124,33 @@ pub fn receive_dir_with(
     limits: &Limits,
     progress: Option<Progress<'_>>,
 ) -> Result<TransferStats> {
+    match receive_dir_or_message::<serde_json::Value>(r, target, limits, progress)? {
+        DirOrMessage::Dir(stats) => Ok(stats),
+        DirOrMessage::Message(m) => Err(transfer_err(
+            format!("the sender sent the message {m} where a file was expected"),
+            None,
+        )),
+    }
+}
+
+/// What came where a directory was expected.
+pub(crate) enum DirOrMessage<T> {
+    /// The whole directory, now at its target.
+    Dir(TransferStats),
+    /// A control message the sender sent instead (a sender that failed
+    /// says why); nothing is left at the target.
+    Message(T),
+}
+
+/// Like [`receive_dir_with`], handing a control message that comes
+/// between files (the format allows one there) back to the caller, who
+/// knows what it means.
+pub(crate) fn receive_dir_or_message<T: DeserializeOwned>(
+    r: &mut impl Read,
+    target: &Path,
+    limits: &Limits,
+    progress: Option<Progress<'_>>,
+) -> Result<DirOrMessage<T>> {
     let start = Instant::now();
     if target.symlink_metadata().is_ok() {
         return Err(transfer_err(
@@ -140,28 +169,23 @@ pub fn receive_dir_with(
     loop {
         match read_u8(r, "reading the next frame")? {
             b'F' => rx.file(r)?,
-            b'G' => rx.growing(r)?,
+            b'G' => {
+                if !rx.growing(r)? {
+                    return read_message_body(r).map(DirOrMessage::Message);
+                }
+            }
             b'E' => {
                 rx.end(r)?;
                 rx.partial.commit(target)?;
-                return Ok(TransferStats {
+                return Ok(DirOrMessage::Dir(TransferStats {
                     files: rx.files,
                     bytes: rx.bytes,
                     elapsed: start.elapsed(),
-                });
+                }));
             }
-            b'M' => return Err(sender_gave_up(r)),
+            b'M' => return read_message_body(r).map(DirOrMessage::Message),
             other => return Err(transfer_err(format!("unexpected frame {other:#x}"), None)),
         }
-    }
-}
-
-/// The error when the sender sent a message (its failure) where a file
-/// was due: the message's text.
-fn sender_gave_up(r: &mut impl Read) -> Error {
-    match recv_message_body::<serde_json::Value>(r) {
-        Ok(v) => transfer_err(format!("the sender gave up: {v}"), None),
-        Err(e) => e,
     }
 }
 
@@ -222,8 +246,9 @@ impl Receiving<'_, '_> {
 
     /// Receives one growing file (its 'G' already read): chunks, each
     /// admitted before it is written, until the end tag, then the size and
-    /// the checksum.
-    fn growing(&mut self, r: &mut impl Read) -> Result<()> {
+    /// the checksum. False if a control message came instead of the next
+    /// chunk (its 'M' read; the sender gave up, the caller reads why).
+    fn growing(&mut self, r: &mut impl Read) -> Result<bool> {
         let name = read_name(r)?;
         let raw_mode = read_u32(r, "reading a file mode")?;
         self.admit(&name, 0)?;
@@ -236,7 +261,7 @@ impl Receiving<'_, '_> {
             match read_u8(r, "reading the next chunk")? {
                 b'D' => {}
                 b'Z' => break,
-                b'M' => return Err(sender_gave_up(r)),
+                b'M' => return Ok(false),
                 other => {
                     return Err(transfer_err(
                         format!("unexpected frame {other:#x} inside {name:?}"),
@@ -263,7 +288,7 @@ impl Receiving<'_, '_> {
                 None,
             ));
         }
-        check_crc(r, &name, crc)
+        check_crc(r, &name, crc).map(|()| true)
     }
 
     /// Refuses a file the limits do not allow, before any of it is written.

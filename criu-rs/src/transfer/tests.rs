@@ -149,6 +149,41 @@ fn messages_round_trip() {
     assert!(recv_message::<serde_json::Value>(&mut &v[..3]).is_err());
 }
 
+/// A stream that sends one file, then a message instead of the rest (as
+/// a sender that fails midway says why).
+fn a_file_then_a_message() -> Vec<u8> {
+    let one_file = tempfile::tempdir().unwrap();
+    fs::write(one_file.path().join("inventory.img"), b"inventory").unwrap();
+    let mut v = send_to_vec(one_file.path());
+    // Without that stream's end marker ('E' files:u32 bytes:u64).
+    v.truncate(v.len() - 13);
+    send_message(
+        &mut v,
+        &serde_json::json!({"Failed": {"message": "no space"}}),
+    )
+    .unwrap();
+    v
+}
+
+#[test]
+fn a_message_between_files_is_handed_back_and_leaves_nothing() {
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("recv");
+    let bytes = a_file_then_a_message();
+    let mut r = &bytes[..];
+    read_header(&mut r).unwrap();
+    match receive_dir_or_message::<serde_json::Value>(&mut r, &target, &Limits::default(), None) {
+        Ok(DirOrMessage::Message(m)) => assert_eq!(m["Failed"]["message"], "no space"),
+        Ok(DirOrMessage::Dir(_)) => panic!("a directory from a stream without its end"),
+        Err(e) => panic!("{e}"),
+    }
+    assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0, "nothing left");
+    // The public receive names the message in its error.
+    let e = receive(&bytes, &target).unwrap_err();
+    assert!(e.to_string().contains("no space"), "{e}");
+    assert!(matches!(e, crate::Error::Transfer { .. }), "{e}");
+}
+
 /// A stream announcing one file of `size` bytes and sending none of it.
 fn announcing(size: u64) -> Vec<u8> {
     let mut v = Vec::new();
@@ -367,7 +402,7 @@ fn a_sender_that_gives_up_inside_a_growing_file_is_named() {
     send_message(&mut v, &serde_json::json!({"Failed": "the dump failed"})).unwrap();
     let out = tempfile::tempdir().unwrap();
     let e = receive(&v.0, &out.path().join("recv")).unwrap_err();
-    assert!(e.to_string().contains("the sender gave up"), "{e}");
+    assert!(e.to_string().contains("where a file was expected"), "{e}");
     assert!(e.to_string().contains("the dump failed"), "{e}");
     assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0);
 }
@@ -426,5 +461,9 @@ fn growing_files_go_one_after_the_other_and_one_changed_after_its_end_is_an_erro
         .unwrap();
     std::io::Write::write_all(&mut first, b"late").unwrap();
     let e = g.finish().unwrap_err();
-    assert!(e.to_string().contains("pages-1.img was replaced or changed"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("pages-1.img was replaced or changed"),
+        "{e}"
+    );
 }

@@ -24,11 +24,12 @@ pub trait Transport: Read + Write {
     }
 
     /// The IP addresses of this end and of the peer, for a network stream
-    /// (the default: none). CRIU's own connections of a migration (page
-    /// server, lazy pages) go between these addresses unless the
-    /// configuration names others.
-    fn ip_addresses(&self) -> Option<(IpAddr, IpAddr)> {
-        None
+    /// (the default: none), or the error of a network stream that cannot
+    /// tell them (a TCP stream whose peer reset it has no peer address).
+    /// CRIU's own connections of a migration (page server, lazy pages) go
+    /// between these addresses unless the configuration names others.
+    fn ip_addresses(&self) -> io::Result<Option<(IpAddr, IpAddr)>> {
+        Ok(None)
     }
 
     /// The TLS files CRIU's own connections of a migration must use to be
@@ -61,8 +62,8 @@ impl Transport for TcpStream {
         Ok(true)
     }
 
-    fn ip_addresses(&self) -> Option<(IpAddr, IpAddr)> {
-        Some((self.local_addr().ok()?.ip(), self.peer_addr().ok()?.ip()))
+    fn ip_addresses(&self) -> io::Result<Option<(IpAddr, IpAddr)>> {
+        Ok(Some((self.local_addr()?.ip(), self.peer_addr()?.ip())))
     }
 
     fn plain_socket(&self) -> Option<BorrowedFd<'_>> {
@@ -89,7 +90,7 @@ impl<T: Transport + ?Sized> Transport for &mut T {
         (**self).prepare(timeout)
     }
 
-    fn ip_addresses(&self) -> Option<(IpAddr, IpAddr)> {
+    fn ip_addresses(&self) -> io::Result<Option<(IpAddr, IpAddr)>> {
         (**self).ip_addresses()
     }
 

@@ -62,17 +62,6 @@ pub struct ProtobufCAllocator {
     >,
     pub allocator_data: *mut ::std::os::raw::c_void,
 }
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of ProtobufCAllocator"][::std::mem::size_of::<ProtobufCAllocator>() - 24usize];
-    ["Alignment of ProtobufCAllocator"][::std::mem::align_of::<ProtobufCAllocator>() - 8usize];
-    ["Offset of field: ProtobufCAllocator::alloc"]
-        [::std::mem::offset_of!(ProtobufCAllocator, alloc) - 0usize];
-    ["Offset of field: ProtobufCAllocator::free"]
-        [::std::mem::offset_of!(ProtobufCAllocator, free) - 8usize];
-    ["Offset of field: ProtobufCAllocator::allocator_data"]
-        [::std::mem::offset_of!(ProtobufCAllocator, allocator_data) - 16usize];
-};
 impl Default for ProtobufCAllocator {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
@@ -89,13 +78,6 @@ pub struct ProtobufCBuffer {
         unsafe extern "C" fn(buffer: *mut ProtobufCBuffer, len: usize, data: *const u8),
     >,
 }
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of ProtobufCBuffer"][::std::mem::size_of::<ProtobufCBuffer>() - 8usize];
-    ["Alignment of ProtobufCBuffer"][::std::mem::align_of::<ProtobufCBuffer>() - 8usize];
-    ["Offset of field: ProtobufCBuffer::append"]
-        [::std::mem::offset_of!(ProtobufCBuffer, append) - 0usize];
-};
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct ProtobufCFieldDescriptor {
@@ -112,37 +94,6 @@ pub struct ProtobufCFieldDescriptor {
     pub reserved2: *mut ::std::os::raw::c_void,
     pub reserved3: *mut ::std::os::raw::c_void,
 }
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of ProtobufCFieldDescriptor"]
-        [::std::mem::size_of::<ProtobufCFieldDescriptor>() - 72usize];
-    ["Alignment of ProtobufCFieldDescriptor"]
-        [::std::mem::align_of::<ProtobufCFieldDescriptor>() - 8usize];
-    ["Offset of field: ProtobufCFieldDescriptor::name"]
-        [::std::mem::offset_of!(ProtobufCFieldDescriptor, name) - 0usize];
-    ["Offset of field: ProtobufCFieldDescriptor::id"]
-        [::std::mem::offset_of!(ProtobufCFieldDescriptor, id) - 8usize];
-    ["Offset of field: ProtobufCFieldDescriptor::label"]
-        [::std::mem::offset_of!(ProtobufCFieldDescriptor, label) - 12usize];
-    ["Offset of field: ProtobufCFieldDescriptor::type_"]
-        [::std::mem::offset_of!(ProtobufCFieldDescriptor, type_) - 16usize];
-    ["Offset of field: ProtobufCFieldDescriptor::quantifier_offset"]
-        [::std::mem::offset_of!(ProtobufCFieldDescriptor, quantifier_offset) - 20usize];
-    ["Offset of field: ProtobufCFieldDescriptor::offset"]
-        [::std::mem::offset_of!(ProtobufCFieldDescriptor, offset) - 24usize];
-    ["Offset of field: ProtobufCFieldDescriptor::descriptor"]
-        [::std::mem::offset_of!(ProtobufCFieldDescriptor, descriptor) - 32usize];
-    ["Offset of field: ProtobufCFieldDescriptor::default_value"]
-        [::std::mem::offset_of!(ProtobufCFieldDescriptor, default_value) - 40usize];
-    ["Offset of field: ProtobufCFieldDescriptor::flags"]
-        [::std::mem::offset_of!(ProtobufCFieldDescriptor, flags) - 48usize];
-    ["Offset of field: ProtobufCFieldDescriptor::reserved_flags"]
-        [::std::mem::offset_of!(ProtobufCFieldDescriptor, reserved_flags) - 52usize];
-    ["Offset of field: ProtobufCFieldDescriptor::reserved2"]
-        [::std::mem::offset_of!(ProtobufCFieldDescriptor, reserved2) - 56usize];
-    ["Offset of field: ProtobufCFieldDescriptor::reserved3"]
-        [::std::mem::offset_of!(ProtobufCFieldDescriptor, reserved3) - 64usize];
-};
 impl Default for ProtobufCFieldDescriptor {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
@@ -158,15 +109,6 @@ pub struct ProtobufCIntRange {
     pub start_value: ::std::os::raw::c_int,
     pub orig_index: ::std::os::raw::c_uint,
 }
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of ProtobufCIntRange"][::std::mem::size_of::<ProtobufCIntRange>() - 8usize];
-    ["Alignment of ProtobufCIntRange"][::std::mem::align_of::<ProtobufCIntRange>() - 4usize];
-    ["Offset of field: ProtobufCIntRange::start_value"]
-        [::std::mem::offset_of!(ProtobufCIntRange, start_value) - 0usize];
-    ["Offset of field: ProtobufCIntRange::orig_index"]
-        [::std::mem::offset_of!(ProtobufCIntRange, orig_index) - 4usize];
-};
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct ProtobufCMessage {
@@ -174,17 +116,6 @@ pub struct ProtobufCMessage {
     pub n_unknown_fields: ::std::os::raw::c_uint,
     pub unknown_fields: *mut ProtobufCMessageUnknownField,
 }
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of ProtobufCMessage"][::std::mem::size_of::<ProtobufCMessage>() - 24usize];
-    ["Alignment of ProtobufCMessage"][::std::mem::align_of::<ProtobufCMessage>() - 8usize];
-    ["Offset of field: ProtobufCMessage::descriptor"]
-        [::std::mem::offset_of!(ProtobufCMessage, descriptor) - 0usize];
-    ["Offset of field: ProtobufCMessage::n_unknown_fields"]
-        [::std::mem::offset_of!(ProtobufCMessage, n_unknown_fields) - 8usize];
-    ["Offset of field: ProtobufCMessage::unknown_fields"]
-        [::std::mem::offset_of!(ProtobufCMessage, unknown_fields) - 16usize];
-};
 impl Default for ProtobufCMessage {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
@@ -213,43 +144,6 @@ pub struct ProtobufCMessageDescriptor {
     pub reserved2: *mut ::std::os::raw::c_void,
     pub reserved3: *mut ::std::os::raw::c_void,
 }
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of ProtobufCMessageDescriptor"]
-        [::std::mem::size_of::<ProtobufCMessageDescriptor>() - 120usize];
-    ["Alignment of ProtobufCMessageDescriptor"]
-        [::std::mem::align_of::<ProtobufCMessageDescriptor>() - 8usize];
-    ["Offset of field: ProtobufCMessageDescriptor::magic"]
-        [::std::mem::offset_of!(ProtobufCMessageDescriptor, magic) - 0usize];
-    ["Offset of field: ProtobufCMessageDescriptor::name"]
-        [::std::mem::offset_of!(ProtobufCMessageDescriptor, name) - 8usize];
-    ["Offset of field: ProtobufCMessageDescriptor::short_name"]
-        [::std::mem::offset_of!(ProtobufCMessageDescriptor, short_name) - 16usize];
-    ["Offset of field: ProtobufCMessageDescriptor::c_name"]
-        [::std::mem::offset_of!(ProtobufCMessageDescriptor, c_name) - 24usize];
-    ["Offset of field: ProtobufCMessageDescriptor::package_name"]
-        [::std::mem::offset_of!(ProtobufCMessageDescriptor, package_name) - 32usize];
-    ["Offset of field: ProtobufCMessageDescriptor::sizeof_message"]
-        [::std::mem::offset_of!(ProtobufCMessageDescriptor, sizeof_message) - 40usize];
-    ["Offset of field: ProtobufCMessageDescriptor::n_fields"]
-        [::std::mem::offset_of!(ProtobufCMessageDescriptor, n_fields) - 48usize];
-    ["Offset of field: ProtobufCMessageDescriptor::fields"]
-        [::std::mem::offset_of!(ProtobufCMessageDescriptor, fields) - 56usize];
-    ["Offset of field: ProtobufCMessageDescriptor::fields_sorted_by_name"]
-        [::std::mem::offset_of!(ProtobufCMessageDescriptor, fields_sorted_by_name) - 64usize];
-    ["Offset of field: ProtobufCMessageDescriptor::n_field_ranges"]
-        [::std::mem::offset_of!(ProtobufCMessageDescriptor, n_field_ranges) - 72usize];
-    ["Offset of field: ProtobufCMessageDescriptor::field_ranges"]
-        [::std::mem::offset_of!(ProtobufCMessageDescriptor, field_ranges) - 80usize];
-    ["Offset of field: ProtobufCMessageDescriptor::message_init"]
-        [::std::mem::offset_of!(ProtobufCMessageDescriptor, message_init) - 88usize];
-    ["Offset of field: ProtobufCMessageDescriptor::reserved1"]
-        [::std::mem::offset_of!(ProtobufCMessageDescriptor, reserved1) - 96usize];
-    ["Offset of field: ProtobufCMessageDescriptor::reserved2"]
-        [::std::mem::offset_of!(ProtobufCMessageDescriptor, reserved2) - 104usize];
-    ["Offset of field: ProtobufCMessageDescriptor::reserved3"]
-        [::std::mem::offset_of!(ProtobufCMessageDescriptor, reserved3) - 112usize];
-};
 impl Default for ProtobufCMessageDescriptor {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
@@ -267,21 +161,6 @@ pub struct ProtobufCMessageUnknownField {
     pub len: usize,
     pub data: *mut u8,
 }
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of ProtobufCMessageUnknownField"]
-        [::std::mem::size_of::<ProtobufCMessageUnknownField>() - 24usize];
-    ["Alignment of ProtobufCMessageUnknownField"]
-        [::std::mem::align_of::<ProtobufCMessageUnknownField>() - 8usize];
-    ["Offset of field: ProtobufCMessageUnknownField::tag"]
-        [::std::mem::offset_of!(ProtobufCMessageUnknownField, tag) - 0usize];
-    ["Offset of field: ProtobufCMessageUnknownField::wire_type"]
-        [::std::mem::offset_of!(ProtobufCMessageUnknownField, wire_type) - 4usize];
-    ["Offset of field: ProtobufCMessageUnknownField::len"]
-        [::std::mem::offset_of!(ProtobufCMessageUnknownField, len) - 8usize];
-    ["Offset of field: ProtobufCMessageUnknownField::data"]
-        [::std::mem::offset_of!(ProtobufCMessageUnknownField, data) - 16usize];
-};
 impl Default for ProtobufCMessageUnknownField {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
@@ -342,27 +221,6 @@ pub struct CriuPageServerInfo {
     pub has_fd: protobuf_c_boolean,
     pub fd: i32,
 }
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of CriuPageServerInfo"][::std::mem::size_of::<CriuPageServerInfo>() - 56usize];
-    ["Alignment of CriuPageServerInfo"][::std::mem::align_of::<CriuPageServerInfo>() - 8usize];
-    ["Offset of field: CriuPageServerInfo::base"]
-        [::std::mem::offset_of!(CriuPageServerInfo, base) - 0usize];
-    ["Offset of field: CriuPageServerInfo::address"]
-        [::std::mem::offset_of!(CriuPageServerInfo, address) - 24usize];
-    ["Offset of field: CriuPageServerInfo::has_port"]
-        [::std::mem::offset_of!(CriuPageServerInfo, has_port) - 32usize];
-    ["Offset of field: CriuPageServerInfo::port"]
-        [::std::mem::offset_of!(CriuPageServerInfo, port) - 36usize];
-    ["Offset of field: CriuPageServerInfo::has_pid"]
-        [::std::mem::offset_of!(CriuPageServerInfo, has_pid) - 40usize];
-    ["Offset of field: CriuPageServerInfo::pid"]
-        [::std::mem::offset_of!(CriuPageServerInfo, pid) - 44usize];
-    ["Offset of field: CriuPageServerInfo::has_fd"]
-        [::std::mem::offset_of!(CriuPageServerInfo, has_fd) - 48usize];
-    ["Offset of field: CriuPageServerInfo::fd"]
-        [::std::mem::offset_of!(CriuPageServerInfo, fd) - 52usize];
-};
 impl Default for CriuPageServerInfo {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
@@ -379,15 +237,6 @@ pub struct CriuVethPair {
     pub if_in: *mut ::std::os::raw::c_char,
     pub if_out: *mut ::std::os::raw::c_char,
 }
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of CriuVethPair"][::std::mem::size_of::<CriuVethPair>() - 40usize];
-    ["Alignment of CriuVethPair"][::std::mem::align_of::<CriuVethPair>() - 8usize];
-    ["Offset of field: CriuVethPair::base"][::std::mem::offset_of!(CriuVethPair, base) - 0usize];
-    ["Offset of field: CriuVethPair::if_in"][::std::mem::offset_of!(CriuVethPair, if_in) - 24usize];
-    ["Offset of field: CriuVethPair::if_out"]
-        [::std::mem::offset_of!(CriuVethPair, if_out) - 32usize];
-};
 impl Default for CriuVethPair {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
@@ -404,14 +253,6 @@ pub struct ExtMountMap {
     pub key: *mut ::std::os::raw::c_char,
     pub val: *mut ::std::os::raw::c_char,
 }
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of ExtMountMap"][::std::mem::size_of::<ExtMountMap>() - 40usize];
-    ["Alignment of ExtMountMap"][::std::mem::align_of::<ExtMountMap>() - 8usize];
-    ["Offset of field: ExtMountMap::base"][::std::mem::offset_of!(ExtMountMap, base) - 0usize];
-    ["Offset of field: ExtMountMap::key"][::std::mem::offset_of!(ExtMountMap, key) - 24usize];
-    ["Offset of field: ExtMountMap::val"][::std::mem::offset_of!(ExtMountMap, val) - 32usize];
-};
 impl Default for ExtMountMap {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
@@ -429,17 +270,6 @@ pub struct JoinNamespace {
     pub ns_file: *mut ::std::os::raw::c_char,
     pub extra_opt: *mut ::std::os::raw::c_char,
 }
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of JoinNamespace"][::std::mem::size_of::<JoinNamespace>() - 48usize];
-    ["Alignment of JoinNamespace"][::std::mem::align_of::<JoinNamespace>() - 8usize];
-    ["Offset of field: JoinNamespace::base"][::std::mem::offset_of!(JoinNamespace, base) - 0usize];
-    ["Offset of field: JoinNamespace::ns"][::std::mem::offset_of!(JoinNamespace, ns) - 24usize];
-    ["Offset of field: JoinNamespace::ns_file"]
-        [::std::mem::offset_of!(JoinNamespace, ns_file) - 32usize];
-    ["Offset of field: JoinNamespace::extra_opt"]
-        [::std::mem::offset_of!(JoinNamespace, extra_opt) - 40usize];
-};
 impl Default for JoinNamespace {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
@@ -456,14 +286,6 @@ pub struct InheritFd {
     pub key: *mut ::std::os::raw::c_char,
     pub fd: i32,
 }
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of InheritFd"][::std::mem::size_of::<InheritFd>() - 40usize];
-    ["Alignment of InheritFd"][::std::mem::align_of::<InheritFd>() - 8usize];
-    ["Offset of field: InheritFd::base"][::std::mem::offset_of!(InheritFd, base) - 0usize];
-    ["Offset of field: InheritFd::key"][::std::mem::offset_of!(InheritFd, key) - 24usize];
-    ["Offset of field: InheritFd::fd"][::std::mem::offset_of!(InheritFd, fd) - 32usize];
-};
 impl Default for InheritFd {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
@@ -480,14 +302,6 @@ pub struct CgroupRoot {
     pub ctrl: *mut ::std::os::raw::c_char,
     pub path: *mut ::std::os::raw::c_char,
 }
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of CgroupRoot"][::std::mem::size_of::<CgroupRoot>() - 40usize];
-    ["Alignment of CgroupRoot"][::std::mem::align_of::<CgroupRoot>() - 8usize];
-    ["Offset of field: CgroupRoot::base"][::std::mem::offset_of!(CgroupRoot, base) - 0usize];
-    ["Offset of field: CgroupRoot::ctrl"][::std::mem::offset_of!(CgroupRoot, ctrl) - 24usize];
-    ["Offset of field: CgroupRoot::path"][::std::mem::offset_of!(CgroupRoot, path) - 32usize];
-};
 impl Default for CgroupRoot {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
@@ -503,13 +317,6 @@ pub struct UnixSk {
     pub base: ProtobufCMessage,
     pub inode: u32,
 }
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of UnixSk"][::std::mem::size_of::<UnixSk>() - 32usize];
-    ["Alignment of UnixSk"][::std::mem::align_of::<UnixSk>() - 8usize];
-    ["Offset of field: UnixSk::base"][::std::mem::offset_of!(UnixSk, base) - 0usize];
-    ["Offset of field: UnixSk::inode"][::std::mem::offset_of!(UnixSk, inode) - 24usize];
-};
 impl Default for UnixSk {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
@@ -647,237 +454,6 @@ pub struct CriuOpts {
     pub has_log_to_stderr: protobuf_c_boolean,
     pub log_to_stderr: protobuf_c_boolean,
 }
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of CriuOpts"][::std::mem::size_of::<CriuOpts>() - 680usize];
-    ["Alignment of CriuOpts"][::std::mem::align_of::<CriuOpts>() - 8usize];
-    ["Offset of field: CriuOpts::base"][::std::mem::offset_of!(CriuOpts, base) - 0usize];
-    ["Offset of field: CriuOpts::images_dir_fd"]
-        [::std::mem::offset_of!(CriuOpts, images_dir_fd) - 24usize];
-    ["Offset of field: CriuOpts::images_dir"]
-        [::std::mem::offset_of!(CriuOpts, images_dir) - 32usize];
-    ["Offset of field: CriuOpts::has_pid"][::std::mem::offset_of!(CriuOpts, has_pid) - 40usize];
-    ["Offset of field: CriuOpts::pid"][::std::mem::offset_of!(CriuOpts, pid) - 44usize];
-    ["Offset of field: CriuOpts::has_leave_running"]
-        [::std::mem::offset_of!(CriuOpts, has_leave_running) - 48usize];
-    ["Offset of field: CriuOpts::leave_running"]
-        [::std::mem::offset_of!(CriuOpts, leave_running) - 52usize];
-    ["Offset of field: CriuOpts::has_ext_unix_sk"]
-        [::std::mem::offset_of!(CriuOpts, has_ext_unix_sk) - 56usize];
-    ["Offset of field: CriuOpts::ext_unix_sk"]
-        [::std::mem::offset_of!(CriuOpts, ext_unix_sk) - 60usize];
-    ["Offset of field: CriuOpts::has_tcp_established"]
-        [::std::mem::offset_of!(CriuOpts, has_tcp_established) - 64usize];
-    ["Offset of field: CriuOpts::tcp_established"]
-        [::std::mem::offset_of!(CriuOpts, tcp_established) - 68usize];
-    ["Offset of field: CriuOpts::has_evasive_devices"]
-        [::std::mem::offset_of!(CriuOpts, has_evasive_devices) - 72usize];
-    ["Offset of field: CriuOpts::evasive_devices"]
-        [::std::mem::offset_of!(CriuOpts, evasive_devices) - 76usize];
-    ["Offset of field: CriuOpts::has_shell_job"]
-        [::std::mem::offset_of!(CriuOpts, has_shell_job) - 80usize];
-    ["Offset of field: CriuOpts::shell_job"][::std::mem::offset_of!(CriuOpts, shell_job) - 84usize];
-    ["Offset of field: CriuOpts::has_file_locks"]
-        [::std::mem::offset_of!(CriuOpts, has_file_locks) - 88usize];
-    ["Offset of field: CriuOpts::file_locks"]
-        [::std::mem::offset_of!(CriuOpts, file_locks) - 92usize];
-    ["Offset of field: CriuOpts::has_log_level"]
-        [::std::mem::offset_of!(CriuOpts, has_log_level) - 96usize];
-    ["Offset of field: CriuOpts::log_level"]
-        [::std::mem::offset_of!(CriuOpts, log_level) - 100usize];
-    ["Offset of field: CriuOpts::log_file"][::std::mem::offset_of!(CriuOpts, log_file) - 104usize];
-    ["Offset of field: CriuOpts::ps"][::std::mem::offset_of!(CriuOpts, ps) - 112usize];
-    ["Offset of field: CriuOpts::has_notify_scripts"]
-        [::std::mem::offset_of!(CriuOpts, has_notify_scripts) - 120usize];
-    ["Offset of field: CriuOpts::notify_scripts"]
-        [::std::mem::offset_of!(CriuOpts, notify_scripts) - 124usize];
-    ["Offset of field: CriuOpts::root"][::std::mem::offset_of!(CriuOpts, root) - 128usize];
-    ["Offset of field: CriuOpts::parent_img"]
-        [::std::mem::offset_of!(CriuOpts, parent_img) - 136usize];
-    ["Offset of field: CriuOpts::has_track_mem"]
-        [::std::mem::offset_of!(CriuOpts, has_track_mem) - 144usize];
-    ["Offset of field: CriuOpts::track_mem"]
-        [::std::mem::offset_of!(CriuOpts, track_mem) - 148usize];
-    ["Offset of field: CriuOpts::has_auto_dedup"]
-        [::std::mem::offset_of!(CriuOpts, has_auto_dedup) - 152usize];
-    ["Offset of field: CriuOpts::auto_dedup"]
-        [::std::mem::offset_of!(CriuOpts, auto_dedup) - 156usize];
-    ["Offset of field: CriuOpts::has_work_dir_fd"]
-        [::std::mem::offset_of!(CriuOpts, has_work_dir_fd) - 160usize];
-    ["Offset of field: CriuOpts::work_dir_fd"]
-        [::std::mem::offset_of!(CriuOpts, work_dir_fd) - 164usize];
-    ["Offset of field: CriuOpts::has_link_remap"]
-        [::std::mem::offset_of!(CriuOpts, has_link_remap) - 168usize];
-    ["Offset of field: CriuOpts::link_remap"]
-        [::std::mem::offset_of!(CriuOpts, link_remap) - 172usize];
-    ["Offset of field: CriuOpts::n_veths"][::std::mem::offset_of!(CriuOpts, n_veths) - 176usize];
-    ["Offset of field: CriuOpts::veths"][::std::mem::offset_of!(CriuOpts, veths) - 184usize];
-    ["Offset of field: CriuOpts::has_cpu_cap"]
-        [::std::mem::offset_of!(CriuOpts, has_cpu_cap) - 192usize];
-    ["Offset of field: CriuOpts::cpu_cap"][::std::mem::offset_of!(CriuOpts, cpu_cap) - 196usize];
-    ["Offset of field: CriuOpts::has_force_irmap"]
-        [::std::mem::offset_of!(CriuOpts, has_force_irmap) - 200usize];
-    ["Offset of field: CriuOpts::force_irmap"]
-        [::std::mem::offset_of!(CriuOpts, force_irmap) - 204usize];
-    ["Offset of field: CriuOpts::n_exec_cmd"]
-        [::std::mem::offset_of!(CriuOpts, n_exec_cmd) - 208usize];
-    ["Offset of field: CriuOpts::exec_cmd"][::std::mem::offset_of!(CriuOpts, exec_cmd) - 216usize];
-    ["Offset of field: CriuOpts::n_ext_mnt"]
-        [::std::mem::offset_of!(CriuOpts, n_ext_mnt) - 224usize];
-    ["Offset of field: CriuOpts::ext_mnt"][::std::mem::offset_of!(CriuOpts, ext_mnt) - 232usize];
-    ["Offset of field: CriuOpts::has_manage_cgroups"]
-        [::std::mem::offset_of!(CriuOpts, has_manage_cgroups) - 240usize];
-    ["Offset of field: CriuOpts::manage_cgroups"]
-        [::std::mem::offset_of!(CriuOpts, manage_cgroups) - 244usize];
-    ["Offset of field: CriuOpts::n_cg_root"]
-        [::std::mem::offset_of!(CriuOpts, n_cg_root) - 248usize];
-    ["Offset of field: CriuOpts::cg_root"][::std::mem::offset_of!(CriuOpts, cg_root) - 256usize];
-    ["Offset of field: CriuOpts::has_rst_sibling"]
-        [::std::mem::offset_of!(CriuOpts, has_rst_sibling) - 264usize];
-    ["Offset of field: CriuOpts::rst_sibling"]
-        [::std::mem::offset_of!(CriuOpts, rst_sibling) - 268usize];
-    ["Offset of field: CriuOpts::n_inherit_fd"]
-        [::std::mem::offset_of!(CriuOpts, n_inherit_fd) - 272usize];
-    ["Offset of field: CriuOpts::inherit_fd"]
-        [::std::mem::offset_of!(CriuOpts, inherit_fd) - 280usize];
-    ["Offset of field: CriuOpts::has_auto_ext_mnt"]
-        [::std::mem::offset_of!(CriuOpts, has_auto_ext_mnt) - 288usize];
-    ["Offset of field: CriuOpts::auto_ext_mnt"]
-        [::std::mem::offset_of!(CriuOpts, auto_ext_mnt) - 292usize];
-    ["Offset of field: CriuOpts::has_ext_sharing"]
-        [::std::mem::offset_of!(CriuOpts, has_ext_sharing) - 296usize];
-    ["Offset of field: CriuOpts::ext_sharing"]
-        [::std::mem::offset_of!(CriuOpts, ext_sharing) - 300usize];
-    ["Offset of field: CriuOpts::has_ext_masters"]
-        [::std::mem::offset_of!(CriuOpts, has_ext_masters) - 304usize];
-    ["Offset of field: CriuOpts::ext_masters"]
-        [::std::mem::offset_of!(CriuOpts, ext_masters) - 308usize];
-    ["Offset of field: CriuOpts::n_skip_mnt"]
-        [::std::mem::offset_of!(CriuOpts, n_skip_mnt) - 312usize];
-    ["Offset of field: CriuOpts::skip_mnt"][::std::mem::offset_of!(CriuOpts, skip_mnt) - 320usize];
-    ["Offset of field: CriuOpts::n_enable_fs"]
-        [::std::mem::offset_of!(CriuOpts, n_enable_fs) - 328usize];
-    ["Offset of field: CriuOpts::enable_fs"]
-        [::std::mem::offset_of!(CriuOpts, enable_fs) - 336usize];
-    ["Offset of field: CriuOpts::n_unix_sk_ino"]
-        [::std::mem::offset_of!(CriuOpts, n_unix_sk_ino) - 344usize];
-    ["Offset of field: CriuOpts::unix_sk_ino"]
-        [::std::mem::offset_of!(CriuOpts, unix_sk_ino) - 352usize];
-    ["Offset of field: CriuOpts::has_manage_cgroups_mode"]
-        [::std::mem::offset_of!(CriuOpts, has_manage_cgroups_mode) - 360usize];
-    ["Offset of field: CriuOpts::manage_cgroups_mode"]
-        [::std::mem::offset_of!(CriuOpts, manage_cgroups_mode) - 364usize];
-    ["Offset of field: CriuOpts::has_ghost_limit"]
-        [::std::mem::offset_of!(CriuOpts, has_ghost_limit) - 368usize];
-    ["Offset of field: CriuOpts::ghost_limit"]
-        [::std::mem::offset_of!(CriuOpts, ghost_limit) - 372usize];
-    ["Offset of field: CriuOpts::n_irmap_scan_paths"]
-        [::std::mem::offset_of!(CriuOpts, n_irmap_scan_paths) - 376usize];
-    ["Offset of field: CriuOpts::irmap_scan_paths"]
-        [::std::mem::offset_of!(CriuOpts, irmap_scan_paths) - 384usize];
-    ["Offset of field: CriuOpts::n_external"]
-        [::std::mem::offset_of!(CriuOpts, n_external) - 392usize];
-    ["Offset of field: CriuOpts::external"][::std::mem::offset_of!(CriuOpts, external) - 400usize];
-    ["Offset of field: CriuOpts::has_empty_ns"]
-        [::std::mem::offset_of!(CriuOpts, has_empty_ns) - 408usize];
-    ["Offset of field: CriuOpts::empty_ns"][::std::mem::offset_of!(CriuOpts, empty_ns) - 412usize];
-    ["Offset of field: CriuOpts::n_join_ns"]
-        [::std::mem::offset_of!(CriuOpts, n_join_ns) - 416usize];
-    ["Offset of field: CriuOpts::join_ns"][::std::mem::offset_of!(CriuOpts, join_ns) - 424usize];
-    ["Offset of field: CriuOpts::cgroup_props"]
-        [::std::mem::offset_of!(CriuOpts, cgroup_props) - 432usize];
-    ["Offset of field: CriuOpts::cgroup_props_file"]
-        [::std::mem::offset_of!(CriuOpts, cgroup_props_file) - 440usize];
-    ["Offset of field: CriuOpts::n_cgroup_dump_controller"]
-        [::std::mem::offset_of!(CriuOpts, n_cgroup_dump_controller) - 448usize];
-    ["Offset of field: CriuOpts::cgroup_dump_controller"]
-        [::std::mem::offset_of!(CriuOpts, cgroup_dump_controller) - 456usize];
-    ["Offset of field: CriuOpts::freeze_cgroup"]
-        [::std::mem::offset_of!(CriuOpts, freeze_cgroup) - 464usize];
-    ["Offset of field: CriuOpts::has_timeout"]
-        [::std::mem::offset_of!(CriuOpts, has_timeout) - 472usize];
-    ["Offset of field: CriuOpts::timeout"][::std::mem::offset_of!(CriuOpts, timeout) - 476usize];
-    ["Offset of field: CriuOpts::has_tcp_skip_in_flight"]
-        [::std::mem::offset_of!(CriuOpts, has_tcp_skip_in_flight) - 480usize];
-    ["Offset of field: CriuOpts::tcp_skip_in_flight"]
-        [::std::mem::offset_of!(CriuOpts, tcp_skip_in_flight) - 484usize];
-    ["Offset of field: CriuOpts::has_weak_sysctls"]
-        [::std::mem::offset_of!(CriuOpts, has_weak_sysctls) - 488usize];
-    ["Offset of field: CriuOpts::weak_sysctls"]
-        [::std::mem::offset_of!(CriuOpts, weak_sysctls) - 492usize];
-    ["Offset of field: CriuOpts::has_lazy_pages"]
-        [::std::mem::offset_of!(CriuOpts, has_lazy_pages) - 496usize];
-    ["Offset of field: CriuOpts::lazy_pages"]
-        [::std::mem::offset_of!(CriuOpts, lazy_pages) - 500usize];
-    ["Offset of field: CriuOpts::has_status_fd"]
-        [::std::mem::offset_of!(CriuOpts, has_status_fd) - 504usize];
-    ["Offset of field: CriuOpts::status_fd"]
-        [::std::mem::offset_of!(CriuOpts, status_fd) - 508usize];
-    ["Offset of field: CriuOpts::has_orphan_pts_master"]
-        [::std::mem::offset_of!(CriuOpts, has_orphan_pts_master) - 512usize];
-    ["Offset of field: CriuOpts::orphan_pts_master"]
-        [::std::mem::offset_of!(CriuOpts, orphan_pts_master) - 516usize];
-    ["Offset of field: CriuOpts::config_file"]
-        [::std::mem::offset_of!(CriuOpts, config_file) - 520usize];
-    ["Offset of field: CriuOpts::has_tcp_close"]
-        [::std::mem::offset_of!(CriuOpts, has_tcp_close) - 528usize];
-    ["Offset of field: CriuOpts::tcp_close"]
-        [::std::mem::offset_of!(CriuOpts, tcp_close) - 532usize];
-    ["Offset of field: CriuOpts::lsm_profile"]
-        [::std::mem::offset_of!(CriuOpts, lsm_profile) - 536usize];
-    ["Offset of field: CriuOpts::tls_cacert"]
-        [::std::mem::offset_of!(CriuOpts, tls_cacert) - 544usize];
-    ["Offset of field: CriuOpts::tls_cacrl"]
-        [::std::mem::offset_of!(CriuOpts, tls_cacrl) - 552usize];
-    ["Offset of field: CriuOpts::tls_cert"][::std::mem::offset_of!(CriuOpts, tls_cert) - 560usize];
-    ["Offset of field: CriuOpts::tls_key"][::std::mem::offset_of!(CriuOpts, tls_key) - 568usize];
-    ["Offset of field: CriuOpts::has_tls"][::std::mem::offset_of!(CriuOpts, has_tls) - 576usize];
-    ["Offset of field: CriuOpts::tls"][::std::mem::offset_of!(CriuOpts, tls) - 580usize];
-    ["Offset of field: CriuOpts::has_tls_no_cn_verify"]
-        [::std::mem::offset_of!(CriuOpts, has_tls_no_cn_verify) - 584usize];
-    ["Offset of field: CriuOpts::tls_no_cn_verify"]
-        [::std::mem::offset_of!(CriuOpts, tls_no_cn_verify) - 588usize];
-    ["Offset of field: CriuOpts::cgroup_yard"]
-        [::std::mem::offset_of!(CriuOpts, cgroup_yard) - 592usize];
-    ["Offset of field: CriuOpts::has_pre_dump_mode"]
-        [::std::mem::offset_of!(CriuOpts, has_pre_dump_mode) - 600usize];
-    ["Offset of field: CriuOpts::pre_dump_mode"]
-        [::std::mem::offset_of!(CriuOpts, pre_dump_mode) - 604usize];
-    ["Offset of field: CriuOpts::has_pidfd_store_sk"]
-        [::std::mem::offset_of!(CriuOpts, has_pidfd_store_sk) - 608usize];
-    ["Offset of field: CriuOpts::pidfd_store_sk"]
-        [::std::mem::offset_of!(CriuOpts, pidfd_store_sk) - 612usize];
-    ["Offset of field: CriuOpts::lsm_mount_context"]
-        [::std::mem::offset_of!(CriuOpts, lsm_mount_context) - 616usize];
-    ["Offset of field: CriuOpts::has_network_lock"]
-        [::std::mem::offset_of!(CriuOpts, has_network_lock) - 624usize];
-    ["Offset of field: CriuOpts::network_lock"]
-        [::std::mem::offset_of!(CriuOpts, network_lock) - 628usize];
-    ["Offset of field: CriuOpts::has_mntns_compat_mode"]
-        [::std::mem::offset_of!(CriuOpts, has_mntns_compat_mode) - 632usize];
-    ["Offset of field: CriuOpts::mntns_compat_mode"]
-        [::std::mem::offset_of!(CriuOpts, mntns_compat_mode) - 636usize];
-    ["Offset of field: CriuOpts::has_skip_file_rwx_check"]
-        [::std::mem::offset_of!(CriuOpts, has_skip_file_rwx_check) - 640usize];
-    ["Offset of field: CriuOpts::skip_file_rwx_check"]
-        [::std::mem::offset_of!(CriuOpts, skip_file_rwx_check) - 644usize];
-    ["Offset of field: CriuOpts::has_unprivileged"]
-        [::std::mem::offset_of!(CriuOpts, has_unprivileged) - 648usize];
-    ["Offset of field: CriuOpts::unprivileged"]
-        [::std::mem::offset_of!(CriuOpts, unprivileged) - 652usize];
-    ["Offset of field: CriuOpts::has_leave_stopped"]
-        [::std::mem::offset_of!(CriuOpts, has_leave_stopped) - 656usize];
-    ["Offset of field: CriuOpts::leave_stopped"]
-        [::std::mem::offset_of!(CriuOpts, leave_stopped) - 660usize];
-    ["Offset of field: CriuOpts::has_display_stats"]
-        [::std::mem::offset_of!(CriuOpts, has_display_stats) - 664usize];
-    ["Offset of field: CriuOpts::display_stats"]
-        [::std::mem::offset_of!(CriuOpts, display_stats) - 668usize];
-    ["Offset of field: CriuOpts::has_log_to_stderr"]
-        [::std::mem::offset_of!(CriuOpts, has_log_to_stderr) - 672usize];
-    ["Offset of field: CriuOpts::log_to_stderr"]
-        [::std::mem::offset_of!(CriuOpts, log_to_stderr) - 676usize];
-};
 impl Default for CriuOpts {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
@@ -894,16 +470,6 @@ pub struct CriuDumpResp {
     pub has_restored: protobuf_c_boolean,
     pub restored: protobuf_c_boolean,
 }
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of CriuDumpResp"][::std::mem::size_of::<CriuDumpResp>() - 32usize];
-    ["Alignment of CriuDumpResp"][::std::mem::align_of::<CriuDumpResp>() - 8usize];
-    ["Offset of field: CriuDumpResp::base"][::std::mem::offset_of!(CriuDumpResp, base) - 0usize];
-    ["Offset of field: CriuDumpResp::has_restored"]
-        [::std::mem::offset_of!(CriuDumpResp, has_restored) - 24usize];
-    ["Offset of field: CriuDumpResp::restored"]
-        [::std::mem::offset_of!(CriuDumpResp, restored) - 28usize];
-};
 impl Default for CriuDumpResp {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
@@ -919,15 +485,6 @@ pub struct CriuRestoreResp {
     pub base: ProtobufCMessage,
     pub pid: i32,
 }
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of CriuRestoreResp"][::std::mem::size_of::<CriuRestoreResp>() - 32usize];
-    ["Alignment of CriuRestoreResp"][::std::mem::align_of::<CriuRestoreResp>() - 8usize];
-    ["Offset of field: CriuRestoreResp::base"]
-        [::std::mem::offset_of!(CriuRestoreResp, base) - 0usize];
-    ["Offset of field: CriuRestoreResp::pid"]
-        [::std::mem::offset_of!(CriuRestoreResp, pid) - 24usize];
-};
 impl Default for CriuRestoreResp {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
@@ -945,15 +502,6 @@ pub struct CriuNotify {
     pub has_pid: protobuf_c_boolean,
     pub pid: i32,
 }
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of CriuNotify"][::std::mem::size_of::<CriuNotify>() - 40usize];
-    ["Alignment of CriuNotify"][::std::mem::align_of::<CriuNotify>() - 8usize];
-    ["Offset of field: CriuNotify::base"][::std::mem::offset_of!(CriuNotify, base) - 0usize];
-    ["Offset of field: CriuNotify::script"][::std::mem::offset_of!(CriuNotify, script) - 24usize];
-    ["Offset of field: CriuNotify::has_pid"][::std::mem::offset_of!(CriuNotify, has_pid) - 32usize];
-    ["Offset of field: CriuNotify::pid"][::std::mem::offset_of!(CriuNotify, pid) - 36usize];
-};
 impl Default for CriuNotify {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
@@ -974,24 +522,6 @@ pub struct CriuFeatures {
     pub has_pidfd_store: protobuf_c_boolean,
     pub pidfd_store: protobuf_c_boolean,
 }
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of CriuFeatures"][::std::mem::size_of::<CriuFeatures>() - 48usize];
-    ["Alignment of CriuFeatures"][::std::mem::align_of::<CriuFeatures>() - 8usize];
-    ["Offset of field: CriuFeatures::base"][::std::mem::offset_of!(CriuFeatures, base) - 0usize];
-    ["Offset of field: CriuFeatures::has_mem_track"]
-        [::std::mem::offset_of!(CriuFeatures, has_mem_track) - 24usize];
-    ["Offset of field: CriuFeatures::mem_track"]
-        [::std::mem::offset_of!(CriuFeatures, mem_track) - 28usize];
-    ["Offset of field: CriuFeatures::has_lazy_pages"]
-        [::std::mem::offset_of!(CriuFeatures, has_lazy_pages) - 32usize];
-    ["Offset of field: CriuFeatures::lazy_pages"]
-        [::std::mem::offset_of!(CriuFeatures, lazy_pages) - 36usize];
-    ["Offset of field: CriuFeatures::has_pidfd_store"]
-        [::std::mem::offset_of!(CriuFeatures, has_pidfd_store) - 40usize];
-    ["Offset of field: CriuFeatures::pidfd_store"]
-        [::std::mem::offset_of!(CriuFeatures, pidfd_store) - 44usize];
-};
 impl Default for CriuFeatures {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
@@ -1015,24 +545,6 @@ pub struct CriuReq {
     pub has_pid: protobuf_c_boolean,
     pub pid: u32,
 }
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of CriuReq"][::std::mem::size_of::<CriuReq>() - 72usize];
-    ["Alignment of CriuReq"][::std::mem::align_of::<CriuReq>() - 8usize];
-    ["Offset of field: CriuReq::base"][::std::mem::offset_of!(CriuReq, base) - 0usize];
-    ["Offset of field: CriuReq::type_"][::std::mem::offset_of!(CriuReq, type_) - 24usize];
-    ["Offset of field: CriuReq::opts"][::std::mem::offset_of!(CriuReq, opts) - 32usize];
-    ["Offset of field: CriuReq::has_notify_success"]
-        [::std::mem::offset_of!(CriuReq, has_notify_success) - 40usize];
-    ["Offset of field: CriuReq::notify_success"]
-        [::std::mem::offset_of!(CriuReq, notify_success) - 44usize];
-    ["Offset of field: CriuReq::has_keep_open"]
-        [::std::mem::offset_of!(CriuReq, has_keep_open) - 48usize];
-    ["Offset of field: CriuReq::keep_open"][::std::mem::offset_of!(CriuReq, keep_open) - 52usize];
-    ["Offset of field: CriuReq::features"][::std::mem::offset_of!(CriuReq, features) - 56usize];
-    ["Offset of field: CriuReq::has_pid"][::std::mem::offset_of!(CriuReq, has_pid) - 64usize];
-    ["Offset of field: CriuReq::pid"][::std::mem::offset_of!(CriuReq, pid) - 68usize];
-};
 impl Default for CriuReq {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
@@ -1060,27 +572,6 @@ pub struct CriuResp {
     pub has_status: protobuf_c_boolean,
     pub status: i32,
 }
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of CriuResp"][::std::mem::size_of::<CriuResp>() - 104usize];
-    ["Alignment of CriuResp"][::std::mem::align_of::<CriuResp>() - 8usize];
-    ["Offset of field: CriuResp::base"][::std::mem::offset_of!(CriuResp, base) - 0usize];
-    ["Offset of field: CriuResp::type_"][::std::mem::offset_of!(CriuResp, type_) - 24usize];
-    ["Offset of field: CriuResp::success"][::std::mem::offset_of!(CriuResp, success) - 28usize];
-    ["Offset of field: CriuResp::dump"][::std::mem::offset_of!(CriuResp, dump) - 32usize];
-    ["Offset of field: CriuResp::restore"][::std::mem::offset_of!(CriuResp, restore) - 40usize];
-    ["Offset of field: CriuResp::notify"][::std::mem::offset_of!(CriuResp, notify) - 48usize];
-    ["Offset of field: CriuResp::ps"][::std::mem::offset_of!(CriuResp, ps) - 56usize];
-    ["Offset of field: CriuResp::has_cr_errno"]
-        [::std::mem::offset_of!(CriuResp, has_cr_errno) - 64usize];
-    ["Offset of field: CriuResp::cr_errno"][::std::mem::offset_of!(CriuResp, cr_errno) - 68usize];
-    ["Offset of field: CriuResp::features"][::std::mem::offset_of!(CriuResp, features) - 72usize];
-    ["Offset of field: CriuResp::cr_errmsg"][::std::mem::offset_of!(CriuResp, cr_errmsg) - 80usize];
-    ["Offset of field: CriuResp::version"][::std::mem::offset_of!(CriuResp, version) - 88usize];
-    ["Offset of field: CriuResp::has_status"]
-        [::std::mem::offset_of!(CriuResp, has_status) - 96usize];
-    ["Offset of field: CriuResp::status"][::std::mem::offset_of!(CriuResp, status) - 100usize];
-};
 impl Default for CriuResp {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
@@ -1103,25 +594,6 @@ pub struct CriuVersion {
     pub extra: i32,
     pub name: *mut ::std::os::raw::c_char,
 }
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of CriuVersion"][::std::mem::size_of::<CriuVersion>() - 64usize];
-    ["Alignment of CriuVersion"][::std::mem::align_of::<CriuVersion>() - 8usize];
-    ["Offset of field: CriuVersion::base"][::std::mem::offset_of!(CriuVersion, base) - 0usize];
-    ["Offset of field: CriuVersion::major_number"]
-        [::std::mem::offset_of!(CriuVersion, major_number) - 24usize];
-    ["Offset of field: CriuVersion::minor_number"]
-        [::std::mem::offset_of!(CriuVersion, minor_number) - 28usize];
-    ["Offset of field: CriuVersion::gitid"][::std::mem::offset_of!(CriuVersion, gitid) - 32usize];
-    ["Offset of field: CriuVersion::has_sublevel"]
-        [::std::mem::offset_of!(CriuVersion, has_sublevel) - 40usize];
-    ["Offset of field: CriuVersion::sublevel"]
-        [::std::mem::offset_of!(CriuVersion, sublevel) - 44usize];
-    ["Offset of field: CriuVersion::has_extra"]
-        [::std::mem::offset_of!(CriuVersion, has_extra) - 48usize];
-    ["Offset of field: CriuVersion::extra"][::std::mem::offset_of!(CriuVersion, extra) - 52usize];
-    ["Offset of field: CriuVersion::name"][::std::mem::offset_of!(CriuVersion, name) - 56usize];
-};
 impl Default for CriuVersion {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
@@ -1130,272 +602,6 @@ impl Default for CriuVersion {
             s.assume_init()
         }
     }
-}
-unsafe extern "C" {
-    pub fn criu_page_server_info__init(message: *mut CriuPageServerInfo);
-}
-unsafe extern "C" {
-    pub fn criu_page_server_info__get_packed_size(message: *const CriuPageServerInfo) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_page_server_info__pack(message: *const CriuPageServerInfo, out: *mut u8) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_page_server_info__pack_to_buffer(
-        message: *const CriuPageServerInfo,
-        buffer: *mut ProtobufCBuffer,
-    ) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_page_server_info__unpack(
-        allocator: *mut ProtobufCAllocator,
-        len: usize,
-        data: *const u8,
-    ) -> *mut CriuPageServerInfo;
-}
-unsafe extern "C" {
-    pub fn criu_page_server_info__free_unpacked(
-        message: *mut CriuPageServerInfo,
-        allocator: *mut ProtobufCAllocator,
-    );
-}
-unsafe extern "C" {
-    pub fn criu_veth_pair__init(message: *mut CriuVethPair);
-}
-unsafe extern "C" {
-    pub fn criu_veth_pair__get_packed_size(message: *const CriuVethPair) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_veth_pair__pack(message: *const CriuVethPair, out: *mut u8) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_veth_pair__pack_to_buffer(
-        message: *const CriuVethPair,
-        buffer: *mut ProtobufCBuffer,
-    ) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_veth_pair__unpack(
-        allocator: *mut ProtobufCAllocator,
-        len: usize,
-        data: *const u8,
-    ) -> *mut CriuVethPair;
-}
-unsafe extern "C" {
-    pub fn criu_veth_pair__free_unpacked(
-        message: *mut CriuVethPair,
-        allocator: *mut ProtobufCAllocator,
-    );
-}
-unsafe extern "C" {
-    pub fn criu_opts__init(message: *mut CriuOpts);
-}
-unsafe extern "C" {
-    pub fn criu_opts__get_packed_size(message: *const CriuOpts) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_opts__pack(message: *const CriuOpts, out: *mut u8) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_opts__pack_to_buffer(
-        message: *const CriuOpts,
-        buffer: *mut ProtobufCBuffer,
-    ) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_opts__unpack(
-        allocator: *mut ProtobufCAllocator,
-        len: usize,
-        data: *const u8,
-    ) -> *mut CriuOpts;
-}
-unsafe extern "C" {
-    pub fn criu_opts__free_unpacked(message: *mut CriuOpts, allocator: *mut ProtobufCAllocator);
-}
-unsafe extern "C" {
-    pub fn criu_dump_resp__init(message: *mut CriuDumpResp);
-}
-unsafe extern "C" {
-    pub fn criu_dump_resp__get_packed_size(message: *const CriuDumpResp) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_dump_resp__pack(message: *const CriuDumpResp, out: *mut u8) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_dump_resp__pack_to_buffer(
-        message: *const CriuDumpResp,
-        buffer: *mut ProtobufCBuffer,
-    ) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_dump_resp__unpack(
-        allocator: *mut ProtobufCAllocator,
-        len: usize,
-        data: *const u8,
-    ) -> *mut CriuDumpResp;
-}
-unsafe extern "C" {
-    pub fn criu_dump_resp__free_unpacked(
-        message: *mut CriuDumpResp,
-        allocator: *mut ProtobufCAllocator,
-    );
-}
-unsafe extern "C" {
-    pub fn criu_restore_resp__init(message: *mut CriuRestoreResp);
-}
-unsafe extern "C" {
-    pub fn criu_restore_resp__get_packed_size(message: *const CriuRestoreResp) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_restore_resp__pack(message: *const CriuRestoreResp, out: *mut u8) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_restore_resp__pack_to_buffer(
-        message: *const CriuRestoreResp,
-        buffer: *mut ProtobufCBuffer,
-    ) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_restore_resp__unpack(
-        allocator: *mut ProtobufCAllocator,
-        len: usize,
-        data: *const u8,
-    ) -> *mut CriuRestoreResp;
-}
-unsafe extern "C" {
-    pub fn criu_restore_resp__free_unpacked(
-        message: *mut CriuRestoreResp,
-        allocator: *mut ProtobufCAllocator,
-    );
-}
-unsafe extern "C" {
-    pub fn criu_notify__init(message: *mut CriuNotify);
-}
-unsafe extern "C" {
-    pub fn criu_notify__get_packed_size(message: *const CriuNotify) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_notify__pack(message: *const CriuNotify, out: *mut u8) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_notify__pack_to_buffer(
-        message: *const CriuNotify,
-        buffer: *mut ProtobufCBuffer,
-    ) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_notify__unpack(
-        allocator: *mut ProtobufCAllocator,
-        len: usize,
-        data: *const u8,
-    ) -> *mut CriuNotify;
-}
-unsafe extern "C" {
-    pub fn criu_notify__free_unpacked(message: *mut CriuNotify, allocator: *mut ProtobufCAllocator);
-}
-unsafe extern "C" {
-    pub fn criu_features__init(message: *mut CriuFeatures);
-}
-unsafe extern "C" {
-    pub fn criu_features__get_packed_size(message: *const CriuFeatures) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_features__pack(message: *const CriuFeatures, out: *mut u8) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_features__pack_to_buffer(
-        message: *const CriuFeatures,
-        buffer: *mut ProtobufCBuffer,
-    ) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_features__unpack(
-        allocator: *mut ProtobufCAllocator,
-        len: usize,
-        data: *const u8,
-    ) -> *mut CriuFeatures;
-}
-unsafe extern "C" {
-    pub fn criu_features__free_unpacked(
-        message: *mut CriuFeatures,
-        allocator: *mut ProtobufCAllocator,
-    );
-}
-unsafe extern "C" {
-    pub fn criu_req__init(message: *mut CriuReq);
-}
-unsafe extern "C" {
-    pub fn criu_req__get_packed_size(message: *const CriuReq) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_req__pack(message: *const CriuReq, out: *mut u8) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_req__pack_to_buffer(message: *const CriuReq, buffer: *mut ProtobufCBuffer)
-    -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_req__unpack(
-        allocator: *mut ProtobufCAllocator,
-        len: usize,
-        data: *const u8,
-    ) -> *mut CriuReq;
-}
-unsafe extern "C" {
-    pub fn criu_req__free_unpacked(message: *mut CriuReq, allocator: *mut ProtobufCAllocator);
-}
-unsafe extern "C" {
-    pub fn criu_resp__init(message: *mut CriuResp);
-}
-unsafe extern "C" {
-    pub fn criu_resp__get_packed_size(message: *const CriuResp) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_resp__pack(message: *const CriuResp, out: *mut u8) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_resp__pack_to_buffer(
-        message: *const CriuResp,
-        buffer: *mut ProtobufCBuffer,
-    ) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_resp__unpack(
-        allocator: *mut ProtobufCAllocator,
-        len: usize,
-        data: *const u8,
-    ) -> *mut CriuResp;
-}
-unsafe extern "C" {
-    pub fn criu_resp__free_unpacked(message: *mut CriuResp, allocator: *mut ProtobufCAllocator);
-}
-unsafe extern "C" {
-    pub fn criu_version__init(message: *mut CriuVersion);
-}
-unsafe extern "C" {
-    pub fn criu_version__get_packed_size(message: *const CriuVersion) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_version__pack(message: *const CriuVersion, out: *mut u8) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_version__pack_to_buffer(
-        message: *const CriuVersion,
-        buffer: *mut ProtobufCBuffer,
-    ) -> usize;
-}
-unsafe extern "C" {
-    pub fn criu_version__unpack(
-        allocator: *mut ProtobufCAllocator,
-        len: usize,
-        data: *const u8,
-    ) -> *mut CriuVersion;
-}
-unsafe extern "C" {
-    pub fn criu_version__free_unpacked(
-        message: *mut CriuVersion,
-        allocator: *mut ProtobufCAllocator,
-    );
 }
 pub type CriuPageServerInfo_Closure = ::std::option::Option<
     unsafe extern "C" fn(
@@ -1452,199 +658,246 @@ pub type criu_network_lock_method = ::std::os::raw::c_uint;
 pub const criu_pre_dump_mode_CRIU_PRE_DUMP_SPLICE: criu_pre_dump_mode = 1;
 pub const criu_pre_dump_mode_CRIU_PRE_DUMP_READ: criu_pre_dump_mode = 2;
 pub type criu_pre_dump_mode = ::std::os::raw::c_uint;
+pub type criu_notify_arg_t = *mut CriuNotify;
+pub type criu_predump_info = *mut ::std::os::raw::c_void;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct criu_opts {
+    _unused: [u8; 0],
+}
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct criu_feature_check {
+    pub mem_track: bool,
+    pub lazy_pages: bool,
+    pub pidfd_store: bool,
+}
 unsafe extern "C" {
+    pub fn criu_page_server_info__init(message: *mut CriuPageServerInfo);
+    pub fn criu_page_server_info__get_packed_size(message: *const CriuPageServerInfo) -> usize;
+    pub fn criu_page_server_info__pack(message: *const CriuPageServerInfo, out: *mut u8) -> usize;
+    pub fn criu_page_server_info__pack_to_buffer(
+        message: *const CriuPageServerInfo,
+        buffer: *mut ProtobufCBuffer,
+    ) -> usize;
+    pub fn criu_page_server_info__unpack(
+        allocator: *mut ProtobufCAllocator,
+        len: usize,
+        data: *const u8,
+    ) -> *mut CriuPageServerInfo;
+    pub fn criu_page_server_info__free_unpacked(
+        message: *mut CriuPageServerInfo,
+        allocator: *mut ProtobufCAllocator,
+    );
+    pub fn criu_veth_pair__init(message: *mut CriuVethPair);
+    pub fn criu_veth_pair__get_packed_size(message: *const CriuVethPair) -> usize;
+    pub fn criu_veth_pair__pack(message: *const CriuVethPair, out: *mut u8) -> usize;
+    pub fn criu_veth_pair__pack_to_buffer(
+        message: *const CriuVethPair,
+        buffer: *mut ProtobufCBuffer,
+    ) -> usize;
+    pub fn criu_veth_pair__unpack(
+        allocator: *mut ProtobufCAllocator,
+        len: usize,
+        data: *const u8,
+    ) -> *mut CriuVethPair;
+    pub fn criu_veth_pair__free_unpacked(
+        message: *mut CriuVethPair,
+        allocator: *mut ProtobufCAllocator,
+    );
+    pub fn criu_opts__init(message: *mut CriuOpts);
+    pub fn criu_opts__get_packed_size(message: *const CriuOpts) -> usize;
+    pub fn criu_opts__pack(message: *const CriuOpts, out: *mut u8) -> usize;
+    pub fn criu_opts__pack_to_buffer(
+        message: *const CriuOpts,
+        buffer: *mut ProtobufCBuffer,
+    ) -> usize;
+    pub fn criu_opts__unpack(
+        allocator: *mut ProtobufCAllocator,
+        len: usize,
+        data: *const u8,
+    ) -> *mut CriuOpts;
+    pub fn criu_opts__free_unpacked(message: *mut CriuOpts, allocator: *mut ProtobufCAllocator);
+    pub fn criu_dump_resp__init(message: *mut CriuDumpResp);
+    pub fn criu_dump_resp__get_packed_size(message: *const CriuDumpResp) -> usize;
+    pub fn criu_dump_resp__pack(message: *const CriuDumpResp, out: *mut u8) -> usize;
+    pub fn criu_dump_resp__pack_to_buffer(
+        message: *const CriuDumpResp,
+        buffer: *mut ProtobufCBuffer,
+    ) -> usize;
+    pub fn criu_dump_resp__unpack(
+        allocator: *mut ProtobufCAllocator,
+        len: usize,
+        data: *const u8,
+    ) -> *mut CriuDumpResp;
+    pub fn criu_dump_resp__free_unpacked(
+        message: *mut CriuDumpResp,
+        allocator: *mut ProtobufCAllocator,
+    );
+    pub fn criu_restore_resp__init(message: *mut CriuRestoreResp);
+    pub fn criu_restore_resp__get_packed_size(message: *const CriuRestoreResp) -> usize;
+    pub fn criu_restore_resp__pack(message: *const CriuRestoreResp, out: *mut u8) -> usize;
+    pub fn criu_restore_resp__pack_to_buffer(
+        message: *const CriuRestoreResp,
+        buffer: *mut ProtobufCBuffer,
+    ) -> usize;
+    pub fn criu_restore_resp__unpack(
+        allocator: *mut ProtobufCAllocator,
+        len: usize,
+        data: *const u8,
+    ) -> *mut CriuRestoreResp;
+    pub fn criu_restore_resp__free_unpacked(
+        message: *mut CriuRestoreResp,
+        allocator: *mut ProtobufCAllocator,
+    );
+    pub fn criu_notify__init(message: *mut CriuNotify);
+    pub fn criu_notify__get_packed_size(message: *const CriuNotify) -> usize;
+    pub fn criu_notify__pack(message: *const CriuNotify, out: *mut u8) -> usize;
+    pub fn criu_notify__pack_to_buffer(
+        message: *const CriuNotify,
+        buffer: *mut ProtobufCBuffer,
+    ) -> usize;
+    pub fn criu_notify__unpack(
+        allocator: *mut ProtobufCAllocator,
+        len: usize,
+        data: *const u8,
+    ) -> *mut CriuNotify;
+    pub fn criu_notify__free_unpacked(message: *mut CriuNotify, allocator: *mut ProtobufCAllocator);
+    pub fn criu_features__init(message: *mut CriuFeatures);
+    pub fn criu_features__get_packed_size(message: *const CriuFeatures) -> usize;
+    pub fn criu_features__pack(message: *const CriuFeatures, out: *mut u8) -> usize;
+    pub fn criu_features__pack_to_buffer(
+        message: *const CriuFeatures,
+        buffer: *mut ProtobufCBuffer,
+    ) -> usize;
+    pub fn criu_features__unpack(
+        allocator: *mut ProtobufCAllocator,
+        len: usize,
+        data: *const u8,
+    ) -> *mut CriuFeatures;
+    pub fn criu_features__free_unpacked(
+        message: *mut CriuFeatures,
+        allocator: *mut ProtobufCAllocator,
+    );
+    pub fn criu_req__init(message: *mut CriuReq);
+    pub fn criu_req__get_packed_size(message: *const CriuReq) -> usize;
+    pub fn criu_req__pack(message: *const CriuReq, out: *mut u8) -> usize;
+    pub fn criu_req__pack_to_buffer(message: *const CriuReq, buffer: *mut ProtobufCBuffer)
+    -> usize;
+    pub fn criu_req__unpack(
+        allocator: *mut ProtobufCAllocator,
+        len: usize,
+        data: *const u8,
+    ) -> *mut CriuReq;
+    pub fn criu_req__free_unpacked(message: *mut CriuReq, allocator: *mut ProtobufCAllocator);
+    pub fn criu_resp__init(message: *mut CriuResp);
+    pub fn criu_resp__get_packed_size(message: *const CriuResp) -> usize;
+    pub fn criu_resp__pack(message: *const CriuResp, out: *mut u8) -> usize;
+    pub fn criu_resp__pack_to_buffer(
+        message: *const CriuResp,
+        buffer: *mut ProtobufCBuffer,
+    ) -> usize;
+    pub fn criu_resp__unpack(
+        allocator: *mut ProtobufCAllocator,
+        len: usize,
+        data: *const u8,
+    ) -> *mut CriuResp;
+    pub fn criu_resp__free_unpacked(message: *mut CriuResp, allocator: *mut ProtobufCAllocator);
+    pub fn criu_version__init(message: *mut CriuVersion);
+    pub fn criu_version__get_packed_size(message: *const CriuVersion) -> usize;
+    pub fn criu_version__pack(message: *const CriuVersion, out: *mut u8) -> usize;
+    pub fn criu_version__pack_to_buffer(
+        message: *const CriuVersion,
+        buffer: *mut ProtobufCBuffer,
+    ) -> usize;
+    pub fn criu_version__unpack(
+        allocator: *mut ProtobufCAllocator,
+        len: usize,
+        data: *const u8,
+    ) -> *mut CriuVersion;
+    pub fn criu_version__free_unpacked(
+        message: *mut CriuVersion,
+        allocator: *mut ProtobufCAllocator,
+    );
     pub fn criu_set_service_address(path: *const ::std::os::raw::c_char) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_set_service_fd(fd: ::std::os::raw::c_int);
-}
-unsafe extern "C" {
     pub fn criu_set_service_binary(path: *const ::std::os::raw::c_char) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_init_opts() -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_free_opts();
-}
-unsafe extern "C" {
     pub fn criu_set_pid(pid: ::std::os::raw::c_int);
-}
-unsafe extern "C" {
     pub fn criu_set_images_dir_fd(fd: ::std::os::raw::c_int);
-}
-unsafe extern "C" {
     pub fn criu_set_parent_images(path: *const ::std::os::raw::c_char) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_set_work_dir_fd(fd: ::std::os::raw::c_int);
-}
-unsafe extern "C" {
     pub fn criu_set_leave_running(leave_running: bool);
-}
-unsafe extern "C" {
     pub fn criu_set_ext_unix_sk(ext_unix_sk: bool);
-}
-unsafe extern "C" {
     pub fn criu_add_unix_sk(inode: ::std::os::raw::c_uint) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_set_tcp_established(tcp_established: bool);
-}
-unsafe extern "C" {
     pub fn criu_set_tcp_skip_in_flight(tcp_skip_in_flight: bool);
-}
-unsafe extern "C" {
     pub fn criu_set_tcp_close(tcp_close: bool);
-}
-unsafe extern "C" {
     pub fn criu_set_weak_sysctls(val: bool);
-}
-unsafe extern "C" {
     pub fn criu_set_evasive_devices(evasive_devices: bool);
-}
-unsafe extern "C" {
     pub fn criu_set_shell_job(shell_job: bool);
-}
-unsafe extern "C" {
     pub fn criu_set_skip_file_rwx_check(skip_file_rwx_check: bool);
-}
-unsafe extern "C" {
     pub fn criu_set_unprivileged(unprivileged: bool);
-}
-unsafe extern "C" {
     pub fn criu_set_orphan_pts_master(orphan_pts_master: bool);
-}
-unsafe extern "C" {
     pub fn criu_set_file_locks(file_locks: bool);
-}
-unsafe extern "C" {
     pub fn criu_set_track_mem(track_mem: bool);
-}
-unsafe extern "C" {
     pub fn criu_set_auto_dedup(auto_dedup: bool);
-}
-unsafe extern "C" {
     pub fn criu_set_force_irmap(force_irmap: bool);
-}
-unsafe extern "C" {
     pub fn criu_set_link_remap(link_remap: bool);
-}
-unsafe extern "C" {
     pub fn criu_set_log_level(log_level: ::std::os::raw::c_int);
-}
-unsafe extern "C" {
     pub fn criu_set_log_file(log_file: *const ::std::os::raw::c_char) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_set_cpu_cap(cap: ::std::os::raw::c_uint);
-}
-unsafe extern "C" {
     pub fn criu_set_root(root: *const ::std::os::raw::c_char) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_set_manage_cgroups(manage: bool);
-}
-unsafe extern "C" {
     pub fn criu_set_manage_cgroups_mode(mode: criu_cg_mode);
-}
-unsafe extern "C" {
     pub fn criu_set_freeze_cgroup(name: *const ::std::os::raw::c_char) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_set_lsm_profile(name: *const ::std::os::raw::c_char) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_set_lsm_mount_context(name: *const ::std::os::raw::c_char)
     -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_set_timeout(timeout: ::std::os::raw::c_uint);
-}
-unsafe extern "C" {
     pub fn criu_set_auto_ext_mnt(val: bool);
-}
-unsafe extern "C" {
     pub fn criu_set_ext_sharing(val: bool);
-}
-unsafe extern "C" {
     pub fn criu_set_ext_masters(val: bool);
-}
-unsafe extern "C" {
     pub fn criu_set_exec_cmd(
         argc: ::std::os::raw::c_int,
         argv: *mut *mut ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_add_ext_mount(
         key: *const ::std::os::raw::c_char,
         val: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_add_veth_pair(
         in_: *const ::std::os::raw::c_char,
         out: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_add_cg_root(
         ctrl: *const ::std::os::raw::c_char,
         path: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_add_enable_fs(fs: *const ::std::os::raw::c_char) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_add_skip_mnt(mnt: *const ::std::os::raw::c_char) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_set_ghost_limit(limit: ::std::os::raw::c_uint);
-}
-unsafe extern "C" {
     pub fn criu_add_irmap_path(path: *const ::std::os::raw::c_char) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_add_inherit_fd(
         fd: ::std::os::raw::c_int,
         key: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_add_external(key: *const ::std::os::raw::c_char) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_set_page_server_address_port(
         address: *const ::std::os::raw::c_char,
         port: ::std::os::raw::c_int,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_set_pre_dump_mode(mode: criu_pre_dump_mode) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_set_pidfd_store_sk(sk: ::std::os::raw::c_int);
-}
-unsafe extern "C" {
     pub fn criu_set_network_lock(method: criu_network_lock_method) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_join_ns_add(
         ns: *const ::std::os::raw::c_char,
         ns_file: *const ::std::os::raw::c_char,
         extra_opt: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_set_mntns_compat_mode(val: bool);
-}
-unsafe extern "C" {
     pub fn criu_set_config_file(path: *const ::std::os::raw::c_char) -> ::std::os::raw::c_int;
-}
-pub type criu_notify_arg_t = *mut CriuNotify;
-unsafe extern "C" {
     pub fn criu_set_notify_cb(
         cb: ::std::option::Option<
             unsafe extern "C" fn(
@@ -1653,314 +906,168 @@ unsafe extern "C" {
             ) -> ::std::os::raw::c_int,
         >,
     );
-}
-unsafe extern "C" {
     pub fn criu_notify_pid(na: criu_notify_arg_t) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_get_orphan_pts_master_fd() -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_check() -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_dump() -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_pre_dump() -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_restore() -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_restore_child() -> ::std::os::raw::c_int;
-}
-pub type criu_predump_info = *mut ::std::os::raw::c_void;
-unsafe extern "C" {
     pub fn criu_dump_iters(
         more: ::std::option::Option<
             unsafe extern "C" fn(pi: criu_predump_info) -> ::std::os::raw::c_int,
         >,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_get_version() -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_check_version(minimum: ::std::os::raw::c_int) -> ::std::os::raw::c_int;
-}
-#[repr(C)]
-#[derive(Debug, Copy, Clone)]
-pub struct criu_opts {
-    _unused: [u8; 0],
-}
-unsafe extern "C" {
     pub fn criu_local_init_opts(opts: *mut *mut criu_opts) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_free_opts(opts: *mut criu_opts);
-}
-unsafe extern "C" {
     pub fn criu_local_set_service_address(
         opts: *mut criu_opts,
         path: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_set_service_fd(opts: *mut criu_opts, fd: ::std::os::raw::c_int);
-}
-unsafe extern "C" {
     pub fn criu_local_set_pid(opts: *mut criu_opts, pid: ::std::os::raw::c_int);
-}
-unsafe extern "C" {
     pub fn criu_local_set_images_dir_fd(opts: *mut criu_opts, fd: ::std::os::raw::c_int);
-}
-unsafe extern "C" {
     pub fn criu_local_set_parent_images(
         opts: *mut criu_opts,
         path: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_set_service_binary(
         opts: *mut criu_opts,
         path: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_set_work_dir_fd(opts: *mut criu_opts, fd: ::std::os::raw::c_int);
-}
-unsafe extern "C" {
     pub fn criu_local_set_leave_running(opts: *mut criu_opts, leave_running: bool);
-}
-unsafe extern "C" {
     pub fn criu_local_set_ext_unix_sk(opts: *mut criu_opts, ext_unix_sk: bool);
-}
-unsafe extern "C" {
     pub fn criu_local_add_unix_sk(
         opts: *mut criu_opts,
         inode: ::std::os::raw::c_uint,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_set_tcp_established(opts: *mut criu_opts, tcp_established: bool);
-}
-unsafe extern "C" {
     pub fn criu_local_set_tcp_skip_in_flight(opts: *mut criu_opts, tcp_skip_in_flight: bool);
-}
-unsafe extern "C" {
     pub fn criu_local_set_tcp_close(opts: *mut criu_opts, tcp_close: bool);
-}
-unsafe extern "C" {
     pub fn criu_local_set_weak_sysctls(opts: *mut criu_opts, val: bool);
-}
-unsafe extern "C" {
     pub fn criu_local_set_evasive_devices(opts: *mut criu_opts, evasive_devices: bool);
-}
-unsafe extern "C" {
     pub fn criu_local_set_shell_job(opts: *mut criu_opts, shell_job: bool);
-}
-unsafe extern "C" {
     pub fn criu_local_set_skip_file_rwx_check(opts: *mut criu_opts, skip_file_rwx_check: bool);
-}
-unsafe extern "C" {
     pub fn criu_local_set_orphan_pts_master(opts: *mut criu_opts, orphan_pts_master: bool);
-}
-unsafe extern "C" {
     pub fn criu_local_set_file_locks(opts: *mut criu_opts, file_locks: bool);
-}
-unsafe extern "C" {
     pub fn criu_local_set_track_mem(opts: *mut criu_opts, track_mem: bool);
-}
-unsafe extern "C" {
     pub fn criu_local_set_auto_dedup(opts: *mut criu_opts, auto_dedup: bool);
-}
-unsafe extern "C" {
     pub fn criu_local_set_force_irmap(opts: *mut criu_opts, force_irmap: bool);
-}
-unsafe extern "C" {
     pub fn criu_local_set_link_remap(opts: *mut criu_opts, link_remap: bool);
-}
-unsafe extern "C" {
     pub fn criu_local_set_log_level(opts: *mut criu_opts, log_level: ::std::os::raw::c_int);
-}
-unsafe extern "C" {
     pub fn criu_local_set_log_file(
         opts: *mut criu_opts,
         log_file: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_set_cpu_cap(opts: *mut criu_opts, cap: ::std::os::raw::c_uint);
-}
-unsafe extern "C" {
     pub fn criu_local_set_root(
         opts: *mut criu_opts,
         root: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_set_manage_cgroups(opts: *mut criu_opts, manage: bool);
-}
-unsafe extern "C" {
     pub fn criu_local_set_manage_cgroups_mode(opts: *mut criu_opts, mode: criu_cg_mode);
-}
-unsafe extern "C" {
     pub fn criu_local_set_freeze_cgroup(
         opts: *mut criu_opts,
         name: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_set_lsm_profile(
         opts: *mut criu_opts,
         name: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_set_lsm_mount_context(
         opts: *mut criu_opts,
         name: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_set_timeout(opts: *mut criu_opts, timeout: ::std::os::raw::c_uint);
-}
-unsafe extern "C" {
     pub fn criu_local_set_auto_ext_mnt(opts: *mut criu_opts, val: bool);
-}
-unsafe extern "C" {
     pub fn criu_local_set_ext_sharing(opts: *mut criu_opts, val: bool);
-}
-unsafe extern "C" {
     pub fn criu_local_set_ext_masters(opts: *mut criu_opts, val: bool);
-}
-unsafe extern "C" {
     pub fn criu_local_set_exec_cmd(
         opts: *mut criu_opts,
         argc: ::std::os::raw::c_int,
         argv: *mut *mut ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_add_ext_mount(
         opts: *mut criu_opts,
         key: *const ::std::os::raw::c_char,
         val: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_add_veth_pair(
         opts: *mut criu_opts,
         in_: *const ::std::os::raw::c_char,
         out: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_add_cg_root(
         opts: *mut criu_opts,
         ctrl: *const ::std::os::raw::c_char,
         path: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_add_enable_fs(
         opts: *mut criu_opts,
         fs: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_add_skip_mnt(
         opts: *mut criu_opts,
         mnt: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_set_ghost_limit(opts: *mut criu_opts, limit: ::std::os::raw::c_uint);
-}
-unsafe extern "C" {
     pub fn criu_local_add_irmap_path(
         opts: *mut criu_opts,
         path: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_add_cg_props(
         opts: *mut criu_opts,
         stream: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_add_cg_props_file(
         opts: *mut criu_opts,
         path: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_add_cg_dump_controller(
         opts: *mut criu_opts,
         name: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_add_cg_yard(
         opts: *mut criu_opts,
         path: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_add_inherit_fd(
         opts: *mut criu_opts,
         fd: ::std::os::raw::c_int,
         key: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_add_external(
         opts: *mut criu_opts,
         key: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_set_page_server_address_port(
         opts: *mut criu_opts,
         address: *const ::std::os::raw::c_char,
         port: ::std::os::raw::c_int,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_set_pre_dump_mode(
         opts: *mut criu_opts,
         mode: criu_pre_dump_mode,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_set_pidfd_store_sk(opts: *mut criu_opts, sk: ::std::os::raw::c_int);
-}
-unsafe extern "C" {
     pub fn criu_local_set_network_lock(
         opts: *mut criu_opts,
         method: criu_network_lock_method,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_join_ns_add(
         opts: *mut criu_opts,
         ns: *const ::std::os::raw::c_char,
         ns_file: *const ::std::os::raw::c_char,
         extra_opt: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_set_mntns_compat_mode(opts: *mut criu_opts, val: bool);
-}
-unsafe extern "C" {
     pub fn criu_local_set_config_file(
         opts: *mut criu_opts,
         path: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_set_notify_cb(
         opts: *mut criu_opts,
         cb: ::std::option::Option<
@@ -1970,73 +1077,31 @@ unsafe extern "C" {
             ) -> ::std::os::raw::c_int,
         >,
     );
-}
-unsafe extern "C" {
     pub fn criu_local_check(opts: *mut criu_opts) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_dump(opts: *mut criu_opts) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_pre_dump(opts: *mut criu_opts) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_restore(opts: *mut criu_opts) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_restore_child(opts: *mut criu_opts) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_dump_iters(
         opts: *mut criu_opts,
         more: ::std::option::Option<
             unsafe extern "C" fn(pi: criu_predump_info) -> ::std::os::raw::c_int,
         >,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_get_version(opts: *mut criu_opts) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_check_version(
         opts: *mut criu_opts,
         minimum: ::std::os::raw::c_int,
     ) -> ::std::os::raw::c_int;
-}
-#[repr(C)]
-#[derive(Debug, Default, Copy, Clone)]
-pub struct criu_feature_check {
-    pub mem_track: bool,
-    pub lazy_pages: bool,
-    pub pidfd_store: bool,
-}
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of criu_feature_check"][::std::mem::size_of::<criu_feature_check>() - 3usize];
-    ["Alignment of criu_feature_check"][::std::mem::align_of::<criu_feature_check>() - 1usize];
-    ["Offset of field: criu_feature_check::mem_track"]
-        [::std::mem::offset_of!(criu_feature_check, mem_track) - 0usize];
-    ["Offset of field: criu_feature_check::lazy_pages"]
-        [::std::mem::offset_of!(criu_feature_check, lazy_pages) - 1usize];
-    ["Offset of field: criu_feature_check::pidfd_store"]
-        [::std::mem::offset_of!(criu_feature_check, pidfd_store) - 2usize];
-};
-unsafe extern "C" {
     pub fn criu_feature_check(
         features: *mut criu_feature_check,
         size: usize,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_feature_check(
         opts: *mut criu_opts,
         features: *mut criu_feature_check,
         size: usize,
     ) -> ::std::os::raw::c_int;
-}
-unsafe extern "C" {
     pub fn criu_local_set_empty_ns(opts: *mut criu_opts, namespaces: ::std::os::raw::c_int);
-}
-unsafe extern "C" {
     pub fn criu_set_empty_ns(namespaces: ::std::os::raw::c_int);
 }

@@ -7,8 +7,9 @@
 //! - `busybox`: the counter's script and root filesystem, its log file;
 //! - `own`: criu-rs's own container (unshare + pivot_root), moved by
 //!   `criu::migrate`;
-//! - `phased`: engines that checkpoint, move the checkpoint over TCP with
-//!   `criu::transfer`, then restore (written once for all of them);
+//! - `phased`: engines that checkpoint, carry the checkpoint to host b
+//!   (over TCP with `criu::transfer`, or another way an engine chooses,
+//!   such as a registry), then restore (written once for all of them);
 //! - `runc`: runc, the engine under Docker and Podman;
 //! - `docker`: Docker hosts (a `dockerd` per namespace) and the API;
 //! - `watch`: downtime and memory, observed from the host.
@@ -31,7 +32,7 @@ pub use busybox::{consecutive, make_rootfs, numbers, wait_lines, SCRIPT};
 pub use docker::DockerEngine;
 pub(crate) use own::OwnSetup;
 pub use own::{OwnContainer, OwnEngine};
-pub use phased::{move_checkpoint, Checkpointed, Phased, Restored};
+pub use phased::{migrate_phased, move_checkpoint, Carried, Checkpointed, Phased, Restored};
 pub use runc::RuncEngine;
 pub use watch::{rss_of_tree, FileWatcher};
 
@@ -60,6 +61,23 @@ pub struct Moved {
     pub lines_before: usize,
     /// The container's init on host b.
     pub pid_after: i32,
+    /// What the registry cost, for moves through one.
+    pub registry: Option<RegistryCost>,
+}
+
+/// What moving a checkpoint through a registry cost, beside the direct
+/// moves' columns. Both directions stream: packing overlaps the push
+/// (`push_ms` includes it; `pack_ms` is the packing thread's own time),
+/// unpacking overlaps the pull (`unpack_ms` is only what it took beyond
+/// the end of the download).
+#[derive(Debug, Clone, Serialize)]
+#[allow(missing_docs)]
+pub struct RegistryCost {
+    pub pack_ms: f64,
+    pub push_ms: f64,
+    pub pull_ms: f64,
+    pub unpack_ms: f64,
+    pub image_bytes: u64,
 }
 
 /// Measures the application's downtime while a migration runs.
@@ -101,6 +119,9 @@ pub struct Row {
     pub pid_after: i32,
     pub source_netns: u64,
     pub dest_netns: u64,
+    /// Push, pull, pack and unpack, for moves through a registry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistryCost>,
 }
 
 /// Waits until the engine's counter has printed `n` numbers.
@@ -150,6 +171,7 @@ pub fn migrate_measured(
         .and_then(|i| nums.get(i).copied())
         .unwrap_or(0);
     let first_after = nums.get(moved.lines_before).copied().unwrap_or(0);
+    let dest_netns = netns_of(moved.pid_after)?;
     let cost = Cost {
         rss_bytes,
         criu: moved.criu,
@@ -171,6 +193,7 @@ pub fn migrate_measured(
         pid_before,
         pid_after: moved.pid_after,
         source_netns,
-        dest_netns: netns_of(moved.pid_after)?,
+        dest_netns,
+        registry: moved.registry,
     })
 }

@@ -220,6 +220,7 @@ impl Engine for OwnEngine {
             restore_time_us: src.restore_time_us,
             lines_before: numbers(&self.own.log()).len(),
             pid_after: dst.child.pid(),
+            registry: None,
         };
         self.restored = Some(dst);
         Ok(moved)

@@ -1,7 +1,7 @@
 //! Engines that migrate in three separate phases, each run by the engine
-//! itself (runc, Docker): checkpoint on host a, move the checkpoint over
-//! TCP with `criu::transfer`, restore on host b. The move and the order of
-//! the phases are written once, here.
+//! itself (runc, Docker): checkpoint on host a, carry the checkpoint to
+//! host b (by default over TCP with `criu::transfer`), restore on host b.
+//! The move and the order of the phases are written once, here.
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -23,6 +23,20 @@ pub struct Checkpointed {
     pub wall: Duration,
     /// CRIU's own dump timings.
     pub criu: DumpTimes,
+    /// Where CRIU's `stats-dump` and `dump.log` are kept, when not among
+    /// the images.
+    pub criu_files: Option<PathBuf>,
+}
+
+/// A checkpoint carried from host a to host b.
+#[derive(Debug)]
+pub struct Carried {
+    /// Bytes that crossed (the TCP stream's, or the image's).
+    pub bytes: u64,
+    /// Time it took, end to end.
+    pub elapsed: Duration,
+    /// Push and pull, when it went through a registry.
+    pub registry: Option<super::RegistryCost>,
 }
 
 /// A container restored on host b.
@@ -45,6 +59,21 @@ pub trait Phased: Engine {
     fn landing(&mut self, hosts: &TwoHosts) -> Result<PathBuf, BoxError>;
     /// Restores the counter on host b from the checkpoint at `images`.
     fn restore(&mut self, hosts: &TwoHosts, images: &Path) -> Result<Restored, BoxError>;
+    /// Carries the checkpoint `cp` from host a to `to` on host b: by
+    /// default over one TCP connection, with `criu::transfer`.
+    fn carry(
+        &mut self,
+        hosts: &TwoHosts,
+        cp: &Checkpointed,
+        to: &Path,
+    ) -> Result<Carried, BoxError> {
+        let sent = move_checkpoint(hosts, &cp.images, to, self.relay())?;
+        Ok(Carried {
+            bytes: sent.bytes,
+            elapsed: sent.elapsed,
+            registry: None,
+        })
+    }
     /// A relay the checkpoint passes through on host b (fault tests).
     fn relay(&self) -> Option<Relay> {
         None
@@ -62,8 +91,8 @@ pub trait Phased: Engine {
 pub fn migrate_phased(engine: &mut impl Phased, hosts: &TwoHosts) -> Result<Moved, BoxError> {
     let cp = engine.checkpoint(hosts)?;
     let lines_before = engine.numbers()?.len();
-    let moved = move_and_restore(engine, hosts, &cp.images);
-    let (sent, restored) = match moved {
+    let moved = move_and_restore(engine, hosts, &cp);
+    let (carried, restored) = match moved {
         Ok(done) => done,
         Err(e) => {
             return Err(match engine.recover(hosts) {
@@ -75,24 +104,25 @@ pub fn migrate_phased(engine: &mut impl Phased, hosts: &TwoHosts) -> Result<Move
     Ok(Moved {
         criu: cp.criu,
         dump: cp.wall,
-        transfer_bytes: sent.bytes,
-        transfer: sent.elapsed,
+        transfer_bytes: carried.bytes,
+        transfer: carried.elapsed,
         restore: restored.wall,
         restore_time_us: restored.restore_time_us,
         lines_before,
         pid_after: restored.pid,
+        registry: carried.registry,
     })
 }
 
 fn move_and_restore(
     engine: &mut impl Phased,
     hosts: &TwoHosts,
-    images: &Path,
-) -> Result<(TransferStats, Restored), BoxError> {
+    cp: &Checkpointed,
+) -> Result<(Carried, Restored), BoxError> {
     let target = engine.landing(hosts)?;
-    let sent = move_checkpoint(hosts, images, &target, engine.relay())?;
+    let carried = engine.carry(hosts, cp, &target)?;
     let restored = engine.restore(hosts, &target)?;
-    Ok((sent, restored))
+    Ok((carried, restored))
 }
 
 /// CRIU's dump timings from the `stats-dump` it left in `dir`.

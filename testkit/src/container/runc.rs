@@ -161,6 +161,7 @@ impl Phased for RuncEngine {
             images,
             wall,
             criu: dump_times_in(&work)?,
+            criu_files: Some(work),
         })
     }
 

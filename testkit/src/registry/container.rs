@@ -11,9 +11,9 @@ use criu_oci::Compression;
 
 use super::host::RegistryHost;
 use super::moves::{move_through_registry, Move};
-use crate::container::{numbers, BoxError, Downtime, Engine, Moved, OwnSetup};
+use crate::container::{numbers, BoxError, Downtime, Engine, Moved, OwnSetup, RegistryCost};
 use crate::hosts::TwoHosts;
-use crate::measure::DumpTimes;
+use crate::measure::{ms, DumpTimes};
 
 /// The busybox container, moved as an OCI image through a registry on a
 /// third host (started with the container, plain HTTP, no auth).
@@ -86,6 +86,13 @@ impl Engine for RegistryEngine {
                 .map(|s| s.restore_time.as_micros() as u64),
             lines_before: numbers(&log).len(),
             pid_after: restored.child.pid(),
+            registry: Some(RegistryCost {
+                pack_ms: ms(pushed.pack),
+                push_ms: ms(pushed.push.elapsed),
+                pull_ms: ms(restored.pull.elapsed),
+                unpack_ms: ms(restored.unpack),
+                image_bytes: pushed.image_bytes,
+            }),
         };
         pushed.finish();
         let _ = source.unshare.wait();

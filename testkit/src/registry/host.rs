@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use criu_oci::{Registry, RegistryConfig};
+
 use crate::hosts::{check_output, ip, Host, TwoHosts};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -86,6 +88,35 @@ impl RegistryHost {
     /// `host:port`, for image references.
     pub fn address(&self) -> String {
         format!("{REGISTRY_ADDR}:{PORT}")
+    }
+
+    /// A reference no image has yet: `addr/criu-rs/<name>-<unique>:latest`
+    /// (`name` with anything but letters and digits made `-`).
+    pub fn fresh_reference(&self, name: &str) -> String {
+        let repo = name.replace(|c: char| !c.is_ascii_alphanumeric(), "-");
+        format!("{}/criu-rs/{}:latest", self.address(), unique_tag(&repo))
+    }
+
+    /// A plain-HTTP client for each host of `hosts`, each having asked
+    /// the registry for `reference` once from its own host: that finds an
+    /// unreachable registry (or refused credentials) before a move stops
+    /// its source, and takes the client's one-time set-up (seen: ~0.5 s,
+    /// once per process) out of the downtime. Both are made before the
+    /// source stops, too: building one loads the system's CA certificates.
+    /// Their sockets are made in whichever host's thread runs a request.
+    pub fn clients(
+        &self,
+        hosts: &TwoHosts,
+        reference: &str,
+    ) -> Result<(Registry, Registry), crate::container::BoxError> {
+        let config = RegistryConfig {
+            plain_http: true,
+            ..RegistryConfig::default()
+        };
+        let (a, b) = (Registry::new(&config)?, Registry::new(&config)?);
+        hosts.a.run(|| a.ping(reference))??;
+        hosts.b.run(|| b.ping(reference))??;
+        Ok((a, b))
     }
 
     /// The registry's storage root (`docker/registry/v2/...` inside).

@@ -6,12 +6,17 @@
 //!   host a, pulled and restored on host b, with the cost.
 //! * [`container`]: the busybox container moved that way, as a container
 //!   [`crate::container::Engine`].
+//! * [`docker`]: Docker's container moved that way (`docker checkpoint
+//!   create` on a, `docker start --checkpoint` of a clone on b).
 
 pub mod container;
+pub mod docker;
 pub mod host;
 pub mod moves;
 
+pub use crate::container::RegistryCost;
 pub use container::RegistryEngine;
 pub use criu_oci::Compression;
+pub use docker::DockerRegistryEngine;
 pub use host::{unique_tag, RegistryHost, REGISTRY_ADDR};
-pub use moves::{migrate_via_registry, move_through_registry, Move, RegistryCost};
+pub use moves::{migrate_via_registry, move_through_registry, Move};

@@ -6,11 +6,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use criu_oci::migrate::{checkpoint_and_push, pull_and_restore, PushTo, Pushed, Restored};
-use criu_oci::{Compression, Limits, Registry, RegistryConfig};
-use serde::Serialize;
+use criu_oci::{Compression, Limits};
 
-use super::host::{unique_tag, RegistryHost};
-use crate::container::BoxError;
+use super::host::RegistryHost;
+use crate::container::{BoxError, RegistryCost};
 use crate::hosts::TwoHosts;
 use crate::measure::{ms, Cost, DumpTimes, Row, Started};
 
@@ -49,25 +48,8 @@ pub fn move_through_registry(
         dst_dir,
         compression,
     } = *m;
-    let repo = name.replace(|c: char| !c.is_ascii_alphanumeric(), "-");
-    let reference = format!(
-        "{}/criu-rs/{}:latest",
-        registry.address(),
-        unique_tag(&repo)
-    );
-    let config = RegistryConfig {
-        plain_http: true,
-        ..RegistryConfig::default()
-    };
-    // Both clients are made before the source stops: building one loads
-    // the system's CA certificates, which is not the move's cost. Their
-    // sockets are made in whichever host's thread runs the request.
-    let (client_a, client_b) = (Registry::new(&config)?, Registry::new(&config)?);
-    // A ping from each side before the source stops: finds an unreachable
-    // registry or refused credentials early, and takes the client's
-    // one-time set-up (seen: ~0.5 s, once per process) out of the downtime.
-    hosts.a.run(|| client_a.ping(&reference))??;
-    hosts.b.run(|| client_b.ping(&reference))??;
+    let reference = registry.fresh_reference(name);
+    let (client_a, client_b) = registry.clients(hosts, &reference)?;
     let criu = criu::Criu::new();
     let pushed = hosts.a.run(|| {
         let to = PushTo {
@@ -90,18 +72,7 @@ pub fn move_through_registry(
     Ok((pushed, restored))
 }
 
-/// What moving through the registry cost, beyond a [`Row`].
-#[derive(Debug, Clone, Serialize)]
-#[allow(missing_docs)]
-pub struct RegistryCost {
-    pub pack_ms: f64,
-    pub push_ms: f64,
-    pub pull_ms: f64,
-    pub unpack_ms: f64,
-    pub image_bytes: u64,
-}
-
-/// Like [`crate::measure::migrate_workload`], through a registry (the
+/// Like [`crate::measure::migrate_workload_over`], through a registry (the
 /// layer compressed with `compression`): starts
 /// the workload in its own PID namespace on host a of fresh hosts, starts a
 /// registry host, checkpoints and pushes on a, pulls and restores on b,
@@ -114,12 +85,11 @@ pub fn migrate_via_registry(
 ) -> Result<(Row, RegistryCost), BoxError> {
     let mut started = Started::new("criu-rs-regmig-", mib, warmup)?;
     let registry = RegistryHost::start(&started.hosts, None)?;
-    let (pid_before, rss, source_netns) = (started.pid, started.rss, started.netns);
     let (src_dir, dst_dir) = (started.dir().join("a"), started.dir().join("b"));
     fs::create_dir_all(&src_dir)?;
     fs::create_dir_all(&dst_dir)?;
     let m = Move {
-        pid: pid_before,
+        pid: started.pid,
         name: workload,
         src_dir: &src_dir,
         dst_dir: &dst_dir,
@@ -137,19 +107,12 @@ pub fn migrate_via_registry(
     pushed.finish();
     let pid_after = restored.child.pid();
     let seen = started.observe(pid_after, mib)?;
-    let (continued, downtime_ns, memory_intact, dest_netns) = (
-        seen.continued,
-        seen.downtime_ns,
-        seen.memory_intact,
-        seen.dest_netns,
-    );
     let row = Row {
         strategy: "registry".into(),
         // The registry is reached over plain HTTP.
         transport: "plain".into(),
         workload: workload.into(),
         cost: Cost {
-            rss_bytes: rss,
             criu: DumpTimes::of(dump_stats.as_ref()),
             dump_ms: ms(dump_wall),
             transfer_bytes: cost.image_bytes,
@@ -159,16 +122,11 @@ pub fn migrate_via_registry(
                 .restore
                 .stats
                 .map(|s| s.restore_time.as_micros() as u64),
-            downtime_ms: downtime_ns as f64 / 1e6,
+            ..Cost::default()
         },
-        continued,
-        memory_intact,
-        pid_before,
-        pid_after,
-        source_netns,
-        dest_netns,
-        phases: None,
-    };
+        ..Row::default()
+    }
+    .observed(&started, &seen);
     drop(restored.child);
     Ok((row, cost))
 }

@@ -1,7 +1,8 @@
 //! A server migrated with its clients connected: the request/answer
 //! protocol the server binary (`criu-rs-tcp-server`) and the clients share,
 //! the clients ([`client`]), the three-host topology and its address-move
-//! hook ([`topology`]), and one measured migration ([`run`]).
+//! hook ([`topology`]), the router's hold on the service's packets while
+//! the server moves ([`hold`]), and one measured migration ([`run`]).
 //!
 //! The protocol: a request is 8 bytes (the client's own sequence number),
 //! an answer 24 bytes, little-endian: the connection's counter (1, 2, 3...,
@@ -11,6 +12,7 @@
 //! checksum without sharing anything else with the server.
 
 pub mod client;
+pub mod hold;
 pub mod run;
 pub mod table;
 pub mod topology;
@@ -43,25 +45,8 @@ pub fn expected_page_checksum(page: u64) -> u64 {
     page_checksum(&words)
 }
 
-/// Where the server binary is: `CRIU_RS_TCP_SERVER_BIN`, else next to the
-/// running executable or up to three directories up.
+/// Where the server binary is: `CRIU_RS_TCP_SERVER_BIN`, else as
+/// [`crate::find_bin`] finds it.
 pub fn server_bin() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("CRIU_RS_TCP_SERVER_BIN") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().unwrap_or_default();
-    let mut dir = exe
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_default();
-    for _ in 0..4 {
-        let candidate = dir.join("criu-rs-tcp-server");
-        if candidate.exists() {
-            return candidate;
-        }
-        if !dir.pop() {
-            break;
-        }
-    }
-    "criu-rs-tcp-server".into()
+    crate::find_bin("criu-rs-tcp-server", "CRIU_RS_TCP_SERVER_BIN")
 }

@@ -93,6 +93,9 @@ pub struct TcpOutcome {
     pub service_on: (bool, bool),
     /// Firewall rules left on `a` and `b`.
     pub rules_left: Vec<String>,
+    /// Whether the router's hold on the service's packets was left in
+    /// place (its route or placeholder neighbour).
+    pub hold_left: bool,
     /// The namespaces the topology made (gone once this is returned).
     pub namespaces: Vec<String>,
 }
@@ -184,6 +187,7 @@ pub fn migrate_server(s: &TcpSettings) -> Result<TcpOutcome, BoxError> {
         ..of
     };
     let end = leftovers(&hosts)?;
+    let hold_left = hosts.hold_left()?;
     drop(dst.child);
     let namespaces = hosts.namespaces();
     drop(hosts);
@@ -200,6 +204,7 @@ pub fn migrate_server(s: &TcpSettings) -> Result<TcpOutcome, BoxError> {
         served_from_b: true,
         service_on: end.1,
         rules_left: end.0,
+        hold_left,
         namespaces,
     })
 }
@@ -221,6 +226,7 @@ fn outcome_failed(
         served_from_b: !still_a,
         service_on,
         rules_left,
+        hold_left: hosts.hold_left()?,
         namespaces: hosts.namespaces(),
     })
 }

@@ -1,10 +1,12 @@
-//! Three hosts on one link: the source `a`, the destination `b` and the
-//! `client`, network namespaces whose `eth0` hang on a bridge in a fourth
-//! namespace (the switch). The service address lives on `a` and moves to
+//! Three hosts behind a router: the source `a` and the destination `b` on
+//! one link (a bridge in a fourth namespace, the router, at 10.232.0.254),
+//! and the `client` on a link of its own (10.232.1.0/24) that the router
+//! forwards to the first. The service address lives on `a` and moves to
 //! `b` with the server: [`NamespaceMove`] is the ready-made
-//! [`criu::migrate::AddressMove`] hook for these hosts (an iptables lock on
-//! the source, `ip addr` on both, a gratuitous ARP from the new home).
-//! Everything is removed on drop.
+//! [`criu::migrate::AddressMove`] hook for these hosts (the router's
+//! [`Hold`] on the service's packets, an iptables lock on the source,
+//! `ip addr` on both, a gratuitous ARP from the new home). Everything is
+//! removed on drop.
 
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -13,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
+use super::hold::{Hold, GIVE_UP_PROBES, ROUTER_DEV};
 use crate::hosts::{address_and_up, Host, TwoHosts};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -26,11 +29,25 @@ const LOCK_COMMENT: &str = "criu-rs-service-lock";
 pub struct ThreeHosts {
     /// Hosts `a` (10.232.0.1) and `b` (10.232.0.2).
     pub pair: TwoHosts,
-    /// The client host (10.232.0.3).
+    /// The client host (10.232.1.3).
     pub client: Host,
     /// The address the server listens on: 10.232.0.100, on `a` at first.
     pub service: Ipv4Addr,
     switch: String,
+}
+
+/// The router's address on the link of `a` and `b`.
+const ROUTER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 232, 0, 254);
+/// The router's address on the client's link.
+const ROUTER_CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 232, 1, 254);
+/// The address no host has, through which the router holds the service's
+/// packets (see [`Hold`]).
+const PLACEHOLDER: Ipv4Addr = Ipv4Addr::new(10, 232, 0, 253);
+
+/// The fixed MAC address of host `last`'s `eth0` (02: locally administered),
+/// so that the hook knows where to send what the router held.
+fn mac_of(last: u8) -> String {
+    format!("02:e8:00:00:00:{last:02x}")
 }
 
 fn run(cmd: &mut Command) -> io::Result<()> {
@@ -49,12 +66,60 @@ fn ip(args: &[&str]) -> io::Result<()> {
     run(Command::new("ip").args(args))
 }
 
+/// `ip`'s standard output.
+pub(super) fn ip_out(args: &[&str]) -> io::Result<String> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    Err(io::Error::other(format!(
+        "ip {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
+/// Runs the `ip` commands in `text` (one a line) in `netns`, in one
+/// process, going on past a failing one (`-force`).
+pub(super) fn ip_batch(netns: &str, text: &str) -> io::Result<()> {
+    let out = feed(
+        Command::new("ip").args(["-n", netns, "-force", "-batch", "-"]),
+        text,
+    )?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(io::Error::other(format!(
+        "ip -batch in {netns} ({}) failed: {}",
+        text.trim().replace('\n', "; "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
+/// Runs `cmd` with `text` on its standard input; its standard error is
+/// captured, its output discarded.
+fn feed(cmd: &mut Command, text: &str) -> io::Result<std::process::Output> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(text.as_bytes())?;
+    child.wait_with_output()
+}
+
 impl ThreeHosts {
-    /// Creates the four namespaces, the bridge, the links and the
-    /// addresses. With `client_rto_min`, the client's route to the service
-    /// carries that minimum retransmission timeout (Linux's default is
-    /// 200 ms), which bounds how soon a client notices that the service is
-    /// back.
+    /// Creates the four namespaces, the router with its bridge, the links,
+    /// the addresses and the routes. With `client_rto_min`, the client's
+    /// route to the service carries that minimum retransmission timeout
+    /// (Linux's default is 200 ms), which bounds how soon a client notices
+    /// that the service is back.
     pub fn new(client_rto_min: Option<Duration>) -> io::Result<ThreeHosts> {
         let tag = format!(
             "{}-{}",
@@ -62,45 +127,33 @@ impl ThreeHosts {
             SEQ.fetch_add(1, Ordering::SeqCst)
         );
         let name = |role: &str| format!("criu-rs-tcp-{tag}-{role}");
-        let host = |role: &str, last: u8| Host {
+        let host = |role: &str, net: u8, last: u8| Host {
             name: name(role),
-            addr: Ipv4Addr::new(10, 232, 0, last),
+            addr: Ipv4Addr::new(10, 232, net, last),
         };
         let switch = name("sw");
         ip(&["netns", "add", &switch])?;
         // From here on, drop removes whatever was made.
         let mut made = Partial(vec![switch.clone()]);
-        let (a, b, client) = (host("a", 1), host("b", 2), host("c", 3));
-        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &switch, "link", "set", "br0", "up"])?;
-        for (i, h) in [&a, &b, &client].into_iter().enumerate() {
+        let (a, b, client) = (host("a", 0, 1), host("b", 0, 2), host("c", 1, 3));
+        router(&switch)?;
+        for (i, h) in [&a, &b].into_iter().enumerate() {
             ip(&["netns", "add", &h.name])?;
             made.0.push(h.name.clone());
             attach(h, &switch, i)?;
         }
+        ip(&["netns", "add", &client.name])?;
+        made.0.push(client.name.clone());
+        attach_client(&client, &switch)?;
         let service = Ipv4Addr::new(10, 232, 0, 100);
-        ip(&[
-            "-n",
-            &a.name,
-            "addr",
-            "add",
-            &format!("{service}/32"),
-            "dev",
-            "eth0",
-        ])?;
+        let svc = format!("{service}/32");
+        ip(&["-n", &a.name, "addr", "add", &svc, "dev", "eth0"])?;
         if let Some(rto) = client_rto_min {
             let rto = format!("{}ms", rto.as_millis().max(1));
-            let svc = format!("{service}/32");
+            let via = ROUTER_CLIENT_ADDR.to_string();
+            let c = &client.name;
             ip(&[
-                "-n",
-                &client.name,
-                "route",
-                "add",
-                &svc,
-                "dev",
-                "eth0",
-                "rto_min",
-                &rto,
+                "-n", c, "route", "add", &svc, "via", &via, "dev", "eth0", "rto_min", &rto,
             ])?;
         }
         made.0.clear();
@@ -120,7 +173,15 @@ impl ThreeHosts {
             addr: self.service,
             iptables_restore: PathBuf::from("iptables-restore"),
             dest_locked: AtomicBool::new(false),
+            hold: Hold::new(&self.switch, self.service, PLACEHOLDER),
+            macs: (mac_of(1), mac_of(2)),
         }
+    }
+
+    /// Whether the router still holds (or routes through the hold's
+    /// placeholder) the service's packets: never, after a migration.
+    pub fn hold_left(&self) -> io::Result<bool> {
+        super::hold::left_on(&self.switch, self.service, PLACEHOLDER)
     }
 
     /// Every firewall rule and chain in `host` beside the defaults (the
@@ -170,15 +231,51 @@ fn is_builtin_chain(line: &str) -> bool {
         .any(|c| line.starts_with(&format!(":{c} ")))
 }
 
-/// Links `h`'s `eth0` to the switch's bridge and gives it its address.
+/// Makes `switch` a router: the bridge for `a` and `b` with the router's
+/// address, forwarding on, and a neighbour table that asks long enough
+/// for a [`Hold`] to outlast any migration.
+fn router(switch: &str) -> io::Result<()> {
+    ip(&["-n", switch, "link", "add", ROUTER_DEV, "type", "bridge"])?;
+    ip(&["-n", switch, "link", "set", ROUTER_DEV, "up"])?;
+    let addr = format!("{ROUTER_ADDR}/24");
+    ip(&["-n", switch, "addr", "add", &addr, "dev", ROUTER_DEV])?;
+    let probes = format!("net.ipv4.neigh.{ROUTER_DEV}.mcast_solicit={GIVE_UP_PROBES}");
+    in_netns(
+        switch,
+        Command::new("sysctl").args(["-qw", "net.ipv4.ip_forward=1", &probes]),
+    )?;
+    Ok(())
+}
+
+/// Links `h`'s `eth0` (with a fixed MAC address) to the router's bridge,
+/// gives it its address and the router as its gateway.
 fn attach(h: &Host, switch: &str, i: usize) -> io::Result<()> {
     let port = format!("p{i}");
+    let mac = mac_of(h.addr.octets()[3]);
     ip(&[
-        "-n", &h.name, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns",
-        switch,
+        "-n", &h.name, "link", "add", "eth0", "address", &mac, "type", "veth", "peer", "name",
+        &port, "netns", switch,
     ])?;
-    ip(&["-n", switch, "link", "set", &port, "master", "br0", "up"])?;
-    address_and_up(h)
+    ip(&[
+        "-n", switch, "link", "set", &port, "master", ROUTER_DEV, "up",
+    ])?;
+    address_and_up(h)?;
+    let gw = ROUTER_ADDR.to_string();
+    ip(&["-n", &h.name, "route", "add", "default", "via", &gw])
+}
+
+/// Links the client's `eth0` to the router's own port `c0` on the
+/// client's link.
+fn attach_client(h: &Host, switch: &str) -> io::Result<()> {
+    ip(&[
+        "-n", &h.name, "link", "add", "eth0", "type", "veth", "peer", "name", "c0", "netns", switch,
+    ])?;
+    let addr = format!("{ROUTER_CLIENT_ADDR}/24");
+    ip(&["-n", switch, "addr", "add", &addr, "dev", "c0"])?;
+    ip(&["-n", switch, "link", "set", "c0", "up"])?;
+    address_and_up(h)?;
+    let gw = ROUTER_CLIENT_ADDR.to_string();
+    ip(&["-n", &h.name, "route", "add", "default", "via", &gw])
 }
 
 /// Namespaces made so far by a `new` that has not returned yet.
@@ -232,15 +329,43 @@ fn enter(path: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// The address-move hook for two namespace hosts. The lock is a pair of
-/// iptables rules (every packet to or from the service address dropped),
-/// on the source from before the stop until the source copy is gone, and
-/// on the destination from before the address arrives there until the
-/// restore is done: a client that looks the address up again in between
-/// (an ARP probe) would otherwise reach the destination before its
-/// sockets exist and be reset. The move is `ip addr del` on the source,
-/// then `ip addr add` on the destination; the announcement a gratuitous
-/// ARP.
+/// The address-move hook for two namespace hosts behind the router.
+///
+/// The lock is a set of iptables rules: on the source, from before the
+/// stop until the source copy is gone, every packet to and from the
+/// service address dropped; on the destination, from before the address
+/// arrives there until the restore is done, every packet to it: a client
+/// packet that reached the destination before its sockets exist would be
+/// answered with a reset. What the destination sends goes out (its first
+/// answers, and the window probe the kernel sends when CRIU ends the
+/// repair of a socket). The source must stay silent from the dump on: a
+/// packet it sent after the dump (a retransmission of an answer whose
+/// acknowledgement the router holds) would carry a newer TCP timestamp
+/// than the restored socket continues from, and the client would then
+/// discard the destination's answers as old (PAWS) until its
+/// retransmission timer fired (seen: 0.85 s). So answers written between
+/// the lock and the freeze are lost, and the destination sends them again
+/// on its own timer. The move is `ip addr del` on the source, then
+/// `ip addr add` on the destination; the announcement a gratuitous ARP.
+///
+/// In front of both locks, the router holds the clients' packets to the
+/// service address ([`Hold`]) instead of letting the locks drop them, so a
+/// request sent while the server is stopped is answered as soon as it runs
+/// again, not at the client's next retransmission (which backs off 0.2,
+/// 0.4, 0.8 s...). The order:
+///
+/// 1. `lock`: the router starts holding, then the source is locked (if
+///    the lock fails, the hold is released to the source at once);
+/// 2. `move_to_dest`: the destination is locked, the address moves;
+/// 3. `announce` (the restore is done): the destination's lock goes, the
+///    router sends what it held to the destination and maps the address to
+///    it, then the gratuitous ARP;
+/// 4. on failure, `move_back` puts the address back on the source, and
+///    `unlock` removes the source's lock and only then releases the hold to
+///    the source: the held requests reach the resumed server.
+///
+/// The hold is released or removed on every path: by `announce` or
+/// `unlock`, by the failing `lock`, and when the hook is dropped.
 #[derive(Debug)]
 pub struct NamespaceMove {
     source: String,
@@ -248,6 +373,9 @@ pub struct NamespaceMove {
     addr: Ipv4Addr,
     iptables_restore: PathBuf,
     dest_locked: AtomicBool,
+    hold: Hold,
+    /// The MAC addresses of the source's and the destination's `eth0`.
+    macs: (String, String),
 }
 
 impl NamespaceMove {
@@ -258,34 +386,26 @@ impl NamespaceMove {
         self
     }
 
-    /// Inserts (`-I`) or deletes (`-D`) the two lock rules in `netns`, in
-    /// one `iptables-restore --noflush` run.
-    fn rules(&self, netns: &str, op: &str) -> io::Result<()> {
+    /// Inserts (`-I`) or deletes (`-D`) the lock rules in `netns`, in one
+    /// `iptables-restore --noflush` run: every packet to the service
+    /// address dropped, and with `outgoing`, every packet from it.
+    fn rules(&self, netns: &str, op: &str, outgoing: bool) -> io::Result<()> {
         let a = self.addr;
         let tag = format!("-m comment --comment {LOCK_COMMENT}");
-        let text = format!(
-            "*filter\n{op} INPUT -d {a}/32 {tag} -j DROP\n{op} OUTPUT -s {a}/32 {tag} -j DROP\nCOMMIT\n"
-        );
+        let mut text = format!("*filter\n{op} INPUT -d {a}/32 {tag} -j DROP\n");
+        if outgoing {
+            text.push_str(&format!("{op} OUTPUT -s {a}/32 {tag} -j DROP\n"));
+        }
+        text.push_str("COMMIT\n");
         let path = format!("/run/netns/{netns}");
         let bin = self.iptables_restore.clone();
         std::thread::scope(|s| {
             s.spawn(|| {
                 enter(&path)?;
-                let mut child = Command::new(&bin)
-                    .args(["-w", "--noflush"])
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .map_err(|e| {
+                let out =
+                    feed(Command::new(&bin).args(["-w", "--noflush"]), &text).map_err(|e| {
                         io::Error::new(e.kind(), format!("running {}: {e}", bin.display()))
                     })?;
-                child
-                    .stdin
-                    .take()
-                    .expect("piped stdin")
-                    .write_all(text.as_bytes())?;
-                let out = child.wait_with_output()?;
                 if out.status.success() {
                     return Ok(());
                 }
@@ -303,7 +423,7 @@ impl NamespaceMove {
     /// Removes the destination's lock, if it was taken.
     fn unlock_dest(&self) -> io::Result<()> {
         if self.dest_locked.swap(false, Ordering::SeqCst) {
-            return self.rules(&self.dest, "-D");
+            return self.rules(&self.dest, "-D", false);
         }
         Ok(())
     }
@@ -323,21 +443,28 @@ impl NamespaceMove {
 
 impl criu::migrate::AddressMove for NamespaceMove {
     fn lock(&self) -> io::Result<()> {
-        self.rules(&self.source, "-I")
+        self.hold.block()?;
+        self.rules(&self.source, "-I", true).inspect_err(|_| {
+            let _ = self.hold.release_to(&self.macs.0);
+        })
     }
 
     fn move_to_dest(&self) -> io::Result<()> {
-        self.rules(&self.dest, "-I")?;
+        self.rules(&self.dest, "-I", false)?;
         self.dest_locked.store(true, Ordering::SeqCst);
         self.addr_op(&self.source, "del")?;
         self.addr_op(&self.dest, "add")
     }
 
-    /// The restore is done: the destination's lock goes, then the
-    /// neighbours learn where the address lives.
+    /// The restore is done: the destination's lock goes, what the router
+    /// held goes to the destination, then the neighbours learn where the
+    /// address lives.
     fn announce(&self) -> io::Result<()> {
-        self.unlock_dest()?;
-        gratuitous_arp(&self.dest, self.addr)
+        let unlocked = self.unlock_dest();
+        let released = self.hold.release_to(&self.macs.1);
+        unlocked
+            .and(released)
+            .and(gratuitous_arp(&self.dest, self.addr))
     }
 
     fn move_back(&self) -> io::Result<()> {
@@ -348,8 +475,11 @@ impl criu::migrate::AddressMove for NamespaceMove {
         unlocked.and(gratuitous_arp(&self.source, self.addr))
     }
 
+    /// Removes the source's lock, then releases the hold (if `announce` has
+    /// not) to the source, where the address is again.
     fn unlock(&self) -> io::Result<()> {
-        self.rules(&self.source, "-D")
+        let unlocked = self.rules(&self.source, "-D", true);
+        unlocked.and(self.hold.release_to(&self.macs.0))
     }
 }
 

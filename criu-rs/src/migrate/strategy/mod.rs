@@ -22,7 +22,7 @@ use crate::error::Result;
 use crate::images::ImagesDir;
 use crate::options::Options;
 use crate::report::DumpReport;
-use crate::transfer::{self, Limits, TransferStats, Transport};
+use crate::transfer::{Limits, TransferStats, Transport};
 
 /// How memory gets to the destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -115,7 +115,7 @@ impl Inbound<'_> {
     /// Receives a directory sent with `transfer::send_dir` into `target`
     /// (which must not exist), and records it as created here.
     pub(super) fn receive_dir(&mut self, target: &Path) -> Result<TransferStats> {
-        let t = transfer::receive_dir_with(&mut &mut *self.stream, target, self.limits, None)?;
+        let t = super::wire::receive_images(self.stream, target, self.limits)?;
         self.created.add(target);
         Ok(t)
     }

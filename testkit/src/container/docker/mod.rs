@@ -87,6 +87,11 @@ impl DockerEngine {
             .ok_or_else(|| "the Docker container was not started".into())
     }
 
+    /// The container's name (the same on both hosts).
+    pub fn container_name(&self) -> &str {
+        &self.name
+    }
+
     /// The source container's state on host a.
     pub fn source_state(&self) -> Result<State, BoxError> {
         let logs = self.logs()?;
@@ -218,6 +223,7 @@ impl Phased for DockerEngine {
                 .join(format!("containers/{source}/checkpoints/{CHECKPOINT}")),
             wall,
             criu: dump_times_in(&keep)?,
+            criu_files: Some(keep),
         })
     }
 
