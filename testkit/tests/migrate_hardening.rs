@@ -596,3 +596,52 @@ fn images_in_memory_by_default_are_removed_after_a_failed_migration() {
     sc.assert_source_runs_on(run, "restore");
     assert_used_and_removed(&seen);
 }
+
+/// The children of `pid` (its main thread's).
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_tree_of_two_tasks_moves_with_stop_and_copy_streaming_their_pages() {
+    // Before: the pages images of two tasks went out interleaved while the
+    // dump wrote them, which the receiver refused ("unexpected frame").
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.log");
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--", "setsid", "sh", "-c"])
+        .arg(format!(
+            "'{BIN}' '{}' --interval-us 1000 --memory-mib 4 & wait",
+            out.display()
+        ))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut w = Workload::start_wrapped(cmd, &out, 4).unwrap();
+    let root = w.pid();
+    assert_eq!(children(root).len(), 1, "a shell and its workload");
+    let plain = |stream| SourceEnd {
+        criu: Criu::new(),
+        stream,
+    };
+    let run = migrate_over_unix(
+        root,
+        plain,
+        || SourceConfig::new(Strategy::StopAndCopy),
+        DestConfig::new,
+    );
+    let src = run.src.unwrap_or_else(|e| panic!("source: {e}"));
+    let dst = run.dst.unwrap_or_else(|e| panic!("destination: {e}"));
+    w.reap(WAIT).unwrap();
+    assert_eq!(src.restored_pid, dst.child.pid());
+    assert_eq!(children(dst.child.pid()).len(), 1, "both tasks restored");
+    let seq = w.last_seq();
+    w.wait_for_seq(seq + 20, WAIT).unwrap();
+    let pid = dst.child.pid();
+    drop(dst);
+    assert!(criu_testkit::wait_gone(pid, WAIT));
+}
