@@ -140,8 +140,8 @@ fn receive(args: ReceiveArgs) -> Result<(), String> {
     eprintln!("{peer} authenticated; receiving");
     let shell_job = args.security.shell_job;
     let cfg = match &args.work_dir {
-        Some(dir) => DestConfig::new(dir),
-        None => DestConfig::in_memory(),
+        Some(dir) => DestConfig::new().work_dir(dir),
+        None => DestConfig::new(),
     };
     let cfg = cfg.customize(move |o| {
         o.shell_job(shell_job);
@@ -177,8 +177,8 @@ fn send(args: SendArgs) -> Result<(), String> {
     let (rss, netns) = (rss_bytes(args.pid), netns_of(args.pid).unwrap_or(0));
     let shell_job = args.security.shell_job;
     let cfg = match &args.work_dir {
-        Some(dir) => SourceConfig::new(args.strategy, dir),
-        None => SourceConfig::in_memory(args.strategy),
+        Some(dir) => SourceConfig::new(args.strategy).work_dir(dir),
+        None => SourceConfig::new(args.strategy),
     };
     let cfg = cfg.progress(Bar::new().callback()).customize(move |o| {
         o.shell_job(shell_job);

@@ -1,12 +1,13 @@
 //! Property tests of the parsers of untrusted bytes: CRIU's statistics
-//! images and the image-transfer stream. No input may panic; a stream that
+//! images and the image-transfer stream (whole files, and files sent while
+//! they grow). No input may panic; a stream that
 //! is truncated or damaged anywhere must be rejected without leaving
 //! anything behind.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use criu::transfer::{read_header, receive_dir, send_dir, write_header};
+use criu::transfer::{read_header, receive_dir, send_dir, write_header, Growing, Transport};
 use criu::Stats;
 use proptest::prelude::*;
 
@@ -19,15 +20,53 @@ fn files() -> impl Strategy<Value = BTreeMap<String, Vec<u8>>> {
     .prop_filter("plain names", |m| m.keys().all(|k| k != "." && k != ".."))
 }
 
-fn stream_of(files: &BTreeMap<String, Vec<u8>>) -> (tempfile::TempDir, Vec<u8>) {
-    let src = tempfile::tempdir().unwrap();
-    for (name, data) in files {
-        std::fs::write(src.path().join(name), data).unwrap();
+/// A stream into memory with no socket (for `Growing`, which wants a
+/// `Transport`).
+#[derive(Default)]
+struct Memory(Vec<u8>);
+
+impl std::io::Read for Memory {
+    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+        Ok(0)
     }
-    let mut bytes = Vec::new();
+}
+
+impl std::io::Write for Memory {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Transport for Memory {}
+
+/// The stream of `files`; `growing`: sent as `Growing` does while a dump
+/// writes them, one file after the other (as CRIU writes its pages
+/// images), each in two halves with a step after each.
+fn stream_of(files: &BTreeMap<String, Vec<u8>>, growing: bool) -> (tempfile::TempDir, Vec<u8>) {
+    let src = tempfile::tempdir().unwrap();
+    let mut bytes = Memory::default();
     write_header(&mut bytes).unwrap();
-    send_dir(&mut bytes, src.path(), None).unwrap();
-    (src, bytes)
+    if !growing {
+        for (name, data) in files {
+            std::fs::write(src.path().join(name), data).unwrap();
+        }
+        send_dir(&mut bytes, src.path(), None).unwrap();
+        return (src, bytes.0);
+    }
+    let mut g = Growing::new(&mut bytes, src.path(), |_| true, None);
+    for (name, data) in files {
+        let mut f = std::fs::File::create(src.path().join(name)).unwrap();
+        let (first, second) = data.split_at(data.len() / 2);
+        for half in [first, second] {
+            std::io::Write::write_all(&mut f, half).unwrap();
+            g.step().unwrap();
+        }
+    }
+    g.finish().unwrap();
+    (src, bytes.0)
 }
 
 fn receive(bytes: &[u8], parent: &Path) -> criu::Result<()> {
@@ -66,8 +105,8 @@ proptest! {
     }
 
     #[test]
-    fn streams_round_trip(files in files()) {
-        let (_src, bytes) = stream_of(&files);
+    fn streams_round_trip(files in files(), growing in any::<bool>()) {
+        let (_src, bytes) = stream_of(&files, growing);
         let parent = tempfile::tempdir().unwrap();
         receive(&bytes, parent.path()).unwrap();
         for (name, data) in &files {
@@ -77,8 +116,8 @@ proptest! {
     }
 
     #[test]
-    fn truncated_streams_are_rejected_and_leave_nothing(files in files(), cut in any::<prop::sample::Index>()) {
-        let (_src, bytes) = stream_of(&files);
+    fn truncated_streams_are_rejected_and_leave_nothing(files in files(), cut in any::<prop::sample::Index>(), growing in any::<bool>()) {
+        let (_src, bytes) = stream_of(&files, growing);
         let cut = cut.index(bytes.len());
         let parent = tempfile::tempdir().unwrap();
         prop_assert!(receive(&bytes[..cut], parent.path()).is_err());
@@ -86,8 +125,8 @@ proptest! {
     }
 
     #[test]
-    fn any_damaged_byte_is_detected(files in files(), at in any::<prop::sample::Index>(), flip in 1u8..=255) {
-        let (_src, mut bytes) = stream_of(&files);
+    fn any_damaged_byte_is_detected(files in files(), at in any::<prop::sample::Index>(), flip in 1u8..=255, growing in any::<bool>()) {
+        let (_src, mut bytes) = stream_of(&files, growing);
         let at = at.index(bytes.len());
         bytes[at] ^= flip;
         let parent = tempfile::tempdir().unwrap();

@@ -27,7 +27,8 @@ impl Bar {
         }
     }
 
-    /// Bytes done, bytes in total.
+    /// Bytes done, bytes in total (0 while unknown: the images are sent
+    /// while the dump still writes them).
     pub fn update(&mut self, done: u64, total: u64) {
         if self.bar.is_none()
             && self.start.elapsed() > Duration::from_secs(1)
@@ -43,11 +44,12 @@ impl Bar {
             self.bar = Some(b);
         }
         if let Some(b) = &self.bar {
+            b.set_length(total.max(done));
             b.set_position(done);
-            b.set_message(format!(
-                "{} to go",
-                indicatif::HumanBytes(total.saturating_sub(done))
-            ));
+            b.set_message(match total {
+                0 => "while the dump writes".to_string(),
+                t => format!("{} to go", indicatif::HumanBytes(t.saturating_sub(done))),
+            });
         }
     }
 

@@ -269,8 +269,8 @@ pub fn migrate_workload_over(
         pid_before,
         // The images live in memory on both hosts (no disk in the path),
         // in private tmpfs directories removed when each side returns.
-        || SourceConfig::in_memory(strategy).progress(progress),
-        DestConfig::in_memory,
+        || SourceConfig::new(strategy).progress(progress),
+        DestConfig::new,
         None,
     )?;
     let (src, dst) = (run.src, run.dst);

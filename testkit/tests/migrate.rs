@@ -28,8 +28,8 @@ fn migrate_between(
     hosts
         .migrate(
             pid,
-            || src_cfg(SourceConfig::new(strategy, &src_dir)),
-            || dest_cfg(DestConfig::new(&dst_dir)),
+            || src_cfg(SourceConfig::new(strategy).work_dir(&src_dir)),
+            || dest_cfg(DestConfig::new().work_dir(&dst_dir)),
             relay,
         )
         .unwrap()

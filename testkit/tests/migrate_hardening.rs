@@ -3,7 +3,7 @@
 //! Real CRIU, real processes. Needs root.
 
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use std::io::Write;
@@ -120,8 +120,8 @@ impl Scene {
 fn stop_and_copy_over_a_unix_socket() {
     let mut sc = Scene::new();
     let run = sc.migrate(
-        |s| SourceConfig::new(Strategy::StopAndCopy, s),
-        DestConfig::new,
+        |s| SourceConfig::new(Strategy::StopAndCopy).work_dir(s),
+        |d| DestConfig::new().work_dir(d),
     );
     sc.assert_moved(run);
 }
@@ -131,8 +131,12 @@ fn page_server_over_a_unix_socket_with_named_addresses() {
     let mut sc = Scene::new();
     let lo = std::net::IpAddr::from([127, 0, 0, 1]);
     let run = sc.migrate(
-        |s| SourceConfig::new(Strategy::PageServer, s).criu_addresses(lo, lo),
-        |d| DestConfig::new(d).criu_address(lo),
+        |s| {
+            SourceConfig::new(Strategy::PageServer)
+                .work_dir(s)
+                .criu_addresses(lo, lo)
+        },
+        |d| DestConfig::new().work_dir(d).criu_address(lo),
     );
     sc.assert_moved(run);
 }
@@ -140,8 +144,8 @@ fn page_server_over_a_unix_socket_with_named_addresses() {
 #[test]
 fn page_server_over_a_unix_socket_without_addresses_is_refused_plainly() {
     let mut sc = Scene::new();
-    let page_server = |s| SourceConfig::new(Strategy::PageServer, s);
-    let Run { src, dst } = sc.migrate(page_server, DestConfig::new);
+    let page_server = |s| SourceConfig::new(Strategy::PageServer).work_dir(s);
+    let Run { src, dst } = sc.migrate(page_server, |d| DestConfig::new().work_dir(d));
     let e = dst.expect_err("the destination has no address for its page server");
     assert!(e.to_string().contains("criu_address"), "{e}");
     let e = src.expect_err("the source fails too");
@@ -166,8 +170,12 @@ fn the_lazy_dump_goes_through_the_callers_criu() {
     };
     let run = sc.migrate_from(
         end,
-        |s| SourceConfig::new(Strategy::Lazy, s).criu_addresses(LO, LO),
-        |d| DestConfig::new(d).criu_address(LO),
+        |s| {
+            SourceConfig::new(Strategy::Lazy)
+                .work_dir(s)
+                .criu_addresses(LO, LO)
+        },
+        |d| DestConfig::new().work_dir(d).criu_address(LO),
     );
     sc.assert_moved(run);
     let starts = std::fs::read_to_string(&log).unwrap_or_default();
@@ -217,8 +225,12 @@ fn a_lost_lazy_source_message_ends_the_lazy_dump_and_resumes_the_source() {
     };
     let run = sc.migrate_from(
         breaking,
-        |s| SourceConfig::new(Strategy::Lazy, s).criu_addresses(LO, LO),
-        |d| DestConfig::new(d).criu_address(LO),
+        |s| {
+            SourceConfig::new(Strategy::Lazy)
+                .work_dir(s)
+                .criu_addresses(LO, LO)
+        },
+        |d| DestConfig::new().work_dir(d).criu_address(LO),
     );
     let e = run.src.expect_err("the source fails");
     assert!(e.to_string().contains("resumed"), "{e}");
@@ -253,7 +265,8 @@ fn the_source_deadline_bounds_a_lazy_dump_nobody_fetches_from() {
     let (src_dir, dst_dir) = (sc.dir.path().join("src"), sc.dir.path().join("dst"));
     let src = std::thread::scope(|s| {
         s.spawn(|| never_fetches(b, &dst_dir));
-        let cfg = SourceConfig::new(Strategy::Lazy, &src_dir)
+        let cfg = SourceConfig::new(Strategy::Lazy)
+            .work_dir(&src_dir)
             .criu_addresses(LO, LO)
             .deadline(Duration::from_secs(3));
         let mut a = a;
@@ -308,8 +321,8 @@ impl TwoHostScene {
         self.hosts
             .migrate(
                 self.w.pid(),
-                || SourceConfig::new(Strategy::StopAndCopy, src),
-                || dst(DestConfig::new(dst_dir)),
+                || SourceConfig::new(Strategy::StopAndCopy).work_dir(src),
+                || dst(DestConfig::new().work_dir(dst_dir)),
                 relay,
             )
             .unwrap()
@@ -371,7 +384,12 @@ fn a_strangers_bytes_on_the_port_remove_nothing() {
         .unwrap()
         .unwrap();
     let (mut stream, _) = listener.accept().unwrap();
-    let e = migrate::receive(&Criu::new(), &mut stream, DestConfig::new(dir.path())).unwrap_err();
+    let e = migrate::receive(
+        &Criu::new(),
+        &mut stream,
+        DestConfig::new().work_dir(dir.path()),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("bad magic"), "{e}");
     // Without a deadline, a silent peer would have met the default timeout.
     assert_eq!(
@@ -390,7 +408,7 @@ fn a_silent_source_is_given_up_after_the_idle_timeout() {
     let (silent, mut b) = UnixStream::pair().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let quick = Limits::default().idle_timeout(Duration::from_millis(300));
-    let cfg = DestConfig::new(dir.path()).limits(quick);
+    let cfg = DestConfig::new().work_dir(dir.path()).limits(quick);
     let e = migrate::receive(&Criu::new(), &mut b, cfg).unwrap_err();
     assert!(e.to_string().contains("sent nothing within"), "{e}");
     drop(silent);
@@ -502,22 +520,29 @@ fn the_source_never_kills_a_process_that_reused_a_pid_of_its_tree() {
     drop(dst);
 }
 
-/// The crate's in-memory work directories that hold images right now.
-fn in_memory_images() -> Vec<PathBuf> {
+/// The crate's in-memory work directories that hold images of a tree
+/// with a file under `ours` open (the scene's own directory: other
+/// programs on this machine may migrate at the same time).
+fn in_memory_images(ours: &Path) -> Vec<PathBuf> {
+    let marker = ours.as_os_str().as_encoded_bytes();
+    let mentions_ours = |p: &PathBuf| {
+        std::fs::read(p.join("images/files.img"))
+            .is_ok_and(|b| b.windows(marker.len()).any(|w| w == marker))
+    };
     std::fs::read_dir("/dev/shm")
         .unwrap()
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.to_string_lossy().contains("/criu-rs-migrate-"))
-        .filter(|p| p.join("images/inventory.img").exists())
+        .filter(mentions_ours)
         .collect()
 }
 
 /// The in-memory tests look at /dev/shm as a whole: one at a time.
 static IN_MEMORY: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Migrates with the images in memory on both sides; `restore` adjusts
-/// the destination's restore. Returns the run and the in-memory image
+/// Migrates with the default settings (images in memory on both sides);
+/// `restore` adjusts the destination's restore. Returns the run and the in-memory image
 /// directories seen just before the destination's restore.
 fn migrate_in_memory(
     sc: &TwoHostScene,
@@ -525,15 +550,15 @@ fn migrate_in_memory(
 ) -> (Migration, Vec<PathBuf>) {
     let seen = std::sync::Mutex::new(Vec::new());
     let record = |o: &mut criu::Options<'_>| {
-        *seen.lock().unwrap() = in_memory_images();
+        *seen.lock().unwrap() = in_memory_images(sc.dir.path());
         restore(o);
     };
     let run = sc
         .hosts
         .migrate(
             sc.w.pid(),
-            || SourceConfig::in_memory(Strategy::StopAndCopy),
-            || DestConfig::in_memory().customize(record),
+            || SourceConfig::new(Strategy::StopAndCopy),
+            || DestConfig::new().customize(record),
             None,
         )
         .unwrap();
@@ -550,7 +575,7 @@ fn assert_used_and_removed(seen: &[PathBuf]) {
 }
 
 #[test]
-fn images_in_memory_are_used_and_removed_after_a_migration() {
+fn images_are_in_memory_by_default_and_removed_after_a_migration() {
     let _one = IN_MEMORY.lock().unwrap_or_else(|e| e.into_inner());
     let mut sc = TwoHostScene::new();
     let (run, seen) = migrate_in_memory(&sc, |_| {});
@@ -562,7 +587,7 @@ fn images_in_memory_are_used_and_removed_after_a_migration() {
 }
 
 #[test]
-fn images_in_memory_are_removed_after_a_failed_migration() {
+fn images_in_memory_by_default_are_removed_after_a_failed_migration() {
     let _one = IN_MEMORY.lock().unwrap_or_else(|e| e.into_inner());
     let mut sc = TwoHostScene::new();
     let (run, seen) = migrate_in_memory(&sc, |o| {
@@ -570,4 +595,53 @@ fn images_in_memory_are_removed_after_a_failed_migration() {
     });
     sc.assert_source_runs_on(run, "restore");
     assert_used_and_removed(&seen);
+}
+
+/// The children of `pid` (its main thread's).
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_tree_of_two_tasks_moves_with_stop_and_copy_streaming_their_pages() {
+    // Before: the pages images of two tasks went out interleaved while the
+    // dump wrote them, which the receiver refused ("unexpected frame").
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.log");
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--", "setsid", "sh", "-c"])
+        .arg(format!(
+            "'{BIN}' '{}' --interval-us 1000 --memory-mib 4 & wait",
+            out.display()
+        ))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut w = Workload::start_wrapped(cmd, &out, 4).unwrap();
+    let root = w.pid();
+    assert_eq!(children(root).len(), 1, "a shell and its workload");
+    let plain = |stream| SourceEnd {
+        criu: Criu::new(),
+        stream,
+    };
+    let run = migrate_over_unix(
+        root,
+        plain,
+        || SourceConfig::new(Strategy::StopAndCopy),
+        DestConfig::new,
+    );
+    let src = run.src.unwrap_or_else(|e| panic!("source: {e}"));
+    let dst = run.dst.unwrap_or_else(|e| panic!("destination: {e}"));
+    w.reap(WAIT).unwrap();
+    assert_eq!(src.restored_pid, dst.child.pid());
+    assert_eq!(children(dst.child.pid()).len(), 1, "both tasks restored");
+    let seq = w.last_seq();
+    w.wait_for_seq(seq + 20, WAIT).unwrap();
+    let pid = dst.child.pid();
+    drop(dst);
+    assert!(criu_testkit::wait_gone(pid, WAIT));
 }

@@ -52,8 +52,8 @@ fn migrate_captured(strategy: Strategy, links: [&Link; 2]) -> usize {
         .migrate_over(
             links,
             w.pid(),
-            || SourceConfig::new(strategy, &src_dir),
-            || DestConfig::new(&dst_dir),
+            || SourceConfig::new(strategy).work_dir(&src_dir),
+            || DestConfig::new().work_dir(&dst_dir),
             None,
         )
         .unwrap();
@@ -149,7 +149,7 @@ fn refused(source: Link, dest: Link, src_says: &str, dst_says: &str) {
         &source,
         addr,
         w.pid(),
-        SourceConfig::new(Strategy::StopAndCopy, &work),
+        SourceConfig::new(Strategy::StopAndCopy).work_dir(&work),
     );
     let accepted = receiver.join().unwrap();
     let src_err = sent.expect_err("the source fails").to_string();
@@ -219,7 +219,7 @@ fn a_plain_tcp_sender_is_refused_and_resumes() {
         &Link::Plain,
         addr,
         w.pid(),
-        SourceConfig::new(Strategy::StopAndCopy, &work),
+        SourceConfig::new(Strategy::StopAndCopy).work_dir(&work),
     );
     let dst_err = receiver.join().unwrap().expect_err("refused").to_string();
     assert!(

@@ -15,7 +15,8 @@ use crate::transfer::Limits;
 /// A hook that adjusts the options of a dump or restore.
 pub(super) type Customize<'a> = Box<dyn Fn(&mut Options<'_>) + Sync + 'a>;
 
-/// The source side's settings.
+/// The source side's settings; [`SourceConfig::new`] keeps the images in
+/// memory.
 pub struct SourceConfig<'a> {
     pub(super) strategy: Strategy,
     pub(super) work_dir: WorkDir,
@@ -29,23 +30,15 @@ pub struct SourceConfig<'a> {
 }
 
 impl<'a> SourceConfig<'a> {
-    /// `work_dir` must exist; the images are written to `work_dir/images`
-    /// and stay there.
-    pub fn new(strategy: Strategy, work_dir: impl AsRef<Path>) -> SourceConfig<'a> {
-        Self::at(strategy, WorkDir::Chosen(work_dir.as_ref().to_path_buf()))
-    }
-
-    /// The images are written in memory: a private (0700) directory of the
+    /// The images are kept in memory: a private (0700) directory of the
     /// crate's on a tmpfs (`/dev/shm`), removed when [`super::send`]
-    /// returns. No disk in the path; the memory is the images' size.
-    pub fn in_memory(strategy: Strategy) -> SourceConfig<'a> {
-        Self::at(strategy, WorkDir::InMemory)
-    }
-
-    fn at(strategy: Strategy, work_dir: WorkDir) -> SourceConfig<'a> {
+    /// returns. No disk in the path; the memory used is the images' size
+    /// (for stop-and-copy, about the tree's memory). To keep them on a
+    /// file system of your choice, see [`SourceConfig::work_dir`].
+    pub fn new(strategy: Strategy) -> SourceConfig<'a> {
         SourceConfig {
             strategy,
-            work_dir,
+            work_dir: WorkDir::InMemory,
             progress: None,
             customize: None,
             lazy_timeout: Duration::from_secs(600),
@@ -54,6 +47,13 @@ impl<'a> SourceConfig<'a> {
             criu_tls: None,
             connections: None,
         }
+    }
+
+    /// Writes the images to `dir/images` instead of memory, and leaves
+    /// them there (`dir` must exist, `dir/images` must not).
+    pub fn work_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.work_dir = WorkDir::Chosen(dir.as_ref().to_path_buf());
+        self
     }
 
     /// Moves the tree's established TCP connections, and the service
@@ -65,7 +65,10 @@ impl<'a> SourceConfig<'a> {
         self
     }
 
-    /// Called as images are sent: bytes done, bytes in total.
+    /// Called as images are sent: bytes done, bytes in total. The total is
+    /// 0 while it is not known yet: stop-and-copy sends the pages while
+    /// the dump still writes them, and knows the total once the dump is
+    /// over.
     pub fn progress(mut self, f: impl FnMut(u64, u64) + 'a) -> Self {
         self.progress = Some(Box::new(f));
         self
@@ -122,7 +125,8 @@ impl<'a> SourceConfig<'a> {
     }
 }
 
-/// The destination side's settings.
+/// The destination side's settings. [`DestConfig::new`] and `default()`
+/// are the same: images in memory, default limits, no deadline.
 pub struct DestConfig<'a> {
     pub(super) work_dir: WorkDir,
     pub(super) customize: Option<Customize<'a>>,
@@ -135,23 +139,20 @@ pub struct DestConfig<'a> {
     pub(super) tcp_established: bool,
 }
 
-impl<'a> DestConfig<'a> {
-    /// `work_dir` must exist; the images arrive in `work_dir/images` and
-    /// stay there after a successful migration.
-    pub fn new(work_dir: impl AsRef<Path>) -> DestConfig<'a> {
-        Self::at(WorkDir::Chosen(work_dir.as_ref().to_path_buf()))
+impl Default for DestConfig<'_> {
+    fn default() -> Self {
+        Self::new()
     }
+}
 
+impl<'a> DestConfig<'a> {
     /// The images arrive in memory: a private (0700) directory of the
     /// crate's on a tmpfs (`/dev/shm`), removed when [`super::receive`]
-    /// returns (the restored tree needs none of them by then).
-    pub fn in_memory() -> DestConfig<'a> {
-        Self::at(WorkDir::InMemory)
-    }
-
-    fn at(work_dir: WorkDir) -> DestConfig<'a> {
+    /// returns (the restored tree needs none of them by then). To keep them
+    /// on a file system of your choice, see [`DestConfig::work_dir`].
+    pub fn new() -> DestConfig<'a> {
         DestConfig {
-            work_dir,
+            work_dir: WorkDir::InMemory,
             customize: None,
             daemons: DaemonConfig::new(),
             daemon_timeout: Duration::from_secs(600),
@@ -160,6 +161,16 @@ impl<'a> DestConfig<'a> {
             criu_tls: None,
             limits: Limits::default(),
             tcp_established: false,
+        }
+    }
+
+    /// Receives the images into `dir/images` instead of memory (`dir` must
+    /// exist, `dir/images` must not); they stay there after a successful
+    /// migration and are removed after a failed one.
+    pub fn work_dir(self, dir: impl AsRef<Path>) -> Self {
+        DestConfig {
+            work_dir: WorkDir::Chosen(dir.as_ref().to_path_buf()),
+            ..self
         }
     }
 

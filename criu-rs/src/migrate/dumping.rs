@@ -106,7 +106,16 @@ impl<'scope> Dumping<'scope> {
     /// Waits until the images to send are complete. Returns the dump's
     /// report if the dump is over by then.
     pub(super) fn images_ready(&mut self) -> Result<Option<DumpReport>> {
-        match self.events.recv() {
+        let event = self.events.recv().map_err(|_| ());
+        self.ready_on(event)
+    }
+
+    /// What `event` (none: the dump thread is gone) says of the images.
+    fn ready_on(
+        &mut self,
+        event: std::result::Result<DumpEvent, ()>,
+    ) -> Result<Option<DumpReport>> {
+        match event {
             Ok(DumpEvent::ImagesReady) => Ok(None),
             Ok(DumpEvent::Finished(r)) => {
                 self.join();
@@ -120,6 +129,16 @@ impl<'scope> Dumping<'scope> {
                 self.join();
                 Err(migration("the dump thread ended without a result", None))
             }
+        }
+    }
+
+    /// Like [`Dumping::images_ready`] without waiting: `None` while the
+    /// images are not complete yet.
+    pub(super) fn try_images_ready(&mut self) -> Option<Result<Option<DumpReport>>> {
+        match self.events.try_recv() {
+            Err(mpsc::TryRecvError::Empty) => None,
+            Ok(e) => Some(self.ready_on(Ok(e))),
+            Err(mpsc::TryRecvError::Disconnected) => Some(self.ready_on(Err(()))),
         }
     }
 

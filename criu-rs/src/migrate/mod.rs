@@ -13,6 +13,11 @@
 //!   serves it; the destination restores at once and `criu lazy-pages`
 //!   fetches pages as the process touches them.
 //!
+//! By default each side keeps its images in memory, in a private tmpfs
+//! directory removed when [`send`] or [`receive`] returns
+//! ([`SourceConfig::new`], [`DestConfig::new`]); `work_dir` on either
+//! config keeps them in a directory of the caller's instead.
+//!
 //! The page-server and lazy strategies need CRIU's own TCP connections
 //! between the two hosts, beside the stream: their addresses come from
 //! [`SourceConfig::criu_addresses`] / [`DestConfig::criu_address`], or,

@@ -13,7 +13,7 @@ use crate::client::Criu;
 use crate::error::{Error, Result};
 use crate::images::ImagesDir;
 use crate::report::DumpReport;
-use crate::transfer::{self, write_header, TransferStats, Transport};
+use crate::transfer::{self, write_header, Growing, TransferStats, Transport};
 
 /// What the destination reported about its restore.
 struct Restored {
@@ -79,27 +79,27 @@ fn migrate<'scope>(
     let (pid, side, slot) = (job.pid, job.side, job.slot.clone());
     let service = job.service.map(|s| s.1);
     let mut dumping = Dumping::start(scope, job);
-    let early = dumping.images_ready().map_err(|e| {
-        wire::tell_failure(stream, &e);
-        match service {
-            Some(s) => s.dump_failed(e),
-            None => migration("the dump failed; the source process was resumed", Some(e)),
-        }
-    })?;
-    let images_at = Instant::now();
+    let Dumped {
+        early,
+        at: images_at,
+        streamed,
+    } = dump_and_stream(stream, &mut dumping, side, service, cfg)?;
+    let streamed_tail = streamed.map(|(_, tail)| tail);
     let (stopped, stopped_at) = slot.take().inspect_err(|e| wire::tell_failure(stream, e))?;
     if let Some(s) = service {
         s.move_to_dest()
             .inspect_err(|e| wire::tell_failure(stream, e))?;
     }
     // On failure the dump ends (inside) before the tree is continued (here).
-    let (sent, restored, dump) = until_restored(stream, dumping, early, side, service, cfg)
+    let sent = streamed.map(|(sent, _)| sent);
+    let (sent, restored, dump) = until_restored(stream, dumping, early, sent, side, service, cfg)
         .inspect_err(|e| wire::tell_failure(stream, e))?;
     let stopped_to_restored = restored.at.saturating_duration_since(stopped_at);
     let phases = Phases::split(
         &dump,
         images_at.saturating_duration_since(stopped_at),
-        sent.elapsed,
+        // What the transfer took after the images were complete.
+        streamed_tail.unwrap_or(sent.elapsed),
         restored.wall,
         stopped_to_restored,
     );
@@ -128,16 +128,110 @@ fn migrate<'scope>(
     })
 }
 
-/// From complete images to the destination's restore and the dump's end.
+/// The images complete: the dump's report if it is over, when, and, if
+/// they were sent while the dump wrote them, that transfer and how long it
+/// went on after the dump.
+struct Dumped {
+    early: Option<DumpReport>,
+    at: Instant,
+    streamed: Option<(TransferStats, Duration)>,
+}
+
+/// Waits for the dump's images; a strategy that streams them sends them
+/// meanwhile, the pages as CRIU writes them and the rest at the dump's
+/// end. On failure the destination is told and the error says why.
+fn dump_and_stream(
+    stream: &mut dyn Transport,
+    dumping: &mut Dumping<'_>,
+    side: &dyn SourceSide,
+    service: Option<&ServiceMove<'_>>,
+    cfg: &mut SourceConfig<'_>,
+) -> Result<Dumped> {
+    let dump_failed = |stream: &mut dyn Transport, e: Error| {
+        wire::tell_failure(stream, &e);
+        match service {
+            Some(s) => s.dump_failed(e),
+            None => migration("the dump failed; the source process was resumed", Some(e)),
+        }
+    };
+    if !side.streams_while_dumping() {
+        let early = dumping.images_ready().map_err(|e| dump_failed(stream, e))?;
+        let at = Instant::now();
+        return Ok(Dumped {
+            early,
+            at,
+            streamed: None,
+        });
+    }
+    let mut progress = cfg.progress.take();
+    let mut growing = Growing::new(
+        &mut *stream,
+        dumping.images().path(),
+        is_pages_image,
+        progress.as_deref_mut().map(|p| p as _),
+    );
+    let mut ended = None;
+    let followed = growing.follow(
+        || {
+            ended = dumping.try_images_ready();
+            ended.is_some()
+        },
+        STREAM_POLL,
+    );
+    let early = match (followed, ended) {
+        (Ok(()), Some(Ok(early))) => early,
+        (Ok(()), Some(Err(e))) => {
+            drop(growing);
+            return Err(dump_failed(stream, e));
+        }
+        (Err(e), _) => {
+            drop(growing);
+            return Err(sending_failed(stream, e));
+        }
+        (Ok(()), None) => unreachable!("follow returns once the dump is over"),
+    };
+    let at = Instant::now();
+    let sent = growing.finish();
+    let sent = sent.map_err(|e| sending_failed(stream, e))?;
+    Ok(Dumped {
+        early,
+        at,
+        streamed: Some((sent, at.elapsed())),
+    })
+}
+
+/// How long to wait before looking at the images directory again while
+/// the dump writes it and nothing new was there.
+const STREAM_POLL: Duration = Duration::from_millis(1);
+
+/// CRIU's memory pages images, the only ones that grow while the dump
+/// runs (`pages-<n>.img`, written front to back).
+fn is_pages_image(name: &str) -> bool {
+    name.starts_with("pages-") && name.ends_with(".img")
+}
+
+/// Tells the destination that the images will not come, and says so.
+fn sending_failed(stream: &mut dyn Transport, e: Error) -> Error {
+    let e = images_not_sent(e);
+    wire::tell_failure(stream, &e);
+    e
+}
+
+/// From complete images to the destination's restore and the dump's end;
+/// `sent` if the images were sent while the dump wrote them.
 fn until_restored(
     stream: &mut dyn Transport,
     dumping: Dumping<'_>,
     early: Option<DumpReport>,
+    sent: Option<TransferStats>,
     side: &dyn SourceSide,
     service: Option<&ServiceMove<'_>>,
     cfg: &mut SourceConfig<'_>,
 ) -> Result<(TransferStats, Restored, DumpReport)> {
-    let sent = send_images(stream, dumping.images(), side, cfg)?;
+    let sent = match sent {
+        Some(sent) => after_images(stream, side).map(|()| sent)?,
+        None => send_images(stream, dumping.images(), side, cfg)?,
+    };
     let restored = await_restore(stream)?;
     if let Some(s) = service {
         s.announce()?;
@@ -160,12 +254,19 @@ fn send_images(
         progress.as_deref_mut().map(|p| p as _),
     )
     .and_then(|sent| side.after_images(stream).map(|()| sent));
-    sent.map_err(|e| {
-        migration(
-            "sending the images failed; the source process was resumed",
-            Some(e),
-        )
-    })
+    sent.map_err(images_not_sent)
+}
+
+/// What the strategy sends after the images (which went already).
+fn after_images(stream: &mut dyn Transport, side: &dyn SourceSide) -> Result<()> {
+    side.after_images(stream).map_err(images_not_sent)
+}
+
+fn images_not_sent(e: Error) -> Error {
+    migration(
+        "sending the images failed; the source process was resumed",
+        Some(e),
+    )
 }
 
 /// Tells the destination that the source stops its copy, and waits for it
@@ -292,7 +393,7 @@ mod tests {
             written: Vec::new(),
             tcp: reset_stream(),
         };
-        let cfg = SourceConfig::new(Strategy::PageServer, dir.path());
+        let cfg = SourceConfig::new(Strategy::PageServer).work_dir(dir.path());
         let e = crate::migrate::send(&Criu::new(), 1, &mut end, cfg).unwrap_err();
         assert!(
             end.written.windows(5).any(|w| w == b"Hello"),

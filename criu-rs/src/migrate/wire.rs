@@ -8,7 +8,7 @@
 //! → header, Hello { strategy }
 //! ← PageServerReady { port }                 (page-server only)
 //!   | PageServerRelay { port } | Failed       (the same, relayed in TLS)
-//! → the images (a transfer::send_dir stream) | Failed
+//! → the images (a transfer stream; stop-and-copy's starts during the dump) | Failed
 //! → LazySource { addr }                      (lazy only)
 //! ← Restored { .. } | Failed
 //! → Done | Failed                            (Failed: an abort)

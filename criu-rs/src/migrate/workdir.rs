@@ -53,7 +53,7 @@ fn in_memory(root: &Path) -> Result<Held> {
         return Err(migration(
             format!(
                 "{} is not a tmpfs, so the images cannot be kept in memory: choose a directory \
-                 (SourceConfig::new / DestConfig::new)",
+                 (SourceConfig::work_dir / DestConfig::work_dir)",
                 root.display()
             ),
             None,

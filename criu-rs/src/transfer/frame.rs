@@ -107,3 +107,14 @@ pub(super) fn end_marker(files: u32, bytes: u64) -> Vec<u8> {
     end.extend_from_slice(&bytes.to_le_bytes());
     end
 }
+
+/// A growing file's header: its chunks and end follow (see the module
+/// docs of [`crate::transfer`]).
+pub(super) fn growing_header(name: &str, mode: u32) -> Vec<u8> {
+    let mut head = Vec::with_capacity(name.len() + 7);
+    head.push(b'G');
+    head.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    head.extend_from_slice(name.as_bytes());
+    head.extend_from_slice(&mode.to_le_bytes());
+    head
+}

@@ -6,7 +6,11 @@
 //! stream  := "CRIURS\x00\x01" item* end
 //! item    := 'F' name_len:u16 name mode:u32 size:u64 bytes[size] crc32:u32
 //!            (the CRC-32 covers everything from 'F' to the last byte)
+//!          | 'G' name_len:u16 name mode:u32 chunk* 'Z' size:u64 crc32:u32
+//!            (a file sent while it grows; the CRC-32 covers the header,
+//!            the chunks' bytes and the size)
 //!          | 'M' len:u32 json[len]            (a control message)
+//! chunk   := 'D' len:u32 bytes[len]            (0 < len <= 8 MiB)
 //! end     := 'E' files:u32 bytes:u64
 //! ```
 //!
@@ -14,18 +18,23 @@
 //! receiver writes into a private directory of a random name beside the
 //! target (0700, files created through its descriptor, never following a
 //! link) and renames it into place only when the end marker's totals
-//! match; on any error the partial directory is removed. What the sender
-//! announces is bounded ([`Limits`]: file count, file and total sizes, the
+//! match; on any error the partial directory is removed (a message where a
+//! file or chunk is due is the sender giving up, handed back to the
+//! migration, which shows why). Every chunk of a growing
+//! file is checked against the limits before it is written. What the
+//! sender announces is bounded ([`Limits`]: file count, file and total sizes, the
 //! free space of the target's file system, and an idle timeout where the
 //! stream has timeouts). The CRC-32 per file protects against corruption,
 //! not against an attacker (who could rewrite the checksum too): wrap the
 //! stream in TLS or similar for authenticity and secrecy.
 //!
-//! Inside: `frame` (header, messages, integers), `send`, `receive` (with
+//! Inside: `frame` (header, messages, integers), `send`, `growing` (a
+//! directory sent while it is written), `receive` (with
 //! its limits) and `partial` (the private directory being received), and
 //! [`Transport`], the connected stream both ends use.
 
 mod frame;
+mod growing;
 mod partial;
 mod receive;
 mod send;
@@ -39,6 +48,7 @@ use serde::Serialize;
 use crate::error::Error;
 
 pub use frame::{read_header, recv_message, send_message, write_header};
+pub use growing::Growing;
 pub use receive::{receive_dir, receive_dir_with, receive_from, Limits};
 pub(crate) use receive::{receive_dir_or_message, DirOrMessage};
 pub use send::send_dir;

@@ -1,5 +1,6 @@
 //! Receiving a directory, within limits.
 
+use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -7,8 +8,10 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::frame::{
-    file_header, read_header, read_message_body, read_u16, read_u32, read_u64, read_u8,
+    file_header, growing_header, read_header, read_message_body, read_u16, read_u32, read_u64,
+    read_u8,
 };
+use super::growing::MAX_CHUNK;
 use super::partial::Partial;
 use super::{io_err, is_safe_name, transfer_err, Progress, TransferStats, Transport, BUF};
 use crate::error::{Error, Result};
@@ -166,6 +169,11 @@ pub(crate) fn receive_dir_or_message<T: DeserializeOwned>(
     loop {
         match read_u8(r, "reading the next frame")? {
             b'F' => rx.file(r)?,
+            b'G' => {
+                if !rx.growing(r)? {
+                    return read_message_body(r).map(DirOrMessage::Message);
+                }
+            }
             b'E' => {
                 rx.end(r)?;
                 rx.partial.commit(target)?;
@@ -181,6 +189,36 @@ pub(crate) fn receive_dir_or_message<T: DeserializeOwned>(
     }
 }
 
+/// Reads a file name and refuses one that would leave the directory.
+fn read_name(r: &mut impl Read) -> Result<String> {
+    let len = read_u16(r, "reading a file name")? as usize;
+    let mut name = vec![0u8; len];
+    r.read_exact(&mut name)
+        .map_err(io_err("reading a file name"))?;
+    let name =
+        String::from_utf8(name).map_err(|_| transfer_err("a file name is not UTF-8", None))?;
+    if !is_safe_name(&name) {
+        return Err(transfer_err(
+            format!("refusing file name {name:?}: it would escape the target directory"),
+            None,
+        ));
+    }
+    Ok(name)
+}
+
+/// Reads file `name`'s checksum and compares it with what arrived.
+fn check_crc(r: &mut impl Read, name: &str, crc: crc32fast::Hasher) -> Result<()> {
+    let want = read_u32(r, "reading a checksum")?;
+    let got = crc.finalize();
+    if want != got {
+        return Err(transfer_err(
+            format!("checksum mismatch in {name:?}: sent {want:#010x}, received {got:#010x}"),
+            None,
+        ));
+    }
+    Ok(())
+}
+
 /// A directory being received.
 struct Receiving<'l, 'p> {
     partial: Partial,
@@ -194,56 +232,96 @@ struct Receiving<'l, 'p> {
 impl Receiving<'_, '_> {
     /// Receives one file (its 'F' already read).
     fn file(&mut self, r: &mut impl Read) -> Result<()> {
-        let len = read_u16(r, "reading a file name")? as usize;
-        let mut name = vec![0u8; len];
-        r.read_exact(&mut name)
-            .map_err(io_err("reading a file name"))?;
-        let name =
-            String::from_utf8(name).map_err(|_| transfer_err("a file name is not UTF-8", None))?;
-        if !is_safe_name(&name) {
-            return Err(transfer_err(
-                format!("refusing file name {name:?}: it would escape the target directory"),
-                None,
-            ));
-        }
+        let name = read_name(r)?;
         let raw_mode = read_u32(r, "reading a file mode")?;
         let size = read_u64(r, "reading a file size")?;
         self.admit(&name, size)?;
         let mut crc = crc32fast::Hasher::new();
         crc.update(&file_header(&name, raw_mode, size));
-        self.contents(r, &name, raw_mode & 0o700 | 0o600, size, &mut crc)?;
-        let want = read_u32(r, "reading a checksum")?;
-        let got = crc.finalize();
-        if want != got {
+        let mut f = self.create(&name, raw_mode)?;
+        self.contents(r, &mut f, &name, size, &mut crc)?;
+        self.files += 1;
+        check_crc(r, &name, crc)
+    }
+
+    /// Receives one growing file (its 'G' already read): chunks, each
+    /// admitted before it is written, until the end tag, then the size and
+    /// the checksum. False if a control message came instead of the next
+    /// chunk (its 'M' read; the sender gave up, the caller reads why).
+    fn growing(&mut self, r: &mut impl Read) -> Result<bool> {
+        let name = read_name(r)?;
+        let raw_mode = read_u32(r, "reading a file mode")?;
+        self.admit(&name, 0)?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&growing_header(&name, raw_mode));
+        let mut f = self.create(&name, raw_mode)?;
+        self.files += 1;
+        let mut size = 0u64;
+        loop {
+            match read_u8(r, "reading the next chunk")? {
+                b'D' => {}
+                b'Z' => break,
+                b'M' => return Ok(false),
+                other => {
+                    return Err(transfer_err(
+                        format!("unexpected frame {other:#x} inside {name:?}"),
+                        None,
+                    ))
+                }
+            }
+            let n = read_u32(r, "reading a chunk's length")?;
+            if n > MAX_CHUNK {
+                return Err(transfer_err(
+                    format!("a chunk of {n} bytes in {name:?}: over {MAX_CHUNK} (corrupt?)"),
+                    None,
+                ));
+            }
+            self.admit_bytes(&name, size, u64::from(n))?;
+            self.contents(r, &mut f, &name, u64::from(n), &mut crc)?;
+            size += u64::from(n);
+        }
+        let want = read_u64(r, "reading a file size")?;
+        crc.update(&want.to_le_bytes());
+        if want != size {
             return Err(transfer_err(
-                format!("checksum mismatch in {name:?}: sent {want:#010x}, received {got:#010x}"),
+                format!("{name:?}: {want} bytes announced, {size} arrived"),
                 None,
             ));
         }
-        self.files += 1;
-        Ok(())
+        check_crc(r, &name, crc).map(|()| true)
     }
 
     /// Refuses a file the limits do not allow, before any of it is written.
     fn admit(&self, name: &str, size: u64) -> Result<()> {
         let l = self.limits;
-        let refuse = |why: String| Err(transfer_err(format!("refusing {name:?}: {why}"), None));
         if self.files >= l.max_files {
-            return refuse(format!(
-                "more than {} files (Limits::max_files)",
-                l.max_files
+            return Err(transfer_err(
+                format!(
+                    "refusing {name:?}: more than {} files (Limits::max_files)",
+                    l.max_files
+                ),
+                None,
             ));
         }
+        self.admit_bytes(name, 0, size)
+    }
+
+    /// Refuses `more` bytes of file `name` (which has `had` already) that
+    /// the limits do not allow, before any of them is written.
+    fn admit_bytes(&self, name: &str, had: u64, more: u64) -> Result<()> {
+        let l = self.limits;
+        let refuse = |why: String| Err(transfer_err(format!("refusing {name:?}: {why}"), None));
+        let size = had.saturating_add(more);
         if size > l.max_file_bytes {
             return refuse(format!(
                 "{size} bytes announced, over {} (Limits::max_file_bytes)",
                 l.max_file_bytes
             ));
         }
-        if self.bytes.saturating_add(size) > l.max_total_bytes {
+        if self.bytes.saturating_add(more) > l.max_total_bytes {
             return refuse(format!(
                 "{} bytes in all, over {} (Limits::max_total_bytes)",
-                self.bytes.saturating_add(size),
+                self.bytes.saturating_add(more),
                 l.max_total_bytes
             ));
         }
@@ -251,30 +329,37 @@ impl Receiving<'_, '_> {
             .partial
             .free_bytes()
             .map_err(|e| Error::io("reading the free space of the target's file system", e))?;
-        if size > free {
+        if more > free {
             return refuse(format!(
-                "{size} bytes announced, {free} free on the target's file system"
+                "{more} bytes announced, {free} free on the target's file system"
             ));
         }
         Ok(())
     }
 
-    /// Copies `size` bytes of the stream into a new file `name`.
+    /// Creates file `name` inside, with the owner's bits of `raw_mode`
+    /// (and at least read and write for the owner).
+    fn create(&self, name: &str, raw_mode: u32) -> Result<File> {
+        self.partial
+            .create_file(name, raw_mode & 0o700 | 0o600)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    transfer_err(format!("file {name:?} sent twice"), None)
+                } else {
+                    Error::io(format!("creating {name:?} in the received directory"), e)
+                }
+            })
+    }
+
+    /// Copies `size` bytes of the stream into `f` (file `name`).
     fn contents(
         &mut self,
         r: &mut impl Read,
+        f: &mut File,
         name: &str,
-        mode: u32,
         size: u64,
         crc: &mut crc32fast::Hasher,
     ) -> Result<()> {
-        let mut f = self.partial.create_file(name, mode).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                transfer_err(format!("file {name:?} sent twice"), None)
-            } else {
-                Error::io(format!("creating {name:?} in the received directory"), e)
-            }
-        })?;
         let mut left = size;
         while left > 0 {
             let chunk = &mut self.buf[..left.min(BUF as u64) as usize];

@@ -11,7 +11,7 @@ use super::{io_err, transfer_err, Progress, TransferStats, BUF};
 use crate::error::{Error, Result};
 
 /// A regular file to send: name, size, permission bits.
-type Entry = (String, u64, u32);
+pub(super) type Entry = (String, u64, u32);
 
 /// Sends every regular file of `dir` (sockets, links and subdirectories
 /// are skipped), then the end marker.
@@ -27,11 +27,7 @@ pub fn send_dir(
     let w = &mut BufWriter::with_capacity(BUF, w);
     let files = regular_files(dir)?;
     let total: u64 = files.iter().map(|f| f.1).sum();
-    let mut sent = Sent {
-        done: 0,
-        total,
-        buf: vec![0u8; BUF],
-    };
+    let mut sent = Sent::new(total);
     for entry in &files {
         sent.file(w, dir, entry, &mut progress)?;
     }
@@ -46,7 +42,7 @@ pub fn send_dir(
 }
 
 /// The regular files of `dir`, by name.
-fn regular_files(dir: &Path) -> Result<Vec<Entry>> {
+pub(super) fn regular_files(dir: &Path) -> Result<Vec<Entry>> {
     let listing = |e| Error::io(format!("listing {}", dir.display()), e);
     let mut files = Vec::new();
     for entry in fs::read_dir(dir).map_err(listing)? {
@@ -70,15 +66,32 @@ fn regular_files(dir: &Path) -> Result<Vec<Entry>> {
 }
 
 /// The sending side's progress.
-struct Sent {
-    done: u64,
-    total: u64,
-    buf: Vec<u8>,
+pub(super) struct Sent {
+    pub(super) done: u64,
+    /// The bytes in all, where known (0 while files still grow).
+    pub(super) total: u64,
+    pub(super) buf: Vec<u8>,
 }
 
 impl Sent {
+    pub(super) fn new(total: u64) -> Sent {
+        Sent {
+            done: 0,
+            total,
+            buf: vec![0u8; BUF],
+        }
+    }
+
+    /// Reports `n` more bytes sent.
+    pub(super) fn advance(&mut self, n: u64, progress: &mut Option<Progress<'_>>) {
+        self.done += n;
+        if let Some(p) = progress.as_mut() {
+            p(self.done, self.total);
+        }
+    }
+
     /// Sends one file: header, contents, checksum.
-    fn file(
+    pub(super) fn file(
         &mut self,
         w: &mut impl Write,
         dir: &Path,
@@ -107,10 +120,7 @@ impl Sent {
             w.write_all(chunk)
                 .map_err(io_err("sending file contents"))?;
             left -= n as u64;
-            self.done += n as u64;
-            if let Some(p) = progress.as_mut() {
-                p(self.done, self.total);
-            }
+            self.advance(n as u64, progress);
         }
         w.write_all(&crc.finalize().to_le_bytes())
             .map_err(io_err("sending a checksum"))

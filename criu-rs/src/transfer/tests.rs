@@ -291,3 +291,179 @@ fn a_target_that_appears_meanwhile_is_not_replaced() {
     assert!(e.to_string().contains("already exists"), "{e}");
     assert_eq!(fs::read_dir(sample.target()).unwrap().count(), 0);
 }
+
+/// A stream into memory, with no socket of its own (so chunks are written
+/// from the buffer, as over TLS).
+#[derive(Default)]
+struct Memory(Vec<u8>);
+
+impl std::io::Read for Memory {
+    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+        Ok(0)
+    }
+}
+
+impl std::io::Write for Memory {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Transport for Memory {}
+
+/// The stream of a directory sent while `pages-1.img` grows in three
+/// steps, and the directory as it ended.
+fn growing_stream() -> (Vec<u8>, tempfile::TempDir) {
+    let src = tempfile::tempdir().unwrap();
+    let pages = src.path().join("pages-1.img");
+    let mut v = Memory::default();
+    write_header(&mut v).unwrap();
+    let grows = |n: &str| n.starts_with("pages-");
+    let mut g = Growing::new(&mut v, src.path(), grows, None);
+    let mut f = fs::File::create(&pages).unwrap();
+    for (i, len) in [(1u8, 3 << 20), (2, 100), (3, 0), (4, 5000)] {
+        std::io::Write::write_all(&mut f, &vec![i; len]).unwrap();
+        g.step().unwrap();
+    }
+    std::io::Write::write_all(&mut f, b"the last bytes, after the writer's last step").unwrap();
+    fs::write(src.path().join("inventory.img"), b"inventory").unwrap();
+    fs::write(src.path().join("pages-2.img"), b"appeared at the end").unwrap();
+    let stats = g.finish().unwrap();
+    assert_eq!(stats.files, 3);
+    (v.0, src)
+}
+
+fn same_files(a: &Path, b: &Path) {
+    let names = |d: &Path| {
+        let mut v: Vec<_> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(a), names(b));
+    for n in names(a) {
+        assert!(
+            fs::read(a.join(&n)).unwrap() == fs::read(b.join(&n)).unwrap(),
+            "{n:?}"
+        );
+    }
+}
+
+#[test]
+fn a_directory_sent_while_it_grows_arrives_whole() {
+    let (bytes, src) = growing_stream();
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("recv");
+    let stats = receive(&bytes, &target).unwrap();
+    assert_eq!(stats.files, 3);
+    same_files(src.path(), &target);
+}
+
+#[test]
+fn a_growing_file_cut_or_corrupted_anywhere_leaves_nothing() {
+    let (bytes, _src) = growing_stream();
+    let out = tempfile::tempdir().unwrap();
+    for cut in [20, 40, 1 << 20, 3 << 20, (3 << 20) + 60, bytes.len() - 1] {
+        let target = out.path().join(format!("cut{cut}"));
+        let e = receive(&bytes[..cut], &target).unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{cut}: {e}");
+        let mut flipped = bytes.clone();
+        flipped[cut] ^= 0x01;
+        let target = out.path().join(format!("flip{cut}"));
+        assert!(receive(&flipped, &target).is_err(), "{cut}");
+    }
+    assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_growing_file_over_the_limits_is_refused_before_its_chunk_is_written() {
+    let (bytes, _src) = growing_stream();
+    let out = tempfile::tempdir().unwrap();
+    let small = Limits::default().max_file_bytes(1 << 20);
+    let e = receive_with(&bytes, &out.path().join("recv"), &small, None).unwrap_err();
+    assert!(e.to_string().contains("Limits::max_file_bytes"), "{e}");
+    assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_sender_that_gives_up_inside_a_growing_file_is_named() {
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("pages-1.img"), vec![1u8; 4096]).unwrap();
+    let mut v = Memory::default();
+    write_header(&mut v).unwrap();
+    let mut g = Growing::new(&mut v, src.path(), |_| true, None);
+    g.step().unwrap();
+    drop(g);
+    send_message(&mut v, &serde_json::json!({"Failed": "the dump failed"})).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let e = receive(&v.0, &out.path().join("recv")).unwrap_err();
+    assert!(e.to_string().contains("where a file was expected"), "{e}");
+    assert!(e.to_string().contains("the dump failed"), "{e}");
+    assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_growing_file_replaced_while_it_is_sent_is_an_error() {
+    let src = tempfile::tempdir().unwrap();
+    let pages = src.path().join("pages-1.img");
+    fs::write(&pages, vec![1u8; 4096]).unwrap();
+    let mut v = Memory::default();
+    let mut g = Growing::new(&mut v, src.path(), |_| true, None);
+    g.step().unwrap();
+    fs::remove_file(&pages).unwrap();
+    fs::write(&pages, vec![2u8; 4096]).unwrap();
+    let e = g.finish().unwrap_err();
+    assert!(e.to_string().contains("replaced or changed"), "{e}");
+}
+
+#[test]
+fn a_growing_file_goes_with_sendfile_over_a_plain_socket() {
+    let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("pages-1.img"), vec![5u8; 3 << 20]).unwrap();
+    fs::write(src.path().join("inventory.img"), b"inventory").unwrap();
+    assert!(a.plain_socket().is_some());
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("recv");
+    std::thread::scope(|s| {
+        let rx = s.spawn(|| {
+            read_header(&mut b)?;
+            receive_dir_with(&mut b, &target, &Limits::default(), None)
+        });
+        write_header(&mut a).unwrap();
+        let mut g = Growing::new(&mut a, src.path(), |n| n.starts_with("pages-"), None);
+        g.step().unwrap();
+        g.finish().unwrap();
+        rx.join().unwrap().unwrap();
+    });
+    same_files(src.path(), &target);
+}
+
+#[test]
+fn growing_files_go_one_after_the_other_and_one_changed_after_its_end_is_an_error() {
+    let src = tempfile::tempdir().unwrap();
+    let mut v = Memory::default();
+    let mut g = Growing::new(&mut v, src.path(), |_| true, None);
+    fs::write(src.path().join("pages-1.img"), vec![1u8; 4096]).unwrap();
+    g.step().unwrap();
+    // The writer moves on to the next file: the first one's end goes out.
+    fs::write(src.path().join("pages-2.img"), vec![2u8; 4096]).unwrap();
+    g.step().unwrap();
+    g.step().unwrap();
+    let mut first = fs::OpenOptions::new()
+        .append(true)
+        .open(src.path().join("pages-1.img"))
+        .unwrap();
+    std::io::Write::write_all(&mut first, b"late").unwrap();
+    let e = g.finish().unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("pages-1.img was replaced or changed"),
+        "{e}"
+    );
+}

@@ -2,6 +2,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -38,6 +39,15 @@ pub trait Transport: Read + Write {
     fn criu_tls(&self) -> Option<crate::credentials::TlsFiles> {
         None
     }
+
+    /// The socket this stream writes its bytes to unchanged (a plain TCP
+    /// or unix stream): a transfer may then send file contents straight
+    /// from the file with `sendfile(2)`, without copying them through this
+    /// process. The default, and any stream that transforms its bytes
+    /// (TLS), has none.
+    fn plain_socket(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
 }
 
 impl Transport for TcpStream {
@@ -55,6 +65,10 @@ impl Transport for TcpStream {
     fn ip_addresses(&self) -> io::Result<Option<(IpAddr, IpAddr)>> {
         Ok(Some((self.local_addr()?.ip(), self.peer_addr()?.ip())))
     }
+
+    fn plain_socket(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.as_fd())
+    }
 }
 
 impl Transport for UnixStream {
@@ -64,6 +78,10 @@ impl Transport for UnixStream {
             self.set_write_timeout(timeout)?;
         }
         Ok(true)
+    }
+
+    fn plain_socket(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.as_fd())
     }
 }
 
@@ -78,5 +96,9 @@ impl<T: Transport + ?Sized> Transport for &mut T {
 
     fn criu_tls(&self) -> Option<crate::credentials::TlsFiles> {
         (**self).criu_tls()
+    }
+
+    fn plain_socket(&self) -> Option<BorrowedFd<'_>> {
+        (**self).plain_socket()
     }
 }

@@ -194,13 +194,15 @@ impl Engine for OwnEngine {
         let run = hosts.migrate(
             source.init,
             || {
-                SourceConfig::new(Strategy::StopAndCopy, &src_dir).customize(|o| {
-                    o.add_ext_mount("/log", "logdir");
-                    container_network(o);
-                })
+                SourceConfig::new(Strategy::StopAndCopy)
+                    .work_dir(&src_dir)
+                    .customize(|o| {
+                        o.add_ext_mount("/log", "logdir");
+                        container_network(o);
+                    })
             },
             || {
-                DestConfig::new(&dst_dir).customize(move |o| {
+                DestConfig::new().work_dir(&dst_dir).customize(move |o| {
                     o.root(rootfs_b).add_ext_mount("logdir", logdir.clone());
                     o.network_lock(NetworkLock::Nftables);
                 })

@@ -138,10 +138,15 @@ pub fn migrate_server(s: &TcpSettings) -> Result<TcpOutcome, BoxError> {
     let run = hosts.pair.migrate(
         pid_before,
         || {
-            SourceConfig::new(s.strategy, &src_dir)
+            SourceConfig::new(s.strategy)
+                .work_dir(&src_dir)
                 .connections(Connections::new(s.network_lock, hook))
         },
-        || DestConfig::new(&dst_dir).tcp_established(!s.fail_restore),
+        || {
+            DestConfig::new()
+                .work_dir(&dst_dir)
+                .tcp_established(!s.fail_restore)
+        },
         None,
     )?;
     let moved = match (run.src, run.dst) {

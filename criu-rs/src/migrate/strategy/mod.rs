@@ -79,6 +79,12 @@ pub(super) trait SourceSide: Sync {
         false
     }
 
+    /// Whether the images are sent while the dump writes them (the pages
+    /// as they grow, the rest when the dump ends) rather than after it.
+    fn streams_while_dumping(&self) -> bool {
+        false
+    }
+
     /// After the images were sent: what the destination needs before it
     /// restores.
     fn after_images(&self, _stream: &mut dyn Transport) -> Result<()> {

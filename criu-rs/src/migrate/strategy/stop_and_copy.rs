@@ -1,5 +1,6 @@
 //! Stop-and-copy: the dump writes every image locally, the images cross the
-//! stream, the destination restores from them.
+//! stream (the pages while the dump writes them), the destination restores
+//! from them as soon as the last byte has landed.
 
 use super::{DestSide, Inbound, Received, SourceSide};
 use crate::error::Result;
@@ -10,6 +11,10 @@ pub(super) struct Source;
 
 impl SourceSide for Source {
     fn dump_options(&self, _o: &mut Options<'_>) {}
+
+    fn streams_while_dumping(&self) -> bool {
+        true
+    }
 }
 
 pub(super) struct Dest;

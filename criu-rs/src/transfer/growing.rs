@@ -1,0 +1,305 @@
+//! Sending a directory while it is still being written (a dump in
+//! progress): files that only grow at their end (CRIU's `pages-*.img`,
+//! into which it splices memory) go out in chunks as they grow; the other
+//! files, and the growing files' last bytes, once the writer is done.
+//! The receiver is the same as for [`super::send_dir`]. Over a plain
+//! socket ([`Transport::plain_socket`]) the chunks' bytes go with
+//! `sendfile(2)`: the kernel hands the file's pages to the socket, and this
+//! process reads them only for their checksum.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Read, Write};
+use std::os::fd::BorrowedFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::frame::{end_marker, growing_header};
+use super::send::{regular_files, Sent};
+use super::{io_err, transfer_err, Progress, TransferStats, Transport, BUF};
+use crate::error::{Error, Result};
+
+/// The largest chunk of a growing file on the wire (the receiver refuses
+/// more, so that a corrupt length cannot make it wait for gigabytes).
+pub(super) const MAX_CHUNK: u32 = 8 << 20;
+
+/// Sends `chunk`, the bytes of `file` at `offset`: from the file with
+/// `sendfile(2)` where the stream is a plain socket, else from `chunk`.
+fn send_chunk<W: Transport>(
+    w: &mut BufWriter<W>,
+    chunk: &[u8],
+    file: &File,
+    offset: u64,
+) -> Result<()> {
+    // The chunk's header goes first (a chunk as large as the buffer would
+    // flush it anyway).
+    w.flush().map_err(io_err("sending file contents"))?;
+    if let Some(socket) = w.get_ref().plain_socket() {
+        return sendfile_all(socket, file, offset, chunk.len())
+            .map_err(io_err("sending file contents"));
+    }
+    w.write_all(chunk).map_err(io_err("sending file contents"))
+}
+
+/// Sends `len` bytes of `file` from `offset` to `socket`.
+fn sendfile_all(
+    socket: BorrowedFd<'_>,
+    file: &File,
+    offset: u64,
+    len: usize,
+) -> std::io::Result<()> {
+    let mut off = offset as libc::off_t;
+    let end = offset as libc::off_t + len as libc::off_t;
+    while off < end {
+        let left = (end - off) as usize;
+        match nix::sys::sendfile::sendfile(socket, file, Some(&mut off), left) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// A growing file being sent.
+struct Open {
+    name: String,
+    file: File,
+    /// Bytes sent so far.
+    sent: u64,
+    crc: crc32fast::Hasher,
+    /// The inode, so that a file replaced meanwhile is noticed.
+    ino: u64,
+}
+
+/// A growing file whose end went out: name, inode, size.
+type Ended = (String, u64, u64);
+
+/// A directory being sent while it is written. [`Growing::step`] sends
+/// what the growing files gained; [`Growing::finish`], once the writer is
+/// done, sends the rest and the end marker. Growing files go out one at a
+/// time (the stream holds one file after the other), in the order they
+/// appear: once the writer has started the next one, the current one is
+/// taken as complete, as CRIU writes its pages images one task after the
+/// other; [`Growing::finish`] checks that none of them changed after its
+/// end went out, and fails if one did. Dropped unfinished, it leaves the
+/// stream inside a file: the receiver then fails and removes what it
+/// received, as for any cut stream.
+pub struct Growing<'p, W: Transport> {
+    w: BufWriter<W>,
+    dir: PathBuf,
+    grows: fn(&str) -> bool,
+    current: Option<Open>,
+    ended: Vec<Ended>,
+    sent: Sent,
+    progress: Option<Progress<'p>>,
+    start: Instant,
+}
+
+impl<'p, W: Transport> Growing<'p, W> {
+    /// Starts sending `dir` to `w` (after the stream's header); `grows`
+    /// names the files that only grow at their end while written and may
+    /// be sent in chunks before they are complete. `progress` gets the
+    /// bytes sent and, once the writer is done, the bytes in all (0 until
+    /// then).
+    pub fn new(
+        w: W,
+        dir: &Path,
+        grows: fn(&str) -> bool,
+        progress: Option<Progress<'p>>,
+    ) -> Growing<'p, W> {
+        Growing {
+            w: BufWriter::with_capacity(BUF, w),
+            dir: dir.to_path_buf(),
+            grows,
+            current: None,
+            ended: Vec::new(),
+            sent: Sent::new(0),
+            progress,
+            start: Instant::now(),
+        }
+    }
+
+    /// Sends what the current growing file gained since the last call (and
+    /// ends it if the writer has started the next one), and flushes it.
+    /// Returns the bytes sent (0: nothing new, the caller may wait a
+    /// little).
+    pub fn step(&mut self) -> Result<u64> {
+        let before = self.sent.done;
+        let waiting = self.waiting()?;
+        if self.current.is_none() {
+            if let Some(first) = waiting.first() {
+                self.current = Some(self.open_file(first)?);
+            }
+        }
+        self.send_new_bytes()?;
+        let current = self.current.as_ref().map(|c| c.name.as_str());
+        if waiting.iter().any(|n| Some(n.as_str()) != current) {
+            self.end_current()?;
+        }
+        self.w.flush().map_err(io_err("sending file contents"))?;
+        Ok(self.sent.done - before)
+    }
+
+    /// Calls [`Growing::step`] until `done` says the writer has finished,
+    /// waiting `idle` whenever nothing was new.
+    pub fn follow(&mut self, mut done: impl FnMut() -> bool, idle: Duration) -> Result<()> {
+        while !done() {
+            if self.step()? == 0 {
+                std::thread::sleep(idle);
+            }
+        }
+        Ok(())
+    }
+
+    /// The writer is done: sends the current growing file's last bytes,
+    /// every other regular file, and the end marker, after checking that
+    /// the growing files sent earlier did not change since.
+    pub fn finish(mut self) -> Result<TransferStats> {
+        let current = self.current.as_ref().map(|c| c.name.clone());
+        let rest: Vec<_> = regular_files(&self.dir)?
+            .into_iter()
+            .filter(|(name, ..)| {
+                Some(name) != current.as_ref() && !self.ended.iter().any(|e| &e.0 == name)
+            })
+            .collect();
+        let current_left = self.current.as_ref().map_or(0, |c| {
+            c.file
+                .metadata()
+                .map_or(0, |m| m.len().saturating_sub(c.sent))
+        });
+        self.sent.total = self.sent.done + current_left + rest.iter().map(|f| f.1).sum::<u64>();
+        self.send_new_bytes()?;
+        self.end_current()?;
+        self.check_ended()?;
+        for entry in &rest {
+            self.sent
+                .file(&mut self.w, &self.dir, entry, &mut self.progress)?;
+        }
+        let files = (self.ended.len() + rest.len()) as u32;
+        self.w
+            .write_all(&end_marker(files, self.sent.done))
+            .and_then(|()| self.w.flush())
+            .map_err(io_err("sending the end marker"))?;
+        // The last report has the total, even when no bytes were left.
+        self.sent.advance(0, &mut self.progress);
+        Ok(TransferStats {
+            files,
+            bytes: self.sent.done,
+            elapsed: self.start.elapsed(),
+        })
+    }
+
+    /// Fails if a growing file whose end went out was replaced or changed
+    /// since.
+    fn check_ended(&self) -> Result<()> {
+        for (name, ino, size) in &self.ended {
+            let now = fs::symlink_metadata(self.dir.join(name)).ok();
+            if now.map(|m| (m.ino(), m.len())) != Some((*ino, *size)) {
+                return Err(transfer_err(
+                    format!("{name} was replaced or changed after it was sent"),
+                    None,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The growing files there now that were not started yet, in the order
+    /// the writer made them (CRIU numbers them: shorter names first).
+    fn waiting(&self) -> Result<Vec<String>> {
+        let listing = |e| Error::io(format!("listing {}", self.dir.display()), e);
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(listing)? {
+            let name = entry.map_err(listing)?.file_name();
+            let Some(name) = name.to_str().filter(|n| (self.grows)(n)) else {
+                continue;
+            };
+            let started = self.current.as_ref().is_some_and(|c| c.name == name)
+                || self.ended.iter().any(|e| e.0 == name);
+            if !started {
+                names.push(name.to_string());
+            }
+        }
+        names.sort_by(|a, b| (a.len(), a).cmp(&(b.len(), b)));
+        Ok(names)
+    }
+
+    /// Sends the bytes the current growing file gained since its last
+    /// chunk.
+    fn send_new_bytes(&mut self) -> Result<()> {
+        let Some(open) = self.current.as_mut() else {
+            return Ok(());
+        };
+        let name = &open.name;
+        let meta = open
+            .file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading the size of {name}"), e))?;
+        if meta.len() < open.sent {
+            return Err(transfer_err(
+                format!("{name} shrank while it was sent, so it cannot be streamed"),
+                None,
+            ));
+        }
+        let mut left = meta.len() - open.sent;
+        while left > 0 {
+            let n = left.min(u64::from(MAX_CHUNK)).min(BUF as u64) as usize;
+            let chunk = &mut self.sent.buf[..n];
+            open.file
+                .read_exact(chunk)
+                .map_err(|e| Error::io(format!("reading {name}"), e))?;
+            open.crc.update(chunk);
+            self.w
+                .write_all(b"D")
+                .and_then(|()| self.w.write_all(&(n as u32).to_le_bytes()))
+                .map_err(io_err("sending file contents"))?;
+            send_chunk(&mut self.w, chunk, &open.file, open.sent)?;
+            open.sent += n as u64;
+            self.sent.advance(n as u64, &mut self.progress);
+            left -= n as u64;
+        }
+        Ok(())
+    }
+
+    /// Opens growing file `name` and sends its header.
+    fn open_file(&mut self, name: &str) -> Result<Open> {
+        let path = self.dir.join(name);
+        let file =
+            File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let head = growing_header(name, meta.permissions().mode() & 0o7777);
+        self.w
+            .write_all(&head)
+            .map_err(io_err("sending a file header"))?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head);
+        Ok(Open {
+            name: name.to_string(),
+            file,
+            sent: 0,
+            crc,
+            ino: meta.ino(),
+        })
+    }
+
+    /// Ends the current growing file on the wire: the end tag, its size and
+    /// checksum.
+    fn end_current(&mut self) -> Result<()> {
+        let Some(open) = self.current.take() else {
+            return Ok(());
+        };
+        let mut crc = open.crc;
+        let size = open.sent.to_le_bytes();
+        crc.update(&size);
+        let mut end = vec![b'Z'];
+        end.extend_from_slice(&size);
+        end.extend_from_slice(&crc.finalize().to_le_bytes());
+        self.ended.push((open.name, open.ino, open.sent));
+        self.w
+            .write_all(&end)
+            .map_err(io_err("sending the end of a file"))
+    }
+}
