@@ -16,6 +16,9 @@ use crate::tree::{alive, state, tree_pidfds};
 /// How long the tasks may take to stop.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often a task that has not stopped yet is sent `SIGSTOP` again.
+const RESTOP_EVERY: Duration = Duration::from_millis(20);
+
 /// A stopped source tree: continued on drop unless killed.
 pub(super) struct StoppedTree {
     tasks: Vec<Pidfd>,
@@ -32,25 +35,21 @@ impl StoppedTree {
         };
         for task in tree_pidfds(root) {
             let p = task.pid();
-            task.signal(Signal::SIGSTOP as i32)
-                .map_err(|e| Error::io(format!("stopping task {p} of the source tree"), e))?;
-            stopped.tasks.push(task);
+            match task.signal(Signal::SIGSTOP as i32) {
+                Ok(()) => stopped.tasks.push(task),
+                // Exited and reaped since the listing: nothing to stop.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("stopping task {p} of the source tree"),
+                        e,
+                    ))
+                }
+            }
         }
         let deadline = Instant::now() + STOP_TIMEOUT;
-        for p in stopped.tasks.iter().map(Pidfd::pid) {
-            // A task that exited between the listing and the signal is a
-            // zombie until its (now stopped) parent reaps it, which will
-            // not happen before the parent runs again: it counts as
-            // stopped (CRIU dumps zombies as such).
-            while !matches!(state(p), Some('T' | 't' | 'Z' | 'X') | None) {
-                if Instant::now() > deadline {
-                    return Err(migration(
-                        format!("task {p} did not stop within {STOP_TIMEOUT:?}"),
-                        None,
-                    ));
-                }
-                std::thread::sleep(Duration::from_micros(200));
-            }
+        for task in &stopped.tasks {
+            wait_stopped(task, deadline)?;
         }
         Ok(stopped)
     }
@@ -86,6 +85,39 @@ impl Drop for StoppedTree {
         if !self.killed {
             self.signal_all(Signal::SIGCONT);
         }
+    }
+}
+
+/// Waits until `task` is stopped (or gone) by `deadline`. The stop is
+/// asked again every [`RESTOP_EVERY`]: a `SIGCONT` sent by anything else
+/// between our `SIGSTOP` and the stop taking effect would otherwise leave
+/// the task running, and a task that never stops is named with the state
+/// it was last seen in.
+fn wait_stopped(task: &Pidfd, deadline: Instant) -> Result<()> {
+    let p = task.pid();
+    let mut asked = Instant::now();
+    loop {
+        let seen = state(p);
+        // A task that exited between the listing and the signal is a
+        // zombie until its (now stopped) parent reaps it, which will not
+        // happen before the parent runs again: it counts as stopped
+        // (CRIU dumps zombies as such).
+        if matches!(seen, Some('T' | 't' | 'Z' | 'X') | None) {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now > deadline {
+            let seen = seen.map_or("gone".to_string(), |c| format!("state {c}"));
+            return Err(migration(
+                format!("task {p} did not stop within {STOP_TIMEOUT:?} (last seen: {seen})"),
+                None,
+            ));
+        }
+        if now.duration_since(asked) >= RESTOP_EVERY {
+            let _ = task.signal(Signal::SIGSTOP as i32);
+            asked = now;
+        }
+        std::thread::sleep(Duration::from_micros(200));
     }
 }
 
