@@ -115,6 +115,16 @@ fn criu_s_own_lock_methods_work_and_leave_no_rules() {
     }
 }
 
+/// After `unlock`: no hold on the router, no lock on the source.
+fn assert_no_hold_nor_lock(hosts: &criu_testkit::tcp::topology::ThreeHosts) {
+    assert!(
+        !hosts.hold_left().expect("the router's routes"),
+        "hold left"
+    );
+    let rules = criu_testkit::tcp::topology::ThreeHosts::firewall_rules(&hosts.pair.a);
+    assert!(rules.unwrap().is_empty());
+}
+
 #[test]
 fn the_router_holds_from_lock_until_unlock() {
     use criu::migrate::AddressMove;
@@ -125,13 +135,7 @@ fn the_router_holds_from_lock_until_unlock() {
     hook.lock().expect("lock");
     assert!(hosts.hold_left().expect("the router's routes"), "no hold");
     hook.unlock().expect("unlock");
-    assert!(
-        !hosts.hold_left().expect("the router's routes"),
-        "hold left"
-    );
-    assert!(ThreeHosts::firewall_rules(&hosts.pair.a)
-        .unwrap()
-        .is_empty());
+    assert_no_hold_nor_lock(&hosts);
     hook.lock().expect("lock again");
     drop(hook);
     assert!(
@@ -184,11 +188,5 @@ fn while_the_router_holds_nothing_reaches_the_destination() {
     let released = connect().expect_err("nothing listens on b");
     assert_eq!(released.kind(), ErrorKind::ConnectionRefused, "{released}");
     hook.unlock().expect("unlock");
-    assert!(
-        !hosts.hold_left().expect("the router's routes"),
-        "hold left"
-    );
-    assert!(ThreeHosts::firewall_rules(&hosts.pair.a)
-        .unwrap()
-        .is_empty());
+    assert_no_hold_nor_lock(&hosts);
 }
