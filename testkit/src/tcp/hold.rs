@@ -74,7 +74,10 @@ impl Hold {
             let _ = self.remove();
         })?;
         // Without it, the release starts its own process (slower, as sure).
-        *self.releaser() = spawn_waiting_batch(&self.router).ok();
+        let waiting = spawn_waiting_batch(&self.router).ok();
+        if let Some(earlier) = std::mem::replace(&mut *self.releaser(), waiting) {
+            let _ = finish_batch(earlier, &[]); // a second block: reaped
+        }
         Ok(())
     }
 
