@@ -115,6 +115,16 @@ fn criu_s_own_lock_methods_work_and_leave_no_rules() {
     }
 }
 
+/// After `unlock`: no hold on the router, no lock on the source.
+fn assert_no_hold_nor_lock(hosts: &criu_testkit::tcp::topology::ThreeHosts) {
+    assert!(
+        !hosts.hold_left().expect("the router's routes"),
+        "hold left"
+    );
+    let rules = criu_testkit::tcp::topology::ThreeHosts::firewall_rules(&hosts.pair.a);
+    assert!(rules.unwrap().is_empty());
+}
+
 #[test]
 fn the_router_holds_from_lock_until_unlock() {
     use criu::migrate::AddressMove;
@@ -125,17 +135,58 @@ fn the_router_holds_from_lock_until_unlock() {
     hook.lock().expect("lock");
     assert!(hosts.hold_left().expect("the router's routes"), "no hold");
     hook.unlock().expect("unlock");
-    assert!(
-        !hosts.hold_left().expect("the router's routes"),
-        "hold left"
-    );
-    assert!(ThreeHosts::firewall_rules(&hosts.pair.a)
-        .unwrap()
-        .is_empty());
+    assert_no_hold_nor_lock(&hosts);
     hook.lock().expect("lock again");
     drop(hook);
     assert!(
         !hosts.hold_left().expect("the router's routes"),
         "a dropped hook left its hold"
     );
+}
+
+/// What lets the destination go without a lock of its own: while the
+/// router holds, no packet for the service address reaches it, even with
+/// the address on it and nothing listening (its kernel would answer a
+/// connection attempt with a reset: "connection refused"). After the
+/// release the same attempt is refused, so the packets do reach it then.
+#[test]
+fn while_the_router_holds_nothing_reaches_the_destination() {
+    use criu::migrate::AddressMove;
+    use criu_testkit::tcp::topology::ThreeHosts;
+    use criu_testkit::tcp::SERVICE_PORT;
+    use std::io::ErrorKind;
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+    let hosts = ThreeHosts::new(None).expect("the hosts");
+    let hook = hosts.address_move();
+    let service = SocketAddr::new(hosts.service.into(), SERVICE_PORT);
+    let connect = || {
+        hosts
+            .client
+            .run(|| TcpStream::connect_timeout(&service, Duration::from_millis(400)))
+            .expect("a thread in the client's namespace")
+    };
+    hook.lock().expect("lock");
+    hook.move_to_dest().expect("move_to_dest");
+    assert_eq!(
+        ThreeHosts::addresses(&hosts.pair.b).unwrap(),
+        [hosts.pair.b.addr, hosts.service]
+    );
+    assert!(
+        ThreeHosts::firewall_rules(&hosts.pair.b)
+            .unwrap()
+            .is_empty(),
+        "a lock on b"
+    );
+    let held = connect().expect_err("nothing listens on b");
+    assert_eq!(
+        held.kind(),
+        ErrorKind::TimedOut,
+        "reached b while held: {held}"
+    );
+    hook.announce().expect("announce");
+    let released = connect().expect_err("nothing listens on b");
+    assert_eq!(released.kind(), ErrorKind::ConnectionRefused, "{released}");
+    hook.unlock().expect("unlock");
+    assert_no_hold_nor_lock(&hosts);
 }

@@ -51,7 +51,13 @@
 //! server runs again. The testkit's namespace hook does this in its router
 //! (a route through a neighbour nobody answers for queues the packets; the
 //! kernel's `plug` qdisc made for this is often not built); a hold must be
-//! released on every path, or the service stays unreachable.
+//! released on every path, or the service stays unreachable. A hold that
+//! keeps *every* packet for the address off the destination's link until
+//! `announce` makes the destination's lock of step 3 redundant (nothing can
+//! reach the destination before its sockets exist), and the hook may skip
+//! it: that lock's removal would otherwise sit between the restore and the
+//! release, in every client's stall. The source's lock stays: it is what
+//! keeps the source silent after the dump.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,13 +77,14 @@ pub trait AddressMove: Send + Sync {
     /// clients' packets starts holding here, first. On error, nothing may
     /// stay locked or held (`unlock` is not called then).
     fn lock(&self) -> io::Result<()>;
-    /// Locks the destination host like the source, removes the address
-    /// from the source host and adds it to the destination host (after the
-    /// dump, before the restore).
+    /// Locks the destination host against what comes in for the address
+    /// (unless a hold keeps every such packet off it, see the module
+    /// docs), removes the address from the source host and adds it to the
+    /// destination host (after the dump, before the restore).
     fn move_to_dest(&self) -> io::Result<()>;
-    /// Unlocks the destination host, releases any held packets to it and
-    /// tells the neighbours that the address now lives there (after the
-    /// restore).
+    /// Unlocks the destination host (if locked), releases any held packets
+    /// to it and tells the neighbours that the address now lives there
+    /// (after the restore).
     fn announce(&self) -> io::Result<()>;
     /// Undoes `move_to_dest` (the destination's lock included) and tells
     /// the neighbours (on failure).

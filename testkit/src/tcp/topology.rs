@@ -12,7 +12,7 @@ use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::hold::{Hold, GIVE_UP_PROBES, ROUTER_DEV};
@@ -172,7 +172,6 @@ impl ThreeHosts {
             dest: self.pair.b.name.clone(),
             addr: self.service,
             iptables_restore: PathBuf::from("iptables-restore"),
-            dest_locked: AtomicBool::new(false),
             hold: Hold::new(&self.switch, self.service, PLACEHOLDER),
             macs: (mac_of(1), mac_of(2)),
         }
@@ -331,14 +330,9 @@ fn enter(path: &str) -> io::Result<()> {
 
 /// The address-move hook for two namespace hosts behind the router.
 ///
-/// The lock is a set of iptables rules: on the source, from before the
-/// stop until the source copy is gone, every packet to and from the
-/// service address dropped; on the destination, from before the address
-/// arrives there until the restore is done, every packet to it: a client
-/// packet that reached the destination before its sockets exist would be
-/// answered with a reset. What the destination sends goes out (its first
-/// answers, and the window probe the kernel sends when CRIU ends the
-/// repair of a socket). The source must stay silent from the dump on: a
+/// The lock is a set of iptables rules on the source, from before the
+/// stop until the source copy is gone: every packet to and from the
+/// service address dropped. The source must stay silent from the dump on: a
 /// packet it sent after the dump (a retransmission of an answer whose
 /// acknowledgement the router holds) would carry a newer TCP timestamp
 /// than the restored socket continues from, and the client would then
@@ -348,6 +342,18 @@ fn enter(path: &str) -> io::Result<()> {
 /// on its own timer. The move is `ip addr del` on the source, then
 /// `ip addr add` on the destination; the announcement a gratuitous ARP.
 ///
+/// The destination takes no lock of its own: a client packet that reached
+/// it before the restore built its sockets would be answered with a reset
+/// (without any hold, one restore in 60 failed that way), but while the
+/// router holds, no packet for the service address reaches the link at
+/// all. The clients sit behind the router, the router sends the service's
+/// packets only to the placeholder until the release, and the only other
+/// host on the link, the source, drops everything from the address and
+/// has nothing that sends to it. The release comes after the restore, so
+/// the first packet the destination gets for a connection finds its
+/// socket. A destination lock would only add two `iptables-restore` runs,
+/// one of them between the restore and the release (the clients' stall).
+///
 /// In front of both locks, the router holds the clients' packets to the
 /// service address ([`Hold`]) instead of letting the locks drop them, so a
 /// request sent while the server is stopped is answered as soon as it runs
@@ -356,10 +362,10 @@ fn enter(path: &str) -> io::Result<()> {
 ///
 /// 1. `lock`: the router starts holding, then the source is locked (if
 ///    the lock fails, the hold is released to the source at once);
-/// 2. `move_to_dest`: the destination is locked, the address moves;
-/// 3. `announce` (the restore is done): the destination's lock goes, the
-///    router sends what it held to the destination and maps the address to
-///    it, then the gratuitous ARP;
+/// 2. `move_to_dest`: the address moves (the hold keeps the destination
+///    unreachable, see above);
+/// 3. `announce` (the restore is done): the router sends what it held to
+///    the destination and maps the address to it, then the gratuitous ARP;
 /// 4. on failure, `move_back` puts the address back on the source, and
 ///    `unlock` removes the source's lock and only then releases the hold to
 ///    the source: the held requests reach the resumed server.
@@ -372,7 +378,6 @@ pub struct NamespaceMove {
     dest: String,
     addr: Ipv4Addr,
     iptables_restore: PathBuf,
-    dest_locked: AtomicBool,
     hold: Hold,
     /// The MAC addresses of the source's and the destination's `eth0`.
     macs: (String, String),
@@ -388,15 +393,14 @@ impl NamespaceMove {
 
     /// Inserts (`-I`) or deletes (`-D`) the lock rules in `netns`, in one
     /// `iptables-restore --noflush` run: every packet to the service
-    /// address dropped, and with `outgoing`, every packet from it.
-    fn rules(&self, netns: &str, op: &str, outgoing: bool) -> io::Result<()> {
+    /// address and from it dropped.
+    fn rules(&self, netns: &str, op: &str) -> io::Result<()> {
         let a = self.addr;
         let tag = format!("-m comment --comment {LOCK_COMMENT}");
-        let mut text = format!("*filter\n{op} INPUT -d {a}/32 {tag} -j DROP\n");
-        if outgoing {
-            text.push_str(&format!("{op} OUTPUT -s {a}/32 {tag} -j DROP\n"));
-        }
-        text.push_str("COMMIT\n");
+        let text = format!(
+            "*filter\n{op} INPUT -d {a}/32 {tag} -j DROP\n\
+             {op} OUTPUT -s {a}/32 {tag} -j DROP\nCOMMIT\n"
+        );
         let path = format!("/run/netns/{netns}");
         let bin = self.iptables_restore.clone();
         std::thread::scope(|s| {
@@ -420,14 +424,6 @@ impl NamespaceMove {
         })
     }
 
-    /// Removes the destination's lock, if it was taken.
-    fn unlock_dest(&self) -> io::Result<()> {
-        if self.dest_locked.swap(false, Ordering::SeqCst) {
-            return self.rules(&self.dest, "-D", false);
-        }
-        Ok(())
-    }
-
     fn addr_op(&self, netns: &str, op: &str) -> io::Result<()> {
         ip(&[
             "-n",
@@ -444,41 +440,36 @@ impl NamespaceMove {
 impl criu::migrate::AddressMove for NamespaceMove {
     fn lock(&self) -> io::Result<()> {
         self.hold.block()?;
-        self.rules(&self.source, "-I", true).inspect_err(|_| {
+        self.rules(&self.source, "-I").inspect_err(|_| {
             let _ = self.hold.release_to(&self.macs.0);
         })
     }
 
+    /// No lock on the destination: the router's hold, taken by `lock`,
+    /// keeps every packet for the address away from it until `announce`.
     fn move_to_dest(&self) -> io::Result<()> {
-        self.rules(&self.dest, "-I", false)?;
-        self.dest_locked.store(true, Ordering::SeqCst);
         self.addr_op(&self.source, "del")?;
         self.addr_op(&self.dest, "add")
     }
 
-    /// The restore is done: the destination's lock goes, what the router
-    /// held goes to the destination, then the neighbours learn where the
-    /// address lives.
+    /// The restore is done: what the router held goes to the destination
+    /// at once, then the neighbours learn where the address lives.
     fn announce(&self) -> io::Result<()> {
-        let unlocked = self.unlock_dest();
         let released = self.hold.release_to(&self.macs.1);
-        unlocked
-            .and(released)
-            .and(gratuitous_arp(&self.dest, self.addr))
+        released.and(gratuitous_arp(&self.dest, self.addr))
     }
 
     fn move_back(&self) -> io::Result<()> {
         // Either may be where it should already (a move that half failed).
         let _ = self.addr_op(&self.dest, "del");
-        let unlocked = self.unlock_dest();
         let _ = self.addr_op(&self.source, "add");
-        unlocked.and(gratuitous_arp(&self.source, self.addr))
+        gratuitous_arp(&self.source, self.addr)
     }
 
     /// Removes the source's lock, then releases the hold (if `announce` has
     /// not) to the source, where the address is again.
     fn unlock(&self) -> io::Result<()> {
-        let unlocked = self.rules(&self.source, "-D", true);
+        let unlocked = self.rules(&self.source, "-D");
         unlocked.and(self.hold.release_to(&self.macs.0))
     }
 }
