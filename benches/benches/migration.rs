@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use criu::migrate::Strategy;
 use criu::{Criu, ImagesDir, Options};
-use criu_rs_benches::{become_subreaper, median, migration_sizes, out_dir, reps, workload, Fs};
+use criu_rs_benches::{
+    become_subreaper, median, migration_sizes, out_dir, reps, strategies, workload, Fs,
+};
 use criu_testkit::link::Security;
 use criu_testkit::measure::migrate_workload_over;
 use plotters::prelude::*;
@@ -93,20 +95,6 @@ impl Runs {
                 }
             }
         }
-    }
-}
-
-/// The strategies `CRIU_RS_BENCH_STRATEGIES` names, or all of them.
-fn strategies() -> Vec<Strategy> {
-    let raw = std::env::var("CRIU_RS_BENCH_STRATEGIES").unwrap_or_default();
-    let chosen: Vec<Strategy> = raw
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    if chosen.is_empty() {
-        Strategy::ALL.to_vec()
-    } else {
-        chosen
     }
 }
 

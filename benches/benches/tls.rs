@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use criu::migrate::Strategy;
 use criu::tls::TlsConfig;
 use criu::transfer::{receive_from, send_dir, write_header, Limits, Transport};
-use criu_rs_benches::{median, migration_sizes, out_dir, reps};
+use criu_rs_benches::{median, migration_sizes, out_dir, reps, strategies};
 use criu_testkit::certs::Pki;
 use criu_testkit::link::Security;
 use criu_testkit::measure::{migrate_workload_over, Row};
@@ -139,21 +139,6 @@ fn stream_throughput(reps: usize) -> (f64, f64) {
         100.0 * t / p
     );
     (p, t)
-}
-
-/// The strategies to measure: `CRIU_RS_BENCH_STRATEGIES` (comma-separated
-/// names), or all.
-fn strategies() -> Vec<Strategy> {
-    let raw = std::env::var("CRIU_RS_BENCH_STRATEGIES").unwrap_or_default();
-    let named: Vec<Strategy> = raw
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    if named.is_empty() {
-        Strategy::ALL.to_vec()
-    } else {
-        named
-    }
 }
 
 fn main() {

@@ -45,6 +45,21 @@ fn sizes_from(var: &str, default: usize) -> Vec<usize> {
     }
 }
 
+/// The migration strategies to measure: `CRIU_RS_BENCH_STRATEGIES`
+/// (comma-separated names, e.g. `stop-and-copy,lazy`), or all of them.
+pub fn strategies() -> Vec<criu::migrate::Strategy> {
+    let raw = std::env::var("CRIU_RS_BENCH_STRATEGIES").unwrap_or_default();
+    let named: Vec<criu::migrate::Strategy> = raw
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    if named.is_empty() {
+        criu::migrate::Strategy::ALL.to_vec()
+    } else {
+        named
+    }
+}
+
 /// The smallest size measured (the peers are compared there, where fixed
 /// costs dominate).
 pub fn smallest() -> usize {

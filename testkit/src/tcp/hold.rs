@@ -158,14 +158,7 @@ fn finish_batch(mut child: Child, lines: &[String]) -> io::Result<()> {
     };
     let out = child.wait_with_output()?;
     written?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(io::Error::other(format!(
-        "ip -batch ({}) failed: {}",
-        text.trim().replace('\n', "; "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    )))
+    super::topology::batch_outcome(&out, "the waiting ip -batch", &text)
 }
 
 /// Whether a hold's route to `service` or its `placeholder` neighbour is on

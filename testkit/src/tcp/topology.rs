@@ -88,11 +88,17 @@ pub(super) fn ip_batch(netns: &str, text: &str) -> io::Result<()> {
         Command::new("ip").args(["-n", netns, "-force", "-batch", "-"]),
         text,
     )?;
+    batch_outcome(&out, &format!("ip -batch in {netns}"), text)
+}
+
+/// `Ok` if the `ip -batch` that ran `text` succeeded, else an error naming
+/// `what` ran, its lines and what it said.
+pub(super) fn batch_outcome(out: &std::process::Output, what: &str, text: &str) -> io::Result<()> {
     if out.status.success() {
         return Ok(());
     }
     Err(io::Error::other(format!(
-        "ip -batch in {netns} ({}) failed: {}",
+        "{what} ({}) failed: {}",
         text.trim().replace('\n', "; "),
         String::from_utf8_lossy(&out.stderr).trim()
     )))
