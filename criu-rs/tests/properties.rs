@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use criu::transfer::{read_header, receive_dir, send_dir, write_header, Growing, Transport};
+use criu::transfer::{read_header, receive_dir, send_dir, write_header, Growing};
 use criu::Stats;
 use proptest::prelude::*;
 
@@ -20,41 +20,19 @@ fn files() -> impl Strategy<Value = BTreeMap<String, Vec<u8>>> {
     .prop_filter("plain names", |m| m.keys().all(|k| k != "." && k != ".."))
 }
 
-/// A stream into memory with no socket (for `Growing`, which wants a
-/// `Transport`).
-#[derive(Default)]
-struct Memory(Vec<u8>);
-
-impl std::io::Read for Memory {
-    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
-        Ok(0)
-    }
-}
-
-impl std::io::Write for Memory {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.write(b)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Transport for Memory {}
-
 /// The stream of `files`; `growing`: sent as `Growing` does while a dump
 /// writes them, one file after the other (as CRIU writes its pages
 /// images), each in two halves with a step after each.
 fn stream_of(files: &BTreeMap<String, Vec<u8>>, growing: bool) -> (tempfile::TempDir, Vec<u8>) {
     let src = tempfile::tempdir().unwrap();
-    let mut bytes = Memory::default();
+    let mut bytes = std::io::Cursor::<Vec<u8>>::default();
     write_header(&mut bytes).unwrap();
     if !growing {
         for (name, data) in files {
             std::fs::write(src.path().join(name), data).unwrap();
         }
         send_dir(&mut bytes, src.path(), None).unwrap();
-        return (src, bytes.0);
+        return (src, bytes.into_inner());
     }
     let mut g = Growing::new(&mut bytes, src.path(), |_| true, None);
     for (name, data) in files {
@@ -66,7 +44,7 @@ fn stream_of(files: &BTreeMap<String, Vec<u8>>, growing: bool) -> (tempfile::Tem
         }
     }
     g.finish().unwrap();
-    (src, bytes.0)
+    (src, bytes.into_inner())
 }
 
 fn receive(bytes: &[u8], parent: &Path) -> criu::Result<()> {

@@ -292,34 +292,12 @@ fn a_target_that_appears_meanwhile_is_not_replaced() {
     assert_eq!(fs::read_dir(sample.target()).unwrap().count(), 0);
 }
 
-/// A stream into memory, with no socket of its own (so chunks are written
-/// from the buffer, as over TLS).
-#[derive(Default)]
-struct Memory(Vec<u8>);
-
-impl std::io::Read for Memory {
-    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
-        Ok(0)
-    }
-}
-
-impl std::io::Write for Memory {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.write(b)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Transport for Memory {}
-
 /// The stream of a directory sent while `pages-1.img` grows in three
 /// steps, and the directory as it ended.
 fn growing_stream() -> (Vec<u8>, tempfile::TempDir) {
     let src = tempfile::tempdir().unwrap();
     let pages = src.path().join("pages-1.img");
-    let mut v = Memory::default();
+    let mut v = std::io::Cursor::<Vec<u8>>::default();
     write_header(&mut v).unwrap();
     let grows = |n: &str| n.starts_with("pages-");
     let mut g = Growing::new(&mut v, src.path(), grows, None);
@@ -333,7 +311,7 @@ fn growing_stream() -> (Vec<u8>, tempfile::TempDir) {
     fs::write(src.path().join("pages-2.img"), b"appeared at the end").unwrap();
     let stats = g.finish().unwrap();
     assert_eq!(stats.files, 3);
-    (v.0, src)
+    (v.into_inner(), src)
 }
 
 fn same_files(a: &Path, b: &Path) {
@@ -394,14 +372,14 @@ fn a_growing_file_over_the_limits_is_refused_before_its_chunk_is_written() {
 fn a_sender_that_gives_up_inside_a_growing_file_is_named() {
     let src = tempfile::tempdir().unwrap();
     fs::write(src.path().join("pages-1.img"), vec![1u8; 4096]).unwrap();
-    let mut v = Memory::default();
+    let mut v = std::io::Cursor::<Vec<u8>>::default();
     write_header(&mut v).unwrap();
     let mut g = Growing::new(&mut v, src.path(), |_| true, None);
     g.step().unwrap();
     drop(g);
     send_message(&mut v, &serde_json::json!({"Failed": "the dump failed"})).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let e = receive(&v.0, &out.path().join("recv")).unwrap_err();
+    let e = receive(v.get_ref(), &out.path().join("recv")).unwrap_err();
     assert!(e.to_string().contains("where a file was expected"), "{e}");
     assert!(e.to_string().contains("the dump failed"), "{e}");
     assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0);
@@ -412,7 +390,7 @@ fn a_growing_file_replaced_while_it_is_sent_is_an_error() {
     let src = tempfile::tempdir().unwrap();
     let pages = src.path().join("pages-1.img");
     fs::write(&pages, vec![1u8; 4096]).unwrap();
-    let mut v = Memory::default();
+    let mut v = std::io::Cursor::<Vec<u8>>::default();
     let mut g = Growing::new(&mut v, src.path(), |_| true, None);
     g.step().unwrap();
     fs::remove_file(&pages).unwrap();
@@ -447,7 +425,7 @@ fn a_growing_file_goes_with_sendfile_over_a_plain_socket() {
 #[test]
 fn growing_files_go_one_after_the_other_and_one_changed_after_its_end_is_an_error() {
     let src = tempfile::tempdir().unwrap();
-    let mut v = Memory::default();
+    let mut v = std::io::Cursor::<Vec<u8>>::default();
     let mut g = Growing::new(&mut v, src.path(), |_| true, None);
     fs::write(src.path().join("pages-1.img"), vec![1u8; 4096]).unwrap();
     g.step().unwrap();

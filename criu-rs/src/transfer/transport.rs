@@ -85,6 +85,11 @@ impl Transport for UnixStream {
     }
 }
 
+/// A stream into memory (an in-memory stream for tests, or one built now
+/// and sent later): what is written is kept, nothing is read back, and
+/// file contents go through the buffer, as over TLS.
+impl Transport for std::io::Cursor<Vec<u8>> {}
+
 impl<T: Transport + ?Sized> Transport for &mut T {
     fn prepare(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
         (**self).prepare(timeout)
