@@ -11,8 +11,9 @@
 //!   checked against its digest, checkpoints streamed both ways with
 //!   bounded memory; [`layout`]: the same image as an OCI image layout
 //!   directory.
-//! * [`source`]: keeping the checkpointed tree stopped, not killed, until
-//!   the destination has restored it.
+//! * [`migrate`]: a tree moved through a registry, its source kept
+//!   stopped, not killed, until the destination has restored it (with
+//!   criu-rs's `criu::migrate::hold`).
 //!
 //! # Through a cluster's own registry
 //!
@@ -47,7 +48,6 @@ pub mod image;
 pub mod layout;
 pub mod migrate;
 pub mod registry;
-pub mod source;
 mod stream;
 
 pub use annotations::HostFacts;

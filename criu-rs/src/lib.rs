@@ -164,7 +164,6 @@ pub use options::{
 };
 pub use report::{DumpReport, RestoreReport};
 pub use stats::{DumpStats, RestoreStats, Stats};
-pub use tree::{state as task_state, tree as process_tree};
 pub use version::{Features, Version};
 
 /// The README's example, compiled as a doctest.

@@ -279,7 +279,7 @@ fn a_page_server_killed_mid_dump_after_the_source_stopped_leaves_the_source_runn
                 o.on_notify(move |n| {
                     if matches!(n.event, criu::Event::QueryExtFiles) {
                         let server = criu_testkit::find_process(&needle);
-                        let stopped = criu::task_state(pid);
+                        let stopped = criu_testkit::task_state(pid);
                         if let Some(p) = server {
                             let _ = nix::sys::signal::kill(
                                 nix::unistd::Pid::from_raw(p),

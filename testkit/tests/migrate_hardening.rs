@@ -477,19 +477,7 @@ fn reuse_pid(pid: i32) -> Option<std::process::Child> {
         nix::sys::signal::Signal::SIGKILL,
     );
     assert!(criu_testkit::wait_gone(pid, WAIT), "{pid} reaped");
-    for _ in 0..100 {
-        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
-        let mut child = std::process::Command::new("sleep")
-            .arg("600")
-            .spawn()
-            .unwrap();
-        if child.id() as i32 == pid {
-            return Some(child);
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    None
+    reuse_pid_of_child(pid)
 }
 
 #[test]
@@ -518,6 +506,46 @@ fn the_source_never_kills_a_process_that_reused_a_pid_of_its_tree() {
         "the process that reused pid {pid} was left alone"
     );
     drop(dst);
+}
+
+#[test]
+fn a_held_tree_never_signals_a_process_that_reused_a_pid_of_it() {
+    // The hold of criu-oci's registry route signalled raw pids before it
+    // used `criu::migrate::hold`.
+    let mut tree = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    let pid = tree.id() as i32;
+    let held = criu::migrate::hold::HeldTree::stop(pid).unwrap();
+    assert_eq!(held.pids(), vec![pid]);
+    // The held task dies (not through the hold) and its pid is reused.
+    let _ = tree.kill();
+    let _ = tree.wait();
+    let mut innocent = reuse_pid_of_child(pid).expect("the pid was reused");
+    held.kill();
+    let status = innocent.try_wait().unwrap();
+    let _ = innocent.kill();
+    let _ = innocent.wait();
+    assert_eq!(status, None, "the process that reused {pid} was left alone");
+}
+
+/// Starts an unrelated process that gets `pid`, which was ours and is
+/// reaped. `None` if the pid could not be had (another fork took it).
+fn reuse_pid_of_child(pid: i32) -> Option<std::process::Child> {
+    for _ in 0..100 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        if child.id() as i32 == pid {
+            return Some(child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    None
 }
 
 /// The crate's in-memory work directories that hold images of a tree

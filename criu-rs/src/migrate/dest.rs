@@ -4,7 +4,7 @@
 
 use super::config::DestConfig;
 use super::report::DestReport;
-use super::stopped::continue_tree;
+use super::hold::continue_tree;
 use super::strategy::{self, Created, DestSide, Inbound, Received};
 use super::wire::{self, migration, unexpected, Msg};
 use crate::child::RestoredChild;

@@ -3,13 +3,13 @@
 //! dump that goes on serving pages) while the dump may still run.
 
 use std::ops::ControlFlow;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::thread::{Scope, ScopedJoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::config::Customize;
 use super::connections::{Connections, ServiceMove};
-use super::stopped::StoppedTree;
+use super::hold::{self, Slot};
 use super::strategy::SourceSide;
 use super::wire::migration;
 use crate::client::Criu;
@@ -32,32 +32,6 @@ enum DumpEvent {
     Finished(Box<Result<DumpReport>>),
 }
 
-/// Where the dump's notification handler leaves the stopped source tree.
-#[derive(Clone, Default)]
-pub(super) struct StopSlot(Arc<Mutex<Option<(StoppedTree, Instant)>>>);
-
-impl StopSlot {
-    fn put(&self, tree: StoppedTree) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((tree, Instant::now()));
-    }
-
-    /// The stopped tree and when it was stopped, after the images are
-    /// complete.
-    pub(super) fn take(&self) -> Result<(StoppedTree, Instant)> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| {
-                migration(
-                    "CRIU sent no pre-dump notification, so the source was never stopped and ran \
-                     on after the dump; the images are stale",
-                    None,
-                )
-            })
-    }
-}
-
 /// What one dump needs, all of it shareable with the dump thread.
 pub(super) struct DumpJob<'j> {
     pub(super) criu: &'j Criu,
@@ -66,7 +40,7 @@ pub(super) struct DumpJob<'j> {
     pub(super) customize: Option<&'j Customize<'j>>,
     pub(super) deadline: Option<Duration>,
     pub(super) side: &'j dyn SourceSide,
-    pub(super) slot: StopSlot,
+    pub(super) slot: Slot,
     /// CRIU's TLS for its own connections, if the migration is secured.
     pub(super) criu_tls: Option<&'j TlsFiles>,
     /// Established connections to move, and their lock.
@@ -221,32 +195,25 @@ impl DumpJob<'_> {
     }
 }
 
-/// The dump's notification handler: the caller's own handler (set through
-/// `customize`) first, then, at pre-dump, stopping the tree into `slot`; at
+/// The dump's notification handler: the hold's (the caller's own handler
+/// first, then, at pre-dump, stopping the tree into `slot`); at
 /// status-ready it tells `ready`, if given. With connections to move, the
 /// service's lock is taken just before the tree stops.
 fn stop_at_pre_dump<'a>(
     pid: i32,
-    mut user: Option<Box<NotifyFn<'a>>>,
-    slot: StopSlot,
+    user: Option<Box<NotifyFn<'a>>>,
+    slot: Slot,
     ready: Option<mpsc::Sender<DumpEvent>>,
     service: Option<&'a ServiceMove<'a>>,
 ) -> impl FnMut(Notification) -> ControlFlow<String> + 'a {
+    let lock = move || match service.map(ServiceMove::lock) {
+        Some(Err(e)) => ControlFlow::Break(e),
+        _ => ControlFlow::Continue(()),
+    };
+    let mut hold = hold::at_pre_dump(pid, user, slot, lock);
     move |n| {
-        let pre_dump = matches!(n.event, Event::PreDump);
         let status_ready = matches!(n.event, Event::StatusReady);
-        if let Some(user) = user.as_mut() {
-            user(n)?;
-        }
-        if pre_dump {
-            if let Some(Err(e)) = service.map(ServiceMove::lock) {
-                return ControlFlow::Break(e);
-            }
-            match StoppedTree::stop(pid) {
-                Ok(t) => slot.put(t),
-                Err(e) => return ControlFlow::Break(format!("stopping the source tree: {e}")),
-            }
-        }
+        hold(n)?;
         if let (true, Some(r)) = (status_ready, &ready) {
             let _ = r.send(DumpEvent::ImagesReady);
         }

@@ -60,8 +60,10 @@
 //!
 //! * `config`, `report`: the public settings and results;
 //! * `wire`: the control messages and their framing on the stream;
-//! * `source`, `dumping`, `stopped`: the source side (the dump on its own
-//!   thread, stopping, resuming and killing the tree);
+//! * `source`, `dumping`: the source side (the dump on its own thread);
+//! * [`hold`]: the held source (a tree stopped through pidfds, resumed
+//!   on drop, killed once the destination runs it), public for other
+//!   ways of moving a tree (criu-oci's registry route uses it);
 //! * `dest`: the destination side;
 //! * `connections`: moving established TCP connections and their
 //!   service address with the tree (a caller's hook);
@@ -74,9 +76,9 @@ mod config;
 pub mod connections;
 mod dest;
 mod dumping;
+pub mod hold;
 mod report;
 mod source;
-mod stopped;
 mod strategy;
 mod wire;
 mod workdir;

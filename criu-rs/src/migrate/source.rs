@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use super::config::SourceConfig;
 use super::connections::ServiceMove;
-use super::dumping::{DumpJob, Dumping, StopSlot};
+use super::dumping::{DumpJob, Dumping};
+use super::hold::{self, Slot};
 use super::report::{Phases, SourceReport};
 use super::strategy::{self, SourceSide};
 use super::wire::{self, migration, unexpected, Msg};
@@ -61,7 +62,7 @@ pub(super) fn send(
         customize: customize.as_ref(),
         deadline: cfg.deadline,
         side: side.as_ref(),
-        slot: StopSlot::default(),
+        slot: Slot::default(),
         criu_tls: criu_tls.as_ref().filter(|_| !side.carries_criu_tls()),
         service: connections.as_ref().zip(service.as_ref()),
     };
@@ -85,7 +86,11 @@ fn migrate<'scope>(
         streamed,
     } = dump_and_stream(stream, &mut dumping, side, service, cfg)?;
     let streamed_tail = streamed.map(|(_, tail)| tail);
-    let (stopped, stopped_at) = slot.take().inspect_err(|e| wire::tell_failure(stream, e))?;
+    let stopped = slot
+        .take()
+        .ok_or_else(hold::never_stopped)
+        .inspect_err(|e| wire::tell_failure(stream, e))?;
+    let stopped_at = stopped.since();
     if let Some(s) = service {
         s.move_to_dest()
             .inspect_err(|e| wire::tell_failure(stream, e))?;
@@ -108,7 +113,7 @@ fn migrate<'scope>(
     match service {
         Some(s) => {
             // Its sockets close while the lock holds: no reset escapes.
-            stopped.kill_and_wait();
+            stopped.kill_and_wait(hold::STOP_TIMEOUT);
             s.finish()?;
         }
         None => stopped.kill(),
