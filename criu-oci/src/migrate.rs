@@ -155,7 +155,12 @@ mod tests {
     /// The state letter of `pid` from `/proc`.
     fn state(pid: i32) -> Option<char> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .next()?
+            .chars()
+            .next()
     }
 
     /// A push that fails after the dump (no registry listens on the port)
@@ -208,7 +213,10 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         assert!(r.is_err(), "the push cannot succeed");
-        assert!(dumped, "the dump ran (and stopped the source) before the push");
+        assert!(
+            dumped,
+            "the dump ran (and stopped the source) before the push"
+        );
         assert_eq!(after, Some('S'), "the source runs on: {:?}", r.err());
     }
 }

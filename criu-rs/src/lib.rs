@@ -156,7 +156,9 @@ pub use criu_sys as sys;
 pub use child::RestoredChild;
 pub use client::Criu;
 pub use daemon::{free_port, Daemon, DaemonConfig, Service, ServiceClient};
-pub use error::{Context, Error, InvalidKind, Operation, Result};
+pub use error::{
+    Context, Error, InvalidKind, MigrationError, Operation, Result, SourceState, Step, TransferKind,
+};
 pub use images::ImagesDir;
 pub use notify::{Event, Iteration, Notification};
 pub use options::{

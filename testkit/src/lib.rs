@@ -458,7 +458,12 @@ pub fn dies_soon(pid: i32) -> bool {
 /// `/proc/PID/stat`, or `None` if it does not exist.
 pub fn task_state(pid: i32) -> Option<char> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
 }
 
 /// Whether `pid` is alive and not a zombie.

@@ -3,13 +3,13 @@
 //! keep it unless the source explicitly aborts.
 
 use super::config::DestConfig;
-use super::report::DestReport;
 use super::hold::continue_tree;
+use super::report::DestReport;
 use super::strategy::{self, Created, DestSide, Inbound, Received};
-use super::wire::{self, migration, unexpected, Msg};
+use super::wire::{self, failed, unexpected, Msg};
 use crate::child::RestoredChild;
 use crate::client::Criu;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SourceState, Step};
 use crate::images::ImagesDir;
 use crate::options::Options;
 use crate::report::RestoreReport;
@@ -24,12 +24,28 @@ pub(super) fn receive(
         cfg.daemons.tls(&files);
     }
     let mut created = Created::default();
-    let r = receive_inner(criu, stream, &cfg, &mut created);
-    if let Err(e) = &r {
-        wire::tell_failure(stream, e);
+    let mut step = Step::Handshake;
+    let r = receive_inner(criu, stream, &cfg, &mut created, &mut step);
+    r.map_err(|e| {
+        let e = wire::at_step(e, step, SourceState::Unknown, || failed_at(step));
+        wire::tell_failure(stream, &e);
         created.remove_all();
+        e
+    })
+}
+
+/// What the destination says when `step` failed.
+fn failed_at(step: Step) -> String {
+    match step {
+        Step::Handshake => "the source's hello failed; nothing was received",
+        Step::Transfer => "receiving the images failed; what arrived was removed",
+        Step::Restore => "the restore failed; the received images were removed",
+        Step::LazyPages => {
+            "fetching the lazy pages failed; the restored copy was killed and the images removed"
+        }
+        _ => "the migration failed; the restored copy was killed",
     }
-    r
+    .into()
 }
 
 fn receive_inner(
@@ -37,6 +53,7 @@ fn receive_inner(
     stream: &mut dyn Transport,
     cfg: &DestConfig<'_>,
     created: &mut Created,
+    step: &mut Step,
 ) -> Result<DestReport> {
     // Without a deadline a silent source is still given up, after the
     // limits' idle timeout.
@@ -47,7 +64,14 @@ fn receive_inner(
     read_header(&mut &mut *stream)?;
     let strategy = match wire::recv(stream)? {
         Msg::Hello { strategy } => strategy,
-        other => return Err(unexpected("a hello", &other)),
+        other => {
+            return Err(unexpected(
+                Step::Handshake,
+                SourceState::Unknown,
+                "a hello",
+                &other,
+            ))
+        }
     };
     let local = match cfg.criu_address {
         Some(named) => Some(named),
@@ -59,6 +83,7 @@ fn receive_inner(
     let mut side = strategy::dest_side(strategy, cfg, local)?;
     let work_dir = cfg.work_dir.hold()?;
     let images_path = work_dir.path().join("images");
+    *step = Step::Transfer;
     let Received { images, transfer } = side.receive(Inbound {
         stream: &mut *stream,
         work_dir: work_dir.path(),
@@ -66,6 +91,7 @@ fn receive_inner(
         limits: &cfg.limits,
         created,
     })?;
+    *step = Step::Restore;
     let (child, restore) = restore(criu, &images, cfg, side.as_ref())?;
     wire::send(
         stream,
@@ -75,7 +101,9 @@ fn receive_inner(
             restore_time_us: restore.stats.map(|s| s.restore_time.as_micros() as u64),
         },
     )?;
+    *step = Step::LazyPages;
     side.after_restore(cfg.daemon_timeout)?;
+    *step = Step::Confirm;
     let source_confirmed = await_verdict(stream)?;
     Ok(DestReport {
         strategy,
@@ -124,7 +152,13 @@ fn await_verdict(stream: &mut dyn Transport) -> Result<bool> {
             let _ = wire::send(stream, &Msg::Kept);
             Ok(true)
         }
-        Ok(Msg::Failed { message }) => Err(migration(
+        Ok(Msg::Failed {
+            message,
+            source_state,
+            ..
+        }) => Err(failed(
+            Step::Confirm,
+            source_state.unwrap_or(SourceState::Resumed),
             format!(
                 "the source aborted after the restore ({message}); the restored copy was killed"
             ),

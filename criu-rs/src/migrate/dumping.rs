@@ -11,9 +11,9 @@ use super::config::Customize;
 use super::connections::{Connections, ServiceMove};
 use super::hold::{self, Slot};
 use super::strategy::SourceSide;
-use super::wire::migration;
+use super::wire::failed;
 use crate::client::Criu;
-use crate::error::Result;
+use crate::error::{Result, SourceState, Step};
 use crate::images::ImagesDir;
 use crate::notify::{Event, Notification};
 use crate::options::{NotifyFn, Options};
@@ -95,13 +95,23 @@ impl<'scope> Dumping<'scope> {
                 self.join();
                 let d = (*r)?;
                 if self.side.serves_after_images() {
-                    return Err(migration("the lazy dump ended without serving pages", None));
+                    return Err(failed(
+                        Step::Dump,
+                        SourceState::Resumed,
+                        "the lazy dump ended without serving pages",
+                        None,
+                    ));
                 }
                 Ok(Some(d))
             }
             Err(_) => {
                 self.join();
-                Err(migration("the dump thread ended without a result", None))
+                Err(failed(
+                    Step::Dump,
+                    SourceState::Resumed,
+                    "the dump thread ended without a result",
+                    None,
+                ))
             }
         }
     }
@@ -132,15 +142,22 @@ impl<'scope> Dumping<'scope> {
         match r {
             Ok(DumpEvent::Finished(r)) => (*r).map_err(|e| {
                 if e.is_deadline_exceeded() {
-                    return migration(NOT_IN_TIME, Some(e));
+                    return failed(Step::LazyPages, SourceState::Resumed, NOT_IN_TIME, Some(e));
                 }
-                migration(
+                failed(
+                    Step::LazyPages,
+                    SourceState::Resumed,
                     "the destination restored, but serving its memory failed; the source process \
                      was resumed (the destination copy cannot run on)",
                     Some(e),
                 )
             }),
-            _ => Err(migration(NOT_IN_TIME, None)),
+            _ => Err(failed(
+                Step::LazyPages,
+                SourceState::Resumed,
+                NOT_IN_TIME,
+                None,
+            )),
         }
     }
 

@@ -42,9 +42,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use super::wire::failed;
 use crate::client::Criu;
-use crate::error::{Error, InvalidKind, Operation, Result};
-use super::wire::migration;
+use crate::error::{Error, InvalidKind, Operation, Result, SourceState, Step};
 use crate::notify::{Event, Notification};
 use crate::options::Options;
 use crate::pidfd::Pidfd;
@@ -255,7 +255,9 @@ pub fn dump(criu: &Criu, options: &mut Options<'_>) -> Result<(DumpReport, HeldT
     let user = options.notify.take();
     options
         .leave_running(true)
-        .on_notify(at_pre_dump(pid, user, slot.clone(), || ControlFlow::Continue(())));
+        .on_notify(at_pre_dump(pid, user, slot.clone(), || {
+            ControlFlow::Continue(())
+        }));
     let report = criu.dump(options);
     let held = slot.take();
     let report = report?;
@@ -265,7 +267,9 @@ pub fn dump(criu: &Criu, options: &mut Options<'_>) -> Result<(DumpReport, HeldT
 
 /// The error of a dump that never sent its pre-dump notification.
 pub(super) fn never_stopped() -> Error {
-    migration(
+    failed(
+        Step::Dump,
+        SourceState::Untouched,
         "CRIU sent no pre-dump notification, so the source was never stopped and ran on \
          after the dump; the images are stale",
         None,
@@ -275,7 +279,7 @@ pub(super) fn never_stopped() -> Error {
 /// The error of a tree that could not be stopped (the tasks stopped so far
 /// were continued).
 fn not_stopped(message: String) -> Error {
-    migration(message, None)
+    failed(Step::Stop, SourceState::Resumed, message, None)
 }
 
 /// Where a dump's notification handler leaves the tree it stopped, and
@@ -284,6 +288,11 @@ fn not_stopped(message: String) -> Error {
 pub(super) struct Slot(Arc<Mutex<Option<HeldTree>>>);
 
 impl Slot {
+    /// Whether the dump stopped the tree (and it is held here).
+    pub(super) fn is_held(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
     fn put(&self, tree: HeldTree) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(tree);
     }

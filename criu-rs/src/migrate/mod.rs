@@ -49,6 +49,15 @@
 //! resumes its copy and says that two copies may now run. Either way the
 //! tree is never lost; at worst it runs twice, and both sides say so.
 //!
+//! # Errors
+//!
+//! Every error of [`send`] and [`receive`] is an
+//! [`Error::Migration`](crate::Error::Migration)
+//! whose [`MigrationError`] names the [`Step`] that failed and
+//! what became of the source process ([`SourceState`]; on the
+//! destination mostly [`SourceState::Unknown`], unless the source said),
+//! with the step's own error behind it ([`crate::Error::cause`]).
+//!
 //! # Limits
 //!
 //! The destination accepts what [`DestConfig::limits`] allows (file count,
@@ -83,6 +92,7 @@ mod strategy;
 mod wire;
 mod workdir;
 
+pub use crate::error::{MigrationError, SourceState, Step};
 pub use crate::transfer::Transport;
 pub use config::{DestConfig, SourceConfig};
 pub use connections::{AddressMove, Connections};

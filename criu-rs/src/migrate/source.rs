@@ -4,14 +4,16 @@
 use std::time::{Duration, Instant};
 
 use super::config::SourceConfig;
-use super::connections::ServiceMove;
+use super::connections::{dump_failed, ServiceMove};
 use super::dumping::{DumpJob, Dumping};
 use super::hold::{self, Slot};
 use super::report::{Phases, SourceReport};
 use super::strategy::{self, SourceSide};
-use super::wire::{self, migration, unexpected, Msg};
+use super::wire::{self, failed, unexpected, Msg};
+use super::workdir::Held;
 use crate::client::Criu;
-use crate::error::{Error, Result};
+use crate::credentials::TlsFiles;
+use crate::error::{Error, Result, SourceState, Step};
 use crate::images::ImagesDir;
 use crate::report::DumpReport;
 use crate::transfer::{self, write_header, Growing, TransferStats, Transport};
@@ -32,24 +34,16 @@ pub(super) fn send(
     mut cfg: SourceConfig<'_>,
 ) -> Result<SourceReport> {
     let start = Instant::now();
-    stream
-        .prepare(cfg.deadline)
-        .map_err(|e| Error::io("preparing the stream (timeouts, TCP_NODELAY)", e))?;
-    write_header(&mut &mut *stream)?;
-    wire::send(
-        stream,
-        &Msg::Hello {
-            strategy: cfg.strategy,
-        },
-    )?;
-    let work_dir = cfg.work_dir.hold()?;
-    let images = ImagesDir::create(work_dir.path().join("images"))?;
-    let addrs = match cfg.criu_addresses {
-        Some(named) => Some(named),
-        None => stream.ip_addresses().map_err(wire::no_addresses)?,
-    };
-    let criu_tls = cfg.criu_tls.clone().or_else(|| stream.criu_tls());
-    let side = strategy::source_side(cfg.strategy, stream, addrs, criu_tls.as_ref())?;
+    let Setup {
+        images,
+        side,
+        criu_tls,
+        _work_dir,
+    } = setup(stream, &cfg).map_err(|e| {
+        wire::at_step(e, Step::Handshake, SourceState::Untouched, || {
+            "setting up the migration failed; the source process was not touched".into()
+        })
+    })?;
     let customize = cfg.customize.take();
     let connections = cfg.connections.take();
     // Dropped after the scope: on failure it moves the address back and
@@ -69,6 +63,44 @@ pub(super) fn send(
     std::thread::scope(|scope| migrate(scope, job, stream, &mut cfg, start))
 }
 
+/// What the source has before it touches the tree.
+struct Setup {
+    images: ImagesDir,
+    side: Box<dyn SourceSide>,
+    criu_tls: Option<TlsFiles>,
+    // Last: the images directory lives in it.
+    _work_dir: Held,
+}
+
+/// Readies the stream, says hello, makes the images directory and starts
+/// the strategy's part (which may wait for the destination).
+fn setup(stream: &mut dyn Transport, cfg: &SourceConfig<'_>) -> Result<Setup> {
+    stream
+        .prepare(cfg.deadline)
+        .map_err(|e| Error::io("preparing the stream (timeouts, TCP_NODELAY)", e))?;
+    write_header(&mut &mut *stream)?;
+    wire::send(
+        stream,
+        &Msg::Hello {
+            strategy: cfg.strategy,
+        },
+    )?;
+    let work_dir = cfg.work_dir.hold()?;
+    let images = ImagesDir::create(work_dir.path().join("images"))?;
+    let addrs = match cfg.criu_addresses {
+        Some(named) => Some(named),
+        None => stream.ip_addresses().map_err(wire::no_addresses)?,
+    };
+    let criu_tls = cfg.criu_tls.clone().or_else(|| stream.criu_tls());
+    let side = strategy::source_side(cfg.strategy, stream, addrs, criu_tls.as_ref())?;
+    Ok(Setup {
+        images,
+        side,
+        criu_tls,
+        _work_dir: work_dir,
+    })
+}
+
 /// Everything from the start of the dump to the source's end.
 fn migrate<'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
@@ -84,7 +116,7 @@ fn migrate<'scope>(
         early,
         at: images_at,
         streamed,
-    } = dump_and_stream(stream, &mut dumping, side, service, cfg)?;
+    } = dump_and_stream(stream, &mut dumping, side, service, &slot, cfg)?;
     let streamed_tail = streamed.map(|(_, tail)| tail);
     let stopped = slot
         .take()
@@ -93,6 +125,13 @@ fn migrate<'scope>(
     let stopped_at = stopped.since();
     if let Some(s) = service {
         s.move_to_dest()
+            .map_err(|e| {
+                wire::at_step(e, Step::Connections, SourceState::Resumed, || {
+                    "moving the service address to the destination failed; it was moved back \
+                     and the source process was resumed"
+                        .into()
+                })
+            })
             .inspect_err(|e| wire::tell_failure(stream, e))?;
     }
     // On failure the dump ends (inside) before the tree is continued (here).
@@ -114,7 +153,13 @@ fn migrate<'scope>(
         Some(s) => {
             // Its sockets close while the lock holds: no reset escapes.
             stopped.kill_and_wait(hold::STOP_TIMEOUT);
-            s.finish()?;
+            s.finish().map_err(|e| {
+                wire::at_step(e, Step::Connections, SourceState::Killed, || {
+                    "the destination runs the tree and the source copy was killed, but releasing \
+                     the source's network lock failed"
+                        .into()
+                })
+            })?;
         }
         None => stopped.kill(),
     }
@@ -150,14 +195,20 @@ fn dump_and_stream(
     dumping: &mut Dumping<'_>,
     side: &dyn SourceSide,
     service: Option<&ServiceMove<'_>>,
+    slot: &Slot,
     cfg: &mut SourceConfig<'_>,
 ) -> Result<Dumped> {
     let dump_failed = |stream: &mut dyn Transport, e: Error| {
+        let state = match slot.is_held() {
+            true => SourceState::Resumed,
+            false => SourceState::Untouched,
+        };
+        let e = match service {
+            Some(s) => s.dump_failed(e, state),
+            None => dump_failed(e, state),
+        };
         wire::tell_failure(stream, &e);
-        match service {
-            Some(s) => s.dump_failed(e),
-            None => migration("the dump failed; the source process was resumed", Some(e)),
-        }
+        e
     };
     if !side.streams_while_dumping() {
         let early = dumping.images_ready().map_err(|e| dump_failed(stream, e))?;
@@ -239,7 +290,13 @@ fn until_restored(
     };
     let restored = await_restore(stream)?;
     if let Some(s) = service {
-        s.announce()?;
+        s.announce().map_err(|e| {
+            wire::at_step(e, Step::Connections, SourceState::Resumed, || {
+                "announcing the service address on the destination failed; the address was \
+                 moved back and the source process was resumed"
+                    .into()
+            })
+        })?;
     }
     let dump = dumping.finish(early, cfg.lazy_timeout)?;
     Ok((sent, restored, dump))
@@ -268,7 +325,9 @@ fn after_images(stream: &mut dyn Transport, side: &dyn SourceSide) -> Result<()>
 }
 
 fn images_not_sent(e: Error) -> Error {
-    migration(
+    failed(
+        Step::Transfer,
+        SourceState::Resumed,
         "sending the images failed; the source process was resumed",
         Some(e),
     )
@@ -281,8 +340,10 @@ fn confirm_end(stream: &mut dyn Transport) -> Result<()> {
     let answer = wire::send(stream, &Msg::Done).and_then(|()| wire::recv(stream));
     let why = match answer {
         Ok(Msg::Kept) => return Ok(()),
-        Ok(Msg::Failed { message }) => {
-            return Err(migration(
+        Ok(Msg::Failed { message, .. }) => {
+            return Err(failed(
+                Step::Confirm,
+                SourceState::Resumed,
                 format!(
                     "the destination failed after its restore ({message}) and killed its copy; \
                      the source process was resumed"
@@ -290,10 +351,17 @@ fn confirm_end(stream: &mut dyn Transport) -> Result<()> {
                 None,
             ))
         }
-        Ok(other) => Some(unexpected("kept", &other)),
+        Ok(other) => Some(unexpected(
+            Step::Confirm,
+            SourceState::PossiblyRunningTwice,
+            "kept",
+            &other,
+        )),
         Err(e) => Some(e),
     };
-    Err(migration(
+    Err(failed(
+        Step::Confirm,
+        SourceState::PossiblyRunningTwice,
         "the destination restored the tree but did not confirm that it keeps it; the source \
          process was resumed, so two copies may now run: check the destination",
         why,
@@ -313,15 +381,21 @@ fn await_restore(stream: &mut dyn Transport) -> Result<Restored> {
             restore_time_us,
             at: Instant::now(),
         }),
-        Ok(Msg::Failed { message }) => Err(migration(
+        Ok(Msg::Failed { message, step, .. }) => Err(failed(
+            step.unwrap_or(Step::Restore),
+            SourceState::Resumed,
             format!("the destination failed: {message}; the source process was resumed"),
             None,
         )),
-        Ok(other) => Err(migration(
+        Ok(other) => Err(failed(
+            Step::Restore,
+            SourceState::Resumed,
             format!("unexpected message {other:?}; the source process was resumed"),
             None,
         )),
-        Err(e) => Err(migration(
+        Err(e) => Err(failed(
+            Step::Restore,
+            SourceState::Resumed,
             "lost the destination before it restored; the source process was resumed",
             Some(e),
         )),
@@ -404,10 +478,10 @@ mod tests {
             end.written.windows(5).any(|w| w == b"Hello"),
             "the hello went out first"
         );
-        let crate::Error::Io { source, .. } = &e else {
+        assert_eq!(e.source_state(), Some(crate::SourceState::Untouched), "{e}");
+        let crate::Error::Io { source, .. } = e.cause() else {
             panic!("an I/O error, not {e}");
         };
         assert_eq!(source.raw_os_error(), Some(libc::ENOTCONN), "{e}");
-        assert!(e.to_string().contains("IP addresses"), "{e}");
     }
 }

@@ -17,9 +17,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::config::DestConfig;
-use super::wire::migration;
 use crate::credentials::TlsFiles;
-use crate::error::Result;
+use crate::error::{Error, InvalidKind, Result};
 use crate::images::ImagesDir;
 use crate::options::Options;
 use crate::report::DumpReport;
@@ -215,13 +214,14 @@ pub(super) fn dest_side<'c>(
 /// without.
 fn need<T>(addrs: Option<T>, strategy: Strategy) -> Result<T> {
     addrs.ok_or_else(|| {
-        migration(
+        Error::invalid(
+            None,
+            InvalidKind::Missing,
             format!(
                 "the {strategy} strategy needs CRIU's own TCP connections between the hosts, \
                  and the stream is not TCP: name the addresses (SourceConfig::criu_addresses, \
                  DestConfig::criu_address)"
             ),
-            None,
         )
     })
 }

@@ -15,10 +15,10 @@ use std::path::Path;
 use super::{DestSide, Inbound, Received, SourceSide};
 use crate::credentials::TlsFiles;
 use crate::daemon::{free_port, Daemon};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SourceState, Step};
 use crate::images::ImagesDir;
 use crate::migrate::config::DestConfig;
-use crate::migrate::wire::{self, migration, unexpected, Msg};
+use crate::migrate::wire::{self, failed, unexpected, Msg};
 use crate::options::Options;
 use crate::report::DumpReport;
 use crate::transfer::Transport;
@@ -44,14 +44,21 @@ impl Source {
                 relay: None,
             }),
             Msg::PageServerRelay { port } => relayed(SocketAddr::new(peer, port), tls),
-            Msg::Failed { message } => Err(migration(
+            Msg::Failed { message, .. } => Err(failed(
+                Step::Handshake,
+                SourceState::Untouched,
                 format!(
                     "the destination could not start its page server: {message}; \
                      the source was not touched"
                 ),
                 None,
             )),
-            other => Err(unexpected("the page server's port", &other)),
+            other => Err(unexpected(
+                Step::Handshake,
+                SourceState::Untouched,
+                "the page server's port",
+                &other,
+            )),
         }
     }
 }
@@ -60,7 +67,9 @@ impl Source {
 #[cfg(feature = "tls")]
 fn relayed(dest: SocketAddr, tls: Option<&TlsFiles>) -> Result<Source> {
     let files = tls.ok_or_else(|| {
-        migration(
+        failed(
+            Step::Handshake,
+            SourceState::Untouched,
             "the destination relays its page server through TLS, and this source has no TLS \
              files: migrate over a TlsStream (or name the files, SourceConfig::criu_tls)",
             None,
@@ -78,7 +87,9 @@ fn relayed(dest: SocketAddr, tls: Option<&TlsFiles>) -> Result<Source> {
 
 #[cfg(not(feature = "tls"))]
 fn relayed(_dest: SocketAddr, _tls: Option<&TlsFiles>) -> Result<Source> {
-    Err(migration(
+    Err(failed(
+        Step::Handshake,
+        SourceState::Untouched,
         "the destination relays its page server through the crate's TLS, and this build of \
          the source has no feature `tls`",
         None,
