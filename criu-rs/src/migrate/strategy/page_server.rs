@@ -23,6 +23,9 @@ use crate::options::Options;
 use crate::report::DumpReport;
 use crate::transfer::Transport;
 
+/// The size of the pages CRIU counts.
+const PAGE_SIZE: u64 = 4096;
+
 pub(super) struct Source {
     page_server: SocketAddr,
     #[cfg(feature = "tls")]
@@ -106,8 +109,14 @@ impl SourceSide for Source {
         self.relay.is_some()
     }
 
+    /// The pages CRIU wrote into the page server: private and shared
+    /// memory (`shpages_written`) alike.
     fn bytes_beside_stream(&self, dump: &DumpReport) -> u64 {
-        dump.stats.as_ref().map_or(0, |s| s.pages_written * 4096)
+        let pages = dump
+            .stats
+            .as_ref()
+            .map_or(0, |s| s.pages_written + s.shpages_written.unwrap_or(0));
+        pages * PAGE_SIZE
     }
 }
 
