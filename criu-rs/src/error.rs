@@ -445,6 +445,9 @@ impl MigrationError {
 
 impl fmt::Display for MigrationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.cancelled {
+            f.write_str("cancelled: ")?;
+        }
         f.write_str(&self.message)
     }
 }
@@ -498,6 +501,24 @@ impl Error {
             error,
             source: source.map(Box::new),
         }
+    }
+
+    /// A migration error marked as the migration's cancellation; any
+    /// other error as it is.
+    pub(crate) fn into_cancelled(self) -> Error {
+        match self {
+            Error::Migration { error, source } => Error::Migration {
+                error: error.cancelled(),
+                source,
+            },
+            other => other,
+        }
+    }
+
+    /// Whether this is the error of a cancelled migration.
+    pub fn is_cancelled(&self) -> bool {
+        self.migration_error()
+            .is_some_and(MigrationError::is_cancelled)
     }
 
     /// The migration's own error (step, the source's state), for errors of

@@ -2,6 +2,10 @@
 //! restore the tree as a child of this process, continue it, report, and
 //! keep it unless the source explicitly aborts.
 
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use super::cancel::Cancel;
 use super::config::DestConfig;
 use super::hold::continue_tree;
 use super::report::DestReport;
@@ -25,14 +29,26 @@ pub(super) fn receive(
     }
     let mut created = Created::default();
     let mut step = Step::Handshake;
+    let cancel = cfg.cancel.clone();
+    let woken = cancel.on_cancel(stream.interrupter());
     let r = receive_inner(criu, stream, &cfg, &mut created, &mut step);
+    drop(woken);
     r.map_err(|e| {
-        let e = wire::at_step(e, step, SourceState::Unknown, || failed_at(step));
+        let mut e = wire::at_step(e, step, SourceState::Unknown, || failed_at(step));
+        if cancel.is_cancelled() {
+            e = e.into_cancelled();
+        }
         wire::tell_failure(stream, &e);
         created.remove_all();
         e
     })
 }
+
+/// How long the restore may take when the configuration sets no
+/// deadline (a 1 GiB tree restores in under a second here): a restore
+/// that hangs (seen with lazy pages, after CRIU's "Killing processes
+/// because of failure on restore") is killed then.
+const RESTORE_DEADLINE: Duration = Duration::from_secs(300);
 
 /// What the destination says when `step` failed.
 fn failed_at(step: Step) -> String {
@@ -93,6 +109,7 @@ fn receive_inner(
     })?;
     *step = Step::Restore;
     let (child, restore) = restore(criu, &images, cfg, side.as_ref())?;
+    wire::check(&cfg.cancel, Step::Restore, SourceState::Unknown)?;
     wire::send(
         stream,
         &Msg::Restored {
@@ -104,7 +121,7 @@ fn receive_inner(
     *step = Step::LazyPages;
     side.after_restore(cfg.daemon_timeout)?;
     *step = Step::Confirm;
-    let source_confirmed = await_verdict(stream)?;
+    let source_confirmed = await_verdict(stream, &cfg.cancel)?;
     Ok(DestReport {
         strategy,
         child,
@@ -126,13 +143,24 @@ fn restore(
     if let Some(c) = &cfg.customize {
         c(&mut o);
     }
+    let mut user = o.notify.take();
+    let cancel = cfg.cancel.clone();
+    // A cancel refuses CRIU's next notification: CRIU kills what it
+    // restored so far.
+    o.on_notify(move |n| {
+        if let Some(user) = user.as_mut() {
+            user(n)?;
+        }
+        match cancel.is_cancelled() {
+            true => ControlFlow::Break("the migration was cancelled".into()),
+            false => ControlFlow::Continue(()),
+        }
+    });
     o.images_dir(images).log_file("restore.log");
     if cfg.tcp_established {
         o.tcp_established(true);
     }
-    if let Some(d) = cfg.deadline {
-        o.deadline(d);
-    }
+    o.deadline(cfg.deadline.unwrap_or(RESTORE_DEADLINE));
     side.restore_options(&mut o);
     let (child, restore) = criu.restore_child(&mut o)?;
     continue_tree(child.pid());
@@ -144,8 +172,9 @@ fn restore(
 /// explicit abort: an error, and the restored copy goes. Anything else
 /// (silence, a broken stream): the copy is kept unconfirmed, since the
 /// source may have stopped its copy for good and a duplicate is better
-/// than a loss.
-fn await_verdict(stream: &mut dyn Transport) -> Result<bool> {
+/// than a loss. Cancelled before `Done`, the restored copy goes (and the
+/// source, told so, resumes its own).
+fn await_verdict(stream: &mut dyn Transport, cancel: &Cancel) -> Result<bool> {
     match wire::recv(stream) {
         Ok(Msg::Done) => {
             // If this is lost the source resumes its copy too: a duplicate.
@@ -164,6 +193,9 @@ fn await_verdict(stream: &mut dyn Transport) -> Result<bool> {
             ),
             None,
         )),
+        Ok(_) | Err(_) if cancel.is_cancelled() => {
+            Err(wire::cancelled(Step::Confirm, SourceState::Unknown))
+        }
         Ok(_) | Err(_) => Ok(false),
     }
 }

@@ -5,8 +5,9 @@
 use std::ops::ControlFlow;
 use std::sync::mpsc;
 use std::thread::{Scope, ScopedJoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::cancel::Cancel;
 use super::config::Customize;
 use super::connections::{Connections, ServiceMove};
 use super::hold::{self, Slot};
@@ -23,6 +24,9 @@ use crate::tls::TlsFiles;
 /// The error when the pages were not all served in time.
 const NOT_IN_TIME: &str =
     "serving lazy pages did not finish in time; the source process was resumed";
+
+/// How often a wait for the lazy dump's end looks at the cancel token.
+const CANCEL_POLL: Duration = Duration::from_millis(20);
 
 /// What the dump thread tells the driver.
 enum DumpEvent {
@@ -45,6 +49,8 @@ pub(super) struct DumpJob<'j> {
     pub(super) criu_tls: Option<&'j TlsFiles>,
     /// Established connections to move, and their lock.
     pub(super) service: Option<(&'j Connections<'j>, &'j ServiceMove<'j>)>,
+    /// Refuses the dump's next notification once cancelled.
+    pub(super) cancel: Cancel,
 }
 
 /// The dump running on its thread. Dropped before it finished (the
@@ -132,13 +138,24 @@ impl<'scope> Dumping<'scope> {
         mut self,
         early: Option<DumpReport>,
         timeout: Duration,
+        cancel: &Cancel,
     ) -> Result<DumpReport> {
         if let Some(d) = early {
             return Ok(d);
         }
-        let r = self.events.recv_timeout(timeout);
+        let r = self.end_within(timeout, cancel);
         self.side.unblock_dump();
         self.join();
+        if cancel.is_cancelled() && !matches!(r, Ok(DumpEvent::Finished(_))) {
+            return Err(failed(
+                Step::LazyPages,
+                SourceState::Resumed,
+                "serving the lazy pages was cancelled; the source process was resumed (the \
+                 destination copy cannot run on)",
+                None,
+            )
+            .into_cancelled());
+        }
         match r {
             Ok(DumpEvent::Finished(r)) => (*r).map_err(|e| {
                 if e.is_deadline_exceeded() {
@@ -158,6 +175,27 @@ impl<'scope> Dumping<'scope> {
                 NOT_IN_TIME,
                 None,
             )),
+        }
+    }
+
+    /// The dump's next event, waited for at most `timeout`, or until
+    /// `cancel` is.
+    fn end_within(
+        &self,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> std::result::Result<DumpEvent, mpsc::RecvTimeoutError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left.min(CANCEL_POLL)) {
+                Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => {
+                    if cancel.is_cancelled() {
+                        return Err(mpsc::RecvTimeoutError::Timeout);
+                    }
+                }
+                r => return r,
+            }
         }
     }
 
@@ -197,6 +235,7 @@ impl DumpJob<'_> {
                 self.slot.clone(),
                 ready,
                 self.service.map(|s| s.1),
+                self.cancel.clone(),
             ));
         self.side.dump_options(&mut o);
         if let Some(files) = self.criu_tls {
@@ -222,15 +261,22 @@ fn stop_at_pre_dump<'a>(
     slot: Slot,
     ready: Option<mpsc::Sender<DumpEvent>>,
     service: Option<&'a ServiceMove<'a>>,
+    cancel: Cancel,
 ) -> impl FnMut(Notification) -> ControlFlow<String> + 'a {
     let lock = move || match service.map(ServiceMove::lock) {
         Some(Err(e)) => ControlFlow::Break(e),
         _ => ControlFlow::Continue(()),
     };
     let mut hold = hold::at_pre_dump(pid, user, slot, lock);
+    let refuse_if_cancelled = move || match cancel.is_cancelled() {
+        true => ControlFlow::Break("the migration was cancelled".to_string()),
+        false => ControlFlow::Continue(()),
+    };
     move |n| {
         let status_ready = matches!(n.event, Event::StatusReady);
+        refuse_if_cancelled()?;
         hold(n)?;
+        refuse_if_cancelled()?;
         if let (true, Some(r)) = (status_ready, &ready) {
             let _ = r.send(DumpEvent::ImagesReady);
         }

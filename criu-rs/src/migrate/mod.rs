@@ -67,7 +67,8 @@
 //!
 //! # Inside
 //!
-//! * `config`, `report`: the public settings and results;
+//! * `config`, `report`: the public settings and results; `cancel`: the
+//!   [`Cancel`] token;
 //! * `wire`: the control messages and their framing on the stream;
 //! * `source`, `dumping`: the source side (the dump on its own thread);
 //! * [`hold`]: the held source (a tree stopped through pidfds, resumed
@@ -81,6 +82,7 @@
 //! * `strategy`: one module per strategy behind two small traits (one per
 //!   side): a new strategy is a new file there.
 
+mod cancel;
 mod config;
 pub mod connections;
 mod dest;
@@ -94,6 +96,7 @@ mod workdir;
 
 pub use crate::error::{MigrationError, SourceState, Step};
 pub use crate::transfer::Transport;
+pub use cancel::Cancel;
 pub use config::{DestConfig, SourceConfig};
 pub use connections::{AddressMove, Connections};
 pub use report::{DestReport, Phases, SourceReport};

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::cancel::{Cancel, Registered};
 use super::config::SourceConfig;
 use super::connections::{dump_failed, ServiceMove};
 use super::dumping::{DumpJob, Dumping};
@@ -34,16 +35,22 @@ pub(super) fn send(
     mut cfg: SourceConfig<'_>,
 ) -> Result<SourceReport> {
     let start = Instant::now();
+    let cancel = cfg.cancel.clone();
+    let mut woken = Some(cancel.on_cancel(stream.interrupter()));
     let Setup {
         images,
         side,
         criu_tls,
         _work_dir,
-    } = setup(stream, &cfg).map_err(|e| {
-        wire::at_step(e, Step::Handshake, SourceState::Untouched, || {
-            "setting up the migration failed; the source process was not touched".into()
-        })
-    })?;
+    } = setup(stream, &cfg)
+        .and_then(|s| wire::check(&cancel, Step::Handshake, SourceState::Untouched).map(|()| s))
+        .map_err(|e| {
+            let e = wire::at_step(e, Step::Handshake, SourceState::Untouched, || {
+                "setting up the migration failed; the source process was not touched".into()
+            });
+            wire::tell_failure(stream, &e);
+            if_cancelled(e, &cancel)
+        })?;
     let customize = cfg.customize.take();
     let connections = cfg.connections.take();
     // Dropped after the scope: on failure it moves the address back and
@@ -59,8 +66,18 @@ pub(super) fn send(
         slot: Slot::default(),
         criu_tls: criu_tls.as_ref().filter(|_| !side.carries_criu_tls()),
         service: connections.as_ref().zip(service.as_ref()),
+        cancel: cancel.clone(),
     };
-    std::thread::scope(|scope| migrate(scope, job, stream, &mut cfg, start))
+    std::thread::scope(|scope| migrate(scope, job, stream, &mut cfg, start, &mut woken))
+        .map_err(|e| if_cancelled(e, &cancel))
+}
+
+/// `e`, marked as the cancellation if `cancel` was cancelled.
+fn if_cancelled(e: Error, cancel: &Cancel) -> Error {
+    match cancel.is_cancelled() {
+        true => e.into_cancelled(),
+        false => e,
+    }
 }
 
 /// What the source has before it touches the tree.
@@ -108,6 +125,7 @@ fn migrate<'scope>(
     stream: &mut dyn Transport,
     cfg: &mut SourceConfig<'_>,
     start: Instant,
+    woken: &mut Option<Registered<'_>>,
 ) -> Result<SourceReport> {
     let (pid, side, slot) = (job.pid, job.side, job.slot.clone());
     let service = job.service.map(|s| s.1);
@@ -136,8 +154,9 @@ fn migrate<'scope>(
     }
     // On failure the dump ends (inside) before the tree is continued (here).
     let sent = streamed.map(|(sent, _)| sent);
-    let (sent, restored, dump) = until_restored(stream, dumping, early, sent, side, service, cfg)
-        .inspect_err(|e| wire::tell_failure(stream, e))?;
+    let (sent, restored, dump) =
+        until_restored(stream, dumping, early, sent, side, service, cfg, woken)
+            .inspect_err(|e| wire::tell_failure(stream, e))?;
     let stopped_to_restored = restored.at.saturating_duration_since(stopped_at);
     let phases = Phases::split(
         &dump,
@@ -227,10 +246,11 @@ fn dump_and_stream(
         progress.as_deref_mut().map(|p| p as _),
     );
     let mut ended = None;
+    let cancel = &cfg.cancel;
     let followed = growing.follow(
         || {
             ended = dumping.try_images_ready();
-            ended.is_some()
+            ended.is_some() || cancel.is_cancelled()
         },
         STREAM_POLL,
     );
@@ -244,7 +264,12 @@ fn dump_and_stream(
             drop(growing);
             return Err(sending_failed(stream, e));
         }
-        (Ok(()), None) => unreachable!("follow returns once the dump is over"),
+        // Cancelled: the dump is refused at its next notification.
+        (Ok(()), None) => {
+            drop(growing);
+            let e = wire::cancelled(Step::Transfer, SourceState::Resumed);
+            return Err(sending_failed(stream, e));
+        }
     };
     let at = Instant::now();
     let sent = growing.finish();
@@ -275,6 +300,10 @@ fn sending_failed(stream: &mut dyn Transport, e: Error) -> Error {
 
 /// From complete images to the destination's restore and the dump's end;
 /// `sent` if the images were sent while the dump wrote them.
+/// A cancel is heard until the destination has restored (and, for a lazy
+/// migration, while the pages are served): then `woken` is dropped, so
+/// that a late cancel does not break the end's exchange.
+#[allow(clippy::too_many_arguments)]
 fn until_restored(
     stream: &mut dyn Transport,
     dumping: Dumping<'_>,
@@ -283,12 +312,20 @@ fn until_restored(
     side: &dyn SourceSide,
     service: Option<&ServiceMove<'_>>,
     cfg: &mut SourceConfig<'_>,
+    woken: &mut Option<Registered<'_>>,
 ) -> Result<(TransferStats, Restored, DumpReport)> {
     let sent = match sent {
         Some(sent) => after_images(stream, side).map(|()| sent)?,
-        None => send_images(stream, dumping.images(), side, cfg)?,
+        None => {
+            wire::check(&cfg.cancel, Step::Transfer, SourceState::Resumed)
+                .map_err(images_not_sent)?;
+            send_images(stream, dumping.images(), side, cfg)?
+        }
     };
     let restored = await_restore(stream)?;
+    if early.is_some() {
+        *woken = None;
+    }
     if let Some(s) = service {
         s.announce().map_err(|e| {
             wire::at_step(e, Step::Connections, SourceState::Resumed, || {
@@ -298,7 +335,8 @@ fn until_restored(
             })
         })?;
     }
-    let dump = dumping.finish(early, cfg.lazy_timeout)?;
+    let dump = dumping.finish(early, cfg.lazy_timeout, &cfg.cancel)?;
+    *woken = None;
     Ok((sent, restored, dump))
 }
 

@@ -28,6 +28,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::cancel::Cancel;
 use super::strategy::Strategy;
 use crate::error::{Error, MigrationError, Result, SourceState, Step};
 use crate::transfer::{self, DirOrMessage, Limits, TransferStats, Transport};
@@ -125,6 +126,23 @@ pub(super) fn failed(
     source: Option<Error>,
 ) -> Error {
     Error::migration(MigrationError::new(step, state, message), source)
+}
+
+/// The error of a migration cancelled at `step`, with the source in
+/// `state`.
+pub(super) fn cancelled(step: Step, state: SourceState) -> Error {
+    Error::migration(
+        MigrationError::new(step, state, "stopped on request").cancelled(),
+        None,
+    )
+}
+
+/// `Err` of [`cancelled`] if `cancel` was cancelled.
+pub(super) fn check(cancel: &Cancel, step: Step, state: SourceState) -> Result<()> {
+    match cancel.is_cancelled() {
+        true => Err(cancelled(step, state)),
+        false => Ok(()),
+    }
 }
 
 /// `e` as a migration error: itself if it is one, else wrapped as the

@@ -558,4 +558,8 @@ impl Transport for TlsStream {
     fn criu_tls(&self) -> Option<TlsFiles> {
         Some(self.files.clone())
     }
+
+    fn interrupter(&self) -> Option<crate::transfer::Interrupter> {
+        self.tcp().interrupter()
+    }
 }

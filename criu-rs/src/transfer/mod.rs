@@ -52,7 +52,7 @@ pub use growing::Growing;
 pub use receive::{receive_dir, receive_dir_with, receive_from, Limits};
 pub(crate) use receive::{receive_dir_or_message, DirOrMessage};
 pub use send::send_dir;
-pub use transport::Transport;
+pub use transport::{Interrupter, Transport};
 
 /// What one transfer moved.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

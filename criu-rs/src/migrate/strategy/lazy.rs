@@ -110,8 +110,9 @@ impl DestSide for Dest<'_> {
     }
 
     fn after_restore(self: Box<Self>, timeout: Duration) -> Result<()> {
+        let cancel = &self.cfg.cancel;
         match self.daemon {
-            Some(d) => d.wait(timeout),
+            Some(d) => d.wait_unless(timeout, || cancel.is_cancelled()),
             None => Ok(()),
         }
     }

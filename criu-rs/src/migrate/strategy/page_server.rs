@@ -183,7 +183,8 @@ impl DestSide for Dest<'_> {
         let rest = at.work_dir.join("images.rest");
         let transfer = at.receive_dir(&rest)?;
         move_into(&rest, at.images)?;
-        server.wait(self.cfg.daemon_timeout)?;
+        let cancel = &self.cfg.cancel;
+        server.wait_unless(self.cfg.daemon_timeout, || cancel.is_cancelled())?;
         Ok(Received { images, transfer })
     }
 }
