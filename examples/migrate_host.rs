@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! host B:  migrate_host receive --listen 0.0.0.0:7700 \
-//!              --tls-ca ca.pem --tls-cert b.pem --tls-key b-key.pem
+//!              --tls-ca ca.pem --tls-cert b.pem --tls-key b-key.pem [--peer-name hosta]
 //! host A:  migrate_host send --pid 1234 --to hostb:7700 --strategy page-server \
 //!              --tls-ca ca.pem --tls-cert a.pem --tls-key a-key.pem [--json cost.json]
 //! ```
@@ -28,10 +28,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use criu::migrate::{Cancel, DestConfig, SourceConfig, Strategy};
+use criu::migrate::{self, Cancel, DestConfig, Link, SourceConfig, Strategy};
 use criu::tls::{TlsConfig, TlsFiles};
+use criu::Criu;
 use criu_testkit::hosts::netns_of;
-use criu_testkit::link::{accept_peer, receive_from, send_to, Link};
 use criu_testkit::measure::{rss_bytes, Cost, Row};
 use nix::sys::signal::{SigSet, Signal};
 
@@ -65,6 +65,11 @@ struct Security {
     /// This host's private key (PEM).
     #[arg(long)]
     tls_key: Option<PathBuf>,
+    /// Accept only a peer whose certificate names this host (besides
+    /// chaining to the CA): the destination's name on the source, the
+    /// source's on the destination.
+    #[arg(long, requires = "tls_ca")]
+    peer_name: Option<String>,
     /// Plain TCP: memory crosses in clear and anyone who reaches the port
     /// is heard. For a network you trust entirely.
     #[arg(long, conflicts_with_all = ["tls_ca", "tls_cert", "tls_key"])]
@@ -78,7 +83,12 @@ impl Security {
     fn link(&self) -> Result<Link, String> {
         match (&self.tls_ca, &self.tls_cert, &self.tls_key, self.plain) {
             (Some(ca), Some(cert), Some(key), false) => {
-                TlsConfig::new(TlsFiles::new(ca, cert, key))
+                let config = TlsConfig::new(TlsFiles::new(ca, cert, key));
+                let config = match &self.peer_name {
+                    Some(host) => config.and_then(|c| c.peer_name(host)),
+                    None => config,
+                };
+                config
                     .map(|c| Link::Tls(Box::new(c)))
                     .map_err(|e| e.to_string())
             }
@@ -165,7 +175,7 @@ fn receive(args: ReceiveArgs, cancel: &Cancel) -> Result<(), String> {
         if cancel.is_cancelled() {
             return Err("no source came".into());
         }
-        match accept_peer(&link, &listener) {
+        match link.accept(&listener) {
             Ok(s) => break s,
             Err(criu::Error::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::WouldBlock =>
@@ -185,7 +195,7 @@ fn receive(args: ReceiveArgs, cancel: &Cancel) -> Result<(), String> {
     let cfg = cfg.cancel(cancel).customize(move |o| {
         o.shell_job(shell_job);
     });
-    let report = receive_from(&mut stream, cfg).map_err(|e| e.to_string())?;
+    let report = migrate::receive(&Criu::new(), &mut *stream, cfg).map_err(|e| e.to_string())?;
     println!(
         "restored pid {} ({}, {:.1} MiB of images, restore {:.1} ms)",
         report.child.pid(),
@@ -239,7 +249,11 @@ fn send(args: SendArgs, cancel: &Cancel) -> Result<(), String> {
         .customize(move |o| {
             o.shell_job(shell_job);
         });
-    let src = send_to(&link, to, args.pid, cfg).map_err(|e| e.to_string())?;
+    let mut stream = link
+        .connect(to, std::time::Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    let src =
+        migrate::send(&Criu::new(), args.pid, &mut *stream, cfg).map_err(|e| e.to_string())?;
     let of = Row::of(&src, link.name(), &format!("pid {}", args.pid));
     let row = Row {
         cost: Cost {

@@ -77,6 +77,7 @@
 //! * `dest`: the destination side;
 //! * `connections`: moving established TCP connections and their
 //!   service address with the tree (a caller's hook);
+//! * `link`: [`Link`], connecting the two hosts (plain TCP, mutual TLS);
 //! * `workdir`: where the images live (the caller's directory, or the
 //!   crate's own in memory);
 //! * `strategy`: one module per strategy behind two small traits (one per
@@ -88,6 +89,7 @@ pub mod connections;
 mod dest;
 mod dumping;
 pub mod hold;
+mod link;
 mod report;
 mod source;
 mod strategy;
@@ -99,6 +101,7 @@ pub use crate::transfer::Transport;
 pub use cancel::Cancel;
 pub use config::{DestConfig, SourceConfig};
 pub use connections::{AddressMove, Connections};
+pub use link::{Link, Stream};
 pub use report::{DestReport, Phases, SourceReport};
 pub use strategy::Strategy;
 
