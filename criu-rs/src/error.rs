@@ -505,6 +505,7 @@ impl Error {
 
     /// A migration error marked as the migration's cancellation; any
     /// other error as it is.
+    #[cfg(feature = "migrate")]
     pub(crate) fn into_cancelled(self) -> Error {
         match self {
             Error::Migration { error, source } => Error::Migration {
