@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::cancel::Cancel;
+use super::choice::Strategy;
 use super::connections::Connections;
-use super::strategy::Strategy;
 use super::workdir::WorkDir;
 use crate::daemon::DaemonConfig;
 use crate::options::Options;

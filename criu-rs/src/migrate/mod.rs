@@ -84,11 +84,14 @@
 //!   side): a new strategy is a new file there.
 
 mod cancel;
+mod choice;
 mod config;
 pub mod connections;
 mod dest;
 mod dumping;
 pub mod hold;
+#[cfg(test)]
+mod layout;
 mod link;
 mod report;
 mod source;
@@ -99,11 +102,11 @@ mod workdir;
 pub use crate::error::{MigrationError, SourceState, Step};
 pub use crate::transfer::Transport;
 pub use cancel::Cancel;
+pub use choice::Strategy;
 pub use config::{DestConfig, SourceConfig};
 pub use connections::{AddressMove, Connections};
 pub use link::{Link, Stream};
 pub use report::{DestReport, Phases, SourceReport};
-pub use strategy::Strategy;
 
 use crate::client::Criu;
 use crate::error::Result;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::strategy::Strategy;
+use super::choice::Strategy;
 use crate::child::RestoredChild;
 use crate::report::{DumpReport, RestoreReport};
 use crate::transfer::TransferStats;

@@ -29,7 +29,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::cancel::Cancel;
-use super::strategy::Strategy;
+use super::choice::Strategy;
 use crate::error::{Error, MigrationError, Result, SourceState, Step};
 use crate::transfer::{self, DirOrMessage, Limits, TransferStats, Transport};
 
