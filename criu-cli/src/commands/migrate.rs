@@ -45,6 +45,11 @@ fn link(s: &Security) -> CliResult<Link> {
 }
 
 fn interrupts() -> CliResult<Interrupts> {
+    // A write to a broken connection must fail with EPIPE, not kill this
+    // process with SIGPIPE (main restores SIGPIPE's default for pipes into
+    // `head`): a migration that dies that way leaves the source stopped.
+    // SAFETY: setting a signal's disposition to ignore.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     Interrupts::catch().map_err(|e| CliError::io("catching SIGINT, SIGTERM and SIGHUP", e))
 }
 
@@ -180,22 +185,27 @@ fn ms(d: Duration) -> f64 {
 
 fn print_source_report(r: &SourceReport, link: &Link, to: SocketAddr) {
     let p = &r.phases;
-    eprintln!(
+    let dump = [p.freeze, p.frozen, p.memory_dump, p.memory_write]
+        .into_iter()
+        .flatten()
+        .sum::<Duration>()
+        + p.dump_other;
+    println!(
         "moved pid {} to {to} ({}, {}): restored there as pid {}",
         r.pid,
         link.name(),
         r.strategy,
         r.restored_pid
     );
-    eprintln!(
+    println!(
         "  downtime {:.1} ms: dump {:.1}, transfer {:.1}, restore {:.1}, handoff {:.1} ms",
         ms(r.stopped_to_restored),
-        ms(r.dump.wall_time),
+        ms(dump),
         ms(p.transfer),
         ms(p.restore),
         ms(p.handoff)
     );
-    eprintln!(
+    println!(
         "  images {:.1} MiB in {} files{}; total {:.1} ms",
         r.transfer.bytes as f64 / 1048576.0,
         r.transfer.files,
@@ -270,7 +280,7 @@ pub fn receive(a: ReceiveArgs) -> CliResult {
         (r, _) => r?,
     };
     let pid = report.child.pid();
-    eprintln!(
+    println!(
         "restored pid {pid} ({}, {:.1} MiB of images, restore {:.1} ms){}",
         report.strategy,
         report.transfer.bytes as f64 / 1048576.0,
