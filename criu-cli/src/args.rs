@@ -425,6 +425,11 @@ pub struct SendArgs {
     /// criu::migrate::connections for what each step must do).
     #[arg(long, value_name = "PROGRAM", requires = "tcp_established")]
     pub address_hook: Option<PathBuf>,
+    /// Skip the pre-flight exchange (CRIU version, pids free, files present,
+    /// memory) before the tree is stopped; for a destination that is not
+    /// `criu-rs receive` (the receive must skip it too).
+    #[arg(long)]
+    pub no_preflight: bool,
     /// The secure channel.
     #[command(flatten)]
     pub security: Security,
@@ -446,9 +451,14 @@ pub struct ReceiveArgs {
     /// Leave the restored tree running and exit, instead of waiting for it.
     #[arg(long)]
     pub detach: bool,
-    /// Give up after the first refused connection instead of waiting on.
+    /// Give up after the first refused connection (or source refused at
+    /// pre-flight) instead of waiting on.
     #[arg(long)]
     pub once: bool,
+    /// Skip the pre-flight exchange (for a source that is not `criu-rs
+    /// send`; the send must skip it too).
+    #[arg(long)]
+    pub no_preflight: bool,
     /// Also write the report as JSON to this file ("-" for stdout).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,

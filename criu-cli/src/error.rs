@@ -21,6 +21,9 @@ pub enum Exit {
     Interrupted = 5,
     /// 6: an image, a JSON document or an archive is malformed.
     BadInput = 6,
+    /// 7: the destination's pre-flight check refused the move; nothing
+    /// was stopped.
+    Refused = 7,
 }
 
 /// The text `--help` shows for the exit codes.
@@ -32,7 +35,8 @@ Exit codes:
   3  CRIU failed or refused (its log's error lines are printed)
   4  the other host or the registry was unreachable, refused us, or broke off
   5  interrupted by SIGINT, SIGTERM or SIGHUP (the source process resumed)
-  6  malformed input: an image, crit JSON, or an archive";
+  6  malformed input: an image, crit JSON, or an archive
+  7  the destination refused the move at pre-flight (nothing was stopped)";
 
 /// A command's failure.
 #[derive(Debug)]

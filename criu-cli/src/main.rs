@@ -14,6 +14,7 @@ mod criu_flags;
 mod error;
 mod link;
 mod output;
+mod preflight;
 mod progress;
 mod signals;
 

@@ -344,8 +344,15 @@ fn a_signal_during_send_resumes_the_source() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let hold = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+        // The silent destination gives no pre-flight answer either.
         let mut send = Command::new(bin())
-            .args(["send", "--pid", &c.pid.to_string(), "--plain"])
+            .args([
+                "send",
+                "--pid",
+                &c.pid.to_string(),
+                "--plain",
+                "--no-preflight",
+            ])
             .args(["--to", &format!("127.0.0.1:{port}")])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -373,6 +380,92 @@ fn a_signal_during_send_resumes_the_source() {
             "{name}: images left in /dev/shm"
         );
     }
+}
+
+#[test]
+fn a_tree_whose_pids_are_taken_there_is_refused_before_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    // Not in a PID namespace of its own: on this one machine its pids are
+    // taken at the destination (by itself).
+    let c = counter(dir.path(), 8, false);
+    let port = free_port();
+    let r = receive(port, &["--plain"]);
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (w, pid) = (watching.clone(), c.pid);
+    // Samples the source's state every millisecond: a dump stops it for
+    // tens of ms, which this cannot miss.
+    let sampler = std::thread::spawn(move || {
+        let mut stopped = false;
+        while w.load(std::sync::atomic::Ordering::SeqCst) {
+            stopped |= state(pid) == Some('T');
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stopped
+    });
+    let send = Command::new(bin())
+        .args(["send", "--pid", &c.pid.to_string(), "--plain"])
+        .args(["--to", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    watching.store(false, std::sync::atomic::Ordering::SeqCst);
+    let ever_stopped = sampler.join().unwrap();
+    let (code, recv_err) = r.finish();
+    let err = String::from_utf8_lossy(&send.stderr);
+    assert_eq!(send.status.code(), Some(7), "{err}");
+    assert!(
+        err.contains(&format!("pid(s) {}", c.pid)) && err.contains("are taken here"),
+        "{err}"
+    );
+    assert!(
+        err.contains("hint:") && err.contains("unshare --pid"),
+        "{err}"
+    );
+    assert_eq!(code, Some(7), "{recv_err}");
+    assert!(
+        !ever_stopped,
+        "the source was stopped although the destination refused"
+    );
+    assert!(c.grows(), "the source does not run on");
+}
+
+#[test]
+fn a_signal_while_waiting_for_the_pre_flight_answer_stops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = counter(dir.path(), 8, false);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hold = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept()?;
+        // Reads the request, never answers.
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len)?;
+        Ok::<_, std::io::Error>(s)
+    });
+    let mut send = Command::new(bin())
+        .args(["send", "--pid", &c.pid.to_string(), "--plain"])
+        .args(["--to", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let held = hold.join().unwrap().expect("the send's pre-flight request");
+    // SAFETY: kill(2) of the send this test started.
+    unsafe { libc::kill(send.id() as i32, libc::SIGINT) };
+    let mut err = String::new();
+    send.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = send.wait().unwrap();
+    drop(held);
+    assert_eq!(status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("pre-flight") && err.contains("nothing was stopped"),
+        "{err}"
+    );
+    assert_ne!(c.state(), Some('T'));
+    assert!(c.grows());
 }
 
 #[test]

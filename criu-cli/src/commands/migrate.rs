@@ -17,7 +17,8 @@ use serde_json::json;
 use crate::args::{ReceiveArgs, Security, SendArgs};
 use crate::criu_flags::CriuFlags;
 use crate::error::{CliError, CliResult, Exit};
-use crate::link::Link;
+use crate::link::{Link, Stream};
+use crate::preflight::{self, Host, Reply, Request};
 use crate::progress::Bar;
 use crate::signals::Interrupts;
 
@@ -153,6 +154,20 @@ pub fn send(a: SendArgs) -> CliResult {
     })?;
     signals.watch(connected.canceller);
     let mut stream = connected.stream;
+    if !a.no_preflight {
+        match (preflight_source(&a, &mut stream), signals.caught()) {
+            (Err(_), Some(sig)) => {
+                return Err(interrupted(
+                    sig,
+                    &format!(
+                        "during the pre-flight exchange; nothing was stopped (pid {} runs on)",
+                        a.pid
+                    ),
+                ))
+            }
+            (r, _) => r?,
+        }
+    }
     let result = criu::migrate::send(&Criu::new(), a.pid, &mut *stream, source_config(&a));
     signals.disarm();
     let report = match (result, signals.caught()) {
@@ -177,6 +192,63 @@ pub fn send(a: SendArgs) -> CliResult {
         }
         None => Ok(()),
     }
+}
+
+fn preflight_talk(e: std::io::Error) -> CliError {
+    CliError::new(Exit::Peer, format!("pre-flight exchange: {e}"))
+        .hint("both ends must be criu-rs with pre-flight, or both given --no-preflight")
+}
+
+/// Asks the destination whether it can restore the tree; refuses (exit 7)
+/// with its reasons and fixes, before anything is stopped.
+fn preflight_source(a: &SendArgs, stream: &mut Stream) -> CliResult {
+    let version = Criu::new().version()?.to_string();
+    let req = preflight::describe(a.pid, &version, &a.strategy.to_string());
+    preflight::write_msg(&mut **stream, &req).map_err(preflight_talk)?;
+    let reply: Reply = preflight::read_msg(&mut **stream).map_err(preflight_talk)?;
+    for n in &reply.notes {
+        eprintln!("note (destination): {n}");
+    }
+    if reply.problems.is_empty() {
+        return Ok(());
+    }
+    let reasons: Vec<String> = reply
+        .problems
+        .iter()
+        .map(|p| format!("  - {}", p.reason))
+        .collect();
+    let fixes: Vec<&str> = reply.problems.iter().map(|p| p.fix.as_str()).collect();
+    Err(CliError::new(
+        Exit::Refused,
+        format!(
+            "the destination refused the move at pre-flight; nothing was stopped (pid {} runs on):\n{}",
+            a.pid,
+            reasons.join("\n")
+        ),
+    )
+    .hint(fixes.join("; ")))
+}
+
+/// Answers a source's pre-flight request; an error when it was refused.
+fn preflight_dest(a: &ReceiveArgs, stream: &mut Stream) -> CliResult {
+    let criu = Criu::new();
+    let host = Host {
+        criu_version: criu.version()?.to_string(),
+        lazy_pages: criu.feature_check().map(|f| f.lazy_pages).unwrap_or(false),
+        images_on: a.work_dir.clone().unwrap_or_else(|| "/dev/shm".into()),
+        images_in_memory: a.work_dir.is_none(),
+    };
+    let req: Request = preflight::read_msg(&mut **stream).map_err(preflight_talk)?;
+    let reply = preflight::evaluate(&req, &host);
+    preflight::write_msg(&mut **stream, &reply).map_err(preflight_talk)?;
+    if reply.problems.is_empty() {
+        return Ok(());
+    }
+    let reasons: Vec<&str> = reply.problems.iter().map(|p| p.reason.as_str()).collect();
+    Err(CliError::new(
+        Exit::Refused,
+        format!("refused at pre-flight: {}", reasons.join("; ")),
+    ))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -249,8 +321,14 @@ pub fn receive(a: ReceiveArgs) -> CliResult {
     );
     eprintln!("waiting for a source on {} ({})", a.listen, link.name());
     let connected = loop {
-        match link.accept(&listener) {
-            Ok(c) => break c,
+        let refused = match link.accept(&listener) {
+            Ok(mut c) => match a.no_preflight {
+                true => break c,
+                false => match preflight_dest(&a, &mut c.stream) {
+                    Ok(()) => break c,
+                    Err(e) => e,
+                },
+            },
             Err(_) if signals.caught().is_some() => {
                 let sig = signals.caught().unwrap_or("a signal");
                 return Err(interrupted(
@@ -258,13 +336,16 @@ pub fn receive(a: ReceiveArgs) -> CliResult {
                     "no source had connected; nothing was received",
                 ));
             }
-            Err(e) if !a.once => eprintln!("refused a connection: {e}"),
             Err(e) => {
                 let mut err = CliError::from(e);
                 err.exit = Exit::Peer;
-                return Err(err);
+                err
             }
+        };
+        if a.once {
+            return Err(refused);
         }
+        eprintln!("refused a source: {}", refused.message);
     };
     eprintln!("{} authenticated; receiving", connected.peer);
     signals.watch(connected.canceller);
