@@ -7,7 +7,8 @@
 //! For each image: `criu-rs decode` prints the bytes `crit decode` prints
 //! (plain and `--pretty`); crit's JSON (both styles) encoded by
 //! `criu-rs encode` is byte for byte what `crit encode` writes from it;
-//! `info` agrees on the images crit counts right. For each checkpoint,
+//! `show` (and `show --nopl`) print what crit's do; `info` agrees on the
+//! images crit counts right. For each checkpoint,
 //! `x ps|fds|mems|rss` prints what `crit x` prints.
 //!
 //! crit runs from the CRIU source tree the set-up downloads
@@ -220,6 +221,10 @@ for path in sys.argv[1:]:
             except Exception as e:
                 r["enc_error"] = repr(e)
         try:
+            r["nopl"] = json.dumps(pycriu.images.load(open(path, "rb"), True, True), indent=4) + "\n"
+        except Exception as e:
+            r["nopl_error"] = repr(e)
+        try:
             r["info"] = json.dumps(pycriu.images.info(open(path, "rb")), indent=4) + "\n"
         except Exception as e:
             r["info_error"] = repr(e)
@@ -333,6 +338,25 @@ fn compare_images(dir: &Path, tally: &mut BTreeMap<&'static str, usize>, diffs: 
                     want.len()
                 )),
                 Err(e) => diffs.push(format!("{name}: our encode of {style} JSON failed: {e}")),
+            }
+        }
+        // crit show (--nopl: payloads as their size).
+        for (key, args) in [
+            ("pretty", vec!["show", p]),
+            ("nopl", vec!["show", "--nopl", p]),
+        ] {
+            let Some(want) = theirs.get(key) else {
+                continue;
+            };
+            match ours(&args, None) {
+                Ok(text) if text == want.as_str().unwrap().as_bytes() => {
+                    *tally.entry("shows equal").or_default() += 1
+                }
+                Ok(text) => diffs.push(format!(
+                    "{name}: show ({key}) differs\n ours: {}\n crit: {want}",
+                    String::from_utf8_lossy(&text)
+                )),
+                Err(e) => diffs.push(format!("{name}: our show ({key}) failed: {e}")),
             }
         }
         // crit's info counts size-prefixed records, skipping no payload:
