@@ -32,6 +32,8 @@ bin=$work/root/bin/criu-rs
 "$bin" --help | grep "Exit codes" > /dev/null
 "$bin" help dump | grep -- "--tcp-established" > /dev/null
 "$bin" man | grep '^\.TH' > /dev/null
+"$bin" man --out-dir "$work/man"
+[ -s "$work/man/criu-rs.1" ] && [ -s "$work/man/criu-rs-send.1" ] || { echo "FAIL: no man pages"; exit 1; }
 "$bin" completions bash | grep 'complete' > /dev/null
 "$bin" check --json | grep '"ok":true' > /dev/null
 

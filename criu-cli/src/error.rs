@@ -164,7 +164,10 @@ fn criu_hint(e: &criu::Error) -> Option<String> {
         Some(criu::InvalidKind::NoImages) => {
             return Some("--images-dir must hold a checkpoint (from `criu-rs dump`)".into())
         }
-        _ => {}
+        Some(criu::InvalidKind::NotFound) => return Some("check the path".into()),
+        // Nothing from CRIU's log to go by.
+        Some(_) => return None,
+        None => {}
     }
     if matches!(e, criu::Error::Tls { .. }) {
         return Some(
@@ -217,6 +220,14 @@ impl From<criu::Error> for CliError {
 
 impl From<criu_image::Error> for CliError {
     fn from(e: criu_image::Error) -> CliError {
+        if let criu_image::ErrorKind::Io(io) = &e.kind {
+            let what = e
+                .path
+                .as_ref()
+                .map_or_else(|| "the image".to_string(), |p| p.display().to_string());
+            return CliError::new(Exit::Failure, format!("reading {what}: {io}"))
+                .hint("the directory must hold a checkpoint (from `criu-rs dump`)");
+        }
         CliError::bad_input(e.to_string())
             .hint("is it a CRIU image (not pages-*.img), from a CRIU this build knows?")
     }

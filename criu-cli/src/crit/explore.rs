@@ -66,7 +66,7 @@ impl Explorer {
         let path = self.dir.join(name);
         let image = Image::open(&path).map_err(|e| {
             CliError::from(e).hint(format!(
-                "{} must be a checkpoint directory holding {name}",
+                "{} must be a checkpoint directory holding {name} (from `criu-rs dump`)",
                 self.dir.display()
             ))
         })?;
