@@ -182,7 +182,9 @@ pub fn send(a: SendArgs) -> CliResult {
         }
         (r, _) => r?,
     };
-    print_source_report(&report, &link, to);
+    // With `--json -` stdout is the JSON alone; the summary goes to stderr.
+    let to_stdout = a.json.as_deref() != Some(Path::new("-"));
+    print_source_report(&report, &link, to, to_stdout);
     match &a.json {
         Some(path) => {
             let mut v = serde_json::to_value(&report).unwrap_or_default();
@@ -255,29 +257,36 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn print_source_report(r: &SourceReport, link: &Link, to: SocketAddr) {
+fn print_source_report(r: &SourceReport, link: &Link, to: SocketAddr, to_stdout: bool) {
+    let say = |line: String| {
+        if to_stdout {
+            println!("{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    };
     let p = &r.phases;
     let dump = [p.freeze, p.frozen, p.memory_dump, p.memory_write]
         .into_iter()
         .flatten()
         .sum::<Duration>()
         + p.dump_other;
-    println!(
+    say(format!(
         "moved pid {} to {to} ({}, {}): restored there as pid {}",
         r.pid,
         link.name(),
         r.strategy,
         r.restored_pid
-    );
-    println!(
+    ));
+    say(format!(
         "  downtime {:.1} ms: dump {:.1}, transfer {:.1}, restore {:.1}, handoff {:.1} ms",
         ms(r.stopped_to_restored),
         ms(dump),
         ms(p.transfer),
         ms(p.restore),
         ms(p.handoff)
-    );
-    println!(
+    ));
+    say(format!(
         "  images {:.1} MiB in {} files{}; total {:.1} ms",
         r.transfer.bytes as f64 / 1048576.0,
         r.transfer.files,
@@ -287,7 +296,7 @@ fn print_source_report(r: &SourceReport, link: &Link, to: SocketAddr) {
             String::new()
         },
         ms(r.total)
-    );
+    ));
 }
 
 fn dest_config<'a>(a: &'a ReceiveArgs) -> DestConfig<'a> {
@@ -361,7 +370,8 @@ pub fn receive(a: ReceiveArgs) -> CliResult {
         (r, _) => r?,
     };
     let pid = report.child.pid();
-    println!(
+    let to_stdout = a.json.as_deref() != Some(Path::new("-"));
+    let line = format!(
         "restored pid {pid} ({}, {:.1} MiB of images, restore {:.1} ms){}",
         report.strategy,
         report.transfer.bytes as f64 / 1048576.0,
@@ -372,6 +382,11 @@ pub fn receive(a: ReceiveArgs) -> CliResult {
             "; the source did not confirm it stopped its copy: check it"
         }
     );
+    if to_stdout {
+        println!("{line}");
+    } else {
+        eprintln!("{line}");
+    }
     if let Some(path) = &a.json {
         write_json(
             path,
