@@ -49,6 +49,11 @@ pub struct Request {
     pub files: BTreeMap<String, u64>,
     /// Resident memory of the tree, bytes.
     pub rss_bytes: u64,
+    /// The local addresses of the tree's TCP sockets (not wildcards, not
+    /// loopback): with `--tcp-established` the restore waits for them to
+    /// arrive here (the source's address hook moves them).
+    #[serde(default)]
+    pub tcp_addresses: Vec<String>,
 }
 
 /// One reason the destination refuses, and what to do about it.
@@ -90,10 +95,12 @@ pub fn describe(root: i32, criu_version: &str, strategy: &str) -> Request {
     let mut ids = Vec::new();
     let mut files = BTreeMap::new();
     let mut rss_bytes = 0;
+    let mut tcp_addresses = std::collections::BTreeSet::new();
     for pid in &pids {
         ids.extend(threads(*pid));
         open_files(*pid, &mut files);
         rss_bytes += rss(*pid);
+        tcp_addresses.extend(socket_addresses(*pid));
     }
     Request {
         preflight: VERSION,
@@ -105,6 +112,90 @@ pub fn describe(root: i32, criu_version: &str, strategy: &str) -> Request {
         own_pid_ns: is_pid_ns_init(root),
         files,
         rss_bytes,
+        tcp_addresses: tcp_addresses.into_iter().map(|a| a.to_string()).collect(),
+    }
+}
+
+/// The local addresses of `pid`'s TCP sockets, from its network
+/// namespace's /proc/PID/net/tcp{,6}, matched by socket inode.
+fn socket_addresses(pid: i32) -> Vec<std::net::IpAddr> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_str()?;
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(inode)) = (cols.get(1), cols.get(9)) else {
+                continue;
+            };
+            if !inodes.contains(*inode) {
+                continue;
+            }
+            if let Some(ip) = local.split(':').next().and_then(proc_ip) {
+                if !ip.is_unspecified() && !ip.is_loopback() {
+                    out.push(ip);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// An address as /proc/net/tcp writes it: 32-bit words in host order.
+fn proc_ip(hex: &str) -> Option<std::net::IpAddr> {
+    let word = |i: usize| -> Option<[u8; 4]> {
+        Some(
+            u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16)
+                .ok()?
+                .to_ne_bytes(),
+        )
+    };
+    match hex.len() {
+        8 => Some(std::net::Ipv4Addr::from(word(0)?).into()),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            let v6 = std::net::Ipv6Addr::from(b);
+            Some(v6.to_ipv4_mapped().map_or(v6.into(), Into::into))
+        }
+        _ => None,
+    }
+}
+
+/// Waits (up to `limit`) until every address of `addrs` is assigned on
+/// this host: a UDP socket can bind to it. The restore of TCP sockets
+/// needs their addresses present, and the source's address hook moves
+/// them concurrently with the end of the image transfer.
+///
+/// TEMPORARY: until criu-rs's migration orders the destination's restore
+/// after the source's `move_to_dest` (today the destination restores as
+/// soon as the images are in, racing the move).
+pub fn wait_for_addresses(addrs: &[String], limit: std::time::Duration) -> bool {
+    let start = std::time::Instant::now();
+    let ips: Vec<std::net::IpAddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
+    loop {
+        if ips
+            .iter()
+            .all(|ip| std::net::UdpSocket::bind((*ip, 0)).is_ok())
+        {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
 
@@ -396,6 +487,29 @@ mod tests {
         assert!(reasons.iter().any(|r| r.contains("older")));
         assert!(reasons.iter().any(|r| r.contains("this host is")));
         assert!(reasons.iter().any(|r| r.contains("lazy")));
+    }
+
+    #[test]
+    fn proc_net_addresses_read_back() {
+        assert_eq!(proc_ip("0100007F"), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(proc_ip("644D0A0A"), Some("10.10.77.100".parse().unwrap()));
+        assert_eq!(
+            proc_ip("0000000000000000FFFF00000100007F"),
+            Some("127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(proc_ip("zz"), None);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // Loopback is left out: it is on every host.
+        assert!(socket_addresses(std::process::id() as i32).is_empty());
+        drop(l);
+        assert!(wait_for_addresses(
+            &["127.0.0.1".into()],
+            std::time::Duration::ZERO
+        ));
+        assert!(!wait_for_addresses(
+            &["192.0.2.77".into()],
+            std::time::Duration::from_millis(20)
+        ));
     }
 
     #[test]

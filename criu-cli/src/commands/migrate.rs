@@ -231,8 +231,9 @@ fn preflight_source(a: &SendArgs, stream: &mut Stream) -> CliResult {
     .hint(fixes.join("; ")))
 }
 
-/// Answers a source's pre-flight request; an error when it was refused.
-fn preflight_dest(a: &ReceiveArgs, stream: &mut Stream) -> CliResult {
+/// Answers a source's pre-flight request; the request, or an error when it
+/// was refused.
+fn preflight_dest(a: &ReceiveArgs, stream: &mut Stream) -> CliResult<Request> {
     let criu = Criu::new();
     let host = Host {
         criu_version: criu.version()?.to_string(),
@@ -244,7 +245,7 @@ fn preflight_dest(a: &ReceiveArgs, stream: &mut Stream) -> CliResult {
     let reply = preflight::evaluate(&req, &host);
     preflight::write_msg(&mut **stream, &reply).map_err(preflight_talk)?;
     if reply.problems.is_empty() {
-        return Ok(());
+        return Ok(req);
     }
     let reasons: Vec<&str> = reply.problems.iter().map(|p| p.reason.as_str()).collect();
     Err(CliError::new(
@@ -299,15 +300,32 @@ fn print_source_report(r: &SourceReport, link: &Link, to: SocketAddr, to_stdout:
     ));
 }
 
-fn dest_config<'a>(a: &'a ReceiveArgs) -> DestConfig<'a> {
+/// The destination's settings; with `--tcp-established`, the restore
+/// first waits for the tree's TCP addresses to arrive (see
+/// `preflight::wait_for_addresses`).
+fn dest_config(a: &ReceiveArgs, tcp_addresses: Vec<String>) -> DestConfig<'_> {
     let cfg = match &a.work_dir {
         Some(dir) => DestConfig::new().work_dir(dir),
         None => DestConfig::new(),
     };
     let flags: CriuFlags = a.criu.clone();
+    let wait = if a.criu.tcp_established {
+        tcp_addresses
+    } else {
+        Vec::new()
+    };
+    let limit = a.criu.deadline.unwrap_or(Duration::from_secs(30));
     let mut cfg = cfg
         .tcp_established(a.criu.tcp_established)
-        .customize(move |o| flags.apply(o));
+        .customize(move |o| {
+            if !wait.is_empty() && !preflight::wait_for_addresses(&wait, limit) {
+                eprintln!(
+                    "note: the address(es) {} did not arrive within {limit:?}; restoring anyway",
+                    wait.join(", ")
+                );
+            }
+            flags.apply(o)
+        });
     if let Some(d) = a.criu.deadline {
         cfg = cfg.deadline(d);
     }
@@ -329,12 +347,12 @@ pub fn receive(a: ReceiveArgs) -> CliResult {
             .map_err(|e| CliError::io("duplicating the listening socket", e))?,
     );
     eprintln!("waiting for a source on {} ({})", a.listen, link.name());
-    let connected = loop {
+    let (connected, tcp_addresses) = loop {
         let refused = match link.accept(&listener) {
             Ok(mut c) => match a.no_preflight {
-                true => break c,
+                true => break (c, Vec::new()),
                 false => match preflight_dest(&a, &mut c.stream) {
-                    Ok(()) => break c,
+                    Ok(req) => break (c, req.tcp_addresses),
                     Err(e) => e,
                 },
             },
@@ -359,7 +377,7 @@ pub fn receive(a: ReceiveArgs) -> CliResult {
     eprintln!("{} authenticated; receiving", connected.peer);
     signals.watch(connected.canceller);
     let mut stream = connected.stream;
-    let result = criu::migrate::receive(&Criu::new(), &mut *stream, dest_config(&a));
+    let result = criu::migrate::receive(&Criu::new(), &mut *stream, dest_config(&a, tcp_addresses));
     let report = match (result, signals.caught()) {
         (Err(_), Some(sig)) => {
             return Err(interrupted(
