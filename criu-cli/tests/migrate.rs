@@ -469,6 +469,48 @@ fn a_signal_while_waiting_for_the_pre_flight_answer_stops_nothing() {
 }
 
 #[test]
+fn a_signal_to_receive_mid_transfer_resumes_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = counter(dir.path(), 256, true);
+    let port = free_port();
+    let r = receive(port, &["--plain"]);
+    let mut send = Command::new(bin())
+        .args(["send", "--pid", &c.pid.to_string(), "--plain"])
+        .args(["--to", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the source is stopped its images are on their way.
+    let stopped = poll(|| (c.state() == Some('T')).then_some(()));
+    // SAFETY: kill(2) of the receive this test started.
+    unsafe { libc::kill(r.child.id() as i32, libc::SIGINT) };
+    let (code, recv_err) = r.finish();
+    let mut err = String::new();
+    send.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = send.wait().unwrap();
+    assert!(stopped.is_some(), "the source never stopped");
+    assert_eq!(code, Some(5), "receive: {recv_err}");
+    assert!(
+        recv_err.contains("SIGINT") && recv_err.contains("source resumes"),
+        "{recv_err}"
+    );
+    assert!(
+        !status.success(),
+        "send succeeded although the receive was interrupted"
+    );
+    assert!(err.contains("resumed"), "send: {err}");
+    let running = poll(|| (c.state() != Some('T')).then_some(()));
+    assert!(running.is_some(), "the source stays stopped");
+    assert!(c.grows(), "the source does not count on");
+    assert!(leftovers(c.pid).is_empty(), "images left in /dev/shm");
+}
+
+#[test]
 fn a_signal_ends_a_waiting_receive() {
     let port = free_port();
     let r = receive(port, &["--plain"]);
