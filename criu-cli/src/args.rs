@@ -389,7 +389,9 @@ pub struct Security {
     #[arg(long, value_name = "PEM")]
     pub tls_key: Option<PathBuf>,
     /// Require the peer's certificate to name this host (DNS name or IP
-    /// address in its subject alternative names).
+    /// address in its subject alternative names). NOT YET ENFORCED: refused
+    /// until criu-rs's TLS checks peer names; any certificate of the
+    /// --tls-ca CA is accepted meanwhile.
     #[arg(long, value_name = "NAME")]
     pub peer_name: Option<String>,
     /// Plain TCP, no authentication: memory crosses in clear, and ANYONE
