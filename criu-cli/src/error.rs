@@ -193,8 +193,10 @@ fn criu_exit(e: &criu::Error) -> Exit {
         criu::Error::Migration {
             source: Some(s), ..
         } => criu_exit(s),
-        criu::Error::Migration { message, .. }
-            if message.contains("connect") || message.contains("peer") =>
+        // Matched on the text, not on fields: the migration error's fields
+        // are being reworked (the core's typed steps and source states).
+        criu::Error::Migration { .. }
+            if e.to_string().contains("connect") || e.to_string().contains("peer") =>
         {
             Exit::Peer
         }
