@@ -91,7 +91,7 @@ pub struct Host {
 
 /// The request for the tree rooted at `root`.
 pub fn describe(root: i32, criu_version: &str, strategy: &str) -> Request {
-    let pids = criu::process_tree(root);
+    let pids = tree(root);
     let mut ids = Vec::new();
     let mut files = BTreeMap::new();
     let mut rss_bytes = 0;
@@ -197,6 +197,29 @@ pub fn wait_for_addresses(addrs: &[String], limit: std::time::Duration) -> bool 
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
+}
+
+/// Every task of the tree rooted at `root`, root first, from
+/// `/proc/PID/task/*/children` (a task gone meanwhile is left out).
+fn tree(root: i32) -> Vec<i32> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let pid = out[i];
+        for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            out.extend(
+                kids.split_whitespace()
+                    .filter_map(|k| k.parse::<i32>().ok()),
+            );
+        }
+        i += 1;
+    }
+    out
 }
 
 fn threads(pid: i32) -> Vec<i32> {
