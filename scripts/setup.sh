@@ -35,6 +35,8 @@ PACKAGES=(
   docker-registry openssl zstd
   # the TLS migration tests capture the hosts' link (testkit/tests/tls.rs)
   tcpdump
+  # an unmodified server the CLI's tests move (criu-cli/tests/tcp_move.rs)
+  redis-server
 )
 
 missing=()
