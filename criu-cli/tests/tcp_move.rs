@@ -319,6 +319,10 @@ except Exception as e:
 
 #[test]
 fn redis_moves_with_its_data_and_a_connected_client_with_every_strategy() {
+    assert!(
+        Path::new("/usr/bin/redis-server").exists() && Path::new("/usr/bin/redis-cli").exists(),
+        "redis-server and redis-cli are missing: run scripts/setup.sh (Debian package redis-server)"
+    );
     for strategy in ["stop-and-copy", "page-server", "lazy"] {
         let net = Net::new();
         let dir = tempfile::tempdir().unwrap();
