@@ -16,8 +16,9 @@
 //! Debian's python3 (`CRIT_PYTHON`); without it the test fails and says
 //! to run scripts/setup.sh. Needs root (CRIU).
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -50,13 +51,7 @@ impl Workload {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        // SAFETY: setsid is async-signal-safe; nothing else runs in the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
+        common::clean_start(&mut cmd, true);
         let w = Workload(cmd.spawn().expect("starting a workload"));
         let deadline = Instant::now() + Duration::from_secs(20);
         while !ready.exists() {

@@ -3,7 +3,8 @@
 //! refusal and the hint naming the flag, a tree left running or not, a
 //! longer log, a deadline that fires). Needs root.
 
-use std::os::unix::process::CommandExt;
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -26,13 +27,7 @@ impl Workload {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        // SAFETY: setsid is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
+        common::clean_start(&mut cmd, true);
         let w = Workload(cmd.spawn().unwrap());
         let deadline = Instant::now() + Duration::from_secs(10);
         while !ready.exists() {

@@ -5,9 +5,10 @@
 //! moved workload is the init of its own PID namespace, so its pids are
 //! free for the restore while the source still holds them. Needs root.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -54,15 +55,7 @@ fn counter(dir: &Path, mib: u32, own_pid_ns: bool) -> Counter {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    if !own_pid_ns {
-        // SAFETY: setsid is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
-    }
+    common::clean_start(&mut cmd, !own_pid_ns);
     let child = cmd.spawn().expect("starting the counter");
     let outer = child.id() as i32;
     let pid = if own_pid_ns {

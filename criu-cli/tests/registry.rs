@@ -4,8 +4,9 @@
 //! into a new directory and restored from there, counting on. Needs root
 //! and the `docker-registry` package (scripts/setup.sh installs it).
 
+mod common;
+
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -93,13 +94,7 @@ fn a_checkpoint_pushed_and_pulled_restores_and_an_archive_unpacks_the_same() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
+    common::clean_start(&mut cmd, true);
     let mut w = Killed(cmd.spawn().unwrap());
     let pid = w.0.id().to_string();
     assert!(grows(&out));

@@ -6,6 +6,8 @@
 //! namespace; every namespace is this test's and removed after. Needs root
 //! and iptables.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -87,6 +89,7 @@ impl Drop for Killed {
 fn in_ns(net: &Net, h: &str, argv: &[&str]) -> Command {
     let mut c = Command::new("nsenter");
     c.arg(format!("--net=/run/netns/{}", net.ns(h))).args(argv);
+    common::clean_start(&mut c, false);
     c
 }
 
