@@ -13,14 +13,19 @@
 //! zstd (Podman's default). Reading checks every
 //! entry before a byte of it lands: see [`unpack`].
 
-use std::fs::{self, DirBuilder, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, Result};
+
+mod tar_stream;
+mod unpack;
+
+pub(crate) use unpack::read_capped;
+pub use unpack::{unpack, Limits, Unpacked};
 
 /// The directory that holds CRIU's images inside an archive.
 pub const CHECKPOINT_DIR: &str = "checkpoint";
@@ -301,255 +306,6 @@ fn append_dir<W: Write>(tar: &mut tar::Builder<W>, name: impl AsRef<Path>) -> io
     tar.append_data(&mut h, name, io::empty())
 }
 
-/// How much an archive may unpack to.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// All files together, uncompressed.
-    pub total_bytes: u64,
-    /// One file.
-    pub entry_bytes: u64,
-    /// Number of entries.
-    pub entries: usize,
-}
-
-impl Default for Limits {
-    /// 64 GiB in all and per file, 100 000 entries: far above any
-    /// checkpoint these machines make, far below a decompression bomb's aim.
-    fn default() -> Limits {
-        Limits {
-            total_bytes: 64 << 30,
-            entry_bytes: 64 << 30,
-            entries: 100_000,
-        }
-    }
-}
-
-/// An unpacked archive.
-#[derive(Debug)]
-pub struct Unpacked {
-    /// The directory it was unpacked into.
-    pub root: PathBuf,
-    /// Bytes of file content written.
-    pub bytes: u64,
-    /// Entries unpacked.
-    pub entries: usize,
-}
-
-impl Unpacked {
-    /// CRIU's images (`checkpoint/`), to restore from.
-    pub fn images(&self) -> Result<criu::ImagesDir> {
-        Ok(criu::ImagesDir::open(self.root.join(CHECKPOINT_DIR))?)
-    }
-
-    /// The engine's `config.dump`, parsed.
-    pub fn config_dump(&self) -> Result<serde_json::Value> {
-        let text = fs::read(self.root.join(CONFIG_DUMP))
-            .map_err(|e| Error::io("reading config.dump", e))?;
-        serde_json::from_slice(&text).map_err(|e| Error::Malformed(format!("config.dump: {e}")))
-    }
-}
-
-/// Unpacks an archive (plain, gzip or zstd, told by its first bytes) into
-/// `target`, a directory this call creates (0700) and removes again if
-/// anything fails. Refuses entries whose path leaves `target` (absolute,
-/// `..`, or through a symbolic link), links that point outside it, device
-/// and fifo entries, and sizes beyond `limits`: before writing that entry.
-pub fn unpack(input: impl Read, target: &Path, limits: &Limits) -> Result<Unpacked> {
-    DirBuilder::new()
-        .mode(0o700)
-        .create(target)
-        .map_err(|e| Error::io(format!("creating {}", target.display()), e))?;
-    let r = unpack_into(input, target, limits);
-    if r.is_err() {
-        let _ = fs::remove_dir_all(target);
-    }
-    r
-}
-
-fn unpack_into(input: impl Read, target: &Path, limits: &Limits) -> Result<Unpacked> {
-    let mut input = BufReader::new(input);
-    let head = input
-        .fill_buf()
-        .map_err(|e| Error::io("reading the archive", e))?;
-    let stream: Box<dyn Read> = match head {
-        [0x1f, 0x8b, ..] => Box::new(flate2::read::GzDecoder::new(input)),
-        // Podman's default export.
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(
-            ruzstd::decoding::StreamingDecoder::new(input)
-                .map_err(|e| Error::Malformed(format!("zstd stream: {e}")))?,
-        ),
-        _ => Box::new(input),
-    };
-    let mut archive = tar::Archive::new(stream);
-    let mut out = Unpacked {
-        root: target.to_path_buf(),
-        bytes: 0,
-        entries: 0,
-    };
-    let entries = archive
-        .entries()
-        .map_err(|e| Error::io("reading the archive", e))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| Error::io("reading an archive entry", e))?;
-        out.entries += 1;
-        if out.entries > limits.entries {
-            return Err(Error::TooLarge {
-                what: "the number of archive entries".into(),
-                limit: limits.entries as u64,
-            });
-        }
-        unpack_entry(&mut entry, target, limits, &mut out.bytes)?;
-    }
-    Ok(out)
-}
-
-fn unpack_entry<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
-    target: &Path,
-    limits: &Limits,
-    total: &mut u64,
-) -> Result<()> {
-    let raw = entry
-        .path()
-        .map_err(|e| Error::io("reading an entry's path", e))?
-        .into_owned();
-    let name = raw.display().to_string();
-    let refuse = |reason: &str| Error::UnsafeEntry {
-        entry: name.clone(),
-        reason: reason.into(),
-    };
-    let Some(rel) = confined(&raw) else {
-        return Err(refuse("its path is absolute or climbs out with `..`"));
-    };
-    if rel.as_os_str().is_empty() {
-        return Ok(());
-    }
-    let dest = target.join(&rel);
-    if through_symlink(target, &rel) {
-        return Err(refuse("its path goes through a symbolic link"));
-    }
-    let kind = entry.header().entry_type();
-    let io = |e| Error::io(format!("unpacking {name}"), e);
-    // Archives need not list a file's directories before it (the path has
-    // been checked: no component is a link, none climbs out).
-    if let Some(parent) = dest.parent() {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)
-            .map_err(io)?;
-    }
-    match kind {
-        tar::EntryType::Directory => DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dest)
-            .map_err(io),
-        tar::EntryType::Regular | tar::EntryType::Continuous => {
-            write_file(entry, &dest, &name, limits, total)
-        }
-        tar::EntryType::Symlink => {
-            let link = link_target(entry, &name)?;
-            let parent = rel.parent().unwrap_or(Path::new(""));
-            if link.is_absolute() || confined(&parent.join(&link)).is_none() {
-                return Err(refuse(
-                    "it is a symbolic link that points outside the archive",
-                ));
-            }
-            std::os::unix::fs::symlink(&link, &dest).map_err(io)
-        }
-        tar::EntryType::Link => {
-            let link = link_target(entry, &name)?;
-            let Some(src) = confined(&link) else {
-                return Err(refuse("it is a hard link to a path outside the archive"));
-            };
-            if through_symlink(target, &src) || !target.join(&src).is_file() {
-                return Err(refuse(
-                    "it is a hard link to something other than a file unpacked before it",
-                ));
-            }
-            fs::hard_link(target.join(&src), &dest).map_err(io)
-        }
-        tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => Ok(()),
-        other => Err(refuse(&format!(
-            "its type {other:?} (device, fifo...) never belongs to a checkpoint"
-        ))),
-    }
-}
-
-fn link_target<R: Read>(entry: &tar::Entry<'_, R>, name: &str) -> Result<PathBuf> {
-    entry
-        .link_name()
-        .map_err(|e| Error::io(format!("reading the link of {name}"), e))?
-        .map(|l| l.into_owned())
-        .ok_or_else(|| Error::UnsafeEntry {
-            entry: name.into(),
-            reason: "a link without a target".into(),
-        })
-}
-
-/// Copies one file's content, counting the bytes really read (a header's
-/// size is not trusted), into a new file that must not exist yet.
-fn write_file(
-    entry: &mut impl Read,
-    dest: &Path,
-    name: &str,
-    limits: &Limits,
-    total: &mut u64,
-) -> Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(dest)
-        .map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
-    let room = limits
-        .entry_bytes
-        .min(limits.total_bytes.saturating_sub(*total));
-    let n = io::copy(&mut entry.take(room + 1), &mut f)
-        .map_err(|e| Error::io(format!("unpacking {name}"), e))?;
-    if n > room {
-        let (what, limit) = if room == limits.entry_bytes {
-            (format!("archive entry {name}"), limits.entry_bytes)
-        } else {
-            ("the archive's content".to_string(), limits.total_bytes)
-        };
-        return Err(Error::TooLarge { what, limit });
-    }
-    *total += n;
-    Ok(())
-}
-
-/// The path made of `p`'s normal components, or `None` if it is absolute
-/// or a `..` would climb above its start.
-fn confined(p: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    return None;
-                }
-            }
-            Component::RootDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(out)
-}
-
-/// Whether any directory on the way from `root` to `rel` (or `rel`
-/// itself) is a symbolic link already on disk.
-fn through_symlink(root: &Path, rel: &Path) -> bool {
-    let mut p = root.to_path_buf();
-    rel.components().any(|c| {
-        p.push(c);
-        fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink())
-    })
-}
-
 /// Now as RFC 3339 UTC (what the engines write in config.dump).
 pub(crate) fn rfc3339_now() -> String {
     let secs = std::time::SystemTime::now()
@@ -577,15 +333,6 @@ pub(crate) fn rfc3339_now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn confined_paths() {
-        assert_eq!(confined(Path::new("./a/b")), Some(PathBuf::from("a/b")));
-        assert_eq!(confined(Path::new("a/../b")), Some(PathBuf::from("b")));
-        assert_eq!(confined(Path::new("a/../../b")), None);
-        assert_eq!(confined(Path::new("/etc")), None);
-        assert_eq!(confined(Path::new("..")), None);
-    }
 
     #[test]
     fn timestamps_are_rfc3339() {
