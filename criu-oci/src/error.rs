@@ -75,12 +75,18 @@ pub enum Error {
         /// The digest of the bytes received.
         actual: String,
     },
-    /// The image carries no `org.criu.checkpoint.container.name`
-    /// annotation: it is not a checkpoint image.
-    #[error("{reference} is not a checkpoint image (no {} annotation); nothing was downloaded beyond its manifest", crate::annotations::CONTAINER_NAME)]
+    /// The image carries no engine's container-name annotation (see
+    /// [`crate::annotations::KEY_SETS`]): it is not a checkpoint image, or
+    /// a copy lost its annotations. Nothing but its manifest was
+    /// downloaded.
+    #[error(
+        "{reference} is not a checkpoint image: {hint}; nothing was downloaded beyond its manifest"
+    )]
     NotACheckpoint {
         /// The image reference.
         reference: String,
+        /// What is missing, and what to do.
+        hint: String,
     },
     /// The checkpoint was made on a host this one cannot restore it on.
     #[error("checkpoint {reference} cannot be restored here: {reason}")]

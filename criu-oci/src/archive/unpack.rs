@@ -275,13 +275,15 @@ impl Tree {
                 link_at(&src_parent, src_name, &parent, name).map_err(io)?;
                 self.files.insert(parts);
             }
-            Kind::Other(t) => return Err(unsafe_entry(
-                entry,
-                &format!(
+            Kind::Other(t) => {
+                return Err(unsafe_entry(
+                    entry,
+                    &format!(
                     "its type {:?} (device, fifo, sparse file...) never belongs to a checkpoint",
                     char::from(t)
                 ),
-            )),
+                ))
+            }
         }
         Ok(0)
     }
