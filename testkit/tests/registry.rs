@@ -702,3 +702,312 @@ fn the_registry_listens_only_in_its_own_namespace() {
     drop(reg);
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists() || !criu_testkit::alive(pid));
 }
+
+/// `GET` requests of `reference`'s repository for blobs, from the
+/// registry's access log.
+fn blob_gets(reg: &RegistryHost, reference: &str) -> Vec<String> {
+    let repo = reference
+        .split_once('/')
+        .and_then(|(_, rest)| rest.rsplit_once(':'))
+        .map(|(repo, _)| repo)
+        .unwrap();
+    let prefix = format!("GET /v2/{repo}/blobs/");
+    reg.requests()
+        .into_iter()
+        .filter(|r| r.starts_with(&prefix))
+        .collect()
+}
+
+#[test]
+fn refused_images_fetch_no_blob_and_the_config_only_when_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_w, image) = image_of(dir.path());
+    let config_digest = criu_oci::image::sha256_digest(&image.config);
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+
+    // The control: a pull of a checkpoint whose annotations state its
+    // architecture fetches the layer, not the config; the log sees it.
+    let ok = push_from_a(&hosts, &reg, &http(), &image).unwrap();
+    pull_on_b(&hosts, &http(), &ok).unwrap();
+    let gets = blob_gets(&reg, &ok);
+    assert!(
+        gets.iter().any(|g| g.ends_with(image.layer_digest())),
+        "the access log shows the layer fetched: {gets:?}"
+    );
+    assert!(
+        !gets.iter().any(|g| g.ends_with(&config_digest)),
+        "{gets:?}"
+    );
+
+    // Without an architecture annotation the config is read for it.
+    let mut no_arch = image.clone();
+    no_arch.annotations.remove(annotations::HOST_ARCH);
+    let reference = push_from_a(&hosts, &reg, &http(), &no_arch).unwrap();
+    pull_on_b(&hosts, &http(), &reference).unwrap();
+    let gets = blob_gets(&reg, &reference);
+    assert!(gets.iter().any(|g| g.ends_with(&config_digest)), "{gets:?}");
+
+    // Refused images: not a checkpoint, another architecture, another
+    // CRIU, a layer beyond the limit. Not one blob is fetched for them.
+    let mut plain = image.clone();
+    plain.annotations.remove(annotations::CONTAINER_NAME);
+    let mut arch = image.clone();
+    arch.annotations
+        .insert(annotations::HOST_ARCH.into(), "s390x".into());
+    let mut criu_version = image.clone();
+    criu_version
+        .annotations
+        .insert(annotations::CRIU_VERSION.into(), "31701".into());
+    for (what, refused) in [
+        ("not a checkpoint", &plain),
+        ("another architecture", &arch),
+        ("another CRIU", &criu_version),
+    ] {
+        let reference = push_from_a(&hosts, &reg, &http(), refused).unwrap();
+        let e = pull_on_b(&hosts, &http(), &reference).unwrap_err();
+        assert!(
+            matches!(e, Error::NotACheckpoint { .. } | Error::Incompatible { .. }),
+            "{what}: {e}"
+        );
+        assert_eq!(blob_gets(&reg, &reference), Vec::<String>::new(), "{what}");
+    }
+    let reference = push_from_a(&hosts, &reg, &http(), &image).unwrap();
+    let small = Limits {
+        layer_bytes: image.layer().len() as u64 - 1,
+        ..Limits::default()
+    };
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let target = dir.path().join("too-large");
+    let e = hosts
+        .b
+        .run(|| Registry::new(&http())?.pull_checkpoint(&reference, &host, &target, &small))
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+    assert!(!target.exists());
+    assert_eq!(blob_gets(&reg, &reference), Vec::<String>::new());
+}
+
+/// The offset of the content of the largest file in the tar `data`.
+fn largest_file_content(data: &[u8]) -> (u64, u64) {
+    let mut archive = tar::Archive::new(data);
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.raw_file_position(), e.size()))
+        .max_by_key(|(_, size)| *size)
+        .unwrap()
+}
+
+#[test]
+fn a_layer_tampered_inside_a_file_is_refused_and_leaves_no_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, images) = real_dump_of(dir.path(), true, 8);
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let meta = ArchiveMeta::of_process(w.pid(), "counter");
+    let image = CheckpointImage::build(&images, &meta, &host, Compression::None).unwrap();
+    assert!(image.layer().len() > 8 << 20, "a multi-MiB layer");
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    let reference = push_from_a(&hosts, &reg, &http(), &image).unwrap();
+
+    // One byte flipped in the middle of the largest file's content (the
+    // memory pages), far from any tar header.
+    let blob = reg.blob_path(image.layer_digest());
+    let mut data = std::fs::read(&blob).unwrap();
+    let (start, size) = largest_file_content(&data);
+    assert!(size > 4 << 20, "{size}");
+    data[(start + size / 2) as usize] ^= 0xff;
+    std::fs::write(&blob, &data).unwrap();
+    // The unpacker alone takes the altered archive: only the digest can
+    // refuse it.
+    let local = archive::unpack(
+        data.as_slice(),
+        &dir.path().join("local"),
+        &Limits::default(),
+    );
+    assert!(local.is_ok(), "{local:?}");
+
+    let target = dir.path().join("pulled");
+    let e = hosts
+        .b
+        .run(|| {
+            Registry::new(&http())?.pull_checkpoint(&reference, &host, &target, &Limits::default())
+        })
+        .unwrap()
+        .unwrap_err();
+    assert!(e.is_digest_mismatch(), "{e}");
+    assert!(!target.exists(), "the unpacked files are removed");
+    let e = pull_on_b(&hosts, &http(), &reference).unwrap_err();
+    assert!(e.is_digest_mismatch(), "{e}");
+}
+
+/// Restores the unpacked checkpoint of `w` (dumped and killed), with
+/// CRIU's log in a private work directory, and sees it count on.
+fn restore_and_count(w: &Workload, un: &archive::Unpacked) {
+    let images = un.images().unwrap();
+    let work = un.criu_work_dir().unwrap();
+    let mut o = criu::Options::new();
+    o.images_dir(&images)
+        .work_dir(&work)
+        .log_file("restore.log");
+    let (child, _) = criu::Criu::new().restore_child(&mut o).unwrap();
+    let seq = w.last_seq();
+    w.wait_for_seq(seq + 20, WAIT).unwrap();
+    drop(child);
+    assert!(
+        work.path().join("restore.log").exists(),
+        "CRIU logged in the private work dir"
+    );
+    assert!(!images.path().join("restore.log").exists());
+    std::fs::remove_dir_all(work.path()).unwrap();
+}
+
+/// The repository and tag of a fresh reference, for skopeo.
+fn docker(reference: &str) -> String {
+    format!("docker://{reference}")
+}
+
+#[test]
+fn skopeo_round_trips_criu_oci_images_and_the_copy_restores() {
+    use criu_testkit::registry::tools::skopeo;
+    let dir = tempfile::tempdir().unwrap();
+    let (w, images) = real_dump(dir.path(), false);
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let meta = ArchiveMeta::of_process(std::process::id() as i32, "counter");
+    let image = CheckpointImage::build(&images, &meta, &host, Compression::Gzip).unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    let pushed = push_from_a(&hosts, &reg, &http(), &image).unwrap();
+
+    // Registry -> layout: criu-oci reads skopeo's layout.
+    let layout = dir.path().join("layout");
+    let dest = format!("oci:{}:v1", layout.display());
+    skopeo(
+        &hosts.a,
+        &["copy", "--src-tls-verify=false", &docker(&pushed), &dest],
+    )
+    .unwrap();
+    let from_layout = criu_oci::layout::read(&layout, "v1", &host).unwrap();
+    assert_eq!(from_layout.read_layer().unwrap(), image.layer());
+    assert_eq!(
+        annotations::container_name(&from_layout.annotations),
+        Some("counter")
+    );
+    // skopeo keeps the manifest's mediaType criu-oci now writes.
+    let raw = skopeo(&hosts.a, &["inspect", "--raw", &dest]).unwrap();
+    assert!(
+        raw.contains("application/vnd.oci.image.manifest.v1+json"),
+        "{raw}"
+    );
+
+    // Layout -> registry again: criu-oci pulls skopeo's push, restores it.
+    let copied = reg.fresh_reference("skopeo-copy");
+    skopeo(
+        &hosts.a,
+        &["copy", "--dest-tls-verify=false", &dest, &docker(&copied)],
+    )
+    .unwrap();
+    let target = dir.path().join("pulled");
+    let pulled = hosts
+        .b
+        .run(|| {
+            Registry::new(&http())?.pull_checkpoint(&copied, &host, &target, &Limits::default())
+        })
+        .unwrap()
+        .unwrap();
+    assert_same_images(&images, &pulled.unpacked.images().unwrap());
+    restore_and_count(&w, &pulled.unpacked);
+}
+
+#[test]
+fn a_zstd_mirror_copy_restores() {
+    use criu_testkit::registry::tools::skopeo;
+    let dir = tempfile::tempdir().unwrap();
+    let (w, images) = real_dump(dir.path(), false);
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let meta = ArchiveMeta::of_process(std::process::id() as i32, "counter");
+    let image = CheckpointImage::build(&images, &meta, &host, Compression::Gzip).unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    let pushed = push_from_a(&hosts, &reg, &http(), &image).unwrap();
+    let mirror = reg.fresh_reference("zstd-mirror");
+    skopeo(
+        &hosts.a,
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "--dest-compress-format",
+            "zstd",
+            &docker(&pushed),
+            &docker(&mirror),
+        ],
+    )
+    .unwrap();
+    let raw = skopeo(
+        &hosts.a,
+        &["inspect", "--raw", "--tls-verify=false", &docker(&mirror)],
+    )
+    .unwrap();
+    assert!(raw.contains("tar+zstd"), "the mirror recompressed: {raw}");
+    let target = dir.path().join("pulled");
+    let pulled = hosts
+        .b
+        .run(|| {
+            Registry::new(&http())?.pull_checkpoint(&mirror, &host, &target, &Limits::default())
+        })
+        .unwrap()
+        .unwrap();
+    restore_and_count(&w, &pulled.unpacked);
+}
+
+#[test]
+fn buildah_built_checkpoint_image_restores() {
+    use criu_testkit::registry::tools::{buildah_checkpoint_image, skopeo};
+    let dir = tempfile::tempdir().unwrap();
+    let (w, images) = real_dump(dir.path(), false);
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let meta = ArchiveMeta::of_process(std::process::id() as i32, "counter");
+    let archive_path = dir.path().join("checkpoint.tar");
+    let file = std::fs::File::create(&archive_path).unwrap();
+    archive::write(&images, &meta, file, Compression::None).unwrap();
+    // As containerd's CRI test builds one: the archive added to an empty
+    // image, the container name its only annotation (no architecture, no
+    // CRIU version: those come from the image config and CRIU itself).
+    let layout = dir.path().join("layout");
+    buildah_checkpoint_image(
+        &archive_path,
+        annotations::CONTAINER_NAME,
+        "counter",
+        dir.path(),
+        &layout,
+        "v1",
+    )
+    .unwrap();
+    let local = criu_oci::layout::read(&layout, "v1", &host).unwrap();
+    assert_eq!(local.annotations.get(annotations::HOST_ARCH), None);
+    assert_eq!(local.annotations.get(annotations::CRIU_VERSION), None);
+
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    let reference = reg.fresh_reference("buildah");
+    let src = format!("oci:{}:v1", layout.display());
+    skopeo(
+        &hosts.a,
+        &["copy", "--dest-tls-verify=false", &src, &docker(&reference)],
+    )
+    .unwrap();
+    let target = dir.path().join("pulled");
+    let pulled = hosts
+        .b
+        .run(|| {
+            Registry::new(&http())?.pull_checkpoint(&reference, &host, &target, &Limits::default())
+        })
+        .unwrap()
+        .unwrap();
+    assert_same_images(&images, &pulled.unpacked.images().unwrap());
+    restore_and_count(&w, &pulled.unpacked);
+}
