@@ -1011,3 +1011,99 @@ fn buildah_built_checkpoint_image_restores() {
     assert_same_images(&images, &pulled.unpacked.images().unwrap());
     restore_and_count(&w, &pulled.unpacked);
 }
+
+/// Adds to the layout `layout` (written by criu-oci, tag `v1`) a second
+/// manifest for `other_arch` and an image index over both, tagged `idx`.
+fn add_index(layout: &Path, image: &CheckpointImage, other_arch: &str) {
+    let blobs = layout.join("blobs/sha256");
+    let write_blob = |data: &[u8]| {
+        let digest = criu_oci::image::sha256_digest(data);
+        std::fs::write(blobs.join(digest.trim_start_matches("sha256:")), data).unwrap();
+        digest
+    };
+    let ours = serde_json::to_vec(&image.manifest()).unwrap();
+    let mut other = image.clone();
+    other
+        .annotations
+        .insert(annotations::HOST_ARCH.into(), other_arch.into());
+    let theirs = serde_json::to_vec(&other.manifest()).unwrap();
+    let entry = |data: &[u8], arch: &str| {
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": write_blob(data), "size": data.len(),
+            "platform": {"architecture": arch, "os": "linux"},
+        })
+    };
+    // The other architecture first: picking the first entry would be wrong.
+    let host_arch = annotations::go_arch(std::env::consts::ARCH);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry(&theirs, other_arch), entry(&ours, host_arch)],
+    });
+    let index = serde_json::to_vec(&index).unwrap();
+    let index_digest = write_blob(&index);
+    let path = layout.join("index.json");
+    let mut top: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    top["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": index_digest, "size": index.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "idx"},
+        }));
+    std::fs::write(&path, serde_json::to_vec(&top).unwrap()).unwrap();
+}
+
+#[test]
+fn an_image_index_is_followed_to_this_hosts_entry() {
+    use criu_testkit::registry::tools::skopeo;
+    let dir = tempfile::tempdir().unwrap();
+    let (_w, image) = image_of(dir.path());
+    let layout = dir.path().join("layout");
+    criu_oci::layout::write(&layout, "v1", &image).unwrap();
+    add_index(&layout, &image, "s390x");
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let back = criu_oci::layout::read(&layout, "idx", &host).unwrap();
+    assert_eq!(back.read_layer().unwrap(), image.layer());
+    assert_eq!(back.annotations[annotations::HOST_ARCH], host.arch);
+    // A host of the other architecture finds its own entry.
+    let s390x = HostFacts {
+        arch: "s390x".into(),
+        ..host.clone()
+    };
+    let theirs = criu_oci::layout::read(&layout, "idx", &s390x).unwrap();
+    assert_eq!(theirs.annotations[annotations::HOST_ARCH], "s390x");
+
+    // Through a registry: skopeo pushes the index with both manifests.
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    let reference = reg.fresh_reference("index");
+    let src = format!("oci:{}:idx", layout.display());
+    skopeo(
+        &hosts.a,
+        &[
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+            &src,
+            &docker(&reference),
+        ],
+    )
+    .unwrap();
+    let target = dir.path().join("pulled");
+    let pulled = hosts
+        .b
+        .run(|| {
+            Registry::new(&http())?.pull_checkpoint(&reference, &host, &target, &Limits::default())
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        annotations::container_name(&pulled.annotations),
+        Some("counter")
+    );
+    assert!(pulled.unpacked.root.join("checkpoint").is_dir());
+}
