@@ -82,7 +82,26 @@ pub struct ArchiveMeta {
     /// When the checkpoint was made (RFC 3339, `config.dump`'s
     /// `checkpointedTime`); the time of writing when empty.
     pub checkpointed_time: String,
+    /// When the container (or process) was started (RFC 3339,
+    /// `config.dump`'s `createdTime`, checkpointctl's CREATED column); the
+    /// checkpoint's time when empty.
+    pub created_time: String,
+    /// The OCI runtime that ran it (`config.dump`'s `runtime`,
+    /// checkpointctl's RUNTIME column: `runc`, `crun`...); the engine's
+    /// name when `None`.
+    pub runtime: Option<String>,
 }
+
+/// The `spec.dump` annotation that says which engine's archive layout
+/// this is; checkpointctl reads `config.dump` as Podman's when it is
+/// `libpod`, as CRI-O's when `cri-o`, and otherwise wants containerd's
+/// status file.
+pub const CONTAINER_MANAGER: &str = "io.container.manager";
+/// The value written: the archive follows Podman's layout (which
+/// criu-oci writes), so that checkpointctl shows its name, image, id,
+/// runtime and creation time. The engine that really made it is in
+/// [`crate::annotations::ENGINE_NAME`], in `spec.dump` and on the image.
+pub const LAYOUT_MANAGER: &str = "libpod";
 
 impl ArchiveMeta {
     /// The metadata of process `pid` (its command line and working
@@ -103,6 +122,7 @@ impl ArchiveMeta {
             args,
             cwd,
             checkpointed_time: rfc3339_now(),
+            created_time: process_start(pid).map(rfc3339).unwrap_or_default(),
             ..ArchiveMeta::default()
         }
     }
@@ -119,26 +139,41 @@ impl ArchiveMeta {
             .map_or(env!("CARGO_PKG_VERSION"), |(_, version)| version)
     }
 
+    /// `config.dump`, with the fields of Podman's that checkpointctl shows.
     fn config_dump(&self) -> Vec<u8> {
+        let checkpointed = if self.checkpointed_time.is_empty() {
+            rfc3339_now()
+        } else {
+            self.checkpointed_time.clone()
+        };
+        let created = if self.created_time.is_empty() {
+            checkpointed.clone()
+        } else {
+            self.created_time.clone()
+        };
         let v = serde_json::json!({
             "id": self.id,
             "name": self.name,
             "rootfsImageName": self.rootfs_image_name.clone().unwrap_or_default(),
-            "runtime": self.engine_name(),
-            "checkpointedTime": if self.checkpointed_time.is_empty() {
-                rfc3339_now()
-            } else {
-                self.checkpointed_time.clone()
-            },
+            "runtime": self.runtime.as_deref().unwrap_or(self.engine_name()),
+            "createdTime": created,
+            "checkpointedTime": checkpointed,
         });
         serde_json::to_vec_pretty(&v).unwrap_or_default()
     }
 
+    /// `spec.dump`: the runtime spec's process, and the annotations that
+    /// say whose layout the archive follows and which engine made it.
     fn spec_dump(&self) -> Vec<u8> {
         let v = serde_json::json!({
             "ociVersion": "1.0.2",
             "process": { "args": self.args, "cwd": self.cwd },
             "root": { "path": "/" },
+            "annotations": {
+                CONTAINER_MANAGER: LAYOUT_MANAGER,
+                crate::annotations::ENGINE_NAME: self.engine_name(),
+                crate::annotations::ENGINE_VERSION: self.engine_version(),
+            },
         });
         serde_json::to_vec_pretty(&v).unwrap_or_default()
     }
@@ -311,6 +346,32 @@ pub(crate) fn rfc3339_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
+    rfc3339(secs)
+}
+
+/// When process `pid` started, in seconds since the epoch: its start
+/// time in clock ticks after boot (`/proc/PID/stat`) plus the boot time
+/// (`/proc/stat`'s `btime`).
+fn process_start(pid: i32) -> Option<i64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command's closing parenthesis; starttime is the
+    // 22nd field of the line, the 20th of these.
+    let after = stat.rsplit_once(')')?.1;
+    let ticks: i64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let btime: i64 = fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| btime + ticks / hz)
+}
+
+/// `secs` since the epoch as RFC 3339 UTC.
+pub(crate) fn rfc3339(secs: i64) -> String {
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     // Days to civil date (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -333,6 +394,45 @@ pub(crate) fn rfc3339_now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What checkpointctl's `show` does with an archive: `spec.dump`'s
+    /// `io.container.manager` picks the reader; for `libpod` the name,
+    /// id, image, runtime and creation time come from `config.dump`.
+    #[test]
+    fn checkpointctl_finds_its_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = criu::ImagesDir::create(dir.path().join("images")).unwrap();
+        std::fs::write(images.path().join("core-1.img"), b"x").unwrap();
+        let mut meta = ArchiveMeta::of_process(std::process::id() as i32, "counter");
+        meta.rootfs_image_name = Some("docker.io/library/busybox:latest".into());
+        meta.runtime = Some("runc".into());
+        let mut tar = Vec::new();
+        write(&images, &meta, &mut tar, Compression::Gzip).unwrap();
+        let un = unpack(tar.as_slice(), &dir.path().join("un"), &Limits::default()).unwrap();
+        let spec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(un.root.join(SPEC_DUMP)).unwrap()).unwrap();
+        assert_eq!(spec["annotations"][CONTAINER_MANAGER], "libpod");
+        assert_eq!(
+            spec["annotations"][crate::annotations::ENGINE_NAME],
+            "criu-rs"
+        );
+        let config = un.config_dump().unwrap();
+        assert_eq!(config["name"], "counter");
+        assert_eq!(config["id"], format!("counter-{}", std::process::id()));
+        assert_eq!(
+            config["rootfsImageName"],
+            "docker.io/library/busybox:latest"
+        );
+        assert_eq!(config["runtime"], "runc");
+        // Go's time.Time reads RFC 3339; this process started before its
+        // checkpoint, and after 2020.
+        let created = config["createdTime"].as_str().unwrap();
+        let checkpointed = config["checkpointedTime"].as_str().unwrap();
+        assert_eq!(created.len(), 20, "{created}");
+        assert!(created > "2020-01-01T00:00:00Z", "{created}");
+        assert!(created <= checkpointed, "{created} {checkpointed}");
+        assert!(process_start(std::process::id() as i32).is_some());
+    }
 
     #[test]
     fn timestamps_are_rfc3339() {
