@@ -1,7 +1,8 @@
-//! A checkpoint as a one-layer OCI image: the archive (gzip) is the layer,
-//! the `org.criu.checkpoint.*` annotations sit on the manifest, as
-//! `podman container checkpoint --create-image` and `checkpointctl build`
-//! make them.
+//! A checkpoint as a one-layer OCI image: the archive is the layer, the
+//! `org.criu.checkpoint.*` annotations sit on the manifest, as
+//! `checkpointctl build` makes them (Podman's `--create-image` makes the
+//! same shape with its own `io.podman.annotations.checkpoint.*` keys; see
+//! [`crate::annotations`] for what is read).
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Seek, SeekFrom};
