@@ -44,6 +44,7 @@
 pub mod annotations;
 pub mod archive;
 mod error;
+mod fetch;
 pub mod image;
 pub mod layout;
 pub mod migrate;

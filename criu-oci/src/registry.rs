@@ -36,6 +36,7 @@ use tokio::sync::mpsc;
 use crate::annotations::HostFacts;
 use crate::archive::{self, ArchiveMeta, Compression, Limits, Unpacked};
 use crate::error::{Error, Result};
+use crate::fetch::{FetchError, ManifestFetcher, MANIFEST_MAX};
 use crate::image::{
     checkpoint_annotations, checkpoint_layer, checkpoint_manifest, config_architecture,
     image_config, layer_media_type, sha256_digest, CheckpointImage, FetchedImage, Spooled,
@@ -68,6 +69,8 @@ pub struct Transfer {
 /// A registry client with its own runtime.
 pub struct Registry {
     client: Client,
+    /// Manifests are fetched here, capped (oci-client reads them whole).
+    manifests: ManifestFetcher,
     auth: RegistryAuth,
     runtime: tokio::runtime::Runtime,
 }
@@ -110,8 +113,14 @@ impl Registry {
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the registry client's runtime", e))?;
+        let manifests = ManifestFetcher::new(config.plain_http, config.ca_pem.as_deref(), timeout)
+            .map_err(|e| Error::Registry {
+                what: "setting up the manifest client".into(),
+                message: error_chain(&e),
+            })?;
         Ok(Registry {
             client: Client::new(client_config),
+            manifests,
             auth: match &config.basic_auth {
                 Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
                 None => RegistryAuth::Anonymous,
@@ -331,22 +340,28 @@ impl Registry {
     ) -> Result<(BTreeMap<String, String>, OciDescriptor)> {
         let limits = Limits::default();
         let fetch = |r: &Reference| {
-            self.before(
+            let fetched = self.before(
                 deadline,
                 &limits,
                 "pull (manifest)",
                 r,
-                self.client.pull_manifest(r, &self.auth),
-            )?
-            .map_err(|e| classify(r, "pull (manifest)", e))
+                self.manifests.fetch(&self.client, &self.auth, r),
+            )?;
+            fetched.map_err(|e| match e {
+                FetchError::Client(e) => classify(r, "pull (manifest)", e),
+                FetchError::TooLarge => Error::TooLarge {
+                    what: format!("the manifest of {r}"),
+                    limit: MANIFEST_MAX as u64,
+                },
+            })
         };
-        let (manifest, _digest) = fetch(r)?;
+        let manifest = fetch(r)?;
         let (manifest, r, mut annotations) = match manifest {
             OciManifest::Image(m) => (m, r.clone(), BTreeMap::new()),
             OciManifest::ImageIndex(index) => {
                 let entry = index_entry(reference, &index, host)?;
                 let by_digest = r.clone_with_digest(entry.digest.clone());
-                match fetch(&by_digest)?.0 {
+                match fetch(&by_digest)? {
                     OciManifest::Image(m) => {
                         (m, by_digest, entry.annotations.clone().unwrap_or_default())
                     }

@@ -704,18 +704,36 @@ fn the_registry_listens_only_in_its_own_namespace() {
 }
 
 /// `GET` requests of `reference`'s repository for blobs, from the
-/// registry's access log.
+/// registry's access log, once the log shows the pull's manifest request
+/// (the registry writes a line after its response, so a check made at
+/// once could miss the last ones; the manifest is asked for before any
+/// blob).
 fn blob_gets(reg: &RegistryHost, reference: &str) -> Vec<String> {
     let repo = reference
         .split_once('/')
         .and_then(|(_, rest)| rest.rsplit_once(':'))
         .map(|(repo, _)| repo)
         .unwrap();
+    let manifest = format!("GET /v2/{repo}/manifests/");
     let prefix = format!("GET /v2/{repo}/blobs/");
-    reg.requests()
-        .into_iter()
-        .filter(|r| r.starts_with(&prefix))
-        .collect()
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let requests = reg.requests();
+        let last_manifest = requests.iter().rposition(|r| r.starts_with(&manifest));
+        // Settled: the manifest was asked for, and nothing new came in a
+        // moment.
+        std::thread::sleep(Duration::from_millis(200));
+        if last_manifest.is_some() && reg.requests().len() == requests.len() {
+            return requests
+                .into_iter()
+                .filter(|r| r.starts_with(&prefix))
+                .collect();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no manifest request for {repo} in the access log: {requests:?}"
+        );
+    }
 }
 
 #[test]
@@ -1106,4 +1124,61 @@ fn an_image_index_is_followed_to_this_hosts_entry() {
         Some("counter")
     );
     assert!(pulled.unpacked.root.join("checkpoint").is_dir());
+}
+
+/// A registry that answers every manifest request with `body` bytes of
+/// JSON-looking padding, without a length (the connection's end marks
+/// the end), counting what it managed to send.
+fn endless_manifest_server(body: usize) -> (String, std::thread::JoinHandle<usize>) {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        let mut sent = 0;
+        for stream in listener.incoming().take(2) {
+            let mut stream = stream.unwrap();
+            let mut request = String::new();
+            BufReader::new(&stream).read_line(&mut request).unwrap();
+            if !request.contains("/manifests/") {
+                // oci-client's probe of /v2/: no authentication needed.
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+                );
+                continue;
+            }
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/vnd.oci.image.manifest.v1+json\r\nconnection: close\r\n\r\n";
+            let _ = stream.write_all(head.as_bytes());
+            let chunk = vec![b' '; 64 << 10];
+            while sent < body {
+                match stream.write_all(&chunk) {
+                    Ok(()) => sent += chunk.len(),
+                    Err(_) => break,
+                }
+            }
+        }
+        sent
+    });
+    (addr, server)
+}
+
+#[test]
+fn a_manifest_beyond_4_mib_is_refused_unread() {
+    // 256 MiB on offer; the client stops after 4 MiB, so the server can
+    // send little more than that before the connection closes.
+    let (addr, server) = endless_manifest_server(256 << 20);
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let reference = format!("{addr}/criu-rs/huge:latest");
+    let e = Registry::new(&http())
+        .unwrap()
+        .pull(&reference, &host)
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::TooLarge { .. }) && e.to_string().contains("manifest"),
+        "{e}"
+    );
+    let sent = server.join().unwrap();
+    assert!(
+        sent < 64 << 20,
+        "the client read {sent} bytes of a manifest"
+    );
 }
