@@ -27,7 +27,7 @@ pub enum Error {
         reason: String,
     },
     /// An archive is larger than the limits allow.
-    #[error("{what} exceeds the limit of {limit}; raise `Limits` if the checkpoint is really that large")]
+    #[error("{what} exceeds the limit of {limit} (bytes, or entries); if the checkpoint is really that large, raise `Limits` (the caps on manifests, image configs and tar metadata entries are fixed)")]
     TooLarge {
         /// What is too large.
         what: String,
