@@ -79,6 +79,11 @@ fn run_case(case: &str) -> Result<(), String> {
     if peak > PEAK_MAX_KIB {
         return Err(format!("peak memory {peak} KiB > {PEAK_MAX_KIB} KiB"));
     }
+    if !stdout.lines().any(|l| l == "verdict_ok true") {
+        return Err(format!(
+            "not refused as it should be, or the target is left: {stdout}"
+        ));
+    }
     // The child wrote only what the case set up; the target is gone.
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -119,10 +124,11 @@ fn child(case: &str, dir: &Path) {
         Err(Error::TooLarge { .. }) => true,
         _ => false,
     };
-    assert!(expected, "{case}: unexpected verdict {verdict:?}");
-    assert!(!target.exists(), "{case}: the refused target is left");
-    println!("{}", verdict.unwrap_err());
+    // Reported, not asserted here: the parent checks the verdict and the
+    // peak, so a wrong verdict still shows what the attempt cost.
+    println!("{verdict:?}");
     println!("peak_kib {}", peak_kib());
+    println!("verdict_ok {}", expected && !target.exists());
 }
 
 fn peak_kib() -> u64 {
