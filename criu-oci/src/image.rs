@@ -82,6 +82,44 @@ impl CheckpointImage {
         })
     }
 
+    /// An image of an archive an engine already wrote (the file kubelet's
+    /// checkpoint API leaves under `/var/lib/kubelet/checkpoints`, a
+    /// `podman container checkpoint --export --compress none|gzip`, one of
+    /// criu-oci's): its bytes become the layer unchanged, named `name`
+    /// and annotated with `host`'s facts (which must be the checkpointing
+    /// host's). The archive is read once, within `limits`, to check it
+    /// holds a `checkpoint/` directory and is well formed; a zstd archive
+    /// is refused (this crate writes no zstd layer: decompress it first).
+    pub fn from_archive(
+        archive: Vec<u8>,
+        name: &str,
+        host: &HostFacts,
+        limits: &Limits,
+    ) -> Result<CheckpointImage> {
+        let compression = match archive.as_slice() {
+            [0x1f, 0x8b, ..] => Compression::Gzip,
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => {
+                return Err(Error::Malformed(
+                    "a zstd archive: decompress it (zstd -d) and give the plain tar".into(),
+                ))
+            }
+            _ => Compression::None,
+        };
+        let diff_id = archive::checked_diff_id(&archive, limits)?;
+        let meta = ArchiveMeta {
+            name: name.into(),
+            ..ArchiveMeta::default()
+        };
+        let layer_digest = sha256_digest(&archive);
+        Ok(CheckpointImage {
+            layer: archive.into(),
+            layer_digest,
+            compression,
+            config: image_config(host, &diff_id),
+            annotations: checkpoint_annotations(&meta, host),
+        })
+    }
+
     /// The layer (the checkpoint archive).
     pub fn layer(&self) -> &[u8] {
         &self.layer

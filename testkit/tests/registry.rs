@@ -1182,3 +1182,43 @@ fn a_manifest_beyond_4_mib_is_refused_unread() {
         "the client read {sent} bytes of a manifest"
     );
 }
+
+#[test]
+fn an_archive_already_on_disk_becomes_an_image_that_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, images) = real_dump(dir.path(), false);
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let meta = ArchiveMeta::of_process(std::process::id() as i32, "counter");
+    // The file an engine (or kubelet's checkpoint API) would leave: a
+    // plain tar, and the same gzip-compressed.
+    let mut plain = Vec::new();
+    let written = archive::write(&images, &meta, &mut plain, Compression::None).unwrap();
+    let mut gz = Vec::new();
+    archive::write(&images, &meta, &mut gz, Compression::Gzip).unwrap();
+    let limits = Limits::default();
+    let from_gz = CheckpointImage::from_archive(gz.clone(), "counter", &host, &limits).unwrap();
+    assert_eq!(
+        from_gz.layer(),
+        gz.as_slice(),
+        "the layer is the file, unchanged"
+    );
+    let config: serde_json::Value = serde_json::from_slice(&from_gz.config).unwrap();
+    assert_eq!(config["rootfs"]["diff_ids"][0], written.diff_id.as_str());
+    // Not a checkpoint archive: refused.
+    let mut other = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    h.set_mode(0o600);
+    other.append_data(&mut h, "etc/passwd", &b"x"[..]).unwrap();
+    let e = CheckpointImage::from_archive(other.into_inner().unwrap(), "x", &host, &limits)
+        .unwrap_err();
+    assert!(e.to_string().contains("checkpoint/"), "{e}");
+
+    let image = CheckpointImage::from_archive(plain, "counter", &host, &limits).unwrap();
+    let layout = dir.path().join("layout");
+    criu_oci::layout::write(&layout, "v1", &image).unwrap();
+    let back = criu_oci::layout::read(&layout, "v1", &host).unwrap();
+    let un = back.unpack(&dir.path().join("un"), &limits).unwrap();
+    assert_same_images(&images, &un.images().unwrap());
+    restore_and_count(&w, &un);
+}

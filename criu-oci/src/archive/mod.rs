@@ -341,6 +341,45 @@ fn append_dir<W: Write>(tar: &mut tar::Builder<W>, name: impl AsRef<Path>) -> io
     tar.append_data(&mut h, name, io::empty())
 }
 
+/// The diff id (`sha256:` of the uncompressed tar stream) of the archive
+/// `data` (plain or gzip), after reading every entry header within
+/// `limits` and finding the `checkpoint/` directory CRIU's images live in.
+pub(crate) fn checked_diff_id(data: &[u8], limits: &Limits) -> Result<String> {
+    let mut hashing = HashingReader {
+        inner: unpack::decompressed(data)?,
+        hash: Sha256::new(),
+    };
+    let mut tar = tar_stream::TarStream::new(&mut hashing, limits);
+    let mut has_images = false;
+    while let Some(entry) = tar.next_entry()? {
+        let path = String::from_utf8_lossy(&entry.path);
+        has_images |= path.trim_start_matches("./").starts_with(CHECKPOINT_DIR);
+    }
+    drop(tar);
+    // The end-of-archive blocks and any padding after them count too.
+    io::copy(&mut hashing, &mut io::sink()).map_err(|e| Error::io("reading the archive", e))?;
+    if !has_images {
+        return Err(Error::Malformed(format!(
+            "the archive has no {CHECKPOINT_DIR}/ directory: not a checkpoint archive"
+        )));
+    }
+    Ok(format!("sha256:{}", hex::encode(hashing.hash.finalize())))
+}
+
+/// A reader that hashes what passes through.
+struct HashingReader<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: io::Read> io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 /// Now as RFC 3339 UTC (what the engines write in config.dump).
 pub(crate) fn rfc3339_now() -> String {
     let secs = std::time::SystemTime::now()

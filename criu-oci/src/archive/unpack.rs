@@ -133,12 +133,13 @@ pub fn unpack(input: impl Read, target: &Path, limits: &Limits) -> Result<Unpack
     r
 }
 
-fn unpack_into(input: impl Read, target: &Path, limits: &Limits) -> Result<Unpacked> {
+/// The tar stream of `input`, plain, gzip or zstd, told by its first bytes.
+pub(crate) fn decompressed<'a>(input: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
     let mut input = BufReader::new(input);
     let head = input
         .fill_buf()
         .map_err(|e| Error::io("reading the archive", e))?;
-    let stream: Box<dyn Read> = match head {
+    Ok(match head {
         [0x1f, 0x8b, ..] => Box::new(flate2::read::GzDecoder::new(input)),
         // Podman's default export.
         [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(
@@ -146,8 +147,11 @@ fn unpack_into(input: impl Read, target: &Path, limits: &Limits) -> Result<Unpac
                 .map_err(|e| Error::Malformed(format!("zstd stream: {e}")))?,
         ),
         _ => Box::new(input),
-    };
-    let mut tar = TarStream::new(stream, limits);
+    })
+}
+
+fn unpack_into(input: impl Read, target: &Path, limits: &Limits) -> Result<Unpacked> {
+    let mut tar = TarStream::new(decompressed(input)?, limits);
     let mut tree = Tree::open(target)?;
     let mut bytes = 0;
     while let Some(entry) = tar.next_entry()? {
