@@ -349,13 +349,14 @@ pub(crate) fn checked_diff_id(data: &[u8], limits: &Limits) -> Result<String> {
         inner: unpack::decompressed(data)?,
         hash: Sha256::new(),
     };
-    let mut tar = tar_stream::TarStream::new(&mut hashing, limits);
     let mut has_images = false;
-    while let Some(entry) = tar.next_entry()? {
-        let path = String::from_utf8_lossy(&entry.path);
-        has_images |= path.trim_start_matches("./").starts_with(CHECKPOINT_DIR);
+    {
+        let mut tar = tar_stream::TarStream::new(&mut hashing, limits);
+        while let Some(entry) = tar.next_entry()? {
+            let path = String::from_utf8_lossy(&entry.path);
+            has_images |= path.trim_start_matches("./").starts_with(CHECKPOINT_DIR);
+        }
     }
-    drop(tar);
     // The end-of-archive blocks and any padding after them count too.
     io::copy(&mut hashing, &mut io::sink()).map_err(|e| Error::io("reading the archive", e))?;
     if !has_images {
