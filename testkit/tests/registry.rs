@@ -1222,3 +1222,69 @@ fn an_archive_already_on_disk_becomes_an_image_that_restores() {
     assert_same_images(&images, &un.images().unwrap());
     restore_and_count(&w, &un);
 }
+
+/// The bytes the registry sent for each `GET` of a blob of `digest`
+/// (combined log format: `"GET /path HTTP/1.1" 200 BYTES ...`).
+fn blob_bytes_sent(reg: &RegistryHost, digest: &str) -> Vec<u64> {
+    reg.log()
+        .lines()
+        .filter(|l| l.contains("\"GET ") && l.contains(&format!("/blobs/{digest}")))
+        .filter_map(|l| {
+            let after = l.split('"').nth(2)?;
+            after.split_whitespace().nth(1)?.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn a_refused_layer_is_not_downloaded_to_its_end() {
+    // A checkpoint archive whose second entry climbs out, followed by
+    // 64 MiB that a drained download would fetch.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dir_h = tar::Header::new_gnu();
+    dir_h.set_entry_type(tar::EntryType::Directory);
+    dir_h.set_mode(0o700);
+    dir_h.set_size(0);
+    b.append_data(&mut dir_h, "checkpoint", std::io::empty())
+        .unwrap();
+    let mut evil = tar::Header::new_old();
+    evil.as_old_mut().name[..7].copy_from_slice(b"../evil");
+    evil.set_size(1);
+    evil.set_mode(0o600);
+    evil.set_cksum();
+    b.append(&evil, &b"x"[..]).unwrap();
+    let big = vec![0x5au8; 64 << 20];
+    let mut h = tar::Header::new_gnu();
+    h.set_size(big.len() as u64);
+    h.set_mode(0o600);
+    b.append_data(&mut h, "checkpoint/pages-1.img", big.as_slice())
+        .unwrap();
+    let archive = b.into_inner().unwrap();
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let image =
+        CheckpointImage::from_archive(archive, "counter", &host, &Limits::default()).unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    let reference = push_from_a(&hosts, &reg, &http(), &image).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("t");
+    let e = hosts
+        .b
+        .run(|| {
+            Registry::new(&http())?.pull_checkpoint(&reference, &host, &target, &Limits::default())
+        })
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(e, Error::UnsafeEntry { .. }), "{e}");
+    assert!(!target.exists() && !dir.path().join("evil").exists());
+    blob_gets(&reg, &reference);
+    let sent = blob_bytes_sent(&reg, image.layer_digest());
+    assert_eq!(sent.len(), 1, "one layer request: {sent:?}");
+    assert!(
+        sent[0] < 32 << 20,
+        "the registry sent {} of the layer's {} bytes",
+        sent[0],
+        image.layer().len()
+    );
+}
