@@ -1288,3 +1288,28 @@ fn a_refused_layer_is_not_downloaded_to_its_end() {
         image.layer().len()
     );
 }
+
+#[test]
+fn a_pull_is_abandoned_at_its_deadline() {
+    // A "registry" that accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let holder = std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().take(1).collect();
+        std::thread::sleep(Duration::from_secs(3));
+        drop(held);
+    });
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let limits = Limits {
+        deadline: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let reference = format!("{addr}/criu-rs/silent:latest");
+    // The client's own read timeout (10 s here) is far longer.
+    let e = Registry::new(&http())
+        .unwrap()
+        .pull_limited(&reference, &host, &limits)
+        .unwrap_err();
+    assert!(e.to_string().contains("deadline"), "{e}");
+    holder.join().unwrap();
+}
