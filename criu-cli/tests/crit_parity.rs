@@ -118,6 +118,13 @@ e = os.eventfd(7); keep.append(e)
 ep = __import__("select").epoll(); ep.register(r); keep.append(ep)
 m = mmap.mmap(-1, 1 << 20, flags=mmap.MAP_SHARED); m[:5] = b"share"; keep.append(m)
 fm = mmap.mmap(f.fileno(), 0); keep.append(fm)
+import ctypes, signal
+libc = ctypes.CDLL(None, use_errno=True)
+ino = libc.inotify_init1(0); libc.inotify_add_watch(ino, d.encode(), 0x100); keep.append(ino)
+tfd = libc.timerfd_create(1, 0); keep.append(tfd)
+mask = (ctypes.c_ulong * 16)(); mask[0] = 1 << (signal.SIGUSR1 - 1)
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+sfd = libc.signalfd(-1, ctypes.byref(mask), 8, 0); keep.append(sfd)
 buf = bytearray(4 << 20)
 for i in range(0, len(buf), 4096): buf[i] = 1
 os.chdir(d)
@@ -413,6 +420,11 @@ fn decode_encode_info_and_x_agree_with_crit_on_real_checkpoints() {
         eprintln!("{name}: {} difference(s)", diffs.len() - before);
     }
     eprintln!("compared: {tally:?}");
+    let names: Vec<String> = std::fs::read_dir(&cps[1].1)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    eprintln!("files checkpoint: {names:?}");
     assert!(
         diffs.is_empty(),
         "differences from crit:\n{}",
@@ -437,6 +449,14 @@ fn decode_encode_info_and_x_agree_with_crit_on_real_checkpoints() {
             .to_string_lossy()
             .starts_with("tcp-stream-")),
         "the files checkpoint has no TCP connection"
+    );
+    assert!(
+        std::fs::read_dir(files).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("ghost-file-")),
+        "the files checkpoint has no ghost file"
     );
     assert!(
         tally.get("encodes equal").copied().unwrap_or(0) >= 60,
