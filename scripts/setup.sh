@@ -39,6 +39,8 @@ PACKAGES=(
   skopeo buildah umoci
   # the TLS migration tests capture the hosts' link (testkit/tests/tls.rs)
   tcpdump
+  # an unmodified server the CLI's tests move (criu-cli/tests/tcp_move.rs)
+  redis-server
 )
 
 missing=()
