@@ -1,5 +1,6 @@
 /* Cost of async uffd-wp for the tracked task: time to write one word in
- * each page of a populated 256 MiB area, untracked vs write-protected. */
+ * each page of a populated 256 MiB area, untracked vs write-protected
+ * (docs/precopy-uffd.md). Build and run: cc -O2 -o cost docs/uffd/cost.c && ./cost */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,5 +1,8 @@
 /* Probe: does async uffd-wp tracking work when driven from another process,
- * and does it survive the uffd being closed? */
+ * and does it survive the uffd being closed? (docs/precopy-uffd.md)
+ * Build and run as root: cc -O1 -o probe docs/uffd/probe.c && ./probe
+ * Each line: what the child just did, then the page ranges PAGEMAP_SCAN
+ * reports as written (p: present, w: in write-protect-allowed memory). */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
