@@ -250,3 +250,44 @@ fn a_task_with_its_own_userfaultfd_is_refused() {
     assert!(w.is_running() && w.advances(WAIT), "the task goes on");
     assert_eq!(userfaultfds(w.pid()), 1, "its own userfaultfd, untouched");
 }
+
+#[test]
+fn the_tracking_ends_with_a_dump_that_does_not_ask_for_it() {
+    let Some(method) = tracking_or_skip("the_tracking_ends_with_a_dump_that_does_not_ask_for_it")
+    else {
+        return;
+    };
+    if method != MemTrackMethod::UffdWriteProtect {
+        eprintln!("SKIPPED the_tracking_ends_with_a_dump_that_does_not_ask_for_it: soft-dirty keeps no descriptor");
+        return;
+    }
+    let s = Setup::new();
+    let mut w = s.workload(1, &[]);
+    let criu = Criu::new();
+    let (pre, snap, plain) = (s.images("pre"), s.images("snap"), s.images("plain"));
+    criu.pre_dump(Options::new().pid(w.pid()).images_dir(&pre))
+        .unwrap();
+    assert_eq!(userfaultfds(w.pid()), 1);
+    // A snapshot that leaves the task running with track_mem keeps it,
+    // for the next incremental dump (as soft-dirty bits would stay).
+    criu.dump(
+        Options::new()
+            .pid(w.pid())
+            .images_dir(&snap)
+            .parent_images(snap.parent_link(&pre).unwrap())
+            .track_mem(true)
+            .leave_running(true),
+    )
+    .unwrap();
+    assert_eq!(userfaultfds(w.pid()), 1, "kept for the next increment");
+    // A dump without track_mem ends it.
+    criu.dump(
+        Options::new()
+            .pid(w.pid())
+            .images_dir(&plain)
+            .leave_running(true),
+    )
+    .unwrap();
+    assert_eq!(userfaultfds(w.pid()), 0, "no tracking left in the task");
+    assert!(w.is_running() && w.advances(WAIT), "the task goes on");
+}
