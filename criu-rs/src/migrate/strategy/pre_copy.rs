@@ -181,3 +181,33 @@ fn add(total: &mut TransferStats, t: TransferStats) {
     total.bytes += t.bytes;
     total.elapsed += t.elapsed;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PreCopyPolicy;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn the_passes_stop_when_they_stop_shrinking_or_at_a_limit() {
+        let p = PreCopyPolicy::default()
+            .max_passes(4)
+            .remaining_bytes(8 * MIB);
+        assert!(p.another_pass(1, None, 1024 * MIB), "the first pass is all");
+        assert!(p.another_pass(2, Some(1024 * MIB), 100 * MIB), "shrinking");
+        assert!(
+            !p.another_pass(2, Some(100 * MIB), 100 * MIB),
+            "not shrinking"
+        );
+        assert!(!p.another_pass(2, Some(100 * MIB), 8 * MIB), "small enough");
+        assert!(
+            !p.another_pass(4, Some(100 * MIB), 50 * MIB),
+            "the pass limit"
+        );
+        let one = PreCopyPolicy::default().max_passes(0);
+        assert!(
+            !one.another_pass(1, None, 1024 * MIB),
+            "at least one pass, at most one"
+        );
+    }
+}
