@@ -35,6 +35,9 @@ PACKAGES=(
   docker-registry openssl zstd
   # the TLS migration tests capture the hosts' link (testkit/tests/tls.rs)
   tcpdump
+  # an unmodified server from Debian for the Docker migration tests: its
+  # binary and libraries become a container's root filesystem (criu-docker)
+  redis-server
 )
 
 missing=()
