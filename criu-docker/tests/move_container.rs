@@ -7,7 +7,7 @@ mod common;
 
 use std::net::TcpListener;
 
-use common::{import_redis, on, Docker2, Redis, Reply, PORT};
+use common::{cut_after, import_redis, on, Docker2, Redis, Reply, PORT};
 use criu_docker::{ReceiveConfig, SendConfig, SourceState};
 
 /// Keys stored before each move (about 1 KiB each).
@@ -134,4 +134,32 @@ fn a_failed_restore_leaves_the_source_serving_its_data() {
         r.call(&["SET", "after", "1"]).unwrap(),
         Reply::Status("OK".into())
     );
+}
+
+#[test]
+fn a_stream_cut_during_the_transfer_leaves_the_source_serving_its_data() {
+    let d = Docker2::start();
+    import_redis(&d.a);
+    import_redis(&d.b);
+    let name = "cache";
+    d.run_redis(name);
+    fill_source(&d);
+
+    // 1 MiB in: past the offer and answers, inside the checkpoint's files.
+    let (src, dst) = d.migrate_through(
+        name,
+        SendConfig::new(),
+        ReceiveConfig::new(),
+        Some(cut_after::<{ 1 << 20 }>),
+    );
+
+    let src = src.expect_err("the transfer fails");
+    assert_eq!(src.source_state(), Some(&SourceState::Running), "{src}");
+    assert!(dst.is_err());
+    assert!(serves_all(&d, false), "redis on a holds all {KEYS} keys");
+    assert_eq!(
+        d.inspect(&d.a, name, "{{.HostConfig.RestartPolicy.Name}}"),
+        "unless-stopped"
+    );
+    assert!(!d.client(&d.b).container_exists(name).unwrap());
 }

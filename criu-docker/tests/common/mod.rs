@@ -28,6 +28,12 @@ pub const PORT: u16 = 6379;
 /// `redis-check-rdb` (the same program, which looks at its name).
 const REDIS: &str = "/usr/bin/redis-server";
 
+/// What each side of a move returned.
+pub type Moved = (
+    criu_docker::Result<SendReport>,
+    criu_docker::Result<ReceiveReport>,
+);
+
 /// Two Docker hosts; fields drop in order (daemons, then namespaces, then
 /// their directory).
 pub struct Docker2 {
@@ -84,38 +90,17 @@ impl Docker2 {
     /// of its own (labels, environment, restart policy, host network);
     /// waits until it answers.
     pub fn run_redis(&self, name: &str) -> String {
-        let image = format!("{}:{}", IMAGE.0, IMAGE.1);
-        let id = self.docker(
-            &self.a,
-            &[
-                "run",
-                "-d",
-                "--name",
-                name,
-                "--network",
-                "host",
-                "--label",
-                "app=cache",
-                "--label",
-                "team=criu-rs",
-                "-e",
-                "GREETING=hello",
-                "--restart",
-                "unless-stopped",
-                "--workdir",
-                "/data",
-                &image,
-                "/usr/bin/redis-server",
-                "--port",
-                &PORT.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "no",
-            ],
-        );
+        self.run_redis_with(name, &["--restart", "unless-stopped"])
+    }
+
+    /// [`Docker2::run_redis`] with `extra` options instead of the restart
+    /// policy.
+    pub fn run_redis_with(&self, name: &str, extra: &[&str]) -> String {
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend_from_slice(&REDIS_OPTIONS);
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&REDIS_COMMAND);
+        let id = self.docker(&self.a, &args);
         let a = self.hosts.a.addr;
         let up = wait(Duration::from_secs(30), || {
             on(&self.hosts.a, move || Redis::connect(a).is_ok())
@@ -131,10 +116,19 @@ impl Docker2 {
         container: &str,
         send_config: SendConfig,
         receive_config: ReceiveConfig,
-    ) -> (
-        criu_docker::Result<SendReport>,
-        criu_docker::Result<ReceiveReport>,
-    ) {
+    ) -> Moved {
+        self.migrate_through(container, send_config, receive_config, None)
+    }
+
+    /// [`Docker2::migrate`] with the bytes from a to b passed through
+    /// `relay` (which may cut the stream).
+    pub fn migrate_through(
+        &self,
+        container: &str,
+        send_config: SendConfig,
+        receive_config: ReceiveConfig,
+        relay: Option<fn(TcpStream, TcpStream)>,
+    ) -> Moved {
         let b_addr = self.hosts.b.addr;
         let listener = on(&self.hosts.b, move || {
             TcpListener::bind((b_addr, 0)).unwrap()
@@ -143,7 +137,11 @@ impl Docker2 {
         let (src_docker, dst_docker) = (self.client(&self.a), self.client(&self.b));
         std::thread::scope(|s| {
             let dst = s.spawn(move || {
-                let (mut stream, _) = listener.accept().unwrap();
+                let (from_a, _) = listener.accept().unwrap();
+                let mut stream = match relay {
+                    None => from_a,
+                    Some(relay) => relayed(from_a, relay),
+                };
                 receive(&dst_docker, &mut stream, &receive_config)
             });
             let mut stream = on(&self.hosts.a, move || {
@@ -154,6 +152,89 @@ impl Docker2 {
             (src, dst.join().unwrap())
         })
     }
+}
+
+/// The `docker run` options of the Redis container, but for its name and
+/// restart policy.
+pub fn redis_options() -> Vec<&'static str> {
+    vec![
+        "--network",
+        "host",
+        "--label",
+        "app=cache",
+        "--label",
+        "team=criu-rs",
+        "-e",
+        "GREETING=hello",
+        "--workdir",
+        "/data",
+    ]
+}
+
+/// The image and command of the Redis container.
+pub fn redis_command() -> Vec<&'static str> {
+    vec![
+        "criu-docker-redis:7",
+        "/usr/bin/redis-server",
+        "--port",
+        "6379",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "no",
+    ]
+}
+
+/// The `docker run` options of the Redis container, but for its name and
+/// restart policy.
+#[rustfmt::skip]
+pub const REDIS_OPTIONS: [&str; 10] = [
+    "--network", "host", "--label", "app=cache", "--label", "team=criu-rs",
+    "-e", "GREETING=hello", "--workdir", "/data",
+];
+
+/// The image and command of the Redis container.
+#[rustfmt::skip]
+pub const REDIS_COMMAND: [&str; 10] = [
+    "criu-docker-redis:7", "/usr/bin/redis-server", "--port", "6379", "--save", "",
+    "--appendonly", "no", "--protected-mode", "no",
+];
+
+/// A second connection (on the loopback of the caller's namespace) whose
+/// bytes from a go through `relay` (on its own thread); the answers come
+/// back untouched.
+fn relayed(from_a: TcpStream, relay: fn(TcpStream, TcpStream)) -> TcpStream {
+    let inner = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let to_b = TcpStream::connect(inner.local_addr().unwrap()).unwrap();
+    let (b_end, _) = inner.accept().unwrap();
+    let (back_from, back_to) = (to_b.try_clone().unwrap(), from_a.try_clone().unwrap());
+    std::thread::spawn(move || relay(from_a, to_b));
+    std::thread::spawn(move || {
+        let (mut r, mut w) = (back_from, back_to);
+        let _ = std::io::copy(&mut r, &mut w);
+    });
+    b_end
+}
+
+/// A relay that passes the first `N` bytes as they come, then cuts both
+/// ways.
+pub fn cut_after<const N: usize>(mut from: TcpStream, mut to: TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = N;
+    while left > 0 {
+        let n = match from.read(&mut buf[..left.min(64 * 1024)]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        left -= n;
+    }
+    let _ = from.shutdown(std::net::Shutdown::Both);
+    let _ = to.shutdown(std::net::Shutdown::Both);
 }
 
 /// Runs `f` in `host`'s network namespace.
