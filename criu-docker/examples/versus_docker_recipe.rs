@@ -29,6 +29,7 @@ struct Row {
     carry: f64,
     restore: f64,
     criu_frozen: f64,
+    criu_run: f64,
     criu_restore: f64,
 }
 
@@ -66,6 +67,7 @@ fn criu_docker(d: &Docker2, name: &str) -> Row {
         carry: ms(src.transfer.elapsed),
         restore: ms(src.restore),
         criu_frozen: src.criu_dump.map_or(0.0, |s| ms(s.frozen_time)),
+        criu_run: src.criu_dump_run.map_or(0.0, ms),
         criu_restore: src.restore_time_us.map_or(0.0, |us| us as f64 / 1000.0),
     }
 }
@@ -132,12 +134,13 @@ fn cell(rows: &[Row], f: impl Fn(&Row) -> f64) -> String {
 
 fn print(label: &str, rows: &[Row]) {
     println!(
-        "{label:<22} {:>9} {:>11} {:>8} {:>8} {:>12} {:>13}",
+        "{label:<22} {:>9} {:>11} {:>8} {:>8} {:>12} {:>9} {:>13}",
         cell(rows, |r| r.downtime),
         cell(rows, |r| r.checkpoint),
         cell(rows, |r| r.carry),
         cell(rows, |r| r.restore),
         cell(rows, |r| r.criu_frozen),
+        cell(rows, |r| r.criu_run),
         cell(rows, |r| r.criu_restore),
     );
 }
@@ -186,8 +189,8 @@ fn main() {
         load.trim()
     );
     println!(
-        "{:<22} {:>9} {:>11} {:>8} {:>8} {:>12} {:>13}",
-        "", "downtime", "checkpoint", "carry", "restore", "CRIU frozen", "CRIU restore"
+        "{:<22} {:>9} {:>11} {:>8} {:>8} {:>12} {:>9} {:>13}",
+        "", "downtime", "checkpoint", "carry", "restore", "CRIU frozen", "CRIU run", "CRIU restore"
     );
     print("criu-docker", &ours);
     print("docker recipe (CLI)", &theirs);

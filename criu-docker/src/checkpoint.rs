@@ -56,6 +56,9 @@ pub struct Made {
     pub wall: Duration,
     /// CRIU's dump statistics, when they could be kept.
     pub criu: Option<DumpStats>,
+    /// How long CRIU ran, from its first log line to its last (the rest of
+    /// `wall` is runc, containerd and Docker), when its log could be kept.
+    pub criu_run: Option<Duration>,
 }
 
 /// Second names for the files CRIU writes in its work directory, which
@@ -94,6 +97,15 @@ impl Kept {
             .dump
     }
 
+    /// The time stamp of the last line of CRIU's log (`(12.345678) ...`):
+    /// how long CRIU ran.
+    fn run_time(&self) -> Option<Duration> {
+        let text = fs::read_to_string(self.keep.join("dump.log")).ok()?;
+        let last = text.lines().rev().find(|l| l.starts_with('('))?;
+        let stamp = last.get(1..last.find(')')?)?.trim();
+        Duration::try_from_secs_f64(stamp.parse().ok()?).ok()
+    }
+
     /// The `Error` lines of CRIU's log (its last lines if it has none).
     fn errors(&self) -> String {
         let text = fs::read_to_string(self.keep.join("dump.log")).unwrap_or_default();
@@ -118,7 +130,7 @@ impl Drop for Kept {
 }
 
 /// `docker checkpoint create` of the container `id` as `name`, stopping
-/// it; waits until the daemon reports it stopped.
+/// it (the daemon reports it stopped a moment after this returns).
 pub fn create(docker: &DockerClient, data_root: &Path, id: &str, name: &str) -> Result<Made> {
     let kept = Kept::prepare(data_root, id);
     let t = Instant::now();
@@ -134,32 +146,37 @@ pub fn create(docker: &DockerClient, data_root: &Path, id: &str, name: &str) -> 
         });
     }
     let wall = t.elapsed();
-    // The daemon marks the container exited a moment after the call.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while docker.running(id)? {
-        if Instant::now() > deadline {
-            return Err(Error::Checkpoint {
-                container: id.into(),
-                checkpoint: name.into(),
-                message: "the container still runs 30 s after its checkpoint".into(),
-                criu_log: None,
-            });
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    // The daemon marks the container exited a moment after the call; the
+    // move need not wait for that (only a restart here does).
     Ok(Made {
         dir: checkpoint_dir(data_root, id, name),
         wall,
         criu: kept.as_ref().and_then(Kept::stats),
+        criu_run: kept.as_ref().and_then(Kept::run_time),
     })
 }
 
-/// Starts a checkpointed container again from its own checkpoint `name`.
-/// Right after `checkpoint create`, Docker 20.10 can refuse with "failed
-/// to upload checkpoint to containerd: ... already exists" until
-/// containerd has collected the checkpoint's earlier copy: that answer is
-/// retried for up to 10 s.
+/// Starts a checkpointed container again from its own checkpoint `name`,
+/// once the daemon reports it stopped.
 pub fn restart(docker: &DockerClient, id: &str, name: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while docker.running(id)? {
+        if Instant::now() > deadline {
+            return Err(Error::Restore(format!(
+                "{id} still runs 30 s after its checkpoint: it cannot start from it"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    start(docker, id, name)
+}
+
+/// Starts a container that is not running from the checkpoint `name` in
+/// its own folder. Right after `checkpoint create`, Docker 20.10 can
+/// refuse with "failed to upload checkpoint to containerd: ... already
+/// exists" until containerd has collected the checkpoint's earlier copy:
+/// that answer is retried for up to 10 s.
+pub fn start(docker: &DockerClient, id: &str, name: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match docker.start_from_checkpoint(id, name) {

@@ -214,7 +214,7 @@ fn land<S: Transport + ?Sized>(
     }
     let transfer = receive_dir_with(&mut stream, &dir, &config.limits, None)?;
     let t = Instant::now();
-    let started = checkpoint::restart(clone.docker, &p.id, checkpoint_name).and_then(|()| {
+    let started = checkpoint::start(clone.docker, &p.id, checkpoint_name).and_then(|()| {
         if clone.docker.running(&p.id)? {
             Ok(())
         } else {

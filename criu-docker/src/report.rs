@@ -11,6 +11,13 @@ fn micros<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_micros() as u64)
 }
 
+fn opt_micros<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&(d.as_micros() as u64)),
+        None => s.serialize_none(),
+    }
+}
+
 /// What the source saw of a move.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
@@ -34,6 +41,10 @@ pub struct SendReport {
     pub checkpoint: Duration,
     /// CRIU's own timings of that checkpoint, when they could be read.
     pub criu_dump: Option<DumpStats>,
+    /// How long CRIU ran within the checkpoint (from its log's time
+    /// stamps; the rest is runc, containerd and Docker), when known.
+    #[serde(rename = "criu_dump_run_us", serialize_with = "opt_micros")]
+    pub criu_dump_run: Option<Duration>,
     /// The checkpoint's files on the stream.
     pub transfer: TransferStats,
     /// The destination's `docker start --checkpoint`, as it timed it.
@@ -46,8 +57,7 @@ pub struct SendReport {
     #[serde(rename = "downtime_us", serialize_with = "micros")]
     pub downtime: Duration,
     /// What the downtime spent beyond checkpoint, transfer and restore:
-    /// messages between the hosts, waiting for the daemon to report the
-    /// container stopped, placing the checkpoint.
+    /// messages between the hosts, listing and placing the checkpoint.
     #[serde(rename = "handoff_us", serialize_with = "micros")]
     pub handoff: Duration,
     /// The whole move, until the source container was removed.

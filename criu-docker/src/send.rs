@@ -238,6 +238,7 @@ pub fn send<S: Transport + ?Sized>(
         preflight,
         checkpoint: made.wall,
         criu_dump: made.criu,
+        criu_dump_run: made.criu_run,
         transfer,
         restore,
         restore_time_us,
