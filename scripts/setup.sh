@@ -33,10 +33,15 @@ PACKAGES=(
   # the OCI registry that checkpoint images travel through (issue 14); its
   # service is never started: tests run their own in a network namespace
   docker-registry openssl zstd
+  # tools nobody here wrote that read and write OCI images: criu-oci's
+  # images are copied, built and unpacked with them (testkit/tests/registry.rs);
+  # buildah also upgrades login/passwd to a point release
+  skopeo buildah umoci
   # the TLS migration tests capture the hosts' link (testkit/tests/tls.rs)
   tcpdump
-  # an unmodified server from Debian for the Docker migration tests: its
-  # binary and libraries become a container's root filesystem (criu-docker)
+  # an unmodified server the CLI's tests move (criu-cli/tests/tcp_move.rs)
+  # and, as a container's root filesystem of its binary and libraries, the
+  # Docker migration tests (criu-docker)
   redis-server
 )
 
