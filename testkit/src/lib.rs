@@ -10,6 +10,7 @@ pub mod hosts;
 pub mod link;
 pub mod measure;
 pub mod registry;
+pub mod skip;
 pub mod tcp;
 
 use std::fs;
