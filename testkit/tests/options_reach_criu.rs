@@ -113,8 +113,10 @@ fn freeze_cgroup_reaches_criu() {
     assert!(text.contains("freezer.state=FROZEN"), "{text}");
 }
 
+/// libcriu 4.2.1's `criu_local_set_timeout` sets the value but not
+/// `has_timeout`, so CRIU kept its default of 10 s; the crate now passes it
+/// through its config file as well.
 #[test]
-#[ignore = "needs fix: libcriu 4.2.1's criu_local_set_timeout sets the value but not has_timeout, so CRIU keeps its default of 10 s (pass it through the config file instead)"]
 fn timeout_reaches_criu() {
     let (text, cgroup) = dump_through_a_freezer(Some(Duration::from_secs(7)));
     let want = format!(
@@ -328,4 +330,191 @@ fn join_ns_puts_the_restored_process_in_the_named_namespace() {
     );
     let _ = holder.kill();
     let _ = holder.wait();
+}
+
+/// A process of the test's own made by `script` (run by `sh` as the leader
+/// of a new session, no descriptor of ours beyond 0-2), once the script
+/// has created `dir/ready`; killed and reaped on drop. The script ends by
+/// `exec`ing into a sleep, so the dumped tree is one process holding the
+/// descriptors the script opened.
+struct Shell(std::process::Child);
+
+impl Shell {
+    fn start(dir: &Path, script: &str) -> Shell {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(script)
+            .current_dir(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+        }
+        criu_testkit::close_inherited_fds(&mut cmd);
+        let shell = Shell(cmd.spawn().unwrap());
+        assert!(
+            criu_testkit::wait_until(WAIT, || dir.join("ready").exists()),
+            "the script got ready: {script}"
+        );
+        shell
+    }
+
+    fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+}
+
+impl Drop for Shell {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A dump of `pid` into a fresh `dir/name` that leaves it running, with
+/// `set` applied to the options.
+fn dump_with(
+    dir: &Path,
+    name: &str,
+    pid: i32,
+    set: impl FnOnce(&mut Options<'_>),
+) -> (ImagesDir, criu::Result<criu::DumpReport>) {
+    let images = ImagesDir::create(dir.join(name)).unwrap();
+    let r = {
+        let mut o = Options::new();
+        o.pid(pid)
+            .images_dir(&images)
+            .leave_running(true)
+            .log_file("dump.log");
+        set(&mut o);
+        Criu::new().dump(&mut o)
+    };
+    (images, r)
+}
+
+/// Whether the dump failed with an error line of CRIU's that holds `text`.
+fn refused_with(r: &criu::Result<criu::DumpReport>, text: &str) -> bool {
+    match r {
+        Ok(_) => false,
+        Err(e) => e.log_errors().iter().any(|l| l.contains(text)),
+    }
+}
+
+#[test]
+fn ghost_limit_reaches_criu() {
+    let dir = tempfile::tempdir().unwrap();
+    // A deleted file of 64 KiB still open: CRIU keeps it as a ghost file.
+    let sh = Shell::start(
+        dir.path(),
+        "head -c 65536 /dev/urandom > f && exec 3<f && rm f && touch ready && exec sleep 600",
+    );
+    let (small, r) = dump_with(dir.path(), "small", sh.pid(), |o| {
+        o.ghost_limit(4096);
+    });
+    assert!(
+        refused_with(&r, "Can't dump ghost file"),
+        "a 4 KiB ghost limit refuses the 64 KiB file: {r:?}"
+    );
+    drop(small);
+    let (_, r) = dump_with(dir.path(), "large", sh.pid(), |o| {
+        o.ghost_limit(1 << 20);
+    });
+    r.expect("a 1 MiB ghost limit takes it");
+}
+
+#[test]
+fn link_remap_reaches_criu() {
+    let dir = tempfile::tempdir().unwrap();
+    // An open file whose name is gone but which has another link: CRIU
+    // needs a link remap to restore it.
+    let sh = Shell::start(
+        dir.path(),
+        "echo data > f && ln f g && exec 3<f && rm f && touch ready && exec sleep 600",
+    );
+    let (_, r) = dump_with(dir.path(), "without", sh.pid(), |_| {});
+    assert!(
+        refused_with(&r, "Can't create link remap"),
+        "without link_remap: {r:?}"
+    );
+    let (images, r) = dump_with(dir.path(), "with", sh.pid(), |o| {
+        o.link_remap(true);
+    });
+    r.expect("with link_remap");
+    // The remap CRIU recorded for the file (remap_type LINKED).
+    let remaps = decode(&images, "remap-fpath.img");
+    assert_eq!(
+        remaps["entries"].as_array().map(Vec::len),
+        Some(1),
+        "{remaps}"
+    );
+}
+
+#[test]
+fn file_locks_reach_criu() {
+    let dir = tempfile::tempdir().unwrap();
+    let sh = Shell::start(
+        dir.path(),
+        "exec 3>lock && flock 3 && touch ready && exec sleep 600",
+    );
+    let (_, r) = dump_with(dir.path(), "without", sh.pid(), |_| {});
+    assert!(
+        refused_with(&r, "Some file locks are hold"),
+        "without file_locks: {r:?}"
+    );
+    let (images, r) = dump_with(dir.path(), "with", sh.pid(), |o| {
+        o.file_locks(true);
+    });
+    r.expect("with file_locks");
+    let locks = decode(&images, "filelocks.img");
+    assert_eq!(
+        locks["entries"].as_array().map(Vec::len),
+        Some(1),
+        "{locks}"
+    );
+}
+
+/// CRIU's own rendering of image `name` (as `crit decode` prints it).
+fn decode(images: &ImagesDir, name: &str) -> serde_json::Value {
+    let bytes = std::fs::read(images.path().join(name)).unwrap();
+    let image = criu_image::Image::decode(&bytes).unwrap();
+    criu_image::crit::render(&image, criu_image::crit::Style::Plain)
+}
+
+#[test]
+fn tcp_close_and_network_lock_are_written_in_the_inventory() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = fixture::counter(dir.path(), 0);
+    let (plain, r) = dump_with(dir.path(), "plain", w.pid(), |_| {});
+    r.unwrap();
+    let (set, r) = dump_with(dir.path(), "set", w.pid(), |o| {
+        o.tcp_close(true).network_lock(criu::NetworkLock::Skip);
+    });
+    r.unwrap();
+    let (plain, set) = (
+        &decode(&plain, "inventory.img")["entries"][0],
+        &decode(&set, "inventory.img")["entries"][0],
+    );
+    // inventory.proto: tcp_close, network_lock_method (CRIU's enum:
+    // iptables 0, nftables 1, skip 2).
+    assert_eq!(set["tcp_close"], true, "{set}");
+    assert_eq!(set["network_lock_method"], 2, "{set}");
+    assert_ne!(plain["tcp_close"], true, "{plain}");
+    assert_eq!(plain["network_lock_method"], 0, "{plain}");
+}
+
+#[test]
+fn cpu_cap_image_makes_criu_write_the_cpu_info_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = fixture::counter(dir.path(), 0);
+    let (plain, r) = dump_with(dir.path(), "plain", w.pid(), |_| {});
+    r.unwrap();
+    let (set, r) = dump_with(dir.path(), "set", w.pid(), |o| {
+        o.cpu_cap(criu::CpuCap::DEFAULT | criu::CpuCap::IMAGE);
+    });
+    r.unwrap();
+    assert!(!plain.path().join("cpuinfo.img").exists());
+    assert!(set.path().join("cpuinfo.img").exists());
 }
