@@ -580,12 +580,16 @@ fn bad_input_gives_typed_errors() {
     // Missing images dir entirely.
     let e = criu.restore(&mut Options::new()).unwrap_err();
     assert_eq!(e.invalid_kind(), Some(InvalidKind::Missing), "{e}");
-    // pid 1 with leave_running: should validation regress, CRIU would
-    // checkpoint init and leave it running rather than kill it.
+    // A bad log file name, aimed at a process of the test's own (never at
+    // pid 1) and with leave_running: should validation regress, CRIU would
+    // checkpoint the workload and leave it running.
+    let mut w = s.workload(0);
     let e = criu
-        .dump(leaving_running(1, &images).log_file("x/y.log"))
+        .dump(leaving_running(w.pid(), &images).log_file("x/y.log"))
         .unwrap_err();
     assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
+    assert!(!images.holds_images());
+    assert!(w.is_running() && w.advances(WAIT));
 }
 
 /// Whether this process lives in a PID namespace other than the initial

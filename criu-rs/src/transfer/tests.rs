@@ -205,8 +205,13 @@ fn a_file_over_the_size_limit_is_refused_before_it_is_written() {
 fn a_file_larger_than_the_free_space_is_refused() {
     let out = tempfile::tempdir().unwrap();
     let target = out.path().join("recv");
-    // Under the default per-file limit, over any disk of this machine.
-    let e = receive(&announcing(255 << 30), &target).unwrap_err();
+    // One GiB more than the target's file system has free (statvfs), the
+    // size limits raised above it.
+    let vfs = nix::sys::statvfs::statvfs(out.path()).unwrap();
+    let free = vfs.blocks_available() as u64 * vfs.fragment_size() as u64;
+    let size = free + (1 << 30);
+    let limits = Limits::default().max_file_bytes(size).max_total_bytes(size);
+    let e = receive_with(&announcing(size), &target, &limits, None).unwrap_err();
     assert!(
         e.to_string().contains("free on the target's file system"),
         "{e}"
