@@ -36,7 +36,16 @@ SKIP_LOG := $(CURDIR)/target/skipped.tsv
 test: setup
 	cargo build -p criu-testkit --bins
 	@mkdir -p target && rm -f $(SKIP_LOG)
-	CRIU_RS_ALLOWED_SKIPS="$(ALLOWED_SKIPS)" CRIU_RS_SKIP_LOG=$(SKIP_LOG) cargo test --workspace
+	# Every test binary's tests in one parallel pool (cargo-nextest, see
+	# .config/nextest.toml), then the doctests, which nextest does not run.
+	# Without cargo-nextest: cargo test, one binary after the other.
+	export CRIU_RS_ALLOWED_SKIPS="$(ALLOWED_SKIPS)" CRIU_RS_SKIP_LOG=$(SKIP_LOG); \
+	if cargo nextest --version >/dev/null 2>&1; then \
+	  cargo nextest run --workspace && cargo test --workspace --doc; \
+	else \
+	  echo "cargo-nextest is not installed (cargo install cargo-nextest --locked): cargo test runs the binaries one by one"; \
+	  cargo test --workspace; \
+	fi
 	bash scripts/check-bad-env.sh
 	bash scripts/cli-smoke.sh
 	bash scripts/check-page-server.sh
