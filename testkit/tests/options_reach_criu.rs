@@ -354,6 +354,12 @@ struct Shell(std::process::Child);
 
 impl Shell {
     fn start(dir: &Path, script: &str) -> Shell {
+        Shell::start_with(dir, script, None)
+    }
+
+    /// [`Shell::start`], the descriptor `fd3` (if any) given to the shell
+    /// as its descriptor 3.
+    fn start_with(dir: &Path, script: &str, fd3: Option<std::os::fd::BorrowedFd<'_>>) -> Shell {
         use std::os::unix::process::CommandExt;
         let mut cmd = std::process::Command::new("sh");
         cmd.arg("-c")
@@ -366,7 +372,24 @@ impl Shell {
         unsafe {
             cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
         }
-        criu_testkit::close_inherited_fds(&mut cmd);
+        match fd3 {
+            None => criu_testkit::close_inherited_fds(&mut cmd),
+            Some(fd) => {
+                let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+                // SAFETY: dup2, fcntl and close_range are
+                // async-signal-safe. dup2 gives a copy without
+                // close-on-exec (the same number keeps its flag: cleared).
+                unsafe {
+                    cmd.pre_exec(move || {
+                        if libc::dup2(raw, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
+                        Ok(())
+                    });
+                }
+            }
+        }
         let shell = Shell(cmd.spawn().unwrap());
         assert!(
             criu_testkit::wait_until(WAIT, || dir.join("ready").exists()),
@@ -530,4 +553,93 @@ fn cpu_cap_image_makes_criu_write_the_cpu_info_image() {
     r.unwrap();
     assert!(!plain.path().join("cpuinfo.img").exists());
     assert!(set.path().join("cpuinfo.img").exists());
+}
+
+#[test]
+fn ext_unix_sk_reaches_criu() {
+    use std::os::fd::AsFd;
+    let dir = tempfile::tempdir().unwrap();
+    // The process holds one end of a datagram socket pair as fd 3; the
+    // other end stays here, outside the dumped tree.
+    let (theirs, _ours) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    let sh = Shell::start_with(
+        dir.path(),
+        "touch ready && exec sleep 600",
+        Some(theirs.as_fd()),
+    );
+    drop(theirs);
+    let (_, r) = dump_with(dir.path(), "without", sh.pid(), |_| {});
+    assert!(
+        refused_with(&r, "External socket is used"),
+        "without ext_unix_sk: {r:?}"
+    );
+    // With it, CRIU passes that check and stops at the next one: an
+    // external socket without a name cannot be dumped.
+    let (_, r) = dump_with(dir.path(), "with", sh.pid(), |o| {
+        o.ext_unix_sk(true);
+    });
+    assert!(
+        refused_with(&r, "Can't dump name-less external socket")
+            && !refused_with(&r, "External socket is used"),
+        "with ext_unix_sk: {r:?}"
+    );
+}
+
+#[test]
+fn skip_file_rwx_check_reaches_criu() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sh = Shell::start(
+        dir.path(),
+        "echo data > f && chmod 0600 f && exec 3<f && touch ready && exec sleep 600",
+    );
+    let pid = sh.pid();
+    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    Criu::new()
+        .dump(
+            Options::new()
+                .pid(pid)
+                .images_dir(&images)
+                .log_file("dump.log"),
+        )
+        .unwrap();
+    sh.0.wait().unwrap();
+    // The file's permission bits change between dump and restore.
+    std::fs::set_permissions(
+        dir.path().join("f"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let restore = |skip: bool| {
+        let mut o = Options::new();
+        o.images_dir(&images)
+            .log_file(if skip { "skip.log" } else { "check.log" })
+            .deadline(WAIT)
+            .skip_file_rwx_check(skip);
+        Criu::new().restore_child(&mut o)
+    };
+    let e = restore(false).map(|_| ()).unwrap_err();
+    assert!(
+        e.log_errors().iter().any(|l| l.contains("has bad mode")),
+        "without skip_file_rwx_check: {e}"
+    );
+    // CRIU killed the half-restored task; restore_child made it our child,
+    // and the crate leaves the zombie to us: reap it, so the pid is free.
+    assert!(
+        criu_testkit::wait_until(WAIT, || !matches!(
+            nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG)
+            ),
+            Ok(nix::sys::wait::WaitStatus::StillAlive)
+        )),
+        "the half-restored task was killed"
+    );
+    assert!(
+        criu_testkit::wait_gone(pid, WAIT),
+        "the failed restore left nothing"
+    );
+    let (child, _) = restore(true).expect("with skip_file_rwx_check");
+    assert_eq!(child.pid(), pid);
+    assert!(criu_testkit::alive(pid));
+    drop(child);
 }
