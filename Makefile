@@ -37,11 +37,13 @@ test: setup
 	cargo build -p criu-testkit --bins
 	@mkdir -p target && rm -f $(SKIP_LOG)
 	# Every test binary's tests in one parallel pool (cargo-nextest, see
-	# .config/nextest.toml), then the doctests, which nextest does not run.
+	# .config/nextest.toml), then what nextest does not run: the doctests
+	# and the tests with a main of their own (harness = false).
 	# Without cargo-nextest: cargo test, one binary after the other.
 	export CRIU_RS_ALLOWED_SKIPS="$(ALLOWED_SKIPS)" CRIU_RS_SKIP_LOG=$(SKIP_LOG); \
 	if cargo nextest --version >/dev/null 2>&1; then \
-	  cargo nextest run --workspace && cargo test --workspace --doc; \
+	  cargo nextest run --workspace && cargo test --workspace --doc \
+	    && cargo test -p criu-oci --test hostile; \
 	else \
 	  echo "cargo-nextest is not installed (cargo install cargo-nextest --locked): cargo test runs the binaries one by one"; \
 	  cargo test --workspace; \
