@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 export PATH := /usr/local/sbin:/usr/local/bin:$(PATH)
 
-.PHONY: root setup demo test lint bench bench-quick publish-check features
+.PHONY: root setup demo test lint bench bench-quick publish-check features generated-check
 
 root:
 	@[ "$$(id -u)" = 0 ] || { echo "error: run as root (CRIU needs it): sudo make $(MAKECMDGOALS)" >&2; exit 1; }
@@ -64,6 +64,12 @@ publish-check: setup
 	  cargo doc --no-deps -p criu-sys -p criu-rs --features criu-rs/tls --target-dir target/docs-rs
 	cargo package -p criu-sys -p criu-image -p criu-rs --target-dir target/package
 	cargo publish --dry-run -p criu-sys --target-dir target/package
+
+# criu-image's committed generated files (the Rust types of CRIU's image
+# protos, their descriptor set, the magic table) are what
+# scripts/update-image-protos.sh makes of the set-up's CRIU source today.
+generated-check: setup
+	bash scripts/update-image-protos.sh --check
 
 # Every feature set a user would pick builds and passes clippy.
 features: setup

@@ -12,8 +12,13 @@
 //!   command lines, environment, memory, files, sockets, namespaces,
 //!   mounts, statistics) as one serialisable [`Inspection`].
 //!
-//! The types are generated at build time from the `.proto` files of the CRIU
-//! source tree named by `CRIU_SOURCE_DIR`.
+//! The types of [`proto`], the descriptors behind the reflection and the
+//! table of [`magic`] numbers are generated from CRIU 4.2.1's source by the
+//! repository's `scripts/update-image-protos.sh` and committed, so the crate
+//! builds with no CRIU source, protoc or network. CRIU's `images/*.proto`
+//! are under the MIT licence (its notice is shipped as
+//! `src/generated/LICENSE-CRIU-IMAGES`); from `magic.h` only the magic
+//! names and numbers are taken.
 //!
 //! ```no_run
 //! let image = criu_image::Image::open("/tmp/ck/pstree.img")?;
