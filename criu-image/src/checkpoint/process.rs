@@ -128,15 +128,18 @@ fn memory_view(mm: Option<&MmEntry>, memory: Option<&Memory>) -> MemoryView {
         dumped_bytes: memory.map_or(0, Memory::dumped_bytes),
         ..MemoryView::default()
     };
+    // A damaged or hostile mm image may list VMAs whose lengths add up past
+    // u64::MAX (or end before they start): the sums saturate rather than
+    // wrap (release) or panic (debug).
     for vma in mm.map(|m| m.vmas.as_slice()).unwrap_or_default() {
         let len = vma.end.saturating_sub(vma.start);
         view.vmas += 1;
-        view.mapped_bytes += len;
+        view.mapped_bytes = view.mapped_bytes.saturating_add(len);
         if vma.flags & MAP_ANONYMOUS != 0 {
-            view.anonymous_bytes += len;
+            view.anonymous_bytes = view.anonymous_bytes.saturating_add(len);
         }
         if vma.flags & MAP_SHARED != 0 {
-            view.shared_bytes += len;
+            view.shared_bytes = view.shared_bytes.saturating_add(len);
         }
     }
     view
