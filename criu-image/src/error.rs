@@ -38,6 +38,15 @@ pub enum ErrorKind {
         "unknown magic {0:#x}: not one of CRIU's protobuf images (raw data such as pages-*.img, ip(8) dumps, tar archives; read pages through Memory)"
     )]
     UnknownMagic(u32),
+    /// The image is not of the kind the caller asked for
+    /// ([`crate::Entries::open`]).
+    #[error("magic {found:#x} ({}) where a {expected} image has {:#x}: not a {expected} image", crate::magic::name_of(*found).unwrap_or("unknown"), crate::magic::value_of(expected).unwrap_or(0))]
+    WrongMagic {
+        /// crit's name of the magic expected (`STATS`).
+        expected: String,
+        /// The magic found.
+        found: u32,
+    },
     /// CRIU defines the magic but no message type for it.
     #[error("no decoder for image {0}")]
     NoDecoder(String),

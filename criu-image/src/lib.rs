@@ -4,6 +4,8 @@
 //!   size-prefixed protobuf entries, the raw payloads some images carry after
 //!   an entry), every entry a reflective [`prost_reflect::DynamicMessage`]
 //!   that also decodes into the generated typed structs of [`proto`].
+//! * [`Entries`]: the light path: one image of a known kind, its entries
+//!   decoded straight into [`proto`] types (no reflection).
 //! * [`crit`]: the JSON that CRIU's own `crit decode` prints for an image,
 //!   value for value (plain or `--pretty`).
 //! * [`Memory`]: the dumped memory of a task, addressed by virtual address
@@ -30,6 +32,7 @@
 mod checkpoint;
 pub mod crit;
 mod descriptors;
+mod entries;
 mod error;
 mod framing;
 mod image;
@@ -43,6 +46,7 @@ pub use checkpoint::{
     Checkpoint, FileView, Inspection, MemoryView, MountView, NamespaceView, ProcessView, SocketView,
 };
 pub use descriptors::pool;
+pub use entries::Entries;
 pub use error::{Error, ErrorKind, Result};
 pub use image::{Entry, Image};
 pub use kind::{ImageKind, Layout, PayloadKind};
