@@ -9,6 +9,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// An image that could not be read or decoded.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Error {
     /// The image file, when the bytes came from one.
     pub path: Option<PathBuf>,

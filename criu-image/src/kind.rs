@@ -3,6 +3,7 @@
 
 /// How an image's entries follow its magic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Layout {
     /// Size-prefixed messages, each maybe followed by a payload.
     Entries(Option<PayloadKind>),
@@ -15,6 +16,7 @@ pub enum Layout {
 
 /// The raw bytes some images carry after an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PayloadKind {
     /// Pipe or FIFO contents: `bytes` bytes.
     PipeData,
@@ -34,6 +36,7 @@ pub enum PayloadKind {
 
 /// An image type: its magic name, the message of its entries, its layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ImageKind {
     /// crit's name of the magic (`PSTREE`).
     pub magic: &'static str,

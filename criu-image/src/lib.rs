@@ -22,6 +22,10 @@
 //! `src/generated/LICENSE-CRIU-IMAGES`); from `magic.h` only the magic
 //! names and numbers are taken.
 //!
+//! What the crate returns (images, entries, payloads, inspections, errors)
+//! is `#[non_exhaustive]`: newer CRIU versions add fields, payloads and
+//! images, and the crate can follow them without a breaking release.
+//!
 //! ```no_run
 //! let image = criu_image::Image::open("/tmp/ck/pstree.img")?;
 //! println!("{}", criu_image::crit::render(&image, criu_image::crit::Style::Plain));

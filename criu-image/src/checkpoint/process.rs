@@ -16,6 +16,7 @@ const MAP_ANONYMOUS: u32 = 0x20;
 
 /// A process as the checkpoint holds it.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct ProcessView {
     /// Its pid (in its own pid namespace).
     pub pid: u32,
@@ -48,6 +49,7 @@ pub type NamespaceView = BTreeMap<String, u32>;
 
 /// A process's memory.
 #[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
 pub struct MemoryView {
     /// Number of mappings.
     pub vmas: usize,
