@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 export PATH := /usr/local/sbin:/usr/local/bin:$(PATH)
 
-.PHONY: root setup demo test lint bench bench-quick publish-check features generated-check
+.PHONY: root setup demo test lint bench bench-quick publish-check features generated-check api-check
 
 root:
 	@[ "$$(id -u)" = 0 ] || { echo "error: run as root (CRIU needs it): sudo make $(MAKECMDGOALS)" >&2; exit 1; }
@@ -68,6 +68,13 @@ publish-check: setup
 # scripts/update-image-protos.sh makes of the set-up's CRIU source today.
 generated-check: setup
 	bash scripts/update-image-protos.sh --check
+
+# The public API of each published crate (api/*.txt, one item a line with
+# its signature, from rustdoc's JSON) is the committed one: a change to the
+# API fails here until api/ is regenerated (scripts/update-public-api.sh)
+# and the change is committed where review sees it.
+api-check:
+	bash scripts/update-public-api.sh --check
 
 # Every feature set a user would pick builds and passes clippy.
 features: setup
