@@ -3,7 +3,6 @@
 
 /// How an image's entries follow its magic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Layout {
     /// Size-prefixed messages, each maybe followed by a payload.
     Entries(Option<PayloadKind>),
@@ -16,7 +15,6 @@ pub enum Layout {
 
 /// The raw bytes some images carry after an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum PayloadKind {
     /// Pipe or FIFO contents: `bytes` bytes.
     PipeData,

@@ -22,9 +22,12 @@
 //! `src/generated/LICENSE-CRIU-IMAGES`); from `magic.h` only the magic
 //! names and numbers are taken.
 //!
-//! What the crate returns (images, entries, payloads, inspections, errors)
-//! is `#[non_exhaustive]`: newer CRIU versions add fields, payloads and
-//! images, and the crate can follow them without a breaking release.
+//! What the crate returns (images, entries, inspections, errors) is
+//! `#[non_exhaustive]`: newer CRIU versions add fields and images, and the
+//! crate can follow them without a breaking release. The enums of the
+//! format itself ([`Layout`], [`PayloadKind`], [`Extra`]) are exhaustive
+//! on purpose: an encoder (the `criu-rs` command's) must handle every
+//! layout and payload, and a new one should fail its build, not its run.
 //!
 //! ```no_run
 //! let image = criu_image::Image::open("/tmp/ck/pstree.img")?;

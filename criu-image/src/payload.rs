@@ -10,7 +10,6 @@ use crate::kind::PayloadKind;
 
 /// The payload that followed an entry.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum Extra {
     /// Opaque bytes (pipe, FIFO, socket queue, BPF map, shared memory data,
     /// a ghost file's contents).

@@ -18,7 +18,9 @@ use crate::spawn::spawn_swrk;
 use crate::stats::Stats;
 use crate::sys;
 use crate::verify::verify_images;
-use crate::version::{Features, Version};
+use crate::version::{
+    kernel_has_soft_dirty, kernel_has_uffd_wp_async, Features, MemTrackMethod, Version,
+};
 
 /// Pids with a dump in progress in this process.
 static BUSY: Mutex<Option<HashSet<i32>>> = Mutex::new(None);
@@ -264,8 +266,19 @@ impl Criu {
         self.run(Operation::FeatureCheck, None, None, |p| unsafe {
             sys::criu_local_feature_check(p, &mut f, size)
         })?;
+        // CRIU says whether it can track memory, not how: soft-dirty bits
+        // when the kernel keeps them (CRIU prefers them), else its
+        // userfaultfd write-protection.
+        let mem_track_method = f.mem_track.then(|| {
+            if kernel_has_soft_dirty() {
+                MemTrackMethod::SoftDirty
+            } else {
+                MemTrackMethod::UffdWriteProtect
+            }
+        });
         Ok(Features {
             mem_track: f.mem_track,
+            mem_track_method,
             lazy_pages: f.lazy_pages,
             pidfd_store: f.pidfd_store,
         })
@@ -287,10 +300,12 @@ impl Criu {
         }
         Err(Error::Unsupported {
             ctx: Context::new(op, pid),
-            what: "memory change tracking (soft-dirty) is off in this kernel, and pre-dumps, iterative \
-                   dumps and track_mem need it (CRIU 4.2 aborts with a BUG in mem.c otherwise); do a \
-                   plain dump, or use lazy pages to shorten the freeze"
-                .into(),
+            what: format!(
+                "pre-dumps, iterative dumps and track_mem need memory change tracking, and the CRIU \
+                 in use cannot track memory here: {} (CRIU 4.2 aborts with a BUG in mem.c \
+                 otherwise); do a plain dump, or use lazy pages to shorten the freeze",
+                tracking_available()
+            ),
         })
     }
 
@@ -492,4 +507,19 @@ fn restored_pid(op: Operation, pid: c_int) -> Result<i32> {
 fn read_stats(dir: Option<BorrowedFd<'_>>, name: &str) -> Option<Stats> {
     let bytes = read_at(dir?, name, MAX_STATS_READ).ok()?;
     Stats::decode(name, &bytes).ok()
+}
+
+/// What this kernel offers for memory tracking, for an `Unsupported` error
+/// when CRIU says it can track nothing.
+fn tracking_available() -> &'static str {
+    if kernel_has_soft_dirty() {
+        "this kernel keeps soft-dirty bits, yet CRIU does not use them (is /proc/PID/clear_refs \
+         writable?)"
+    } else if kernel_has_uffd_wp_async() {
+        "this kernel has no soft-dirty bits; it offers userfaultfd write-protection, which only a \
+         CRIU built with the project's patches/criu-uffd-wp-track.patch uses (`make setup` builds \
+         one; see docs/precopy-uffd.md)"
+    } else {
+        "this kernel has neither soft-dirty bits nor userfaultfd write-protection (Linux 6.7+)"
+    }
 }
