@@ -33,8 +33,14 @@ PACKAGES=(
   # the OCI registry that checkpoint images travel through (issue 14); its
   # service is never started: tests run their own in a network namespace
   docker-registry openssl zstd
+  # tools nobody here wrote that read and write OCI images: criu-oci's
+  # images are copied, built and unpacked with them (testkit/tests/registry.rs);
+  # buildah also upgrades login/passwd to a point release
+  skopeo buildah umoci
   # the TLS migration tests capture the hosts' link (testkit/tests/tls.rs)
   tcpdump
+  # an unmodified server the CLI's tests move (criu-cli/tests/tcp_move.rs)
+  redis-server
 )
 
 missing=()
@@ -152,7 +158,7 @@ criu_ok() {
       return 1
     fi
   elif [ -n "$(criu_patches)" ]; then
-    log "note: CRIU at $bin was not built by this script and lacks the patches in $PATCH_DIR: dumps through a page server stay frozen ~200 ms longer (docs/page-server-stall.md); scripts/check-page-server.sh will fail"
+    log "note: CRIU at $bin was not built by this script and lacks the patches in $PATCH_DIR: dumps through a page server stay frozen ~200 ms longer (docs/page-server-stall.md), scripts/check-page-server.sh will fail, and without soft-dirty bits pre-dumps are unsupported (docs/precopy-uffd.md)"
   fi
   log "CRIU $v at $bin passes 'criu check'; keeping it"
 }
