@@ -145,6 +145,13 @@ fn down(rows: &[Summary], name: &str, mib: usize) -> Option<f64> {
 /// also accepts `a` at most that much above `b`.
 fn target_line(what: &str, a: f64, b: f64, limit: f64, slack_ms: Option<f64>) {
     let ratio = a / b.max(0.001);
+    if limit.is_infinite() {
+        println!(
+            "  {what}: {a:.1} / {b:.1} ms = {ratio:.2}x ({:+.1} ms); no target at this size",
+            a - b
+        );
+        return;
+    }
     let met = ratio <= limit || slack_ms.is_some_and(|s| a - b <= s);
     let slack = slack_ms.map_or(String::new(), |s| format!(" or <= +{s:.0} ms"));
     println!(
