@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 export PATH := /usr/local/sbin:/usr/local/bin:$(PATH)
 
-.PHONY: root setup demo test lint bench bench-quick publish-check features
+.PHONY: root setup demo test lint bench bench-quick publish-check features generated-check api-check
 
 root:
 	@[ "$$(id -u)" = 0 ] || { echo "error: run as root (CRIU needs it): sudo make $(MAKECMDGOALS)" >&2; exit 1; }
@@ -91,16 +91,27 @@ bench: setup
 	CRIU_RS_BENCH_REPS=5 cargo bench -p criu-rs-benches --bench tls -- --stream-only
 	cargo run --release -q -p criu-rs-benches --bin bench-report
 
-# What crates.io and docs.rs will see: the docs built with no libcriu (as
-# docs.rs does, DOCS_RS set, pkg-config finding nothing) with broken
-# intra-doc links denied, the packages assembled and built from their
-# tarballs, and a dry-run publish of criu-sys.
+# What crates.io and docs.rs will see: every published crate packaged, a
+# fresh project outside the workspace built on the packaged crates (every
+# feature, no CRIU source, offline) that dumps and restores a process,
+# docs.rs's build simulated on them (nightly, DOCS_RS, no libcriu,
+# warnings denied), the declared rust-version if installed, a dry-run
+# publish of criu-sys. See scripts/publish-check.sh.
 publish-check: setup
-	env DOCS_RS=1 PKG_CONFIG_LIBDIR=/nonexistent PKG_CONFIG_PATH=/nonexistent \
-	  RUSTDOCFLAGS="-D rustdoc::broken_intra_doc_links -D warnings" \
-	  cargo doc --no-deps -p criu-sys -p criu-rs --features criu-rs/tls --target-dir target/docs-rs
-	cargo package -p criu-sys -p criu-image -p criu-rs --target-dir target/package
-	cargo publish --dry-run -p criu-sys --target-dir target/package
+	bash scripts/publish-check.sh
+
+# criu-image's committed generated files (the Rust types of CRIU's image
+# protos, their descriptor set, the magic table) are what
+# scripts/update-image-protos.sh makes of the set-up's CRIU source today.
+generated-check: setup
+	bash scripts/update-image-protos.sh --check
+
+# The public API of each published crate (api/*.txt, one item a line with
+# its signature, from rustdoc's JSON) is the committed one: a change to the
+# API fails here until api/ is regenerated (scripts/update-public-api.sh)
+# and the change is committed where review sees it.
+api-check:
+	bash scripts/update-public-api.sh --check
 
 # Every feature set a user would pick builds and passes clippy.
 features: setup
