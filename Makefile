@@ -69,23 +69,26 @@ test: setup
 	@if [ -s $(SKIP_LOG) ]; then sort $(SKIP_LOG) | sed 's/\t/: /'; else echo "   nothing"; fi
 
 # Quick mode: the smallest size, tmpfs only, criterion's --quick; one
-# migration per strategy at 16 MiB. A couple of minutes.
+# migration per strategy and transport at 16 MiB. A couple of minutes.
 bench-quick: setup
 	cargo build --release -p criu-testkit --bins
 	CRIU_RS_BENCH_SIZES=1 CRIU_RS_BENCH_FS=tmpfs cargo bench -p criu-rs-benches --bench latency -- --quick
 	CRIU_RS_BENCH_ROUNDS=2 cargo bench -p criu-rs-benches --bench overhead
-	CRIU_RS_BENCH_MIGRATION_SIZES=16 CRIU_RS_BENCH_REPS=1 cargo bench -p criu-rs-benches --bench migration
+	CRIU_RS_BENCH_MIGRATION_SIZES=16 CRIU_RS_BENCH_REPS=1 CRIU_RS_BENCH_TRANSPORTS=plain,tls cargo bench -p criu-rs-benches --bench migration
 
 # The published run (BENCHMARKS.md): every size, both filesystems, then the
-# tables (printed) and plots (docs/bench/). Takes about half an hour.
+# tables (printed) and plots (docs/bench/). Takes about an hour.
 bench: setup
 	cargo build --release -p criu-testkit --bins
 	rm -f target/criu-rs-bench/criu-stats.jsonl
 	mkdir -p target/criu-rs-bench && touch target/criu-rs-bench/run-started
 	CRIU_RS_BENCH_SIZES=1,16,64,256,1024 cargo bench -p criu-rs-benches --bench latency
 	CRIU_RS_BENCH_ROUNDS=25 cargo bench -p criu-rs-benches --bench overhead
-	CRIU_RS_BENCH_MIGRATION_SIZES=16,256,1024 CRIU_RS_BENCH_REPS=3 cargo bench -p criu-rs-benches --bench migration
-	CRIU_RS_BENCH_MIGRATION_SIZES=256,1024 CRIU_RS_BENCH_REPS=5 cargo bench -p criu-rs-benches --bench tls
+	# Every strategy over plain TCP and TLS, the registry route and the
+	# local baseline, interleaved per repetition; prints the targets.
+	CRIU_RS_BENCH_MIGRATION_SIZES=16,256,1024 CRIU_RS_BENCH_REPS=5 CRIU_RS_BENCH_TRANSPORTS=plain,tls \
+	  CRIU_RS_BENCH_REGISTRY=1 cargo bench -p criu-rs-benches --bench migration
+	CRIU_RS_BENCH_REPS=5 cargo bench -p criu-rs-benches --bench tls -- --stream-only
 	cargo run --release -q -p criu-rs-benches --bin bench-report
 
 # What crates.io and docs.rs will see: every published crate packaged, a
