@@ -1,63 +1,117 @@
 #!/usr/bin/env bash
-# The checkpoint CLI end to end: check, dump a live workload (--json),
-# restore it (--json), read its statistics; then a process with an
-# established TCP connection, restorable only with the flags it was dumped
-# with, and inspect/decode of its images. Cleans up by pid.
+# The criu-rs command as a user gets it: `cargo install`ed into a
+# temporary root, then check, dump, restore, stats, inspect, crit's
+# decode/encode/info/x, export/import and push/pull (OCI layout) on real
+# processes, the flags a checkpoint was made with needed again to restore
+# it, and the help, man page and completions. First, that the command
+# depends on no test kit and no Docker client. Cleans up by pid.
 set -euo pipefail
+trap '[[ $- == *e* ]] && echo "FAIL: cli-smoke.sh line $LINENO: $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
-bin=target/debug/examples/checkpoint
+
+# 1. What the command is built from.
+deps=$(cargo tree -p criu-cli -e normal,build,dev --prefix none)
+if grep -Eq '^(bollard|criu-testkit) ' <<< "$deps"; then
+  echo "FAIL: criu-cli depends on bollard or criu-testkit:"; grep -E '^(bollard|criu-testkit) ' <<< "$deps" | sort -u; exit 1
+fi
+
 work=$(mktemp -d /tmp/criu-rs-cli-XXXXXX)
-restored=""
-tcp_restored=""
+pids=()
 cleanup() {
-  [ -n "$restored" ] && kill -9 "$restored" 2>/dev/null || true
-  [ -n "$tcp_restored" ] && kill -9 "$tcp_restored" 2>/dev/null || true
+  local p
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
 [ -n "${CLI_SMOKE_KEEP:-}" ] && trap - EXIT
-# Polls until the workload's output has more than $1 lines (10 s at most).
-wait_for_lines() {
-  local want=$1 i
-  for i in $(seq 1000); do
-    [ -f "$work/out.log" ] && [ "$(wc -l < "$work/out.log")" -gt "$want" ] && return 0
-    sleep 0.01
-  done
-  echo "FAIL: the workload's output stayed at $want lines or fewer"; return 1
-}
-cargo build -q -p criu-rs-examples --example checkpoint
-"$bin" check | grep -q '"ok":true'
-# The workload gets no descriptor of ours beyond 0-2 (a harness may leave
-# some open, and CRIU cannot dump, say, a pipe whose other end it lacks).
-(
-  for fd in /proc/$BASHPID/fd/*; do
-    fd=${fd##*/}
-    if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
-  done
-  exec setsid target/debug/criu-rs-workload "$work/out.log" </dev/null >/dev/null 2>&1
-) &
-pid=$!
-wait_for_lines 2   # it runs and ticks before it is dumped
-"$bin" dump --pid "$pid" --images-dir "$work/img" --json > "$work/dump.json"
-{ wait "$pid"; } 2>/dev/null || true   # the dump killed it; reap it so its pid is free
-grep -q "\"pid\":$pid" "$work/dump.json"
-grep -q '"frozen_time"' "$work/dump.json"
-if "$bin" dump --pid "$pid" --images-dir "$work/img" 2> "$work/err"; then
-  echo "FAIL: a second dump into a used directory succeeded"; exit 1
-fi
-grep -q "already holds a checkpoint" "$work/err"
-"$bin" restore --images-dir "$work/img" --json > "$work/restore.json"
-restored=$(sed -n 's/.*"pid":\([0-9]*\).*/\1/p' "$work/restore.json")
-[ "$restored" = "$pid" ]
-wait_for_lines "$(wc -l < "$work/out.log")"   # the restored process counts on
-"$bin" stats --images-dir "$work/img" | grep -q '"restore_time"'
+
+# 2. Installed as a user installs it (debug, reusing this build's cache).
+cargo install -q --path criu-cli --root "$work/root" --debug --locked --target-dir target
+bin=$work/root/bin/criu-rs
+[ -x "$bin" ] || { echo "FAIL: cargo install left no $bin"; exit 1; }
+"$bin" --help | grep "Exit codes" > /dev/null
+"$bin" help dump | grep -- "--tcp-established" > /dev/null
+"$bin" man | grep '^\.TH' > /dev/null
+"$bin" man --out-dir "$work/man"
+[ -s "$work/man/criu-rs.1" ] && [ -s "$work/man/criu-rs-send.1" ] || { echo "FAIL: no man pages"; exit 1; }
+"$bin" completions bash | grep 'complete' > /dev/null
+"$bin" check --json | grep '"ok":true' > /dev/null
 
 # poll CMD...: retries for up to 10 s (no fixed sleeps).
 poll() { for _ in $(seq 200); do "$@" && return 0; sleep 0.05; done; return 1; }
 lines() { if [ -f "$1" ]; then wc -l < "$1"; else echo 0; fi; }
 grown() { [ "$(lines "$1")" -gt "$2" ]; }
-# A process with an established TCP connection: its checkpoint restores
-# only with the flags it was dumped with (restore shares dump's options).
+# start_py SCRIPT ARGS...: a session leader with no descriptor of ours
+# beyond 0-2 (CRIU cannot dump, say, a pipe whose other end it lacks).
+start_py() {
+  (
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+    done
+    exec setsid /usr/bin/python3 "$@" </dev/null >/dev/null 2>&1
+  ) &
+  pids+=($!)
+}
+
+# 3. A counter: dump (it stops), restore (it counts on), statistics.
+cat > "$work/counter.py" <<'PY'
+import sys, time
+n = 0
+while True:
+    n += 1
+    with open(sys.argv[1], "a") as f: f.write("%d\n" % n)
+    time.sleep(0.02)
+PY
+start_py "$work/counter.py" "$work/out"
+pid=$!
+poll grown "$work/out" 2 || { echo "FAIL: the counter does not count"; exit 1; }
+"$bin" dump --pid "$pid" --images-dir "$work/img" --json > "$work/dump.json"
+{ wait "$pid"; } 2>/dev/null || true   # the dump killed it; reap it so its pid is free
+grep -q "\"pid\":$pid" "$work/dump.json"
+grep -q '"frozen_time"' "$work/dump.json"
+set +e
+"$bin" dump --pid "$pid" --images-dir "$work/img" 2> "$work/err"; rc=$?
+set -e
+[ "$rc" = 2 ] || { echo "FAIL: a dump into a used directory exited $rc"; cat "$work/err"; exit 1; }
+grep -q "already holds a checkpoint" "$work/err"
+grep -q "^hint: " "$work/err"
+"$bin" restore --images-dir "$work/img" --json > "$work/restore.json"
+restored=$(sed -n 's/.*"pid":\([0-9]*\).*/\1/p' "$work/restore.json")
+pids+=("$restored")
+[ "$restored" = "$pid" ]
+at=$(lines "$work/out")
+poll grown "$work/out" "$at" || { echo "FAIL: the restored counter does not count"; exit 1; }
+"$bin" stats --images-dir "$work/img" --json | grep '"restore_time"' > /dev/null
+
+# 4. crit's commands on those images: x, info, decode | encode round trip.
+"$bin" x "$work/img" ps | grep -E "^ *$pid .*python3" > /dev/null
+"$bin" x "$work/img" mems | grep "counter.py\|python3" > /dev/null
+"$bin" info "$work/img/pstree.img" | grep '"magic": "PSTREE"' > /dev/null
+for img in "$work"/img/*.img; do
+  case ${img##*/} in pages-*) continue ;; esac
+  "$bin" decode -i "$img" | "$bin" encode -o "$work/re.img"
+  cmp -s "$img" "$work/re.img" || { echo "FAIL: decode | encode changed ${img##*/}"; exit 1; }
+  "$bin" decode --pretty -i "$img" | "$bin" encode | cmp -s "$img" - \
+    || { echo "FAIL: decode --pretty | encode changed ${img##*/}"; exit 1; }
+done
+set +e
+echo '{"magic": "PSTREE", "entries": [{"pid": "x"}]}' | "$bin" encode > /dev/null 2> "$work/err"; rc=$?
+set -e
+[ "$rc" = 6 ] || { echo "FAIL: encode of bad JSON exited $rc"; exit 1; }
+
+# 5. Archives and OCI images of the same checkpoint.
+"$bin" export --images-dir "$work/img" -o "$work/ck.tar.gz" --name counter --json | grep '"files"' > /dev/null
+"$bin" import -i "$work/ck.tar.gz" --target "$work/imported" > /dev/null
+"$bin" push --images-dir "$work/img" "oci:$work/layout:counter" --json | grep '"manifest_digest"' > /dev/null
+"$bin" pull "oci:$work/layout:counter" --target "$work/pulled" > /dev/null
+for d in imported pulled; do
+  diff <("$bin" x "$work/img" ps) <("$bin" x "$work/$d/checkpoint" ps) \
+    || { echo "FAIL: the $d checkpoint differs"; exit 1; }
+done
+
+# 6. A process with an established TCP connection: it dumps only with
+# --tcp-established (the error says so), and restores only with it.
 tcp=$work/tcp
 mkdir -p "$tcp"
 cat > "$tcp/tcp.py" <<'PY'
@@ -72,15 +126,15 @@ while True:
     with open(sys.argv[2], "a") as f: f.write("%d\n" % n)
     time.sleep(0.02)
 PY
-(
-  for fd in /proc/$BASHPID/fd/*; do
-    fd=${fd##*/}
-    if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
-  done
-  exec setsid /usr/bin/python3 "$tcp/tcp.py" "$tcp/ready" "$tcp/out" </dev/null >/dev/null 2>&1
-) &
+start_py "$tcp/tcp.py" "$tcp/ready" "$tcp/out"
 tpid=$!
 poll test -s "$tcp/ready" || { echo "FAIL: the TCP process did not start"; exit 1; }
+set +e
+"$bin" dump --pid "$tpid" --images-dir "$tcp/refused" 2> "$work/err"; rc=$?
+set -e
+[ "$rc" = 3 ] || { echo "FAIL: a dump of a TCP connection without the flag exited $rc"; cat "$work/err"; exit 1; }
+grep -q "^hint: .*--tcp-established" "$work/err" || { echo "FAIL: no hint"; cat "$work/err"; exit 1; }
+poll grown "$tcp/out" "$(lines "$tcp/out")" || { echo "FAIL: the refused dump left it stopped"; exit 1; }
 "$bin" dump --pid "$tpid" --images-dir "$tcp/img" --tcp-established --file-locks > /dev/null
 { wait "$tpid"; } 2>/dev/null || true
 if "$bin" restore --images-dir "$tcp/img" 2> "$work/err"; then
@@ -89,17 +143,14 @@ fi
 if grep -q "File exists" "$work/err"; then echo "FAIL: the pid was still taken"; cat "$work/err"; exit 1; fi
 # The half-restored task is nobody's child now: wait until PID 1 reaps it.
 poll test ! -e "/proc/$tpid" || { echo "FAIL: pid $tpid still taken"; exit 1; }
-"$bin" restore --images-dir "$tcp/img" --tcp-established --file-locks --deadline-secs 30 --json > "$work/tcp-restore.json"
+"$bin" restore --images-dir "$tcp/img" --tcp-established --file-locks --deadline 30s --json > "$work/tcp-restore.json"
 tcp_restored=$(sed -n 's/.*"pid":\([0-9]*\).*/\1/p' "$work/tcp-restore.json")
+pids+=("$tcp_restored")
 [ "$tcp_restored" = "$tpid" ]
 at=$(lines "$tcp/out")
 poll grown "$tcp/out" "$at" || { echo "FAIL: the restored connection carries no data"; exit 1; }
-"$bin" inspect --images-dir "$tcp/img" --json > "$work/inspect.json"
-grep -q '"state":"ESTABLISHED"' "$work/inspect.json"
-"$bin" inspect --images-dir "$tcp/img" > "$work/inspect.txt"
-grep -q "argv: .*tcp.py" "$work/inspect.txt"
-"$bin" decode --images-dir "$tcp/img" --image pstree.img > "$work/pstree.json"
-grep -q "\"pid\":$tpid" "$work/pstree.json"
-"$bin" decode --images-dir "$tcp/img" --image files.img --pretty > "$work/files.json"
-grep -q '"state": "ESTABLISHED"' "$work/files.json"
-echo "cli smoke: ok (dumped and restored pid $pid; TCP pid $tpid restored with its flags; inspect and decode)"
+"$bin" inspect --images-dir "$tcp/img" --json | grep '"state":"ESTABLISHED"' > /dev/null
+"$bin" inspect --images-dir "$tcp/img" | grep "argv: .*tcp.py" > /dev/null
+"$bin" decode --pretty -i "$tcp/img/files.img" | grep '"state": "ESTABLISHED"' > /dev/null
+"$bin" x "$tcp/img" fds | grep "INETSK" > /dev/null
+echo "cli smoke: ok (installed criu-rs; dumped and restored pid $pid; crit round trips; archive and OCI layout; TCP pid $tpid restored with its flags)"

@@ -33,8 +33,14 @@ PACKAGES=(
   # the OCI registry that checkpoint images travel through (issue 14); its
   # service is never started: tests run their own in a network namespace
   docker-registry openssl zstd
+  # tools nobody here wrote that read and write OCI images: criu-oci's
+  # images are copied, built and unpacked with them (testkit/tests/registry.rs);
+  # buildah also upgrades login/passwd to a point release
+  skopeo buildah umoci
   # the TLS migration tests capture the hosts' link (testkit/tests/tls.rs)
   tcpdump
+  # an unmodified server the CLI's tests move (criu-cli/tests/tcp_move.rs)
+  redis-server
 )
 
 missing=()

@@ -1,10 +1,89 @@
-//! The `org.criu.checkpoint.*` annotations that Podman, CRI-O, containerd
-//! and checkpointctl put on checkpoint images, the host facts they record,
-//! and the check that a checkpoint can be restored on this host.
+//! The annotations the container engines put on checkpoint images, the
+//! host facts they record, and the check that a checkpoint can be
+//! restored on this host.
+//!
+//! What each engine writes (read in their sources):
+//!
+//! * `org.criu.checkpoint.*`: checkpointctl's metadata library, used by
+//!   `checkpointctl build` and by recent CRI-O and containerd, and by
+//!   this crate (container name, engine, CRIU version, host arch,
+//!   kernel, cgroup version, distribution...).
+//! * `io.podman.annotations.checkpoint.*`: Podman's
+//!   `container checkpoint --create-image` (`name`, `criu.version`,
+//!   `host.arch`, `host.kernel`, `cgroups.version`, `podman.version`,
+//!   `runtime.name`...).
+//! * `io.kubernetes.cri-o.annotations.checkpoint.*` and
+//!   `io.kubernetes.containerd.annotations.checkpoint.*`: older CRI-O and
+//!   containerd (`name`, `criu.version`, `rootfsImageName`...), and the
+//!   `buildah` recipe Kubernetes' documentation gives, which sets only
+//!   the `name` one.
+//!
+//! An image is a checkpoint if it carries any set's container name. The
+//! CPU architecture comes from an annotation, else from the image
+//! config's `architecture`; a CRIU version, when stated, must be this
+//! host's, and when not, CRIU checks its images itself on restore.
 
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
+
+/// One engine's annotation keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeySet {
+    /// Who writes this set.
+    pub writer: &'static str,
+    /// The checkpointed container's name (what marks a checkpoint).
+    pub name: &'static str,
+    /// The CPU architecture, in Go's names.
+    pub arch: &'static str,
+    /// CRIU's version, in libcriu's integer form.
+    pub criu_version: &'static str,
+}
+
+/// The sets read, in order of preference.
+pub const KEY_SETS: [KeySet; 4] = [
+    KeySet {
+        writer: "checkpointctl, CRI-O, containerd, criu-rs (org.criu.checkpoint.*)",
+        name: CONTAINER_NAME,
+        arch: HOST_ARCH,
+        criu_version: CRIU_VERSION,
+    },
+    KeySet {
+        writer: "Podman",
+        name: "io.podman.annotations.checkpoint.name",
+        arch: "io.podman.annotations.checkpoint.host.arch",
+        criu_version: "io.podman.annotations.checkpoint.criu.version",
+    },
+    KeySet {
+        writer: "CRI-O (older releases)",
+        name: "io.kubernetes.cri-o.annotations.checkpoint.name",
+        arch: "io.kubernetes.cri-o.annotations.checkpoint.host.arch",
+        criu_version: "io.kubernetes.cri-o.annotations.checkpoint.criu.version",
+    },
+    KeySet {
+        writer: "containerd (older releases)",
+        name: "io.kubernetes.containerd.annotations.checkpoint.name",
+        arch: "io.kubernetes.containerd.annotations.checkpoint.host.arch",
+        criu_version: "io.kubernetes.containerd.annotations.checkpoint.criu.version",
+    },
+];
+
+/// The key set whose container name `annotations` carry, if any.
+pub fn key_set(annotations: &BTreeMap<String, String>) -> Option<&'static KeySet> {
+    KEY_SETS.iter().find(|k| annotations.contains_key(k.name))
+}
+
+/// The checkpointed container's name, from whichever set states it.
+pub fn container_name(annotations: &BTreeMap<String, String>) -> Option<&str> {
+    key_set(annotations).and_then(|k| annotations.get(k.name).map(String::as_str))
+}
+
+/// The CPU architecture any set's annotation states.
+pub fn stated_arch(annotations: &BTreeMap<String, String>) -> Option<&str> {
+    KEY_SETS
+        .iter()
+        .find_map(|k| annotations.get(k.arch).map(String::as_str))
+}
 
 /// Marks an image as a checkpoint: the checkpointed container's name.
 pub const CONTAINER_NAME: &str = "org.criu.checkpoint.container.name";
@@ -67,45 +146,76 @@ impl HostFacts {
     }
 
     /// Checks that a checkpoint with `annotations` can be restored here:
-    /// it must be a checkpoint, made on the same CPU architecture, by the
-    /// same CRIU version (CRIU's images carry no compatibility promise
-    /// across versions, and a newer CRIU's images may not be readable).
-    pub fn check(&self, reference: &str, annotations: &BTreeMap<String, String>) -> Result<()> {
-        if !annotations.contains_key(CONTAINER_NAME) {
+    /// it must be a checkpoint (any engine's set, see [`KEY_SETS`]), made
+    /// on the same CPU architecture (from the annotations, else from
+    /// `config_arch`, called only then: the image config's
+    /// `architecture`), and, if it says which CRIU made it, by this
+    /// host's (CRIU's images carry no compatibility promise across
+    /// versions). A checkpoint that does not say is left to CRIU's own
+    /// check of its images.
+    pub fn check(
+        &self,
+        reference: &str,
+        annotations: &BTreeMap<String, String>,
+        config_arch: impl FnOnce() -> Result<Option<String>>,
+    ) -> Result<()> {
+        let Some(keys) = key_set(annotations) else {
             return Err(Error::NotACheckpoint {
                 reference: reference.into(),
+                hint: not_a_checkpoint_hint(annotations),
             });
-        }
+        };
         let incompatible = |reason: String| Error::Incompatible {
             reference: reference.into(),
             reason,
         };
-        match annotations.get(HOST_ARCH) {
-            Some(a) if *a == self.arch => {}
-            Some(a) => {
-                return Err(incompatible(format!(
-                    "it was made on {a}, this host is {} (CRIU restores only on the CPU architecture it dumped)",
-                    self.arch
-                )))
-            }
-            None => return Err(incompatible(format!("it does not say its CPU architecture ({HOST_ARCH})"))),
-        }
-        let theirs = annotations
-            .get(CRIU_VERSION)
-            .and_then(|v| v.parse::<u32>().ok())
-            .map(criu::Version::from_encoded)
-            .ok_or_else(|| {
+        let arch = match stated_arch(annotations) {
+            Some(a) => a.to_string(),
+            None => config_arch()?.ok_or_else(|| {
                 incompatible(format!(
-                    "it does not say which CRIU made it ({CRIU_VERSION})"
+                    "neither its annotations ({}) nor its image config state a CPU architecture; \
+                     add the annotation if you know it was made on {}",
+                    keys.arch, self.arch
                 ))
-            })?;
-        if theirs != self.criu_version {
+            })?,
+        };
+        if arch != self.arch {
             return Err(incompatible(format!(
-                "it was made by CRIU {theirs}, this host has CRIU {}; restore it with the same CRIU version",
-                self.criu_version
+                "it was made on {arch}, this host is {} (CRIU restores only on the CPU architecture it dumped)",
+                self.arch
             )));
         }
+        let stated = KEY_SETS
+            .iter()
+            .find_map(|k| annotations.get(k.criu_version));
+        if let Some(v) = stated {
+            let theirs = v.parse::<u32>().map(criu::Version::from_encoded).map_err(|_| {
+                incompatible(format!(
+                    "its CRIU version annotation {v:?} is not libcriu's integer form (40201 for 4.2.1)"
+                ))
+            })?;
+            if theirs != self.criu_version {
+                return Err(incompatible(format!(
+                    "it was made by CRIU {theirs}, this host has CRIU {}; restore it with the same CRIU version",
+                    self.criu_version
+                )));
+            }
+        }
         Ok(())
+    }
+}
+
+/// What to tell the user of an image without any set's container name.
+fn not_a_checkpoint_hint(annotations: &BTreeMap<String, String>) -> String {
+    let names: Vec<_> = KEY_SETS.iter().map(|k| k.name).collect();
+    if annotations.is_empty() {
+        format!(
+            "its manifest has no annotations at all: if it is a checkpoint, a copy in Docker's \
+             v2s2 format (docker push, skopeo copy --format v2s2) dropped them; copy it in OCI \
+             format, or add one of {names:?}"
+        )
+    } else {
+        format!("it carries none of {names:?}")
     }
 }
 
@@ -172,29 +282,85 @@ mod tests {
         let mut a = h.annotations();
         a.insert(CONTAINER_NAME.into(), "c".into());
         assert_eq!(a[CRIU_VERSION], "40201");
-        h.check("r", &a).unwrap();
+        h.check("r", &a, no_config).unwrap();
         // Kernel, cgroup and distribution may differ: CRIU copes.
         a.insert(HOST_KERNEL.into(), "5.10".into());
-        h.check("r", &a).unwrap();
+        h.check("r", &a, no_config).unwrap();
         let mut arch = a.clone();
         arch.insert(HOST_ARCH.into(), "arm64".into());
-        let e = h.check("r", &arch).unwrap_err().to_string();
+        let e = h.check("r", &arch, no_config).unwrap_err().to_string();
         assert!(e.contains("arm64") && e.contains("amd64"), "{e}");
         let mut newer = a.clone();
         newer.insert(CRIU_VERSION.into(), "40300".into());
-        let e = h.check("r", &newer).unwrap_err().to_string();
+        let e = h.check("r", &newer, no_config).unwrap_err().to_string();
         assert!(e.contains("CRIU 4.3.0") && e.contains("4.2.1"), "{e}");
+        // No CRIU version: left to CRIU's own check.
         let mut unsaid = a.clone();
         unsaid.remove(CRIU_VERSION);
-        assert!(matches!(
-            h.check("r", &unsaid),
-            Err(Error::Incompatible { .. })
-        ));
+        h.check("r", &unsaid, no_config).unwrap();
         a.remove(CONTAINER_NAME);
         assert!(matches!(
-            h.check("r", &a),
+            h.check("r", &a, no_config),
             Err(Error::NotACheckpoint { .. })
         ));
+    }
+
+    fn no_config() -> Result<Option<String>> {
+        panic!("the config is fetched only when no annotation states the architecture")
+    }
+
+    fn only(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn every_engines_set_is_read_and_the_arch_may_come_from_the_config() {
+        let h = here();
+        // Podman's set, with its own arch and CRIU keys.
+        let podman = only(&[
+            ("io.podman.annotations.checkpoint.name", "web"),
+            ("io.podman.annotations.checkpoint.host.arch", "amd64"),
+            ("io.podman.annotations.checkpoint.criu.version", "40201"),
+        ]);
+        h.check("r", &podman, no_config).unwrap();
+        assert_eq!(container_name(&podman), Some("web"));
+        let mut podman_arm = podman.clone();
+        podman_arm.insert(
+            "io.podman.annotations.checkpoint.host.arch".into(),
+            "arm64".into(),
+        );
+        assert!(matches!(
+            h.check("r", &podman_arm, no_config),
+            Err(Error::Incompatible { .. })
+        ));
+        // The buildah recipe: a name only; the arch comes from the config.
+        for key in [
+            "io.kubernetes.cri-o.annotations.checkpoint.name",
+            "io.kubernetes.containerd.annotations.checkpoint.name",
+            CONTAINER_NAME,
+        ] {
+            let a = only(&[(key, "counter")]);
+            h.check("r", &a, || Ok(Some("amd64".into()))).unwrap();
+            let e = h
+                .check("r", &a, || Ok(Some("arm64".into())))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("arm64"), "{e}");
+            let e = h.check("r", &a, || Ok(None)).unwrap_err().to_string();
+            assert!(
+                e.contains("architecture") && e.contains("annotation"),
+                "{e}"
+            );
+        }
+        // No annotations at all: the hint names the v2s2 copy.
+        let e = h
+            .check("r", &BTreeMap::new(), no_config)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("v2s2") && e.contains("OCI"), "{e}");
     }
 
     #[test]

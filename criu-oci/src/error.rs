@@ -27,7 +27,7 @@ pub enum Error {
         reason: String,
     },
     /// An archive is larger than the limits allow.
-    #[error("{what} exceeds the limit of {limit}; raise `Limits` if the checkpoint is really that large")]
+    #[error("{what} exceeds the limit of {limit} (bytes, or entries); if the checkpoint is really that large, raise `Limits` (the caps on manifests, image configs and tar metadata entries are fixed)")]
     TooLarge {
         /// What is too large.
         what: String,
@@ -75,12 +75,18 @@ pub enum Error {
         /// The digest of the bytes received.
         actual: String,
     },
-    /// The image carries no `org.criu.checkpoint.container.name`
-    /// annotation: it is not a checkpoint image.
-    #[error("{reference} is not a checkpoint image (no {} annotation); nothing was downloaded beyond its manifest", crate::annotations::CONTAINER_NAME)]
+    /// The image carries no engine's container-name annotation (see
+    /// [`crate::annotations::KEY_SETS`]): it is not a checkpoint image, or
+    /// a copy lost its annotations. Nothing but its manifest was
+    /// downloaded.
+    #[error(
+        "{reference} is not a checkpoint image: {hint}; nothing was downloaded beyond its manifest"
+    )]
     NotACheckpoint {
         /// The image reference.
         reference: String,
+        /// What is missing, and what to do.
+        hint: String,
     },
     /// The checkpoint was made on a host this one cannot restore it on.
     #[error("checkpoint {reference} cannot be restored here: {reason}")]

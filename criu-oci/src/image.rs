@@ -1,7 +1,8 @@
-//! A checkpoint as a one-layer OCI image: the archive (gzip) is the layer,
-//! the `org.criu.checkpoint.*` annotations sit on the manifest, as
-//! `podman container checkpoint --create-image` and `checkpointctl build`
-//! make them.
+//! A checkpoint as a one-layer OCI image: the archive is the layer, the
+//! `org.criu.checkpoint.*` annotations sit on the manifest, as
+//! `checkpointctl build` makes them (Podman's `--create-image` makes the
+//! same shape with its own `io.podman.annotations.checkpoint.*` keys; see
+//! [`crate::annotations`] for what is read).
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -18,6 +19,21 @@ use crate::error::{Error, Result};
 pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// An uncompressed tar layer's media type.
 pub const PLAIN_LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
+/// A zstd-compressed tar layer's media type (a mirror's recompression,
+/// `podman push --compression-format zstd`).
+pub const ZSTD_LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+/// Docker's gzip layer (an image copied in Docker's v2s2 format).
+pub const DOCKER_LAYER_MEDIA_TYPE: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+/// The layer media types read (the unpacker tells the compression from
+/// the bytes, so each of these is read whatever it says).
+pub const READ_LAYER_MEDIA_TYPES: [&str; 4] = [
+    PLAIN_LAYER_MEDIA_TYPE,
+    LAYER_MEDIA_TYPE,
+    ZSTD_LAYER_MEDIA_TYPE,
+    DOCKER_LAYER_MEDIA_TYPE,
+];
+/// An OCI image manifest's media type.
+pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 /// The config's media type.
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 
@@ -63,6 +79,44 @@ impl CheckpointImage {
             compression,
             config: image_config(host, &written.diff_id),
             annotations: checkpoint_annotations(meta, host),
+        })
+    }
+
+    /// An image of an archive an engine already wrote (the file kubelet's
+    /// checkpoint API leaves under `/var/lib/kubelet/checkpoints`, a
+    /// `podman container checkpoint --export --compress none|gzip`, one of
+    /// criu-oci's): its bytes become the layer unchanged, named `name`
+    /// and annotated with `host`'s facts (which must be the checkpointing
+    /// host's). The archive is read once, within `limits`, to check it
+    /// holds a `checkpoint/` directory and is well formed; a zstd archive
+    /// is refused (this crate writes no zstd layer: decompress it first).
+    pub fn from_archive(
+        archive: Vec<u8>,
+        name: &str,
+        host: &HostFacts,
+        limits: &Limits,
+    ) -> Result<CheckpointImage> {
+        let compression = match archive.as_slice() {
+            [0x1f, 0x8b, ..] => Compression::Gzip,
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => {
+                return Err(Error::Malformed(
+                    "a zstd archive: decompress it (zstd -d) and give the plain tar".into(),
+                ))
+            }
+            _ => Compression::None,
+        };
+        let diff_id = archive::checked_diff_id(&archive, limits)?;
+        let meta = ArchiveMeta {
+            name: name.into(),
+            ..ArchiveMeta::default()
+        };
+        let layer_digest = sha256_digest(&archive);
+        Ok(CheckpointImage {
+            layer: archive.into(),
+            layer_digest,
+            compression,
+            config: image_config(host, &diff_id),
+            annotations: checkpoint_annotations(&meta, host),
         })
     }
 
@@ -143,6 +197,8 @@ pub(crate) fn checkpoint_manifest(
 ) -> OciImageManifest {
     let config = oci_client::client::Config::new(config.to_vec(), CONFIG_MEDIA_TYPE.into(), None);
     let mut m = OciImageManifest::build(&[], &config, Some(annotations));
+    // The image spec says a manifest SHOULD name its media type.
+    m.media_type = Some(MANIFEST_MEDIA_TYPE.into());
     m.layers.push(oci_client::manifest::OciDescriptor {
         media_type: media_type.into(),
         digest: layer_digest.into(),
@@ -255,13 +311,26 @@ pub(crate) fn checkpoint_layer<'m>(
     manifest: &'m OciImageManifest,
 ) -> Result<&'m oci_client::manifest::OciDescriptor> {
     match manifest.layers.as_slice() {
-        [one] if one.media_type == LAYER_MEDIA_TYPE || one.media_type == PLAIN_LAYER_MEDIA_TYPE => {
-            Ok(one)
-        }
+        [one] if READ_LAYER_MEDIA_TYPES.contains(&one.media_type.as_str()) => Ok(one),
+        [one] => Err(Error::Malformed(format!(
+            "{reference}: its layer is a {:?}, not a tar archive (one of {READ_LAYER_MEDIA_TYPES:?})",
+            one.media_type
+        ))),
         layers => Err(Error::Malformed(format!(
-            "{reference}: a checkpoint image has one tar layer, this one has {} ({:?})",
+            "{reference}: a checkpoint image has exactly one layer, the checkpoint archive; this one has {} ({:?}): \
+             build it from scratch with the archive as its only layer",
             layers.len(),
             layers.iter().map(|l| &l.media_type).collect::<Vec<_>>()
         ))),
     }
+}
+
+/// The `architecture` of an image config (JSON), if it states one.
+pub(crate) fn config_architecture(config: &[u8]) -> Result<Option<String>> {
+    let v: serde_json::Value = serde_json::from_slice(config)
+        .map_err(|e| Error::Malformed(format!("the image config: {e}")))?;
+    Ok(v.get("architecture")
+        .and_then(|a| a.as_str())
+        .filter(|a| !a.is_empty())
+        .map(str::to_string))
 }

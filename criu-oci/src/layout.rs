@@ -3,20 +3,20 @@
 //! `skopeo copy oci:DIR:TAG docker://...` pushes one later.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::path::Path;
 
 use oci_client::manifest::{ImageIndexEntry, OciImageIndex, OciImageManifest};
 
 use crate::annotations::HostFacts;
-use crate::archive::HashingWriter;
+use crate::archive::{read_capped, HashingWriter, Limits};
 use crate::error::{Error, Result};
 use crate::image::{
-    checkpoint_layer, sha256_digest, verify, CheckpointImage, FetchedImage, Spooled,
+    checkpoint_layer, config_architecture, sha256_digest, verify, CheckpointImage, FetchedImage,
+    Spooled, MANIFEST_MEDIA_TYPE,
 };
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
-const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 
 fn layout_err(dir: &Path, message: impl Into<String>) -> Error {
@@ -70,13 +70,36 @@ pub fn write(dir: &Path, tag: &str, image: &CheckpointImage) -> Result<String> {
     Ok(manifest_digest)
 }
 
-/// Reads the image tagged `tag` from the layout in `dir`, checks that it
-/// is a checkpoint `host` can restore (from the annotations, before the
-/// layer is read), and verifies every blob against its digest.
+/// The largest `index.json` read.
+const INDEX_MAX: u64 = 1 << 20;
+/// The largest manifest read (what registries accept, 4 MiB).
+const MANIFEST_MAX: u64 = 4 << 20;
+/// The largest image config read.
+const CONFIG_MAX: u64 = 1 << 20;
+
+/// Reads the image tagged `tag` from the layout in `dir` within
+/// [`Limits::default`]: see [`read_limited`].
 pub fn read(dir: &Path, tag: &str, host: &HostFacts) -> Result<FetchedImage> {
+    read_limited(dir, tag, host, &Limits::default())
+}
+
+/// Reads the image tagged `tag` from the layout in `dir` (through an
+/// image index, its entry for this host), checks that it is a checkpoint
+/// `host` can restore (from the annotations, before the layer is read;
+/// the config only if no annotation states the architecture), and
+/// verifies every blob against its digest. Sizes are checked before
+/// anything is read: `index.json` up to 1 MiB, manifests 4 MiB, the
+/// config 1 MiB, the layer [`Limits::layer_bytes`].
+pub fn read_limited(
+    dir: &Path,
+    tag: &str,
+    host: &HostFacts,
+    limits: &Limits,
+) -> Result<FetchedImage> {
     let reference = format!("oci:{}:{tag}", dir.display());
-    let index: OciImageIndex = serde_json::from_slice(&read_file(dir, "index.json")?)
-        .map_err(|e| layout_err(dir, format!("index.json: {e}")))?;
+    let index: OciImageIndex =
+        serde_json::from_slice(&read_capped(&dir.join("index.json"), INDEX_MAX)?)
+            .map_err(|e| layout_err(dir, format!("index.json: {e}")))?;
     let entry = index
         .manifests
         .iter()
@@ -87,19 +110,97 @@ pub fn read(dir: &Path, tag: &str, host: &HostFacts) -> Result<FetchedImage> {
                 .is_some_and(|t| t == tag)
         })
         .ok_or_else(|| layout_err(dir, format!("no image tagged {tag:?} in index.json")))?;
-    let manifest_bytes = read_blob(dir, &entry.digest)?;
-    verify("the manifest", &manifest_bytes, &entry.digest, entry.size)?;
-    let manifest: OciImageManifest = serde_json::from_slice(&manifest_bytes)
-        .map_err(|e| layout_err(dir, format!("the manifest: {e}")))?;
-    let annotations = manifest.annotations.clone().unwrap_or_default();
-    host.check(&reference, &annotations)?;
+    let mut annotations = entry.annotations.clone().unwrap_or_default();
+    annotations.remove(REF_NAME);
+    let manifest = match entry.media_type.as_str() {
+        INDEX_MEDIA_TYPE => {
+            let inner: OciImageIndex =
+                parse_blob(dir, "an image index", &entry.digest, entry.size)?;
+            let platform_entry = pick_entry(dir, &inner, host)?;
+            annotations.extend(platform_entry.annotations.clone().unwrap_or_default());
+            parse_blob::<OciImageManifest>(
+                dir,
+                "the manifest",
+                &platform_entry.digest,
+                platform_entry.size,
+            )?
+        }
+        _ => parse_blob::<OciImageManifest>(dir, "the manifest", &entry.digest, entry.size)?,
+    };
+    annotations.extend(manifest.annotations.clone().unwrap_or_default());
+    host.check(&reference, &annotations, || {
+        let c = &manifest.config;
+        let data = read_small_blob(dir, "the image config", &c.digest, c.size, CONFIG_MAX)?;
+        config_architecture(&data)
+    })?;
     let layer = checkpoint_layer(&reference, &manifest)?;
+    if u64::try_from(layer.size).map_or(true, |s| s > limits.layer_bytes) {
+        return Err(Error::TooLarge {
+            what: format!(
+                "{reference}'s layer ({} bytes, as its manifest says)",
+                layer.size
+            ),
+            limit: limits.layer_bytes,
+        });
+    }
     let spooled = spool_blob(dir, &layer.digest, layer.size)?;
     Ok(FetchedImage {
         reference,
         annotations,
         layer: spooled,
     })
+}
+
+/// The entry of an image index for linux on `host`'s architecture, or
+/// its only entry.
+fn pick_entry<'i>(
+    dir: &Path,
+    index: &'i OciImageIndex,
+    host: &HostFacts,
+) -> Result<&'i ImageIndexEntry> {
+    let fits = |e: &&ImageIndexEntry| {
+        e.platform
+            .as_ref()
+            .is_some_and(|p| p.architecture.to_string() == host.arch && p.os.to_string() == "linux")
+    };
+    match (
+        index.manifests.iter().find(fits),
+        index.manifests.as_slice(),
+    ) {
+        (Some(e), _) => Ok(e),
+        (None, [only]) if only.platform.is_none() => Ok(only),
+        _ => Err(layout_err(
+            dir,
+            format!("its image index has no entry for linux/{}", host.arch),
+        )),
+    }
+}
+
+/// A small blob (manifest, index, config), its size checked before it is
+/// read and its digest after.
+fn read_small_blob(dir: &Path, what: &str, digest: &str, size: i64, cap: u64) -> Result<Vec<u8>> {
+    if u64::try_from(size).map_or(true, |s| s > cap) {
+        return Err(Error::TooLarge {
+            what: format!(
+                "{what} of {} ({size} bytes, as its descriptor says)",
+                dir.display()
+            ),
+            limit: cap,
+        });
+    }
+    let data = read_capped(&blob_path(dir, digest)?, cap)?;
+    verify(what, &data, digest, size)?;
+    Ok(data)
+}
+
+fn parse_blob<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    what: &str,
+    digest: &str,
+    size: i64,
+) -> Result<T> {
+    let data = read_small_blob(dir, what, digest, size, MANIFEST_MAX)?;
+    serde_json::from_slice(&data).map_err(|e| layout_err(dir, format!("{what}: {e}")))
 }
 
 /// Copies the blob `digest` into a temporary file while hashing it (so
@@ -110,7 +211,9 @@ fn spool_blob(dir: &Path, digest: &str, size: i64) -> Result<Spooled> {
         .map_err(|e| Error::io(format!("opening the layer blob of {}", dir.display()), e))?;
     let mut spool = Spooled::new()?;
     let mut hashing = HashingWriter::new(&mut spool.file);
-    spool.len = io::copy(&mut blob, &mut hashing)
+    // Never more than the descriptor says, plus one byte to see a longer file.
+    let cap = u64::try_from(size).unwrap_or(0).saturating_add(1);
+    spool.len = io::copy(&mut (&mut blob).take(cap), &mut hashing)
         .map_err(|e| Error::io(format!("copying the layer blob of {}", dir.display()), e))?;
     let actual = hashing.digest();
     if actual != digest {
@@ -127,16 +230,6 @@ fn spool_blob(dir: &Path, digest: &str, size: i64) -> Result<Spooled> {
         )));
     }
     Ok(spool)
-}
-
-fn read_file(dir: &Path, name: &str) -> Result<Vec<u8>> {
-    fs::read(dir.join(name))
-        .map_err(|e| Error::io(format!("reading {name} of {}", dir.display()), e))
-}
-
-fn read_blob(dir: &Path, digest: &str) -> Result<Vec<u8>> {
-    fs::read(blob_path(dir, digest)?)
-        .map_err(|e| Error::io(format!("reading a blob of {}", dir.display()), e))
 }
 
 fn blob_path(dir: &Path, digest: &str) -> Result<std::path::PathBuf> {

@@ -5,12 +5,13 @@
 //!   `spec.dump`, `stats-dump`, `dump.log`...), written from an
 //!   [`criu::ImagesDir`] and unpacked safely.
 //! * [`image`]: such an archive as a one-layer OCI image carrying the
-//!   `org.criu.checkpoint.*` [`annotations`].
+//!   `org.criu.checkpoint.*` [`annotations`] (Podman's, CRI-O's and
+//!   containerd's own sets are read too).
 //! * [`registry`]: pushing and pulling those images over the OCI
 //!   distribution API (basic auth, TLS with a private CA), every blob
 //!   checked against its digest, checkpoints streamed both ways with
 //!   bounded memory; [`layout`]: the same image as an OCI image layout
-//!   directory.
+//!   directory (sizes checked before anything is read).
 //! * [`migrate`]: a tree moved through a registry, its source kept
 //!   stopped, not killed, until the destination has restored it (with
 //!   criu-rs's `criu::migrate::hold`).
@@ -44,6 +45,7 @@
 pub mod annotations;
 pub mod archive;
 mod error;
+mod fetch;
 pub mod image;
 pub mod layout;
 pub mod migrate;

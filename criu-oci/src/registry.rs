@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
-use oci_client::manifest::OciDescriptor;
+use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageIndex, OciManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
@@ -36,9 +36,11 @@ use tokio::sync::mpsc;
 use crate::annotations::HostFacts;
 use crate::archive::{self, ArchiveMeta, Compression, Limits, Unpacked};
 use crate::error::{Error, Result};
+use crate::fetch::{FetchError, ManifestFetcher, MANIFEST_MAX};
 use crate::image::{
-    checkpoint_annotations, checkpoint_layer, checkpoint_manifest, image_config, layer_media_type,
-    sha256_digest, CheckpointImage, FetchedImage, Spooled,
+    checkpoint_annotations, checkpoint_layer, checkpoint_manifest, config_architecture,
+    image_config, layer_media_type, sha256_digest, CheckpointImage, FetchedImage, Spooled,
+    PLAIN_LAYER_MEDIA_TYPE,
 };
 use crate::stream::{self, Capped, Chunks, PieceWriter, Pieces};
 
@@ -67,6 +69,8 @@ pub struct Transfer {
 /// A registry client with its own runtime.
 pub struct Registry {
     client: Client,
+    /// Manifests are fetched here, capped (oci-client reads them whole).
+    manifests: ManifestFetcher,
     auth: RegistryAuth,
     runtime: tokio::runtime::Runtime,
 }
@@ -109,8 +113,14 @@ impl Registry {
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the registry client's runtime", e))?;
+        let manifests = ManifestFetcher::new(config.plain_http, config.ca_pem.as_deref(), timeout)
+            .map_err(|e| Error::Registry {
+                what: "setting up the manifest client".into(),
+                message: error_chain(&e),
+            })?;
         Ok(Registry {
             client: Client::new(client_config),
+            manifests,
             auth: match &config.basic_auth {
                 Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
                 None => RegistryAuth::Anonymous,
@@ -157,16 +167,33 @@ impl Registry {
         })
     }
 
-    /// Pulls the checkpoint image `reference`: first its manifest, whose
-    /// annotations must say it is a checkpoint `host` can restore (else
-    /// nothing more is downloaded), then its layer, streamed into an
-    /// unnamed temporary file (never more than the manifest's size) and
-    /// verified against the manifest's digest before it is returned.
+    /// Pulls the checkpoint image `reference` within [`Limits::default`]:
+    /// see [`Registry::pull_limited`].
     pub fn pull(&self, reference: &str, host: &HostFacts) -> Result<(FetchedImage, Transfer)> {
+        self.pull_limited(reference, host, &Limits::default())
+    }
+
+    /// Pulls the checkpoint image `reference`: first its manifest (an
+    /// image index's entry for this host), whose annotations must say it
+    /// is a checkpoint `host` can restore (the image config, at most
+    /// 1 MiB, is fetched only if no annotation states the CPU
+    /// architecture), then its layer, refused before a byte of it is
+    /// fetched if the manifest announces more than
+    /// [`Limits::layer_bytes`], streamed into an unnamed temporary file
+    /// (never more than the manifest's size) and verified against the
+    /// manifest's digest before it is returned. The whole pull is
+    /// abandoned once [`Limits::deadline`] has passed.
+    pub fn pull_limited(
+        &self,
+        reference: &str,
+        host: &HostFacts,
+        limits: &Limits,
+    ) -> Result<(FetchedImage, Transfer)> {
         let start = Instant::now();
+        let deadline = start + limits.deadline;
         let r = parse(reference)?;
-        let (annotations, layer) = self.checked_manifest(&r, reference, host)?;
-        let size = u64::try_from(layer.size).unwrap_or(0);
+        let (annotations, layer) = self.checked_manifest(&r, reference, host, deadline)?;
+        let size = layer_size(reference, &layer, limits)?;
         let mut spool = Spooled::new()?;
         let out = Capped::new(&mut spool, size);
         // oci-client hashes the blob as it streams and fails with
@@ -174,9 +201,14 @@ impl Registry {
         // not match; the spool is then dropped, unread. The tests alter a
         // blob in the registry's storage and see it refused, so a client
         // that stopped checking would fail them.
-        self.runtime
-            .block_on(self.client.pull_blob(&r, &layer, out))
-            .map_err(|e| classify(&r, "pull (layer)", e))?;
+        self.before(
+            deadline,
+            limits,
+            "pull (layer)",
+            &r,
+            self.client.pull_blob(&r, &layer, out),
+        )?
+        .map_err(|e| classify(&r, "pull (layer)", e))?;
         if spool.len != size {
             return Err(Error::Malformed(format!(
                 "{reference}: the layer has {} bytes, its manifest says {}",
@@ -198,16 +230,18 @@ impl Registry {
 
     /// Pulls the checkpoint image `reference` and unpacks it into
     /// `target` (created here, removed again on failure) within `limits`,
-    /// the unpacking overlapping the download: the manifest first, whose
-    /// annotations must say it is a checkpoint `host` can restore (else
-    /// nothing more is downloaded), then the layer, streamed through a
-    /// bounded queue (a few MiB) to a thread that unpacks it. oci-client
-    /// hashes every byte as it arrives; the unpacked files are returned
-    /// only once the whole layer matched its digest, and removed
-    /// otherwise, so CRIU never sees a byte of an altered layer. (The
-    /// unpacker does read unverified bytes: it is the same one that
-    /// refuses escaping paths, links and sizes beyond `limits` in any
-    /// archive. [`Registry::pull`] verifies before anything reads.)
+    /// the unpacking overlapping the download: the manifest first, checked
+    /// as [`Registry::pull_limited`] does (nothing more is downloaded if
+    /// it is refused), then the layer, streamed through a bounded queue (a
+    /// few MiB) to a thread that unpacks it. oci-client hashes every byte
+    /// as it arrives; the unpacked files are returned only once the whole
+    /// layer matched its digest, and removed otherwise, so CRIU never sees
+    /// a byte of an altered layer. (The unpacker does read unverified
+    /// bytes: it is the same one that refuses escaping paths, links and
+    /// sizes beyond `limits` in any archive; once it refuses an entry the
+    /// download stops, the rest of the layer is not fetched. A plain tar
+    /// layer unpacks to no more than its declared size.
+    /// [`Registry::pull_limited`] verifies before anything reads.)
     pub fn pull_checkpoint(
         &self,
         reference: &str,
@@ -216,16 +250,25 @@ impl Registry {
         limits: &Limits,
     ) -> Result<PulledCheckpoint> {
         let start = Instant::now();
+        let deadline = start + limits.deadline;
         let r = parse(reference)?;
-        let (annotations, layer) = self.checked_manifest(&r, reference, host)?;
-        let size = u64::try_from(layer.size).unwrap_or(0);
+        let (annotations, layer) = self.checked_manifest(&r, reference, host, deadline)?;
+        let size = layer_size(reference, &layer, limits)?;
+        let mut unpack_limits = *limits;
+        if layer.media_type == PLAIN_LAYER_MEDIA_TYPE {
+            unpack_limits.total_bytes = unpack_limits.total_bytes.min(size);
+        }
+        let unpack_limits = &unpack_limits;
         let (writer, pieces) = PieceWriter::channel();
         let (pulled, unpacked) = std::thread::scope(|s| {
-            let unpacker = s.spawn(move || unpack_all(pieces, target, limits));
-            let pulled = self
-                .runtime
-                .block_on(self.client.pull_blob(&r, &layer, Capped::new(writer, size)))
-                .map(|()| start.elapsed());
+            let unpacker = s.spawn(move || unpack_all(pieces, target, unpack_limits));
+            let pulled = self.before(
+                deadline,
+                limits,
+                "pull (layer)",
+                &r,
+                self.client.pull_blob(&r, &layer, Capped::new(writer, size)),
+            );
             (pulled, unpacker.join())
         });
         let (unpacked, done) =
@@ -236,11 +279,18 @@ impl Registry {
             }
             Err(e)
         };
-        // A digest mismatch (or a broken download) says more than what
-        // the unpacker made of the bytes.
         let pulled = match pulled {
-            Ok(elapsed) => elapsed,
-            Err(e) => return refused(classify(&r, "pull (layer)", e)),
+            Err(e) => return refused(e),
+            Ok(Ok(())) => start.elapsed(),
+            // The unpacker refused the archive and stopped reading: its
+            // reason is the one that counts (the download was cut short
+            // for it, so no digest was computed).
+            Ok(Err(e)) if unpacked.is_err() && stopped_reading(&e) => {
+                return Err(unpacked.unwrap_err())
+            }
+            // A digest mismatch (or a broken download) says more than what
+            // the unpacker made of the bytes.
+            Ok(Err(e)) => return refused(classify(&r, "pull (layer)", e)),
         };
         let unpacked = unpacked?;
         Ok(PulledCheckpoint {
@@ -254,20 +304,99 @@ impl Registry {
         })
     }
 
-    /// The manifest of `r`, refused unless its annotations say it is a
-    /// checkpoint `host` can restore; its annotations and its layer.
+    /// Runs `fut` on the runtime, abandoned at `deadline`.
+    fn before<F: std::future::Future>(
+        &self,
+        deadline: Instant,
+        limits: &Limits,
+        what: &str,
+        r: &Reference,
+        fut: F,
+    ) -> Result<F::Output> {
+        self.runtime
+            // The timer is made inside the runtime, which it needs.
+            .block_on(async { tokio::time::timeout_at(deadline.into(), fut).await })
+            .map_err(|_| Error::Registry {
+                what: format!("{what} of {r}"),
+                message: format!(
+                    "not finished within the pull's deadline of {:?} (Limits::deadline); \
+                     raise it for a slow link or a large checkpoint",
+                    limits.deadline
+                ),
+            })
+    }
+
+    /// The manifest of `r` (through an image index, the entry for this
+    /// host), refused unless its annotations say it is a checkpoint
+    /// `host` can restore; its annotations and its layer. The image
+    /// config is fetched (capped) only if no annotation states the CPU
+    /// architecture.
     fn checked_manifest(
         &self,
         r: &Reference,
         reference: &str,
         host: &HostFacts,
+        deadline: Instant,
     ) -> Result<(BTreeMap<String, String>, OciDescriptor)> {
-        let (manifest, _digest, _config) = self
-            .runtime
-            .block_on(self.client.pull_manifest_and_config(r, &self.auth))
-            .map_err(|e| classify(r, "pull (manifest)", e))?;
-        let annotations = manifest.annotations.clone().unwrap_or_default();
-        host.check(reference, &annotations)?;
+        let limits = Limits::default();
+        let fetch = |r: &Reference| {
+            let fetched = self.before(
+                deadline,
+                &limits,
+                "pull (manifest)",
+                r,
+                self.manifests.fetch(&self.client, &self.auth, r),
+            )?;
+            fetched.map_err(|e| match e {
+                FetchError::Client(e) => classify(r, "pull (manifest)", e),
+                FetchError::TooLarge => Error::TooLarge {
+                    what: format!("the manifest of {r}"),
+                    limit: MANIFEST_MAX as u64,
+                },
+            })
+        };
+        let manifest = fetch(r)?;
+        let (manifest, r, mut annotations) = match manifest {
+            OciManifest::Image(m) => (m, r.clone(), BTreeMap::new()),
+            OciManifest::ImageIndex(index) => {
+                let entry = index_entry(reference, &index, host)?;
+                let by_digest = r.clone_with_digest(entry.digest.clone());
+                match fetch(&by_digest)? {
+                    OciManifest::Image(m) => {
+                        (m, by_digest, entry.annotations.clone().unwrap_or_default())
+                    }
+                    OciManifest::ImageIndex(_) => {
+                        return Err(Error::Malformed(format!(
+                            "{reference}: an image index whose entry for {} is another index; \
+                             point at the checkpoint image's own manifest",
+                            host.arch
+                        )))
+                    }
+                }
+            }
+        };
+        // The manifest's own annotations win over its index entry's.
+        annotations.extend(manifest.annotations.clone().unwrap_or_default());
+        host.check(reference, &annotations, || {
+            let config = &manifest.config;
+            if u64::try_from(config.size).map_or(true, |s| s > CONFIG_MAX) {
+                return Err(Error::TooLarge {
+                    what: format!("{reference}'s image config ({} bytes)", config.size),
+                    limit: CONFIG_MAX,
+                });
+            }
+            let mut data = Vec::new();
+            self.before(
+                deadline,
+                &limits,
+                "pull (config)",
+                &r,
+                self.client
+                    .pull_blob(&r, config, Capped::new(&mut data, CONFIG_MAX)),
+            )?
+            .map_err(|e| classify(&r, "pull (config)", e))?;
+            config_architecture(&data)
+        })?;
         let layer = checkpoint_layer(reference, &manifest)?.clone();
         Ok((annotations, layer))
     }
@@ -467,13 +596,74 @@ fn sized_in_advance(
     }
 }
 
-/// The unpacking thread: unpacks what arrives, then reads the rest (the
-/// tar's padding, or everything after a refused entry), so that the pull
-/// hashes the whole layer; returns when it finished.
+/// The unpacking thread: unpacks what arrives, then, if the archive was
+/// taken, reads the rest (the tar's end padding) so that the pull hashes
+/// the whole layer; after a refusal it stops reading, which cuts the
+/// download short. Returns when it finished.
 fn unpack_all(mut pieces: Pieces, target: &Path, limits: &Limits) -> (Result<Unpacked>, Instant) {
     let unpacked = archive::unpack(&mut pieces, target, limits);
-    let _ = std::io::copy(&mut pieces, &mut std::io::sink());
+    if unpacked.is_ok() {
+        let _ = std::io::copy(&mut pieces, &mut std::io::sink());
+    }
     (unpacked, Instant::now())
+}
+
+/// The largest image config fetched (criu-oci reads only its architecture).
+const CONFIG_MAX: u64 = 1 << 20;
+
+/// The layer's size from its descriptor, refused if beyond `limits`.
+fn layer_size(reference: &str, layer: &OciDescriptor, limits: &Limits) -> Result<u64> {
+    let size = u64::try_from(layer.size).map_err(|_| {
+        Error::Malformed(format!(
+            "{reference}: the layer's size {} is negative",
+            layer.size
+        ))
+    })?;
+    if size > limits.layer_bytes {
+        return Err(Error::TooLarge {
+            what: format!("{reference}'s layer ({size} bytes, as its manifest says)"),
+            limit: limits.layer_bytes,
+        });
+    }
+    Ok(size)
+}
+
+/// The entry of an image index for `host` (linux and its architecture),
+/// or its only entry if that names no platform.
+fn index_entry<'i>(
+    reference: &str,
+    index: &'i OciImageIndex,
+    host: &HostFacts,
+) -> Result<&'i ImageIndexEntry> {
+    let fits = |e: &&ImageIndexEntry| {
+        e.platform
+            .as_ref()
+            .is_some_and(|p| p.architecture.to_string() == host.arch && p.os.to_string() == "linux")
+    };
+    if let Some(e) = index.manifests.iter().find(fits) {
+        return Ok(e);
+    }
+    match index.manifests.as_slice() {
+        [only] if only.platform.is_none() => Ok(only),
+        entries => Err(Error::Incompatible {
+            reference: reference.into(),
+            reason: format!(
+                "its image index has no entry for linux/{} (it has {:?}); pull the platform's own manifest by digest",
+                host.arch,
+                entries
+                    .iter()
+                    .map(|e| e.platform.as_ref().map(|p| format!("{}/{}", p.os, p.architecture)))
+                    .collect::<Vec<_>>()
+            ),
+        }),
+    }
+}
+
+/// Whether the pull failed only because the unpacker stopped reading.
+fn stopped_reading(e: &OciDistributionError) -> bool {
+    let text = e.to_string();
+    text.contains("the unpacker stopped reading")
+        || matches!(e, OciDistributionError::IoError(io) if io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// The packing thread: writes the archive into `chunks` and ends the

@@ -702,3 +702,614 @@ fn the_registry_listens_only_in_its_own_namespace() {
     drop(reg);
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists() || !criu_testkit::alive(pid));
 }
+
+/// `GET` requests of `reference`'s repository for blobs, from the
+/// registry's access log, once the log shows the pull's manifest request
+/// (the registry writes a line after its response, so a check made at
+/// once could miss the last ones; the manifest is asked for before any
+/// blob).
+fn blob_gets(reg: &RegistryHost, reference: &str) -> Vec<String> {
+    let repo = reference
+        .split_once('/')
+        .and_then(|(_, rest)| rest.rsplit_once(':'))
+        .map(|(repo, _)| repo)
+        .unwrap();
+    let manifest = format!("GET /v2/{repo}/manifests/");
+    let prefix = format!("GET /v2/{repo}/blobs/");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let requests = reg.requests();
+        let last_manifest = requests.iter().rposition(|r| r.starts_with(&manifest));
+        // Settled: the manifest was asked for, and nothing new came in a
+        // moment.
+        std::thread::sleep(Duration::from_millis(200));
+        if last_manifest.is_some() && reg.requests().len() == requests.len() {
+            return requests
+                .into_iter()
+                .filter(|r| r.starts_with(&prefix))
+                .collect();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no manifest request for {repo} in the access log: {requests:?}"
+        );
+    }
+}
+
+#[test]
+fn refused_images_fetch_no_blob_and_the_config_only_when_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_w, image) = image_of(dir.path());
+    let config_digest = criu_oci::image::sha256_digest(&image.config);
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+
+    // The control: a pull of a checkpoint whose annotations state its
+    // architecture fetches the layer, not the config; the log sees it.
+    let ok = push_from_a(&hosts, &reg, &http(), &image).unwrap();
+    pull_on_b(&hosts, &http(), &ok).unwrap();
+    let gets = blob_gets(&reg, &ok);
+    assert!(
+        gets.iter().any(|g| g.ends_with(image.layer_digest())),
+        "the access log shows the layer fetched: {gets:?}"
+    );
+    assert!(
+        !gets.iter().any(|g| g.ends_with(&config_digest)),
+        "{gets:?}"
+    );
+
+    // Without an architecture annotation the config is read for it.
+    let mut no_arch = image.clone();
+    no_arch.annotations.remove(annotations::HOST_ARCH);
+    let reference = push_from_a(&hosts, &reg, &http(), &no_arch).unwrap();
+    pull_on_b(&hosts, &http(), &reference).unwrap();
+    let gets = blob_gets(&reg, &reference);
+    assert!(gets.iter().any(|g| g.ends_with(&config_digest)), "{gets:?}");
+
+    // Refused images: not a checkpoint, another architecture, another
+    // CRIU, a layer beyond the limit. Not one blob is fetched for them.
+    let mut plain = image.clone();
+    plain.annotations.remove(annotations::CONTAINER_NAME);
+    let mut arch = image.clone();
+    arch.annotations
+        .insert(annotations::HOST_ARCH.into(), "s390x".into());
+    let mut criu_version = image.clone();
+    criu_version
+        .annotations
+        .insert(annotations::CRIU_VERSION.into(), "31701".into());
+    for (what, refused) in [
+        ("not a checkpoint", &plain),
+        ("another architecture", &arch),
+        ("another CRIU", &criu_version),
+    ] {
+        let reference = push_from_a(&hosts, &reg, &http(), refused).unwrap();
+        let e = pull_on_b(&hosts, &http(), &reference).unwrap_err();
+        assert!(
+            matches!(e, Error::NotACheckpoint { .. } | Error::Incompatible { .. }),
+            "{what}: {e}"
+        );
+        assert_eq!(blob_gets(&reg, &reference), Vec::<String>::new(), "{what}");
+    }
+    let reference = push_from_a(&hosts, &reg, &http(), &image).unwrap();
+    let small = Limits {
+        layer_bytes: image.layer().len() as u64 - 1,
+        ..Limits::default()
+    };
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let target = dir.path().join("too-large");
+    let e = hosts
+        .b
+        .run(|| Registry::new(&http())?.pull_checkpoint(&reference, &host, &target, &small))
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+    assert!(!target.exists());
+    assert_eq!(blob_gets(&reg, &reference), Vec::<String>::new());
+}
+
+/// The offset of the content of the largest file in the tar `data`.
+fn largest_file_content(data: &[u8]) -> (u64, u64) {
+    let mut archive = tar::Archive::new(data);
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.raw_file_position(), e.size()))
+        .max_by_key(|(_, size)| *size)
+        .unwrap()
+}
+
+#[test]
+fn a_layer_tampered_inside_a_file_is_refused_and_leaves_no_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, images) = real_dump_of(dir.path(), true, 8);
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let meta = ArchiveMeta::of_process(w.pid(), "counter");
+    let image = CheckpointImage::build(&images, &meta, &host, Compression::None).unwrap();
+    assert!(image.layer().len() > 8 << 20, "a multi-MiB layer");
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    let reference = push_from_a(&hosts, &reg, &http(), &image).unwrap();
+
+    // One byte flipped in the middle of the largest file's content (the
+    // memory pages), far from any tar header.
+    let blob = reg.blob_path(image.layer_digest());
+    let mut data = std::fs::read(&blob).unwrap();
+    let (start, size) = largest_file_content(&data);
+    assert!(size > 4 << 20, "{size}");
+    data[(start + size / 2) as usize] ^= 0xff;
+    std::fs::write(&blob, &data).unwrap();
+    // The unpacker alone takes the altered archive: only the digest can
+    // refuse it.
+    let local = archive::unpack(
+        data.as_slice(),
+        &dir.path().join("local"),
+        &Limits::default(),
+    );
+    assert!(local.is_ok(), "{local:?}");
+
+    let target = dir.path().join("pulled");
+    let e = hosts
+        .b
+        .run(|| {
+            Registry::new(&http())?.pull_checkpoint(&reference, &host, &target, &Limits::default())
+        })
+        .unwrap()
+        .unwrap_err();
+    assert!(e.is_digest_mismatch(), "{e}");
+    assert!(!target.exists(), "the unpacked files are removed");
+    let e = pull_on_b(&hosts, &http(), &reference).unwrap_err();
+    assert!(e.is_digest_mismatch(), "{e}");
+}
+
+/// Restores the unpacked checkpoint of `w` (dumped and killed), with
+/// CRIU's log in a private work directory, and sees it count on.
+fn restore_and_count(w: &Workload, un: &archive::Unpacked) {
+    let images = un.images().unwrap();
+    let work = un.criu_work_dir().unwrap();
+    let mut o = criu::Options::new();
+    o.images_dir(&images)
+        .work_dir(&work)
+        .log_file("restore.log");
+    let (child, _) = criu::Criu::new().restore_child(&mut o).unwrap();
+    let seq = w.last_seq();
+    w.wait_for_seq(seq + 20, WAIT).unwrap();
+    drop(child);
+    assert!(
+        work.path().join("restore.log").exists(),
+        "CRIU logged in the private work dir"
+    );
+    assert!(!images.path().join("restore.log").exists());
+    std::fs::remove_dir_all(work.path()).unwrap();
+}
+
+/// The repository and tag of a fresh reference, for skopeo.
+fn docker(reference: &str) -> String {
+    format!("docker://{reference}")
+}
+
+#[test]
+fn skopeo_round_trips_criu_oci_images_and_the_copy_restores() {
+    use criu_testkit::registry::tools::skopeo;
+    let dir = tempfile::tempdir().unwrap();
+    let (w, images) = real_dump(dir.path(), false);
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let meta = ArchiveMeta::of_process(std::process::id() as i32, "counter");
+    let image = CheckpointImage::build(&images, &meta, &host, Compression::Gzip).unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    let pushed = push_from_a(&hosts, &reg, &http(), &image).unwrap();
+
+    // Registry -> layout: criu-oci reads skopeo's layout.
+    let layout = dir.path().join("layout");
+    let dest = format!("oci:{}:v1", layout.display());
+    skopeo(
+        &hosts.a,
+        &["copy", "--src-tls-verify=false", &docker(&pushed), &dest],
+    )
+    .unwrap();
+    let from_layout = criu_oci::layout::read(&layout, "v1", &host).unwrap();
+    assert_eq!(from_layout.read_layer().unwrap(), image.layer());
+    assert_eq!(
+        annotations::container_name(&from_layout.annotations),
+        Some("counter")
+    );
+    // skopeo keeps the manifest's mediaType criu-oci now writes.
+    let raw = skopeo(&hosts.a, &["inspect", "--raw", &dest]).unwrap();
+    assert!(
+        raw.contains("application/vnd.oci.image.manifest.v1+json"),
+        "{raw}"
+    );
+
+    // Layout -> registry again: criu-oci pulls skopeo's push, restores it.
+    let copied = reg.fresh_reference("skopeo-copy");
+    skopeo(
+        &hosts.a,
+        &["copy", "--dest-tls-verify=false", &dest, &docker(&copied)],
+    )
+    .unwrap();
+    let target = dir.path().join("pulled");
+    let pulled = hosts
+        .b
+        .run(|| {
+            Registry::new(&http())?.pull_checkpoint(&copied, &host, &target, &Limits::default())
+        })
+        .unwrap()
+        .unwrap();
+    assert_same_images(&images, &pulled.unpacked.images().unwrap());
+    restore_and_count(&w, &pulled.unpacked);
+}
+
+#[test]
+fn a_zstd_mirror_copy_restores() {
+    use criu_testkit::registry::tools::skopeo;
+    let dir = tempfile::tempdir().unwrap();
+    let (w, images) = real_dump(dir.path(), false);
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let meta = ArchiveMeta::of_process(std::process::id() as i32, "counter");
+    let image = CheckpointImage::build(&images, &meta, &host, Compression::Gzip).unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    let pushed = push_from_a(&hosts, &reg, &http(), &image).unwrap();
+    let mirror = reg.fresh_reference("zstd-mirror");
+    skopeo(
+        &hosts.a,
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "--dest-compress-format",
+            "zstd",
+            &docker(&pushed),
+            &docker(&mirror),
+        ],
+    )
+    .unwrap();
+    let raw = skopeo(
+        &hosts.a,
+        &["inspect", "--raw", "--tls-verify=false", &docker(&mirror)],
+    )
+    .unwrap();
+    assert!(raw.contains("tar+zstd"), "the mirror recompressed: {raw}");
+    let target = dir.path().join("pulled");
+    let pulled = hosts
+        .b
+        .run(|| {
+            Registry::new(&http())?.pull_checkpoint(&mirror, &host, &target, &Limits::default())
+        })
+        .unwrap()
+        .unwrap();
+    restore_and_count(&w, &pulled.unpacked);
+}
+
+#[test]
+fn buildah_built_checkpoint_image_restores() {
+    use criu_testkit::registry::tools::{buildah_checkpoint_image, skopeo};
+    let dir = tempfile::tempdir().unwrap();
+    let (w, images) = real_dump(dir.path(), false);
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let meta = ArchiveMeta::of_process(std::process::id() as i32, "counter");
+    let archive_path = dir.path().join("checkpoint.tar");
+    let file = std::fs::File::create(&archive_path).unwrap();
+    archive::write(&images, &meta, file, Compression::None).unwrap();
+    // As containerd's CRI test builds one: the archive added to an empty
+    // image, the container name its only annotation (no architecture, no
+    // CRIU version: those come from the image config and CRIU itself).
+    let layout = dir.path().join("layout");
+    buildah_checkpoint_image(
+        &archive_path,
+        annotations::CONTAINER_NAME,
+        "counter",
+        dir.path(),
+        &layout,
+        "v1",
+    )
+    .unwrap();
+    let local = criu_oci::layout::read(&layout, "v1", &host).unwrap();
+    assert_eq!(local.annotations.get(annotations::HOST_ARCH), None);
+    assert_eq!(local.annotations.get(annotations::CRIU_VERSION), None);
+
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    let reference = reg.fresh_reference("buildah");
+    let src = format!("oci:{}:v1", layout.display());
+    skopeo(
+        &hosts.a,
+        &["copy", "--dest-tls-verify=false", &src, &docker(&reference)],
+    )
+    .unwrap();
+    let target = dir.path().join("pulled");
+    let pulled = hosts
+        .b
+        .run(|| {
+            Registry::new(&http())?.pull_checkpoint(&reference, &host, &target, &Limits::default())
+        })
+        .unwrap()
+        .unwrap();
+    assert_same_images(&images, &pulled.unpacked.images().unwrap());
+    restore_and_count(&w, &pulled.unpacked);
+}
+
+/// Adds to the layout `layout` (written by criu-oci, tag `v1`) a second
+/// manifest for `other_arch` and an image index over both, tagged `idx`.
+fn add_index(layout: &Path, image: &CheckpointImage, other_arch: &str) {
+    let blobs = layout.join("blobs/sha256");
+    let write_blob = |data: &[u8]| {
+        let digest = criu_oci::image::sha256_digest(data);
+        std::fs::write(blobs.join(digest.trim_start_matches("sha256:")), data).unwrap();
+        digest
+    };
+    let ours = serde_json::to_vec(&image.manifest()).unwrap();
+    let mut other = image.clone();
+    other
+        .annotations
+        .insert(annotations::HOST_ARCH.into(), other_arch.into());
+    let theirs = serde_json::to_vec(&other.manifest()).unwrap();
+    let entry = |data: &[u8], arch: &str| {
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": write_blob(data), "size": data.len(),
+            "platform": {"architecture": arch, "os": "linux"},
+        })
+    };
+    // The other architecture first: picking the first entry would be wrong.
+    let host_arch = annotations::go_arch(std::env::consts::ARCH);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry(&theirs, other_arch), entry(&ours, host_arch)],
+    });
+    let index = serde_json::to_vec(&index).unwrap();
+    let index_digest = write_blob(&index);
+    let path = layout.join("index.json");
+    let mut top: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    top["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": index_digest, "size": index.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "idx"},
+        }));
+    std::fs::write(&path, serde_json::to_vec(&top).unwrap()).unwrap();
+}
+
+#[test]
+fn an_image_index_is_followed_to_this_hosts_entry() {
+    use criu_testkit::registry::tools::skopeo;
+    let dir = tempfile::tempdir().unwrap();
+    let (_w, image) = image_of(dir.path());
+    let layout = dir.path().join("layout");
+    criu_oci::layout::write(&layout, "v1", &image).unwrap();
+    add_index(&layout, &image, "s390x");
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let back = criu_oci::layout::read(&layout, "idx", &host).unwrap();
+    assert_eq!(back.read_layer().unwrap(), image.layer());
+    assert_eq!(back.annotations[annotations::HOST_ARCH], host.arch);
+    // A host of the other architecture finds its own entry.
+    let s390x = HostFacts {
+        arch: "s390x".into(),
+        ..host.clone()
+    };
+    let theirs = criu_oci::layout::read(&layout, "idx", &s390x).unwrap();
+    assert_eq!(theirs.annotations[annotations::HOST_ARCH], "s390x");
+
+    // Through a registry: skopeo pushes the index with both manifests.
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    let reference = reg.fresh_reference("index");
+    let src = format!("oci:{}:idx", layout.display());
+    skopeo(
+        &hosts.a,
+        &[
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+            &src,
+            &docker(&reference),
+        ],
+    )
+    .unwrap();
+    let target = dir.path().join("pulled");
+    let pulled = hosts
+        .b
+        .run(|| {
+            Registry::new(&http())?.pull_checkpoint(&reference, &host, &target, &Limits::default())
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        annotations::container_name(&pulled.annotations),
+        Some("counter")
+    );
+    assert!(pulled.unpacked.root.join("checkpoint").is_dir());
+}
+
+/// A registry that answers every manifest request with `body` bytes of
+/// JSON-looking padding, without a length (the connection's end marks
+/// the end), counting what it managed to send.
+fn endless_manifest_server(body: usize) -> (String, std::thread::JoinHandle<usize>) {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        let mut sent = 0;
+        for stream in listener.incoming().take(2) {
+            let mut stream = stream.unwrap();
+            let mut request = String::new();
+            BufReader::new(&stream).read_line(&mut request).unwrap();
+            if !request.contains("/manifests/") {
+                // oci-client's probe of /v2/: no authentication needed.
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+                );
+                continue;
+            }
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/vnd.oci.image.manifest.v1+json\r\nconnection: close\r\n\r\n";
+            let _ = stream.write_all(head.as_bytes());
+            let chunk = vec![b' '; 64 << 10];
+            while sent < body {
+                match stream.write_all(&chunk) {
+                    Ok(()) => sent += chunk.len(),
+                    Err(_) => break,
+                }
+            }
+        }
+        sent
+    });
+    (addr, server)
+}
+
+#[test]
+fn a_manifest_beyond_4_mib_is_refused_unread() {
+    // 256 MiB on offer; the client stops after 4 MiB, so the server can
+    // send little more than that before the connection closes.
+    let (addr, server) = endless_manifest_server(256 << 20);
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let reference = format!("{addr}/criu-rs/huge:latest");
+    let e = Registry::new(&http())
+        .unwrap()
+        .pull(&reference, &host)
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::TooLarge { .. }) && e.to_string().contains("manifest"),
+        "{e}"
+    );
+    let sent = server.join().unwrap();
+    assert!(
+        sent < 64 << 20,
+        "the client read {sent} bytes of a manifest"
+    );
+}
+
+#[test]
+fn an_archive_already_on_disk_becomes_an_image_that_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, images) = real_dump(dir.path(), false);
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let meta = ArchiveMeta::of_process(std::process::id() as i32, "counter");
+    // The file an engine (or kubelet's checkpoint API) would leave: a
+    // plain tar, and the same gzip-compressed.
+    let mut plain = Vec::new();
+    let written = archive::write(&images, &meta, &mut plain, Compression::None).unwrap();
+    let mut gz = Vec::new();
+    archive::write(&images, &meta, &mut gz, Compression::Gzip).unwrap();
+    let limits = Limits::default();
+    let from_gz = CheckpointImage::from_archive(gz.clone(), "counter", &host, &limits).unwrap();
+    assert_eq!(
+        from_gz.layer(),
+        gz.as_slice(),
+        "the layer is the file, unchanged"
+    );
+    let config: serde_json::Value = serde_json::from_slice(&from_gz.config).unwrap();
+    assert_eq!(config["rootfs"]["diff_ids"][0], written.diff_id.as_str());
+    // Not a checkpoint archive: refused.
+    let mut other = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    h.set_mode(0o600);
+    other.append_data(&mut h, "etc/passwd", &b"x"[..]).unwrap();
+    let e = CheckpointImage::from_archive(other.into_inner().unwrap(), "x", &host, &limits)
+        .unwrap_err();
+    assert!(e.to_string().contains("checkpoint/"), "{e}");
+
+    let image = CheckpointImage::from_archive(plain, "counter", &host, &limits).unwrap();
+    let layout = dir.path().join("layout");
+    criu_oci::layout::write(&layout, "v1", &image).unwrap();
+    let back = criu_oci::layout::read(&layout, "v1", &host).unwrap();
+    let un = back.unpack(&dir.path().join("un"), &limits).unwrap();
+    assert_same_images(&images, &un.images().unwrap());
+    restore_and_count(&w, &un);
+}
+
+/// The bytes the registry sent for each `GET` of a blob of `digest`
+/// (combined log format: `"GET /path HTTP/1.1" 200 BYTES ...`).
+fn blob_bytes_sent(reg: &RegistryHost, digest: &str) -> Vec<u64> {
+    reg.log()
+        .lines()
+        .filter(|l| l.contains("\"GET ") && l.contains(&format!("/blobs/{digest}")))
+        .filter_map(|l| {
+            let after = l.split('"').nth(2)?;
+            after.split_whitespace().nth(1)?.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn a_refused_layer_is_not_downloaded_to_its_end() {
+    // A checkpoint archive whose second entry climbs out, followed by
+    // 64 MiB that a drained download would fetch.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dir_h = tar::Header::new_gnu();
+    dir_h.set_entry_type(tar::EntryType::Directory);
+    dir_h.set_mode(0o700);
+    dir_h.set_size(0);
+    b.append_data(&mut dir_h, "checkpoint", std::io::empty())
+        .unwrap();
+    let mut evil = tar::Header::new_old();
+    evil.as_old_mut().name[..7].copy_from_slice(b"../evil");
+    evil.set_size(1);
+    evil.set_mode(0o600);
+    evil.set_cksum();
+    b.append(&evil, &b"x"[..]).unwrap();
+    let big = vec![0x5au8; 64 << 20];
+    let mut h = tar::Header::new_gnu();
+    h.set_size(big.len() as u64);
+    h.set_mode(0o600);
+    b.append_data(&mut h, "checkpoint/pages-1.img", big.as_slice())
+        .unwrap();
+    let archive = b.into_inner().unwrap();
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let image =
+        CheckpointImage::from_archive(archive, "counter", &host, &Limits::default()).unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    let reference = push_from_a(&hosts, &reg, &http(), &image).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("t");
+    let e = hosts
+        .b
+        .run(|| {
+            Registry::new(&http())?.pull_checkpoint(&reference, &host, &target, &Limits::default())
+        })
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(e, Error::UnsafeEntry { .. }), "{e}");
+    assert!(!target.exists() && !dir.path().join("evil").exists());
+    blob_gets(&reg, &reference);
+    let sent = blob_bytes_sent(&reg, image.layer_digest());
+    assert_eq!(sent.len(), 1, "one layer request: {sent:?}");
+    assert!(
+        sent[0] < 32 << 20,
+        "the registry sent {} of the layer's {} bytes",
+        sent[0],
+        image.layer().len()
+    );
+}
+
+#[test]
+fn a_pull_is_abandoned_at_its_deadline() {
+    // A "registry" that accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let holder = std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().take(1).collect();
+        std::thread::sleep(Duration::from_secs(3));
+        drop(held);
+    });
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let limits = Limits {
+        deadline: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let reference = format!("{addr}/criu-rs/silent:latest");
+    // The client's own read timeout (10 s here) is far longer.
+    let e = Registry::new(&http())
+        .unwrap()
+        .pull_limited(&reference, &host, &limits)
+        .unwrap_err();
+    assert!(e.to_string().contains("deadline"), "{e}");
+    holder.join().unwrap();
+}

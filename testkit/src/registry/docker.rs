@@ -88,6 +88,8 @@ impl DockerRegistryEngine {
             args: vec!["/bin/sh".into(), "-c".into(), ids.script],
             cwd: "/".into(),
             engine: Some(("docker".into(), logs.a.api().version()?)),
+            // Debian's docker.io runs containers with runc.
+            runtime: Some("runc".into()),
             criu_files: cp.criu_files.clone(),
             ..ArchiveMeta::default()
         })

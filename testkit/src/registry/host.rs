@@ -139,6 +139,25 @@ impl RegistryHost {
         fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
 
+    /// The requests the registry served so far, from its access log, as
+    /// `METHOD /path` (e.g. `GET /v2/criu-rs/x/blobs/sha256:...`).
+    pub fn requests(&self) -> Vec<String> {
+        let methods = ["GET ", "HEAD ", "PUT ", "POST ", "PATCH ", "DELETE "];
+        self.log()
+            .lines()
+            .filter_map(|l| {
+                // Combined log format: ... "GET /v2/... HTTP/1.1" 200 ...
+                let quoted = l.split('"').nth(1)?;
+                methods.iter().any(|m| quoted.starts_with(m)).then(|| {
+                    quoted
+                        .rsplit_once(' ')
+                        .map_or(quoted, |(r, _)| r)
+                        .to_string()
+                })
+            })
+            .collect()
+    }
+
     fn link(&self, peers: &[(&Host, u8)]) -> io::Result<()> {
         let r = &self.host.name;
         ip(&["-n", r, "link", "add", "br0", "type", "bridge"])?;
@@ -247,7 +266,7 @@ impl RegistryHost {
         fs::create_dir(d.join("storage"))?;
         let mut config = format!(
             "version: 0.1\n\
-             log:\n  level: info\n  accesslog:\n    disabled: true\n\
+             log:\n  level: info\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
              http:\n  addr: {REGISTRY_ADDR}:{PORT}\n  secret: criu-rs-test-{}\n",
             d.join("storage").display(),

@@ -8,11 +8,13 @@
 //!   [`crate::container::Engine`].
 //! * [`docker`]: Docker's container moved that way (`docker checkpoint
 //!   create` on a, `docker start --checkpoint` of a clone on b).
+//! * [`tools`]: `skopeo` and `buildah` run against criu-oci's images.
 
 pub mod container;
 pub mod docker;
 pub mod host;
 pub mod moves;
+pub mod tools;
 
 pub use crate::container::RegistryCost;
 pub use container::RegistryEngine;

@@ -13,14 +13,19 @@
 //! zstd (Podman's default). Reading checks every
 //! entry before a byte of it lands: see [`unpack`].
 
-use std::fs::{self, DirBuilder, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, Result};
+
+mod tar_stream;
+mod unpack;
+
+pub(crate) use unpack::read_capped;
+pub use unpack::{unpack, Limits, Unpacked};
 
 /// The directory that holds CRIU's images inside an archive.
 pub const CHECKPOINT_DIR: &str = "checkpoint";
@@ -77,7 +82,26 @@ pub struct ArchiveMeta {
     /// When the checkpoint was made (RFC 3339, `config.dump`'s
     /// `checkpointedTime`); the time of writing when empty.
     pub checkpointed_time: String,
+    /// When the container (or process) was started (RFC 3339,
+    /// `config.dump`'s `createdTime`, checkpointctl's CREATED column); the
+    /// checkpoint's time when empty.
+    pub created_time: String,
+    /// The OCI runtime that ran it (`config.dump`'s `runtime`,
+    /// checkpointctl's RUNTIME column: `runc`, `crun`...); the engine's
+    /// name when `None`.
+    pub runtime: Option<String>,
 }
+
+/// The `spec.dump` annotation that says which engine's archive layout
+/// this is; checkpointctl reads `config.dump` as Podman's when it is
+/// `libpod`, as CRI-O's when `cri-o`, and otherwise wants containerd's
+/// status file.
+pub const CONTAINER_MANAGER: &str = "io.container.manager";
+/// The value written: the archive follows Podman's layout (which
+/// criu-oci writes), so that checkpointctl shows its name, image, id,
+/// runtime and creation time. The engine that really made it is in
+/// [`crate::annotations::ENGINE_NAME`], in `spec.dump` and on the image.
+pub const LAYOUT_MANAGER: &str = "libpod";
 
 impl ArchiveMeta {
     /// The metadata of process `pid` (its command line and working
@@ -98,6 +122,7 @@ impl ArchiveMeta {
             args,
             cwd,
             checkpointed_time: rfc3339_now(),
+            created_time: process_start(pid).map(rfc3339).unwrap_or_default(),
             ..ArchiveMeta::default()
         }
     }
@@ -114,26 +139,41 @@ impl ArchiveMeta {
             .map_or(env!("CARGO_PKG_VERSION"), |(_, version)| version)
     }
 
+    /// `config.dump`, with the fields of Podman's that checkpointctl shows.
     fn config_dump(&self) -> Vec<u8> {
+        let checkpointed = if self.checkpointed_time.is_empty() {
+            rfc3339_now()
+        } else {
+            self.checkpointed_time.clone()
+        };
+        let created = if self.created_time.is_empty() {
+            checkpointed.clone()
+        } else {
+            self.created_time.clone()
+        };
         let v = serde_json::json!({
             "id": self.id,
             "name": self.name,
             "rootfsImageName": self.rootfs_image_name.clone().unwrap_or_default(),
-            "runtime": self.engine_name(),
-            "checkpointedTime": if self.checkpointed_time.is_empty() {
-                rfc3339_now()
-            } else {
-                self.checkpointed_time.clone()
-            },
+            "runtime": self.runtime.as_deref().unwrap_or(self.engine_name()),
+            "createdTime": created,
+            "checkpointedTime": checkpointed,
         });
         serde_json::to_vec_pretty(&v).unwrap_or_default()
     }
 
+    /// `spec.dump`: the runtime spec's process, and the annotations that
+    /// say whose layout the archive follows and which engine made it.
     fn spec_dump(&self) -> Vec<u8> {
         let v = serde_json::json!({
             "ociVersion": "1.0.2",
             "process": { "args": self.args, "cwd": self.cwd },
             "root": { "path": "/" },
+            "annotations": {
+                CONTAINER_MANAGER: LAYOUT_MANAGER,
+                crate::annotations::ENGINE_NAME: self.engine_name(),
+                crate::annotations::ENGINE_VERSION: self.engine_version(),
+            },
         });
         serde_json::to_vec_pretty(&v).unwrap_or_default()
     }
@@ -301,253 +341,44 @@ fn append_dir<W: Write>(tar: &mut tar::Builder<W>, name: impl AsRef<Path>) -> io
     tar.append_data(&mut h, name, io::empty())
 }
 
-/// How much an archive may unpack to.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// All files together, uncompressed.
-    pub total_bytes: u64,
-    /// One file.
-    pub entry_bytes: u64,
-    /// Number of entries.
-    pub entries: usize,
-}
-
-impl Default for Limits {
-    /// 64 GiB in all and per file, 100 000 entries: far above any
-    /// checkpoint these machines make, far below a decompression bomb's aim.
-    fn default() -> Limits {
-        Limits {
-            total_bytes: 64 << 30,
-            entry_bytes: 64 << 30,
-            entries: 100_000,
-        }
-    }
-}
-
-/// An unpacked archive.
-#[derive(Debug)]
-pub struct Unpacked {
-    /// The directory it was unpacked into.
-    pub root: PathBuf,
-    /// Bytes of file content written.
-    pub bytes: u64,
-    /// Entries unpacked.
-    pub entries: usize,
-}
-
-impl Unpacked {
-    /// CRIU's images (`checkpoint/`), to restore from.
-    pub fn images(&self) -> Result<criu::ImagesDir> {
-        Ok(criu::ImagesDir::open(self.root.join(CHECKPOINT_DIR))?)
-    }
-
-    /// The engine's `config.dump`, parsed.
-    pub fn config_dump(&self) -> Result<serde_json::Value> {
-        let text = fs::read(self.root.join(CONFIG_DUMP))
-            .map_err(|e| Error::io("reading config.dump", e))?;
-        serde_json::from_slice(&text).map_err(|e| Error::Malformed(format!("config.dump: {e}")))
-    }
-}
-
-/// Unpacks an archive (plain, gzip or zstd, told by its first bytes) into
-/// `target`, a directory this call creates (0700) and removes again if
-/// anything fails. Refuses entries whose path leaves `target` (absolute,
-/// `..`, or through a symbolic link), links that point outside it, device
-/// and fifo entries, and sizes beyond `limits`: before writing that entry.
-pub fn unpack(input: impl Read, target: &Path, limits: &Limits) -> Result<Unpacked> {
-    DirBuilder::new()
-        .mode(0o700)
-        .create(target)
-        .map_err(|e| Error::io(format!("creating {}", target.display()), e))?;
-    let r = unpack_into(input, target, limits);
-    if r.is_err() {
-        let _ = fs::remove_dir_all(target);
-    }
-    r
-}
-
-fn unpack_into(input: impl Read, target: &Path, limits: &Limits) -> Result<Unpacked> {
-    let mut input = BufReader::new(input);
-    let head = input
-        .fill_buf()
-        .map_err(|e| Error::io("reading the archive", e))?;
-    let stream: Box<dyn Read> = match head {
-        [0x1f, 0x8b, ..] => Box::new(flate2::read::GzDecoder::new(input)),
-        // Podman's default export.
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(
-            ruzstd::decoding::StreamingDecoder::new(input)
-                .map_err(|e| Error::Malformed(format!("zstd stream: {e}")))?,
-        ),
-        _ => Box::new(input),
+/// The diff id (`sha256:` of the uncompressed tar stream) of the archive
+/// `data` (plain or gzip), after reading every entry header within
+/// `limits` and finding the `checkpoint/` directory CRIU's images live in.
+pub(crate) fn checked_diff_id(data: &[u8], limits: &Limits) -> Result<String> {
+    let mut hashing = HashingReader {
+        inner: unpack::decompressed(data)?,
+        hash: Sha256::new(),
     };
-    let mut archive = tar::Archive::new(stream);
-    let mut out = Unpacked {
-        root: target.to_path_buf(),
-        bytes: 0,
-        entries: 0,
-    };
-    let entries = archive
-        .entries()
-        .map_err(|e| Error::io("reading the archive", e))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| Error::io("reading an archive entry", e))?;
-        out.entries += 1;
-        if out.entries > limits.entries {
-            return Err(Error::TooLarge {
-                what: "the number of archive entries".into(),
-                limit: limits.entries as u64,
-            });
-        }
-        unpack_entry(&mut entry, target, limits, &mut out.bytes)?;
-    }
-    Ok(out)
-}
-
-fn unpack_entry<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
-    target: &Path,
-    limits: &Limits,
-    total: &mut u64,
-) -> Result<()> {
-    let raw = entry
-        .path()
-        .map_err(|e| Error::io("reading an entry's path", e))?
-        .into_owned();
-    let name = raw.display().to_string();
-    let refuse = |reason: &str| Error::UnsafeEntry {
-        entry: name.clone(),
-        reason: reason.into(),
-    };
-    let Some(rel) = confined(&raw) else {
-        return Err(refuse("its path is absolute or climbs out with `..`"));
-    };
-    if rel.as_os_str().is_empty() {
-        return Ok(());
-    }
-    let dest = target.join(&rel);
-    if through_symlink(target, &rel) {
-        return Err(refuse("its path goes through a symbolic link"));
-    }
-    let kind = entry.header().entry_type();
-    let io = |e| Error::io(format!("unpacking {name}"), e);
-    // Archives need not list a file's directories before it (the path has
-    // been checked: no component is a link, none climbs out).
-    if let Some(parent) = dest.parent() {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)
-            .map_err(io)?;
-    }
-    match kind {
-        tar::EntryType::Directory => DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dest)
-            .map_err(io),
-        tar::EntryType::Regular | tar::EntryType::Continuous => {
-            write_file(entry, &dest, &name, limits, total)
-        }
-        tar::EntryType::Symlink => {
-            let link = link_target(entry, &name)?;
-            let parent = rel.parent().unwrap_or(Path::new(""));
-            if link.is_absolute() || confined(&parent.join(&link)).is_none() {
-                return Err(refuse(
-                    "it is a symbolic link that points outside the archive",
-                ));
-            }
-            std::os::unix::fs::symlink(&link, &dest).map_err(io)
-        }
-        tar::EntryType::Link => {
-            let link = link_target(entry, &name)?;
-            let Some(src) = confined(&link) else {
-                return Err(refuse("it is a hard link to a path outside the archive"));
-            };
-            if through_symlink(target, &src) || !target.join(&src).is_file() {
-                return Err(refuse(
-                    "it is a hard link to something other than a file unpacked before it",
-                ));
-            }
-            fs::hard_link(target.join(&src), &dest).map_err(io)
-        }
-        tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => Ok(()),
-        other => Err(refuse(&format!(
-            "its type {other:?} (device, fifo...) never belongs to a checkpoint"
-        ))),
-    }
-}
-
-fn link_target<R: Read>(entry: &tar::Entry<'_, R>, name: &str) -> Result<PathBuf> {
-    entry
-        .link_name()
-        .map_err(|e| Error::io(format!("reading the link of {name}"), e))?
-        .map(|l| l.into_owned())
-        .ok_or_else(|| Error::UnsafeEntry {
-            entry: name.into(),
-            reason: "a link without a target".into(),
-        })
-}
-
-/// Copies one file's content, counting the bytes really read (a header's
-/// size is not trusted), into a new file that must not exist yet.
-fn write_file(
-    entry: &mut impl Read,
-    dest: &Path,
-    name: &str,
-    limits: &Limits,
-    total: &mut u64,
-) -> Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(dest)
-        .map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
-    let room = limits
-        .entry_bytes
-        .min(limits.total_bytes.saturating_sub(*total));
-    let n = io::copy(&mut entry.take(room + 1), &mut f)
-        .map_err(|e| Error::io(format!("unpacking {name}"), e))?;
-    if n > room {
-        let (what, limit) = if room == limits.entry_bytes {
-            (format!("archive entry {name}"), limits.entry_bytes)
-        } else {
-            ("the archive's content".to_string(), limits.total_bytes)
-        };
-        return Err(Error::TooLarge { what, limit });
-    }
-    *total += n;
-    Ok(())
-}
-
-/// The path made of `p`'s normal components, or `None` if it is absolute
-/// or a `..` would climb above its start.
-fn confined(p: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    return None;
-                }
-            }
-            Component::RootDir | Component::Prefix(_) => return None,
+    let mut has_images = false;
+    {
+        let mut tar = tar_stream::TarStream::new(&mut hashing, limits);
+        while let Some(entry) = tar.next_entry()? {
+            let path = String::from_utf8_lossy(&entry.path);
+            has_images |= path.trim_start_matches("./").starts_with(CHECKPOINT_DIR);
         }
     }
-    Some(out)
+    // The end-of-archive blocks and any padding after them count too.
+    io::copy(&mut hashing, &mut io::sink()).map_err(|e| Error::io("reading the archive", e))?;
+    if !has_images {
+        return Err(Error::Malformed(format!(
+            "the archive has no {CHECKPOINT_DIR}/ directory: not a checkpoint archive"
+        )));
+    }
+    Ok(format!("sha256:{}", hex::encode(hashing.hash.finalize())))
 }
 
-/// Whether any directory on the way from `root` to `rel` (or `rel`
-/// itself) is a symbolic link already on disk.
-fn through_symlink(root: &Path, rel: &Path) -> bool {
-    let mut p = root.to_path_buf();
-    rel.components().any(|c| {
-        p.push(c);
-        fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink())
-    })
+/// A reader that hashes what passes through.
+struct HashingReader<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: io::Read> io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// Now as RFC 3339 UTC (what the engines write in config.dump).
@@ -555,6 +386,32 @@ pub(crate) fn rfc3339_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
+    rfc3339(secs)
+}
+
+/// When process `pid` started, in seconds since the epoch: its start
+/// time in clock ticks after boot (`/proc/PID/stat`) plus the boot time
+/// (`/proc/stat`'s `btime`).
+fn process_start(pid: i32) -> Option<i64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command's closing parenthesis; starttime is the
+    // 22nd field of the line, the 20th of these.
+    let after = stat.rsplit_once(')')?.1;
+    let ticks: i64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let btime: i64 = fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| btime + ticks / hz)
+}
+
+/// `secs` since the epoch as RFC 3339 UTC.
+pub(crate) fn rfc3339(secs: i64) -> String {
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     // Days to civil date (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -578,13 +435,43 @@ pub(crate) fn rfc3339_now() -> String {
 mod tests {
     use super::*;
 
+    /// What checkpointctl's `show` does with an archive: `spec.dump`'s
+    /// `io.container.manager` picks the reader; for `libpod` the name,
+    /// id, image, runtime and creation time come from `config.dump`.
     #[test]
-    fn confined_paths() {
-        assert_eq!(confined(Path::new("./a/b")), Some(PathBuf::from("a/b")));
-        assert_eq!(confined(Path::new("a/../b")), Some(PathBuf::from("b")));
-        assert_eq!(confined(Path::new("a/../../b")), None);
-        assert_eq!(confined(Path::new("/etc")), None);
-        assert_eq!(confined(Path::new("..")), None);
+    fn checkpointctl_finds_its_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = criu::ImagesDir::create(dir.path().join("images")).unwrap();
+        std::fs::write(images.path().join("core-1.img"), b"x").unwrap();
+        let mut meta = ArchiveMeta::of_process(std::process::id() as i32, "counter");
+        meta.rootfs_image_name = Some("docker.io/library/busybox:latest".into());
+        meta.runtime = Some("runc".into());
+        let mut tar = Vec::new();
+        write(&images, &meta, &mut tar, Compression::Gzip).unwrap();
+        let un = unpack(tar.as_slice(), &dir.path().join("un"), &Limits::default()).unwrap();
+        let spec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(un.root.join(SPEC_DUMP)).unwrap()).unwrap();
+        assert_eq!(spec["annotations"][CONTAINER_MANAGER], "libpod");
+        assert_eq!(
+            spec["annotations"][crate::annotations::ENGINE_NAME],
+            "criu-rs"
+        );
+        let config = un.config_dump().unwrap();
+        assert_eq!(config["name"], "counter");
+        assert_eq!(config["id"], format!("counter-{}", std::process::id()));
+        assert_eq!(
+            config["rootfsImageName"],
+            "docker.io/library/busybox:latest"
+        );
+        assert_eq!(config["runtime"], "runc");
+        // Go's time.Time reads RFC 3339; this process started before its
+        // checkpoint, and after 2020.
+        let created = config["createdTime"].as_str().unwrap();
+        let checkpointed = config["checkpointedTime"].as_str().unwrap();
+        assert_eq!(created.len(), 20, "{created}");
+        assert!(created > "2020-01-01T00:00:00Z", "{created}");
+        assert!(created <= checkpointed, "{created} {checkpointed}");
+        assert!(process_start(std::process::id() as i32).is_some());
     }
 
     #[test]

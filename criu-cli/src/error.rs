@@ -1,0 +1,262 @@
+//! What a failed command prints and how it exits: the cause, then a line
+//! that says what to do about it, and one of the documented exit codes.
+
+use std::fmt;
+use std::process::ExitCode;
+
+/// The exit codes, as `criu-rs --help` lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// 1: anything not below (a file that cannot be read or written...).
+    Failure = 1,
+    /// 2: the command line is wrong (clap uses 2 for its own errors too).
+    Usage = 2,
+    /// 3: CRIU failed or refused (dump, restore, check); its log's error
+    /// lines are printed.
+    Criu = 3,
+    /// 4: the other host or the registry could not be reached, or refused
+    /// us (TLS, credentials), or broke off.
+    Peer = 4,
+    /// 5: interrupted by a signal; what became of the process is printed.
+    Interrupted = 5,
+    /// 6: an image, a JSON document or an archive is malformed.
+    BadInput = 6,
+    /// 7: the destination's pre-flight check refused the move; nothing
+    /// was stopped.
+    Refused = 7,
+}
+
+/// The text `--help` shows for the exit codes.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  failure not listed below (a file that cannot be read or written, ...)
+  2  bad command line
+  3  CRIU failed or refused (its log's error lines are printed)
+  4  the other host or the registry was unreachable, refused us, or broke off
+  5  interrupted by SIGINT, SIGTERM or SIGHUP (the source process resumed)
+  6  malformed input: an image, crit JSON, or an archive
+  7  the destination refused the move at pre-flight (nothing was stopped)";
+
+/// A command's failure.
+#[derive(Debug)]
+pub struct CliError {
+    /// How the command exits.
+    pub exit: Exit,
+    /// What went wrong.
+    pub message: String,
+    /// What to do about it, when we can tell.
+    pub hint: Option<String>,
+}
+
+impl CliError {
+    /// A failure of kind `exit`.
+    pub fn new(exit: Exit, message: impl Into<String>) -> CliError {
+        CliError {
+            exit,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// A bad command line.
+    pub fn usage(message: impl Into<String>) -> CliError {
+        CliError::new(Exit::Usage, message)
+    }
+
+    /// Malformed input.
+    pub fn bad_input(message: impl Into<String>) -> CliError {
+        CliError::new(Exit::BadInput, message)
+    }
+
+    /// An I/O failure while doing `what`.
+    pub fn io(what: impl fmt::Display, e: std::io::Error) -> CliError {
+        CliError::new(Exit::Failure, format!("{what}: {e}"))
+    }
+
+    /// Adds (or replaces) the hint.
+    pub fn hint(mut self, hint: impl Into<String>) -> CliError {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// Prints `error: ...` and `hint: ...` on stderr.
+    pub fn print(&self) {
+        eprintln!("error: {}", self.message);
+        if let Some(h) = &self.hint {
+            eprintln!("hint: {h}");
+        }
+    }
+
+    /// The process's exit status.
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(self.exit as u8)
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The result of a command.
+pub type CliResult<T = ()> = Result<T, CliError>;
+
+/// CRIU's log lines that have a known fix, and the fix.
+const LOG_HINTS: &[(&str, &str)] = &[
+    (
+        "--tcp-established",
+        "the tree has established TCP connections: add --tcp-established (to dump and restore alike)",
+    ),
+    (
+        "--ext-unix-sk",
+        "the tree has a unix socket connected outside it: add --ext-unix-sk",
+    ),
+    (
+        "file-locks",
+        "the tree holds file locks: add --file-locks (to dump and restore alike)",
+    ),
+    (
+        "is outside of its pid namespace",
+        "the tree's session leader is outside it: add --shell-job, or start the process with setsid",
+    ),
+    (
+        "shell-job",
+        "the tree belongs to a terminal session: add --shell-job, or start it with setsid",
+    ),
+    (
+        "Locking network failed",
+        "CRIU could not lock the network (iptables missing?): install iptables, or pass --network-lock nftables or --network-lock skip",
+    ),
+    (
+        "has bad size",
+        "a file the process had open changed size since the dump: restore the file as it was, or give the process its own output file",
+    ),
+    (
+        "No such file or directory",
+        "a file the checkpoint needs is missing here: the restore needs the tree's files at the same paths",
+    ),
+];
+
+fn criu_hint(e: &criu::Error) -> Option<String> {
+    if e.is_connect() {
+        return Some(
+            "is CRIU installed (criu on PATH) and are you root? `criu-rs check` tells".into(),
+        );
+    }
+    if e.is_pid_in_use() {
+        return Some(
+            "a pid of the checkpoint is taken here by a live process (CRIU restores pids as they \
+             were): stop that process, or checkpoint a tree that is the init of its own PID \
+             namespace (unshare --pid --fork --mount-proc)"
+                .into(),
+        );
+    }
+    if e.is_deadline_exceeded() {
+        return Some("raise --deadline, or find in CRIU's log what it waited for".into());
+    }
+    match e.invalid_kind() {
+        Some(criu::InvalidKind::ImagesExist) => {
+            return Some("choose an empty (or new) --images-dir".into())
+        }
+        Some(criu::InvalidKind::NoSuchProcess) => return Some("check the pid: `ps -p PID`".into()),
+        Some(criu::InvalidKind::NoImages) => {
+            return Some("--images-dir must hold a checkpoint (from `criu-rs dump`)".into())
+        }
+        Some(criu::InvalidKind::NotFound) => return Some("check the path".into()),
+        // Nothing from CRIU's log to go by.
+        Some(_) => return None,
+        None => {}
+    }
+    if matches!(e, criu::Error::Tls { .. }) {
+        return Some(
+            "both hosts need certificates signed by the CA of --tls-ca (see README, \
+             \"Migrating between two machines\")"
+                .into(),
+        );
+    }
+    let lines = e.log_errors().join("\n");
+    let text = format!("{e}\n{lines}");
+    LOG_HINTS
+        .iter()
+        .find(|(needle, _)| text.contains(needle))
+        .map(|(_, hint)| (*hint).to_string())
+}
+
+fn criu_exit(e: &criu::Error) -> Exit {
+    match e {
+        criu::Error::InvalidArgument { .. } => Exit::Usage,
+        criu::Error::BadImage { .. } => Exit::BadInput,
+        criu::Error::Tls { .. } | criu::Error::Transfer { .. } => Exit::Peer,
+        criu::Error::Io { .. } => Exit::Failure,
+        criu::Error::Migration {
+            source: Some(s), ..
+        } => criu_exit(s),
+        // Matched on the text, not on fields: the migration error's fields
+        // are being reworked (the core's typed steps and source states).
+        criu::Error::Migration { .. }
+            if e.to_string().contains("connect") || e.to_string().contains("peer") =>
+        {
+            Exit::Peer
+        }
+        _ => Exit::Criu,
+    }
+}
+
+impl From<criu::Error> for CliError {
+    fn from(e: criu::Error) -> CliError {
+        let mut message = e.to_string();
+        let log = e.log_errors();
+        if !log.is_empty() && !message.contains(&log[log.len() - 1]) {
+            message.push_str("\nCRIU's log says:\n  ");
+            message.push_str(&log.join("\n  "));
+        }
+        CliError {
+            exit: criu_exit(&e),
+            message,
+            hint: criu_hint(&e),
+        }
+    }
+}
+
+impl From<criu_image::Error> for CliError {
+    fn from(e: criu_image::Error) -> CliError {
+        if let criu_image::ErrorKind::Io(io) = &e.kind {
+            let what = e
+                .path
+                .as_ref()
+                .map_or_else(|| "the image".to_string(), |p| p.display().to_string());
+            return CliError::new(Exit::Failure, format!("reading {what}: {io}"))
+                .hint("the directory must hold a checkpoint (from `criu-rs dump`)");
+        }
+        CliError::bad_input(e.to_string())
+            .hint("is it a CRIU image (not pages-*.img), from a CRIU this build knows?")
+    }
+}
+
+impl From<criu_oci::Error> for CliError {
+    fn from(e: criu_oci::Error) -> CliError {
+        let exit = if e.is_unreachable() || e.is_auth_refused() {
+            Exit::Peer
+        } else if e.is_digest_mismatch() {
+            Exit::BadInput
+        } else {
+            Exit::Failure
+        };
+        let hint = if e.is_unreachable() {
+            Some("is the registry up and the reference's host:port right? (--plain-http for a registry without TLS)")
+        } else if e.is_auth_refused() {
+            Some("check --username and the password in CRIU_RS_REGISTRY_PASSWORD")
+        } else if e.is_digest_mismatch() {
+            Some("the blob changed in transit or in the registry: pull again, or push it again")
+        } else {
+            None
+        };
+        CliError {
+            exit,
+            message: e.to_string(),
+            hint: hint.map(str::to_string),
+        }
+    }
+}

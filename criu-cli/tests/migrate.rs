@@ -1,0 +1,533 @@
+//! `criu-rs send` and `receive` on this machine: a real process moved with
+//! every strategy (plain and over mutual TLS), a peer with a certificate
+//! of another CA refused before the source stops, and SIGINT, SIGTERM and
+//! SIGHUP that resume the source (send) or end the wait (receive). Each
+//! moved workload is the init of its own PID namespace, so its pids are
+//! free for the restore while the source still holds them. Needs root.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_criu-rs")
+}
+
+const COUNTER: &str = r#"
+import sys, time
+buf = bytearray(b"x" * (int(sys.argv[2]) << 20))
+n = 0
+while True:
+    n += 1
+    with open(sys.argv[1], "a") as f: f.write("%d\n" % n)
+    time.sleep(0.02)
+"#;
+
+/// A counter that appends a line every 20 ms, holding `mib` MiB. Killed
+/// (by pid) and reaped on drop.
+struct Counter {
+    child: Child,
+    /// The tree's root (the counter itself, or its PID-namespace init).
+    pid: i32,
+    out: PathBuf,
+}
+
+fn counter(dir: &Path, mib: u32, own_pid_ns: bool) -> Counter {
+    let script = dir.join("counter.py");
+    std::fs::write(&script, COUNTER).unwrap();
+    let out = dir.join("out");
+    let mut cmd = if own_pid_ns {
+        let mut c = Command::new("unshare");
+        c.args(["--pid", "--fork", "setsid", "/usr/bin/python3"]);
+        c
+    } else {
+        Command::new("/usr/bin/python3")
+    };
+    cmd.arg(&script)
+        .arg(&out)
+        .arg(mib.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    common::clean_start(&mut cmd, !own_pid_ns);
+    let child = cmd.spawn().expect("starting the counter");
+    let outer = child.id() as i32;
+    let pid = if own_pid_ns {
+        poll(|| {
+            std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        })
+        .expect("unshare's child never appeared")
+    } else {
+        outer
+    };
+    let c = Counter { child, pid, out };
+    assert!(c.grows(), "the counter never counted");
+    c
+}
+
+impl Counter {
+    fn lines(&self) -> usize {
+        std::fs::read_to_string(&self.out)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    /// Whether the output grows within 10 s.
+    fn grows(&self) -> bool {
+        let at = self.lines();
+        poll(|| (self.lines() > at).then_some(())).is_some()
+    }
+
+    fn state(&self) -> Option<char> {
+        state(self.pid)
+    }
+}
+
+impl Drop for Counter {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of the pid this test started.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// Retries `f` every 20 ms for up to 10 s.
+fn poll<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `receive`, once it listens; its stderr is collected.
+struct Receiver {
+    child: Child,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+fn receive(port: u16, extra: &[&str]) -> Receiver {
+    let mut child = Command::new(bin())
+        .args([
+            "receive",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--once",
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    err.read_line(&mut first).unwrap();
+    assert!(
+        first.contains("waiting for a source"),
+        "receive said {first:?}"
+    );
+    let stderr = std::thread::spawn(move || rest(first, err));
+    Receiver { child, stderr }
+}
+
+fn rest(mut text: String, mut err: BufReader<ChildStderr>) -> String {
+    let _ = err.read_to_string(&mut text);
+    text
+}
+
+impl Receiver {
+    fn finish(mut self) -> (Option<i32>, String) {
+        let status = self.child.wait().unwrap();
+        (status.code(), self.stderr.join().unwrap())
+    }
+}
+
+/// The migration's images of `pid` left in /dev/shm, if any.
+fn leftovers(pid: i32) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for d in std::fs::read_dir("/dev/shm").unwrap().flatten() {
+        if !d
+            .file_name()
+            .to_string_lossy()
+            .starts_with("criu-rs-migrate-")
+        {
+            continue;
+        }
+        for sub in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+            let core = sub.path().join(format!("core-{pid}.img"));
+            if core.exists() {
+                found.push(core);
+            }
+        }
+    }
+    found
+}
+
+/// Moves a counter with `security` flags; checks it counts on there and
+/// that the source is gone.
+fn move_counter(strategy: &str, send_security: &[&str], recv_security: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let c = counter(dir.path(), 8, true);
+    let port = free_port();
+    let json = dir.path().join("recv.json");
+    let mut recv_args = vec!["--detach", "--json", json.to_str().unwrap()];
+    recv_args.extend_from_slice(recv_security);
+    let r = receive(port, &recv_args);
+    let send = Command::new(bin())
+        .args(["send", "--pid", &c.pid.to_string(), "--strategy", strategy])
+        .args(["--to", &format!("127.0.0.1:{port}"), "--json", "-"])
+        .args(send_security)
+        .output()
+        .unwrap();
+    let (code, recv_err) = r.finish();
+    assert!(
+        send.status.success(),
+        "{strategy}: send failed: {}\nreceive: {recv_err}",
+        String::from_utf8_lossy(&send.stderr)
+    );
+    assert_eq!(code, Some(0), "{strategy}: receive: {recv_err}");
+    let stdout = String::from_utf8_lossy(&send.stdout);
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let received: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let restored = received["restored_pid"].as_i64().unwrap() as i32;
+    assert_eq!(report["restored_pid"].as_i64(), Some(i64::from(restored)));
+    assert_eq!(report["strategy"], strategy);
+    // The restored copy counts on; the source copy is gone.
+    let at = c.lines();
+    let grew = poll(|| (c.lines() > at).then_some(()));
+    // SAFETY: kill(2) of the pid this test's receive restored.
+    let cleanup = || unsafe { libc::kill(restored, libc::SIGKILL) };
+    if grew.is_none() {
+        cleanup();
+        panic!("{strategy}: the restored counter does not count");
+    }
+    let gone = poll(|| (state(c.pid).is_none() || state(c.pid) == Some('Z')).then_some(()));
+    cleanup();
+    assert!(gone.is_some(), "{strategy}: the source copy still runs");
+    assert!(
+        leftovers(c.pid).is_empty(),
+        "{strategy}: images left in /dev/shm"
+    );
+}
+
+#[test]
+fn every_strategy_moves_a_process_in_plain_tcp() {
+    for strategy in ["stop-and-copy", "page-server", "lazy"] {
+        move_counter(strategy, &["--plain"], &["--plain"]);
+    }
+}
+
+/// A CA and a certificate for hosts `a` and `b`, made with openssl.
+fn pki(dir: &Path, name: &str) -> PathBuf {
+    let d = dir.join(name);
+    std::fs::create_dir(&d).unwrap();
+    let sh = format!(
+        r#"set -e
+cd {d}
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem \
+  -subj /CN={name}-ca -days 2 -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+for h in a b; do
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout $h-key.pem -out $h.csr -subj /CN=$h 2>/dev/null
+  printf 'subjectAltName=DNS:%s,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n' $h > $h.ext
+  openssl x509 -req -in $h.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $h.pem -days 2 -extfile $h.ext 2>/dev/null
+done"#,
+        d = d.display()
+    );
+    let out = Command::new("sh").arg("-c").arg(sh).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d
+}
+
+fn tls_args(pki: &Path, host: &str) -> Vec<String> {
+    vec![
+        "--tls-ca".into(),
+        pki.join("ca.pem").display().to_string(),
+        "--tls-cert".into(),
+        pki.join(format!("{host}.pem")).display().to_string(),
+        "--tls-key".into(),
+        pki.join(format!("{host}-key.pem")).display().to_string(),
+    ]
+}
+
+#[test]
+fn mutual_tls_moves_a_process_and_refuses_another_ca_before_stopping_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = pki(dir.path(), "ours");
+    let theirs = pki(dir.path(), "theirs");
+    let a = tls_args(&ours, "a");
+    let b = tls_args(&ours, "b");
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let b: Vec<&str> = b.iter().map(String::as_str).collect();
+    move_counter("stop-and-copy", &a, &b);
+
+    // A source whose certificate another CA signed: refused, exit 4, and
+    // its process never stopped.
+    let c = counter(dir.path(), 8, false);
+    let port = free_port();
+    let r = receive(port, &b);
+    let intruder = tls_args(&theirs, "a");
+    let send = Command::new(bin())
+        .args([
+            "send",
+            "--pid",
+            &c.pid.to_string(),
+            "--to",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(&intruder)
+        .output()
+        .unwrap();
+    let (code, recv_err) = r.finish();
+    assert_eq!(
+        send.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&send.stderr)
+    );
+    assert!(String::from_utf8_lossy(&send.stderr).contains("hint:"));
+    assert_ne!(code, Some(0), "receive accepted a stranger: {recv_err}");
+    assert!(recv_err.contains("refused"), "{recv_err}");
+    assert_ne!(c.state(), Some('T'));
+    assert!(c.grows(), "the refused source does not run");
+}
+
+#[test]
+fn a_signal_during_send_resumes_the_source() {
+    for (signal, name) in [
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGHUP, "SIGHUP"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        // Enough memory that the images cannot all sit in socket buffers.
+        let c = counter(dir.path(), 96, false);
+        // A destination that accepts and never reads: the send stalls
+        // with the source stopped.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hold = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+        // The silent destination gives no pre-flight answer either.
+        let mut send = Command::new(bin())
+            .args([
+                "send",
+                "--pid",
+                &c.pid.to_string(),
+                "--plain",
+                "--no-preflight",
+            ])
+            .args(["--to", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stopped = poll(|| (c.state() == Some('T')).then_some(()));
+        // SAFETY: kill(2) of the send this test started.
+        unsafe { libc::kill(send.id() as i32, signal) };
+        let mut err = String::new();
+        send.stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let status = send.wait().unwrap();
+        drop(hold.join());
+        assert!(stopped.is_some(), "{name}: the source never stopped: {err}");
+        assert_eq!(status.code(), Some(5), "{name}: {err}");
+        assert!(err.contains(name) && err.contains("resumed"), "{err}");
+        let running = poll(|| (c.state() != Some('T')).then_some(()));
+        assert!(running.is_some(), "{name}: the source stays stopped");
+        assert!(c.grows(), "{name}: the source does not count on");
+        assert!(
+            leftovers(c.pid).is_empty(),
+            "{name}: images left in /dev/shm"
+        );
+    }
+}
+
+#[test]
+fn a_tree_whose_pids_are_taken_there_is_refused_before_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    // Not in a PID namespace of its own: on this one machine its pids are
+    // taken at the destination (by itself).
+    let c = counter(dir.path(), 8, false);
+    let port = free_port();
+    let r = receive(port, &["--plain"]);
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (w, pid) = (watching.clone(), c.pid);
+    // Samples the source's state every millisecond: a dump stops it for
+    // tens of ms, which this cannot miss.
+    let sampler = std::thread::spawn(move || {
+        let mut stopped = false;
+        while w.load(std::sync::atomic::Ordering::SeqCst) {
+            stopped |= state(pid) == Some('T');
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stopped
+    });
+    let send = Command::new(bin())
+        .args(["send", "--pid", &c.pid.to_string(), "--plain"])
+        .args(["--to", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    watching.store(false, std::sync::atomic::Ordering::SeqCst);
+    let ever_stopped = sampler.join().unwrap();
+    let (code, recv_err) = r.finish();
+    let err = String::from_utf8_lossy(&send.stderr);
+    assert_eq!(send.status.code(), Some(7), "{err}");
+    assert!(
+        err.contains(&format!("pid(s) {}", c.pid)) && err.contains("are taken here"),
+        "{err}"
+    );
+    assert!(
+        err.contains("hint:") && err.contains("unshare --pid"),
+        "{err}"
+    );
+    assert_eq!(code, Some(7), "{recv_err}");
+    assert!(
+        !ever_stopped,
+        "the source was stopped although the destination refused"
+    );
+    assert!(c.grows(), "the source does not run on");
+}
+
+#[test]
+fn a_signal_while_waiting_for_the_pre_flight_answer_stops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = counter(dir.path(), 8, false);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hold = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept()?;
+        // Reads the request, never answers.
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len)?;
+        Ok::<_, std::io::Error>(s)
+    });
+    let mut send = Command::new(bin())
+        .args(["send", "--pid", &c.pid.to_string(), "--plain"])
+        .args(["--to", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let held = hold.join().unwrap().expect("the send's pre-flight request");
+    // SAFETY: kill(2) of the send this test started.
+    unsafe { libc::kill(send.id() as i32, libc::SIGINT) };
+    let mut err = String::new();
+    send.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = send.wait().unwrap();
+    drop(held);
+    assert_eq!(status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("pre-flight") && err.contains("nothing was stopped"),
+        "{err}"
+    );
+    assert_ne!(c.state(), Some('T'));
+    assert!(c.grows());
+}
+
+#[test]
+fn a_signal_to_receive_mid_transfer_resumes_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = counter(dir.path(), 256, true);
+    let port = free_port();
+    let r = receive(port, &["--plain"]);
+    let mut send = Command::new(bin())
+        .args(["send", "--pid", &c.pid.to_string(), "--plain"])
+        .args(["--to", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the source is stopped its images are on their way.
+    let stopped = poll(|| (c.state() == Some('T')).then_some(()));
+    // SAFETY: kill(2) of the receive this test started.
+    unsafe { libc::kill(r.child.id() as i32, libc::SIGINT) };
+    let (code, recv_err) = r.finish();
+    let mut err = String::new();
+    send.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = send.wait().unwrap();
+    assert!(stopped.is_some(), "the source never stopped");
+    assert_eq!(code, Some(5), "receive: {recv_err}");
+    assert!(
+        recv_err.contains("SIGINT") && recv_err.contains("source resumes"),
+        "{recv_err}"
+    );
+    assert!(
+        !status.success(),
+        "send succeeded although the receive was interrupted"
+    );
+    assert!(err.contains("resumed"), "send: {err}");
+    let running = poll(|| (c.state() != Some('T')).then_some(()));
+    assert!(running.is_some(), "the source stays stopped");
+    assert!(c.grows(), "the source does not count on");
+    assert!(leftovers(c.pid).is_empty(), "images left in /dev/shm");
+}
+
+#[test]
+fn a_signal_ends_a_waiting_receive() {
+    let port = free_port();
+    let r = receive(port, &["--plain"]);
+    // SAFETY: kill(2) of the receive this test started.
+    unsafe { libc::kill(r.child.id() as i32, libc::SIGTERM) };
+    let (code, err) = r.finish();
+    assert_eq!(code, Some(5), "{err}");
+    assert!(
+        err.contains("SIGTERM") && err.contains("nothing was received"),
+        "{err}"
+    );
+}
+
+#[test]
+fn plain_says_what_it_risks() {
+    for cmd in ["send", "receive"] {
+        let out = Command::new(bin()).args([cmd, "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            flat.contains(
+                "anyone who can reach the port can have code run as root on the receiver"
+            ),
+            "{cmd} --help: {help}"
+        );
+    }
+}
