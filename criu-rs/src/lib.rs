@@ -156,7 +156,9 @@ pub use criu_sys as sys;
 pub use child::RestoredChild;
 pub use client::Criu;
 pub use daemon::{free_port, Daemon, DaemonConfig, Service, ServiceClient};
-pub use error::{Context, Error, InvalidKind, Operation, Result};
+pub use error::{
+    Context, Error, InvalidKind, MigrationError, Operation, Result, SourceState, Step, TransferKind,
+};
 pub use images::ImagesDir;
 pub use notify::{Event, Iteration, Notification};
 pub use options::{
@@ -164,7 +166,6 @@ pub use options::{
 };
 pub use report::{DumpReport, RestoreReport};
 pub use stats::{DumpStats, RestoreStats, Stats};
-pub use tree::{state as task_state, tree as process_tree};
 pub use version::{Features, MemTrackMethod, Version};
 
 /// The README's example, compiled as a doctest.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use super::frame::{end_marker, growing_header};
 use super::send::{regular_files, Sent};
 use super::{io_err, transfer_err, Progress, TransferStats, Transport, BUF};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TransferKind};
 
 /// The largest chunk of a growing file on the wire (the receiver refuses
 /// more, so that a corrupt length cannot make it wait for gigabytes).
@@ -231,6 +231,7 @@ impl<'p, W: Transport> Growing<'p, W> {
             let now = fs::symlink_metadata(self.dir.join(name)).ok();
             if now.map(|m| (m.ino(), m.len())) != Some((*ino, *size)) {
                 return Err(transfer_err(
+                    TransferKind::Corrupt,
                     format!("{name} was replaced or changed after it was sent"),
                     None,
                 ));
@@ -272,6 +273,7 @@ impl<'p, W: Transport> Growing<'p, W> {
             .map_err(|e| Error::io(format!("reading the size of {name}"), e))?;
         if meta.len() < open.sent {
             return Err(transfer_err(
+                TransferKind::Corrupt,
                 format!("{name} shrank while it was sent, so it cannot be streamed"),
                 None,
             ));
