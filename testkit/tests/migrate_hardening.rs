@@ -548,7 +548,6 @@ fn a_held_tree_never_signals_a_process_that_reused_a_pid_of_it() {
     );
 }
 
-
 /// The crate's in-memory work directories that hold images of a tree
 /// with a file under `ours` open (the scene's own directory: other
 /// programs on this machine may migrate at the same time).
