@@ -119,11 +119,18 @@ pub fn pull_and_restore(
     let pulled = registry.pull_checkpoint(reference, &host, &target, limits)?;
     let unpacked = pulled.unpacked;
     let (pull, unpack) = (pulled.pull, pulled.unpack);
+    // CRIU's log goes to a private directory beside the unpacked tree,
+    // never into it: a file of the image's choosing (a link, say) may sit
+    // under the log's name in the images directory.
+    let work_path = criu_work_path(&target);
     let restored = (|| -> Result<_> {
         let images = unpacked.images()?;
+        let work = unpacked.criu_work_dir()?;
         let mut o = criu::Options::new();
         customize(&mut o);
-        o.images_dir(&images).log_file("restore.log");
+        o.images_dir(&images)
+            .work_dir(&work)
+            .log_file("restore.log");
         Ok(criu.restore_child(&mut o)?)
     })();
     match restored {
@@ -138,9 +145,18 @@ pub fn pull_and_restore(
         }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&target);
+            let _ = std::fs::remove_dir_all(&work_path);
             Err(e)
         }
     }
+}
+
+/// Where `Unpacked::criu_work_dir` puts CRIU's work directory
+/// for an archive unpacked at `target`.
+fn criu_work_path(target: &Path) -> std::path::PathBuf {
+    let mut path = target.as_os_str().to_owned();
+    path.push(".criu-work");
+    path.into()
 }
 
 #[cfg(test)]

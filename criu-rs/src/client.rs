@@ -115,6 +115,12 @@ fn check_pid(op: Operation, pid: i32) -> Result<()> {
             ))
         }
     };
+    check_stat(op, pid, &stat)
+}
+
+/// Refuses a zombie or a kernel thread, from its `/proc/PID/stat` line.
+fn check_stat(op: Operation, pid: i32, stat: &str) -> Result<()> {
+    let invalid = |kind, msg: String| Error::invalid(Some(op), kind, msg);
     // Fields after the parenthesised command name: state is the first,
     // flags the seventh.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -521,5 +527,41 @@ fn tracking_available() -> &'static str {
          one; see docs/precopy-uffd.md)"
     } else {
         "this kernel has neither soft-dirty bits nor userfaultfd write-protection (Linux 6.7+)"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{check_stat, Operation};
+    use crate::InvalidKind;
+
+    /// kthreadd's line as Linux 6.18 prints it: flags 2129984 hold
+    /// PF_KTHREAD (0x00200000).
+    const KTHREADD: &str = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 31 0 0 \
+                            18446744073709551615 0 0 0 0 0 0 0 2147483647 0 1 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0";
+
+    #[test]
+    fn a_kernel_thread_is_refused_from_its_stat_line() {
+        let e = check_stat(Operation::Dump, 2, KTHREADD).unwrap_err();
+        assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
+        assert_eq!(e.operation(), Some(Operation::Dump), "{e}");
+        assert!(e.to_string().contains("pid 2 is a kernel thread"), "{e}");
+        // A command name with ") " and digits in it does not shift the
+        // fields: the flags are read after the last ')'.
+        let tricky = KTHREADD.replace("(kthreadd)", "(a) S 1 1 1 1 -1 0 (b)");
+        assert!(check_stat(Operation::Dump, 2, &tricky).is_err());
+    }
+
+    #[test]
+    fn a_user_process_passes_and_a_zombie_is_refused() {
+        let me = std::fs::read_to_string("/proc/self/stat").unwrap();
+        check_stat(Operation::Dump, 1234, &me).unwrap();
+        // The same flags without PF_KTHREAD pass.
+        let user = KTHREADD.replace(" 2129984 ", &format!(" {} ", 2129984 & !0x0020_0000));
+        check_stat(Operation::Dump, 2, &user).unwrap();
+        let zombie = KTHREADD.replace(") S ", ") Z ");
+        let e = check_stat(Operation::Restore, 2, &zombie).unwrap_err();
+        assert_eq!(e.invalid_kind(), Some(InvalidKind::NoSuchProcess), "{e}");
+        assert!(e.to_string().contains("zombie"), "{e}");
     }
 }

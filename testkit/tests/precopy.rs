@@ -5,14 +5,15 @@
 //! These run wherever CRIU can track memory: with soft-dirty bits, or on
 //! kernels without them (these machines) with the CRIU the set-up builds
 //! with `patches/criu-uffd-wp-track.patch` (docs/precopy-uffd.md). Where
-//! CRIU cannot track memory each test says SKIPPED, and fails instead when
-//! `CRIU_RS_REQUIRE_MEM_TRACK=1` demands tracking.
+//! CRIU cannot track memory each test is skipped (`criu_testkit::skip`),
+//! which fails unless the Makefile allow-lists it.
 
 use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
 use criu::{Criu, DumpReport, ImagesDir, Iteration, MemTrackMethod, Options};
+use criu_testkit::skip::skip;
 use criu_testkit::{built_bin, find_bin, Workload};
 
 const TICK: Duration = Duration::from_millis(1);
@@ -65,13 +66,10 @@ fn tracking_or_skip(test: &str) -> Option<MemTrackMethod> {
     if let Some(m) = f.mem_track_method {
         return Some(m);
     }
-    assert!(
-        std::env::var("CRIU_RS_REQUIRE_MEM_TRACK").as_deref() != Ok("1"),
-        "{test}: CRIU_RS_REQUIRE_MEM_TRACK=1 but CRIU cannot track memory here"
-    );
-    eprintln!(
-        "SKIPPED {test}: CRIU cannot track memory changes here (no soft-dirty bits, and a CRIU \
-         without patches/criu-uffd-wp-track.patch: run `make setup`)"
+    skip(
+        &format!("precopy::{test}"),
+        "CRIU cannot track memory changes here (no soft-dirty bits, and a CRIU without \
+         patches/criu-uffd-wp-track.patch: run `make setup`)",
     );
     None
 }
@@ -233,8 +231,9 @@ fn a_task_with_its_own_userfaultfd_is_refused() {
         return;
     };
     if method != MemTrackMethod::UffdWriteProtect {
-        eprintln!(
-            "SKIPPED a_task_with_its_own_userfaultfd_is_refused: soft-dirty tracks such tasks"
+        skip(
+            "precopy::a_task_with_its_own_userfaultfd_is_refused",
+            "soft-dirty tracks such tasks",
         );
         return;
     }
@@ -258,7 +257,10 @@ fn the_tracking_ends_with_a_dump_that_does_not_ask_for_it() {
         return;
     };
     if method != MemTrackMethod::UffdWriteProtect {
-        eprintln!("SKIPPED the_tracking_ends_with_a_dump_that_does_not_ask_for_it: soft-dirty keeps no descriptor");
+        skip(
+            "precopy::the_tracking_ends_with_a_dump_that_does_not_ask_for_it",
+            "soft-dirty keeps no descriptor",
+        );
         return;
     }
     let s = Setup::new();

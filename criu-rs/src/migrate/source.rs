@@ -282,7 +282,9 @@ fn dump_and_stream(
         dumping.images().path(),
         is_pages_image,
         progress.as_deref_mut().map(|p| p as _),
-    );
+    )
+    // The dump's pages leave memory as they leave the host.
+    .free_sent(true);
     let mut ended = None;
     let cancel = &cfg.cancel;
     let followed = growing.follow(
