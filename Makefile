@@ -27,6 +27,9 @@ test: setup
 	bash scripts/two-hosts-smoke.sh
 	# The examples, end to end, on small workloads.
 	cargo run -q -p criu-rs-examples --example dump_restore
+	cargo run -q -p criu-rs-examples --example inspect
+	cargo run -q -p criu-rs-examples --example push_pull
+	for s in stop-and-copy page-server lazy; do cargo run -q -p criu-rs-examples --example send_receive -- --strategy $$s || exit 1; done
 	cargo run -q -p criu-rs-examples --example migrate -- --strategy all --workload memory:16 --warmup-ms 200
 	cargo run -q -p criu-rs-examples --example migrate -- --strategy all --workload tcp-server:16
 	cargo run -q -p criu-rs-examples --example migrate_container -- --engine all --interval 0.1 --warmup-ms 300
