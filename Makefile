@@ -16,7 +16,7 @@ demo: setup
 	cargo build --release -p criu-testkit --bins
 	cargo run --release -p criu-rs-examples --example migrate -- --strategy all --workload memory:256 --json migrate.json
 	cargo run --release -p criu-rs-examples --example migrate -- --strategy all --workload tcp-server:256 --json migrate_tcp.json
-	cargo run --release -p criu-rs-examples --example migrate_container -- --engine all --json migrate_container.json
+	cargo run --release -p criu-testkit --bin demo-container -- --engine all --json migrate_container.json
 
 test: setup
 	cargo build -p criu-testkit --bins
@@ -32,7 +32,7 @@ test: setup
 	for s in stop-and-copy page-server lazy; do cargo run -q -p criu-rs-examples --example send_receive -- --strategy $$s || exit 1; done
 	cargo run -q -p criu-rs-examples --example migrate -- --strategy all --workload memory:16 --warmup-ms 200
 	cargo run -q -p criu-rs-examples --example migrate -- --strategy all --workload tcp-server:16
-	cargo run -q -p criu-rs-examples --example migrate_container -- --engine all --interval 0.1 --warmup-ms 300
+	cargo run -q -p criu-testkit --bin demo-container -- --engine all --interval 0.1 --warmup-ms 300
 	# The benches compile, and the quick mode's harness works on the smallest size.
 	cargo bench -p criu-rs-benches --no-run
 	$(MAKE) bench-quick
