@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The README's two commands for two machines, end to end: certificates made
-# with the README's openssl recipe, `migrate_host receive` on host b and
-# `migrate_host send` on host a (two network namespaces joined by veth), for
+# with the README's openssl recipe, `criu-rs receive` on host b and
+# `criu-rs send` on host a (two network namespaces joined by veth), for
 # every strategy, over mutual TLS. Each run checks that the counter the
 # moved shell writes goes on by one on b, and that a's copy is gone.
 # Everything it creates (namespaces, processes, files) is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${MIGRATE_HOST_BIN:-target/debug/examples/migrate_host}
-[ -x "$bin" ] || cargo build -q -p criu-rs-examples --example migrate_host
+bin=${CRIU_RS_BIN:-target/debug/criu-rs}
+[ -x "$bin" ] || cargo build -q -p criu-cli
 bin=$(realpath "$bin")
 
 tag="smoke$$"
@@ -113,7 +113,7 @@ migrate() {
   until_true 5 grows_past "$out" "$((before + 3))" || fail "$strategy: the restored counter does not count"
   awk 'NR > 1 && $1 != prev + 1 { bad = 1 } { prev = $1 } END { exit bad }' "$out" \
     || fail "$strategy: the count has a gap or a repeat: $(tr '\n' ' ' < "$out")"
-  grep -q '"transport": *"tls"' "$work/$strategy.json" || fail "$strategy: the JSON does not say tls"
+  grep -q '"link": *"tls"' "$work/$strategy.json" || fail "$strategy: the JSON does not say tls"
   kill -KILL "$moved"
   echo "ok: $strategy over mutual TLS, count $before -> $(last_number "$out") on host b"
 }
