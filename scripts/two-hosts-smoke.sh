@@ -3,7 +3,8 @@
 # with the README's openssl recipe, `criu-rs receive` on host b and
 # `criu-rs send` on host a (two network namespaces joined by veth), for
 # every strategy, over mutual TLS. Each run checks that the counter the
-# moved shell writes goes on by one on b, and that a's copy is gone.
+# moved shell writes goes on by one on b, that a's copy is gone, and (from
+# a tcpdump capture on b) that every connection began with a TLS handshake.
 # Everything it creates (namespaces, processes, files) is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,6 +74,27 @@ close_inherited_fds() {
 last_number() { tail -n 1 "$1" 2>/dev/null | tr -dc 0-9; }
 grows_past() { local n; n=$(last_number "$1"); [ -n "$n" ] && [ "$n" -gt "$2" ]; }
 
+# Whether every TCP connection in the capture FILE starts with a TLS
+# ClientHello: the first payload of each connection's opening side (the
+# side that sent the SYN) is a handshake record (0x16 0x03) of type 1.
+# Migrating in clear (TLS flags ignored, say) fails this; the JSON's
+# "transport" field only repeats what was asked. Says why in $work/why.
+every_connection_starts_with_a_tls_client_hello() {
+  local file=$1 payload='((tcp[12] & 0xf0) >> 2)'
+  tcpdump -r "$file" -nn 'tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn' 2>/dev/null \
+    | awk '{ print $3 }' | sort -u > "$work/openers"
+  tcpdump -r "$file" -nn "tcp[$payload] = 0x16 and tcp[$payload + 1] = 0x03 and tcp[$payload + 5] = 0x01" \
+    2>/dev/null | awk '{ print $3 }' | sort -u > "$work/hellos"
+  if [ ! -s "$work/openers" ]; then
+    echo "no TCP connection was captured" > "$work/why"; return 1
+  fi
+  local clear
+  clear=$(comm -23 "$work/openers" "$work/hellos" | tr '\n' ' ')
+  if [ -n "$clear" ]; then
+    echo "connections opened from $clear did not start with a TLS ClientHello" > "$work/why"; return 1
+  fi
+}
+
 # One migration with STRATEGY; prints nothing on success.
 migrate() {
   local strategy=$1 out="$work/$1.out" log="$work/$1.receive.log" port=$((7700 + RANDOM % 200))
@@ -89,6 +111,14 @@ migrate() {
   local src
   src=$(pgrep -P "$unshare_pid" | head -n 1)
   [ -n "$src" ] || fail "$strategy: no counter under unshare $unshare_pid"
+
+  # Every TCP connection between the hosts is captured on b's side.
+  local cap="$work/$strategy.pcap"
+  nsenter --net="/run/netns/$b" tcpdump -i eth0 -nn -U -w "$cap" tcp > "$work/$strategy.tcpdump.log" 2>&1 &
+  local dump_pid=$!
+  pids+=("$dump_pid")
+  until_true 10 grep -qs "listening on" "$work/$strategy.tcpdump.log" \
+    || fail "$strategy: tcpdump did not start: $(cat "$work/$strategy.tcpdump.log")"
 
   nsenter --net="/run/netns/$b" "$bin" receive --listen "10.233.0.2:$port" --detach --once \
     --tls-ca "$work/ca.pem" --tls-cert "$work/b.pem" --tls-key "$work/b-key.pem" > "$log" 2>&1 &
@@ -113,9 +143,10 @@ migrate() {
   until_true 5 grows_past "$out" "$((before + 3))" || fail "$strategy: the restored counter does not count"
   awk 'NR > 1 && $1 != prev + 1 { bad = 1 } { prev = $1 } END { exit bad }' "$out" \
     || fail "$strategy: the count has a gap or a repeat: $(tr '\n' ' ' < "$out")"
-  grep -q '"link": *"tls"' "$work/$strategy.json" || fail "$strategy: the JSON does not say tls"
+  kill -INT "$dump_pid"; wait "$dump_pid" 2>/dev/null || true
+  every_connection_starts_with_a_tls_client_hello "$cap" || fail "$strategy: $(cat "$work/why")"
   kill -KILL "$moved"
-  echo "ok: $strategy over mutual TLS, count $before -> $(last_number "$out") on host b"
+  echo "ok: $strategy over mutual TLS ($(wc -l < "$work/openers") connections, each opened with a TLS ClientHello), count $before -> $(last_number "$out") on host b"
 }
 
 for s in stop-and-copy page-server lazy; do

@@ -18,7 +18,9 @@ use crate::spawn::spawn_swrk;
 use crate::stats::Stats;
 use crate::sys;
 use crate::verify::verify_images;
-use crate::version::{Features, Version};
+use crate::version::{
+    kernel_has_soft_dirty, kernel_has_uffd_wp_async, Features, MemTrackMethod, Version,
+};
 
 /// Pids with a dump in progress in this process.
 static BUSY: Mutex<Option<HashSet<i32>>> = Mutex::new(None);
@@ -113,6 +115,12 @@ fn check_pid(op: Operation, pid: i32) -> Result<()> {
             ))
         }
     };
+    check_stat(op, pid, &stat)
+}
+
+/// Refuses a zombie or a kernel thread, from its `/proc/PID/stat` line.
+fn check_stat(op: Operation, pid: i32, stat: &str) -> Result<()> {
+    let invalid = |kind, msg: String| Error::invalid(Some(op), kind, msg);
     // Fields after the parenthesised command name: state is the first,
     // flags the seventh.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -264,8 +272,19 @@ impl Criu {
         self.run(Operation::FeatureCheck, None, None, |p| unsafe {
             sys::criu_local_feature_check(p, &mut f, size)
         })?;
+        // CRIU says whether it can track memory, not how: soft-dirty bits
+        // when the kernel keeps them (CRIU prefers them), else its
+        // userfaultfd write-protection.
+        let mem_track_method = f.mem_track.then(|| {
+            if kernel_has_soft_dirty() {
+                MemTrackMethod::SoftDirty
+            } else {
+                MemTrackMethod::UffdWriteProtect
+            }
+        });
         Ok(Features {
             mem_track: f.mem_track,
+            mem_track_method,
             lazy_pages: f.lazy_pages,
             pidfd_store: f.pidfd_store,
         })
@@ -287,10 +306,12 @@ impl Criu {
         }
         Err(Error::Unsupported {
             ctx: Context::new(op, pid),
-            what: "memory change tracking (soft-dirty) is off in this kernel, and pre-dumps, iterative \
-                   dumps and track_mem need it (CRIU 4.2 aborts with a BUG in mem.c otherwise); do a \
-                   plain dump, or use lazy pages to shorten the freeze"
-                .into(),
+            what: format!(
+                "pre-dumps, iterative dumps and track_mem need memory change tracking, and the CRIU \
+                 in use cannot track memory here: {} (CRIU 4.2 aborts with a BUG in mem.c \
+                 otherwise); do a plain dump, or use lazy pages to shorten the freeze",
+                tracking_available()
+            ),
         })
     }
 
@@ -492,4 +513,55 @@ fn restored_pid(op: Operation, pid: c_int) -> Result<i32> {
 fn read_stats(dir: Option<BorrowedFd<'_>>, name: &str) -> Option<Stats> {
     let bytes = read_at(dir?, name, MAX_STATS_READ).ok()?;
     Stats::decode(name, &bytes).ok()
+}
+
+/// What this kernel offers for memory tracking, for an `Unsupported` error
+/// when CRIU says it can track nothing.
+fn tracking_available() -> &'static str {
+    if kernel_has_soft_dirty() {
+        "this kernel keeps soft-dirty bits, yet CRIU does not use them (is /proc/PID/clear_refs \
+         writable?)"
+    } else if kernel_has_uffd_wp_async() {
+        "this kernel has no soft-dirty bits; it offers userfaultfd write-protection, which only a \
+         CRIU built with the project's patches/criu-uffd-wp-track.patch uses (`make setup` builds \
+         one; see docs/precopy-uffd.md)"
+    } else {
+        "this kernel has neither soft-dirty bits nor userfaultfd write-protection (Linux 6.7+)"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{check_stat, Operation};
+    use crate::InvalidKind;
+
+    /// kthreadd's line as Linux 6.18 prints it: flags 2129984 hold
+    /// PF_KTHREAD (0x00200000).
+    const KTHREADD: &str = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 31 0 0 \
+                            18446744073709551615 0 0 0 0 0 0 0 2147483647 0 1 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0";
+
+    #[test]
+    fn a_kernel_thread_is_refused_from_its_stat_line() {
+        let e = check_stat(Operation::Dump, 2, KTHREADD).unwrap_err();
+        assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
+        assert_eq!(e.operation(), Some(Operation::Dump), "{e}");
+        assert!(e.to_string().contains("pid 2 is a kernel thread"), "{e}");
+        // A command name with ") " and digits in it does not shift the
+        // fields: the flags are read after the last ')'.
+        let tricky = KTHREADD.replace("(kthreadd)", "(a) S 1 1 1 1 -1 0 (b)");
+        assert!(check_stat(Operation::Dump, 2, &tricky).is_err());
+    }
+
+    #[test]
+    fn a_user_process_passes_and_a_zombie_is_refused() {
+        let me = std::fs::read_to_string("/proc/self/stat").unwrap();
+        check_stat(Operation::Dump, 1234, &me).unwrap();
+        // The same flags without PF_KTHREAD pass.
+        let user = KTHREADD.replace(" 2129984 ", &format!(" {} ", 2129984 & !0x0020_0000));
+        check_stat(Operation::Dump, 2, &user).unwrap();
+        let zombie = KTHREADD.replace(") S ", ") Z ");
+        let e = check_stat(Operation::Restore, 2, &zombie).unwrap_err();
+        assert_eq!(e.invalid_kind(), Some(InvalidKind::NoSuchProcess), "{e}");
+        assert!(e.to_string().contains("zombie"), "{e}");
+    }
 }

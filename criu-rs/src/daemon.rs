@@ -338,11 +338,24 @@ impl Service {
     /// service, so the service cannot be dropped (killed, its directory
     /// removed) while the client is in use:
     ///
-    /// ```compile_fail
+    /// ```compile_fail,E0505
     /// let service = criu::DaemonConfig::new().service()?;
     /// let client = service.client();
     /// drop(service);
     /// client.check()?;
+    /// # Ok::<(), criu::Error>(())
+    /// ```
+    ///
+    /// The same lines with the service dropped after its client compile,
+    /// so the example above fails for that drop alone (stable rustdoc does
+    /// not check the error code it names):
+    ///
+    /// ```no_run
+    /// let service = criu::DaemonConfig::new().service()?;
+    /// let client = service.client();
+    /// client.check()?;
+    /// drop(client);
+    /// drop(service);
     /// # Ok::<(), criu::Error>(())
     /// ```
     pub fn client(&self) -> ServiceClient<'_> {

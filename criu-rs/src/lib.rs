@@ -165,7 +165,7 @@ pub use options::{
 pub use report::{DumpReport, RestoreReport};
 pub use stats::{DumpStats, RestoreStats, Stats};
 pub use tree::{state as task_state, tree as process_tree};
-pub use version::{Features, Version};
+pub use version::{Features, MemTrackMethod, Version};
 
 /// The README's example, compiled as a doctest.
 #[cfg(doctest)]

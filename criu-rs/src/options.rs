@@ -582,6 +582,10 @@ impl<'a> Options<'a> {
 
     /// How long CRIU may take to collect (freeze) the tasks (`--timeout`),
     /// rounded up to whole seconds. It does not bound the rest of the dump.
+    /// libcriu 4.2.1's setter stores the value without marking it present,
+    /// so CRIU would keep its default of 10 s: the crate passes it through
+    /// its config file too (so, like the CLI-only options, it cannot be
+    /// combined with [`Options::config_file`]).
     pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
         self.timeout = Some(timeout);
         self
@@ -911,7 +915,7 @@ impl<'a> Options<'a> {
             return Err(Error::invalid(
                 None,
                 InvalidKind::Conflict,
-                "config_file cannot be combined with lazy_pages, lazy_pages_address or file_validation (they are passed through a config file of the crate's own)",
+                "config_file cannot be combined with lazy_pages, lazy_pages_address, file_validation or timeout (they are passed through a config file of the crate's own)",
             ));
         }
         Ok(())
@@ -941,7 +945,16 @@ impl<'a> Options<'a> {
             Some(FileValidation::BuildId) => lines.push("file-validation buildid".into()),
             None => {}
         }
+        if let Some(secs) = self.timeout_secs() {
+            lines.push(format!("timeout {secs}"));
+        }
         lines
+    }
+
+    /// [`Options::timeout`] in whole seconds, rounded up.
+    fn timeout_secs(&self) -> Option<u64> {
+        self.timeout
+            .map(|t| t.as_secs().saturating_add(u64::from(t.subsec_nanos() > 0)))
     }
 
     /// Writes every recorded option into a fresh libcriu handle: the
@@ -991,9 +1004,7 @@ impl<'a> Options<'a> {
             self.log_level.map(LogLevel::raw), "log level" => criu_local_set_log_level,
         ];
         let secs = self
-            .timeout
-            .map(|t| t.as_secs().saturating_add(u64::from(t.subsec_nanos() > 0)));
-        let secs = secs
+            .timeout_secs()
             .map(|s| u32::try_from(s).map_err(|_| invalid("timeout is too long")))
             .transpose()?;
         let uints = rows![UintSetter:
@@ -1259,14 +1270,16 @@ mod tests {
         let mut o = Options::new();
         o.lazy_pages(true)
             .lazy_pages_address("10.1.2.3:2345".parse().unwrap())
-            .file_validation(FileValidation::FileSize);
+            .file_validation(FileValidation::FileSize)
+            .timeout(Duration::from_millis(6500));
         assert_eq!(
             o.cli_only_lines(),
             vec![
                 "lazy-pages",
                 "address 10.1.2.3",
                 "port 2345",
-                "file-validation filesize"
+                "file-validation filesize",
+                "timeout 7"
             ]
         );
         assert!(o.validate().is_ok());

@@ -106,37 +106,49 @@ impl TwoHosts {
     pub fn new() -> io::Result<TwoHosts> {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{}-{n}", std::process::id());
+        TwoHosts::named(&format!("criu-rs-{tag}-a"), &format!("criu-rs-{tag}-b"))
+    }
+
+    /// [`TwoHosts::new`] with the namespaces' names. On failure, removes
+    /// what it made and only that: a namespace of the same name that was
+    /// there before (`ip netns add` refused it) is left alone.
+    fn named(a: &str, b: &str) -> io::Result<TwoHosts> {
         let a = Host {
-            name: format!("criu-rs-{tag}-a"),
+            name: a.to_string(),
             addr: Ipv4Addr::new(10, 231, 0, 1),
         };
         let b = Host {
-            name: format!("criu-rs-{tag}-b"),
+            name: b.to_string(),
             addr: Ipv4Addr::new(10, 231, 0, 2),
         };
         ip(&["netns", "add", &a.name])?;
-        let hosts = TwoHosts { a, b };
-        ip(&["netns", "add", &hosts.b.name])?;
+        // From here on, an early return removes what was made.
+        let mut made = Partial(vec![a.name.clone()]);
+        ip(&["netns", "add", &b.name])?;
+        made.0.push(b.name.clone());
         // Created inside the namespaces, so the names never clash with the
         // machine's or another run's interfaces.
         ip(&[
-            "-n",
-            &hosts.a.name,
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &hosts.b.name,
+            "-n", &a.name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns",
+            &b.name,
         ])?;
-        for h in [&hosts.a, &hosts.b] {
+        for h in [&a, &b] {
             address_and_up(h)?;
         }
-        Ok(hosts)
+        made.0.clear();
+        Ok(TwoHosts { a, b })
+    }
+}
+
+/// Namespaces made so far by a constructor that has not returned yet;
+/// dropped on its early return, it deletes them (and nothing else).
+pub(crate) struct Partial(pub(crate) Vec<String>);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = ip(&["netns", "del", n]);
+        }
     }
 }
 
@@ -236,5 +248,38 @@ impl TwoHosts {
             }
         });
         Ok(inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exists(name: &str) -> bool {
+        std::path::Path::new(&format!("/run/netns/{name}")).exists()
+    }
+
+    #[test]
+    fn a_failed_new_removes_only_the_namespaces_it_made() {
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let (a, b) = (format!("criu-rs-{tag}-a"), format!("criu-rs-{tag}-b"));
+        // Someone else's namespace, under the name the second host wants.
+        ip(&["netns", "add", &b]).unwrap();
+        let theirs = Partial(vec![b.clone()]);
+        let r = TwoHosts::named(&a, &b);
+        assert!(r.is_err(), "`ip netns add` of an existing name fails");
+        assert!(exists(&b), "the namespace it did not make is still there");
+        assert!(!exists(&a), "the one it made is removed");
+        drop(theirs);
+        assert!(!exists(&b));
+        // And a successful one is removed on drop.
+        let hosts = TwoHosts::named(&a, &b).unwrap();
+        assert!(exists(&a) && exists(&b));
+        drop(hosts);
+        assert!(!exists(&a) && !exists(&b));
     }
 }

@@ -10,7 +10,9 @@ pub mod fixture;
 pub mod hosts;
 pub mod link;
 pub mod measure;
+pub mod pid;
 pub mod registry;
+pub mod skip;
 pub mod tcp;
 
 use std::fs;
@@ -464,6 +466,25 @@ pub fn alive(pid: i32) -> bool {
             .is_some_and(|state| state != "Z" && state != "X"),
         Err(_) => false,
     }
+}
+
+/// The slack factor of the few bounds on elapsed time whose point is the
+/// bound itself (a deadline that must be kept): a margin measured on the
+/// machines the suite was written on (2 shared cores) is allowed this many
+/// times over, so a slower or busier machine does not fail them. 3 unless
+/// `CRIU_RS_TIME_SLACK` (a number >= 1) says otherwise. Each such test
+/// keeps its bound well below what the defect it names would take.
+pub fn time_slack() -> f64 {
+    std::env::var("CRIU_RS_TIME_SLACK")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|f| f.is_finite() && *f >= 1.0)
+        .unwrap_or(3.0)
+}
+
+/// `margin` times [`time_slack`].
+pub fn slack(margin: Duration) -> Duration {
+    margin.mul_f64(time_slack())
 }
 
 /// Polls `cond` every 2 ms until it holds (true) or `timeout` passes (false).

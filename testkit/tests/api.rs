@@ -184,30 +184,51 @@ fn daemon_netns_starts_the_daemon_in_that_namespace() {
 }
 
 /// A "criu" that never reports ready (it just sleeps).
-fn never_ready(dir: &Path) -> std::path::PathBuf {
+/// A fake `criu` that never reports ready: a shell that writes its own pid
+/// to `pid` and then waits (in the shell itself, not in an `exec`ed child,
+/// so the pid written is the process the crate started), for 60 s at most.
+fn never_ready(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let fake = dir.join("sleepy-criu");
-    std::fs::write(&fake, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    let pid_file = dir.join("sleepy-criu.pid");
+    let script = format!(
+        "#!/bin/sh\necho $$ > '{}.tmp' && mv '{0}.tmp' '{0}'\n\
+         i=0; while [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n",
+        pid_file.display()
+    );
+    std::fs::write(&fake, script).unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-    fake
+    (fake, pid_file)
 }
 
 #[test]
 fn ready_timeout_bounds_a_daemon_that_never_gets_ready() {
     let dir = tempfile::tempdir().unwrap();
     let images = ImagesDir::create(dir.path().join("img")).unwrap();
-    let fake = never_ready(dir.path());
+    let (fake, pid_file) = never_ready(dir.path());
     let start = std::time::Instant::now();
     let e = DaemonConfig::new()
         .binary(&fake)
-        .ready_timeout(Duration::from_millis(300))
+        .ready_timeout(Duration::from_secs(1))
         .page_server(&images, "127.0.0.1:1".parse().unwrap())
         .unwrap_err();
     assert!(matches!(e, Error::Daemon { .. }), "{e}");
-    assert!(e.to_string().contains("not ready after 300ms"), "{e}");
-    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert!(e.to_string().contains("not ready after 1s"), "{e}");
+    assert!(start.elapsed() >= Duration::from_secs(1));
+    // The fake ran (it wrote its pid well within the second), and the crate
+    // killed it and reaped it: its pid is gone, not even a zombie.
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("the fake daemon started and wrote its pid")
+        .trim()
+        .parse()
+        .unwrap();
+    let gone = wait_gone(pid, Duration::from_secs(2));
+    let running = alive(pid);
+    if !gone {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
     assert!(
-        criu_testkit::find_process(&fake.to_string_lossy()).is_none(),
-        "the daemon that never got ready was killed"
+        gone,
+        "the daemon that never got ready (pid {pid}) was killed and reaped (still running: {running})"
     );
 }
 

@@ -189,9 +189,18 @@ fn a_restore_deadline_kills_only_what_the_restore_created() {
 fn a_one_shot_service_socket_is_spent_only_on_the_request_itself() {
     let service = criu::DaemonConfig::new().service().unwrap();
     let criu = Criu::with_service_fd(criu_testkit::connect_seqpacket(service.socket()).unwrap());
-    // Refused before CRIU: the socket stays with the client.
+    let dir = tempfile::tempdir().unwrap();
+    let w = fixture::counter(dir.path(), 1);
+    // Refused before CRIU (a log file name with a '/'): the socket stays
+    // with the client. Aimed at the test's own workload, left running,
+    // never at pid 1.
     let e = criu
-        .dump(Options::new().pid(1).log_file("a/b"))
+        .dump(
+            Options::new()
+                .pid(w.pid())
+                .leave_running(true)
+                .log_file("a/b"),
+        )
         .unwrap_err();
     assert!(e.invalid_kind().is_some(), "{e}");
     // restore_child cannot use a service socket: refused, socket kept.
@@ -202,8 +211,6 @@ fn a_one_shot_service_socket_is_spent_only_on_the_request_itself() {
     assert_eq!(e.invalid_kind(), Some(criu::InvalidKind::Conflict), "{e}");
     // A pre-dump's own feature check does not spend the socket (here
     // memory tracking is off, so it is refused after the check).
-    let dir = tempfile::tempdir().unwrap();
-    let w = fixture::counter(dir.path(), 1);
     let images = ImagesDir::create(dir.path().join("pre")).unwrap();
     let pre = criu.pre_dump(
         Options::new()

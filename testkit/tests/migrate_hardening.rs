@@ -469,27 +469,16 @@ fn a_lost_end_of_migration_leaves_a_copy_running() {
 }
 
 /// Kills `pid` (the init of a PID namespace, reaped by its `unshare`),
-/// then starts an unrelated process that gets the same pid. `None` if the
-/// pid could not be had (another fork took it each time).
-fn reuse_pid(pid: i32) -> Option<std::process::Child> {
+/// then starts an unrelated process under the same pid (clone3's set_tid:
+/// no write to the namespace's shared `ns_last_pid`). `None` if another
+/// process took the pid meanwhile.
+fn reuse_pid(pid: i32) -> Option<criu_testkit::pid::PidHolder> {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
     );
     assert!(criu_testkit::wait_gone(pid, WAIT), "{pid} reaped");
-    for _ in 0..100 {
-        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
-        let mut child = std::process::Command::new("sleep")
-            .arg("600")
-            .spawn()
-            .unwrap();
-        if child.id() as i32 == pid {
-            return Some(child);
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    None
+    criu_testkit::pid::PidHolder::sleep_as(pid, Duration::from_secs(600)).ok()
 }
 
 #[test]
@@ -510,13 +499,11 @@ fn the_source_never_kills_a_process_that_reused_a_pid_of_its_tree() {
     let dst = run.dst.unwrap();
     sc.w.reap(WAIT).unwrap();
     let mut innocent = innocent.lock().unwrap().take().expect("the pid was reused");
-    let status = innocent.try_wait().unwrap();
-    let _ = innocent.kill();
-    let _ = innocent.wait();
-    assert_eq!(
-        status, None,
+    assert!(
+        innocent.is_running(),
         "the process that reused pid {pid} was left alone"
     );
+    drop(innocent);
     drop(dst);
 }
 

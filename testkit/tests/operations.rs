@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use criu::{Criu, DaemonConfig, Error, Event, ImagesDir, InvalidKind, Iteration, Options};
+use criu_testkit::skip::skip;
 use criu_testkit::{alive, fixture, wait_gone, KillOnDrop, Workload};
 
 const BIN: &str = env!("CARGO_BIN_EXE_criu-rs-workload");
@@ -245,17 +246,15 @@ fn version_and_check() {
 }
 
 /// Whether the kernel tracks dirty memory; without it, a test that needs
-/// tracking says plainly that it was skipped, and fails instead when
-/// `CRIU_RS_REQUIRE_MEM_TRACK=1` demands tracking (on a machine that has it).
+/// tracking is skipped (a failure unless the skip is allow-listed).
 fn mem_track_or_skip(criu: &Criu, test: &str) -> bool {
     if criu.feature_check().unwrap().mem_track {
         return true;
     }
-    assert!(
-        std::env::var("CRIU_RS_REQUIRE_MEM_TRACK").as_deref() != Ok("1"),
-        "{test}: CRIU_RS_REQUIRE_MEM_TRACK=1 but this kernel has no soft-dirty memory tracking"
+    skip(
+        &format!("operations::{test}"),
+        "soft-dirty memory tracking is off in this kernel",
     );
-    eprintln!("SKIPPED {test}: soft-dirty memory tracking is off in this kernel");
     false
 }
 
@@ -265,7 +264,10 @@ fn pre_dump_dump_iters_and_track_mem_are_unsupported_without_soft_dirty() {
     let mut w = s.workload(1);
     let criu = Criu::new();
     if criu.feature_check().unwrap().mem_track {
-        eprintln!("SKIPPED: this kernel tracks dirty memory, so nothing here is unsupported");
+        skip(
+            "operations::pre_dump_dump_iters_and_track_mem_are_unsupported_without_soft_dirty",
+            "this kernel tracks dirty memory, so nothing here is unsupported",
+        );
         return;
     }
     let pre = s.images("pre");
@@ -578,12 +580,16 @@ fn bad_input_gives_typed_errors() {
     // Missing images dir entirely.
     let e = criu.restore(&mut Options::new()).unwrap_err();
     assert_eq!(e.invalid_kind(), Some(InvalidKind::Missing), "{e}");
-    // pid 1 with leave_running: should validation regress, CRIU would
-    // checkpoint init and leave it running rather than kill it.
+    // A bad log file name, aimed at a process of the test's own (never at
+    // pid 1) and with leave_running: should validation regress, CRIU would
+    // checkpoint the workload and leave it running.
+    let mut w = s.workload(0);
     let e = criu
-        .dump(leaving_running(1, &images).log_file("x/y.log"))
+        .dump(leaving_running(w.pid(), &images).log_file("x/y.log"))
         .unwrap_err();
     assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
+    assert!(!images.holds_images());
+    assert!(w.is_running() && w.advances(WAIT));
 }
 
 /// Whether this process lives in a PID namespace other than the initial
@@ -598,21 +604,17 @@ fn in_nested_pid_namespace() -> bool {
 fn a_kernel_thread_is_refused_with_a_kind() {
     // kthreadd is pid 2 only in the first PID namespace: look one up.
     // Kernel threads belong to the initial PID namespace only, so a harness
-    // in a PID namespace of its own (`unshare --pid`) can see none: that is
-    // said, not passed silently. In the initial namespace there always are
-    // some, and not finding one fails unless CRIU_RS_NO_KERNEL_THREADS=1.
+    // in a PID namespace of its own (`unshare --pid`, as CI's) sees none:
+    // the test is then skipped, which fails unless allow-listed. The check
+    // itself is also proved without a kernel thread, by the unit test
+    // `client::tests::a_kernel_thread_is_refused_from_its_stat_line`.
     let Some(kthread) = kernel_thread() else {
-        if in_nested_pid_namespace() {
-            eprintln!("SKIPPED: this test runs in a nested PID namespace, where no kernel thread is visible");
-            return;
-        }
-        assert_eq!(
-            std::env::var("CRIU_RS_NO_KERNEL_THREADS").as_deref(),
-            Ok("1"),
-            "no kernel thread is visible in this PID namespace, so the refusal cannot be tried; \
-             set CRIU_RS_NO_KERNEL_THREADS=1 to skip this test knowingly"
-        );
-        eprintln!("SKIPPED: no kernel thread visible (CRIU_RS_NO_KERNEL_THREADS=1)");
+        let why = if in_nested_pid_namespace() {
+            "this test runs in a nested PID namespace, where no kernel thread is visible"
+        } else {
+            "no kernel thread is visible in this PID namespace"
+        };
+        skip("operations::a_kernel_thread_is_refused_with_a_kind", why);
         return;
     };
     let s = Setup::new();

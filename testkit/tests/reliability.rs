@@ -388,3 +388,33 @@ fn criu_path() -> std::path::PathBuf {
         .find(|p| p.is_file())
         .expect("criu on PATH")
 }
+
+#[test]
+fn a_cli_only_value_criu_would_split_is_refused_before_criu_runs() {
+    // CRIU's TLS files are CLI-only options, written into a config file in
+    // which CRIU splits a line at spaces: a path with a space would reach
+    // CRIU as another option. The request is refused before CRIU starts.
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = fixture::counter(dir.path(), 0);
+    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let tls = criu::tls::TlsFiles::new("/my certs/ca.pem", "/c.pem", "/k.pem");
+    let e = Criu::new()
+        .dump(
+            Options::new()
+                .pid(w.pid())
+                .images_dir(&images)
+                .page_server("127.0.0.1:1".parse().unwrap())
+                .criu_tls(&tls),
+        )
+        .unwrap_err();
+    assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
+    assert!(
+        e.to_string().contains("my certs"),
+        "the value is named: {e}"
+    );
+    assert!(!images.holds_images());
+    assert!(
+        w.is_running() && w.advances(WAIT),
+        "the process is untouched"
+    );
+}

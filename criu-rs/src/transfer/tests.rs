@@ -205,8 +205,13 @@ fn a_file_over_the_size_limit_is_refused_before_it_is_written() {
 fn a_file_larger_than_the_free_space_is_refused() {
     let out = tempfile::tempdir().unwrap();
     let target = out.path().join("recv");
-    // Under the default per-file limit, over any disk of this machine.
-    let e = receive(&announcing(255 << 30), &target).unwrap_err();
+    // One GiB more than the target's file system has free (statvfs), the
+    // size limits raised above it.
+    let vfs = nix::sys::statvfs::statvfs(out.path()).unwrap();
+    let free = vfs.blocks_available() as u64 * vfs.fragment_size() as u64;
+    let size = free + (1 << 30);
+    let limits = Limits::default().max_file_bytes(size).max_total_bytes(size);
+    let e = receive_with(&announcing(size), &target, &limits, None).unwrap_err();
     assert!(
         e.to_string().contains("free on the target's file system"),
         "{e}"
@@ -414,12 +419,33 @@ fn a_growing_file_goes_with_sendfile_over_a_plain_socket() {
             receive_dir_with(&mut b, &target, &Limits::default(), None)
         });
         write_header(&mut a).unwrap();
+        let read_before = thread_rchar();
         let mut g = Growing::new(&mut a, src.path(), |n| n.starts_with("pages-"), None);
         g.step().unwrap();
         g.finish().unwrap();
+        let read = thread_rchar() - read_before;
         rx.join().unwrap().unwrap();
+        // This thread read the pages once for their checksum; sendfile(2)
+        // reads them once more, in the kernel, and the kernel counts that
+        // in the thread's rchar too. Sent with write(2), they would have
+        // been read once only.
+        assert!(
+            read >= 2 * (3 << 20),
+            "the pages went with sendfile: this thread's rchar grew by {read}, \
+             not by twice the pages' 3 MiB"
+        );
     });
     same_files(src.path(), &target);
+}
+
+/// Bytes this thread has read through read-like system calls, sendfile(2)
+/// included (`rchar` of `/proc/thread-self/io`).
+fn thread_rchar() -> u64 {
+    let io = fs::read_to_string("/proc/thread-self/io").unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("rchar in /proc/thread-self/io")
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::hold::{Hold, GIVE_UP_PROBES, ROUTER_DEV};
-use crate::hosts::{address_and_up, Host, TwoHosts};
+use crate::hosts::{address_and_up, Host, Partial, TwoHosts};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -281,17 +281,6 @@ fn attach_client(h: &Host, switch: &str) -> io::Result<()> {
     address_and_up(h)?;
     let gw = ROUTER_CLIENT_ADDR.to_string();
     ip(&["-n", &h.name, "route", "add", "default", "via", &gw])
-}
-
-/// Namespaces made so far by a `new` that has not returned yet.
-struct Partial(Vec<String>);
-
-impl Drop for Partial {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = ip(&["netns", "del", n]);
-        }
-    }
 }
 
 impl Drop for ThreeHosts {
