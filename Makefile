@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 export PATH := /usr/local/sbin:/usr/local/bin:$(PATH)
 
-.PHONY: root setup demo test lint bench bench-quick publish-check features
+.PHONY: root setup demo test lint bench bench-quick publish-check features generated-check api-check
 
 root:
 	@[ "$$(id -u)" = 0 ] || { echo "error: run as root (CRIU needs it): sudo make $(MAKECMDGOALS)" >&2; exit 1; }
@@ -72,35 +72,49 @@ test: setup
 	@if [ -s $(SKIP_LOG) ]; then sort $(SKIP_LOG) | sed 's/\t/: /'; else echo "   nothing"; fi
 
 # Quick mode: the smallest size, tmpfs only, criterion's --quick; one
-# migration per strategy at 16 MiB. A couple of minutes.
+# migration per strategy and transport at 16 MiB. A couple of minutes.
 bench-quick: setup
 	cargo build --release -p criu-testkit --bins
 	CRIU_RS_BENCH_SIZES=1 CRIU_RS_BENCH_FS=tmpfs cargo bench -p criu-rs-benches --bench latency -- --quick
 	CRIU_RS_BENCH_ROUNDS=2 cargo bench -p criu-rs-benches --bench overhead
-	CRIU_RS_BENCH_MIGRATION_SIZES=16 CRIU_RS_BENCH_REPS=1 cargo bench -p criu-rs-benches --bench migration
+	CRIU_RS_BENCH_MIGRATION_SIZES=16 CRIU_RS_BENCH_REPS=1 CRIU_RS_BENCH_TRANSPORTS=plain,tls cargo bench -p criu-rs-benches --bench migration
 
 # The published run (BENCHMARKS.md): every size, both filesystems, then the
-# tables (printed) and plots (docs/bench/). Takes about half an hour.
+# tables (printed) and plots (docs/bench/). Takes about an hour.
 bench: setup
 	cargo build --release -p criu-testkit --bins
 	rm -f target/criu-rs-bench/criu-stats.jsonl
 	mkdir -p target/criu-rs-bench && touch target/criu-rs-bench/run-started
 	CRIU_RS_BENCH_SIZES=1,16,64,256,1024 cargo bench -p criu-rs-benches --bench latency
 	CRIU_RS_BENCH_ROUNDS=25 cargo bench -p criu-rs-benches --bench overhead
-	CRIU_RS_BENCH_MIGRATION_SIZES=16,256,1024 CRIU_RS_BENCH_REPS=3 cargo bench -p criu-rs-benches --bench migration
-	CRIU_RS_BENCH_MIGRATION_SIZES=256,1024 CRIU_RS_BENCH_REPS=5 cargo bench -p criu-rs-benches --bench tls
+	# Every strategy over plain TCP and TLS, the registry route and the
+	# local baseline, interleaved per repetition; prints the targets.
+	CRIU_RS_BENCH_MIGRATION_SIZES=16,256,1024 CRIU_RS_BENCH_REPS=5 CRIU_RS_BENCH_TRANSPORTS=plain,tls \
+	  CRIU_RS_BENCH_REGISTRY=1 cargo bench -p criu-rs-benches --bench migration
+	CRIU_RS_BENCH_REPS=5 cargo bench -p criu-rs-benches --bench tls -- --stream-only
 	cargo run --release -q -p criu-rs-benches --bin bench-report
 
-# What crates.io and docs.rs will see: the docs built with no libcriu (as
-# docs.rs does, DOCS_RS set, pkg-config finding nothing) with broken
-# intra-doc links denied, the packages assembled and built from their
-# tarballs, and a dry-run publish of criu-sys.
+# What crates.io and docs.rs will see: every published crate packaged, a
+# fresh project outside the workspace built on the packaged crates (every
+# feature, no CRIU source, offline) that dumps and restores a process,
+# docs.rs's build simulated on them (nightly, DOCS_RS, no libcriu,
+# warnings denied), the declared rust-version if installed, a dry-run
+# publish of criu-sys. See scripts/publish-check.sh.
 publish-check: setup
-	env DOCS_RS=1 PKG_CONFIG_LIBDIR=/nonexistent PKG_CONFIG_PATH=/nonexistent \
-	  RUSTDOCFLAGS="-D rustdoc::broken_intra_doc_links -D warnings" \
-	  cargo doc --no-deps -p criu-sys -p criu-rs --features criu-rs/tls --target-dir target/docs-rs
-	cargo package -p criu-sys -p criu-image -p criu-rs --target-dir target/package
-	cargo publish --dry-run -p criu-sys --target-dir target/package
+	bash scripts/publish-check.sh
+
+# criu-image's committed generated files (the Rust types of CRIU's image
+# protos, their descriptor set, the magic table) are what
+# scripts/update-image-protos.sh makes of the set-up's CRIU source today.
+generated-check: setup
+	bash scripts/update-image-protos.sh --check
+
+# The public API of each published crate (api/*.txt, one item a line with
+# its signature, from rustdoc's JSON) is the committed one: a change to the
+# API fails here until api/ is regenerated (scripts/update-public-api.sh)
+# and the change is committed where review sees it.
+api-check:
+	bash scripts/update-public-api.sh --check
 
 # Every feature set a user would pick builds and passes clippy.
 features: setup

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! host B:  migrate_host receive --listen 0.0.0.0:7700 \
-//!              --tls-ca ca.pem --tls-cert b.pem --tls-key b-key.pem
+//!              --tls-ca ca.pem --tls-cert b.pem --tls-key b-key.pem [--peer-name hosta]
 //! host A:  migrate_host send --pid 1234 --to hostb:7700 --strategy page-server \
 //!              --tls-ca ca.pem --tls-cert a.pem --tls-key a-key.pem [--json cost.json]
 //! ```
@@ -17,17 +17,23 @@
 //! from stopping the tree to the destination's "restored"). README.md,
 //! "Migrating between two machines", says how to make the certificates and
 //! which ports to open.
+//!
+//! Ctrl-C (SIGINT), SIGTERM or SIGHUP cancel a migration in flight
+//! ([`criu::migrate::Cancel`]): the source resumes its process, the
+//! destination removes what it received and kills a half-restored tree,
+//! and the command says so and exits with status 130.
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use criu::migrate::{DestConfig, SourceConfig, Strategy};
+use criu::migrate::{self, Cancel, DestConfig, Link, SourceConfig, Strategy};
 use criu::tls::{TlsConfig, TlsFiles};
+use criu::Criu;
 use criu_testkit::hosts::netns_of;
-use criu_testkit::link::{accept_peer, receive_from, send_to, Link};
 use criu_testkit::measure::{rss_bytes, Cost, Row};
+use nix::sys::signal::{SigSet, Signal};
 
 mod cli;
 use cli::{print_table, write_json, Bar};
@@ -59,6 +65,11 @@ struct Security {
     /// This host's private key (PEM).
     #[arg(long)]
     tls_key: Option<PathBuf>,
+    /// Accept only a peer whose certificate names this host (besides
+    /// chaining to the CA): the destination's name on the source, the
+    /// source's on the destination.
+    #[arg(long, requires = "tls_ca")]
+    peer_name: Option<String>,
     /// Plain TCP: memory crosses in clear and anyone who reaches the port
     /// is heard. For a network you trust entirely.
     #[arg(long, conflicts_with_all = ["tls_ca", "tls_cert", "tls_key"])]
@@ -72,7 +83,12 @@ impl Security {
     fn link(&self) -> Result<Link, String> {
         match (&self.tls_ca, &self.tls_cert, &self.tls_key, self.plain) {
             (Some(ca), Some(cert), Some(key), false) => {
-                TlsConfig::new(TlsFiles::new(ca, cert, key))
+                let config = TlsConfig::new(TlsFiles::new(ca, cert, key));
+                let config = match &self.peer_name {
+                    Some(host) => config.and_then(|c| c.peer_name(host)),
+                    None => config,
+                };
+                config
                     .map(|c| Link::Tls(Box::new(c)))
                     .map_err(|e| e.to_string())
             }
@@ -125,14 +141,47 @@ struct SendArgs {
     security: Security,
 }
 
-fn receive(args: ReceiveArgs) -> Result<(), String> {
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and so in every
+/// thread started after), and cancels `cancel` from a thread of its own
+/// when one arrives. Call it first, before any other thread starts.
+fn cancel_on_signals(cancel: &Cancel) -> Result<(), String> {
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals
+        .thread_block()
+        .map_err(|e| format!("blocking SIGINT/SIGTERM/SIGHUP: {e}"))?;
+    let cancel = cancel.clone();
+    std::thread::spawn(move || {
+        if let Ok(signal) = signals.wait() {
+            eprintln!("{signal}: cancelling the migration");
+            cancel.cancel();
+        }
+    });
+    Ok(())
+}
+
+fn receive(args: ReceiveArgs, cancel: &Cancel) -> Result<(), String> {
     let link = args.security.link()?;
     let listener =
         TcpListener::bind(args.listen).map_err(|e| format!("listening on {}: {e}", args.listen))?;
     eprintln!("waiting for a source on {} ({})", args.listen, link.name());
+    // Polled, so that a signal ends the wait.
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("listening on {}: {e}", args.listen))?;
     let (mut stream, peer) = loop {
-        match accept_peer(&link, &listener) {
+        if cancel.is_cancelled() {
+            return Err("no source came".into());
+        }
+        match link.accept(&listener) {
             Ok(s) => break s,
+            Err(criu::Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::WouldBlock =>
+            {
+                std::thread::sleep(POLL);
+            }
             Err(e) if !args.once => eprintln!("refused a connection: {e}"),
             Err(e) => return Err(format!("refused a connection: {e}")),
         }
@@ -143,10 +192,10 @@ fn receive(args: ReceiveArgs) -> Result<(), String> {
         Some(dir) => DestConfig::new().work_dir(dir),
         None => DestConfig::new(),
     };
-    let cfg = cfg.customize(move |o| {
+    let cfg = cfg.cancel(cancel).customize(move |o| {
         o.shell_job(shell_job);
     });
-    let report = receive_from(&mut stream, cfg).map_err(|e| e.to_string())?;
+    let report = migrate::receive(&Criu::new(), &mut *stream, cfg).map_err(|e| e.to_string())?;
     println!(
         "restored pid {} ({}, {:.1} MiB of images, restore {:.1} ms)",
         report.child.pid(),
@@ -159,14 +208,28 @@ fn receive(args: ReceiveArgs) -> Result<(), String> {
         return Ok(());
     }
     let mut child = report.child;
-    let status = child
-        .wait()
-        .map_err(|e| format!("waiting for the restored tree: {e}"))?;
-    eprintln!("the restored tree exited: {status}");
-    Ok(())
+    loop {
+        let status = child
+            .try_wait()
+            .map_err(|e| format!("waiting for the restored tree: {e}"))?;
+        if let Some(status) = status {
+            eprintln!("the restored tree exited: {status}");
+            return Ok(());
+        }
+        if cancel.is_cancelled() {
+            // The migration is over: a signal ends the wait, not the tree.
+            let pid = child.detach();
+            eprintln!("left the restored tree (pid {pid}) running");
+            return Ok(());
+        }
+        std::thread::sleep(POLL);
+    }
 }
 
-fn send(args: SendArgs) -> Result<(), String> {
+/// How often the waits of `receive` look for a signal.
+const POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+fn send(args: SendArgs, cancel: &Cancel) -> Result<(), String> {
     let link = args.security.link()?;
     let to = args
         .to
@@ -180,10 +243,17 @@ fn send(args: SendArgs) -> Result<(), String> {
         Some(dir) => SourceConfig::new(args.strategy).work_dir(dir),
         None => SourceConfig::new(args.strategy),
     };
-    let cfg = cfg.progress(Bar::new().callback()).customize(move |o| {
-        o.shell_job(shell_job);
-    });
-    let src = send_to(&link, to, args.pid, cfg).map_err(|e| e.to_string())?;
+    let cfg = cfg
+        .cancel(cancel)
+        .progress(Bar::new().callback())
+        .customize(move |o| {
+            o.shell_job(shell_job);
+        });
+    let mut stream = link
+        .connect(to, std::time::Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    let src =
+        migrate::send(&Criu::new(), args.pid, &mut *stream, cfg).map_err(|e| e.to_string())?;
     let of = Row::of(&src, link.name(), &format!("pid {}", args.pid));
     let row = Row {
         cost: Cost {
@@ -203,12 +273,22 @@ fn send(args: SendArgs) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let result = match Cli::parse().command {
-        Command::Receive(a) => receive(a),
-        Command::Send(a) => send(a),
+    let cli = Cli::parse();
+    let cancel = Cancel::new();
+    if let Err(e) = cancel_on_signals(&cancel) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    let result = match cli.command {
+        Command::Receive(a) => receive(a, &cancel),
+        Command::Send(a) => send(a, &cancel),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if cancel.is_cancelled() => {
+            eprintln!("cancelled: {e}");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

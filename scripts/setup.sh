@@ -40,6 +40,8 @@ PACKAGES=(
   # the TLS migration tests capture the hosts' link (testkit/tests/tls.rs)
   tcpdump
   # an unmodified server the CLI's tests move (criu-cli/tests/tcp_move.rs)
+  # and, as a container's root filesystem of its binary and libraries, the
+  # Docker migration tests (criu-docker)
   redis-server
 )
 

@@ -14,9 +14,19 @@
 //! Sizes: `CRIU_RS_BENCH_MIGRATION_SIZES` (MiB, default `16`; the
 //! published run uses `16,256,1024`). Strategies:
 //! `CRIU_RS_BENCH_STRATEGIES` (comma-separated names, default all; the
-//! local baseline always runs). After the table, one line per size gives
-//! stop-and-copy's median downtime over the local baseline's (#11's
-//! target: at most 1.3x at 1024 MiB).
+//! local baseline always runs). Transports: `CRIU_RS_BENCH_TRANSPORTS`
+//! (`plain`, `tls` or both, default `plain`); TLS rows are named
+//! `STRATEGY/tls`. `CRIU_RS_BENCH_REGISTRY=1` adds the registry route
+//! (checkpoint pushed to a registry on a third host, pulled on the
+//! destination). Every repetition runs each of them once, in that order,
+//! so that the ratios below come from one interleaved run.
+//!
+//! After the table, `targets` prints each target of issue #27 as a ratio
+//! of medians with its verdict: stop-and-copy over a local dump + restore
+//! on tmpfs (<= 1.3x at 1 GiB), TLS over plain per strategy (<= 1.15x or
+//! at most 10 ms more), page-server over stop-and-copy (<= 0.8x at 256
+//! MiB and above, below 1x under that), registry over stop-and-copy
+//! (<= 1.5x at 256 MiB and above).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -98,20 +108,99 @@ impl Runs {
     }
 }
 
-/// Stop-and-copy's median downtime over the local baseline's, per size.
-fn print_local_ratios(rows: &[Summary]) {
-    for r in rows.iter().filter(|r| r.strategy == LOCAL) {
-        if let Some(sc) = rows
-            .iter()
-            .find(|s| s.mib == r.mib && s.strategy == "stop-and-copy")
-        {
-            println!(
-                "stop-and-copy / {LOCAL} at {} MiB: {:.1} / {:.1} ms = {:.2}x",
-                r.mib,
-                sc.median_downtime_ms,
-                r.median_downtime_ms,
-                sc.median_downtime_ms / r.median_downtime_ms
-            );
+/// The transports of the run (`CRIU_RS_BENCH_TRANSPORTS`, default plain).
+fn transports() -> Vec<Security> {
+    let raw = std::env::var("CRIU_RS_BENCH_TRANSPORTS").unwrap_or_default();
+    let mut v = Vec::new();
+    if raw.contains("plain") || !raw.contains("tls") {
+        v.push(Security::Plain);
+    }
+    if raw.contains("tls") {
+        v.push(Security::Tls);
+    }
+    v
+}
+
+/// Whether the registry route runs too (`CRIU_RS_BENCH_REGISTRY=1`).
+fn with_registry() -> bool {
+    std::env::var("CRIU_RS_BENCH_REGISTRY").is_ok_and(|v| v == "1")
+}
+
+/// A row's name: the strategy, with `/tls` for the TLS transport.
+fn row_name(strategy: Strategy, security: Security) -> String {
+    match security {
+        Security::Tls => format!("{strategy}/tls"),
+        _ => strategy.to_string(),
+    }
+}
+
+/// The median downtime of row `name` at `mib`, if measured.
+fn down(rows: &[Summary], name: &str, mib: usize) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.mib == mib && r.strategy == name)
+        .map(|r| r.median_downtime_ms)
+}
+
+/// One target line: `a / b` with the limit and its verdict; `slack_ms`
+/// also accepts `a` at most that much above `b`.
+fn target_line(what: &str, a: f64, b: f64, limit: f64, slack_ms: Option<f64>) {
+    let ratio = a / b.max(0.001);
+    if limit.is_infinite() {
+        println!(
+            "  {what}: {a:.1} / {b:.1} ms = {ratio:.2}x ({:+.1} ms); no target at this size",
+            a - b
+        );
+        return;
+    }
+    let met = ratio <= limit || slack_ms.is_some_and(|s| a - b <= s);
+    let slack = slack_ms.map_or(String::new(), |s| format!(" or <= +{s:.0} ms"));
+    println!(
+        "  {what}: {a:.1} / {b:.1} ms = {ratio:.2}x ({:+.1} ms); target <= {limit:.2}x{slack}: {}",
+        a - b,
+        if met { "met" } else { "MISSED" }
+    );
+}
+
+/// Each target of issue #27 as a ratio of this run's medians.
+fn print_targets(rows: &[Summary]) {
+    let runs = rows.iter().map(|r| r.runs).max().unwrap_or(0);
+    let mut sizes: Vec<usize> = rows.iter().map(|r| r.mib).collect();
+    sizes.dedup();
+    println!("targets (downtime, medians of {runs}, one interleaved run):");
+    let tls = |s: Strategy| row_name(s, Security::Tls);
+    let sc = Strategy::StopAndCopy;
+    for &mib in &sizes {
+        for name in [sc.to_string(), tls(sc)] {
+            if let (Some(a), Some(b)) = (down(rows, &name, mib), down(rows, LOCAL, mib)) {
+                let limit = if mib >= 1024 { 1.3 } else { f64::INFINITY };
+                target_line(&format!("{name} / {LOCAL} at {mib} MiB"), a, b, limit, None);
+            }
+        }
+        for s in Strategy::ALL {
+            if let (Some(a), Some(b)) = (down(rows, &tls(s), mib), down(rows, &s.to_string(), mib))
+            {
+                target_line(
+                    &format!("{s} tls / plain at {mib} MiB"),
+                    a,
+                    b,
+                    1.15,
+                    Some(10.0),
+                );
+            }
+        }
+        let ps = Strategy::PageServer;
+        for (a, b) in [(ps.to_string(), sc.to_string()), (tls(ps), tls(sc))] {
+            if let (Some(x), Some(y)) = (down(rows, &a, mib), down(rows, &b, mib)) {
+                let limit = if mib >= 256 { 0.8 } else { 0.999 };
+                target_line(&format!("{a} / {b} at {mib} MiB"), x, y, limit, None);
+            }
+        }
+        if let (Some(a), Some(b)) = (
+            down(rows, "registry", mib),
+            down(rows, &sc.to_string(), mib),
+        ) {
+            let limit = if mib >= 256 { 1.5 } else { f64::INFINITY };
+            target_line(&format!("registry / {sc} at {mib} MiB"), a, b, limit, None);
         }
     }
 }
@@ -154,13 +243,26 @@ fn main() {
         // baseline once, so drift on this shared machine falls on all.
         for rep in 0..reps {
             for &strategy in &strategies() {
-                let start = Instant::now();
-                match migrate_workload_over(Security::Plain, strategy, &format!("memory:{mib}"), mib, Duration::from_millis(300), |_, _| {}) {
-                    Ok(r) if r.continued && r.memory_intact != Some(false) => {
-                        by.entry(strategy.to_string()).or_default().add_migration(&r, start.elapsed());
+                for security in transports() {
+                    let name = row_name(strategy, security);
+                    let start = Instant::now();
+                    match migrate_workload_over(security, strategy, &format!("memory:{mib}"), mib, Duration::from_millis(300), |_, _| {}) {
+                        Ok(r) if r.continued && r.memory_intact != Some(false) => {
+                            by.entry(name).or_default().add_migration(&r, start.elapsed());
+                        }
+                        Ok(r) => panic!("{name} {mib} MiB run {rep}: the workload did not continue correctly: {r:?}"),
+                        Err(e) => panic!("{name} {mib} MiB run {rep}: {e}"),
                     }
-                    Ok(r) => panic!("{strategy} {mib} MiB run {rep}: the workload did not continue correctly: {r:?}"),
-                    Err(e) => panic!("{strategy} {mib} MiB run {rep}: {e}"),
+                }
+            }
+            if with_registry() {
+                let start = Instant::now();
+                match criu_testkit::registry::migrate_via_registry(criu_testkit::registry::Compression::None, &format!("memory:{mib}"), mib, Duration::from_millis(300)) {
+                    Ok((r, _)) if r.continued && r.memory_intact != Some(false) => {
+                        by.entry("registry".into()).or_default().add_migration(&r, start.elapsed());
+                    }
+                    Ok((r, _)) => panic!("registry {mib} MiB run {rep}: the workload did not continue correctly: {r:?}"),
+                    Err(e) => panic!("registry {mib} MiB run {rep}: {e}"),
                 }
             }
             let (dump, restore) = local_dump_restore(mib);
@@ -175,11 +277,11 @@ fn main() {
                 .or_default()
                 .push(ms(restore));
         }
-        for name in Strategy::ALL
+        let names = Strategy::ALL
             .iter()
-            .map(|s| s.to_string())
-            .chain([LOCAL.to_string()])
-        {
+            .flat_map(|&s| [row_name(s, Security::Plain), row_name(s, Security::Tls)])
+            .chain(["registry".to_string(), LOCAL.to_string()]);
+        for name in names {
             if let Some(runs) = by.remove(&name) {
                 rows.push(runs.summary(&name, mib));
                 let r = rows.last().unwrap();
@@ -191,7 +293,7 @@ fn main() {
         }
     }
     println!(
-        "{:<14} {:>6} {:>5} {:>14} {:>12} {:>10} {:>18} {:>8}",
+        "{:<18} {:>6} {:>5} {:>14} {:>12} {:>10} {:>18} {:>8}",
         "strategy",
         "MiB",
         "runs",
@@ -202,12 +304,15 @@ fn main() {
         "spread"
     );
     for r in &rows {
-        let base = rows
-            .iter()
-            .find(|b| b.mib == r.mib && b.strategy == "stop-and-copy")
-            .map_or(f64::NAN, |b| b.median_downtime_ms);
+        // TLS rows against stop-and-copy over TLS, the others against plain.
+        let sc = if r.strategy.ends_with("/tls") {
+            "stop-and-copy/tls"
+        } else {
+            "stop-and-copy"
+        };
+        let base = down(&rows, sc, r.mib).unwrap_or(f64::NAN);
         println!(
-            "{:<14} {:>6} {:>5} {:>14.1} {:>12.1} {:>10.1} {:>17.3}x {:>7.2}x",
+            "{:<18} {:>6} {:>5} {:>14.1} {:>12.1} {:>10.1} {:>17.3}x {:>7.2}x",
             r.strategy,
             r.mib,
             r.runs,
@@ -218,7 +323,7 @@ fn main() {
             r.downtime_spread
         );
     }
-    print_local_ratios(&rows);
+    print_targets(&rows);
     let dir = out_dir();
     std::fs::write(
         dir.join("migration.json"),

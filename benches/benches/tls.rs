@@ -5,9 +5,10 @@
 //! (target: TLS at most 1.25x plain), and the image stream's throughput
 //! (stop-and-copy carries all memory on it; page-server and lazy carry
 //! memory on CRIU's own connections, so their stream figure is small).
-//! First, the image stream alone (256 MiB sent over loopback, plain and
-//! through the crate's TLS stream, interleaved; `--stream-only` stops
-//! there). Writes `target/criu-rs-bench/tls.json` and `tls-stream.json`.
+//! First, the image stream alone (`CRIU_RS_BENCH_STREAM_MIB`, default
+//! 256 MiB, sent over loopback, plain and through the crate's TLS stream,
+//! interleaved; with each side's CPU time, which the machine's load
+//! hardly changes; `--stream-only` stops there). Writes `target/criu-rs-bench/tls.json` and `tls-stream.json`.
 //!
 //! Sizes: `CRIU_RS_BENCH_MIGRATION_SIZES` (MiB, default `16`); strategies:
 //! `CRIU_RS_BENCH_STRATEGIES` (default all); reps:
@@ -79,9 +80,30 @@ fn side(strategy: Strategy, rows: &[Row]) -> Side {
     }
 }
 
+/// The CPU time this thread has used so far: unlike wall time, it
+/// hardly changes with the machine's load.
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer for a clock every Linux has.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// One stream's figures: MiB/s, and the CPU time of the sending and of
+/// the receiving thread, in ms.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Rate {
+    mib_s: f64,
+    send_cpu_ms: f64,
+    recv_cpu_ms: f64,
+}
+
 /// One directory of `mib` MiB sent over loopback TCP, plain or through
-/// the crate's TLS stream, as a migration sends its images; the MiB/s.
-fn stream_rate(pki: &Pki, src: &Path, mib: usize, tls: bool) -> f64 {
+/// the crate's TLS stream, as a migration sends its images.
+fn stream_rate(pki: &Pki, src: &Path, mib: usize, tls: bool) -> Rate {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = TlsConfig::new(pki.b.clone()).unwrap();
@@ -92,32 +114,63 @@ fn stream_rate(pki: &Pki, src: &Path, mib: usize, tls: bool) -> f64 {
         let limits = Limits::default();
         if tls {
             let mut s = server.accept(tcp).unwrap();
+            let cpu = thread_cpu();
             receive_from(&mut s, &target, &limits, None).unwrap();
+            thread_cpu() - cpu
         } else {
             let mut s = tcp;
+            let cpu = thread_cpu();
             receive_from(&mut s, &target, &limits, None).unwrap();
+            thread_cpu() - cpu
         }
     });
     let tcp = TcpStream::connect(addr).unwrap();
     let start = Instant::now();
+    let cpu;
     if tls {
         let mut s = TlsConfig::new(pki.a.clone()).unwrap().connect(tcp).unwrap();
+        cpu = thread_cpu();
         s.prepare(None).unwrap();
         write_header(&mut s).unwrap();
         send_dir(&mut s, src, None).unwrap();
     } else {
         let mut s = tcp;
+        cpu = thread_cpu();
         s.prepare(None).unwrap();
         write_header(&mut s).unwrap();
         send_dir(&mut s, src, None).unwrap();
     }
-    receiver.join().unwrap();
-    mib as f64 / start.elapsed().as_secs_f64()
+    let send_cpu = thread_cpu() - cpu;
+    let recv_cpu = receiver.join().unwrap();
+    Rate {
+        mib_s: mib as f64 / start.elapsed().as_secs_f64(),
+        send_cpu_ms: send_cpu.as_secs_f64() * 1000.0,
+        recv_cpu_ms: recv_cpu.as_secs_f64() * 1000.0,
+    }
 }
 
-/// The image stream alone, plain and TLS interleaved: medians of MiB/s.
-fn stream_throughput(reps: usize) -> (f64, f64) {
-    let mib = 256;
+/// The size of the stream alone, MiB (`CRIU_RS_BENCH_STREAM_MIB`, default 256).
+fn stream_mib() -> usize {
+    std::env::var("CRIU_RS_BENCH_STREAM_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&m| m > 0)
+        .unwrap_or(256)
+}
+
+/// The medians of some rates.
+fn median_rate(v: &[Rate]) -> Rate {
+    let m = |f: fn(&Rate) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());
+    Rate {
+        mib_s: m(|r| r.mib_s),
+        send_cpu_ms: m(|r| r.send_cpu_ms),
+        recv_cpu_ms: m(|r| r.recv_cpu_ms),
+    }
+}
+
+/// The image stream alone, plain and TLS interleaved: medians.
+fn stream_throughput(reps: usize) -> (Rate, Rate) {
+    let mib = stream_mib();
     let pki = Pki::new().unwrap();
     let src = tempfile::tempdir().unwrap();
     let mut f = std::fs::File::create(src.path().join("pages-1.img")).unwrap();
@@ -133,10 +186,22 @@ fn stream_throughput(reps: usize) -> (f64, f64) {
         plain.push(stream_rate(&pki, src.path(), mib, false));
         tls.push(stream_rate(&pki, src.path(), mib, true));
     }
-    let (p, t) = (median(&mut plain), median(&mut tls));
-    eprintln!(
-        "stream {mib} MiB over loopback: plain {p:.0} MiB/s, tls {t:.0} MiB/s ({:.0}%)",
-        100.0 * t / p
+    let (p, t) = (median_rate(&plain), median_rate(&tls));
+    println!(
+        "image stream alone, {mib} MiB over loopback, medians of {reps} (CPU time is the \
+         thread's own, so load hardly changes it):"
+    );
+    for (name, r) in [("plain", p), ("tls", t)] {
+        println!(
+            "  {name:<5} {:>6.0} MiB/s, sender CPU {:>6.1} ms, receiver CPU {:>6.1} ms",
+            r.mib_s, r.send_cpu_ms, r.recv_cpu_ms
+        );
+    }
+    println!(
+        "  tls / plain: throughput {:.0}%, sender CPU {:.2}x, receiver CPU {:.2}x",
+        100.0 * t.mib_s / p.mib_s,
+        t.send_cpu_ms / p.send_cpu_ms.max(0.001),
+        t.recv_cpu_ms / p.recv_cpu_ms.max(0.001)
     );
     (p, t)
 }
@@ -147,6 +212,12 @@ fn main() {
     }
     let reps = reps();
     let stream = stream_throughput(reps);
+    std::fs::write(
+        out_dir().join("tls-stream.json"),
+        serde_json::json!({ "mib": stream_mib(), "runs": reps, "plain": stream.0, "tls": stream.1 })
+            .to_string() + "\n",
+    )
+    .unwrap();
     if std::env::args().any(|a| a == "--stream-only") {
         return;
     }
@@ -173,18 +244,12 @@ fn main() {
     }
     print_summary(&out);
     println!(
-        "image stream alone, 256 MiB over loopback: plain {:.0} MiB/s, tls {:.0} MiB/s ({:.0}%)",
-        stream.0,
-        stream.1,
-        100.0 * stream.1 / stream.0
+        "image stream alone, {} MiB over loopback: plain {:.0} MiB/s, tls {:.0} MiB/s ({:.0}%)",
+        stream_mib(),
+        stream.0.mib_s,
+        stream.1.mib_s,
+        100.0 * stream.1.mib_s / stream.0.mib_s
     );
-    std::fs::write(
-        out_dir().join("tls-stream.json"),
-        serde_json::json!({ "mib": 256, "runs": reps, "plain_mib_s": stream.0, "tls_mib_s": stream.1 })
-            .to_string()
-            + "\n",
-    )
-    .unwrap();
     std::fs::write(
         out_dir().join("tls.json"),
         serde_json::to_string_pretty(&out).unwrap() + "\n",

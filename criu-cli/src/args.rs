@@ -407,7 +407,19 @@ pub struct Security {
 pub struct SendArgs {
     /// The root of the process tree to move.
     #[arg(long, short = 't')]
+    #[cfg_attr(
+        feature = "docker",
+        arg(
+            required_unless_present = "docker",
+            default_value_t = 0,
+            hide_default_value = true
+        )
+    )]
     pub pid: i32,
+    /// A Docker container instead (feature `docker`).
+    #[cfg(feature = "docker")]
+    #[command(flatten)]
+    pub docker: crate::commands::docker::DockerSend,
     /// The destination's `receive --listen` address (HOST:PORT).
     #[arg(long)]
     pub to: String,
@@ -446,6 +458,10 @@ pub struct ReceiveArgs {
     /// The address to listen on (the source connects here).
     #[arg(long)]
     pub listen: SocketAddr,
+    /// A Docker container instead (feature `docker`).
+    #[cfg(feature = "docker")]
+    #[command(flatten)]
+    pub docker: crate::commands::docker::DockerReceive,
     /// Where the images go (default: in memory, a private tmpfs directory
     /// removed afterwards: no disk in the path).
     #[arg(long, value_name = "DIR")]

@@ -9,6 +9,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// An image that could not be read or decoded.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Error {
     /// The image file, when the bytes came from one.
     pub path: Option<PathBuf>,
@@ -38,6 +39,15 @@ pub enum ErrorKind {
         "unknown magic {0:#x}: not one of CRIU's protobuf images (raw data such as pages-*.img, ip(8) dumps, tar archives; read pages through Memory)"
     )]
     UnknownMagic(u32),
+    /// The image is not of the kind the caller asked for
+    /// ([`crate::Entries::open`]).
+    #[error("magic {found:#x} ({}) where a {expected} image has {:#x}: not a {expected} image", crate::magic::name_of(*found).unwrap_or("unknown"), crate::magic::value_of(expected).unwrap_or(0))]
+    WrongMagic {
+        /// crit's name of the magic expected (`STATS`).
+        expected: String,
+        /// The magic found.
+        found: u32,
+    },
     /// CRIU defines the magic but no message type for it.
     #[error("no decoder for image {0}")]
     NoDecoder(String),

@@ -7,6 +7,7 @@ use prost_reflect::{DynamicMessage, MessageDescriptor};
 use crate::error::{Error, ErrorKind, Result};
 
 /// A cursor over an image's bytes that knows its offset.
+#[derive(Debug)]
 pub(crate) struct Reader<'a> {
     data: &'a [u8],
     pos: usize,

@@ -13,6 +13,7 @@ use crate::payload::{self, Extra};
 
 /// One entry: the message (raw and decoded) and the payload after it.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Entry {
     /// The message's protobuf bytes, for [`Entry::decode`].
     pub raw: Vec<u8>,
@@ -34,6 +35,7 @@ impl Entry {
 
 /// A decoded image file.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Image {
     /// crit's name of its magic (`PSTREE`, `CORE`, ...).
     pub magic: &'static str,

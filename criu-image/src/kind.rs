@@ -34,6 +34,7 @@ pub enum PayloadKind {
 
 /// An image type: its magic name, the message of its entries, its layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ImageKind {
     /// crit's name of the magic (`PSTREE`).
     pub magic: &'static str,

@@ -1,6 +1,7 @@
-//! CRIU's image magics, read from `criu/include/magic.h` at build time.
+//! CRIU's image magics: the names and values of `criu/include/magic.h`,
+//! tabled by `scripts/update-image-protos.sh` (`src/generated/magic.rs`).
 
-include!(concat!(env!("OUT_DIR"), "/magic.rs"));
+include!("generated/magic.rs");
 
 /// The first magic of images other than the inventory.
 pub const IMG_COMMON: u32 = 0x5456_4319;

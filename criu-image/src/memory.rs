@@ -15,12 +15,49 @@ const PE_PRESENT: u32 = 1 << 2;
 const PE_PARENT: u32 = 1 << 0;
 
 /// A dumped range: `pages` pages from `vaddr`, at `offset` in the pages file
-/// when its data is in this checkpoint.
+/// when its data is in this checkpoint. Built only by [`Range::checked`], so
+/// `vaddr + len` and `offset + len` never overflow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Range {
     vaddr: u64,
     pages: u64,
     offset: Option<u64>,
+}
+
+impl Range {
+    /// The range of pagemap entry `e`, whose data (if present) starts at
+    /// `offset` of the pages file; `None` when any end of it overflows.
+    fn checked(e: &PagemapEntry, offset: u64) -> Option<Range> {
+        let pages = pages(e);
+        let len = pages.checked_mul(PAGE_SIZE)?;
+        e.vaddr.checked_add(len)?;
+        let offset = if present(e) {
+            offset.checked_add(len)?;
+            Some(offset)
+        } else {
+            None
+        };
+        Some(Range {
+            vaddr: e.vaddr,
+            pages,
+            offset,
+        })
+    }
+
+    /// Its length in bytes (fits: see [`Range::checked`]).
+    fn len(&self) -> u64 {
+        self.pages * PAGE_SIZE
+    }
+
+    /// One past its last address (fits: see [`Range::checked`]).
+    fn end(&self) -> u64 {
+        self.vaddr + self.len()
+    }
+}
+
+/// The pages an entry covers (`nr_pages`, or the old `compat_nr_pages`).
+fn pages(e: &PagemapEntry) -> u64 {
+    e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages))
 }
 
 /// The dumped memory of one task.
@@ -44,23 +81,22 @@ impl Memory {
         let head: PagemapHead = head.decode().map_err(|e| bad(e.to_string()))?;
         let mut ranges = Vec::new();
         let mut offset = 0u64;
-        for e in body {
+        for (i, e) in body.iter().enumerate() {
             let e: PagemapEntry = e.decode().map_err(|e| bad(e.to_string()))?;
-            let pages = e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages));
-            if present(&e) {
-                ranges.push(Range {
-                    vaddr: e.vaddr,
-                    pages,
-                    offset: Some(offset),
-                });
-                offset = offset.saturating_add(pages.saturating_mul(PAGE_SIZE));
-            } else {
-                ranges.push(Range {
-                    vaddr: e.vaddr,
-                    pages,
-                    offset: None,
-                });
+            let range = Range::checked(&e, offset).ok_or_else(|| {
+                bad(format!(
+                    "pagemap entry {} ({:#x}, {} pages) runs past the end of the \
+                     address space or of any pages file: the image is damaged",
+                    i + 1,
+                    e.vaddr,
+                    pages(&e)
+                ))
+            })?;
+            if let Some(start) = range.offset {
+                // `checked` proved start + len fits.
+                offset = start + range.len();
             }
+            ranges.push(range);
         }
         Ok(Memory {
             pages_path: dir.join(format!("pages-{}.img", head.pages_id)),
@@ -73,8 +109,7 @@ impl Memory {
         self.ranges
             .iter()
             .filter(|r| r.offset.is_some())
-            .map(|r| r.pages.saturating_mul(PAGE_SIZE))
-            .sum()
+            .fold(0u64, |sum, r| sum.saturating_add(r.len()))
     }
 
     /// Reads `[start, end)`; every byte must be in this checkpoint's pages.
@@ -96,11 +131,8 @@ impl Memory {
                     "address {at:#x} was not dumped into this checkpoint"
                 ))
             })?;
-            // A hostile pagemap may claim ranges past the end of the address space.
-            let range_end = range
-                .vaddr
-                .saturating_add(range.pages.saturating_mul(PAGE_SIZE));
-            let n = range_end.min(end) - at;
+            // `locate` found `at` inside the range: `at < range.end()`.
+            let n = range.end().min(end) - at;
             let mut buf = vec![0; n as usize];
             file.seek(SeekFrom::Start(file_offset))
                 .and_then(|_| file.read_exact(&mut buf))
@@ -113,9 +145,9 @@ impl Memory {
 
     fn locate(&self, addr: u64) -> Option<(Range, u64)> {
         self.ranges.iter().find_map(|r| {
-            let len = r.pages.checked_mul(PAGE_SIZE)?;
-            let inside = addr >= r.vaddr && addr - r.vaddr < len;
+            let inside = addr >= r.vaddr && addr < r.end();
             match (inside, r.offset) {
+                // `off + len` fits (`Range::checked`), and `addr - vaddr < len`.
                 (true, Some(off)) => Some((*r, off + (addr - r.vaddr))),
                 _ => None,
             }

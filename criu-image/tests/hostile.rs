@@ -160,9 +160,31 @@ fn memory_from_a_hostile_pagemap_is_an_error() {
     }
     std::fs::write(dir.path().join("pagemap-7.img"), &data).unwrap();
     std::fs::write(dir.path().join("pages-1.img"), [0u8; 100]).unwrap();
+    let err = Memory::open(dir.path(), 7).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("pagemap-7.img") && text.contains("entry 1") && text.contains("damaged"),
+        "{text}"
+    );
+    // A range at the top of the address space whose pages the file lacks.
+    let short = PagemapEntry {
+        vaddr: u64::MAX - 8191,
+        nr_pages: Some(1),
+        ..PagemapEntry::decode(huge.as_slice()).unwrap()
+    }
+    .encode_to_vec();
+    let mut data = magic::IMG_COMMON.to_le_bytes().to_vec();
+    data.extend_from_slice(&magic::value_of("PAGEMAP").unwrap().to_le_bytes());
+    for m in [&head, &short] {
+        data.extend_from_slice(&(m.len() as u32).to_le_bytes());
+        data.extend_from_slice(m);
+    }
+    std::fs::write(dir.path().join("pagemap-7.img"), &data).unwrap();
     let memory = Memory::open(dir.path(), 7).unwrap();
-    let err = memory.read(u64::MAX - 10, u64::MAX).unwrap_err();
+    let err = memory.read(u64::MAX - 4200, u64::MAX - 4100).unwrap_err();
     assert!(err.to_string().contains("pages-1.img"), "{err}");
+    let err = memory.read(u64::MAX - 10, u64::MAX).unwrap_err();
+    assert!(err.to_string().contains("not dumped"), "{err}");
     assert!(
         memory.read(0, 1 << 40).is_err(),
         "more than 64 MiB at once is refused"

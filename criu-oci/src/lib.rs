@@ -12,8 +12,9 @@
 //!   checked against its digest, checkpoints streamed both ways with
 //!   bounded memory; [`layout`]: the same image as an OCI image layout
 //!   directory (sizes checked before anything is read).
-//! * [`source`]: keeping the checkpointed tree stopped, not killed, until
-//!   the destination has restored it.
+//! * [`migrate`]: a tree moved through a registry, its source kept
+//!   stopped, not killed, until the destination has restored it (with
+//!   criu-rs's `criu::migrate::hold`).
 //!
 //! # Through a cluster's own registry
 //!
@@ -49,7 +50,6 @@ pub mod image;
 pub mod layout;
 pub mod migrate;
 pub mod registry;
-pub mod source;
 mod stream;
 
 pub use annotations::HostFacts;

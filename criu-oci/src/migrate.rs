@@ -2,7 +2,10 @@
 //! pushes ([`checkpoint_and_push`]), the destination pulls and restores
 //! ([`pull_and_restore`]). The source tree stays stopped, alive, until the
 //! caller has heard that the destination restored it, then is killed
-//! ([`Pushed::finish`]); dropping [`Pushed`] instead continues it.
+//! ([`Pushed::finish`]); dropping [`Pushed`] instead continues it. The
+//! source is held by criu-rs's [`criu::migrate::hold`], as in a live
+//! migration: stopped at CRIU's pre-dump notification, dumped with
+//! `leave_running`, every signal through a pidfd.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -11,7 +14,7 @@ use crate::annotations::HostFacts;
 use crate::archive::{ArchiveMeta, Compression, Limits};
 use crate::error::Result;
 use crate::registry::{Registry, Transfer};
-use crate::source::{continue_tree, dump_stopped, StoppedTree};
+use criu::migrate::hold::{self, continue_tree, HeldTree};
 
 /// The source side after a successful push.
 #[derive(Debug)]
@@ -27,18 +30,18 @@ pub struct Pushed {
     pub image_bytes: u64,
     /// The layer's digest (`sha256:...`).
     pub layer_digest: String,
-    stopped: StoppedTree,
+    held: HeldTree,
 }
 
 impl Pushed {
     /// When the source was stopped.
     pub fn stopped_since(&self) -> Instant {
-        self.stopped.since
+        self.held.since()
     }
 
     /// The destination restored the tree: kill the source copy.
     pub fn finish(self) {
-        self.stopped.kill();
+        self.held.kill();
     }
 }
 
@@ -68,7 +71,10 @@ pub fn checkpoint_and_push(
     let meta = ArchiveMeta::of_process(pid, name);
     let host = HostFacts::current(criu)?;
     let images = criu::ImagesDir::create(work_dir.join("images"))?;
-    let (dump, stopped) = dump_stopped(criu, pid, &images, customize)?;
+    let mut o = criu::Options::new();
+    customize(&mut o);
+    o.pid(pid).images_dir(&images).log_file("dump.log");
+    let (dump, held) = hold::dump(criu, &mut o)?;
     let pushed =
         to.registry
             .push_checkpoint(to.reference, &images, &meta, &host, to.compression)?;
@@ -78,7 +84,7 @@ pub fn checkpoint_and_push(
         image_bytes: pushed.push.layer_bytes,
         push: pushed.push,
         layer_digest: pushed.layer_digest,
-        stopped,
+        held,
     })
 }
 
@@ -113,11 +119,18 @@ pub fn pull_and_restore(
     let pulled = registry.pull_checkpoint(reference, &host, &target, limits)?;
     let unpacked = pulled.unpacked;
     let (pull, unpack) = (pulled.pull, pulled.unpack);
+    // CRIU's log goes to a private directory beside the unpacked tree,
+    // never into it: a file of the image's choosing (a link, say) may sit
+    // under the log's name in the images directory.
+    let work_path = criu_work_path(&target);
     let restored = (|| -> Result<_> {
         let images = unpacked.images()?;
+        let work = unpacked.criu_work_dir()?;
         let mut o = criu::Options::new();
         customize(&mut o);
-        o.images_dir(&images).log_file("restore.log");
+        o.images_dir(&images)
+            .work_dir(&work)
+            .log_file("restore.log");
         Ok(criu.restore_child(&mut o)?)
     })();
     match restored {
@@ -132,7 +145,94 @@ pub fn pull_and_restore(
         }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&target);
+            let _ = std::fs::remove_dir_all(&work_path);
             Err(e)
         }
+    }
+}
+
+/// Where `Unpacked::criu_work_dir` puts CRIU's work directory
+/// for an archive unpacked at `target`.
+fn criu_work_path(target: &Path) -> std::path::PathBuf {
+    let mut path = target.as_os_str().to_owned();
+    path.push(".criu-work");
+    path.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::{checkpoint_and_push, PushTo};
+    use crate::{Compression, Registry, RegistryConfig};
+
+    /// The state letter of `pid` from `/proc`.
+    fn state(pid: i32) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .next()?
+            .chars()
+            .next()
+    }
+
+    /// A push that fails after the dump (no registry listens on the port)
+    /// leaves the source running: dumped, held stopped, then continued.
+    #[test]
+    fn a_failed_push_resumes_the_source() {
+        // SAFETY: geteuid cannot fail and touches no memory.
+        if unsafe { libc::geteuid() } != 0 {
+            panic!("this test dumps a process with CRIU: run it as root");
+        }
+        let mut cmd = Command::new("sleep");
+        cmd.arg("600")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: setsid is async-signal-safe. A session leader, as CRIU
+        // wants (the harness may run in session 0).
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("spawning sleep");
+        let pid = child.id() as i32;
+        let dir = tempfile::tempdir().unwrap();
+        // A port nothing listens on: the push is refused at once.
+        let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = unused.local_addr().unwrap().port();
+        drop(unused);
+        let registry = Registry::new(&RegistryConfig {
+            plain_http: true,
+            timeout: Some(Duration::from_secs(5)),
+            ..RegistryConfig::default()
+        })
+        .unwrap();
+        let reference = format!("127.0.0.1:{port}/criu-rs/held:latest");
+        let to = PushTo {
+            registry: &registry,
+            reference: &reference,
+            compression: Compression::None,
+        };
+        let r = checkpoint_and_push(&criu::Criu::new(), pid, "held", dir.path(), &to, |_| {});
+        let dumped = dir.path().join("images/inventory.img").exists();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while state(pid) == Some('T') && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let after = state(pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(r.is_err(), "the push cannot succeed");
+        assert!(
+            dumped,
+            "the dump ran (and stopped the source) before the push"
+        );
+        assert_eq!(after, Some('S'), "the source runs on: {:?}", r.err());
     }
 }

@@ -269,7 +269,13 @@ impl Daemon {
 
     /// Waits for the daemon to finish its job and exit; an exit other than
     /// success is an error quoting its log. After `timeout` it is killed.
-    pub fn wait(mut self, timeout: Duration) -> Result<()> {
+    pub fn wait(self, timeout: Duration) -> Result<()> {
+        self.wait_unless(timeout, || false)
+    }
+
+    /// Like [`Daemon::wait`], and kills the daemon as soon as `stop` says
+    /// so (a cancelled migration), with an error.
+    pub(crate) fn wait_unless(mut self, timeout: Duration, stop: impl Fn() -> bool) -> Result<()> {
         let deadline = Instant::now() + timeout;
         if self.child.pid().is_none() {
             return Ok(());
@@ -282,6 +288,11 @@ impl Daemon {
                     } else {
                         Err(self.failure(format!("failed ({})", describe(Some(status)))))
                     };
+                }
+                Ok(None) if stop() => {
+                    let e = self.failure("stopped: the migration was cancelled; killed".into());
+                    self.kill();
+                    return Err(e);
                 }
                 Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(5))

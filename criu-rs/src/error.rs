@@ -238,18 +238,22 @@ pub enum Error {
     /// mismatch, a name escaping the target, the peer's failure...).
     #[error("image transfer: {message}")]
     Transfer {
+        /// What kind of failure.
+        kind: TransferKind,
         /// What went wrong.
         message: String,
         /// The I/O error behind it, if any.
         #[source]
         source: Option<io::Error>,
     },
-    /// A migration failed; the message says at which step and what became
-    /// of the source process.
-    #[error("migration: {message}{}", .source.as_ref().map(|e| format!("\n  because: {e}")).unwrap_or_default())]
+    /// A migration failed: at which [`Step`], what became of the source
+    /// process ([`SourceState`]), and in words (see [`MigrationError`]).
+    /// Every error of `criu::migrate::send` and `receive` is one, with the
+    /// error of the step behind it as its source.
+    #[error("migration: {error}{}", .source.as_ref().map(|e| format!("\n  because: {e}")).unwrap_or_default())]
     Migration {
-        /// What happened.
-        message: String,
+        /// The step, the source's state, what happened.
+        error: MigrationError,
         /// The error behind it, if any.
         #[source]
         source: Option<Box<Error>>,
@@ -276,6 +280,178 @@ pub enum Error {
     },
 }
 
+/// What kind of failure an [`Error::Transfer`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TransferKind {
+    /// The stream ended before the transfer did.
+    Truncated,
+    /// The peer sent nothing within the stream's timeout.
+    TimedOut,
+    /// The stream failed (reset, broken pipe...): see the I/O error.
+    Stream,
+    /// The peer does not speak the image stream (bad magic).
+    NotAStream,
+    /// What arrived is damaged: a checksum, a size or a total does not
+    /// match, or a frame is malformed.
+    Corrupt,
+    /// The peer sent something the protocol does not allow here (a
+    /// message where a file was due, an unknown message).
+    Protocol,
+    /// Refused by the receiver's [`crate::transfer::Limits`] (file count,
+    /// sizes, free space).
+    Limit,
+    /// A name that would escape the target directory, or a file sent
+    /// twice.
+    UnsafeName,
+    /// The target directory exists already, or was replaced meanwhile.
+    TargetExists,
+}
+
+/// A step of a migration, where it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
+#[non_exhaustive]
+pub enum Step {
+    /// Readying the stream and agreeing on the strategy (the header, the
+    /// hello, the work directory, CRIU's own connections), before the
+    /// source was touched.
+    Handshake,
+    /// Stopping the source tree.
+    Stop,
+    /// The dump.
+    Dump,
+    /// Sending or receiving the images (and what a strategy sends with
+    /// them).
+    Transfer,
+    /// Moving the service address of a tree's TCP connections (the
+    /// caller's `AddressMove` hook).
+    Connections,
+    /// The destination's restore.
+    Restore,
+    /// Serving the memory of a lazy migration after the restore.
+    LazyPages,
+    /// The end: the source's `Done` and the destination's `Kept`.
+    Confirm,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::Handshake => "handshake",
+            Step::Stop => "stop",
+            Step::Dump => "dump",
+            Step::Transfer => "transfer",
+            Step::Connections => "connections",
+            Step::Restore => "restore",
+            Step::LazyPages => "lazy pages",
+            Step::Confirm => "confirm",
+        })
+    }
+}
+
+/// What became of the source process tree when a migration failed, as
+/// the side that reports the error knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
+#[non_exhaustive]
+pub enum SourceState {
+    /// Never stopped: it ran on throughout.
+    Untouched,
+    /// Stopped for the move, then continued: it runs on where it was, and
+    /// no copy runs elsewhere.
+    Resumed,
+    /// Killed: the destination's copy runs (a failure after the
+    /// destination confirmed it keeps its copy).
+    Killed,
+    /// Continued, and the destination may run its restored copy too (it
+    /// did not confirm either way): check the destination before relying
+    /// on one copy.
+    PossiblyRunningTwice,
+    /// Not known on this side (the destination's view: the source resumes
+    /// its copy when it hears of the failure, which the broken stream may
+    /// not carry).
+    Unknown,
+}
+
+/// Why a migration failed: the step, what became of the source, and a
+/// sentence that says both (the `Display`).
+///
+/// ```
+/// use criu::{Error, SourceState};
+///
+/// fn report(e: &Error) {
+///     match e.source_state() {
+///         Some(SourceState::Untouched | SourceState::Resumed) => {
+///             eprintln!("nothing moved, the process runs on here: {e}")
+///         }
+///         Some(SourceState::PossiblyRunningTwice) => {
+///             eprintln!("check the destination, two copies may run: {e}")
+///         }
+///         _ => eprintln!("{e}"),
+///     }
+/// }
+/// # report(&Error::io("x", std::io::Error::other("y")));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationError {
+    step: Step,
+    source_state: SourceState,
+    message: String,
+    cancelled: bool,
+}
+
+impl MigrationError {
+    /// A failure at `step`, with the source in `source_state`, in words.
+    pub fn new(step: Step, source_state: SourceState, message: impl Into<String>) -> Self {
+        MigrationError {
+            step,
+            source_state,
+            message: message.into(),
+            cancelled: false,
+        }
+    }
+
+    /// The same, marked as the migration's cancellation rather than a
+    /// failure.
+    pub fn cancelled(mut self) -> Self {
+        self.cancelled = true;
+        self
+    }
+
+    /// The step that failed.
+    pub fn step(&self) -> Step {
+        self.step
+    }
+
+    /// What became of the source process.
+    pub fn source_state(&self) -> SourceState {
+        self.source_state
+    }
+
+    /// Whether the migration was cancelled (by its `Cancel` token), not
+    /// failed.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled
+    }
+
+    /// What happened, in words.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for MigrationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.cancelled {
+            f.write_str("cancelled: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
 fn errno_suffix(errno: &Option<Errno>) -> String {
     match errno {
         Some(e) => format!(" (errno {}: {})", *e as i32, e.desc()),
@@ -300,10 +476,75 @@ impl Error {
         }
     }
 
-    pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Error {
+    /// An I/O error outside CRIU: `what` was being done when `source`
+    /// happened. For implementers of their own [`crate::transfer::Transport`]
+    /// (or of steps around a migration) whose failures should read like
+    /// the crate's own:
+    ///
+    /// ```
+    /// let e = criu::Error::io(
+    ///     "opening the vsock stream to the destination",
+    ///     std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+    /// );
+    /// assert!(matches!(e, criu::Error::Io { .. }));
+    /// ```
+    pub fn io(what: impl Into<String>, source: io::Error) -> Error {
         Error::Io {
             what: what.into(),
             source,
+        }
+    }
+
+    /// A migration error (`error`), caused by `source` if given.
+    pub fn migration(error: MigrationError, source: Option<Error>) -> Error {
+        Error::Migration {
+            error,
+            source: source.map(Box::new),
+        }
+    }
+
+    /// A migration error marked as the migration's cancellation; any
+    /// other error as it is.
+    #[cfg(feature = "migrate")]
+    pub(crate) fn into_cancelled(self) -> Error {
+        match self {
+            Error::Migration { error, source } => Error::Migration {
+                error: error.cancelled(),
+                source,
+            },
+            other => other,
+        }
+    }
+
+    /// Whether this is the error of a cancelled migration.
+    pub fn is_cancelled(&self) -> bool {
+        self.migration_error()
+            .is_some_and(MigrationError::is_cancelled)
+    }
+
+    /// The migration's own error (step, the source's state), for errors of
+    /// a migration.
+    pub fn migration_error(&self) -> Option<&MigrationError> {
+        match self {
+            Error::Migration { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    /// What became of the source process, for errors of a migration.
+    pub fn source_state(&self) -> Option<SourceState> {
+        self.migration_error().map(MigrationError::source_state)
+    }
+
+    /// The error behind a migration error (the dump's, the transfer's...),
+    /// or `self` for any other error.
+    pub fn cause(&self) -> &Error {
+        match self {
+            Error::Migration {
+                source: Some(inner),
+                ..
+            } => inner.cause(),
+            other => other,
         }
     }
 
@@ -370,6 +611,14 @@ impl Error {
     /// CRIU, libcriu or the kernel lacks what was asked for.
     pub fn is_unsupported(&self) -> bool {
         matches!(self, Error::Unsupported { .. })
+    }
+
+    /// The kind of a failed transfer.
+    pub fn transfer_kind(&self) -> Option<TransferKind> {
+        match self {
+            Error::Transfer { kind, .. } => Some(*kind),
+            _ => None,
+        }
     }
 
     /// The operation's deadline passed.

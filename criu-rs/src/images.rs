@@ -7,8 +7,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+use criu_image::proto::PstreeEntry;
+
 use crate::error::{Error, InvalidKind, Result};
-use crate::framing::{bad, Entries, IMG_COMMON_MAGIC};
+use crate::framing::{self, bad};
 use crate::stats::Stats;
 
 /// The file every complete checkpoint has.
@@ -288,22 +290,10 @@ impl AsFd for ImagesDir {
     }
 }
 
-/// The magic of `pstree.img` (after the common one).
-const PSTREE_MAGIC: u32 = 0x5027_3030;
-/// The largest pstree entry accepted (a task with 64k threads fits).
-const MAX_PSTREE_ENTRY: usize = 1 << 20;
-
 /// The first entry of a `pstree.img`: the root task's pid.
 pub(crate) fn root_pid_of(bytes: &[u8]) -> Result<i32> {
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct PstreeEntry {
-        #[prost(uint32, required, tag = "1")]
-        pid: u32,
-    }
     let file = "pstree.img";
-    let magics = [IMG_COMMON_MAGIC, PSTREE_MAGIC];
-    let entry: PstreeEntry =
-        Entries::open(file, bytes, &magics, "a pstree image", MAX_PSTREE_ENTRY)?.first()?;
+    let entry: PstreeEntry = framing::entries(file, bytes, "PSTREE")?.first()?;
     i32::try_from(entry.pid)
         .ok()
         .filter(|&p| p > 0)

@@ -92,8 +92,8 @@
 //     reused pid), `credentials` (the PEM files of a TLS migration, which
 //     options, daemons and transports hand to CRIU).
 //  2. `raw` (the owned `criu_opts` handle, the return-code helper),
-//     `framing` (CRIU's image framing: magic, sized protobuf entries),
-//     `version`.
+//     `framing` (CRIU's image framing, read through `criu_image`, errors
+//     naming the file), `version`.
 //  3. `stats` (CRIU's statistics files).
 //  4. `images` (checkpoint directories, safe reads of their files),
 //     `report`, `child` (a restored child, reaped on drop).
@@ -138,7 +138,7 @@ mod raw;
 mod report;
 mod request;
 mod spawn;
-pub mod stats;
+mod stats;
 pub mod tls;
 #[cfg(feature = "migrate")]
 #[cfg_attr(docsrs, doc(cfg(feature = "migrate")))]
@@ -147,8 +147,8 @@ mod tree;
 mod verify;
 mod version;
 
-/// Decoding of checkpoint images (the `criu-image` crate).
-#[cfg(feature = "image")]
+/// Decoding of checkpoint images (the `criu-image` crate, which this crate
+/// also reads CRIU's statistics and image headers through).
 pub use criu_image as image;
 /// The raw bindings, for what this crate does not wrap.
 pub use criu_sys as sys;
@@ -156,7 +156,9 @@ pub use criu_sys as sys;
 pub use child::RestoredChild;
 pub use client::Criu;
 pub use daemon::{free_port, Daemon, DaemonConfig, Service, ServiceClient};
-pub use error::{Context, Error, InvalidKind, Operation, Result};
+pub use error::{
+    Context, Error, InvalidKind, MigrationError, Operation, Result, SourceState, Step, TransferKind,
+};
 pub use images::ImagesDir;
 pub use notify::{Event, Iteration, Notification};
 pub use options::{
@@ -164,7 +166,6 @@ pub use options::{
 };
 pub use report::{DumpReport, RestoreReport};
 pub use stats::{DumpStats, RestoreStats, Stats};
-pub use tree::{state as task_state, tree as process_tree};
 pub use version::{Features, MemTrackMethod, Version};
 
 /// The README's example, compiled as a doctest.

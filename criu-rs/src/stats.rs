@@ -1,5 +1,6 @@
 //! CRIU's own statistics (`stats-dump`, `stats-restore` in the work
-//! directory), decoded from `images/stats.proto` with prost.
+//! directory), decoded by `criu-image` (its framing and its generated
+//! `stats_entry`), the one decoder of CRIU images in the workspace.
 //!
 //! Field names follow CRIU's, so JSON made from them matches what
 //! `podman container checkpoint --print-stats` shows. Times are
@@ -10,72 +11,10 @@ use std::time::Duration;
 #[cfg(feature = "serde")]
 use serde::Serializer;
 
+use criu_image::proto::StatsEntry;
+
 use crate::error::Result;
-use crate::framing::Entries;
-
-/// Magic of CRIU's service files (the first word of `stats-*`).
-pub const IMG_SERVICE_MAGIC: u32 = crate::framing::IMG_SERVICE_MAGIC;
-/// Magic of the statistics image (the second word).
-pub const STATS_MAGIC: u32 = 0x5709_3306;
-/// The largest statistics message accepted (real ones are under 100 bytes).
-const MAX_ENTRY: usize = 64 * 1024;
-
-/// Wire types, field for field from `images/stats.proto`.
-mod proto {
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct DumpStatsEntry {
-        #[prost(uint32, required, tag = "1")]
-        pub freezing_time: u32,
-        #[prost(uint32, required, tag = "2")]
-        pub frozen_time: u32,
-        #[prost(uint32, required, tag = "3")]
-        pub memdump_time: u32,
-        #[prost(uint32, required, tag = "4")]
-        pub memwrite_time: u32,
-        #[prost(uint64, required, tag = "5")]
-        pub pages_scanned: u64,
-        #[prost(uint64, required, tag = "6")]
-        pub pages_skipped_parent: u64,
-        #[prost(uint64, required, tag = "7")]
-        pub pages_written: u64,
-        #[prost(uint32, optional, tag = "8")]
-        pub irmap_resolve: Option<u32>,
-        #[prost(uint64, required, tag = "9")]
-        pub pages_lazy: u64,
-        #[prost(uint64, optional, tag = "10")]
-        pub page_pipes: Option<u64>,
-        #[prost(uint64, optional, tag = "11")]
-        pub page_pipe_bufs: Option<u64>,
-        #[prost(uint64, optional, tag = "12")]
-        pub shpages_scanned: Option<u64>,
-        #[prost(uint64, optional, tag = "13")]
-        pub shpages_skipped_parent: Option<u64>,
-        #[prost(uint64, optional, tag = "14")]
-        pub shpages_written: Option<u64>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct RestoreStatsEntry {
-        #[prost(uint64, required, tag = "1")]
-        pub pages_compared: u64,
-        #[prost(uint64, required, tag = "2")]
-        pub pages_skipped_cow: u64,
-        #[prost(uint32, required, tag = "3")]
-        pub forking_time: u32,
-        #[prost(uint32, required, tag = "4")]
-        pub restore_time: u32,
-        #[prost(uint64, optional, tag = "5")]
-        pub pages_restored: Option<u64>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct StatsEntry {
-        #[prost(message, optional, tag = "1")]
-        pub dump: Option<DumpStatsEntry>,
-        #[prost(message, optional, tag = "2")]
-        pub restore: Option<RestoreStatsEntry>,
-    }
-}
+use crate::framing;
 
 /// A duration in JSON: whole microseconds, as CRIU's own `*_time` fields.
 #[cfg(feature = "serde")]
@@ -190,9 +129,7 @@ impl Stats {
     /// Decodes the bytes of a `stats-dump` or `stats-restore` file. Never
     /// panics; malformed input gives [`crate::Error::BadImage`].
     pub fn decode(file: &str, bytes: &[u8]) -> Result<Stats> {
-        let magics = [IMG_SERVICE_MAGIC, STATS_MAGIC];
-        let entry: proto::StatsEntry =
-            Entries::open(file, bytes, &magics, "a statistics image", MAX_ENTRY)?.first()?;
+        let entry: StatsEntry = framing::entries(file, bytes, "STATS")?.first()?;
         Ok(Stats {
             dump: entry.dump.map(|d| DumpStats {
                 freezing_time: us(d.freezing_time),
@@ -224,13 +161,15 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use criu_image::magic;
+    use criu_image::proto::{DumpStatsEntry, StatsEntry};
     use prost::Message;
 
-    fn image(entry: &proto::StatsEntry) -> Vec<u8> {
+    fn image(entry: &StatsEntry) -> Vec<u8> {
         let body = entry.encode_to_vec();
         let mut v = Vec::new();
-        v.extend_from_slice(&IMG_SERVICE_MAGIC.to_le_bytes());
-        v.extend_from_slice(&STATS_MAGIC.to_le_bytes());
+        v.extend_from_slice(&magic::IMG_SERVICE.to_le_bytes());
+        v.extend_from_slice(&magic::value_of("STATS").unwrap().to_le_bytes());
         v.extend_from_slice(&(body.len() as u32).to_le_bytes());
         v.extend_from_slice(&body);
         v
@@ -238,8 +177,8 @@ mod tests {
 
     #[test]
     fn round_trip_and_json_names() {
-        let entry = proto::StatsEntry {
-            dump: Some(proto::DumpStatsEntry {
+        let entry = StatsEntry {
+            dump: Some(DumpStatsEntry {
                 freezing_time: 1500,
                 frozen_time: 20_000,
                 pages_written: 7,
@@ -270,10 +209,10 @@ mod tests {
     fn malformed_input_is_an_error_not_a_panic() {
         assert!(Stats::decode("x", &[]).is_err());
         assert!(Stats::decode("x", &[0; 12]).is_err());
-        let mut v = image(&proto::StatsEntry::default());
+        let mut v = image(&StatsEntry::default());
         v[8] = 200; // claims more bytes than there are
         assert!(Stats::decode("x", &v).is_err());
-        let mut v = image(&proto::StatsEntry {
+        let mut v = image(&StatsEntry {
             dump: Some(Default::default()),
             restore: None,
         });

@@ -5,9 +5,9 @@ use crate::pidfd::Pidfd;
 
 /// Every task of the tree rooted at `root`, root first (threads' children
 /// included), read from `/proc/<pid>/task/*/children`; a task that is gone
-/// meanwhile is simply left out. Public as [`crate::process_tree`] for
-/// crates built on this one (criu-oci stops and continues trees with it).
-pub fn tree(root: i32) -> Vec<i32> {
+/// meanwhile is simply left out. (Crates built on this one hold a tree
+/// with `crate::migrate::hold`, which signals through pidfds.)
+pub(crate) fn tree(root: i32) -> Vec<i32> {
     let mut out = vec![root];
     let mut i = 0;
     while i < out.len() {
@@ -27,9 +27,8 @@ pub fn tree(root: i32) -> Vec<i32> {
 }
 
 /// The state letter of a task (`R`, `S`, `T`, `Z`...) from
-/// `/proc/<pid>/stat`, or `None` if it does not exist. Public as
-/// [`crate::task_state`].
-pub fn state(pid: i32) -> Option<char> {
+/// `/proc/<pid>/stat`, or `None` if it does not exist.
+pub(crate) fn state(pid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?
         .1

@@ -12,41 +12,16 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use crate::error::{Error, Result};
-use crate::framing::{bad, Entries, IMG_COMMON_MAGIC};
+use criu_image::proto::{PagemapEntry, PagemapHead};
+
+use crate::framing::{self, bad};
 use crate::images::{read_at, root_pid_of, size_at, MAX_IMAGE_READ};
 use crate::stats::page_size;
 
-/// The magic of `pagemap-*.img` (after the common one).
-const PAGEMAP_MAGIC: u32 = 0x5608_4025;
 /// Pagemap entry flag: the pages are in the parent images.
 const PE_PARENT: u32 = 1 << 0;
 /// Pagemap entry flag: the pages are in this checkpoint's pages file.
 const PE_PRESENT: u32 = 1 << 2;
-/// The largest pagemap entry accepted (real ones are under 30 bytes).
-const MAX_PAGEMAP_ENTRY: usize = 4096;
-
-/// Wire types, field for field from `images/pagemap.proto`.
-mod proto {
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct PagemapHead {
-        #[prost(uint32, required, tag = "1")]
-        pub pages_id: u32,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct PagemapEntry {
-        #[prost(uint64, required, tag = "1")]
-        pub vaddr: u64,
-        #[prost(uint32, required, tag = "2")]
-        pub compat_nr_pages: u32,
-        #[prost(bool, optional, tag = "3")]
-        pub in_parent: Option<bool>,
-        #[prost(uint32, optional, tag = "4")]
-        pub flags: Option<u32>,
-        #[prost(uint64, optional, tag = "5")]
-        pub nr_pages: Option<u64>,
-    }
-}
 
 /// Verifies the checkpoint in `dir` (see the module docs).
 pub(crate) fn verify_images(dir: BorrowedFd<'_>) -> Result<()> {
@@ -104,11 +79,10 @@ fn pagemaps(dir: BorrowedFd<'_>) -> Result<Vec<String>> {
 
 /// What a pagemap announces: its pages file's id and how many pages in it.
 fn announced_pages(name: &str, bytes: &[u8]) -> Result<(u32, u64)> {
-    let magics = [IMG_COMMON_MAGIC, PAGEMAP_MAGIC];
-    let mut entries = Entries::open(name, bytes, &magics, "a pagemap image", MAX_PAGEMAP_ENTRY)?;
-    let head: proto::PagemapHead = entries.first()?;
+    let mut entries = framing::entries(name, bytes, "PAGEMAP")?;
+    let head: PagemapHead = entries.first()?;
     let mut present: u64 = 0;
-    while let Some(entry) = entries.next_entry::<proto::PagemapEntry>() {
+    while let Some(entry) = entries.next_entry::<PagemapEntry>() {
         let entry = entry?;
         if flags_of(&entry) & PE_PRESENT != 0 {
             let pages = entry.nr_pages.unwrap_or(u64::from(entry.compat_nr_pages));
@@ -122,7 +96,7 @@ fn announced_pages(name: &str, bytes: &[u8]) -> Result<(u32, u64)> {
 
 /// An entry's flags as CRIU reads them: older images have no flags, and
 /// mark pages in the parent with `in_parent` (init_compat_pagemap_entry).
-fn flags_of(entry: &proto::PagemapEntry) -> u32 {
+fn flags_of(entry: &PagemapEntry) -> u32 {
     let flags = entry.flags.unwrap_or(0);
     if entry.in_parent == Some(true) {
         flags | PE_PARENT
@@ -169,7 +143,7 @@ mod tests {
     use prost::Message;
 
     fn entry(nr: u64, flags: Option<u32>, in_parent: Option<bool>) -> Vec<u8> {
-        proto::PagemapEntry {
+        PagemapEntry {
             vaddr: 0x1000,
             compat_nr_pages: nr as u32,
             in_parent,
@@ -181,9 +155,9 @@ mod tests {
 
     #[test]
     fn only_present_pages_count() {
-        let head = proto::PagemapHead { pages_id: 3 }.encode_to_vec();
+        let head = PagemapHead { pages_id: 3 }.encode_to_vec();
         let bytes = frame(
-            &[IMG_COMMON_MAGIC, PAGEMAP_MAGIC],
+            "PAGEMAP",
             &[
                 head,
                 entry(5, Some(PE_PRESENT), None),

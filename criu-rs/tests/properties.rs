@@ -64,8 +64,8 @@ proptest! {
     #[test]
     fn stats_with_a_valid_header_and_any_body_never_panic(body in prop::collection::vec(any::<u8>(), 0..120)) {
         let mut bytes = Vec::new();
-        bytes.extend_from_slice(&criu::stats::IMG_SERVICE_MAGIC.to_le_bytes());
-        bytes.extend_from_slice(&criu::stats::STATS_MAGIC.to_le_bytes());
+        bytes.extend_from_slice(&criu::image::magic::IMG_SERVICE.to_le_bytes());
+        bytes.extend_from_slice(&criu::image::magic::value_of("STATS").unwrap().to_le_bytes());
         bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
         bytes.extend_from_slice(&body);
         let _ = Stats::decode("stats-dump", &bytes);

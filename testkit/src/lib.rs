@@ -457,6 +457,18 @@ pub fn dies_soon(pid: i32) -> bool {
     true
 }
 
+/// The state letter of `pid` (`R`, `S`, `T`, `Z`...) from
+/// `/proc/PID/stat`, or `None` if it does not exist.
+pub fn task_state(pid: i32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
 /// Whether `pid` is alive and not a zombie.
 pub fn alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -1,65 +1,16 @@
 //! The connection a migration runs over, as the two commands of
-//! `examples/migrate_host` and the two-namespace demo make it: plain TCP,
-//! or TCP with mutual TLS ([`criu::tls`]). One code path for both: the
-//! demo, the benches and the tests go through [`send_to`] and
-//! [`accept_peer`] like the commands do.
+//! `examples/migrate_host` and the two-namespace demo make it: criu-rs's
+//! own [`Link`] (plain TCP, or TCP with mutual TLS). One code path for
+//! every caller: the demo, the benches and the tests go through
+//! [`send_to`] and [`accept_peer`] like the commands do.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use criu::migrate::{self, DestConfig, DestReport, SourceConfig, SourceReport, Transport};
+use criu::migrate::{self, DestConfig, DestReport, SourceConfig, SourceReport};
+pub use criu::migrate::{Link, Stream};
 use criu::tls::TlsConfig;
 use criu::Criu;
-
-/// A connected migration stream of either kind.
-pub type Stream = Box<dyn Transport + Send>;
-
-/// How the two hosts talk.
-#[derive(Debug, Clone)]
-pub enum Link {
-    /// Plain TCP: memory crosses in clear, anyone who reaches the port is
-    /// heard. For a trusted network only.
-    Plain,
-    /// Mutual TLS with this host's files; CRIU's own connections use TLS
-    /// too.
-    Tls(Box<TlsConfig>),
-}
-
-impl Link {
-    /// `plain` or `tls`, for tables and JSON.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Link::Plain => "plain",
-            Link::Tls(_) => "tls",
-        }
-    }
-
-    /// The source's end: connects to `addr` (within `timeout`) and, for
-    /// TLS, authenticates both sides.
-    pub fn connect(&self, addr: SocketAddr, timeout: Duration) -> criu::Result<Stream> {
-        let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(|e| criu::Error::Io {
-            what: format!("connecting to the destination at {addr}"),
-            source: e,
-        })?;
-        self.wrap(tcp, |tls, tcp| tls.connect(tcp))
-    }
-
-    /// The destination's end of a connection accepted from the listener.
-    pub fn accept(&self, tcp: TcpStream) -> criu::Result<Stream> {
-        self.wrap(tcp, |tls, tcp| tls.accept(tcp))
-    }
-
-    fn wrap(
-        &self,
-        tcp: TcpStream,
-        secure: impl FnOnce(&TlsConfig, TcpStream) -> criu::Result<criu::tls::TlsStream>,
-    ) -> criu::Result<Stream> {
-        Ok(match self {
-            Link::Plain => Box::new(tcp),
-            Link::Tls(tls) => Box::new(secure(tls, tcp)?),
-        })
-    }
-}
 
 /// The `send` command: connects to the destination at `addr` and migrates
 /// the tree rooted at `pid` to it. A refused connection fails before the
@@ -78,11 +29,7 @@ pub fn send_to(
 /// authenticates it. A refused peer is an error here, before anything of
 /// the migration is read; the caller may wait for the next one.
 pub fn accept_peer(link: &Link, listener: &TcpListener) -> criu::Result<(Stream, SocketAddr)> {
-    let (tcp, peer) = listener.accept().map_err(|e| criu::Error::Io {
-        what: "accepting a connection".into(),
-        source: e,
-    })?;
-    Ok((link.accept(tcp)?, peer))
+    link.accept(listener)
 }
 
 /// Receives and restores a migration on an accepted stream.

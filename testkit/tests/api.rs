@@ -83,7 +83,7 @@ fn restored_child_signal_and_detach() {
 
     // signal: SIGSTOP stops the counter, SIGCONT lets it go on.
     child.signal(Signal::SIGSTOP).unwrap();
-    assert!(wait_until(WAIT, || criu::task_state(child.pid()) == Some('T')));
+    assert!(wait_until(WAIT, || criu_testkit::task_state(child.pid()) == Some('T')));
     let stopped_at = w.last_seq();
     assert!(
         !w.advances(Duration::from_millis(300)),

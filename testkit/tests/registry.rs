@@ -576,7 +576,7 @@ fn source_runs_on_when_the_destination_cannot_restore() {
         .unwrap()
         .unwrap();
     // Stopped, not gone, while the destination works.
-    assert_eq!(criu::task_state(w.pid()), Some('T'));
+    assert_eq!(criu_testkit::task_state(w.pid()), Some('T'));
     let seq = w.last_seq();
     let restore_on_b = |reference: &str| {
         hosts
@@ -602,7 +602,7 @@ fn source_runs_on_when_the_destination_cannot_restore() {
     assert!(e.is_digest_mismatch(), "{e}");
     assert!(!dst.join("archive").exists());
     // Through all this the source stayed stopped, alive.
-    assert_eq!(criu::task_state(w.pid()), Some('T'));
+    assert_eq!(criu_testkit::task_state(w.pid()), Some('T'));
     drop(pushed); // the source continues
     w.wait_for_seq(seq + 20, WAIT).unwrap();
 }

@@ -279,3 +279,43 @@ fn unusable_pem_files_are_named_in_the_error() {
         .to_string();
     assert!(e.contains("does not go with"), "{e}");
 }
+
+/// A link of `files` that requires its peer's certificate to name `host`.
+fn expecting(files: &TlsFiles, host: &str) -> Link {
+    let config = TlsConfig::new(files.clone()).unwrap();
+    Link::Tls(Box::new(config.peer_name(host).unwrap()))
+}
+
+#[test]
+fn an_end_that_expects_its_peer_by_name_refuses_another_holder_of_the_ca() {
+    let pki = Pki::new().unwrap();
+    // The names match: both ends accept.
+    let (addr, receiver) = one_receiver(expecting(&pki.b, "host-a"));
+    let stream = expecting(&pki.a, "host-b").connect(addr, WAIT);
+    assert!(stream.is_ok(), "{:?}", stream.err());
+    assert!(receiver.join().unwrap().is_ok());
+    // The destination expects host-c: host-a's certificate is refused
+    // before the confirmation, so the source never starts.
+    refused(
+        tls(&pki.a),
+        expecting(&pki.b, "host-c"),
+        "hung up",
+        "names another host",
+    );
+    // The source expects host-c: host-b is refused, and nothing is sent.
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = source_workload(dir.path());
+    let (addr, receiver) = one_receiver(tls(&pki.b));
+    let sent = send_to(
+        &expecting(&pki.a, "host-c"),
+        addr,
+        w.pid(),
+        SourceConfig::new(Strategy::StopAndCopy),
+    );
+    let e = sent.expect_err("the source refuses the destination");
+    assert!(matches!(e, criu::Error::Tls { .. }), "{e}");
+    assert!(e.to_string().contains("names another host"), "{e}");
+    let _ = receiver.join().unwrap();
+    assert!(w.advances(WAIT), "the source runs on");
+    w.reap(Duration::ZERO).ok();
+}

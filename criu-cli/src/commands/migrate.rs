@@ -22,7 +22,7 @@ use crate::preflight::{self, Host, Reply, Request};
 use crate::progress::Bar;
 use crate::signals::Interrupts;
 
-fn link(s: &Security) -> CliResult<Link> {
+pub(super) fn link(s: &Security) -> CliResult<Link> {
     if s.peer_name.is_some() {
         return Err(CliError::usage(
             "--peer-name is not enforced by this build yet (it needs criu-rs's peer-name check)",
@@ -45,7 +45,7 @@ fn link(s: &Security) -> CliResult<Link> {
     }
 }
 
-fn interrupts() -> CliResult<Interrupts> {
+pub(super) fn interrupts() -> CliResult<Interrupts> {
     // A write to a broken connection must fail with EPIPE, not kill this
     // process with SIGPIPE (main restores SIGPIPE's default for pipes into
     // `head`): a migration that dies that way leaves the source stopped.
@@ -54,12 +54,12 @@ fn interrupts() -> CliResult<Interrupts> {
     Interrupts::catch().map_err(|e| CliError::io("catching SIGINT, SIGTERM and SIGHUP", e))
 }
 
-fn interrupted(sig: &str, what: &str) -> CliError {
+pub(super) fn interrupted(sig: &str, what: &str) -> CliError {
     CliError::new(Exit::Interrupted, format!("interrupted by {sig}: {what}"))
 }
 
 /// Writes `value` to `path` ("-": stdout).
-fn write_json(path: &Path, value: &serde_json::Value) -> CliResult {
+pub(super) fn write_json(path: &Path, value: &serde_json::Value) -> CliResult {
     let text = value.to_string() + "\n";
     if path == Path::new("-") {
         let _ = std::io::stdout().write_all(text.as_bytes());
@@ -103,7 +103,7 @@ impl AddressMove for HookProgram {
     }
 }
 
-fn resolve(to: &str) -> CliResult<SocketAddr> {
+pub(super) fn resolve(to: &str) -> CliResult<SocketAddr> {
     to.to_socket_addrs()
         .map_err(|e| CliError::new(Exit::Peer, format!("resolving {to}: {e}")))?
         .next()

@@ -6,12 +6,15 @@
 //! * `archive`: export and import of checkpoint archives;
 //! * `registry`: push and pull of checkpoint images;
 //! * `migrate`: send and receive;
+//! * `docker` (feature `docker`): send and receive of a Docker container;
 //! * `docs`: shell completions and the man page.
 
 mod archive;
 mod check;
 mod checkpoint;
 mod crit;
+#[cfg(feature = "docker")]
+pub(crate) mod docker;
 mod docs;
 mod migrate;
 mod registry;
@@ -36,6 +39,16 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Import(a) => archive::import(&a),
         Command::Push(a) => registry::push(&a),
         Command::Pull(a) => registry::pull(&a),
+        #[cfg(feature = "docker")]
+        Command::Send(a) if a.docker.docker.is_some() => {
+            let d = a.docker.clone();
+            docker::send(a, &d, d.docker.as_deref().unwrap_or_default())
+        }
+        #[cfg(feature = "docker")]
+        Command::Receive(a) if a.docker.docker => {
+            let d = a.docker.clone();
+            docker::receive(a, &d)
+        }
         Command::Send(a) => migrate::send(a),
         Command::Receive(a) => migrate::receive(a),
         Command::Completions { shell } => docs::completions(shell),

@@ -8,6 +8,7 @@ use crate::proto::{FdTypes, FdinfoEntry, FileEntry, InetSkEntry, UnixSkEntry};
 
 /// An open descriptor.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct FileView {
     /// The descriptor number.
     pub fd: u32,
@@ -25,6 +26,7 @@ pub struct FileView {
 
 /// A socket descriptor.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct SocketView {
     /// The descriptor number.
     pub fd: u32,

@@ -25,6 +25,7 @@ pub struct Checkpoint {
 
 /// Everything [`Checkpoint::inspect`] found.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct Inspection {
     /// The images directory.
     pub images_dir: PathBuf,
@@ -38,6 +39,7 @@ pub struct Inspection {
 
 /// One mount.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct MountView {
     /// The mount namespace (CRIU's id) it belongs to.
     pub mnt_ns: u32,

@@ -16,6 +16,7 @@ const MAP_ANONYMOUS: u32 = 0x20;
 
 /// A process as the checkpoint holds it.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct ProcessView {
     /// Its pid (in its own pid namespace).
     pub pid: u32,
@@ -48,6 +49,7 @@ pub type NamespaceView = BTreeMap<String, u32>;
 
 /// A process's memory.
 #[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
 pub struct MemoryView {
     /// Number of mappings.
     pub vmas: usize,
@@ -128,15 +130,18 @@ fn memory_view(mm: Option<&MmEntry>, memory: Option<&Memory>) -> MemoryView {
         dumped_bytes: memory.map_or(0, Memory::dumped_bytes),
         ..MemoryView::default()
     };
+    // A damaged or hostile mm image may list VMAs whose lengths add up past
+    // u64::MAX (or end before they start): the sums saturate rather than
+    // wrap (release) or panic (debug).
     for vma in mm.map(|m| m.vmas.as_slice()).unwrap_or_default() {
         let len = vma.end.saturating_sub(vma.start);
         view.vmas += 1;
-        view.mapped_bytes += len;
+        view.mapped_bytes = view.mapped_bytes.saturating_add(len);
         if vma.flags & MAP_ANONYMOUS != 0 {
-            view.anonymous_bytes += len;
+            view.anonymous_bytes = view.anonymous_bytes.saturating_add(len);
         }
         if vma.flags & MAP_SHARED != 0 {
-            view.shared_bytes += len;
+            view.shared_bytes = view.shared_bytes.saturating_add(len);
         }
     }
     view

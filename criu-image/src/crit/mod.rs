@@ -18,6 +18,7 @@ use options::CriuOpts;
 
 /// Which of crit's two renderings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Style {
     /// `crit decode`: numbers as numbers.
     Plain,

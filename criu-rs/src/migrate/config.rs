@@ -4,8 +4,9 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use super::cancel::Cancel;
+use super::choice::Strategy;
 use super::connections::Connections;
-use super::strategy::Strategy;
 use super::workdir::WorkDir;
 use crate::daemon::DaemonConfig;
 use crate::options::Options;
@@ -27,6 +28,7 @@ pub struct SourceConfig<'a> {
     pub(super) criu_addresses: Option<(IpAddr, IpAddr)>,
     pub(super) criu_tls: Option<TlsFiles>,
     pub(super) connections: Option<Connections<'a>>,
+    pub(super) cancel: Cancel,
 }
 
 impl<'a> SourceConfig<'a> {
@@ -46,7 +48,15 @@ impl<'a> SourceConfig<'a> {
             criu_addresses: None,
             criu_tls: None,
             connections: None,
+            cancel: Cancel::new(),
         }
+    }
+
+    /// Cancels the migration when `cancel` is (see [`Cancel`] for what
+    /// happens to the source then).
+    pub fn cancel(mut self, cancel: &Cancel) -> Self {
+        self.cancel = cancel.clone();
+        self
     }
 
     /// Writes the images to `dir/images` instead of memory, and leaves
@@ -137,6 +147,7 @@ pub struct DestConfig<'a> {
     pub(super) criu_tls: Option<TlsFiles>,
     pub(super) limits: Limits,
     pub(super) tcp_established: bool,
+    pub(super) cancel: Cancel,
 }
 
 impl Default for DestConfig<'_> {
@@ -161,6 +172,17 @@ impl<'a> DestConfig<'a> {
             criu_tls: None,
             limits: Limits::default(),
             tcp_established: false,
+            cancel: Cancel::new(),
+        }
+    }
+
+    /// Cancels the migration when `cancel` is: what was received is
+    /// removed, a half-restored or restored tree killed, and the source
+    /// told (see [`Cancel`]).
+    pub fn cancel(self, cancel: &Cancel) -> Self {
+        DestConfig {
+            cancel: cancel.clone(),
+            ..self
         }
     }
 

@@ -63,8 +63,8 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use super::wire::migration;
-use crate::error::{Error, Result};
+use super::wire::failed;
+use crate::error::{Error, Result, SourceState, Step};
 use crate::options::{NetworkLock, Options};
 
 /// The caller's steps that move a service address between the hosts and
@@ -130,6 +130,15 @@ pub(super) struct ServiceMove<'c> {
     finished: AtomicBool,
 }
 
+/// The error of a dump that failed with the source in `state`.
+pub(super) fn dump_failed(e: Error, state: SourceState) -> Error {
+    let message = match state {
+        SourceState::Untouched => "the dump failed; the source process ran on",
+        _ => "the dump failed; the source process was resumed",
+    };
+    failed(Step::Dump, state, message, Some(e))
+}
+
 fn hook_error(step: &str, e: io::Error) -> Error {
     Error::io(format!("the address-move hook's {step} step"), e)
 }
@@ -161,22 +170,24 @@ impl<'c> ServiceMove<'c> {
     }
 
     /// The error to return when the dump failed: a clear one if it was the
-    /// lock, taken before anything froze.
-    pub(super) fn dump_failed(&self, e: Error) -> Error {
+    /// lock, taken before anything froze; else `state` is the source's.
+    pub(super) fn dump_failed(&self, e: Error, state: SourceState) -> Error {
         match self
             .lock_error
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
         {
-            Some(m) => migration(
+            Some(m) => failed(
+                Step::Connections,
+                SourceState::Untouched,
                 format!(
                     "{m}; nothing was frozen and the source runs on (install iptables or \
                      nftables, or fix the hook)"
                 ),
                 Some(e),
             ),
-            None => migration("the dump failed; the source process was resumed", Some(e)),
+            None => dump_failed(e, state),
         }
     }
 

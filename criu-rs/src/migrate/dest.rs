@@ -2,14 +2,18 @@
 //! restore the tree as a child of this process, continue it, report, and
 //! keep it unless the source explicitly aborts.
 
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use super::cancel::Cancel;
 use super::config::DestConfig;
+use super::hold::continue_tree;
 use super::report::DestReport;
-use super::stopped::continue_tree;
 use super::strategy::{self, Created, DestSide, Inbound, Received};
-use super::wire::{self, migration, unexpected, Msg};
+use super::wire::{self, failed, unexpected, Msg};
 use crate::child::RestoredChild;
 use crate::client::Criu;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SourceState, Step};
 use crate::images::ImagesDir;
 use crate::options::Options;
 use crate::report::RestoreReport;
@@ -24,12 +28,40 @@ pub(super) fn receive(
         cfg.daemons.tls(&files);
     }
     let mut created = Created::default();
-    let r = receive_inner(criu, stream, &cfg, &mut created);
-    if let Err(e) = &r {
-        wire::tell_failure(stream, e);
+    let mut step = Step::Handshake;
+    let cancel = cfg.cancel.clone();
+    let woken = cancel.on_cancel(stream.interrupter());
+    let r = receive_inner(criu, stream, &cfg, &mut created, &mut step);
+    drop(woken);
+    r.map_err(|e| {
+        let mut e = wire::at_step(e, step, SourceState::Unknown, || failed_at(step));
+        if cancel.is_cancelled() {
+            e = e.into_cancelled();
+        }
+        wire::tell_failure(stream, &e);
         created.remove_all();
+        e
+    })
+}
+
+/// How long the restore may take when the configuration sets no
+/// deadline (a 1 GiB tree restores in under a second here): a restore
+/// that hangs (seen with lazy pages, after CRIU's "Killing processes
+/// because of failure on restore") is killed then.
+const RESTORE_DEADLINE: Duration = Duration::from_secs(300);
+
+/// What the destination says when `step` failed.
+fn failed_at(step: Step) -> String {
+    match step {
+        Step::Handshake => "the source's hello failed; nothing was received",
+        Step::Transfer => "receiving the images failed; what arrived was removed",
+        Step::Restore => "the restore failed; the received images were removed",
+        Step::LazyPages => {
+            "fetching the lazy pages failed; the restored copy was killed and the images removed"
+        }
+        _ => "the migration failed; the restored copy was killed",
     }
-    r
+    .into()
 }
 
 fn receive_inner(
@@ -37,6 +69,7 @@ fn receive_inner(
     stream: &mut dyn Transport,
     cfg: &DestConfig<'_>,
     created: &mut Created,
+    step: &mut Step,
 ) -> Result<DestReport> {
     // Without a deadline a silent source is still given up, after the
     // limits' idle timeout.
@@ -47,7 +80,14 @@ fn receive_inner(
     read_header(&mut &mut *stream)?;
     let strategy = match wire::recv(stream)? {
         Msg::Hello { strategy } => strategy,
-        other => return Err(unexpected("a hello", &other)),
+        other => {
+            return Err(unexpected(
+                Step::Handshake,
+                SourceState::Unknown,
+                "a hello",
+                &other,
+            ))
+        }
     };
     let local = match cfg.criu_address {
         Some(named) => Some(named),
@@ -59,6 +99,7 @@ fn receive_inner(
     let mut side = strategy::dest_side(strategy, cfg, local)?;
     let work_dir = cfg.work_dir.hold()?;
     let images_path = work_dir.path().join("images");
+    *step = Step::Transfer;
     let Received { images, transfer } = side.receive(Inbound {
         stream: &mut *stream,
         work_dir: work_dir.path(),
@@ -66,7 +107,9 @@ fn receive_inner(
         limits: &cfg.limits,
         created,
     })?;
+    *step = Step::Restore;
     let (child, restore) = restore(criu, &images, cfg, side.as_ref())?;
+    wire::check(&cfg.cancel, Step::Restore, SourceState::Unknown)?;
     wire::send(
         stream,
         &Msg::Restored {
@@ -75,8 +118,10 @@ fn receive_inner(
             restore_time_us: restore.stats.map(|s| s.restore_time.as_micros() as u64),
         },
     )?;
+    *step = Step::LazyPages;
     side.after_restore(cfg.daemon_timeout)?;
-    let source_confirmed = await_verdict(stream)?;
+    *step = Step::Confirm;
+    let source_confirmed = await_verdict(stream, &cfg.cancel)?;
     Ok(DestReport {
         strategy,
         child,
@@ -98,13 +143,24 @@ fn restore(
     if let Some(c) = &cfg.customize {
         c(&mut o);
     }
+    let mut user = o.notify.take();
+    let cancel = cfg.cancel.clone();
+    // A cancel refuses CRIU's next notification: CRIU kills what it
+    // restored so far.
+    o.on_notify(move |n| {
+        if let Some(user) = user.as_mut() {
+            user(n)?;
+        }
+        match cancel.is_cancelled() {
+            true => ControlFlow::Break("the migration was cancelled".into()),
+            false => ControlFlow::Continue(()),
+        }
+    });
     o.images_dir(images).log_file("restore.log");
     if cfg.tcp_established {
         o.tcp_established(true);
     }
-    if let Some(d) = cfg.deadline {
-        o.deadline(d);
-    }
+    o.deadline(cfg.deadline.unwrap_or(RESTORE_DEADLINE));
     side.restore_options(&mut o);
     let (child, restore) = criu.restore_child(&mut o)?;
     continue_tree(child.pid());
@@ -116,20 +172,30 @@ fn restore(
 /// explicit abort: an error, and the restored copy goes. Anything else
 /// (silence, a broken stream): the copy is kept unconfirmed, since the
 /// source may have stopped its copy for good and a duplicate is better
-/// than a loss.
-fn await_verdict(stream: &mut dyn Transport) -> Result<bool> {
+/// than a loss. Cancelled before `Done`, the restored copy goes (and the
+/// source, told so, resumes its own).
+fn await_verdict(stream: &mut dyn Transport, cancel: &Cancel) -> Result<bool> {
     match wire::recv(stream) {
         Ok(Msg::Done) => {
             // If this is lost the source resumes its copy too: a duplicate.
             let _ = wire::send(stream, &Msg::Kept);
             Ok(true)
         }
-        Ok(Msg::Failed { message }) => Err(migration(
+        Ok(Msg::Failed {
+            message,
+            source_state,
+            ..
+        }) => Err(failed(
+            Step::Confirm,
+            source_state.unwrap_or(SourceState::Resumed),
             format!(
                 "the source aborted after the restore ({message}); the restored copy was killed"
             ),
             None,
         )),
+        Ok(_) | Err(_) if cancel.is_cancelled() => {
+            Err(wire::cancelled(Step::Confirm, SourceState::Unknown))
+        }
         Ok(_) | Err(_) => Ok(false),
     }
 }

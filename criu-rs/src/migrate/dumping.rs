@@ -3,17 +3,18 @@
 //! dump that goes on serving pages) while the dump may still run.
 
 use std::ops::ControlFlow;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
+use super::cancel::Cancel;
 use super::config::Customize;
 use super::connections::{Connections, ServiceMove};
-use super::stopped::StoppedTree;
+use super::hold::{self, Slot};
 use super::strategy::SourceSide;
-use super::wire::migration;
+use super::wire::failed;
 use crate::client::Criu;
-use crate::error::Result;
+use crate::error::{Result, SourceState, Step};
 use crate::images::ImagesDir;
 use crate::notify::{Event, Notification};
 use crate::options::{NotifyFn, Options};
@@ -24,38 +25,15 @@ use crate::tls::TlsFiles;
 const NOT_IN_TIME: &str =
     "serving lazy pages did not finish in time; the source process was resumed";
 
+/// How often a wait for the lazy dump's end looks at the cancel token.
+const CANCEL_POLL: Duration = Duration::from_millis(20);
+
 /// What the dump thread tells the driver.
 enum DumpEvent {
     /// The images to send are complete; the dump serves pages on.
     ImagesReady,
     /// The dump ended.
     Finished(Box<Result<DumpReport>>),
-}
-
-/// Where the dump's notification handler leaves the stopped source tree.
-#[derive(Clone, Default)]
-pub(super) struct StopSlot(Arc<Mutex<Option<(StoppedTree, Instant)>>>);
-
-impl StopSlot {
-    fn put(&self, tree: StoppedTree) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((tree, Instant::now()));
-    }
-
-    /// The stopped tree and when it was stopped, after the images are
-    /// complete.
-    pub(super) fn take(&self) -> Result<(StoppedTree, Instant)> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| {
-                migration(
-                    "CRIU sent no pre-dump notification, so the source was never stopped and ran \
-                     on after the dump; the images are stale",
-                    None,
-                )
-            })
-    }
 }
 
 /// What one dump needs, all of it shareable with the dump thread.
@@ -66,11 +44,13 @@ pub(super) struct DumpJob<'j> {
     pub(super) customize: Option<&'j Customize<'j>>,
     pub(super) deadline: Option<Duration>,
     pub(super) side: &'j dyn SourceSide,
-    pub(super) slot: StopSlot,
+    pub(super) slot: Slot,
     /// CRIU's TLS for its own connections, if the migration is secured.
     pub(super) criu_tls: Option<&'j TlsFiles>,
     /// Established connections to move, and their lock.
     pub(super) service: Option<(&'j Connections<'j>, &'j ServiceMove<'j>)>,
+    /// Refuses the dump's next notification once cancelled.
+    pub(super) cancel: Cancel,
 }
 
 /// The dump running on its thread. Dropped before it finished (the
@@ -121,13 +101,23 @@ impl<'scope> Dumping<'scope> {
                 self.join();
                 let d = (*r)?;
                 if self.side.serves_after_images() {
-                    return Err(migration("the lazy dump ended without serving pages", None));
+                    return Err(failed(
+                        Step::Dump,
+                        SourceState::Resumed,
+                        "the lazy dump ended without serving pages",
+                        None,
+                    ));
                 }
                 Ok(Some(d))
             }
             Err(_) => {
                 self.join();
-                Err(migration("the dump thread ended without a result", None))
+                Err(failed(
+                    Step::Dump,
+                    SourceState::Resumed,
+                    "the dump thread ended without a result",
+                    None,
+                ))
             }
         }
     }
@@ -148,25 +138,64 @@ impl<'scope> Dumping<'scope> {
         mut self,
         early: Option<DumpReport>,
         timeout: Duration,
+        cancel: &Cancel,
     ) -> Result<DumpReport> {
         if let Some(d) = early {
             return Ok(d);
         }
-        let r = self.events.recv_timeout(timeout);
+        let r = self.end_within(timeout, cancel);
         self.side.unblock_dump();
         self.join();
+        if cancel.is_cancelled() && !matches!(r, Ok(DumpEvent::Finished(_))) {
+            return Err(failed(
+                Step::LazyPages,
+                SourceState::Resumed,
+                "serving the lazy pages was cancelled; the source process was resumed (the \
+                 destination copy cannot run on)",
+                None,
+            )
+            .into_cancelled());
+        }
         match r {
             Ok(DumpEvent::Finished(r)) => (*r).map_err(|e| {
                 if e.is_deadline_exceeded() {
-                    return migration(NOT_IN_TIME, Some(e));
+                    return failed(Step::LazyPages, SourceState::Resumed, NOT_IN_TIME, Some(e));
                 }
-                migration(
+                failed(
+                    Step::LazyPages,
+                    SourceState::Resumed,
                     "the destination restored, but serving its memory failed; the source process \
                      was resumed (the destination copy cannot run on)",
                     Some(e),
                 )
             }),
-            _ => Err(migration(NOT_IN_TIME, None)),
+            _ => Err(failed(
+                Step::LazyPages,
+                SourceState::Resumed,
+                NOT_IN_TIME,
+                None,
+            )),
+        }
+    }
+
+    /// The dump's next event, waited for at most `timeout`, or until
+    /// `cancel` is.
+    fn end_within(
+        &self,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> std::result::Result<DumpEvent, mpsc::RecvTimeoutError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left.min(CANCEL_POLL)) {
+                Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => {
+                    if cancel.is_cancelled() {
+                        return Err(mpsc::RecvTimeoutError::Timeout);
+                    }
+                }
+                r => return r,
+            }
         }
     }
 
@@ -206,6 +235,7 @@ impl DumpJob<'_> {
                 self.slot.clone(),
                 ready,
                 self.service.map(|s| s.1),
+                self.cancel.clone(),
             ));
         self.side.dump_options(&mut o);
         if let Some(files) = self.criu_tls {
@@ -221,32 +251,32 @@ impl DumpJob<'_> {
     }
 }
 
-/// The dump's notification handler: the caller's own handler (set through
-/// `customize`) first, then, at pre-dump, stopping the tree into `slot`; at
+/// The dump's notification handler: the hold's (the caller's own handler
+/// first, then, at pre-dump, stopping the tree into `slot`); at
 /// status-ready it tells `ready`, if given. With connections to move, the
 /// service's lock is taken just before the tree stops.
 fn stop_at_pre_dump<'a>(
     pid: i32,
-    mut user: Option<Box<NotifyFn<'a>>>,
-    slot: StopSlot,
+    user: Option<Box<NotifyFn<'a>>>,
+    slot: Slot,
     ready: Option<mpsc::Sender<DumpEvent>>,
     service: Option<&'a ServiceMove<'a>>,
+    cancel: Cancel,
 ) -> impl FnMut(Notification) -> ControlFlow<String> + 'a {
+    let lock = move || match service.map(ServiceMove::lock) {
+        Some(Err(e)) => ControlFlow::Break(e),
+        _ => ControlFlow::Continue(()),
+    };
+    let mut hold = hold::at_pre_dump(pid, user, slot, lock);
+    let refuse_if_cancelled = move || match cancel.is_cancelled() {
+        true => ControlFlow::Break("the migration was cancelled".to_string()),
+        false => ControlFlow::Continue(()),
+    };
     move |n| {
-        let pre_dump = matches!(n.event, Event::PreDump);
         let status_ready = matches!(n.event, Event::StatusReady);
-        if let Some(user) = user.as_mut() {
-            user(n)?;
-        }
-        if pre_dump {
-            if let Some(Err(e)) = service.map(ServiceMove::lock) {
-                return ControlFlow::Break(e);
-            }
-            match StoppedTree::stop(pid) {
-                Ok(t) => slot.put(t),
-                Err(e) => return ControlFlow::Break(format!("stopping the source tree: {e}")),
-            }
-        }
+        refuse_if_cancelled()?;
+        hold(n)?;
+        refuse_if_cancelled()?;
         if let (true, Some(r)) = (status_ready, &ready) {
             let _ = r.send(DumpEvent::ImagesReady);
         }

@@ -49,6 +49,15 @@
 //! resumes its copy and says that two copies may now run. Either way the
 //! tree is never lost; at worst it runs twice, and both sides say so.
 //!
+//! # Errors
+//!
+//! Every error of [`send`] and [`receive`] is an
+//! [`Error::Migration`](crate::Error::Migration)
+//! whose [`MigrationError`] names the [`Step`] that failed and
+//! what became of the source process ([`SourceState`]; on the
+//! destination mostly [`SourceState::Unknown`], unless the source said),
+//! with the step's own error behind it ([`crate::Error::cause`]).
+//!
 //! # Limits
 //!
 //! The destination accepts what [`DestConfig::limits`] allows (file count,
@@ -58,34 +67,46 @@
 //!
 //! # Inside
 //!
-//! * `config`, `report`: the public settings and results;
+//! * `config`, `report`: the public settings and results; `cancel`: the
+//!   [`Cancel`] token;
 //! * `wire`: the control messages and their framing on the stream;
-//! * `source`, `dumping`, `stopped`: the source side (the dump on its own
-//!   thread, stopping, resuming and killing the tree);
+//! * `source`, `dumping`: the source side (the dump on its own thread);
+//! * [`hold`]: the held source (a tree stopped through pidfds, resumed
+//!   on drop, killed once the destination runs it), public for other
+//!   ways of moving a tree (criu-oci's registry route uses it);
 //! * `dest`: the destination side;
 //! * `connections`: moving established TCP connections and their
 //!   service address with the tree (a caller's hook);
+//! * `link`: [`Link`], connecting the two hosts (plain TCP, mutual TLS);
 //! * `workdir`: where the images live (the caller's directory, or the
 //!   crate's own in memory);
 //! * `strategy`: one module per strategy behind two small traits (one per
 //!   side): a new strategy is a new file there.
 
+mod cancel;
+mod choice;
 mod config;
 pub mod connections;
 mod dest;
 mod dumping;
+pub mod hold;
+#[cfg(test)]
+mod layout;
+mod link;
 mod report;
 mod source;
-mod stopped;
 mod strategy;
 mod wire;
 mod workdir;
 
+pub use crate::error::{MigrationError, SourceState, Step};
 pub use crate::transfer::Transport;
+pub use cancel::Cancel;
+pub use choice::Strategy;
 pub use config::{DestConfig, SourceConfig};
 pub use connections::{AddressMove, Connections};
+pub use link::{Link, Stream};
 pub use report::{DestReport, Phases, SourceReport};
-pub use strategy::Strategy;
 
 use crate::client::Criu;
 use crate::error::Result;

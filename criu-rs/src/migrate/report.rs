@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::strategy::Strategy;
+use super::choice::Strategy;
 use crate::child::RestoredChild;
 use crate::report::{DumpReport, RestoreReport};
 use crate::transfer::TransferStats;
@@ -21,7 +21,9 @@ pub struct SourceReport {
     pub dump: DumpReport,
     /// Images sent over the stream.
     pub transfer: TransferStats,
-    /// Memory pages sent to the page server (page-server strategy).
+    /// Memory sent to the page server (page-server strategy): the private
+    /// and the shared pages CRIU wrote there, in bytes. With
+    /// [`SourceReport::transfer`]'s bytes, what the migration carried.
     pub page_server_bytes: u64,
     /// The root pid on the destination.
     pub restored_pid: i32,

@@ -3,14 +3,18 @@
 
 use std::time::{Duration, Instant};
 
+use super::cancel::{Cancel, Registered};
 use super::config::SourceConfig;
-use super::connections::ServiceMove;
-use super::dumping::{DumpJob, Dumping, StopSlot};
+use super::connections::{dump_failed, ServiceMove};
+use super::dumping::{DumpJob, Dumping};
+use super::hold::{self, Slot};
 use super::report::{Phases, SourceReport};
 use super::strategy::{self, SourceSide};
-use super::wire::{self, migration, unexpected, Msg};
+use super::wire::{self, failed, unexpected, Msg};
+use super::workdir::Held;
 use crate::client::Criu;
-use crate::error::{Error, Result};
+use crate::credentials::TlsFiles;
+use crate::error::{Error, Result, SourceState, Step};
 use crate::images::ImagesDir;
 use crate::report::DumpReport;
 use crate::transfer::{self, write_header, Growing, TransferStats, Transport};
@@ -31,6 +35,63 @@ pub(super) fn send(
     mut cfg: SourceConfig<'_>,
 ) -> Result<SourceReport> {
     let start = Instant::now();
+    let cancel = cfg.cancel.clone();
+    let mut woken = Some(cancel.on_cancel(stream.interrupter()));
+    let Setup {
+        images,
+        side,
+        criu_tls,
+        _work_dir,
+    } = setup(stream, &cfg)
+        .and_then(|s| wire::check(&cancel, Step::Handshake, SourceState::Untouched).map(|()| s))
+        .map_err(|e| {
+            let e = wire::at_step(e, Step::Handshake, SourceState::Untouched, || {
+                "setting up the migration failed; the source process was not touched".into()
+            });
+            wire::tell_failure(stream, &e);
+            if_cancelled(e, &cancel)
+        })?;
+    let customize = cfg.customize.take();
+    let connections = cfg.connections.take();
+    // Dropped after the scope: on failure it moves the address back and
+    // unlocks, once the tree was continued.
+    let service = connections.as_ref().map(ServiceMove::new);
+    let job = DumpJob {
+        criu,
+        pid,
+        images: &images,
+        customize: customize.as_ref(),
+        deadline: cfg.deadline,
+        side: side.as_ref(),
+        slot: Slot::default(),
+        criu_tls: criu_tls.as_ref().filter(|_| !side.carries_criu_tls()),
+        service: connections.as_ref().zip(service.as_ref()),
+        cancel: cancel.clone(),
+    };
+    std::thread::scope(|scope| migrate(scope, job, stream, &mut cfg, start, &mut woken))
+        .map_err(|e| if_cancelled(e, &cancel))
+}
+
+/// `e`, marked as the cancellation if `cancel` was cancelled.
+fn if_cancelled(e: Error, cancel: &Cancel) -> Error {
+    match cancel.is_cancelled() {
+        true => e.into_cancelled(),
+        false => e,
+    }
+}
+
+/// What the source has before it touches the tree.
+struct Setup {
+    images: ImagesDir,
+    side: Box<dyn SourceSide>,
+    criu_tls: Option<TlsFiles>,
+    // Last: the images directory lives in it.
+    _work_dir: Held,
+}
+
+/// Readies the stream, says hello, makes the images directory and starts
+/// the strategy's part (which may wait for the destination).
+fn setup(stream: &mut dyn Transport, cfg: &SourceConfig<'_>) -> Result<Setup> {
     stream
         .prepare(cfg.deadline)
         .map_err(|e| Error::io("preparing the stream (timeouts, TCP_NODELAY)", e))?;
@@ -49,23 +110,12 @@ pub(super) fn send(
     };
     let criu_tls = cfg.criu_tls.clone().or_else(|| stream.criu_tls());
     let side = strategy::source_side(cfg.strategy, stream, addrs, criu_tls.as_ref())?;
-    let customize = cfg.customize.take();
-    let connections = cfg.connections.take();
-    // Dropped after the scope: on failure it moves the address back and
-    // unlocks, once the tree was continued.
-    let service = connections.as_ref().map(ServiceMove::new);
-    let job = DumpJob {
-        criu,
-        pid,
-        images: &images,
-        customize: customize.as_ref(),
-        deadline: cfg.deadline,
-        side: side.as_ref(),
-        slot: StopSlot::default(),
-        criu_tls: criu_tls.as_ref().filter(|_| !side.carries_criu_tls()),
-        service: connections.as_ref().zip(service.as_ref()),
-    };
-    std::thread::scope(|scope| migrate(scope, job, stream, &mut cfg, start))
+    Ok(Setup {
+        images,
+        side,
+        criu_tls,
+        _work_dir: work_dir,
+    })
 }
 
 /// Everything from the start of the dump to the source's end.
@@ -75,6 +125,7 @@ fn migrate<'scope>(
     stream: &mut dyn Transport,
     cfg: &mut SourceConfig<'_>,
     start: Instant,
+    woken: &mut Option<Registered<'_>>,
 ) -> Result<SourceReport> {
     let (pid, side, slot) = (job.pid, job.side, job.slot.clone());
     let service = job.service.map(|s| s.1);
@@ -83,17 +134,29 @@ fn migrate<'scope>(
         early,
         at: images_at,
         streamed,
-    } = dump_and_stream(stream, &mut dumping, side, service, cfg)?;
+    } = dump_and_stream(stream, &mut dumping, side, service, &slot, cfg)?;
     let streamed_tail = streamed.map(|(_, tail)| tail);
-    let (stopped, stopped_at) = slot.take().inspect_err(|e| wire::tell_failure(stream, e))?;
+    let stopped = slot
+        .take()
+        .ok_or_else(hold::never_stopped)
+        .inspect_err(|e| wire::tell_failure(stream, e))?;
+    let stopped_at = stopped.since();
     if let Some(s) = service {
         s.move_to_dest()
+            .map_err(|e| {
+                wire::at_step(e, Step::Connections, SourceState::Resumed, || {
+                    "moving the service address to the destination failed; it was moved back \
+                     and the source process was resumed"
+                        .into()
+                })
+            })
             .inspect_err(|e| wire::tell_failure(stream, e))?;
     }
     // On failure the dump ends (inside) before the tree is continued (here).
     let sent = streamed.map(|(sent, _)| sent);
-    let (sent, restored, dump) = until_restored(stream, dumping, early, sent, side, service, cfg)
-        .inspect_err(|e| wire::tell_failure(stream, e))?;
+    let (sent, restored, dump) =
+        until_restored(stream, dumping, early, sent, side, service, cfg, woken)
+            .inspect_err(|e| wire::tell_failure(stream, e))?;
     let stopped_to_restored = restored.at.saturating_duration_since(stopped_at);
     let phases = Phases::split(
         &dump,
@@ -108,8 +171,14 @@ fn migrate<'scope>(
     match service {
         Some(s) => {
             // Its sockets close while the lock holds: no reset escapes.
-            stopped.kill_and_wait();
-            s.finish()?;
+            stopped.kill_and_wait(hold::STOP_TIMEOUT);
+            s.finish().map_err(|e| {
+                wire::at_step(e, Step::Connections, SourceState::Killed, || {
+                    "the destination runs the tree and the source copy was killed, but releasing \
+                     the source's network lock failed"
+                        .into()
+                })
+            })?;
         }
         None => stopped.kill(),
     }
@@ -145,14 +214,20 @@ fn dump_and_stream(
     dumping: &mut Dumping<'_>,
     side: &dyn SourceSide,
     service: Option<&ServiceMove<'_>>,
+    slot: &Slot,
     cfg: &mut SourceConfig<'_>,
 ) -> Result<Dumped> {
     let dump_failed = |stream: &mut dyn Transport, e: Error| {
+        let state = match slot.is_held() {
+            true => SourceState::Resumed,
+            false => SourceState::Untouched,
+        };
+        let e = match service {
+            Some(s) => s.dump_failed(e, state),
+            None => dump_failed(e, state),
+        };
         wire::tell_failure(stream, &e);
-        match service {
-            Some(s) => s.dump_failed(e),
-            None => migration("the dump failed; the source process was resumed", Some(e)),
-        }
+        e
     };
     if !side.streams_while_dumping() {
         let early = dumping.images_ready().map_err(|e| dump_failed(stream, e))?;
@@ -169,12 +244,15 @@ fn dump_and_stream(
         dumping.images().path(),
         is_pages_image,
         progress.as_deref_mut().map(|p| p as _),
-    );
+    )
+    // The dump's pages leave memory as they leave the host.
+    .free_sent(true);
     let mut ended = None;
+    let cancel = &cfg.cancel;
     let followed = growing.follow(
         || {
             ended = dumping.try_images_ready();
-            ended.is_some()
+            ended.is_some() || cancel.is_cancelled()
         },
         STREAM_POLL,
     );
@@ -188,7 +266,12 @@ fn dump_and_stream(
             drop(growing);
             return Err(sending_failed(stream, e));
         }
-        (Ok(()), None) => unreachable!("follow returns once the dump is over"),
+        // Cancelled: the dump is refused at its next notification.
+        (Ok(()), None) => {
+            drop(growing);
+            let e = wire::cancelled(Step::Transfer, SourceState::Resumed);
+            return Err(sending_failed(stream, e));
+        }
     };
     let at = Instant::now();
     let sent = growing.finish();
@@ -219,6 +302,10 @@ fn sending_failed(stream: &mut dyn Transport, e: Error) -> Error {
 
 /// From complete images to the destination's restore and the dump's end;
 /// `sent` if the images were sent while the dump wrote them.
+/// A cancel is heard until the destination has restored (and, for a lazy
+/// migration, while the pages are served): then `woken` is dropped, so
+/// that a late cancel does not break the end's exchange.
+#[allow(clippy::too_many_arguments)]
 fn until_restored(
     stream: &mut dyn Transport,
     dumping: Dumping<'_>,
@@ -227,16 +314,31 @@ fn until_restored(
     side: &dyn SourceSide,
     service: Option<&ServiceMove<'_>>,
     cfg: &mut SourceConfig<'_>,
+    woken: &mut Option<Registered<'_>>,
 ) -> Result<(TransferStats, Restored, DumpReport)> {
     let sent = match sent {
         Some(sent) => after_images(stream, side).map(|()| sent)?,
-        None => send_images(stream, dumping.images(), side, cfg)?,
+        None => {
+            wire::check(&cfg.cancel, Step::Transfer, SourceState::Resumed)
+                .map_err(images_not_sent)?;
+            send_images(stream, dumping.images(), side, cfg)?
+        }
     };
     let restored = await_restore(stream)?;
-    if let Some(s) = service {
-        s.announce()?;
+    if early.is_some() {
+        *woken = None;
     }
-    let dump = dumping.finish(early, cfg.lazy_timeout)?;
+    if let Some(s) = service {
+        s.announce().map_err(|e| {
+            wire::at_step(e, Step::Connections, SourceState::Resumed, || {
+                "announcing the service address on the destination failed; the address was \
+                 moved back and the source process was resumed"
+                    .into()
+            })
+        })?;
+    }
+    let dump = dumping.finish(early, cfg.lazy_timeout, &cfg.cancel)?;
+    *woken = None;
     Ok((sent, restored, dump))
 }
 
@@ -263,7 +365,9 @@ fn after_images(stream: &mut dyn Transport, side: &dyn SourceSide) -> Result<()>
 }
 
 fn images_not_sent(e: Error) -> Error {
-    migration(
+    failed(
+        Step::Transfer,
+        SourceState::Resumed,
         "sending the images failed; the source process was resumed",
         Some(e),
     )
@@ -276,8 +380,10 @@ fn confirm_end(stream: &mut dyn Transport) -> Result<()> {
     let answer = wire::send(stream, &Msg::Done).and_then(|()| wire::recv(stream));
     let why = match answer {
         Ok(Msg::Kept) => return Ok(()),
-        Ok(Msg::Failed { message }) => {
-            return Err(migration(
+        Ok(Msg::Failed { message, .. }) => {
+            return Err(failed(
+                Step::Confirm,
+                SourceState::Resumed,
                 format!(
                     "the destination failed after its restore ({message}) and killed its copy; \
                      the source process was resumed"
@@ -285,10 +391,17 @@ fn confirm_end(stream: &mut dyn Transport) -> Result<()> {
                 None,
             ))
         }
-        Ok(other) => Some(unexpected("kept", &other)),
+        Ok(other) => Some(unexpected(
+            Step::Confirm,
+            SourceState::PossiblyRunningTwice,
+            "kept",
+            &other,
+        )),
         Err(e) => Some(e),
     };
-    Err(migration(
+    Err(failed(
+        Step::Confirm,
+        SourceState::PossiblyRunningTwice,
         "the destination restored the tree but did not confirm that it keeps it; the source \
          process was resumed, so two copies may now run: check the destination",
         why,
@@ -308,15 +421,21 @@ fn await_restore(stream: &mut dyn Transport) -> Result<Restored> {
             restore_time_us,
             at: Instant::now(),
         }),
-        Ok(Msg::Failed { message }) => Err(migration(
+        Ok(Msg::Failed { message, step, .. }) => Err(failed(
+            step.unwrap_or(Step::Restore),
+            SourceState::Resumed,
             format!("the destination failed: {message}; the source process was resumed"),
             None,
         )),
-        Ok(other) => Err(migration(
+        Ok(other) => Err(failed(
+            Step::Restore,
+            SourceState::Resumed,
             format!("unexpected message {other:?}; the source process was resumed"),
             None,
         )),
-        Err(e) => Err(migration(
+        Err(e) => Err(failed(
+            Step::Restore,
+            SourceState::Resumed,
             "lost the destination before it restored; the source process was resumed",
             Some(e),
         )),
@@ -399,10 +518,10 @@ mod tests {
             end.written.windows(5).any(|w| w == b"Hello"),
             "the hello went out first"
         );
-        let crate::Error::Io { source, .. } = &e else {
+        assert_eq!(e.source_state(), Some(crate::SourceState::Untouched), "{e}");
+        let crate::Error::Io { source, .. } = e.cause() else {
             panic!("an I/O error, not {e}");
         };
         assert_eq!(source.raw_os_error(), Some(libc::ENOTCONN), "{e}");
-        assert!(e.to_string().contains("IP addresses"), "{e}");
     }
 }

@@ -28,8 +28,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::strategy::Strategy;
-use crate::error::{Error, Result};
+use super::cancel::Cancel;
+use super::choice::Strategy;
+use crate::error::{Error, MigrationError, Result, SourceState, Step};
 use crate::transfer::{self, DirOrMessage, Limits, TransferStats, Transport};
 
 /// One control message.
@@ -50,8 +51,16 @@ pub(super) enum Msg {
         wall_us: u64,
         restore_time_us: Option<u64>,
     },
-    /// The sender failed; the message says why.
-    Failed { message: String },
+    /// The sender failed; the message says why. The source also says at
+    /// which step, and what became of its process (absent from peers
+    /// of before these fields: then unknown).
+    Failed {
+        message: String,
+        #[serde(default)]
+        step: Option<Step>,
+        #[serde(default)]
+        source_state: Option<SourceState>,
+    },
     /// The source is about to stop its copy for good.
     Done,
     /// The destination keeps its restored copy; the source may kill its own.
@@ -76,30 +85,77 @@ pub(super) fn receive_images(
 ) -> Result<TransferStats> {
     match transfer::receive_dir_or_message(&mut &mut *stream, target, limits, None)? {
         DirOrMessage::Dir(stats) => Ok(stats),
-        DirOrMessage::Message(Msg::Failed { message }) => Err(migration(
+        DirOrMessage::Message(Msg::Failed {
+            message,
+            step,
+            source_state,
+        }) => Err(failed(
+            step.unwrap_or(Step::Transfer),
+            source_state.unwrap_or(SourceState::Unknown),
             format!("the source failed before it sent the images: {message}"),
             None,
         )),
-        DirOrMessage::Message(other) => Err(unexpected("the images", &other)),
+        DirOrMessage::Message(other) => Err(unexpected(
+            Step::Transfer,
+            SourceState::Unknown,
+            "the images",
+            &other,
+        )),
     }
 }
 
 /// Tells the peer why this side failed. Best effort: the peer or the
 /// stream may be gone already, which is then the peer's own error.
 pub(super) fn tell_failure(stream: &mut dyn Transport, e: &Error) {
+    let typed = e.migration_error();
     let _ = send(
         stream,
         &Msg::Failed {
             message: e.to_string(),
+            step: typed.map(MigrationError::step),
+            source_state: typed.map(MigrationError::source_state),
         },
     );
 }
 
-/// A migration error.
-pub(super) fn migration(message: impl Into<String>, source: Option<Error>) -> Error {
-    Error::Migration {
-        message: message.into(),
-        source: source.map(Box::new),
+/// A migration error at `step`, with the source in `state`.
+pub(super) fn failed(
+    step: Step,
+    state: SourceState,
+    message: impl Into<String>,
+    source: Option<Error>,
+) -> Error {
+    Error::migration(MigrationError::new(step, state, message), source)
+}
+
+/// The error of a migration cancelled at `step`, with the source in
+/// `state`.
+pub(super) fn cancelled(step: Step, state: SourceState) -> Error {
+    Error::migration(
+        MigrationError::new(step, state, "stopped on request").cancelled(),
+        None,
+    )
+}
+
+/// `Err` of [`cancelled`] if `cancel` was cancelled.
+pub(super) fn check(cancel: &Cancel, step: Step, state: SourceState) -> Result<()> {
+    match cancel.is_cancelled() {
+        true => Err(cancelled(step, state)),
+        false => Ok(()),
+    }
+}
+
+/// `e` as a migration error: itself if it is one, else wrapped as the
+/// failure of `step` with the source in `state`, saying `message`.
+pub(super) fn at_step(
+    e: Error,
+    step: Step,
+    state: SourceState,
+    message: impl FnOnce() -> String,
+) -> Error {
+    match e {
+        Error::Migration { .. } => e,
+        other => failed(step, state, message(), Some(other)),
     }
 }
 
@@ -113,9 +169,15 @@ pub(super) fn no_addresses(e: std::io::Error) -> Error {
     )
 }
 
-/// The error for a message other than the one the protocol expects here.
-pub(super) fn unexpected(expected: &str, got: &Msg) -> Error {
-    migration(format!("expected {expected}, got {got:?}"), None)
+/// The error for a message other than the one the protocol expects here,
+/// at `step` with the source in `state`.
+pub(super) fn unexpected(step: Step, state: SourceState, expected: &str, got: &Msg) -> Error {
+    failed(
+        step,
+        state,
+        format!("expected {expected}, got {got:?}"),
+        None,
+    )
 }
 
 #[cfg(test)]
@@ -128,18 +190,14 @@ mod tests {
     fn a_source_that_failed_before_its_images_is_heard_with_its_reason() {
         // Before: "image transfer: unexpected frame 0x4d".
         let (mut source, mut dest) = UnixStream::pair().unwrap();
-        let refused = migration("the dump failed", None);
+        let refused = failed(Step::Dump, SourceState::Resumed, "the dump failed", None);
         tell_failure(&mut source, &refused);
         let out = tempfile::tempdir().unwrap();
         let target = out.path().join("images");
         let e = receive_images(&mut dest, &target, &Limits::default()).unwrap_err();
-        assert!(matches!(e, Error::Migration { .. }), "{e}");
-        assert!(
-            e.to_string().contains(
-                "the source failed before it sent the images: migration: the dump failed"
-            ),
-            "{e}"
-        );
+        let m = e.migration_error().expect("a migration error");
+        assert_eq!(m.step(), Step::Dump, "the source's step: {e}");
+        assert_eq!(m.source_state(), SourceState::Resumed, "{e}");
         assert!(!target.exists(), "nothing received");
     }
 }

@@ -4,8 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::wire::migration;
-use crate::error::{Error, Result};
+use crate::error::{Error, InvalidKind, Result};
 
 /// The memory-backed file system the crate's own directories go on.
 const MEMORY_ROOT: &str = "/dev/shm";
@@ -50,13 +49,14 @@ impl WorkDir {
 /// tmpfs.
 fn in_memory(root: &Path) -> Result<Held> {
     if !is_tmpfs(root) {
-        return Err(migration(
+        return Err(Error::invalid(
+            None,
+            InvalidKind::Missing,
             format!(
                 "{} is not a tmpfs, so the images cannot be kept in memory: choose a directory \
                  (SourceConfig::work_dir / DestConfig::work_dir)",
                 root.display()
             ),
-            None,
         ));
     }
     let dir = tempfile::Builder::new()

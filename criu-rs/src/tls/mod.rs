@@ -21,11 +21,12 @@
 //!   carries its files, so [`crate::migrate`] does this by itself.
 //!
 //! Who may migrate: any holder of a certificate from the CA, in either
-//! direction. Peer names are not checked (CRIU's page server would check
-//! the *client's* certificate against its own listening address, so CRIU
-//! runs with `--tls-no-cn-verify`, and the crate's stream does the same:
-//! one rule for every connection). Keep the CA for migration only, and
-//! its key off the hosts.
+//! direction, unless an end names the peer it expects
+//! (`TlsConfig::peer_name`): then the peer's certificate must name that
+//! host too, on the migration's stream (CRIU's own connections run with
+//! `--tls-no-cn-verify`: its page server would check the *client's*
+//! certificate against its own listening address). Keep the CA for
+//! migration only, and its key off the hosts.
 
 #[cfg(feature = "tls")]
 pub(crate) mod relay;

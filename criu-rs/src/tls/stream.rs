@@ -44,6 +44,7 @@ pub struct TlsConfig {
     client: Arc<ClientConfig>,
     server: Arc<ServerConfig>,
     handshake_timeout: Duration,
+    peer_name: Option<ServerName<'static>>,
 }
 
 impl std::fmt::Debug for TlsConfig {
@@ -51,6 +52,7 @@ impl std::fmt::Debug for TlsConfig {
         f.debug_struct("TlsConfig")
             .field("files", &self.files)
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("peer_name", &self.peer_name)
             .finish_non_exhaustive()
     }
 }
@@ -69,7 +71,51 @@ impl TlsConfig {
             client: Arc::new(client),
             server: Arc::new(server),
             handshake_timeout: Duration::from_secs(10),
+            peer_name: None,
         })
+    }
+
+    /// Requires the peer's certificate to name `host` (a DNS name or an IP
+    /// address in its subject alternative names), besides chaining to the
+    /// CA: either end can insist on its expected peer, so that another
+    /// holder of a certificate from the same CA is refused. Without it,
+    /// any holder is accepted (see the module docs).
+    ///
+    /// ```no_run
+    /// use criu::tls::{TlsConfig, TlsFiles};
+    /// let files = TlsFiles::new("ca.pem", "host-a.pem", "host-a-key.pem");
+    /// let config = TlsConfig::new(files)?.peer_name("host-b")?;
+    /// # Ok::<(), criu::Error>(())
+    /// ```
+    pub fn peer_name(mut self, host: &str) -> Result<TlsConfig> {
+        let name = ServerName::try_from(host.to_string()).map_err(|e| Error::Tls {
+            message: format!("{host:?} is not a host name or an IP address"),
+            source: Some(io::Error::other(e)),
+        })?;
+        self.peer_name = Some(name);
+        Ok(self)
+    }
+
+    /// Refuses a peer whose certificate does not name the expected host,
+    /// if one was set.
+    fn check_peer_name(&self, certs: Option<&[CertificateDer<'_>]>) -> Result<()> {
+        let Some(want) = &self.peer_name else {
+            return Ok(());
+        };
+        let refused = |why: &str, source: Option<io::Error>| Error::Tls {
+            message: format!(
+                "the peer's certificate {why}, not {} (TlsConfig::peer_name): refused",
+                want.to_str()
+            ),
+            source,
+        };
+        let cert = certs
+            .and_then(|c| c.first())
+            .ok_or_else(|| refused("is missing", None))?;
+        let parsed = ParsedCertificate::try_from(cert)
+            .map_err(|e| refused("cannot be read", Some(io::Error::other(e))))?;
+        rustls::client::verify_server_name(&parsed, want)
+            .map_err(|e| refused("names another host", Some(io::Error::other(e))))
     }
 
     /// How long a peer may take over the whole handshake and the
@@ -100,6 +146,7 @@ impl TlsConfig {
             .map_err(|e| tls_error("starting a TLS session", e))?;
         let mut s = StreamOwned::new(conn, Socket::new(tcp));
         handshake(&mut s.conn, &mut s.sock, deadline).map_err(|e| e.explain(self))?;
+        self.check_peer_name(s.conn.peer_certificates())?;
         await_acceptance(&mut s, deadline).map_err(|e| e.explain(self))?;
         TlsStream::ready(Conn::Client(s), &self.files)
     }
@@ -113,6 +160,8 @@ impl TlsConfig {
             .map_err(|e| tls_error("starting a TLS session", e))?;
         let mut s = StreamOwned::new(conn, Socket::new(tcp));
         handshake(&mut s.conn, &mut s.sock, deadline).map_err(|e| e.explain(self))?;
+        // Before the confirmation: a refused source learns it at once.
+        self.check_peer_name(s.conn.peer_certificates())?;
         s.conn
             .writer()
             .write_all(&[ACCEPTED])
@@ -557,5 +606,9 @@ impl Transport for TlsStream {
 
     fn criu_tls(&self) -> Option<TlsFiles> {
         Some(self.files.clone())
+    }
+
+    fn interrupter(&self) -> Option<crate::transfer::Interrupter> {
+        self.tcp().interrupter()
     }
 }

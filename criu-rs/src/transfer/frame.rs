@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{io_err, transfer_err};
-use crate::error::Result;
+use crate::error::{Result, TransferKind};
 
 const MAGIC: &[u8; 8] = b"CRIURS\x00\x01";
 /// The longest control message accepted.
@@ -21,15 +21,24 @@ pub fn read_header(r: &mut impl Read) -> Result<()> {
     let mut m = [0u8; 8];
     r.read_exact(&mut m).map_err(io_err("reading the header"))?;
     if &m != MAGIC {
-        return Err(transfer_err("not a criu-rs image stream (bad magic)", None));
+        return Err(transfer_err(
+            TransferKind::NotAStream,
+            "not a criu-rs image stream (bad magic)",
+            None,
+        ));
     }
     Ok(())
 }
 
 /// Sends a control message.
 pub fn send_message<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<()> {
-    let body = serde_json::to_vec(msg)
-        .map_err(|e| transfer_err(format!("encoding a message: {e}"), None))?;
+    let body = serde_json::to_vec(msg).map_err(|e| {
+        transfer_err(
+            TransferKind::Protocol,
+            format!("encoding a message: {e}"),
+            None,
+        )
+    })?;
     let mut frame = Vec::with_capacity(body.len() + 5);
     frame.push(b'M');
     frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
@@ -43,6 +52,7 @@ pub fn recv_message<T: DeserializeOwned>(r: &mut impl Read) -> Result<T> {
     let tag = read_u8(r, "reading a message")?;
     if tag != b'M' {
         return Err(transfer_err(
+            TransferKind::Protocol,
             format!("expected a message, got frame {tag:#x}"),
             None,
         ));
@@ -55,6 +65,7 @@ pub(super) fn read_message_body<T: DeserializeOwned>(r: &mut impl Read) -> Resul
     let len = read_u32(r, "reading a message")?;
     if len > MAX_MESSAGE {
         return Err(transfer_err(
+            TransferKind::Corrupt,
             format!("message of {len} bytes is too long"),
             None,
         ));
@@ -62,8 +73,13 @@ pub(super) fn read_message_body<T: DeserializeOwned>(r: &mut impl Read) -> Resul
     let mut body = vec![0; len as usize];
     r.read_exact(&mut body)
         .map_err(io_err("reading a message"))?;
-    serde_json::from_slice(&body)
-        .map_err(|e| transfer_err(format!("decoding a message: {e}"), None))
+    serde_json::from_slice(&body).map_err(|e| {
+        transfer_err(
+            TransferKind::Protocol,
+            format!("decoding a message: {e}"),
+            None,
+        )
+    })
 }
 
 /// Reads `N` bytes; `what` names the step in the error.

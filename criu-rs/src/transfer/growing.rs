@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use super::frame::{end_marker, growing_header};
 use super::send::{regular_files, Sent};
 use super::{io_err, transfer_err, Progress, TransferStats, Transport, BUF};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TransferKind};
 
 /// The largest chunk of a growing file on the wire (the receiver refuses
 /// more, so that a corrupt length cannot make it wait for gigabytes).
@@ -61,6 +61,24 @@ fn sendfile_all(
     Ok(())
 }
 
+/// Punches the whole pages of `len` bytes at `offset` out of `file`, best
+/// effort. Only whole pages: a partial page would be zeroed in place, and
+/// `sendfile(2)` may still be sending it from the page cache.
+fn punch_sent(file: &File, offset: u64, len: u64) {
+    const PAGE: u64 = 4096;
+    let start = offset.div_ceil(PAGE) * PAGE;
+    let end = (offset + len) / PAGE * PAGE;
+    if end > start {
+        let _ = nix::fcntl::fallocate(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            start as libc::off_t,
+            (end - start) as libc::off_t,
+        );
+    }
+}
+
 /// A growing file being sent.
 struct Open {
     name: String,
@@ -94,6 +112,8 @@ pub struct Growing<'p, W: Transport> {
     sent: Sent,
     progress: Option<Progress<'p>>,
     start: Instant,
+    /// Punch the sent bytes of growing files out of them.
+    free_sent: bool,
 }
 
 impl<'p, W: Transport> Growing<'p, W> {
@@ -117,7 +137,21 @@ impl<'p, W: Transport> Growing<'p, W> {
             sent: Sent::new(0),
             progress,
             start: Instant::now(),
+            free_sent: false,
         }
+    }
+
+    /// Frees the memory or disk space of what was sent: once a chunk of a
+    /// growing file went out, its whole pages are punched out of the file
+    /// (`fallocate(PUNCH_HOLE)`, the size kept, so the end checks still
+    /// hold). For a directory nobody reads after it was sent, such as a
+    /// migration's dump on a tmpfs: without it, the dump's pages stay in
+    /// memory beside the process and the destination's copy until the
+    /// migration ends. Best effort: a file system that cannot punch holes
+    /// keeps the bytes. Must be set before the first step.
+    pub fn free_sent(mut self, yes: bool) -> Self {
+        self.free_sent = yes;
+        self
     }
 
     /// Sends what the current growing file gained since the last call (and
@@ -197,6 +231,7 @@ impl<'p, W: Transport> Growing<'p, W> {
             let now = fs::symlink_metadata(self.dir.join(name)).ok();
             if now.map(|m| (m.ino(), m.len())) != Some((*ino, *size)) {
                 return Err(transfer_err(
+                    TransferKind::Corrupt,
                     format!("{name} was replaced or changed after it was sent"),
                     None,
                 ));
@@ -238,6 +273,7 @@ impl<'p, W: Transport> Growing<'p, W> {
             .map_err(|e| Error::io(format!("reading the size of {name}"), e))?;
         if meta.len() < open.sent {
             return Err(transfer_err(
+                TransferKind::Corrupt,
                 format!("{name} shrank while it was sent, so it cannot be streamed"),
                 None,
             ));
@@ -255,6 +291,9 @@ impl<'p, W: Transport> Growing<'p, W> {
                 .and_then(|()| self.w.write_all(&(n as u32).to_le_bytes()))
                 .map_err(io_err("sending file contents"))?;
             send_chunk(&mut self.w, chunk, &open.file, open.sent)?;
+            if self.free_sent {
+                punch_sent(&open.file, open.sent, n as u64);
+            }
             open.sent += n as u64;
             self.sent.advance(n as u64, &mut self.progress);
             left -= n as u64;
@@ -265,8 +304,12 @@ impl<'p, W: Transport> Growing<'p, W> {
     /// Opens growing file `name` and sends its header.
     fn open_file(&mut self, name: &str) -> Result<Open> {
         let path = self.dir.join(name);
-        let file =
-            File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        // Punching holes needs the file open for writing.
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(self.free_sent)
+            .open(&path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
         let meta = file
             .metadata()
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
@@ -301,5 +344,60 @@ impl<'p, W: Transport> Growing<'p, W> {
         self.w
             .write_all(&end)
             .map_err(io_err("sending the end of a file"))
+    }
+}
+
+#[cfg(test)]
+mod free_sent_tests {
+    use std::io::{Cursor, Write};
+    use std::os::unix::fs::MetadataExt;
+
+    use super::Growing;
+    use crate::transfer::{read_header, receive_dir, write_header};
+
+    /// Sends a 4 MiB + 100 bytes growing file from a tmpfs directory (a
+    /// migration's dump lives there), with or without `free_sent`; returns
+    /// the bytes the file still takes after it was sent, and checks that
+    /// what arrived is what was written.
+    fn sent_and_kept(free: bool) -> u64 {
+        let src = tempfile::tempdir_in("/dev/shm").unwrap();
+        let content: Vec<u8> = (0..(4 << 20) + 100).map(|i: u32| (i % 251) as u8).collect();
+        let mut v = Cursor::<Vec<u8>>::default();
+        write_header(&mut v).unwrap();
+        let mut g =
+            Growing::new(&mut v, src.path(), |n| n.starts_with("pages-"), None).free_sent(free);
+        let path = src.path().join("pages-1.img");
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(&content[..3 << 20]).unwrap();
+        g.step().unwrap();
+        f.write_all(&content[3 << 20..]).unwrap();
+        g.finish().unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), content.len() as u64, "the size is kept");
+        let into = tempfile::tempdir().unwrap();
+        let mut r = Cursor::new(v.into_inner());
+        read_header(&mut r).unwrap();
+        receive_dir(&mut r, &into.path().join("got"), None).unwrap();
+        let got = std::fs::read(into.path().join("got/pages-1.img")).unwrap();
+        assert!(
+            got == content,
+            "the received file differs from the sent one"
+        );
+        meta.blocks() * 512
+    }
+
+    #[test]
+    fn free_sent_punches_the_sent_pages_out_and_only_them() {
+        let kept = sent_and_kept(false);
+        assert!(
+            kept >= 4 << 20,
+            "without free_sent the file keeps {kept} bytes"
+        );
+        let freed = sent_and_kept(true);
+        // At most the last partial page stays.
+        assert!(
+            freed <= 4096,
+            "with free_sent the file still takes {freed} bytes"
+        );
     }
 }

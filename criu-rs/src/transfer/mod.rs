@@ -45,14 +45,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::error::Error;
+use crate::error::{Error, TransferKind};
 
 pub use frame::{read_header, recv_message, send_message, write_header};
 pub use growing::Growing;
 pub use receive::{receive_dir, receive_dir_with, receive_from, Limits};
 pub(crate) use receive::{receive_dir_or_message, DirOrMessage};
 pub use send::send_dir;
-pub use transport::Transport;
+pub use transport::{Interrupter, Transport};
 
 /// What one transfer moved.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -83,8 +83,13 @@ pub fn is_safe_name(name: &str) -> bool {
         && !name.contains('\0')
 }
 
-fn transfer_err(message: impl Into<String>, source: Option<io::Error>) -> Error {
+fn transfer_err(
+    kind: TransferKind,
+    message: impl Into<String>,
+    source: Option<io::Error>,
+) -> Error {
     Error::Transfer {
+        kind,
         message: message.into(),
         source,
     }
@@ -93,14 +98,18 @@ fn transfer_err(message: impl Into<String>, source: Option<io::Error>) -> Error 
 /// Maps an I/O error on the stream, naming a stream that ended early.
 fn io_err(what: &str) -> impl FnOnce(io::Error) -> Error + '_ {
     move |e| {
-        let msg = match e.kind() {
-            io::ErrorKind::UnexpectedEof => format!("{what}: the stream ended early (truncated)"),
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                format!("{what}: the peer sent nothing within the stream's timeout")
-            }
-            _ => what.to_string(),
+        let (kind, msg) = match e.kind() {
+            io::ErrorKind::UnexpectedEof => (
+                TransferKind::Truncated,
+                format!("{what}: the stream ended early (truncated)"),
+            ),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => (
+                TransferKind::TimedOut,
+                format!("{what}: the peer sent nothing within the stream's timeout"),
+            ),
+            _ => (TransferKind::Stream, what.to_string()),
         };
-        transfer_err(msg, Some(e))
+        transfer_err(kind, msg, Some(e))
     }
 }
 

@@ -10,7 +10,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use super::transfer_err;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TransferKind};
 
 /// A directory of a random, unpredictable name beside the target, created
 /// 0700 and held open: files are created through its descriptor, so
@@ -42,9 +42,13 @@ impl Partial {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let base = target
-            .file_name()
-            .ok_or_else(|| transfer_err(format!("{} has no file name", target.display()), None))?;
+        let base = target.file_name().ok_or_else(|| {
+            transfer_err(
+                TransferKind::TargetExists,
+                format!("{} has no file name", target.display()),
+                None,
+            )
+        })?;
         let creating = |e| {
             Error::io(
                 format!("creating a private directory in {}", parent.display()),
@@ -121,6 +125,7 @@ impl Partial {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::AlreadyExists {
                 return Err(transfer_err(
+                    TransferKind::TargetExists,
                     format!("{} already exists", target.display()),
                     None,
                 ));
@@ -159,6 +164,7 @@ impl Partial {
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         if (ours.dev(), ours.ino()) != (there.dev(), there.ino()) {
             return Err(transfer_err(
+                TransferKind::TargetExists,
                 format!(
                     "{} is not the directory that was received: it was replaced while the \
                      files were written, so they were not moved into place",

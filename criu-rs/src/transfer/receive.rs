@@ -14,7 +14,7 @@ use super::frame::{
 use super::growing::MAX_CHUNK;
 use super::partial::Partial;
 use super::{io_err, is_safe_name, transfer_err, Progress, TransferStats, Transport, BUF};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TransferKind};
 
 /// What a receiver accepts from the sender. Every file's announced size is
 /// checked before a byte of it is written; the free space of the target's
@@ -127,6 +127,7 @@ pub fn receive_dir_with(
     match receive_dir_or_message::<serde_json::Value>(r, target, limits, progress)? {
         DirOrMessage::Dir(stats) => Ok(stats),
         DirOrMessage::Message(m) => Err(transfer_err(
+            TransferKind::Protocol,
             format!("the sender sent the message {m} where a file was expected"),
             None,
         )),
@@ -154,6 +155,7 @@ pub(crate) fn receive_dir_or_message<T: DeserializeOwned>(
     let start = Instant::now();
     if target.symlink_metadata().is_ok() {
         return Err(transfer_err(
+            TransferKind::TargetExists,
             format!("{} already exists", target.display()),
             None,
         ));
@@ -184,7 +186,13 @@ pub(crate) fn receive_dir_or_message<T: DeserializeOwned>(
                 }));
             }
             b'M' => return read_message_body(r).map(DirOrMessage::Message),
-            other => return Err(transfer_err(format!("unexpected frame {other:#x}"), None)),
+            other => {
+                return Err(transfer_err(
+                    TransferKind::Corrupt,
+                    format!("unexpected frame {other:#x}"),
+                    None,
+                ))
+            }
         }
     }
 }
@@ -195,10 +203,11 @@ fn read_name(r: &mut impl Read) -> Result<String> {
     let mut name = vec![0u8; len];
     r.read_exact(&mut name)
         .map_err(io_err("reading a file name"))?;
-    let name =
-        String::from_utf8(name).map_err(|_| transfer_err("a file name is not UTF-8", None))?;
+    let name = String::from_utf8(name)
+        .map_err(|_| transfer_err(TransferKind::UnsafeName, "a file name is not UTF-8", None))?;
     if !is_safe_name(&name) {
         return Err(transfer_err(
+            TransferKind::UnsafeName,
             format!("refusing file name {name:?}: it would escape the target directory"),
             None,
         ));
@@ -212,6 +221,7 @@ fn check_crc(r: &mut impl Read, name: &str, crc: crc32fast::Hasher) -> Result<()
     let got = crc.finalize();
     if want != got {
         return Err(transfer_err(
+            TransferKind::Corrupt,
             format!("checksum mismatch in {name:?}: sent {want:#010x}, received {got:#010x}"),
             None,
         ));
@@ -264,6 +274,7 @@ impl Receiving<'_, '_> {
                 b'M' => return Ok(false),
                 other => {
                     return Err(transfer_err(
+                        TransferKind::Corrupt,
                         format!("unexpected frame {other:#x} inside {name:?}"),
                         None,
                     ))
@@ -272,6 +283,7 @@ impl Receiving<'_, '_> {
             let n = read_u32(r, "reading a chunk's length")?;
             if n > MAX_CHUNK {
                 return Err(transfer_err(
+                    TransferKind::Corrupt,
                     format!("a chunk of {n} bytes in {name:?}: over {MAX_CHUNK} (corrupt?)"),
                     None,
                 ));
@@ -284,6 +296,7 @@ impl Receiving<'_, '_> {
         crc.update(&want.to_le_bytes());
         if want != size {
             return Err(transfer_err(
+                TransferKind::Corrupt,
                 format!("{name:?}: {want} bytes announced, {size} arrived"),
                 None,
             ));
@@ -296,6 +309,7 @@ impl Receiving<'_, '_> {
         let l = self.limits;
         if self.files >= l.max_files {
             return Err(transfer_err(
+                TransferKind::Limit,
                 format!(
                     "refusing {name:?}: more than {} files (Limits::max_files)",
                     l.max_files
@@ -310,7 +324,13 @@ impl Receiving<'_, '_> {
     /// the limits do not allow, before any of them is written.
     fn admit_bytes(&self, name: &str, had: u64, more: u64) -> Result<()> {
         let l = self.limits;
-        let refuse = |why: String| Err(transfer_err(format!("refusing {name:?}: {why}"), None));
+        let refuse = |why: String| {
+            Err(transfer_err(
+                TransferKind::Limit,
+                format!("refusing {name:?}: {why}"),
+                None,
+            ))
+        };
         let size = had.saturating_add(more);
         if size > l.max_file_bytes {
             return refuse(format!(
@@ -344,7 +364,11 @@ impl Receiving<'_, '_> {
             .create_file(name, raw_mode & 0o700 | 0o600)
             .map_err(|e| {
                 if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    transfer_err(format!("file {name:?} sent twice"), None)
+                    transfer_err(
+                        TransferKind::UnsafeName,
+                        format!("file {name:?} sent twice"),
+                        None,
+                    )
                 } else {
                     Error::io(format!("creating {name:?} in the received directory"), e)
                 }
@@ -383,6 +407,7 @@ impl Receiving<'_, '_> {
         let want_bytes = read_u64(r, "reading the end marker")?;
         if (want_files, want_bytes) != (self.files, self.bytes) {
             return Err(transfer_err(
+                TransferKind::Corrupt,
                 format!(
                     "the sender announced {want_files} files / {want_bytes} bytes, {} / {} arrived",
                     self.files, self.bytes

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::frame::{end_marker, file_header};
 use super::{io_err, transfer_err, Progress, TransferStats, BUF};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TransferKind};
 
 /// A regular file to send: name, size, permission bits.
 pub(super) type Entry = (String, u64, u32);
@@ -55,6 +55,7 @@ pub(super) fn regular_files(dir: &Path) -> Result<Vec<Entry>> {
         }
         let name = entry.file_name().into_string().map_err(|n| {
             transfer_err(
+                TransferKind::UnsafeName,
                 format!("file name {n:?} in {} is not UTF-8", dir.display()),
                 None,
             )

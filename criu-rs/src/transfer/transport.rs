@@ -1,7 +1,7 @@
 //! The connected byte stream a transfer or a migration runs over.
 
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, TcpStream};
+use std::net::{IpAddr, Shutdown, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -48,6 +48,41 @@ pub trait Transport: Read + Write {
     fn plain_socket(&self) -> Option<BorrowedFd<'_>> {
         None
     }
+
+    /// What wakes a read of this stream that blocks in another thread,
+    /// for a cancelled migration (`crate::migrate::Cancel`): the plain
+    /// and TLS sockets shut their reading side down, so a blocked read
+    /// returns at once while writes still reach the peer (which is told
+    /// why). The default has none: a cancelled migration then notices
+    /// at its next step, or when the stream's timeout expires.
+    fn interrupter(&self) -> Option<Interrupter> {
+        None
+    }
+}
+
+/// See [`Transport::interrupter`].
+pub type Interrupter = Box<dyn Fn() + Send + Sync>;
+
+/// Shuts the reading side of a clone of `socket` down, when called.
+fn shut_reading(socket: io::Result<impl ShutRead>) -> Option<Interrupter> {
+    let socket = socket.ok()?;
+    Some(Box::new(move || socket.shut_read()))
+}
+
+trait ShutRead: Send + Sync + 'static {
+    fn shut_read(&self);
+}
+
+impl ShutRead for TcpStream {
+    fn shut_read(&self) {
+        let _ = self.shutdown(Shutdown::Read);
+    }
+}
+
+impl ShutRead for UnixStream {
+    fn shut_read(&self) {
+        let _ = self.shutdown(Shutdown::Read);
+    }
 }
 
 impl Transport for TcpStream {
@@ -69,6 +104,10 @@ impl Transport for TcpStream {
     fn plain_socket(&self) -> Option<BorrowedFd<'_>> {
         Some(self.as_fd())
     }
+
+    fn interrupter(&self) -> Option<Interrupter> {
+        shut_reading(self.try_clone())
+    }
 }
 
 impl Transport for UnixStream {
@@ -82,6 +121,10 @@ impl Transport for UnixStream {
 
     fn plain_socket(&self) -> Option<BorrowedFd<'_>> {
         Some(self.as_fd())
+    }
+
+    fn interrupter(&self) -> Option<Interrupter> {
+        shut_reading(self.try_clone())
     }
 }
 
@@ -105,5 +148,9 @@ impl<T: Transport + ?Sized> Transport for &mut T {
 
     fn plain_socket(&self) -> Option<BorrowedFd<'_>> {
         (**self).plain_socket()
+    }
+
+    fn interrupter(&self) -> Option<Interrupter> {
+        (**self).interrupter()
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{stop_and_copy, DestSide, Inbound, Received, SourceSide};
 use crate::daemon::{free_port, Daemon};
-use crate::error::Result;
+use crate::error::{Result, SourceState, Step};
 use crate::migrate::config::DestConfig;
 use crate::migrate::wire::{self, unexpected, Msg};
 use crate::options::Options;
@@ -92,7 +92,14 @@ impl DestSide for Dest<'_> {
         })?;
         let addr = match wire::recv(at.stream)? {
             Msg::LazySource { addr } => addr,
-            other => return Err(unexpected("the lazy source's address", &other)),
+            other => {
+                return Err(unexpected(
+                    Step::Transfer,
+                    SourceState::Unknown,
+                    "the lazy source's address",
+                    &other,
+                ))
+            }
         };
         self.daemon = Some(self.cfg.daemons.lazy_pages(&received.images, addr)?);
         Ok(received)
@@ -103,8 +110,9 @@ impl DestSide for Dest<'_> {
     }
 
     fn after_restore(self: Box<Self>, timeout: Duration) -> Result<()> {
+        let cancel = &self.cfg.cancel;
         match self.daemon {
-            Some(d) => d.wait(timeout),
+            Some(d) => d.wait_unless(timeout, || cancel.is_cancelled()),
             None => Ok(()),
         }
     }

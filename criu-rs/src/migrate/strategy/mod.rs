@@ -1,6 +1,6 @@
-//! How memory gets to the destination: the public [`Strategy`] and, behind
-//! it, one module per strategy implementing the two sides' steps
-//! ([`SourceSide`], [`DestSide`]). The source and destination drivers run
+//! How memory gets to the destination: behind the public `Strategy`
+//! (named in `choice`), one module per strategy implementing the two
+//! sides' steps ([`SourceSide`], [`DestSide`]). The source and destination drivers run
 //! the steps every strategy shares (stop, dump, send the images, restore,
 //! confirm) and ask the strategy only for what differs.
 
@@ -8,64 +8,18 @@ mod lazy;
 mod page_server;
 mod stop_and_copy;
 
-use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
+use super::choice::Strategy;
 use super::config::DestConfig;
-use super::wire::migration;
 use crate::credentials::TlsFiles;
-use crate::error::Result;
+use crate::error::{Error, InvalidKind, Result};
 use crate::images::ImagesDir;
 use crate::options::Options;
 use crate::report::DumpReport;
 use crate::transfer::{Limits, TransferStats, Transport};
-
-/// How memory gets to the destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Strategy {
-    /// Dump everything locally, send it, restore.
-    StopAndCopy,
-    /// Stream memory pages into a `criu page-server` on the destination.
-    PageServer,
-    /// Post-copy: restore first, fetch memory on demand.
-    Lazy,
-}
-
-impl Strategy {
-    /// All strategies, in the order they are usually compared.
-    pub const ALL: [Strategy; 3] = [Strategy::StopAndCopy, Strategy::PageServer, Strategy::Lazy];
-
-    /// The kebab-case name (`stop-and-copy`, `page-server`, `lazy`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Strategy::StopAndCopy => "stop-and-copy",
-            Strategy::PageServer => "page-server",
-            Strategy::Lazy => "lazy",
-        }
-    }
-}
-
-impl fmt::Display for Strategy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Strategy {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Strategy, String> {
-        Strategy::ALL
-            .into_iter()
-            .find(|st| st.name() == s)
-            .ok_or_else(|| format!("unknown strategy {s:?} (stop-and-copy, page-server, lazy)"))
-    }
-}
 
 /// The source's part of a strategy, for one migration.
 pub(super) trait SourceSide: Sync {
@@ -215,13 +169,14 @@ pub(super) fn dest_side<'c>(
 /// without.
 fn need<T>(addrs: Option<T>, strategy: Strategy) -> Result<T> {
     addrs.ok_or_else(|| {
-        migration(
+        Error::invalid(
+            None,
+            InvalidKind::Missing,
             format!(
                 "the {strategy} strategy needs CRIU's own TCP connections between the hosts, \
                  and the stream is not TCP: name the addresses (SourceConfig::criu_addresses, \
                  DestConfig::criu_address)"
             ),
-            None,
         )
     })
 }

@@ -15,13 +15,16 @@ use std::path::Path;
 use super::{DestSide, Inbound, Received, SourceSide};
 use crate::credentials::TlsFiles;
 use crate::daemon::{free_port, Daemon};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SourceState, Step};
 use crate::images::ImagesDir;
 use crate::migrate::config::DestConfig;
-use crate::migrate::wire::{self, migration, unexpected, Msg};
+use crate::migrate::wire::{self, failed, unexpected, Msg};
 use crate::options::Options;
 use crate::report::DumpReport;
 use crate::transfer::Transport;
+
+/// The size of the pages CRIU counts.
+const PAGE_SIZE: u64 = 4096;
 
 pub(super) struct Source {
     page_server: SocketAddr,
@@ -44,14 +47,21 @@ impl Source {
                 relay: None,
             }),
             Msg::PageServerRelay { port } => relayed(SocketAddr::new(peer, port), tls),
-            Msg::Failed { message } => Err(migration(
+            Msg::Failed { message, .. } => Err(failed(
+                Step::Handshake,
+                SourceState::Untouched,
                 format!(
                     "the destination could not start its page server: {message}; \
                      the source was not touched"
                 ),
                 None,
             )),
-            other => Err(unexpected("the page server's port", &other)),
+            other => Err(unexpected(
+                Step::Handshake,
+                SourceState::Untouched,
+                "the page server's port",
+                &other,
+            )),
         }
     }
 }
@@ -60,7 +70,9 @@ impl Source {
 #[cfg(feature = "tls")]
 fn relayed(dest: SocketAddr, tls: Option<&TlsFiles>) -> Result<Source> {
     let files = tls.ok_or_else(|| {
-        migration(
+        failed(
+            Step::Handshake,
+            SourceState::Untouched,
             "the destination relays its page server through TLS, and this source has no TLS \
              files: migrate over a TlsStream (or name the files, SourceConfig::criu_tls)",
             None,
@@ -78,7 +90,9 @@ fn relayed(dest: SocketAddr, tls: Option<&TlsFiles>) -> Result<Source> {
 
 #[cfg(not(feature = "tls"))]
 fn relayed(_dest: SocketAddr, _tls: Option<&TlsFiles>) -> Result<Source> {
-    Err(migration(
+    Err(failed(
+        Step::Handshake,
+        SourceState::Untouched,
         "the destination relays its page server through the crate's TLS, and this build of \
          the source has no feature `tls`",
         None,
@@ -95,8 +109,14 @@ impl SourceSide for Source {
         self.relay.is_some()
     }
 
+    /// The pages CRIU wrote into the page server: private and shared
+    /// memory (`shpages_written`) alike.
     fn bytes_beside_stream(&self, dump: &DumpReport) -> u64 {
-        dump.stats.as_ref().map_or(0, |s| s.pages_written * 4096)
+        let pages = dump
+            .stats
+            .as_ref()
+            .map_or(0, |s| s.pages_written + s.shpages_written.unwrap_or(0));
+        pages * PAGE_SIZE
     }
 }
 
@@ -163,7 +183,8 @@ impl DestSide for Dest<'_> {
         let rest = at.work_dir.join("images.rest");
         let transfer = at.receive_dir(&rest)?;
         move_into(&rest, at.images)?;
-        server.wait(self.cfg.daemon_timeout)?;
+        let cancel = &self.cfg.cancel;
+        server.wait_unless(self.cfg.daemon_timeout, || cancel.is_cancelled())?;
         Ok(Received { images, transfer })
     }
 }

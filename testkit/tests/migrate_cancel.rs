@@ -1,0 +1,207 @@
+//! Cancelling a migration (`criu::migrate::Cancel`) at each phase of each
+//! strategy: the application runs exactly once, on the source, with its
+//! memory intact, and nothing is left in /dev/shm or the process table.
+//! Real CRIU between two network-namespace hosts. Needs root.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use criu::migrate::{Cancel, DestConfig, SourceConfig, SourceState, Strategy};
+use criu_testkit::hosts::{Migration, TwoHosts};
+use criu_testkit::{find_process, fixture, Workload};
+
+const BIN: &str = env!("CARGO_BIN_EXE_criu-rs-workload");
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Where a test cancels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// The source, at CRIU's pre-dump notification.
+    Dumping,
+    /// The source, once the first image bytes went out.
+    Transferring,
+    /// The destination, at its restore's first notification.
+    Restoring,
+    /// The source, while a lazy dump serves pages to a destination whose
+    /// lazy-pages daemon is stopped.
+    LazyServing,
+}
+
+/// The in-memory tests look at /dev/shm as a whole: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Live processes whose command line starts with the workload's binary
+/// and names `out`: the source copy, and any restored copy.
+fn copies(out: &Path) -> usize {
+    let out = out.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.starts_with(BIN) && cmd.contains(&out) && criu_testkit::alive(pid)
+        })
+        .count()
+}
+
+/// The crate's in-memory directories in /dev/shm.
+fn in_memory_dirs() -> Vec<std::path::PathBuf> {
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains("/criu-rs-migrate-"))
+        .collect()
+}
+
+/// Stops the lazy-pages daemon serving the destination from `dst_dir`
+/// at post-restore (so the pages never all arrive) and then cancels
+/// `cancel` a moment later, from another thread.
+fn stop_daemon_then_cancel(o: &mut criu::Options<'_>, dst_dir: &Path, cancel: &Cancel) {
+    let cancel = cancel.clone();
+    let needle = dst_dir.to_string_lossy().into_owned();
+    o.on_notify(move |n| {
+        if matches!(n.event, criu::Event::PostRestore) {
+            if let Some(p) = find_process(&needle) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGSTOP,
+                );
+            }
+            let cancel = cancel.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                cancel.cancel();
+            });
+        }
+        std::ops::ControlFlow::Continue(())
+    });
+}
+
+/// Migrates a fresh 4 MiB workload with `strategy`, cancelling at
+/// `phase`, and checks what must hold after any cancelled migration.
+fn cancel_at(strategy: Strategy, phase: Phase) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let out = dir.path().join("out.log");
+    let mut w = hosts
+        .a
+        .run(|| Workload::spawn_in_pid_ns(BIN.as_ref(), &out, Duration::from_millis(1), 4))
+        .unwrap()
+        .unwrap();
+    let sum = w.memory_checksum();
+    w.wait_for_seq(20, WAIT).unwrap();
+    let (src_dir, dst_dir) = fixture::migration_dirs(dir.path());
+    let (source, dest) = (Cancel::new(), Cancel::new());
+    let shm_before = in_memory_dirs();
+    let src_cfg = || {
+        let c = SourceConfig::new(strategy)
+            .work_dir(&src_dir)
+            .cancel(&source);
+        match phase {
+            Phase::Dumping => c.customize(|o| {
+                let source = source.clone();
+                o.on_notify(move |n| {
+                    if matches!(n.event, criu::Event::PreDump) {
+                        source.cancel();
+                    }
+                    std::ops::ControlFlow::Continue(())
+                });
+            }),
+            Phase::Transferring => c.progress(|done, _| {
+                if done > 0 {
+                    source.cancel();
+                }
+            }),
+            Phase::Restoring | Phase::LazyServing => c,
+        }
+    };
+    // In memory (to see that nothing stays in /dev/shm), but for the
+    // lazy daemon to stop, which is found by its images directory.
+    let dst_cfg = || {
+        let c = match phase {
+            Phase::LazyServing => DestConfig::new().work_dir(&dst_dir),
+            _ => DestConfig::new(),
+        };
+        let c = c.cancel(&dest).deadline(Duration::from_secs(5));
+        match phase {
+            Phase::Restoring => c.customize(|o| {
+                let dest = dest.clone();
+                o.on_notify(move |_| {
+                    dest.cancel();
+                    std::ops::ControlFlow::Continue(())
+                });
+            }),
+            Phase::LazyServing => c.customize(|o| stop_daemon_then_cancel(o, &dst_dir, &source)),
+            Phase::Dumping | Phase::Transferring => c,
+        }
+    };
+    let Migration { src, dst } = hosts.migrate(w.pid(), src_cfg, dst_cfg, None).unwrap();
+    let what = format!("{strategy} cancelled while {phase:?}");
+    let e = src.expect_err(&what);
+    let d = dst.expect_err(&what);
+    eprintln!("{what}: {e}\n  / {d}");
+    match phase {
+        Phase::Restoring => assert!(d.is_cancelled(), "{what}: {d}"),
+        _ => assert!(e.is_cancelled(), "{what}: {e}"),
+    }
+    assert!(
+        matches!(
+            e.source_state(),
+            Some(SourceState::Resumed | SourceState::Untouched)
+        ),
+        "{what}: {e}"
+    );
+    assert!(
+        w.is_running() && w.advances(WAIT),
+        "{what}: the source runs on"
+    );
+    let (now, ok) = w.verify_memory(w.pid(), WAIT).unwrap();
+    assert!(ok && Some(now) == sum, "{what}: its memory is intact");
+    assert_eq!(copies(&out), 1, "{what}: exactly one copy runs");
+    let needle = dst_dir.to_string_lossy().into_owned();
+    assert!(
+        find_process(&needle).is_none(),
+        "{what}: no CRIU daemon of the destination is left"
+    );
+    assert_eq!(
+        std::fs::read_dir(&dst_dir).unwrap().count(),
+        0,
+        "{what}: nothing left in the destination's work directory"
+    );
+    let left: Vec<_> = in_memory_dirs()
+        .into_iter()
+        .filter(|p| !shm_before.contains(p))
+        .collect();
+    assert!(left.is_empty(), "{what}: left in /dev/shm: {left:?}");
+}
+
+#[test]
+fn cancelling_while_dumping_resumes_the_source_for_every_strategy() {
+    for strategy in Strategy::ALL {
+        cancel_at(strategy, Phase::Dumping);
+    }
+}
+
+#[test]
+fn cancelling_while_transferring_resumes_the_source_for_every_strategy() {
+    for strategy in Strategy::ALL {
+        cancel_at(strategy, Phase::Transferring);
+    }
+}
+
+#[test]
+fn cancelling_the_destination_while_restoring_resumes_the_source_for_every_strategy() {
+    for strategy in Strategy::ALL {
+        cancel_at(strategy, Phase::Restoring);
+    }
+}
+
+#[test]
+fn cancelling_while_lazy_pages_are_served_resumes_the_source() {
+    cancel_at(Strategy::Lazy, Phase::LazyServing);
+}
