@@ -14,8 +14,8 @@ setup: root
 
 demo: setup
 	cargo build --release -p criu-testkit --bins
-	cargo run --release -p criu-rs-examples --example migrate -- --strategy all --workload memory:256 --json migrate.json
-	cargo run --release -p criu-rs-examples --example migrate -- --strategy all --workload tcp-server:256 --json migrate_tcp.json
+	cargo run --release -p criu-testkit --bin demo-migrate -- --strategy all --workload memory:256 --json migrate.json
+	cargo run --release -p criu-testkit --bin demo-migrate -- --strategy all --workload tcp-server:256 --json migrate_tcp.json
 	cargo run --release -p criu-testkit --bin demo-container -- --engine all --json migrate_container.json
 
 # Skips expected on this project's CI machines; any other skip fails its
@@ -62,8 +62,8 @@ test: setup
 	cargo run -q -p criu-rs-examples --example inspect
 	cargo run -q -p criu-rs-examples --example push_pull
 	for s in stop-and-copy page-server lazy; do cargo run -q -p criu-rs-examples --example send_receive -- --strategy $$s || exit 1; done
-	cargo run -q -p criu-rs-examples --example migrate -- --strategy all --workload memory:16 --warmup-ms 200
-	cargo run -q -p criu-rs-examples --example migrate -- --strategy all --workload tcp-server:16
+	cargo run -q -p criu-testkit --bin demo-migrate -- --strategy all --workload memory:16 --warmup-ms 200
+	cargo run -q -p criu-testkit --bin demo-migrate -- --strategy all --workload tcp-server:16
 	cargo run -q -p criu-testkit --bin demo-container -- --engine all --interval 0.1 --warmup-ms 300
 	# The benches compile, and the quick mode's harness works on the smallest size.
 	cargo bench -p criu-rs-benches --no-run

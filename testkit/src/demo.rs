@@ -1,8 +1,113 @@
-//! What the demo binaries (`demo-container`, `demo-migrate`) share: their
-//! JSON file and their exit status.
+//! What the demo binaries (`demo-container`, `demo-migrate`) share: the
+//! sender's progress bar, the cost table, the JSON file and the exit
+//! status.
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use crate::measure::Row;
+
+/// A progress bar of the images still to send, shown when a transfer
+/// lasts over a second and stderr is a terminal.
+pub struct Bar {
+    start: Instant,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Default for Bar {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Bar {
+    /// A bar that has not appeared yet.
+    pub fn new() -> Bar {
+        Bar {
+            start: Instant::now(),
+            bar: None,
+        }
+    }
+
+    /// Bytes done, bytes in total (0 while unknown: the images are sent
+    /// while the dump still writes them).
+    pub fn update(&mut self, done: u64, total: u64) {
+        if self.bar.is_none()
+            && self.start.elapsed() > Duration::from_secs(1)
+            && std::io::stderr().is_terminal()
+        {
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "  sending images {bar:40} {bytes}/{total_bytes} {bytes_per_sec}, {msg}",
+                )
+                .expect("valid template"),
+            );
+            self.bar = Some(b);
+        }
+        if let Some(b) = &self.bar {
+            b.set_length(total.max(done));
+            b.set_position(done);
+            b.set_message(match total {
+                0 => "while the dump writes".to_string(),
+                t => format!("{} to go", indicatif::HumanBytes(t.saturating_sub(done))),
+            });
+        }
+    }
+
+    /// The closure `SourceConfig::progress` takes.
+    pub fn callback(mut self) -> impl FnMut(u64, u64) + Send {
+        move |done, total| self.update(done, total)
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// The cost table, one line per migration.
+pub fn print_table(rows: &[Row]) {
+    let opt =
+        |v: Option<u64>, div: f64| v.map_or("-".to_string(), |v| format!("{:.1}", v as f64 / div));
+    println!(
+        "{:<14} {:<5} {:>9} {:>9} {:>9} {:>10} {:>9} {:>10} {:>10} {:>9}  {:<9} netns a -> b",
+        "strategy",
+        "link",
+        "rss MiB",
+        "dump ms",
+        "frozen ms",
+        "sent MiB",
+        "xfer ms",
+        "restore ms",
+        "downtime",
+        "continued",
+        "memory",
+    );
+    for r in rows {
+        println!(
+            "{:<14} {:<5} {:>9.1} {:>9.1} {:>9} {:>10.1} {:>9.1} {:>10.1} {:>7.1} ms {:>9}  {:<9} {} -> {}",
+            r.strategy,
+            r.transport,
+            r.cost.rss_bytes as f64 / 1048576.0,
+            r.cost.dump_ms,
+            opt(r.cost.criu.frozen_time_us, 1000.0),
+            r.cost.transfer_bytes as f64 / 1048576.0,
+            r.cost.transfer_ms,
+            r.cost.restore_ms,
+            r.cost.downtime_ms,
+            if r.continued { "yes" } else { "NO" },
+            r.memory_intact.map_or("-", |ok| if ok { "intact" } else { "CHANGED" }),
+            r.source_netns,
+            r.dest_netns,
+        );
+    }
+}
 
 /// Writes the rows as a JSON array.
 pub fn write_json<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<(), String> {
