@@ -114,7 +114,7 @@ migrate() {
 
   # Every TCP connection between the hosts is captured on b's side.
   local cap="$work/$strategy.pcap"
-  nsenter --net="/run/netns/$b" tcpdump -i eth0 -nn -U -w "$cap" tcp > "$work/$strategy.tcpdump.log" 2>&1 &
+  nsenter --net="/run/netns/$b" tcpdump -i eth0 -nn -U --immediate-mode -w "$cap" tcp > "$work/$strategy.tcpdump.log" 2>&1 &
   local dump_pid=$!
   pids+=("$dump_pid")
   until_true 10 grep -qs "listening on" "$work/$strategy.tcpdump.log" \
