@@ -14,9 +14,9 @@ setup: root
 
 demo: setup
 	cargo build --release -p criu-testkit --bins
-	cargo run --release -p criu-rs-examples --example migrate -- --strategy all --workload memory:256 --json migrate.json
-	cargo run --release -p criu-rs-examples --example migrate -- --strategy all --workload tcp-server:256 --json migrate_tcp.json
-	cargo run --release -p criu-rs-examples --example migrate_container -- --engine all --json migrate_container.json
+	cargo run --release -p criu-testkit --bin demo-migrate -- --strategy all --workload memory:256 --json migrate.json
+	cargo run --release -p criu-testkit --bin demo-migrate -- --strategy all --workload tcp-server:256 --json migrate_tcp.json
+	cargo run --release -p criu-testkit --bin demo-container -- --engine all --json migrate_container.json
 
 # Skips expected on this project's CI machines; any other skip fails its
 # test (criu_testkit::skip), and `make test` ends with the list of what was
@@ -59,9 +59,12 @@ test: setup
 	bash scripts/two-hosts-smoke.sh
 	# The examples, end to end, on small workloads.
 	cargo run -q -p criu-rs-examples --example dump_restore
-	cargo run -q -p criu-rs-examples --example migrate -- --strategy all --workload memory:16 --warmup-ms 200
-	cargo run -q -p criu-rs-examples --example migrate -- --strategy all --workload tcp-server:16
-	cargo run -q -p criu-rs-examples --example migrate_container -- --engine all --interval 0.1 --warmup-ms 300
+	cargo run -q -p criu-rs-examples --example inspect
+	cargo run -q -p criu-rs-examples --example push_pull
+	for s in stop-and-copy page-server lazy; do cargo run -q -p criu-rs-examples --example send_receive -- --strategy $$s || exit 1; done
+	cargo run -q -p criu-testkit --bin demo-migrate -- --strategy all --workload memory:16 --warmup-ms 200
+	cargo run -q -p criu-testkit --bin demo-migrate -- --strategy all --workload tcp-server:16
+	cargo run -q -p criu-testkit --bin demo-container -- --engine all --interval 0.1 --warmup-ms 300
 	# The benches compile, and the quick mode's harness works on the smallest size.
 	cargo bench -p criu-rs-benches --no-run
 	$(MAKE) bench-quick

@@ -4,7 +4,7 @@
 # decode/encode/info/x, export/import and push/pull (OCI layout) on real
 # processes, the flags a checkpoint was made with needed again to restore
 # it, and the help, man page and completions. First, that the command
-# depends on no test kit and no Docker client. Cleans up by pid.
+# (and the examples) depend on no test kit and no Docker client. Cleans up by pid.
 set -euo pipefail
 trap '[[ $- == *e* ]] && echo "FAIL: cli-smoke.sh line $LINENO: $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
@@ -14,6 +14,15 @@ deps=$(cargo tree -p criu-cli -e normal,build,dev --prefix none)
 if grep -Eq '^(bollard|criu-testkit) ' <<< "$deps"; then
   echo "FAIL: criu-cli depends on bollard or criu-testkit:"; grep -E '^(bollard|criu-testkit) ' <<< "$deps" | sort -u; exit 1
 fi
+# The examples teach the published crates alone: no test kit, no Docker
+# client, and each short enough to read in a minute.
+deps=$(cargo tree -p criu-rs-examples -e normal,build,dev --prefix none)
+if grep -Eq '^(bollard|criu-testkit) ' <<< "$deps"; then
+  echo "FAIL: criu-rs-examples depends on bollard or criu-testkit:"; grep -E '^(bollard|criu-testkit) ' <<< "$deps" | sort -u; exit 1
+fi
+for f in examples/*.rs; do
+  [ "$(wc -l < "$f")" -le 160 ] || { echo "FAIL: $f has $(wc -l < "$f") lines (an example reads in a minute: ~150 at most)"; exit 1; }
+done
 
 work=$(mktemp -d /tmp/criu-rs-cli-XXXXXX)
 pids=()

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The README's two commands for two machines, end to end: certificates made
-# with the README's openssl recipe, `migrate_host receive` on host b and
-# `migrate_host send` on host a (two network namespaces joined by veth), for
+# with the README's openssl recipe, `criu-rs receive` on host b and
+# `criu-rs send` on host a (two network namespaces joined by veth), for
 # every strategy, over mutual TLS. Each run checks that the counter the
 # moved shell writes goes on by one on b, that a's copy is gone, and (from
 # a tcpdump capture on b) that every connection began with a TLS handshake.
 # Everything it creates (namespaces, processes, files) is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${MIGRATE_HOST_BIN:-target/debug/examples/migrate_host}
-[ -x "$bin" ] || cargo build -q -p criu-rs-examples --example migrate_host
+bin=${CRIU_RS_BIN:-target/debug/criu-rs}
+[ -x "$bin" ] || cargo build -q -p criu-cli
 bin=$(realpath "$bin")
 
 tag="smoke$$"
@@ -114,7 +114,7 @@ migrate() {
 
   # Every TCP connection between the hosts is captured on b's side.
   local cap="$work/$strategy.pcap"
-  nsenter --net="/run/netns/$b" tcpdump -i eth0 -nn -U -w "$cap" tcp > "$work/$strategy.tcpdump.log" 2>&1 &
+  nsenter --net="/run/netns/$b" tcpdump -i eth0 -nn -U --immediate-mode -w "$cap" tcp > "$work/$strategy.tcpdump.log" 2>&1 &
   local dump_pid=$!
   pids+=("$dump_pid")
   until_true 10 grep -qs "listening on" "$work/$strategy.tcpdump.log" \

@@ -1,6 +1,6 @@
 //! The cost of mutual TLS on migration: for each strategy and size, plain
 //! and TLS runs interleaved (plain, tls, plain, tls...) so that both see
-//! the same machine load, through the steps of `examples/migrate_host`.
+//! the same machine load, through the steps of `criu-rs send` / `receive`.
 //! Reports the median application-observed downtime of each, their ratio
 //! (target: TLS at most 1.25x plain), and the image stream's throughput
 //! (stop-and-copy carries all memory on it; page-server and lazy carry

@@ -31,7 +31,17 @@ impl Capture {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", host.netns_path().display()))
             .args([
-                "tcpdump", "-i", "eth0", "-n", "-U", "-s", "0", "-B", "65536", "-w",
+                "tcpdump",
+                "-i",
+                "eth0",
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-s",
+                "0",
+                "-B",
+                "65536",
+                "-w",
             ])
             .arg(file)
             .arg("tcp")

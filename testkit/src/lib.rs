@@ -5,6 +5,7 @@
 pub mod capture;
 pub mod certs;
 pub mod container;
+pub mod demo;
 pub mod fixture;
 pub mod hosts;
 pub mod link;

@@ -1,9 +1,9 @@
 //! Migrate a live process from one host to another and report the cost.
 //!
 //! ```text
-//! migrate [--workload counter|memory:MIB|tcp-server[:MIB]]
-//!         [--strategy stop-and-copy|page-server|lazy|pre-copy|registry|all] [--transport tls|plain]
-//!         [--json FILE]
+//! demo-migrate [--workload counter|memory:MIB|tcp-server[:MIB]]
+//!              [--strategy stop-and-copy|page-server|lazy|pre-copy|registry|all] [--transport tls|plain]
+//!              [--json FILE]
 //! ```
 //!
 //! `tcp-server[:MIB]` moves a server with 8 clients connected from a third
@@ -14,7 +14,7 @@
 //! The two hosts are network namespaces on this machine joined by a veth
 //! pair; the images cross a real TCP connection between them, by default
 //! with mutual TLS from throwaway certificates, through the same steps as
-//! the two commands of `migrate_host` (for two real machines). The workload
+//! the two commands `criu-rs send` / `receive` (for two real machines). The workload
 //! writes a timestamped counter line about every millisecond to its own
 //! file (and, with `memory:MIB`, keeps that much memory filled with a
 //! pattern it verifies after the move). It runs as the init of its own PID
@@ -31,8 +31,7 @@ use criu::migrate::Strategy;
 use criu_testkit::link::Security;
 use criu_testkit::measure::migrate_workload_over;
 
-mod cli;
-use cli::{finish, print_table, Bar};
+use criu_testkit::demo::{finish, print_table, Bar};
 
 #[derive(Parser)]
 #[command(about = "Migrate a live process between two network-namespace hosts with CRIU")]
@@ -48,7 +47,7 @@ struct Cli {
     #[arg(long)]
     json: Option<PathBuf>,
     /// `tls` (mutual TLS with throwaway certificates, through the same
-    /// steps as `migrate_host send`/`receive`) or `plain` TCP (the
+    /// steps as `criu-rs send`/`receive`) or `plain` TCP (the
     /// tcp-server workload is always plain).
     #[arg(long, default_value = "tls")]
     transport: Security,

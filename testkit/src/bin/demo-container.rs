@@ -2,9 +2,9 @@
 //! with Docker, and print the engines side by side.
 //!
 //! ```text
-//! migrate_container [--engine criu-rs|runc|docker|registry|docker-registry|all]
-//!                   [--interval SECS]
-//!                   [--warmup-ms MS] [--reps N] [--json FILE]
+//! demo-container [--engine criu-rs|runc|docker|registry|docker-registry|all]
+//!                [--interval SECS]
+//!                [--warmup-ms MS] [--reps N] [--json FILE]
 //! ```
 //!
 //! The container is the classic busybox counter,
@@ -54,10 +54,7 @@ use criu_testkit::container::{
 };
 use criu_testkit::hosts::TwoHosts;
 
-// Of what the migration examples share, this one needs only the ending
-// (its rows are containers', with their own table).
-mod cli;
-use cli::finish;
+use criu_testkit::demo::finish;
 
 #[derive(Parser)]
 #[command(

@@ -1,21 +1,25 @@
-//! What the migration examples share: the sender's progress bar, the cost
-//! table, the JSON file and the exit status.
-
-// Each example compiles this module on its own and uses a part of it.
-#![allow(dead_code)]
+//! What the demo binaries (`demo-container`, `demo-migrate`) share: the
+//! sender's progress bar, the cost table, the JSON file and the exit
+//! status.
 
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use criu_testkit::measure::Row;
+use crate::measure::Row;
 
 /// A progress bar of the images still to send, shown when a transfer
 /// lasts over a second and stderr is a terminal.
 pub struct Bar {
     start: Instant,
     bar: Option<indicatif::ProgressBar>,
+}
+
+impl Default for Bar {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Bar {
@@ -111,8 +115,8 @@ pub fn write_json<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<(), St
     std::fs::write(path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
-/// How a migration example ends: its rows written to `json` when asked (a
-/// failure to write fails the run too), and failure if any move `failed`.
+/// How a demo ends: its rows written to `json` when asked (a failure to
+/// write fails the run too), and failure if any move `failed`.
 pub fn finish<T: serde::Serialize>(json: Option<&Path>, rows: &[T], failed: bool) -> ExitCode {
     let written = json.map_or(Ok(()), |path| write_json(path, rows));
     if let Err(e) = &written {
