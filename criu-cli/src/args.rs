@@ -423,7 +423,7 @@ pub struct SendArgs {
     /// The destination's `receive --listen` address (HOST:PORT).
     #[arg(long)]
     pub to: String,
-    /// stop-and-copy, page-server or lazy.
+    /// stop-and-copy, page-server, lazy or pre-copy.
     #[arg(long, default_value = "stop-and-copy")]
     pub strategy: Strategy,
     /// Where the images are written (default: in memory, a private tmpfs

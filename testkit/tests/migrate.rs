@@ -242,7 +242,7 @@ fn a_stream_cut_mid_transfer_leaves_the_source_running_for_every_strategy() {
             // The cut falls inside the images sent after the dump.
             // (The page server's pages go around the stream; the rest
             // of the images are cut.)
-            Strategy::StopAndCopy | Strategy::Lazy | Strategy::PageServer => {
+            Strategy::StopAndCopy | Strategy::Lazy | Strategy::PageServer | Strategy::PreCopy => {
                 assert_resumed(&e);
                 assert_eq!(step(&d), Step::Transfer, "{strategy}: {d}");
                 assert_eq!(

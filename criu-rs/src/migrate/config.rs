@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::cancel::Cancel;
-use super::choice::Strategy;
+use super::choice::{PreCopyPolicy, Strategy};
 use super::connections::Connections;
 use super::workdir::WorkDir;
 use crate::daemon::DaemonConfig;
@@ -29,6 +29,7 @@ pub struct SourceConfig<'a> {
     pub(super) criu_tls: Option<TlsFiles>,
     pub(super) connections: Option<Connections<'a>>,
     pub(super) cancel: Cancel,
+    pub(super) pre_copy: PreCopyPolicy,
 }
 
 impl<'a> SourceConfig<'a> {
@@ -49,7 +50,15 @@ impl<'a> SourceConfig<'a> {
             criu_tls: None,
             connections: None,
             cancel: Cancel::new(),
+            pre_copy: PreCopyPolicy::default(),
         }
+    }
+
+    /// When [`Strategy::PreCopy`] stops its passes (the default:
+    /// [`PreCopyPolicy::default`]); other strategies ignore it.
+    pub fn pre_copy(mut self, policy: PreCopyPolicy) -> Self {
+        self.pre_copy = policy;
+        self
     }
 
     /// Cancels the migration when `cancel` is (see [`Cancel`] for what

@@ -102,7 +102,7 @@ mod workdir;
 pub use crate::error::{MigrationError, SourceState, Step};
 pub use crate::transfer::Transport;
 pub use cancel::Cancel;
-pub use choice::Strategy;
+pub use choice::{PreCopyPolicy, Strategy};
 pub use config::{DestConfig, SourceConfig};
 pub use connections::{AddressMove, Connections};
 pub use link::{Link, Stream};

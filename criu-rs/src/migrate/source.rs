@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::cancel::{Cancel, Registered};
-use super::config::SourceConfig;
+use super::config::{Customize, SourceConfig};
 use super::connections::{dump_failed, ServiceMove};
 use super::dumping::{DumpJob, Dumping};
 use super::hold::{self, Slot};
@@ -39,7 +39,7 @@ pub(super) fn send(
     let mut woken = Some(cancel.on_cancel(stream.interrupter()));
     let Setup {
         images,
-        side,
+        mut side,
         criu_tls,
         _work_dir,
     } = setup(stream, &cfg)
@@ -52,6 +52,15 @@ pub(super) fn send(
             if_cancelled(e, &cancel)
         })?;
     let customize = cfg.customize.take();
+    before_dump(
+        criu,
+        pid,
+        stream,
+        &images,
+        &mut *side,
+        &cfg,
+        customize.as_ref(),
+    )?;
     let connections = cfg.connections.take();
     // Dropped after the scope: on failure it moves the address back and
     // unlocks, once the tree was continued.
@@ -70,6 +79,35 @@ pub(super) fn send(
     };
     std::thread::scope(|scope| migrate(scope, job, stream, &mut cfg, start, &mut woken))
         .map_err(|e| if_cancelled(e, &cancel))
+}
+
+/// The strategy's step while the tree runs (pre-copy's passes); on
+/// failure the destination is told.
+fn before_dump(
+    criu: &Criu,
+    pid: i32,
+    stream: &mut dyn Transport,
+    images: &ImagesDir,
+    side: &mut dyn SourceSide,
+    cfg: &SourceConfig<'_>,
+    customize: Option<&Customize<'_>>,
+) -> Result<()> {
+    let at = strategy::Before {
+        criu,
+        pid,
+        stream: &mut *stream,
+        work_dir: images.path().parent().unwrap_or(images.path()),
+        customize,
+        deadline: cfg.deadline,
+        cancel: &cfg.cancel,
+    };
+    side.before_dump(at).map_err(|e| {
+        let e = wire::at_step(e, Step::Dump, SourceState::Resumed, || {
+            "the strategy's step before the dump failed; the source process runs on".into()
+        });
+        wire::tell_failure(stream, &e);
+        if_cancelled(e, &cfg.cancel)
+    })
 }
 
 /// `e`, marked as the cancellation if `cancel` was cancelled.
@@ -109,7 +147,7 @@ fn setup(stream: &mut dyn Transport, cfg: &SourceConfig<'_>) -> Result<Setup> {
         None => stream.ip_addresses().map_err(wire::no_addresses)?,
     };
     let criu_tls = cfg.criu_tls.clone().or_else(|| stream.criu_tls());
-    let side = strategy::source_side(cfg.strategy, stream, addrs, criu_tls.as_ref())?;
+    let side = strategy::source_side(cfg.strategy, stream, addrs, criu_tls.as_ref(), cfg.pre_copy)?;
     Ok(Setup {
         images,
         side,

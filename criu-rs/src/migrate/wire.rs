@@ -8,6 +8,7 @@
 //! → header, Hello { strategy }
 //! ← PageServerReady { port }                 (page-server only)
 //!   | PageServerRelay { port } | Failed       (the same, relayed in TLS)
+//! → (PreCopyPass, a pass's images)*, PreCopyEnd  (pre-copy only, while it runs)
 //! → the images (a transfer stream; stop-and-copy's starts during the dump) | Failed
 //! → LazySource { addr }                      (lazy only)
 //! ← Restored { .. } | Failed
@@ -43,6 +44,12 @@ pub(super) enum Msg {
     /// The destination's relay to its page server listens on this port,
     /// for one connection of the crate's TLS (see `crate::tls`).
     PageServerRelay { port: u16 },
+    /// A pre-copy pass's images follow (a transfer stream), taken while
+    /// the tree runs.
+    PreCopyPass,
+    /// The passes are over: the final dump's images follow, on the last
+    /// of `passes` passes as parent.
+    PreCopyEnd { passes: u32 },
     /// The lazy dump serves its pages at this address.
     LazySource { addr: SocketAddr },
     /// The destination restored the tree (and continued it).

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! demo-migrate [--workload counter|memory:MIB|tcp-server[:MIB]]
-//!              [--strategy stop-and-copy|page-server|lazy|registry|all] [--transport tls|plain]
+//!              [--strategy stop-and-copy|page-server|lazy|pre-copy|registry|all] [--transport tls|plain]
 //!              [--json FILE]
 //! ```
 //!
@@ -40,7 +40,7 @@ struct Cli {
     /// or `tcp-server[:MIB]` for a server with clients connected.
     #[arg(long, default_value = "counter")]
     workload: String,
-    /// `stop-and-copy`, `page-server`, `lazy`, `registry`, or `all` (each on a fresh workload).
+    /// `stop-and-copy`, `page-server`, `lazy`, `pre-copy`, `registry`, or `all` (each on a fresh workload).
     #[arg(long, default_value = "all")]
     strategy: String,
     /// Write one JSON object per strategy (a JSON array) to this file.

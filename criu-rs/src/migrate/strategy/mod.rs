@@ -6,14 +6,17 @@
 
 mod lazy;
 mod page_server;
+mod pre_copy;
 mod stop_and_copy;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::choice::Strategy;
-use super::config::DestConfig;
+use super::cancel::Cancel;
+use super::choice::{PreCopyPolicy, Strategy};
+use super::config::{Customize, DestConfig};
+use crate::client::Criu;
 use crate::credentials::TlsFiles;
 use crate::error::{Error, InvalidKind, Result};
 use crate::images::ImagesDir;
@@ -25,6 +28,12 @@ use crate::transfer::{Limits, TransferStats, Transport};
 pub(super) trait SourceSide: Sync {
     /// Adds the strategy's own options to the dump.
     fn dump_options(&self, o: &mut Options<'_>);
+
+    /// Runs before the tree is stopped, while it runs (pre-copy: its
+    /// passes).
+    fn before_dump(&mut self, _at: Before<'_>) -> Result<()> {
+        Ok(())
+    }
 
     /// Whether the dump keeps serving memory after its images are written
     /// (lazy): the images are complete at CRIU's status-ready, and the dump
@@ -59,6 +68,20 @@ pub(super) trait SourceSide: Sync {
     fn bytes_beside_stream(&self, _dump: &DumpReport) -> u64 {
         0
     }
+}
+
+/// What a source step before the dump may use: the tree's root `pid`,
+/// the stream (after the hello), the source's work directory (the
+/// images directory's parent), the caller's dump options, the deadline
+/// of each dump, and the migration's cancel token.
+pub(super) struct Before<'b> {
+    pub(super) criu: &'b Criu,
+    pub(super) pid: i32,
+    pub(super) stream: &'b mut dyn Transport,
+    pub(super) work_dir: &'b Path,
+    pub(super) customize: Option<&'b Customize<'b>>,
+    pub(super) deadline: Option<Duration>,
+    pub(super) cancel: &'b Cancel,
 }
 
 /// Where the destination receives: the stream, its work directory, the
@@ -133,15 +156,17 @@ pub(super) trait DestSide {
 /// Starts the source's part of `strategy`: agrees with the destination on
 /// what the strategy needs before the dump. `addrs` are this host's and
 /// the destination's addresses for CRIU's own connections, `tls` the
-/// files that secure them.
+/// files that secure them, `policy` when pre-copy stops its passes.
 pub(super) fn source_side(
     strategy: Strategy,
     stream: &mut dyn Transport,
     addrs: Option<(IpAddr, IpAddr)>,
     tls: Option<&TlsFiles>,
+    policy: PreCopyPolicy,
 ) -> Result<Box<dyn SourceSide>> {
     Ok(match strategy {
         Strategy::StopAndCopy => Box::new(stop_and_copy::Source),
+        Strategy::PreCopy => Box::new(pre_copy::Source::new(policy)),
         Strategy::PageServer => Box::new(page_server::Source::connect(
             stream,
             need(addrs, strategy)?.1,
@@ -160,6 +185,7 @@ pub(super) fn dest_side<'c>(
 ) -> Result<Box<dyn DestSide + 'c>> {
     Ok(match strategy {
         Strategy::StopAndCopy => Box::new(stop_and_copy::Dest),
+        Strategy::PreCopy => Box::new(pre_copy::Dest),
         Strategy::PageServer => Box::new(page_server::Dest::new(cfg, need(local, strategy)?)),
         Strategy::Lazy => Box::new(lazy::Dest::new(cfg)),
     })
