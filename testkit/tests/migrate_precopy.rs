@@ -4,7 +4,7 @@
 //! on the destination; a destination that refuses the restore leaves the
 //! source running, intact. Needs root, and CRIU that can track memory
 //! (soft-dirty, or the set-up's userfaultfd patch): elsewhere each test
-//! says SKIPPED, and fails instead under `CRIU_RS_REQUIRE_MEM_TRACK=1`.
+//! skips through `criu_testkit::skip` (a failure unless allow-listed).
 
 use std::path::Path;
 use std::process::Command;
@@ -20,18 +20,17 @@ const WAIT: Duration = Duration::from_secs(60);
 const MIB: usize = 64;
 const PAGES: u64 = (MIB as u64) << 8;
 
-/// Whether CRIU can track memory here; says SKIPPED loudly when not.
+/// Whether CRIU can track memory here; when not, the skip goes through
+/// `criu_testkit::skip`, which fails the test unless the Makefile
+/// allow-lists it for this machine.
 fn tracking_or_skip(test: &str) -> bool {
     if Criu::new().feature_check().unwrap().mem_track {
         return true;
     }
-    assert!(
-        std::env::var("CRIU_RS_REQUIRE_MEM_TRACK").as_deref() != Ok("1"),
-        "{test}: CRIU_RS_REQUIRE_MEM_TRACK=1 but CRIU cannot track memory here"
-    );
-    eprintln!(
-        "SKIPPED {test}: CRIU cannot track memory changes here (no soft-dirty bits, and a CRIU \
-         without patches/criu-uffd-wp-track.patch: run `make setup`)"
+    criu_testkit::skip::skip(
+        &format!("migrate_precopy::{test}"),
+        "CRIU cannot track memory changes here (no soft-dirty bits, and a CRIU \
+         without patches/criu-uffd-wp-track.patch: run `make setup`)",
     );
     false
 }
