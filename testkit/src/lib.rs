@@ -220,6 +220,15 @@ impl Workload {
         memory_mib: usize,
     ) -> io::Result<Workload> {
         close_inherited_fds(&mut cmd);
+        // CRIU's parasite makes `proc.crtools` in the working directory of
+        // a task whose /proc is not its own (a PID-namespace init): two
+        // such dumps from one directory collide (EEXIST). Each workload
+        // works in its output's directory, which is its test's own.
+        if cmd.get_current_dir().is_none() {
+            if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+                cmd.current_dir(dir);
+            }
+        }
         let child = cmd.spawn()?;
         let outer = child.id() as i32;
         let mut w = Workload {
