@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use criu::transfer::{recv_message, send_dir, send_message, write_header, Transport};
+use criu::transfer::{send_dir, Transport};
 
 use crate::checkpoint::{self, Made};
 use crate::client::DockerClient;
@@ -11,7 +11,7 @@ use crate::error::{Error, Result, SourceState};
 use crate::preflight;
 use crate::report::SendReport;
 use crate::spec::ContainerSpec;
-use crate::wire::{FromDest, FromSource};
+use crate::wire::{recv_message, send_message, write_header, FromDest, FromSource};
 use bollard::models::{RestartPolicy, RestartPolicyNameEnum};
 
 /// How the source moves its container.
@@ -151,7 +151,7 @@ pub fn send<S: Transport + ?Sized>(
         .map_err(Error::io("setting the stream's timeouts"))
         .map_err(running)?;
     let mut stream = stream;
-    write_header(&mut stream).map_err(|e| running(e.into()))?;
+    write_header(&mut stream).map_err(running)?;
     let (spec, data_root) = match preflight::source(docker, container) {
         Ok(found) => found,
         Err(e) => {
@@ -169,8 +169,8 @@ pub fn send<S: Transport + ?Sized>(
         spec: Box::new(spec.clone()),
         checkpoint: name.clone(),
     };
-    send_message(&mut stream, &offer).map_err(|e| running(e.into()))?;
-    let (dest_name, dest_id) = match recv_message(&mut stream).map_err(|e| running(e.into()))? {
+    send_message(&mut stream, &offer).map_err(running)?;
+    let (dest_name, dest_id) = match recv_message(&mut stream).map_err(running)? {
         FromDest::Accepted { name, id } => (name, id),
         FromDest::Refused { reasons } => {
             return Err(running(Error::Refused {
@@ -222,7 +222,7 @@ pub fn send<S: Transport + ?Sized>(
     match kept {
         Ok(FromDest::Kept) => {}
         Ok(other) => return Err(stopped.restart(expect(other, "Kept"), SourceState::MaybeTwice)),
-        Err(e) => return Err(stopped.restart(e.into(), SourceState::MaybeTwice)),
+        Err(e) => return Err(stopped.restart(e, SourceState::MaybeTwice)),
     }
     let source_removed = !config.keep_source && docker.remove(&spec.id).is_ok();
     let handoff = downtime
