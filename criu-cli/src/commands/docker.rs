@@ -31,6 +31,14 @@ pub struct DockerSend {
     /// policy `no`, once the destination runs it (default: remove it).
     #[arg(long, requires = "docker")]
     pub keep_source: bool,
+    /// A registry both Docker hosts reach, HOST[:PORT][/PATH][:TAG]: when
+    /// the destination lacks the container's image, this daemon pushes it
+    /// there and the destination's pulls it, in the pre-flight, before
+    /// anything stops (a plain-HTTP registry must be in both daemons'
+    /// insecure-registries; no credentials are sent). Without it, such a
+    /// move is refused.
+    #[arg(long, value_name = "REGISTRY", requires = "docker")]
+    pub registry: Option<String>,
 }
 
 /// `receive`'s Docker flags.
@@ -104,6 +112,13 @@ fn print_send(r: &SendReport, to: &str) {
             "kept, stopped"
         }
     );
+    if let Some(push) = r.image_push {
+        eprintln!(
+            "  the image {} went through the registry (push {:.1} ms, in the pre-flight)",
+            r.image,
+            ms(push)
+        );
+    }
 }
 
 /// Moves `--docker`'s container to `--to`.
@@ -121,7 +136,10 @@ pub fn send(a: SendArgs, d: &DockerSend, container: &str) -> CliResult {
     })?;
     signals.watch(connected.canceller);
     let mut stream = connected.stream;
-    let config = SendConfig::new().keep_source(d.keep_source);
+    let mut config = SendConfig::new().keep_source(d.keep_source);
+    if let Some(registry) = &d.registry {
+        config = config.registry(registry.clone());
+    }
     let result = criu_docker::send(&client, container, &mut *stream, &config);
     signals.disarm();
     let report = match (result, signals.caught()) {
@@ -196,11 +214,16 @@ pub fn receive(a: ReceiveArgs, d: &DockerReceive) -> CliResult {
             (r, _) => r.map_err(failed)?,
         };
     eprintln!(
-        "container {} runs here ({}, {:.1} MiB of checkpoint, restore {:.1} ms){}",
+        "container {} runs here ({}, {:.1} MiB of checkpoint, restore {:.1} ms{}){}",
         report.name,
         &report.id[..report.id.len().min(12)],
         report.transfer.bytes as f64 / 1048576.0,
         ms(report.restore),
+        report.image_pull.map_or(String::new(), |d| format!(
+            "; image {} pulled from the registry in {:.1} ms",
+            report.image,
+            ms(d)
+        )),
         if report.source_confirmed {
             ""
         } else {
