@@ -5,14 +5,12 @@
 //! breaks the connection off: the destination removes its container and
 //! the source starts its own again from its checkpoint.
 
-use std::net::TcpListener;
 use std::time::Duration;
 
 use clap::Args;
 use criu_docker::{DockerClient, ReceiveConfig, SendConfig, SendReport};
-use serde_json::json;
 
-use super::migrate::{interrupted, interrupts, link, resolve, write_json};
+use super::migrate::{interrupted, interrupts, link, listen, resolve, write_report};
 use crate::args::{ReceiveArgs, SendArgs};
 use crate::error::{CliError, CliResult, Exit};
 
@@ -155,25 +153,20 @@ pub fn send(a: SendArgs, d: &DockerSend, container: &str) -> CliResult {
         (r, _) => r.map_err(failed)?,
     };
     print_send(&report, &to.to_string());
-    match &a.json {
-        Some(path) => {
-            let mut v = serde_json::to_value(&report).unwrap_or_default();
-            v["link"] = json!(link.name());
-            v["to"] = json!(to.to_string());
-            write_json(path, &v)
-        }
-        None => Ok(()),
-    }
+    write_report(
+        a.json.as_deref(),
+        &report,
+        link.name(),
+        "to",
+        &to.to_string(),
+    )
 }
 
 /// Waits for one `send --docker` on `--listen`; runs the container here.
 pub fn receive(a: ReceiveArgs, d: &DockerReceive) -> CliResult {
     let link = link(&a.security)?;
     let client = docker(d.docker_host.as_deref())?;
-    let listener = TcpListener::bind(a.listen).map_err(|e| {
-        CliError::io(format!("listening on {}", a.listen), e)
-            .hint("is another receive (or program) on that port? is the address this host's?")
-    })?;
+    let listener = listen(a.listen)?;
     let signals = interrupts()?;
     signals.watch(
         listener
@@ -230,13 +223,6 @@ pub fn receive(a: ReceiveArgs, d: &DockerReceive) -> CliResult {
             "; the source did not confirm it removed its copy: check it"
         }
     );
-    match &a.json {
-        Some(path) => {
-            let mut v = serde_json::to_value(&report).unwrap_or_default();
-            v["link"] = json!(link.name());
-            v["peer"] = json!(connected.peer.to_string());
-            write_json(path, &v)
-        }
-        None => Ok(()),
-    }
+    let peer = connected.peer.to_string();
+    write_report(a.json.as_deref(), &report, link.name(), "peer", &peer)
 }

@@ -68,6 +68,32 @@ pub(super) fn write_json(path: &Path, value: &serde_json::Value) -> CliResult {
     std::fs::write(path, text).map_err(|e| CliError::io(format!("writing {}", path.display()), e))
 }
 
+/// With `--json FILE`: writes `report` there, with the link it went over
+/// and the other end's address under `peer_key` (`to` or `peer`).
+pub(super) fn write_report(
+    json: Option<&Path>,
+    report: &impl serde::Serialize,
+    link_name: &str,
+    peer_key: &str,
+    peer: &str,
+) -> CliResult {
+    let Some(path) = json else {
+        return Ok(());
+    };
+    let mut v = serde_json::to_value(report).unwrap_or_default();
+    v["link"] = json!(link_name);
+    v[peer_key] = json!(peer);
+    write_json(path, &v)
+}
+
+/// Listens on `--listen` for the source.
+pub(super) fn listen(addr: SocketAddr) -> CliResult<TcpListener> {
+    TcpListener::bind(addr).map_err(|e| {
+        CliError::io(format!("listening on {addr}"), e)
+            .hint("is another receive (or program) on that port? is the address this host's?")
+    })
+}
+
 /// The user's address hook, run once per step with the step's name.
 struct HookProgram(std::path::PathBuf);
 
@@ -185,15 +211,13 @@ pub fn send(a: SendArgs) -> CliResult {
     // With `--json -` stdout is the JSON alone; the summary goes to stderr.
     let to_stdout = a.json.as_deref() != Some(Path::new("-"));
     print_source_report(&report, &link, to, to_stdout);
-    match &a.json {
-        Some(path) => {
-            let mut v = serde_json::to_value(&report).unwrap_or_default();
-            v["link"] = json!(link.name());
-            v["to"] = json!(to.to_string());
-            write_json(path, &v)
-        }
-        None => Ok(()),
-    }
+    write_report(
+        a.json.as_deref(),
+        &report,
+        link.name(),
+        "to",
+        &to.to_string(),
+    )
 }
 
 fn preflight_talk(e: std::io::Error) -> CliError {
@@ -336,10 +360,7 @@ fn dest_config(a: &ReceiveArgs, tcp_addresses: Vec<String>) -> DestConfig<'_> {
 pub fn receive(a: ReceiveArgs) -> CliResult {
     a.criu.check_for("receive")?;
     let link = link(&a.security)?;
-    let listener = TcpListener::bind(a.listen).map_err(|e| {
-        CliError::io(format!("listening on {}", a.listen), e)
-            .hint("is another receive (or program) on that port? is the address this host's?")
-    })?;
+    let listener = listen(a.listen)?;
     let signals = interrupts()?;
     signals.watch(
         listener
