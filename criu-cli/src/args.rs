@@ -388,10 +388,11 @@ pub struct Security {
     /// This host's private key (PEM).
     #[arg(long, value_name = "PEM")]
     pub tls_key: Option<PathBuf>,
-    /// Require the peer's certificate to name this host (DNS name or IP
-    /// address in its subject alternative names). NOT YET ENFORCED: refused
-    /// until criu-rs's TLS checks peer names; any certificate of the
-    /// --tls-ca CA is accepted meanwhile.
+    /// Require the peer's certificate to name this host (a DNS name or an
+    /// IP address of its subject alternative names): on receive, the
+    /// source's; on send, the destination's. A peer that does not is
+    /// refused before anything is stopped (exit 4). Without it, any
+    /// certificate of the --tls-ca CA is accepted.
     #[arg(long, value_name = "NAME")]
     pub peer_name: Option<String>,
     /// Plain TCP, no authentication: memory crosses in clear, and ANYONE

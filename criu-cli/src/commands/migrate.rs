@@ -13,7 +13,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use criu::migrate::{
-    AddressMove, Cancel, Connections, DestConfig, Link, SourceConfig, SourceReport, Stream,
+    AddressMove, Cancel, Connections, DestConfig, Link, SourceConfig, SourceReport, Strategy,
+    Stream,
 };
 use criu::tls::{TlsConfig, TlsFiles};
 use criu::{Criu, NetworkLock, SourceState};
@@ -275,6 +276,14 @@ pub fn send(a: SendArgs) -> CliResult {
 
 fn send_tree(a: &SendArgs) -> CliResult {
     a.criu.check_for("send")?;
+    if a.criu.criu_config.is_some() && a.strategy != Strategy::StopAndCopy {
+        return Err(CliError::usage(format!(
+            "--criu-config works with --strategy stop-and-copy only: {} passes options of its \
+             own (lazy pages, CRIU's TLS) through a CRIU config file, and CRIU reads one",
+            a.strategy
+        ))
+        .hint("use --strategy stop-and-copy, or the flags of `criu-rs send --help`"));
+    }
     let link = link(&a.security)?;
     let to = resolve(&a.to)?;
     if a.criu.tcp_established && a.address_hook.is_none() {
