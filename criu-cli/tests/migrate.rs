@@ -11,13 +11,11 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_criu-rs")
-}
+use common::{bin, poll_for, state};
 
 const COUNTER: &str = r#"
 import sys, time
@@ -100,23 +98,9 @@ impl Drop for Counter {
     }
 }
 
-fn state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?.1.chars().next()
-}
-
 /// Retries `f` every 20 ms for up to 10 s.
-fn poll<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn poll<T>(f: impl FnMut() -> Option<T>) -> Option<T> {
+    poll_for(Duration::from_secs(10), f)
 }
 
 fn free_port() -> u16 {
