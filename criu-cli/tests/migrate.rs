@@ -200,6 +200,39 @@ fn move_counter(strategy: &str, send_security: &[&str], recv_security: &[&str]) 
     let stdout = String::from_utf8_lossy(&send.stdout);
     let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let received: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    // The documented rows (`send --help`, `receive --help`): these keys.
+    for key in [
+        "strategy",
+        "pid",
+        "restored_pid",
+        "transfer",
+        "phases",
+        "link",
+        "to",
+    ] {
+        assert!(
+            report.get(key).is_some(),
+            "send --json lacks {key:?}: {report}"
+        );
+    }
+    let keys: Vec<&str> = received
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "restored_pid",
+            "strategy",
+            "restore",
+            "transfer",
+            "source_confirmed",
+            "link",
+            "peer"
+        ]
+    );
     let restored = received["restored_pid"].as_i64().unwrap() as i32;
     assert_eq!(report["restored_pid"].as_i64(), Some(i64::from(restored)));
     assert_eq!(report["strategy"], strategy);
