@@ -5,7 +5,7 @@
 //! the network lock it used, the cgroup properties it saved). Covered:
 //! --tcp-established, --file-locks, --leave-running, --log-level,
 //! --criu-config, --deadline, --network-lock, --ext-unix-sk, --external,
-//! --shell-job, --manage-cgroups. Needs root.
+//! --shell-job, --manage-cgroups, --tcp-close, --link-remap. Needs root.
 
 mod common;
 
@@ -441,4 +441,51 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
         }
     }
     Guard(Some(f))
+}
+
+#[test]
+fn tcp_close_dumps_a_connection_without_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::start(dir.path(), TCP);
+    let refused = dump(&w, &dir.path().join("a"), &["--leave-running"]);
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    let closed = dump(
+        &w,
+        &dir.path().join("b"),
+        &["--leave-running", "--tcp-close"],
+    );
+    assert!(closed.status.success(), "--tcp-close: {}", stderr(&closed));
+    assert!(w.runs());
+}
+
+/// Holds open a file whose name is gone while another link to it stays
+/// (so CRIU cannot ghost-copy it: it must link-remap it).
+const LINKED_AWAY: &str = r#"
+import os, sys, time
+a, b = sys.argv[1] + ".a", sys.argv[1] + ".b"
+f = open(a, "w"); f.write("x")
+f.flush()
+os.link(a, b); os.unlink(a)
+open(sys.argv[1], "w").close()
+while True: time.sleep(1)
+"#;
+
+#[test]
+fn link_remap_is_needed_for_a_file_open_under_a_removed_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::start(dir.path(), LINKED_AWAY);
+    let refused = dump(&w, &dir.path().join("a"), &["--leave-running"]);
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("link-remap"),
+        "{}",
+        stderr(&refused)
+    );
+    let ok = dump(
+        &w,
+        &dir.path().join("b"),
+        &["--leave-running", "--link-remap"],
+    );
+    assert!(ok.status.success(), "--link-remap: {}", stderr(&ok));
+    assert!(w.runs());
 }
