@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::bin;
+use common::{bin, scopeguard};
 
 /// A Python workload, session leader, killed and reaped by pid on drop.
 struct Workload(Child);
@@ -428,19 +428,6 @@ fn manage_cgroups_decides_whether_criu_dumps_cgroup_properties() {
     assert!(w.runs());
     drop(w);
     drop(cg);
-}
-
-/// Runs `f` on drop.
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
 }
 
 #[test]

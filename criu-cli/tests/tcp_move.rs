@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{bin, holds_within, Killed};
+use common::{bin, holds_within, scopeguard, Killed};
 
 fn sh(script: &str) {
     let out = Command::new("sh").arg("-ec").arg(script).output().unwrap();
@@ -402,17 +402,4 @@ fn write_hook(net: &Net, d: &Path) -> std::path::PathBuf {
     .unwrap();
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
     hook
-}
-
-/// Runs `f` on drop.
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
 }

@@ -76,3 +76,16 @@ pub fn run(cmd: &mut Command) -> Output {
     );
     out
 }
+
+/// Runs `f` on drop.
+pub fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
