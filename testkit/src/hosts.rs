@@ -224,6 +224,18 @@ impl TwoHosts {
         self.migrate_boxed(links, pid, src, dst, relay)
     }
 
+    /// As [`TwoHosts::migrate_over`], through a relay that may hold state.
+    pub fn migrate_over_through<'a>(
+        &self,
+        links: [&Link; 2],
+        pid: i32,
+        src: impl FnOnce() -> criu::migrate::SourceConfig<'a> + Send,
+        dst: impl FnOnce() -> criu::migrate::DestConfig<'a> + Send,
+        relay: Option<RelayFn>,
+    ) -> io::Result<Migration> {
+        self.migrate_boxed(links, pid, src, dst, relay)
+    }
+
     fn migrate_boxed<'a>(
         &self,
         links: [&Link; 2],
