@@ -132,13 +132,24 @@ fn descends_from(pid: i32, ancestor: i32) -> bool {
 /// descendants of this process; and processes whose command line or
 /// working directory names `dir` (the test's own directory).
 pub fn own_processes(dir: &Path) -> Vec<Proc> {
+    related_processes(Some(dir))
+}
+
+/// [`own_processes`] without a directory: the processes the calling
+/// thread's test started (its mount namespace's, or this process's
+/// descendants).
+pub fn started_here() -> Vec<Proc> {
+    related_processes(None)
+}
+
+fn related_processes(dir: Option<&Path>) -> Vec<Proc> {
     let me = std::process::id() as i32;
     let ours_ns = own_mount_ns().ok();
     let host_ns = std::fs::metadata(format!("/proc/{me}/ns/mnt"))
         .ok()
         .map(|m| m.ino());
     let private = ours_ns.filter(|ns| Some(*ns) != host_ns);
-    let needle = dir.to_string_lossy().into_owned();
+    let needle = dir.map(|d| d.to_string_lossy().into_owned());
     all_pids()
         .into_iter()
         .filter(|&pid| pid != me && crate::alive(pid))
@@ -146,15 +157,19 @@ pub fn own_processes(dir: &Path) -> Vec<Proc> {
             let in_ns = private.is_some_and(|ns| {
                 std::fs::metadata(format!("/proc/{pid}/ns/mnt")).is_ok_and(|m| m.ino() == ns)
             });
-            let cwd =
-                std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c.starts_with(dir));
+            let names_dir = dir.is_some_and(|dir| {
+                std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c.starts_with(dir))
+                    || needle
+                        .as_ref()
+                        .is_some_and(|n| cmdline(pid).contains(n.as_str()))
+            });
             // Outside a namespace of the test's own, its descendants
             // (under `cargo test`, other tests' too).
             let related = match private {
                 Some(_) => in_ns,
                 None => descends_from(pid, me),
             };
-            related || cwd || cmdline(pid).contains(&needle)
+            related || names_dir
         })
         .map(|pid| Proc {
             pid,

@@ -224,11 +224,11 @@ pub fn lose_the_end() -> RelayFn {
 }
 
 /// A process of CRIU's that this test started (see
-/// [`crate::aftermath::own_processes`]) in the network namespace of inode
+/// [`crate::aftermath::started_here`]) in the network namespace of inode
 /// `netns` (a host's, [`crate::hosts::Host::netns_inode`]) whose command line holds
 /// `word` (`page-server`, `lazy-pages`).
 pub fn criu_daemon(netns: u64, word: &str) -> Option<i32> {
-    crate::aftermath::own_processes(Path::new("/nonexistent"))
+    crate::aftermath::started_here()
         .into_iter()
         .filter(|p| p.cmdline.contains("criu") && p.cmdline.contains(word))
         .map(|p| p.pid)
