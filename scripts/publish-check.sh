@@ -50,6 +50,10 @@ rm -rf "$unpacked" && mkdir -p "$unpacked"
 for c in "${crates[@]}"; do
 	tar -xzf "$out/package/package/$c-$version.crate" -C "$unpacked"
 done
+# cargo package gives every file the same old mtime (2006), and cargo
+# tells a path dependency's changes by mtime: without this, the steps below
+# would reuse what an earlier run built from older sources.
+find "$unpacked" -type f -exec touch {} +
 
 step "2. a fresh project on the packaged crates"
 rm -rf "$fresh" && mkdir -p "$fresh/src"
