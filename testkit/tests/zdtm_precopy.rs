@@ -23,6 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Once;
@@ -73,6 +74,7 @@ zdtm_tests! {
     fpu00 => "fpu00",
     mmx00 => "mmx00",
     env00 => "env00",
+    pipe00 => "pipe00",
 }
 
 /// The tests of the list, each with its arguments.
@@ -119,12 +121,15 @@ fn passes_with_pre_dumps_as_without(test: &str, name: &str) {
     let args = listed().remove(name).expect("every test is listed");
     become_subreaper();
 
-    let plain = run(&bin, name, &args, 0);
-    let plain = match plain {
+    let t = Instant::now();
+    let plain = match run(&bin, name, &args, 0) {
         Ok(r) => r,
         Err(e) => panic!("{name} fails without pre-dumps (so it cannot show anything here): {e}"),
     };
-    eprintln!("{name} without pre-dumps: PASS ({plain})");
+    eprintln!(
+        "{name} without pre-dumps: PASS in {:?} ({plain})",
+        t.elapsed()
+    );
     if Criu::new()
         .feature_check()
         .unwrap()
@@ -138,11 +143,15 @@ fn passes_with_pre_dumps_as_without(test: &str, name: &str) {
         );
         return;
     }
+    let t = Instant::now();
     let pre = match run(&bin, name, &args, PRE_DUMPS) {
         Ok(r) => r,
         Err(e) => panic!("{name} passes without pre-dumps but fails with {PRE_DUMPS}: {e}"),
     };
-    eprintln!("{name} with {PRE_DUMPS} pre-dumps: PASS ({pre})");
+    eprintln!(
+        "{name} with {PRE_DUMPS} pre-dumps: PASS in {:?} ({pre})",
+        t.elapsed()
+    );
     assert!(
         pre.from_parents > 0,
         "{name}: the final dump took nothing from the pre-dumps ({pre})"
@@ -253,7 +262,29 @@ fn run(bin: &Path, name: &str, args: &[&str], pre_dumps: usize) -> Result<Pages,
 /// process exits once the daemon it forked is ready).
 fn start(bin: &Path, name: &str, args: &[&str], cwd: &Path) -> Result<Tree, String> {
     let log = fs::File::create(cwd.join("start.log")).map_err(|e| format!("start.log: {e}"))?;
-    let mut first = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    // Only stdin, stdout and stderr, as zdtm.py starts them (Python's
+    // close_fds): descriptors this process leaves open to its children
+    // (the socket of a libcriu call running in another test thread, one
+    // the harness inherited) would shift the numbers a test's own
+    // descriptors get, and pipe00, for one, dup2()s onto fixed numbers and
+    // breaks when a pipe already has one of them. Marked close-on-exec,
+    // not closed: std's exec-error pipe stays usable.
+    // SAFETY: close_range is async-signal-safe and touches no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::close_range(
+                3,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut first = cmd
         .current_dir(cwd)
         .arg(format!("--pidfile={name}.pid"))
         .arg(format!("--outfile={name}.out"))
