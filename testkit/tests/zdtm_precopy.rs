@@ -23,13 +23,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use criu::{Criu, ImagesDir, Options};
+use criu_testkit::close_inherited_fds;
 use criu_testkit::skip::skip;
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
@@ -264,26 +264,11 @@ fn start(bin: &Path, name: &str, args: &[&str], cwd: &Path) -> Result<Tree, Stri
     let log = fs::File::create(cwd.join("start.log")).map_err(|e| format!("start.log: {e}"))?;
     let mut cmd = Command::new(bin);
     // Only stdin, stdout and stderr, as zdtm.py starts them (Python's
-    // close_fds): descriptors this process leaves open to its children
-    // (the socket of a libcriu call running in another test thread, one
-    // the harness inherited) would shift the numbers a test's own
-    // descriptors get, and pipe00, for one, dup2()s onto fixed numbers and
-    // breaks when a pipe already has one of them. Marked close-on-exec,
-    // not closed: std's exec-error pipe stays usable.
-    // SAFETY: close_range is async-signal-safe and touches no memory.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::close_range(
-                3,
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // close_fds): a descriptor this process leaves open to its children
+    // (libcriu's socket to CRIU, when a test in another thread is talking
+    // to it) would shift the numbers a test's own descriptors get, and
+    // pipe00, for one, dup2()s onto fixed numbers.
+    close_inherited_fds(&mut cmd);
     let mut first = cmd
         .current_dir(cwd)
         .arg(format!("--pidfile={name}.pid"))
