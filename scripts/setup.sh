@@ -320,4 +320,25 @@ fi
 # crit (CRIU's own image decoder, the reference of testkit/tests/image.rs)
 # imports crit/version.py, which only CRIU's pip install would write.
 for d in "$STATE_DIR"/src/criu-*/crit/crit; do [ -d "$d" ] && [ ! -f "$d/version.py" ] && v=${d%/crit/crit} && echo "__version__ = \"${v##*/criu-}\"" > "$d/version.py"; done
+# The workspace's declared rust-version (Cargo.toml), which make
+# publish-check builds the packaged crates with. Installed once through
+# rustup (a minimal profile: rustc, cargo, std); a failed download is
+# said loudly but does not stop the set-up (only publish-check needs it).
+msrv=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' "${PATCH_DIR%/patches}/Cargo.toml" | head -n1)
+if [ -n "$msrv" ]; then
+  case $msrv in *.*.*) msrv_toolchain=$msrv ;; *) msrv_toolchain=$msrv.0 ;; esac
+  if ! command -v rustup >/dev/null 2>&1; then
+    log "WARNING: rustup not found: the rust-version toolchain $msrv_toolchain is NOT installed, and 'make publish-check' will fail until it is"
+  elif rustup run "$msrv_toolchain" rustc --version >/dev/null 2>&1; then
+    :
+  else
+    log "installing Rust $msrv_toolchain, the workspace's rust-version (for make publish-check)"
+    if ! rustup toolchain install "$msrv_toolchain" --profile minimal; then
+      log "WARNING: ########################################################################"
+      log "WARNING: could not download Rust $msrv_toolchain (the workspace's rust-version)."
+      log "WARNING: 'make publish-check' will fail until 'rustup toolchain install $msrv_toolchain --profile minimal' succeeds."
+      log "WARNING: ########################################################################"
+    fi
+  fi
+fi
 log "ready: $(criu --version | head -n1), libcriu from $pcdir"

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use criu::migrate::Strategy;
 use criu::tls::TlsConfig;
-use criu::transfer::{receive_from, send_dir, write_header, Limits, Transport};
+use criu::transfer::{receive_dir, send_dir, Limits, Transport};
 use criu_rs_benches::{median, migration_sizes, out_dir, reps, strategies};
 use criu_testkit::certs::Pki;
 use criu_testkit::link::Security;
@@ -115,12 +115,14 @@ fn stream_rate(pki: &Pki, src: &Path, mib: usize, tls: bool) -> Rate {
         if tls {
             let mut s = server.accept(tcp).unwrap();
             let cpu = thread_cpu();
-            receive_from(&mut s, &target, &limits, None).unwrap();
+            s.prepare(None).unwrap();
+            receive_dir(&mut s, &target, &limits, None).unwrap();
             thread_cpu() - cpu
         } else {
             let mut s = tcp;
             let cpu = thread_cpu();
-            receive_from(&mut s, &target, &limits, None).unwrap();
+            s.prepare(None).unwrap();
+            receive_dir(&mut s, &target, &limits, None).unwrap();
             thread_cpu() - cpu
         }
     });
@@ -131,13 +133,11 @@ fn stream_rate(pki: &Pki, src: &Path, mib: usize, tls: bool) -> Rate {
         let mut s = TlsConfig::new(pki.a.clone()).unwrap().connect(tcp).unwrap();
         cpu = thread_cpu();
         s.prepare(None).unwrap();
-        write_header(&mut s).unwrap();
         send_dir(&mut s, src, None).unwrap();
     } else {
         let mut s = tcp;
         cpu = thread_cpu();
         s.prepare(None).unwrap();
-        write_header(&mut s).unwrap();
         send_dir(&mut s, src, None).unwrap();
     }
     let send_cpu = thread_cpu() - cpu;

@@ -3,9 +3,7 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
-use criu::transfer::{
-    read_header, receive_dir_with, recv_message, send_message, Limits, Transport,
-};
+use criu::transfer::{receive_dir, Limits, Transport};
 
 use crate::checkpoint;
 use crate::client::DockerClient;
@@ -14,7 +12,7 @@ use crate::image;
 use crate::preflight::{self, Checked, Prepared};
 use crate::report::ReceiveReport;
 use crate::spec::ContainerSpec;
-use crate::wire::{FromDest, FromSource};
+use crate::wire::{read_header, recv_message, send_message, FromDest, FromSource};
 
 /// How the destination receives a container.
 #[derive(Debug, Clone)]
@@ -248,7 +246,7 @@ fn land<S: Transport + ?Sized>(
     if let Some(parent) = dir.parent() {
         fs::create_dir_all(parent).map_err(Error::io(format!("creating {}", parent.display())))?;
     }
-    let transfer = receive_dir_with(&mut stream, &dir, &config.limits, None)?;
+    let transfer = receive_dir(&mut stream, &dir, &config.limits, None)?;
     let t = Instant::now();
     let started = checkpoint::start(clone.docker, &p.id, checkpoint_name).and_then(|()| {
         if clone.docker.running(&p.id)? {

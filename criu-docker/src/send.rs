@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use criu::transfer::{recv_message, send_dir, send_message, write_header, Transport};
+use criu::transfer::{send_dir, Transport};
 
 use crate::checkpoint::{self, Made};
 use crate::client::DockerClient;
@@ -12,7 +12,7 @@ use crate::image;
 use crate::preflight;
 use crate::report::SendReport;
 use crate::spec::ContainerSpec;
-use crate::wire::{FromDest, FromSource};
+use crate::wire::{recv_message, send_message, write_header, FromDest, FromSource};
 use bollard::models::{RestartPolicy, RestartPolicyNameEnum};
 
 /// How the source moves its container.
@@ -165,7 +165,7 @@ pub fn send<S: Transport + ?Sized>(
         .map_err(Error::io("setting the stream's timeouts"))
         .map_err(running)?;
     let mut stream = stream;
-    write_header(&mut stream).map_err(|e| running(e.into()))?;
+    write_header(&mut stream).map_err(running)?;
     let (spec, data_root) = match preflight::source(docker, container) {
         Ok(found) => found,
         Err(e) => {
@@ -195,7 +195,7 @@ pub fn send<S: Transport + ?Sized>(
         checkpoint: name.clone(),
         registry: config.registry.is_some(),
     };
-    send_message(&mut stream, &offer).map_err(|e| running(e.into()))?;
+    send_message(&mut stream, &offer).map_err(running)?;
     let (dest_name, dest_id, image_push) =
         accepted(docker, &mut stream, &spec, config).map_err(running)?;
     let policy = match suspend_restart_policy(docker, &spec) {
@@ -240,7 +240,7 @@ pub fn send<S: Transport + ?Sized>(
     match kept {
         Ok(FromDest::Kept) => {}
         Ok(other) => return Err(stopped.restart(expect(other, "Kept"), SourceState::MaybeTwice)),
-        Err(e) => return Err(stopped.restart(e.into(), SourceState::MaybeTwice)),
+        Err(e) => return Err(stopped.restart(e, SourceState::MaybeTwice)),
     }
     let source_removed = !config.keep_source && docker.remove(&spec.id).is_ok();
     let handoff = downtime

@@ -429,7 +429,8 @@ fn describe(status: Option<ExitStatus>) -> String {
 /// A loopback or namespace-local address with a free TCP port, chosen by
 /// the kernel (bound, then released: another process could take it in
 /// between, which the caller sees as a failure to start).
-pub fn free_port(ip: std::net::IpAddr) -> Result<SocketAddr> {
+#[cfg(feature = "migrate")]
+pub(crate) fn free_port(ip: std::net::IpAddr) -> Result<SocketAddr> {
     let l = std::net::TcpListener::bind(SocketAddr::new(ip, 0))
         .map_err(|e| Error::io(format!("finding a free port on {ip}"), e))?;
     l.local_addr()

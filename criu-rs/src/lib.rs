@@ -155,7 +155,7 @@ pub use criu_sys as sys;
 
 pub use child::RestoredChild;
 pub use client::Criu;
-pub use daemon::{free_port, Daemon, DaemonConfig, Service, ServiceClient};
+pub use daemon::{Daemon, DaemonConfig, Service, ServiceClient};
 pub use error::{
     Context, Error, InvalidKind, MigrationError, Operation, Result, SourceState, Step, TransferKind,
 };

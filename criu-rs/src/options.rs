@@ -540,7 +540,7 @@ impl<'a> Options<'a> {
     }
 
     /// The name of the log file CRIU will write in the work directory.
-    pub fn log_file_name(&self) -> &str {
+    pub(crate) fn log_file_name(&self) -> &str {
         self.log_file.as_deref().unwrap_or("criu.log")
     }
 

@@ -1,13 +1,12 @@
 //! Property tests of the parsers of untrusted bytes: CRIU's statistics
-//! images and the image-transfer stream (whole files, and files sent while
-//! they grow). No input may panic; a stream that
-//! is truncated or damaged anywhere must be rejected without leaving
-//! anything behind.
+//! images and the image-transfer stream, through the public API. No input
+//! may panic; a stream that is truncated or damaged anywhere must be
+//! rejected without leaving anything behind.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use criu::transfer::{read_header, receive_dir, send_dir, write_header, Growing};
+use criu::transfer::{receive_dir, send_dir, Limits};
 use criu::Stats;
 use proptest::prelude::*;
 
@@ -20,37 +19,27 @@ fn files() -> impl Strategy<Value = BTreeMap<String, Vec<u8>>> {
     .prop_filter("plain names", |m| m.keys().all(|k| k != "." && k != ".."))
 }
 
-/// The stream of `files`; `growing`: sent as `Growing` does while a dump
-/// writes them, one file after the other (as CRIU writes its pages
-/// images), each in two halves with a step after each.
-fn stream_of(files: &BTreeMap<String, Vec<u8>>, growing: bool) -> (tempfile::TempDir, Vec<u8>) {
+/// The stream `send_dir` makes of `files`. (Files sent while they grow,
+/// as a migration sends CRIU's pages images, are tested inside the crate:
+/// `transfer::properties`.)
+fn stream_of(files: &BTreeMap<String, Vec<u8>>) -> (tempfile::TempDir, Vec<u8>) {
     let src = tempfile::tempdir().unwrap();
-    let mut bytes = std::io::Cursor::<Vec<u8>>::default();
-    write_header(&mut bytes).unwrap();
-    if !growing {
-        for (name, data) in files {
-            std::fs::write(src.path().join(name), data).unwrap();
-        }
-        send_dir(&mut bytes, src.path(), None).unwrap();
-        return (src, bytes.into_inner());
-    }
-    let mut g = Growing::new(&mut bytes, src.path(), |_| true, None);
     for (name, data) in files {
-        let mut f = std::fs::File::create(src.path().join(name)).unwrap();
-        let (first, second) = data.split_at(data.len() / 2);
-        for half in [first, second] {
-            std::io::Write::write_all(&mut f, half).unwrap();
-            g.step().unwrap();
-        }
+        std::fs::write(src.path().join(name), data).unwrap();
     }
-    g.finish().unwrap();
-    (src, bytes.into_inner())
+    let mut bytes = Vec::new();
+    send_dir(&mut bytes, src.path(), None).unwrap();
+    (src, bytes)
 }
 
 fn receive(bytes: &[u8], parent: &Path) -> criu::Result<()> {
-    let mut r = bytes;
-    read_header(&mut r)?;
-    receive_dir(&mut r, &parent.join("images"), None).map(|_| ())
+    receive_dir(
+        &mut &bytes[..],
+        &parent.join("images"),
+        &Limits::default(),
+        None,
+    )
+    .map(|_| ())
 }
 
 proptest! {
@@ -83,8 +72,8 @@ proptest! {
     }
 
     #[test]
-    fn streams_round_trip(files in files(), growing in any::<bool>()) {
-        let (_src, bytes) = stream_of(&files, growing);
+    fn streams_round_trip(files in files()) {
+        let (_src, bytes) = stream_of(&files);
         let parent = tempfile::tempdir().unwrap();
         receive(&bytes, parent.path()).unwrap();
         for (name, data) in &files {
@@ -94,8 +83,8 @@ proptest! {
     }
 
     #[test]
-    fn truncated_streams_are_rejected_and_leave_nothing(files in files(), cut in any::<prop::sample::Index>(), growing in any::<bool>()) {
-        let (_src, bytes) = stream_of(&files, growing);
+    fn truncated_streams_are_rejected_and_leave_nothing(files in files(), cut in any::<prop::sample::Index>()) {
+        let (_src, bytes) = stream_of(&files);
         let cut = cut.index(bytes.len());
         let parent = tempfile::tempdir().unwrap();
         prop_assert!(receive(&bytes[..cut], parent.path()).is_err());
@@ -103,8 +92,8 @@ proptest! {
     }
 
     #[test]
-    fn any_damaged_byte_is_detected(files in files(), at in any::<prop::sample::Index>(), flip in 1u8..=255, growing in any::<bool>()) {
-        let (_src, mut bytes) = stream_of(&files, growing);
+    fn any_damaged_byte_is_detected(files in files(), at in any::<prop::sample::Index>(), flip in 1u8..=255) {
+        let (_src, mut bytes) = stream_of(&files);
         let at = at.index(bytes.len());
         bytes[at] ^= flip;
         let parent = tempfile::tempdir().unwrap();

@@ -524,6 +524,14 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// An address on `ip` with a TCP port the kernel reports free (bound,
+/// then released): for a test that must name a port before anything
+/// listens on it (a page server, or nothing at all). Another process could
+/// take the port in between, which the test then sees as a failure.
+pub fn free_port(ip: std::net::IpAddr) -> io::Result<std::net::SocketAddr> {
+    std::net::TcpListener::bind((ip, 0))?.local_addr()
+}
+
 /// The pid of a live (not zombie) process whose command line (arguments
 /// joined by spaces, or the title CRIU gives itself) contains `needle`;
 /// give a unique one (a test's own directory) so that the answer cannot be

@@ -165,7 +165,7 @@ fn daemon_netns_starts_the_daemon_in_that_namespace() {
     // host b's namespace: it could not even bind elsewhere.
     let listen = hosts
         .b
-        .run(|| criu::free_port(hosts.b.addr.into()))
+        .run(|| criu_testkit::free_port(hosts.b.addr.into()))
         .unwrap()
         .unwrap();
     let mut daemon = DaemonConfig::new()
@@ -237,7 +237,7 @@ fn daemon_wait_reports_a_timeout_and_a_failed_exit() {
     let dir = tempfile::tempdir().unwrap();
     // Timeout: a page server with no dump to serve is still running.
     let images = ImagesDir::create(dir.path().join("img")).unwrap();
-    let addr = criu::free_port("127.0.0.1".parse().unwrap()).unwrap();
+    let addr = criu_testkit::free_port("127.0.0.1".parse().unwrap()).unwrap();
     let server = DaemonConfig::new().page_server(&images, addr).unwrap();
     let pid = server.pid().unwrap() as i32;
     let e = server.wait(Duration::from_millis(200)).unwrap_err();
@@ -252,7 +252,7 @@ fn daemon_wait_reports_a_timeout_and_a_failed_exit() {
     // A failed exit: a lazy-pages daemon whose page server is not there
     // (nothing listens on a fresh port) fails, quoting its log.
     let lazy_images = ImagesDir::create(dir.path().join("lazy")).unwrap();
-    let nobody = criu::free_port("127.0.0.1".parse().unwrap()).unwrap();
+    let nobody = criu_testkit::free_port("127.0.0.1".parse().unwrap()).unwrap();
     let r = DaemonConfig::new().lazy_pages(&lazy_images, nobody);
     let e = match r {
         // It may fail before reporting ready...

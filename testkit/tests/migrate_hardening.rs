@@ -245,16 +245,47 @@ fn a_lost_lazy_source_message_ends_the_lazy_dump_and_resumes_the_source() {
 /// A destination that takes the images and the lazy source's address,
 /// claims a restore, and never fetches a page.
 fn never_fetches(mut b: UnixStream, dir: &std::path::Path) {
-    use criu::transfer::{read_header, receive_dir, recv_message, send_message};
-    read_header(&mut b).unwrap();
-    let _hello: serde_json::Value = recv_message(&mut b).unwrap();
-    receive_dir(&mut b, &dir.join("images"), None).unwrap();
-    let _lazy_source: serde_json::Value = recv_message(&mut b).unwrap();
+    use std::io::Read;
+    // The stream as `criu::transfer`'s documentation describes it: its
+    // header once, then messages and directories; a directory is what
+    // `send_dir` writes after that header.
+    let mut header = [0u8; 8];
+    b.read_exact(&mut header).unwrap();
+    let _hello = read_message(&mut b);
+    let mut dir_stream = header.as_slice().chain(&mut b);
+    criu::transfer::receive_dir(
+        &mut dir_stream,
+        &dir.join("images"),
+        &Limits::default(),
+        None,
+    )
+    .unwrap();
+    let _lazy_source = read_message(&mut b);
     let restored =
         serde_json::json!({"Restored": {"pid": 1, "wall_us": 0, "restore_time_us": null}});
-    send_message(&mut b, &restored).unwrap();
+    write_message(&mut b, &restored);
     // Until the source hangs up.
     let _ = std::io::copy(&mut b, &mut std::io::sink());
+}
+
+/// Reads a control message of the stream: 'M', its length (u32,
+/// little-endian), its JSON.
+fn read_message(r: &mut impl std::io::Read) -> serde_json::Value {
+    let mut head = [0u8; 5];
+    r.read_exact(&mut head).unwrap();
+    assert_eq!(head[0], b'M', "a message");
+    let mut body = vec![0u8; u32::from_le_bytes(head[1..].try_into().unwrap()) as usize];
+    r.read_exact(&mut body).unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Writes a control message of the stream.
+fn write_message(w: &mut impl Write, msg: &serde_json::Value) {
+    let body = serde_json::to_vec(msg).unwrap();
+    w.write_all(b"M").unwrap();
+    w.write_all(&(body.len() as u32).to_le_bytes()).unwrap();
+    w.write_all(&body).unwrap();
+    w.flush().unwrap();
 }
 
 #[test]

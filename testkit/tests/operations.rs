@@ -820,7 +820,7 @@ fn lazy_dump_lazy_pages_daemon_and_lazy_restore_on_one_machine() {
     let sum_before = w.memory_checksum().unwrap();
     w.wait_for_seq(20, WAIT).unwrap();
     let images = s.images("img");
-    let addr = criu::free_port("127.0.0.1".parse().unwrap()).unwrap();
+    let addr = criu_testkit::free_port("127.0.0.1".parse().unwrap()).unwrap();
     let pid = w.pid();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
 

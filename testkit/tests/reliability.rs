@@ -170,7 +170,7 @@ fn a_dump_to_an_unreachable_page_server_leaves_the_process_running() {
     let mut w = fixture::counter(dir.path(), 8);
     let images = ImagesDir::create(dir.path().join("img")).unwrap();
     // Nothing listens on this port.
-    let addr = criu::free_port("127.0.0.1".parse().unwrap()).unwrap();
+    let addr = criu_testkit::free_port("127.0.0.1".parse().unwrap()).unwrap();
     let e = Criu::new()
         .dump(
             Options::new()

@@ -37,7 +37,9 @@ fn received_files_are_owner_only() {
     let dir = tempfile::tempdir().unwrap();
     let stream = source(dir.path());
     let target = dir.path().join("dst");
-    let stats = criu::transfer::receive_dir(&mut stream.as_slice(), &target, None).unwrap();
+    let limits = criu::transfer::Limits::default();
+    let stats =
+        criu::transfer::receive_dir(&mut stream.as_slice(), &target, &limits, None).unwrap();
     assert_eq!((stats.files, stats.bytes), (2, 2 * FILE as u64));
     assert_eq!(mode(&target), 0o700, "the directory");
     assert_eq!(mode(&target.join("a")), 0o600, "0644 arrives as 0600");

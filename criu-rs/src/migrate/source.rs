@@ -388,7 +388,7 @@ fn send_images(
     cfg: &mut SourceConfig<'_>,
 ) -> Result<TransferStats> {
     let mut progress = cfg.progress.take();
-    let sent = transfer::send_dir(
+    let sent = transfer::send_files(
         &mut &mut *stream,
         images.path(),
         progress.as_deref_mut().map(|p| p as _),

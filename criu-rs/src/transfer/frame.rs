@@ -12,12 +12,12 @@ const MAGIC: &[u8; 8] = b"CRIURS\x00\x01";
 const MAX_MESSAGE: u32 = 1 << 20;
 
 /// Writes the stream header. Called once per stream, by the sender.
-pub fn write_header(w: &mut impl Write) -> Result<()> {
+pub(crate) fn write_header(w: &mut impl Write) -> Result<()> {
     w.write_all(MAGIC).map_err(io_err("sending the header"))
 }
 
 /// Reads and checks the stream header.
-pub fn read_header(r: &mut impl Read) -> Result<()> {
+pub(crate) fn read_header(r: &mut impl Read) -> Result<()> {
     let mut m = [0u8; 8];
     r.read_exact(&mut m).map_err(io_err("reading the header"))?;
     if &m != MAGIC {
@@ -31,7 +31,7 @@ pub fn read_header(r: &mut impl Read) -> Result<()> {
 }
 
 /// Sends a control message.
-pub fn send_message<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<()> {
+pub(crate) fn send_message<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<()> {
     let body = serde_json::to_vec(msg).map_err(|e| {
         transfer_err(
             TransferKind::Protocol,
@@ -48,7 +48,7 @@ pub fn send_message<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<()> {
 }
 
 /// Receives a control message.
-pub fn recv_message<T: DeserializeOwned>(r: &mut impl Read) -> Result<T> {
+pub(crate) fn recv_message<T: DeserializeOwned>(r: &mut impl Read) -> Result<T> {
     let tag = read_u8(r, "reading a message")?;
     if tag != b'M' {
         return Err(transfer_err(

@@ -149,6 +149,10 @@ impl<'p, W: Transport> Growing<'p, W> {
     /// memory beside the process and the destination's copy until the
     /// migration ends. Best effort: a file system that cannot punch holes
     /// keeps the bytes. Must be set before the first step.
+    // Unused since stop-and-copy stopped asking for it (the end-of-file
+    // check re-reads what was sent, and reads punched pages as zeros):
+    // kept, with its test, until the two agree.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn free_sent(mut self, yes: bool) -> Self {
         self.free_sent = yes;
         self
@@ -353,7 +357,7 @@ mod free_sent_tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::Growing;
-    use crate::transfer::{read_header, receive_dir, write_header};
+    use crate::transfer::{receive_dir, write_header};
 
     /// Sends a 4 MiB + 100 bytes growing file from a tmpfs directory (a
     /// migration's dump lives there), with or without `free_sent`; returns
@@ -376,8 +380,7 @@ mod free_sent_tests {
         assert_eq!(meta.len(), content.len() as u64, "the size is kept");
         let into = tempfile::tempdir().unwrap();
         let mut r = Cursor::new(v.into_inner());
-        read_header(&mut r).unwrap();
-        receive_dir(&mut r, &into.path().join("got"), None).unwrap();
+        receive_dir(&mut r, &into.path().join("got"), &Default::default(), None).unwrap();
         let got = std::fs::read(into.path().join("got/pages-1.img")).unwrap();
         assert!(
             got == content,

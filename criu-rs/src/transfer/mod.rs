@@ -40,18 +40,23 @@ mod receive;
 mod send;
 mod transport;
 
-use std::io;
+use std::io::{self, Read, Write};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::error::{Error, TransferKind};
+use crate::error::{Error, Result, TransferKind};
 
-pub use frame::{read_header, recv_message, send_message, write_header};
-pub use growing::Growing;
-pub use receive::{receive_dir, receive_dir_with, receive_from, Limits};
-pub(crate) use receive::{receive_dir_or_message, DirOrMessage};
-pub use send::send_dir;
+// The stream's framing and the entry points a migration builds its
+// protocol from (a header once, then messages and directories) stay
+// inside the crate: the public API is one sender and the one receiver
+// that reads what it writes.
+pub(crate) use frame::{read_header, recv_message, send_message, write_header};
+pub(crate) use growing::Growing;
+pub use receive::Limits;
+pub(crate) use receive::{receive_dir_or_message, receive_dir_with, DirOrMessage};
+pub(crate) use send::send_files;
 pub use transport::{Interrupter, Transport};
 
 /// What one transfer moved.
@@ -72,6 +77,62 @@ pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 
 /// The size of the copy buffers.
 const BUF: usize = 1 << 20;
+
+/// Sends every regular file of `dir` as one image stream: the stream's
+/// header, the files (sockets, links and subdirectories are skipped), the
+/// end marker. [`receive_dir`] reads it.
+///
+/// ```no_run
+/// # fn main() -> criu::Result<()> {
+/// use std::net::TcpStream;
+/// use std::path::Path;
+///
+/// let mut stream = TcpStream::connect("192.0.2.7:4000")
+///     .map_err(|e| criu::Error::io("connecting", e))?;
+/// let sent = criu::transfer::send_dir(&mut stream, Path::new("/tmp/checkpoint"), None)?;
+/// println!("sent {} files, {} bytes", sent.files, sent.bytes);
+/// # Ok(())
+/// # }
+/// ```
+pub fn send_dir<W: Write + ?Sized>(
+    w: &mut W,
+    dir: &Path,
+    progress: Option<Progress<'_>>,
+) -> Result<TransferStats> {
+    let mut w = w;
+    write_header(&mut w)?;
+    send_files(&mut w, dir, progress)
+}
+
+/// Receives what [`send_dir`] sent into `target`, which must not exist
+/// yet, within `limits`: either the whole directory appears at `target`,
+/// or nothing does. The stream is read as it is: bound a silent peer with
+/// the stream's own timeouts (`TcpStream::set_read_timeout`; the idle
+/// timeout of `limits` is what [`crate::migrate::receive`] sets them to).
+///
+/// ```no_run
+/// # fn main() -> criu::Result<()> {
+/// use std::net::TcpListener;
+/// use std::path::Path;
+///
+/// let io = |e| criu::Error::io("accepting", e);
+/// let (mut stream, _) = TcpListener::bind("0.0.0.0:4000").and_then(|l| l.accept()).map_err(io)?;
+/// let limits = criu::transfer::Limits::default().max_total_bytes(64 << 30);
+/// let got = criu::transfer::receive_dir(&mut stream, Path::new("/tmp/received"), &limits, None)?;
+/// println!("received {} files, {} bytes", got.files, got.bytes);
+/// # Ok(())
+/// # }
+/// ```
+pub fn receive_dir<R: Read + ?Sized>(
+    r: &mut R,
+    target: &Path,
+    limits: &Limits,
+    progress: Option<Progress<'_>>,
+) -> Result<TransferStats> {
+    let mut r = r;
+    read_header(&mut r)?;
+    receive_dir_with(&mut r, target, limits, progress)
+}
 
 /// Whether `name` is a plain file name that stays inside a directory.
 pub fn is_safe_name(name: &str) -> bool {
@@ -113,5 +174,7 @@ fn io_err(what: &str) -> impl FnOnce(io::Error) -> Error + '_ {
     }
 }
 
+#[cfg(test)]
+mod properties;
 #[cfg(test)]
 mod tests;

@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::frame::{
-    file_header, growing_header, read_header, read_message_body, read_u16, read_u32, read_u64,
-    read_u8,
+    file_header, growing_header, read_message_body, read_u16, read_u32, read_u64, read_u8,
 };
 use super::growing::MAX_CHUNK;
 use super::partial::Partial;
-use super::{io_err, is_safe_name, transfer_err, Progress, TransferStats, Transport, BUF};
+use super::{io_err, is_safe_name, transfer_err, Progress, TransferStats, BUF};
 use crate::error::{Error, Result, TransferKind};
 
 /// What a receiver accepts from the sender. Every file's announced size is
@@ -72,8 +71,9 @@ impl Limits {
         }
     }
 
-    /// How long the peer may stay silent, where the stream has timeouts
-    /// (default 120 s; see [`Transport::prepare`]).
+    /// How long the peer of a migration may stay silent, where the stream
+    /// has timeouts (default 120 s; see [`super::Transport::prepare`]).
+    /// [`super::receive_dir`] leaves the stream's timeouts to the caller.
     pub fn idle_timeout(self, t: Duration) -> Limits {
         Limits {
             idle_timeout: t,
@@ -87,38 +87,11 @@ impl Limits {
     }
 }
 
-/// Receives a directory sent by [`super::send_dir`] into `target`, which
-/// must not exist yet, within the default [`Limits`] (but for the idle
-/// timeout, which a plain reader cannot have: set timeouts on the stream,
-/// or use [`receive_from`]). Either the whole directory appears at
-/// `target`, or nothing does.
-pub fn receive_dir(
-    r: &mut impl Read,
-    target: &Path,
-    progress: Option<Progress<'_>>,
-) -> Result<TransferStats> {
-    receive_dir_with(r, target, &Limits::default(), progress)
-}
-
-/// Reads the header from `stream`, then receives a directory into
-/// `target` as [`receive_dir_with`] does, with the stream's reads bounded
-/// by `limits.idle_timeout` (where the stream supports timeouts).
-pub fn receive_from<S: Transport + ?Sized>(
-    stream: &mut S,
-    target: &Path,
-    limits: &Limits,
-    progress: Option<Progress<'_>>,
-) -> Result<TransferStats> {
-    stream
-        .prepare(Some(limits.idle_timeout))
-        .map_err(|e| Error::io("setting the stream's timeouts", e))?;
-    let mut stream = stream;
-    read_header(&mut stream)?;
-    receive_dir_with(&mut stream, target, limits, progress)
-}
-
-/// Like [`receive_dir`], within `limits`.
-pub fn receive_dir_with(
+/// Receives a directory whose stream header was read already into
+/// `target`, which must not exist yet, within `limits`: either the whole
+/// directory appears at `target`, or nothing does ([`super::receive_dir`]
+/// reads the header first).
+pub(crate) fn receive_dir_with(
     r: &mut impl Read,
     target: &Path,
     limits: &Limits,

@@ -14,8 +14,9 @@ use crate::error::{Error, Result, TransferKind};
 pub(super) type Entry = (String, u64, u32);
 
 /// Sends every regular file of `dir` (sockets, links and subdirectories
-/// are skipped), then the end marker.
-pub fn send_dir(
+/// are skipped), then the end marker: [`super::send_dir`] without the
+/// stream's header (a migration sends several directories in one stream).
+pub(crate) fn send_files(
     w: &mut impl Write,
     dir: &Path,
     mut progress: Option<Progress<'_>>,

@@ -19,7 +19,6 @@ fn sample_dir() -> tempfile::TempDir {
 
 fn send_to_vec(dir: &Path) -> Vec<u8> {
     let mut v = Vec::new();
-    write_header(&mut v).unwrap();
     send_dir(&mut v, dir, None).unwrap();
     v
 }

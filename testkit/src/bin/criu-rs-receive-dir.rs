@@ -9,7 +9,8 @@ fn main() {
         .nth(1)
         .expect("usage: criu-rs-receive-dir TARGET");
     let mut stdin = std::io::stdin().lock();
-    match criu::transfer::receive_dir(&mut stdin, target.as_ref(), None) {
+    let limits = criu::transfer::Limits::default();
+    match criu::transfer::receive_dir(&mut stdin, target.as_ref(), &limits, None) {
         Ok(stats) => println!("received {} files, {} bytes", stats.files, stats.bytes),
         Err(e) => {
             eprintln!("criu-rs-receive-dir: {e}");

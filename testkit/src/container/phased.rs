@@ -177,13 +177,11 @@ pub fn move_checkpoint(
         let recv = s.spawn(|| {
             hosts.b.run(|| -> criu::Result<_> {
                 let mut stream = accept_on_b(&listener, relay).map_err(io_err("accept"))?;
-                transfer::read_header(&mut stream)?;
-                transfer::receive_dir(&mut stream, to, None)
+                transfer::receive_dir(&mut stream, to, &transfer::Limits::default(), None)
             })
         });
         let sent = hosts.a.run(|| -> criu::Result<_> {
             let mut stream = TcpStream::connect(addr).map_err(io_err("connect"))?;
-            transfer::write_header(&mut stream)?;
             let s = transfer::send_dir(&mut stream, from, None)?;
             stream.flush().map_err(io_err("flush"))?;
             Ok(s)

@@ -57,7 +57,7 @@ impl Source {
             )
         })?;
         wire::send(at.stream, &Msg::PreCopyPass)
-            .and_then(|()| transfer::send_dir(&mut &mut *at.stream, dir.path(), None))
+            .and_then(|()| transfer::send_files(&mut &mut *at.stream, dir.path(), None))
             .map_err(|e| not_sent(n, e))?;
         self.last = Some(name);
         Ok(report.stats.map_or(u64::MAX, |s| s.bytes_written()))
