@@ -26,6 +26,33 @@ pub(crate) fn tree(root: i32) -> Vec<i32> {
     out
 }
 
+/// The memory a dump of the tree rooted at `root` writes, about: each
+/// task's share of its anonymous and shared memory (`Pss_Anon` and
+/// `Pss_Shmem` of `/proc/<pid>/smaps_rollup`, so that memory shared
+/// between tasks counts once), or its resident set where the kernel does
+/// not tell those. Tasks that are gone meanwhile count nothing.
+#[cfg(feature = "migrate")]
+pub(crate) fn memory_bytes(root: i32) -> u64 {
+    tree(root).into_iter().map(task_memory).sum()
+}
+
+#[cfg(feature = "migrate")]
+fn task_memory(pid: i32) -> u64 {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+        return 0;
+    };
+    let kib = |field: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+    };
+    let kb = match (kib("Pss_Anon:"), kib("Pss_Shmem:")) {
+        (None, None) => kib("Rss:").unwrap_or(0),
+        (anon, shmem) => anon.unwrap_or(0) + shmem.unwrap_or(0),
+    };
+    kb * 1024
+}
+
 /// The state letter of a task (`R`, `S`, `T`, `Z`...) from
 /// `/proc/<pid>/stat`, or `None` if it does not exist.
 pub(crate) fn state(pid: i32) -> Option<char> {

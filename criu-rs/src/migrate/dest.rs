@@ -78,8 +78,8 @@ fn receive_inner(
         .prepare(Some(timeout))
         .map_err(|e| Error::io("preparing the stream (timeouts, TCP_NODELAY)", e))?;
     read_header(&mut &mut *stream)?;
-    let strategy = match wire::recv(stream)? {
-        Msg::Hello { strategy } => strategy,
+    let (strategy, memory) = match wire::recv(stream)? {
+        Msg::Hello { strategy, memory } => (strategy, memory),
         other => {
             return Err(unexpected(
                 Step::Handshake,
@@ -96,7 +96,7 @@ fn receive_inner(
             .map_err(wire::no_addresses)?
             .map(|a| a.0),
     };
-    let mut side = strategy::dest_side(strategy, cfg, local)?;
+    let mut side = strategy::dest_side(strategy, cfg, local, memory)?;
     let work_dir = cfg.work_dir.hold()?;
     let images_path = work_dir.path().join("images");
     *step = Step::Transfer;

@@ -5,7 +5,7 @@
 //! One migration, in order (`→` from the source, `←` from the destination):
 //!
 //! ```text
-//! → header, Hello { strategy }
+//! → header, Hello { strategy, memory }
 //! ← PageServerReady { port }                 (page-server only)
 //!   | PageServerRelay { port } | Failed       (the same, relayed in TLS)
 //! → (PreCopyPass, a pass's images)*, PreCopyEnd  (pre-copy only, while it runs)
@@ -37,8 +37,15 @@ use crate::transfer::{self, DirOrMessage, Limits, TransferStats, Transport};
 /// One control message.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum Msg {
-    /// The source's first message.
-    Hello { strategy: Strategy },
+    /// The source's first message: the strategy, and how many bytes of
+    /// memory the tree holds (an estimate of the pages the dump writes;
+    /// absent from peers of before the field), which the destination
+    /// checks against its limits before it takes any.
+    Hello {
+        strategy: Strategy,
+        #[serde(default)]
+        memory: Option<u64>,
+    },
     /// The destination's page server listens on this port.
     PageServerReady { port: u16 },
     /// The destination's relay to its page server listens on this port,

@@ -11,17 +11,22 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use super::{DestSide, Inbound, Received, SourceSide};
 use crate::credentials::TlsFiles;
 use crate::daemon::{free_port, Daemon};
-use crate::error::{Error, Result, SourceState, Step};
+use crate::error::{Error, Result, SourceState, Step, TransferKind};
 use crate::images::ImagesDir;
 use crate::migrate::config::DestConfig;
 use crate::migrate::wire::{self, failed, unexpected, Msg};
 use crate::options::Options;
 use crate::report::DumpReport;
-use crate::transfer::Transport;
+use crate::pidfd::Pidfd;
+use crate::transfer::{Interrupter, Transport};
 
 /// The size of the pages CRIU counts.
 const PAGE_SIZE: u64 = 4096;
@@ -123,11 +128,31 @@ impl SourceSide for Source {
 pub(super) struct Dest<'c> {
     cfg: &'c DestConfig<'c>,
     local: IpAddr,
+    memory: Option<u64>,
 }
 
 impl<'c> Dest<'c> {
-    pub(super) fn new(cfg: &'c DestConfig<'c>, local: IpAddr) -> Dest<'c> {
-        Dest { cfg, local }
+    pub(super) fn new(cfg: &'c DestConfig<'c>, local: IpAddr, memory: Option<u64>) -> Dest<'c> {
+        Dest { cfg, local, memory }
+    }
+
+    /// The bytes the page server may write (the limits' total, and the
+    /// free space of the work directory's file system above the
+    /// reserve); refuses a tree whose announced memory is more, before
+    /// the page server starts.
+    fn budget(&self, at: &Inbound<'_>) -> Result<u64> {
+        let room = at
+            .limits
+            .room_in(at.work_dir, 0)
+            .map_err(|e| Error::io("reading the free space of the work directory", e))?;
+        match self.memory {
+            Some(memory) if memory > room => Err(limit(format!(
+                "the source's tree holds {memory} bytes of memory, and this host takes at \
+                 most {room} (Limits::max_total_bytes, and the free space of the work \
+                 directory's file system less Limits::keep_free)"
+            ))),
+            _ => Ok(room),
+        }
     }
 
     /// Starts the page server listening on this host's address, and tells
@@ -178,15 +203,94 @@ impl DestSide for Dest<'_> {
     /// Starts the page server into `images_path`, tells the source where it
     /// listens, then receives the other images beside the pages and moves
     /// them in once the dump is over.
+    /// The page server is bounded by [`Dest::budget`] while it runs: once
+    /// its images pass it, it is killed and the stream woken.
     fn receive(&mut self, mut at: Inbound<'_>) -> Result<Received> {
+        let budget = self.budget(&at)?;
         let (server, images) = self.start_server(&mut at)?;
+        let watch = Watch::start(images.path(), budget, &server, at.stream.interrupter());
         let rest = at.work_dir.join("images.rest");
-        let transfer = at.receive_dir(&rest)?;
-        move_into(&rest, at.images)?;
-        let cancel = &self.cfg.cancel;
-        server.wait_unless(self.cfg.daemon_timeout, || cancel.is_cancelled())?;
-        Ok(Received { images, transfer })
+        let received = at.receive_dir(&rest).and_then(|transfer| {
+            move_into(&rest, at.images)?;
+            let cancel = &self.cfg.cancel;
+            server.wait_unless(self.cfg.daemon_timeout, || cancel.is_cancelled())?;
+            Ok(transfer)
+        });
+        match watch.finish() {
+            Some(written) => Err(limit(format!(
+                "the page server had written {written} bytes, over the {budget} this host \
+                 takes (Limits::max_total_bytes, and the free space of the work directory's \
+                 file system less Limits::keep_free); it was killed"
+            ))),
+            None => received.map(|transfer| Received { images, transfer }),
+        }
     }
+}
+
+/// A refusal by the destination's limits.
+fn limit(message: String) -> Error {
+    Error::Transfer {
+        kind: TransferKind::Limit,
+        message,
+        source: None,
+    }
+}
+
+/// How often the page server's images are measured.
+const WATCH_EVERY: Duration = Duration::from_millis(5);
+
+/// A thread that measures the page server's images directory and kills
+/// the page server (through a pidfd, so never another process) once they
+/// pass the budget, then wakes the stream's blocked read.
+struct Watch {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Option<u64>>,
+}
+
+impl Watch {
+    fn start(dir: &Path, budget: u64, server: &Daemon, wake: Option<Interrupter>) -> Watch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let pidfd = server.pid().and_then(|p| Pidfd::open(p as i32).ok());
+        let (dir, stopped) = (dir.to_path_buf(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::SeqCst) {
+                let written = dir_bytes(&dir);
+                if written > budget {
+                    if let Some(p) = &pidfd {
+                        let _ = p.signal(libc::SIGKILL);
+                    }
+                    if let Some(wake) = wake {
+                        wake();
+                    }
+                    return Some(written);
+                }
+                std::thread::sleep(WATCH_EVERY);
+            }
+            None
+        });
+        Watch { stop, thread }
+    }
+
+    /// Stops watching; the bytes written if the budget was passed.
+    fn finish(self) -> Option<u64> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().ok().flatten()
+    }
+}
+
+/// The bytes the files of `dir` hold (allocated: a sparse file counts
+/// what it takes).
+fn dir_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len().max(m.blocks() * 512))
+                .sum()
+        })
+        .unwrap_or(0)
 }
 /// Moves every file of `from` into `to`, then removes `from`.
 fn move_into(from: &Path, to: &Path) -> Result<()> {
