@@ -401,6 +401,7 @@ pub struct MigrationError {
     source_state: SourceState,
     message: String,
     cancelled: bool,
+    time_limit: bool,
 }
 
 impl MigrationError {
@@ -411,7 +412,20 @@ impl MigrationError {
             source_state,
             message: message.into(),
             cancelled: false,
+            time_limit: false,
         }
+    }
+
+    /// The same, marked as a migration stopped by its overall time limit
+    /// (the destination's `DestConfig::time_limit`).
+    pub fn time_limit_exceeded(mut self) -> Self {
+        self.time_limit = true;
+        self
+    }
+
+    /// Whether the migration was stopped by its overall time limit.
+    pub fn is_time_limit_exceeded(&self) -> bool {
+        self.time_limit
     }
 
     /// The same, marked as the migration's cancellation rather than a
@@ -445,7 +459,9 @@ impl MigrationError {
 
 impl fmt::Display for MigrationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.cancelled {
+        if self.time_limit {
+            f.write_str("the time limit passed: ")?;
+        } else if self.cancelled {
             f.write_str("cancelled: ")?;
         }
         f.write_str(&self.message)
@@ -512,6 +528,22 @@ impl Error {
                 error: error.cancelled(),
                 source,
             },
+            other => other,
+        }
+    }
+
+    /// A migration error marked as stopped by its time limit (not as
+    /// cancelled); any other error as it is.
+    #[cfg(feature = "migrate")]
+    pub(crate) fn into_time_limit_exceeded(self) -> Error {
+        match self {
+            Error::Migration { mut error, source } => {
+                error.cancelled = false;
+                Error::Migration {
+                    error: error.time_limit_exceeded(),
+                    source,
+                }
+            }
             other => other,
         }
     }

@@ -319,3 +319,121 @@ fn an_end_that_expects_its_peer_by_name_refuses_another_holder_of_the_ca() {
     assert!(w.advances(WAIT), "the source runs on");
     w.reap(Duration::ZERO).ok();
 }
+
+/// The TCP ports listening on `ip` in the network namespace of thread
+/// `tid` of this process.
+fn listening_on(tid: i32, ip: Ipv4Addr) -> Vec<u16> {
+    let want = format!("{:08X}", u32::from_ne_bytes(ip.octets()));
+    let table = std::fs::read_to_string(format!("/proc/{tid}/net/tcp")).unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (addr, port) = f.get(1)?.split_once(':')?;
+            (addr == want && f.get(3) == Some(&"0A")).then(|| u16::from_str_radix(port, 16).ok())?
+        })
+        .collect()
+}
+
+#[test]
+fn the_page_server_relay_takes_only_the_streams_source() {
+    // Another holder of the CA's certificates, on the source's host,
+    // connects to the destination's page-server relay before the source
+    // does and sends a wrong token. Before: the relay took the first
+    // certificate holder, and the migration failed.
+    let pki = Pki::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let mut w = spawn_on_a(&hosts, &dir.path().join("out.log"));
+    let sum = w.memory_checksum().unwrap();
+    w.wait_for_seq(20, WAIT).unwrap();
+    let (src_dir, dst_dir) = (dir.path().join("src"), dir.path().join("dst"));
+    std::fs::create_dir_all(&src_dir).unwrap();
+    std::fs::create_dir_all(&dst_dir).unwrap();
+    let (a, b) = (tls(&pki.a), tls(&pki.b));
+    let intruder_files = pki.a.clone();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    // The destination's page server starts a second late: its relay's
+    // listener is there for that second before the source learns of it,
+    // and the intruder surely comes first.
+    let late_criu = dir.path().join("late-criu");
+    std::fs::write(&late_criu, "#!/bin/sh\nsleep 1\nexec criu \"$@\"\n").unwrap();
+    std::fs::set_permissions(
+        &late_criu,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut daemons = criu::DaemonConfig::new();
+    daemons.binary(&late_criu);
+    let (run, intruded) = std::thread::scope(|s| {
+        // A thread parked in host b, whose socket table the intruder reads.
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done, hosts, intruder_files) = (&done, &hosts, &intruder_files);
+        s.spawn(move || {
+            hosts.b.run(|| {
+                // SAFETY: gettid cannot fail and touches no memory.
+                let _ = tid_tx.send(unsafe { libc::gettid() });
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        });
+        let tid = tid_rx.recv().unwrap();
+        let intruder = s.spawn(move || {
+            hosts
+                .a
+                .run(|| {
+                    // The relay's listener is the second one on host b's
+                    // address (the migration's own comes first).
+                    let deadline = std::time::Instant::now() + WAIT;
+                    let mut first = None;
+                    let mut ports = Vec::new();
+                    while ports.is_empty() && std::time::Instant::now() < deadline {
+                        let now = listening_on(tid, hosts.b.addr);
+                        if first.is_none() && now.len() == 1 {
+                            first = Some(now[0]);
+                        }
+                        if first.is_some() {
+                            ports = now.into_iter().filter(|p| Some(*p) != first).collect();
+                        }
+                    }
+                    let mut held = Vec::new();
+                    for p in ports {
+                        let Ok(tcp) = TcpStream::connect((hosts.b.addr, p)) else {
+                            continue;
+                        };
+                        let cfg = TlsConfig::new(intruder_files.clone()).unwrap();
+                        if let Ok(mut t) = cfg.connect(tcp) {
+                            let _ = t.write_all(&[b'a'; 64]).and_then(|()| t.flush());
+                            held.push(t);
+                        }
+                    }
+                    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    held.len()
+                })
+                .unwrap()
+        });
+        let run = hosts
+            .migrate_over(
+                [&a, &b],
+                w.pid(),
+                || SourceConfig::new(Strategy::PageServer).work_dir(&src_dir),
+                || DestConfig::new().work_dir(&dst_dir).daemons(daemons),
+                None,
+            )
+            .unwrap();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        (run, intruder.join().unwrap())
+    });
+    assert!(intruded > 0, "the intruder got in before the source");
+    let src = run.src.unwrap_or_else(|e| panic!("source: {e}"));
+    let dst = run.dst.unwrap_or_else(|e| panic!("destination: {e}"));
+    w.reap(WAIT).unwrap();
+    let pid = dst.child.pid();
+    assert_eq!(src.restored_pid, pid);
+    let (after, ok) = w.verify_memory(pid, WAIT).unwrap();
+    assert!(ok && after == sum, "memory intact");
+}

@@ -7,7 +7,7 @@
 //! ```text
 //! → header, Hello { strategy, memory }
 //! ← PageServerReady { port }                 (page-server only)
-//!   | PageServerRelay { port } | Failed       (the same, relayed in TLS)
+//!   | PageServerRelay { port, token } | Failed  (the same, relayed in TLS)
 //! → (PreCopyPass, a pass's images)*, PreCopyEnd  (pre-copy only, while it runs)
 //! → the images (a transfer stream; stop-and-copy's starts during the dump) | Failed
 //! → LazySource { addr }                      (lazy only)
@@ -49,8 +49,14 @@ pub(super) enum Msg {
     /// The destination's page server listens on this port.
     PageServerReady { port: u16 },
     /// The destination's relay to its page server listens on this port,
-    /// for one connection of the crate's TLS (see `crate::tls`).
-    PageServerRelay { port: u16 },
+    /// for one connection of the crate's TLS (see `crate::tls`), whose
+    /// client must first send `token` (hex; one-time, so that only the
+    /// peer of this stream, not any holder of a certificate, is relayed).
+    PageServerRelay {
+        port: u16,
+        #[serde(default)]
+        token: String,
+    },
     /// A pre-copy pass's images follow (a transfer stream), taken while
     /// the tree runs.
     PreCopyPass,

@@ -133,6 +133,12 @@ fn inbound(mut tcp: TcpStream, early: Vec<u8>, mut plain: impl Plain, session: &
     let mut raw = vec![0u8; CHUNK];
     let mut clear = Vec::with_capacity(CHUNK);
     let mut pending = early;
+    // What the session decrypted already (after the token) goes first.
+    if drain(session, &mut clear).is_err() || plain.write_all(&clear).is_err() {
+        plain.end(Shutdown::Both);
+        tcp.end(Shutdown::Both);
+        return;
+    }
     loop {
         let data = if pending.is_empty() {
             match tcp.read(&mut raw) {
@@ -162,6 +168,19 @@ fn inbound(mut tcp: TcpStream, early: Vec<u8>, mut plain: impl Plain, session: &
         }
     }
     plain.end(Shutdown::Write);
+}
+
+/// The plaintext the session holds already, into `clear` (replacing its
+/// contents).
+fn drain(session: &Session, clear: &mut Vec<u8>) -> io::Result<()> {
+    clear.clear();
+    let mut c = lock(session);
+    c.process_new_packets().map_err(io::Error::other)?;
+    match c.reader().read_to_end(clear) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Decrypts `data` into `clear` (replacing its contents); true once the
@@ -213,17 +232,93 @@ fn accept_polling(
     ))
 }
 
+/// The bytes of a relay's one-time token.
+const TOKEN_BYTES: usize = 32;
+
+/// A fresh one-time token for a relay, in hex.
+pub(crate) fn new_token() -> crate::Result<String> {
+    let mut raw = [0u8; TOKEN_BYTES];
+    let mut got = 0;
+    while got < raw.len() {
+        // SAFETY: writes at most the rest of `raw`, which it points into.
+        let n = unsafe { libc::getrandom(raw[got..].as_mut_ptr().cast(), raw.len() - got, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(crate::Error::io("drawing a relay token", e));
+        }
+        got += n as usize;
+    }
+    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The source's side: sends `token` (the one the destination sent over
+/// the migration's stream) first on the relay's TLS connection.
+pub(crate) fn present_token(tls: &mut TlsStream, token: &str) -> crate::Result<()> {
+    let mut line = token.as_bytes().to_vec();
+    line.resize(2 * TOKEN_BYTES, b'-');
+    tls.write_all(&line[..2 * TOKEN_BYTES])
+        .and_then(|()| tls.flush())
+        .map_err(|e| crate::Error::io("sending the page-server relay's token", e))
+}
+
+/// How long a relay's client has to present its token once
+/// authenticated (the source sends it at once).
+const TOKEN_WAIT: Duration = Duration::from_secs(2);
+
 /// The destination's relay: the first connection to `listener` within
-/// the handshake timeout, authenticated as the source.
-pub(crate) fn accept_peer(listener: &TcpListener, config: &TlsConfig) -> crate::Result<TlsStream> {
+/// the handshake timeout that comes from `peer` (the migration stream's
+/// peer, when it has an address), authenticates (a certificate of the CA)
+/// and then presents `token`, which only the peer of the migration's
+/// stream knows. Others are dropped, and the wait goes on.
+pub(crate) fn accept_peer(
+    listener: &TcpListener,
+    config: &TlsConfig,
+    token: &str,
+    peer: Option<std::net::IpAddr>,
+) -> crate::Result<TlsStream> {
     let deadline = Instant::now() + config.handshake_limit();
-    let tcp = accept_polling(listener, deadline, || true, |_| true).map_err(|e| {
-        crate::Error::io(
-            "waiting for the source's connection to the page-server relay",
-            e,
-        )
-    })?;
-    config.accept(tcp)
+    let from_peer = |s: &TcpStream| match (peer, s.peer_addr()) {
+        (None, _) => true,
+        (Some(want), Ok(got)) => got.ip().to_canonical() == want.to_canonical(),
+        (Some(_), Err(_)) => false,
+    };
+    loop {
+        let tcp = accept_polling(listener, deadline, || true, from_peer).map_err(|e| {
+            crate::Error::io(
+                "waiting for the source's connection to the page-server relay",
+                e,
+            )
+        })?;
+        let Ok(mut tls) = config.accept(tcp) else {
+            continue;
+        };
+        if presents(&mut tls, token, deadline) {
+            tls.tcp()
+                .set_read_timeout(None)
+                .map_err(|e| crate::Error::io("clearing the relay's timeout", e))?;
+            return Ok(tls);
+        }
+    }
+}
+
+/// Whether the client of `tls` sends `token` first, before `deadline`.
+fn presents(tls: &mut TlsStream, token: &str, deadline: Instant) -> bool {
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .min(TOKEN_WAIT);
+    if left.is_zero() || tls.tcp().set_read_timeout(Some(left)).is_err() {
+        return false;
+    }
+    let mut got = [0u8; 2 * TOKEN_BYTES];
+    if tls.read_exact(&mut got).is_err() {
+        return false;
+    }
+    let want = token.as_bytes();
+    // Every byte compared, whatever the first difference.
+    want.len() == got.len() && want.iter().zip(got).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
 }
 
 /// The source's relay: a loopback listener for the dump's page-server

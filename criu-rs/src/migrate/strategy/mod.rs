@@ -176,13 +176,14 @@ pub(super) fn source_side(
     })
 }
 
-/// The destination's part of `strategy`; `local` is this host's address
-/// for CRIU's own connections, when known; `memory` the source's estimate
-/// of the tree's memory, when it sent one.
+/// The destination's part of `strategy`; `local` and `peer` are this
+/// host's and the source's addresses for CRIU's own connections, when
+/// known; `memory` the source's estimate of the tree's memory, when it
+/// sent one.
 pub(super) fn dest_side<'c>(
     strategy: Strategy,
     cfg: &'c DestConfig<'_>,
-    local: Option<IpAddr>,
+    (local, peer): (Option<IpAddr>, Option<IpAddr>),
     memory: Option<u64>,
 ) -> Result<Box<dyn DestSide + 'c>> {
     Ok(match strategy {
@@ -191,9 +192,10 @@ pub(super) fn dest_side<'c>(
         Strategy::PageServer => Box::new(page_server::Dest::new(
             cfg,
             need(local, strategy)?,
+            peer,
             memory,
         )),
-        Strategy::Lazy => Box::new(lazy::Dest::new(cfg)),
+        Strategy::Lazy => Box::new(lazy::Dest::new(cfg, peer)),
     })
 }
 

@@ -24,8 +24,8 @@ use crate::images::ImagesDir;
 use crate::migrate::config::DestConfig;
 use crate::migrate::wire::{self, failed, unexpected, Msg};
 use crate::options::Options;
-use crate::report::DumpReport;
 use crate::pidfd::Pidfd;
+use crate::report::DumpReport;
 use crate::transfer::{Interrupter, Transport};
 
 /// The size of the pages CRIU counts.
@@ -51,7 +51,9 @@ impl Source {
                 #[cfg(feature = "tls")]
                 relay: None,
             }),
-            Msg::PageServerRelay { port } => relayed(SocketAddr::new(peer, port), tls),
+            Msg::PageServerRelay { port, token } => {
+                relayed(SocketAddr::new(peer, port), tls, &token)
+            }
             Msg::Failed { message, .. } => Err(failed(
                 Step::Handshake,
                 SourceState::Untouched,
@@ -73,7 +75,7 @@ impl Source {
 
 /// Connects to the destination's relay at `dest` and starts this side's.
 #[cfg(feature = "tls")]
-fn relayed(dest: SocketAddr, tls: Option<&TlsFiles>) -> Result<Source> {
+fn relayed(dest: SocketAddr, tls: Option<&TlsFiles>, token: &str) -> Result<Source> {
     let files = tls.ok_or_else(|| {
         failed(
             Step::Handshake,
@@ -86,7 +88,9 @@ fn relayed(dest: SocketAddr, tls: Option<&TlsFiles>) -> Result<Source> {
     let config = crate::tls::TlsConfig::new(files.clone())?;
     let tcp = std::net::TcpStream::connect_timeout(&dest, std::time::Duration::from_secs(10))
         .map_err(|e| Error::io(format!("connecting to the page-server relay at {dest}"), e))?;
-    let relay = crate::tls::relay::LocalEnd::start(config.connect(tcp)?)?;
+    let mut tls = config.connect(tcp)?;
+    crate::tls::relay::present_token(&mut tls, token)?;
+    let relay = crate::tls::relay::LocalEnd::start(tls)?;
     Ok(Source {
         page_server: relay.addr(),
         relay: Some(relay),
@@ -94,7 +98,7 @@ fn relayed(dest: SocketAddr, tls: Option<&TlsFiles>) -> Result<Source> {
 }
 
 #[cfg(not(feature = "tls"))]
-fn relayed(_dest: SocketAddr, _tls: Option<&TlsFiles>) -> Result<Source> {
+fn relayed(_dest: SocketAddr, _tls: Option<&TlsFiles>, _token: &str) -> Result<Source> {
     Err(failed(
         Step::Handshake,
         SourceState::Untouched,
@@ -128,12 +132,26 @@ impl SourceSide for Source {
 pub(super) struct Dest<'c> {
     cfg: &'c DestConfig<'c>,
     local: IpAddr,
+    peer: Option<IpAddr>,
     memory: Option<u64>,
 }
 
 impl<'c> Dest<'c> {
-    pub(super) fn new(cfg: &'c DestConfig<'c>, local: IpAddr, memory: Option<u64>) -> Dest<'c> {
-        Dest { cfg, local, memory }
+    /// `local`: where the page server (or its relay) listens; `peer`: the
+    /// source's address, the only one a relay takes a connection from;
+    /// `memory`: the source's estimate of its tree's memory.
+    pub(super) fn new(
+        cfg: &'c DestConfig<'c>,
+        local: IpAddr,
+        peer: Option<IpAddr>,
+        memory: Option<u64>,
+    ) -> Dest<'c> {
+        Dest {
+            cfg,
+            local,
+            peer,
+            memory,
+        }
     }
 
     /// The bytes the page server may write (the limits' total, and the
@@ -182,8 +200,15 @@ impl<'c> Dest<'c> {
             .cfg
             .daemons
             .page_server_on(&images, &OwnedFd::from(theirs))?;
-        wire::send(at.stream, &Msg::PageServerRelay { port })?;
-        let tls = crate::tls::relay::accept_peer(&listener, &config)?;
+        let token = crate::tls::relay::new_token()?;
+        wire::send(
+            at.stream,
+            &Msg::PageServerRelay {
+                port,
+                token: token.clone(),
+            },
+        )?;
+        let tls = crate::tls::relay::accept_peer(&listener, &config, &token, self.peer)?;
         crate::tls::relay::carry(ours, tls)
             .map_err(|e| Error::io("starting the page-server relay", e))?;
         Ok((server, images))
