@@ -139,7 +139,7 @@ fn proc_net_address(addr: std::net::SocketAddr) -> String {
 
 #[cfg(feature = "migrate")]
 /// Whether `pid` has one of the socket `inodes` open.
-fn holds_any_socket(pid: i32, inodes: &[u64]) -> bool {
+pub(crate) fn holds_any_socket(pid: i32, inodes: &[u64]) -> bool {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return false;
     };

@@ -323,8 +323,9 @@ fn presents(tls: &mut TlsStream, token: &str, deadline: Instant) -> bool {
 
 /// The source's relay: a loopback listener for the dump's page-server
 /// connection, and a thread that carries it through `tls` once CRIU
-/// connects. Only a socket of this user is taken (anyone on the host can
-/// reach a loopback port; CRIU runs as this user).
+/// connects. Only a socket of this user held by a process this one
+/// started (the dump's CRIU, which libcriu or the crate forks) is taken:
+/// anyone on the host can reach a loopback port, root included.
 pub(crate) struct LocalEnd {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -374,22 +375,40 @@ impl Drop for LocalEnd {
 }
 
 /// Whether the peer of `s`, a loopback connection, is a socket owned by
-/// this process's effective user, from this thread's network namespace's
-/// table of TCP sockets.
+/// this process's effective user and held by a descendant of this
+/// process (not by this process itself), from this thread's network
+/// namespace's table of TCP sockets.
 fn is_own_socket(s: &TcpStream) -> io::Result<bool> {
-    let (SocketAddr::V4(peer), SocketAddr::V4(local)) = (s.peer_addr()?, s.local_addr()?) else {
+    let Some((uid, inode)) = peer_socket(s)? else {
         return Ok(false);
     };
-    let table = std::fs::read_to_string("/proc/thread-self/net/tcp")?;
     // SAFETY: geteuid cannot fail and touches no memory.
     let me = unsafe { libc::geteuid() };
-    Ok(table.lines().skip(1).any(|line| {
+    Ok(uid == me && held_by_descendant(inode))
+}
+
+/// The owner and inode of the socket at the other end of `s`, a loopback
+/// connection.
+fn peer_socket(s: &TcpStream) -> io::Result<Option<(u32, u64)>> {
+    let (SocketAddr::V4(peer), SocketAddr::V4(local)) = (s.peer_addr()?, s.local_addr()?) else {
+        return Ok(None);
+    };
+    let table = std::fs::read_to_string("/proc/thread-self/net/tcp")?;
+    Ok(table.lines().skip(1).find_map(|line| {
         let f: Vec<&str> = line.split_whitespace().collect();
-        f.len() > 7
-            && f[1] == proc_addr(&peer)
-            && f[2] == proc_addr(&local)
-            && f[7].parse::<u32>() == Ok(me)
+        let ours = f.len() > 9 && f[1] == proc_addr(&peer) && f[2] == proc_addr(&local);
+        ours.then(|| Some((f[7].parse().ok()?, f[9].parse().ok()?)))
+            .flatten()
     }))
+}
+
+/// Whether a process this one started (a child, or one of theirs) has
+/// the socket `inode` open.
+fn held_by_descendant(inode: u64) -> bool {
+    crate::tree::tree(std::process::id() as i32)
+        .into_iter()
+        .skip(1)
+        .any(|pid| crate::tree::holds_any_socket(pid, &[inode]))
 }
 
 /// An address as /proc/net/tcp writes it: the IPv4 address's bytes as
@@ -407,13 +426,45 @@ mod tests {
     use super::*;
     use std::process::{Command, Stdio};
 
+    /// A child of this process (as CRIU is) holding a connection to
+    /// `port` on the loopback, started by `wrap` (the command line before
+    /// bash's); the accepted socket.
+    fn child_connected(l: &TcpListener, wrap: &[&str]) -> (std::process::Child, TcpStream) {
+        let port = l.local_addr().unwrap().port();
+        let mut cmd = Command::new(wrap.first().copied().unwrap_or("bash"));
+        cmd.args(wrap.iter().skip(1));
+        if !wrap.is_empty() {
+            cmd.arg("bash");
+        }
+        let child = cmd
+            .arg("-c")
+            .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{port}; read -t 5 <&3"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (s, _) = l.accept().unwrap();
+        (child, s)
+    }
+
     #[test]
-    fn a_loopback_socket_of_this_user_is_own() {
+    fn a_loopback_socket_of_this_users_child_is_own() {
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let (mut child, s) = child_connected(&l, &[]);
+        let own = is_own_socket(&s).unwrap();
+        drop(s);
+        let _ = child.wait();
+        assert!(own);
+        assert_eq!(proc_addr(&"127.0.0.1:80".parse().unwrap()), "0100007F:0050");
+    }
+
+    #[test]
+    fn a_loopback_socket_of_this_process_itself_is_not() {
+        // Before: any socket of this user was taken, whoever held it.
         let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, _) = l.accept().unwrap();
-        assert!(is_own_socket(&s).unwrap());
-        assert_eq!(proc_addr(&"127.0.0.1:80".parse().unwrap()), "0100007F:0050");
+        assert!(!is_own_socket(&s).unwrap());
     }
 
     #[test]
@@ -423,21 +474,13 @@ mod tests {
             return; // Only root can connect as someone else.
         }
         let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let port = l.local_addr().unwrap().port();
-        let mut nobody = Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "bash",
-                "-c",
-            ])
-            .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{port}; read -t 5 <&3"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let (s, _) = l.accept().unwrap();
+        let setpriv = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ];
+        let (mut nobody, s) = child_connected(&l, &setpriv);
         let own = is_own_socket(&s).unwrap();
         drop(s);
         let _ = nobody.wait();
