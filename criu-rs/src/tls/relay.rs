@@ -56,16 +56,35 @@ impl Plain for UnixStream {
     }
 }
 
+/// How long the peer's end of a relay may stay silent, or leave what the
+/// relay sends unread, before the relay gives up (both directions end,
+/// and CRIU's connection with them).
+pub(crate) const IDLE: Duration = Duration::from_secs(600);
+
 /// A running relay: its two threads end when both sides have hung up
-/// (or either fails, which hangs up the other).
+/// (or either fails, which hangs up the other, or the peer stays silent
+/// for [`IDLE`]). Dropped, it hangs up both sides and joins its threads.
 pub(crate) struct Relay {
     threads: Vec<JoinHandle<()>>,
+    hang_up: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl Relay {
-    /// Waits for both directions to end.
-    pub(crate) fn join(self) {
-        for t in self.threads {
+    /// Waits for both directions to end by themselves.
+    pub(crate) fn join(mut self) {
+        self.hang_up = None;
+        for t in std::mem::take(&mut self.threads) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(hang_up) = self.hang_up.take() {
+            hang_up();
+        }
+        for t in std::mem::take(&mut self.threads) {
             let _ = t.join();
         }
     }
@@ -77,12 +96,22 @@ fn lock(s: &Session) -> MutexGuard<'_, rustls::Connection> {
     s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Starts carrying `plain` through `tls` in both directions.
-pub(crate) fn carry<P: Plain>(plain: P, tls: TlsStream) -> io::Result<Relay> {
+/// Starts carrying `plain` through `tls` in both directions; the TLS
+/// connection's reads and writes time out after `idle`.
+pub(crate) fn carry<P: Plain>(plain: P, tls: TlsStream, idle: Duration) -> io::Result<Relay> {
     let (conn, socket) = tls.into_parts();
     let (tcp, early) = socket.into_parts();
+    tcp.set_read_timeout(Some(idle))?;
+    tcp.set_write_timeout(Some(idle))?;
     let session: Session = Arc::new(Mutex::new(conn));
     let (plain_in, tcp_out) = (plain.duplicate()?, tcp.try_clone()?);
+    let hang_up: Box<dyn FnOnce() + Send> = {
+        let (plain, tcp) = (plain.duplicate()?, tcp.try_clone()?);
+        Box::new(move || {
+            plain.end(Shutdown::Both);
+            tcp.end(Shutdown::Both);
+        })
+    };
     let out = {
         let session = session.clone();
         std::thread::spawn(move || outbound(plain_in, tcp_out, &session))
@@ -90,6 +119,7 @@ pub(crate) fn carry<P: Plain>(plain: P, tls: TlsStream) -> io::Result<Relay> {
     let inb = std::thread::spawn(move || inbound(tcp, early, plain, &session));
     Ok(Relay {
         threads: vec![out, inb],
+        hang_up: Some(hang_up),
     })
 }
 
@@ -142,8 +172,15 @@ fn inbound(mut tcp: TcpStream, early: Vec<u8>, mut plain: impl Plain, session: &
     loop {
         let data = if pending.is_empty() {
             match tcp.read(&mut raw) {
-                Ok(0) | Err(_) => break,
+                Ok(0) => break,
                 Ok(n) => &raw[..n],
+                Err(_) => {
+                    // Silent past the idle timeout, or reset: CRIU's side
+                    // must not wait on for it.
+                    plain.end(Shutdown::Both);
+                    tcp.end(Shutdown::Both);
+                    return;
+                }
             }
         } else {
             &pending[..]
@@ -352,7 +389,7 @@ impl LocalEnd {
             let own = |s: &TcpStream| is_own_socket(s).unwrap_or(false);
             if let Ok(criu) = accept_polling(&listener, deadline, wanted, own) {
                 drop(listener);
-                if let Ok(relay) = carry(criu, tls) {
+                if let Ok(relay) = carry(criu, tls, IDLE) {
                     relay.join();
                 }
             }
@@ -485,5 +522,88 @@ mod tests {
         drop(s);
         let _ = nobody.wait();
         assert!(!own, "a socket of user 65534 was taken for ours");
+    }
+
+    /// A CA and one host certificate signed by it, both ends' files.
+    fn pki(dir: &std::path::Path) -> crate::credentials::TlsFiles {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let host = CertificateParams::new(vec!["host".to_string()]).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = host.signed_by(&key, &ca_cert, &ca_key).unwrap();
+        let files = [
+            ("ca.pem", ca_cert.pem()),
+            ("host.pem", cert.pem()),
+            ("host-key.pem", key.serialize_pem()),
+        ];
+        for (name, pem) in &files {
+            std::fs::write(dir.join(name), pem).unwrap();
+        }
+        crate::credentials::TlsFiles::new(
+            dir.join("ca.pem"),
+            dir.join("host.pem"),
+            dir.join("host-key.pem"),
+        )
+    }
+
+    /// A relay carrying one end of a socketpair through a TLS connection
+    /// on the loopback, whose other end (the peer's) is returned too,
+    /// with the socketpair's other end.
+    fn relay(idle: Duration) -> (Relay, TlsStream, UnixStream, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = TlsConfig::new(pki(dir.path())).unwrap();
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = l.local_addr().unwrap();
+        let client = {
+            let config = config.clone();
+            std::thread::spawn(move || config.connect(TcpStream::connect(addr).unwrap()))
+        };
+        let (tcp, _) = l.accept().unwrap();
+        let ours = config.accept(tcp).unwrap();
+        let peer = client.join().unwrap().unwrap();
+        let (plain, criu) = UnixStream::pair().unwrap();
+        (carry(plain, ours, idle).unwrap(), peer, criu, dir)
+    }
+
+    #[test]
+    fn a_relay_whose_peer_stays_silent_ends_after_the_idle_timeout() {
+        // Before: its threads blocked on the silent peer for ever.
+        let (relay, _peer, mut criu, _dir) = relay(Duration::from_millis(300));
+        let (done, ended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            relay.join();
+            let _ = done.send(());
+        });
+        assert!(
+            ended.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "the relay still waits on its silent peer"
+        );
+        let mut buf = [0u8; 1];
+        criu.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(criu.read(&mut buf).unwrap(), 0, "CRIU's side was hung up");
+    }
+
+    #[test]
+    fn a_dropped_relay_hangs_up_both_sides_and_is_joined() {
+        // Before: dropping the relay left its threads running, carrying.
+        let (relay, mut peer, mut criu, _dir) = relay(IDLE);
+        drop(relay);
+        let mut buf = [0u8; 1];
+        criu.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(criu.read(&mut buf).unwrap(), 0, "CRIU's side was hung up");
+        peer.tcp()
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let got = peer.read(&mut buf);
+        assert!(
+            matches!(got, Ok(0))
+                || got
+                    .as_ref()
+                    .is_err_and(|e| e.kind() != io::ErrorKind::WouldBlock),
+            "the peer's side was hung up: {got:?}"
+        );
     }
 }

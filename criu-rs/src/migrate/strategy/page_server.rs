@@ -132,8 +132,13 @@ impl SourceSide for Source {
 pub(super) struct Dest<'c> {
     cfg: &'c DestConfig<'c>,
     local: IpAddr,
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     peer: Option<IpAddr>,
     memory: Option<u64>,
+    /// The relay to the page server, over TLS: hung up and joined when
+    /// dropped, on every path out of the migration.
+    #[cfg(feature = "tls")]
+    relay: Option<crate::tls::relay::Relay>,
 }
 
 impl<'c> Dest<'c> {
@@ -151,6 +156,8 @@ impl<'c> Dest<'c> {
             local,
             peer,
             memory,
+            #[cfg(feature = "tls")]
+            relay: None,
         }
     }
 
@@ -187,7 +194,7 @@ impl<'c> Dest<'c> {
     /// where the relay listens, and waits for it to connect and
     /// authenticate.
     #[cfg(feature = "tls")]
-    fn relayed(&self, at: &mut Inbound<'_>, files: &TlsFiles) -> Result<(Daemon, ImagesDir)> {
+    fn relayed(&mut self, at: &mut Inbound<'_>, files: &TlsFiles) -> Result<(Daemon, ImagesDir)> {
         use std::os::fd::OwnedFd;
         let config = crate::tls::TlsConfig::new(files.clone())?;
         let listen = |e| Error::io("listening for the source's page-server relay", e);
@@ -209,13 +216,15 @@ impl<'c> Dest<'c> {
             },
         )?;
         let tls = crate::tls::relay::accept_peer(&listener, &config, &token, self.peer)?;
-        crate::tls::relay::carry(ours, tls)
+        let idle = self.cfg.daemon_timeout.min(crate::tls::relay::IDLE);
+        let relay = crate::tls::relay::carry(ours, tls, idle)
             .map_err(|e| Error::io("starting the page-server relay", e))?;
+        self.relay = Some(relay);
         Ok((server, images))
     }
 
     /// The page server, relayed through the crate's TLS where it can be.
-    fn start_server(&self, at: &mut Inbound<'_>) -> Result<(Daemon, ImagesDir)> {
+    fn start_server(&mut self, at: &mut Inbound<'_>) -> Result<(Daemon, ImagesDir)> {
         #[cfg(feature = "tls")]
         if let Some(files) = self.cfg.daemons.tls_files() {
             return self.relayed(at, files);
@@ -241,6 +250,9 @@ impl DestSide for Dest<'_> {
             server.wait_unless(self.cfg.daemon_timeout, || cancel.is_cancelled())?;
             Ok(transfer)
         });
+        // The page server is done (or failed): so is its relay.
+        #[cfg(feature = "tls")]
+        drop(self.relay.take());
         match watch.finish() {
             Some(written) => Err(limit(format!(
                 "the page server had written {written} bytes, over the {budget} this host \
