@@ -264,6 +264,8 @@ pub enum Error {
     /// or the PEM files could not be used. Nothing was sent or received.
     #[error("TLS: {message}{}", .source.as_ref().map(|e| format!("\n  because: {e}")).unwrap_or_default())]
     Tls {
+        /// What kind of failure.
+        kind: TlsKind,
         /// What went wrong, and what to do about it.
         message: String,
         /// The TLS or I/O error behind it, if any.
@@ -306,6 +308,37 @@ pub enum TransferKind {
     UnsafeName,
     /// The target directory exists already, or was replaced meanwhile.
     TargetExists,
+}
+
+/// What kind of failure an [`Error::Tls`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsKind {
+    /// The peer's certificate does not chain to our CA, is not valid, or
+    /// is missing.
+    Untrusted,
+    /// The peer's certificate has expired, or is not valid yet.
+    Expired,
+    /// The peer's certificate does not name the host this end expects
+    /// (`TlsConfig::peer_name`).
+    WrongName,
+    /// The peer does not speak TLS 1.3 (a plain TCP client, another
+    /// protocol).
+    NotTls,
+    /// The peer refused us (a TLS alert): most likely our certificate.
+    RefusedByPeer,
+    /// The peer hung up during the handshake (it may have refused our
+    /// certificate, or does not speak TLS).
+    HungUp,
+    /// The handshake did not complete within its deadline.
+    TimedOut,
+    /// The connection failed during the handshake.
+    Connection,
+    /// This end's own files or settings cannot be used (PEM files, a key
+    /// that does not go with its certificate, a bad host name).
+    Config,
+    /// Anything else.
+    Other,
 }
 
 /// A step of a migration, where it failed.
@@ -649,6 +682,14 @@ impl Error {
     pub fn transfer_kind(&self) -> Option<TransferKind> {
         match self {
             Error::Transfer { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+
+    /// The kind of a failed TLS setup.
+    pub fn tls_kind(&self) -> Option<TlsKind> {
+        match self {
+            Error::Tls { kind, .. } => Some(*kind),
             _ => None,
         }
     }
