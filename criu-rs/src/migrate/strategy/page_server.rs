@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use super::{DestSide, Inbound, Received, SourceSide};
 use crate::credentials::TlsFiles;
-use crate::daemon::{free_port, Daemon};
+use crate::daemon::{free_port, Daemon, DaemonConfig};
 use crate::error::{Error, Result, SourceState, Step, TransferKind};
 use crate::images::ImagesDir;
 use crate::migrate::config::DestConfig;
@@ -182,10 +182,10 @@ impl<'c> Dest<'c> {
 
     /// Starts the page server listening on this host's address, and tells
     /// the source.
-    fn listening(&self, at: &mut Inbound<'_>) -> Result<(Daemon, ImagesDir)> {
+    fn listening(&self, at: &mut Inbound<'_>, budget: u64) -> Result<(Daemon, ImagesDir)> {
         let images = at.create_images()?;
         let addr = free_port(self.local)?;
-        let server = self.cfg.daemons.page_server(&images, addr)?;
+        let server = bounded(&self.cfg.daemons, budget).page_server(&images, addr)?;
         wire::send(at.stream, &Msg::PageServerReady { port: addr.port() })?;
         Ok((server, images))
     }
@@ -194,7 +194,12 @@ impl<'c> Dest<'c> {
     /// where the relay listens, and waits for it to connect and
     /// authenticate.
     #[cfg(feature = "tls")]
-    fn relayed(&mut self, at: &mut Inbound<'_>, files: &TlsFiles) -> Result<(Daemon, ImagesDir)> {
+    fn relayed(
+        &mut self,
+        at: &mut Inbound<'_>,
+        files: &TlsFiles,
+        budget: u64,
+    ) -> Result<(Daemon, ImagesDir)> {
         use std::os::fd::OwnedFd;
         let config = crate::tls::TlsConfig::new(files.clone())?;
         let listen = |e| Error::io("listening for the source's page-server relay", e);
@@ -203,10 +208,8 @@ impl<'c> Dest<'c> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()
             .map_err(|e| Error::io("creating the page server's socketpair", e))?;
         let images = at.create_images()?;
-        let server = self
-            .cfg
-            .daemons
-            .page_server_on(&images, &OwnedFd::from(theirs))?;
+        let server =
+            bounded(&self.cfg.daemons, budget).page_server_on(&images, &OwnedFd::from(theirs))?;
         let token = crate::tls::relay::new_token()?;
         wire::send(
             at.stream,
@@ -224,12 +227,12 @@ impl<'c> Dest<'c> {
     }
 
     /// The page server, relayed through the crate's TLS where it can be.
-    fn start_server(&mut self, at: &mut Inbound<'_>) -> Result<(Daemon, ImagesDir)> {
+    fn start_server(&mut self, at: &mut Inbound<'_>, budget: u64) -> Result<(Daemon, ImagesDir)> {
         #[cfg(feature = "tls")]
         if let Some(files) = self.cfg.daemons.tls_files() {
-            return self.relayed(at, files);
+            return self.relayed(at, &files.clone(), budget);
         }
-        self.listening(at)
+        self.listening(at, budget)
     }
 }
 
@@ -237,11 +240,12 @@ impl DestSide for Dest<'_> {
     /// Starts the page server into `images_path`, tells the source where it
     /// listens, then receives the other images beside the pages and moves
     /// them in once the dump is over.
-    /// The page server is bounded by [`Dest::budget`] while it runs: once
-    /// its images pass it, it is killed and the stream woken.
+    /// The page server is bounded by [`Dest::budget`] while it runs: no
+    /// file of its may pass it (`RLIMIT_FSIZE`), and once its images
+    /// together pass it, it is killed and the stream woken.
     fn receive(&mut self, mut at: Inbound<'_>) -> Result<Received> {
         let budget = self.budget(&at)?;
-        let (server, images) = self.start_server(&mut at)?;
+        let (server, images) = self.start_server(&mut at, budget)?;
         let watch = Watch::start(images.path(), budget, &server, at.stream.interrupter());
         let rest = at.work_dir.join("images.rest");
         let received = at.receive_dir(&rest).and_then(|transfer| {
@@ -255,13 +259,22 @@ impl DestSide for Dest<'_> {
         drop(self.relay.take());
         match watch.finish() {
             Some(written) => Err(limit(format!(
-                "the page server had written {written} bytes, over the {budget} this host \
+                "the page server had written {written} bytes, the {budget} this host \
                  takes (Limits::max_total_bytes, and the free space of the work directory's \
                  file system less Limits::keep_free); it was killed"
             ))),
             None => received.map(|transfer| Received { images, transfer }),
         }
     }
+}
+
+/// `daemons`, with no file larger than `budget` (a page server that
+/// writes past it dies of `SIGXFSZ` at once; the watcher bounds the
+/// files together).
+fn bounded(daemons: &DaemonConfig, budget: u64) -> DaemonConfig {
+    let mut d = daemons.clone();
+    d.max_file_bytes(budget.max(1));
+    d
 }
 
 /// A refusal by the destination's limits.
@@ -289,21 +302,25 @@ impl Watch {
         let stop = Arc::new(AtomicBool::new(false));
         let pidfd = server.pid().and_then(|p| Pidfd::open(p as i32).ok());
         let (dir, stopped) = (dir.to_path_buf(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            while !stopped.load(Ordering::SeqCst) {
-                let written = dir_bytes(&dir);
-                if written > budget {
-                    if let Some(p) = &pidfd {
-                        let _ = p.signal(libc::SIGKILL);
-                    }
-                    if let Some(wake) = wake {
-                        wake();
-                    }
-                    return Some(written);
+        // Measured once more after the stop: what the page server wrote
+        // last counts too. A page server stopped by its file size limit
+        // leaves a file of exactly the budget.
+        let thread = std::thread::spawn(move || loop {
+            let last = stopped.load(Ordering::SeqCst);
+            let written = dir_bytes(&dir);
+            if written >= budget {
+                if let Some(p) = &pidfd {
+                    let _ = p.signal(libc::SIGKILL);
                 }
-                std::thread::sleep(WATCH_EVERY);
+                if let Some(wake) = wake {
+                    wake();
+                }
+                return Some(written);
             }
-            None
+            if last {
+                return None;
+            }
+            std::thread::sleep(WATCH_EVERY);
         });
         Watch { stop, thread }
     }
