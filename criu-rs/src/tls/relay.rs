@@ -96,8 +96,38 @@ fn lock(s: &Session) -> MutexGuard<'_, rustls::Connection> {
     s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Starts carrying `plain` through `tls` in both directions; the TLS
-/// connection's reads and writes time out after `idle`.
+/// When the relay last moved bytes, either way: a direction that waits
+/// on a silent peer is not idle while the other one carries (the source
+/// hears nothing from the destination while the dump streams pages).
+#[derive(Clone)]
+struct Activity {
+    since: Instant,
+    last_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            since: Instant::now(),
+            last_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.since.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether nothing moved for `idle`.
+    fn idle_for(&self, idle: Duration) -> bool {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.since.elapsed().saturating_sub(last) >= idle
+    }
+}
+
+/// Starts carrying `plain` through `tls` in both directions; the relay
+/// gives up when the TLS connection moved nothing either way for `idle`
+/// (its reads and writes time out then).
 pub(crate) fn carry<P: Plain>(plain: P, tls: TlsStream, idle: Duration) -> io::Result<Relay> {
     let (conn, socket) = tls.into_parts();
     let (tcp, early) = socket.into_parts();
@@ -112,11 +142,12 @@ pub(crate) fn carry<P: Plain>(plain: P, tls: TlsStream, idle: Duration) -> io::R
             tcp.end(Shutdown::Both);
         })
     };
+    let activity = Activity::new();
     let out = {
-        let session = session.clone();
-        std::thread::spawn(move || outbound(plain_in, tcp_out, &session))
+        let (session, activity) = (session.clone(), activity.clone());
+        std::thread::spawn(move || outbound(plain_in, tcp_out, &session, &activity))
     };
-    let inb = std::thread::spawn(move || inbound(tcp, early, plain, &session));
+    let inb = std::thread::spawn(move || inbound(tcp, early, plain, &session, (&activity, idle)));
     Ok(Relay {
         threads: vec![out, inb],
         hang_up: Some(hang_up),
@@ -124,7 +155,7 @@ pub(crate) fn carry<P: Plain>(plain: P, tls: TlsStream, idle: Duration) -> io::R
 }
 
 /// CRIU's bytes, encrypted onto the TLS connection, then `close_notify`.
-fn outbound(mut plain: impl Plain, mut tcp: TcpStream, session: &Session) {
+fn outbound(mut plain: impl Plain, mut tcp: TcpStream, session: &Session, activity: &Activity) {
     let mut buf = vec![0u8; CHUNK];
     let mut wire = Vec::with_capacity(CHUNK + CHUNK / 64);
     loop {
@@ -133,11 +164,13 @@ fn outbound(mut plain: impl Plain, mut tcp: TcpStream, session: &Session) {
             Ok(n) => n,
         };
         if seal(session, &buf[..n], &mut wire).is_err() || tcp.write_all(&wire).is_err() {
-            // The peer is gone: so is CRIU's connection.
+            // The peer is gone (or read nothing for the idle timeout):
+            // so is CRIU's connection.
             plain.end(Shutdown::Both);
             tcp.end(Shutdown::Both);
             return;
         }
+        activity.touch();
     }
     lock(session).send_close_notify();
     if seal(session, &[], &mut wire).is_ok() {
@@ -159,7 +192,13 @@ fn seal(session: &Session, clear: &[u8], wire: &mut Vec<u8>) -> io::Result<()> {
 
 /// The peer's bytes, decrypted into CRIU's connection, until the peer's
 /// `close_notify` (or hang-up).
-fn inbound(mut tcp: TcpStream, early: Vec<u8>, mut plain: impl Plain, session: &Session) {
+fn inbound(
+    mut tcp: TcpStream,
+    early: Vec<u8>,
+    mut plain: impl Plain,
+    session: &Session,
+    (activity, idle): (&Activity, Duration),
+) {
     let mut raw = vec![0u8; CHUNK];
     let mut clear = Vec::with_capacity(CHUNK);
     let mut pending = early;
@@ -173,7 +212,18 @@ fn inbound(mut tcp: TcpStream, early: Vec<u8>, mut plain: impl Plain, session: &
         let data = if pending.is_empty() {
             match tcp.read(&mut raw) {
                 Ok(0) => break,
-                Ok(n) => &raw[..n],
+                Ok(n) => {
+                    activity.touch();
+                    &raw[..n]
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) && !activity.idle_for(idle) =>
+                {
+                    continue;
+                }
                 Err(_) => {
                     // Silent past the idle timeout, or reset: CRIU's side
                     // must not wait on for it.
@@ -605,5 +655,27 @@ mod tests {
                     .is_err_and(|e| e.kind() != io::ErrorKind::WouldBlock),
             "the peer's side was hung up: {got:?}"
         );
+    }
+
+    #[test]
+    fn a_relay_that_carries_one_way_is_not_idle() {
+        // The source hears nothing from the destination while the dump
+        // streams its pages: that silence must not end the relay.
+        let (relay, mut peer, mut criu, _dir) = relay(Duration::from_millis(300));
+        let mut buf = [0u8; 4];
+        for _ in 0..10 {
+            criu.write_all(b"page").unwrap();
+            peer.read_exact(&mut buf).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        criu.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let got = criu.read(&mut buf);
+        assert!(
+            got.as_ref()
+                .is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock),
+            "the relay ended while it carried: {got:?}"
+        );
+        drop(relay);
     }
 }
