@@ -388,10 +388,11 @@ pub struct Security {
     /// This host's private key (PEM).
     #[arg(long, value_name = "PEM")]
     pub tls_key: Option<PathBuf>,
-    /// Require the peer's certificate to name this host (DNS name or IP
-    /// address in its subject alternative names). NOT YET ENFORCED: refused
-    /// until criu-rs's TLS checks peer names; any certificate of the
-    /// --tls-ca CA is accepted meanwhile.
+    /// Require the peer's certificate to name this host (a DNS name or an
+    /// IP address of its subject alternative names): on receive, the
+    /// source's; on send, the destination's. A peer that does not is
+    /// refused before anything is stopped (exit 4). Without it, any
+    /// certificate of the --tls-ca CA is accepted.
     #[arg(long, value_name = "NAME")]
     pub peer_name: Option<String>,
     /// Plain TCP, no authentication: memory crosses in clear, and ANYONE
@@ -401,6 +402,30 @@ pub struct Security {
     #[arg(long, conflicts_with_all = ["tls_ca", "tls_cert", "tls_key", "peer_name"])]
     pub plain: bool,
 }
+
+/// What `send --json` writes (kept stable: fields are added, never renamed).
+const SEND_JSON: &str = "\
+Also write the report as JSON to this file (\"-\" for stdout: the summary then goes to \
+stderr), one object on one line. On success, criu-rs's SourceReport: \"strategy\", \"pid\", \
+\"restored_pid\", \"dump\" (CRIU's dump statistics), \"transfer\" (\"files\", \"bytes\", ...), \
+\"page_server_bytes\", \"restore_wall\", \"stopped_to_restored\" (the downtime), \"total\" \
+(durations in microseconds), \"phases\" (\"freeze_us\", \"frozen_us\", \"memory_dump_us\", \
+\"memory_write_us\", \"dump_other_us\", \"transfer_us\", \"restore_us\", \"handoff_us\"), plus \"link\" (\"plain\" or \"tls\") and \"to\" (the destination's \
+address). On failure: {\"error\": {\"exit\", \"message\", \"hint\", \"signal\", \"step\", \
+\"source_state\", \"cancelled\"}}, \"exit\" being the exit code, \"signal\" the signal that \
+interrupted it (or null), and for a failed migration \"step\" (handshake, stop, dump, transfer, \
+connections, restore, lazy-pages, confirm) and \"source_state\" (untouched, resumed, killed, \
+possibly-running-twice, unknown): what became of the process.";
+
+/// What `receive --json` writes (kept stable: fields are added, never
+/// renamed).
+const RECEIVE_JSON: &str = "\
+Also write the report as JSON to this file (\"-\" for stdout), one object on one line. On \
+success: \"restored_pid\", \"strategy\", \"restore\" (CRIU's restore report), \"transfer\" \
+(\"files\", \"bytes\", ...), \"source_confirmed\" (false: the source did not confirm it \
+stopped its copy), \"link\" (\"plain\" or \"tls\"), \"peer\" (the source's address). On \
+failure the same {\"error\": {...}} row as send's (see `criu-rs send --help`; \"source_state\" \
+is mostly \"unknown\" here: the source decides).";
 
 /// `send`.
 #[derive(Args, Debug)]
@@ -430,8 +455,9 @@ pub struct SendArgs {
     /// directory removed afterwards: no disk in the path).
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
-    /// Also write the report as JSON to this file ("-" for stdout).
-    #[arg(long, value_name = "FILE")]
+    /// Also write the report as JSON to this file ("-" for stdout: then
+    /// the summary goes to stderr), one object on one line.
+    #[arg(long, value_name = "FILE", long_help = SEND_JSON)]
     pub json: Option<PathBuf>,
     /// With --tcp-established: a program that moves the service address
     /// between the hosts, run with one argument per step: lock,
@@ -477,8 +503,9 @@ pub struct ReceiveArgs {
     /// send`; the send must skip it too).
     #[arg(long)]
     pub no_preflight: bool,
-    /// Also write the report as JSON to this file ("-" for stdout).
-    #[arg(long, value_name = "FILE")]
+    /// Also write the report as JSON to this file ("-" for stdout), one
+    /// object on one line.
+    #[arg(long, value_name = "FILE", long_help = RECEIVE_JSON)]
     pub json: Option<PathBuf>,
     /// The secure channel.
     #[command(flatten)]

@@ -72,6 +72,8 @@ pub struct CriuFlags {
     pub log_level: Option<LogLevelArg>,
     /// A CRIU configuration file (one CLI option a line, read after these
     /// flags and overriding them): for CRIU options without a flag here.
+    /// Not with receive, nor with send's page-server, lazy and pre-copy
+    /// strategies (they pass options through a config file of their own).
     #[arg(long, value_name = "FILE")]
     pub criu_config: Option<PathBuf>,
     /// Give up after this long (e.g. 30s, 2m, 500ms): CRIU is killed and
@@ -200,6 +202,13 @@ impl CriuFlags {
                     "--ext-mount-map {m:?} is not KEY:VALUE"
                 )));
             }
+        }
+        if self.criu_config.is_some() && command == "receive" {
+            return Err(CliError::usage(
+                "--criu-config cannot be used with receive: the restore passes options of its own \
+                 (restore as a child, its deadline) through a CRIU config file, and CRIU reads one",
+            )
+            .hint("use the flags of `criu-rs receive --help` instead"));
         }
         if let Some(f) = &self.criu_config {
             if !f.is_file() {

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::process::ExitCode;
 
+use criu::migrate::Step;
+
 /// The exit codes, as `criu-rs --help` lists them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -47,6 +49,11 @@ pub struct CliError {
     pub message: String,
     /// What to do about it, when we can tell.
     pub hint: Option<String>,
+    /// For a failed migration: its step, what became of the source, and
+    /// whether it was cancelled.
+    pub migration: Option<criu::MigrationError>,
+    /// The signal that interrupted the command, if one did.
+    pub signal: Option<String>,
 }
 
 impl CliError {
@@ -56,6 +63,8 @@ impl CliError {
             exit,
             message: message.into(),
             hint: None,
+            migration: None,
+            signal: None,
         }
     }
 
@@ -86,6 +95,25 @@ impl CliError {
         if let Some(h) = &self.hint {
             eprintln!("hint: {h}");
         }
+    }
+
+    /// The `--json` row of a failure: `{"error": {"exit", "message",
+    /// "hint", "signal", "step", "source_state", "cancelled"}}`, the last
+    /// three for a migration only (`step` and `source_state` in criu-rs's
+    /// kebab-case names: `dump`, `resumed`...), absent fields `null`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let m = self.migration.as_ref();
+        serde_json::json!({
+            "error": {
+                "exit": self.exit as u8,
+                "message": self.message,
+                "hint": self.hint,
+                "signal": self.signal,
+                "step": m.map(|m| m.step()),
+                "source_state": m.map(|m| m.source_state()),
+                "cancelled": m.map(|m| m.is_cancelled()),
+            }
+        })
     }
 
     /// The process's exit status.
@@ -140,6 +168,7 @@ const LOG_HINTS: &[(&str, &str)] = &[
 ];
 
 fn criu_hint(e: &criu::Error) -> Option<String> {
+    let e = e.cause();
     if e.is_connect() {
         return Some(
             "is CRIU installed (criu on PATH) and are you root? `criu-rs check` tells".into(),
@@ -184,7 +213,13 @@ fn criu_hint(e: &criu::Error) -> Option<String> {
         .map(|(_, hint)| (*hint).to_string())
 }
 
+/// The exit code of an error from criu-rs, by its type: a migration's by
+/// whether it was cancelled, then by the error of its step (or, for a
+/// step's own failure, by the step).
 fn criu_exit(e: &criu::Error) -> Exit {
+    if e.is_cancelled() {
+        return Exit::Interrupted;
+    }
     match e {
         criu::Error::InvalidArgument { .. } => Exit::Usage,
         criu::Error::BadImage { .. } => Exit::BadInput,
@@ -192,14 +227,12 @@ fn criu_exit(e: &criu::Error) -> Exit {
         criu::Error::Io { .. } => Exit::Failure,
         criu::Error::Migration {
             source: Some(s), ..
-        } => criu_exit(s),
-        // Matched on the text, not on fields: the migration error's fields
-        // are being reworked (the core's typed steps and source states).
-        criu::Error::Migration { .. }
-            if e.to_string().contains("connect") || e.to_string().contains("peer") =>
-        {
-            Exit::Peer
-        }
+        } if !matches!(**s, criu::Error::Io { .. }) => criu_exit(s),
+        criu::Error::Migration { error, .. } => match error.step() {
+            Step::Handshake | Step::Transfer | Step::Confirm => Exit::Peer,
+            Step::Connections => Exit::Failure,
+            _ => Exit::Criu,
+        },
         _ => Exit::Criu,
     }
 }
@@ -216,6 +249,8 @@ impl From<criu::Error> for CliError {
             exit: criu_exit(&e),
             message,
             hint: criu_hint(&e),
+            migration: e.migration_error().cloned(),
+            signal: None,
         }
     }
 }
@@ -254,9 +289,8 @@ impl From<criu_oci::Error> for CliError {
             None
         };
         CliError {
-            exit,
-            message: e.to_string(),
             hint: hint.map(str::to_string),
+            ..CliError::new(exit, e.to_string())
         }
     }
 }

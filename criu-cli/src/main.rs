@@ -12,7 +12,6 @@ mod commands;
 mod crit;
 mod criu_flags;
 mod error;
-mod link;
 mod output;
 mod preflight;
 mod progress;

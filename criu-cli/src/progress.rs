@@ -1,19 +1,26 @@
-//! The sender's progress bar: the images still to send, shown when the
-//! transfer lasts over a second and stderr is a terminal.
+//! Progress on long transfers, on stderr, only when it is a terminal (and
+//! never with `--json`, whose callers leave the bar out): [`Bar`] for a
+//! transfer whose size is known as it goes (`send`), [`Spinner`] for one
+//! whose progress is only seen from outside (`push`, `pull`).
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-/// A progress bar that has not appeared yet.
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+
+/// A progress bar that has not appeared yet: it appears once the
+/// transfer has lasted a second.
 pub struct Bar {
+    label: &'static str,
     start: Instant,
-    bar: Option<indicatif::ProgressBar>,
+    bar: Option<ProgressBar>,
 }
 
 impl Bar {
-    /// A bar that appears after a second, on a terminal only.
-    pub fn new() -> Bar {
+    /// A bar labelled `label` ("sending images").
+    pub fn new(label: &'static str) -> Bar {
         Bar {
+            label,
             start: Instant::now(),
             bar: None,
         }
@@ -26,10 +33,12 @@ impl Bar {
             && self.start.elapsed() > Duration::from_secs(1)
             && std::io::stderr().is_terminal()
         {
-            let b = indicatif::ProgressBar::new(total);
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "  sending images {bar:40} {bytes}/{total_bytes} {bytes_per_sec}, {msg}",
-            ) {
+            let b = ProgressBar::new(total);
+            let template = format!(
+                "  {} {{bar:40}} {{bytes}}/{{total_bytes}} {{bytes_per_sec}}, {{msg}}",
+                self.label
+            );
+            if let Ok(style) = ProgressStyle::with_template(&template) {
                 b.set_style(style);
             }
             self.bar = Some(b);
@@ -39,7 +48,7 @@ impl Bar {
             b.set_position(done);
             b.set_message(match total {
                 0 => "while the dump writes".to_string(),
-                t => format!("{} to go", indicatif::HumanBytes(t.saturating_sub(done))),
+                t => format!("{} to go", HumanBytes(t.saturating_sub(done))),
             });
         }
     }
@@ -56,4 +65,79 @@ impl Drop for Bar {
             b.finish_and_clear();
         }
     }
+}
+
+/// A spinner with the elapsed time and, when `measure` can tell, the
+/// bytes done so far (read every 200 ms on a thread of its own), for a
+/// transfer that gives no callback. Hidden unless `shown` and stderr is a
+/// terminal; cleared when dropped.
+pub struct Spinner {
+    bar: Option<ProgressBar>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Spinner {
+    /// Starts a spinner saying `what` (`pushing 12 MiB to REF`).
+    pub fn start(
+        shown: bool,
+        what: String,
+        measure: impl Fn() -> Option<u64> + Send + 'static,
+    ) -> Spinner {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if !shown || !std::io::stderr().is_terminal() {
+            return Spinner {
+                bar: None,
+                stop,
+                thread: None,
+            };
+        }
+        let bar = ProgressBar::new_spinner();
+        if let Ok(style) = ProgressStyle::with_template("  {spinner} {msg} {elapsed}") {
+            bar.set_style(style);
+        }
+        bar.set_message(what.clone());
+        let (b, s) = (bar.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Some(done) = measure() {
+                    b.set_message(format!("{what}: {} so far", HumanBytes(done)));
+                }
+                b.tick();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        Spinner {
+            bar: Some(bar),
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// The bytes of the regular files under `dir` (0 when it is missing).
+pub fn bytes_under(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => bytes_under(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
 }

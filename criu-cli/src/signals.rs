@@ -1,32 +1,55 @@
-//! SIGINT, SIGTERM and SIGHUP during `send` and `receive`: the first one
-//! breaks off the migration's connection (or the wait for one), which
-//! fails the migration through its ordinary error path: the source
-//! resumes its tree, the destination removes what it received. The
-//! command then says so and exits with status 5.
+//! SIGINT, SIGTERM and SIGHUP during `send` and `receive`.
 //!
-//! When criu-rs's cancellation API (migration core, #22) lands, the
-//! handler calls it instead of shutting the socket down.
+//! The first signal cancels the migration through criu-rs's own token
+//! ([`Cancel`], given to `SourceConfig::cancel` / `DestConfig::cancel`):
+//! the core resumes the source tree, the destination removes what it
+//! received and kills a half-restored copy, and the error it returns
+//! [`is_cancelled`](criu::Error::is_cancelled), which the command reports
+//! with exit status 5. Before the core runs (waiting for a connection,
+//! the pre-flight exchange) the same token is what the command's own
+//! waits look at; a read of the command's own that blocks on the stream
+//! is woken through the stream's
+//! [`Transport::interrupter`](criu::migrate::Transport::interrupter).
+//!
+//! `Cancel` wakes the migration's blocked reads, not a write blocked on a
+//! destination that stopped reading; so `send` also hands over its TCP
+//! socket ([`Interrupts::stalled_peer`]): if the migration has not ended
+//! [`GRACE`] after the signal, that socket is shut down, which fails the
+//! blocked write and lets the core resume the source as for any other
+//! cancellation.
+//!
+//! Later signals are ignored while the source resumes (a `SIGKILL` then
+//! would leave it stopped), except once `receive` waits for its restored
+//! tree ([`Interrupts::exit_leaving`]): then a signal ends `receive` at
+//! once and the tree runs on.
 
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use criu::migrate::Cancel;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::{Handle, Signals};
 
-/// What the handler breaks off when a signal arrives.
-#[derive(Default)]
-struct Targets {
-    sockets: Vec<OwnedFd>,
-}
+/// How long a cancelled migration may take to end before the
+/// connection of a stalled destination is shut down.
+pub const GRACE: Duration = Duration::from_secs(3);
+
+/// The socket shut down if a cancelled migration does not end in time.
+type Stalled = Arc<Mutex<Option<TcpStream>>>;
+
+/// What wakes a blocked read of one of the command's own exchanges.
+pub type Waker = Box<dyn Fn() + Send + Sync>;
 
 /// Catches the three signals while alive.
 pub struct Interrupts {
     caught: Arc<AtomicI32>,
-    targets: Arc<Mutex<Targets>>,
+    cancel: Cancel,
+    wakers: Arc<Mutex<Vec<Waker>>>,
+    stalled: Stalled,
     handle: Handle,
     thread: Option<std::thread::JoinHandle<()>>,
-    armed: Arc<AtomicBool>,
     /// Once set (`exit_leaving`), a signal ends the process at once,
     /// leaving this restored pid running.
     leave: Arc<AtomicI32>,
@@ -38,14 +61,16 @@ impl Interrupts {
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         let handle = signals.handle();
         let caught = Arc::new(AtomicI32::new(0));
-        let targets = Arc::new(Mutex::new(Targets::default()));
-        let armed = Arc::new(AtomicBool::new(true));
+        let cancel = Cancel::new();
+        let wakers: Arc<Mutex<Vec<Waker>>> = Arc::default();
         let leave = Arc::new(AtomicI32::new(0));
-        let (c, t, a, l) = (
+        let stalled: Stalled = Arc::default();
+        let (c, k, w, l, st) = (
             caught.clone(),
-            targets.clone(),
-            armed.clone(),
+            cancel.clone(),
+            wakers.clone(),
             leave.clone(),
+            stalled.clone(),
         );
         let thread = std::thread::spawn(move || {
             for sig in signals.forever() {
@@ -54,47 +79,78 @@ impl Interrupts {
                     eprintln!("interrupted: the restored tree (pid {pid}) keeps running");
                     std::process::exit(crate::error::Exit::Interrupted as i32);
                 }
-                if !a.load(Ordering::SeqCst) {
-                    continue;
-                }
                 if c.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst)
                     .is_ok()
                 {
-                    if let Ok(t) = t.lock() {
-                        for s in &t.sockets {
-                            break_off(s);
-                        }
+                    k.cancel();
+                    if let Ok(w) = w.lock() {
+                        w.iter().for_each(|wake| wake());
                     }
+                    let st = st.clone();
+                    std::thread::spawn(move || {
+                        std::thread::sleep(GRACE);
+                        if let Some(s) = st.lock().ok().and_then(|mut s| s.take()) {
+                            eprintln!("the destination does not read: breaking the connection off");
+                            let _ = s.shutdown(Shutdown::Both);
+                        }
+                    });
                 }
             }
         });
         Ok(Interrupts {
             caught,
-            targets,
+            cancel,
+            wakers,
+            stalled,
             handle,
             thread: Some(thread),
-            armed,
             leave,
         })
     }
 
-    /// Breaks `socket` (a connection or a listener, duplicated) off when
-    /// a signal comes, at once if one came: a connection's reads and
-    /// writes fail, a listener's `accept` returns.
-    pub fn watch(&self, socket: impl Into<OwnedFd>) {
-        let socket = socket.into();
-        if self.caught().is_some() {
-            break_off(&socket);
+    /// The token a signal cancels, for the migration's configuration.
+    pub fn token(&self) -> &Cancel {
+        &self.cancel
+    }
+
+    /// Whether a signal came.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Runs `f` (a blocking exchange of the command's own on a stream),
+    /// calling `wake` if a signal comes meanwhile (or came already).
+    pub fn during<T>(&self, wake: Option<Waker>, f: impl FnOnce() -> T) -> T {
+        let Some(wake) = wake else {
+            return f();
+        };
+        if let Ok(mut w) = self.wakers.lock() {
+            if self.is_cancelled() {
+                wake();
+            }
+            w.push(wake);
         }
-        if let Ok(mut t) = self.targets.lock() {
-            t.sockets.push(socket);
+        let out = f();
+        if let Ok(mut w) = self.wakers.lock() {
+            w.clear();
+        }
+        out
+    }
+
+    /// `socket` (a clone of the migration's) is shut down if a cancelled
+    /// migration has not ended [`GRACE`] after the signal, until
+    /// [`Interrupts::settled`].
+    pub fn stalled_peer(&self, socket: TcpStream) {
+        if let Ok(mut s) = self.stalled.lock() {
+            *s = Some(socket);
         }
     }
 
-    /// Signals after this are ignored (past the point of no return: the
-    /// destination restored the tree).
-    pub fn disarm(&self) {
-        self.armed.store(false, Ordering::SeqCst);
+    /// The migration ended: nothing is shut down any more.
+    pub fn settled(&self) {
+        if let Ok(mut s) = self.stalled.lock() {
+            s.take();
+        }
     }
 
     /// From now on a signal ends this process at once, saying that the
@@ -118,15 +174,10 @@ impl Interrupts {
 
 impl Drop for Interrupts {
     fn drop(&mut self) {
+        self.settled();
         self.handle.close();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
-}
-
-/// Shuts a socket down both ways (errors ignored: it may be closed).
-fn break_off(socket: &OwnedFd) {
-    // SAFETY: shutdown(2) on a descriptor we own; no memory is passed.
-    unsafe { libc::shutdown(socket.as_raw_fd(), libc::SHUT_RDWR) };
 }

@@ -20,15 +20,13 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::Value;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_criu-rs")
-}
+use common::{bin, run};
 
 fn criu_source() -> PathBuf {
     std::env::var_os("CRIU_SOURCE_DIR")
@@ -78,16 +76,6 @@ impl Drop for Workload {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("running a command");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// Dumps `w`'s tree with the CLI, leaving it running.

@@ -11,13 +11,11 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_criu-rs")
-}
+use common::{bin, poll_for, state};
 
 const COUNTER: &str = r#"
 import sys, time
@@ -100,23 +98,9 @@ impl Drop for Counter {
     }
 }
 
-fn state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?.1.chars().next()
-}
-
 /// Retries `f` every 20 ms for up to 10 s.
-fn poll<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn poll<T>(f: impl FnMut() -> Option<T>) -> Option<T> {
+    poll_for(Duration::from_secs(10), f)
 }
 
 fn free_port() -> u16 {
@@ -216,6 +200,39 @@ fn move_counter(strategy: &str, send_security: &[&str], recv_security: &[&str]) 
     let stdout = String::from_utf8_lossy(&send.stdout);
     let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let received: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    // The documented rows (`send --help`, `receive --help`): these keys.
+    for key in [
+        "strategy",
+        "pid",
+        "restored_pid",
+        "transfer",
+        "phases",
+        "link",
+        "to",
+    ] {
+        assert!(
+            report.get(key).is_some(),
+            "send --json lacks {key:?}: {report}"
+        );
+    }
+    let keys: Vec<&str> = received
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "restored_pid",
+            "strategy",
+            "restore",
+            "transfer",
+            "source_confirmed",
+            "link",
+            "peer"
+        ]
+    );
     let restored = received["restored_pid"].as_i64().unwrap() as i32;
     assert_eq!(report["restored_pid"].as_i64(), Some(i64::from(restored)));
     assert_eq!(report["strategy"], strategy);
@@ -365,13 +382,7 @@ fn a_signal_during_send_resumes_the_source() {
         assert!(stopped.is_some(), "{name}: the source never stopped: {err}");
         assert_eq!(status.code(), Some(5), "{name}: {err}");
         assert!(err.contains(name) && err.contains("resumed"), "{err}");
-        let running = poll(|| (c.state() != Some('T')).then_some(()));
-        assert!(running.is_some(), "{name}: the source stays stopped");
-        assert!(c.grows(), "{name}: the source does not count on");
-        assert!(
-            leftovers(c.pid).is_empty(),
-            "{name}: images left in /dev/shm"
-        );
+        runs_once(&c, dir.path(), name);
     }
 }
 
@@ -497,10 +508,7 @@ fn a_signal_to_receive_mid_transfer_resumes_the_source() {
         "send succeeded although the receive was interrupted"
     );
     assert!(err.contains("resumed"), "send: {err}");
-    let running = poll(|| (c.state() != Some('T')).then_some(()));
-    assert!(running.is_some(), "the source stays stopped");
-    assert!(c.grows(), "the source does not count on");
-    assert!(leftovers(c.pid).is_empty(), "images left in /dev/shm");
+    runs_once(&c, dir.path(), "SIGINT to receive mid-transfer");
 }
 
 #[test]
@@ -529,5 +537,170 @@ fn plain_says_what_it_risks() {
             ),
             "{cmd} --help: {help}"
         );
+    }
+}
+
+/// A CRIU config file whose action script, at CRIU's `action`, creates
+/// `marker` and then holds CRIU there for 3 s: a window in which a test
+/// signals a command that is, for sure, in that phase.
+fn hold_criu_at(dir: &Path, action: &str) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let marker = dir.join(format!("at-{action}"));
+    let script = dir.join(format!("hold-{action}.sh"));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = {action} ] || exit 0\ntouch {}\nsleep 3\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = dir.join(format!("hold-{action}.conf"));
+    std::fs::write(&conf, format!("action-script {}\n", script.display())).unwrap();
+    (conf, marker)
+}
+
+/// The `{"error": ...}` row a failed command wrote with `--json`.
+fn error_row(text: &str) -> Value {
+    let row: Value = serde_json::from_str(text.lines().last().unwrap_or("")).unwrap_or_else(|e| {
+        panic!("not a JSON row ({e}): {text:?}");
+    });
+    row["error"].clone()
+}
+
+/// Live processes running the counter script of `dir`: the source copy
+/// and any restored one.
+fn copies(dir: &Path) -> usize {
+    let needle = dir.join("counter.py").display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            cmd.starts_with("/usr/bin/python3")
+                && cmd.contains(&needle)
+                && !matches!(state(pid), None | Some('Z'))
+        })
+        .count()
+}
+
+/// What must hold after any interrupted move: the counter runs on, once,
+/// and nothing of the move is left in /dev/shm.
+fn runs_once(c: &Counter, dir: &Path, what: &str) {
+    let running = poll(|| (c.state() != Some('T')).then_some(()));
+    assert!(running.is_some(), "{what}: the source stays stopped");
+    assert!(c.grows(), "{what}: the source does not count on");
+    assert_eq!(copies(dir), 1, "{what}: not exactly one copy runs");
+    assert!(
+        leftovers(c.pid).is_empty(),
+        "{what}: images left in /dev/shm"
+    );
+}
+
+#[test]
+fn sigint_to_send_while_criu_dumps_resumes_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = counter(dir.path(), 8, true);
+    let (conf, marker) = hold_criu_at(dir.path(), "pre-dump");
+    let port = free_port();
+    let r = receive(port, &["--plain"]);
+    let send = Command::new(bin())
+        .args([
+            "send",
+            "--pid",
+            &c.pid.to_string(),
+            "--plain",
+            "--json",
+            "-",
+        ])
+        .args(["--to", &format!("127.0.0.1:{port}"), "--criu-config"])
+        .arg(&conf)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let held = poll(|| marker.exists().then_some(()));
+    // SAFETY: kill(2) of the send this test started.
+    unsafe { libc::kill(send.id() as i32, libc::SIGINT) };
+    let out = send.wait_with_output().unwrap();
+    let (code, recv_err) = r.finish();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(held.is_some(), "CRIU never reached pre-dump: {err}");
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    let row = error_row(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(row["exit"], 5);
+    assert_eq!(row["signal"], "SIGINT");
+    assert_eq!(row["cancelled"], true, "{row}");
+    assert_eq!(row["source_state"], "resumed", "{row}");
+    assert_ne!(code, Some(0), "receive: {recv_err}");
+    runs_once(&c, dir.path(), "SIGINT while dumping");
+}
+
+#[test]
+fn criu_config_is_refused_where_the_core_writes_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (conf, _) = hold_criu_at(dir.path(), "pre-restore");
+    let recv = Command::new(bin())
+        .args([
+            "receive",
+            "--listen",
+            "127.0.0.1:1",
+            "--plain",
+            "--criu-config",
+        ])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert_eq!(recv.status.code(), Some(2), "{recv:?}");
+    let send = Command::new(bin())
+        .args(["send", "--pid", "1", "--to", "127.0.0.1:1", "--plain"])
+        .args(["--strategy", "lazy", "--criu-config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert_eq!(send.status.code(), Some(2), "{send:?}");
+}
+
+#[test]
+fn peer_name_refuses_a_certificate_of_another_host_before_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = pki(dir.path(), "names");
+    let named = |host: &str, peer: &str| {
+        let mut v = tls_args(&ours, host);
+        v.extend(["--peer-name".to_string(), peer.to_string()]);
+        v
+    };
+    // Each end names the other: the move goes through.
+    let (a, b) = (named("a", "b"), named("b", "a"));
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let b: Vec<&str> = b.iter().map(String::as_str).collect();
+    move_counter("stop-and-copy", &a, &b);
+
+    // The destination expects a source named c (the source's certificate
+    // names a), then the source expects a destination named c: refused
+    // either way, exit 4, and the source never stopped.
+    for (send_peer, recv_peer) in [("b", "c"), ("c", "a")] {
+        let what = format!("send --peer-name {send_peer}, receive --peer-name {recv_peer}");
+        let c = counter(dir.path(), 8, false);
+        let port = free_port();
+        let recv_args = named("b", recv_peer);
+        let recv_args: Vec<&str> = recv_args.iter().map(String::as_str).collect();
+        let r = receive(port, &recv_args);
+        let send = Command::new(bin())
+            .args(["send", "--pid", &c.pid.to_string(), "--json", "-"])
+            .args(["--to", &format!("127.0.0.1:{port}")])
+            .args(named("a", send_peer))
+            .output()
+            .unwrap();
+        let (code, recv_err) = r.finish();
+        let err = String::from_utf8_lossy(&send.stderr);
+        assert_eq!(send.status.code(), Some(4), "{what}: {err}");
+        assert_eq!(error_row(&String::from_utf8_lossy(&send.stdout))["exit"], 4);
+        assert_ne!(code, Some(0), "{what}: receive accepted: {recv_err}");
+        assert_ne!(c.state(), Some('T'), "{what}");
+        assert!(c.grows(), "{what}: the refused source does not run");
     }
 }

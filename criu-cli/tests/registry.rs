@@ -8,21 +8,10 @@ mod common;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_criu-rs")
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{bin, holds_within, Killed};
 
 fn registry(dir: &Path) -> (Killed, u16) {
     let port = TcpListener::bind("127.0.0.1:0")
@@ -72,14 +61,7 @@ fn lines(path: &Path) -> usize {
 
 fn grows(path: &Path) -> bool {
     let at = lines(path);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if lines(path) > at {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+    holds_within(Duration::from_secs(10), || lines(path) > at)
 }
 
 #[test]

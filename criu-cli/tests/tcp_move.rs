@@ -10,12 +10,10 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_criu-rs")
-}
+use common::{bin, holds_within, scopeguard, Killed};
 
 fn sh(script: &str) {
     let out = Command::new("sh").arg("-ec").arg(script).output().unwrap();
@@ -77,15 +75,6 @@ impl Drop for Net {
     }
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn in_ns(net: &Net, h: &str, argv: &[&str]) -> Command {
     let mut c = Command::new("nsenter");
     c.arg(format!("--net=/run/netns/{}", net.ns(h))).args(argv);
@@ -125,15 +114,8 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-fn wait_for(mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+fn wait_for(f: impl FnMut() -> bool) -> bool {
+    holds_within(Duration::from_secs(15), f)
 }
 
 #[test]
@@ -156,16 +138,7 @@ fn a_server_moves_with_its_client_connected_and_its_address() {
     );
     assert!(wait_for(|| ready.exists()), "the server never listened");
     let out = d.join("client.out");
-    let _client = Killed(
-        in_ns(&net, "c", &["/usr/bin/python3"])
-            .arg(d.join("client.py"))
-            .arg(&out)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _client = start_client(&net, d, &out);
     assert!(
         wait_for(|| read(&out).lines().count() > 5),
         "the client got no replies: {}",
@@ -190,16 +163,7 @@ fn a_server_moves_with_its_client_connected_and_its_address() {
         "the client saw an error: {}",
         read(&out)
     );
-    let ns_of = |p: &str| {
-        std::fs::metadata(p)
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .unwrap()
-    };
-    assert_eq!(
-        ns_of(&format!("/proc/{restored}/ns/net")),
-        ns_of(&format!("/run/netns/{b}")),
-        "the restored server is not on host b"
-    );
+    assert_on(restored, &b, "the restored server");
     // Nothing of the move's locks is left on either host.
     for h in [&a, &b] {
         let rules = Command::new("nsenter")
@@ -212,6 +176,31 @@ fn a_server_moves_with_its_client_connected_and_its_address() {
             "a lock is left on {h}"
         );
     }
+}
+
+/// The client (`client.py` of `d`) on host c, writing to `out`.
+fn start_client(net: &Net, d: &Path, out: &Path) -> Killed {
+    let mut cmd = in_ns(net, "c", &["/usr/bin/python3"]);
+    cmd.arg(d.join("client.py"))
+        .arg(out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Killed(cmd.spawn().unwrap())
+}
+
+/// `pid` runs in the network namespace `ns`.
+fn assert_on(pid: i32, ns: &str, what: &str) {
+    let inode = |p: String| {
+        std::fs::metadata(p)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap()
+    };
+    assert_eq!(
+        inode(format!("/proc/{pid}/ns/net")),
+        inode(format!("/run/netns/{ns}")),
+        "{what} is not in {ns}"
+    );
 }
 
 /// Starts `argv` on host a as the init of its own PID namespace; the
@@ -361,16 +350,7 @@ fn redis_moves_with_its_data_and_a_connected_client_with_every_strategy() {
         assert_eq!(redis(&net, "DBSIZE\n").trim(), "501");
         std::fs::write(d.join("client.py"), REDIS_CLIENT).unwrap();
         let out = d.join("client.out");
-        let _client = Killed(
-            in_ns(&net, "c", &["/usr/bin/python3"])
-                .arg(d.join("client.py"))
-                .arg(&out)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        let _client = start_client(&net, d, &out);
         assert!(
             wait_for(|| read(&out).lines().count() > 5),
             "{strategy}: {}",
@@ -396,16 +376,7 @@ fn redis_moves_with_its_data_and_a_connected_client_with_every_strategy() {
             ["502", "value-137", "8000001"],
             "{strategy}: the data on b"
         );
-        let ns_of = |p: &str| {
-            std::fs::metadata(p)
-                .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-                .unwrap()
-        };
-        assert_eq!(
-            ns_of(&format!("/proc/{restored}/ns/net")),
-            ns_of(&format!("/run/netns/{}", net.ns("b"))),
-            "{strategy}: redis is not on host b"
-        );
+        assert_on(restored, &net.ns("b"), &format!("{strategy}: redis"));
     }
 }
 
@@ -431,17 +402,4 @@ fn write_hook(net: &Net, d: &Path) -> std::path::PathBuf {
     .unwrap();
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
     hook
-}
-
-/// Runs `f` on drop.
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
 }

@@ -158,6 +158,138 @@ pub fn count_markers(bytes: &[u8], markers: &[[u8; 16]]) -> usize {
     found.iter().filter(|f| **f).count()
 }
 
+/// One TCP connection seen in a capture: who opened it, and the first
+/// bytes of data each side sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flow {
+    /// The end that sent the SYN.
+    pub client: std::net::SocketAddrV4,
+    /// The end that answered it.
+    pub server: std::net::SocketAddrV4,
+    /// The first segment of data from the client (empty if none).
+    pub client_first: Vec<u8>,
+    /// The first segment of data from the server (empty if none).
+    pub server_first: Vec<u8>,
+}
+
+impl Flow {
+    /// Whether the client's first data is a TLS handshake record holding a
+    /// ClientHello (record type 22, version 3.x, handshake type 1).
+    pub fn opens_with_client_hello(&self) -> bool {
+        let d = &self.client_first;
+        d.len() >= 6 && d[0] == 0x16 && d[1] == 0x03 && d[5] == 0x01
+    }
+}
+
+/// Reads the whole, not-truncated pcap file `bytes` (as tcpdump `-w`
+/// writes it: microsecond or nanosecond timestamps, Ethernet frames) and
+/// returns its IPv4 TCP connections that begin in it (with their SYN).
+pub fn tcp_flows(bytes: &[u8]) -> io::Result<Vec<Flow>> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("pcap: {what}"));
+    let magic = bytes.get(..4).ok_or_else(|| bad("no header"))?;
+    let le = match magic {
+        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
+        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
+        _ => return Err(bad("not a pcap file")),
+    };
+    let u32_at = |b: &[u8], at: usize| -> Option<u32> {
+        let w: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
+        Some(if le {
+            u32::from_le_bytes(w)
+        } else {
+            u32::from_be_bytes(w)
+        })
+    };
+    if u32_at(bytes, 20) != Some(1) {
+        return Err(bad("not an Ethernet capture"));
+    }
+    let mut flows: Vec<Flow> = Vec::new();
+    let mut at = 24;
+    while at + 16 <= bytes.len() {
+        let len = u32_at(bytes, at + 8).ok_or_else(|| bad("record header"))? as usize;
+        let frame = bytes
+            .get(at + 16..at + 16 + len)
+            .ok_or_else(|| bad("truncated record"))?;
+        at += 16 + len;
+        if let Some(seg) = tcp_segment(frame) {
+            seg.add_to(&mut flows);
+        }
+    }
+    Ok(flows)
+}
+
+/// One TCP segment of a frame.
+struct Segment<'a> {
+    from: std::net::SocketAddrV4,
+    to: std::net::SocketAddrV4,
+    syn_only: bool,
+    data: &'a [u8],
+}
+
+impl Segment<'_> {
+    fn add_to(&self, flows: &mut Vec<Flow>) {
+        if self.syn_only {
+            if !flows
+                .iter()
+                .any(|f| f.client == self.from && f.server == self.to)
+            {
+                flows.push(Flow {
+                    client: self.from,
+                    server: self.to,
+                    client_first: Vec::new(),
+                    server_first: Vec::new(),
+                });
+            }
+            return;
+        }
+        if self.data.is_empty() {
+            return;
+        }
+        for f in flows.iter_mut() {
+            if f.client == self.from && f.server == self.to && f.client_first.is_empty() {
+                f.client_first = self.data.to_vec();
+            } else if f.client == self.to && f.server == self.from && f.server_first.is_empty() {
+                f.server_first = self.data.to_vec();
+            }
+        }
+    }
+}
+
+/// The TCP segment in an Ethernet frame carrying IPv4, if it is one.
+fn tcp_segment(frame: &[u8]) -> Option<Segment<'_>> {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    if frame.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    let ip = frame.get(14..)?;
+    let ihl = usize::from(ip.first()? & 0x0f) * 4;
+    if ip.get(9)? != &6 {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes(ip.get(2..4)?.try_into().ok()?));
+    let addr = |at: usize| -> Option<Ipv4Addr> {
+        let o: [u8; 4] = ip.get(at..at + 4)?.try_into().ok()?;
+        Some(Ipv4Addr::from(o))
+    };
+    let tcp = ip.get(ihl..total.min(ip.len()))?;
+    let port = |at: usize| -> Option<u16> {
+        Some(u16::from_be_bytes(tcp.get(at..at + 2)?.try_into().ok()?))
+    };
+    let offset = usize::from(tcp.get(12)? >> 4) * 4;
+    let flags = *tcp.get(13)?;
+    Some(Segment {
+        from: SocketAddrV4::new(addr(12)?, port(0)?),
+        to: SocketAddrV4::new(addr(16)?, port(2)?),
+        syn_only: flags & 0x12 == 0x02,
+        data: tcp.get(offset..)?,
+    })
+}
+
+/// Whether `needle` occurs in `bytes`.
+pub fn contains(bytes: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && bytes.windows(needle.len()).any(|w| w == needle)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

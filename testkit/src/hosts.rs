@@ -178,6 +178,10 @@ pub struct Migration {
 /// damage the stream (for fault tests).
 pub type Relay = fn(std::net::TcpStream, std::net::TcpStream);
 
+/// A [`Relay`] that may carry state of its own (a probe to call at the
+/// moment it cuts, say): the source's connection, then the receiver's.
+pub type RelayFn = Box<dyn FnOnce(std::net::TcpStream, std::net::TcpStream) + Send>;
+
 impl TwoHosts {
     /// Migrates the tree rooted at `pid` from host a to host b over plain
     /// TCP: `migrate::send` runs on a thread in host a, `migrate::receive`
@@ -194,6 +198,17 @@ impl TwoHosts {
         self.migrate_over([&Link::Plain, &Link::Plain], pid, src, dst, relay)
     }
 
+    /// As [`TwoHosts::migrate`], through a relay that may hold state.
+    pub fn migrate_through<'a>(
+        &self,
+        pid: i32,
+        src: impl FnOnce() -> criu::migrate::SourceConfig<'a> + Send,
+        dst: impl FnOnce() -> criu::migrate::DestConfig<'a> + Send,
+        relay: Option<RelayFn>,
+    ) -> io::Result<Migration> {
+        self.migrate_boxed([&Link::Plain, &Link::Plain], pid, src, dst, relay)
+    }
+
     /// As [`TwoHosts::migrate`], over `links` (host a's, host b's), through
     /// the same steps as the two commands of `examples/migrate_host`
     /// ([`crate::link::send_to`], [`crate::link::accept_peer`]).
@@ -204,6 +219,30 @@ impl TwoHosts {
         src: impl FnOnce() -> criu::migrate::SourceConfig<'a> + Send,
         dst: impl FnOnce() -> criu::migrate::DestConfig<'a> + Send,
         relay: Option<Relay>,
+    ) -> io::Result<Migration> {
+        let relay = relay.map(|r| -> RelayFn { Box::new(r) });
+        self.migrate_boxed(links, pid, src, dst, relay)
+    }
+
+    /// As [`TwoHosts::migrate_over`], through a relay that may hold state.
+    pub fn migrate_over_through<'a>(
+        &self,
+        links: [&Link; 2],
+        pid: i32,
+        src: impl FnOnce() -> criu::migrate::SourceConfig<'a> + Send,
+        dst: impl FnOnce() -> criu::migrate::DestConfig<'a> + Send,
+        relay: Option<RelayFn>,
+    ) -> io::Result<Migration> {
+        self.migrate_boxed(links, pid, src, dst, relay)
+    }
+
+    fn migrate_boxed<'a>(
+        &self,
+        links: [&Link; 2],
+        pid: i32,
+        src: impl FnOnce() -> criu::migrate::SourceConfig<'a> + Send,
+        dst: impl FnOnce() -> criu::migrate::DestConfig<'a> + Send,
+        relay: Option<RelayFn>,
     ) -> io::Result<Migration> {
         use std::net::TcpListener;
         let listener = self.b.run(|| TcpListener::bind((self.b.addr, 0)))??;
@@ -232,7 +271,7 @@ impl TwoHosts {
     fn relayed(
         &self,
         outer: &std::net::TcpListener,
-        relay: Relay,
+        relay: RelayFn,
     ) -> criu::Result<std::net::TcpListener> {
         use std::net::{TcpListener, TcpStream};
         let io = |what: &str| {

@@ -2,10 +2,12 @@
 //! that clean up what a test started. Used by the integration tests in
 //! `tests/`, by the examples and by the benches; not a public API.
 
+pub mod aftermath;
 pub mod capture;
 pub mod certs;
 pub mod container;
 pub mod demo;
+pub mod faults;
 pub mod fixture;
 pub mod hosts;
 pub mod link;

@@ -4,12 +4,11 @@
 //! Real CRIU between two network-namespace hosts. Needs root.
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use criu::migrate::{Cancel, DestConfig, SourceConfig, SourceState, Strategy};
 use criu_testkit::hosts::{Migration, TwoHosts};
-use criu_testkit::{find_process, fixture, Workload};
+use criu_testkit::{aftermath, find_process, fixture, Workload};
 
 const BIN: &str = env!("CARGO_BIN_EXE_criu-rs-workload");
 const WAIT: Duration = Duration::from_secs(30);
@@ -28,9 +27,6 @@ enum Phase {
     LazyServing,
 }
 
-/// The in-memory tests look at /dev/shm as a whole: one at a time.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
 /// Live processes whose command line starts with the workload's binary
 /// and names `out`: the source copy, and any restored copy.
 fn copies(out: &Path) -> usize {
@@ -45,16 +41,6 @@ fn copies(out: &Path) -> usize {
             cmd.starts_with(BIN) && cmd.contains(&out) && criu_testkit::alive(pid)
         })
         .count()
-}
-
-/// The crate's in-memory directories in /dev/shm.
-fn in_memory_dirs() -> Vec<std::path::PathBuf> {
-    std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.to_string_lossy().contains("/criu-rs-migrate-"))
-        .collect()
 }
 
 /// Stops the lazy-pages daemon serving the destination from `dst_dir`
@@ -82,9 +68,14 @@ fn stop_daemon_then_cancel(o: &mut criu::Options<'_>, dst_dir: &Path, cancel: &C
 }
 
 /// Migrates a fresh 4 MiB workload with `strategy`, cancelling at
-/// `phase`, and checks what must hold after any cancelled migration.
+/// `phase`, and checks what must hold after any cancelled migration. Runs
+/// with a `/dev/shm` of its own (`aftermath::isolated`), so that what the
+/// crate leaves there is seen exactly, whatever runs beside it.
 fn cancel_at(strategy: Strategy, phase: Phase) {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    aftermath::isolated(|| cancel_at_in_isolation(strategy, phase));
+}
+
+fn cancel_at_in_isolation(strategy: Strategy, phase: Phase) {
     let dir = tempfile::tempdir().unwrap();
     let hosts = TwoHosts::new().unwrap();
     let out = dir.path().join("out.log");
@@ -97,7 +88,6 @@ fn cancel_at(strategy: Strategy, phase: Phase) {
     w.wait_for_seq(20, WAIT).unwrap();
     let (src_dir, dst_dir) = fixture::migration_dirs(dir.path());
     let (source, dest) = (Cancel::new(), Cancel::new());
-    let shm_before = in_memory_dirs();
     let src_cfg = || {
         let c = SourceConfig::new(strategy)
             .work_dir(&src_dir)
@@ -173,10 +163,7 @@ fn cancel_at(strategy: Strategy, phase: Phase) {
         0,
         "{what}: nothing left in the destination's work directory"
     );
-    let left: Vec<_> = in_memory_dirs()
-        .into_iter()
-        .filter(|p| !shm_before.contains(p))
-        .collect();
+    let left = aftermath::shm_entries();
     assert!(left.is_empty(), "{what}: left in /dev/shm: {left:?}");
 }
 

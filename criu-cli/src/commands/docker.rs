@@ -12,7 +12,9 @@ use clap::Args;
 use criu_docker::{DockerClient, ReceiveConfig, SendConfig, SendReport};
 use serde_json::json;
 
-use super::migrate::{interrupted, interrupts, link, resolve, write_json};
+use super::migrate::{
+    accept, connect, interrupted, interrupts, link, resolve, wait_for_source, write_json,
+};
 use crate::args::{ReceiveArgs, SendArgs};
 use crate::error::{CliError, CliResult, Exit};
 
@@ -112,18 +114,14 @@ pub fn send(a: SendArgs, d: &DockerSend, container: &str) -> CliResult {
     let to = resolve(&a.to)?;
     let client = docker(d.docker_host.as_deref())?;
     let signals = interrupts()?;
-    let connected = link.connect(to, Duration::from_secs(10)).map_err(|e| {
-        let mut err = CliError::from(e);
-        err.exit = Exit::Peer;
-        err.hint(format!(
-            "is `criu-rs receive --docker --listen ...` running on {to}?"
-        ))
-    })?;
-    signals.watch(connected.canceller);
-    let mut stream = connected.stream;
+    let (mut stream, socket) = connect(&link, to, &a.security, "receive --docker --listen")?;
+    signals.stalled_peer(socket);
     let config = SendConfig::new().keep_source(d.keep_source);
-    let result = criu_docker::send(&client, container, &mut *stream, &config);
-    signals.disarm();
+    // criu-docker has no cancellation token: a signal wakes its reads.
+    let wake = stream.interrupter();
+    let result = signals.during(wake, || {
+        criu_docker::send(&client, container, &mut *stream, &config)
+    });
     let report = match (result, signals.caught()) {
         (Err(e), Some(sig)) => {
             let state = e
@@ -157,36 +155,18 @@ pub fn receive(a: ReceiveArgs, d: &DockerReceive) -> CliResult {
             .hint("is another receive (or program) on that port? is the address this host's?")
     })?;
     let signals = interrupts()?;
-    signals.watch(
-        listener
-            .try_clone()
-            .map_err(|e| CliError::io("duplicating the listening socket", e))?,
-    );
     eprintln!("waiting for a container on {} ({})", a.listen, link.name());
-    let connected = match link.accept(&listener) {
-        Ok(c) => c,
-        Err(_) if signals.caught().is_some() => {
-            let sig = signals.caught().unwrap_or("a signal");
-            return Err(interrupted(
-                sig,
-                "no source had connected; nothing was received",
-            ));
-        }
-        Err(e) => {
-            let mut err = CliError::from(e);
-            err.exit = Exit::Peer;
-            return Err(err);
-        }
-    };
-    eprintln!("{} authenticated; receiving", connected.peer);
-    signals.watch(connected.canceller);
-    let mut stream = connected.stream;
+    wait_for_source(&listener, &signals)?;
+    let (mut stream, peer) = accept(&link, &listener, &a.security)?;
+    eprintln!("{peer} authenticated; receiving");
     let mut config = ReceiveConfig::new();
     if let Some(name) = &d.name {
         config = config.name(name.clone());
     }
-    let result = criu_docker::receive(&client, &mut *stream, &config);
-    signals.disarm();
+    let wake = stream.interrupter();
+    let result = signals.during(wake, || {
+        criu_docker::receive(&client, &mut *stream, &config)
+    });
     let report =
         match (result, signals.caught()) {
             (Err(_), Some(sig)) => return Err(interrupted(
@@ -211,7 +191,7 @@ pub fn receive(a: ReceiveArgs, d: &DockerReceive) -> CliResult {
         Some(path) => {
             let mut v = serde_json::to_value(&report).unwrap_or_default();
             v["link"] = json!(link.name());
-            v["peer"] = json!(connected.peer.to_string());
+            v["peer"] = json!(peer.to_string());
             write_json(path, &v)
         }
         None => Ok(()),

@@ -1,39 +1,44 @@
 //! `send` and `receive`: a live process tree moved between two machines
-//! (every strategy; mutual TLS unless `--plain`). A signal before the
-//! destination has restored breaks the connection off, which fails the
-//! migration through its ordinary path: the source resumes.
+//! (every strategy; mutual TLS unless `--plain`, with `--peer-name` the
+//! peer's certificate must name the expected host). A signal cancels the
+//! migration through criu-rs's [`criu::migrate::Cancel`] (see
+//! `crate::signals`); what became of the source is read from the error's
+//! [`criu::SourceState`], never from its wording.
 
 use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use criu::migrate::{AddressMove, Connections, DestConfig, SourceConfig, SourceReport};
+use criu::migrate::{
+    AddressMove, Cancel, Connections, DestConfig, Link, SourceConfig, SourceReport, Strategy,
+    Stream,
+};
 use criu::tls::{TlsConfig, TlsFiles};
-use criu::{Criu, NetworkLock};
+use criu::{Criu, NetworkLock, SourceState};
 use serde_json::json;
 
 use crate::args::{ReceiveArgs, Security, SendArgs};
 use crate::criu_flags::CriuFlags;
 use crate::error::{CliError, CliResult, Exit};
-use crate::link::{Link, Stream};
 use crate::preflight::{self, Host, Reply, Request};
 use crate::progress::Bar;
 use crate::signals::Interrupts;
 
+/// The link `--plain` or the three `--tls-*` files (and `--peer-name`)
+/// ask for.
 pub(super) fn link(s: &Security) -> CliResult<Link> {
-    if s.peer_name.is_some() {
-        return Err(CliError::usage(
-            "--peer-name is not enforced by this build yet (it needs criu-rs's peer-name check)",
-        )
-        .hint(
-            "leave --peer-name out: the peer must still present a certificate of the --tls-ca CA",
-        ));
-    }
     match (&s.tls_ca, &s.tls_cert, &s.tls_key, s.plain) {
         (Some(ca), Some(cert), Some(key), false) => {
-            let tls = TlsConfig::new(TlsFiles::new(ca, cert, key))?;
+            let mut tls = TlsConfig::new(TlsFiles::new(ca, cert, key))?;
+            if let Some(name) = &s.peer_name {
+                tls = tls.peer_name(name).map_err(|e| {
+                    CliError::usage(e.to_string())
+                        .hint("--peer-name takes a DNS name or an IP address")
+                })?;
+            }
             Ok(Link::Tls(Box::new(tls)))
         }
         (None, None, None, true) => Ok(Link::Plain),
@@ -45,6 +50,7 @@ pub(super) fn link(s: &Security) -> CliResult<Link> {
     }
 }
 
+/// Catches SIGINT, SIGTERM and SIGHUP for the rest of the command.
 pub(super) fn interrupts() -> CliResult<Interrupts> {
     // A write to a broken connection must fail with EPIPE, not kill this
     // process with SIGPIPE (main restores SIGPIPE's default for pipes into
@@ -54,8 +60,131 @@ pub(super) fn interrupts() -> CliResult<Interrupts> {
     Interrupts::catch().map_err(|e| CliError::io("catching SIGINT, SIGTERM and SIGHUP", e))
 }
 
+/// The error of a command interrupted by `sig` outside the migration
+/// itself; `what` says what became of the process.
 pub(super) fn interrupted(sig: &str, what: &str) -> CliError {
-    CliError::new(Exit::Interrupted, format!("interrupted by {sig}: {what}"))
+    let mut e = CliError::new(Exit::Interrupted, format!("interrupted by {sig}: {what}"));
+    e.signal = Some(sig.to_string());
+    e
+}
+
+/// Connects to the destination at `to` as [`Link::connect`] does, also
+/// giving a clone of the TCP socket (for [`Interrupts::stalled_peer`]); a
+/// refusal is exit 4, with a hint naming `waiting` (the command that must
+/// run there).
+pub(super) fn connect(
+    link: &Link,
+    to: SocketAddr,
+    s: &Security,
+    waiting: &str,
+) -> CliResult<(Stream, TcpStream)> {
+    let refused = |e: criu::Error| {
+        let tls = matches!(e, criu::Error::Tls { .. });
+        let mut err = CliError::from(e);
+        err.exit = Exit::Peer;
+        match (tls, &s.peer_name) {
+            (false, _) => err.hint(format!(
+                "is `criu-rs {waiting} ...` running on {to}, and the port open?"
+            )),
+            (true, Some(name)) => err.hint(format!(
+                "the destination's certificate must be of the --tls-ca CA and name {name} \
+                 (--peer-name) in its subject alternative names"
+            )),
+            (true, None) => err,
+        }
+    };
+    let tcp = TcpStream::connect_timeout(&to, Duration::from_secs(10))
+        .map_err(|e| refused(criu::Error::io(format!("connecting to {to}"), e)))?;
+    let clone = tcp
+        .try_clone()
+        .map_err(|e| CliError::io("duplicating the connection's socket", e))?;
+    let stream: Stream = match link {
+        Link::Tls(tls) => Box::new(tls.connect(tcp).map_err(refused)?),
+        _ => Box::new(tcp),
+    };
+    Ok((stream, clone))
+}
+
+/// Waits until a source connects to `listener`, or a signal comes.
+pub(super) fn wait_for_source(listener: &TcpListener, signals: &Interrupts) -> CliResult {
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        if let Some(sig) = signals.caught() {
+            return Err(interrupted(
+                sig,
+                "no source had connected; nothing was received",
+            ));
+        }
+        // SAFETY: poll(2) on one pollfd that lives across the call.
+        if unsafe { libc::poll(&mut fd, 1, 200) } > 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Accepts the waiting connection; a refused peer is exit 4.
+pub(super) fn accept(
+    link: &Link,
+    listener: &TcpListener,
+    s: &Security,
+) -> CliResult<(Stream, SocketAddr)> {
+    link.accept(listener).map_err(|e| {
+        let tls = matches!(e, criu::Error::Tls { .. });
+        let mut err = CliError::from(e);
+        err.exit = Exit::Peer;
+        match (tls, &s.peer_name) {
+            (true, Some(name)) => err.hint(format!(
+                "the source's certificate must be of the --tls-ca CA and name {name} \
+                 (--peer-name) in its subject alternative names"
+            )),
+            _ => err,
+        }
+    })
+}
+
+/// A failed migration as the command reports it: the exit code from the
+/// error's type (5 when the signal cancelled it), and what became of the
+/// source from its [`SourceState`]. `pid` is the source's (on `send`).
+pub(super) fn migration_failed(e: criu::Error, sig: Option<&str>, pid: Option<i32>) -> CliError {
+    let step = e.migration_error().map(|m| m.step());
+    let state = e.source_state();
+    let cancelled = e.is_cancelled();
+    let mut err = CliError::from(e);
+    let fate = fate(state, pid);
+    if cancelled {
+        let sig = sig.unwrap_or("a signal");
+        let at = step.map_or(String::new(), |s| format!(" during the {s}"));
+        err.message = format!("interrupted by {sig}{at}: {fate}\n{}", err.message);
+        err.signal = Some(sig.to_string());
+    } else {
+        err.message = format!("{}\n{fate}", err.message);
+    }
+    err
+}
+
+/// What became of the source, in words.
+fn fate(state: Option<SourceState>, pid: Option<i32>) -> String {
+    let tree = pid.map_or("the source tree".to_string(), |p| {
+        format!("the source tree (pid {p})")
+    });
+    match state {
+        Some(SourceState::Untouched) => format!("nothing was stopped; {tree} runs on"),
+        Some(SourceState::Resumed) => {
+            format!("{tree} resumed where it was; no copy runs on the destination")
+        }
+        Some(SourceState::Killed) => {
+            format!("the destination runs the tree; {tree} was removed")
+        }
+        Some(SourceState::PossiblyRunningTwice) => format!(
+            "{tree} resumed, and the destination may run its copy too: check it before relying on one"
+        ),
+        _ => "what was received here is removed; the source resumes its tree when it hears of it"
+            .to_string(),
+    }
 }
 
 /// Writes `value` to `path` ("-": stdout).
@@ -66,6 +195,16 @@ pub(super) fn write_json(path: &Path, value: &serde_json::Value) -> CliResult {
         return Ok(());
     }
     std::fs::write(path, text).map_err(|e| CliError::io(format!("writing {}", path.display()), e))
+}
+
+/// Runs `f`; with `--json`, a failure is written there too, as an
+/// `{"error": ...}` row (see `CliError::to_json`).
+pub(super) fn reporting_errors(json: Option<&Path>, f: impl FnOnce() -> CliResult) -> CliResult {
+    let r = f();
+    if let (Err(e), Some(path)) = (&r, json) {
+        let _ = write_json(path, &e.to_json());
+    }
+    r
 }
 
 /// The user's address hook, run once per step with the step's name.
@@ -110,15 +249,16 @@ pub(super) fn resolve(to: &str) -> CliResult<SocketAddr> {
         .ok_or_else(|| CliError::new(Exit::Peer, format!("{to} has no address")))
 }
 
-fn source_config<'a>(a: &'a SendArgs) -> SourceConfig<'a> {
+fn source_config<'a>(a: &'a SendArgs, cancel: &Cancel) -> SourceConfig<'a> {
     let mut cfg = match &a.work_dir {
         Some(dir) => SourceConfig::new(a.strategy).work_dir(dir),
         None => SourceConfig::new(a.strategy),
     };
     let flags: CriuFlags = a.criu.clone();
-    cfg = cfg
-        .progress(Bar::new().callback())
-        .customize(move |o| flags.apply(o));
+    cfg = cfg.cancel(cancel).customize(move |o| flags.apply(o));
+    if a.json.is_none() {
+        cfg = cfg.progress(Bar::new("sending images").callback());
+    }
     if let Some(d) = a.criu.deadline {
         cfg = cfg.deadline(d);
     }
@@ -131,7 +271,19 @@ fn source_config<'a>(a: &'a SendArgs) -> SourceConfig<'a> {
 
 /// Moves `--pid`'s tree to `--to`.
 pub fn send(a: SendArgs) -> CliResult {
+    reporting_errors(a.json.as_deref(), || send_tree(&a))
+}
+
+fn send_tree(a: &SendArgs) -> CliResult {
     a.criu.check_for("send")?;
+    if a.criu.criu_config.is_some() && a.strategy != Strategy::StopAndCopy {
+        return Err(CliError::usage(format!(
+            "--criu-config works with --strategy stop-and-copy only: {} passes options of its \
+             own (lazy pages, CRIU's TLS) through a CRIU config file, and CRIU reads one",
+            a.strategy
+        ))
+        .hint("use --strategy stop-and-copy, or the flags of `criu-rs send --help`"));
+    }
     let link = link(&a.security)?;
     let to = resolve(&a.to)?;
     if a.criu.tcp_established && a.address_hook.is_none() {
@@ -141,47 +293,33 @@ pub fn send(a: SendArgs) -> CliResult {
         );
     }
     let signals = interrupts()?;
-    let connected = link.connect(to, Duration::from_secs(10)).map_err(|e| {
-        let tls = matches!(e, criu::Error::Tls { .. });
-        let mut err = CliError::from(e);
-        err.exit = Exit::Peer;
-        if !tls {
-            err = err.hint(format!(
-                "is `criu-rs receive --listen ...` running on {to}, and the port open?"
-            ));
-        }
-        err
-    })?;
-    signals.watch(connected.canceller);
-    let mut stream = connected.stream;
-    if !a.no_preflight {
-        match (preflight_source(&a, &mut stream), signals.caught()) {
-            (Err(_), Some(sig)) => {
-                return Err(interrupted(
-                    sig,
-                    &format!(
-                        "during the pre-flight exchange; nothing was stopped (pid {} runs on)",
-                        a.pid
-                    ),
-                ))
-            }
-            (r, _) => r?,
-        }
+    let untouched = format!("nothing was stopped (pid {} runs on)", a.pid);
+    let (mut stream, socket) = connect(&link, to, &a.security, "receive --listen")?;
+    signals.stalled_peer(socket);
+    if let Some(sig) = signals.caught() {
+        return Err(interrupted(sig, &format!("while connecting; {untouched}")));
     }
-    let result = criu::migrate::send(&Criu::new(), a.pid, &mut *stream, source_config(&a));
-    signals.disarm();
-    let report = match (result, signals.caught()) {
-        (Err(_), Some(sig)) => {
+    if !a.no_preflight {
+        let wake = stream.interrupter();
+        let r = signals.during(wake, || preflight_source(a, &mut stream));
+        if let Some(sig) = signals.caught() {
             return Err(interrupted(
                 sig,
-                &format!(
-                    "the migration was broken off; the source tree (pid {}) resumed",
-                    a.pid
-                ),
-            ))
+                &format!("during the pre-flight exchange; {untouched}"),
+            ));
         }
-        (r, _) => r?,
-    };
+        r?;
+    }
+    let cfg = source_config(a, signals.token());
+    let report = criu::migrate::send(&Criu::new(), a.pid, &mut *stream, cfg)
+        .map_err(|e| migration_failed(e, signals.caught(), Some(a.pid)));
+    signals.settled();
+    let report = report?;
+    if let Some(sig) = signals.caught() {
+        eprintln!(
+            "note: {sig} came once the destination had restored the tree: the move completed"
+        );
+    }
     // With `--json -` stdout is the JSON alone; the summary goes to stderr.
     let to_stdout = a.json.as_deref() != Some(Path::new("-"));
     print_source_report(&report, &link, to, to_stdout);
@@ -303,11 +441,16 @@ fn print_source_report(r: &SourceReport, link: &Link, to: SocketAddr, to_stdout:
 /// The destination's settings; with `--tcp-established`, the restore
 /// first waits for the tree's TCP addresses to arrive (see
 /// `preflight::wait_for_addresses`).
-fn dest_config(a: &ReceiveArgs, tcp_addresses: Vec<String>) -> DestConfig<'_> {
+fn dest_config<'a>(
+    a: &'a ReceiveArgs,
+    tcp_addresses: Vec<String>,
+    cancel: &Cancel,
+) -> DestConfig<'a> {
     let cfg = match &a.work_dir {
         Some(dir) => DestConfig::new().work_dir(dir),
         None => DestConfig::new(),
-    };
+    }
+    .cancel(cancel);
     let flags: CriuFlags = a.criu.clone();
     let wait = if a.criu.tcp_established {
         tcp_addresses
@@ -334,6 +477,45 @@ fn dest_config(a: &ReceiveArgs, tcp_addresses: Vec<String>) -> DestConfig<'_> {
 
 /// Waits for a source on `--listen`; restores what it sends.
 pub fn receive(a: ReceiveArgs) -> CliResult {
+    reporting_errors(a.json.as_deref(), || receive_tree(&a))
+}
+
+/// Waits for sources until one passes pre-flight (or, with `--once`, the
+/// first fails); its stream, address and the tree's TCP addresses.
+fn next_source(
+    a: &ReceiveArgs,
+    link: &Link,
+    listener: &TcpListener,
+    signals: &Interrupts,
+) -> CliResult<(Stream, SocketAddr, Vec<String>)> {
+    loop {
+        wait_for_source(listener, signals)?;
+        let refused = match accept(link, listener, &a.security) {
+            Ok((stream, peer)) if a.no_preflight => return Ok((stream, peer, Vec::new())),
+            Ok((mut stream, peer)) => {
+                let wake = stream.interrupter();
+                let r = signals.during(wake, || preflight_dest(a, &mut stream));
+                if let Some(sig) = signals.caught() {
+                    return Err(interrupted(
+                        sig,
+                        "during the pre-flight exchange; nothing was received",
+                    ));
+                }
+                match r {
+                    Ok(req) => return Ok((stream, peer, req.tcp_addresses)),
+                    Err(e) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        if a.once {
+            return Err(refused);
+        }
+        eprintln!("refused a source: {}", refused.message);
+    }
+}
+
+fn receive_tree(a: &ReceiveArgs) -> CliResult {
     a.criu.check_for("receive")?;
     let link = link(&a.security)?;
     let listener = TcpListener::bind(a.listen).map_err(|e| {
@@ -341,52 +523,12 @@ pub fn receive(a: ReceiveArgs) -> CliResult {
             .hint("is another receive (or program) on that port? is the address this host's?")
     })?;
     let signals = interrupts()?;
-    signals.watch(
-        listener
-            .try_clone()
-            .map_err(|e| CliError::io("duplicating the listening socket", e))?,
-    );
     eprintln!("waiting for a source on {} ({})", a.listen, link.name());
-    let (connected, tcp_addresses) = loop {
-        let refused = match link.accept(&listener) {
-            Ok(mut c) => match a.no_preflight {
-                true => break (c, Vec::new()),
-                false => match preflight_dest(&a, &mut c.stream) {
-                    Ok(req) => break (c, req.tcp_addresses),
-                    Err(e) => e,
-                },
-            },
-            Err(_) if signals.caught().is_some() => {
-                let sig = signals.caught().unwrap_or("a signal");
-                return Err(interrupted(
-                    sig,
-                    "no source had connected; nothing was received",
-                ));
-            }
-            Err(e) => {
-                let mut err = CliError::from(e);
-                err.exit = Exit::Peer;
-                err
-            }
-        };
-        if a.once {
-            return Err(refused);
-        }
-        eprintln!("refused a source: {}", refused.message);
-    };
-    eprintln!("{} authenticated; receiving", connected.peer);
-    signals.watch(connected.canceller);
-    let mut stream = connected.stream;
-    let result = criu::migrate::receive(&Criu::new(), &mut *stream, dest_config(&a, tcp_addresses));
-    let report = match (result, signals.caught()) {
-        (Err(_), Some(sig)) => {
-            return Err(interrupted(
-                sig,
-                "the migration was broken off; what was received is removed, and the source resumes its tree",
-            ))
-        }
-        (r, _) => r?,
-    };
+    let (mut stream, peer, tcp_addresses) = next_source(a, &link, &listener, &signals)?;
+    eprintln!("{peer} authenticated; receiving");
+    let cfg = dest_config(a, tcp_addresses, signals.token());
+    let report = criu::migrate::receive(&Criu::new(), &mut *stream, cfg)
+        .map_err(|e| migration_failed(e, signals.caught(), None))?;
     let pid = report.child.pid();
     let to_stdout = a.json.as_deref() != Some(Path::new("-"));
     let line = format!(
@@ -415,7 +557,7 @@ pub fn receive(a: ReceiveArgs) -> CliResult {
                 "transfer": report.transfer,
                 "source_confirmed": report.source_confirmed,
                 "link": link.name(),
-                "peer": connected.peer.to_string(),
+                "peer": peer.to_string(),
             }),
         )?;
     }
@@ -424,6 +566,13 @@ pub fn receive(a: ReceiveArgs) -> CliResult {
         return Ok(());
     }
     signals.exit_leaving(pid);
+    if let Some(sig) = signals.caught() {
+        report.child.detach();
+        return Err(interrupted(
+            sig,
+            &format!("it came once the tree was restored here: pid {pid} keeps running"),
+        ));
+    }
     let mut child = report.child;
     let status = child
         .wait()

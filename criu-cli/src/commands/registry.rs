@@ -13,6 +13,7 @@ use super::archive::{checkpoint_dir, meta};
 use crate::args::{PullArgs, PushArgs, RegistryArgs};
 use crate::error::{CliError, CliResult};
 use crate::output::print_json;
+use crate::progress::{bytes_under, Spinner};
 
 /// Where an image goes or comes from.
 enum Target {
@@ -68,6 +69,16 @@ pub fn push(a: &PushArgs) -> CliResult {
     let images = checkpoint_dir(&a.images_dir)?;
     let host = HostFacts::current(&Criu::new())?;
     let meta = meta(&a.meta);
+    let size = bytes_under(images.path());
+    let spinner = Spinner::start(
+        !a.json,
+        format!(
+            "pushing {} of images to {}",
+            indicatif::HumanBytes(size),
+            a.reference
+        ),
+        || None,
+    );
     let report = match target(&a.reference)? {
         Target::Layout(dir, tag) => {
             let image = CheckpointImage::build(&images, &meta, &host, a.compression.into())?;
@@ -91,6 +102,7 @@ pub fn push(a: &PushArgs) -> CliResult {
             })
         }
     };
+    drop(spinner);
     if a.json {
         return print_json(&report);
     }
@@ -104,6 +116,12 @@ pub fn push(a: &PushArgs) -> CliResult {
 /// Pulls and unpacks a checkpoint.
 pub fn pull(a: &PullArgs) -> CliResult {
     let host = HostFacts::current(&Criu::new())?;
+    let into = a.target.clone();
+    let spinner = Spinner::start(
+        !a.json,
+        format!("pulling {} into {}", a.reference, a.target.display()),
+        move || Some(bytes_under(&into)),
+    );
     let (unpacked, layer_bytes) = match target(&a.reference)? {
         Target::Layout(dir, tag) => {
             let fetched = layout::read(&dir, &tag, &host)?;
@@ -116,6 +134,7 @@ pub fn pull(a: &PullArgs) -> CliResult {
             (pulled.unpacked, pulled.pull.layer_bytes)
         }
     };
+    drop(spinner);
     let images = unpacked.root.join(criu_oci::archive::CHECKPOINT_DIR);
     if a.json {
         return print_json(&json!({

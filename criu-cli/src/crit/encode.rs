@@ -16,7 +16,7 @@ use prost::Message as _;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
 use serde_json::{Map, Value as Json};
 
-use super::opts::{self, FieldOpts};
+use criu_image::crit::{self as opts, CriuOpts as FieldOpts};
 
 /// Why a document could not be encoded; the message names the place.
 #[derive(Debug)]
@@ -272,7 +272,7 @@ fn message(desc: &MessageDescriptor, d: &Map<String, Json>, at: &str) -> Result<
         } else if let Kind::Message(sub) = field.kind() {
             Value::Message(message(&sub, object(value, &at)?, &at)?)
         } else {
-            scalar(&field, &opts::of(&field), value, &at)?
+            scalar(&field, &opts::field_options(&field), value, &at)?
         };
         msg.try_set_field(&field, v)
             .or_else(|e| err(format!("{at}: {e}")))?;
@@ -284,7 +284,7 @@ fn list(field: &FieldDescriptor, value: &Json, at: &str) -> Result<Vec<Value>> {
     let items = value
         .as_array()
         .ok_or_else(|| EncodeError(format!("{at}: not a list")))?;
-    let o = opts::of(field);
+    let o = opts::field_options(field);
     if let (true, Some(Json::String(addr))) = (o.ipadd, items.first()) {
         return ip_words(addr, at);
     }

@@ -4,12 +4,14 @@
 //! `info` counts entries, and `x` explores a checkpoint directory.
 //!
 //! * `encode`: JSON to image bytes;
-//! * `explore`: `x ps|fds|mems|rss`;
-//! * `opts`: CRIU's field options and the name tables `encode` reverses.
+//! * `explore`: `x ps|fds|mems|rss`.
+//!
+//! CRIU's field options and the name tables that `encode` reverses are
+//! criu-image's (`criu_image::crit::field_options`, `flag_table`,
+//! `dict_value`), the ones its decoder applies.
 
 pub mod encode;
 pub mod explore;
-mod opts;
 
 use criu_image::crit::{render, Style};
 use criu_image::{Extra, Image, Layout};

@@ -1,10 +1,19 @@
-//! What the tests' workloads share: no descriptor of the test's beyond
-//! 0-2 (a harness may leave some open, from another mount namespace say,
-//! and CRIU cannot dump those), and their own session when asked (CRIU
-//! needs the tree's session leader inside it; CI runs in session 0).
+//! What the CLI's tests share: the binary, workloads started clean (no
+//! descriptor of the test's beyond 0-2: a harness may leave some open,
+//! from another mount namespace say, and CRIU cannot dump those; their
+//! own session when asked: CRIU needs the tree's session leader inside
+//! it, and CI runs in session 0), children killed and reaped on drop,
+//! and polling with a deadline. Each test file uses part of it.
+#![allow(dead_code)]
 
 use std::os::unix::process::CommandExt;
-use std::process::Command;
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+/// The `criu-rs` binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_criu-rs")
+}
 
 /// Closes every descriptor above 2 in the child before it runs, and with
 /// `setsid` makes it a session leader.
@@ -20,4 +29,63 @@ pub fn clean_start(cmd: &mut Command, setsid: bool) -> &mut Command {
             Ok(())
         })
     }
+}
+
+/// A child of the test, killed (by its pid) and reaped on drop.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Retries `f` every 20 ms until it gives a value, for up to `limit`.
+pub fn poll_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `f` holds within `limit` (checked every 20 ms).
+pub fn holds_within(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    poll_for(limit, || f().then_some(())).is_some()
+}
+
+/// The state letter of `pid` (`R`, `S`, `T`, `Z`...), `None` once gone.
+pub fn state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// Runs `cmd`, which must succeed.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("running a command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs `f` on drop.
+pub fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }

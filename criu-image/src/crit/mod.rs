@@ -14,7 +14,22 @@ use serde_json::{json, Map, Value as Json};
 
 use crate::image::{Entry, Image};
 use crate::payload::Extra;
-use options::CriuOpts;
+pub use options::{of as field_options, CriuOpts};
+
+/// The names and bits of the flag table a `(criu).flags` option names
+/// (`mmap.prot`, `mmap.flags`, `mmap.status`, `rfile.flags`,
+/// `pmap.flags`, `seals.flags`), in the order crit lists them; `None` for
+/// a table crit does not have.
+pub fn flag_table(name: &str) -> Option<&'static [(&'static str, u64)]> {
+    tables::flags(name)
+}
+
+/// The number `name` stands for in the `(criu).dict` dictionary `dict`
+/// (`gen`, `sk`) of the field `field` (`task_state`, `family`, `type`,
+/// `state`, `proto`): what `crit encode` reads back from a pretty value.
+pub fn dict_value(dict: &str, field: &str, name: &str) -> Option<i128> {
+    tables::dict_value(dict, field, name)
+}
 
 /// Which of crit's two renderings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,15 +8,25 @@ use prost_reflect::{FieldDescriptor, Value};
 
 use crate::descriptors::pool;
 
-/// The `(criu)` options of one field.
+/// The `(criu)` options of one field ([`super::field_options`]): what
+/// crit's pretty style applies to its value, and what `crit encode` must
+/// undo.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct CriuOpts {
+#[non_exhaustive]
+pub struct CriuOpts {
+    /// `(criu).hex`: a number shown in hexadecimal.
     pub hex: bool,
+    /// `(criu).ipadd`: a repeated u32 that is an IPv4 or IPv6 address.
     pub ipadd: bool,
+    /// `(criu).flags`: the name of a flag table ([`super::flag_table`]).
     pub flags: Option<String>,
+    /// `(criu).dev`: a `major:minor` device.
     pub dev: bool,
+    /// `(criu).odev`: a device in the old (glibc `makedev`) encoding.
     pub odev: bool,
+    /// `(criu).dict`: the name of a dictionary ([`super::dict_value`]).
     pub dict: Option<String>,
+    /// `(criu).conv`: a custom conversion (`unix_name`).
     pub conv: Option<String>,
 }
 
@@ -25,7 +35,7 @@ thread_local! {
 }
 
 /// The options of `field` (cached: descriptors never change).
-pub(crate) fn of(field: &FieldDescriptor) -> CriuOpts {
+pub fn of(field: &FieldDescriptor) -> CriuOpts {
     CACHE.with(|cache| {
         cache
             .borrow_mut()

@@ -81,6 +81,23 @@ pub(crate) fn flags(name: &str) -> Option<Flags> {
 
 /// The name of `value` in the dictionary `dict` for the field `field`.
 pub(crate) fn dict(dict: &str, field: &str, value: i128) -> Option<&'static str> {
+    dict_table(dict, field)?
+        .iter()
+        .find(|(v, _)| *v == value)
+        .map(|(_, n)| *n)
+}
+
+/// The number `name` stands for in the dictionary `dict` for the field
+/// `field` (the reverse of [`dict`]).
+pub(crate) fn dict_value(dict: &str, field: &str, name: &str) -> Option<i128> {
+    dict_table(dict, field)?
+        .iter()
+        .find(|(_, n)| *n == name)
+        .map(|(v, _)| *v)
+}
+
+/// The dictionary `dict` for the field `field`: numbers and names.
+fn dict_table(dict: &str, field: &str) -> Option<&'static [(i128, &'static str)]> {
     let table: &[(i128, &str)] = match (dict, field) {
         ("gen", "task_state") => &[(1, "Alive"), (3, "Zombie"), (6, "Stopped")],
         ("sk", "family") => &[
@@ -112,5 +129,5 @@ pub(crate) fn dict(dict: &str, field: &str, value: i128) -> Option<&'static str>
         ("sk", "proto") => &[(0, "IP"), (6, "TCP"), (17, "UDP"), (136, "UDPLITE")],
         _ => return None,
     };
-    table.iter().find(|(v, _)| *v == value).map(|(_, n)| *n)
+    Some(table)
 }

@@ -36,7 +36,10 @@
 //! lost. The restored tree is likewise restored stopped and continued by
 //! [`receive`]. (If the destination restore succeeded but the lazy page
 //! transfer failed afterwards, the destination copy cannot run on; it is
-//! killed, the source is resumed and the error says so.)
+//! killed, the source is resumed and the error says so. The restored copy
+//! ran from its restore until then, as far as the pages it had fetched
+//! let it: what it did in that time, the resumed source, which goes on
+//! from the dump, does again.)
 //!
 //! # The end: a duplicate rather than a loss
 //!
