@@ -356,24 +356,19 @@ pub(crate) fn present_token(tls: &mut TlsStream, token: &str) -> crate::Result<(
 const TOKEN_WAIT: Duration = Duration::from_secs(2);
 
 /// The destination's relay: the first connection to `listener` within
-/// the handshake timeout that comes from `peer` (the migration stream's
-/// peer, when it has an address), authenticates (a certificate of the CA)
+/// the handshake timeout that authenticates (a certificate of the CA)
 /// and then presents `token`, which only the peer of the migration's
-/// stream knows. Others are dropped, and the wait goes on.
+/// stream knows. Others are dropped, and the wait goes on. (The token,
+/// not the address, binds the relay to the stream's peer: a NAT or a
+/// forwarder between the hosts may show another address.)
 pub(crate) fn accept_peer(
     listener: &TcpListener,
     config: &TlsConfig,
     token: &str,
-    peer: Option<std::net::IpAddr>,
 ) -> crate::Result<TlsStream> {
     let deadline = Instant::now() + config.handshake_limit();
-    let from_peer = |s: &TcpStream| match (peer, s.peer_addr()) {
-        (None, _) => true,
-        (Some(want), Ok(got)) => got.ip().to_canonical() == want.to_canonical(),
-        (Some(_), Err(_)) => false,
-    };
     loop {
-        let tcp = accept_polling(listener, deadline, || true, from_peer).map_err(|e| {
+        let tcp = accept_polling(listener, deadline, || true, |_| true).map_err(|e| {
             crate::Error::io(
                 "waiting for the source's connection to the page-server relay",
                 e,

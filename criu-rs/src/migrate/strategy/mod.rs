@@ -189,12 +189,9 @@ pub(super) fn dest_side<'c>(
     Ok(match strategy {
         Strategy::StopAndCopy => Box::new(stop_and_copy::Dest),
         Strategy::PreCopy => Box::new(pre_copy::Dest),
-        Strategy::PageServer => Box::new(page_server::Dest::new(
-            cfg,
-            need(local, strategy)?,
-            peer,
-            memory,
-        )),
+        Strategy::PageServer => {
+            Box::new(page_server::Dest::new(cfg, need(local, strategy)?, memory))
+        }
         Strategy::Lazy => Box::new(lazy::Dest::new(cfg, peer)),
     })
 }

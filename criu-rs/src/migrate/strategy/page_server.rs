@@ -132,8 +132,6 @@ impl SourceSide for Source {
 pub(super) struct Dest<'c> {
     cfg: &'c DestConfig<'c>,
     local: IpAddr,
-    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
-    peer: Option<IpAddr>,
     memory: Option<u64>,
     /// The relay to the page server, over TLS: hung up and joined when
     /// dropped, on every path out of the migration.
@@ -142,19 +140,12 @@ pub(super) struct Dest<'c> {
 }
 
 impl<'c> Dest<'c> {
-    /// `local`: where the page server (or its relay) listens; `peer`: the
-    /// source's address, the only one a relay takes a connection from;
-    /// `memory`: the source's estimate of its tree's memory.
-    pub(super) fn new(
-        cfg: &'c DestConfig<'c>,
-        local: IpAddr,
-        peer: Option<IpAddr>,
-        memory: Option<u64>,
-    ) -> Dest<'c> {
+    /// `local`: where the page server (or its relay) listens; `memory`:
+    /// the source's estimate of its tree's memory.
+    pub(super) fn new(cfg: &'c DestConfig<'c>, local: IpAddr, memory: Option<u64>) -> Dest<'c> {
         Dest {
             cfg,
             local,
-            peer,
             memory,
             #[cfg(feature = "tls")]
             relay: None,
@@ -218,7 +209,7 @@ impl<'c> Dest<'c> {
                 token: token.clone(),
             },
         )?;
-        let tls = crate::tls::relay::accept_peer(&listener, &config, &token, self.peer)?;
+        let tls = crate::tls::relay::accept_peer(&listener, &config, &token)?;
         let idle = self.cfg.daemon_timeout.min(crate::tls::relay::IDLE);
         let relay = crate::tls::relay::carry(ours, tls, idle)
             .map_err(|e| Error::io("starting the page-server relay", e))?;
