@@ -43,6 +43,10 @@ pub struct DaemonConfig {
     netns: Option<PathBuf>,
     ready_timeout: Option<Duration>,
     tls: Option<crate::credentials::TlsFiles>,
+    /// The largest file the daemon may write (`RLIMIT_FSIZE`: a write
+    /// beyond kills it with `SIGXFSZ`), for a page server bounded by the
+    /// destination's limits.
+    max_file_bytes: Option<u64>,
 }
 
 impl DaemonConfig {
@@ -75,6 +79,14 @@ impl DaemonConfig {
     /// chain to their CA. See [`crate::tls`].
     pub fn tls(&mut self, files: &crate::credentials::TlsFiles) -> &mut Self {
         self.tls = Some(files.clone());
+        self
+    }
+
+    /// Bounds each file the daemon writes to `bytes` (a page server
+    /// bounded by the destination's limits).
+    #[cfg(feature = "migrate")]
+    pub(crate) fn max_file_bytes(&mut self, bytes: u64) -> &mut Self {
+        self.max_file_bytes = Some(bytes);
         self
     }
 
@@ -193,6 +205,21 @@ impl DaemonConfig {
         let mut fds = vec![(write.as_raw_fd(), STATUS_FD)];
         fds.extend(socket.map(|fd| (fd, PS_FD)));
         hand_over_fds(&mut cmd, fds, netns.as_ref().map(AsRawFd::as_raw_fd));
+        if let Some(bytes) = self.max_file_bytes {
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            // SAFETY: setrlimit is async-signal-safe; `limit` is a copy.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = OwnedChild::spawn(&mut cmd, &format!("{what} ({})", binary.display()))?;
         drop(write);
         drop(netns);

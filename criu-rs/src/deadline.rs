@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::pidfd::Pidfd;
-use crate::tree::tree;
+use crate::tree::{listed, open_listed, tree};
 
 /// Kills the helper's whole tree when the deadline passes, unless stopped
 /// first. Returns how many tasks it killed.
@@ -91,11 +91,8 @@ fn tree_of(root: Pidfd) -> Vec<Pidfd> {
 }
 
 fn tree_of_descendants(root: &Pidfd) -> Vec<Pidfd> {
-    tree(root.pid())
-        .into_iter()
-        .skip(1)
-        .filter_map(|p| Pidfd::open(p).ok())
-        .collect()
+    let below = tree(root.pid()).split_off(1);
+    open_listed(&listed(&below))
 }
 
 /// This process's children now.

@@ -264,6 +264,8 @@ pub enum Error {
     /// or the PEM files could not be used. Nothing was sent or received.
     #[error("TLS: {message}{}", .source.as_ref().map(|e| format!("\n  because: {e}")).unwrap_or_default())]
     Tls {
+        /// What kind of failure.
+        kind: TlsKind,
         /// What went wrong, and what to do about it.
         message: String,
         /// The TLS or I/O error behind it, if any.
@@ -306,6 +308,37 @@ pub enum TransferKind {
     UnsafeName,
     /// The target directory exists already, or was replaced meanwhile.
     TargetExists,
+}
+
+/// What kind of failure an [`Error::Tls`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsKind {
+    /// The peer's certificate does not chain to our CA, is not valid, or
+    /// is missing.
+    Untrusted,
+    /// The peer's certificate has expired, or is not valid yet.
+    Expired,
+    /// The peer's certificate does not name the host this end expects
+    /// (`TlsConfig::peer_name`).
+    WrongName,
+    /// The peer does not speak TLS 1.3 (a plain TCP client, another
+    /// protocol).
+    NotTls,
+    /// The peer refused us (a TLS alert): most likely our certificate.
+    RefusedByPeer,
+    /// The peer hung up during the handshake (it may have refused our
+    /// certificate, or does not speak TLS).
+    HungUp,
+    /// The handshake did not complete within its deadline.
+    TimedOut,
+    /// The connection failed during the handshake.
+    Connection,
+    /// This end's own files or settings cannot be used (PEM files, a key
+    /// that does not go with its certificate, a bad host name).
+    Config,
+    /// Anything else.
+    Other,
 }
 
 /// A step of a migration, where it failed.
@@ -401,6 +434,7 @@ pub struct MigrationError {
     source_state: SourceState,
     message: String,
     cancelled: bool,
+    time_limit: bool,
 }
 
 impl MigrationError {
@@ -411,7 +445,20 @@ impl MigrationError {
             source_state,
             message: message.into(),
             cancelled: false,
+            time_limit: false,
         }
+    }
+
+    /// The same, marked as a migration stopped by its overall time limit
+    /// (the destination's `DestConfig::time_limit`).
+    pub fn time_limit_exceeded(mut self) -> Self {
+        self.time_limit = true;
+        self
+    }
+
+    /// Whether the migration was stopped by its overall time limit.
+    pub fn is_time_limit_exceeded(&self) -> bool {
+        self.time_limit
     }
 
     /// The same, marked as the migration's cancellation rather than a
@@ -445,7 +492,9 @@ impl MigrationError {
 
 impl fmt::Display for MigrationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.cancelled {
+        if self.time_limit {
+            f.write_str("the time limit passed: ")?;
+        } else if self.cancelled {
             f.write_str("cancelled: ")?;
         }
         f.write_str(&self.message)
@@ -512,6 +561,22 @@ impl Error {
                 error: error.cancelled(),
                 source,
             },
+            other => other,
+        }
+    }
+
+    /// A migration error marked as stopped by its time limit (not as
+    /// cancelled); any other error as it is.
+    #[cfg(feature = "migrate")]
+    pub(crate) fn into_time_limit_exceeded(self) -> Error {
+        match self {
+            Error::Migration { mut error, source } => {
+                error.cancelled = false;
+                Error::Migration {
+                    error: error.time_limit_exceeded(),
+                    source,
+                }
+            }
             other => other,
         }
     }
@@ -617,6 +682,14 @@ impl Error {
     pub fn transfer_kind(&self) -> Option<TransferKind> {
         match self {
             Error::Transfer { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+
+    /// The kind of a failed TLS setup.
+    pub fn tls_kind(&self) -> Option<TlsKind> {
+        match self {
+            Error::Tls { kind, .. } => Some(*kind),
             _ => None,
         }
     }

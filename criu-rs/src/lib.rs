@@ -157,7 +157,8 @@ pub use child::RestoredChild;
 pub use client::Criu;
 pub use daemon::{Daemon, DaemonConfig, Service, ServiceClient};
 pub use error::{
-    Context, Error, InvalidKind, MigrationError, Operation, Result, SourceState, Step, TransferKind,
+    Context, Error, InvalidKind, MigrationError, Operation, Result, SourceState, Step, TlsKind,
+    TransferKind,
 };
 pub use images::ImagesDir;
 pub use notify::{Event, Iteration, Notification};

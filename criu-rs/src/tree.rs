@@ -1,6 +1,5 @@
 //! Process trees, read from `/proc`.
 
-#[cfg(feature = "migrate")]
 use crate::pidfd::Pidfd;
 
 /// Every task of the tree rooted at `root`, root first (threads' children
@@ -26,6 +25,33 @@ pub(crate) fn tree(root: i32) -> Vec<i32> {
     out
 }
 
+/// The memory a dump of the tree rooted at `root` writes, about: each
+/// task's share of its anonymous and shared memory (`Pss_Anon` and
+/// `Pss_Shmem` of `/proc/<pid>/smaps_rollup`, so that memory shared
+/// between tasks counts once), or its resident set where the kernel does
+/// not tell those. Tasks that are gone meanwhile count nothing.
+#[cfg(feature = "migrate")]
+pub(crate) fn memory_bytes(root: i32) -> u64 {
+    tree(root).into_iter().map(task_memory).sum()
+}
+
+#[cfg(feature = "migrate")]
+fn task_memory(pid: i32) -> u64 {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+        return 0;
+    };
+    let kib = |field: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+    };
+    let kb = match (kib("Pss_Anon:"), kib("Pss_Shmem:")) {
+        (None, None) => kib("Rss:").unwrap_or(0),
+        (anon, shmem) => anon.unwrap_or(0) + shmem.unwrap_or(0),
+    };
+    kb * 1024
+}
+
 /// The state letter of a task (`R`, `S`, `T`, `Z`...) from
 /// `/proc/<pid>/stat`, or `None` if it does not exist.
 pub(crate) fn state(pid: i32) -> Option<char> {
@@ -45,12 +71,46 @@ pub(crate) fn alive(pid: i32) -> bool {
 
 #[cfg(feature = "migrate")]
 /// Pidfds for every task of the tree rooted at `root` that still exists,
-/// root first.
+/// root first (see [`open_listed`]).
 pub(crate) fn tree_pidfds(root: i32) -> Vec<Pidfd> {
-    tree(root)
-        .into_iter()
-        .filter_map(|p| Pidfd::open(p).ok())
+    open_listed(&listed(&tree(root)))
+}
+
+/// `pids` with the start time each has now (the tasks gone are left
+/// out): what tells a task from a later one that took its pid.
+pub(crate) fn listed(pids: &[i32]) -> Vec<(i32, u64)> {
+    pids.iter()
+        .filter_map(|&p| Some((p, start_time(p)?)))
         .collect()
+}
+
+/// Pidfds of the tasks of `listed`, each opened only if the pid still
+/// belongs to the task that was listed: its start time, read once the
+/// pidfd is open, is the listed one. A task that exited between the
+/// listing and the open, its pid taken by another process meanwhile, is
+/// left out; one that exits after the open keeps a pidfd that signals
+/// nothing.
+pub(crate) fn open_listed(listed: &[(i32, u64)]) -> Vec<Pidfd> {
+    listed
+        .iter()
+        .filter_map(|&(pid, start)| {
+            let fd = Pidfd::open(pid).ok()?;
+            (start_time(pid) == Some(start)).then_some(fd)
+        })
+        .collect()
+}
+
+/// When `pid` started, in clock ticks since boot (`/proc/<pid>/stat`'s
+/// 22nd field).
+pub(crate) fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command's closing parenthesis: field 3 (state) onwards.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 #[cfg(feature = "migrate")]
@@ -112,7 +172,7 @@ fn proc_net_address(addr: std::net::SocketAddr) -> String {
 
 #[cfg(feature = "migrate")]
 /// Whether `pid` has one of the socket `inodes` open.
-fn holds_any_socket(pid: i32, inodes: &[u64]) -> bool {
+pub(crate) fn holds_any_socket(pid: i32, inodes: &[u64]) -> bool {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return false;
     };
@@ -130,6 +190,32 @@ fn holds_any_socket(pid: i32, inodes: &[u64]) -> bool {
 #[cfg(all(test, feature = "migrate"))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pid_whose_task_is_not_the_listed_one_gets_no_pidfd() {
+        // Before: the pidfds were opened by pid alone, so a process that
+        // took the pid of a listed task between the listing and the open
+        // was held (stopped, continued, killed) as one of the tree.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let now = listed(&[pid]);
+        let start = now[0].1;
+        assert_eq!(now, vec![(pid, start)]);
+        let same = open_listed(&now);
+        // The task listed earlier under this pid started at another time:
+        // the one there now is another.
+        let other = open_listed(&[(pid, start.wrapping_sub(1))]);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(same.iter().map(Pidfd::pid).collect::<Vec<_>>(), vec![pid]);
+        assert!(
+            other.is_empty(),
+            "a pidfd of another task than the listed one"
+        );
+    }
 
     #[test]
     fn addresses_are_written_as_proc_net_tcp_does() {

@@ -348,8 +348,13 @@ fn migrate(sc: &Scene, strategy: Strategy, fault: Fault, dirs: Dirs, record: &Sh
             });
         })
     };
+    let source_host = std::net::IpAddr::V4(sc.hosts.a.addr);
     let dst_cfg = || {
-        let c = DestConfig::new().deadline(Duration::from_secs(20));
+        // The stream may pass a relay on host b: the lazy pages come from
+        // host a, named (the destination connects nowhere else).
+        let c = DestConfig::new()
+            .deadline(Duration::from_secs(20))
+            .criu_peer(source_host);
         let c = match dirs {
             Dirs::InMemory => c,
             Dirs::WorkDir => c.work_dir(&dst_dir),

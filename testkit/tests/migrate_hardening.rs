@@ -176,7 +176,7 @@ fn the_lazy_dump_goes_through_the_callers_criu() {
                 .work_dir(s)
                 .criu_addresses(LO, LO)
         },
-        |d| DestConfig::new().work_dir(d).criu_address(LO),
+        |d| DestConfig::new().work_dir(d).criu_address(LO).criu_peer(LO),
     );
     sc.assert_moved(run);
     let starts = std::fs::read_to_string(&log).unwrap_or_default();
@@ -348,12 +348,22 @@ impl TwoHostScene {
         dst: impl FnOnce(DestConfig<'a>) -> DestConfig<'a> + Send,
         relay: Option<criu_testkit::hosts::Relay>,
     ) -> Migration {
+        self.migrate_with(Strategy::StopAndCopy, dst, relay)
+    }
+
+    /// Like [`TwoHostScene::migrate`], with `strategy`.
+    fn migrate_with<'a>(
+        &'a self,
+        strategy: Strategy,
+        dst: impl FnOnce(DestConfig<'a>) -> DestConfig<'a> + Send,
+        relay: Option<criu_testkit::hosts::Relay>,
+    ) -> Migration {
         let src = self.dir.path().join("src");
         let dst_dir = self.dst();
         self.hosts
             .migrate(
                 self.w.pid(),
-                || SourceConfig::new(Strategy::StopAndCopy).work_dir(src),
+                || SourceConfig::new(strategy).work_dir(src),
                 || dst(DestConfig::new().work_dir(dst_dir)),
                 relay,
             )
@@ -705,4 +715,198 @@ fn a_tree_of_two_tasks_moves_with_stop_and_copy_streaming_their_pages() {
     let pid = dst.child.pid();
     drop(dst);
     assert!(criu_testkit::wait_gone(pid, WAIT));
+}
+
+/// Whether `dir` holds nothing.
+fn is_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir).unwrap().count() == 0
+}
+
+#[test]
+fn a_page_server_migration_over_the_destinations_limits_is_refused_before_it_starts() {
+    // Before: the page server took every page the dump sent, whatever the
+    // destination's limits (it could fill /dev/shm).
+    let mut sc = TwoHostScene::new();
+    let small = Limits::default().max_total_bytes(1 << 20);
+    let run = sc.migrate_with(Strategy::PageServer, |c| c.limits(small), None);
+    let e = run.src.expect_err("the source is refused");
+    assert_eq!(e.source_state(), Some(SourceState::Untouched), "{e}");
+    let d = run.dst.expect_err("the destination refuses");
+    assert_eq!(d.cause().transfer_kind(), Some(TransferKind::Limit), "{d}");
+    assert!(is_empty(&sc.dst()), "nothing left on the destination");
+    assert!(
+        sc.w.is_running() && sc.w.advances(WAIT),
+        "the source runs on"
+    );
+}
+
+/// Speaks the migration's protocol from host a, on a stream to `dst`,
+/// as `talk` says, after the header.
+fn lying_source<T: Send>(
+    sc: &TwoHostScene,
+    dst: std::net::SocketAddr,
+    talk: impl FnOnce(&mut TcpStream) -> T + Send,
+) -> T {
+    sc.hosts
+        .a
+        .run(|| {
+            let mut s = TcpStream::connect(dst).unwrap();
+            criu::transfer::write_header(&mut s).unwrap();
+            talk(&mut s)
+        })
+        .unwrap()
+}
+
+/// Runs `migrate::receive` in host b with `cfg` while `source` talks to
+/// it from host a.
+fn receive_from_liar<'a, T: Send>(
+    sc: &TwoHostScene,
+    cfg: impl FnOnce() -> DestConfig<'a> + Send,
+    source: impl FnOnce(std::net::SocketAddr) -> T + Send,
+) -> (criu::Result<migrate::DestReport>, T) {
+    let b = &sc.hosts.b;
+    let listener = b.run(|| TcpListener::bind((b.addr, 0))).unwrap().unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::scope(|s| {
+        let dst = s.spawn(|| {
+            b.run(|| {
+                let (mut stream, _) = listener.accept().unwrap();
+                migrate::receive(&Criu::new(), &mut stream, cfg())
+            })
+            .unwrap()
+        });
+        let said = source(addr);
+        (dst.join().unwrap(), said)
+    })
+}
+
+#[test]
+fn a_page_server_that_passes_the_destinations_limits_is_killed() {
+    // A source that announces 4 KiB of memory and dumps 4 MiB into the
+    // page server. Before: the page server took all of it.
+    let mut sc = TwoHostScene::new();
+    let small = Limits::default().max_total_bytes(1 << 20);
+    let dst_dir = sc.dst();
+    let images = sc.dir.path().join("src/images");
+    let pid = sc.w.pid();
+    let (dst, dumped) = receive_from_liar(
+        &sc,
+        || DestConfig::new().work_dir(&dst_dir).limits(small),
+        |addr| {
+            lying_source(&sc, addr, |s| {
+                let hello =
+                    serde_json::json!({"Hello": {"strategy": "page-server", "memory": 4096}});
+                criu::transfer::send_message(s, &hello).unwrap();
+                let ready: serde_json::Value = criu::transfer::recv_message(s).unwrap();
+                let port = ready["PageServerReady"]["port"].as_u64().expect("a port") as u16;
+                let dir = criu::ImagesDir::create(&images).unwrap();
+                let mut o = criu::Options::new();
+                o.pid(pid)
+                    .images_dir(&dir)
+                    .leave_running(true)
+                    .log_file("dump.log")
+                    .page_server(std::net::SocketAddr::new(addr.ip(), port));
+                let dumped = Criu::new().dump(&mut o);
+                let _ = s.shutdown(std::net::Shutdown::Both);
+                dumped
+            })
+        },
+    );
+    let d = dst.expect_err("the destination stops the page server");
+    assert_eq!(
+        d.migration_error().map(|m| m.step()),
+        Some(Step::Transfer),
+        "{d}"
+    );
+    assert_eq!(d.cause().transfer_kind(), Some(TransferKind::Limit), "{d}");
+    assert!(dumped.is_err(), "the dump lost its page server");
+    assert!(is_empty(&dst_dir), "nothing left on the destination");
+    assert!(
+        sc.w.is_running() && sc.w.advances(WAIT),
+        "the source runs on"
+    );
+}
+
+#[test]
+fn a_trickling_source_is_given_up_at_the_time_limit() {
+    // A source that sends one byte of a file every 100 ms: never idle for
+    // long. Before: the receive went on for as long as the source did.
+    let sc = TwoHostScene::new();
+    let dst_dir = sc.dst();
+    let start = std::time::Instant::now();
+    let (dst, _) = receive_from_liar(
+        &sc,
+        || {
+            DestConfig::new()
+                .work_dir(&dst_dir)
+                .time_limit(Duration::from_secs(2))
+        },
+        |addr| {
+            lying_source(&sc, addr, |s| {
+                let hello = serde_json::json!({"Hello": {"strategy": "stop-and-copy"}});
+                criu::transfer::send_message(s, &hello).unwrap();
+                let name = b"pages-1.img";
+                let mut frame = vec![b'F'];
+                frame.extend((name.len() as u16).to_le_bytes());
+                frame.extend(name);
+                frame.extend(0o600u32.to_le_bytes());
+                frame.extend((1u64 << 20).to_le_bytes());
+                s.write_all(&frame).unwrap();
+                // At most 20 s, then hang up.
+                for _ in 0..200 {
+                    if s.write_all(&[0]).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        },
+    );
+    let d = dst.expect_err("the destination gives up");
+    let m = d.migration_error().expect("a migration error");
+    assert!(m.is_time_limit_exceeded(), "{d}");
+    assert!(!m.is_cancelled(), "{d}");
+    assert_eq!(m.step(), Step::Transfer, "{d}");
+    assert!(start.elapsed() < Duration::from_secs(15), "{d}");
+    assert!(is_empty(&dst_dir), "nothing left on the destination");
+}
+
+#[test]
+fn a_lazy_source_on_another_host_than_the_peers_is_refused() {
+    // Before: the destination's lazy-pages daemon connected wherever the
+    // source said.
+    let sc = TwoHostScene::new();
+    let b = &sc.hosts.b;
+    let decoy = b.run(|| TcpListener::bind((b.addr, 0))).unwrap().unwrap();
+    let decoy_addr = decoy.local_addr().unwrap();
+    decoy.set_nonblocking(true).unwrap();
+    let dst_dir = sc.dst();
+    let images = tempfile::tempdir().unwrap();
+    std::fs::write(images.path().join("inventory.img"), b"x").unwrap();
+    let (dst, _) = receive_from_liar(
+        &sc,
+        || DestConfig::new().work_dir(&dst_dir),
+        |addr| {
+            lying_source(&sc, addr, |s| {
+                let hello = serde_json::json!({"Hello": {"strategy": "lazy"}});
+                criu::transfer::send_message(s, &hello).unwrap();
+                criu::transfer::send_dir(s, images.path(), None).unwrap();
+                let elsewhere = serde_json::json!({"LazySource": {"addr": decoy_addr}});
+                criu::transfer::send_message(s, &elsewhere).unwrap();
+                // The destination's answer, then hang up.
+                let _ = criu::transfer::recv_message::<serde_json::Value>(s);
+            })
+        },
+    );
+    let d = dst.expect_err("the destination refuses the address");
+    assert_eq!(
+        d.cause().transfer_kind(),
+        Some(TransferKind::Protocol),
+        "{d}"
+    );
+    assert!(
+        matches!(decoy.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "nothing connected to the address the source named"
+    );
+    assert!(is_empty(&dst_dir), "nothing left on the destination");
 }

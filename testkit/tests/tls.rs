@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use criu::migrate::{DestConfig, SourceConfig, Strategy};
 use criu::tls::{TlsConfig, TlsFiles};
+use criu::TlsKind;
 use criu_testkit::capture::{count_markers, memory_markers, Capture};
 use criu_testkit::certs::{trusting, Ca, Pki, Validity};
 use criu_testkit::hosts::{netns_of, TwoHosts};
@@ -137,9 +138,9 @@ fn source_workload(dir: &Path) -> Workload {
 }
 
 /// `source` sends a workload to a receiver with `dest`: both refuse or
-/// are refused with the expected words, and the workload runs on, never
-/// stopped (its counter has no gap of a dump).
-fn refused(source: Link, dest: Link, src_says: &str, dst_says: &str) {
+/// are refused with the expected kinds of TLS error, and the workload
+/// runs on, never stopped (its counter has no gap of a dump).
+fn refused(source: Link, dest: Link, src_kind: TlsKind, dst_kind: TlsKind) {
     let dir = tempfile::tempdir().unwrap();
     let mut w = source_workload(dir.path());
     let (addr, receiver) = one_receiver(dest);
@@ -152,10 +153,10 @@ fn refused(source: Link, dest: Link, src_says: &str, dst_says: &str) {
         SourceConfig::new(Strategy::StopAndCopy).work_dir(&work),
     );
     let accepted = receiver.join().unwrap();
-    let src_err = sent.expect_err("the source fails").to_string();
-    let dst_err = accepted.expect_err("the receiver refuses").to_string();
-    assert!(src_err.contains(src_says), "source: {src_err}");
-    assert!(dst_err.contains(dst_says), "receiver: {dst_err}");
+    let src_err = sent.expect_err("the source fails");
+    let dst_err = accepted.expect_err("the receiver refuses");
+    assert_eq!(src_err.tls_kind(), Some(src_kind), "source: {src_err}");
+    assert_eq!(dst_err.tls_kind(), Some(dst_kind), "receiver: {dst_err}");
     assert!(w.advances(WAIT), "the source runs on");
     assert!(
         !work.join("images").exists(),
@@ -174,8 +175,8 @@ fn a_source_with_a_certificate_from_another_ca_is_refused() {
     refused(
         tls(&intruder),
         tls(&pki.b),
-        "the peer refused us",
-        "not signed by our CA",
+        TlsKind::RefusedByPeer,
+        TlsKind::Untrusted,
     );
 }
 
@@ -187,8 +188,8 @@ fn a_receiver_with_a_certificate_from_another_ca_is_refused() {
     refused(
         tls(&pki.a),
         tls(&impostor),
-        "not signed by our CA",
-        "refused us",
+        TlsKind::Untrusted,
+        TlsKind::RefusedByPeer,
     );
 }
 
@@ -199,8 +200,8 @@ fn an_expired_certificate_is_refused() {
     refused(
         tls(&expired),
         tls(&pki.b),
-        "the peer refused us",
-        "has expired",
+        TlsKind::RefusedByPeer,
+        TlsKind::Expired,
     );
 }
 
@@ -221,9 +222,10 @@ fn a_plain_tcp_sender_is_refused_and_resumes() {
         w.pid(),
         SourceConfig::new(Strategy::StopAndCopy).work_dir(&work),
     );
-    let dst_err = receiver.join().unwrap().expect_err("refused").to_string();
-    assert!(
-        dst_err.contains("does not speak TLS"),
+    let dst_err = receiver.join().unwrap().expect_err("refused");
+    assert_eq!(
+        dst_err.tls_kind(),
+        Some(TlsKind::NotTls),
         "receiver: {dst_err}"
     );
     let src_err = sent.expect_err("the plain sender fails").to_string();
@@ -256,9 +258,10 @@ fn a_silent_or_trickling_peer_times_out_in_the_handshake() {
                 let _ = std::io::Read::read(&mut peer, &mut sink);
             }
         });
-        let e = receiver.join().unwrap().expect_err("timed out").to_string();
-        assert!(
-            e.contains("did not complete the TLS handshake within"),
+        let e = receiver.join().unwrap().expect_err("timed out");
+        assert_eq!(
+            e.tls_kind(),
+            Some(TlsKind::TimedOut),
             "trickle {trickle}: {e}"
         );
         feeder.join().unwrap();
@@ -269,15 +272,14 @@ fn a_silent_or_trickling_peer_times_out_in_the_handshake() {
 fn unusable_pem_files_are_named_in_the_error() {
     let pki = Pki::new().unwrap();
     let bad = TlsFiles::new(pki.a.ca(), pki.a.key(), pki.a.key());
-    let e = TlsConfig::new(bad)
-        .expect_err("a key is no certificate")
-        .to_string();
-    assert!(e.contains("certificate") && e.contains("-key.pem"), "{e}");
+    let e = TlsConfig::new(bad).expect_err("a key is no certificate");
+    assert_eq!(e.tls_kind(), Some(TlsKind::Config), "{e}");
+    let named = |e: &criu::Error, p: &Path| e.to_string().contains(&p.display().to_string());
+    assert!(named(&e, pki.a.key()), "the file is named: {e}");
     let mismatched = TlsFiles::new(pki.a.ca(), pki.a.cert(), pki.b.key());
-    let e = TlsConfig::new(mismatched)
-        .expect_err("wrong key")
-        .to_string();
-    assert!(e.contains("does not go with"), "{e}");
+    let e = TlsConfig::new(mismatched).expect_err("wrong key");
+    assert_eq!(e.tls_kind(), Some(TlsKind::Config), "{e}");
+    assert!(named(&e, pki.b.key()), "the file is named: {e}");
 }
 
 /// A link of `files` that requires its peer's certificate to name `host`.
@@ -299,8 +301,8 @@ fn an_end_that_expects_its_peer_by_name_refuses_another_holder_of_the_ca() {
     refused(
         tls(&pki.a),
         expecting(&pki.b, "host-c"),
-        "hung up",
-        "names another host",
+        TlsKind::HungUp,
+        TlsKind::WrongName,
     );
     // The source expects host-c: host-b is refused, and nothing is sent.
     let dir = tempfile::tempdir().unwrap();
@@ -313,9 +315,126 @@ fn an_end_that_expects_its_peer_by_name_refuses_another_holder_of_the_ca() {
         SourceConfig::new(Strategy::StopAndCopy),
     );
     let e = sent.expect_err("the source refuses the destination");
-    assert!(matches!(e, criu::Error::Tls { .. }), "{e}");
-    assert!(e.to_string().contains("names another host"), "{e}");
+    assert_eq!(e.tls_kind(), Some(TlsKind::WrongName), "{e}");
     let _ = receiver.join().unwrap();
     assert!(w.advances(WAIT), "the source runs on");
     w.reap(Duration::ZERO).ok();
+}
+
+/// The TCP ports listening on `ip` in the network namespace of thread
+/// `tid` of this process.
+fn listening_on(tid: i32, ip: Ipv4Addr) -> Vec<u16> {
+    let want = format!("{:08X}", u32::from_ne_bytes(ip.octets()));
+    let table = std::fs::read_to_string(format!("/proc/{tid}/net/tcp")).unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (addr, port) = f.get(1)?.split_once(':')?;
+            (addr == want && f.get(3) == Some(&"0A")).then(|| u16::from_str_radix(port, 16).ok())?
+        })
+        .collect()
+}
+
+#[test]
+fn the_page_server_relay_takes_only_the_streams_source() {
+    // Another holder of the CA's certificates, on the source's host,
+    // connects to the destination's page-server relay before the source
+    // does and sends a wrong token. Before: the relay took the first
+    // certificate holder, and the migration failed.
+    let pki = Pki::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let mut w = spawn_on_a(&hosts, &dir.path().join("out.log"));
+    let sum = w.memory_checksum().unwrap();
+    w.wait_for_seq(20, WAIT).unwrap();
+    let (src_dir, dst_dir) = (dir.path().join("src"), dir.path().join("dst"));
+    std::fs::create_dir_all(&src_dir).unwrap();
+    std::fs::create_dir_all(&dst_dir).unwrap();
+    let (a, b) = (tls(&pki.a), tls(&pki.b));
+    let intruder_files = pki.a.clone();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    // The destination's page server starts a second late: its relay's
+    // listener is there for that second before the source learns of it,
+    // and the intruder surely comes first.
+    let late_criu = dir.path().join("late-criu");
+    std::fs::write(&late_criu, "#!/bin/sh\nsleep 1\nexec criu \"$@\"\n").unwrap();
+    std::fs::set_permissions(
+        &late_criu,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut daemons = criu::DaemonConfig::new();
+    daemons.binary(&late_criu);
+    let (run, intruded) = std::thread::scope(|s| {
+        // A thread parked in host b, whose socket table the intruder reads.
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done, hosts, intruder_files) = (&done, &hosts, &intruder_files);
+        s.spawn(move || {
+            hosts.b.run(|| {
+                // SAFETY: gettid cannot fail and touches no memory.
+                let _ = tid_tx.send(unsafe { libc::gettid() });
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        });
+        let tid = tid_rx.recv().unwrap();
+        let intruder = s.spawn(move || {
+            hosts
+                .a
+                .run(|| {
+                    // The relay's listener is the second one on host b's
+                    // address (the migration's own comes first).
+                    let deadline = std::time::Instant::now() + WAIT;
+                    let mut first = None;
+                    let mut ports = Vec::new();
+                    while ports.is_empty() && std::time::Instant::now() < deadline {
+                        let now = listening_on(tid, hosts.b.addr);
+                        if first.is_none() && now.len() == 1 {
+                            first = Some(now[0]);
+                        }
+                        if first.is_some() {
+                            ports = now.into_iter().filter(|p| Some(*p) != first).collect();
+                        }
+                    }
+                    let mut held = Vec::new();
+                    for p in ports {
+                        let Ok(tcp) = TcpStream::connect((hosts.b.addr, p)) else {
+                            continue;
+                        };
+                        let cfg = TlsConfig::new(intruder_files.clone()).unwrap();
+                        if let Ok(mut t) = cfg.connect(tcp) {
+                            let _ = t.write_all(&[b'a'; 64]).and_then(|()| t.flush());
+                            held.push(t);
+                        }
+                    }
+                    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    held.len()
+                })
+                .unwrap()
+        });
+        let run = hosts
+            .migrate_over(
+                [&a, &b],
+                w.pid(),
+                || SourceConfig::new(Strategy::PageServer).work_dir(&src_dir),
+                || DestConfig::new().work_dir(&dst_dir).daemons(daemons),
+                None,
+            )
+            .unwrap();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        (run, intruder.join().unwrap())
+    });
+    assert!(intruded > 0, "the intruder got in before the source");
+    let src = run.src.unwrap_or_else(|e| panic!("source: {e}"));
+    let dst = run.dst.unwrap_or_else(|e| panic!("destination: {e}"));
+    w.reap(WAIT).unwrap();
+    let pid = dst.child.pid();
+    assert_eq!(src.restored_pid, pid);
+    let (after, ok) = w.verify_memory(pid, WAIT).unwrap();
+    assert!(ok && after == sum, "memory intact");
 }

@@ -100,3 +100,73 @@ fn a_sigkilled_receiver_leaves_only_its_partial_directory() {
     assert_eq!(mode(&partial), 0o700);
     assert_eq!(mode(&a), 0o600);
 }
+
+/// A tmpfs of `mib` MiB mounted on a fresh directory, unmounted (and the
+/// directory removed) on drop.
+struct SmallTmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallTmpfs {
+    fn new(mib: u32) -> SmallTmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mounting a tmpfs on {}", dir.path().display());
+        SmallTmpfs { dir }
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// The stream of a directory holding one file of `mib` MiB (sparse on
+/// the sender's disk: its zeros are read and sent all the same).
+fn one_file_of(dir: &Path, mib: u64) -> Vec<u8> {
+    let src = dir.join(format!("src-{mib}"));
+    std::fs::create_dir(&src).unwrap();
+    let f = std::fs::File::create(src.join("pages-1.img")).unwrap();
+    f.set_len(mib << 20).unwrap();
+    let mut stream = Vec::new();
+    criu::transfer::send_dir(&mut stream, &src, None).unwrap();
+    stream
+}
+
+#[test]
+fn the_receiver_keeps_a_reserve_of_free_space() {
+    // Before: a file was admitted while it fit (`size <= free`), so a
+    // sender could take a shared tmpfs such as /dev/shm to its last byte.
+    let fs = SmallTmpfs::new(96);
+    let dir = tempfile::tempdir().unwrap();
+    let limits = criu::transfer::Limits::default();
+    // 40 MiB fit in 96 free, but not above the 64 MiB reserve.
+    let big = one_file_of(dir.path(), 40);
+    let target = fs.dir.path().join("big");
+    let e = criu::transfer::receive_dir_with(&mut big.as_slice(), &target, &limits, None)
+        .expect_err("refused: it would leave less than the reserve");
+    assert_eq!(e.transfer_kind(), Some(criu::TransferKind::Limit), "{e}");
+    assert_eq!(std::fs::read_dir(fs.dir.path()).unwrap().count(), 0);
+    // 16 MiB leave 80 free: taken.
+    let small = one_file_of(dir.path(), 16);
+    let target = fs.dir.path().join("small");
+    let stats =
+        criu::transfer::receive_dir_with(&mut small.as_slice(), &target, &limits, None).unwrap();
+    assert_eq!(stats.bytes, 16 << 20);
+    // And the reserve is the caller's to set.
+    let none = limits.keep_free(0);
+    let target = fs.dir.path().join("big-without-reserve");
+    criu::transfer::receive_dir_with(&mut big.as_slice(), &target, &none, None).unwrap();
+}

@@ -144,6 +144,10 @@ impl<'a> SourceConfig<'a> {
     }
 }
 
+/// How long [`super::receive`] may take in all by default (see
+/// [`DestConfig::time_limit`]).
+pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(3600);
+
 /// The destination side's settings. [`DestConfig::new`] and `default()`
 /// are the same: images in memory, default limits, no deadline.
 pub struct DestConfig<'a> {
@@ -153,8 +157,10 @@ pub struct DestConfig<'a> {
     pub(super) daemon_timeout: Duration,
     pub(super) deadline: Option<Duration>,
     pub(super) criu_address: Option<IpAddr>,
+    pub(super) criu_peer: Option<IpAddr>,
     pub(super) criu_tls: Option<TlsFiles>,
     pub(super) limits: Limits,
+    pub(super) time_limit: Duration,
     pub(super) tcp_established: bool,
     pub(super) cancel: Cancel,
 }
@@ -178,8 +184,10 @@ impl<'a> DestConfig<'a> {
             daemon_timeout: Duration::from_secs(600),
             deadline: None,
             criu_address: None,
+            criu_peer: None,
             criu_tls: None,
             limits: Limits::default(),
+            time_limit: DEFAULT_TIME_LIMIT,
             tcp_established: false,
             cancel: Cancel::new(),
         }
@@ -240,6 +248,32 @@ impl<'a> DestConfig<'a> {
         DestConfig {
             deadline: Some(deadline),
             daemon_timeout: self.daemon_timeout.min(deadline),
+            ..self
+        }
+    }
+
+    /// Bounds the whole receive, from the source's hello to its verdict
+    /// (default [`DEFAULT_TIME_LIMIT`], one hour): the idle timeout and
+    /// [`DestConfig::deadline`] bound each wait, so a source that sends a
+    /// byte now and then could otherwise hold the destination for ever.
+    /// When it passes, the receive ends as a cancelled one does (what
+    /// arrived is removed, a restored tree killed, the source told) with a
+    /// migration error that
+    /// [`is_time_limit_exceeded`](crate::MigrationError::is_time_limit_exceeded).
+    pub fn time_limit(self, limit: Duration) -> Self {
+        DestConfig {
+            time_limit: limit,
+            ..self
+        }
+    }
+
+    /// The source host's address for CRIU's own connections: the lazy
+    /// strategy fetches pages from this host only, whatever port the
+    /// source names. A TCP stream's peer is the default; a stream without
+    /// IP addresses needs it for the lazy strategy (else it is refused).
+    pub fn criu_peer(self, peer: IpAddr) -> Self {
+        DestConfig {
+            criu_peer: Some(peer),
             ..self
         }
     }

@@ -3,6 +3,7 @@
 //! keep it unless the source explicitly aborts.
 
 use std::ops::ControlFlow;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use super::cancel::Cancel;
@@ -29,19 +30,58 @@ pub(super) fn receive(
     }
     let mut created = Created::default();
     let mut step = Step::Handshake;
+    // The caller's token cancels this receive's own, and so does the
+    // time limit.
+    let user = std::mem::replace(&mut cfg.cancel, Cancel::new());
     let cancel = cfg.cancel.clone();
+    let linked = {
+        let inner = cancel.clone();
+        user.on_cancel(Some(Box::new(move || inner.cancel())))
+    };
+    let limit = TimeLimit::start(cfg.time_limit, &cancel);
     let woken = cancel.on_cancel(stream.interrupter());
     let r = receive_inner(criu, stream, &cfg, &mut created, &mut step);
     drop(woken);
+    let expired = limit.finish();
+    drop(linked);
     r.map_err(|e| {
         let mut e = wire::at_step(e, step, SourceState::Unknown, || failed_at(step));
-        if cancel.is_cancelled() {
+        if expired {
+            e = e.into_time_limit_exceeded();
+        } else if cancel.is_cancelled() {
             e = e.into_cancelled();
         }
         wire::tell_failure(stream, &e);
         created.remove_all();
         e
     })
+}
+
+/// A thread that cancels the receive's token when its time limit passes.
+struct TimeLimit {
+    stop: mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<bool>,
+}
+
+impl TimeLimit {
+    fn start(limit: Duration, cancel: &Cancel) -> TimeLimit {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let cancel = cancel.clone();
+        let thread = std::thread::spawn(move || match stopped.recv_timeout(limit) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                cancel.cancel();
+                true
+            }
+            _ => false,
+        });
+        TimeLimit { stop, thread }
+    }
+
+    /// Stops the timer; whether the limit had passed.
+    fn finish(self) -> bool {
+        drop(self.stop);
+        self.thread.join().unwrap_or(false)
+    }
 }
 
 /// How long the restore may take when the configuration sets no
@@ -78,8 +118,8 @@ fn receive_inner(
         .prepare(Some(timeout))
         .map_err(|e| Error::io("preparing the stream (timeouts, TCP_NODELAY)", e))?;
     read_header(&mut &mut *stream)?;
-    let strategy = match wire::recv(stream)? {
-        Msg::Hello { strategy } => strategy,
+    let (strategy, memory) = match wire::recv(stream)? {
+        Msg::Hello { strategy, memory } => (strategy, memory),
         other => {
             return Err(unexpected(
                 Step::Handshake,
@@ -89,14 +129,10 @@ fn receive_inner(
             ))
         }
     };
-    let local = match cfg.criu_address {
-        Some(named) => Some(named),
-        None => stream
-            .ip_addresses()
-            .map_err(wire::no_addresses)?
-            .map(|a| a.0),
-    };
-    let mut side = strategy::dest_side(strategy, cfg, local)?;
+    let ends = stream.ip_addresses().map_err(wire::no_addresses)?;
+    let local = cfg.criu_address.or(ends.map(|a| a.0));
+    let peer = cfg.criu_peer.or(ends.map(|a| a.1));
+    let mut side = strategy::dest_side(strategy, cfg, (local, peer), memory)?;
     let work_dir = cfg.work_dir.hold()?;
     let images_path = work_dir.path().join("images");
     *step = Step::Transfer;

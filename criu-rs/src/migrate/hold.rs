@@ -49,7 +49,7 @@ use crate::notify::{Event, Notification};
 use crate::options::Options;
 use crate::pidfd::Pidfd;
 use crate::report::DumpReport;
-use crate::tree::{alive, state, tree, tree_pidfds};
+use crate::tree::{alive, listed, open_listed, state, tree, tree_pidfds};
 
 /// How long the tasks may take to stop.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -115,11 +115,11 @@ impl HeldTree {
     /// that took the pid of one that exited after the listing.
     fn stop_new_tasks(&mut self) -> Result<bool> {
         let held: Vec<i32> = self.pids();
-        let fresh: Vec<Pidfd> = tree(self.root)
+        let new: Vec<i32> = tree(self.root)
             .into_iter()
             .filter(|p| !held.contains(p))
-            .filter_map(|p| Pidfd::open(p).ok())
             .collect();
+        let fresh = open_listed(&listed(&new));
         if fresh.is_empty() {
             return Ok(false);
         }

@@ -64,9 +64,11 @@
 //! # Limits
 //!
 //! The destination accepts what [`DestConfig::limits`] allows (file count,
-//! sizes, free space) and, without a [`DestConfig::deadline`], gives up a
+//! sizes, free space above a reserve, the page server's pages included)
+//! and, without a [`DestConfig::deadline`], gives up a
 //! source that stays silent for the limits' idle timeout (120 s by
-//! default) where the stream has timeouts.
+//! default) where the stream has timeouts; the whole receive is bounded by
+//! [`DestConfig::time_limit`] (one hour by default).
 //!
 //! # Inside
 //!
@@ -106,7 +108,7 @@ pub use crate::error::{MigrationError, SourceState, Step};
 pub use crate::transfer::Transport;
 pub use cancel::Cancel;
 pub use choice::{PreCopyPolicy, Strategy};
-pub use config::{DestConfig, SourceConfig};
+pub use config::{DestConfig, SourceConfig, DEFAULT_TIME_LIMIT};
 pub use connections::{AddressMove, Connections};
 pub use link::{Link, Stream};
 pub use report::{DestReport, Phases, SourceReport};

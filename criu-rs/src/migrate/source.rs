@@ -42,7 +42,7 @@ pub(super) fn send(
         mut side,
         criu_tls,
         _work_dir,
-    } = setup(stream, &cfg)
+    } = setup(pid, stream, &cfg)
         .and_then(|s| wire::check(&cancel, Step::Handshake, SourceState::Untouched).map(|()| s))
         .map_err(|e| {
             let e = wire::at_step(e, Step::Handshake, SourceState::Untouched, || {
@@ -129,7 +129,7 @@ struct Setup {
 
 /// Readies the stream, says hello, makes the images directory and starts
 /// the strategy's part (which may wait for the destination).
-fn setup(stream: &mut dyn Transport, cfg: &SourceConfig<'_>) -> Result<Setup> {
+fn setup(pid: i32, stream: &mut dyn Transport, cfg: &SourceConfig<'_>) -> Result<Setup> {
     stream
         .prepare(cfg.deadline)
         .map_err(|e| Error::io("preparing the stream (timeouts, TCP_NODELAY)", e))?;
@@ -138,6 +138,7 @@ fn setup(stream: &mut dyn Transport, cfg: &SourceConfig<'_>) -> Result<Setup> {
         stream,
         &Msg::Hello {
             strategy: cfg.strategy,
+            memory: Some(crate::tree::memory_bytes(pid)),
         },
     )?;
     let work_dir = cfg.work_dir.hold()?;

@@ -5,9 +5,9 @@
 //! One migration, in order (`→` from the source, `←` from the destination):
 //!
 //! ```text
-//! → header, Hello { strategy }
+//! → header, Hello { strategy, memory }
 //! ← PageServerReady { port }                 (page-server only)
-//!   | PageServerRelay { port } | Failed       (the same, relayed in TLS)
+//!   | PageServerRelay { port, token } | Failed  (the same, relayed in TLS)
 //! → (PreCopyPass, a pass's images)*, PreCopyEnd  (pre-copy only, while it runs)
 //! → the images (a transfer stream; stop-and-copy's starts during the dump) | Failed
 //! → LazySource { addr }                      (lazy only)
@@ -37,13 +37,26 @@ use crate::transfer::{self, DirOrMessage, Limits, TransferStats, Transport};
 /// One control message.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum Msg {
-    /// The source's first message.
-    Hello { strategy: Strategy },
+    /// The source's first message: the strategy, and how many bytes of
+    /// memory the tree holds (an estimate of the pages the dump writes;
+    /// absent from peers of before the field), which the destination
+    /// checks against its limits before it takes any.
+    Hello {
+        strategy: Strategy,
+        #[serde(default)]
+        memory: Option<u64>,
+    },
     /// The destination's page server listens on this port.
     PageServerReady { port: u16 },
     /// The destination's relay to its page server listens on this port,
-    /// for one connection of the crate's TLS (see `crate::tls`).
-    PageServerRelay { port: u16 },
+    /// for one connection of the crate's TLS (see `crate::tls`), whose
+    /// client must first send `token` (hex; one-time, so that only the
+    /// peer of this stream, not any holder of a certificate, is relayed).
+    PageServerRelay {
+        port: u16,
+        #[serde(default)]
+        token: String,
+    },
     /// A pre-copy pass's images follow (a transfer stream), taken while
     /// the tree runs.
     PreCopyPass,

@@ -21,7 +21,7 @@ use rustls::{
 };
 
 use crate::credentials::TlsFiles;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TlsKind};
 use crate::transfer::Transport;
 
 use super::socket::Socket;
@@ -89,6 +89,7 @@ impl TlsConfig {
     /// ```
     pub fn peer_name(mut self, host: &str) -> Result<TlsConfig> {
         let name = ServerName::try_from(host.to_string()).map_err(|e| Error::Tls {
+            kind: TlsKind::Config,
             message: format!("{host:?} is not a host name or an IP address"),
             source: Some(io::Error::other(e)),
         })?;
@@ -103,6 +104,7 @@ impl TlsConfig {
             return Ok(());
         };
         let refused = |why: &str, source: Option<io::Error>| Error::Tls {
+            kind: TlsKind::WrongName,
             message: format!(
                 "the peer's certificate {why}, not {} (TlsConfig::peer_name): refused",
                 want.to_str()
@@ -173,6 +175,7 @@ impl TlsConfig {
 
 fn tls_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::Tls {
+        kind: TlsKind::Other,
         message: what.to_string(),
         source: Some(io::Error::other(e)),
     }
@@ -180,6 +183,7 @@ fn tls_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> E
 
 fn pem_error(what: &str, path: &std::path::Path, e: impl std::fmt::Display) -> Error {
     Error::Tls {
+        kind: TlsKind::Config,
         message: format!(
             "cannot use {what} {}: {e} (expected PEM, as `openssl req`/`openssl x509` write it)",
             path.display()
@@ -257,6 +261,7 @@ fn server_config(
 
 fn key_mismatch(files: &TlsFiles, e: rustls::Error) -> Error {
     Error::Tls {
+        kind: TlsKind::Config,
         message: format!(
             "the key {} does not go with the certificate {} (or is of a kind rustls cannot use)",
             files.key().display(),
@@ -346,9 +351,10 @@ impl HandshakeError {
     /// The error a caller can act on.
     fn explain(self, cfg: &TlsConfig) -> Error {
         let ca = cfg.files.ca().display();
-        let (message, source) = match self {
+        let (kind, message, source) = match self {
             HandshakeError::Tls(e) => {
-                (describe_tls(&e, &ca.to_string()), Some(io::Error::other(e)))
+                let (kind, message) = describe_tls(&e, &ca.to_string());
+                (kind, message, Some(io::Error::other(e)))
             }
             HandshakeError::Io(e)
                 if matches!(
@@ -356,21 +362,27 @@ impl HandshakeError {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                (timed_out(cfg), Some(e))
+                (TlsKind::TimedOut, timed_out(cfg), Some(e))
             }
             HandshakeError::Io(e) => (
+                TlsKind::Connection,
                 "the connection failed during the TLS handshake".into(),
                 Some(e),
             ),
-            HandshakeError::TimedOut => (timed_out(cfg), None),
+            HandshakeError::TimedOut => (TlsKind::TimedOut, timed_out(cfg), None),
             HandshakeError::Closed => (
+                TlsKind::HungUp,
                 "the peer hung up during the TLS handshake (it may have refused our certificate, \
                  or does not speak TLS)"
                     .into(),
                 None,
             ),
         };
-        Error::Tls { message, source }
+        Error::Tls {
+            kind,
+            message,
+            source,
+        }
     }
 }
 
@@ -382,34 +394,51 @@ fn timed_out(cfg: &TlsConfig) -> String {
     )
 }
 
-/// Words for what rustls refused.
-fn describe_tls(e: &rustls::Error, ca: &str) -> String {
+/// The kind of what rustls refused, and words for it.
+fn describe_tls(e: &rustls::Error, ca: &str) -> (TlsKind, String) {
     use rustls::Error as E;
     match e {
         E::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
-            format!("the peer's certificate is not signed by our CA ({ca}): refused")
+            (
+                TlsKind::Untrusted,
+                format!("the peer's certificate is not signed by our CA ({ca}): refused"),
+            )
         }
         E::InvalidCertificate(
             CertificateError::Expired | CertificateError::ExpiredContext { .. },
-        ) => "the peer's certificate has expired: refused".into(),
+        ) => (
+            TlsKind::Expired,
+            "the peer's certificate has expired: refused".into(),
+        ),
         E::InvalidCertificate(
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
-        ) => "the peer's certificate is not valid yet (check both clocks): refused".into(),
-        E::InvalidCertificate(other) => {
-            format!("the peer's certificate is not valid ({other:?}): refused")
-        }
-        E::NoCertificatesPresented => "the peer presented no certificate: refused".into(),
+        ) => (
+            TlsKind::Expired,
+            "the peer's certificate is not valid yet (check both clocks): refused".into(),
+        ),
+        E::InvalidCertificate(other) => (
+            TlsKind::Untrusted,
+            format!("the peer's certificate is not valid ({other:?}): refused"),
+        ),
+        E::NoCertificatesPresented => (
+            TlsKind::Untrusted,
+            "the peer presented no certificate: refused".into(),
+        ),
         E::InvalidMessage(_)
         | E::InappropriateMessage { .. }
-        | E::InappropriateHandshakeMessage { .. } => {
+        | E::InappropriateHandshakeMessage { .. } => (
+            TlsKind::NotTls,
             "the peer does not speak TLS 1.3 (a plain TCP client, or another protocol): refused"
-                .into()
-        }
-        E::AlertReceived(alert) => format!(
-            "the peer refused us ({alert:?}): our certificate is probably not signed by the CA it \
-             trusts, or has expired; check --tls-cert against the peer's --tls-ca"
+                .into(),
         ),
-        other => format!("the TLS handshake failed: {other}"),
+        E::AlertReceived(alert) => (
+            TlsKind::RefusedByPeer,
+            format!(
+                "the peer refused us ({alert:?}): our certificate is probably not signed by the \
+                 CA it trusts, or has expired; check --tls-cert against the peer's --tls-ca"
+            ),
+        ),
+        other => (TlsKind::Other, format!("the TLS handshake failed: {other}")),
     }
 }
 

@@ -86,15 +86,20 @@ impl Partial {
         Ok(File::from(fd))
     }
 
-    /// Bytes an unprivileged writer may still use on its file system.
-    pub(super) fn free_bytes(&self) -> io::Result<u64> {
+    /// Bytes an unprivileged writer may still use on its file system, and
+    /// the file system's size.
+    pub(super) fn space(&self) -> io::Result<(u64, u64)> {
         // SAFETY: an open descriptor and a zeroed out-struct.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
         if unsafe { libc::fstatvfs(self.fd.as_raw_fd(), &mut st) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+        let unit = st.f_frsize as u64;
+        Ok((
+            (st.f_bavail as u64).saturating_mul(unit),
+            (st.f_blocks as u64).saturating_mul(unit),
+        ))
     }
 
     /// Renames the directory to `target`, which must not exist (checked by

@@ -17,7 +17,10 @@ use crate::error::{Error, Result, TransferKind};
 
 /// What a receiver accepts from the sender. Every file's announced size is
 /// checked before a byte of it is written; the free space of the target's
-/// file system is always checked too.
+/// file system is always checked too, and a part of it is never given to
+/// the sender: the reserve ([`Limits::keep_free`], by default the larger
+/// of 64 MiB and 5% of the file system), so that a sender cannot take a
+/// shared tmpfs such as `/dev/shm` to its last byte.
 ///
 /// ```
 /// let limits = criu::transfer::Limits::default()
@@ -31,7 +34,16 @@ pub struct Limits {
     max_file_bytes: u64,
     max_total_bytes: u64,
     idle_timeout: Duration,
+    keep_free: Option<u64>,
 }
+
+/// The least free space a receiver leaves on the target's file system
+/// (unless [`Limits::keep_free`] says otherwise).
+const RESERVE_MIN: u64 = 64 << 20;
+
+/// The share of the target's file system, in percent, a receiver leaves
+/// free when that is more than [`RESERVE_MIN`].
+const RESERVE_PERCENT: u64 = 5;
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -40,6 +52,7 @@ impl Default for Limits {
             max_file_bytes: 256 << 30,
             max_total_bytes: 1 << 40,
             idle_timeout: Duration::from_secs(120),
+            keep_free: None,
         }
     }
 }
@@ -81,9 +94,44 @@ impl Limits {
         }
     }
 
+    /// The free space the receiver leaves on the target's file system,
+    /// whatever the sender announces: a file or chunk that would leave less
+    /// is refused. The default is the larger of 64 MiB and 5% of the file
+    /// system's size; 0 lets a sender fill it.
+    pub fn keep_free(self, bytes: u64) -> Limits {
+        Limits {
+            keep_free: Some(bytes),
+            ..self
+        }
+    }
+
     /// The idle timeout.
     pub(crate) fn idle(&self) -> Duration {
         self.idle_timeout
+    }
+
+    /// The reserve on a file system of `size` bytes.
+    pub(crate) fn reserve(&self, size: u64) -> u64 {
+        self.keep_free
+            .unwrap_or_else(|| RESERVE_MIN.max(size / 100 * RESERVE_PERCENT))
+    }
+
+    /// How many bytes a sender may still write under these limits into
+    /// the file system of `dir`, which holds `had` bytes of its already:
+    /// the total left, and the free space above the reserve.
+    pub(crate) fn room_in(&self, dir: &Path, had: u64) -> std::io::Result<u64> {
+        let st = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
+        let unit = st.fragment_size() as u64;
+        let free = (st.blocks_available() as u64).saturating_mul(unit);
+        let size = (st.blocks() as u64).saturating_mul(unit);
+        Ok(self.room(free, size, had))
+    }
+
+    /// The room left with `free` bytes free on a file system of `size`
+    /// bytes, `had` bytes received.
+    fn room(&self, free: u64, size: u64, had: u64) -> u64 {
+        let total = self.max_total_bytes.saturating_sub(had);
+        total.min(free.saturating_sub(self.reserve(size)))
     }
 }
 
@@ -318,13 +366,15 @@ impl Receiving<'_, '_> {
                 l.max_total_bytes
             ));
         }
-        let free = self
+        let (free, fs_size) = self
             .partial
-            .free_bytes()
+            .space()
             .map_err(|e| Error::io("reading the free space of the target's file system", e))?;
-        if more > free {
+        let reserve = l.reserve(fs_size);
+        if more.saturating_add(reserve) > free {
             return refuse(format!(
-                "{more} bytes announced, {free} free on the target's file system"
+                "{more} bytes announced, {free} free on the target's file system, of which \
+                 {reserve} stay free (Limits::keep_free)"
             ));
         }
         Ok(())

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{stop_and_copy, DestSide, Inbound, Received, SourceSide};
 use crate::daemon::{free_port, Daemon};
-use crate::error::{Result, SourceState, Step};
+use crate::error::{Error, InvalidKind, Result, SourceState, Step, TransferKind};
 use crate::migrate::config::DestConfig;
 use crate::migrate::wire::{self, unexpected, Msg};
 use crate::options::Options;
@@ -70,12 +70,43 @@ impl SourceSide for Source {
 
 pub(super) struct Dest<'c> {
     cfg: &'c DestConfig<'c>,
+    peer: Option<IpAddr>,
     daemon: Option<Daemon>,
 }
 
 impl<'c> Dest<'c> {
-    pub(super) fn new(cfg: &'c DestConfig<'c>) -> Dest<'c> {
-        Dest { cfg, daemon: None }
+    /// `peer`: the source host's address, the only one pages are
+    /// fetched from.
+    pub(super) fn new(cfg: &'c DestConfig<'c>, peer: Option<IpAddr>) -> Dest<'c> {
+        Dest {
+            cfg,
+            peer,
+            daemon: None,
+        }
+    }
+
+    /// Where the pages are fetched: the port the source named, on the
+    /// source's own host; an address on another host is refused.
+    fn source_at(&self, named: SocketAddr) -> Result<SocketAddr> {
+        let Some(peer) = self.peer else {
+            return Err(Error::invalid(
+                None,
+                InvalidKind::Missing,
+                "the lazy strategy fetches pages from the source's host, and the stream is not \
+                 TCP: name the source's address (DestConfig::criu_peer)",
+            ));
+        };
+        if named.ip().to_canonical() != peer.to_canonical() {
+            return Err(Error::Transfer {
+                kind: TransferKind::Protocol,
+                message: format!(
+                    "the source asks for its pages to be fetched from {named}, which is not its \
+                     host {peer}: refused (only the source's own host is connected to)"
+                ),
+                source: None,
+            });
+        }
+        Ok(SocketAddr::new(peer, named.port()))
     }
 }
 
@@ -101,6 +132,7 @@ impl DestSide for Dest<'_> {
                 ))
             }
         };
+        let addr = self.source_at(addr)?;
         self.daemon = Some(self.cfg.daemons.lazy_pages(&received.images, addr)?);
         Ok(received)
     }

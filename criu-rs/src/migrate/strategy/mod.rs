@@ -176,18 +176,23 @@ pub(super) fn source_side(
     })
 }
 
-/// The destination's part of `strategy`; `local` is this host's address
-/// for CRIU's own connections, when known.
+/// The destination's part of `strategy`; `local` and `peer` are this
+/// host's and the source's addresses for CRIU's own connections, when
+/// known; `memory` the source's estimate of the tree's memory, when it
+/// sent one.
 pub(super) fn dest_side<'c>(
     strategy: Strategy,
     cfg: &'c DestConfig<'_>,
-    local: Option<IpAddr>,
+    (local, peer): (Option<IpAddr>, Option<IpAddr>),
+    memory: Option<u64>,
 ) -> Result<Box<dyn DestSide + 'c>> {
     Ok(match strategy {
         Strategy::StopAndCopy => Box::new(stop_and_copy::Dest),
         Strategy::PreCopy => Box::new(pre_copy::Dest),
-        Strategy::PageServer => Box::new(page_server::Dest::new(cfg, need(local, strategy)?)),
-        Strategy::Lazy => Box::new(lazy::Dest::new(cfg)),
+        Strategy::PageServer => {
+            Box::new(page_server::Dest::new(cfg, need(local, strategy)?, memory))
+        }
+        Strategy::Lazy => Box::new(lazy::Dest::new(cfg, peer)),
     })
 }
 

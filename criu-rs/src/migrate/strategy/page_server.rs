@@ -11,17 +11,22 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use super::{DestSide, Inbound, Received, SourceSide};
 use crate::credentials::TlsFiles;
-use crate::daemon::{free_port, Daemon};
-use crate::error::{Error, Result, SourceState, Step};
+use crate::daemon::{free_port, Daemon, DaemonConfig};
+use crate::error::{Error, Result, SourceState, Step, TransferKind};
 use crate::images::ImagesDir;
 use crate::migrate::config::DestConfig;
 use crate::migrate::wire::{self, failed, unexpected, Msg};
 use crate::options::Options;
+use crate::pidfd::Pidfd;
 use crate::report::DumpReport;
-use crate::transfer::Transport;
+use crate::transfer::{Interrupter, Transport};
 
 /// The size of the pages CRIU counts.
 const PAGE_SIZE: u64 = 4096;
@@ -46,7 +51,9 @@ impl Source {
                 #[cfg(feature = "tls")]
                 relay: None,
             }),
-            Msg::PageServerRelay { port } => relayed(SocketAddr::new(peer, port), tls),
+            Msg::PageServerRelay { port, token } => {
+                relayed(SocketAddr::new(peer, port), tls, &token)
+            }
             Msg::Failed { message, .. } => Err(failed(
                 Step::Handshake,
                 SourceState::Untouched,
@@ -68,7 +75,7 @@ impl Source {
 
 /// Connects to the destination's relay at `dest` and starts this side's.
 #[cfg(feature = "tls")]
-fn relayed(dest: SocketAddr, tls: Option<&TlsFiles>) -> Result<Source> {
+fn relayed(dest: SocketAddr, tls: Option<&TlsFiles>, token: &str) -> Result<Source> {
     let files = tls.ok_or_else(|| {
         failed(
             Step::Handshake,
@@ -81,7 +88,9 @@ fn relayed(dest: SocketAddr, tls: Option<&TlsFiles>) -> Result<Source> {
     let config = crate::tls::TlsConfig::new(files.clone())?;
     let tcp = std::net::TcpStream::connect_timeout(&dest, std::time::Duration::from_secs(10))
         .map_err(|e| Error::io(format!("connecting to the page-server relay at {dest}"), e))?;
-    let relay = crate::tls::relay::LocalEnd::start(config.connect(tcp)?)?;
+    let mut tls = config.connect(tcp)?;
+    crate::tls::relay::present_token(&mut tls, token)?;
+    let relay = crate::tls::relay::LocalEnd::start(tls)?;
     Ok(Source {
         page_server: relay.addr(),
         relay: Some(relay),
@@ -89,7 +98,7 @@ fn relayed(dest: SocketAddr, tls: Option<&TlsFiles>) -> Result<Source> {
 }
 
 #[cfg(not(feature = "tls"))]
-fn relayed(_dest: SocketAddr, _tls: Option<&TlsFiles>) -> Result<Source> {
+fn relayed(_dest: SocketAddr, _tls: Option<&TlsFiles>, _token: &str) -> Result<Source> {
     Err(failed(
         Step::Handshake,
         SourceState::Untouched,
@@ -123,19 +132,51 @@ impl SourceSide for Source {
 pub(super) struct Dest<'c> {
     cfg: &'c DestConfig<'c>,
     local: IpAddr,
+    memory: Option<u64>,
+    /// The relay to the page server, over TLS: hung up and joined when
+    /// dropped, on every path out of the migration.
+    #[cfg(feature = "tls")]
+    relay: Option<crate::tls::relay::Relay>,
 }
 
 impl<'c> Dest<'c> {
-    pub(super) fn new(cfg: &'c DestConfig<'c>, local: IpAddr) -> Dest<'c> {
-        Dest { cfg, local }
+    /// `local`: where the page server (or its relay) listens; `memory`:
+    /// the source's estimate of its tree's memory.
+    pub(super) fn new(cfg: &'c DestConfig<'c>, local: IpAddr, memory: Option<u64>) -> Dest<'c> {
+        Dest {
+            cfg,
+            local,
+            memory,
+            #[cfg(feature = "tls")]
+            relay: None,
+        }
+    }
+
+    /// The bytes the page server may write (the limits' total, and the
+    /// free space of the work directory's file system above the
+    /// reserve); refuses a tree whose announced memory is more, before
+    /// the page server starts.
+    fn budget(&self, at: &Inbound<'_>) -> Result<u64> {
+        let room = at
+            .limits
+            .room_in(at.work_dir, 0)
+            .map_err(|e| Error::io("reading the free space of the work directory", e))?;
+        match self.memory {
+            Some(memory) if memory > room => Err(limit(format!(
+                "the source's tree holds {memory} bytes of memory, and this host takes at \
+                 most {room} (Limits::max_total_bytes, and the free space of the work \
+                 directory's file system less Limits::keep_free)"
+            ))),
+            _ => Ok(room),
+        }
     }
 
     /// Starts the page server listening on this host's address, and tells
     /// the source.
-    fn listening(&self, at: &mut Inbound<'_>) -> Result<(Daemon, ImagesDir)> {
+    fn listening(&self, at: &mut Inbound<'_>, budget: u64) -> Result<(Daemon, ImagesDir)> {
         let images = at.create_images()?;
         let addr = free_port(self.local)?;
-        let server = self.cfg.daemons.page_server(&images, addr)?;
+        let server = bounded(&self.cfg.daemons, budget).page_server(&images, addr)?;
         wire::send(at.stream, &Msg::PageServerReady { port: addr.port() })?;
         Ok((server, images))
     }
@@ -144,7 +185,12 @@ impl<'c> Dest<'c> {
     /// where the relay listens, and waits for it to connect and
     /// authenticate.
     #[cfg(feature = "tls")]
-    fn relayed(&self, at: &mut Inbound<'_>, files: &TlsFiles) -> Result<(Daemon, ImagesDir)> {
+    fn relayed(
+        &mut self,
+        at: &mut Inbound<'_>,
+        files: &TlsFiles,
+        budget: u64,
+    ) -> Result<(Daemon, ImagesDir)> {
         use std::os::fd::OwnedFd;
         let config = crate::tls::TlsConfig::new(files.clone())?;
         let listen = |e| Error::io("listening for the source's page-server relay", e);
@@ -153,24 +199,31 @@ impl<'c> Dest<'c> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()
             .map_err(|e| Error::io("creating the page server's socketpair", e))?;
         let images = at.create_images()?;
-        let server = self
-            .cfg
-            .daemons
-            .page_server_on(&images, &OwnedFd::from(theirs))?;
-        wire::send(at.stream, &Msg::PageServerRelay { port })?;
-        let tls = crate::tls::relay::accept_peer(&listener, &config)?;
-        crate::tls::relay::carry(ours, tls)
+        let server =
+            bounded(&self.cfg.daemons, budget).page_server_on(&images, &OwnedFd::from(theirs))?;
+        let token = crate::tls::relay::new_token()?;
+        wire::send(
+            at.stream,
+            &Msg::PageServerRelay {
+                port,
+                token: token.clone(),
+            },
+        )?;
+        let tls = crate::tls::relay::accept_peer(&listener, &config, &token)?;
+        let idle = self.cfg.daemon_timeout.min(crate::tls::relay::IDLE);
+        let relay = crate::tls::relay::carry(ours, tls, idle)
             .map_err(|e| Error::io("starting the page-server relay", e))?;
+        self.relay = Some(relay);
         Ok((server, images))
     }
 
     /// The page server, relayed through the crate's TLS where it can be.
-    fn start_server(&self, at: &mut Inbound<'_>) -> Result<(Daemon, ImagesDir)> {
+    fn start_server(&mut self, at: &mut Inbound<'_>, budget: u64) -> Result<(Daemon, ImagesDir)> {
         #[cfg(feature = "tls")]
         if let Some(files) = self.cfg.daemons.tls_files() {
-            return self.relayed(at, files);
+            return self.relayed(at, &files.clone(), budget);
         }
-        self.listening(at)
+        self.listening(at, budget)
     }
 }
 
@@ -178,15 +231,111 @@ impl DestSide for Dest<'_> {
     /// Starts the page server into `images_path`, tells the source where it
     /// listens, then receives the other images beside the pages and moves
     /// them in once the dump is over.
+    /// The page server is bounded by [`Dest::budget`] while it runs: no
+    /// file of its may pass it (`RLIMIT_FSIZE`), and once its images
+    /// together pass it, it is killed and the stream woken.
     fn receive(&mut self, mut at: Inbound<'_>) -> Result<Received> {
-        let (server, images) = self.start_server(&mut at)?;
+        let budget = self.budget(&at)?;
+        let (server, images) = self.start_server(&mut at, budget)?;
+        let watch = Watch::start(images.path(), budget, &server, at.stream.interrupter());
         let rest = at.work_dir.join("images.rest");
-        let transfer = at.receive_dir(&rest)?;
-        move_into(&rest, at.images)?;
-        let cancel = &self.cfg.cancel;
-        server.wait_unless(self.cfg.daemon_timeout, || cancel.is_cancelled())?;
-        Ok(Received { images, transfer })
+        let received = at.receive_dir(&rest).and_then(|transfer| {
+            move_into(&rest, at.images)?;
+            let cancel = &self.cfg.cancel;
+            server.wait_unless(self.cfg.daemon_timeout, || cancel.is_cancelled())?;
+            Ok(transfer)
+        });
+        // The page server is done (or failed): so is its relay.
+        #[cfg(feature = "tls")]
+        drop(self.relay.take());
+        match watch.finish() {
+            Some(written) => Err(limit(format!(
+                "the page server had written {written} bytes, the {budget} this host \
+                 takes (Limits::max_total_bytes, and the free space of the work directory's \
+                 file system less Limits::keep_free); it was killed"
+            ))),
+            None => received.map(|transfer| Received { images, transfer }),
+        }
     }
+}
+
+/// `daemons`, with no file larger than `budget` (a page server that
+/// writes past it dies of `SIGXFSZ` at once; the watcher bounds the
+/// files together).
+fn bounded(daemons: &DaemonConfig, budget: u64) -> DaemonConfig {
+    let mut d = daemons.clone();
+    d.max_file_bytes(budget.max(1));
+    d
+}
+
+/// A refusal by the destination's limits.
+fn limit(message: String) -> Error {
+    Error::Transfer {
+        kind: TransferKind::Limit,
+        message,
+        source: None,
+    }
+}
+
+/// How often the page server's images are measured.
+const WATCH_EVERY: Duration = Duration::from_millis(5);
+
+/// A thread that measures the page server's images directory and kills
+/// the page server (through a pidfd, so never another process) once they
+/// pass the budget, then wakes the stream's blocked read.
+struct Watch {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Option<u64>>,
+}
+
+impl Watch {
+    fn start(dir: &Path, budget: u64, server: &Daemon, wake: Option<Interrupter>) -> Watch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let pidfd = server.pid().and_then(|p| Pidfd::open(p as i32).ok());
+        let (dir, stopped) = (dir.to_path_buf(), stop.clone());
+        // Measured once more after the stop: what the page server wrote
+        // last counts too. A page server stopped by its file size limit
+        // leaves a file of exactly the budget.
+        let thread = std::thread::spawn(move || loop {
+            let last = stopped.load(Ordering::SeqCst);
+            let written = dir_bytes(&dir);
+            if written >= budget {
+                if let Some(p) = &pidfd {
+                    let _ = p.signal(libc::SIGKILL);
+                }
+                if let Some(wake) = wake {
+                    wake();
+                }
+                return Some(written);
+            }
+            if last {
+                return None;
+            }
+            std::thread::sleep(WATCH_EVERY);
+        });
+        Watch { stop, thread }
+    }
+
+    /// Stops watching; the bytes written if the budget was passed.
+    fn finish(self) -> Option<u64> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().ok().flatten()
+    }
+}
+
+/// The bytes the files of `dir` hold (allocated: a sparse file counts
+/// what it takes).
+fn dir_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len().max(m.blocks() * 512))
+                .sum()
+        })
+        .unwrap_or(0)
 }
 /// Moves every file of `from` into `to`, then removes `from`.
 fn move_into(from: &Path, to: &Path) -> Result<()> {
