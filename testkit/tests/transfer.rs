@@ -155,18 +155,17 @@ fn the_receiver_keeps_a_reserve_of_free_space() {
     // 40 MiB fit in 96 free, but not above the 64 MiB reserve.
     let big = one_file_of(dir.path(), 40);
     let target = fs.dir.path().join("big");
-    let e = criu::transfer::receive_dir_with(&mut big.as_slice(), &target, &limits, None)
+    let e = criu::transfer::receive_dir(&mut big.as_slice(), &target, &limits, None)
         .expect_err("refused: it would leave less than the reserve");
     assert_eq!(e.transfer_kind(), Some(criu::TransferKind::Limit), "{e}");
     assert_eq!(std::fs::read_dir(fs.dir.path()).unwrap().count(), 0);
     // 16 MiB leave 80 free: taken.
     let small = one_file_of(dir.path(), 16);
     let target = fs.dir.path().join("small");
-    let stats =
-        criu::transfer::receive_dir_with(&mut small.as_slice(), &target, &limits, None).unwrap();
+    let stats = criu::transfer::receive_dir(&mut small.as_slice(), &target, &limits, None).unwrap();
     assert_eq!(stats.bytes, 16 << 20);
     // And the reserve is the caller's to set.
     let none = limits.keep_free(0);
     let target = fs.dir.path().join("big-without-reserve");
-    criu::transfer::receive_dir_with(&mut big.as_slice(), &target, &none, None).unwrap();
+    criu::transfer::receive_dir(&mut big.as_slice(), &target, &none, None).unwrap();
 }
