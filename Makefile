@@ -43,15 +43,16 @@ test: setup
 	@mkdir -p target && rm -f $(SKIP_LOG)
 	# Every test binary's tests in one parallel pool (cargo-nextest, see
 	# .config/nextest.toml), then what nextest does not run: the doctests
-	# and the tests with a main of their own (harness = false).
+	# and the tests with a main of their own (harness = false). criu-rs is
+	# built with its docker feature: criu-cli/tests/docker.rs runs it.
 	# Without cargo-nextest: cargo test, one binary after the other.
 	export CRIU_RS_ALLOWED_SKIPS="$(ALLOWED_SKIPS) $(MEM_TRACK_SKIP)" CRIU_RS_SKIP_LOG=$(SKIP_LOG); \
 	if cargo nextest --version >/dev/null 2>&1; then \
-	  cargo nextest run --workspace && cargo test --workspace --doc \
+	  cargo nextest run --workspace --features criu-cli/docker && cargo test --workspace --doc \
 	    && cargo test -p criu-oci --test hostile; \
 	else \
 	  echo "cargo-nextest is not installed (cargo install cargo-nextest --locked): cargo test runs the binaries one by one"; \
-	  cargo test --workspace; \
+	  cargo test --workspace --features criu-cli/docker; \
 	fi
 	bash scripts/check-bad-env.sh
 	bash scripts/cli-smoke.sh

@@ -269,6 +269,38 @@ if ! criu_ok; then
   criu_ok || die "CRIU was installed to $PREFIX but 'criu check' or pkg-config still fails; run 'criu check' to see why"
 fi
 
+# zdtm's static test programs (CRIU's own test suite) that
+# testkit/tests/zdtm_precopy.rs runs through the crate, listed in
+# testkit/zdtm/precopy.list. They are built from the source tree of the
+# installed CRIU, in a copy ($STATE_DIR/zdtm): the build writes objects,
+# dependency files and .gitignore entries next to the sources, and the
+# source tree stays as the CRIU build left it. make rebuilds nothing that
+# is up to date; the copy is renewed when the installed version changes.
+ZDTM_LIST="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/testkit/zdtm/precopy.list"
+build_zdtm() {
+  local v src tree="$STATE_DIR/zdtm" names logf
+  v=$(criu --version 2>/dev/null | awk '/^Version:/ {print $2}')
+  src="$STATE_DIR/src/criu-$v/test/zdtm"
+  if [ ! -f "$src/static/Makefile" ]; then
+    log "note: no CRIU $v source tree at $src (CRIU was not built by this script): testkit/tests/zdtm_precopy.rs will fail until it is"
+    return 0
+  fi
+  if [ "$(cat "$tree/SOURCE" 2>/dev/null)" != "$src" ]; then
+    log "copying zdtm's test programs from $src to $tree"
+    rm -rf "$tree"
+    mkdir -p "$tree"
+    cp -a "$src/Makefile.inc" "$src/lib" "$src/static" "$tree/"
+    echo "$src" > "$tree/SOURCE"
+  fi
+  names=$(sed -e 's/#.*//' "$ZDTM_LIST" | awk 'NF {print $1}')
+  logf="$tree/build.log"
+  if ! make -C "$tree/static" -j"$(nproc)" $names >"$logf" 2>&1; then
+    tail -n 20 "$logf" >&2
+    die "building zdtm's test programs failed; full log: $logf"
+  fi
+}
+build_zdtm
+
 # CRIU's lazy-pages server asks for pipes of ~3.2 MiB (PIPE_MAX_SIZE in
 # criu/include/page-pipe.h). Without CAP_SYS_RESOURCE (root here lacks it)
 # F_SETPIPE_SZ may not exceed fs.pipe-max-size (default 1 MiB), and CRIU

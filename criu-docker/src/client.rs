@@ -13,8 +13,12 @@ use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerUpdateBody, ImageInspect,
     RestartPolicy, SystemInfo,
 };
-use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, PushImageOptions, RemoveContainerOptions,
+    RemoveImageOptions, TagImageOptions,
+};
 use bollard::Docker;
+use futures_util::TryStreamExt;
 use tokio::runtime::Runtime;
 
 use crate::error::{Error, Result};
@@ -138,6 +142,70 @@ impl DockerClient {
             format!("inspecting the image {image}"),
             self.docker.inspect_image(image),
         )
+    }
+
+    /// `docker tag IMAGE REPO:TAG`.
+    pub fn tag(&self, image: &str, repo: &str, tag: &str) -> Result<()> {
+        let options = TagImageOptions {
+            repo: Some(repo.into()),
+            tag: Some(tag.into()),
+        };
+        self.block(
+            format!("docker tag {image} {repo}:{tag}"),
+            self.docker.tag_image(image, Some(options)),
+        )
+    }
+
+    /// `docker rmi REPO:TAG` of a tag only (the image stays while another
+    /// name or a container uses it).
+    pub fn untag(&self, reference: &str) -> Result<()> {
+        let options = RemoveImageOptions {
+            noprune: true,
+            ..Default::default()
+        };
+        self.block(
+            format!("docker rmi {reference}"),
+            self.docker.remove_image(reference, Some(options), None),
+        )
+        .map(drop)
+    }
+
+    /// `docker push REPO:TAG` (no credentials: the registry must accept
+    /// anonymous pushes); the pushed manifest's digest, when the daemon
+    /// reported it.
+    pub fn push(&self, repo: &str, tag: &str) -> Result<Option<String>> {
+        let options = PushImageOptions {
+            tag: Some(tag.into()),
+            ..Default::default()
+        };
+        let progress: Vec<_> = self.block(
+            format!("docker push {repo}:{tag}"),
+            self.docker
+                .push_image(repo, Some(options), None)
+                .try_collect(),
+        )?;
+        // The last status reads "TAG: digest: sha256:HEX size: N".
+        Ok(progress
+            .iter()
+            .filter_map(|p| p.status.as_deref())
+            .find_map(|s| s.split("digest: ").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string))
+    }
+
+    /// `docker pull REFERENCE` (`repo:tag` or `repo@sha256:...`).
+    pub fn pull(&self, reference: &str) -> Result<()> {
+        let options = CreateImageOptions {
+            from_image: Some(reference.into()),
+            ..Default::default()
+        };
+        self.block(
+            format!("docker pull {reference}"),
+            self.docker
+                .create_image(Some(options), None, None)
+                .try_collect::<Vec<_>>(),
+        )
+        .map(drop)
     }
 
     /// Whether the volume `name` exists.

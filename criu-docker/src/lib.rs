@@ -29,6 +29,9 @@
 //!    labels, mounts, network mode, restart policy: its whole
 //!    configuration), so that a configuration B's daemon refuses is known
 //!    before A stops. Any refusal names every reason with its fix.
+//!    When B lacks the image and [`SendConfig::registry`] names a
+//!    registry, A's daemon pushes the image there and B's pulls it (by
+//!    the pushed digest), still before anything stops.
 //! 2. `docker checkpoint create` on A (the container stops).
 //! 3. The checkpoint's files go over the stream (criu-rs's image stream,
 //!    CRC-checked, received into a private directory and renamed into
@@ -55,6 +58,7 @@
 //! * `client`: [`DockerClient`], a blocking client of one daemon (bollard
 //!   on a current-thread runtime), and `raw`, the one call bollard lacks;
 //! * `spec`: [`ContainerSpec`], the container as inspected on A;
+//! * `image`: the image through a registry, for a B that lacks it;
 //! * `preflight`: the checks of each side;
 //! * `checkpoint`: checkpoints in a daemon's files;
 //! * `wire`: the messages; `send` and `receive`: the two sides;
@@ -65,6 +69,7 @@
 mod checkpoint;
 mod client;
 mod error;
+mod image;
 mod preflight;
 mod raw;
 mod receive;

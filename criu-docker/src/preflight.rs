@@ -35,10 +35,14 @@ impl Reasons {
         if self.0.is_empty() {
             Ok(())
         } else {
-            Err(Error::Refused {
-                side,
-                reasons: self.0,
-            })
+            Err(self.refusal(side))
+        }
+    }
+
+    fn refusal(self, side: &'static str) -> Error {
+        Error::Refused {
+            side,
+            reasons: self.0,
         }
     }
 }
@@ -130,9 +134,17 @@ pub fn source(docker: &DockerClient, container: &str) -> Result<(ContainerSpec, 
     Ok((spec, root))
 }
 
+/// What the destination has of the container's image.
+enum ImageHere {
+    /// This reference (name or ID) is the container's image.
+    Found(String),
+    /// It has not got it: why, with the fix.
+    Missing(String),
+}
+
 /// Which of B's images is the container's image: the same ID, or the same
 /// name with the same layers.
-fn image(docker: &DockerClient, spec: &ContainerSpec, why: &mut Reasons) -> Result<String> {
+fn image(docker: &DockerClient, spec: &ContainerSpec) -> Result<ImageHere> {
     let by_id = optional(docker.image(&spec.image_id))?;
     let by_name = optional(docker.image(&spec.image))?;
     let layers = |i: &bollard::models::ImageInspect| {
@@ -141,29 +153,27 @@ fn image(docker: &DockerClient, spec: &ContainerSpec, why: &mut Reasons) -> Resu
             .and_then(|r| r.layers.clone())
             .unwrap_or_default()
     };
-    match (by_id, by_name) {
-        (_, Some(named)) if named.id.as_deref() == Some(&spec.image_id) => Ok(spec.image.clone()),
-        (_, Some(named)) if layers(&named) == spec.layers => Ok(spec.image.clone()),
-        (Some(_), _) => Ok(spec.image_id.clone()),
-        (None, Some(named)) => {
-            why.add(format!(
-                "the image {} here ({}) is not the source's ({}): its files differ; give this \
-                 host the source's image (docker save | docker load)",
-                spec.image,
-                named.id.unwrap_or_default(),
-                spec.image_id
-            ));
-            Ok(String::new())
+    Ok(match (by_id, by_name) {
+        (_, Some(named)) if named.id.as_deref() == Some(&spec.image_id) => {
+            ImageHere::Found(spec.image.clone())
         }
-        (None, None) => {
-            why.add(format!(
-                "this host has no image {} ({}): load it here first (docker save on the \
-                 source, docker load here, or push and pull it through a registry)",
-                spec.image, spec.image_id
-            ));
-            Ok(String::new())
-        }
-    }
+        (_, Some(named)) if layers(&named) == spec.layers => ImageHere::Found(spec.image.clone()),
+        (Some(_), _) => ImageHere::Found(spec.image_id.clone()),
+        (None, Some(named)) => ImageHere::Missing(format!(
+            "the image {} here ({}) is not the source's ({}): its files differ; give this \
+             host the source's image (docker save | docker load), or let the source push it \
+             through a registry both hosts reach (send --registry HOST:PORT/REPO)",
+            spec.image,
+            named.id.unwrap_or_default(),
+            spec.image_id
+        )),
+        (None, None) => ImageHere::Missing(format!(
+            "this host has no image {} ({}): load it here first (docker save on the source, \
+             docker load here), or let the source push it through a registry both hosts \
+             reach (send --registry HOST:PORT/REPO)",
+            spec.image, spec.image_id
+        )),
+    })
 }
 
 /// `Some` for an answer, `None` for a 404.
@@ -219,11 +229,33 @@ fn network(docker: &DockerClient, spec: &ContainerSpec, why: &mut Reasons) -> Re
     Ok(())
 }
 
-/// The destination side: the daemon can restore, the image, volumes and
-/// network exist, the name is free; then creates the container (not
-/// started), so that its configuration is known to be accepted before
-/// the source stops.
-pub fn destination(docker: &DockerClient, spec: &ContainerSpec, name: &str) -> Result<Prepared> {
+/// What the destination's pre-flight found.
+#[derive(Debug)]
+pub(crate) enum Checked {
+    /// Everything is here; the image is this reference.
+    Ready {
+        /// The image's reference here.
+        image: String,
+        /// The daemon's data root.
+        data_root: PathBuf,
+    },
+    /// Everything but the image is here, and the source offered to push
+    /// it through a registry.
+    NeedsImage {
+        /// The daemon's data root.
+        data_root: PathBuf,
+    },
+}
+
+/// The destination side: the daemon can restore, the image (unless
+/// `registry`, the source's offer to push it, can bring it), volumes and
+/// network exist, the name is free.
+pub(crate) fn destination(
+    docker: &DockerClient,
+    spec: &ContainerSpec,
+    name: &str,
+    registry: bool,
+) -> Result<Checked> {
     let mut why = Reasons::default();
     let data_root = daemon(docker, &mut why)?;
     criu_usable(&mut why);
@@ -232,10 +264,58 @@ pub fn destination(docker: &DockerClient, spec: &ContainerSpec, name: &str) -> R
             "a container named {name} exists here: remove it, or give the move another name"
         ));
     }
-    let image = image(docker, spec, &mut why)?;
+    let image = image(docker, spec)?;
     mounts(docker, spec, &mut why)?;
     network(docker, spec, &mut why)?;
-    why.into_result("destination")?;
+    match image {
+        ImageHere::Found(image) => {
+            why.into_result("destination")?;
+            Ok(Checked::Ready { image, data_root })
+        }
+        ImageHere::Missing(_) if registry && why.0.is_empty() => {
+            Ok(Checked::NeedsImage { data_root })
+        }
+        ImageHere::Missing(reason) => {
+            why.add(reason);
+            Err(why.refusal("destination"))
+        }
+    }
+}
+
+/// After the pull of `pulled`: the container's image, now here, named as
+/// on the source when no image here has that name yet.
+pub(crate) fn pulled(docker: &DockerClient, spec: &ContainerSpec, pulled: &str) -> Result<String> {
+    match image(docker, spec)? {
+        ImageHere::Found(image) if image == spec.image_id => {
+            let (repo, tag) = crate::image::split_tag(&spec.image);
+            let named = !spec.image.contains('@') && !spec.image.starts_with("sha256:");
+            if named && optional(docker.image(&spec.image))?.is_none() {
+                docker.tag(&spec.image_id, repo, tag.unwrap_or("latest"))?;
+                return Ok(spec.image.clone());
+            }
+            Ok(image)
+        }
+        ImageHere::Found(image) => Ok(image),
+        ImageHere::Missing(_) => Err(Error::Refused {
+            side: "destination",
+            reasons: vec![format!(
+                "{pulled}, pulled from the registry, is not the container's image ({}): is \
+                 something else pushing to that repository? name another with --registry",
+                spec.image_id
+            )],
+        }),
+    }
+}
+
+/// Creates the container (not started), so that a configuration B's
+/// daemon refuses is known before the source stops.
+pub(crate) fn create(
+    docker: &DockerClient,
+    spec: &ContainerSpec,
+    name: &str,
+    image: String,
+    data_root: PathBuf,
+) -> Result<Prepared> {
     let id = docker
         .create(name, spec.create_body(&image)?)
         .map_err(|e| Error::Refused {

@@ -10,7 +10,8 @@ use criu::transfer::{
 use crate::checkpoint;
 use crate::client::DockerClient;
 use crate::error::{Error, Result};
-use crate::preflight::{self, Prepared};
+use crate::image;
+use crate::preflight::{self, Checked, Prepared};
 use crate::report::ReceiveReport;
 use crate::spec::ContainerSpec;
 use crate::wire::{FromDest, FromSource};
@@ -98,8 +99,12 @@ pub fn receive<S: Transport + ?Sized>(
         .map_err(Error::io("setting the stream's timeouts"))?;
     let mut stream = stream;
     read_header(&mut stream)?;
-    let (spec, checkpoint_name) = match recv_message(&mut stream)? {
-        FromSource::Offer { spec, checkpoint } => (*spec, checkpoint),
+    let (spec, checkpoint_name, registry) = match recv_message(&mut stream)? {
+        FromSource::Offer {
+            spec,
+            checkpoint,
+            registry,
+        } => (*spec, checkpoint, registry),
         FromSource::Abort { reason } => {
             return Err(Error::Refused {
                 side: "source",
@@ -114,14 +119,16 @@ pub fn receive<S: Transport + ?Sized>(
         )));
     }
     let name = config.name.clone().unwrap_or_else(|| spec.name.clone());
-    let prepared = match preflight::destination(docker, &spec, &name) {
+    let (prepared, image_pull) = match prepare(docker, &mut stream, &spec, &name, registry) {
         Ok(p) => p,
         Err(e) => {
-            let reasons = match &e {
-                Error::Refused { reasons, .. } => reasons.clone(),
-                other => vec![other.to_string()],
-            };
-            let _ = send_message(&mut stream, &FromDest::Refused { reasons });
+            if !matches!(e, Error::Transfer(_)) {
+                let reasons = match &e {
+                    Error::Refused { reasons, .. } => reasons.clone(),
+                    other => vec![other.to_string()],
+                };
+                let _ = send_message(&mut stream, &FromDest::Refused { reasons });
+            }
             return Err(e);
         }
     };
@@ -154,35 +161,64 @@ pub fn receive<S: Transport + ?Sized>(
         &checkpoint_name,
     );
     let _ = fs::remove_dir_all(dir);
-    Ok(report(
-        &clone.prepared,
-        &spec,
-        transfer,
-        restore,
-        restore_time_us,
-        source_confirmed,
-    ))
-}
-
-fn report(
-    p: &Prepared,
-    spec: &ContainerSpec,
-    transfer: criu::transfer::TransferStats,
-    restore: Duration,
-    restore_time_us: Option<u64>,
-    source_confirmed: bool,
-) -> ReceiveReport {
-    ReceiveReport {
+    let p = &clone.prepared;
+    Ok(ReceiveReport {
         name: p.name.clone(),
         id: p.id.clone(),
         image: p.image.clone(),
         source_name: spec.name.clone(),
         source_id: spec.id.clone(),
+        image_pull,
         transfer,
         restore,
         restore_time_us,
         source_confirmed,
-    }
+    })
+}
+
+/// The pre-flight, with the image pulled through the registry when it is
+/// missing here and the source offered one; then the container, created.
+/// Returns it and the pull's wall time.
+fn prepare<S: Transport + ?Sized>(
+    docker: &DockerClient,
+    stream: &mut S,
+    spec: &ContainerSpec,
+    name: &str,
+    registry: bool,
+) -> Result<(Prepared, Option<Duration>)> {
+    let mut stream = stream;
+    let (image, data_root, pull) = match preflight::destination(docker, spec, name, registry)? {
+        Checked::Ready { image, data_root } => (image, data_root, None),
+        Checked::NeedsImage { data_root } => {
+            send_message(&mut stream, &FromDest::NeedImage)?;
+            let reference = match recv_message(&mut stream)? {
+                FromSource::Pushed { reference } => reference,
+                FromSource::Abort { reason } => {
+                    return Err(Error::Refused {
+                        side: "source",
+                        reasons: vec![reason],
+                    })
+                }
+                other => {
+                    return Err(Error::Protocol(format!(
+                        "expected the pushed image, got {other:?}"
+                    )))
+                }
+            };
+            let took = image::pull(docker, &reference).map_err(|e| Error::Refused {
+                side: "destination",
+                reasons: vec![format!(
+                    "cannot pull the container's image from the registry: {e} (can this \
+                     host's daemon reach it? a plain-HTTP registry must be in its \
+                     insecure-registries)"
+                )],
+            })?;
+            let image = preflight::pulled(docker, spec, &reference)?;
+            (image, data_root, Some(took))
+        }
+    };
+    let prepared = preflight::create(docker, spec, name, image, data_root)?;
+    Ok((prepared, pull))
 }
 
 /// Receives the checkpoint into the container's folder and starts the

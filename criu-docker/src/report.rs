@@ -36,6 +36,10 @@ pub struct SendReport {
     /// anything stopped).
     #[serde(rename = "preflight_us", serialize_with = "micros")]
     pub preflight: Duration,
+    /// The push of the container's image to the registry (in the
+    /// pre-flight), when the destination lacked it.
+    #[serde(rename = "image_push_us", serialize_with = "opt_micros")]
+    pub image_push: Option<Duration>,
     /// `docker checkpoint create`: the container stops at its start.
     #[serde(rename = "checkpoint_us", serialize_with = "micros")]
     pub checkpoint: Duration,
@@ -82,6 +86,10 @@ pub struct ReceiveReport {
     pub source_name: String,
     /// Its ID on the source host.
     pub source_id: String,
+    /// The pull of the container's image from the registry, in the
+    /// pre-flight, when this host lacked it.
+    #[serde(rename = "image_pull_us", serialize_with = "opt_micros")]
+    pub image_pull: Option<Duration>,
     /// The checkpoint's files received.
     pub transfer: TransferStats,
     /// `docker start --checkpoint` until the daemon reported it running.

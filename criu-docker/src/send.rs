@@ -8,6 +8,7 @@ use criu::transfer::{recv_message, send_dir, send_message, write_header, Transpo
 use crate::checkpoint::{self, Made};
 use crate::client::DockerClient;
 use crate::error::{Error, Result, SourceState};
+use crate::image;
 use crate::preflight;
 use crate::report::SendReport;
 use crate::spec::ContainerSpec;
@@ -26,6 +27,11 @@ pub struct SendConfig {
     /// How long to wait for the destination's answers (default 300 s:
     /// its restore of a large container is one answer).
     pub timeout: Duration,
+    /// A registry both daemons reach, `HOST[:PORT][/PATH][:TAG]`, through
+    /// which the image goes when the destination lacks it (pushed here
+    /// and pulled there in the pre-flight, before anything stops).
+    /// Without one, a destination without the image refuses the move.
+    pub registry: Option<String>,
 }
 
 impl Default for SendConfig {
@@ -37,6 +43,7 @@ impl Default for SendConfig {
             checkpoint_name: format!("criu-docker-{}-{}", std::process::id(), now.as_millis()),
             keep_source: false,
             timeout: Duration::from_secs(300),
+            registry: None,
         }
     }
 }
@@ -56,6 +63,13 @@ impl SendConfig {
     /// Keeps the source container (stopped) after the move.
     pub fn keep_source(mut self, keep: bool) -> SendConfig {
         self.keep_source = keep;
+        self
+    }
+
+    /// Names the registry through which the image goes when the
+    /// destination lacks it ([`SendConfig::registry`]).
+    pub fn registry(mut self, registry: impl Into<String>) -> SendConfig {
+        self.registry = Some(registry.into());
         self
     }
 
@@ -164,22 +178,26 @@ pub fn send<S: Transport + ?Sized>(
             return Err(running(e));
         }
     };
+    if let Some(registry) = &config.registry {
+        if let Err(e) = image::target(registry, &spec.image) {
+            let _ = send_message(
+                &mut stream,
+                &FromSource::Abort {
+                    reason: e.to_string(),
+                },
+            );
+            return Err(running(e));
+        }
+    }
     let name = config.checkpoint_name.clone();
     let offer = FromSource::Offer {
         spec: Box::new(spec.clone()),
         checkpoint: name.clone(),
+        registry: config.registry.is_some(),
     };
     send_message(&mut stream, &offer).map_err(|e| running(e.into()))?;
-    let (dest_name, dest_id) = match recv_message(&mut stream).map_err(|e| running(e.into()))? {
-        FromDest::Accepted { name, id } => (name, id),
-        FromDest::Refused { reasons } => {
-            return Err(running(Error::Refused {
-                side: "destination",
-                reasons,
-            }))
-        }
-        other => return Err(running(expect(other, "Accepted"))),
-    };
+    let (dest_name, dest_id, image_push) =
+        accepted(docker, &mut stream, &spec, config).map_err(running)?;
     let policy = match suspend_restart_policy(docker, &spec) {
         Ok(p) => p,
         Err(e) => {
@@ -235,6 +253,7 @@ pub fn send<S: Transport + ?Sized>(
         dest_name,
         dest_id,
         image: spec.image,
+        image_push,
         preflight,
         checkpoint: made.wall,
         criu_dump: made.criu,
@@ -247,6 +266,61 @@ pub fn send<S: Transport + ?Sized>(
         total: start.elapsed(),
         source_removed,
     })
+}
+
+/// The destination's answer to the offer: its container's name and ID,
+/// once created; before that, when it lacks the image, the image pushed
+/// through the registry (the push's wall time).
+fn accepted<S: Transport + ?Sized>(
+    docker: &DockerClient,
+    stream: &mut S,
+    spec: &ContainerSpec,
+    config: &SendConfig,
+) -> Result<(String, String, Option<Duration>)> {
+    let mut stream = stream;
+    let mut push = None;
+    loop {
+        match recv_message(&mut stream)? {
+            FromDest::Accepted { name, id } => return Ok((name, id, push)),
+            FromDest::Refused { reasons } => {
+                return Err(Error::Refused {
+                    side: "destination",
+                    reasons,
+                })
+            }
+            FromDest::NeedImage if push.is_none() => {
+                let registry = config.registry.as_deref().ok_or_else(|| {
+                    Error::Protocol("the destination asked for the image, unoffered".into())
+                })?;
+                let pushed = match image::push(docker, spec, registry) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let e = Error::Refused {
+                            side: "source",
+                            reasons: vec![format!(
+                                "cannot push the container's image to {registry}: {e} (can \
+                                 this host's daemon reach it? a plain-HTTP registry must be in \
+                                 its insecure-registries)"
+                            )],
+                        };
+                        let _ = send_message(
+                            &mut stream,
+                            &FromSource::Abort {
+                                reason: e.to_string(),
+                            },
+                        );
+                        return Err(e);
+                    }
+                };
+                push = Some(pushed.elapsed);
+                let msg = FromSource::Pushed {
+                    reference: pushed.reference,
+                };
+                send_message(&mut stream, &msg)?;
+            }
+            other => return Err(expect(other, "Accepted")),
+        }
+    }
 }
 
 /// The checkpoint failed: the destination is told (it removes its

@@ -5,6 +5,8 @@
 //! ```text
 //! source                          destination
 //! header, Offer(spec)       ->
+//!                           <-    NeedImage (only if offered a registry)
+//! Pushed(reference)         ->    (or Abort: the push failed)
 //!                           <-    Accepted (container created) | Refused
 //! Checkpointed, directory   ->    (or Abort: the checkpoint failed)
 //!                           <-    Restored (it runs) | Failed
@@ -27,7 +29,12 @@ pub(crate) enum FromSource {
     Offer {
         spec: Box<ContainerSpec>,
         checkpoint: String,
+        /// Whether the source can push the image through a registry.
+        #[serde(default)]
+        registry: bool,
     },
+    /// The image is in the registry: pull this reference.
+    Pushed { reference: String },
     /// The checkpoint is made; its directory follows.
     Checkpointed,
     /// The source gives up (its container runs).
@@ -40,6 +47,8 @@ pub(crate) enum FromSource {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "dest", rename_all = "snake_case")]
 pub(crate) enum FromDest {
+    /// Everything but the image is ready: push it through the registry.
+    NeedImage,
     /// The container is created (not started) under this name.
     Accepted { name: String, id: String },
     /// Pre-flight failed: nothing was created.

@@ -9,6 +9,7 @@ use std::net::TcpListener;
 
 use common::{cut_after, import_redis, on, Docker2, Redis, Reply, PORT};
 use criu_docker::{ReceiveConfig, SendConfig, SourceState};
+use criu_testkit::registry::{unique_tag, RegistryHost, REGISTRY_ADDR};
 
 /// Keys stored before each move (about 1 KiB each).
 const KEYS: usize = 20_000;
@@ -161,5 +162,83 @@ fn a_stream_cut_during_the_transfer_leaves_the_source_serving_its_data() {
         d.inspect(&d.a, name, "{{.HostConfig.RestartPolicy.Name}}"),
         "unless-stopped"
     );
+    assert!(!d.client(&d.b).container_exists(name).unwrap());
+}
+
+/// The same image on both hosts: its ID on `host`.
+fn image_id(d: &Docker2, host: &criu_testkit::container::docker::DockerHost) -> String {
+    d.docker(
+        host,
+        &["image", "inspect", "-f", "{{.Id}}", "criu-docker-redis:7"],
+    )
+}
+
+#[test]
+fn the_image_goes_through_the_users_registry_when_the_destination_lacks_it() {
+    let d = Docker2::start();
+    let registry = RegistryHost::start(&d.hosts, None).unwrap();
+    import_redis(&d.a);
+    let name = "cache";
+    d.run_redis(name);
+    fill_source(&d);
+    // A repository of the user's, named without a tag: the image keeps
+    // its own ("7").
+    let repo = format!("{}/team/{}", registry.address(), unique_tag("cache"));
+    let config = SendConfig::new().registry(repo.clone());
+
+    let (src, dst) = d.migrate(name, config, ReceiveConfig::new());
+    let (src, dst) = (src.unwrap(), dst.unwrap());
+
+    // B pulled the source's very image, named as on A, and runs the
+    // container from it with its data.
+    assert!(serves_all(&d, true), "redis on b holds all {KEYS} keys");
+    assert_eq!(image_id(&d, &d.b), image_id(&d, &d.a));
+    assert_eq!(
+        d.inspect(&d.b, name, "{{.Config.Image}}"),
+        "criu-docker-redis:7"
+    );
+    assert_eq!(dst.image, "criu-docker-redis:7");
+    // It went through the registry, in the pre-flight (before the stop).
+    let path = repo.split_once('/').unwrap().1;
+    let requests = registry.requests();
+    let pushed = format!("PUT /v2/{path}/manifests/7");
+    assert!(requests.iter().any(|r| r == &pushed), "{requests:?}");
+    let pulled = format!("GET /v2/{path}/manifests/sha256:");
+    assert!(
+        requests.iter().any(|r| r.starts_with(&pulled)),
+        "{requests:?}"
+    );
+    let json = serde_json::to_value(&src).unwrap();
+    assert!(json["image_push_us"].as_u64().unwrap() > 0, "{json}");
+    let (push, pull) = (src.image_push.unwrap(), dst.image_pull.unwrap());
+    assert!(src.preflight >= push + pull, "{src:?} {dst:?}");
+    // The tag made for the push is gone from A; A's container too.
+    assert!(!d.client(&d.a).container_exists(name).unwrap());
+    let tags = d.docker(&d.a, &["image", "ls", "--format", "{{.Repository}}"]);
+    assert!(!tags.contains(&repo), "{tags}");
+}
+
+#[test]
+fn a_registry_the_hosts_cannot_reach_is_refused_before_the_source_stops() {
+    let d = Docker2::start();
+    import_redis(&d.a);
+    let name = "cache";
+    d.run_redis(name);
+    fill_source(&d);
+    let started = d.inspect(&d.a, name, "{{.State.StartedAt}} {{.State.Pid}}");
+    // Nothing listens there (no registry was started on the bridge).
+    let config = SendConfig::new().registry(format!("{REGISTRY_ADDR}:5999/team/cache"));
+
+    let (src, dst) = d.migrate(name, config, ReceiveConfig::new());
+
+    let src = src.expect_err("refused");
+    assert!(src.is_refused(), "{src}");
+    assert_eq!(src.source_state(), Some(&SourceState::Running));
+    assert!(dst.expect_err("refused").is_refused());
+    assert_eq!(
+        d.inspect(&d.a, name, "{{.State.StartedAt}} {{.State.Pid}}"),
+        started
+    );
+    assert!(serves_all(&d, false));
     assert!(!d.client(&d.b).container_exists(name).unwrap());
 }

@@ -41,10 +41,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         {
             let r = run(&hosts, strategy, mib)?;
             let written = r.dump.stats.as_ref().map_or(0, |s| s.bytes_written() >> 20);
+            let p = &r.phases;
             println!(
-                "run {rep} {strategy:>13}: downtime {:>6} ms, final dump wrote {written} MiB, \
-                 total {:>6} ms",
+                "run {rep} {strategy:>13}: downtime {:>6} ms (transfer {} ms, restore {} ms), \
+                 final dump wrote {written} MiB, total {:>6} ms",
                 r.stopped_to_restored.as_millis(),
+                p.transfer.as_millis(),
+                p.restore.as_millis(),
                 r.total.as_millis()
             );
             downtimes[i].push(r.stopped_to_restored);

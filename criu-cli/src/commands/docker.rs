@@ -5,15 +5,13 @@
 //! breaks the connection off: the destination removes its container and
 //! the source starts its own again from its checkpoint.
 
-use std::net::TcpListener;
 use std::time::Duration;
 
 use clap::Args;
 use criu_docker::{DockerClient, ReceiveConfig, SendConfig, SendReport};
-use serde_json::json;
 
 use super::migrate::{
-    accept, connect, interrupted, interrupts, link, resolve, wait_for_source, write_json,
+    accept, connect, interrupted, interrupts, link, listen, resolve, wait_for_source, write_report,
 };
 use crate::args::{ReceiveArgs, SendArgs};
 use crate::error::{CliError, CliResult, Exit};
@@ -33,6 +31,14 @@ pub struct DockerSend {
     /// policy `no`, once the destination runs it (default: remove it).
     #[arg(long, requires = "docker")]
     pub keep_source: bool,
+    /// A registry both Docker hosts reach, HOST[:PORT][/PATH][:TAG]: when
+    /// the destination lacks the container's image, this daemon pushes it
+    /// there and the destination's pulls it, in the pre-flight, before
+    /// anything stops (a plain-HTTP registry must be in both daemons'
+    /// insecure-registries; no credentials are sent). Without it, such a
+    /// move is refused.
+    #[arg(long, value_name = "REGISTRY", requires = "docker")]
+    pub registry: Option<String>,
 }
 
 /// `receive`'s Docker flags.
@@ -106,6 +112,13 @@ fn print_send(r: &SendReport, to: &str) {
             "kept, stopped"
         }
     );
+    if let Some(push) = r.image_push {
+        eprintln!(
+            "  the image {} went through the registry (push {:.1} ms, in the pre-flight)",
+            r.image,
+            ms(push)
+        );
+    }
 }
 
 /// Moves `--docker`'s container to `--to`.
@@ -116,7 +129,10 @@ pub fn send(a: SendArgs, d: &DockerSend, container: &str) -> CliResult {
     let signals = interrupts()?;
     let (mut stream, socket) = connect(&link, to, &a.security, "receive --docker --listen")?;
     signals.stalled_peer(socket);
-    let config = SendConfig::new().keep_source(d.keep_source);
+    let mut config = SendConfig::new().keep_source(d.keep_source);
+    if let Some(registry) = &d.registry {
+        config = config.registry(registry.clone());
+    }
     // criu-docker has no cancellation token: a signal wakes its reads.
     let wake = stream.interrupter();
     let result = signals.during(wake, || {
@@ -135,25 +151,20 @@ pub fn send(a: SendArgs, d: &DockerSend, container: &str) -> CliResult {
         (r, _) => r.map_err(failed)?,
     };
     print_send(&report, &to.to_string());
-    match &a.json {
-        Some(path) => {
-            let mut v = serde_json::to_value(&report).unwrap_or_default();
-            v["link"] = json!(link.name());
-            v["to"] = json!(to.to_string());
-            write_json(path, &v)
-        }
-        None => Ok(()),
-    }
+    write_report(
+        a.json.as_deref(),
+        &report,
+        link.name(),
+        "to",
+        &to.to_string(),
+    )
 }
 
 /// Waits for one `send --docker` on `--listen`; runs the container here.
 pub fn receive(a: ReceiveArgs, d: &DockerReceive) -> CliResult {
     let link = link(&a.security)?;
     let client = docker(d.docker_host.as_deref())?;
-    let listener = TcpListener::bind(a.listen).map_err(|e| {
-        CliError::io(format!("listening on {}", a.listen), e)
-            .hint("is another receive (or program) on that port? is the address this host's?")
-    })?;
+    let listener = listen(a.listen)?;
     let signals = interrupts()?;
     eprintln!("waiting for a container on {} ({})", a.listen, link.name());
     wait_for_source(&listener, &signals)?;
@@ -176,24 +187,27 @@ pub fn receive(a: ReceiveArgs, d: &DockerReceive) -> CliResult {
             (r, _) => r.map_err(failed)?,
         };
     eprintln!(
-        "container {} runs here ({}, {:.1} MiB of checkpoint, restore {:.1} ms){}",
+        "container {} runs here ({}, {:.1} MiB of checkpoint, restore {:.1} ms{}){}",
         report.name,
         &report.id[..report.id.len().min(12)],
         report.transfer.bytes as f64 / 1048576.0,
         ms(report.restore),
+        report.image_pull.map_or(String::new(), |d| format!(
+            "; image {} pulled from the registry in {:.1} ms",
+            report.image,
+            ms(d)
+        )),
         if report.source_confirmed {
             ""
         } else {
             "; the source did not confirm it removed its copy: check it"
         }
     );
-    match &a.json {
-        Some(path) => {
-            let mut v = serde_json::to_value(&report).unwrap_or_default();
-            v["link"] = json!(link.name());
-            v["peer"] = json!(peer.to_string());
-            write_json(path, &v)
-        }
-        None => Ok(()),
-    }
+    write_report(
+        a.json.as_deref(),
+        &report,
+        link.name(),
+        "peer",
+        &peer.to_string(),
+    )
 }

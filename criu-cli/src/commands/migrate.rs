@@ -197,6 +197,32 @@ pub(super) fn write_json(path: &Path, value: &serde_json::Value) -> CliResult {
     std::fs::write(path, text).map_err(|e| CliError::io(format!("writing {}", path.display()), e))
 }
 
+/// With `--json FILE`: writes `report` there, with the link it went over
+/// and the other end's address under `peer_key` (`to` or `peer`).
+pub(super) fn write_report(
+    json: Option<&Path>,
+    report: &impl serde::Serialize,
+    link_name: &str,
+    peer_key: &str,
+    peer: &str,
+) -> CliResult {
+    let Some(path) = json else {
+        return Ok(());
+    };
+    let mut v = serde_json::to_value(report).unwrap_or_default();
+    v["link"] = json!(link_name);
+    v[peer_key] = json!(peer);
+    write_json(path, &v)
+}
+
+/// Listens on `--listen` for the source.
+pub(super) fn listen(addr: SocketAddr) -> CliResult<TcpListener> {
+    TcpListener::bind(addr).map_err(|e| {
+        CliError::io(format!("listening on {addr}"), e)
+            .hint("is another receive (or program) on that port? is the address this host's?")
+    })
+}
+
 /// Runs `f`; with `--json`, a failure is written there too, as an
 /// `{"error": ...}` row (see `CliError::to_json`).
 pub(super) fn reporting_errors(json: Option<&Path>, f: impl FnOnce() -> CliResult) -> CliResult {
@@ -323,15 +349,13 @@ fn send_tree(a: &SendArgs) -> CliResult {
     // With `--json -` stdout is the JSON alone; the summary goes to stderr.
     let to_stdout = a.json.as_deref() != Some(Path::new("-"));
     print_source_report(&report, &link, to, to_stdout);
-    match &a.json {
-        Some(path) => {
-            let mut v = serde_json::to_value(&report).unwrap_or_default();
-            v["link"] = json!(link.name());
-            v["to"] = json!(to.to_string());
-            write_json(path, &v)
-        }
-        None => Ok(()),
-    }
+    write_report(
+        a.json.as_deref(),
+        &report,
+        link.name(),
+        "to",
+        &to.to_string(),
+    )
 }
 
 fn preflight_talk(e: std::io::Error) -> CliError {
@@ -518,10 +542,7 @@ fn next_source(
 fn receive_tree(a: &ReceiveArgs) -> CliResult {
     a.criu.check_for("receive")?;
     let link = link(&a.security)?;
-    let listener = TcpListener::bind(a.listen).map_err(|e| {
-        CliError::io(format!("listening on {}", a.listen), e)
-            .hint("is another receive (or program) on that port? is the address this host's?")
-    })?;
+    let listener = listen(a.listen)?;
     let signals = interrupts()?;
     eprintln!("waiting for a source on {} ({})", a.listen, link.name());
     let (mut stream, peer, tcp_addresses) = next_source(a, &link, &listener, &signals)?;

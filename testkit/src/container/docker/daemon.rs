@@ -56,10 +56,12 @@ impl DockerHost {
         }
         fs::create_dir_all(root.join("data"))?;
         // Checkpoints need experimental features; the identity key would
-        // otherwise go to /etc/docker.
+        // otherwise go to /etc/docker. The test registries
+        // (crate::registry::RegistryHost, on 10.232.0.254) speak plain HTTP.
         let config = serde_json::json!({
             "experimental": true,
             "deprecated-key-path": root.join("key.json"),
+            "insecure-registries": ["10.232.0.0/24"],
         });
         fs::write(root.join("daemon.json"), config.to_string())?;
         // containerd keeps a temporary copy of every checkpoint (and its
