@@ -4,9 +4,9 @@
 //! SIGHUP that resume the source (send) or end the wait (receive), at
 //! every phase: pre-flight, CRIU's dump, the transfer, CRIU's restore
 //! (held by an action script named by CRIU_CONFIG_FILE) and lazy serving,
-//! each leaving the application running once. Each
-//! moved workload is the init of its own PID namespace, so its pids are
-//! free for the restore while the source still holds them. Needs root.
+//! each leaving the application running once. Each moved workload is the
+//! init of its own PID namespace, so its pids are free for the restore
+//! while the source still holds them. Needs root.
 
 mod common;
 
