@@ -1,9 +1,12 @@
 //! `criu-rs send` and `receive` on this machine: a real process moved with
 //! every strategy (plain and over mutual TLS), a peer with a certificate
 //! of another CA refused before the source stops, and SIGINT, SIGTERM and
-//! SIGHUP that resume the source (send) or end the wait (receive). Each
-//! moved workload is the init of its own PID namespace, so its pids are
-//! free for the restore while the source still holds them. Needs root.
+//! SIGHUP that resume the source (send) or end the wait (receive), at
+//! every phase: pre-flight, CRIU's dump, the transfer, CRIU's restore
+//! (held by an action script named by CRIU_CONFIG_FILE) and lazy serving,
+//! each leaving the application running once. Each moved workload is the
+//! init of its own PID namespace, so its pids are free for the restore
+//! while the source still holds them. Needs root.
 
 mod common;
 
@@ -118,7 +121,18 @@ struct Receiver {
 }
 
 fn receive(port: u16, extra: &[&str]) -> Receiver {
-    let mut child = Command::new(bin())
+    receive_with(port, extra, None)
+}
+
+/// As [`receive`], with CRIU_CONFIG_FILE set to `criu_config` in its
+/// environment: a config file CRIU reads besides the one the core writes
+/// for the restore.
+fn receive_with(port: u16, extra: &[&str], criu_config: Option<&Path>) -> Receiver {
+    let mut cmd = Command::new(bin());
+    if let Some(conf) = criu_config {
+        cmd.env("CRIU_CONFIG_FILE", conf);
+    }
+    let mut child = cmd
         .args([
             "receive",
             "--listen",
@@ -572,6 +586,11 @@ fn error_row(text: &str) -> Value {
 /// Live processes running the counter script of `dir`: the source copy
 /// and any restored one.
 fn copies(dir: &Path) -> usize {
+    copy_pids(dir).len()
+}
+
+/// The pids of [`copies`].
+fn copy_pids(dir: &Path) -> Vec<i32> {
     let needle = dir.join("counter.py").display().to_string();
     std::fs::read_dir("/proc")
         .unwrap()
@@ -584,7 +603,7 @@ fn copies(dir: &Path) -> usize {
                 && cmd.contains(&needle)
                 && !matches!(state(pid), None | Some('Z'))
         })
-        .count()
+        .collect()
 }
 
 /// What must hold after any interrupted move: the counter runs on, once,
@@ -703,4 +722,300 @@ fn peer_name_refuses_a_certificate_of_another_host_before_stopping() {
         assert_ne!(c.state(), Some('T'), "{what}");
         assert!(c.grows(), "{what}: the refused source does not run");
     }
+}
+
+/// The children of `parent` (of any of its threads).
+fn children(parent: u32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The name of `pid` (its comm, which reading touches no memory of it).
+fn comm(pid: i32) -> Option<String> {
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(name.trim_end().to_string())
+}
+
+/// The pid of a child of `parent` whose command line contains `needle`.
+/// Only CRIU's processes are read (a lazily restored tree's command line
+/// may wait for a page).
+fn child_running(parent: u32, needle: &str) -> Option<i32> {
+    children(parent).into_iter().find(|&pid| {
+        if comm(pid).as_deref() != Some("criu") {
+            return false;
+        }
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        String::from_utf8_lossy(&cmd).contains(needle)
+    })
+}
+
+/// Waits until none of `pids` runs (gone, or a zombie).
+fn all_gone(pids: &[i32]) -> bool {
+    poll(|| {
+        pids.iter()
+            .all(|&p| matches!(state(p), None | Some('Z')))
+            .then_some(())
+    })
+    .is_some()
+}
+
+/// Kills `pids` (copies a failed check found left behind).
+fn kill_all(pids: &[i32]) {
+    for &p in pids {
+        // SAFETY: kill(2) of a copy of this test's counter.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+}
+
+/// What a move interrupted by a test ended with, on both ends.
+struct Interrupted {
+    send_code: Option<i32>,
+    send_row: Value,
+    send_err: String,
+    recv_code: Option<i32>,
+    recv_row: Value,
+    recv_err: String,
+}
+
+/// Moves a counter (stop-and-copy) to a `receive` whose CRIU holds the
+/// restore at its action `action` (an action script named by
+/// CRIU_CONFIG_FILE: `--criu-config` is refused there), and SIGINTs the
+/// receive (`to_receive`) or the send there. Checks that the
+/// half-restored tree existed then and is gone after, and that the
+/// source runs on, once.
+fn sigint_while_criu_restores(to_receive: bool, action: &str) -> Interrupted {
+    let what = match to_receive {
+        true => "SIGINT to receive while CRIU restores",
+        false => "SIGINT to send while CRIU restores",
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let c = counter(dir.path(), 8, true);
+    let (conf, marker) = hold_criu_at(dir.path(), action);
+    let port = free_port();
+    let recv_json = dir.path().join("recv.json");
+    let r = receive_with(
+        port,
+        &["--plain", "--json", recv_json.to_str().unwrap()],
+        Some(&conf),
+    );
+    let send = Command::new(bin())
+        .args(["send", "--pid", &c.pid.to_string(), "--plain"])
+        .args(["--json", "-", "--to", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let held = poll(|| marker.exists().then_some(()));
+    // The half-restored tree: CRIU and the tree's root it forked, both
+    // children of the receive (the root is restored as its child).
+    let tree = children(r.child.id());
+    let target = if to_receive { r.child.id() } else { send.id() };
+    // SAFETY: kill(2) of a command this test started.
+    unsafe { libc::kill(target as i32, libc::SIGINT) };
+    let out = send.wait_with_output().unwrap();
+    let (recv_code, recv_err) = r.finish();
+    let send_err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        held.is_some(),
+        "{what}: CRIU never reached {action}: {send_err}\nreceive: {recv_err}"
+    );
+    assert!(
+        tree.len() >= 2,
+        "{what}: CRIU had forked no tree at {action}: {tree:?}"
+    );
+    if !all_gone(&tree) {
+        kill_all(&tree);
+        panic!(
+            "{what}: the half-restored tree {tree:?} is left\nsend: {send_err}\n\
+             receive: {recv_err}"
+        );
+    }
+    runs_once(&c, dir.path(), what);
+    let recv_text = std::fs::read_to_string(&recv_json).unwrap_or_default();
+    Interrupted {
+        send_code: out.status.code(),
+        send_row: error_row(&String::from_utf8_lossy(&out.stdout)),
+        send_err,
+        recv_code,
+        recv_row: error_row(&recv_text),
+        recv_err,
+    }
+}
+
+#[test]
+fn sigint_to_receive_while_criu_restores_kills_the_copy_and_resumes_the_source() {
+    let i = sigint_while_criu_restores(true, "post-setup-namespaces");
+    let (err, row) = (&i.recv_err, &i.recv_row);
+    assert_eq!(i.recv_code, Some(5), "receive: {err}");
+    assert_eq!(row["exit"], 5, "{row}");
+    assert_eq!(row["signal"], "SIGINT", "{row}");
+    assert_eq!(row["cancelled"], true, "{row}");
+    assert_eq!(row["step"], "restore", "{row}");
+    // The source decides, and says so: it resumed its copy.
+    assert_ne!(i.send_code, Some(0), "send: {}", i.send_err);
+    assert_eq!(i.send_row["source_state"], "resumed", "{}", i.send_row);
+}
+
+#[test]
+fn sigint_to_send_while_criu_restores_kills_the_copy_and_resumes_the_source() {
+    let i = sigint_while_criu_restores(false, "post-setup-namespaces");
+    let (err, row) = (&i.send_err, &i.send_row);
+    assert_eq!(i.send_code, Some(5), "send: {err}");
+    assert_eq!(row["exit"], 5, "{row}");
+    assert_eq!(row["signal"], "SIGINT", "{row}");
+    assert_eq!(row["cancelled"], true, "{row}");
+    assert_eq!(row["step"], "restore", "{row}");
+    assert_eq!(row["source_state"], "resumed", "{row}");
+    assert_ne!(i.recv_code, Some(0), "receive: {}", i.recv_err);
+    assert!(
+        i.recv_row.is_object(),
+        "receive wrote no error row: {}",
+        i.recv_err
+    );
+}
+
+/// Sends `sig` to `pid` through a pidfd taken while the caller knows it
+/// alive (no other process can be signalled); false if it is gone.
+fn signal_by_pidfd(pid: i32, sig: i32) -> bool {
+    // SAFETY: pidfd_open(2); the descriptor is closed below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: pidfd_send_signal(2) with no siginfo, then close(2) of the
+    // descriptor opened above.
+    unsafe {
+        let sent = libc::syscall(libc::SYS_pidfd_send_signal, fd as i32, sig, 0usize, 0u32) == 0;
+        libc::close(fd as i32);
+        sent
+    }
+}
+
+/// Moves a 1 GiB counter with `--strategy lazy` and SIGINTs the receive
+/// (`to_receive`) or the send once the destination has restored and
+/// continued its copy, while its lazy-pages daemon still fetches the
+/// pages. For the receive the daemon is then held (SIGSTOP, never
+/// continued: CRIU's daemon fails on the EINTR a continue gives its
+/// epoll_wait), so its fetch cannot end first. Checks that the restored
+/// copy is gone after and that the source runs on, once.
+fn sigint_while_lazy_pages_are_served(to_receive: bool) -> Interrupted {
+    let what = match to_receive {
+        true => "SIGINT to receive while lazy pages are served",
+        false => "SIGINT to send while lazy pages are served",
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let c = counter(dir.path(), 1024, true);
+    let port = free_port();
+    let recv_json = dir.path().join("recv.json");
+    // --detach: a move that completed regardless ends the receive too.
+    let r = receive(
+        port,
+        &["--plain", "--detach", "--json", recv_json.to_str().unwrap()],
+    );
+    let send = Command::new(bin())
+        .args(["send", "--pid", &c.pid.to_string(), "--plain"])
+        .args(["--strategy", "lazy", "--json", "-"])
+        .args(["--to", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let receiver = r.child.id();
+    // Started (and ready) before the restore.
+    let daemon = poll(|| child_running(receiver, "lazy-pages"));
+    // The copy once the destination's CRIU is done and the destination
+    // continued it (CRIU restores it stopped), just before it reports the
+    // restore. Found by its name: its command line is in memory the
+    // daemon may not have served yet.
+    let copy = poll(|| {
+        if child_running(receiver, "restore").is_some() {
+            return None;
+        }
+        children(receiver).into_iter().find(|&p| {
+            comm(p).as_deref() == Some("python3") && !matches!(state(p), Some('T' | 't'))
+        })
+    });
+    let serving = match (daemon, to_receive) {
+        // Held only once the copy runs: the restore needs some pages.
+        (Some(d), true) if copy.is_some() => {
+            signal_by_pidfd(d, libc::SIGSTOP)
+                && poll(|| (state(d) == Some('T')).then_some(())).is_some()
+        }
+        (Some(d), false) => !matches!(state(d), None | Some('Z')),
+        _ => false,
+    };
+    if to_receive {
+        // The report of the restore follows the continue at once; this
+        // is ample for it, and the held daemon keeps the window open.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let target = if to_receive { r.child.id() } else { send.id() };
+    // SAFETY: kill(2) of a command this test started.
+    unsafe { libc::kill(target as i32, libc::SIGINT) };
+    let out = send.wait_with_output().unwrap();
+    let (recv_code, recv_err) = r.finish();
+    let send_err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let copy = copy.unwrap_or_else(|| {
+        panic!("{what}: the restored copy never ran: {send_err}\nreceive: {recv_err}")
+    });
+    assert!(
+        serving,
+        "{what}: the lazy-pages daemon ({daemon:?}) had ended before the signal: \
+         {send_err}\nreceive: {recv_err}"
+    );
+    if !all_gone(&[copy]) {
+        kill_all(&[copy]);
+        panic!("{what}: the restored copy {copy} is left\nsend: {send_err}\nreceive: {recv_err}");
+    }
+    runs_once(&c, dir.path(), what);
+    let recv_text = std::fs::read_to_string(&recv_json).unwrap_or_default();
+    Interrupted {
+        send_code: out.status.code(),
+        send_row: error_row(&String::from_utf8_lossy(&out.stdout)),
+        send_err,
+        recv_code,
+        recv_row: error_row(&recv_text),
+        recv_err,
+    }
+}
+
+#[test]
+fn sigint_to_receive_while_lazy_pages_are_served_resumes_the_source() {
+    let i = sigint_while_lazy_pages_are_served(true);
+    let (err, row) = (&i.recv_err, &i.recv_row);
+    assert_eq!(i.recv_code, Some(5), "receive: {err}");
+    assert_eq!(row["exit"], 5, "{row}");
+    assert_eq!(row["signal"], "SIGINT", "{row}");
+    assert_eq!(row["cancelled"], true, "{row}");
+    assert_eq!(row["step"], "lazy-pages", "{row}");
+    assert_ne!(i.send_code, Some(0), "send: {}", i.send_err);
+    assert_eq!(i.send_row["source_state"], "resumed", "{}", i.send_row);
+}
+
+#[test]
+fn sigint_to_send_while_lazy_pages_are_served_resumes_the_source() {
+    let i = sigint_while_lazy_pages_are_served(false);
+    let (err, row) = (&i.send_err, &i.send_row);
+    assert_eq!(i.send_code, Some(5), "send: {err}");
+    assert_eq!(row["exit"], 5, "{row}");
+    assert_eq!(row["signal"], "SIGINT", "{row}");
+    assert_eq!(row["cancelled"], true, "{row}");
+    assert_eq!(row["step"], "lazy-pages", "{row}");
+    assert_eq!(row["source_state"], "resumed", "{row}");
+    assert_ne!(i.recv_code, Some(0), "receive: {}", i.recv_err);
+    assert!(
+        i.recv_row.is_object(),
+        "receive wrote no error row: {}",
+        i.recv_err
+    );
 }
