@@ -102,10 +102,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut workload = Command::new("sleep");
     // Its own stdio: CRIU refuses to restore a file that grew since the dump.
     workload.arg("600").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe; CRIU dumps session leaders.
+    // SAFETY: setsid and close_range are async-signal-safe. CRIU dumps
+    // session leaders; and the workload keeps only its stdio, since a
+    // descriptor it would inherit from whatever runs this check (one
+    // opened in another mount namespace, say) may be one CRIU cannot dump.
     unsafe {
         workload.pre_exec(|| {
             libc::setsid();
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
             Ok(())
         })
     };
