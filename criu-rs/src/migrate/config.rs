@@ -292,8 +292,9 @@ impl<'a> DestConfig<'a> {
     }
 
     /// The page server and lazy-pages daemon use CRIU's TLS with these
-    /// files (see [`SourceConfig::criu_tls`]; a `crate::tls::TlsStream`
-    /// sets this by itself).
+    /// files, where the stream does not carry their connections itself
+    /// (see [`SourceConfig::criu_tls`]; a `crate::tls::TlsStream` does,
+    /// through rustls).
     pub fn criu_tls(self, files: TlsFiles) -> Self {
         DestConfig {
             criu_tls: Some(files),
