@@ -24,7 +24,8 @@ use crate::spawn::{hand_over_fds, OwnedChild};
 /// The descriptor number the daemon reports readiness on.
 const STATUS_FD: i32 = 3;
 
-/// The descriptor number of a connected page-server socket handed over.
+/// The descriptor number of a connected socket handed to a daemon
+/// (`--ps-socket`).
 const PS_FD: i32 = 4;
 
 /// A running CRIU daemon (page server or lazy-pages).
@@ -90,12 +91,6 @@ impl DaemonConfig {
         self
     }
 
-    /// The TLS files of CRIU's own connections, if set.
-    #[cfg(feature = "tls")]
-    pub(crate) fn tls_files(&self) -> Option<&crate::credentials::TlsFiles> {
-        self.tls.as_ref()
-    }
-
     /// The TLS arguments of a daemon that connects or listens over TCP.
     fn tls_args(&self) -> Vec<OsString> {
         self.tls
@@ -113,9 +108,10 @@ impl DaemonConfig {
     }
 
     /// Starts `criu page-server` serving one dump over `socket`, already
-    /// connected (`--ps-socket`; no listener, no TLS of CRIU's: the crate
-    /// carries the other end, see [`crate::tls`]).
-    #[cfg(feature = "tls")]
+    /// connected (`--ps-socket`; no listener, no TLS of CRIU's: the
+    /// migration's transport carries the other end, see
+    /// `crate::transfer::SideChannels`).
+    #[cfg(feature = "migrate")]
     pub(crate) fn page_server_on(&self, images: &ImagesDir, socket: &OwnedFd) -> Result<Daemon> {
         let args: Vec<OsString> = vec![
             "page-server".into(),
@@ -139,6 +135,28 @@ impl DaemonConfig {
             images.path(),
             args,
             None,
+        )
+    }
+
+    /// Starts `criu lazy-pages` fetching the lazy dump's pages over
+    /// `socket`, already connected to the dump's page server
+    /// (`--ps-socket`; no TLS of CRIU's: the migration's transport carries
+    /// the other end), and serving them to a lazy restore from `images`.
+    #[cfg(feature = "migrate")]
+    pub(crate) fn lazy_pages_on(&self, images: &ImagesDir, socket: &OwnedFd) -> Result<Daemon> {
+        let args: Vec<OsString> = vec![
+            "lazy-pages".into(),
+            "--page-server".into(),
+            "--ps-socket".into(),
+            PS_FD.to_string().into(),
+        ];
+        let fd = Some(socket.as_raw_fd());
+        self.start(
+            "lazy-pages daemon",
+            "lazy-pages.log",
+            images.path(),
+            args,
+            fd,
         )
     }
 

@@ -153,7 +153,8 @@ fn page_server_over_tls_opens_every_connection_with_tls_and_hides_files_img() {
 
 #[test]
 fn lazy_over_tls_opens_every_connection_with_tls_and_hides_files_img() {
-    // The stream and the lazy-pages daemon's connection (CRIU's --tls).
+    // The stream and the lazy pages' connection (a side channel of the
+    // TlsStream: the crate's relay, no longer CRIU's --tls).
     the_wire_of(Strategy::Lazy, 2);
 }
 

@@ -128,16 +128,19 @@ impl<'a> SourceConfig<'a> {
     /// is this host's (a lazy dump serves its pages there), `peer` the
     /// destination's (where its page server listens). Needed by the
     /// page-server and lazy strategies when the stream is not TCP (a TCP
-    /// stream's two ends are the default).
+    /// stream's two ends are the default) and carries no connections of
+    /// CRIU's itself (see [`Transport::side_channels`](crate::transfer::Transport::side_channels),
+    /// which takes precedence).
     pub fn criu_addresses(mut self, local: IpAddr, peer: IpAddr) -> Self {
         self.criu_addresses = Some((local, peer));
         self
     }
 
     /// CRIU's own connections (page server, lazy pages) use CRIU's TLS with
-    /// these files. A `crate::tls::TlsStream` sets this by itself; name
-    /// files here for another secure stream (SSH...), or CRIU's
-    /// connections carry memory in clear.
+    /// these files, where the stream does not carry them itself (a
+    /// `crate::tls::TlsStream` does, through rustls); name files here for
+    /// another secure stream (SSH...), or CRIU's connections carry memory
+    /// in clear.
     pub fn criu_tls(mut self, files: TlsFiles) -> Self {
         self.criu_tls = Some(files);
         self
@@ -289,8 +292,9 @@ impl<'a> DestConfig<'a> {
     }
 
     /// The page server and lazy-pages daemon use CRIU's TLS with these
-    /// files (see [`SourceConfig::criu_tls`]; a `crate::tls::TlsStream`
-    /// sets this by itself).
+    /// files, where the stream does not carry their connections itself
+    /// (see [`SourceConfig::criu_tls`]; a `crate::tls::TlsStream` does,
+    /// through rustls).
     pub fn criu_tls(self, files: TlsFiles) -> Self {
         DestConfig {
             criu_tls: Some(files),

@@ -129,10 +129,8 @@ fn receive_inner(
             ))
         }
     };
-    let ends = stream.ip_addresses().map_err(wire::no_addresses)?;
-    let local = cfg.criu_address.or(ends.map(|a| a.0));
-    let peer = cfg.criu_peer.or(ends.map(|a| a.1));
-    let mut side = strategy::dest_side(strategy, cfg, (local, peer), memory)?;
+    let route = strategy::Route::of(stream, (cfg.criu_address, cfg.criu_peer))?;
+    let mut side = strategy::dest_side(strategy, cfg, route, memory)?;
     let work_dir = cfg.work_dir.hold()?;
     let images_path = work_dir.path().join("images");
     *step = Step::Transfer;

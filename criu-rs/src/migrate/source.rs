@@ -143,12 +143,10 @@ fn setup(pid: i32, stream: &mut dyn Transport, cfg: &SourceConfig<'_>) -> Result
     )?;
     let work_dir = cfg.work_dir.hold()?;
     let images = ImagesDir::create(work_dir.path().join("images"))?;
-    let addrs = match cfg.criu_addresses {
-        Some(named) => Some(named),
-        None => stream.ip_addresses().map_err(wire::no_addresses)?,
-    };
+    let named = cfg.criu_addresses.map(|(l, p)| (Some(l), Some(p)));
+    let route = strategy::Route::of(stream, named.unwrap_or_default())?;
     let criu_tls = cfg.criu_tls.clone().or_else(|| stream.criu_tls());
-    let side = strategy::source_side(cfg.strategy, stream, addrs, criu_tls.as_ref(), cfg.pre_copy)?;
+    let side = strategy::source_side(cfg.strategy, stream, route, cfg.pre_copy)?;
     Ok(Setup {
         images,
         side,

@@ -7,10 +7,11 @@
 //! ```text
 //! → header, Hello { strategy, memory }
 //! ← PageServerReady { port }                 (page-server only)
-//!   | PageServerRelay { port, token } | Failed  (the same, relayed in TLS)
+//!   | CriuChannel { ticket } | Failed        (the same, through the transport)
 //! → (PreCopyPass, a pass's images)*, PreCopyEnd  (pre-copy only, while it runs)
 //! → the images (a transfer stream; stop-and-copy's starts during the dump) | Failed
 //! → LazySource { addr }                      (lazy only)
+//! ← CriuChannel { ticket } | Failed          (lazy, through the transport, instead)
 //! ← Restored { .. } | Failed
 //! → Done | Failed                            (Failed: an abort)
 //! ← Kept | Failed
@@ -48,15 +49,13 @@ pub(super) enum Msg {
     },
     /// The destination's page server listens on this port.
     PageServerReady { port: u16 },
-    /// The destination's relay to its page server listens on this port,
-    /// for one connection of the crate's TLS (see `crate::tls`), whose
-    /// client must first send `token` (hex; one-time, so that only the
-    /// peer of this stream, not any holder of a certificate, is relayed).
-    PageServerRelay {
-        port: u16,
-        #[serde(default)]
-        token: String,
-    },
+    /// The destination offers a connection for CRIU (its page server, or
+    /// its lazy-pages daemon) through the stream's transport: the source
+    /// opens it with `ticket` (the transport's own: for TLS, a port and a
+    /// one-time token, so that only the peer of this stream, not any
+    /// holder of a certificate, is connected). See
+    /// `crate::transfer::SideChannels`.
+    CriuChannel { ticket: Vec<u8> },
     /// A pre-copy pass's images follow (a transfer stream), taken while
     /// the tree runs.
     PreCopyPass,

@@ -14,11 +14,15 @@
 //!   before a byte of the migration crosses, so the source process is not
 //!   even stopped;
 //! * CRIU's own connections (the page server's and the lazy-pages
-//!   daemon's, beside the stream) use CRIU's TLS (GnuTLS, `--tls`) with the
-//!   same three files: the migration passes them to the dump through the
+//!   daemon's, beside the stream) are side channels of the `TlsStream`
+//!   (`crate::transfer::SideChannels`): each is carried by the crate inside
+//!   a rustls connection of its own, with the stream's configuration and a
+//!   one-time token sent over the stream, so [`crate::migrate`] secures
+//!   them by itself. For another secure stream without side channels, the
+//!   files named with `SourceConfig::criu_tls` make CRIU use its own TLS
+//!   (GnuTLS, `--tls`): the migration passes them to the dump through the
 //!   crate's config file ([`crate::Options::criu_tls`]) and to the daemons
-//!   on their command line ([`crate::DaemonConfig::tls`]). A `TlsStream`
-//!   carries its files, so [`crate::migrate`] does this by itself.
+//!   on their command line ([`crate::DaemonConfig::tls`]).
 //!
 //! Who may migrate: any holder of a certificate from the CA, in either
 //! direction, unless an end names the peer it expects

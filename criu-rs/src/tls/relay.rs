@@ -1,16 +1,19 @@
-//! One plain connection of CRIU's carried through an authenticated TLS
-//! connection of the crate's: what CRIU writes into its end is encrypted
-//! onto the TLS connection, and what arrives there is decrypted into it.
+//! CRIU's own connections of a migration carried through authenticated
+//! TLS connections of the crate's: the side channels of a [`TlsStream`]
+//! (see `crate::transfer::SideChannels`). What CRIU writes into its end
+//! is encrypted onto the TLS connection, and what arrives there is
+//! decrypted into it.
 //!
-//! Why not CRIU's own TLS for the page server: under GnuTLS CRIU can no
-//! longer splice pages from the dumped process to the socket and copies
-//! them through user space in small pieces; the page-server migration
-//! took 2.3x (256 MiB) to 3.1x (1 GiB) the downtime of plain TCP so. CRIU
-//! talks plain TCP to a relay on its own host instead (the source's dump to
-//! a loopback listener that accepts only sockets of this user, the
-//! destination's page server over a socketpair), and the relays talk
+//! Why not CRIU's own TLS: under GnuTLS CRIU can no longer splice pages
+//! from the dumped process to the socket and copies them through user
+//! space in small pieces; the page-server migration took 2.3x (256 MiB)
+//! to 3.1x (1 GiB) the downtime of plain TCP so. CRIU talks plain TCP to
+//! the crate on its own host instead (the source's dump on the loopback,
+//! the destination's daemons over a socketpair), and the relays talk
 //! rustls between the hosts, with the same certificates and checks as the
-//! migration stream.
+//! migration stream. The destination listens for each connection on its
+//! end of the stream's address, and takes only the peer that presents a
+//! one-time token it sent over the stream.
 //!
 //! Two threads per relay, one per direction. The rustls session is shared
 //! under a lock held only to encrypt or decrypt, never across socket I/O;
@@ -18,15 +21,16 @@
 //! never has anything to send back: the sessions have no tickets, and key
 //! updates come after hundreds of GB.
 
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{TlsConfig, TlsStream};
+use crate::transfer::{accept_polling, Carrying, CriuConnection, Offer, Service, SideChannels};
 
 /// How much is read from either side at once.
 const CHUNK: usize = 256 << 10;
@@ -47,12 +51,30 @@ impl Plain for TcpStream {
     }
 }
 
-impl Plain for UnixStream {
+/// CRIU's end of a connection, whatever kind of stream socket it is.
+struct CriuSocket(File);
+
+impl Read for CriuSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for CriuSocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Plain for CriuSocket {
     fn duplicate(&self) -> io::Result<Self> {
-        self.try_clone()
+        self.0.try_clone().map(CriuSocket)
     }
     fn end(&self, how: Shutdown) {
-        let _ = self.shutdown(how);
+        crate::transfer::shut(&self.0, how);
     }
 }
 
@@ -60,35 +82,6 @@ impl Plain for UnixStream {
 /// relay sends unread, before the relay gives up (both directions end,
 /// and CRIU's connection with them).
 pub(crate) const IDLE: Duration = Duration::from_secs(600);
-
-/// A running relay: its two threads end when both sides have hung up
-/// (or either fails, which hangs up the other, or the peer stays silent
-/// for [`IDLE`]). Dropped, it hangs up both sides and joins its threads.
-pub(crate) struct Relay {
-    threads: Vec<JoinHandle<()>>,
-    hang_up: Option<Box<dyn FnOnce() + Send>>,
-}
-
-impl Relay {
-    /// Waits for both directions to end by themselves.
-    pub(crate) fn join(mut self) {
-        self.hang_up = None;
-        for t in std::mem::take(&mut self.threads) {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        if let Some(hang_up) = self.hang_up.take() {
-            hang_up();
-        }
-        for t in std::mem::take(&mut self.threads) {
-            let _ = t.join();
-        }
-    }
-}
 
 type Session = Arc<Mutex<rustls::Connection>>;
 
@@ -125,22 +118,26 @@ impl Activity {
     }
 }
 
-/// Starts carrying `plain` through `tls` in both directions; the relay
-/// gives up when the TLS connection moved nothing either way for `idle`
-/// (its reads and writes time out then).
-pub(crate) fn carry<P: Plain>(plain: P, tls: TlsStream, idle: Duration) -> io::Result<Relay> {
+/// Starts carrying `plain` (CRIU's socket) through `tls` in both
+/// directions; the relay gives up when the TLS connection moved nothing
+/// either way for `idle` (its reads and writes time out then).
+pub(crate) fn carry(plain: OwnedFd, tls: TlsStream, idle: Duration) -> io::Result<Carrying> {
+    carry_plain(CriuSocket(File::from(plain)), tls, idle)
+}
+
+fn carry_plain<P: Plain>(plain: P, tls: TlsStream, idle: Duration) -> io::Result<Carrying> {
     let (conn, socket) = tls.into_parts();
     let (tcp, early) = socket.into_parts();
     tcp.set_read_timeout(Some(idle))?;
     tcp.set_write_timeout(Some(idle))?;
     let session: Session = Arc::new(Mutex::new(conn));
     let (plain_in, tcp_out) = (plain.duplicate()?, tcp.try_clone()?);
-    let hang_up: Box<dyn FnOnce() + Send> = {
+    let hang_up = {
         let (plain, tcp) = (plain.duplicate()?, tcp.try_clone()?);
-        Box::new(move || {
+        move || {
             plain.end(Shutdown::Both);
             tcp.end(Shutdown::Both);
-        })
+        }
     };
     let activity = Activity::new();
     let out = {
@@ -148,10 +145,7 @@ pub(crate) fn carry<P: Plain>(plain: P, tls: TlsStream, idle: Duration) -> io::R
         std::thread::spawn(move || outbound(plain_in, tcp_out, &session, &activity))
     };
     let inb = std::thread::spawn(move || inbound(tcp, early, plain, &session, (&activity, idle)));
-    Ok(Relay {
-        threads: vec![out, inb],
-        hang_up: Some(hang_up),
-    })
+    Ok(Carrying::new(vec![out, inb], hang_up))
 }
 
 /// CRIU's bytes, encrypted onto the TLS connection, then `close_notify`.
@@ -290,35 +284,6 @@ fn open(session: &Session, mut data: &[u8], clear: &mut Vec<u8>) -> io::Result<b
     Ok(false)
 }
 
-/// Waits on `listener` (made non-blocking) for a connection while
-/// `wanted` says so and until `deadline`, skipping those `accept` refuses.
-fn accept_polling(
-    listener: &TcpListener,
-    deadline: Instant,
-    wanted: impl Fn() -> bool,
-    accept: impl Fn(&TcpStream) -> bool,
-) -> io::Result<TcpStream> {
-    listener.set_nonblocking(true)?;
-    while wanted() && Instant::now() < deadline {
-        match listener.accept() {
-            Ok((s, _)) => {
-                s.set_nonblocking(false)?;
-                if accept(&s) {
-                    return Ok(s);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::TimedOut,
-        "no connection came in time",
-    ))
-}
-
 /// The bytes of a relay's one-time token.
 const TOKEN_BYTES: usize = 32;
 
@@ -348,7 +313,7 @@ pub(crate) fn present_token(tls: &mut TlsStream, token: &str) -> crate::Result<(
     line.resize(2 * TOKEN_BYTES, b'-');
     tls.write_all(&line[..2 * TOKEN_BYTES])
         .and_then(|()| tls.flush())
-        .map_err(|e| crate::Error::io("sending the page-server relay's token", e))
+        .map_err(|e| crate::Error::io("sending a relay's token", e))
 }
 
 /// How long a relay's client has to present its token once
@@ -365,12 +330,13 @@ pub(crate) fn accept_peer(
     listener: &TcpListener,
     config: &TlsConfig,
     token: &str,
+    timeout: Duration,
 ) -> crate::Result<TlsStream> {
-    let deadline = Instant::now() + config.handshake_limit();
+    let deadline = Instant::now() + config.handshake_limit().min(timeout);
     loop {
         let tcp = accept_polling(listener, deadline, || true, |_| true).map_err(|e| {
             crate::Error::io(
-                "waiting for the source's connection to the page-server relay",
+                "waiting for the source's connection to a relay of CRIU's",
                 e,
             )
         })?;
@@ -403,171 +369,88 @@ fn presents(tls: &mut TlsStream, token: &str, deadline: Instant) -> bool {
     want.len() == got.len() && want.iter().zip(got).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
 }
 
-/// The source's relay: a loopback listener for the dump's page-server
-/// connection, and a thread that carries it through `tls` once CRIU
-/// connects. Only a socket of this user held by a process this one
-/// started (the dump's CRIU, which libcriu or the crate forks) is taken:
-/// anyone on the host can reach a loopback port, root included.
-pub(crate) struct LocalEnd {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+/// The side channels of a [`TlsStream`]: one TLS connection of the
+/// crate's per service, between the stream's two addresses, each bound
+/// to the stream's peer by a one-time token sent over the stream.
+pub(crate) struct TlsChannels {
+    config: TlsConfig,
+    /// This end's and the peer's addresses, as the stream has them.
+    ends: Option<(IpAddr, IpAddr)>,
 }
 
-impl LocalEnd {
-    /// Listens on the loopback and starts carrying.
-    pub(crate) fn start(tls: TlsStream) -> crate::Result<LocalEnd> {
-        let bind = |e| {
+impl TlsChannels {
+    pub(crate) fn new(config: TlsConfig, ends: Option<(IpAddr, IpAddr)>) -> TlsChannels {
+        TlsChannels { config, ends }
+    }
+
+    fn ends(&self) -> crate::Result<(IpAddr, IpAddr)> {
+        self.ends.ok_or_else(|| {
             crate::Error::io(
-                "listening on the loopback for CRIU's page-server connection",
-                e,
+                "reading the TLS stream's addresses for CRIU's connection",
+                io::Error::from(io::ErrorKind::NotConnected),
             )
-        };
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(bind)?;
-        let addr = listener.local_addr().map_err(bind)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let wanted = {
-            let stop = stop.clone();
-            move || !stop.load(Ordering::Relaxed)
-        };
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(24 * 3600);
-            let own = |s: &TcpStream| is_own_socket(s).unwrap_or(false);
-            if let Ok(criu) = accept_polling(&listener, deadline, wanted, own) {
-                drop(listener);
-                if let Ok(relay) = carry(criu, tls, IDLE) {
-                    relay.join();
-                }
-            }
-        });
-        Ok(LocalEnd { addr, stop })
-    }
-
-    /// Where the dump connects.
-    pub(crate) fn addr(&self) -> SocketAddr {
-        self.addr
+        })
     }
 }
 
-impl Drop for LocalEnd {
-    /// A dump that never connected: stop listening (a connected relay
-    /// runs on until CRIU hangs up).
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+/// The text of a ticket: the relay's port and its token.
+fn ticket(port: u16, token: &str) -> Vec<u8> {
+    format!("{port} {token}").into_bytes()
+}
+
+/// The port and token of a ticket.
+fn parse_ticket(ticket: &[u8]) -> Option<(u16, String)> {
+    let text = std::str::from_utf8(ticket).ok()?;
+    let (port, token) = text.split_once(' ')?;
+    let valid = token.len() == 2 * TOKEN_BYTES && token.bytes().all(|b| b.is_ascii_hexdigit());
+    valid.then(|| Some((port.parse().ok()?, token.to_string())))?
+}
+
+impl SideChannels for TlsChannels {
+    /// Listens on this end's address of the stream; the ticket holds the
+    /// port and a fresh token.
+    fn offer(&mut self, service: Service) -> crate::Result<Offer> {
+        let listen = |e| crate::Error::io(format!("listening for the source's {service} relay"), e);
+        let listener = TcpListener::bind((self.ends()?.0, 0)).map_err(listen)?;
+        let port = listener.local_addr().map_err(listen)?.port();
+        let token = new_token()?;
+        let config = self.config.clone();
+        Ok(Offer::new(ticket(port, &token), move |timeout| {
+            let tls = accept_peer(&listener, &config, &token, timeout)?;
+            Ok(CriuConnection::carried(move |plain| {
+                carry(plain, tls, IDLE)
+            }))
+        }))
     }
-}
 
-/// Whether the peer of `s`, a loopback connection, is a socket owned by
-/// this process's effective user and held by a descendant of this
-/// process (not by this process itself), from this thread's network
-/// namespace's table of TCP sockets.
-fn is_own_socket(s: &TcpStream) -> io::Result<bool> {
-    let Some((uid, inode)) = peer_socket(s)? else {
-        return Ok(false);
-    };
-    // SAFETY: geteuid cannot fail and touches no memory.
-    let me = unsafe { libc::geteuid() };
-    Ok(uid == me && held_by_descendant(inode))
-}
-
-/// The owner and inode of the socket at the other end of `s`, a loopback
-/// connection.
-fn peer_socket(s: &TcpStream) -> io::Result<Option<(u32, u64)>> {
-    let (SocketAddr::V4(peer), SocketAddr::V4(local)) = (s.peer_addr()?, s.local_addr()?) else {
-        return Ok(None);
-    };
-    let table = std::fs::read_to_string("/proc/thread-self/net/tcp")?;
-    Ok(table.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let ours = f.len() > 9 && f[1] == proc_addr(&peer) && f[2] == proc_addr(&local);
-        ours.then(|| Some((f[7].parse().ok()?, f[9].parse().ok()?)))
-            .flatten()
-    }))
-}
-
-/// Whether a process this one started (a child, or one of theirs) has
-/// the socket `inode` open.
-fn held_by_descendant(inode: u64) -> bool {
-    crate::tree::tree(std::process::id() as i32)
-        .into_iter()
-        .skip(1)
-        .any(|pid| crate::tree::holds_any_socket(pid, &[inode]))
-}
-
-/// An address as /proc/net/tcp writes it: the IPv4 address's bytes as
-/// a native integer, and the port, in hex.
-fn proc_addr(a: &SocketAddrV4) -> String {
-    format!(
-        "{:08X}:{:04X}",
-        u32::from_ne_bytes(a.ip().octets()),
-        a.port()
-    )
+    /// Connects to the port of the ticket on the stream's peer,
+    /// authenticates and presents the token.
+    fn open(&mut self, service: Service, ticket: &[u8]) -> crate::Result<CriuConnection> {
+        let (port, token) = parse_ticket(ticket).ok_or_else(|| crate::Error::Transfer {
+            kind: crate::TransferKind::Protocol,
+            message: format!(
+                "the destination's ticket for its {service} relay is not a port and a token"
+            ),
+            source: None,
+        })?;
+        let dest = SocketAddr::new(self.ends()?.1, port);
+        let tcp =
+            TcpStream::connect_timeout(&dest, self.config.handshake_limit()).map_err(|e| {
+                crate::Error::io(format!("connecting to the {service} relay at {dest}"), e)
+            })?;
+        let mut tls = self.config.connect(tcp)?;
+        present_token(&mut tls, &token)?;
+        Ok(CriuConnection::carried(move |plain| {
+            carry(plain, tls, IDLE)
+        }))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::{Command, Stdio};
-
-    /// A child of this process (as CRIU is) holding a connection to
-    /// `port` on the loopback, started by `wrap` (the command line before
-    /// bash's); the accepted socket.
-    fn child_connected(l: &TcpListener, wrap: &[&str]) -> (std::process::Child, TcpStream) {
-        let port = l.local_addr().unwrap().port();
-        let mut cmd = Command::new(wrap.first().copied().unwrap_or("bash"));
-        cmd.args(wrap.iter().skip(1));
-        if !wrap.is_empty() {
-            cmd.arg("bash");
-        }
-        let child = cmd
-            .arg("-c")
-            .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{port}; read -t 5 <&3"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let (s, _) = l.accept().unwrap();
-        (child, s)
-    }
-
-    #[test]
-    fn a_loopback_socket_of_this_users_child_is_own() {
-        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let (mut child, s) = child_connected(&l, &[]);
-        let own = is_own_socket(&s).unwrap();
-        drop(s);
-        let _ = child.wait();
-        assert!(own);
-        assert_eq!(proc_addr(&"127.0.0.1:80".parse().unwrap()), "0100007F:0050");
-    }
-
-    #[test]
-    fn a_loopback_socket_of_this_process_itself_is_not() {
-        // Before: any socket of this user was taken, whoever held it.
-        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (s, _) = l.accept().unwrap();
-        assert!(!is_own_socket(&s).unwrap());
-    }
-
-    #[test]
-    fn a_loopback_socket_of_another_user_is_not() {
-        // SAFETY: geteuid cannot fail and touches no memory.
-        if unsafe { libc::geteuid() } != 0 {
-            return; // Only root can connect as someone else.
-        }
-        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let setpriv = [
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-        ];
-        let (mut nobody, s) = child_connected(&l, &setpriv);
-        let own = is_own_socket(&s).unwrap();
-        drop(s);
-        let _ = nobody.wait();
-        assert!(!own, "a socket of user 65534 was taken for ours");
-    }
+    use std::net::Ipv4Addr;
+    use std::os::unix::net::UnixStream;
 
     /// A CA and one host certificate signed by it, both ends' files.
     fn pki(dir: &std::path::Path) -> crate::credentials::TlsFiles {
@@ -597,7 +480,7 @@ mod tests {
     /// A relay carrying one end of a socketpair through a TLS connection
     /// on the loopback, whose other end (the peer's) is returned too,
     /// with the socketpair's other end.
-    fn relay(idle: Duration) -> (Relay, TlsStream, UnixStream, tempfile::TempDir) {
+    fn relay(idle: Duration) -> (Carrying, TlsStream, UnixStream, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let config = TlsConfig::new(pki(dir.path())).unwrap();
         let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
@@ -610,7 +493,7 @@ mod tests {
         let ours = config.accept(tcp).unwrap();
         let peer = client.join().unwrap().unwrap();
         let (plain, criu) = UnixStream::pair().unwrap();
-        (carry(plain, ours, idle).unwrap(), peer, criu, dir)
+        (carry(plain.into(), ours, idle).unwrap(), peer, criu, dir)
     }
 
     #[test]
@@ -619,7 +502,7 @@ mod tests {
         let (relay, _peer, mut criu, _dir) = relay(Duration::from_millis(300));
         let (done, ended) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            relay.join();
+            relay.wait();
             let _ = done.send(());
         });
         assert!(
@@ -672,5 +555,43 @@ mod tests {
             "the relay ended while it carried: {got:?}"
         );
         drop(relay);
+    }
+
+    #[test]
+    fn a_side_channel_opened_with_the_ticket_carries_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = TlsConfig::new(pki(dir.path())).unwrap();
+        let lo = std::net::IpAddr::from(Ipv4Addr::LOCALHOST);
+        let mut dest = TlsChannels::new(config.clone(), Some((lo, lo)));
+        let mut source = TlsChannels::new(config, Some((lo, lo)));
+        let offer = dest.offer(Service::LazyPages).unwrap();
+        // A ticket with another token: the destination drops it and waits on.
+        let (port, token) = parse_ticket(offer.ticket()).unwrap();
+        let forged = ticket(port, &"0".repeat(token.len()));
+        let ticket = offer.ticket().to_vec();
+        let accepted = std::thread::spawn(move || offer.accept(Duration::from_secs(10)));
+        let _forger = source.open(Service::LazyPages, &forged).unwrap();
+        let opened = source.open(Service::LazyPages, &ticket).unwrap();
+        let (dest_fd, dest_carrying) = accepted.join().unwrap().unwrap().for_criu().unwrap();
+        let (mut criu_src, ours) = UnixStream::pair().unwrap();
+        let src_carrying = opened.attach(ours.into()).unwrap();
+        let mut criu_dst = UnixStream::from(dest_fd);
+        criu_dst.write_all(b"get").unwrap();
+        let mut got = [0u8; 3];
+        criu_src.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"get");
+        criu_src.write_all(b"page").unwrap();
+        let mut got = [0u8; 4];
+        criu_dst.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"page");
+        drop((dest_carrying, src_carrying));
+    }
+
+    #[test]
+    fn a_ticket_that_is_not_a_port_and_a_token_is_refused() {
+        assert_eq!(parse_ticket(b"7000"), None);
+        assert_eq!(parse_ticket(b"x 00"), None);
+        let token = "ab".repeat(TOKEN_BYTES);
+        assert_eq!(parse_ticket(&ticket(7000, &token)), Some((7000, token)));
     }
 }

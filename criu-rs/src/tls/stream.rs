@@ -150,7 +150,7 @@ impl TlsConfig {
         handshake(&mut s.conn, &mut s.sock, deadline).map_err(|e| e.explain(self))?;
         self.check_peer_name(s.conn.peer_certificates())?;
         await_acceptance(&mut s, deadline).map_err(|e| e.explain(self))?;
-        TlsStream::ready(Conn::Client(s), &self.files)
+        TlsStream::ready(Conn::Client(s), self)
     }
 
     /// The destination's side: authenticates the source on `tcp` (accepted
@@ -169,7 +169,7 @@ impl TlsConfig {
             .write_all(&[ACCEPTED])
             .and_then(|()| flush_tls(&mut s.conn, &mut s.sock))
             .map_err(|e| HandshakeError::Io(e).explain(self))?;
-        TlsStream::ready(Conn::Server(s), &self.files)
+        TlsStream::ready(Conn::Server(s), self)
     }
 }
 
@@ -523,7 +523,9 @@ enum Conn {
 /// secure CRIU's own connections with the same files.
 pub struct TlsStream {
     conn: Conn,
-    files: TlsFiles,
+    /// What the stream was set up with: its side channels (CRIU's own
+    /// connections) are set up the same way.
+    config: TlsConfig,
 }
 
 impl std::fmt::Debug for TlsStream {
@@ -537,7 +539,7 @@ impl std::fmt::Debug for TlsStream {
 impl TlsStream {
     /// After the handshake: the handshake's timeouts are lifted (the
     /// migration sets its own through [`Transport::prepare`]).
-    fn ready(mut conn: Conn, files: &TlsFiles) -> Result<TlsStream> {
+    fn ready(mut conn: Conn, config: &TlsConfig) -> Result<TlsStream> {
         // rustls encrypts at most 64 KiB of a write before sending it (its
         // default limit), one `writev` per 64 KiB: a migration's 1 MiB
         // writes go out in one call each with this limit.
@@ -547,7 +549,7 @@ impl TlsStream {
         }
         let s = TlsStream {
             conn,
-            files: files.clone(),
+            config: config.clone(),
         };
         s.tcp()
             .set_read_timeout(None)
@@ -634,7 +636,18 @@ impl Transport for TlsStream {
     }
 
     fn criu_tls(&self) -> Option<TlsFiles> {
-        Some(self.files.clone())
+        Some(self.config.files().clone())
+    }
+
+    /// One TLS connection of the crate's per CRIU connection, with this
+    /// stream's configuration, between its addresses (see
+    /// `crate::transfer::SideChannels`).
+    fn side_channels(&self) -> Option<Box<dyn crate::transfer::SideChannels>> {
+        let ends = self.tcp().ip_addresses().ok().flatten();
+        Some(Box::new(super::relay::TlsChannels::new(
+            self.config.clone(),
+            ends,
+        )))
     }
 
     fn interrupter(&self) -> Option<crate::transfer::Interrupter> {

@@ -30,9 +30,12 @@
 //!
 //! Inside: `frame` (header, messages, integers), `send`, `growing` (a
 //! directory sent while it is written), `receive` (with
-//! its limits) and `partial` (the private directory being received), and
-//! [`Transport`], the connected stream both ends use.
+//! its limits) and `partial` (the private directory being received),
+//! [`Transport`], the connected stream both ends use, and `channel`
+//! ([`SideChannels`]): CRIU's own connections of a migration, which a
+//! transport may carry beside its stream.
 
+mod channel;
 mod frame;
 mod growing;
 mod partial;
@@ -52,6 +55,10 @@ use crate::error::{Error, Result, TransferKind};
 // protocol from (a header once, then messages and directories) stay
 // inside the crate: the public API is one sender and the one receiver
 // that reads what it writes.
+#[cfg(feature = "tls")]
+pub(crate) use channel::{accept_polling, shut};
+pub use channel::{Carrying, CriuConnection, Offer, Service, SideChannels};
+pub(crate) use channel::{Dialer, LoopbackEnd};
 pub(crate) use frame::{read_header, recv_message, send_message, write_header};
 pub(crate) use growing::Growing;
 pub use receive::Limits;

@@ -27,7 +27,8 @@ pub trait Transport: Read + Write {
     /// (the default: none), or the error of a network stream that cannot
     /// tell them (a TCP stream whose peer reset it has no peer address).
     /// CRIU's own connections of a migration (page server, lazy pages) go
-    /// between these addresses unless the configuration names others.
+    /// between these addresses, unless the configuration names others or
+    /// the stream carries them itself ([`Transport::side_channels`]).
     fn ip_addresses(&self) -> io::Result<Option<(IpAddr, IpAddr)>> {
         Ok(None)
     }
@@ -37,6 +38,19 @@ pub trait Transport: Read + Write {
     /// the default: none, CRIU's connections are plain TCP unless the
     /// migration's configuration names files).
     fn criu_tls(&self) -> Option<crate::credentials::TlsFiles> {
+        None
+    }
+
+    /// How this stream carries CRIU's own connections of a migration (the
+    /// page server's, the lazy pages'): a factory that opens (source) and
+    /// accepts (destination) one more connection to the same peer per
+    /// service, for a stream that can (a `crate::tls::TlsStream` relays
+    /// them through TLS; a unix or vsock transport connects again to its
+    /// peer's listener). The default, none: CRIU connects by itself
+    /// between the IP addresses ([`Transport::ip_addresses`], or those
+    /// the migration's configuration names), and a stream without either
+    /// cannot carry the page-server and lazy strategies.
+    fn side_channels(&self) -> Option<Box<dyn super::SideChannels>> {
         None
     }
 
@@ -144,6 +158,10 @@ impl<T: Transport + ?Sized> Transport for &mut T {
 
     fn criu_tls(&self) -> Option<crate::credentials::TlsFiles> {
         (**self).criu_tls()
+    }
+
+    fn side_channels(&self) -> Option<Box<dyn super::SideChannels>> {
+        (**self).side_channels()
     }
 
     fn plain_socket(&self) -> Option<BorrowedFd<'_>> {

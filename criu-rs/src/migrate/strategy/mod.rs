@@ -17,12 +17,11 @@ use super::cancel::Cancel;
 use super::choice::{PreCopyPolicy, Strategy};
 use super::config::{Customize, DestConfig};
 use crate::client::Criu;
-use crate::credentials::TlsFiles;
 use crate::error::{Error, InvalidKind, Result};
 use crate::images::ImagesDir;
 use crate::options::Options;
 use crate::report::DumpReport;
-use crate::transfer::{Limits, TransferStats, Transport};
+use crate::transfer::{Limits, SideChannels, TransferStats, Transport};
 
 /// The source's part of a strategy, for one migration.
 pub(super) trait SourceSide: Sync {
@@ -153,60 +152,93 @@ pub(super) trait DestSide {
     }
 }
 
+/// How long the destination waits for the source to open a side channel
+/// it offered (the source opens it as soon as it hears of it).
+const OPEN_WITHIN: Duration = Duration::from_secs(30);
+
+/// How long a side channel whose daemon is done may take to pass on what
+/// is still in flight before it is hung up.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// How CRIU's own connections of a migration (page server, lazy pages)
+/// reach the other host.
+pub(super) enum Route {
+    /// CRIU connects by itself over TCP: `local` is this host's address,
+    /// `peer` the other host's, either unknown if `None`.
+    Direct {
+        local: Option<IpAddr>,
+        peer: Option<IpAddr>,
+    },
+    /// Through the side channels of the stream's transport.
+    Carried(Box<dyn SideChannels>),
+}
+
+impl Route {
+    /// The route of `stream`: its side channels if it carries CRIU's
+    /// connections itself, else CRIU's own TCP between the `named`
+    /// addresses (this host's, the peer's), or the stream's where none is
+    /// named.
+    pub(super) fn of(
+        stream: &dyn Transport,
+        (local, peer): (Option<IpAddr>, Option<IpAddr>),
+    ) -> Result<Route> {
+        let ends = stream.ip_addresses().map_err(super::wire::no_addresses)?;
+        Ok(match stream.side_channels() {
+            Some(channels) => Route::Carried(channels),
+            None => Route::Direct {
+                local: local.or(ends.map(|e| e.0)),
+                peer: peer.or(ends.map(|e| e.1)),
+            },
+        })
+    }
+}
+
 /// Starts the source's part of `strategy`: agrees with the destination on
-/// what the strategy needs before the dump. `addrs` are this host's and
-/// the destination's addresses for CRIU's own connections, `tls` the
-/// files that secure them, `policy` when pre-copy stops its passes.
+/// what the strategy needs before the dump. `route` is how CRIU's own
+/// connections reach the destination, `policy` when pre-copy stops its
+/// passes.
 pub(super) fn source_side(
     strategy: Strategy,
     stream: &mut dyn Transport,
-    addrs: Option<(IpAddr, IpAddr)>,
-    tls: Option<&TlsFiles>,
+    route: Route,
     policy: PreCopyPolicy,
 ) -> Result<Box<dyn SourceSide>> {
     Ok(match strategy {
         Strategy::StopAndCopy => Box::new(stop_and_copy::Source),
         Strategy::PreCopy => Box::new(pre_copy::Source::new(policy)),
-        Strategy::PageServer => Box::new(page_server::Source::connect(
-            stream,
-            need(addrs, strategy)?.1,
-            tls,
-        )?),
-        Strategy::Lazy => Box::new(lazy::Source::new(need(addrs, strategy)?.0)?),
+        Strategy::PageServer => Box::new(page_server::Source::connect(stream, route, strategy)?),
+        Strategy::Lazy => Box::new(lazy::Source::new(route, strategy)?),
     })
 }
 
-/// The destination's part of `strategy`; `local` and `peer` are this
-/// host's and the source's addresses for CRIU's own connections, when
-/// known; `memory` the source's estimate of the tree's memory, when it
-/// sent one.
+/// The destination's part of `strategy`; `route` is how CRIU's own
+/// connections reach the source; `memory` the source's estimate of the
+/// tree's memory, when it sent one.
 pub(super) fn dest_side<'c>(
     strategy: Strategy,
     cfg: &'c DestConfig<'_>,
-    (local, peer): (Option<IpAddr>, Option<IpAddr>),
+    route: Route,
     memory: Option<u64>,
 ) -> Result<Box<dyn DestSide + 'c>> {
     Ok(match strategy {
         Strategy::StopAndCopy => Box::new(stop_and_copy::Dest),
         Strategy::PreCopy => Box::new(pre_copy::Dest),
-        Strategy::PageServer => {
-            Box::new(page_server::Dest::new(cfg, need(local, strategy)?, memory))
-        }
-        Strategy::Lazy => Box::new(lazy::Dest::new(cfg, peer)),
+        Strategy::PageServer => Box::new(page_server::Dest::new(cfg, route, strategy, memory)?),
+        Strategy::Lazy => Box::new(lazy::Dest::new(cfg, route)),
     })
 }
 
-/// The addresses a strategy with connections of CRIU's own cannot do
+/// The address a strategy whose CRIU connects by itself cannot do
 /// without.
-fn need<T>(addrs: Option<T>, strategy: Strategy) -> Result<T> {
-    addrs.ok_or_else(|| {
+fn need<T>(addr: Option<T>, strategy: Strategy) -> Result<T> {
+    addr.ok_or_else(|| {
         Error::invalid(
             None,
             InvalidKind::Missing,
             format!(
-                "the {strategy} strategy needs CRIU's own TCP connections between the hosts, \
-                 and the stream is not TCP: name the addresses (SourceConfig::criu_addresses, \
-                 DestConfig::criu_address)"
+                "the {strategy} strategy needs CRIU's own connections between the hosts, and \
+                 the stream is not TCP and carries none itself (Transport::side_channels): \
+                 name the addresses (SourceConfig::criu_addresses, DestConfig::criu_address)"
             ),
         )
     })

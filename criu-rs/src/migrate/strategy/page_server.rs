@@ -2,59 +2,67 @@
 //! memory pages straight into it over CRIU's own connection, and the
 //! other images follow over the stream.
 //!
-//! Over TLS (feature `tls` and TLS files), CRIU's connection is carried
-//! by the crate's relays inside a rustls connection of its own between the
-//! hosts (see `crate::tls`): the dump connects to a loopback port of the
-//! source's relay, and the destination's page server is handed a
-//! socketpair to its relay (`--ps-socket`). Without the feature, CRIU's
-//! own TLS (GnuTLS) secures it.
+//! CRIU's connection goes where the route says: over TCP straight to the
+//! page server's port on the destination's address, or through the
+//! transport's side channel (`crate::transfer::SideChannels`: TLS, a unix
+//! or vsock transport), which the dump reaches on a loopback port of the
+//! source and the page server over a socketpair (`--ps-socket`).
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::{DestSide, Inbound, Received, SourceSide};
-use crate::credentials::TlsFiles;
+use super::{need, DestSide, Inbound, Received, Route, SourceSide, CLOSE_GRACE, OPEN_WITHIN};
 use crate::daemon::{free_port, Daemon, DaemonConfig};
 use crate::error::{Error, Result, SourceState, Step, TransferKind};
 use crate::images::ImagesDir;
+use crate::migrate::choice::Strategy;
 use crate::migrate::config::DestConfig;
 use crate::migrate::wire::{self, failed, unexpected, Msg};
 use crate::options::Options;
 use crate::pidfd::Pidfd;
 use crate::report::DumpReport;
-use crate::transfer::{Interrupter, Transport};
+use crate::transfer::{Carrying, Interrupter, LoopbackEnd, Service, SideChannels, Transport};
 
 /// The size of the pages CRIU counts.
 const PAGE_SIZE: u64 = 4096;
 
 pub(super) struct Source {
     page_server: SocketAddr,
-    #[cfg(feature = "tls")]
-    relay: Option<crate::tls::relay::LocalEnd>,
+    /// Through the transport: the loopback end the dump connects to.
+    carried: Option<LoopbackEnd>,
 }
 
 impl Source {
-    /// Waits for the destination's page server, reached at `peer`; over
-    /// TLS, through a relay authenticated with `tls`.
+    /// Waits for the destination's page server: on the destination's
+    /// address (`Route::Direct`), or through the side channel the
+    /// destination offers.
     pub(super) fn connect(
         stream: &mut dyn Transport,
-        peer: IpAddr,
-        tls: Option<&TlsFiles>,
+        route: Route,
+        strategy: Strategy,
     ) -> Result<Source> {
-        match wire::recv(stream)? {
-            Msg::PageServerReady { port } => Ok(Source {
+        let (peer, channels) = match route {
+            Route::Direct { peer, .. } => (Some(need(peer, strategy)?), None),
+            Route::Carried(channels) => (None, Some(channels)),
+        };
+        match (wire::recv(stream)?, peer, channels) {
+            (Msg::PageServerReady { port }, Some(peer), _) => Ok(Source {
                 page_server: SocketAddr::new(peer, port),
-                #[cfg(feature = "tls")]
-                relay: None,
+                carried: None,
             }),
-            Msg::PageServerRelay { port, token } => {
-                relayed(SocketAddr::new(peer, port), tls, &token)
+            (Msg::CriuChannel { ticket }, _, Some(mut channels)) => {
+                let end = LoopbackEnd::start(channels.open(Service::PageServer, &ticket)?)?;
+                Ok(Source {
+                    page_server: end.addr(),
+                    carried: Some(end),
+                })
             }
-            Msg::Failed { message, .. } => Err(failed(
+            (Msg::Failed { message, .. }, _, _) => Err(failed(
                 Step::Handshake,
                 SourceState::Untouched,
                 format!(
@@ -63,49 +71,15 @@ impl Source {
                 ),
                 None,
             )),
-            other => Err(unexpected(
+            (other, _, _) => Err(unexpected(
                 Step::Handshake,
                 SourceState::Untouched,
-                "the page server's port",
+                "the page server's port, or its channel through the transport (both ends must \
+                 carry CRIU's connections the same way)",
                 &other,
             )),
         }
     }
-}
-
-/// Connects to the destination's relay at `dest` and starts this side's.
-#[cfg(feature = "tls")]
-fn relayed(dest: SocketAddr, tls: Option<&TlsFiles>, token: &str) -> Result<Source> {
-    let files = tls.ok_or_else(|| {
-        failed(
-            Step::Handshake,
-            SourceState::Untouched,
-            "the destination relays its page server through TLS, and this source has no TLS \
-             files: migrate over a TlsStream (or name the files, SourceConfig::criu_tls)",
-            None,
-        )
-    })?;
-    let config = crate::tls::TlsConfig::new(files.clone())?;
-    let tcp = std::net::TcpStream::connect_timeout(&dest, std::time::Duration::from_secs(10))
-        .map_err(|e| Error::io(format!("connecting to the page-server relay at {dest}"), e))?;
-    let mut tls = config.connect(tcp)?;
-    crate::tls::relay::present_token(&mut tls, token)?;
-    let relay = crate::tls::relay::LocalEnd::start(tls)?;
-    Ok(Source {
-        page_server: relay.addr(),
-        relay: Some(relay),
-    })
-}
-
-#[cfg(not(feature = "tls"))]
-fn relayed(_dest: SocketAddr, _tls: Option<&TlsFiles>, _token: &str) -> Result<Source> {
-    Err(failed(
-        Step::Handshake,
-        SourceState::Untouched,
-        "the destination relays its page server through the crate's TLS, and this build of \
-         the source has no feature `tls`",
-        None,
-    ))
 }
 
 impl SourceSide for Source {
@@ -113,9 +87,8 @@ impl SourceSide for Source {
         o.page_server(self.page_server);
     }
 
-    #[cfg(feature = "tls")]
     fn carries_criu_tls(&self) -> bool {
-        self.relay.is_some()
+        self.carried.is_some()
     }
 
     /// The pages CRIU wrote into the page server: private and shared
@@ -131,25 +104,37 @@ impl SourceSide for Source {
 
 pub(super) struct Dest<'c> {
     cfg: &'c DestConfig<'c>,
-    local: IpAddr,
+    /// Where the page server listens (CRIU's own TCP).
+    local: Option<IpAddr>,
+    /// Or the transport's side channels, which carry its connection.
+    channels: Option<Box<dyn SideChannels>>,
     memory: Option<u64>,
-    /// The relay to the page server, over TLS: hung up and joined when
-    /// dropped, on every path out of the migration.
-    #[cfg(feature = "tls")]
-    relay: Option<crate::tls::relay::Relay>,
+    /// What carries the page server's connection, through the transport:
+    /// ended when the page server is done, on every path out of the
+    /// migration.
+    carrying: Option<Carrying>,
 }
 
 impl<'c> Dest<'c> {
-    /// `local`: where the page server (or its relay) listens; `memory`:
-    /// the source's estimate of its tree's memory.
-    pub(super) fn new(cfg: &'c DestConfig<'c>, local: IpAddr, memory: Option<u64>) -> Dest<'c> {
-        Dest {
+    /// `route`: where the page server listens, or what carries its
+    /// connection; `memory`: the source's estimate of its tree's memory.
+    pub(super) fn new(
+        cfg: &'c DestConfig<'c>,
+        route: Route,
+        strategy: Strategy,
+        memory: Option<u64>,
+    ) -> Result<Dest<'c>> {
+        let (local, channels) = match route {
+            Route::Direct { local, .. } => (Some(need(local, strategy)?), None),
+            Route::Carried(channels) => (None, Some(channels)),
+        };
+        Ok(Dest {
             cfg,
             local,
+            channels,
             memory,
-            #[cfg(feature = "tls")]
-            relay: None,
-        }
+            carrying: None,
+        })
     }
 
     /// The bytes the page server may write (the limits' total, and the
@@ -171,59 +156,66 @@ impl<'c> Dest<'c> {
         }
     }
 
-    /// Starts the page server listening on this host's address, and tells
-    /// the source.
-    fn listening(&self, at: &mut Inbound<'_>, budget: u64) -> Result<(Daemon, ImagesDir)> {
+    /// Starts the page server listening on `local`, and tells the source.
+    fn listening(
+        &self,
+        at: &mut Inbound<'_>,
+        local: IpAddr,
+        budget: u64,
+    ) -> Result<(Daemon, ImagesDir)> {
         let images = at.create_images()?;
-        let addr = free_port(self.local)?;
+        let addr = free_port(local)?;
         let server = bounded(&self.cfg.daemons, budget).page_server(&images, addr)?;
         wire::send(at.stream, &Msg::PageServerReady { port: addr.port() })?;
         Ok((server, images))
     }
 
-    /// Starts the page server on a socketpair to a relay, tells the source
-    /// where the relay listens, and waits for it to connect and
-    /// authenticate.
-    #[cfg(feature = "tls")]
-    fn relayed(
+    /// Offers the source a side channel, starts the page server on a
+    /// socketpair, tells the source the channel's ticket, and waits for
+    /// the source to open it; the channel is then carried into the
+    /// socketpair.
+    fn carried(
         &mut self,
         at: &mut Inbound<'_>,
-        files: &TlsFiles,
+        channels: &mut dyn SideChannels,
         budget: u64,
     ) -> Result<(Daemon, ImagesDir)> {
-        use std::os::fd::OwnedFd;
-        let config = crate::tls::TlsConfig::new(files.clone())?;
-        let listen = |e| Error::io("listening for the source's page-server relay", e);
-        let listener = std::net::TcpListener::bind((self.local, 0)).map_err(listen)?;
-        let port = listener.local_addr().map_err(listen)?.port();
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+        let offer = channels.offer(Service::PageServer)?;
+        let (ours, theirs) = UnixStream::pair()
             .map_err(|e| Error::io("creating the page server's socketpair", e))?;
         let images = at.create_images()?;
-        let server =
-            bounded(&self.cfg.daemons, budget).page_server_on(&images, &OwnedFd::from(theirs))?;
-        let token = crate::tls::relay::new_token()?;
-        wire::send(
-            at.stream,
-            &Msg::PageServerRelay {
-                port,
-                token: token.clone(),
-            },
-        )?;
-        let tls = crate::tls::relay::accept_peer(&listener, &config, &token)?;
-        let idle = self.cfg.daemon_timeout.min(crate::tls::relay::IDLE);
-        let relay = crate::tls::relay::carry(ours, tls, idle)
-            .map_err(|e| Error::io("starting the page-server relay", e))?;
-        self.relay = Some(relay);
+        let server = bounded(&self.cfg.daemons, budget).page_server_on(&images, &theirs.into())?;
+        let ticket = offer.ticket().to_vec();
+        wire::send(at.stream, &Msg::CriuChannel { ticket })?;
+        let conn = offer.accept(self.cfg.daemon_timeout.min(OPEN_WITHIN))?;
+        let carrying = conn
+            .attach(ours.into())
+            .map_err(|e| Error::io("carrying the page server's connection", e))?;
+        self.carrying = Some(carrying);
         Ok((server, images))
     }
 
-    /// The page server, relayed through the crate's TLS where it can be.
+    /// The page server, its connection carried by the transport where it
+    /// can be.
     fn start_server(&mut self, at: &mut Inbound<'_>, budget: u64) -> Result<(Daemon, ImagesDir)> {
-        #[cfg(feature = "tls")]
-        if let Some(files) = self.cfg.daemons.tls_files() {
-            return self.relayed(at, &files.clone(), budget);
+        match (self.channels.take(), self.local) {
+            (Some(mut channels), _) => self.carried(at, channels.as_mut(), budget),
+            (None, Some(local)) => self.listening(at, local, budget),
+            (None, None) => Err(Error::invalid(
+                None,
+                crate::error::InvalidKind::Missing,
+                "the page server has neither an address nor a channel",
+            )),
         }
-        self.listening(at, budget)
+    }
+
+    /// Ends what carries the page server's connection: at once after a
+    /// failure, after what is in flight has passed after a success.
+    fn end_carrying(&mut self, succeeded: bool) {
+        match (self.carrying.take(), succeeded) {
+            (Some(c), true) => c.finish(CLOSE_GRACE),
+            (c, _) => drop(c),
+        }
     }
 }
 
@@ -245,9 +237,8 @@ impl DestSide for Dest<'_> {
             server.wait_unless(self.cfg.daemon_timeout, || cancel.is_cancelled())?;
             Ok(transfer)
         });
-        // The page server is done (or failed): so is its relay.
-        #[cfg(feature = "tls")]
-        drop(self.relay.take());
+        // The page server is done (or failed): so is its connection.
+        self.end_carrying(received.is_ok());
         match watch.finish() {
             Some(written) => Err(limit(format!(
                 "the page server had written {written} bytes, the {budget} this host \
