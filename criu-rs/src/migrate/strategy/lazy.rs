@@ -5,17 +5,60 @@
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use super::{stop_and_copy, DestSide, Inbound, Received, SourceSide};
+use serde::{Deserialize, Serialize};
+
+use super::{DestStrategy, DumpPlan, Restored, Running, SourceStrategy};
 use crate::daemon::{free_port, Daemon};
-use crate::error::{Error, InvalidKind, Result, SourceState, Step, TransferKind};
+use crate::error::{Error, InvalidKind, Result, TransferKind};
+use crate::migrate::choice::Strategy;
 use crate::migrate::config::DestConfig;
-use crate::migrate::wire::{self, unexpected, Msg};
-use crate::options::Options;
-use crate::transfer::Transport;
 use crate::tree::children_holding;
 
 /// How long a lazy dump may take to end after the hang-up.
 const HANG_UP_GRACE: Duration = Duration::from_millis(500);
+
+/// The lazy strategy's own message, from the source.
+#[derive(Debug, Serialize, Deserialize)]
+enum Own {
+    /// The lazy dump serves its pages at this address.
+    Source { addr: SocketAddr },
+}
+
+/// The lazy strategy's source side: how long the dump may serve the pages
+/// once the destination restored ([`SourceConfig::lazy_timeout`](
+/// crate::migrate::SourceConfig::lazy_timeout)).
+pub(super) struct Lazy {
+    timeout: Duration,
+}
+
+impl Lazy {
+    pub(super) fn new(timeout: Duration) -> Lazy {
+        Lazy { timeout }
+    }
+}
+
+impl SourceStrategy for Lazy {
+    fn name(&self) -> &str {
+        Strategy::Lazy.name()
+    }
+
+    /// Dumps every image but memory (the tree held), sends them and where
+    /// the pages are served, and serves them until the restored tree has
+    /// them all.
+    fn run(&mut self, source: &mut super::Source<'_>) -> Result<Restored> {
+        let serve_at = Source::new(source.criu_addresses()?.0)?.serve_at;
+        let plan = DumpPlan::new()
+            .options(move |o| {
+                o.lazy_pages(true).lazy_pages_address(serve_at);
+            })
+            .serves_pages(self.timeout, move || Source { serve_at }.unblock_dump());
+        let dump = source.dump(plan)?;
+        let mut images = source.images_ready(dump)?;
+        source.send_images(&mut images)?;
+        source.send(&Own::Source { addr: serve_at })?;
+        source.await_restore(images)
+    }
+}
 
 pub(super) struct Source {
     serve_at: SocketAddr,
@@ -27,25 +70,6 @@ impl Source {
         Ok(Source {
             serve_at: free_port(local)?,
         })
-    }
-}
-
-impl SourceSide for Source {
-    fn dump_options(&self, o: &mut Options<'_>) {
-        o.lazy_pages(true).lazy_pages_address(self.serve_at);
-    }
-
-    fn serves_after_images(&self) -> bool {
-        true
-    }
-
-    fn after_images(&self, stream: &mut dyn Transport) -> Result<()> {
-        wire::send(
-            stream,
-            &Msg::LazySource {
-                addr: self.serve_at,
-            },
-        )
     }
 
     /// A dump still waiting for a lazy-pages daemon ends when one connects
@@ -110,42 +134,27 @@ impl<'c> Dest<'c> {
     }
 }
 
-impl DestSide for Dest<'_> {
-    /// Receives the images, learns where the source serves its pages, and
-    /// starts the lazy-pages daemon that will fetch them.
-    fn receive(&mut self, at: Inbound<'_>) -> Result<Received> {
-        let received = stop_and_copy::Dest.receive(Inbound {
-            stream: &mut *at.stream,
-            work_dir: at.work_dir,
-            images: at.images,
-            limits: at.limits,
-            created: &mut *at.created,
-        })?;
-        let addr = match wire::recv(at.stream)? {
-            Msg::LazySource { addr } => addr,
-            other => {
-                return Err(unexpected(
-                    Step::Transfer,
-                    SourceState::Unknown,
-                    "the lazy source's address",
-                    &other,
-                ))
-            }
-        };
+impl DestStrategy for Dest<'_> {
+    fn name(&self) -> &str {
+        Strategy::Lazy.name()
+    }
+
+    /// Receives the images, learns where the source serves its pages,
+    /// starts the lazy-pages daemon that will fetch them, restores, and
+    /// waits until the daemon has every page.
+    fn run(&mut self, dest: &mut super::Dest<'_>) -> Result<Running> {
+        let received = dest.receive_images()?;
+        let Own::Source { addr } = dest.recv()?;
         let addr = self.source_at(addr)?;
-        self.daemon = Some(self.cfg.daemons.lazy_pages(&received.images, addr)?);
-        Ok(received)
-    }
-
-    fn restore_options(&self, o: &mut Options<'_>) {
-        o.lazy_pages(true);
-    }
-
-    fn after_restore(self: Box<Self>, timeout: Duration) -> Result<()> {
+        let daemon = self.cfg.daemons.lazy_pages(received.images(), addr)?;
+        self.daemon = Some(daemon);
+        let running = dest.restore(received, |o| {
+            o.lazy_pages(true);
+        })?;
         let cancel = &self.cfg.cancel;
-        match self.daemon {
-            Some(d) => d.wait_unless(timeout, || cancel.is_cancelled()),
-            None => Ok(()),
+        if let Some(d) = self.daemon.take() {
+            d.wait_unless(self.cfg.daemon_timeout, || cancel.is_cancelled())?;
         }
+        Ok(running)
     }
 }

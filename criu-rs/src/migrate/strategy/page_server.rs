@@ -16,20 +16,34 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::{DestSide, Inbound, Received, SourceSide};
+use serde::{Deserialize, Serialize};
+
+use super::{DestStrategy, DumpPlan, Inbound, Received, Restored, Running, SourceStrategy};
 use crate::credentials::TlsFiles;
 use crate::daemon::{free_port, Daemon, DaemonConfig};
 use crate::error::{Error, Result, SourceState, Step, TransferKind};
 use crate::images::ImagesDir;
+use crate::migrate::choice::Strategy;
 use crate::migrate::config::DestConfig;
-use crate::migrate::wire::{self, failed, unexpected, Msg};
-use crate::options::Options;
+use crate::migrate::wire::{self, failed};
 use crate::pidfd::Pidfd;
 use crate::report::DumpReport;
 use crate::transfer::{Interrupter, Transport};
 
 /// The size of the pages CRIU counts.
 const PAGE_SIZE: u64 = 4096;
+
+/// The page-server strategy's own messages, from the destination.
+#[derive(Debug, Serialize, Deserialize)]
+enum Own {
+    /// The destination's page server listens on this port.
+    Ready { port: u16 },
+    /// The destination's relay to its page server listens on this port,
+    /// for one connection of the crate's TLS (see `crate::tls`), whose
+    /// client must first send `token` (hex; one-time, so that only the
+    /// peer of this stream, not any holder of a certificate, is relayed).
+    Relay { port: u16, token: String },
+}
 
 pub(super) struct Source {
     page_server: SocketAddr,
@@ -45,16 +59,8 @@ impl Source {
         peer: IpAddr,
         tls: Option<&TlsFiles>,
     ) -> Result<Source> {
-        match wire::recv(stream)? {
-            Msg::PageServerReady { port } => Ok(Source {
-                page_server: SocketAddr::new(peer, port),
-                #[cfg(feature = "tls")]
-                relay: None,
-            }),
-            Msg::PageServerRelay { port, token } => {
-                relayed(SocketAddr::new(peer, port), tls, &token)
-            }
-            Msg::Failed { message, .. } => Err(failed(
+        let own = wire::recv_own(stream, |message, _, _| {
+            failed(
                 Step::Handshake,
                 SourceState::Untouched,
                 format!(
@@ -62,13 +68,15 @@ impl Source {
                      the source was not touched"
                 ),
                 None,
-            )),
-            other => Err(unexpected(
-                Step::Handshake,
-                SourceState::Untouched,
-                "the page server's port",
-                &other,
-            )),
+            )
+        })?;
+        match own {
+            Own::Ready { port } => Ok(Source {
+                page_server: SocketAddr::new(peer, port),
+                #[cfg(feature = "tls")]
+                relay: None,
+            }),
+            Own::Relay { port, token } => relayed(SocketAddr::new(peer, port), tls, &token),
         }
     }
 }
@@ -108,25 +116,61 @@ fn relayed(_dest: SocketAddr, _tls: Option<&TlsFiles>, _token: &str) -> Result<S
     ))
 }
 
-impl SourceSide for Source {
-    fn dump_options(&self, o: &mut Options<'_>) {
-        o.page_server(self.page_server);
+/// The page-server strategy's source side.
+pub(super) struct PageServer;
+
+impl SourceStrategy for PageServer {
+    fn name(&self) -> &str {
+        Strategy::PageServer.name()
     }
 
+    /// Waits for the destination's page server, dumps into it (the tree
+    /// held), sends the other images once the dump is over, and waits for
+    /// the restore.
+    fn run(&mut self, source: &mut super::Source<'_>) -> Result<Restored> {
+        let peer = source.criu_addresses()?.1;
+        let tls = source.criu_tls();
+        // The relay, if any, lives until the dump is over (to the end of
+        // this function).
+        let server = Source::connect(source.stream(), peer, tls)?;
+        let at = server.page_server;
+        let mut plan = DumpPlan::new().options(move |o| {
+            o.page_server(at);
+        });
+        if server.carries_criu_tls() {
+            plan = plan.without_criu_tls();
+        }
+        let dump = source.dump(plan)?;
+        let mut images = source.images_ready(dump)?;
+        source.send_images(&mut images)?;
+        let restored = source.await_restore(images)?;
+        let bytes = bytes_beside_stream(restored.dump());
+        Ok(restored.carried_beside(bytes))
+    }
+}
+
+impl Source {
+    /// Whether the strategy carries CRIU's own connection through the
+    /// crate's TLS itself (then CRIU must not add its own).
     #[cfg(feature = "tls")]
     fn carries_criu_tls(&self) -> bool {
         self.relay.is_some()
     }
 
-    /// The pages CRIU wrote into the page server: private and shared
-    /// memory (`shpages_written`) alike.
-    fn bytes_beside_stream(&self, dump: &DumpReport) -> u64 {
-        let pages = dump
-            .stats
-            .as_ref()
-            .map_or(0, |s| s.pages_written + s.shpages_written.unwrap_or(0));
-        pages * PAGE_SIZE
+    #[cfg(not(feature = "tls"))]
+    fn carries_criu_tls(&self) -> bool {
+        false
     }
+}
+
+/// The pages CRIU wrote into the page server: private and shared memory
+/// (`shpages_written`) alike.
+fn bytes_beside_stream(dump: &DumpReport) -> u64 {
+    let pages = dump
+        .stats
+        .as_ref()
+        .map_or(0, |s| s.pages_written + s.shpages_written.unwrap_or(0));
+    pages * PAGE_SIZE
 }
 
 pub(super) struct Dest<'c> {
@@ -177,7 +221,7 @@ impl<'c> Dest<'c> {
         let images = at.create_images()?;
         let addr = free_port(self.local)?;
         let server = bounded(&self.cfg.daemons, budget).page_server(&images, addr)?;
-        wire::send(at.stream, &Msg::PageServerReady { port: addr.port() })?;
+        wire::send_own(at.stream, &Own::Ready { port: addr.port() })?;
         Ok((server, images))
     }
 
@@ -202,9 +246,9 @@ impl<'c> Dest<'c> {
         let server =
             bounded(&self.cfg.daemons, budget).page_server_on(&images, &OwnedFd::from(theirs))?;
         let token = crate::tls::relay::new_token()?;
-        wire::send(
+        wire::send_own(
             at.stream,
-            &Msg::PageServerRelay {
+            &Own::Relay {
                 port,
                 token: token.clone(),
             },
@@ -227,7 +271,18 @@ impl<'c> Dest<'c> {
     }
 }
 
-impl DestSide for Dest<'_> {
+impl DestStrategy for Dest<'_> {
+    fn name(&self) -> &str {
+        Strategy::PageServer.name()
+    }
+
+    fn run(&mut self, dest: &mut super::Dest<'_>) -> Result<Running> {
+        let received = self.receive(dest.inbound())?;
+        dest.restore(received, |_| {})
+    }
+}
+
+impl Dest<'_> {
     /// Starts the page server into `images_path`, tells the source where it
     /// listens, then receives the other images beside the pages and moves
     /// them in once the dump is over.
@@ -254,7 +309,7 @@ impl DestSide for Dest<'_> {
                  takes (Limits::max_total_bytes, and the free space of the work directory's \
                  file system less Limits::keep_free); it was killed"
             ))),
-            None => received.map(|transfer| Received { images, transfer }),
+            None => received.map(|transfer| Received::new(images, transfer)),
         }
     }
 }
