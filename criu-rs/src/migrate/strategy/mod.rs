@@ -81,19 +81,47 @@ use super::steps::Inbound;
 use super::wire;
 use crate::error::{Error, InvalidKind, Result, SourceState, Step};
 
-/// The registration of the built-in strategies, source side: the
-/// strategy `cfg` names, with its settings.
-pub(super) fn source(cfg: &SourceConfig<'_>) -> Box<dyn SourceStrategy> {
-    match cfg.strategy {
-        Strategy::StopAndCopy => Box::new(stop_and_copy::Source),
-        Strategy::PreCopy => Box::new(pre_copy::Source::new(cfg.pre_copy)),
-        Strategy::PageServer => Box::new(page_server::PageServer),
-        Strategy::Lazy => Box::new(lazy::Lazy::new(cfg.lazy_timeout)),
+/// Makes a built-in strategy's source side, with its settings from the
+/// caller's config.
+type MakeSource = fn(&SourceConfig<'_>) -> Box<dyn SourceStrategy>;
+
+/// Runs a built-in strategy's destination side.
+type RunDest = fn(&mut Dest<'_>) -> Result<Running>;
+
+/// The registration of the built-in strategies, one arm each: how the
+/// source side is made (its settings taken from the caller's config, the
+/// driver reads none of them), and how the destination side runs.
+fn registered(strategy: Strategy) -> (MakeSource, RunDest) {
+    match strategy {
+        Strategy::StopAndCopy => (
+            |_| Box::new(stop_and_copy::Source),
+            |d| stop_and_copy::Dest.run(d),
+        ),
+        Strategy::PreCopy => (
+            |c| Box::new(pre_copy::Source::new(c.pre_copy)),
+            |d| pre_copy::Dest.run(d),
+        ),
+        Strategy::PageServer => (
+            |_| Box::new(page_server::PageServer),
+            |d| {
+                let local = need(d.criu_address(), Strategy::PageServer)?;
+                page_server::Dest::new(d.config(), local, d.memory()).run(d)
+            },
+        ),
+        Strategy::Lazy => (
+            |c| Box::new(lazy::Lazy::new(c.lazy_timeout)),
+            |d| lazy::Dest::new(d.config(), d.criu_peer()).run(d),
+        ),
     }
 }
 
-/// The registration of the built-in strategies, destination side: the
-/// one named `name` in the source's hello.
+/// The built-in strategy `cfg` names, source side.
+pub(super) fn source(cfg: &SourceConfig<'_>) -> Box<dyn SourceStrategy> {
+    (registered(cfg.strategy).0)(cfg)
+}
+
+/// The built-in strategy named `name` in the source's hello, destination
+/// side.
 pub(super) fn dest(name: &str) -> Result<Box<dyn DestStrategy>> {
     let strategy: Strategy = name.parse().map_err(|e: String| {
         wire::failed(
@@ -115,15 +143,7 @@ impl DestStrategy for BuiltIn {
     }
 
     fn run(&mut self, dest: &mut Dest<'_>) -> Result<Running> {
-        match self.0 {
-            Strategy::StopAndCopy => stop_and_copy::Dest.run(dest),
-            Strategy::PreCopy => pre_copy::Dest.run(dest),
-            Strategy::PageServer => {
-                let local = need(dest.criu_address(), self.0)?;
-                page_server::Dest::new(dest.config(), local, dest.memory()).run(dest)
-            }
-            Strategy::Lazy => lazy::Dest::new(dest.config(), dest.criu_peer()).run(dest),
-        }
+        (registered(self.0).1)(dest)
     }
 }
 
