@@ -14,7 +14,10 @@
 //!   directory (sizes checked before anything is read).
 //! * [`migrate`]: a tree moved through a registry, its source kept
 //!   stopped, not killed, until the destination has restored it (with
-//!   criu-rs's `criu::migrate::hold`).
+//!   criu-rs's `criu::migrate::hold`); [`strategy`]: the same route as a
+//!   strategy of `criu::migrate` ([`strategy::PushTo`],
+//!   [`strategy::PullFrom`]), run over a migration's stream with
+//!   `criu::migrate::send_with` / `receive_with`.
 //!
 //! # Through a cluster's own registry
 //!
@@ -50,6 +53,7 @@ pub mod image;
 pub mod layout;
 pub mod migrate;
 pub mod registry;
+pub mod strategy;
 mod stream;
 
 pub use annotations::HostFacts;

@@ -198,7 +198,10 @@ impl std::io::Read for BreaksOnLazySource {
 
 impl std::io::Write for BreaksOnLazySource {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if buf.windows(10).any(|w| w == b"LazySource") {
+        // The lazy strategy's own message `Source { addr }`, as the
+        // driver frames it.
+        let lazy_source = br#"{"Strategy":{"Source":"#;
+        if buf.windows(lazy_source.len()).any(|w| w == lazy_source) {
             return Err(std::io::ErrorKind::BrokenPipe.into());
         }
         self.0.write(buf)
@@ -231,10 +234,12 @@ fn a_lost_lazy_source_message_ends_the_lazy_dump_and_resumes_the_source() {
                 .work_dir(s)
                 .criu_addresses(LO, LO)
         },
-        |d| DestConfig::new().work_dir(d).criu_address(LO),
+        |d| DestConfig::new().work_dir(d).criu_address(LO).criu_peer(LO),
     );
     let e = run.src.expect_err("the source fails");
     assert_eq!(e.source_state(), Some(SourceState::Resumed), "{e}");
+    // The break, not anything before it.
+    assert_eq!(e.cause().transfer_kind(), Some(TransferKind::Stream), "{e}");
     assert!(run.dst.is_err(), "the destination fails too");
     assert!(
         sc.w.is_running() && sc.w.advances(WAIT),
@@ -825,7 +830,7 @@ fn a_page_server_that_passes_the_destinations_limits_is_killed() {
                     serde_json::json!({"Hello": {"strategy": "page-server", "memory": 4096}});
                 write_message(s, &hello);
                 let ready = read_message(s);
-                let port = ready["PageServerReady"]["port"].as_u64().expect("a port") as u16;
+                let port = ready["Strategy"]["Ready"]["port"].as_u64().expect("a port") as u16;
                 let dir = criu::ImagesDir::create(&images).unwrap();
                 let mut o = criu::Options::new();
                 o.pid(pid)
@@ -918,7 +923,7 @@ fn a_lazy_source_on_another_host_than_the_peers_is_refused() {
                 let hello = serde_json::json!({"Hello": {"strategy": "lazy"}});
                 write_message(s, &hello);
                 send_files(s, images.path());
-                let elsewhere = serde_json::json!({"LazySource": {"addr": decoy_addr}});
+                let elsewhere = serde_json::json!({"Strategy": {"Source": {"addr": decoy_addr}}});
                 write_message(s, &elsewhere);
                 // The destination's answer, then hang up.
                 let _ = try_read_message(s);

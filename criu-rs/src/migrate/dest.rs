@@ -1,6 +1,7 @@
-//! The destination side: receive the images the way the strategy says,
-//! restore the tree as a child of this process, continue it, report, and
-//! keep it unless the source explicitly aborts.
+//! The destination side: the hello, then the strategy's own sequence
+//! (`steps::DestStrategy::run`: receive, restore the tree as a child of
+//! this process and continue it), then the source's verdict: the copy is
+//! kept unless the source explicitly aborts.
 
 use std::ops::ControlFlow;
 use std::sync::mpsc;
@@ -10,7 +11,8 @@ use super::cancel::Cancel;
 use super::config::DestConfig;
 use super::hold::continue_tree;
 use super::report::DestReport;
-use super::strategy::{self, Created, DestSide, Inbound, Received};
+use super::steps::{Created, Dest, DestStrategy, Running};
+use super::strategy;
 use super::wire::{self, failed, unexpected, Msg};
 use crate::child::RestoredChild;
 use crate::client::Criu;
@@ -20,10 +22,18 @@ use crate::options::Options;
 use crate::report::RestoreReport;
 use crate::transfer::{read_header, Transport};
 
+/// Which strategy receives: the one the caller gave, or the built-in
+/// the hello names.
+pub(super) enum Choose<'a> {
+    Given(&'a mut dyn DestStrategy),
+    BuiltIn,
+}
+
 pub(super) fn receive(
     criu: &Criu,
     stream: &mut dyn Transport,
     mut cfg: DestConfig<'_>,
+    strategy: Choose<'_>,
 ) -> Result<DestReport> {
     if let Some(files) = cfg.criu_tls.clone().or_else(|| stream.criu_tls()) {
         cfg.daemons.tls(&files);
@@ -40,7 +50,7 @@ pub(super) fn receive(
     };
     let limit = TimeLimit::start(cfg.time_limit, &cancel);
     let woken = cancel.on_cancel(stream.interrupter());
-    let r = receive_inner(criu, stream, &cfg, &mut created, &mut step);
+    let r = receive_inner(criu, stream, &cfg, &mut created, &mut step, strategy);
     drop(woken);
     let expired = limit.finish();
     drop(linked);
@@ -110,6 +120,7 @@ fn receive_inner(
     cfg: &DestConfig<'_>,
     created: &mut Created,
     step: &mut Step,
+    strategy: Choose<'_>,
 ) -> Result<DestReport> {
     // Without a deadline a silent source is still given up, after the
     // limits' idle timeout.
@@ -118,7 +129,7 @@ fn receive_inner(
         .prepare(Some(timeout))
         .map_err(|e| Error::io("preparing the stream (timeouts, TCP_NODELAY)", e))?;
     read_header(&mut &mut *stream)?;
-    let (strategy, memory) = match wire::recv(stream)? {
+    let (name, memory) = match wire::recv(stream)? {
         Msg::Hello { strategy, memory } => (strategy, memory),
         other => {
             return Err(unexpected(
@@ -129,35 +140,51 @@ fn receive_inner(
             ))
         }
     };
-    let route = strategy::Route::of(stream, (cfg.criu_address, cfg.criu_peer))?;
-    let mut side = strategy::dest_side(strategy, cfg, route, memory)?;
+    let mut built_in;
+    let strategy: &mut dyn DestStrategy = match strategy {
+        Choose::Given(s) if s.name() == name => s,
+        Choose::Given(s) => {
+            return Err(failed(
+                Step::Handshake,
+                SourceState::Unknown,
+                format!(
+                    "the source migrates with the {name} strategy, and this destination \
+                     receives with {}",
+                    s.name()
+                ),
+                None,
+            ))
+        }
+        Choose::BuiltIn => {
+            built_in = strategy::dest(&name)?;
+            built_in.as_mut()
+        }
+    };
+    let ends = stream.ip_addresses().map_err(wire::no_addresses)?;
     let work_dir = cfg.work_dir.hold()?;
-    let images_path = work_dir.path().join("images");
     *step = Step::Transfer;
-    let Received { images, transfer } = side.receive(Inbound {
+    let mut dest = Dest {
+        criu,
         stream: &mut *stream,
+        cfg,
         work_dir: work_dir.path(),
-        images: &images_path,
-        limits: &cfg.limits,
+        images: work_dir.path().join("images"),
         created,
-    })?;
-    *step = Step::Restore;
-    let (child, restore) = restore(criu, &images, cfg, side.as_ref())?;
-    wire::check(&cfg.cancel, Step::Restore, SourceState::Unknown)?;
-    wire::send(
-        stream,
-        &Msg::Restored {
-            pid: child.pid(),
-            wall_us: restore.wall_time.as_micros() as u64,
-            restore_time_us: restore.stats.map(|s| s.restore_time.as_micros() as u64),
-        },
-    )?;
-    *step = Step::LazyPages;
-    side.after_restore(cfg.daemon_timeout)?;
+        step: &mut *step,
+        memory,
+        local: cfg.criu_address.or(ends.map(|a| a.0)),
+        peer: cfg.criu_peer.or(ends.map(|a| a.1)),
+        restore,
+    };
+    let Running {
+        child,
+        restore,
+        transfer,
+    } = strategy.run(&mut dest)?;
     *step = Step::Confirm;
     let source_confirmed = await_verdict(stream, &cfg.cancel)?;
     Ok(DestReport {
-        strategy,
+        strategy: name,
         child,
         restore,
         transfer,
@@ -170,8 +197,9 @@ fn receive_inner(
 fn restore(
     criu: &Criu,
     images: &ImagesDir,
+    work: Option<&ImagesDir>,
     cfg: &DestConfig<'_>,
-    side: &dyn DestSide,
+    strategy: &dyn Fn(&mut Options<'_>),
 ) -> Result<(RestoredChild, RestoreReport)> {
     let mut o = Options::new();
     if let Some(c) = &cfg.customize {
@@ -191,11 +219,14 @@ fn restore(
         }
     });
     o.images_dir(images).log_file("restore.log");
+    if let Some(w) = work {
+        o.work_dir(w);
+    }
     if cfg.tcp_established {
         o.tcp_established(true);
     }
     o.deadline(cfg.deadline.unwrap_or(RESTORE_DEADLINE));
-    side.restore_options(&mut o);
+    strategy(&mut o);
     let (child, restore) = criu.restore_child(&mut o)?;
     continue_tree(child.pid());
     Ok((child, restore))

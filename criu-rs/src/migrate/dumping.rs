@@ -11,7 +11,6 @@ use super::cancel::Cancel;
 use super::config::Customize;
 use super::connections::{Connections, ServiceMove};
 use super::hold::{self, Slot};
-use super::strategy::SourceSide;
 use super::wire::failed;
 use crate::client::Criu;
 use crate::error::{Result, SourceState, Step};
@@ -36,6 +35,9 @@ enum DumpEvent {
     Finished(Box<Result<DumpReport>>),
 }
 
+/// A dump's options added by the strategy.
+pub(super) type DumpOptions<'s> = Box<dyn Fn(&mut Options<'_>) + Send + Sync + 's>;
+
 /// What one dump needs, all of it shareable with the dump thread.
 pub(super) struct DumpJob<'j> {
     pub(super) criu: &'j Criu,
@@ -43,7 +45,11 @@ pub(super) struct DumpJob<'j> {
     pub(super) images: &'j ImagesDir,
     pub(super) customize: Option<&'j Customize<'j>>,
     pub(super) deadline: Option<Duration>,
-    pub(super) side: &'j dyn SourceSide,
+    /// The strategy's own options.
+    pub(super) options: Option<DumpOptions<'j>>,
+    /// Whether the dump serves pages after its images (lazy): they are
+    /// complete at CRIU's status-ready.
+    pub(super) serves: bool,
     pub(super) slot: Slot,
     /// CRIU's TLS for its own connections, if the migration is secured.
     pub(super) criu_tls: Option<&'j TlsFiles>,
@@ -58,14 +64,18 @@ pub(super) struct DumpJob<'j> {
 pub(super) struct Dumping<'scope> {
     handle: Option<ScopedJoinHandle<'scope, ()>>,
     events: mpsc::Receiver<DumpEvent>,
-    side: &'scope dyn SourceSide,
+    serves: bool,
+    /// Ends a dump that serves pages to a destination which will not
+    /// come; how long it may serve once the destination restored.
+    unblock: Option<Box<dyn Fn() + 'scope>>,
+    serve_timeout: Duration,
     images: &'scope ImagesDir,
 }
 
 impl<'scope> Dumping<'scope> {
     pub(super) fn start<'env>(scope: &'scope Scope<'scope, 'env>, job: DumpJob<'scope>) -> Self {
         let (tx, events) = mpsc::channel();
-        let (side, images) = (job.side, job.images);
+        let (serves, images) = (job.serves, job.images);
         let handle = scope.spawn(move || {
             let r = job.run(tx.clone());
             let _ = tx.send(DumpEvent::Finished(Box::new(r)));
@@ -73,8 +83,32 @@ impl<'scope> Dumping<'scope> {
         Dumping {
             handle: Some(handle),
             events,
-            side,
+            serves,
+            unblock: None,
+            serve_timeout: Duration::ZERO,
             images,
+        }
+    }
+
+    /// How a dump that serves pages is ended early, and how long it may
+    /// serve.
+    pub(super) fn set_serving(
+        &mut self,
+        unblock: Option<Box<dyn Fn() + 'scope>>,
+        timeout: Duration,
+    ) {
+        self.unblock = unblock;
+        self.serve_timeout = timeout;
+    }
+
+    /// How long the dump may serve pages once the destination restored.
+    pub(super) fn serve_timeout(&self) -> Duration {
+        self.serve_timeout
+    }
+
+    fn unblock(&self) {
+        if let Some(u) = &self.unblock {
+            u();
         }
     }
 
@@ -100,7 +134,7 @@ impl<'scope> Dumping<'scope> {
             Ok(DumpEvent::Finished(r)) => {
                 self.join();
                 let d = (*r)?;
-                if self.side.serves_after_images() {
+                if self.serves {
                     return Err(failed(
                         Step::Dump,
                         SourceState::Resumed,
@@ -144,7 +178,7 @@ impl<'scope> Dumping<'scope> {
             return Ok(d);
         }
         let r = self.end_within(timeout, cancel);
-        self.side.unblock_dump();
+        self.unblock();
         self.join();
         if cancel.is_cancelled() && !matches!(r, Ok(DumpEvent::Finished(_))) {
             return Err(failed(
@@ -209,7 +243,7 @@ impl<'scope> Dumping<'scope> {
 impl Drop for Dumping<'_> {
     fn drop(&mut self) {
         if self.handle.is_some() {
-            self.side.unblock_dump();
+            self.unblock();
             self.join();
         }
     }
@@ -224,7 +258,7 @@ impl DumpJob<'_> {
             c(&mut o);
         }
         let user = o.notify.take();
-        let ready = self.side.serves_after_images().then_some(events);
+        let ready = self.serves.then_some(events);
         o.pid(self.pid)
             .images_dir(self.images)
             .log_file("dump.log")
@@ -237,7 +271,9 @@ impl DumpJob<'_> {
                 self.service.map(|s| s.1),
                 self.cancel.clone(),
             ));
-        self.side.dump_options(&mut o);
+        if let Some(f) = &self.options {
+            f(&mut o);
+        }
         if let Some(files) = self.criu_tls {
             o.criu_tls(files);
         }

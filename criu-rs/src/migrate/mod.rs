@@ -85,8 +85,12 @@
 //! * `link`: [`Link`], connecting the two hosts (plain TCP, mutual TLS);
 //! * `workdir`: where the images live (the caller's directory, or the
 //!   crate's own in memory);
-//! * `strategy`: one module per strategy behind two small traits (one per
-//!   side): a new strategy is a new file there.
+//! * `steps`: the strategy seam (public as [`strategy`]): the traits
+//!   [`strategy::SourceStrategy`] and [`strategy::DestStrategy`] and the
+//!   steps the drivers offer them;
+//! * [`strategy`]: the built-in strategies, one file each, each running
+//!   its own sequence; a strategy of another crate runs with
+//!   [`send_with`] and [`receive_with`] (criu-oci's registry route does).
 
 mod cancel;
 mod choice;
@@ -100,7 +104,8 @@ mod layout;
 mod link;
 mod report;
 mod source;
-mod strategy;
+mod steps;
+pub mod strategy;
 mod wire;
 mod workdir;
 
@@ -117,25 +122,56 @@ use crate::client::Criu;
 use crate::error::Result;
 
 /// Migrates the tree rooted at `pid` to the peer of `stream`, which runs
-/// [`receive`]. See the module docs for what happens to the source.
+/// [`receive`], with the built-in strategy `cfg` names. See the module
+/// docs for what happens to the source.
 pub fn send<S: Transport + ?Sized>(
     criu: &Criu,
     pid: i32,
     stream: &mut S,
     cfg: SourceConfig<'_>,
 ) -> Result<SourceReport> {
-    let mut stream = stream;
-    source::send(criu, pid, &mut stream, cfg)
+    let mut built_in = strategy::source(&cfg);
+    send_with(criu, pid, stream, cfg, built_in.as_mut())
 }
 
-/// Receives a tree migrated by [`send`] and restores it as a child of this
-/// process. On failure, the received images are removed and the source is
-/// told, so that it resumes its copy.
+/// Migrates the tree rooted at `pid` to the peer of `stream`, which runs
+/// [`receive_with`] with the destination side of the same strategy, with
+/// `strategy`'s own sequence (see [`strategy`]): the held source, the
+/// end and the errors are as with [`send`]. `cfg`'s strategy and the
+/// built-in strategies' settings ([`SourceConfig::lazy_timeout`],
+/// [`SourceConfig::pre_copy`]) are not used.
+pub fn send_with<S: Transport + ?Sized>(
+    criu: &Criu,
+    pid: i32,
+    stream: &mut S,
+    cfg: SourceConfig<'_>,
+    strategy: &mut dyn strategy::SourceStrategy,
+) -> Result<SourceReport> {
+    let mut stream = stream;
+    source::send(criu, pid, &mut stream, cfg, strategy)
+}
+
+/// Receives a tree migrated by [`send`] (with the built-in strategy its
+/// hello names) and restores it as a child of this process. On failure,
+/// the received images are removed and the source is told, so that it
+/// resumes its copy.
 pub fn receive<S: Transport + ?Sized>(
     criu: &Criu,
     stream: &mut S,
     cfg: DestConfig<'_>,
 ) -> Result<DestReport> {
     let mut stream = stream;
-    dest::receive(criu, &mut stream, cfg)
+    dest::receive(criu, &mut stream, cfg, dest::Choose::BuiltIn)
+}
+
+/// Receives a tree migrated by [`send_with`] with `strategy`'s own
+/// sequence (the source's hello must name it), as [`receive`] does.
+pub fn receive_with<S: Transport + ?Sized>(
+    criu: &Criu,
+    stream: &mut S,
+    cfg: DestConfig<'_>,
+    strategy: &mut dyn strategy::DestStrategy,
+) -> Result<DestReport> {
+    let mut stream = stream;
+    dest::receive(criu, &mut stream, cfg, dest::Choose::Given(strategy))
 }

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::choice::Strategy;
 use crate::child::RestoredChild;
 use crate::report::{DumpReport, RestoreReport};
 use crate::transfer::TransferStats;
@@ -13,16 +12,19 @@ use crate::transfer::TransferStats;
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct SourceReport {
-    /// The strategy used.
-    pub strategy: Strategy,
+    /// The strategy used: its name (a built-in's is its [`Strategy`](super::Strategy)'s
+    /// [`name`](super::Strategy::name)).
+    pub strategy: String,
     /// The source root pid.
     pub pid: i32,
     /// The dump (statistics are absent for lazy dumps, see [`DumpReport`]).
     pub dump: DumpReport,
     /// Images sent over the stream.
     pub transfer: TransferStats,
-    /// Memory sent to the page server (page-server strategy): the private
-    /// and the shared pages CRIU wrote there, in bytes. With
+    /// Memory the strategy carried beside the stream, in bytes: for the
+    /// page-server strategy the private and the shared pages CRIU wrote
+    /// into the page server (another strategy says what it counts, see
+    /// `strategy::Restored::carried_beside`). With
     /// [`SourceReport::transfer`]'s bytes, what the migration carried.
     pub page_server_bytes: u64,
     /// The root pid on the destination.
@@ -135,8 +137,9 @@ impl Phases {
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct DestReport {
-    /// The strategy used.
-    pub strategy: Strategy,
+    /// The strategy used: its name (a built-in's is its [`Strategy`](super::Strategy)'s
+    /// [`name`](super::Strategy::name)).
+    pub strategy: String,
     /// The restored root task, a child of the destination process.
     pub child: RestoredChild,
     /// The restore.

@@ -1,48 +1,34 @@
-//! The source side: stop and dump the tree, send the images, wait for the
-//! destination's restore, and only then kill the source copy.
+//! The source side: the hello, then the strategy's own sequence
+//! (`steps::SourceStrategy::run`: dump with the tree held, send, wait for
+//! the destination's restore), then the end every strategy shares: `Done`,
+//! the destination's `Kept`, and only then the source copy killed.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::cancel::{Cancel, Registered};
-use super::config::{Customize, SourceConfig};
-use super::connections::{dump_failed, ServiceMove};
-use super::dumping::{DumpJob, Dumping};
+use super::cancel::Cancel;
+use super::config::SourceConfig;
+use super::connections::ServiceMove;
 use super::hold::{self, Slot};
 use super::report::{Phases, SourceReport};
-use super::strategy::{self, SourceSide};
+use super::steps::{Restored, Source, SourceStrategy};
 use super::wire::{self, failed, unexpected, Msg};
 use super::workdir::Held;
 use crate::client::Criu;
-use crate::credentials::TlsFiles;
 use crate::error::{Error, Result, SourceState, Step};
 use crate::images::ImagesDir;
-use crate::report::DumpReport;
-use crate::transfer::{self, write_header, Growing, TransferStats, Transport};
-
-/// What the destination reported about its restore.
-struct Restored {
-    pid: i32,
-    wall: Duration,
-    restore_time_us: Option<u64>,
-    /// When the source heard of it (a lazy dump goes on serving pages).
-    at: Instant,
-}
+use crate::transfer::{write_header, Transport};
 
 pub(super) fn send(
     criu: &Criu,
     pid: i32,
     stream: &mut dyn Transport,
     mut cfg: SourceConfig<'_>,
+    strategy: &mut dyn SourceStrategy,
 ) -> Result<SourceReport> {
     let start = Instant::now();
     let cancel = cfg.cancel.clone();
-    let mut woken = Some(cancel.on_cancel(stream.interrupter()));
-    let Setup {
-        images,
-        mut side,
-        criu_tls,
-        _work_dir,
-    } = setup(pid, stream, &cfg)
+    let woken = cancel.on_cancel(stream.interrupter());
+    let (images, _work_dir) = setup(pid, stream, &cfg, strategy.name())
         .and_then(|s| wire::check(&cancel, Step::Handshake, SourceState::Untouched).map(|()| s))
         .map_err(|e| {
             let e = wire::at_step(e, Step::Handshake, SourceState::Untouched, || {
@@ -52,61 +38,37 @@ pub(super) fn send(
             if_cancelled(e, &cancel)
         })?;
     let customize = cfg.customize.take();
-    before_dump(
-        criu,
-        pid,
-        stream,
-        &images,
-        &mut *side,
-        &cfg,
-        customize.as_ref(),
-    )?;
     let connections = cfg.connections.take();
     // Dropped after the scope: on failure it moves the address back and
     // unlocks, once the tree was continued.
     let service = connections.as_ref().map(ServiceMove::new);
-    let job = DumpJob {
-        criu,
-        pid,
-        images: &images,
-        customize: customize.as_ref(),
-        deadline: cfg.deadline,
-        side: side.as_ref(),
-        slot: Slot::default(),
-        criu_tls: criu_tls.as_ref().filter(|_| !side.carries_criu_tls()),
-        service: connections.as_ref().zip(service.as_ref()),
-        cancel: cancel.clone(),
-    };
-    std::thread::scope(|scope| migrate(scope, job, stream, &mut cfg, start, &mut woken))
-        .map_err(|e| if_cancelled(e, &cancel))
-}
-
-/// The strategy's step while the tree runs (pre-copy's passes); on
-/// failure the destination is told.
-fn before_dump(
-    criu: &Criu,
-    pid: i32,
-    stream: &mut dyn Transport,
-    images: &ImagesDir,
-    side: &mut dyn SourceSide,
-    cfg: &SourceConfig<'_>,
-    customize: Option<&Customize<'_>>,
-) -> Result<()> {
-    let at = strategy::Before {
-        criu,
-        pid,
-        stream: &mut *stream,
-        work_dir: images.path().parent().unwrap_or(images.path()),
-        customize,
-        deadline: cfg.deadline,
-        cancel: &cfg.cancel,
-    };
-    side.before_dump(at).map_err(|e| {
-        let e = wire::at_step(e, Step::Dump, SourceState::Resumed, || {
-            "the strategy's step before the dump failed; the source process runs on".into()
-        });
-        wire::tell_failure(stream, &e);
-        if_cancelled(e, &cfg.cancel)
+    let criu_tls = cfg.criu_tls.clone().or_else(|| stream.criu_tls());
+    let progress = cfg.progress.take();
+    let name = strategy.name().to_string();
+    std::thread::scope(|scope| {
+        let mut source = Source {
+            criu,
+            pid,
+            name,
+            stream,
+            images: &images,
+            customize: customize.as_ref(),
+            deadline: cfg.deadline,
+            cancel: &cancel,
+            criu_addresses: cfg.criu_addresses,
+            criu_tls: criu_tls.as_ref(),
+            service: connections.as_ref().zip(service.as_ref()),
+            progress,
+            spawn: scope,
+            woken: Some(woken),
+            step: Step::Handshake,
+            slot: Slot::default(),
+            held: None,
+            told: false,
+        };
+        let r = strategy.run(&mut source).map_err(|e| source.fail(e));
+        let r = r.and_then(|restored| end(&mut source, restored, start));
+        r.map_err(|e| if_cancelled(e, &cancel))
     })
 }
 
@@ -118,18 +80,14 @@ fn if_cancelled(e: Error, cancel: &Cancel) -> Error {
     }
 }
 
-/// What the source has before it touches the tree.
-struct Setup {
-    images: ImagesDir,
-    side: Box<dyn SourceSide>,
-    criu_tls: Option<TlsFiles>,
-    // Last: the images directory lives in it.
-    _work_dir: Held,
-}
-
-/// Readies the stream, says hello, makes the images directory and starts
-/// the strategy's part (which may wait for the destination).
-fn setup(pid: i32, stream: &mut dyn Transport, cfg: &SourceConfig<'_>) -> Result<Setup> {
+/// Readies the stream, says hello and makes the images directory (in the
+/// work directory, returned with it: it lives there).
+fn setup(
+    pid: i32,
+    stream: &mut dyn Transport,
+    cfg: &SourceConfig<'_>,
+    strategy: &str,
+) -> Result<(ImagesDir, Held)> {
     stream
         .prepare(cfg.deadline)
         .map_err(|e| Error::io("preparing the stream (timeouts, TCP_NODELAY)", e))?;
@@ -137,76 +95,35 @@ fn setup(pid: i32, stream: &mut dyn Transport, cfg: &SourceConfig<'_>) -> Result
     wire::send(
         stream,
         &Msg::Hello {
-            strategy: cfg.strategy,
+            strategy: strategy.to_string(),
             memory: Some(crate::tree::memory_bytes(pid)),
         },
     )?;
     let work_dir = cfg.work_dir.hold()?;
     let images = ImagesDir::create(work_dir.path().join("images"))?;
-    let named = cfg.criu_addresses.map(|(l, p)| (Some(l), Some(p)));
-    let route = strategy::Route::of(stream, named.unwrap_or_default())?;
-    let criu_tls = cfg.criu_tls.clone().or_else(|| stream.criu_tls());
-    let side = strategy::source_side(cfg.strategy, stream, route, cfg.pre_copy)?;
-    Ok(Setup {
-        images,
-        side,
-        criu_tls,
-        _work_dir: work_dir,
-    })
+    Ok((images, work_dir))
 }
 
-/// Everything from the start of the dump to the source's end.
-fn migrate<'scope>(
-    scope: &'scope std::thread::Scope<'scope, '_>,
-    job: DumpJob<'scope>,
-    stream: &mut dyn Transport,
-    cfg: &mut SourceConfig<'_>,
-    start: Instant,
-    woken: &mut Option<Registered<'_>>,
-) -> Result<SourceReport> {
-    let (pid, side, slot) = (job.pid, job.side, job.slot.clone());
-    let service = job.service.map(|s| s.1);
-    let mut dumping = Dumping::start(scope, job);
-    let Dumped {
-        early,
-        at: images_at,
-        streamed,
-    } = dump_and_stream(stream, &mut dumping, side, service, &slot, cfg)?;
-    let streamed_tail = streamed.map(|(_, tail)| tail);
-    let stopped = slot
-        .take()
-        .ok_or_else(hold::never_stopped)
-        .inspect_err(|e| wire::tell_failure(stream, e))?;
+/// The destination restored: `Done`, its `Kept`, and the source copy
+/// killed (its service address released).
+fn end(source: &mut Source<'_>, restored: Restored, start: Instant) -> Result<SourceReport> {
+    let Some(stopped) = source.held.take() else {
+        return Err(source.fail(hold::never_stopped()));
+    };
     let stopped_at = stopped.since();
-    if let Some(s) = service {
-        s.move_to_dest()
-            .map_err(|e| {
-                wire::at_step(e, Step::Connections, SourceState::Resumed, || {
-                    "moving the service address to the destination failed; it was moved back \
-                     and the source process was resumed"
-                        .into()
-                })
-            })
-            .inspect_err(|e| wire::tell_failure(stream, e))?;
-    }
-    // On failure the dump ends (inside) before the tree is continued (here).
-    let sent = streamed.map(|(sent, _)| sent);
-    let (sent, restored, dump) =
-        until_restored(stream, dumping, early, sent, side, service, cfg, woken)
-            .inspect_err(|e| wire::tell_failure(stream, e))?;
     let stopped_to_restored = restored.at.saturating_duration_since(stopped_at);
     let phases = Phases::split(
-        &dump,
-        images_at.saturating_duration_since(stopped_at),
-        // What the transfer took after the images were complete.
-        streamed_tail.unwrap_or(sent.elapsed),
+        &restored.dump,
+        restored.images_at.saturating_duration_since(stopped_at),
+        restored.transfer_tail,
         restored.wall,
         stopped_to_restored,
     );
-    confirm_end(stream)?;
+    // Without `Kept` the held copy is resumed when `stopped` drops.
+    confirm_end(source.stream)?;
     // The destination runs and keeps its copy; this one must go.
-    match service {
-        Some(s) => {
+    match source.service {
+        Some((_, s)) => {
             // Its sockets close while the lock holds: no reset escapes.
             stopped.kill_and_wait(hold::STOP_TIMEOUT);
             s.finish().map_err(|e| {
@@ -220,11 +137,11 @@ fn migrate<'scope>(
         None => stopped.kill(),
     }
     Ok(SourceReport {
-        strategy: cfg.strategy,
-        pid,
-        page_server_bytes: side.bytes_beside_stream(&dump),
-        dump,
-        transfer: sent,
+        strategy: source.name.clone(),
+        pid: source.pid,
+        page_server_bytes: restored.beside,
+        dump: restored.dump,
+        transfer: restored.transfer,
         restored_pid: restored.pid,
         restore_wall: restored.wall,
         restore_time_us: restored.restore_time_us,
@@ -232,182 +149,6 @@ fn migrate<'scope>(
         total: start.elapsed(),
         phases,
     })
-}
-
-/// The images complete: the dump's report if it is over, when, and, if
-/// they were sent while the dump wrote them, that transfer and how long it
-/// went on after the dump.
-struct Dumped {
-    early: Option<DumpReport>,
-    at: Instant,
-    streamed: Option<(TransferStats, Duration)>,
-}
-
-/// Waits for the dump's images; a strategy that streams them sends them
-/// meanwhile, the pages as CRIU writes them and the rest at the dump's
-/// end. On failure the destination is told and the error says why.
-fn dump_and_stream(
-    stream: &mut dyn Transport,
-    dumping: &mut Dumping<'_>,
-    side: &dyn SourceSide,
-    service: Option<&ServiceMove<'_>>,
-    slot: &Slot,
-    cfg: &mut SourceConfig<'_>,
-) -> Result<Dumped> {
-    let dump_failed = |stream: &mut dyn Transport, e: Error| {
-        let state = match slot.is_held() {
-            true => SourceState::Resumed,
-            false => SourceState::Untouched,
-        };
-        let e = match service {
-            Some(s) => s.dump_failed(e, state),
-            None => dump_failed(e, state),
-        };
-        wire::tell_failure(stream, &e);
-        e
-    };
-    if !side.streams_while_dumping() {
-        let early = dumping.images_ready().map_err(|e| dump_failed(stream, e))?;
-        let at = Instant::now();
-        return Ok(Dumped {
-            early,
-            at,
-            streamed: None,
-        });
-    }
-    let mut progress = cfg.progress.take();
-    let mut growing = Growing::new(
-        &mut *stream,
-        dumping.images().path(),
-        is_pages_image,
-        progress.as_deref_mut().map(|p| p as _),
-    );
-    // Not `.free_sent(true)`: the end-of-file check re-reads what was sent,
-    // and punched pages read back as zeros (checksum mismatch in CI).
-    let mut ended = None;
-    let cancel = &cfg.cancel;
-    let followed = growing.follow(
-        || {
-            ended = dumping.try_images_ready();
-            ended.is_some() || cancel.is_cancelled()
-        },
-        STREAM_POLL,
-    );
-    let early = match (followed, ended) {
-        (Ok(()), Some(Ok(early))) => early,
-        (Ok(()), Some(Err(e))) => {
-            drop(growing);
-            return Err(dump_failed(stream, e));
-        }
-        (Err(e), _) => {
-            drop(growing);
-            return Err(sending_failed(stream, e));
-        }
-        // Cancelled: the dump is refused at its next notification.
-        (Ok(()), None) => {
-            drop(growing);
-            let e = wire::cancelled(Step::Transfer, SourceState::Resumed);
-            return Err(sending_failed(stream, e));
-        }
-    };
-    let at = Instant::now();
-    let sent = growing.finish();
-    let sent = sent.map_err(|e| sending_failed(stream, e))?;
-    Ok(Dumped {
-        early,
-        at,
-        streamed: Some((sent, at.elapsed())),
-    })
-}
-
-/// How long to wait before looking at the images directory again while
-/// the dump writes it and nothing new was there.
-const STREAM_POLL: Duration = Duration::from_millis(1);
-
-/// CRIU's memory pages images, the only ones that grow while the dump
-/// runs (`pages-<n>.img`, written front to back).
-fn is_pages_image(name: &str) -> bool {
-    name.starts_with("pages-") && name.ends_with(".img")
-}
-
-/// Tells the destination that the images will not come, and says so.
-fn sending_failed(stream: &mut dyn Transport, e: Error) -> Error {
-    let e = images_not_sent(e);
-    wire::tell_failure(stream, &e);
-    e
-}
-
-/// From complete images to the destination's restore and the dump's end;
-/// `sent` if the images were sent while the dump wrote them.
-/// A cancel is heard until the destination has restored (and, for a lazy
-/// migration, while the pages are served): then `woken` is dropped, so
-/// that a late cancel does not break the end's exchange.
-#[allow(clippy::too_many_arguments)]
-fn until_restored(
-    stream: &mut dyn Transport,
-    dumping: Dumping<'_>,
-    early: Option<DumpReport>,
-    sent: Option<TransferStats>,
-    side: &dyn SourceSide,
-    service: Option<&ServiceMove<'_>>,
-    cfg: &mut SourceConfig<'_>,
-    woken: &mut Option<Registered<'_>>,
-) -> Result<(TransferStats, Restored, DumpReport)> {
-    let sent = match sent {
-        Some(sent) => after_images(stream, side).map(|()| sent)?,
-        None => {
-            wire::check(&cfg.cancel, Step::Transfer, SourceState::Resumed)
-                .map_err(images_not_sent)?;
-            send_images(stream, dumping.images(), side, cfg)?
-        }
-    };
-    let restored = await_restore(stream)?;
-    if early.is_some() {
-        *woken = None;
-    }
-    if let Some(s) = service {
-        s.announce().map_err(|e| {
-            wire::at_step(e, Step::Connections, SourceState::Resumed, || {
-                "announcing the service address on the destination failed; the address was \
-                 moved back and the source process was resumed"
-                    .into()
-            })
-        })?;
-    }
-    let dump = dumping.finish(early, cfg.lazy_timeout, &cfg.cancel)?;
-    *woken = None;
-    Ok((sent, restored, dump))
-}
-
-/// Sends the images, then what the strategy adds after them.
-fn send_images(
-    stream: &mut dyn Transport,
-    images: &ImagesDir,
-    side: &dyn SourceSide,
-    cfg: &mut SourceConfig<'_>,
-) -> Result<TransferStats> {
-    let mut progress = cfg.progress.take();
-    let sent = transfer::send_files(
-        &mut &mut *stream,
-        images.path(),
-        progress.as_deref_mut().map(|p| p as _),
-    )
-    .and_then(|sent| side.after_images(stream).map(|()| sent));
-    sent.map_err(images_not_sent)
-}
-
-/// What the strategy sends after the images (which went already).
-fn after_images(stream: &mut dyn Transport, side: &dyn SourceSide) -> Result<()> {
-    side.after_images(stream).map_err(images_not_sent)
-}
-
-fn images_not_sent(e: Error) -> Error {
-    failed(
-        Step::Transfer,
-        SourceState::Resumed,
-        "sending the images failed; the source process was resumed",
-        Some(e),
-    )
 }
 
 /// Tells the destination that the source stops its copy, and waits for it
@@ -443,40 +184,6 @@ fn confirm_end(stream: &mut dyn Transport) -> Result<()> {
          process was resumed, so two copies may now run: check the destination",
         why,
     ))
-}
-
-/// Waits for the destination's restore.
-fn await_restore(stream: &mut dyn Transport) -> Result<Restored> {
-    match wire::recv(stream) {
-        Ok(Msg::Restored {
-            pid,
-            wall_us,
-            restore_time_us,
-        }) => Ok(Restored {
-            pid,
-            wall: Duration::from_micros(wall_us),
-            restore_time_us,
-            at: Instant::now(),
-        }),
-        Ok(Msg::Failed { message, step, .. }) => Err(failed(
-            step.unwrap_or(Step::Restore),
-            SourceState::Resumed,
-            format!("the destination failed: {message}; the source process was resumed"),
-            None,
-        )),
-        Ok(other) => Err(failed(
-            Step::Restore,
-            SourceState::Resumed,
-            format!("unexpected message {other:?}; the source process was resumed"),
-            None,
-        )),
-        Err(e) => Err(failed(
-            Step::Restore,
-            SourceState::Resumed,
-            "lost the destination before it restored; the source process was resumed",
-            Some(e),
-        )),
-    }
 }
 
 #[cfg(test)]

@@ -6,12 +6,10 @@
 //!
 //! ```text
 //! → header, Hello { strategy, memory }
-//! ← PageServerReady { port }                 (page-server only)
-//!   | CriuChannel { ticket } | Failed        (the same, through the transport)
-//! → (PreCopyPass, a pass's images)*, PreCopyEnd  (pre-copy only, while it runs)
-//! → the images (a transfer stream; stop-and-copy's starts during the dump) | Failed
-//! → LazySource { addr }                      (lazy only)
-//! ← CriuChannel { ticket } | Failed          (lazy, through the transport, instead)
+//! ↔ what the strategy sends, in its order: its own messages
+//!   (`Strategy(..)`, say the page server's port, pre-copy's passes, the
+//!   lazy source's address), directories, the images (a transfer
+//!   stream) | Failed
 //! ← Restored { .. } | Failed
 //! → Done | Failed                            (Failed: an abort)
 //! ← Kept | Failed
@@ -25,13 +23,13 @@
 //! (the source's error says so, and [`super::DestReport::source_confirmed`]
 //! is false on the destination).
 
-use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::cancel::Cancel;
-use super::choice::Strategy;
 use crate::error::{Error, MigrationError, Result, SourceState, Step};
 use crate::transfer::{self, DirOrMessage, Limits, TransferStats, Transport};
 
@@ -43,27 +41,14 @@ pub(super) enum Msg {
     /// absent from peers of before the field), which the destination
     /// checks against its limits before it takes any.
     Hello {
-        strategy: Strategy,
+        /// The strategy's name (a built-in's is its `Strategy` name).
+        strategy: String,
         #[serde(default)]
         memory: Option<u64>,
     },
-    /// The destination's page server listens on this port.
-    PageServerReady { port: u16 },
-    /// The destination offers a connection for CRIU (its page server, or
-    /// its lazy-pages daemon) through the stream's transport: the source
-    /// opens it with `ticket` (the transport's own: for TLS, a port and a
-    /// one-time token, so that only the peer of this stream, not any
-    /// holder of a certificate, is connected). See
-    /// `crate::transfer::SideChannels`.
-    CriuChannel { ticket: Vec<u8> },
-    /// A pre-copy pass's images follow (a transfer stream), taken while
-    /// the tree runs.
-    PreCopyPass,
-    /// The passes are over: the final dump's images follow, on the last
-    /// of `passes` passes as parent.
-    PreCopyEnd { passes: u32 },
-    /// The lazy dump serves its pages at this address.
-    LazySource { addr: SocketAddr },
+    /// A message of the strategy's own (see `strategy::Source::send`):
+    /// the driver carries it and does not look inside.
+    Strategy(serde_json::Value),
     /// The destination restored the tree (and continued it).
     Restored {
         pid: i32,
@@ -92,6 +77,72 @@ pub(super) fn send(stream: &mut dyn Transport, msg: &Msg) -> Result<()> {
 
 pub(super) fn recv(stream: &mut dyn Transport) -> Result<Msg> {
     transfer::recv_message(&mut &mut *stream)
+}
+
+/// Sends a message of a strategy's own.
+pub(super) fn send_own<T: Serialize>(stream: &mut dyn Transport, msg: &T) -> Result<()> {
+    let value = serde_json::to_value(msg)
+        .map_err(|e| protocol(format!("encoding a strategy's message: {e}")))?;
+    send(stream, &Msg::Strategy(value))
+}
+
+/// Receives a message of a strategy's own; the peer's `Failed` instead is
+/// the error `failed` makes of its message, step and source state.
+pub(super) fn recv_own<T: DeserializeOwned>(
+    stream: &mut dyn Transport,
+    failed: impl FnOnce(String, Option<Step>, Option<SourceState>) -> Error,
+) -> Result<T> {
+    match recv(stream)? {
+        Msg::Strategy(value) => serde_json::from_value(value)
+            .map_err(|e| protocol(format!("a strategy's message that does not parse: {e}"))),
+        Msg::Failed {
+            message,
+            step,
+            source_state,
+        } => Err(failed(message, step, source_state)),
+        other => Err(protocol(format!(
+            "expected a strategy's message, got {other:?}"
+        ))),
+    }
+}
+
+/// A message that breaks the protocol.
+fn protocol(message: String) -> Error {
+    Error::Transfer {
+        kind: crate::error::TransferKind::Protocol,
+        message,
+        source: None,
+    }
+}
+
+/// Waits for the destination's restore: its root pid, its wall time and
+/// CRIU's restore time. The errors say the source was resumed.
+pub(super) fn await_restore(stream: &mut dyn Transport) -> Result<(i32, Duration, Option<u64>)> {
+    match recv(stream) {
+        Ok(Msg::Restored {
+            pid,
+            wall_us,
+            restore_time_us,
+        }) => Ok((pid, Duration::from_micros(wall_us), restore_time_us)),
+        Ok(Msg::Failed { message, step, .. }) => Err(failed(
+            step.unwrap_or(Step::Restore),
+            SourceState::Resumed,
+            format!("the destination failed: {message}; the source process was resumed"),
+            None,
+        )),
+        Ok(other) => Err(failed(
+            Step::Restore,
+            SourceState::Resumed,
+            format!("unexpected message {other:?}; the source process was resumed"),
+            None,
+        )),
+        Err(e) => Err(failed(
+            Step::Restore,
+            SourceState::Resumed,
+            "lost the destination before it restored; the source process was resumed",
+            Some(e),
+        )),
+    }
 }
 
 /// Receives the images into `target`, or the source's reason when it

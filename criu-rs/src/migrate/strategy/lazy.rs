@@ -11,19 +11,20 @@
 //! as a socket (`--ps-socket`).
 
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpStream};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use super::{
-    need, stop_and_copy, DestSide, Inbound, Received, Route, SourceSide, CLOSE_GRACE, OPEN_WITHIN,
+    need, DestStrategy, DumpPlan, Received, Restored, Route, Running, SourceStrategy, CLOSE_GRACE,
+    OPEN_WITHIN,
 };
 use crate::daemon::{free_port, Daemon};
-use crate::error::{Error, InvalidKind, Result, SourceState, Step, TransferKind};
+use crate::error::{Error, InvalidKind, Result, TransferKind};
 use crate::migrate::choice::Strategy;
 use crate::migrate::config::DestConfig;
-use crate::migrate::wire::{self, failed, unexpected, Msg};
-use crate::options::Options;
-use crate::transfer::{Carrying, Dialer, Service, SideChannels, Transport};
+use crate::transfer::{Carrying, Dialer, Service, SideChannels};
 use crate::tree::children_holding;
 
 /// How long a lazy dump may take to end after the hang-up.
@@ -32,6 +33,79 @@ const HANG_UP_GRACE: Duration = Duration::from_millis(500);
 /// How long the source waits for the connection to its dump's page
 /// server, which it made as soon as the dump listened.
 const DUMP_CONNECTED_WITHIN: Duration = Duration::from_secs(10);
+
+/// The lazy strategy's own messages.
+#[derive(Debug, Serialize, Deserialize)]
+enum Own {
+    /// From the source: the lazy dump serves its pages at this address
+    /// (CRIU's own TCP).
+    Source { addr: SocketAddr },
+    /// From the destination: it offers the lazy-pages daemon's connection
+    /// through the stream's transport; the source opens it with `ticket`
+    /// (see `crate::transfer::SideChannels`).
+    Channel { ticket: Vec<u8> },
+}
+
+/// A message of the strategy's own that came where another was due.
+fn unexpected(expected: &str, got: &Own) -> Error {
+    Error::Transfer {
+        kind: TransferKind::Protocol,
+        message: format!(
+            "expected {expected} (both ends must carry CRIU's connections the same way), \
+             got {got:?}"
+        ),
+        source: None,
+    }
+}
+
+/// The lazy strategy's source side: how long the dump may serve the pages
+/// once the destination restored ([`SourceConfig::lazy_timeout`](
+/// crate::migrate::SourceConfig::lazy_timeout)).
+pub(super) struct Lazy {
+    timeout: Duration,
+}
+
+impl Lazy {
+    pub(super) fn new(timeout: Duration) -> Lazy {
+        Lazy { timeout }
+    }
+}
+
+impl SourceStrategy for Lazy {
+    fn name(&self) -> &str {
+        Strategy::Lazy.name()
+    }
+
+    /// Dumps every image but memory (the tree held), sends them and where
+    /// the pages are served (or opens the channel the destination offers
+    /// for them), and serves them until the restored tree has them all.
+    fn run(&mut self, source: &mut super::Source<'_>) -> Result<Restored> {
+        let route = Route::of_source(source)?;
+        let served = Arc::new(Source::new(route, Strategy::Lazy)?);
+        let serve_at = served.serve_at;
+        let unblocking = served.clone();
+        let mut plan = DumpPlan::new()
+            .options(move |o| {
+                o.lazy_pages(true).lazy_pages_address(serve_at);
+            })
+            .serves_pages(self.timeout, move || unblocking.unblock_dump());
+        if served.carried.is_some() {
+            // The transport secures the connection: no TLS of CRIU's.
+            plan = plan.without_criu_tls();
+        }
+        let dump = source.dump(plan)?;
+        let mut images = source.images_ready(dump)?;
+        source.send_images(&mut images)?;
+        match &served.carried {
+            Some(c) => match source.recv()? {
+                Own::Channel { ticket } => served.carry(c, &ticket)?,
+                other => return Err(unexpected("the lazy-pages daemon's channel", &other)),
+            },
+            None => source.send(&Own::Source { addr: serve_at })?,
+        }
+        source.await_restore(images)
+    }
+}
 
 pub(super) struct Source {
     serve_at: SocketAddr,
@@ -70,29 +144,10 @@ impl Source {
         }
     }
 
-    /// Opens the side channel the destination offers, and carries the
-    /// dump's connection into it.
-    fn carry(&self, c: &Carried, stream: &mut dyn Transport) -> Result<()> {
-        let ticket = match wire::recv(stream)? {
-            Msg::CriuChannel { ticket } => ticket,
-            Msg::Failed { message, .. } => {
-                return Err(failed(
-                    Step::Transfer,
-                    SourceState::Resumed,
-                    format!("the destination could not offer its lazy-pages channel: {message}"),
-                    None,
-                ))
-            }
-            other => {
-                return Err(unexpected(
-                    Step::Transfer,
-                    SourceState::Resumed,
-                    "the lazy-pages daemon's channel through the transport",
-                    &other,
-                ))
-            }
-        };
-        let conn = lock(&c.channels).open(Service::LazyPages, &ticket)?;
+    /// Opens the side channel the destination offers with `ticket`, and
+    /// carries the dump's connection into it.
+    fn carry(&self, c: &Carried, ticket: &[u8]) -> Result<()> {
+        let conn = lock(&c.channels).open(Service::LazyPages, ticket)?;
         let dump = c.dialer.take(DUMP_CONNECTED_WITHIN)?;
         let carrying = conn
             .attach(dump.into())
@@ -106,31 +161,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl SourceSide for Source {
-    fn dump_options(&self, o: &mut Options<'_>) {
-        o.lazy_pages(true).lazy_pages_address(self.serve_at);
-    }
-
-    fn serves_after_images(&self) -> bool {
-        true
-    }
-
-    fn after_images(&self, stream: &mut dyn Transport) -> Result<()> {
-        match &self.carried {
-            Some(c) => self.carry(c, stream),
-            None => wire::send(
-                stream,
-                &Msg::LazySource {
-                    addr: self.serve_at,
-                },
-            ),
-        }
-    }
-
-    fn carries_criu_tls(&self) -> bool {
-        self.carried.is_some()
-    }
-
+impl Source {
     /// A dump still waiting for a lazy-pages daemon ends when one connects
     /// and hangs up. One already serving a daemon (that stalls, say) does
     /// not: then the CRIU holding the serving socket, a child of this
@@ -212,77 +243,63 @@ impl<'c> Dest<'c> {
 
     /// Starts the lazy-pages daemon fetching from where the source serves
     /// (told over the stream).
-    fn direct(&mut self, at: &mut Inbound<'_>, received: &Received) -> Result<Daemon> {
-        let addr = match wire::recv(at.stream)? {
-            Msg::LazySource { addr } => addr,
-            other => {
-                return Err(unexpected(
-                    Step::Transfer,
-                    SourceState::Unknown,
-                    "the lazy source's address",
-                    &other,
-                ))
-            }
+    fn direct(&mut self, dest: &mut super::Dest<'_>, received: &Received) -> Result<Daemon> {
+        let addr = match dest.recv()? {
+            Own::Source { addr } => addr,
+            other => return Err(unexpected("the lazy source's address", &other)),
         };
         let addr = self.source_at(addr)?;
-        self.cfg.daemons.lazy_pages(&received.images, addr)
+        self.cfg.daemons.lazy_pages(received.images(), addr)
     }
 
     /// Offers the source a side channel and starts the lazy-pages daemon
     /// on it once the source has opened it.
     fn carried(
         &mut self,
-        at: &mut Inbound<'_>,
+        dest: &mut super::Dest<'_>,
         channels: &mut dyn SideChannels,
         received: &Received,
     ) -> Result<Daemon> {
         let offer = channels.offer(Service::LazyPages)?;
         let ticket = offer.ticket().to_vec();
-        wire::send(at.stream, &Msg::CriuChannel { ticket })?;
+        dest.send(&Own::Channel { ticket })?;
         let conn = offer.accept(self.cfg.daemon_timeout.min(OPEN_WITHIN))?;
         let (socket, carrying) = conn.for_criu()?;
         self.carrying = carrying;
         // Handed over: the daemon's copy is the only one left, so that its
         // end closes the connection.
-        self.cfg.daemons.lazy_pages_on(&received.images, &socket)
+        self.cfg.daemons.lazy_pages_on(received.images(), &socket)
     }
 }
 
-impl DestSide for Dest<'_> {
+impl DestStrategy for Dest<'_> {
+    fn name(&self) -> &str {
+        Strategy::Lazy.name()
+    }
+
     /// Receives the images, learns where the source serves its pages (or
-    /// opens the channel to it), and starts the lazy-pages daemon that
-    /// will fetch them.
-    fn receive(&mut self, mut at: Inbound<'_>) -> Result<Received> {
-        let received = stop_and_copy::Dest.receive(Inbound {
-            stream: &mut *at.stream,
-            work_dir: at.work_dir,
-            images: at.images,
-            limits: at.limits,
-            created: &mut *at.created,
-        })?;
+    /// opens the channel to it), starts the lazy-pages daemon that will
+    /// fetch them, restores, and waits until the daemon has every page.
+    fn run(&mut self, dest: &mut super::Dest<'_>) -> Result<Running> {
+        let received = dest.receive_images()?;
         let daemon = match self.channels.take() {
-            Some(mut channels) => self.carried(&mut at, channels.as_mut(), &received)?,
-            None => self.direct(&mut at, &received)?,
+            Some(mut channels) => self.carried(dest, channels.as_mut(), &received)?,
+            None => self.direct(dest, &received)?,
         };
         self.daemon = Some(daemon);
-        Ok(received)
-    }
-
-    fn restore_options(&self, o: &mut Options<'_>) {
-        o.lazy_pages(true);
-    }
-
-    fn after_restore(mut self: Box<Self>, timeout: Duration) -> Result<()> {
+        let running = dest.restore(received, |o| {
+            o.lazy_pages(true);
+        })?;
         let cfg = self.cfg;
         let cancel = &cfg.cancel;
         let waited = match self.daemon.take() {
-            Some(d) => d.wait_unless(timeout, || cancel.is_cancelled()),
+            Some(d) => d.wait_unless(cfg.daemon_timeout, || cancel.is_cancelled()),
             None => Ok(()),
         };
         match (self.carrying.take(), waited.is_ok()) {
             (Some(c), true) => c.finish(CLOSE_GRACE),
             (c, _) => drop(c),
         }
-        waited
+        waited.map(|()| running)
     }
 }

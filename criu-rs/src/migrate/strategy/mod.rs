@@ -1,154 +1,153 @@
-//! How memory gets to the destination: behind the public `Strategy`
-//! (named in `choice`), one module per strategy implementing the two
-//! sides' steps ([`SourceSide`], [`DestSide`]). The source and destination drivers run
-//! the steps every strategy shares (stop, dump, send the images, restore,
-//! confirm) and ask the strategy only for what differs.
+//! Strategies: how a tree gets to the destination. Each one is a pair of
+//! types implementing [`SourceStrategy`] and [`DestStrategy`], whose `run`
+//! calls the steps the drivers offer ([`Source`], [`Dest`]) in the
+//! strategy's own order, exchanging messages of its own over the stream.
+//! The built-in four live in this directory, one file each, and are
+//! registered as [`Strategy`](super::Strategy) (which
+//! [`send`](super::send) and [`receive`](super::receive) run); a strategy
+//! of another crate is run with [`send_with`](super::send_with) and
+//! [`receive_with`](super::receive_with).
+//!
+//! # A strategy of your own
+//!
+//! Stop-and-copy, written outside the crate, with a message of its own
+//! telling the destination how many bytes to expect:
+//!
+//! ```no_run
+//! use criu::migrate::strategy::{
+//!     Dest, DestStrategy, DumpPlan, Restored, Running, Source, SourceStrategy,
+//! };
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Expect {
+//!     bytes: u64,
+//! }
+//!
+//! struct Plain;
+//!
+//! impl SourceStrategy for Plain {
+//!     fn name(&self) -> &str {
+//!         "plain"
+//!     }
+//!
+//!     fn run(&mut self, source: &mut Source<'_>) -> criu::Result<Restored> {
+//!         // The tree is held from the dump's pre-dump notification on,
+//!         // and resumed if anything below fails.
+//!         let dump = source.dump(DumpPlan::new())?;
+//!         let mut images = source.images_ready(dump)?;
+//!         let bytes = images.dump().and_then(|d| d.stats.as_ref()).map_or(0, |s| s.pages_written * 4096);
+//!         source.send(&Expect { bytes })?;
+//!         source.send_images(&mut images)?;
+//!         source.await_restore(images)
+//!     }
+//! }
+//!
+//! impl DestStrategy for Plain {
+//!     fn name(&self) -> &str {
+//!         "plain"
+//!     }
+//!
+//!     fn run(&mut self, dest: &mut Dest<'_>) -> criu::Result<Running> {
+//!         let Expect { bytes } = dest.recv()?;
+//!         eprintln!("about {bytes} bytes of memory to come");
+//!         let received = dest.receive_images()?;
+//!         dest.restore(received, |_options| {})
+//!     }
+//! }
+//!
+//! # fn main() -> criu::Result<()> {
+//! use criu::migrate::{send_with, SourceConfig, Strategy};
+//! let mut stream = std::net::TcpStream::connect("10.0.0.2:7000").unwrap();
+//! let cfg = SourceConfig::new(Strategy::StopAndCopy); // its strategy is not used
+//! let report = send_with(&criu::Criu::new(), 4242, &mut stream, cfg, &mut Plain)?;
+//! println!("restored as pid {} there", report.restored_pid);
+//! // The destination: criu::migrate::receive_with(&criu, &mut stream, DestConfig::new(), &mut Plain)
+//! # Ok(()) }
+//! ```
 
 mod lazy;
 mod page_server;
 mod pre_copy;
 mod stop_and_copy;
 
+pub use super::steps::{
+    Dest, DestStrategy, Dump, DumpPlan, Images, Received, Restored, Running, Source, SourceStrategy,
+};
+
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::cancel::Cancel;
-use super::choice::{PreCopyPolicy, Strategy};
-use super::config::{Customize, DestConfig};
-use crate::client::Criu;
-use crate::error::{Error, InvalidKind, Result};
-use crate::images::ImagesDir;
-use crate::options::Options;
-use crate::report::DumpReport;
-use crate::transfer::{Limits, SideChannels, TransferStats, Transport};
+use super::choice::Strategy;
+use super::config::SourceConfig;
+use super::steps::Inbound;
+use super::wire;
+use crate::error::{Error, InvalidKind, Result, SourceState, Step};
+use crate::transfer::SideChannels;
 
-/// The source's part of a strategy, for one migration.
-pub(super) trait SourceSide: Sync {
-    /// Adds the strategy's own options to the dump.
-    fn dump_options(&self, o: &mut Options<'_>);
+/// Makes a built-in strategy's source side, with its settings from the
+/// caller's config.
+type MakeSource = fn(&SourceConfig<'_>) -> Box<dyn SourceStrategy>;
 
-    /// Runs before the tree is stopped, while it runs (pre-copy: its
-    /// passes).
-    fn before_dump(&mut self, _at: Before<'_>) -> Result<()> {
-        Ok(())
-    }
+/// Runs a built-in strategy's destination side.
+type RunDest = fn(&mut Dest<'_>) -> Result<Running>;
 
-    /// Whether the dump keeps serving memory after its images are written
-    /// (lazy): the images are complete at CRIU's status-ready, and the dump
-    /// ends only when the destination has every page.
-    fn serves_after_images(&self) -> bool {
-        false
-    }
-
-    /// Whether the images are sent while the dump writes them (the pages
-    /// as they grow, the rest when the dump ends) rather than after it.
-    fn streams_while_dumping(&self) -> bool {
-        false
-    }
-
-    /// After the images were sent: what the destination needs before it
-    /// restores.
-    fn after_images(&self, _stream: &mut dyn Transport) -> Result<()> {
-        Ok(())
-    }
-
-    /// Unblocks a dump that serves pages to a destination which will not
-    /// come, so that it ends.
-    fn unblock_dump(&self) {}
-
-    /// Whether the strategy carries CRIU's own connection through the
-    /// crate's TLS itself (then CRIU must not add its own).
-    fn carries_criu_tls(&self) -> bool {
-        false
-    }
-
-    /// Bytes of memory that went to the destination beside the stream.
-    fn bytes_beside_stream(&self, _dump: &DumpReport) -> u64 {
-        0
+/// The registration of the built-in strategies, one arm each: how the
+/// source side is made (its settings taken from the caller's config, the
+/// driver reads none of them), and how the destination side runs.
+fn registered(strategy: Strategy) -> (MakeSource, RunDest) {
+    match strategy {
+        Strategy::StopAndCopy => (
+            |_| Box::new(stop_and_copy::Source),
+            |d| stop_and_copy::Dest.run(d),
+        ),
+        Strategy::PreCopy => (
+            |c| Box::new(pre_copy::Source::new(c.pre_copy)),
+            |d| pre_copy::Dest.run(d),
+        ),
+        Strategy::PageServer => (
+            |_| Box::new(page_server::PageServer),
+            |d| {
+                let route = Route::of_dest(d);
+                page_server::Dest::new(d.config(), route, Strategy::PageServer, d.memory())?.run(d)
+            },
+        ),
+        Strategy::Lazy => (
+            |c| Box::new(lazy::Lazy::new(c.lazy_timeout)),
+            |d| lazy::Dest::new(d.config(), Route::of_dest(d)).run(d),
+        ),
     }
 }
 
-/// What a source step before the dump may use: the tree's root `pid`,
-/// the stream (after the hello), the source's work directory (the
-/// images directory's parent), the caller's dump options, the deadline
-/// of each dump, and the migration's cancel token.
-pub(super) struct Before<'b> {
-    pub(super) criu: &'b Criu,
-    pub(super) pid: i32,
-    pub(super) stream: &'b mut dyn Transport,
-    pub(super) work_dir: &'b Path,
-    pub(super) customize: Option<&'b Customize<'b>>,
-    pub(super) deadline: Option<Duration>,
-    pub(super) cancel: &'b Cancel,
+/// The built-in strategy `cfg` names, source side.
+pub(super) fn source(cfg: &SourceConfig<'_>) -> Box<dyn SourceStrategy> {
+    (registered(cfg.strategy).0)(cfg)
 }
 
-/// Where the destination receives: the stream, its work directory, the
-/// path the images must end up at, what the sender may send, and the record of what this
-/// receive created.
-pub(super) struct Inbound<'s> {
-    pub(super) stream: &'s mut dyn Transport,
-    pub(super) work_dir: &'s Path,
-    pub(super) images: &'s Path,
-    pub(super) limits: &'s Limits,
-    pub(super) created: &'s mut Created,
+/// The built-in strategy named `name` in the source's hello, destination
+/// side.
+pub(super) fn dest(name: &str) -> Result<Box<dyn DestStrategy>> {
+    let strategy: Strategy = name.parse().map_err(|e: String| {
+        wire::failed(
+            Step::Handshake,
+            SourceState::Unknown,
+            format!("{e}: receive it with criu::migrate::receive_with and its own strategy"),
+            None,
+        )
+    })?;
+    Ok(Box::new(BuiltIn(strategy)))
 }
 
-impl Inbound<'_> {
-    /// Receives a directory sent with `transfer::send_dir` into `target`
-    /// (which must not exist), and records it as created here.
-    pub(super) fn receive_dir(&mut self, target: &Path) -> Result<TransferStats> {
-        let t = super::wire::receive_images(self.stream, target, self.limits)?;
-        self.created.add(target);
-        Ok(t)
+/// A built-in strategy's destination side.
+struct BuiltIn(Strategy);
+
+impl DestStrategy for BuiltIn {
+    fn name(&self) -> &str {
+        self.0.name()
     }
 
-    /// Creates the images directory, recorded as created here.
-    pub(super) fn create_images(&mut self) -> Result<ImagesDir> {
-        let images = ImagesDir::create(self.images)?;
-        self.created.add(self.images);
-        Ok(images)
-    }
-}
-
-/// The directories one receive created: on failure, these and nothing
-/// else are removed (a directory that was there before belongs to someone
-/// else).
-#[derive(Default)]
-pub(super) struct Created(Vec<PathBuf>);
-
-impl Created {
-    fn add(&mut self, path: &Path) {
-        self.0.push(path.to_path_buf());
-    }
-
-    /// Removes what was recorded (whatever is gone already is skipped).
-    pub(super) fn remove_all(&self) {
-        for path in self.0.iter().rev() {
-            let _ = std::fs::remove_dir_all(path);
-        }
-    }
-}
-
-/// The images as they arrived.
-pub(super) struct Received {
-    pub(super) images: ImagesDir,
-    pub(super) transfer: TransferStats,
-}
-
-/// The destination's part of a strategy, for one migration.
-pub(super) trait DestSide {
-    /// Receives the images, starting whatever the strategy's restore needs
-    /// beside the stream.
-    fn receive(&mut self, at: Inbound<'_>) -> Result<Received>;
-
-    /// Adds the strategy's own options to the restore.
-    fn restore_options(&self, _o: &mut Options<'_>) {}
-
-    /// After the restore, until the restored tree has all it needs (lazy:
-    /// every page), for at most `timeout`.
-    fn after_restore(self: Box<Self>, _timeout: Duration) -> Result<()> {
-        Ok(())
+    fn run(&mut self, dest: &mut Dest<'_>) -> Result<Running> {
+        (registered(self.0).1)(dest)
     }
 }
 
@@ -162,7 +161,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// How CRIU's own connections of a migration (page server, lazy pages)
 /// reach the other host.
-pub(super) enum Route {
+enum Route {
     /// CRIU connects by itself over TCP: `local` is this host's address,
     /// `peer` the other host's, either unknown if `None`.
     Direct {
@@ -174,65 +173,39 @@ pub(super) enum Route {
 }
 
 impl Route {
-    /// The route of `stream`: its side channels if it carries CRIU's
-    /// connections itself, else CRIU's own TCP between the `named`
-    /// addresses (this host's, the peer's), or the stream's where none is
-    /// named.
-    pub(super) fn of(
-        stream: &dyn Transport,
-        (local, peer): (Option<IpAddr>, Option<IpAddr>),
-    ) -> Result<Route> {
-        let ends = stream.ip_addresses().map_err(super::wire::no_addresses)?;
-        Ok(match stream.side_channels() {
+    /// The source's route: the stream's side channels if it carries
+    /// CRIU's connections itself, else CRIU's own TCP between the named
+    /// addresses, or the stream's where none are named.
+    fn of_source(source: &mut Source<'_>) -> Result<Route> {
+        Ok(match source.side_channels() {
+            Some(channels) => Route::Carried(channels),
+            None => {
+                let (local, peer) = source.criu_addresses()?;
+                Route::Direct {
+                    local: Some(local),
+                    peer: Some(peer),
+                }
+            }
+        })
+    }
+
+    /// The destination's route, likewise.
+    fn of_dest(dest: &Dest<'_>) -> Route {
+        match dest.side_channels() {
             Some(channels) => Route::Carried(channels),
             None => Route::Direct {
-                local: local.or(ends.map(|e| e.0)),
-                peer: peer.or(ends.map(|e| e.1)),
+                local: dest.criu_address(),
+                peer: dest.criu_peer(),
             },
-        })
+        }
     }
 }
 
-/// Starts the source's part of `strategy`: agrees with the destination on
-/// what the strategy needs before the dump. `route` is how CRIU's own
-/// connections reach the destination, `policy` when pre-copy stops its
-/// passes.
-pub(super) fn source_side(
-    strategy: Strategy,
-    stream: &mut dyn Transport,
-    route: Route,
-    policy: PreCopyPolicy,
-) -> Result<Box<dyn SourceSide>> {
-    Ok(match strategy {
-        Strategy::StopAndCopy => Box::new(stop_and_copy::Source),
-        Strategy::PreCopy => Box::new(pre_copy::Source::new(policy)),
-        Strategy::PageServer => Box::new(page_server::Source::connect(stream, route, strategy)?),
-        Strategy::Lazy => Box::new(lazy::Source::new(route, strategy)?),
-    })
-}
-
-/// The destination's part of `strategy`; `route` is how CRIU's own
-/// connections reach the source; `memory` the source's estimate of the
-/// tree's memory, when it sent one.
-pub(super) fn dest_side<'c>(
-    strategy: Strategy,
-    cfg: &'c DestConfig<'_>,
-    route: Route,
-    memory: Option<u64>,
-) -> Result<Box<dyn DestSide + 'c>> {
-    Ok(match strategy {
-        Strategy::StopAndCopy => Box::new(stop_and_copy::Dest),
-        Strategy::PreCopy => Box::new(pre_copy::Dest),
-        Strategy::PageServer => Box::new(page_server::Dest::new(cfg, route, strategy, memory)?),
-        Strategy::Lazy => Box::new(lazy::Dest::new(cfg, route)),
-    })
-}
-
-/// The address a strategy whose CRIU connects by itself cannot do
-/// without.
+/// The address a strategy with connections of CRIU's own cannot do
+/// without: a failure of the handshake.
 fn need<T>(addr: Option<T>, strategy: Strategy) -> Result<T> {
     addr.ok_or_else(|| {
-        Error::invalid(
+        let e = Error::invalid(
             None,
             InvalidKind::Missing,
             format!(
@@ -240,6 +213,9 @@ fn need<T>(addr: Option<T>, strategy: Strategy) -> Result<T> {
                  the stream is not TCP and carries none itself (Transport::side_channels): \
                  name the addresses (SourceConfig::criu_addresses, DestConfig::criu_address)"
             ),
-        )
+        );
+        wire::at_step(e, Step::Handshake, SourceState::Unknown, || {
+            "the source's hello failed; nothing was received".into()
+        })
     })
 }

@@ -16,20 +16,37 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::{need, DestSide, Inbound, Received, Route, SourceSide, CLOSE_GRACE, OPEN_WITHIN};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    need, DestStrategy, DumpPlan, Inbound, Received, Restored, Route, Running, SourceStrategy,
+    CLOSE_GRACE, OPEN_WITHIN,
+};
 use crate::daemon::{free_port, Daemon, DaemonConfig};
 use crate::error::{Error, Result, SourceState, Step, TransferKind};
 use crate::images::ImagesDir;
 use crate::migrate::choice::Strategy;
 use crate::migrate::config::DestConfig;
-use crate::migrate::wire::{self, failed, unexpected, Msg};
-use crate::options::Options;
+use crate::migrate::wire::{self, failed};
 use crate::pidfd::Pidfd;
 use crate::report::DumpReport;
 use crate::transfer::{Carrying, Interrupter, LoopbackEnd, Service, SideChannels, Transport};
 
 /// The size of the pages CRIU counts.
 const PAGE_SIZE: u64 = 4096;
+
+/// The page-server strategy's own messages, from the destination.
+#[derive(Debug, Serialize, Deserialize)]
+enum Own {
+    /// The destination's page server listens on this port.
+    Ready { port: u16 },
+    /// The destination offers the page server's connection through the
+    /// stream's transport: the source opens it with `ticket` (the
+    /// transport's own: for TLS, a port and a one-time token, so that
+    /// only the peer of this stream, not any holder of a certificate, is
+    /// connected). See `crate::transfer::SideChannels`.
+    Channel { ticket: Vec<u8> },
+}
 
 pub(super) struct Source {
     page_server: SocketAddr,
@@ -50,19 +67,8 @@ impl Source {
             Route::Direct { peer, .. } => (Some(need(peer, strategy)?), None),
             Route::Carried(channels) => (None, Some(channels)),
         };
-        match (wire::recv(stream)?, peer, channels) {
-            (Msg::PageServerReady { port }, Some(peer), _) => Ok(Source {
-                page_server: SocketAddr::new(peer, port),
-                carried: None,
-            }),
-            (Msg::CriuChannel { ticket }, _, Some(mut channels)) => {
-                let end = LoopbackEnd::start(channels.open(Service::PageServer, &ticket)?)?;
-                Ok(Source {
-                    page_server: end.addr(),
-                    carried: Some(end),
-                })
-            }
-            (Msg::Failed { message, .. }, _, _) => Err(failed(
+        let own = wire::recv_own(stream, |message, _, _| {
+            failed(
                 Step::Handshake,
                 SourceState::Untouched,
                 format!(
@@ -70,36 +76,75 @@ impl Source {
                      the source was not touched"
                 ),
                 None,
-            )),
-            (other, _, _) => Err(unexpected(
+            )
+        })?;
+        match (own, peer, channels) {
+            (Own::Ready { port }, Some(peer), _) => Ok(Source {
+                page_server: SocketAddr::new(peer, port),
+                carried: None,
+            }),
+            (Own::Channel { ticket }, _, Some(mut channels)) => {
+                let end = LoopbackEnd::start(channels.open(Service::PageServer, &ticket)?)?;
+                Ok(Source {
+                    page_server: end.addr(),
+                    carried: Some(end),
+                })
+            }
+            (other, _, _) => Err(failed(
                 Step::Handshake,
                 SourceState::Untouched,
-                "the page server's port, or its channel through the transport (both ends must \
-                 carry CRIU's connections the same way)",
-                &other,
+                format!(
+                    "expected the page server's port, or its channel through the transport \
+                     (both ends must carry CRIU's connections the same way), got {other:?}; \
+                     the source was not touched"
+                ),
+                None,
             )),
         }
     }
 }
 
-impl SourceSide for Source {
-    fn dump_options(&self, o: &mut Options<'_>) {
-        o.page_server(self.page_server);
+/// The page-server strategy's source side.
+pub(super) struct PageServer;
+
+impl SourceStrategy for PageServer {
+    fn name(&self) -> &str {
+        Strategy::PageServer.name()
     }
 
-    fn carries_criu_tls(&self) -> bool {
-        self.carried.is_some()
+    /// Waits for the destination's page server, dumps into it (the tree
+    /// held), sends the other images once the dump is over, and waits for
+    /// the restore.
+    fn run(&mut self, source: &mut super::Source<'_>) -> Result<Restored> {
+        let route = Route::of_source(source)?;
+        // What carries CRIU's connection, if anything, lives until the
+        // dump is over (to the end of this function).
+        let server = Source::connect(source.stream(), route, Strategy::PageServer)?;
+        let at = server.page_server;
+        let mut plan = DumpPlan::new().options(move |o| {
+            o.page_server(at);
+        });
+        if server.carried.is_some() {
+            // The transport secures the connection: no TLS of CRIU's.
+            plan = plan.without_criu_tls();
+        }
+        let dump = source.dump(plan)?;
+        let mut images = source.images_ready(dump)?;
+        source.send_images(&mut images)?;
+        let restored = source.await_restore(images)?;
+        let bytes = bytes_beside_stream(restored.dump());
+        Ok(restored.carried_beside(bytes))
     }
+}
 
-    /// The pages CRIU wrote into the page server: private and shared
-    /// memory (`shpages_written`) alike.
-    fn bytes_beside_stream(&self, dump: &DumpReport) -> u64 {
-        let pages = dump
-            .stats
-            .as_ref()
-            .map_or(0, |s| s.pages_written + s.shpages_written.unwrap_or(0));
-        pages * PAGE_SIZE
-    }
+/// The pages CRIU wrote into the page server: private and shared memory
+/// (`shpages_written`) alike.
+fn bytes_beside_stream(dump: &DumpReport) -> u64 {
+    let pages = dump
+        .stats
+        .as_ref()
+        .map_or(0, |s| s.pages_written + s.shpages_written.unwrap_or(0));
+    pages * PAGE_SIZE
 }
 
 pub(super) struct Dest<'c> {
@@ -166,7 +211,7 @@ impl<'c> Dest<'c> {
         let images = at.create_images()?;
         let addr = free_port(local)?;
         let server = bounded(&self.cfg.daemons, budget).page_server(&images, addr)?;
-        wire::send(at.stream, &Msg::PageServerReady { port: addr.port() })?;
+        wire::send_own(at.stream, &Own::Ready { port: addr.port() })?;
         Ok((server, images))
     }
 
@@ -186,7 +231,7 @@ impl<'c> Dest<'c> {
         let images = at.create_images()?;
         let server = bounded(&self.cfg.daemons, budget).page_server_on(&images, &theirs.into())?;
         let ticket = offer.ticket().to_vec();
-        wire::send(at.stream, &Msg::CriuChannel { ticket })?;
+        wire::send_own(at.stream, &Own::Channel { ticket })?;
         let conn = offer.accept(self.cfg.daemon_timeout.min(OPEN_WITHIN))?;
         let carrying = conn
             .attach(ours.into())
@@ -219,7 +264,18 @@ impl<'c> Dest<'c> {
     }
 }
 
-impl DestSide for Dest<'_> {
+impl DestStrategy for Dest<'_> {
+    fn name(&self) -> &str {
+        Strategy::PageServer.name()
+    }
+
+    fn run(&mut self, dest: &mut super::Dest<'_>) -> Result<Running> {
+        let received = self.receive(dest.inbound())?;
+        dest.restore(received, |_| {})
+    }
+}
+
+impl Dest<'_> {
     /// Starts the page server into `images_path`, tells the source where it
     /// listens, then receives the other images beside the pages and moves
     /// them in once the dump is over.
@@ -245,7 +301,7 @@ impl DestSide for Dest<'_> {
                  takes (Limits::max_total_bytes, and the free space of the work directory's \
                  file system less Limits::keep_free); it was killed"
             ))),
-            None => received.map(|transfer| Received { images, transfer }),
+            None => received.map(|transfer| Received::new(images, transfer)),
         }
     }
 }

@@ -10,16 +10,29 @@
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use super::{Before, DestSide, Inbound, Received, SourceSide};
+use serde::{Deserialize, Serialize};
+
+use super::{DestStrategy, DumpPlan, Restored, Running, SourceStrategy};
 use crate::error::{Error, Result, SourceState, Step};
 use crate::images::ImagesDir;
-use crate::migrate::choice::PreCopyPolicy;
-use crate::migrate::wire::{self, failed, unexpected, Msg};
+use crate::migrate::choice::{PreCopyPolicy, Strategy};
+use crate::migrate::wire::{self, failed};
 use crate::options::Options;
-use crate::transfer::{self, TransferStats};
+use crate::transfer::TransferStats;
 
 /// The most passes a destination accepts from one source.
 const MAX_PASSES: u32 = 64;
+
+/// Pre-copy's own messages.
+#[derive(Debug, Serialize, Deserialize)]
+enum Own {
+    /// A pass's images follow (a transfer stream), taken while the tree
+    /// runs.
+    Pass,
+    /// The passes are over: the final dump's images follow, on the last
+    /// of `passes` passes as parent.
+    End { passes: u32 },
+}
 
 pub(super) struct Source {
     policy: PreCopyPolicy,
@@ -34,21 +47,20 @@ impl Source {
 
     /// Pre-dumps pass `n` into `work_dir/pass-n` and sends it; returns the
     /// bytes of memory the pass wrote.
-    fn pass(&mut self, at: &mut Before<'_>, n: u32) -> Result<u64> {
+    fn pass(&mut self, at: &mut super::Source<'_>, n: u32) -> Result<u64> {
+        at.step(Step::Dump);
         let name = pass_name(n);
-        let dir = ImagesDir::create(at.work_dir.join(&name))?;
+        let dir = ImagesDir::create(at.work_dir().join(&name))?;
         let mut o = Options::new();
-        if let Some(c) = at.customize {
-            c(&mut o);
-        }
-        o.pid(at.pid).images_dir(&dir).log_file("pre-dump.log");
+        at.caller_options(&mut o);
+        o.pid(at.pid()).images_dir(&dir).log_file("pre-dump.log");
         if let Some(last) = &self.last {
             o.parent_images(Path::new("..").join(last));
         }
-        if let Some(d) = at.deadline {
+        if let Some(d) = at.deadline() {
             o.deadline(d);
         }
-        let report = at.criu.pre_dump(&mut o).map_err(|e| {
+        let report = at.criu().pre_dump(&mut o).map_err(|e| {
             failed(
                 Step::Dump,
                 SourceState::Resumed,
@@ -56,39 +68,45 @@ impl Source {
                 Some(e),
             )
         })?;
-        wire::send(at.stream, &Msg::PreCopyPass)
-            .and_then(|()| transfer::send_files(&mut &mut *at.stream, dir.path(), None))
-            .map_err(|e| not_sent(n, e))?;
+        at.step(Step::Transfer);
+        at.send(&Own::Pass)?;
+        at.send_dir(dir.path())?;
         self.last = Some(name);
         Ok(report.stats.map_or(u64::MAX, |s| s.bytes_written()))
     }
 }
 
-impl SourceSide for Source {
-    fn dump_options(&self, o: &mut Options<'_>) {
-        o.track_mem(true);
-        if let Some(last) = &self.last {
-            o.parent_images(Path::new("..").join(last));
-        }
+impl SourceStrategy for Source {
+    fn name(&self) -> &str {
+        Strategy::PreCopy.name()
     }
 
-    fn before_dump(&mut self, mut at: Before<'_>) -> Result<()> {
+    /// The passes while the tree runs, then the final dump (the tree held,
+    /// `track_mem`, on the last pass as parent), streamed as
+    /// stop-and-copy's.
+    fn run(&mut self, source: &mut super::Source<'_>) -> Result<Restored> {
         let mut previous = None;
         let mut n = 1;
         loop {
-            wire::check(at.cancel, Step::Dump, SourceState::Resumed)?;
-            let written = self.pass(&mut at, n)?;
+            wire::check(source.cancel(), Step::Dump, SourceState::Resumed)?;
+            let written = self.pass(source, n)?;
             if !self.policy.another_pass(n, previous, written) {
                 break;
             }
             previous = Some(written);
             n += 1;
         }
-        wire::send(at.stream, &Msg::PreCopyEnd { passes: n }).map_err(|e| not_sent(n, e))
-    }
-
-    fn streams_while_dumping(&self) -> bool {
-        true
+        source.send(&Own::End { passes: n })?;
+        let parent = self.last.as_ref().map(|last| Path::new("..").join(last));
+        let plan = DumpPlan::new().options(move |o| {
+            o.track_mem(true);
+            if let Some(p) = &parent {
+                o.parent_images(p);
+            }
+        });
+        let dump = source.dump(plan)?;
+        let images = source.stream_images(dump)?;
+        source.await_restore(images)
     }
 }
 
@@ -96,71 +114,48 @@ fn pass_name(n: u32) -> String {
     format!("pass-{n}")
 }
 
-fn not_sent(n: u32, e: Error) -> Error {
-    failed(
-        Step::Transfer,
-        SourceState::Resumed,
-        format!("sending pre-copy pass {n} failed; the source process runs on"),
-        Some(e),
-    )
-}
-
 pub(super) struct Dest;
 
-impl DestSide for Dest {
-    fn receive(&mut self, mut at: Inbound<'_>) -> Result<Received> {
-        let root = at.images.parent().unwrap_or(Path::new("/")).to_path_buf();
+impl DestStrategy for Dest {
+    fn name(&self) -> &str {
+        Strategy::PreCopy.name()
+    }
+
+    fn run(&mut self, dest: &mut super::Dest<'_>) -> Result<Running> {
+        let root = dest.work_dir().to_path_buf();
         let mut total = TransferStats::default();
         let mut passes = 0;
-        while let Some(n) = next_pass(&mut at, passes)? {
+        while let Some(n) = next_pass(dest, passes)? {
             let dir = root.join(pass_name(n));
-            add(&mut total, at.receive_dir(&dir)?);
+            add(&mut total, dest.receive_dir(&dir)?);
             link_parent(&dir, n - 1)?;
             passes = n;
         }
-        add(&mut total, at.receive_dir(at.images)?);
-        link_parent(at.images, passes)?;
-        let images = ImagesDir::open(at.images)?;
-        Ok(Received {
-            images,
-            transfer: total,
-        })
+        let images = dest.images_path().to_path_buf();
+        add(&mut total, dest.receive_dir(&images)?);
+        link_parent(&images, passes)?;
+        let received = super::Received::new(ImagesDir::open(&images)?, total);
+        dest.restore(received, |_| {})
     }
 }
 
 /// The number of the pass whose images come next, or `None` once the
 /// passes are over (`after` of them came) and the final images come.
-fn next_pass(at: &mut Inbound<'_>, after: u32) -> Result<Option<u32>> {
-    match wire::recv(at.stream)? {
-        Msg::PreCopyPass if after < MAX_PASSES => Ok(Some(after + 1)),
-        Msg::PreCopyPass => Err(failed(
+fn next_pass(dest: &mut super::Dest<'_>, after: u32) -> Result<Option<u32>> {
+    match dest.recv::<Own>()? {
+        Own::Pass if after < MAX_PASSES => Ok(Some(after + 1)),
+        Own::Pass => Err(failed(
             Step::Transfer,
             SourceState::Unknown,
             format!("the source sent more than {MAX_PASSES} pre-copy passes"),
             None,
         )),
-        Msg::PreCopyEnd { passes } if passes == after => Ok(None),
-        Msg::PreCopyEnd { passes } => Err(failed(
+        Own::End { passes } if passes == after => Ok(None),
+        Own::End { passes } => Err(failed(
             Step::Transfer,
             SourceState::Unknown,
             format!("the source announced {passes} pre-copy passes, {after} arrived"),
             None,
-        )),
-        Msg::Failed {
-            message,
-            step,
-            source_state,
-        } => Err(failed(
-            step.unwrap_or(Step::Transfer),
-            source_state.unwrap_or(SourceState::Unknown),
-            format!("the source failed during pre-copy: {message}"),
-            None,
-        )),
-        other => Err(unexpected(
-            Step::Transfer,
-            SourceState::Unknown,
-            "a pre-copy pass",
-            &other,
         )),
     }
 }

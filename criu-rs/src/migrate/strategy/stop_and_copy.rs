@@ -2,27 +2,33 @@
 //! stream (the pages while the dump writes them), the destination restores
 //! from them as soon as the last byte has landed.
 
-use super::{DestSide, Inbound, Received, SourceSide};
+use super::{DestStrategy, DumpPlan, Restored, Running, SourceStrategy};
 use crate::error::Result;
-use crate::images::ImagesDir;
-use crate::options::Options;
+use crate::migrate::choice::Strategy;
 
 pub(super) struct Source;
 
-impl SourceSide for Source {
-    fn dump_options(&self, _o: &mut Options<'_>) {}
+impl SourceStrategy for Source {
+    fn name(&self) -> &str {
+        Strategy::StopAndCopy.name()
+    }
 
-    fn streams_while_dumping(&self) -> bool {
-        true
+    fn run(&mut self, source: &mut super::Source<'_>) -> Result<Restored> {
+        let dump = source.dump(DumpPlan::new())?;
+        let images = source.stream_images(dump)?;
+        source.await_restore(images)
     }
 }
 
 pub(super) struct Dest;
 
-impl DestSide for Dest {
-    fn receive(&mut self, mut at: Inbound<'_>) -> Result<Received> {
-        let transfer = at.receive_dir(at.images)?;
-        let images = ImagesDir::open(at.images)?;
-        Ok(Received { images, transfer })
+impl DestStrategy for Dest {
+    fn name(&self) -> &str {
+        Strategy::StopAndCopy.name()
+    }
+
+    fn run(&mut self, dest: &mut super::Dest<'_>) -> Result<Running> {
+        let received = dest.receive_images()?;
+        dest.restore(received, |_| {})
     }
 }

@@ -1,0 +1,177 @@
+//! The registry route as a strategy of `criu::migrate`, implemented in
+//! criu-oci through criu-rs's public seam (`criu_oci::strategy`): a live
+//! workload moves between two network-namespace hosts through a real
+//! registry (docker-registry in a third namespace), over
+//! `criu::migrate::send_with` / `receive_with`. Needs root and the
+//! docker-registry package.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::Duration;
+
+use criu::migrate::{
+    receive_with, send_with, DestConfig, DestReport, SourceConfig, SourceReport, SourceState, Step,
+    Strategy,
+};
+use criu_oci::strategy::{PullFrom, PushTo};
+use criu_oci::{Limits, Registry, RegistryConfig};
+use criu_testkit::hosts::{netns_of, TwoHosts};
+use criu_testkit::registry::RegistryHost;
+use criu_testkit::{fixture, Workload};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Both sides of one move from host a to host b.
+struct Move {
+    src: criu::Result<SourceReport>,
+    dst: criu::Result<DestReport>,
+}
+
+/// Moves the tree of `pid` from host a to host b with the registry
+/// strategy: `push` on host a, `pull` on host b, over a TCP stream between
+/// them, each side's images in `dir/src` and `dir/dst`.
+fn move_tree(
+    hosts: &TwoHosts,
+    pid: i32,
+    dir: &Path,
+    push: &mut PushTo<'_>,
+    pull: &mut PullFrom<'_>,
+) -> Move {
+    let (src_dir, dst_dir) = fixture::migration_dirs(dir);
+    let listener = hosts
+        .b
+        .run(|| TcpListener::bind((hosts.b.addr, 0)))
+        .unwrap()
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::scope(|s| {
+        let dst = s.spawn(|| {
+            hosts
+                .b
+                .run(|| {
+                    let (mut stream, _) = listener.accept().expect("accepting the source");
+                    let cfg = DestConfig::new()
+                        .work_dir(&dst_dir)
+                        .deadline(Duration::from_secs(60));
+                    receive_with(&criu::Criu::new(), &mut stream, cfg, pull)
+                })
+                .unwrap()
+        });
+        let src = hosts
+            .a
+            .run(|| {
+                let mut stream = std::net::TcpStream::connect(addr).expect("connecting to b");
+                // The strategy is the registry's; the config's is not used.
+                let cfg = SourceConfig::new(Strategy::StopAndCopy)
+                    .work_dir(&src_dir)
+                    .deadline(Duration::from_secs(60));
+                send_with(&criu::Criu::new(), pid, &mut stream, cfg, push)
+            })
+            .unwrap();
+        let dst = dst.join().expect("the destination thread");
+        Move { src, dst }
+    })
+}
+
+/// A plain-HTTP client that gives up after 10 s.
+fn client() -> Registry {
+    Registry::new(&RegistryConfig {
+        plain_http: true,
+        timeout: Some(Duration::from_secs(10)),
+        ..RegistryConfig::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn the_registry_strategy_moves_a_live_workload_through_a_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    let reference = reg.fresh_reference("strategy");
+    let (a, b) = reg.clients(&hosts, &reference).unwrap();
+    let mut w = fixture::counter_on(&hosts.a, &dir.path().join("out.log"), 8);
+    let sum = w.memory_checksum().unwrap();
+    w.wait_for_seq(50, WAIT).unwrap();
+
+    let mut push = PushTo::new(&a, &reference, "counter");
+    let prefix = format!("{}/criu-rs/", reg.address());
+    let mut pull = PullFrom::new(&b, &prefix, Limits::default());
+    let run = move_tree(&hosts, w.pid(), dir.path(), &mut push, &mut pull);
+    let src = run.src.unwrap_or_else(|e| panic!("source: {e}"));
+    let dst = run.dst.unwrap_or_else(|e| panic!("destination: {e}"));
+
+    // The source copy is gone: killed once the destination kept its own.
+    w.reap(WAIT).unwrap();
+    let seq_at_stop = w.last_seq();
+    let pid = dst.child.pid();
+    assert_eq!(src.restored_pid, pid);
+    assert!(dst.source_confirmed, "the source confirmed its end");
+    assert_eq!(netns_of(pid).unwrap(), hosts.b.netns_inode().unwrap());
+    w.wait_for_seq(seq_at_stop + 50, WAIT).unwrap();
+    let (sum_after, ok) = w.verify_memory(pid, WAIT).unwrap();
+    assert!(ok && sum_after == sum, "the memory pattern crossed intact");
+    // Both copies write the one log: a source that ran on after its dump
+    // (not held while the image crossed the registry) would repeat
+    // numbers the destination writes again.
+    let ticks = w.ticks();
+    assert!(
+        ticks.iter().enumerate().all(|(i, t)| t.seq == i as u64 + 1),
+        "no repeat, no reset"
+    );
+    assert_eq!(src.strategy, criu_oci::strategy::NAME);
+    assert_eq!(dst.strategy, criu_oci::strategy::NAME);
+    // The memory went through the registry, not the stream.
+    assert_eq!(src.transfer.bytes, 0, "no images over the stream");
+    assert!(
+        src.page_server_bytes >= 8 << 20,
+        "the layer carried the memory: {} bytes",
+        src.page_server_bytes
+    );
+    let pushed = push.pushed().expect("pushed");
+    let pulled = pull.pulled().expect("pulled");
+    assert_eq!(pulled.reference, reference);
+    assert_eq!(pulled.layer_digest, pushed.layer_digest);
+    assert_eq!(pulled.pull.layer_bytes, pushed.push.layer_bytes);
+    drop(dst);
+    assert!(!criu_testkit::alive(pid));
+}
+
+#[test]
+fn an_unreachable_registry_leaves_the_source_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    // The registry's namespace and bridge, and a port nothing listens on.
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    let address = reg.address();
+    let (host, _) = address.rsplit_once(':').unwrap();
+    let reference = format!("{host}:5999/criu-rs/unreachable:latest");
+    let (a, b) = (client(), client());
+    let mut w: Workload = fixture::counter_on(&hosts.a, &dir.path().join("out.log"), 1);
+    w.wait_for_seq(20, WAIT).unwrap();
+
+    let mut push = PushTo::new(&a, &reference, "counter");
+    let mut pull = PullFrom::new(&b, &format!("{host}:5999/"), Limits::default());
+    let run = move_tree(&hosts, w.pid(), dir.path(), &mut push, &mut pull);
+    let e = run.src.expect_err("the push cannot succeed");
+    let d = run.dst.expect_err("the destination is told");
+    let m = e.migration_error().expect("a migration error");
+    assert_eq!(m.step(), Step::Transfer, "{e}");
+    assert_eq!(m.source_state(), SourceState::Resumed, "{e}");
+    let dm = d.migration_error().expect("a migration error");
+    assert_eq!(dm.step(), Step::Transfer, "the source's step: {d}");
+    assert_eq!(dm.source_state(), SourceState::Resumed, "{d}");
+    assert!(w.is_running(), "the source process is alive: {e}");
+    assert!(w.advances(WAIT), "and running again: {e}");
+    assert!(push.pushed().is_none() && pull.pulled().is_none());
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("dst")).unwrap().collect();
+    assert!(left.is_empty(), "nothing left on the destination: {left:?}");
+    let ticks = w.ticks();
+    assert!(
+        ticks.iter().enumerate().all(|(i, t)| t.seq == i as u64 + 1),
+        "the counter went on where it stopped"
+    );
+    // Dropping `w` kills and reaps the source; `reg` and `hosts` go after.
+    drop(w);
+    drop(reg);
+}
