@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 /// The descriptor number the service socket gets in a `criu swrk` child.
 const SERVICE_FD: i32 = 3;
 
+/// How long [`OwnedChild::wait`] waits for a child to exit on its own.
+const WAIT_GRACE: Duration = Duration::from_secs(10);
+
 /// A child process of this one, killed and reaped on drop unless it was
 /// reaped before.
 #[derive(Debug)]
@@ -52,10 +55,26 @@ impl OwnedChild {
     }
 
     /// Waits for it to exit and reaps it; `None` if it was reaped already.
+    /// Callers expect it to exit on its own (its status pipe closed, say);
+    /// one that is still running after [`WAIT_GRACE`] is killed then, so
+    /// that the wait always ends.
     pub(crate) fn wait(&mut self) -> Option<ExitStatus> {
-        let status = self.child.as_mut().and_then(|c| c.wait().ok());
-        self.child = None;
-        status
+        let deadline = Instant::now() + WAIT_GRACE;
+        loop {
+            match self.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Ok(None) | Err(_) => {
+                    let status = self
+                        .child
+                        .take()
+                        .and_then(|mut c| c.kill().and_then(|()| c.wait()).ok());
+                    return status;
+                }
+            }
+        }
     }
 
     /// Reaps it once it has exited on its own, polling often at first (a
@@ -164,6 +183,21 @@ pub(crate) fn hand_over_fds(cmd: &mut Command, fds: Vec<(RawFd, RawFd)>, netns: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wait_on_a_child_that_does_not_exit_ends_with_its_kill() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("600");
+        let mut child = OwnedChild::spawn(&mut cmd, "sleep").unwrap();
+        let start = Instant::now();
+        let status = child.wait().expect("reaped");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        assert!(start.elapsed() >= WAIT_GRACE);
+        assert!(child.pid().is_none() && child.wait().is_none());
+    }
 
     #[test]
     fn a_failed_exec_is_reported_as_such() {
