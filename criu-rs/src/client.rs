@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::ffi::c_int;
 use std::ops::ControlFlow;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Mutex;
@@ -180,7 +180,14 @@ impl Criu {
 
     /// Chooses how this request reaches CRIU. Taken last, after every
     /// check, because a one-shot service socket is spent by taking it.
-    fn choose_service(&self, op: Operation, deadline: Option<Duration>) -> Result<Channel> {
+    /// `inherit`: the descriptors of `--inherit-fd`, which a CRIU the
+    /// crate starts gets at the same numbers.
+    fn choose_service(
+        &self,
+        op: Operation,
+        deadline: Option<Duration>,
+        inherit: &[RawFd],
+    ) -> Result<Channel> {
         let Some(deadline) = deadline else {
             return match &self.service {
                 Service::Binary(b) => Ok(Channel::Binary(b.clone())),
@@ -195,17 +202,18 @@ impl Criu {
                 "a deadline needs the crate to start CRIU itself: not with a service address or fd",
             ));
         };
-        self.own_swrk(Some(deadline))
+        self.own_swrk(Some(deadline), inherit)
     }
 
     /// A `criu swrk` the crate starts for the request: the binary of a
-    /// [`Criu::with_binary`] client, else `criu` from `PATH`.
-    fn own_swrk(&self, deadline: Option<Duration>) -> Result<Channel> {
+    /// [`Criu::with_binary`] client, else `criu` from `PATH`; it gets the
+    /// descriptors `inherit` at their numbers.
+    fn own_swrk(&self, deadline: Option<Duration>, inherit: &[RawFd]) -> Result<Channel> {
         let binary = match &self.service {
             Service::Binary(Some(b)) => b.clone(),
             _ => PathBuf::from("criu"),
         };
-        let (child, fd) = spawn_swrk(&binary)?;
+        let (child, fd) = spawn_swrk(&binary, inherit)?;
         Ok(Channel::OwnSwrk {
             child,
             fd,
@@ -253,9 +261,10 @@ impl Criu {
         let mut empty = Options::new();
         let opts = opts.unwrap_or(&mut empty);
         let mut request = Request::prepare(op, opts)?;
+        let inherit = opts.inherit_raw_fds();
         let channel = match own_swrk {
-            true => self.own_swrk(opts.get_deadline())?,
-            false => self.choose_service(op, opts.get_deadline())?,
+            true => self.own_swrk(opts.get_deadline(), &inherit)?,
+            false => self.choose_service(op, opts.get_deadline(), &inherit)?,
         };
         request.connect(channel)?;
         request.call(opts, iter, call).interpret()

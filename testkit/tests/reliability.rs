@@ -3,7 +3,7 @@
 //! Real CRIU, as root.
 
 use std::ops::ControlFlow;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -570,5 +570,83 @@ fn refusing_pre_resume_kills_and_reaps_the_restored_tree() {
 fn refusing_post_resume_kills_and_reaps_the_restored_tree() {
     for how in EVERY_RESTORE {
         refused_late(Event::PostResume, how);
+    }
+}
+
+/// A line read from `r` within `WAIT` (polling, so a silent pipe fails
+/// the test instead of holding it).
+fn line_from(r: &std::os::fd::OwnedFd) -> Option<String> {
+    let mut p = libc::pollfd {
+        fd: r.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one valid pollfd.
+    let ready = unsafe { libc::poll(&mut p, 1, WAIT.as_millis() as i32) } > 0;
+    let mut buf = [0u8; 64];
+    let n = ready.then(|| nix::unistd::read(r.as_raw_fd(), &mut buf).ok())??;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[test]
+fn restore_child_hands_inherited_descriptors_to_the_criu_it_starts() {
+    // restore_child starts its own CRIU (not libcriu's fork): the
+    // descriptors of `--inherit-fd` must reach it at their numbers.
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args([
+        "-c",
+        "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.02)",
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(w)
+    .stderr(std::process::Stdio::null());
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    criu_testkit::close_inherited_fds(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id() as i32;
+    let _kill = KillOnDrop(pid);
+    assert!(line_from(&r).is_some_and(|l| l.contains("tick")));
+    let inode = nix::sys::stat::fstat(r.as_raw_fd()).unwrap().st_ino;
+    let dir = tempfile::tempdir().unwrap();
+    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    Criu::new()
+        .dump(
+            Options::new()
+                .pid(pid)
+                .images_dir(&images)
+                .log_file("dump.log"),
+        )
+        .unwrap();
+    child.wait().unwrap();
+    drop(r);
+    for deadline in [false, true] {
+        let (r2, w2) = nix::unistd::pipe().unwrap();
+        let mut o = Options::new();
+        o.images_dir(&images)
+            .log_file("restore.log")
+            .add_inherit_fd(w2.as_fd(), format!("pipe:[{inode}]"));
+        if deadline {
+            o.deadline(WAIT);
+        }
+        let (mut restored, _) = Criu::new()
+            .restore_child(&mut o)
+            .unwrap_or_else(|e| panic!("deadline {deadline}: {e}"));
+        drop(o);
+        drop(w2);
+        let line = line_from(&r2);
+        restored.kill().unwrap();
+        restored.wait().unwrap();
+        assert!(
+            line.as_deref().is_some_and(|l| l.contains("tick")),
+            "deadline {deadline}: the restored process writes to our pipe: {line:?}"
+        );
     }
 }
