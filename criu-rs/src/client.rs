@@ -1,13 +1,16 @@
 //! The client: which CRIU service to use, and the operations.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::ffi::c_int;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::ops::ControlFlow;
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::child::RestoredChild;
+use crate::child::{RestoredChild, Unclaimed};
 use crate::error::{Context, Error, InvalidKind, Operation, Result};
 use crate::images::{exists_at, read_at, MAX_STATS_READ};
 use crate::notify::{iter_trampoline, IterFn, Iteration};
@@ -177,7 +180,14 @@ impl Criu {
 
     /// Chooses how this request reaches CRIU. Taken last, after every
     /// check, because a one-shot service socket is spent by taking it.
-    fn choose_service(&self, op: Operation, deadline: Option<Duration>) -> Result<Channel> {
+    /// `inherit`: the descriptors of `--inherit-fd`, which a CRIU the
+    /// crate starts gets at the same numbers.
+    fn choose_service(
+        &self,
+        op: Operation,
+        deadline: Option<Duration>,
+        inherit: &[RawFd],
+    ) -> Result<Channel> {
         let Some(deadline) = deadline else {
             return match &self.service {
                 Service::Binary(b) => Ok(Channel::Binary(b.clone())),
@@ -185,15 +195,25 @@ impl Criu {
                 Service::Fd(slot) => Ok(Channel::Fd(Self::take_fd(slot, op)?)),
             };
         };
-        let Service::Binary(binary) = &self.service else {
+        let Service::Binary(_) = &self.service else {
             return Err(Error::invalid(
                 Some(op),
                 InvalidKind::Conflict,
                 "a deadline needs the crate to start CRIU itself: not with a service address or fd",
             ));
         };
-        let binary = binary.clone().unwrap_or_else(|| PathBuf::from("criu"));
-        let (child, fd) = spawn_swrk(&binary)?;
+        self.own_swrk(Some(deadline), inherit)
+    }
+
+    /// A `criu swrk` the crate starts for the request: the binary of a
+    /// [`Criu::with_binary`] client, else `criu` from `PATH`; it gets the
+    /// descriptors `inherit` at their numbers.
+    fn own_swrk(&self, deadline: Option<Duration>, inherit: &[RawFd]) -> Result<Channel> {
+        let binary = match &self.service {
+            Service::Binary(Some(b)) => b.clone(),
+            _ => PathBuf::from("criu"),
+        };
+        let (child, fd) = spawn_swrk(&binary, inherit)?;
         Ok(Channel::OwnSwrk {
             child,
             fd,
@@ -224,12 +244,63 @@ impl Criu {
         iter: Option<&mut IterFn<'_>>,
         call: impl FnOnce(*mut sys::criu_opts) -> c_int,
     ) -> Result<(c_int, Duration)> {
+        self.run_via(op, opts, iter, false, call)
+    }
+
+    /// [`Criu::run`], through a `criu swrk` of the crate's own if
+    /// `own_swrk`, else through the service the client names.
+    fn run_via(
+        &self,
+        op: Operation,
+        opts: Option<&mut Options<'_>>,
+        iter: Option<&mut IterFn<'_>>,
+        own_swrk: bool,
+        call: impl FnOnce(*mut sys::criu_opts) -> c_int,
+    ) -> Result<(c_int, Duration)> {
         refuse_nested(op)?;
         let mut empty = Options::new();
         let opts = opts.unwrap_or(&mut empty);
         let mut request = Request::prepare(op, opts)?;
-        request.connect(self.choose_service(op, opts.get_deadline())?)?;
+        let inherit = opts.inherit_raw_fds();
+        let channel = match own_swrk {
+            true => self.own_swrk(opts.get_deadline(), &inherit)?,
+            false => self.choose_service(op, opts.get_deadline(), &inherit)?,
+        };
+        request.connect(channel)?;
         request.call(opts, iter, call).interpret()
+    }
+
+    /// Runs a restore request, watching CRIU's notifications for the root
+    /// of the tree it creates: if the request then fails (a notification
+    /// refused after CRIU's post-restore, which CRIU only logs before
+    /// resuming the tree; a late error; a closure's panic), the tree is
+    /// killed and reaped rather than left running with nobody owning it.
+    /// Returns the restored root's pid and the call's time.
+    fn restore_watched(
+        &self,
+        op: Operation,
+        opts: &mut Options<'_>,
+        own_swrk: bool,
+        call: impl FnOnce(*mut sys::criu_opts) -> c_int,
+    ) -> Result<(i32, Duration)> {
+        let unclaimed = Unclaimed::new();
+        let observe = unclaimed.observer();
+        let user = Rc::new(RefCell::new(opts.notify.take()));
+        let theirs = Rc::clone(&user);
+        opts.on_notify(move |n| {
+            observe(&n);
+            match theirs.borrow_mut().as_mut() {
+                Some(f) => f(n),
+                None => ControlFlow::Continue(()),
+            }
+        });
+        let r = self.run_via(op, Some(&mut *opts), None, own_swrk, call);
+        // Gives the caller's closure back (and drops the wrapper).
+        opts.notify = user.borrow_mut().take();
+        let (rc, wall) = r?;
+        let pid = restored_pid(op, rc)?;
+        unclaimed.claim();
+        Ok((pid, wall))
     }
 
     /// Runs `criu check`: are the kernel and CRIU fit to checkpoint?
@@ -437,19 +508,30 @@ impl Criu {
 
     /// Restores a checkpoint; the restored tree is detached from the caller
     /// (its parent is CRIU's, then init). Returns the root's pid.
+    ///
+    /// If the restore fails after CRIU created the tree (a notification
+    /// refused at pre-resume or post-resume, which CRIU itself only logs
+    /// before resuming the tree, or any later error), the tree is killed
+    /// before the error is returned: a failed restore leaves nothing
+    /// running. (Not through a CRIU service of another PID namespace,
+    /// whose pids the crate cannot tell.)
     pub fn restore(&self, opts: &mut Options<'_>) -> Result<RestoreReport> {
         Self::prepare_restore(Operation::Restore, opts)?;
         // SAFETY: as above.
-        let (pid, wall) = self.run(Operation::Restore, Some(opts), None, |p| unsafe {
+        let (pid, wall) = self.restore_watched(Operation::Restore, opts, false, |p| unsafe {
             sys::criu_local_restore(p)
         })?;
-        let pid = restored_pid(Operation::Restore, pid)?;
         Ok(Self::restore_report(opts, pid, wall))
     }
 
     /// Restores a checkpoint so that the root task becomes this process's
     /// child, returned as an owned handle that can be waited on, signalled,
     /// and that reaps it.
+    ///
+    /// If the restore fails after CRIU created the tree (a notification
+    /// refused at pre-resume or post-resume, which CRIU itself only logs
+    /// before resuming the tree, or any later error), the tree is killed
+    /// and its root reaped before the error is returned.
     pub fn restore_child(&self, opts: &mut Options<'_>) -> Result<(RestoredChild, RestoreReport)> {
         if matches!(self.service, Service::Fd(_)) {
             // libcriu's restore_child ignores a service socket and starts
@@ -461,24 +543,32 @@ impl Criu {
             ));
         }
         Self::prepare_restore(Operation::RestoreChild, opts)?;
-        let (pid, wall) = if opts.get_deadline().is_some() {
-            // libcriu's restore_child starts CRIU itself; with a deadline the
-            // crate does, and asks CRIU for the same thing (the restored root
-            // becomes a sibling of CRIU, i.e. our child) through the config.
+        // libcriu's restore_child starts CRIU itself and, after a refused
+        // notification, waits for that CRIU to exit before closing its
+        // socket, while CRIU (which goes on after a refused pre-resume)
+        // waits on that socket for the answer to its post-resume
+        // notification: both wait forever. The crate starts the CRIU
+        // itself, so that libcriu closes the socket at once, and asks it
+        // for the same thing (the restored root becomes a sibling of
+        // CRIU, i.e. our child) through the config.
+        #[cfg(criu_3_19)]
+        let (pid, wall) = {
             opts.set_restore_sibling(true);
             // SAFETY: as above.
-            let r = self.run(Operation::RestoreChild, Some(opts), None, |p| unsafe {
+            let r = self.restore_watched(Operation::RestoreChild, opts, true, |p| unsafe {
                 sys::criu_local_restore(p)
             });
             opts.set_restore_sibling(false);
             r?
-        } else {
-            // SAFETY: as above.
-            self.run(Operation::RestoreChild, Some(opts), None, |p| unsafe {
-                sys::criu_local_restore_child(p)
-            })?
         };
-        let pid = restored_pid(Operation::RestoreChild, pid)?;
+        // Without a config file to ask for a sibling, libcriu's own
+        // restore_child (whose wait above a refused pre-resume cannot end).
+        #[cfg(not(criu_3_19))]
+        // SAFETY: as above.
+        let (pid, wall) =
+            self.restore_watched(Operation::RestoreChild, opts, false, |p| unsafe {
+                sys::criu_local_restore_child(p)
+            })?;
         Ok((
             RestoredChild::new(pid),
             Self::restore_report(opts, pid, wall),

@@ -30,7 +30,9 @@ pub enum Event {
     PostDump,
     /// Before the restore starts (`pre-restore`).
     PreRestore,
-    /// The tasks are restored, not yet resumed (`post-restore`).
+    /// The tasks are restored, not yet resumed (`post-restore`); the pid
+    /// is the restored root. Refusing it fails the restore, and CRIU kills
+    /// the tasks.
     PostRestore,
     /// The network is about to be locked (`network-lock`).
     NetworkLock,
@@ -42,8 +44,11 @@ pub enum Event {
     /// Namespaces are set up (`post-setup-namespaces`).
     PostSetupNamespaces,
     /// The restored tasks are about to be resumed (`pre-resume`).
+    /// Refusing it fails the restore; CRIU itself only logs the refusal
+    /// and resumes the tasks, so the crate kills and reaps them.
     PreResume,
-    /// The restored tasks are running (`post-resume`).
+    /// The restored tasks are running (`post-resume`). Refusing it fails
+    /// the restore, and the crate kills and reaps the tasks.
     PostResume,
     /// CRIU sent the master side of an orphaned pty (`orphan-pts-master`);
     /// the closure owns the descriptor.

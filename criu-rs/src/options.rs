@@ -771,12 +771,20 @@ impl<'a> Options<'a> {
     /// spared), reaps those that are this process's children, and fails
     /// with [`crate::Error::DeadlineExceeded`]. A
     /// dump interrupted this way leaves its tasks running. Not available
-    /// with [`crate::Criu::with_service_address`] / `with_service_fd`, nor
-    /// with [`Options::add_inherit_fd`] (libcriu allows it only when it
-    /// starts CRIU itself).
+    /// with [`crate::Criu::with_service_address`] / `with_service_fd`.
+    /// Descriptors of [`Options::add_inherit_fd`] reach the CRIU the
+    /// crate starts at their numbers.
     pub fn deadline(&mut self, deadline: Duration) -> &mut Self {
         self.deadline = Some(deadline);
         self
+    }
+
+    /// The descriptors of [`Options::add_inherit_fd`], by number.
+    pub(crate) fn inherit_raw_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.inherit_fds
+            .iter()
+            .map(|(fd, _)| fd.as_raw_fd())
+            .collect()
     }
 
     pub(crate) fn get_deadline(&self) -> Option<Duration> {

@@ -53,6 +53,59 @@ impl Pidfd {
         Ok(())
     }
 
+    /// Waits up to `timeout` for the process to exit (to become a zombie
+    /// or be reaped); whether it has.
+    pub(crate) fn wait_exit(&self, timeout: std::time::Duration) -> bool {
+        let end = std::time::Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            let mut p = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: poll on one valid pollfd we own.
+            let rc = unsafe { libc::poll(&mut p, 1, ms) };
+            if rc > 0 {
+                return true;
+            }
+            let interrupted =
+                rc < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted;
+            if !interrupted || left.is_zero() {
+                return false;
+            }
+        }
+    }
+
+    /// Reaps the process if it is a child of this one that has exited:
+    /// `Ok(true)` then, `Ok(false)` while it runs, `ECHILD` if it is not
+    /// this process's child (or was reaped already).
+    pub(crate) fn try_reap(&self) -> io::Result<bool> {
+        loop {
+            // SAFETY: an all-zero siginfo_t is a valid out-parameter.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waitid on a descriptor we own, with a valid out-pointer.
+            let rc = unsafe {
+                libc::waitid(
+                    libc::P_PIDFD,
+                    self.fd.as_raw_fd() as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG,
+                )
+            };
+            if rc == 0 {
+                // SAFETY: waitid filled `info` (si_pid stays 0 if nothing
+                // had exited).
+                return Ok(unsafe { info.si_pid() } != 0);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
     /// Reaps the process, which must be a child of this one, once it has
     /// exited (blocking until then).
     pub(crate) fn reap(&self) -> io::Result<()> {
@@ -101,5 +154,26 @@ mod tests {
             "a signal after the exit goes nowhere"
         );
         assert!(Pidfd::open(0).is_err());
+    }
+
+    #[test]
+    fn exits_are_awaited_with_a_deadline_and_children_reaped_without_blocking() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let p = Pidfd::open(child.id() as i32).unwrap();
+        assert!(!p.wait_exit(std::time::Duration::from_millis(20)));
+        assert!(!p.try_reap().unwrap(), "running: nothing to reap");
+        p.signal(libc::SIGKILL).unwrap();
+        assert!(p.wait_exit(std::time::Duration::from_secs(10)));
+        assert!(p.try_reap().unwrap(), "reaped once exited");
+        assert!(child.wait().is_err(), "nothing left for std to reap");
+        let me = Pidfd::open(std::process::id() as i32).unwrap();
+        assert_eq!(
+            me.try_reap().unwrap_err().raw_os_error(),
+            Some(libc::ECHILD),
+            "not our child"
+        );
     }
 }

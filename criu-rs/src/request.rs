@@ -76,18 +76,21 @@ pub(crate) enum Channel {
     /// This connected socket, which libcriu uses once and closes.
     Fd(OwnedFd),
     /// A `criu swrk` the crate started, so that a watchdog can kill it
-    /// when `deadline` passes; `fd` is libcriu's end of its socket.
+    /// when `deadline` passes (if there is one), and so that its socket
+    /// is closed as soon as libcriu returns (libcriu's own `restore_child`
+    /// waits for its CRIU first, see `Criu::restore_child`); `fd` is
+    /// libcriu's end of its socket.
     OwnSwrk {
         child: OwnedChild,
         fd: OwnedFd,
-        deadline: Duration,
+        deadline: Option<Duration>,
     },
 }
 
 /// The crate's own swrk and its deadline, while a request uses it.
 struct Guarded {
     child: OwnedChild,
-    deadline: Duration,
+    deadline: Option<Duration>,
 }
 
 /// A prepared request: a filled libcriu handle and what it refers to.
@@ -204,9 +207,9 @@ impl<'a> Request<'a> {
             // SAFETY: the closures live in `opts` and `iter`, which outlive
             // `installed`; it is finished on this thread before they end.
             let installed = unsafe { Installed::new(opts.notify.as_deref_mut(), iter) };
-            let dog = self.guarded.as_ref().map(|g| {
+            let dog = self.guarded.as_ref().and_then(|g| {
                 let pid = g.child.pid().map_or(0, |p| p as i32);
-                Watchdog::start(pid, sibling, g.deadline)
+                Some(Watchdog::start(pid, sibling, g.deadline?))
             });
             let start = Instant::now();
             let rc = call(self.raw.as_ptr());
@@ -230,7 +233,7 @@ impl<'a> Request<'a> {
         // Freeing the handle closes libcriu's end of the crate's swrk
         // socket; the swrk then exits on its own and is reaped.
         drop((config, raw));
-        let deadline = guarded.map(|mut g| {
+        let deadline = guarded.and_then(|mut g| {
             g.child.reap_within(Duration::from_secs(5));
             g.deadline
         });

@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 /// The descriptor number the service socket gets in a `criu swrk` child.
 const SERVICE_FD: i32 = 3;
 
+/// How long [`OwnedChild::wait`] waits for a child to exit on its own.
+const WAIT_GRACE: Duration = Duration::from_secs(10);
+
 /// A child process of this one, killed and reaped on drop unless it was
 /// reaped before.
 #[derive(Debug)]
@@ -52,10 +55,26 @@ impl OwnedChild {
     }
 
     /// Waits for it to exit and reaps it; `None` if it was reaped already.
+    /// Callers expect it to exit on its own (its status pipe closed, say);
+    /// one that is still running after [`WAIT_GRACE`] is killed then, so
+    /// that the wait always ends.
     pub(crate) fn wait(&mut self) -> Option<ExitStatus> {
-        let status = self.child.as_mut().and_then(|c| c.wait().ok());
-        self.child = None;
-        status
+        let deadline = Instant::now() + WAIT_GRACE;
+        loop {
+            match self.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Ok(None) | Err(_) => {
+                    let status = self
+                        .child
+                        .take()
+                        .and_then(|mut c| c.kill().and_then(|()| c.wait()).ok());
+                    return status;
+                }
+            }
+        }
     }
 
     /// Reaps it once it has exited on its own, polling often at first (a
@@ -91,10 +110,13 @@ impl Drop for OwnedChild {
     }
 }
 
-/// Starts `binary swrk 3`, a CRIU that serves one libcriu request over the
+/// Starts `binary swrk N`, a CRIU that serves one libcriu request over the
 /// socket handed to libcriu with `criu_local_set_service_fd`; returns it
-/// and libcriu's end of the socket.
-pub(crate) fn spawn_swrk(binary: &Path) -> Result<(OwnedChild, OwnedFd)> {
+/// and libcriu's end of the socket. The descriptors `keep` (those of
+/// `--inherit-fd`, which CRIU looks up by number) reach it at the same
+/// numbers, as they would through libcriu's own fork; the socket is the
+/// first descriptor from 3 up that is none of them.
+pub(crate) fn spawn_swrk(binary: &Path, keep: &[RawFd]) -> Result<(OwnedChild, OwnedFd)> {
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -102,25 +124,25 @@ pub(crate) fn spawn_swrk(binary: &Path) -> Result<(OwnedChild, OwnedFd)> {
         SockFlag::SOCK_CLOEXEC,
     )
     .map_err(|e| Error::io("creating the CRIU service socket", e.into()))?;
+    let service = (SERVICE_FD..)
+        .find(|n| !keep.contains(n))
+        .unwrap_or(SERVICE_FD);
     let mut cmd = Command::new(binary);
     cmd.arg("swrk")
-        .arg(SERVICE_FD.to_string())
+        .arg(service.to_string())
         .stdin(Stdio::null());
-    hand_over_fd(&mut cmd, theirs.as_raw_fd(), SERVICE_FD, None);
+    let mut fds = vec![(theirs.as_raw_fd(), service)];
+    fds.extend(keep.iter().map(|&k| (k, k)));
+    hand_over_fds(&mut cmd, fds, None);
     let child = OwnedChild::spawn(&mut cmd, &format!("{} swrk", binary.display()))?;
     drop(theirs);
     Ok((child, ours))
 }
 
-/// Arranges for `fd` to be descriptor `target` in the child (and every
-/// other descriptor above it closed at exec: libcriu's sockets are not
-/// close-on-exec), after switching to network namespace `netns` if given.
-pub(crate) fn hand_over_fd(cmd: &mut Command, fd: RawFd, target: RawFd, netns: Option<RawFd>) {
-    hand_over_fds(cmd, vec![(fd, target)], netns);
-}
-
-/// As [`hand_over_fd`], for several `(fd, target)` pairs; every
-/// descriptor above the highest target is closed at exec.
+/// Arranges for each `(fd, target)` pair's `fd` to be descriptor `target`
+/// in the child, and every other descriptor above the highest target to
+/// be closed at exec (libcriu's sockets are not close-on-exec), after
+/// switching to network namespace `netns` if given.
 ///
 /// The descriptors above the targets are marked close-on-exec rather than
 /// closed (`CLOSE_RANGE_CLOEXEC`, Linux 5.11): std reports a failed exec
@@ -128,6 +150,8 @@ pub(crate) fn hand_over_fd(cmd: &mut Command, fd: RawFd, target: RawFd, netns: O
 /// exec.
 pub(crate) fn hand_over_fds(cmd: &mut Command, fds: Vec<(RawFd, RawFd)>, netns: Option<RawFd>) {
     let last = fds.iter().map(|f| f.1).max().unwrap_or(2);
+    // Allocated here: nothing may allocate between fork and exec.
+    let mut moved: Vec<RawFd> = vec![0; fds.len()];
     // SAFETY: only async-signal-safe calls (setns, dup2, fcntl,
     // close_range) between fork and exec; `fds` was allocated before.
     unsafe {
@@ -139,15 +163,14 @@ pub(crate) fn hand_over_fds(cmd: &mut Command, fds: Vec<(RawFd, RawFd)>, netns: 
             }
             // First out of the targets' way: a source may be another
             // pair's target.
-            let mut moved = [0 as RawFd; 8];
-            for (i, &(fd, _)) in fds.iter().enumerate().take(moved.len()) {
-                moved[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, last + 1);
-                if moved[i] < 0 {
+            for (m, &(fd, _)) in moved.iter_mut().zip(fds.iter()) {
+                *m = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, last + 1);
+                if *m < 0 {
                     return Err(io::Error::last_os_error());
                 }
             }
-            for (i, &(_, target)) in fds.iter().enumerate().take(moved.len()) {
-                if libc::dup2(moved[i], target) < 0 {
+            for (&m, &(_, target)) in moved.iter().zip(fds.iter()) {
+                if libc::dup2(m, target) < 0 {
                     return Err(io::Error::last_os_error());
                 }
             }
@@ -166,10 +189,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_wait_on_a_child_that_does_not_exit_ends_with_its_kill() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("600");
+        let mut child = OwnedChild::spawn(&mut cmd, "sleep").unwrap();
+        let start = Instant::now();
+        let status = child.wait().expect("reaped");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        assert!(start.elapsed() >= WAIT_GRACE);
+        assert!(child.pid().is_none() && child.wait().is_none());
+    }
+
+    #[test]
     fn a_failed_exec_is_reported_as_such() {
         // std reports exec errors through a close-on-exec pipe of its own,
         // which the hand-over must leave open until the exec.
-        let e = spawn_swrk(Path::new("/nonexistent/criu")).unwrap_err();
+        let e = spawn_swrk(Path::new("/nonexistent/criu"), &[]).unwrap_err();
         let Error::Io { source, .. } = &e else {
             panic!("{e}")
         };
@@ -190,7 +228,7 @@ mod tests {
         let mut cmd = Command::new("sh");
         cmd.arg("-c").arg("ls /proc/self/fd");
         cmd.stdout(Stdio::piped());
-        hand_over_fd(&mut cmd, theirs.as_raw_fd(), 3, None);
+        hand_over_fds(&mut cmd, vec![(theirs.as_raw_fd(), 3)], None);
         let out = cmd.output().unwrap();
         nix::unistd::close(stray).unwrap();
         let fds: Vec<i32> = String::from_utf8_lossy(&out.stdout)

@@ -113,6 +113,17 @@ pub(crate) fn start_time(pid: i32) -> Option<u64> {
         .ok()
 }
 
+/// The parent of `pid` (`/proc/<pid>/stat`'s 4th field).
+pub(crate) fn parent(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 #[cfg(feature = "migrate")]
 /// This process's children (of every thread) that hold a TCP socket bound
 /// to `addr`, as pidfds: the CRIU that serves a lazy dump's pages there,

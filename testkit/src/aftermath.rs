@@ -228,6 +228,25 @@ pub fn empty_netns(host: &Host, timeout: Duration) -> Result<(), Vec<Proc>> {
     }
 }
 
+/// When `pid` started, in clock ticks since boot (`/proc/PID/stat`'s
+/// 22nd field): with the pid, what tells a process from a later one that
+/// took its pid. `None` if there is no such process.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// Whether the process that had `pid` and started at `start` is still in
+/// the process table, running, stopped or as a zombie nobody reaped.
+pub fn still_there(pid: i32, start: u64) -> bool {
+    start_time(pid) == Some(start)
+}
+
 /// Live processes running `bin` whose command line names `out`: the
 /// copies of the workload writing there (the source and any restored one).
 pub fn copies(bin: &Path, out: &Path) -> Vec<i32> {

@@ -4,6 +4,7 @@
 //! Real CRIU between two network-namespace hosts. Needs root.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use criu::migrate::{Cancel, DestConfig, SourceConfig, SourceState, Strategy};
@@ -22,10 +23,19 @@ enum Phase {
     Transferring,
     /// The destination, at its restore's first notification.
     Restoring,
+    /// The destination, at its restore's pre-resume notification: the
+    /// tree is restored, and CRIU resumes it whatever the answer.
+    Restored,
+    /// The destination, at its restore's post-resume notification: the
+    /// restored tree runs already.
+    Resumed,
     /// The source, while a lazy dump serves pages to a destination whose
     /// lazy-pages daemon is stopped.
     LazyServing,
 }
+
+/// The restored copy CRIU named at post-restore, by pid and start time.
+type Named = Arc<Mutex<Option<(i32, Option<u64>)>>>;
 
 /// Live processes whose command line starts with the workload's binary
 /// and names `out`: the source copy, and any restored copy.
@@ -88,6 +98,7 @@ fn cancel_at_in_isolation(strategy: Strategy, phase: Phase) {
     w.wait_for_seq(20, WAIT).unwrap();
     let (src_dir, dst_dir) = fixture::migration_dirs(dir.path());
     let (source, dest) = (Cancel::new(), Cancel::new());
+    let restored: Named = Arc::default();
     let src_cfg = || {
         let c = SourceConfig::new(strategy)
             .work_dir(&src_dir)
@@ -107,7 +118,7 @@ fn cancel_at_in_isolation(strategy: Strategy, phase: Phase) {
                     source.cancel();
                 }
             }),
-            Phase::Restoring | Phase::LazyServing => c,
+            _ => c,
         }
     };
     // In memory (to see that nothing stays in /dev/shm), but for the
@@ -126,6 +137,22 @@ fn cancel_at_in_isolation(strategy: Strategy, phase: Phase) {
                     std::ops::ControlFlow::Continue(())
                 });
             }),
+            Phase::Restored | Phase::Resumed => c.customize(|o| {
+                let (dest, restored) = (dest.clone(), restored.clone());
+                let at = match phase {
+                    Phase::Restored => "pre-resume",
+                    _ => "post-resume",
+                };
+                o.on_notify(move |n| {
+                    if let (criu::Event::PostRestore, Some(pid)) = (&n.event, n.pid) {
+                        *restored.lock().unwrap() = Some((pid, aftermath::start_time(pid)));
+                    }
+                    if n.event.name() == at {
+                        dest.cancel();
+                    }
+                    std::ops::ControlFlow::Continue(())
+                });
+            }),
             Phase::LazyServing => c.customize(|o| stop_daemon_then_cancel(o, &dst_dir, &source)),
             Phase::Dumping | Phase::Transferring => c,
         }
@@ -136,7 +163,9 @@ fn cancel_at_in_isolation(strategy: Strategy, phase: Phase) {
     let d = dst.expect_err(&what);
     eprintln!("{what}: {e}\n  / {d}");
     match phase {
-        Phase::Restoring => assert!(d.is_cancelled(), "{what}: {d}"),
+        Phase::Restoring | Phase::Restored | Phase::Resumed => {
+            assert!(d.is_cancelled(), "{what}: {d}")
+        }
         _ => assert!(e.is_cancelled(), "{what}: {e}"),
     }
     assert!(
@@ -153,6 +182,17 @@ fn cancel_at_in_isolation(strategy: Strategy, phase: Phase) {
     let (now, ok) = w.verify_memory(w.pid(), WAIT).unwrap();
     assert!(ok && Some(now) == sum, "{what}: its memory is intact");
     assert_eq!(copies(&out), 1, "{what}: exactly one copy runs");
+    if matches!(phase, Phase::Restored | Phase::Resumed) {
+        let seen = *restored.lock().unwrap();
+        let Some((pid, Some(start))) = seen else {
+            panic!("{what}: CRIU named no restored root at post-restore: {seen:?}");
+        };
+        assert!(
+            !aftermath::still_there(pid, start),
+            "{what}: the restored copy {pid} is left ({:?})",
+            criu_testkit::task_state(pid)
+        );
+    }
     let needle = dst_dir.to_string_lossy().into_owned();
     assert!(
         find_process(&needle).is_none(),
@@ -185,6 +225,20 @@ fn cancelling_while_transferring_resumes_the_source_for_every_strategy() {
 fn cancelling_the_destination_while_restoring_resumes_the_source_for_every_strategy() {
     for strategy in Strategy::ALL {
         cancel_at(strategy, Phase::Restoring);
+    }
+}
+
+#[test]
+fn cancelling_the_destination_once_restored_kills_the_copy_for_every_strategy() {
+    for strategy in Strategy::ALL {
+        cancel_at(strategy, Phase::Restored);
+    }
+}
+
+#[test]
+fn cancelling_the_destination_once_resumed_kills_the_copy_for_every_strategy() {
+    for strategy in Strategy::ALL {
+        cancel_at(strategy, Phase::Resumed);
     }
 }
 

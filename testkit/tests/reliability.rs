@@ -2,11 +2,13 @@
 //! failed restore leaves no half-built tree, bad input is a typed error.
 //! Real CRIU, as root.
 
-use std::os::fd::AsFd;
+use std::ops::ControlFlow;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::mpsc;
 use std::time::Duration;
 
-use criu::{Criu, Error, ImagesDir, InvalidKind, Options};
-use criu_testkit::{alive, find_process, fixture, wait_until, KillOnDrop};
+use criu::{Criu, Error, Event, ImagesDir, InvalidKind, Options};
+use criu_testkit::{aftermath, alive, find_process, fixture, wait_until, KillOnDrop, Workload};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -84,7 +86,10 @@ fn a_restore_that_would_hang_is_cut_by_the_deadline_and_leaves_nothing() {
         .unwrap()
         .set_len(len / 2)
         .unwrap();
-    for child in [false, true] {
+    // restore_child first: the detached restore's killed task is left to
+    // PID 1 to reap, which a harness's PID 1 may never do, and its zombie
+    // would keep the pid from the next restore.
+    for child in [true, false] {
         let mut o = Options::new();
         // The crate's image check would refuse these images before CRIU
         // starts (hardening.rs); off, to test the deadline on CRIU's hang.
@@ -417,4 +422,253 @@ fn a_cli_only_value_criu_would_split_is_refused_before_criu_runs() {
         w.is_running() && w.advances(WAIT),
         "the process is untouched"
     );
+}
+
+/// How a late-refusal test restores.
+#[derive(Debug, Clone, Copy)]
+enum Restore {
+    /// `restore_child`, with or without a deadline.
+    Child { deadline: bool },
+    /// `restore` (detached), with or without a deadline.
+    Detached { deadline: bool },
+}
+
+const EVERY_RESTORE: [Restore; 4] = [
+    Restore::Child { deadline: false },
+    Restore::Child { deadline: true },
+    Restore::Detached { deadline: false },
+    Restore::Detached { deadline: true },
+];
+
+/// Restores a freshly dumped counter with `how`, refusing CRIU's
+/// notification `refused` (one that comes after CRIU created the tree),
+/// and checks that the restore fails with that refusal within a minute
+/// (it hung before) and leaves no restored copy: the process CRIU named
+/// at post-restore (by pid and start time) is dead, and gone when it was
+/// restored as our child. Then restores the same images again.
+///
+/// The counter is the init of its own PID namespace: a detached copy,
+/// killed, is reaped by the PID 1 it was left to, which may be slow or
+/// never do it (a harness's own PID 1), and a restore into a new PID
+/// namespace needs no pid that such a zombie holds.
+fn refused_late(refused: Event, how: Restore) {
+    let what = format!("{how:?} refusing {}", refused.name());
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Workload::spawn_in_pid_ns(
+        env!("CARGO_BIN_EXE_criu-rs-workload").as_ref(),
+        &dir.path().join("out.log"),
+        fixture::TICK,
+        1,
+    )
+    .unwrap();
+    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    Criu::new()
+        .dump(
+            Options::new()
+                .pid(w.pid())
+                .images_dir(&images)
+                .log_file("dump.log"),
+        )
+        .unwrap();
+    w.reap(WAIT).unwrap();
+    let sum = w.memory_checksum();
+    let (seq, size) = (w.last_seq(), std::fs::metadata(w.output()).unwrap().len());
+    let images_path = images.path().to_path_buf();
+    drop(images);
+    let refused_name = refused.name().to_string();
+    let (tx, rx) = mpsc::channel();
+    // On a thread of its own, so that a hang fails the test instead of
+    // holding it.
+    std::thread::spawn(move || {
+        let images = ImagesDir::open(&images_path).unwrap();
+        let mut root = None;
+        let mut o = Options::new();
+        o.images_dir(&images)
+            .log_file("restore.log")
+            .on_notify(|n| {
+                if let (Event::PostRestore, Some(pid)) = (&n.event, n.pid) {
+                    root = Some((pid, aftermath::start_time(pid)));
+                }
+                match n.event.name() == refused_name {
+                    true => ControlFlow::Break("refused by the test".into()),
+                    false => ControlFlow::Continue(()),
+                }
+            });
+        let (Restore::Child { deadline } | Restore::Detached { deadline }) = how;
+        if deadline {
+            o.deadline(WAIT);
+        }
+        let criu = Criu::new();
+        let r = match how {
+            Restore::Child { .. } => criu.restore_child(&mut o).map(|(c, _)| c.detach()),
+            Restore::Detached { .. } => criu.restore(&mut o).map(|r| r.pid),
+        };
+        drop(o);
+        let _ = tx.send((r, root));
+    });
+    let (r, root) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("{what}: the restore hung"));
+    let e = match r {
+        Ok(pid) => {
+            let _kill = KillOnDrop(pid);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            panic!("{what}: restored as pid {pid} despite the refusal");
+        }
+        Err(e) => e,
+    };
+    eprintln!("{what}: {e}");
+    assert!(
+        matches!(&e, Error::NotificationRefused { event, .. } if event == refused.name()),
+        "{what}: {e}"
+    );
+    let Some((pid, Some(start))) = root else {
+        panic!("{what}: CRIU named no restored root at post-restore: {root:?}");
+    };
+    match how {
+        // Our child: killed and reaped before restore_child returned.
+        Restore::Child { .. } => assert!(
+            !aftermath::still_there(pid, start),
+            "{what}: the restored copy {pid} is left ({:?})",
+            criu_testkit::task_state(pid)
+        ),
+        // CRIU's child, then PID 1's: killed (dead, if not yet reaped by
+        // PID 1) before restore returned.
+        Restore::Detached { .. } => assert!(
+            !(alive(pid) && aftermath::still_there(pid, start)),
+            "{what}: the restored copy {pid} still runs"
+        ),
+    }
+    // The images are intact: they restore. The killed copy may have
+    // counted on before it died, and CRIU restores an open file only at
+    // the size it had at the dump: its writer gone, the output goes back
+    // to that size.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(w.output())
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    let images = ImagesDir::open(dir.path().join("img")).unwrap();
+    let (mut child, report) = Criu::new()
+        .restore_child(Options::new().images_dir(&images).log_file("again.log"))
+        .unwrap_or_else(|e| panic!("{what}: the second restore: {e}"));
+    w.forget();
+    assert_eq!(report.pid, child.pid(), "{what}");
+    w.wait_for_seq(seq + 3, WAIT).unwrap();
+    let (now, ok) = w.verify_memory(child.pid(), WAIT).unwrap();
+    assert!(ok && Some(now) == sum, "{what}: memory intact");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn refusing_pre_resume_kills_and_reaps_the_restored_tree() {
+    for how in EVERY_RESTORE {
+        refused_late(Event::PreResume, how);
+    }
+}
+
+#[test]
+fn refusing_post_resume_kills_and_reaps_the_restored_tree() {
+    for how in EVERY_RESTORE {
+        refused_late(Event::PostResume, how);
+    }
+}
+
+/// What the pipe `r` gave within `WAIT` (polling, so a silent pipe
+/// fails the test instead of holding it): the text up to the first
+/// "tick", or why none came.
+fn tick_from(r: &std::os::fd::OwnedFd) -> Result<String, String> {
+    let end = std::time::Instant::now() + WAIT;
+    let mut text = String::new();
+    while !text.contains("tick") {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(format!("no tick in {WAIT:?}: {text:?}"));
+        }
+        let mut p = libc::pollfd {
+            fd: r.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one valid pollfd.
+        if unsafe { libc::poll(&mut p, 1, left.as_millis() as i32) } <= 0 {
+            continue;
+        }
+        let mut buf = [0u8; 64];
+        match nix::unistd::read(r.as_raw_fd(), &mut buf) {
+            Ok(0) => return Err(format!("end of file after {text:?}")),
+            Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(format!("{e} after {text:?}")),
+        }
+    }
+    Ok(text)
+}
+
+#[test]
+fn restore_child_hands_inherited_descriptors_to_the_criu_it_starts() {
+    // restore_child starts its own CRIU (not libcriu's fork): the
+    // descriptors of `--inherit-fd` must reach it at their numbers.
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args([
+        "-c",
+        "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.02)",
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(w)
+    .stderr(std::process::Stdio::null());
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    criu_testkit::close_inherited_fds(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id() as i32;
+    let _kill = KillOnDrop(pid);
+    tick_from(&r).unwrap();
+    let inode = nix::sys::stat::fstat(r.as_raw_fd()).unwrap().st_ino;
+    let dir = tempfile::tempdir().unwrap();
+    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    Criu::new()
+        .dump(
+            Options::new()
+                .pid(pid)
+                .images_dir(&images)
+                .log_file("dump.log"),
+        )
+        .unwrap();
+    child.wait().unwrap();
+    drop(r);
+    for deadline in [false, true] {
+        let (r2, w2) = nix::unistd::pipe().unwrap();
+        let mut o = Options::new();
+        o.images_dir(&images)
+            .log_file("restore.log")
+            .add_inherit_fd(w2.as_fd(), format!("pipe:[{inode}]"));
+        if deadline {
+            o.deadline(WAIT);
+        }
+        let (mut restored, _) = Criu::new()
+            .restore_child(&mut o)
+            .unwrap_or_else(|e| panic!("deadline {deadline}: {e}"));
+        drop(o);
+        drop(w2);
+        let tick = tick_from(&r2);
+        let status = restored.try_wait();
+        restored.kill().unwrap();
+        restored.wait().unwrap();
+        if let Err(e) = tick {
+            panic!(
+                "deadline {deadline}: the restored process does not write to our pipe: {e} \
+                 (the process: {status:?})"
+            );
+        }
+    }
 }

@@ -207,8 +207,11 @@ fn restore(
     }
     let mut user = o.notify.take();
     let cancel = cfg.cancel.clone();
-    // A cancel refuses CRIU's next notification: CRIU kills what it
-    // restored so far.
+    // A cancel refuses CRIU's next notification, which fails the restore.
+    // Up to post-restore CRIU kills what it restored so far; after it
+    // (pre-resume, post-resume) CRIU only logs the refusal and resumes
+    // the tree, which `restore_child` then kills and reaps: either way
+    // nothing restored is left.
     o.on_notify(move |n| {
         if let Some(user) = user.as_mut() {
             user(n)?;
