@@ -158,6 +158,26 @@ const LOG_HINTS: &[(&str, &str)] = &[
         "CRIU could not lock the network (iptables missing?): install iptables, or pass --network-lock nftables or --network-lock skip",
     ),
     (
+        "The --root option is required",
+        "the tree has a mount namespace of its own: pass --root DIR, the directory that becomes its root (holding the tree's files at the same paths)",
+    ),
+    (
+        "doesn't have a proper root mount",
+        "the tree has a bind mount from outside its mount namespace: add --ext-mount-map MOUNTPOINT:KEY (and restore with --ext-mount-map KEY:DIR), or --auto-ext-mnt to dump and restore alike",
+    ),
+    (
+        "is autodetected external mount",
+        "the dump found the tree's external mounts itself (--auto-ext-mnt): restore with --auto-ext-mnt too",
+    ),
+    (
+        "No mapping for",
+        "the checkpoint has an external mount: restore with --ext-mount-map KEY:DIR, KEY as the dump's --ext-mount-map named it",
+    ),
+    (
+        "Unaccessible path opened",
+        "a file's name now leads to another file: for a device node recreated since (by udev, say), add --evasive-devices",
+    ),
+    (
         "has bad size",
         "a file the process had open changed size since the dump: restore the file as it was, or give the process its own output file",
     ),
