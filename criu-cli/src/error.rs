@@ -440,6 +440,25 @@ mod tests {
     }
 
     #[test]
+    fn every_exit_code_is_documented() {
+        let all = [
+            Exit::Failure,
+            Exit::Usage,
+            Exit::Criu,
+            Exit::Peer,
+            Exit::Interrupted,
+            Exit::BadInput,
+            Exit::Refused,
+        ];
+        for code in all {
+            let line = format!("\n  {}  ", code as u8);
+            assert!(EXIT_CODES.contains(&line), "{code:?} is not in EXIT_CODES");
+        }
+        // The heading, 0 (success), and one line per code: no other.
+        assert_eq!(EXIT_CODES.lines().count(), all.len() + 2);
+    }
+
+    #[test]
     fn a_missing_file_is_named_for_restores_only() {
         let hint = log_hint("No such file or directory");
         for op in [Operation::Restore, Operation::RestoreChild] {
