@@ -9,7 +9,7 @@
 //! --network-lock, --ext-unix-sk, --external, --shell-job,
 //! --manage-cgroups, --tcp-close, --link-remap, --evasive-devices,
 //! --root, --ext-mount-map, --auto-ext-mnt; --weak-sysctls only as far
-//! as CRIU receiving it (see its test). Needs root.
+//! as CRIU's dump and restore receiving it (see its test). Needs root.
 
 mod common;
 
@@ -541,26 +541,52 @@ fn evasive_devices_dumps_a_device_whose_name_leads_to_a_like_node() {
 
 /// `--weak-sysctls` only reaches CRIU here: it lets a restore skip the
 /// network namespace's sysctls the kernel lacks, and this kernel has
-/// every one CRIU saves, so no restore here differs with it. What the
-/// test can show is that CRIU got it: at log level info CRIU says "Will
-/// skip non-existent sysctls on restore" when (and only when) it is set.
+/// every one CRIU saves (a tmpfs over /proc/sys/net/unix does not hide
+/// it from a new network namespace: each has its own dentries), so no
+/// restore here differs with it. What the test can show is that CRIU
+/// got it, on dump and on restore, where it acts: at log level info CRIU
+/// says "Will skip non-existent sysctls on restore" when (and only when)
+/// it is set.
 #[test]
-fn weak_sysctls_reaches_criu() {
+fn weak_sysctls_reaches_criu_on_dump_and_restore() {
+    const SAID: &str = "Will skip non-existent sysctls on restore";
+    let info = ["--log-level", "info"];
     let dir = tempfile::tempdir().unwrap();
     let w = Workload::start(dir.path(), IDLE);
-    let said = |name: &str, flags: &[&str]| {
+    let pid: i32 = w.pid().parse().unwrap();
+    let dumped = |name: &str, flags: &[&str]| {
         let images = dir.path().join(name);
-        let base = ["--leave-running", "--log-level", "info"];
-        let out = dump(&w, &images, &[&base[..], flags].concat());
+        let out = dump(
+            &w,
+            &images,
+            &[&info[..], &["--leave-running"], flags].concat(),
+        );
         assert!(out.status.success(), "{name}: {}", stderr(&out));
-        dump_log(&images).contains("Will skip non-existent sysctls on restore")
+        (dump_log(&images).contains(SAID), images)
+    };
+    let (weak, weak_images) = dumped("weak", &["--weak-sysctls"]);
+    assert!(weak, "CRIU's dump never got --weak-sysctls");
+    let (strict, strict_images) = dumped("strict", &[]);
+    assert!(!strict, "CRIU's dump skips missing sysctls unasked");
+    assert!(w.runs());
+    drop(w);
+    let restored = |images: &Path, flags: &[&str]| {
+        let (out, tree) = restore(images, pid, &[&info[..], flags].concat());
+        assert!(out.status.success(), "{}", stderr(&out));
+        drop(tree);
+        let freed = common::holds_within(Duration::from_secs(20), || common::state(pid).is_none());
+        assert!(freed, "the restored pid {pid} is still taken");
+        let log = std::fs::read_to_string(images.join("restore.log")).unwrap_or_default();
+        log.contains(SAID)
     };
     assert!(
-        said("weak", &["--weak-sysctls"]),
-        "CRIU never got --weak-sysctls"
+        !restored(&strict_images, &[]),
+        "CRIU's restore skips missing sysctls unasked"
     );
-    assert!(!said("strict", &[]), "CRIU skips missing sysctls unasked");
-    assert!(w.runs());
+    assert!(
+        restored(&weak_images, &["--weak-sysctls"]),
+        "CRIU's restore never got --weak-sysctls"
+    );
 }
 
 /// Started by `unshare --mount` in a mount namespace of its own: binds
