@@ -270,7 +270,7 @@ fn move_counter(strategy: &str, send_security: &[&str], recv_security: &[&str]) 
 
 #[test]
 fn every_strategy_moves_a_process_in_plain_tcp() {
-    for strategy in ["stop-and-copy", "page-server", "lazy"] {
+    for strategy in ["stop-and-copy", "page-server", "lazy", "pre-copy"] {
         move_counter(strategy, &["--plain"], &["--plain"]);
     }
 }
