@@ -2,11 +2,12 @@
 //! every strategy (plain and over mutual TLS), a peer with a certificate
 //! of another CA refused before the source stops, and SIGINT, SIGTERM and
 //! SIGHUP that resume the source (send) or end the wait (receive), at
-//! every phase: pre-flight, CRIU's dump, the transfer, CRIU's restore
-//! (held by an action script named by CRIU_CONFIG_FILE) and lazy serving,
-//! each leaving the application running once. Each moved workload is the
-//! init of its own PID namespace, so its pids are free for the restore
-//! while the source still holds them. Needs root.
+//! every phase: pre-flight, pre-copy's passes, CRIU's dump, the
+//! transfer, CRIU's restore (held by an action script named by
+//! CRIU_CONFIG_FILE) and lazy serving, each leaving the application
+//! running once. Each moved workload is the init of its own PID
+//! namespace, so its pids are free for the restore while the source
+//! still holds them. Needs root.
 
 mod common;
 
@@ -70,7 +71,10 @@ fn counter(dir: &Path, mib: u32, own_pid_ns: bool) -> Counter {
         outer
     };
     let c = Counter { child, pid, out };
-    assert!(c.grows(), "the counter never counted");
+    // Filling a GiB takes a while on a loaded machine: up to a minute
+    // for the first line, then it counts on as usual.
+    let started = common::holds_within(Duration::from_secs(60), || c.lines() > 0);
+    assert!(started && c.grows(), "the counter never counted");
     c
 }
 
@@ -270,7 +274,7 @@ fn move_counter(strategy: &str, send_security: &[&str], recv_security: &[&str]) 
 
 #[test]
 fn every_strategy_moves_a_process_in_plain_tcp() {
-    for strategy in ["stop-and-copy", "page-server", "lazy", "pre-copy"] {
+    for strategy in common::strategies("migrate::every_strategy_moves_a_process_in_plain_tcp") {
         move_counter(strategy, &["--plain"], &["--plain"]);
     }
 }
@@ -1018,4 +1022,83 @@ fn sigint_to_send_while_lazy_pages_are_served_resumes_the_source() {
         "receive wrote no error row: {}",
         i.recv_err
     );
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            found.extend(files_under(&p));
+        } else {
+            found.push(p);
+        }
+    }
+    found
+}
+
+/// SIGINT to `send --strategy pre-copy` while its first pass runs (CRIU
+/// pre-dumps the running tree, the pages go out): the send ends with
+/// status 5 and says the source resumed, the receive fails and removes
+/// what it got, and the tree runs on, once.
+#[test]
+fn sigint_to_send_during_pre_copy_passes_resumes_the_source() {
+    let what = "SIGINT to send during pre-copy's passes";
+    let id = "migrate::sigint_to_send_during_pre_copy_passes_resumes_the_source";
+    if !common::strategies(id).contains(&"pre-copy") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Enough memory that the first pass takes a while.
+    let c = counter(dir.path(), 512, true);
+    let (send_work, recv_work) = (dir.path().join("send-work"), dir.path().join("recv-work"));
+    std::fs::create_dir(&send_work).unwrap();
+    std::fs::create_dir(&recv_work).unwrap();
+    let port = free_port();
+    let recv_json = dir.path().join("recv.json");
+    let r = receive(
+        port,
+        &[
+            "--plain",
+            "--json",
+            recv_json.to_str().unwrap(),
+            "--work-dir",
+            recv_work.to_str().unwrap(),
+        ],
+    );
+    let send = Command::new(bin())
+        .args(["send", "--pid", &c.pid.to_string(), "--plain"])
+        .args(["--strategy", "pre-copy", "--json", "-", "--work-dir"])
+        .arg(&send_work)
+        .args(["--to", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first pass under way: CRIU's pre-dump writes its directory.
+    let passing = poll(|| {
+        let pass = |f: &PathBuf| f.components().any(|c| c.as_os_str() == "pass-1");
+        files_under(&send_work).iter().any(pass).then_some(())
+    });
+    // SAFETY: kill(2) of the send this test started.
+    unsafe { libc::kill(send.id() as i32, libc::SIGINT) };
+    let out = send.wait_with_output().unwrap();
+    let (recv_code, recv_err) = r.finish();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(passing.is_some(), "{what}: no pass began: {err}");
+    assert_eq!(out.status.code(), Some(5), "send: {err}");
+    let row = error_row(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(row["exit"], 5, "{row}");
+    assert_eq!(row["signal"], "SIGINT", "{row}");
+    assert_eq!(row["cancelled"], true, "{row}");
+    assert_eq!(row["source_state"], "resumed", "{row}");
+    assert!(
+        row["step"] == "dump" || row["step"] == "transfer",
+        "not in a pass: {row}"
+    );
+    assert_ne!(recv_code, Some(0), "receive: {recv_err}");
+    let left = files_under(&recv_work);
+    assert!(left.is_empty(), "{what}: the receive left {left:?}");
+    runs_once(&c, dir.path(), what);
 }

@@ -316,7 +316,9 @@ fn redis_moves_with_its_data_and_a_connected_client_with_every_strategy() {
         Path::new("/usr/bin/redis-server").exists() && Path::new("/usr/bin/redis-cli").exists(),
         "redis-server and redis-cli are missing: run scripts/setup.sh (Debian package redis-server)"
     );
-    for strategy in ["stop-and-copy", "page-server", "lazy", "pre-copy"] {
+    for strategy in common::strategies(
+        "tcp_move::redis_moves_with_its_data_and_a_connected_client_with_every_strategy",
+    ) {
         let net = Net::new();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
