@@ -1102,3 +1102,40 @@ fn sigint_to_send_during_pre_copy_passes_resumes_the_source() {
     assert!(left.is_empty(), "{what}: the receive left {left:?}");
     runs_once(&c, dir.path(), what);
 }
+
+/// A `--work-dir` that does not exist is a bad command line (status 2),
+/// found before anything starts: the send stops nothing, the receive
+/// does not listen.
+#[test]
+fn a_missing_work_dir_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = counter(dir.path(), 8, false);
+    let missing = dir.path().join("no-such-dir");
+    let port = free_port();
+    let send = Command::new(bin())
+        .args(["send", "--pid", &c.pid.to_string(), "--plain", "--work-dir"])
+        .arg(&missing)
+        .args(["--to", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&send.stderr);
+    assert_eq!(send.status.code(), Some(2), "send: {err}");
+    assert!(err.contains("hint:"), "send: {err}");
+    assert!(c.grows(), "the source does not run on");
+    let listen = format!("127.0.0.1:{port}");
+    let mut receive = Command::new(bin())
+        .args(["receive", "--listen", &listen, "--plain", "--work-dir"])
+        .arg(&missing)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = poll(|| receive.try_wait().unwrap());
+    if status.is_none() {
+        let _ = receive.kill();
+        let _ = receive.wait();
+        panic!("receive waits for a source with a missing --work-dir");
+    }
+    assert_eq!(status.unwrap().code(), Some(2), "receive");
+    assert!(!missing.exists(), "a --work-dir was made");
+}

@@ -268,6 +268,24 @@ impl AddressMove for HookProgram {
     }
 }
 
+/// A `--work-dir` must be an existing directory: the migration writes its
+/// images under it, and would otherwise fail only once under way (as a
+/// failed handshake with the peer).
+fn check_work_dir(dir: Option<&std::path::Path>) -> CliResult {
+    match dir {
+        Some(d) if !d.is_dir() => Err(CliError::usage(format!(
+            "--work-dir {}: no such directory",
+            d.display()
+        ))
+        .hint(format!(
+            "create it (mkdir -p {}), or leave --work-dir out: the images then go to a \
+             private tmpfs directory",
+            d.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 pub(super) fn resolve(to: &str) -> CliResult<SocketAddr> {
     to.to_socket_addrs()
         .map_err(|e| CliError::new(Exit::Peer, format!("resolving {to}: {e}")))?
@@ -302,6 +320,7 @@ pub fn send(a: SendArgs) -> CliResult {
 
 fn send_tree(a: &SendArgs) -> CliResult {
     a.criu.check_for("send")?;
+    check_work_dir(a.work_dir.as_deref())?;
     if a.criu.criu_config.is_some() && a.strategy != Strategy::StopAndCopy {
         return Err(CliError::usage(format!(
             "--criu-config works with --strategy stop-and-copy only: {} passes options of its \
@@ -541,6 +560,7 @@ fn next_source(
 
 fn receive_tree(a: &ReceiveArgs) -> CliResult {
     a.criu.check_for("receive")?;
+    check_work_dir(a.work_dir.as_deref())?;
     let link = link(&a.security)?;
     let listener = listen(a.listen)?;
     let signals = interrupts()?;
