@@ -115,3 +115,13 @@ fn a_bad_command_line_exits_2_as_documented() {
         assert_eq!(out.status.code(), Some(2), "criu-rs {args:?}: {out:?}");
     }
 }
+
+#[test]
+fn a_file_that_cannot_be_read_exits_1_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("core-1.img");
+    for cmd in ["info", "show"] {
+        let out = Command::new(bin()).arg(cmd).arg(&missing).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "criu-rs {cmd}: {out:?}");
+    }
+}
