@@ -1038,16 +1038,18 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// SIGINT to `send --strategy pre-copy` while its first pass runs (CRIU
-/// pre-dumps the running tree, the pages go out): the send ends with
-/// status 5 and says the source resumed, the receive fails and removes
-/// what it got, and the tree runs on, once.
-#[test]
-fn sigint_to_send_during_pre_copy_passes_resumes_the_source() {
-    let what = "SIGINT to send during pre-copy's passes";
-    let id = "migrate::sigint_to_send_during_pre_copy_passes_resumes_the_source";
+/// SIGINTs the receive (`to_receive`) or the send of a `--strategy
+/// pre-copy` move while its first pass runs (CRIU pre-dumps the running
+/// tree, the pages go out), `id` naming the test for a skip. Checks that
+/// a pass had begun, that the receive kept nothing of it and that the
+/// tree runs on, once; `None` when pre-copy cannot run here.
+fn sigint_during_pre_copy_passes(to_receive: bool, id: &str) -> Option<Interrupted> {
+    let what = match to_receive {
+        true => "SIGINT to receive during pre-copy's passes",
+        false => "SIGINT to send during pre-copy's passes",
+    };
     if !common::strategies(id).contains(&"pre-copy") {
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
     // Enough memory that the first pass takes a while.
@@ -1081,14 +1083,38 @@ fn sigint_to_send_during_pre_copy_passes_resumes_the_source() {
         let pass = |f: &PathBuf| f.components().any(|c| c.as_os_str() == "pass-1");
         files_under(&send_work).iter().any(pass).then_some(())
     });
-    // SAFETY: kill(2) of the send this test started.
-    unsafe { libc::kill(send.id() as i32, libc::SIGINT) };
+    let target = if to_receive { r.child.id() } else { send.id() };
+    // SAFETY: kill(2) of a command this test started.
+    unsafe { libc::kill(target as i32, libc::SIGINT) };
     let out = send.wait_with_output().unwrap();
     let (recv_code, recv_err) = r.finish();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(passing.is_some(), "{what}: no pass began: {err}");
-    assert_eq!(out.status.code(), Some(5), "send: {err}");
-    let row = error_row(&String::from_utf8_lossy(&out.stdout));
+    let send_err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        passing.is_some(),
+        "{what}: no pass began: {send_err}\nreceive: {recv_err}"
+    );
+    let left = files_under(&recv_work);
+    assert!(left.is_empty(), "{what}: the receive left {left:?}");
+    runs_once(&c, dir.path(), what);
+    let recv_text = std::fs::read_to_string(&recv_json).unwrap_or_default();
+    Some(Interrupted {
+        send_code: out.status.code(),
+        send_row: error_row(&String::from_utf8_lossy(&out.stdout)),
+        send_err,
+        recv_code,
+        recv_row: error_row(&recv_text),
+        recv_err,
+    })
+}
+
+#[test]
+fn sigint_to_send_during_pre_copy_passes_resumes_the_source() {
+    let id = "migrate::sigint_to_send_during_pre_copy_passes_resumes_the_source";
+    let Some(i) = sigint_during_pre_copy_passes(false, id) else {
+        return;
+    };
+    let row = &i.send_row;
+    assert_eq!(i.send_code, Some(5), "send: {}", i.send_err);
     assert_eq!(row["exit"], 5, "{row}");
     assert_eq!(row["signal"], "SIGINT", "{row}");
     assert_eq!(row["cancelled"], true, "{row}");
@@ -1097,10 +1123,23 @@ fn sigint_to_send_during_pre_copy_passes_resumes_the_source() {
         row["step"] == "dump" || row["step"] == "transfer",
         "not in a pass: {row}"
     );
-    assert_ne!(recv_code, Some(0), "receive: {recv_err}");
-    let left = files_under(&recv_work);
-    assert!(left.is_empty(), "{what}: the receive left {left:?}");
-    runs_once(&c, dir.path(), what);
+    assert_ne!(i.recv_code, Some(0), "receive: {}", i.recv_err);
+}
+
+#[test]
+fn sigint_to_receive_during_pre_copy_passes_resumes_the_source() {
+    let id = "migrate::sigint_to_receive_during_pre_copy_passes_resumes_the_source";
+    let Some(i) = sigint_during_pre_copy_passes(true, id) else {
+        return;
+    };
+    let row = &i.recv_row;
+    assert_eq!(i.recv_code, Some(5), "receive: {}", i.recv_err);
+    assert_eq!(row["exit"], 5, "{row}");
+    assert_eq!(row["signal"], "SIGINT", "{row}");
+    assert_eq!(row["cancelled"], true, "{row}");
+    // The source decides, and says so: it resumed its tree.
+    assert_ne!(i.send_code, Some(0), "send: {}", i.send_err);
+    assert_eq!(i.send_row["source_state"], "resumed", "{}", i.send_row);
 }
 
 /// A `--work-dir` that does not exist is a bad command line (status 2),
