@@ -3,8 +3,8 @@
 //! of another CA refused before the source stops, and SIGINT, SIGTERM and
 //! SIGHUP that resume the source (send) or end the wait (receive), at
 //! every phase: pre-flight, pre-copy's passes, CRIU's dump, the
-//! transfer, CRIU's restore (held by an action script named by
-//! CRIU_CONFIG_FILE) and lazy serving, each leaving the application
+//! transfer, the address hook, CRIU's restore (held by an action script
+//! named by CRIU_CONFIG_FILE) and lazy serving, each leaving the application
 //! running once. Each moved workload is the init of its own PID
 //! namespace, so its pids are free for the restore while the source
 //! still holds them. Needs root.
@@ -1177,4 +1177,98 @@ fn a_missing_work_dir_is_refused_before_anything_starts() {
     }
     assert_eq!(status.unwrap().code(), Some(2), "receive");
     assert!(!missing.exists(), "a --work-dir was made");
+}
+
+/// An `--address-hook` that logs each step to `LOG`, and at
+/// `move-to-dest` touches `HELD` and waits (up to 30 s) for `GO`.
+const HELD_HOOK: &str = r#"#!/bin/sh
+echo "$1" >> "$LOG"
+if [ "$1" = move-to-dest ]; then
+  touch "$HELD"
+  i=0; while [ ! -e "$GO" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+fi
+"#;
+
+/// Ctrl-C (SIGINT to the send's process group, as a terminal sends it)
+/// while `--address-hook` runs its `move-to-dest` step: the send exits 5
+/// at step connections, the hook moves the address back and unlocks, the
+/// destination's copy is killed and the source runs on, once.
+#[test]
+fn ctrl_c_while_the_address_hook_moves_the_address_resumes_the_source() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let what = "Ctrl-C during the address hook";
+    let dir = tempfile::tempdir().unwrap();
+    let c = counter(dir.path(), 8, true);
+    let (log, held, go) = (
+        dir.path().join("hook.log"),
+        dir.path().join("held"),
+        dir.path().join("go"),
+    );
+    let hook = dir.path().join("hook.sh");
+    std::fs::write(&hook, HELD_HOOK).unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = free_port();
+    let recv_json = dir.path().join("recv.json");
+    let r = receive(
+        port,
+        &[
+            "--plain",
+            "--tcp-established",
+            "--json",
+            recv_json.to_str().unwrap(),
+        ],
+    );
+    // Its own process group, as a terminal's foreground job: Ctrl-C
+    // reaches the send and the hook it runs.
+    let send = Command::new(bin())
+        .args([
+            "send",
+            "--pid",
+            &c.pid.to_string(),
+            "--plain",
+            "--json",
+            "-",
+        ])
+        .args(["--to", &format!("127.0.0.1:{port}"), "--tcp-established"])
+        .arg("--address-hook")
+        .arg(&hook)
+        .env("LOG", &log)
+        .env("HELD", &held)
+        .env("GO", &go)
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reached = poll(|| held.exists().then_some(()));
+    // SAFETY: kill(2) of the process group of the send this test started.
+    unsafe { libc::kill(-(send.id() as i32), libc::SIGINT) };
+    let out = send.wait_with_output().unwrap();
+    std::fs::write(&go, "").unwrap();
+    let send_err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let mut r = r;
+    let ended = poll(|| r.child.try_wait().unwrap()).is_some();
+    if !ended {
+        let _ = r.child.kill();
+    }
+    let (recv_code, recv_err) = r.finish();
+    assert!(
+        reached.is_some(),
+        "{what}: the hook never ran move-to-dest: {send_err}"
+    );
+    assert!(ended, "{what}: the receive still waits: {recv_err}");
+    assert_eq!(out.status.code(), Some(5), "send: {send_err}");
+    let row = error_row(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(row["exit"], 5, "{row}");
+    assert_eq!(row["signal"], "SIGINT", "{row}");
+    assert_eq!(row["cancelled"], true, "{row}");
+    assert_eq!(row["step"], "connections", "{row}");
+    assert_eq!(row["source_state"], "resumed", "{row}");
+    // The address went back where it was, and the lock came off.
+    let steps = std::fs::read_to_string(&log).unwrap_or_default();
+    let steps: Vec<&str> = steps.lines().collect();
+    assert_eq!(steps, ["lock", "move-to-dest", "move-back", "unlock"]);
+    assert_ne!(recv_code, Some(0), "receive: {recv_err}");
+    runs_once(&c, dir.path(), what);
 }
