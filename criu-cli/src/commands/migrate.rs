@@ -233,20 +233,35 @@ pub(super) fn reporting_errors(json: Option<&Path>, f: impl FnOnce() -> CliResul
     r
 }
 
-/// The user's address hook, run once per step with the step's name.
-struct HookProgram(std::path::PathBuf);
+/// The user's address hook, run once per step with the step's name; the
+/// token a signal to the command cancels.
+struct HookProgram(std::path::PathBuf, Cancel);
 
 impl HookProgram {
     fn run(&self, step: &str) -> std::io::Result<()> {
+        use std::os::unix::process::ExitStatusExt;
         let status = Command::new(&self.0).arg(step).status()?;
         if status.success() {
-            Ok(())
-        } else {
-            Err(std::io::Error::other(format!(
-                "{} {step} failed: {status}",
-                self.0.display()
-            )))
+            return Ok(());
         }
+        if status
+            .signal()
+            .is_some_and(|s| [libc::SIGINT, libc::SIGTERM, libc::SIGHUP].contains(&s))
+        {
+            // Ctrl-C reaches the whole foreground job: the hook died of
+            // the signal that is also cancelling this command, and our
+            // catcher (a thread) may not have seen it yet. Give it a
+            // moment, so that the failure is reported as the
+            // interruption it is (exit 5), not as the hook's.
+            let deadline = std::time::Instant::now() + Duration::from_secs(1);
+            while !self.1.is_cancelled() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        Err(std::io::Error::other(format!(
+            "{} {step} failed: {status}",
+            self.0.display()
+        )))
     }
 }
 
@@ -308,7 +323,8 @@ fn source_config<'a>(a: &'a SendArgs, cancel: &Cancel) -> SourceConfig<'a> {
     }
     if let Some(hook) = &a.address_hook {
         let lock = a.criu.network_lock.map_or(NetworkLock::Skip, Into::into);
-        cfg = cfg.connections(Connections::new(lock, HookProgram(hook.clone())));
+        let hook = HookProgram(hook.clone(), cancel.clone());
+        cfg = cfg.connections(Connections::new(lock, hook));
     }
     cfg
 }
