@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The criu-rs command as a user gets it: `cargo install`ed into a
-# temporary root, then check, dump, restore, stats, inspect, crit's
+# The criu-rs command as a user gets it: `cargo install`ed from the
+# packaged crate into a temporary root, then check, dump, restore, stats, inspect, crit's
 # decode/encode/info/x, export/import and push/pull (OCI layout) on real
 # processes, the flags a checkpoint was made with needed again to restore
 # it, and the help, man page and completions. First, that the command
@@ -41,12 +41,40 @@ cleanup() {
 trap cleanup EXIT
 [ -n "${CLI_SMOKE_KEEP:-}" ] && trap - EXIT
 
-# 2. Installed as a user installs it (debug, reusing this build's cache).
-cargo install -q --path criu-cli --root "$work/root" --debug --locked --target-dir target
+# 2. Installed as a user installs it: from the packaged crate (what
+# crates.io will serve), its dependencies on this workspace's crates
+# resolved to their packaged sources too, with the package's own lock file,
+# offline (debug, reusing this build's cache; unpacked at a fixed path so
+# that a next run reuses what this one built).
+crates=(criu-sys criu-image criu-rs criu-oci criu-docker criu-cli)
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+pkg=$PWD/target/cli-smoke
+pkg_args=(); for c in "${crates[@]}"; do pkg_args+=(-p "$c"); done
+CARGO_NET_OFFLINE=true cargo package -q --no-verify --allow-dirty "${pkg_args[@]}" --target-dir "$pkg"
+patches=()
+for c in "${crates[@]}"; do
+  [ "$c" = criu-cli ] || patches+=(--config "patch.crates-io.$c.path=\"$pkg/unpacked/$c-$version\"")
+done
+# Unpacked afresh only when a package changed (cargo tells a path
+# dependency's changes by mtime, and cargo package dates every file 2006:
+# the files are touched so that what an older run built is not reused).
+sums=$(cd "$pkg/package" && sha256sum "${crates[@]/%/-$version.crate}")
+if [ "$sums" != "$(cat "$pkg/unpacked.sha256" 2>/dev/null)" ]; then
+  rm -rf "$pkg/unpacked" "$pkg/unpacked.sha256" && mkdir -p "$pkg/unpacked"
+  for c in "${crates[@]}"; do tar -xzf "$pkg/package/$c-$version.crate" -C "$pkg/unpacked"; done
+  find "$pkg/unpacked" -type f -exec touch {} +
+  # Inside this workspace's directory cargo would take it for a stray
+  # member: it is a workspace of its own, as it is on a user's disk.
+  printf '\n[workspace]\n' >> "$pkg/unpacked/criu-cli-$version/Cargo.toml"
+  echo "$sums" > "$pkg/unpacked.sha256"
+fi
+cargo install -q --path "$pkg/unpacked/criu-cli-$version" --root "$work/root" --debug --locked \
+  --offline --target-dir target "${patches[@]}"
 bin=$work/root/bin/criu-rs
 [ -x "$bin" ] || { echo "FAIL: cargo install left no $bin"; exit 1; }
 "$bin" --help | grep "Exit codes" > /dev/null
 "$bin" help dump | grep -- "--tcp-established" > /dev/null
+"$bin" help send | grep "Exit codes" > /dev/null
 "$bin" man | grep '^\.TH' > /dev/null
 "$bin" man --out-dir "$work/man"
 [ -s "$work/man/criu-rs.1" ] && [ -s "$work/man/criu-rs-send.1" ] || { echo "FAIL: no man pages"; exit 1; }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use criu::migrate::Strategy;
 
 use crate::criu_flags::CriuFlags;
@@ -21,6 +21,7 @@ Examples:
   criu-rs decode -i /var/tmp/ck/core-1234.img | criu-rs encode -o core.img
   criu-rs export --images-dir /var/tmp/ck -o ck.tar.gz
   criu-rs push --images-dir /var/tmp/ck registry.example:5000/ck/app:1
+  criu-rs pull registry.example:5000/ck/app:1 --target /var/tmp/ck2
   criu-rs receive --listen 0.0.0.0:7700 --tls-ca ca.pem --tls-cert b.pem --tls-key b-key.pem
   criu-rs send --pid 1234 --to hostb:7700 --tls-ca ca.pem --tls-cert a.pem --tls-key a-key.pem";
 
@@ -41,6 +42,26 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The command line with what the derive cannot say: every subcommand's
+/// long help (`--help`, and so its man page) ends with its examples and
+/// the exit codes, as the top level's does.
+pub fn command() -> clap::Command {
+    Cli::command().mut_subcommands(|sub| {
+        let examples = sub
+            .get_after_help()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        sub.after_long_help(format!("{examples}\n\n{EXIT_CODES}"))
+    })
+}
+
+/// This process's command line, parsed with [`command`] (exits with
+/// clap's message and status 2 when it is wrong).
+pub fn parse() -> Cli {
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// The subcommands.
@@ -513,4 +534,34 @@ pub struct ReceiveArgs {
     /// The CRIU options.
     #[command(flatten)]
     pub criu: CriuFlags,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_help_has_an_example_and_the_exit_codes() {
+        let mut cmd = command();
+        cmd.build();
+        let mut seen = 0;
+        for sub in cmd.get_subcommands_mut().filter(|s| s.get_name() != "help") {
+            let name = sub.get_name().to_string();
+            let long = sub.render_long_help().to_string();
+            let short = sub.render_help().to_string();
+            assert!(long.contains("Example"), "{name} --help has no example");
+            assert!(short.contains("Example"), "{name} -h has no example");
+            assert!(
+                long.contains("Exit codes:\n  0  success"),
+                "{name} --help lacks the exit codes"
+            );
+            seen += 1;
+        }
+        assert!(seen >= 18, "only {seen} subcommands");
+    }
 }

@@ -131,43 +131,113 @@ impl fmt::Display for CliError {
 /// The result of a command.
 pub type CliResult<T = ()> = Result<T, CliError>;
 
+/// Which errors a [`LOG_HINTS`] entry applies to.
+#[derive(Clone, Copy)]
+enum Of {
+    /// Any error that quotes CRIU (a request's log, a daemon's message).
+    Any,
+    /// Only a restore's (its log's wording is too common to read more
+    /// into it elsewhere: a lazy-pages daemon whose source went away says
+    /// "No such file or directory" too).
+    Restore,
+}
+
 /// CRIU's log lines that have a known fix, and the fix.
-const LOG_HINTS: &[(&str, &str)] = &[
+const LOG_HINTS: &[(&str, Of, &str)] = &[
     (
         "--tcp-established",
+        Of::Any,
         "the tree has established TCP connections: add --tcp-established (to dump and restore alike)",
     ),
     (
         "--ext-unix-sk",
+        Of::Any,
         "the tree has a unix socket connected outside it: add --ext-unix-sk",
     ),
     (
         "file-locks",
+        Of::Any,
         "the tree holds file locks: add --file-locks (to dump and restore alike)",
     ),
     (
         "is outside of its pid namespace",
+        Of::Any,
         "the tree's session leader is outside it: add --shell-job, or start the process with setsid",
     ),
     (
         "shell-job",
+        Of::Any,
         "the tree belongs to a terminal session: add --shell-job, or start it with setsid",
     ),
     (
         "Locking network failed",
+        Of::Any,
         "CRIU could not lock the network (iptables missing?): install iptables, or pass --network-lock nftables or --network-lock skip",
     ),
     (
+        "The --root option is required",
+        Of::Any,
+        "the tree has a mount namespace of its own: pass --root DIR, the directory that becomes its root (holding the tree's files at the same paths)",
+    ),
+    (
+        "doesn't have a proper root mount",
+        Of::Any,
+        "the tree has a bind mount from outside its mount namespace: add --ext-mount-map MOUNTPOINT:KEY (and restore with --ext-mount-map KEY:DIR), or --auto-ext-mnt to dump and restore alike",
+    ),
+    (
+        "is autodetected external mount",
+        Of::Any,
+        "the dump found the tree's external mounts itself (--auto-ext-mnt): restore with --auto-ext-mnt too",
+    ),
+    (
+        "No mapping for",
+        Of::Any,
+        "the checkpoint has an external mount: restore with --ext-mount-map KEY:DIR, KEY as the dump's --ext-mount-map named it",
+    ),
+    (
+        "Unaccessible path opened",
+        Of::Any,
+        "a file's name now leads to another file: for a device node recreated since (by udev, say), add --evasive-devices",
+    ),
+    (
         "has bad size",
+        Of::Any,
         "a file the process had open changed size since the dump: restore the file as it was, or give the process its own output file",
     ),
     (
         "No such file or directory",
+        Of::Restore,
         "a file the checkpoint needs is missing here: the restore needs the tree's files at the same paths",
     ),
 ];
 
+/// The hint for a lazy-pages daemon that failed while fetching pages:
+/// its log then says the page server closed the connection and "doesn't
+/// answer: No such file or directory", which is no missing file.
+const LAZY_SOURCE_LOST: &str = "the lazy-pages daemon lost the source while fetching pages \
+     (the send was interrupted, or the link to it broke): the restored copy was killed here, \
+     and the source resumes its own; check that it runs there, then move it again";
+
+/// The hint of a failed migration that its step says more about than
+/// any log line.
+fn migration_hint(m: &criu::MigrationError, cause: &criu::Error) -> Option<String> {
+    match (m.step(), cause) {
+        (Step::LazyPages, criu::Error::Daemon { .. }) => Some(LAZY_SOURCE_LOST.into()),
+        _ => None,
+    }
+}
+
 fn criu_hint(e: &criu::Error) -> Option<String> {
+    if let Some(m) = e.migration_error() {
+        if m.is_cancelled() {
+            // The message says which signal, at which step, and what
+            // became of the source: there is nothing to fix.
+            return None;
+        }
+        if let Some(hint) = migration_hint(m, e.cause()) {
+            return Some(hint);
+        }
+    }
     let e = e.cause();
     if e.is_connect() {
         return Some(
@@ -207,10 +277,15 @@ fn criu_hint(e: &criu::Error) -> Option<String> {
     }
     let lines = e.log_errors().join("\n");
     let text = format!("{e}\n{lines}");
+    let restore = matches!(
+        e.operation(),
+        Some(criu::Operation::Restore | criu::Operation::RestoreChild)
+    );
     LOG_HINTS
         .iter()
-        .find(|(needle, _)| text.contains(needle))
-        .map(|(_, hint)| (*hint).to_string())
+        .filter(|(_, of, _)| matches!(of, Of::Any) || restore)
+        .find(|(needle, _, _)| text.contains(needle))
+        .map(|(_, _, hint)| (*hint).to_string())
 }
 
 /// The exit code of an error from criu-rs, by its type: a migration's by
@@ -291,6 +366,134 @@ impl From<criu_oci::Error> for CliError {
         CliError {
             hint: hint.map(str::to_string),
             ..CliError::new(exit, e.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use criu::{Context, MigrationError, Operation, SourceState};
+
+    /// What CRIU 4.2's lazy-pages daemon logs when the source it fetches
+    /// pages from goes away (seen when `send` is interrupted mid-lazy).
+    const GONE: [&str; 2] = [
+        "Error (criu/page-xfer.c:1672): page-xfer: Remote side closed connection",
+        "Error (criu/page-xfer.c:1546): page-xfer: The page server doesn't answer: No such file or directory",
+    ];
+
+    /// What CRIU's restore logs for a file of the tree missing here.
+    const MISSING: &str =
+        "Error (criu/files-reg.c:2353): Can't open file tmp/out on restore: No such file or directory";
+
+    /// The hint [`LOG_HINTS`] has for log lines containing `needle`.
+    fn log_hint(needle: &str) -> Option<String> {
+        let entry = LOG_HINTS.iter().find(|(n, _, _)| *n == needle);
+        Some(entry.expect("a LOG_HINTS entry").2.to_string())
+    }
+
+    /// CRIU refusing `op`, its log saying `lines`.
+    fn refused(op: Operation, lines: &[&str]) -> criu::Error {
+        criu::Error::Refused {
+            ctx: Context {
+                operation: Some(op),
+                log_errors: lines.iter().map(|l| l.to_string()).collect(),
+                ..Context::default()
+            },
+            errno: None,
+        }
+    }
+
+    /// The lazy-pages daemon failing as it does when it loses the
+    /// source: `criu::Daemon`'s message quotes its log.
+    fn daemon_lost_the_source() -> criu::Error {
+        criu::Error::Daemon {
+            message: format!(
+                "lazy-pages daemon: failed (exit status: 1)\n  its lazy-pages.log says:\n    {}",
+                GONE.join("\n    ")
+            ),
+        }
+    }
+
+    fn lazy_failure(m: MigrationError) -> CliError {
+        CliError::from(criu::Error::migration(m, Some(daemon_lost_the_source())))
+    }
+
+    #[test]
+    fn a_lazy_fetch_that_lost_its_source_is_not_called_a_missing_file() {
+        let step = MigrationError::new(Step::LazyPages, SourceState::Unknown, "fetching failed");
+        let e = lazy_failure(step);
+        assert_eq!(e.hint.as_deref(), Some(LAZY_SOURCE_LOST));
+        assert_eq!(e.exit, Exit::Criu);
+        // The same daemon failure outside a migration: no restore's
+        // missing file either, and nothing else to say.
+        let bare = CliError::from(daemon_lost_the_source());
+        assert_eq!(bare.hint, None);
+    }
+
+    #[test]
+    fn a_cancelled_lazy_migration_gets_no_hint_from_log_text() {
+        let step = MigrationError::new(Step::LazyPages, SourceState::Resumed, "x").cancelled();
+        let e = lazy_failure(step);
+        assert_eq!(e.hint, None);
+        assert_eq!(e.exit, Exit::Interrupted);
+    }
+
+    #[test]
+    fn every_exit_code_is_documented() {
+        let all = [
+            Exit::Failure,
+            Exit::Usage,
+            Exit::Criu,
+            Exit::Peer,
+            Exit::Interrupted,
+            Exit::BadInput,
+            Exit::Refused,
+        ];
+        for code in all {
+            let line = format!("\n  {}  ", code as u8);
+            assert!(EXIT_CODES.contains(&line), "{code:?} is not in EXIT_CODES");
+        }
+        // The heading, 0 (success), and one line per code: no other.
+        assert_eq!(EXIT_CODES.lines().count(), all.len() + 2);
+    }
+
+    #[test]
+    fn a_missing_file_is_named_for_restores_only() {
+        let hint = log_hint("No such file or directory");
+        for op in [Operation::Restore, Operation::RestoreChild] {
+            assert_eq!(CliError::from(refused(op, &[MISSING])).hint, hint, "{op:?}");
+        }
+        // A dump's "No such file or directory" is no file missing here.
+        let dump = CliError::from(refused(Operation::Dump, &[MISSING]));
+        assert_eq!(dump.hint, None);
+    }
+
+    #[test]
+    fn the_other_log_hints_still_fire_for_their_cause() {
+        let cases = [
+            (
+                Operation::Dump,
+                "Error (criu/sk-inet.c:200): inet: Connected TCP socket, consider using --tcp-established option.",
+                "--tcp-established",
+            ),
+            (
+                Operation::Dump,
+                "Error (criu/mount.c:753): mnt: 1188:./data doesn't have a proper root mount",
+                "doesn't have a proper root mount",
+            ),
+            (
+                Operation::Restore,
+                "Error (criu/mount.c:3141): mnt: No mapping for 1188:/data mountpoint",
+                "No mapping for",
+            ),
+        ];
+        for (op, line, needle) in cases {
+            assert_eq!(
+                CliError::from(refused(op, &[line])).hint,
+                log_hint(needle),
+                "{line}"
+            );
         }
     }
 }

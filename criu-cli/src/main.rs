@@ -19,14 +19,12 @@ mod signals;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     // Output piped into `head` or `grep -q` ends quietly, as for any CLI.
     // SAFETY: restoring the default disposition of a signal, before any
     // thread is started.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let cli = args::Cli::parse();
+    let cli = args::parse();
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

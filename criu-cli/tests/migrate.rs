@@ -2,11 +2,12 @@
 //! every strategy (plain and over mutual TLS), a peer with a certificate
 //! of another CA refused before the source stops, and SIGINT, SIGTERM and
 //! SIGHUP that resume the source (send) or end the wait (receive), at
-//! every phase: pre-flight, CRIU's dump, the transfer, CRIU's restore
-//! (held by an action script named by CRIU_CONFIG_FILE) and lazy serving,
-//! each leaving the application running once. Each moved workload is the
-//! init of its own PID namespace, so its pids are free for the restore
-//! while the source still holds them. Needs root.
+//! every phase: pre-flight, pre-copy's passes, CRIU's dump, the
+//! transfer, the address hook, CRIU's restore (held by an action script
+//! named by CRIU_CONFIG_FILE) and lazy serving, each leaving the application
+//! running once. Each moved workload is the init of its own PID
+//! namespace, so its pids are free for the restore while the source
+//! still holds them. Needs root.
 
 mod common;
 
@@ -70,7 +71,10 @@ fn counter(dir: &Path, mib: u32, own_pid_ns: bool) -> Counter {
         outer
     };
     let c = Counter { child, pid, out };
-    assert!(c.grows(), "the counter never counted");
+    // Filling a GiB takes a while on a loaded machine: up to a minute
+    // for the first line, then it counts on as usual.
+    let started = common::holds_within(Duration::from_secs(60), || c.lines() > 0);
+    assert!(started && c.grows(), "the counter never counted");
     c
 }
 
@@ -270,7 +274,7 @@ fn move_counter(strategy: &str, send_security: &[&str], recv_security: &[&str]) 
 
 #[test]
 fn every_strategy_moves_a_process_in_plain_tcp() {
-    for strategy in ["stop-and-copy", "page-server", "lazy"] {
+    for strategy in common::strategies("migrate::every_strategy_moves_a_process_in_plain_tcp") {
         move_counter(strategy, &["--plain"], &["--plain"]);
     }
 }
@@ -1018,4 +1022,253 @@ fn sigint_to_send_while_lazy_pages_are_served_resumes_the_source() {
         "receive wrote no error row: {}",
         i.recv_err
     );
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            found.extend(files_under(&p));
+        } else {
+            found.push(p);
+        }
+    }
+    found
+}
+
+/// SIGINTs the receive (`to_receive`) or the send of a `--strategy
+/// pre-copy` move while its first pass runs (CRIU pre-dumps the running
+/// tree, the pages go out), `id` naming the test for a skip. Checks that
+/// a pass had begun, that the receive kept nothing of it and that the
+/// tree runs on, once; `None` when pre-copy cannot run here.
+fn sigint_during_pre_copy_passes(to_receive: bool, id: &str) -> Option<Interrupted> {
+    let what = match to_receive {
+        true => "SIGINT to receive during pre-copy's passes",
+        false => "SIGINT to send during pre-copy's passes",
+    };
+    if !common::strategies(id).contains(&"pre-copy") {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Enough memory that the first pass takes a while.
+    let c = counter(dir.path(), 512, true);
+    let (send_work, recv_work) = (dir.path().join("send-work"), dir.path().join("recv-work"));
+    std::fs::create_dir(&send_work).unwrap();
+    std::fs::create_dir(&recv_work).unwrap();
+    let port = free_port();
+    let recv_json = dir.path().join("recv.json");
+    let r = receive(
+        port,
+        &[
+            "--plain",
+            "--json",
+            recv_json.to_str().unwrap(),
+            "--work-dir",
+            recv_work.to_str().unwrap(),
+        ],
+    );
+    let send = Command::new(bin())
+        .args(["send", "--pid", &c.pid.to_string(), "--plain"])
+        .args(["--strategy", "pre-copy", "--json", "-", "--work-dir"])
+        .arg(&send_work)
+        .args(["--to", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first pass under way: CRIU's pre-dump writes its directory.
+    let passing = poll(|| {
+        let pass = |f: &PathBuf| f.components().any(|c| c.as_os_str() == "pass-1");
+        files_under(&send_work).iter().any(pass).then_some(())
+    });
+    let target = if to_receive { r.child.id() } else { send.id() };
+    // SAFETY: kill(2) of a command this test started.
+    unsafe { libc::kill(target as i32, libc::SIGINT) };
+    let out = send.wait_with_output().unwrap();
+    let (recv_code, recv_err) = r.finish();
+    let send_err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        passing.is_some(),
+        "{what}: no pass began: {send_err}\nreceive: {recv_err}"
+    );
+    let left = files_under(&recv_work);
+    assert!(left.is_empty(), "{what}: the receive left {left:?}");
+    runs_once(&c, dir.path(), what);
+    let recv_text = std::fs::read_to_string(&recv_json).unwrap_or_default();
+    Some(Interrupted {
+        send_code: out.status.code(),
+        send_row: error_row(&String::from_utf8_lossy(&out.stdout)),
+        send_err,
+        recv_code,
+        recv_row: error_row(&recv_text),
+        recv_err,
+    })
+}
+
+#[test]
+fn sigint_to_send_during_pre_copy_passes_resumes_the_source() {
+    let id = "migrate::sigint_to_send_during_pre_copy_passes_resumes_the_source";
+    let Some(i) = sigint_during_pre_copy_passes(false, id) else {
+        return;
+    };
+    let row = &i.send_row;
+    assert_eq!(i.send_code, Some(5), "send: {}", i.send_err);
+    assert_eq!(row["exit"], 5, "{row}");
+    assert_eq!(row["signal"], "SIGINT", "{row}");
+    assert_eq!(row["cancelled"], true, "{row}");
+    assert_eq!(row["source_state"], "resumed", "{row}");
+    assert!(
+        row["step"] == "dump" || row["step"] == "transfer",
+        "not in a pass: {row}"
+    );
+    assert_ne!(i.recv_code, Some(0), "receive: {}", i.recv_err);
+}
+
+#[test]
+fn sigint_to_receive_during_pre_copy_passes_resumes_the_source() {
+    let id = "migrate::sigint_to_receive_during_pre_copy_passes_resumes_the_source";
+    let Some(i) = sigint_during_pre_copy_passes(true, id) else {
+        return;
+    };
+    let row = &i.recv_row;
+    assert_eq!(i.recv_code, Some(5), "receive: {}", i.recv_err);
+    assert_eq!(row["exit"], 5, "{row}");
+    assert_eq!(row["signal"], "SIGINT", "{row}");
+    assert_eq!(row["cancelled"], true, "{row}");
+    // The source decides, and says so: it resumed its tree.
+    assert_ne!(i.send_code, Some(0), "send: {}", i.send_err);
+    assert_eq!(i.send_row["source_state"], "resumed", "{}", i.send_row);
+}
+
+/// A `--work-dir` that does not exist is a bad command line (status 2),
+/// found before anything starts: the send stops nothing, the receive
+/// does not listen.
+#[test]
+fn a_missing_work_dir_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = counter(dir.path(), 8, false);
+    let missing = dir.path().join("no-such-dir");
+    let port = free_port();
+    let send = Command::new(bin())
+        .args(["send", "--pid", &c.pid.to_string(), "--plain", "--work-dir"])
+        .arg(&missing)
+        .args(["--to", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&send.stderr);
+    assert_eq!(send.status.code(), Some(2), "send: {err}");
+    assert!(err.contains("hint:"), "send: {err}");
+    assert!(c.grows(), "the source does not run on");
+    let listen = format!("127.0.0.1:{port}");
+    let mut receive = Command::new(bin())
+        .args(["receive", "--listen", &listen, "--plain", "--work-dir"])
+        .arg(&missing)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = poll(|| receive.try_wait().unwrap());
+    if status.is_none() {
+        let _ = receive.kill();
+        let _ = receive.wait();
+        panic!("receive waits for a source with a missing --work-dir");
+    }
+    assert_eq!(status.unwrap().code(), Some(2), "receive");
+    assert!(!missing.exists(), "a --work-dir was made");
+}
+
+/// An `--address-hook` that logs each step to `LOG`, and at
+/// `move-to-dest` touches `HELD` and waits (up to 30 s) for `GO`.
+const HELD_HOOK: &str = r#"#!/bin/sh
+echo "$1" >> "$LOG"
+if [ "$1" = move-to-dest ]; then
+  touch "$HELD"
+  i=0; while [ ! -e "$GO" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+fi
+"#;
+
+/// Ctrl-C (SIGINT to the send's process group, as a terminal sends it)
+/// while `--address-hook` runs its `move-to-dest` step: the send exits 5
+/// at step connections, the hook moves the address back and unlocks, the
+/// destination's copy is killed and the source runs on, once.
+#[test]
+fn ctrl_c_while_the_address_hook_moves_the_address_resumes_the_source() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let what = "Ctrl-C during the address hook";
+    let dir = tempfile::tempdir().unwrap();
+    let c = counter(dir.path(), 8, true);
+    let (log, held, go) = (
+        dir.path().join("hook.log"),
+        dir.path().join("held"),
+        dir.path().join("go"),
+    );
+    let hook = dir.path().join("hook.sh");
+    std::fs::write(&hook, HELD_HOOK).unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = free_port();
+    let recv_json = dir.path().join("recv.json");
+    let r = receive(
+        port,
+        &[
+            "--plain",
+            "--tcp-established",
+            "--json",
+            recv_json.to_str().unwrap(),
+        ],
+    );
+    // Its own process group, as a terminal's foreground job: Ctrl-C
+    // reaches the send and the hook it runs.
+    let send = Command::new(bin())
+        .args([
+            "send",
+            "--pid",
+            &c.pid.to_string(),
+            "--plain",
+            "--json",
+            "-",
+        ])
+        .args(["--to", &format!("127.0.0.1:{port}"), "--tcp-established"])
+        .arg("--address-hook")
+        .arg(&hook)
+        .env("LOG", &log)
+        .env("HELD", &held)
+        .env("GO", &go)
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reached = poll(|| held.exists().then_some(()));
+    // SAFETY: kill(2) of the process group of the send this test started.
+    unsafe { libc::kill(-(send.id() as i32), libc::SIGINT) };
+    let out = send.wait_with_output().unwrap();
+    std::fs::write(&go, "").unwrap();
+    let send_err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let mut r = r;
+    let ended = poll(|| r.child.try_wait().unwrap()).is_some();
+    if !ended {
+        let _ = r.child.kill();
+    }
+    let (recv_code, recv_err) = r.finish();
+    assert!(
+        reached.is_some(),
+        "{what}: the hook never ran move-to-dest: {send_err}"
+    );
+    assert!(ended, "{what}: the receive still waits: {recv_err}");
+    assert_eq!(out.status.code(), Some(5), "send: {send_err}");
+    let row = error_row(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(row["exit"], 5, "{row}");
+    assert_eq!(row["signal"], "SIGINT", "{row}");
+    assert_eq!(row["cancelled"], true, "{row}");
+    assert_eq!(row["step"], "connections", "{row}");
+    assert_eq!(row["source_state"], "resumed", "{row}");
+    // The address went back where it was, and the lock came off.
+    let steps = std::fs::read_to_string(&log).unwrap_or_default();
+    let steps: Vec<&str> = steps.lines().collect();
+    assert_eq!(steps, ["lock", "move-to-dest", "move-back", "unlock"]);
+    assert_ne!(recv_code, Some(0), "receive: {recv_err}");
+    runs_once(&c, dir.path(), what);
 }

@@ -268,6 +268,7 @@ fn run_move(net: &Net, d: &Path, root: i32, strategy: &str, hook: &Path) -> i32 
     assert!(status.success(), "{strategy}: receive: {recv_err}");
     let received: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(received["strategy"], strategy, "receive --json: {received}");
     received["restored_pid"].as_i64().unwrap() as i32
 }
 
@@ -315,7 +316,9 @@ fn redis_moves_with_its_data_and_a_connected_client_with_every_strategy() {
         Path::new("/usr/bin/redis-server").exists() && Path::new("/usr/bin/redis-cli").exists(),
         "redis-server and redis-cli are missing: run scripts/setup.sh (Debian package redis-server)"
     );
-    for strategy in ["stop-and-copy", "page-server", "lazy"] {
+    for strategy in common::strategies(
+        "tcp_move::redis_moves_with_its_data_and_a_connected_client_with_every_strategy",
+    ) {
         let net = Net::new();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();

@@ -74,6 +74,14 @@ fn log_hint(e: CliError, dir: &Path, log: &str) -> CliError {
 pub fn restore(a: &RestoreArgs) -> CliResult {
     a.criu.check_for("restore")?;
     let images = ImagesDir::open(&a.images_dir)?;
+    if a.criu.root.is_none() && has_mount_namespace(&a.images_dir) {
+        // CRIU 4.2 crashes on it (a BUG in its mount code) rather than
+        // saying so.
+        return Err(CliError::usage(
+            "the checkpoint has a mount namespace of its own, and CRIU restores one only with --root",
+        )
+        .hint("pass --root DIR: the directory that becomes the tree's root, holding its files at the same paths"));
+    }
     let mut opts = Options::new();
     opts.images_dir(&images).log_file("restore.log");
     a.criu.apply(&mut opts);
@@ -85,6 +93,19 @@ pub fn restore(a: &RestoreArgs) -> CliResult {
     }
     println!("{}", report.pid);
     Ok(())
+}
+
+/// Whether the checkpoint in `dir` holds a mount namespace (CRIU writes
+/// `mountpoints-ID.img` only for a tree whose mount namespace is not its
+/// own).
+fn has_mount_namespace(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("mountpoints-") && name.ends_with(".img")
+        })
+    })
 }
 
 /// Prints CRIU's dump and restore statistics.

@@ -2,21 +2,19 @@
 
 use std::path::Path;
 
-use clap::CommandFactory;
-
-use crate::args::Cli;
+use crate::args::command;
 use crate::error::{CliError, CliResult};
 
 /// Prints the completion script for `shell`.
 pub fn completions(shell: clap_complete::Shell) -> CliResult {
-    let mut cmd = Cli::command();
+    let mut cmd = command();
     clap_complete::generate(shell, &mut cmd, "criu-rs", &mut std::io::stdout());
     Ok(())
 }
 
 /// Prints the man page, or writes one per command into `out_dir`.
 pub fn man(out_dir: Option<&Path>) -> CliResult {
-    let cmd = Cli::command();
+    let cmd = command();
     match out_dir {
         None => {
             let mut out = Vec::new();

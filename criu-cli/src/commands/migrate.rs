@@ -233,20 +233,35 @@ pub(super) fn reporting_errors(json: Option<&Path>, f: impl FnOnce() -> CliResul
     r
 }
 
-/// The user's address hook, run once per step with the step's name.
-struct HookProgram(std::path::PathBuf);
+/// The user's address hook, run once per step with the step's name; the
+/// token a signal to the command cancels.
+struct HookProgram(std::path::PathBuf, Cancel);
 
 impl HookProgram {
     fn run(&self, step: &str) -> std::io::Result<()> {
+        use std::os::unix::process::ExitStatusExt;
         let status = Command::new(&self.0).arg(step).status()?;
         if status.success() {
-            Ok(())
-        } else {
-            Err(std::io::Error::other(format!(
-                "{} {step} failed: {status}",
-                self.0.display()
-            )))
+            return Ok(());
         }
+        if status
+            .signal()
+            .is_some_and(|s| [libc::SIGINT, libc::SIGTERM, libc::SIGHUP].contains(&s))
+        {
+            // Ctrl-C reaches the whole foreground job: the hook died of
+            // the signal that is also cancelling this command, and our
+            // catcher (a thread) may not have seen it yet. Give it a
+            // moment, so that the failure is reported as the
+            // interruption it is (exit 5), not as the hook's.
+            let deadline = std::time::Instant::now() + Duration::from_secs(1);
+            while !self.1.is_cancelled() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        Err(std::io::Error::other(format!(
+            "{} {step} failed: {status}",
+            self.0.display()
+        )))
     }
 }
 
@@ -265,6 +280,24 @@ impl AddressMove for HookProgram {
     }
     fn unlock(&self) -> std::io::Result<()> {
         self.run("unlock")
+    }
+}
+
+/// A `--work-dir` must be an existing directory: the migration writes its
+/// images under it, and would otherwise fail only once under way (as a
+/// failed handshake with the peer).
+fn check_work_dir(dir: Option<&std::path::Path>) -> CliResult {
+    match dir {
+        Some(d) if !d.is_dir() => Err(CliError::usage(format!(
+            "--work-dir {}: no such directory",
+            d.display()
+        ))
+        .hint(format!(
+            "create it (mkdir -p {}), or leave --work-dir out: the images then go to a \
+             private tmpfs directory",
+            d.display()
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -290,7 +323,8 @@ fn source_config<'a>(a: &'a SendArgs, cancel: &Cancel) -> SourceConfig<'a> {
     }
     if let Some(hook) = &a.address_hook {
         let lock = a.criu.network_lock.map_or(NetworkLock::Skip, Into::into);
-        cfg = cfg.connections(Connections::new(lock, HookProgram(hook.clone())));
+        let hook = HookProgram(hook.clone(), cancel.clone());
+        cfg = cfg.connections(Connections::new(lock, hook));
     }
     cfg
 }
@@ -302,6 +336,7 @@ pub fn send(a: SendArgs) -> CliResult {
 
 fn send_tree(a: &SendArgs) -> CliResult {
     a.criu.check_for("send")?;
+    check_work_dir(a.work_dir.as_deref())?;
     if a.criu.criu_config.is_some() && a.strategy != Strategy::StopAndCopy {
         return Err(CliError::usage(format!(
             "--criu-config works with --strategy stop-and-copy only: {} passes options of its \
@@ -541,6 +576,7 @@ fn next_source(
 
 fn receive_tree(a: &ReceiveArgs) -> CliResult {
     a.criu.check_for("receive")?;
+    check_work_dir(a.work_dir.as_deref())?;
     let link = link(&a.security)?;
     let listener = listen(a.listen)?;
     let signals = interrupts()?;

@@ -89,3 +89,22 @@ pub fn scopeguard(f: impl FnOnce()) -> impl Drop {
     }
     Guard(Some(f))
 }
+
+/// The `--strategy` names a move can use here, for the test `id`
+/// (`file::name`): every one, pre-copy only where CRIU can track memory
+/// (soft-dirty, or the set-up's userfaultfd patch); without it the skip
+/// of pre-copy goes through `criu_testkit::skip`, which fails the test
+/// unless the Makefile allow-lists it.
+pub fn strategies(id: &str) -> Vec<&'static str> {
+    let mut all = vec!["stop-and-copy", "page-server", "lazy"];
+    if criu::Criu::new().feature_check().is_ok_and(|f| f.mem_track) {
+        all.push("pre-copy");
+    } else {
+        criu_testkit::skip::skip(
+            id,
+            "pre-copy: CRIU cannot track memory changes here (no soft-dirty bits, and a \
+             CRIU without patches/criu-uffd-wp-track.patch: run `make setup`)",
+        );
+    }
+    all
+}
