@@ -7,7 +7,12 @@
 //! load.
 //!
 //! Run as root: `cargo run --release -p criu-rs-benches --bin
-//! restore-cost -- MIB REPS [strategy,...] [plain,tls]`.
+//! restore-cost -- MIB REPS [strategy,...] [plain,tls]`. With
+//! `RESTORE_COST_TRACE=1` it also prints, for every 100 ms in which the
+//! restored task ran, the other threads that ran and their ticks, and
+//! the `/proc/vmstat` counters that grew meanwhile (`pgalloc_dma32`
+//! against `pgalloc_normal` tells which zone the restore's memory came
+//! from). See BENCHMARKS.md, "Where stop-and-copy's restore time goes".
 
 use std::time::Duration;
 
@@ -51,11 +56,11 @@ fn run(strategy: Strategy, security: Security, mib: usize) -> Result<(), BoxErro
     let (run, samples) = std::thread::scope(|s| {
         let sampler = s.spawn(|| sample_until(&stop));
         let run = started.hosts.migrate_over(
-        [&links.a, &links.b],
-        started.pid,
-        || SourceConfig::new(strategy),
-        DestConfig::new,
-        None,
+            [&links.a, &links.b],
+            started.pid,
+            || SourceConfig::new(strategy),
+            DestConfig::new,
+            None,
         );
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         (run, sampler.join().unwrap_or_default())
@@ -155,7 +160,7 @@ fn trace(samples: &[Snapshot], restored: i32) {
             .map(|(k, v)| (d(k), k.1, v.0.clone()))
             .filter(|x| x.0 > 0)
             .collect();
-        others.sort_by(|a, b| b.0.cmp(&a.0));
+        others.sort_by_key(|o| std::cmp::Reverse(o.0));
         let list: Vec<String> = others
             .iter()
             .take(6)
