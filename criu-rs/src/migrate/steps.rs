@@ -482,6 +482,16 @@ impl<'s> Source<'s> {
                 return Err(self.fail(images_not_sent(e)));
             }
         };
+        // The dump has ended and the tree is stopped: the service address
+        // moves now, before the stream's end lets the destination restore
+        // (a restore of established connections binds that address), as
+        // it moves before `send_images` for a strategy that waits.
+        if let Some((_, s)) = self.service {
+            if let Err(e) = s.move_to_dest() {
+                drop(growing);
+                return Err(self.fail(address_move_failed(e)));
+            }
+        }
         let at = Instant::now();
         let sent = growing.finish();
         let sent = match sent {
@@ -521,14 +531,10 @@ impl<'s> Source<'s> {
         };
         self.held = Some(held);
         self.step = Step::Transfer;
-        if let Some((_, s)) = self.service {
+        // A streamed dump's address moved before the stream's end.
+        if let (Some((_, s)), None) = (self.service, &streamed) {
             if let Err(e) = s.move_to_dest() {
-                let e = wire::at_step(e, Step::Connections, SourceState::Resumed, || {
-                    "moving the service address to the destination failed; it was moved back \
-                     and the source process was resumed"
-                        .into()
-                });
-                return Err(self.fail(e));
+                return Err(self.fail(address_move_failed(e)));
             }
         }
         let serve_timeout = match serves {
@@ -910,4 +916,15 @@ impl<'s> Dest<'s> {
             transfer: received.transfer,
         })
     }
+}
+
+/// The service address could not move to the destination: the hook's
+/// error, at the connections step (the move is undone when the
+/// migration's `ServiceMove` drops, and the held source resumes).
+fn address_move_failed(e: Error) -> Error {
+    wire::at_step(e, Step::Connections, SourceState::Resumed, || {
+        "moving the service address to the destination failed; it was moved back and the \
+         source process was resumed"
+            .into()
+    })
 }
