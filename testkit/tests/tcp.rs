@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use criu::migrate::Strategy;
+use criu::migrate::{SourceState, Step, Strategy};
 use criu_testkit::tcp::run::{migrate_server, TcpOutcome, TcpSettings};
 
 /// Small memory keeps each migration well under a second.
@@ -72,8 +72,10 @@ fn a_failed_restore_moves_the_address_back_and_the_source_serves_on() {
     let mut s = TcpSettings::new(Strategy::StopAndCopy, MIB);
     s.fail_restore = true;
     let o = migrate_server(&s).expect("the run");
-    let err = o.error.as_deref().expect("the migration must fail");
-    assert!(err.contains("destination failed"), "{err}");
+    let err = o.error.as_ref().expect("the migration must fail");
+    let m = err.migration_error().expect("a migration error");
+    assert_eq!(m.step(), Step::Restore, "{err}");
+    assert_eq!(m.source_state(), SourceState::Resumed, "{err}");
     assert!(!o.served_from_b, "the source did not run on in a");
     assert!(o.clients.clean(), "the clients saw {:?}", o.clients);
     assert_eq!(
@@ -89,9 +91,14 @@ fn no_lock_is_a_clear_error_before_anything_freezes() {
     let mut s = TcpSettings::new(Strategy::StopAndCopy, MIB);
     s.break_lock = true;
     let o = migrate_server(&s).expect("the run");
-    let err = o.error.as_deref().expect("the migration must fail");
-    assert!(err.contains("network lock"), "{err}");
-    assert!(err.contains("nothing was frozen"), "{err}");
+    let err = o.error.as_ref().expect("the migration must fail");
+    let m = err.migration_error().expect("a migration error");
+    assert_eq!(m.step(), Step::Connections, "the network lock: {err}");
+    assert_eq!(
+        m.source_state(),
+        SourceState::Untouched,
+        "nothing was frozen: {err}"
+    );
     assert!(!o.served_from_b);
     assert!(o.clients.clean(), "the clients saw {:?}", o.clients);
     assert_eq!(o.service_on, (true, false));

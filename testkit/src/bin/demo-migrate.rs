@@ -126,7 +126,11 @@ mod tcp_server {
                         rows.push(r);
                     }
                     None => {
-                        eprintln!("error: {}: {}", s.strategy, o.error.unwrap_or_default());
+                        eprintln!(
+                            "error: {}: {}",
+                            s.strategy,
+                            o.error.map(|e| e.to_string()).unwrap_or_default()
+                        );
                         failed = true;
                     }
                 },

@@ -84,7 +84,7 @@ pub struct TcpOutcome {
     /// The row, when the migration succeeded.
     pub row: Option<TcpRow>,
     /// The migration's error (the source side's), when it failed.
-    pub error: Option<String>,
+    pub error: Option<criu::Error>,
     /// What the clients saw (also when the migration failed).
     pub clients: ClientReport,
     /// Whether the server answered on host `a` (it stayed) or `b`.
@@ -156,7 +156,7 @@ pub fn migrate_server(s: &TcpSettings) -> Result<TcpOutcome, BoxError> {
         }
         (Err(e), _) => {
             let clients = finish_clients(clients)?;
-            return outcome_failed(&hosts, &mut w, e.to_string(), clients);
+            return outcome_failed(&hosts, &mut w, e, clients);
         }
         (Ok(_), Err(e)) => {
             return Err(format!("the source succeeded, the destination failed: {e}").into())
@@ -214,7 +214,7 @@ pub fn migrate_server(s: &TcpSettings) -> Result<TcpOutcome, BoxError> {
 fn outcome_failed(
     hosts: &ThreeHosts,
     w: &mut Workload,
-    error: String,
+    error: criu::Error,
     clients: ClientReport,
 ) -> Result<TcpOutcome, BoxError> {
     let still_a = w.is_running() && netns_of(w.pid())? == hosts.pair.a.netns_inode()?;
