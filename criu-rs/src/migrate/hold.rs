@@ -212,7 +212,15 @@ fn wait_stopped(task: &Pidfd, deadline: Instant) -> Result<()> {
         // zombie until its (now stopped) parent reaps it, which will not
         // happen before the parent runs again: it counts as stopped
         // (CRIU dumps zombies as such).
-        if matches!(seen, Some('T' | 't' | 'Z' | 'X') | None) {
+        if matches!(seen, Some('Z' | 'X') | None) {
+            return Ok(());
+        }
+        // Stopped only once every thread is: the group stop reaches the
+        // threads one by one, and CRIU, seizing a task whose leader
+        // stopped but some thread not yet, fails with "Individually
+        // stopped threads not supported" (seen with redis-server's
+        // threads under load).
+        if matches!(seen, Some('T' | 't')) && every_thread_stopped(p) {
             return Ok(());
         }
         let now = Instant::now();
@@ -228,6 +236,22 @@ fn wait_stopped(task: &Pidfd, deadline: Instant) -> Result<()> {
         }
         std::thread::sleep(Duration::from_micros(200));
     }
+}
+
+/// Whether every thread of `pid` is stopped (or gone): a thread still
+/// running has not reached the group stop yet.
+fn every_thread_stopped(pid: i32) -> bool {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        // The task is gone: nothing of it runs.
+        return true;
+    };
+    threads.flatten().all(|t| {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let seen = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        matches!(seen, Some("T" | "t" | "Z" | "X") | None)
+    })
 }
 
 /// Continues every task of the tree rooted at `root`: a tree restored from
