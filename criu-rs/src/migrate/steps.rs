@@ -49,7 +49,7 @@ use crate::report::{DumpReport, RestoreReport};
 use crate::transfer::{self, Growing, Limits, SideChannels, TransferStats, Transport};
 
 /// The source's part of a strategy: its sequence, from the hello to the
-/// destination's restore. See the [module docs](self).
+/// destination's restore. See the [module docs](crate::migrate::strategy).
 pub trait SourceStrategy {
     /// The strategy's name, sent in the hello: the destination runs the
     /// [`DestStrategy`] of that name.
@@ -61,7 +61,7 @@ pub trait SourceStrategy {
 }
 
 /// The destination's part of a strategy: from the hello to the restored
-/// tree. See the [module docs](self).
+/// tree. See the [module docs](crate::migrate::strategy).
 pub trait DestStrategy {
     /// The strategy's name: the source's hello must name it.
     fn name(&self) -> &str;

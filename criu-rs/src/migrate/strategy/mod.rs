@@ -3,7 +3,7 @@
 //! calls the steps the drivers offer ([`Source`], [`Dest`]) in the
 //! strategy's own order, exchanging messages of its own over the stream.
 //! The built-in four live in this directory, one file each, and are
-//! registered as [`Strategy`](super::Strategy) (which
+//! registered as [`Strategy`] (which
 //! [`send`](super::send) and [`receive`](super::receive) run); a strategy
 //! of another crate is run with [`send_with`](super::send_with) and
 //! [`receive_with`](super::receive_with).
