@@ -49,7 +49,7 @@ use crate::notify::{Event, Notification};
 use crate::options::Options;
 use crate::pidfd::Pidfd;
 use crate::report::DumpReport;
-use crate::tree::{alive, listed, open_listed, state, tree, tree_pidfds};
+use crate::tree::{alive, listed, open_listed, state, thread_states, tree, tree_pidfds};
 
 /// How long the tasks may take to stop.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -241,16 +241,11 @@ fn wait_stopped(task: &Pidfd, deadline: Instant) -> Result<()> {
 /// Whether every thread of `pid` is stopped (or gone): a thread still
 /// running has not reached the group stop yet.
 fn every_thread_stopped(pid: i32) -> bool {
-    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        // The task is gone: nothing of it runs.
-        return true;
-    };
-    threads.flatten().all(|t| {
-        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        let seen = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next());
-        matches!(seen, Some("T" | "t" | "Z" | "X") | None)
+    // No threads to read: the task is gone, nothing of it runs.
+    thread_states(pid).is_none_or(|threads| {
+        threads
+            .into_iter()
+            .all(|seen| matches!(seen, Some('T' | 't' | 'Z' | 'X') | None))
     })
 }
 
