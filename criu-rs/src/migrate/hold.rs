@@ -353,7 +353,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::HeldTree;
-    use crate::tree::{state, tree};
+    use crate::tree::{state, thread_states, tree};
 
     /// A tree holding a child that exited but was not reaped (its parent
     /// execs `sleep`, which never waits) stops at once: the zombie counts
@@ -381,6 +381,48 @@ mod tests {
         let held = held.expect("a tree with a zombie stops");
         held.kill();
         parent.wait().expect("reaping the parent");
+    }
+
+    /// A task counts as stopped only once every one of its threads is:
+    /// CRIU refuses to seize a task whose leader stopped while a thread
+    /// had not yet ("Individually stopped threads not supported").
+    #[test]
+    fn a_task_is_held_only_once_every_thread_is_stopped() {
+        use std::io::BufRead;
+        // Sixteen threads busy on the CPU (hashing releases Python's
+        // lock), more than there are cores: the group stop reaches the
+        // last of them a while after the leader.
+        let script = "import hashlib, threading, time\n\
+                      data = bytes(1 << 20)\n\
+                      def spin():\n    while True: hashlib.sha256(data).digest()\n\
+                      for _ in range(16): threading.Thread(target=spin, daemon=True).start()\n\
+                      print('ready', flush=True)\ntime.sleep(60)";
+        let mut py = Command::new("python3")
+            .args(["-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawning python3");
+        let pid = py.id() as i32;
+        let mut line = String::new();
+        let out = py.stdout.take().expect("its stdout");
+        std::io::BufReader::new(out).read_line(&mut line).ok();
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let held = HeldTree::stop(pid).expect("stops");
+            seen.push(thread_states(pid).unwrap_or_default());
+            drop(held);
+        }
+        let _ = py.kill();
+        let _ = py.wait();
+        assert_eq!(line.trim(), "ready");
+        for states in seen {
+            assert!(states.len() > 16, "the leader and its threads: {states:?}");
+            assert!(
+                states.iter().all(|s| matches!(s, Some('T' | 't'))),
+                "held while a thread ran: {states:?}"
+            );
+        }
     }
 
     /// Dropped, a held tree runs on; `kill` ends it.
