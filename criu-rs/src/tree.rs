@@ -104,11 +104,16 @@ pub(crate) fn alive(pid: i32) -> bool {
     !matches!(state(pid), None | Some('Z' | 'X'))
 }
 
-#[cfg(feature = "migrate")]
 /// Pidfds for every task of the tree rooted at `root` that still exists,
-/// root first (see [`open_listed`]).
-pub(crate) fn tree_pidfds(root: i32) -> Vec<Pidfd> {
-    open_listed(&listed(&tree(root)))
+/// root first, but those whose pids are in `except` (the tasks a caller
+/// holds already): one listing of the loops that stop a tree and list it
+/// again until no new task appears (see [`open_listed`]).
+pub(crate) fn tree_pidfds(root: i32, except: &[i32]) -> Vec<Pidfd> {
+    let pids: Vec<i32> = tree(root)
+        .into_iter()
+        .filter(|p| !except.contains(p))
+        .collect();
+    open_listed(&listed(&pids))
 }
 
 /// `pids` with the start time each has now (the tasks gone are left

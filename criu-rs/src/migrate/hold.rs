@@ -49,7 +49,7 @@ use crate::notify::{Event, Notification};
 use crate::options::Options;
 use crate::pidfd::Pidfd;
 use crate::report::DumpReport;
-use crate::tree::{alive, listed, open_listed, state, thread_states, tree, tree_pidfds};
+use crate::tree::{alive, state, thread_states, tree, tree_pidfds};
 
 /// How long the tasks may take to stop.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -114,12 +114,7 @@ impl HeldTree {
     /// is open, so the pidfd is of a task of the tree, not of a process
     /// that took the pid of one that exited after the listing.
     fn stop_new_tasks(&mut self) -> Result<bool> {
-        let held: Vec<i32> = self.pids();
-        let new: Vec<i32> = tree(self.root)
-            .into_iter()
-            .filter(|p| !held.contains(p))
-            .collect();
-        let fresh = open_listed(&listed(&new));
+        let fresh = tree_pidfds(self.root, &self.pids());
         if fresh.is_empty() {
             return Ok(false);
         }
@@ -252,7 +247,7 @@ fn every_thread_stopped(pid: i32) -> bool {
 /// Continues every task of the tree rooted at `root`: a tree restored from
 /// a held dump comes back stopped (CRIU restores the state it dumped).
 pub fn continue_tree(root: i32) {
-    for task in tree_pidfds(root) {
+    for task in tree_pidfds(root, &[]) {
         let _ = task.signal(Signal::SIGCONT as i32);
     }
 }
