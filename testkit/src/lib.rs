@@ -14,6 +14,7 @@ pub mod link;
 pub mod measure;
 pub mod pid;
 pub mod registry;
+pub mod scratch;
 pub mod skip;
 pub mod tcp;
 
