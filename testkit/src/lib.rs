@@ -6,6 +6,7 @@ pub mod aftermath;
 pub mod capture;
 pub mod certs;
 pub mod container;
+pub mod damage;
 pub mod demo;
 pub mod faults;
 pub mod fixture;

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use criu::{Criu, DaemonConfig, Error, Event, ImagesDir, InvalidKind, Iteration, Options};
+use criu_testkit::damage::{restore_fails, truncate_image};
 use criu_testkit::scratch::Scratch;
 use criu_testkit::skip::skip;
 use criu_testkit::{alive, fixture, wait_gone, KillOnDrop, Workload};
@@ -612,23 +613,6 @@ fn dump_refuses_a_directory_that_holds_images_unless_allowed() {
     assert!(w.is_running());
 }
 
-/// Truncates the first image file whose name starts with `prefix` to half.
-fn truncate_image(dir: &ImagesDir, prefix: &str) {
-    let file = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
-        .unwrap_or_else(|| panic!("no {prefix}* image"));
-    let len = std::fs::metadata(&file).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
-}
-
 #[test]
 fn restore_from_truncated_images_is_a_clear_error() {
     // (A truncated pages-*.img is not used here: CRIU 4.2.1's restorer then
@@ -646,20 +630,15 @@ fn restore_from_truncated_images_is_a_clear_error() {
         // (which refuses some of these itself) is off; see hardening.rs. A
         // deadline bounds a CRIU that spins; a restore that unexpectedly
         // succeeds is killed, not leaked as a detached process.
-        let e = match criu.restore(
+        let e = restore_fails(
+            &criu,
             Options::new()
                 .images_dir(&images)
                 .log_file("restore.log")
                 .verify_images(false)
                 .deadline(WAIT),
-        ) {
-            Ok(r) => {
-                let _kill = KillOnDrop(r.pid);
-                panic!("truncated {prefix}* restored as pid {}", r.pid);
-            }
-            Err(e) => e,
-        };
-        assert!(!e.is_deadline_exceeded(), "CRIU must fail, not hang: {e}");
+            &format!("truncated {prefix}*"),
+        );
         assert_eq!(e.operation(), Some(criu::Operation::Restore), "{e}");
         eprintln!("truncated {prefix}: {e}");
         assert!(matches!(e, Error::Refused { .. }), "{e}");

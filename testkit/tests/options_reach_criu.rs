@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use criu::{Criu, ImagesDir, InvalidKind, LogLevel, Options};
+use criu_testkit::damage::restore_fails;
 use criu_testkit::scratch::Scratch;
 use criu_testkit::{fixture, KillOnDrop};
 
@@ -300,14 +301,15 @@ fn join_ns_puts_the_restored_process_in_the_named_namespace() {
     let criu = Criu::new();
     // CRIU 4.2.1 checks the join-ns file before anything else and refuses
     // the request (EBADRQC) when it is missing; a real one restores.
-    let e = criu
-        .restore(Options::new().images_dir(&images).deadline(WAIT).join_ns(
+    let e = restore_fails(
+        &criu,
+        Options::new().images_dir(&images).deadline(WAIT).join_ns(
             criu::Namespace::Uts,
             "/nonexistent-criu-rs-uts",
             None,
-        ))
-        .map(|r| KillOnDrop(r.pid))
-        .unwrap_err();
+        ),
+        "a missing join-ns file",
+    );
     assert_eq!(e.errno(), Some(nix::errno::Errno::EBADRQC), "{e}");
     // A UTS namespace of its own, held by a sleeping process of ours.
     let mut holder = std::process::Command::new("unshare")

@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use criu::{Criu, Error, Event, ImagesDir, InvalidKind, Options};
+use criu_testkit::damage::{restore_fails, truncate_image};
 use criu_testkit::scratch::Scratch;
 use criu_testkit::{aftermath, alive, find_process, fixture, wait_until, KillOnDrop, Workload};
 
@@ -69,24 +70,7 @@ fn a_restore_that_would_hang_is_cut_by_the_deadline_and_leaves_nothing() {
     let dir = Scratch::new();
     let (w, images) = fixture::dumped(dir.path(), 1);
     let criu = Criu::new();
-    let pages = std::fs::read_dir(images.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("pages-")
-        })
-        .unwrap();
-    let len = std::fs::metadata(&pages).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&pages)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    truncate_image(&images, "pages-");
     // restore_child first: the detached restore's killed task is left to
     // PID 1 to reap, which a harness's PID 1 may never do, and its zombie
     // would keep the pid from the next restore.
@@ -204,19 +188,14 @@ fn a_corrupted_inventory_is_a_clear_error_and_leaves_nothing() {
     std::fs::write(&inv, bytes).unwrap();
     // A deadline, and a restore that unexpectedly succeeds is killed rather
     // than leaked as a detached process.
-    let e = match criu.restore(
+    let e = restore_fails(
+        &criu,
         Options::new()
             .images_dir(&images)
             .log_file("restore.log")
             .deadline(WAIT),
-    ) {
-        Ok(r) => {
-            let _kill = KillOnDrop(r.pid);
-            panic!("a corrupted inventory restored as pid {}", r.pid);
-        }
-        Err(e) => e,
-    };
-    assert!(!e.is_deadline_exceeded(), "CRIU must fail, not hang: {e}");
+        "a corrupted inventory",
+    );
     // CRIU 4.2.1 refuses some corruptions and aborts on others (a BUG in
     // bfd.c), which breaks the connection; either way the error says so.
     assert!(
