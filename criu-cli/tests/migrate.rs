@@ -4,8 +4,9 @@
 //! SIGHUP that resume the source (send) or end the wait (receive), at
 //! every phase: pre-flight, pre-copy's passes, CRIU's dump, the
 //! transfer, the address hook, CRIU's restore (held by an action script
-//! named by CRIU_CONFIG_FILE) and lazy serving, each leaving the application
-//! running once. Each moved workload is the init of its own PID
+//! named by CRIU_CONFIG_FILE), lazy serving and the final confirmation
+//! (reached through the address hook's `announce`), each leaving the
+//! application running once. Each moved workload is the init of its own PID
 //! namespace, so its pids are free for the restore while the source
 //! still holds them. Needs root.
 
@@ -51,9 +52,13 @@ fn counter(dir: &Path, mib: u32, own_pid_ns: bool) -> Counter {
     } else {
         Command::new("/usr/bin/python3")
     };
+    // Its own working directory: CRIU's parasite makes a `proc.crtools`
+    // directory in the dumped task's (for a task whose /proc is not its
+    // PID namespace's), and two dumps in one directory at once collide.
     cmd.arg(&script)
         .arg(&out)
         .arg(mib.to_string())
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -1179,11 +1184,11 @@ fn a_missing_work_dir_is_refused_before_anything_starts() {
     assert!(!missing.exists(), "a --work-dir was made");
 }
 
-/// An `--address-hook` that logs each step to `LOG`, and at
-/// `move-to-dest` touches `HELD` and waits (up to 30 s) for `GO`.
+/// An `--address-hook` that logs each step to `LOG`, and at step
+/// `HOLD_AT` touches `HELD` and waits (up to 30 s) for `GO`.
 const HELD_HOOK: &str = r#"#!/bin/sh
 echo "$1" >> "$LOG"
-if [ "$1" = move-to-dest ]; then
+if [ "$1" = "$HOLD_AT" ]; then
   touch "$HELD"
   i=0; while [ ! -e "$GO" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 fi
@@ -1234,6 +1239,7 @@ fn ctrl_c_while_the_address_hook_moves_the_address_resumes_the_source() {
         .arg("--address-hook")
         .arg(&hook)
         .env("LOG", &log)
+        .env("HOLD_AT", "move-to-dest")
         .env("HELD", &held)
         .env("GO", &go)
         .process_group(0)
@@ -1271,4 +1277,276 @@ fn ctrl_c_while_the_address_hook_moves_the_address_resumes_the_source() {
     assert_eq!(steps, ["lock", "move-to-dest", "move-back", "unlock"]);
     assert_ne!(recv_code, Some(0), "receive: {recv_err}");
     runs_once(&c, dir.path(), what);
+}
+
+/// The values the counter of `c` wrote, in order.
+fn values(c: &Counter) -> Vec<u64> {
+    std::fs::read_to_string(&c.out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect()
+}
+
+/// Where `v` first differs from 1, 2, 3...: `None` when the counter ran
+/// once, on from its own memory.
+fn first_break(v: &[u64]) -> Option<usize> {
+    (0..v.len()).find(|&i| v[i] != i as u64 + 1)
+}
+
+/// Whether the accepted connection on local TCP `port` holds bytes its
+/// process has not read (`/proc/net/tcp`: state 01, rx_queue above 0).
+fn unread_at(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let local = f.get(1).and_then(|a| a.rsplit_once(':'));
+        let local = local.and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+        let rx = f.get(4).and_then(|q| q.split_once(':'));
+        let rx = rx.and_then(|(_, n)| u64::from_str_radix(n, 16).ok());
+        local == Some(port) && f.get(3) == Some(&"01") && rx.is_some_and(|n| n > 0)
+    })
+}
+
+/// A stop-and-copy move with `--tcp-established` whose `--address-hook`
+/// ([`HELD_HOOK`]) holds at `announce`: the destination has restored its
+/// copy, continued it and reported it, and waits for the source's
+/// verdict (step `confirm`); the source waits for its hook. Whatever a
+/// failed check leaves is killed on drop (the hook released).
+struct AtConfirm {
+    c: Counter,
+    port: u16,
+    r: Option<Receiver>,
+    send: Option<Child>,
+    log: PathBuf,
+    go: PathBuf,
+    recv_json: PathBuf,
+    /// The destination's copy.
+    copy: i32,
+    dir: tempfile::TempDir,
+}
+
+fn held_at_confirm(recv_extra: &[&str]) -> AtConfirm {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let c = counter(dir.path(), 8, true);
+    let (log, held, go) = (
+        dir.path().join("hook.log"),
+        dir.path().join("held"),
+        dir.path().join("go"),
+    );
+    let hook = dir.path().join("hook.sh");
+    std::fs::write(&hook, HELD_HOOK).unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = free_port();
+    let recv_json = dir.path().join("recv.json");
+    let mut args = vec!["--plain", "--tcp-established", "--json"];
+    args.push(recv_json.to_str().unwrap());
+    args.extend_from_slice(recv_extra);
+    let r = receive(port, &args);
+    let send = Command::new(bin())
+        .args(["send", "--pid", &c.pid.to_string(), "--plain"])
+        .args(["--json", "-", "--to", &format!("127.0.0.1:{port}")])
+        .args(["--tcp-established", "--address-hook"])
+        .arg(&hook)
+        .env("LOG", &log)
+        .env("HOLD_AT", "announce")
+        .env("HELD", &held)
+        .env("GO", &go)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reached = poll(|| held.exists().then_some(()));
+    let copy = poll(|| copy_pids(dir.path()).into_iter().find(|&p| p != c.pid));
+    let mut m = AtConfirm {
+        c,
+        port,
+        r: Some(r),
+        send: Some(send),
+        log,
+        go,
+        recv_json,
+        copy: copy.unwrap_or(0),
+        dir,
+    };
+    if reached.is_none() || copy.is_none() {
+        std::fs::write(&m.go, "").unwrap();
+        let out = m.send.take().unwrap().wait_with_output().unwrap();
+        panic!(
+            "the hook never held at announce ({reached:?}) or no copy was restored \
+             ({copy:?}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    m
+}
+
+impl AtConfirm {
+    /// The steps the address hook ran, in order.
+    fn hook_steps(&self) -> Vec<String> {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines().map(str::to_string).collect()
+    }
+}
+
+impl Drop for AtConfirm {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.go, "");
+        for child in self
+            .send
+            .iter_mut()
+            .chain(self.r.iter_mut().map(|r| &mut r.child))
+        {
+            // SAFETY: kill(2) of a command this test started (a stopped
+            // receive is continued, so that it can die).
+            unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        kill_all(&copy_pids(self.dir.path()));
+    }
+}
+
+/// SIGINT to `receive` at the final confirmation (step `confirm`): its
+/// copy restored and running, the source's verdict not in yet (the
+/// source held in its address hook's `announce`). The receive exits 5 at
+/// step confirm at once, without waiting for the source, and kills its
+/// copy; the source, once its hook returns, hears the destination
+/// dropped its copy, moves the address back and resumes: the counter
+/// runs once, on from where it stopped, nothing left in /dev/shm.
+#[test]
+fn sigint_to_receive_at_confirm_kills_its_copy_and_resumes_the_source() {
+    let what = "SIGINT to receive at confirm";
+    let mut m = held_at_confirm(&[]);
+    let copy_start = criu_testkit::aftermath::start_time(m.copy);
+    let mut r = m.r.take().unwrap();
+    // SAFETY: kill(2) of the receive this test started.
+    unsafe { libc::kill(r.child.id() as i32, libc::SIGINT) };
+    // The source still holds in its hook: the receive ends on its own.
+    let ended = poll(|| r.child.try_wait().unwrap()).is_some();
+    let copy_gone =
+        poll(|| (criu_testkit::aftermath::start_time(m.copy) != copy_start).then_some(()));
+    std::fs::write(&m.go, "").unwrap();
+    let out = m.send.take().unwrap().wait_with_output().unwrap();
+    let send_err = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !ended {
+        let _ = r.child.kill();
+    }
+    let (recv_code, recv_err) = r.finish();
+    assert!(
+        ended,
+        "{what}: the receive waited for the source: {recv_err}"
+    );
+    assert!(
+        copy_gone.is_some(),
+        "{what}: the destination's copy {} is left: {recv_err}",
+        m.copy
+    );
+    let row = error_row(&std::fs::read_to_string(&m.recv_json).unwrap_or_default());
+    assert_eq!(recv_code, Some(5), "receive: {recv_err}");
+    assert_eq!(row["exit"], 5, "{row}");
+    assert_eq!(row["signal"], "SIGINT", "{row}");
+    assert_eq!(row["cancelled"], true, "{row}");
+    assert_eq!(row["step"], "confirm", "{row}");
+    // The source decides, and says so: it resumed its copy.
+    assert_ne!(out.status.code(), Some(0), "send: {send_err}");
+    let send_row = error_row(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(send_row["step"], "confirm", "{send_row}");
+    assert_eq!(send_row["source_state"], "resumed", "{send_row}");
+    // The address went back to the source, and its lock came off.
+    let steps = m.hook_steps();
+    assert_eq!(
+        steps,
+        ["lock", "move-to-dest", "announce", "move-back", "unlock"]
+    );
+    runs_once(&m.c, m.dir.path(), what);
+    // The destination's copy counted on from the stop while it ran; the
+    // resumed source then counts on from the same stop, from its memory:
+    // one step back, to a value above 1, then 1 by 1 again.
+    let v = values(&m.c);
+    assert_eq!(v.first(), Some(&1), "{what}: the counter went {v:?}");
+    if let Some(i) = first_break(&v) {
+        let tail: Vec<u64> = v[i..]
+            .iter()
+            .map(|x| (x + 1).saturating_sub(v[i]))
+            .collect();
+        assert!(
+            v[i] > 1 && v[i] <= v[i - 1] && first_break(&tail).is_none(),
+            "{what}: the counter went {:?} at {i}",
+            &v[i.saturating_sub(3)..(i + 3).min(v.len())]
+        );
+    }
+}
+
+/// SIGINT to `send` at the final confirmation (step `confirm`): the
+/// destination runs its copy and the source has sent its `Done`, but
+/// the destination's answer is late (the receive is stopped, as a busy
+/// host would be: the `Done` waits unread in its socket). The move is
+/// past its point of no return: the send neither gives up nor resumes
+/// its copy; once the destination answers it kills its copy and exits 0,
+/// saying the signal came after the restore. One copy runs, the
+/// destination's, on from the source's memory, and the destination says
+/// the source confirmed.
+#[test]
+fn sigint_to_send_at_confirm_completes_the_move() {
+    let what = "SIGINT to send at confirm";
+    let mut m = held_at_confirm(&["--detach"]);
+    let recv = m.r.as_ref().unwrap().child.id() as i32;
+    // SAFETY: kill(2) of the receive this test started.
+    unsafe { libc::kill(recv, libc::SIGSTOP) };
+    let stopped = poll(|| (state(recv) == Some('T')).then_some(()));
+    std::fs::write(&m.go, "").unwrap();
+    // Past its hook, the source sends `Done` and waits for the answer.
+    let done_sent = poll(|| unread_at(m.port).then_some(()));
+    let send_pid = m.send.as_ref().unwrap().id() as i32;
+    // SAFETY: kill(2) of the send this test started.
+    unsafe { libc::kill(send_pid, libc::SIGINT) };
+    // Well within the command's grace (signals::GRACE, 3 s) before it
+    // breaks a stalled connection off.
+    std::thread::sleep(Duration::from_millis(500));
+    let waited = m.send.as_mut().unwrap().try_wait().unwrap().is_none();
+    // SAFETY: kill(2) of the receive this test started.
+    unsafe { libc::kill(recv, libc::SIGCONT) };
+    let out = m.send.take().unwrap().wait_with_output().unwrap();
+    let send_err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let (recv_code, recv_err) = m.r.take().unwrap().finish();
+    assert!(stopped.is_some(), "{what}: the receive never stopped");
+    assert!(
+        done_sent.is_some(),
+        "{what}: the source's Done never reached the receive: {send_err}"
+    );
+    assert!(
+        waited,
+        "{what}: the send did not wait for the answer: {send_err}"
+    );
+    assert_eq!(out.status.code(), Some(0), "send: {send_err}");
+    assert!(send_err.contains("SIGINT"), "send: {send_err}");
+    let report: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(recv_code, Some(0), "receive: {recv_err}");
+    let received: Value = serde_json::from_slice(&std::fs::read(&m.recv_json).unwrap()).unwrap();
+    assert_eq!(report["restored_pid"].as_i64(), Some(i64::from(m.copy)));
+    assert_eq!(received["restored_pid"].as_i64(), Some(i64::from(m.copy)));
+    assert_eq!(received["source_confirmed"], true, "{received}");
+    assert_eq!(
+        m.hook_steps(),
+        ["lock", "move-to-dest", "announce", "unlock"]
+    );
+    // The source copy is gone; the destination's counts on, alone, 1 by
+    // 1 from the source's memory.
+    let gone = poll(|| matches!(m.c.state(), None | Some('Z')).then_some(()));
+    assert!(gone.is_some(), "{what}: the source copy still runs");
+    assert!(m.c.grows(), "{what}: the destination's copy does not count");
+    assert_eq!(copy_pids(m.dir.path()), [m.copy], "{what}: not one copy");
+    let v = values(&m.c);
+    assert_eq!(
+        first_break(&v),
+        None,
+        "{what}: the counter did not count on 1 by 1"
+    );
+    assert!(
+        leftovers(m.c.pid).is_empty(),
+        "{what}: images left in /dev/shm"
+    );
 }
