@@ -12,190 +12,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use common::{bin, poll_for, state};
-
-const COUNTER: &str = r#"
-import sys, time
-buf = bytearray(b"x" * (int(sys.argv[2]) << 20))
-n = 0
-while True:
-    n += 1
-    with open(sys.argv[1], "a") as f: f.write("%d\n" % n)
-    time.sleep(0.02)
-"#;
-
-/// A counter that appends a line every 20 ms, holding `mib` MiB. Killed
-/// (by pid) and reaped on drop.
-struct Counter {
-    child: Child,
-    /// The tree's root (the counter itself, or its PID-namespace init).
-    pid: i32,
-    out: PathBuf,
-}
-
-fn counter(dir: &Path, mib: u32, own_pid_ns: bool) -> Counter {
-    let script = dir.join("counter.py");
-    std::fs::write(&script, COUNTER).unwrap();
-    let out = dir.join("out");
-    let mut cmd = if own_pid_ns {
-        let mut c = Command::new("unshare");
-        c.args(["--pid", "--fork", "setsid", "/usr/bin/python3"]);
-        c
-    } else {
-        Command::new("/usr/bin/python3")
-    };
-    // Its own working directory: CRIU's parasite makes a `proc.crtools`
-    // directory in the dumped task's (for a task whose /proc is not its
-    // PID namespace's), and two dumps in one directory at once collide.
-    cmd.arg(&script)
-        .arg(&out)
-        .arg(mib.to_string())
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    common::clean_start(&mut cmd, !own_pid_ns);
-    let child = cmd.spawn().expect("starting the counter");
-    let outer = child.id() as i32;
-    let pid = if own_pid_ns {
-        poll(|| {
-            std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
-                .ok()
-                .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        })
-        .expect("unshare's child never appeared")
-    } else {
-        outer
-    };
-    let c = Counter { child, pid, out };
-    // Filling a GiB takes a while on a loaded machine: up to a minute
-    // for the first line, then it counts on as usual.
-    let started = common::holds_within(Duration::from_secs(60), || c.lines() > 0);
-    assert!(started && c.grows(), "the counter never counted");
-    c
-}
-
-impl Counter {
-    fn lines(&self) -> usize {
-        std::fs::read_to_string(&self.out)
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
-    }
-
-    /// Whether the output grows within 10 s.
-    fn grows(&self) -> bool {
-        let at = self.lines();
-        poll(|| (self.lines() > at).then_some(())).is_some()
-    }
-
-    fn state(&self) -> Option<char> {
-        state(self.pid)
-    }
-}
-
-impl Drop for Counter {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) of the pid this test started.
-        unsafe { libc::kill(self.pid, libc::SIGKILL) };
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Retries `f` every 20 ms for up to 10 s.
-fn poll<T>(f: impl FnMut() -> Option<T>) -> Option<T> {
-    poll_for(Duration::from_secs(10), f)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A running `receive`, once it listens; its stderr is collected.
-struct Receiver {
-    child: Child,
-    stderr: std::thread::JoinHandle<String>,
-}
-
-fn receive(port: u16, extra: &[&str]) -> Receiver {
-    receive_with(port, extra, None)
-}
-
-/// As [`receive`], with CRIU_CONFIG_FILE set to `criu_config` in its
-/// environment: a config file CRIU reads besides the one the core writes
-/// for the restore.
-fn receive_with(port: u16, extra: &[&str], criu_config: Option<&Path>) -> Receiver {
-    let mut cmd = Command::new(bin());
-    if let Some(conf) = criu_config {
-        cmd.env("CRIU_CONFIG_FILE", conf);
-    }
-    let mut child = cmd
-        .args([
-            "receive",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--once",
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut first = String::new();
-    err.read_line(&mut first).unwrap();
-    assert!(
-        first.contains("waiting for a source"),
-        "receive said {first:?}"
-    );
-    let stderr = std::thread::spawn(move || rest(first, err));
-    Receiver { child, stderr }
-}
-
-fn rest(mut text: String, mut err: BufReader<ChildStderr>) -> String {
-    let _ = err.read_to_string(&mut text);
-    text
-}
-
-impl Receiver {
-    fn finish(mut self) -> (Option<i32>, String) {
-        let status = self.child.wait().unwrap();
-        (status.code(), self.stderr.join().unwrap())
-    }
-}
-
-/// The migration's images of `pid` left in /dev/shm, if any.
-fn leftovers(pid: i32) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for d in std::fs::read_dir("/dev/shm").unwrap().flatten() {
-        if !d
-            .file_name()
-            .to_string_lossy()
-            .starts_with("criu-rs-migrate-")
-        {
-            continue;
-        }
-        for sub in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
-            let core = sub.path().join(format!("core-{pid}.img"));
-            if core.exists() {
-                found.push(core);
-            }
-        }
-    }
-    found
-}
+use common::moves::{
+    assert_cancelled_by_sigint, copies, counter, error_row, free_port, hold_criu_at, leftovers,
+    poll, receive, receive_with, runs_once, Counter, Receiver,
+};
+use common::{bin, state};
 
 /// Moves a counter with `security` flags; checks it counts on there and
 /// that the source is gone.
@@ -563,71 +392,6 @@ fn plain_says_what_it_risks() {
     }
 }
 
-/// A CRIU config file whose action script, at CRIU's `action`, creates
-/// `marker` and then holds CRIU there for 3 s: a window in which a test
-/// signals a command that is, for sure, in that phase.
-fn hold_criu_at(dir: &Path, action: &str) -> (PathBuf, PathBuf) {
-    use std::os::unix::fs::PermissionsExt;
-    let marker = dir.join(format!("at-{action}"));
-    let script = dir.join(format!("hold-{action}.sh"));
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = {action} ] || exit 0\ntouch {}\nsleep 3\n",
-            marker.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let conf = dir.join(format!("hold-{action}.conf"));
-    std::fs::write(&conf, format!("action-script {}\n", script.display())).unwrap();
-    (conf, marker)
-}
-
-/// The `{"error": ...}` row a failed command wrote with `--json`.
-fn error_row(text: &str) -> Value {
-    let row: Value = serde_json::from_str(text.lines().last().unwrap_or("")).unwrap_or_else(|e| {
-        panic!("not a JSON row ({e}): {text:?}");
-    });
-    row["error"].clone()
-}
-
-/// Live processes running the counter script of `dir`: the source copy
-/// and any restored one.
-fn copies(dir: &Path) -> usize {
-    copy_pids(dir).len()
-}
-
-/// The pids of [`copies`].
-fn copy_pids(dir: &Path) -> Vec<i32> {
-    let needle = dir.join("counter.py").display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd);
-            cmd.starts_with("/usr/bin/python3")
-                && cmd.contains(&needle)
-                && !matches!(state(pid), None | Some('Z'))
-        })
-        .collect()
-}
-
-/// What must hold after any interrupted move: the counter runs on, once,
-/// and nothing of the move is left in /dev/shm.
-fn runs_once(c: &Counter, dir: &Path, what: &str) {
-    let running = poll(|| (c.state() != Some('T')).then_some(()));
-    assert!(running.is_some(), "{what}: the source stays stopped");
-    assert!(c.grows(), "{what}: the source does not count on");
-    assert_eq!(copies(dir), 1, "{what}: not exactly one copy runs");
-    assert!(
-        leftovers(c.pid).is_empty(),
-        "{what}: images left in /dev/shm"
-    );
-}
-
 #[test]
 fn sigint_to_send_while_criu_dumps_resumes_the_source() {
     let dir = tempfile::tempdir().unwrap();
@@ -657,11 +421,8 @@ fn sigint_to_send_while_criu_dumps_resumes_the_source() {
     let (code, recv_err) = r.finish();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(held.is_some(), "CRIU never reached pre-dump: {err}");
-    assert_eq!(out.status.code(), Some(5), "{err}");
     let row = error_row(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(row["exit"], 5);
-    assert_eq!(row["signal"], "SIGINT");
-    assert_eq!(row["cancelled"], true, "{row}");
+    assert_cancelled_by_sigint(out.status.code(), &row, &err);
     assert_eq!(row["source_state"], "resumed", "{row}");
     assert_ne!(code, Some(0), "receive: {recv_err}");
     runs_once(&c, dir.path(), "SIGINT while dumping");
@@ -796,6 +557,28 @@ struct Interrupted {
     recv_err: String,
 }
 
+impl Interrupted {
+    /// From the send's output (`send_err`: its stderr), the receive's
+    /// exit code and stderr, and the `--json` file it wrote.
+    fn ended(
+        send: &std::process::Output,
+        send_err: String,
+        recv_code: Option<i32>,
+        recv_err: String,
+        recv_json: &Path,
+    ) -> Interrupted {
+        let recv_text = std::fs::read_to_string(recv_json).unwrap_or_default();
+        Interrupted {
+            send_code: send.status.code(),
+            send_row: error_row(&String::from_utf8_lossy(&send.stdout)),
+            send_err,
+            recv_code,
+            recv_row: error_row(&recv_text),
+            recv_err,
+        }
+    }
+}
+
 /// Moves a counter (stop-and-copy) to a `receive` whose CRIU holds the
 /// restore at its action `action` (an action script named by
 /// CRIU_CONFIG_FILE: `--criu-config` is refused there), and SIGINTs the
@@ -850,25 +633,14 @@ fn sigint_while_criu_restores(to_receive: bool, action: &str) -> Interrupted {
         );
     }
     runs_once(&c, dir.path(), what);
-    let recv_text = std::fs::read_to_string(&recv_json).unwrap_or_default();
-    Interrupted {
-        send_code: out.status.code(),
-        send_row: error_row(&String::from_utf8_lossy(&out.stdout)),
-        send_err,
-        recv_code,
-        recv_row: error_row(&recv_text),
-        recv_err,
-    }
+    Interrupted::ended(&out, send_err, recv_code, recv_err, &recv_json)
 }
 
 #[test]
 fn sigint_to_receive_while_criu_restores_kills_the_copy_and_resumes_the_source() {
     let i = sigint_while_criu_restores(true, "post-setup-namespaces");
     let (err, row) = (&i.recv_err, &i.recv_row);
-    assert_eq!(i.recv_code, Some(5), "receive: {err}");
-    assert_eq!(row["exit"], 5, "{row}");
-    assert_eq!(row["signal"], "SIGINT", "{row}");
-    assert_eq!(row["cancelled"], true, "{row}");
+    assert_cancelled_by_sigint(i.recv_code, row, err);
     assert_eq!(row["step"], "restore", "{row}");
     // The source decides, and says so: it resumed its copy.
     assert_ne!(i.send_code, Some(0), "send: {}", i.send_err);
@@ -879,10 +651,7 @@ fn sigint_to_receive_while_criu_restores_kills_the_copy_and_resumes_the_source()
 fn sigint_to_send_while_criu_restores_kills_the_copy_and_resumes_the_source() {
     let i = sigint_while_criu_restores(false, "post-setup-namespaces");
     let (err, row) = (&i.send_err, &i.send_row);
-    assert_eq!(i.send_code, Some(5), "send: {err}");
-    assert_eq!(row["exit"], 5, "{row}");
-    assert_eq!(row["signal"], "SIGINT", "{row}");
-    assert_eq!(row["cancelled"], true, "{row}");
+    assert_cancelled_by_sigint(i.send_code, row, err);
     assert_eq!(row["step"], "restore", "{row}");
     assert_eq!(row["source_state"], "resumed", "{row}");
     assert_ne!(i.recv_code, Some(0), "receive: {}", i.recv_err);
@@ -987,25 +756,14 @@ fn sigint_while_lazy_pages_are_served(to_receive: bool) -> Interrupted {
         panic!("{what}: the restored copy {copy} is left\nsend: {send_err}\nreceive: {recv_err}");
     }
     runs_once(&c, dir.path(), what);
-    let recv_text = std::fs::read_to_string(&recv_json).unwrap_or_default();
-    Interrupted {
-        send_code: out.status.code(),
-        send_row: error_row(&String::from_utf8_lossy(&out.stdout)),
-        send_err,
-        recv_code,
-        recv_row: error_row(&recv_text),
-        recv_err,
-    }
+    Interrupted::ended(&out, send_err, recv_code, recv_err, &recv_json)
 }
 
 #[test]
 fn sigint_to_receive_while_lazy_pages_are_served_resumes_the_source() {
     let i = sigint_while_lazy_pages_are_served(true);
     let (err, row) = (&i.recv_err, &i.recv_row);
-    assert_eq!(i.recv_code, Some(5), "receive: {err}");
-    assert_eq!(row["exit"], 5, "{row}");
-    assert_eq!(row["signal"], "SIGINT", "{row}");
-    assert_eq!(row["cancelled"], true, "{row}");
+    assert_cancelled_by_sigint(i.recv_code, row, err);
     assert_eq!(row["step"], "lazy-pages", "{row}");
     assert_ne!(i.send_code, Some(0), "send: {}", i.send_err);
     assert_eq!(i.send_row["source_state"], "resumed", "{}", i.send_row);
@@ -1015,10 +773,7 @@ fn sigint_to_receive_while_lazy_pages_are_served_resumes_the_source() {
 fn sigint_to_send_while_lazy_pages_are_served_resumes_the_source() {
     let i = sigint_while_lazy_pages_are_served(false);
     let (err, row) = (&i.send_err, &i.send_row);
-    assert_eq!(i.send_code, Some(5), "send: {err}");
-    assert_eq!(row["exit"], 5, "{row}");
-    assert_eq!(row["signal"], "SIGINT", "{row}");
-    assert_eq!(row["cancelled"], true, "{row}");
+    assert_cancelled_by_sigint(i.send_code, row, err);
     assert_eq!(row["step"], "lazy-pages", "{row}");
     assert_eq!(row["source_state"], "resumed", "{row}");
     assert_ne!(i.recv_code, Some(0), "receive: {}", i.recv_err);
@@ -1101,15 +856,9 @@ fn sigint_during_pre_copy_passes(to_receive: bool, id: &str) -> Option<Interrupt
     let left = files_under(&recv_work);
     assert!(left.is_empty(), "{what}: the receive left {left:?}");
     runs_once(&c, dir.path(), what);
-    let recv_text = std::fs::read_to_string(&recv_json).unwrap_or_default();
-    Some(Interrupted {
-        send_code: out.status.code(),
-        send_row: error_row(&String::from_utf8_lossy(&out.stdout)),
-        send_err,
-        recv_code,
-        recv_row: error_row(&recv_text),
-        recv_err,
-    })
+    Some(Interrupted::ended(
+        &out, send_err, recv_code, recv_err, &recv_json,
+    ))
 }
 
 #[test]
@@ -1119,10 +868,7 @@ fn sigint_to_send_during_pre_copy_passes_resumes_the_source() {
         return;
     };
     let row = &i.send_row;
-    assert_eq!(i.send_code, Some(5), "send: {}", i.send_err);
-    assert_eq!(row["exit"], 5, "{row}");
-    assert_eq!(row["signal"], "SIGINT", "{row}");
-    assert_eq!(row["cancelled"], true, "{row}");
+    assert_cancelled_by_sigint(i.send_code, row, &i.send_err);
     assert_eq!(row["source_state"], "resumed", "{row}");
     assert!(
         row["step"] == "dump" || row["step"] == "transfer",
@@ -1138,10 +884,7 @@ fn sigint_to_receive_during_pre_copy_passes_resumes_the_source() {
         return;
     };
     let row = &i.recv_row;
-    assert_eq!(i.recv_code, Some(5), "receive: {}", i.recv_err);
-    assert_eq!(row["exit"], 5, "{row}");
-    assert_eq!(row["signal"], "SIGINT", "{row}");
-    assert_eq!(row["cancelled"], true, "{row}");
+    assert_cancelled_by_sigint(i.recv_code, row, &i.recv_err);
     // The source decides, and says so: it resumed its tree.
     assert_ne!(i.send_code, Some(0), "send: {}", i.send_err);
     assert_eq!(i.send_row["source_state"], "resumed", "{}", i.send_row);
@@ -1264,11 +1007,8 @@ fn ctrl_c_while_the_address_hook_moves_the_address_resumes_the_source() {
         "{what}: the hook never ran move-to-dest: {send_err}"
     );
     assert!(ended, "{what}: the receive still waits: {recv_err}");
-    assert_eq!(out.status.code(), Some(5), "send: {send_err}");
     let row = error_row(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(row["exit"], 5, "{row}");
-    assert_eq!(row["signal"], "SIGINT", "{row}");
-    assert_eq!(row["cancelled"], true, "{row}");
+    assert_cancelled_by_sigint(out.status.code(), &row, &send_err);
     assert_eq!(row["step"], "connections", "{row}");
     assert_eq!(row["source_state"], "resumed", "{row}");
     // The address went back where it was, and the lock came off.
@@ -1277,15 +1017,6 @@ fn ctrl_c_while_the_address_hook_moves_the_address_resumes_the_source() {
     assert_eq!(steps, ["lock", "move-to-dest", "move-back", "unlock"]);
     assert_ne!(recv_code, Some(0), "receive: {recv_err}");
     runs_once(&c, dir.path(), what);
-}
-
-/// The values the counter of `c` wrote, in order.
-fn values(c: &Counter) -> Vec<u64> {
-    std::fs::read_to_string(&c.out)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.parse().ok())
-        .collect()
 }
 
 /// Where `v` first differs from 1, 2, 3...: `None` when the counter ran
@@ -1358,7 +1089,7 @@ fn held_at_confirm(recv_extra: &[&str]) -> AtConfirm {
         .spawn()
         .unwrap();
     let reached = poll(|| held.exists().then_some(()));
-    let copy = poll(|| copy_pids(dir.path()).into_iter().find(|&p| p != c.pid));
+    let copy = poll(|| copies(dir.path()).into_iter().find(|&p| p != c.pid));
     let mut m = AtConfirm {
         c,
         port,
@@ -1404,7 +1135,7 @@ impl Drop for AtConfirm {
             let _ = child.kill();
             let _ = child.wait();
         }
-        kill_all(&copy_pids(self.dir.path()));
+        kill_all(&copies(self.dir.path()));
     }
 }
 
@@ -1444,10 +1175,7 @@ fn sigint_to_receive_at_confirm_kills_its_copy_and_resumes_the_source() {
         m.copy
     );
     let row = error_row(&std::fs::read_to_string(&m.recv_json).unwrap_or_default());
-    assert_eq!(recv_code, Some(5), "receive: {recv_err}");
-    assert_eq!(row["exit"], 5, "{row}");
-    assert_eq!(row["signal"], "SIGINT", "{row}");
-    assert_eq!(row["cancelled"], true, "{row}");
+    assert_cancelled_by_sigint(recv_code, &row, &recv_err);
     assert_eq!(row["step"], "confirm", "{row}");
     // The source decides, and says so: it resumed its copy.
     assert_ne!(out.status.code(), Some(0), "send: {send_err}");
@@ -1464,7 +1192,7 @@ fn sigint_to_receive_at_confirm_kills_its_copy_and_resumes_the_source() {
     // The destination's copy counted on from the stop while it ran; the
     // resumed source then counts on from the same stop, from its memory:
     // one step back, to a value above 1, then 1 by 1 again.
-    let v = values(&m.c);
+    let v = m.c.values();
     assert_eq!(v.first(), Some(&1), "{what}: the counter went {v:?}");
     if let Some(i) = first_break(&v) {
         let tail: Vec<u64> = v[i..]
@@ -1538,8 +1266,8 @@ fn sigint_to_send_at_confirm_completes_the_move() {
     let gone = poll(|| matches!(m.c.state(), None | Some('Z')).then_some(()));
     assert!(gone.is_some(), "{what}: the source copy still runs");
     assert!(m.c.grows(), "{what}: the destination's copy does not count");
-    assert_eq!(copy_pids(m.dir.path()), [m.copy], "{what}: not one copy");
-    let v = values(&m.c);
+    assert_eq!(copies(m.dir.path()), [m.copy], "{what}: not one copy");
+    let v = m.c.values();
     assert_eq!(
         first_break(&v),
         None,
