@@ -2,13 +2,13 @@
 //! every strategy (plain and over mutual TLS), a peer with a certificate
 //! of another CA refused before the source stops, and SIGINT, SIGTERM and
 //! SIGHUP that resume the source (send) or end the wait (receive), at
-//! every phase: pre-flight, pre-copy's passes, CRIU's dump, the
-//! transfer, the address hook, CRIU's restore (held by an action script
-//! named by CRIU_CONFIG_FILE), lazy serving and the final confirmation
-//! (reached through the address hook's `announce`), each leaving the
-//! application running once. Each moved workload is the init of its own PID
-//! namespace, so its pids are free for the restore while the source
-//! still holds them. Needs root.
+//! every phase: pre-flight, pre-copy's passes, CRIU's dump, the transfer
+//! (stop-and-copy's, and page-server's pages), the address hook, CRIU's
+//! restore (held by an action script named by CRIU_CONFIG_FILE), lazy
+//! serving and the final confirmation (reached through the address
+//! hook's `announce`), each leaving the application running once. Each
+//! moved workload is the init of its own PID namespace, so its pids are
+//! free for the restore while the source still holds them. Needs root.
 
 mod common;
 
@@ -1277,4 +1277,102 @@ fn sigint_to_send_at_confirm_completes_the_move() {
         leftovers(m.c.pid).is_empty(),
         "{what}: images left in /dev/shm"
     );
+}
+
+/// The size of the largest `pages-*.img` under `dir`: what a page server
+/// writing there has received so far.
+fn pages_received(dir: &Path) -> u64 {
+    files_under(dir)
+        .iter()
+        .filter(|f| {
+            f.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("pages-") && n.ends_with(".img"))
+        })
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0)
+}
+
+/// SIGINTs the receive (`to_receive`) or the send of a `--strategy
+/// page-server` move of a 1 GiB counter while the destination's page
+/// server receives its pages: seen growing (two samples 20 ms apart,
+/// below the counter's memory) just before the signal. Checks that the
+/// receive kept nothing and that the tree runs on, once.
+fn sigint_while_page_server_streams(to_receive: bool) -> Interrupted {
+    let what = match to_receive {
+        true => "SIGINT to receive while the page server receives pages",
+        false => "SIGINT to send while the page server receives pages",
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let c = counter(dir.path(), 1024, true);
+    let recv_work = dir.path().join("recv-work");
+    std::fs::create_dir(&recv_work).unwrap();
+    let port = free_port();
+    let recv_json = dir.path().join("recv.json");
+    let r = receive(
+        port,
+        &[
+            "--plain",
+            "--json",
+            recv_json.to_str().unwrap(),
+            "--work-dir",
+            recv_work.to_str().unwrap(),
+        ],
+    );
+    let send = Command::new(bin())
+        .args(["send", "--pid", &c.pid.to_string(), "--plain"])
+        .args(["--strategy", "page-server", "--json", "-"])
+        .args(["--to", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut last = 0;
+    let streaming = common::poll_for(Duration::from_secs(60), || {
+        let now = pages_received(&recv_work);
+        let growing = last > 0 && now > last && now < 1024 << 20;
+        last = now;
+        growing.then_some(now)
+    });
+    let target = if to_receive { r.child.id() } else { send.id() };
+    // SAFETY: kill(2) of a command this test started.
+    unsafe { libc::kill(target as i32, libc::SIGINT) };
+    let out = send.wait_with_output().unwrap();
+    let (recv_code, recv_err) = r.finish();
+    let send_err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        streaming.is_some(),
+        "{what}: the page server never received pages ({last} bytes): \
+         {send_err}\nreceive: {recv_err}"
+    );
+    let left = files_under(&recv_work);
+    assert!(left.is_empty(), "{what}: the receive left {left:?}");
+    runs_once(&c, dir.path(), what);
+    Interrupted::ended(&out, send_err, recv_code, recv_err, &recv_json)
+}
+
+#[test]
+fn sigint_to_send_while_the_page_server_streams_resumes_the_source() {
+    let i = sigint_while_page_server_streams(false);
+    let row = &i.send_row;
+    assert_cancelled_by_sigint(i.send_code, row, &i.send_err);
+    assert_eq!(row["source_state"], "resumed", "{row}");
+    assert!(
+        row["step"] == "dump" || row["step"] == "transfer",
+        "not while the pages went: {row}"
+    );
+    assert_ne!(i.recv_code, Some(0), "receive: {}", i.recv_err);
+}
+
+#[test]
+fn sigint_to_receive_while_the_page_server_streams_resumes_the_source() {
+    let i = sigint_while_page_server_streams(true);
+    let row = &i.recv_row;
+    assert_cancelled_by_sigint(i.recv_code, row, &i.recv_err);
+    assert_eq!(row["step"], "transfer", "{row}");
+    // The source decides, and says so: it resumed its tree.
+    assert_ne!(i.send_code, Some(0), "send: {}", i.send_err);
+    assert_eq!(i.send_row["source_state"], "resumed", "{}", i.send_row);
 }
