@@ -1209,11 +1209,12 @@ fn sigint_to_receive_at_confirm_kills_its_copy_and_resumes_the_source() {
 
 /// SIGINT to `send` at the final confirmation (step `confirm`): the
 /// destination runs its copy and the source has sent its `Done`, but
-/// the destination's answer is late (the receive is stopped, as a busy
-/// host would be: the `Done` waits unread in its socket). The move is
-/// past its point of no return: the send neither gives up nor resumes
-/// its copy; once the destination answers it kills its copy and exits 0,
-/// saying the signal came after the restore. One copy runs, the
+/// the destination's answer is late (the receive is stopped for 4 s, as
+/// a busy host would be: the `Done` waits unread in its socket). The
+/// move is past its point of no return: the send neither gives up nor
+/// resumes its copy, past the command's 3 s grace too; once the
+/// destination answers it kills its copy and exits 0, saying the signal
+/// came after the restore. One copy runs, the
 /// destination's, on from the source's memory, and the destination says
 /// the source confirmed.
 #[test]
@@ -1230,9 +1231,11 @@ fn sigint_to_send_at_confirm_completes_the_move() {
     let send_pid = m.send.as_ref().unwrap().id() as i32;
     // SAFETY: kill(2) of the send this test started.
     unsafe { libc::kill(send_pid, libc::SIGINT) };
-    // Well within the command's grace (signals::GRACE, 3 s) before it
-    // breaks a stalled connection off.
-    std::thread::sleep(Duration::from_millis(500));
+    // Longer than the command's grace (signals::GRACE, 3 s), after which
+    // it sends nothing more to the destination but still awaits its
+    // answer (it breaks the connection off whole only after
+    // signals::LAST_WAIT, 30 s).
+    std::thread::sleep(Duration::from_secs(4));
     let waited = m.send.as_mut().unwrap().try_wait().unwrap().is_none();
     // SAFETY: kill(2) of the receive this test started.
     unsafe { libc::kill(recv, libc::SIGCONT) };
