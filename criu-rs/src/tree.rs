@@ -271,7 +271,14 @@ mod tests {
     fn every_thread_of_a_task_has_its_state_read() {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let parked = std::thread::spawn(move || rx.recv());
-        let states = thread_states(std::process::id() as i32).unwrap();
+        let me = std::process::id() as i32;
+        // Until the parked thread sleeps (it may not have reached recv).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut states = thread_states(me).unwrap();
+        while !states.contains(&Some('S')) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            states = thread_states(me).unwrap();
+        }
         drop(tx);
         let _ = parked.join();
         assert!(states.len() >= 2, "this thread and the parked one");
