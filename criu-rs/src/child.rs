@@ -20,7 +20,7 @@ use nix::unistd::Pid;
 
 use crate::notify::{Event, Notification};
 use crate::pidfd::Pidfd;
-use crate::tree::{listed, open_listed, parent, start_time, tree};
+use crate::tree::{parent, start_time, tree_pidfds};
 
 /// How long the cleanup of a restored tree waits for the tasks it killed
 /// to exit (a killed task exits in microseconds; one blocked in the
@@ -142,6 +142,13 @@ impl Drop for RestoredChild {
 /// earlier); waits up to `grace` for them to exit and reaps those that
 /// are this process's children. Every signal goes through a pidfd of the
 /// task that was listed. Returns how many tasks were killed.
+///
+/// Best effort, as a cleanup must be: signals that fail are passed over
+/// and a tree that keeps forking is killed as far as it was found. The
+/// held source (`migrate::hold::HeldTree::stop`) stops a tree with other
+/// rules (a task that left the tree meanwhile is not stopped, a failed
+/// signal fails the hold, every thread must be seen stopped); the two
+/// share the listing, [`tree_pidfds`], not the loop.
 pub(crate) fn kill_tree(root: &Pidfd, start: u64, known: Vec<Pidfd>, grace: Duration) -> usize {
     let mut tasks = known;
     let _ = root.signal(libc::SIGSTOP);
@@ -157,11 +164,11 @@ pub(crate) fn kill_tree(root: &Pidfd, start: u64, known: Vec<Pidfd>, grace: Dura
         if root.signal(0).is_err() || start_time(root.pid()) != Some(start) {
             break;
         }
-        let below = tree(root.pid()).split_off(1);
-        let new: Vec<Pidfd> = open_listed(&listed(&below))
-            .into_iter()
-            .filter(|p| !tasks.iter().any(|t| t.pid() == p.pid()))
+        let held: Vec<i32> = std::iter::once(root)
+            .chain(&tasks)
+            .map(Pidfd::pid)
             .collect();
+        let new = tree_pidfds(root.pid(), &held);
         if new.is_empty() {
             break;
         }
@@ -233,8 +240,7 @@ impl Unclaimed {
             }
             if let (Event::PostRestore, Some((root, _))) = (&n.event, &found.root) {
                 // Every task exists now and none runs yet.
-                let below = tree(root.pid()).split_off(1);
-                found.tasks = open_listed(&listed(&below));
+                found.tasks = tree_pidfds(root.pid(), &[root.pid()]);
             }
         }
     }

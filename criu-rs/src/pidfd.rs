@@ -82,33 +82,19 @@ impl Pidfd {
     /// `Ok(true)` then, `Ok(false)` while it runs, `ECHILD` if it is not
     /// this process's child (or was reaped already).
     pub(crate) fn try_reap(&self) -> io::Result<bool> {
-        loop {
-            // SAFETY: an all-zero siginfo_t is a valid out-parameter.
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: waitid on a descriptor we own, with a valid out-pointer.
-            let rc = unsafe {
-                libc::waitid(
-                    libc::P_PIDFD,
-                    self.fd.as_raw_fd() as libc::id_t,
-                    &mut info,
-                    libc::WEXITED | libc::WNOHANG,
-                )
-            };
-            if rc == 0 {
-                // SAFETY: waitid filled `info` (si_pid stays 0 if nothing
-                // had exited).
-                return Ok(unsafe { info.si_pid() } != 0);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
+        self.wait_exited(libc::WNOHANG)
     }
 
     /// Reaps the process, which must be a child of this one, once it has
     /// exited (blocking until then).
     pub(crate) fn reap(&self) -> io::Result<()> {
+        self.wait_exited(0).map(drop)
+    }
+
+    /// `waitid` for the exit of this process, with `flags` added to
+    /// `WEXITED` (`WNOHANG`: do not block), retried when interrupted:
+    /// whether it was reaped (always, unless `WNOHANG` found it running).
+    fn wait_exited(&self, flags: libc::c_int) -> io::Result<bool> {
         loop {
             // SAFETY: an all-zero siginfo_t is a valid out-parameter.
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
@@ -118,11 +104,13 @@ impl Pidfd {
                     libc::P_PIDFD,
                     self.fd.as_raw_fd() as libc::id_t,
                     &mut info,
-                    libc::WEXITED,
+                    libc::WEXITED | flags,
                 )
             };
             if rc == 0 {
-                return Ok(());
+                // SAFETY: waitid filled `info` (si_pid stays 0 if WNOHANG
+                // found nothing that had exited).
+                return Ok(unsafe { info.si_pid() } != 0);
             }
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {

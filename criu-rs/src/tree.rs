@@ -55,13 +55,48 @@ fn task_memory(pid: i32) -> u64 {
 /// The state letter of a task (`R`, `S`, `T`, `Z`...) from
 /// `/proc/<pid>/stat`, or `None` if it does not exist.
 pub(crate) fn state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .next()?
-        .chars()
-        .next()
+    Stat::of(pid)?.state()
+}
+
+#[cfg(feature = "migrate")]
+/// The state letter of each thread of `pid`, from
+/// `/proc/<pid>/task/<tid>/stat` (`None` for a thread that exited while
+/// they were read), or `None` if the task does not exist.
+pub(crate) fn thread_states(pid: i32) -> Option<Vec<Option<char>>> {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let states = threads
+        .flatten()
+        .map(|t| Stat::read(t.path().join("stat"))?.state())
+        .collect();
+    Some(states)
+}
+
+/// A stat line of a task (`/proc/<pid>/stat`) or of one of its threads
+/// (`/proc/<pid>/task/<tid>/stat`): the one parser of both.
+struct Stat(String);
+
+impl Stat {
+    /// The stat line of the task `pid`, if it exists.
+    fn of(pid: i32) -> Option<Stat> {
+        Stat::read(format!("/proc/{pid}/stat"))
+    }
+
+    fn read(path: impl AsRef<std::path::Path>) -> Option<Stat> {
+        std::fs::read_to_string(path).ok().map(Stat)
+    }
+
+    /// Field `n` as proc(5) numbers them, from 3 (the state) on: those
+    /// after the command, which is skipped up to the line's last `)`
+    /// since the command itself may hold spaces and parentheses.
+    fn field(&self, n: usize) -> Option<&str> {
+        let after_command = self.0.rsplit_once(')')?.1;
+        after_command.split_whitespace().nth(n.checked_sub(3)?)
+    }
+
+    /// Field 3: the state letter.
+    fn state(&self) -> Option<char> {
+        self.field(3)?.chars().next()
+    }
 }
 
 /// Whether `pid` exists and has not exited.
@@ -69,11 +104,16 @@ pub(crate) fn alive(pid: i32) -> bool {
     !matches!(state(pid), None | Some('Z' | 'X'))
 }
 
-#[cfg(feature = "migrate")]
 /// Pidfds for every task of the tree rooted at `root` that still exists,
-/// root first (see [`open_listed`]).
-pub(crate) fn tree_pidfds(root: i32) -> Vec<Pidfd> {
-    open_listed(&listed(&tree(root)))
+/// root first, but those whose pids are in `except` (the tasks a caller
+/// holds already): one listing of the loops that stop a tree and list it
+/// again until no new task appears (see [`open_listed`]).
+pub(crate) fn tree_pidfds(root: i32, except: &[i32]) -> Vec<Pidfd> {
+    let pids: Vec<i32> = tree(root)
+        .into_iter()
+        .filter(|p| !except.contains(p))
+        .collect();
+    open_listed(&listed(&pids))
 }
 
 /// `pids` with the start time each has now (the tasks gone are left
@@ -103,25 +143,12 @@ pub(crate) fn open_listed(listed: &[(i32, u64)]) -> Vec<Pidfd> {
 /// When `pid` started, in clock ticks since boot (`/proc/<pid>/stat`'s
 /// 22nd field).
 pub(crate) fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command's closing parenthesis: field 3 (state) onwards.
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()
+    Stat::of(pid)?.field(22)?.parse().ok()
 }
 
 /// The parent of `pid` (`/proc/<pid>/stat`'s 4th field).
 pub(crate) fn parent(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    Stat::of(pid)?.field(4)?.parse().ok()
 }
 
 #[cfg(feature = "migrate")]
@@ -226,6 +253,41 @@ mod tests {
             other.is_empty(),
             "a pidfd of another task than the listed one"
         );
+    }
+
+    #[test]
+    fn stat_fields_are_counted_after_the_last_parenthesis_of_the_command() {
+        // A command may hold spaces and parentheses: "x) S 1 (y".
+        let stat = Stat("42 (x) S 1 (y) R 7 42 42 0 -1".to_string());
+        assert_eq!(stat.state(), Some('R'));
+        assert_eq!(stat.field(4), Some("7"));
+        assert_eq!(stat.field(8), Some("-1"));
+        assert_eq!(stat.field(9), None);
+        assert_eq!(stat.field(2), None, "the command is not a field here");
+        assert_eq!(Stat("42 (x".to_string()).state(), None);
+    }
+
+    #[test]
+    fn every_thread_of_a_task_has_its_state_read() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let parked = std::thread::spawn(move || rx.recv());
+        let me = std::process::id() as i32;
+        // Until the parked thread sleeps (it may not have reached recv).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut states = thread_states(me).unwrap();
+        while !states.contains(&Some('S')) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            states = thread_states(me).unwrap();
+        }
+        drop(tx);
+        let _ = parked.join();
+        assert!(states.len() >= 2, "this thread and the parked one");
+        assert!(states.contains(&Some('R')), "this thread runs: {states:?}");
+        assert!(
+            states.contains(&Some('S')),
+            "the parked one sleeps: {states:?}"
+        );
+        assert_eq!(thread_states(i32::MAX), None, "no such task");
     }
 
     #[test]

@@ -244,25 +244,41 @@ impl TwoHosts {
         dst: impl FnOnce() -> criu::migrate::DestConfig<'a> + Send,
         relay: Option<RelayFn>,
     ) -> io::Result<Migration> {
-        use std::net::TcpListener;
-        let listener = self.b.run(|| TcpListener::bind((self.b.addr, 0)))??;
+        let (src, dst) = self.across(
+            |listener| -> criu::Result<_> {
+                let listener = match relay {
+                    None => listener,
+                    Some(relay) => self.relayed(&listener, relay)?,
+                };
+                let (mut stream, _) = accept_peer(links[1], &listener)?;
+                receive_from(&mut stream, dst())
+            },
+            |addr| send_to(links[0], addr, pid, src()),
+        )?;
+        Ok(Migration { src, dst })
+    }
+
+    /// One exchange from host a to host b over TCP, the scaffold of the
+    /// two-host tests: `serve` runs on a thread in host b with a listener
+    /// bound to b's address (a receiver accepts from it), `connect` runs
+    /// in host a with that listener's address (a sender connects to it);
+    /// returns both results once both have returned.
+    pub fn across<S: Send, D: Send>(
+        &self,
+        serve: impl FnOnce(std::net::TcpListener) -> D + Send,
+        connect: impl FnOnce(std::net::SocketAddr) -> S + Send,
+    ) -> io::Result<(S, D)> {
+        let listener = self
+            .b
+            .run(|| std::net::TcpListener::bind((self.b.addr, 0)))??;
         let addr = listener.local_addr()?;
         std::thread::scope(|s| {
-            let dst_side = s.spawn(|| {
-                self.b.run(|| -> criu::Result<_> {
-                    let listener = match relay {
-                        None => listener,
-                        Some(relay) => self.relayed(&listener, relay)?,
-                    };
-                    let (mut stream, _) = accept_peer(links[1], &listener)?;
-                    receive_from(&mut stream, dst())
-                })
-            });
-            let src = self.a.run(|| send_to(links[0], addr, pid, src()))?;
-            let dst = dst_side
+            let served = s.spawn(|| self.b.run(|| serve(listener)));
+            let sent = self.a.run(|| connect(addr))?;
+            let served = served
                 .join()
                 .map_err(|_| io::Error::other("the destination thread panicked"))??;
-            Ok(Migration { src, dst })
+            Ok((sent, served))
         })
     }
 

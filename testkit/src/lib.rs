@@ -6,6 +6,7 @@ pub mod aftermath;
 pub mod capture;
 pub mod certs;
 pub mod container;
+pub mod damage;
 pub mod demo;
 pub mod faults;
 pub mod fixture;
@@ -14,6 +15,7 @@ pub mod link;
 pub mod measure;
 pub mod pid;
 pub mod registry;
+pub mod scratch;
 pub mod skip;
 pub mod tcp;
 

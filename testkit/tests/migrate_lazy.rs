@@ -1,7 +1,7 @@
 //! Lazy (post-copy) migration under faults: the pages never finish, and the
 //! source's own CRIU settings. Real CRIU, two network-namespace hosts, root.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -24,35 +24,23 @@ fn migrate_with<'a>(
     criu::Result<criu::migrate::DestReport>,
     Duration,
 ) {
-    let listener = hosts
-        .b
-        .run(|| TcpListener::bind((hosts.b.addr, 0)))
-        .unwrap()
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::scope(|s| {
-        let dst_side = s.spawn(|| {
-            hosts
-                .b
-                .run(|| {
-                    let (mut stream, _) = listener.accept().unwrap();
-                    stream.set_read_timeout(Some(WAIT * 4)).unwrap();
-                    criu::migrate::receive(&Criu::new(), &mut stream, dst())
-                })
-                .unwrap()
-        });
-        let start = Instant::now();
-        let src = hosts
-            .a
-            .run(|| {
+    let ((src, src_took), dst) = hosts
+        .across(
+            |listener| {
+                let (mut stream, _) = listener.accept().unwrap();
+                stream.set_read_timeout(Some(WAIT * 4)).unwrap();
+                criu::migrate::receive(&Criu::new(), &mut stream, dst())
+            },
+            |addr| {
+                let start = Instant::now();
                 let mut stream = TcpStream::connect(addr).unwrap();
                 stream.set_read_timeout(Some(WAIT * 4)).unwrap();
-                criu::migrate::send(criu, pid, &mut stream, src())
-            })
-            .unwrap();
-        let src_took = start.elapsed();
-        (src, dst_side.join().unwrap(), src_took)
-    })
+                let src = criu::migrate::send(criu, pid, &mut stream, src());
+                (src, start.elapsed())
+            },
+        )
+        .unwrap();
+    (src, dst, src_took)
 }
 
 /// The destination's bound in the lazy tests.

@@ -4,51 +4,18 @@
 
 use std::cell::RefCell;
 use std::ops::ControlFlow;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use criu::{Criu, DaemonConfig, Error, Event, ImagesDir, InvalidKind, Iteration, Options};
+use criu_testkit::damage::{restore_fails, truncate_image};
+use criu_testkit::scratch::Scratch;
 use criu_testkit::skip::skip;
 use criu_testkit::{alive, fixture, wait_gone, KillOnDrop, Workload};
 
 const BIN: &str = env!("CARGO_BIN_EXE_criu-rs-workload");
 const TICK: Duration = Duration::from_millis(1);
 const WAIT: Duration = Duration::from_secs(20);
-
-struct Setup {
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        // CRIU_RS_TEST_KEEP=1 keeps the images and logs for a post-mortem.
-        if std::env::var_os("CRIU_RS_TEST_KEEP").is_some() {
-            eprintln!("kept {}", self.dir.path().display());
-            let _ = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()).keep();
-        }
-    }
-}
-
-impl Setup {
-    fn new() -> Setup {
-        Setup {
-            dir: tempfile::Builder::new()
-                .prefix("criu-rs-test-")
-                .tempdir()
-                .unwrap(),
-        }
-    }
-    fn images(&self, name: &str) -> ImagesDir {
-        ImagesDir::create(self.dir.path().join(name)).unwrap()
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn workload(&self, mib: usize) -> Workload {
-        Workload::spawn(BIN.as_ref(), &self.path("out.log"), TICK, mib).unwrap()
-    }
-}
 
 /// The options of a dump of `pid` into `images` that leaves it running.
 fn leaving_running(pid: i32, images: &ImagesDir) -> Options<'_> {
@@ -59,8 +26,8 @@ fn leaving_running(pid: i32, images: &ImagesDir) -> Options<'_> {
 
 #[test]
 fn dump_and_restore_continue_the_counter_and_keep_memory() {
-    let s = Setup::new();
-    let mut w = s.workload(8);
+    let s = Scratch::new();
+    let mut w = s.counter(8);
     let sum_before = w.memory_checksum().expect("workload reports its checksum");
     w.wait_for_seq(20, WAIT).unwrap();
     let images = s.images("img");
@@ -100,8 +67,8 @@ fn dump_and_restore_continue_the_counter_and_keep_memory() {
 
 #[test]
 fn a_criu_service_serves_dumps_and_restores_and_goes_on_drop() {
-    let s = Setup::new();
-    let mut w = s.workload(1);
+    let s = Scratch::new();
+    let mut w = s.counter(1);
     let svc = DaemonConfig::new().service().unwrap();
     let service_pid = svc.pid().expect("running") as i32;
     let socket = svc.socket().to_path_buf();
@@ -147,8 +114,8 @@ fn a_criu_service_serves_dumps_and_restores_and_goes_on_drop() {
 
 #[test]
 fn leave_running_keeps_the_process_going() {
-    let s = Setup::new();
-    let mut w = s.workload(0);
+    let s = Scratch::new();
+    let mut w = s.counter(0);
     let images = s.images("img");
     Criu::new()
         .dump(&mut leaving_running(w.pid(), &images))
@@ -160,8 +127,8 @@ fn leave_running_keeps_the_process_going() {
 
 #[test]
 fn shell_job_dumps_a_job_of_a_shells_session() {
-    let s = Setup::new();
-    let mut w = Workload::spawn_shell_job(BIN.as_ref(), &s.path("out.log"), TICK).unwrap();
+    let s = Scratch::new();
+    let mut w = Workload::spawn_shell_job(BIN.as_ref(), &s.path().join("out.log"), TICK).unwrap();
     let criu = Criu::new();
     let without = s.images("without");
     let err = criu
@@ -181,8 +148,8 @@ fn shell_job_dumps_a_job_of_a_shells_session() {
 
 #[test]
 fn restore_child_returns_an_owned_child_that_is_reaped() {
-    let s = Setup::new();
-    let (mut w, images) = fixture::dumped(s.dir.path(), 0);
+    let s = Scratch::new();
+    let (mut w, images) = fixture::dumped(s.path(), 0);
     let criu = Criu::new();
     let seq = w.last_seq();
     let (mut child, report) = criu
@@ -206,8 +173,8 @@ fn restore_child_returns_an_owned_child_that_is_reaped() {
 
 #[test]
 fn dropping_a_restored_child_kills_and_reaps_it() {
-    let s = Setup::new();
-    let (mut w, images) = fixture::dumped(s.dir.path(), 0);
+    let s = Scratch::new();
+    let (mut w, images) = fixture::dumped(s.path(), 0);
     let criu = Criu::new();
     let (child, _) = criu
         .restore_child(Options::new().images_dir(&images))
@@ -260,8 +227,8 @@ fn mem_track_or_skip(criu: &Criu, test: &str) -> bool {
 
 #[test]
 fn pre_dump_dump_iters_and_track_mem_are_unsupported_without_soft_dirty() {
-    let s = Setup::new();
-    let mut w = s.workload(1);
+    let s = Scratch::new();
+    let mut w = s.counter(1);
     let criu = Criu::new();
     if criu.feature_check().unwrap().mem_track {
         skip(
@@ -321,8 +288,8 @@ fn pre_dump_and_dump_iters_with_memory_tracking() {
     if !mem_track_or_skip(&criu, "pre_dump_and_dump_iters_with_memory_tracking") {
         return;
     }
-    let s = Setup::new();
-    let mut w = s.workload(1);
+    let s = Scratch::new();
+    let mut w = s.counter(1);
     let pre = s.images("pre");
     criu.pre_dump(Options::new().pid(w.pid()).images_dir(&pre))
         .unwrap();
@@ -385,8 +352,8 @@ fn pid_of(seen: &Seen, event: &str) -> Option<i32> {
 
 #[test]
 fn notifications_arrive_in_order_with_pids() {
-    let s = Setup::new();
-    let mut w = s.workload(0);
+    let s = Scratch::new();
+    let mut w = s.counter(0);
     let pid = w.pid();
     let images = s.images("img");
     let criu = Criu::new();
@@ -425,8 +392,9 @@ fn notifications_arrive_in_order_with_pids() {
 
 #[test]
 fn a_tree_in_its_own_pid_namespace_gets_setup_namespaces_with_the_root_pid() {
-    let s = Setup::new();
-    let mut w = Workload::spawn_in_pid_ns(BIN.as_ref(), &s.path("out.log"), TICK, 0).unwrap();
+    let s = Scratch::new();
+    let mut w =
+        Workload::spawn_in_pid_ns(BIN.as_ref(), &s.path().join("out.log"), TICK, 0).unwrap();
     let images = s.images("img");
     let criu = Criu::new();
     criu.dump(
@@ -469,8 +437,8 @@ fn a_tree_in_its_own_pid_namespace_gets_setup_namespaces_with_the_root_pid() {
 
 #[test]
 fn refusing_post_dump_fails_the_dump_and_leaves_the_process_running() {
-    let s = Setup::new();
-    let mut w = s.workload(0);
+    let s = Scratch::new();
+    let mut w = s.counter(0);
     let images = s.images("img");
     let err = Criu::new()
         .dump(
@@ -499,8 +467,8 @@ fn refusing_post_dump_fails_the_dump_and_leaves_the_process_running() {
 
 #[test]
 fn a_panicking_notification_closure_is_contained_and_resumed() {
-    let s = Setup::new();
-    let mut w = s.workload(0);
+    let s = Scratch::new();
+    let mut w = s.counter(0);
     let images = s.images("img");
     let criu = Criu::new();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -529,7 +497,7 @@ fn a_panicking_notification_closure_is_contained_and_resumed() {
 
 #[test]
 fn bad_input_gives_typed_errors() {
-    let s = Setup::new();
+    let s = Scratch::new();
     let criu = Criu::new();
     let images = s.images("img");
 
@@ -561,14 +529,14 @@ fn bad_input_gives_typed_errors() {
         "the message names the operation: {e}"
     );
 
-    let e = ImagesDir::open(s.path("missing")).unwrap_err();
+    let e = ImagesDir::open(s.path().join("missing")).unwrap_err();
     assert!(e.is_not_found(), "{e}");
     assert_eq!(e.invalid_kind(), Some(InvalidKind::NotFound), "{e}");
-    std::fs::write(s.path("file"), b"x").unwrap();
-    let e = ImagesDir::open(s.path("file")).unwrap_err();
+    std::fs::write(s.path().join("file"), b"x").unwrap();
+    let e = ImagesDir::open(s.path().join("file")).unwrap_err();
     assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
-    std::os::unix::fs::symlink(s.path("img"), s.path("link")).unwrap();
-    let e = ImagesDir::open(s.path("link")).unwrap_err();
+    std::os::unix::fs::symlink(s.path().join("img"), s.path().join("link")).unwrap();
+    let e = ImagesDir::open(s.path().join("link")).unwrap_err();
     assert_eq!(e.invalid_kind(), Some(InvalidKind::Malformed), "{e}");
     assert!(e.to_string().contains("symbolic link"), "{e}");
 
@@ -583,7 +551,7 @@ fn bad_input_gives_typed_errors() {
     // A bad log file name, aimed at a process of the test's own (never at
     // pid 1) and with leave_running: should validation regress, CRIU would
     // checkpoint the workload and leave it running.
-    let mut w = s.workload(0);
+    let mut w = s.counter(0);
     let e = criu
         .dump(leaving_running(w.pid(), &images).log_file("x/y.log"))
         .unwrap_err();
@@ -617,7 +585,7 @@ fn a_kernel_thread_is_refused_with_a_kind() {
         skip("operations::a_kernel_thread_is_refused_with_a_kind", why);
         return;
     };
-    let s = Setup::new();
+    let s = Scratch::new();
     let images = s.images("img");
     let e = Criu::new()
         .dump(&mut leaving_running(kthread, &images))
@@ -630,8 +598,8 @@ fn a_kernel_thread_is_refused_with_a_kind() {
 
 #[test]
 fn dump_refuses_a_directory_that_holds_images_unless_allowed() {
-    let s = Setup::new();
-    let mut w = s.workload(0);
+    let s = Scratch::new();
+    let mut w = s.counter(0);
     let images = s.images("img");
     let criu = Criu::new();
     criu.dump(&mut leaving_running(w.pid(), &images)).unwrap();
@@ -645,30 +613,13 @@ fn dump_refuses_a_directory_that_holds_images_unless_allowed() {
     assert!(w.is_running());
 }
 
-/// Truncates the first image file whose name starts with `prefix` to half.
-fn truncate_image(dir: &ImagesDir, prefix: &str) {
-    let file = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
-        .unwrap_or_else(|| panic!("no {prefix}* image"));
-    let len = std::fs::metadata(&file).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
-}
-
 #[test]
 fn restore_from_truncated_images_is_a_clear_error() {
     // (A truncated pages-*.img is not used here: CRIU 4.2.1's restorer then
     // spins forever instead of failing; see the deadline option.)
     for prefix in ["core-", "pstree", "mm-"] {
-        let s = Setup::new();
-        let mut w = s.workload(1);
+        let s = Scratch::new();
+        let mut w = s.counter(1);
         let images = s.images("img");
         let criu = Criu::new();
         criu.dump(Options::new().pid(w.pid()).images_dir(&images))
@@ -679,20 +630,15 @@ fn restore_from_truncated_images_is_a_clear_error() {
         // (which refuses some of these itself) is off; see hardening.rs. A
         // deadline bounds a CRIU that spins; a restore that unexpectedly
         // succeeds is killed, not leaked as a detached process.
-        let e = match criu.restore(
+        let e = restore_fails(
+            &criu,
             Options::new()
                 .images_dir(&images)
                 .log_file("restore.log")
                 .verify_images(false)
                 .deadline(WAIT),
-        ) {
-            Ok(r) => {
-                let _kill = KillOnDrop(r.pid);
-                panic!("truncated {prefix}* restored as pid {}", r.pid);
-            }
-            Err(e) => e,
-        };
-        assert!(!e.is_deadline_exceeded(), "CRIU must fail, not hang: {e}");
+            &format!("truncated {prefix}*"),
+        );
         assert_eq!(e.operation(), Some(criu::Operation::Restore), "{e}");
         eprintln!("truncated {prefix}: {e}");
         assert!(matches!(e, Error::Refused { .. }), "{e}");
@@ -706,8 +652,8 @@ fn restore_from_truncated_images_is_a_clear_error() {
 
 #[test]
 fn restore_while_the_pid_is_taken_says_so() {
-    let s = Setup::new();
-    let mut w = s.workload(0);
+    let s = Scratch::new();
+    let mut w = s.counter(0);
     let images = s.images("img");
     let criu = Criu::new();
     criu.dump(&mut leaving_running(w.pid(), &images)).unwrap();
@@ -721,9 +667,11 @@ fn restore_while_the_pid_is_taken_says_so() {
 
 #[test]
 fn threads_checkpointing_different_processes_all_succeed() {
-    let s = Setup::new();
+    let s = Scratch::new();
     let workloads: Vec<Workload> = (0..4)
-        .map(|i| Workload::spawn(BIN.as_ref(), &s.path(&format!("out{i}.log")), TICK, 0).unwrap())
+        .map(|i| {
+            Workload::spawn(BIN.as_ref(), &s.path().join(format!("out{i}.log")), TICK, 0).unwrap()
+        })
         .collect();
     let dirs: Vec<ImagesDir> = (0..4).map(|i| s.images(&format!("img{i}"))).collect();
     let criu = Criu::new();
@@ -747,8 +695,8 @@ fn threads_checkpointing_different_processes_all_succeed() {
 
 #[test]
 fn two_dumps_of_one_pid_at_once_one_is_refused_cleanly() {
-    let s = Setup::new();
-    let mut w = s.workload(0);
+    let s = Scratch::new();
+    let mut w = s.counter(0);
     let a = s.images("a");
     let b = s.images("b");
     let criu = Criu::new();
@@ -781,8 +729,8 @@ fn two_dumps_of_one_pid_at_once_one_is_refused_cleanly() {
 
 #[test]
 fn reports_serialise_with_criu_field_names() {
-    let s = Setup::new();
-    let mut w = s.workload(0);
+    let s = Scratch::new();
+    let mut w = s.counter(0);
     let images = s.images("img");
     let rep = Criu::new()
         .dump(&mut leaving_running(w.pid(), &images))
@@ -813,10 +761,11 @@ fn lazy_dump_lazy_pages_daemon_and_lazy_restore_on_one_machine() {
     if !criu.feature_check().unwrap().lazy_pages {
         panic!("this test needs userfaultfd (lazy pages); criu check --feature uffd-noncoop fails here");
     }
-    let s = Setup::new();
+    let s = Scratch::new();
     // Its own PID namespace: the lazily dumped tasks keep their pids until
     // every page is served, so the restore must not need the same ones.
-    let mut w = Workload::spawn_in_pid_ns(BIN.as_ref(), &s.path("out.log"), TICK, 16).unwrap();
+    let mut w =
+        Workload::spawn_in_pid_ns(BIN.as_ref(), &s.path().join("out.log"), TICK, 16).unwrap();
     let sum_before = w.memory_checksum().unwrap();
     w.wait_for_seq(20, WAIT).unwrap();
     let images = s.images("img");

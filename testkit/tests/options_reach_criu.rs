@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use criu::{Criu, ImagesDir, InvalidKind, LogLevel, Options};
+use criu_testkit::damage::restore_fails;
+use criu_testkit::scratch::Scratch;
 use criu_testkit::{fixture, KillOnDrop};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -17,11 +19,11 @@ fn log(images: &ImagesDir, name: &str) -> String {
 
 #[test]
 fn log_level_sets_what_criu_writes_to_its_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = fixture::counter(dir.path(), 0);
+    let dir = Scratch::new();
+    let w = dir.counter(0);
     let criu = Criu::new();
     let dump_at = |level, name: &str| {
-        let images = ImagesDir::create(dir.path().join(name)).unwrap();
+        let images = dir.images(name);
         criu.dump(
             Options::new()
                 .pid(w.pid())
@@ -96,10 +98,10 @@ impl Drop for Freezer {
 /// Dumps the workload frozen through a freezer cgroup with `timeout`, at
 /// debug level, and returns CRIU's log.
 fn dump_through_a_freezer(timeout: Option<Duration>) -> (String, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut w = fixture::counter(dir.path(), 0);
+    let dir = Scratch::new();
+    let mut w = dir.counter(0);
     let freezer = Freezer::new(w.pid());
-    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let images = dir.images("img");
     let mut o = Options::new();
     o.pid(w.pid())
         .images_dir(&images)
@@ -141,7 +143,7 @@ fn timeout_reaches_criu() {
 
 #[test]
 fn exec_cmd_runs_after_a_successful_restore() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Scratch::new();
     let (mut w, images) = fixture::dumped(dir.path(), 0);
     let criu = Criu::new();
     let marker = dir.path().join("exec-cmd-ran");
@@ -170,10 +172,10 @@ fn exec_cmd_runs_after_a_successful_restore() {
 
 #[test]
 fn parent_images_makes_criu_link_and_read_the_parent_directory() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut w = fixture::counter(dir.path(), 0);
-    let parent = ImagesDir::create(dir.path().join("parent")).unwrap();
-    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let dir = Scratch::new();
+    let mut w = dir.counter(0);
+    let parent = dir.images("parent");
+    let images = dir.images("img");
     let criu = Criu::new();
     criu.dump(
         Options::new()
@@ -210,12 +212,10 @@ fn parent_images_makes_criu_link_and_read_the_parent_directory() {
 
 #[test]
 fn work_dir_gets_the_log_and_statistics() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = fixture::counter(dir.path(), 0);
-    let images = ImagesDir::create(dir.path().join("img")).unwrap();
-    let work = dir.path().join("work");
-    std::fs::create_dir(&work).unwrap();
-    let work_fd = std::fs::File::open(&work).unwrap();
+    let dir = Scratch::new();
+    let w = dir.counter(0);
+    let images = dir.images("img");
+    let (work, work_fd) = dir.work_dir();
     let rep = Criu::new()
         .dump(
             Options::new()
@@ -238,9 +238,9 @@ fn work_dir_gets_the_log_and_statistics() {
 
 #[test]
 fn a_config_file_is_read_by_criu_and_overrides_rpc_options() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = fixture::counter(dir.path(), 0);
-    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let dir = Scratch::new();
+    let w = dir.counter(0);
+    let images = dir.images("img");
     let cfg = dir.path().join("criu.conf");
     // The config file names another log file: CRIU 4.2 reads it after the
     // RPC options, so the log lands under the config file's name.
@@ -272,9 +272,9 @@ fn a_config_file_is_read_by_criu_and_overrides_rpc_options() {
 
 #[test]
 fn a_config_file_conflicts_with_the_crates_cli_only_options() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut w = fixture::counter(dir.path(), 0);
-    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let dir = Scratch::new();
+    let mut w = dir.counter(0);
+    let images = dir.images("img");
     let cfg = dir.path().join("criu.conf");
     std::fs::write(&cfg, "\n").unwrap();
     let addr = "127.0.0.1:1".parse().unwrap();
@@ -296,19 +296,20 @@ fn a_config_file_conflicts_with_the_crates_cli_only_options() {
 
 #[test]
 fn join_ns_puts_the_restored_process_in_the_named_namespace() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Scratch::new();
     let (mut w, images) = fixture::dumped(dir.path(), 0);
     let criu = Criu::new();
     // CRIU 4.2.1 checks the join-ns file before anything else and refuses
     // the request (EBADRQC) when it is missing; a real one restores.
-    let e = criu
-        .restore(Options::new().images_dir(&images).deadline(WAIT).join_ns(
+    let e = restore_fails(
+        &criu,
+        Options::new().images_dir(&images).deadline(WAIT).join_ns(
             criu::Namespace::Uts,
             "/nonexistent-criu-rs-uts",
             None,
-        ))
-        .map(|r| KillOnDrop(r.pid))
-        .unwrap_err();
+        ),
+        "a missing join-ns file",
+    );
     assert_eq!(e.errno(), Some(nix::errno::Errno::EBADRQC), "{e}");
     // A UTS namespace of its own, held by a sleeping process of ours.
     let mut holder = std::process::Command::new("unshare")
@@ -441,7 +442,7 @@ fn refused_with(r: &criu::Result<criu::DumpReport>, text: &str) -> bool {
 
 #[test]
 fn ghost_limit_reaches_criu() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Scratch::new();
     // A deleted file of 64 KiB still open: CRIU keeps it as a ghost file.
     let sh = Shell::start(
         dir.path(),
@@ -463,7 +464,7 @@ fn ghost_limit_reaches_criu() {
 
 #[test]
 fn link_remap_reaches_criu() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Scratch::new();
     // An open file whose name is gone but which has another link: CRIU
     // needs a link remap to restore it.
     let sh = Shell::start(
@@ -490,7 +491,7 @@ fn link_remap_reaches_criu() {
 
 #[test]
 fn file_locks_reach_criu() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Scratch::new();
     let sh = Shell::start(
         dir.path(),
         "exec 3>lock && flock 3 && touch ready && exec sleep 600",
@@ -521,8 +522,8 @@ fn decode(images: &ImagesDir, name: &str) -> serde_json::Value {
 
 #[test]
 fn tcp_close_and_network_lock_are_written_in_the_inventory() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = fixture::counter(dir.path(), 0);
+    let dir = Scratch::new();
+    let w = dir.counter(0);
     let (plain, r) = dump_with(dir.path(), "plain", w.pid(), |_| {});
     r.unwrap();
     let (set, r) = dump_with(dir.path(), "set", w.pid(), |o| {
@@ -543,8 +544,8 @@ fn tcp_close_and_network_lock_are_written_in_the_inventory() {
 
 #[test]
 fn cpu_cap_image_makes_criu_write_the_cpu_info_image() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = fixture::counter(dir.path(), 0);
+    let dir = Scratch::new();
+    let w = dir.counter(0);
     let (plain, r) = dump_with(dir.path(), "plain", w.pid(), |_| {});
     r.unwrap();
     let (set, r) = dump_with(dir.path(), "set", w.pid(), |o| {
@@ -558,7 +559,7 @@ fn cpu_cap_image_makes_criu_write_the_cpu_info_image() {
 #[test]
 fn ext_unix_sk_reaches_criu() {
     use std::os::fd::AsFd;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Scratch::new();
     // The process holds one end of a datagram socket pair as fd 3; the
     // other end stays here, outside the dumped tree.
     let (theirs, _ours) = std::os::unix::net::UnixDatagram::pair().unwrap();
@@ -587,13 +588,13 @@ fn ext_unix_sk_reaches_criu() {
 
 #[test]
 fn skip_file_rwx_check_reaches_criu() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Scratch::new();
     let mut sh = Shell::start(
         dir.path(),
         "echo data > f && chmod 0600 f && exec 3<f && touch ready && exec sleep 600",
     );
     let pid = sh.pid();
-    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let images = dir.images("img");
     Criu::new()
         .dump(
             Options::new()

@@ -8,16 +8,18 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use criu::{Criu, Error, Event, ImagesDir, InvalidKind, Options};
+use criu_testkit::damage::{restore_fails, truncate_image};
+use criu_testkit::scratch::Scratch;
 use criu_testkit::{aftermath, alive, find_process, fixture, wait_until, KillOnDrop, Workload};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 #[test]
 fn an_expired_dump_deadline_kills_criu_and_leaves_the_process_running() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut w = fixture::counter(dir.path(), 1);
+    let dir = Scratch::new();
+    let mut w = dir.counter(1);
     let sum = w.memory_checksum().unwrap();
-    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let images = dir.images("img");
     // A criu of a unique name, so that the closure can tell when this
     // call's CRIU is gone (tests run in parallel, each with its own CRIU).
     // CRIU retitles itself "NAME: dump ...", so the name must be unique.
@@ -65,27 +67,10 @@ fn an_expired_dump_deadline_kills_criu_and_leaves_the_process_running() {
 #[test]
 fn a_restore_that_would_hang_is_cut_by_the_deadline_and_leaves_nothing() {
     // A truncated pages image makes CRIU 4.2.1's restorer spin forever.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Scratch::new();
     let (w, images) = fixture::dumped(dir.path(), 1);
     let criu = Criu::new();
-    let pages = std::fs::read_dir(images.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("pages-")
-        })
-        .unwrap();
-    let len = std::fs::metadata(&pages).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&pages)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    truncate_image(&images, "pages-");
     // restore_child first: the detached restore's killed task is left to
     // PID 1 to reap, which a harness's PID 1 may never do, and its zombie
     // would keep the pid from the next restore.
@@ -113,10 +98,10 @@ fn a_restore_that_would_hang_is_cut_by_the_deadline_and_leaves_nothing() {
 
 #[test]
 fn a_deadline_that_is_not_reached_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut w = fixture::counter(dir.path(), 1);
+    let dir = Scratch::new();
+    let mut w = dir.counter(1);
     let sum = w.memory_checksum().unwrap();
-    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let images = dir.images("img");
     let criu = Criu::new();
     let dump = criu
         .dump(
@@ -171,9 +156,9 @@ fn a_deadline_that_is_not_reached_changes_nothing() {
 
 #[test]
 fn a_dump_to_an_unreachable_page_server_leaves_the_process_running() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut w = fixture::counter(dir.path(), 8);
-    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let dir = Scratch::new();
+    let mut w = dir.counter(8);
+    let images = dir.images("img");
     // Nothing listens on this port.
     let addr = criu_testkit::free_port("127.0.0.1".parse().unwrap()).unwrap();
     let e = Criu::new()
@@ -192,7 +177,7 @@ fn a_dump_to_an_unreachable_page_server_leaves_the_process_running() {
 
 #[test]
 fn a_corrupted_inventory_is_a_clear_error_and_leaves_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Scratch::new();
     let (w, images) = fixture::dumped(dir.path(), 1);
     let criu = Criu::new();
     let inv = images.path().join("inventory.img");
@@ -203,19 +188,14 @@ fn a_corrupted_inventory_is_a_clear_error_and_leaves_nothing() {
     std::fs::write(&inv, bytes).unwrap();
     // A deadline, and a restore that unexpectedly succeeds is killed rather
     // than leaked as a detached process.
-    let e = match criu.restore(
+    let e = restore_fails(
+        &criu,
         Options::new()
             .images_dir(&images)
             .log_file("restore.log")
             .deadline(WAIT),
-    ) {
-        Ok(r) => {
-            let _kill = KillOnDrop(r.pid);
-            panic!("a corrupted inventory restored as pid {}", r.pid);
-        }
-        Err(e) => e,
-    };
-    assert!(!e.is_deadline_exceeded(), "CRIU must fail, not hang: {e}");
+        "a corrupted inventory",
+    );
     // CRIU 4.2.1 refuses some corruptions and aborts on others (a BUG in
     // bfd.c), which breaks the connection; either way the error says so.
     assert!(
@@ -231,10 +211,10 @@ fn a_corrupted_inventory_is_a_clear_error_and_leaves_nothing() {
 
 #[test]
 fn more_bad_input_is_rejected_before_criu_runs() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut w = fixture::counter(dir.path(), 0);
+    let dir = Scratch::new();
+    let mut w = dir.counter(0);
     let criu = Criu::new();
-    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let images = dir.images("img");
 
     // An inherit-fd that is closed: a number above any open descriptor
     // (other test threads may reuse a number we just closed).
@@ -260,14 +240,14 @@ fn more_bad_input_is_rejected_before_criu_runs() {
     // Parent images outside the checkpoint root.
     malformed(dump_of_w().parent_images("../../elsewhere"));
     malformed(dump_of_w().parent_images("/abs/path"));
-    let other = ImagesDir::create(dir.path().join("nested-root-a")).unwrap();
+    let other = dir.images("nested-root-a");
     assert_eq!(
         images.parent_link(&other).unwrap(),
         std::path::Path::new("../nested-root-a"),
         "siblings link as ../name"
     );
     std::fs::create_dir(dir.path().join("deeper")).unwrap();
-    let deep = ImagesDir::create(dir.path().join("deeper/pre")).unwrap();
+    let deep = dir.images("deeper/pre");
     let e = images.parent_link(&deep).unwrap_err();
     assert_eq!(
         e.invalid_kind(),
@@ -319,8 +299,8 @@ impl Drop for ReadOnlyMount {
 #[test]
 fn a_dump_into_a_read_only_images_directory_fails_clearly_and_the_process_runs() {
     // root may write anywhere except on a read-only filesystem.
-    let dir = tempfile::tempdir().unwrap();
-    let mut w = fixture::counter(dir.path(), 0);
+    let dir = Scratch::new();
+    let mut w = dir.counter(0);
     let ro = ReadOnlyMount::new(&dir.path().join("ro"));
     let e = ImagesDir::create(ro.0.join("img")).unwrap_err();
     assert!(e.to_string().contains("Read-only file system"), "{e}");
@@ -337,9 +317,7 @@ fn a_dump_into_a_read_only_images_directory_fails_clearly_and_the_process_runs()
 
     // With a writable work directory, CRIU's log is there and the error
     // quotes the lines that name the cause.
-    let work = dir.path().join("work");
-    std::fs::create_dir(&work).unwrap();
-    let work_fd = std::fs::File::open(&work).unwrap();
+    let (work, work_fd) = dir.work_dir();
     let e = Criu::new()
         .dump(
             Options::new()
@@ -363,7 +341,7 @@ fn a_dump_into_a_read_only_images_directory_fails_clearly_and_the_process_runs()
 
 #[test]
 fn a_zombie_is_not_dumped() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Scratch::new();
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let pid = child.id() as i32;
     // Not reaped yet: it stays a zombie until wait().
@@ -375,7 +353,7 @@ fn a_zombie_is_not_dumped() {
         assert!(std::time::Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(2));
     }
-    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let images = dir.images("img");
     let e = Criu::new()
         .dump(Options::new().pid(pid).images_dir(&images))
         .unwrap_err();
@@ -399,9 +377,9 @@ fn a_cli_only_value_criu_would_split_is_refused_before_criu_runs() {
     // CRIU's TLS files are CLI-only options, written into a config file in
     // which CRIU splits a line at spaces: a path with a space would reach
     // CRIU as another option. The request is refused before CRIU starts.
-    let dir = tempfile::tempdir().unwrap();
-    let mut w = fixture::counter(dir.path(), 0);
-    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let dir = Scratch::new();
+    let mut w = dir.counter(0);
+    let images = dir.images("img");
     let tls = criu::tls::TlsFiles::new("/my certs/ca.pem", "/c.pem", "/k.pem");
     let e = Criu::new()
         .dump(
@@ -453,7 +431,7 @@ const EVERY_RESTORE: [Restore; 4] = [
 /// namespace needs no pid that such a zombie holds.
 fn refused_late(refused: Event, how: Restore) {
     let what = format!("{how:?} refusing {}", refused.name());
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Scratch::new();
     let mut w = Workload::spawn_in_pid_ns(
         env!("CARGO_BIN_EXE_criu-rs-workload").as_ref(),
         &dir.path().join("out.log"),
@@ -461,7 +439,7 @@ fn refused_late(refused: Event, how: Restore) {
         1,
     )
     .unwrap();
-    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let images = dir.images("img");
     Criu::new()
         .dump(
             Options::new()
@@ -634,8 +612,8 @@ fn restore_child_hands_inherited_descriptors_to_the_criu_it_starts() {
     let _kill = KillOnDrop(pid);
     tick_from(&r).unwrap();
     let inode = nix::sys::stat::fstat(r.as_raw_fd()).unwrap().st_ino;
-    let dir = tempfile::tempdir().unwrap();
-    let images = ImagesDir::create(dir.path().join("img")).unwrap();
+    let dir = Scratch::new();
+    let images = dir.images("img");
     Criu::new()
         .dump(
             Options::new()

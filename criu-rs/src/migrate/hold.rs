@@ -49,7 +49,7 @@ use crate::notify::{Event, Notification};
 use crate::options::Options;
 use crate::pidfd::Pidfd;
 use crate::report::DumpReport;
-use crate::tree::{alive, listed, open_listed, state, tree, tree_pidfds};
+use crate::tree::{alive, state, thread_states, tree, tree_pidfds};
 
 /// How long the tasks may take to stop.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -114,12 +114,7 @@ impl HeldTree {
     /// is open, so the pidfd is of a task of the tree, not of a process
     /// that took the pid of one that exited after the listing.
     fn stop_new_tasks(&mut self) -> Result<bool> {
-        let held: Vec<i32> = self.pids();
-        let new: Vec<i32> = tree(self.root)
-            .into_iter()
-            .filter(|p| !held.contains(p))
-            .collect();
-        let fresh = open_listed(&listed(&new));
+        let fresh = tree_pidfds(self.root, &self.pids());
         if fresh.is_empty() {
             return Ok(false);
         }
@@ -241,23 +236,18 @@ fn wait_stopped(task: &Pidfd, deadline: Instant) -> Result<()> {
 /// Whether every thread of `pid` is stopped (or gone): a thread still
 /// running has not reached the group stop yet.
 fn every_thread_stopped(pid: i32) -> bool {
-    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        // The task is gone: nothing of it runs.
-        return true;
-    };
-    threads.flatten().all(|t| {
-        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        let seen = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next());
-        matches!(seen, Some("T" | "t" | "Z" | "X") | None)
+    // No threads to read: the task is gone, nothing of it runs.
+    thread_states(pid).is_none_or(|threads| {
+        threads
+            .into_iter()
+            .all(|seen| matches!(seen, Some('T' | 't' | 'Z' | 'X') | None))
     })
 }
 
 /// Continues every task of the tree rooted at `root`: a tree restored from
 /// a held dump comes back stopped (CRIU restores the state it dumped).
 pub fn continue_tree(root: i32) {
-    for task in tree_pidfds(root) {
+    for task in tree_pidfds(root, &[]) {
         let _ = task.signal(Signal::SIGCONT as i32);
     }
 }
@@ -358,7 +348,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::HeldTree;
-    use crate::tree::{state, tree};
+    use crate::tree::{state, thread_states, tree};
 
     /// A tree holding a child that exited but was not reaped (its parent
     /// execs `sleep`, which never waits) stops at once: the zombie counts
@@ -386,6 +376,48 @@ mod tests {
         let held = held.expect("a tree with a zombie stops");
         held.kill();
         parent.wait().expect("reaping the parent");
+    }
+
+    /// A task counts as stopped only once every one of its threads is:
+    /// CRIU refuses to seize a task whose leader stopped while a thread
+    /// had not yet ("Individually stopped threads not supported").
+    #[test]
+    fn a_task_is_held_only_once_every_thread_is_stopped() {
+        use std::io::BufRead;
+        // Sixteen threads busy on the CPU (hashing releases Python's
+        // lock), more than there are cores: the group stop reaches the
+        // last of them a while after the leader.
+        let script = "import hashlib, threading, time\n\
+                      data = bytes(1 << 20)\n\
+                      def spin():\n    while True: hashlib.sha256(data).digest()\n\
+                      for _ in range(16): threading.Thread(target=spin, daemon=True).start()\n\
+                      print('ready', flush=True)\ntime.sleep(60)";
+        let mut py = Command::new("python3")
+            .args(["-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawning python3");
+        let pid = py.id() as i32;
+        let mut line = String::new();
+        let out = py.stdout.take().expect("its stdout");
+        std::io::BufReader::new(out).read_line(&mut line).ok();
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let held = HeldTree::stop(pid).expect("stops");
+            seen.push(thread_states(pid).unwrap_or_default());
+            drop(held);
+        }
+        let _ = py.kill();
+        let _ = py.wait();
+        assert_eq!(line.trim(), "ready");
+        for states in seen {
+            assert!(states.len() > 16, "the leader and its threads: {states:?}");
+            assert!(
+                states.iter().all(|s| matches!(s, Some('T' | 't'))),
+                "held while a thread ran: {states:?}"
+            );
+        }
     }
 
     /// Dropped, a held tree runs on; `kill` ends it.
