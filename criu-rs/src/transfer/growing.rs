@@ -161,10 +161,6 @@ impl<'p, W: Transport> Growing<'p, W> {
     /// the bytes are read from them, and punched out meanwhile they
     /// arrived as zeros (a stop-and-copy migration between two network
     /// namespaces failed its checksum that way).
-    // Not called by the migration's source yet (migrate/source.rs, another
-    // owner's file): see BENCHMARKS.md, "Where stop-and-copy's restore
-    // time goes", for why it should be.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn free_sent(mut self, yes: bool) -> Self {
         self.free_sent = yes;
         self
