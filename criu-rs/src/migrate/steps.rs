@@ -400,6 +400,25 @@ impl<'s> Source<'s> {
         transfer::send_files(&mut &mut *self.stream, dir, None).map_err(|e| self.fail(e))
     }
 
+    /// Sends `dir` as [`Source::send_dir`] does, then frees its pages
+    /// images (punched out, their sizes kept) unless the images live in a
+    /// directory the caller chose and keeps. For a pre-dump's pass: it
+    /// went as copies, so the stream holds none of its pages, and the
+    /// dumps that take it as parent read its pagemap, never its pages
+    /// (CRIU's own `--auto-dedup` punches parents' pages likewise).
+    pub(super) fn send_dir_then_free_pages(&mut self, dir: &Path) -> Result<TransferStats> {
+        let sent = self.send_dir(dir)?;
+        if self.free_images {
+            let entries = std::fs::read_dir(dir).into_iter().flatten().flatten();
+            for entry in entries {
+                if entry.file_name().to_str().is_some_and(is_pages_image) {
+                    transfer::free_file(&entry.path());
+                }
+            }
+        }
+        Ok(sent)
+    }
+
     /// Starts the dump of the tree into the images directory, on a thread
     /// of its own, as `plan` says. The tree is stopped when CRIU is about
     /// to freeze it and held from then on: resumed if anything fails.
