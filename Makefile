@@ -88,8 +88,10 @@ bench: setup
 	mkdir -p target/criu-rs-bench && touch target/criu-rs-bench/run-started
 	CRIU_RS_BENCH_SIZES=1,16,64,256,1024 cargo bench -p criu-rs-benches --bench latency
 	CRIU_RS_BENCH_ROUNDS=25 cargo bench -p criu-rs-benches --bench overhead
-	# Every strategy over plain TCP and TLS, the registry route and the
-	# local baseline, interleaved per repetition; prints the targets.
+	# Every strategy over plain TCP and TLS, the registry route, #28's
+	# pre-copy pair (a workload writing 16 MiB/s, stop-and-copy against
+	# pre-copy) and the local baseline, interleaved per repetition;
+	# prints the targets of #27 and #28.
 	CRIU_RS_BENCH_MIGRATION_SIZES=16,256,1024 CRIU_RS_BENCH_REPS=5 CRIU_RS_BENCH_TRANSPORTS=plain,tls \
 	  CRIU_RS_BENCH_REGISTRY=1 cargo bench -p criu-rs-benches --bench migration
 	CRIU_RS_BENCH_REPS=5 cargo bench -p criu-rs-benches --bench tls -- --stream-only

@@ -21,12 +21,22 @@
 //! destination). Every repetition runs each of them once, in that order,
 //! so that the ratios below come from one interleaved run.
 //!
+//! Where CRIU can track memory (soft-dirty, or the set-up's userfaultfd
+//! patch), each repetition also moves issue #28's writing workload
+//! (`criu-rs-precopy-workload` rewriting 16 MiB/s of its memory) with
+//! stop-and-copy and with pre-copy, over plain TCP, images in memory:
+//! rows `stop-and-copy+writes` and `pre-copy+writes`, whose downtime is
+//! the source report's `stopped_to_restored`. `CRIU_RS_BENCH_PRECOPY=0`
+//! leaves them out.
+//!
 //! After the table, `targets` prints each target of issue #27 as a ratio
 //! of medians with its verdict: stop-and-copy over a local dump + restore
 //! on tmpfs (<= 1.3x at 1 GiB), TLS over plain per strategy (<= 1.15x or
 //! at most 10 ms more), page-server over stop-and-copy (<= 0.8x at 256
 //! MiB and above, below 1x under that), registry over stop-and-copy
-//! (<= 1.5x at 256 MiB and above).
+//! (<= 1.5x at 256 MiB and above); and issue #28's: pre-copy's downtime
+//! over stop-and-copy's for the writing workload (<= 0.25x, 4x below, at
+//! 1 GiB).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -58,6 +68,9 @@ struct Summary {
 
 /// The name of the local baseline in the summary.
 const LOCAL: &str = "local-tmpfs";
+/// The rows of issue #28's writing workload.
+const SC_WRITES: &str = "stop-and-copy+writes";
+const PC_WRITES: &str = "pre-copy+writes";
 
 /// One run's figures, whatever produced them.
 #[derive(Default)]
@@ -91,13 +104,18 @@ impl Runs {
         }
     }
 
-    /// A migration's figures; its phases come from the row's JSON, in µs.
-    fn add_migration(&mut self, r: &criu_testkit::measure::Row, total: Duration) {
-        self.down.push(r.cost.downtime_ms);
-        self.total.push(total.as_secs_f64() * 1000.0);
-        self.bytes.push(r.cost.transfer_bytes as f64);
-        let v = serde_json::to_value(r).unwrap_or_default();
-        if let Some(obj) = v["phases"].as_object() {
+    /// A migration's figures from the source's report (the pre-copy pair).
+    fn add_source_report(&mut self, r: &criu::migrate::SourceReport) {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        self.down.push(ms(r.stopped_to_restored));
+        self.total.push(ms(r.total));
+        self.bytes.push(r.transfer.bytes as f64);
+        self.add_phases(&serde_json::to_value(r.phases).unwrap_or_default());
+    }
+
+    /// Phases from JSON fields `<name>_us`.
+    fn add_phases(&mut self, v: &serde_json::Value) {
+        if let Some(obj) = v.as_object() {
             for (k, us) in obj {
                 if let Some(us) = us.as_f64() {
                     let name = k.trim_end_matches("_us").to_string();
@@ -106,6 +124,30 @@ impl Runs {
             }
         }
     }
+
+    /// A migration's figures; its phases come from the row's JSON, in µs.
+    fn add_migration(&mut self, r: &criu_testkit::measure::Row, total: Duration) {
+        self.down.push(r.cost.downtime_ms);
+        self.total.push(total.as_secs_f64() * 1000.0);
+        self.bytes.push(r.cost.transfer_bytes as f64);
+        let v = serde_json::to_value(r).unwrap_or_default();
+        self.add_phases(&v["phases"]);
+    }
+}
+
+/// Whether the pre-copy pair runs: CRIU can track memory, and
+/// `CRIU_RS_BENCH_PRECOPY` is not `0`. Says so when it cannot.
+fn with_precopy() -> bool {
+    if std::env::var("CRIU_RS_BENCH_PRECOPY").is_ok_and(|v| v == "0") {
+        return false;
+    }
+    let track = Criu::new().feature_check().is_ok_and(|f| f.mem_track);
+    if !track {
+        eprintln!(
+            "migration: CRIU cannot track memory here, so issue #28's pre-copy pair is not              measured (make setup builds CRIU with the userfaultfd patch)"
+        );
+    }
+    track
 }
 
 /// The transports of the run (`CRIU_RS_BENCH_TRANSPORTS`, default plain).
@@ -202,6 +244,16 @@ fn print_targets(rows: &[Summary]) {
             let limit = if mib >= 256 { 1.5 } else { f64::INFINITY };
             target_line(&format!("registry / {sc} at {mib} MiB"), a, b, limit, None);
         }
+        if let (Some(a), Some(b)) = (down(rows, PC_WRITES, mib), down(rows, SC_WRITES, mib)) {
+            let limit = if mib >= 1024 { 0.25 } else { f64::INFINITY };
+            target_line(
+                &format!("{PC_WRITES} / {SC_WRITES} at {mib} MiB (#28)"),
+                a,
+                b,
+                limit,
+                None,
+            );
+        }
     }
 }
 
@@ -236,6 +288,7 @@ fn main() {
     }
     become_subreaper();
     let reps = reps();
+    let precopy = with_precopy();
     let mut rows: Vec<Summary> = Vec::new();
     for mib in migration_sizes() {
         let mut by: BTreeMap<String, Runs> = BTreeMap::new();
@@ -265,6 +318,18 @@ fn main() {
                     Err(e) => panic!("registry {mib} MiB run {rep}: {e}"),
                 }
             }
+            if precopy {
+                let hosts = criu_testkit::hosts::TwoHosts::new().expect("two hosts");
+                for (name, strategy) in [
+                    (SC_WRITES, Strategy::StopAndCopy),
+                    (PC_WRITES, Strategy::PreCopy),
+                ] {
+                    match criu_rs_benches::migrate_writing(&hosts, strategy, mib, false) {
+                        Ok(r) => by.entry(name.into()).or_default().add_source_report(&r),
+                        Err(e) => panic!("{name} {mib} MiB run {rep}: {e}"),
+                    }
+                }
+            }
             let (dump, restore) = local_dump_restore(mib);
             let runs = by.entry(LOCAL.to_string()).or_default();
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -280,7 +345,7 @@ fn main() {
         let names = Strategy::ALL
             .iter()
             .flat_map(|&s| [row_name(s, Security::Plain), row_name(s, Security::Tls)])
-            .chain(["registry".to_string(), LOCAL.to_string()]);
+            .chain([SC_WRITES, PC_WRITES, "registry", LOCAL].map(String::from));
         for name in names {
             if let Some(runs) = by.remove(&name) {
                 rows.push(runs.summary(&name, mib));
@@ -293,7 +358,7 @@ fn main() {
         }
     }
     println!(
-        "{:<18} {:>6} {:>5} {:>14} {:>12} {:>10} {:>18} {:>8}",
+        "{:<20} {:>6} {:>5} {:>14} {:>12} {:>10} {:>18} {:>8}",
         "strategy",
         "MiB",
         "runs",
@@ -304,15 +369,18 @@ fn main() {
         "spread"
     );
     for r in &rows {
-        // TLS rows against stop-and-copy over TLS, the others against plain.
+        // TLS rows against stop-and-copy over TLS, the writing workload's
+        // against its own stop-and-copy, the others against plain.
         let sc = if r.strategy.ends_with("/tls") {
             "stop-and-copy/tls"
+        } else if r.strategy.ends_with("+writes") {
+            SC_WRITES
         } else {
             "stop-and-copy"
         };
         let base = down(&rows, sc, r.mib).unwrap_or(f64::NAN);
         println!(
-            "{:<18} {:>6} {:>5} {:>14.1} {:>12.1} {:>10.1} {:>17.3}x {:>7.2}x",
+            "{:<20} {:>6} {:>5} {:>14.1} {:>12.1} {:>10.1} {:>17.3}x {:>7.2}x",
             r.strategy,
             r.mib,
             r.runs,

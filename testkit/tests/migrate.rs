@@ -72,6 +72,17 @@ fn check_strategy(strategy: Strategy) {
         &dir.path().join("dst/images"),
         &dir.path().join("src/images"),
     );
+    if strategy == Strategy::StopAndCopy {
+        // A directory the caller chose keeps its images whole (in the
+        // crate's own directory, the pages are freed once sent).
+        let pages = pages_image_bytes(&dir.path().join("src/images"));
+        assert!(
+            pages.0 >= 8 << 20 && pages.1 >= pages.0,
+            "src/images keeps its pages: {} of {} bytes",
+            pages.1,
+            pages.0
+        );
+    }
     if strategy == Strategy::PageServer {
         assert!(
             src.page_server_bytes >= 8 << 20,
@@ -85,6 +96,53 @@ fn check_strategy(strategy: Strategy) {
 #[test]
 fn stop_and_copy_moves_the_workload_to_host_b() {
     check_strategy(Strategy::StopAndCopy);
+}
+
+/// The sizes of the pages images in `dir`, and the bytes they take.
+fn pages_image_bytes(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .map(|e| e.metadata().unwrap())
+        .fold((0, 0), |(len, used), m| {
+            (len + m.len(), used + m.blocks() * 512)
+        })
+}
+
+/// Stop-and-copy with both sides' images in the crate's own directories
+/// in memory (the default), where the source frees its pages images as
+/// they are streamed: every word arrives.
+#[test]
+fn stop_and_copy_in_memory_moves_the_workload_word_for_word() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let mut w = fixture::counter_on(&hosts.a, &dir.path().join("out.log"), 32);
+    let sum = w.memory_checksum().unwrap();
+    w.wait_for_seq(50, WAIT).unwrap();
+    let run = hosts
+        .migrate(
+            w.pid(),
+            || SourceConfig::new(Strategy::StopAndCopy),
+            DestConfig::new,
+            None,
+        )
+        .unwrap();
+    let src = run.src.unwrap_or_else(|e| panic!("stop-and-copy: {e}"));
+    let dst = run.dst.unwrap_or_else(|e| panic!("stop-and-copy: {e}"));
+    w.reap(WAIT).unwrap();
+    let pid = dst.child.pid();
+    assert_eq!(src.restored_pid, pid);
+    assert!(
+        src.transfer.bytes >= 32 << 20,
+        "{} bytes",
+        src.transfer.bytes
+    );
+    let (sum_after, ok) = w.verify_memory(pid, WAIT).unwrap();
+    assert!(ok && sum_after == sum, "memory pattern intact");
+    drop(dst);
+    assert!(!criu_testkit::alive(pid));
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! (soft-dirty, or the set-up's userfaultfd patch): elsewhere each test
 //! skips through `criu_testkit::skip` (a failure unless allow-listed).
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -81,6 +82,21 @@ fn migrate(
         .unwrap()
 }
 
+/// Pre-copy with both sides' images in the crate's own directories in
+/// memory (the default): the source frees each pass's and the final
+/// dump's pages once sent.
+fn migrate_in_memory(hosts: &TwoHosts, pid: i32) -> Migration {
+    let policy = PreCopyPolicy::default().max_passes(4);
+    hosts
+        .migrate(
+            pid,
+            || SourceConfig::new(Strategy::PreCopy).pre_copy(policy),
+            DestConfig::new,
+            None,
+        )
+        .unwrap()
+}
+
 /// The pass directories (`pass-N`) in `dir`, in order.
 fn passes(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -95,14 +111,17 @@ fn passes(dir: &Path) -> Vec<String> {
     names
 }
 
-/// The bytes of the memory pages images in `dir`.
-fn pages_bytes(dir: &Path) -> u64 {
+/// The bytes of the memory pages images in `dir`: their sizes, and the
+/// bytes they take (a freed image takes none of its size).
+fn pages_bytes(dir: &Path) -> (u64, u64) {
     std::fs::read_dir(dir)
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
-        .map(|e| e.metadata().unwrap().len())
-        .sum()
+        .map(|e| e.metadata().unwrap())
+        .fold((0, 0), |(len, used), m| {
+            (len + m.len(), used + m.blocks() * 512)
+        })
 }
 
 #[test]
@@ -128,9 +147,17 @@ fn pre_copy_moves_a_writing_workload_word_for_word() {
     );
     let sizes: Vec<u64> = sent
         .iter()
-        .map(|p| pages_bytes(&dir.path().join("src").join(p)) >> 10)
+        .map(|p| pages_bytes(&dir.path().join("src").join(p)).0 >> 10)
         .collect();
     eprintln!("passes: source {sent:?} (pages KiB {sizes:?}), destination {got:?}");
+    // The images stay whole in a directory the caller chose.
+    for name in sent.iter().map(String::as_str).chain(["images"]) {
+        let (len, used) = pages_bytes(&dir.path().join("src").join(name));
+        assert!(
+            used >= len && len > 0,
+            "src/{name} keeps its pages: {used} of {len} bytes"
+        );
+    }
     assert!(
         !sent.is_empty() && sent.len() <= 4,
         "1 to 4 passes: {sent:?}"
@@ -164,6 +191,38 @@ fn pre_copy_moves_a_writing_workload_word_for_word() {
         stats.pages_skipped_parent
     );
 
+    let pid = dst.child.pid();
+    assert_eq!(src.restored_pid, pid);
+    let (writes, ok) = w.verify_memory(pid, WAIT).unwrap();
+    assert!(
+        ok,
+        "every word is the last one written ({writes} page writes)"
+    );
+    drop(dst);
+    assert!(!criu_testkit::alive(pid));
+}
+
+#[test]
+fn pre_copy_in_memory_frees_what_it_sent_and_moves_word_for_word() {
+    if !tracking_or_skip("pre_copy_in_memory_frees_what_it_sent_and_moves_word_for_word") {
+        return;
+    }
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let mut w = workload(&hosts, &dir.path().join("out.log"));
+    w.wait_for_seq(w.last_seq() + 50, WAIT).unwrap();
+
+    let run = migrate_in_memory(&hosts, w.pid());
+    let src = run.src.unwrap_or_else(|e| panic!("pre-copy: {e}"));
+    let dst = run.dst.unwrap_or_else(|e| panic!("pre-copy: {e}"));
+    w.reap(WAIT).unwrap();
+    w.forget();
+    let stats = src.dump.stats.as_ref().expect("dump statistics");
+    assert!(
+        stats.pages_skipped_parent > PAGES / 2,
+        "most pages came from the passes, freed on the source once sent: {}",
+        stats.pages_skipped_parent
+    );
     let pid = dst.child.pid();
     assert_eq!(src.restored_pid, pid);
     let (writes, ok) = w.verify_memory(pid, WAIT).unwrap();

@@ -5,26 +5,28 @@
 //! with `criu::migrate`, the two strategies interleaved, `REPS` runs each
 //! (second argument, default 5). Downtime is the source report's
 //! `stopped_to_restored`: from the tree stopped to the destination's
-//! restore. Every restored copy checks every word of its memory.
+//! restore. Both sides' images are in the crate's own directories in
+//! memory (the default), so the source frees its pages once sent; with a
+//! third argument `kept`, each repetition also moves the workload with
+//! both strategies with work directories on tmpfs, which keep the images
+//! whole (the before of that freeing). Every restored copy checks every
+//! word of its memory. (`make bench`'s
+//! migration step measures the same pair, interleaved with the rest.)
 //!
 //! Run as root: `cargo run --release -p criu-rs-benches --bin
-//! precopy-downtime -- 256 5`. Needs CRIU that tracks memory (soft-dirty,
+//! precopy-downtime -- 256 5 [kept]`. Needs CRIU that tracks memory (soft-dirty,
 //! or the set-up's userfaultfd patch).
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use criu::migrate::{DestConfig, SourceConfig, SourceReport, Strategy};
+use criu::migrate::Strategy;
 use criu_testkit::hosts::TwoHosts;
-use criu_testkit::{built_bin, find_bin, Workload};
-
-const WAIT: Duration = Duration::from_secs(120);
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let mib: usize = args.next().map_or(Ok(256), |a| a.parse())?;
     let reps: usize = args.next().map_or(Ok(5), |a| a.parse())?;
+    let compare_kept = args.next().is_some_and(|a| a == "kept");
     if !criu::Criu::new().feature_check()?.mem_track {
         return Err("CRIU cannot track memory here: pre-copy cannot run (make setup)".into());
     }
@@ -33,18 +35,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         load()
     );
     let hosts = TwoHosts::new()?;
-    let mut downtimes = [Vec::new(), Vec::new()];
+    let mut runs = vec![(Strategy::StopAndCopy, false), (Strategy::PreCopy, false)];
+    if compare_kept {
+        runs.extend([(Strategy::StopAndCopy, true), (Strategy::PreCopy, true)]);
+    }
+    let mut downtimes = vec![Vec::new(); runs.len()];
     for rep in 0..reps {
-        for (i, strategy) in [Strategy::StopAndCopy, Strategy::PreCopy]
-            .into_iter()
-            .enumerate()
-        {
-            let r = run(&hosts, strategy, mib)?;
+        for (i, &(strategy, keep)) in runs.iter().enumerate() {
+            let r = criu_rs_benches::migrate_writing(&hosts, strategy, mib, keep)?;
             let written = r.dump.stats.as_ref().map_or(0, |s| s.bytes_written() >> 20);
             let p = &r.phases;
             println!(
-                "run {rep} {strategy:>13}: downtime {:>6} ms (transfer {} ms, restore {} ms), \
+                "run {rep} {:>21}: downtime {:>6} ms (transfer {} ms, restore {} ms), \
                  final dump wrote {written} MiB, total {:>6} ms",
+                name(strategy, keep),
                 r.stopped_to_restored.as_millis(),
                 p.transfer.as_millis(),
                 p.restore.as_millis(),
@@ -53,64 +57,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             downtimes[i].push(r.stopped_to_restored);
         }
     }
-    let (sc, pc) = (median(&mut downtimes[0]), median(&mut downtimes[1]));
-    println!(
-        "median downtime: stop-and-copy {} ms, pre-copy {} ms, ratio {:.1}x; load {}",
-        sc.as_millis(),
-        pc.as_millis(),
-        sc.as_secs_f64() / pc.as_secs_f64().max(1e-9),
-        load()
-    );
+    let medians: Vec<Duration> = downtimes.iter_mut().map(|d| median(d)).collect();
+    for (i, &(strategy, keep)) in runs.iter().enumerate() {
+        println!(
+            "median downtime {}: {} ms",
+            name(strategy, keep),
+            medians[i].as_millis()
+        );
+    }
+    for pair in medians.chunks(2) {
+        let ratio = pair[0].as_secs_f64() / pair[1].as_secs_f64().max(1e-9);
+        println!("stop-and-copy / pre-copy: {ratio:.2}x (target >= 4x at 1 GiB)");
+    }
+    println!("load {}", load());
     Ok(())
 }
 
-/// One migration of a fresh workload with `strategy`; the restored copy
-/// must check out word for word.
-fn run(
-    hosts: &TwoHosts,
-    strategy: Strategy,
-    mib: usize,
-) -> Result<SourceReport, Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir_in("/dev/shm")?;
-    let mut w = workload(hosts, &dir.path().join("out.log"), mib)?;
-    w.wait_for_seq(w.last_seq() + 200, WAIT)?;
-    let (src_dir, dst_dir) = (dir.path().join("src"), dir.path().join("dst"));
-    std::fs::create_dir_all(&src_dir)?;
-    std::fs::create_dir_all(&dst_dir)?;
-    let m = hosts.migrate(
-        w.pid(),
-        || SourceConfig::new(strategy).work_dir(&src_dir),
-        || DestConfig::new().work_dir(&dst_dir),
-        None,
-    )?;
-    let (src, dst) = (m.src?, m.dst?);
-    w.reap(WAIT)?;
-    w.forget();
-    let (_, ok) = w.verify_memory(dst.child.pid(), WAIT)?;
-    if !ok {
-        return Err(format!("{strategy}: the restored memory is wrong").into());
+/// A row's name: the strategy, and whether its images were kept.
+fn name(strategy: Strategy, keep: bool) -> String {
+    match keep {
+        true => format!("{strategy} (kept)"),
+        false => format!("{strategy} (freed)"),
     }
-    Ok(src)
-}
-
-/// The workload in its own PID namespace on host a.
-fn workload(
-    hosts: &TwoHosts,
-    out: &Path,
-    mib: usize,
-) -> Result<Workload, Box<dyn std::error::Error>> {
-    let bin = built_bin(find_bin(
-        "criu-rs-precopy-workload",
-        "CRIU_RS_PRECOPY_WORKLOAD_BIN",
-    ))?;
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--pid", "--fork", "--", "setsid"])
-        .arg(bin)
-        .arg(out)
-        .args(["--interval-us", "1000", "--pages-per-tick", "4"])
-        .arg("--memory-mib")
-        .arg(mib.to_string());
-    Ok(hosts.a.run(|| Workload::start_wrapped(cmd, out, mib))??)
 }
 
 fn median(v: &mut [Duration]) -> Duration {

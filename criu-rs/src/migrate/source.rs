@@ -12,7 +12,7 @@ use super::hold::{self, Slot};
 use super::report::{Phases, SourceReport};
 use super::steps::{Restored, Source, SourceStrategy};
 use super::wire::{self, failed, unexpected, Msg};
-use super::workdir::Held;
+use super::workdir::{Held, WorkDir};
 use crate::client::Criu;
 use crate::error::{Error, Result, SourceState, Step};
 use crate::images::ImagesDir;
@@ -65,6 +65,7 @@ pub(super) fn send(
             slot: Slot::default(),
             held: None,
             told: false,
+            free_images: matches!(cfg.work_dir, WorkDir::InMemory),
         };
         let r = strategy.run(&mut source).map_err(|e| source.fail(e));
         let r = r.and_then(|restored| end(&mut source, restored, start));

@@ -155,6 +155,10 @@ pub struct Source<'s> {
     pub(super) held: Option<HeldTree>,
     /// Whether the destination was told of the failure already.
     pub(super) told: bool,
+    /// Whether sent pages images may be freed: the images directory is
+    /// the crate's own (in memory, removed at the end), not one the
+    /// caller chose and keeps.
+    pub(super) free_images: bool,
 }
 
 /// The dump, running on a thread of its own (see [`Source::dump`]).
@@ -396,6 +400,25 @@ impl<'s> Source<'s> {
         transfer::send_files(&mut &mut *self.stream, dir, None).map_err(|e| self.fail(e))
     }
 
+    /// Sends `dir` as [`Source::send_dir`] does, then frees its pages
+    /// images (punched out, their sizes kept) unless the images live in a
+    /// directory the caller chose and keeps. For a pre-dump's pass: it
+    /// went as copies, so the stream holds none of its pages, and the
+    /// dumps that take it as parent read its pagemap, never its pages
+    /// (CRIU's own `--auto-dedup` punches parents' pages likewise).
+    pub(super) fn send_dir_then_free_pages(&mut self, dir: &Path) -> Result<TransferStats> {
+        let sent = self.send_dir(dir)?;
+        if self.free_images {
+            let entries = std::fs::read_dir(dir).into_iter().flatten().flatten();
+            for entry in entries {
+                if entry.file_name().to_str().is_some_and(is_pages_image) {
+                    transfer::free_file(&entry.path());
+                }
+            }
+        }
+        Ok(sent)
+    }
+
     /// Starts the dump of the tree into the images directory, on a thread
     /// of its own, as `plan` says. The tree is stopped when CRIU is about
     /// to freeze it and held from then on: resumed if anything fails.
@@ -442,18 +465,33 @@ impl<'s> Source<'s> {
     }
 
     /// Sends the images while the dump writes them (the pages as they
-    /// grow, the rest when the dump ends), until they are complete.
+    /// grow, the rest when the dump ends), until they are complete. In
+    /// the crate's own images directory (no
+    /// [`SourceConfig::work_dir`](crate::migrate::SourceConfig::work_dir))
+    /// the pages images are freed as they go: from then on
+    /// [`Images::dir`] holds them at their sizes but without their
+    /// bytes, and the source has no copy of the tree's memory but the
+    /// held tree's own.
     pub fn stream_images(&mut self, dump: Dump<'s>) -> Result<Images<'s>> {
         let mut dumping = dump.dumping;
         let mut progress = self.progress.take();
+        // Once streamed, the source's pages images are gone (punched out,
+        // their sizes kept): nothing here reads them again. The end check
+        // (`Growing::finish`) compares inodes and sizes, not bytes; the
+        // dump's report comes from `stats-dump`, not a pages image; a
+        // failure resumes the held tree, which never needed its images.
+        // Without this their memory stays in use beside the process until
+        // the migration ends, and the destination's restore, allocating
+        // as much again, runs several times slower (BENCHMARKS.md, "Where
+        // stop-and-copy's restore time goes"). A directory the caller
+        // chose (`SourceConfig::work_dir`) is left whole, as promised.
         let mut growing = Growing::new(
             &mut *self.stream,
             dumping.images().path(),
             is_pages_image,
             progress.as_deref_mut().map(|p| p as _),
-        );
-        // Not `.free_sent(true)`: the end-of-file check re-reads what was
-        // sent, and punched pages read back as zeros.
+        )
+        .free_sent(self.free_images);
         let mut ended = None;
         let cancel = self.cancel;
         let followed = growing.follow(

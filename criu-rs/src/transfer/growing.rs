@@ -86,6 +86,18 @@ fn punch_sent(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// Punches every whole page of the file at `path` out of it, its size
+/// kept, best effort: for a file sent as copies (never by `sendfile(2)`)
+/// that nobody reads again.
+pub(crate) fn free_file(path: &Path) {
+    let Ok(file) = fs::OpenOptions::new().write(true).open(path) else {
+        return;
+    };
+    if let Ok(meta) = file.metadata() {
+        punch_sent(&file, 0, meta.len());
+    }
+}
+
 /// A growing file being sent.
 struct Open {
     name: String,
@@ -161,10 +173,6 @@ impl<'p, W: Transport> Growing<'p, W> {
     /// the bytes are read from them, and punched out meanwhile they
     /// arrived as zeros (a stop-and-copy migration between two network
     /// namespaces failed its checksum that way).
-    // Not called by the migration's source yet (migrate/source.rs, another
-    // owner's file): see BENCHMARKS.md, "Where stop-and-copy's restore
-    // time goes", for why it should be.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn free_sent(mut self, yes: bool) -> Self {
         self.free_sent = yes;
         self
@@ -415,6 +423,24 @@ mod free_sent_tests {
             freed <= 4096,
             "with free_sent the file still takes {freed} bytes"
         );
+    }
+
+    /// `free_file` frees a whole file's pages, keeps its size, and leaves
+    /// a file it cannot open for writing alone.
+    #[test]
+    fn free_file_punches_a_whole_file_out_keeping_its_size() {
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let path = dir.path().join("pages-1.img");
+        std::fs::write(&path, vec![7u8; (1 << 20) + 10]).unwrap();
+        super::free_file(&path);
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), (1 << 20) + 10, "the size is kept");
+        assert!(
+            meta.blocks() * 512 <= 4096,
+            "{} bytes kept",
+            meta.blocks() * 512
+        );
+        super::free_file(&dir.path().join("absent.img"));
     }
 
     /// Bytes this thread read through read-like calls, `sendfile(2)`

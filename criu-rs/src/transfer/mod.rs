@@ -60,7 +60,7 @@ pub(crate) use channel::{accept_polling, shut};
 pub use channel::{Carrying, CriuConnection, Offer, Service, SideChannels};
 pub(crate) use channel::{Dialer, LoopbackEnd};
 pub(crate) use frame::{read_header, recv_message, send_message, write_header};
-pub(crate) use growing::Growing;
+pub(crate) use growing::{free_file, Growing};
 pub use receive::Limits;
 pub(crate) use receive::{receive_dir_or_message, receive_dir_with, DirOrMessage};
 pub(crate) use send::send_files;

@@ -70,7 +70,10 @@ impl Source {
         })?;
         at.step(Step::Transfer);
         at.send(&Own::Pass)?;
-        at.send_dir(dir.path())?;
+        // Freed once sent, as the final dump's pages are: the restore on
+        // the destination then allocates its memory while the source's
+        // copy of the passes no longer holds as much.
+        at.send_dir_then_free_pages(dir.path())?;
         self.last = Some(name);
         Ok(report.stats.map_or(u64::MAX, |s| s.bytes_written()))
     }
