@@ -1,7 +1,8 @@
 //! Progress on long transfers, on stderr, only when it is a terminal (and
 //! never with `--json`, whose callers leave the bar out): [`Bar`] for a
-//! transfer whose size is known as it goes (`send`), [`Spinner`] for one
-//! whose progress is only seen from outside (`push`, `pull`).
+//! transfer whose size is known as it goes (`send`, and `push` / `pull`
+//! to and from a registry), [`Spinner`] for one whose progress is only
+//! seen from outside (`push` / `pull` of an OCI layout directory).
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 /// transfer has lasted a second.
 pub struct Bar {
     label: &'static str,
+    unknown: &'static str,
     start: Instant,
     bar: Option<ProgressBar>,
 }
@@ -21,9 +23,16 @@ impl Bar {
     pub fn new(label: &'static str) -> Bar {
         Bar {
             label,
+            unknown: "while the dump writes",
             start: Instant::now(),
             bar: None,
         }
+    }
+
+    /// What the bar says while the total is unknown (0).
+    pub fn unknown_total(mut self, says: &'static str) -> Bar {
+        self.unknown = says;
+        self
     }
 
     /// Bytes done, bytes in total (0 while unknown: stop-and-copy sends
@@ -47,7 +56,7 @@ impl Bar {
             b.set_length(total.max(done));
             b.set_position(done);
             b.set_message(match total {
-                0 => "while the dump writes".to_string(),
+                0 => self.unknown.to_string(),
                 t => format!("{} to go", HumanBytes(t.saturating_sub(done))),
             });
         }

@@ -22,6 +22,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
@@ -42,7 +44,7 @@ use crate::image::{
     image_config, layer_media_type, sha256_digest, CheckpointImage, FetchedImage, Spooled,
     PLAIN_LAYER_MEDIA_TYPE,
 };
-use crate::stream::{self, Capped, Chunks, PieceWriter, Pieces};
+use crate::stream::{self, Capped, Chunks, Counted, PieceWriter, Pieces};
 
 /// How to reach a registry.
 #[derive(Debug, Clone, Default)]
@@ -249,6 +251,24 @@ impl Registry {
         target: &Path,
         limits: &Limits,
     ) -> Result<PulledCheckpoint> {
+        self.pull_checkpoint_with_progress(reference, host, target, limits, &mut |_, _| {})
+    }
+
+    /// [`Registry::pull_checkpoint`], calling `progress(done, total)` as
+    /// the layer arrives: `done` the bytes of the layer received so far
+    /// (never decreasing), `total` its size as its manifest says (always
+    /// `Some` for a pull). It is called on this thread, at most every
+    /// [`PROGRESS_EVERY`] while bytes arrive, and with the final count
+    /// when the download ends (successful or not: the result says which).
+    /// It is not called before the manifest was accepted.
+    pub fn pull_checkpoint_with_progress(
+        &self,
+        reference: &str,
+        host: &HostFacts,
+        target: &Path,
+        limits: &Limits,
+        progress: &mut dyn FnMut(u64, Option<u64>),
+    ) -> Result<PulledCheckpoint> {
         let start = Instant::now();
         let deadline = start + limits.deadline;
         let r = parse(reference)?;
@@ -260,6 +280,8 @@ impl Registry {
         }
         let unpack_limits = &unpack_limits;
         let (writer, pieces) = PieceWriter::channel();
+        let moved = Arc::new(AtomicU64::new(0));
+        let writer = Capped::new(Counted::new(writer, moved.clone()), size);
         let (pulled, unpacked) = std::thread::scope(|s| {
             let unpacker = s.spawn(move || unpack_all(pieces, target, unpack_limits));
             let pulled = self.before(
@@ -267,7 +289,12 @@ impl Registry {
                 limits,
                 "pull (layer)",
                 &r,
-                self.client.pull_blob(&r, &layer, Capped::new(writer, size)),
+                reporting(
+                    self.client.pull_blob(&r, &layer, writer),
+                    &moved,
+                    Some(size),
+                    progress,
+                ),
             );
             (pulled, unpacker.join())
         });
@@ -420,6 +447,33 @@ impl Registry {
         host: &HostFacts,
         compression: Compression,
     ) -> Result<PushedCheckpoint> {
+        self.push_checkpoint_with_progress(
+            reference,
+            images,
+            meta,
+            host,
+            compression,
+            &mut |_, _| {},
+        )
+    }
+
+    /// [`Registry::push_checkpoint`], calling `progress(done, total)` as
+    /// the layer goes up: `done` the bytes of the layer handed to the
+    /// connection so far (never decreasing), `total` the layer's size
+    /// when it is known before the upload (`Some` for a plain layer,
+    /// whose size a first pass measures; `None` for a gzip one). It is
+    /// called on this thread, at most every [`PROGRESS_EVERY`] while
+    /// bytes go, and with the final count when the upload ends
+    /// (successful or not: the result says which).
+    pub fn push_checkpoint_with_progress(
+        &self,
+        reference: &str,
+        images: &criu::ImagesDir,
+        meta: &ArchiveMeta,
+        host: &HostFacts,
+        compression: Compression,
+        progress: &mut dyn FnMut(u64, Option<u64>),
+    ) -> Result<PushedCheckpoint> {
         let start = Instant::now();
         let r = parse(reference)?;
         self.runtime.block_on(
@@ -434,11 +488,16 @@ impl Registry {
         let meta = &meta;
         let sized = sized_in_advance(images, meta, compression)?;
         let (chunks, rx) = Chunks::channel();
+        let moved = Arc::new(AtomicU64::new(0));
+        let total = sized.as_ref().map(|w| w.tar_bytes);
         let (packed, sent) = std::thread::scope(|s| {
             let packer = s.spawn(move || pack_into(images, meta, compression, chunks));
-            let sent = self
-                .runtime
-                .block_on(self.send_layer(&r, rx, sized.as_ref(), host));
+            let sent = self.runtime.block_on(reporting(
+                self.send_layer(&r, rx, &moved, sized.as_ref(), host),
+                &moved,
+                total,
+                progress,
+            ));
             (packer.join(), sent)
         });
         let packed = packed.map_err(|_| Error::Malformed("the packing thread panicked".into()))?;
@@ -490,17 +549,21 @@ impl Registry {
         &self,
         r: &Reference,
         rx: mpsc::Receiver<stream::Item>,
+        moved: &Arc<AtomicU64>,
         sized: Option<&archive::Written>,
         host: &HostFacts,
     ) -> std::result::Result<(String, u64), OciDistributionError> {
         let Some(w) = sized else {
-            return self.push_layer(r, rx).await;
+            return self.push_layer(r, rx, moved).await;
         };
         let config = image_config(host, &w.diff_id);
         let config_digest = sha256_digest(&config);
-        let layer =
-            self.client
-                .push_blob_stream(r, receiver_stream(rx), &w.diff_id, Some(w.tar_bytes));
+        let layer = self.client.push_blob_stream(
+            r,
+            receiver_stream(rx, moved),
+            &w.diff_id,
+            Some(w.tar_bytes),
+        );
         let config = self.client.push_blob(r, config, &config_digest);
         futures_util::future::try_join(layer, config).await?;
         Ok((w.diff_id.clone(), w.tar_bytes))
@@ -508,10 +571,12 @@ impl Registry {
 
     /// Sends the chunks from `rx` as one blob: in one request when there
     /// is only one, else as a chunked upload. Returns its digest and size.
+    /// Counts what it hands to the client in `moved`.
     async fn push_layer(
         &self,
         r: &Reference,
         mut rx: mpsc::Receiver<stream::Item>,
+        moved: &Arc<AtomicU64>,
     ) -> std::result::Result<(String, u64), OciDistributionError> {
         let first = rx.recv().await.transpose()?;
         let second = rx.recv().await.transpose()?;
@@ -521,11 +586,13 @@ impl Registry {
                 let digest = sha256_digest(&only);
                 let len = only.len() as u64;
                 self.client.push_blob(r, only, &digest).await?;
+                moved.fetch_add(len, Ordering::Relaxed);
                 Ok((digest, len))
             }
             (Some(first), Some(second)) => {
-                let all =
-                    futures_util::stream::iter([Ok(first), Ok(second)]).chain(receiver_stream(rx));
+                let all = futures_util::stream::iter([Ok(first), Ok(second)])
+                    .inspect(move_count(moved.clone()))
+                    .chain(receiver_stream(rx, moved));
                 let done = self.client.push_blob_stream_chunked(r, all).await?;
                 Ok((done.blob_digest, done.size))
             }
@@ -563,13 +630,59 @@ fn stopped_by_the_push(e: &Error) -> bool {
     matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
-/// The chunks from `rx`, as the stream a push sends.
+/// The chunks from `rx`, as the stream a push sends, counted into
+/// `moved` as the client takes them.
 fn receiver_stream(
     rx: mpsc::Receiver<stream::Item>,
+    moved: &Arc<AtomicU64>,
 ) -> impl futures_util::Stream<Item = stream::Item> + Send + 'static {
     futures_util::stream::unfold(rx, |mut rx| async {
         rx.recv().await.map(|item| (item, rx))
     })
+    .inspect(move_count(moved.clone()))
+}
+
+/// Adds each chunk's length to `moved`.
+fn move_count(moved: Arc<AtomicU64>) -> impl FnMut(&stream::Item) {
+    move |item| {
+        if let Ok(chunk) = item {
+            moved.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How often, at most, a transfer's progress callback is called while
+/// bytes move (plus once at the end).
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+/// Runs `fut`, calling `progress` with `moved` (and `total`) every
+/// [`PROGRESS_EVERY`] if it changed, and when `fut` ends if it changed
+/// since it was last told (so the final count is always told, once).
+async fn reporting<F: std::future::Future>(
+    fut: F,
+    moved: &AtomicU64,
+    total: Option<u64>,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut told = None;
+    let mut report = |progress: &mut dyn FnMut(u64, Option<u64>)| {
+        let now = moved.load(Ordering::Relaxed);
+        if told != Some(now) {
+            told = Some(now);
+            progress(now, total);
+        }
+    };
+    loop {
+        let tick = std::pin::pin!(tokio::time::sleep(PROGRESS_EVERY));
+        match futures_util::future::select(fut.as_mut(), tick).await {
+            futures_util::future::Either::Left((out, _)) => {
+                report(progress);
+                return out;
+            }
+            futures_util::future::Either::Right(_) => report(progress),
+        }
+    }
 }
 
 /// A plain archive's size and digest, from a first pass that writes it

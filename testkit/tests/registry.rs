@@ -426,6 +426,73 @@ fn streamed_push_and_pull_with_credentials(
     }
 }
 
+/// Checks what a progress callback was told: at least one report, the
+/// bytes strictly increasing and never beyond the size, every report
+/// with `total`, the last one at `size`.
+fn assert_progress(what: &str, reports: &[(u64, Option<u64>)], size: u64, total: Option<u64>) {
+    assert!(!reports.is_empty(), "{what}: no report");
+    for pair in reports.windows(2) {
+        assert!(pair[0].0 < pair[1].0, "{what}: not increasing: {reports:?}");
+    }
+    for r in reports {
+        assert_eq!(r.1, total, "{what}: {reports:?}");
+        assert!(r.0 <= size, "{what}: beyond {size}: {reports:?}");
+    }
+    assert_eq!(reports.last().unwrap().0, size, "{what}: {reports:?}");
+}
+
+#[test]
+fn push_and_pull_report_their_bytes_up_to_the_layer_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, images) = real_dump_of(dir.path(), true, 24);
+    let meta = ArchiveMeta::of_process(w.pid(), "counter");
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    for compression in [Compression::None, Compression::Gzip] {
+        let reference = reg.fresh_reference("progress");
+        let mut pushed_reports = Vec::new();
+        let pushed = hosts
+            .a
+            .run(|| {
+                Registry::new(&http())?.push_checkpoint_with_progress(
+                    &reference,
+                    &images,
+                    &meta,
+                    &host,
+                    compression,
+                    &mut |done, total| pushed_reports.push((done, total)),
+                )
+            })
+            .unwrap()
+            .unwrap();
+        let size = pushed.push.layer_bytes;
+        assert!(size > 4 << 20, "more than one chunk: {pushed:?}");
+        // A plain layer's size is measured before the upload; a gzip
+        // layer's is known only at its end.
+        let known = (compression == Compression::None).then_some(size);
+        assert_progress("push", &pushed_reports, size, known);
+        let target = dir.path().join(format!("pulled-{compression:?}"));
+        let mut pulled_reports = Vec::new();
+        let pulled = hosts
+            .b
+            .run(|| {
+                Registry::new(&http())?.pull_checkpoint_with_progress(
+                    &reference,
+                    &host,
+                    &target,
+                    &Limits::default(),
+                    &mut |done, total| pulled_reports.push((done, total)),
+                )
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(pulled.pull.layer_bytes, size);
+        assert_progress("pull", &pulled_reports, size, Some(size));
+        assert_same_images(&images, &pulled.unpacked.images().unwrap());
+    }
+}
+
 /// Every image of `a` (CRIU's log and statistics aside) is in `b`, byte
 /// for byte.
 fn assert_same_images(a: &criu::ImagesDir, b: &criu::ImagesDir) {
