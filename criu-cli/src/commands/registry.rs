@@ -105,7 +105,7 @@ pub fn push(a: &PushArgs) -> CliResult {
         }
         Target::Registry(reference) => {
             let r = registry(&a.registry)?;
-            let mut progress = bar(!a.json, "pushing", "gzip: size known at the end");
+            let mut progress = bar(!a.json, "pushing", "gzip: its size is known at the end");
             let pushed = r.push_checkpoint_with_progress(
                 &reference,
                 &images,
