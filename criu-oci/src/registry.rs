@@ -9,7 +9,10 @@
 //! every byte as it arrives), so CRIU never sees a byte of an altered
 //! one; [`Registry::pull`] streams the layer into a temporary file and
 //! hands it on only once the digest matched. ([`Registry::push`] sends a
-//! [`CheckpointImage`] already in memory.)
+//! [`CheckpointImage`] already in memory.) For a move,
+//! [`Registry::push_checkpoint_while`] pushes the pages in parts while
+//! CRIU writes them; [`Registry::pull_checkpoint`] writes each part only
+//! once it matched its digest (see [`crate::parts`]).
 //!
 //! What oci-client 0.18 offers, and what is used: `pull_blob` into any
 //! `AsyncWrite`, verifying the layer's digest (and the registry's
@@ -22,7 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,10 +43,11 @@ use crate::archive::{self, ArchiveMeta, Compression, Limits, Unpacked};
 use crate::error::{Error, Result};
 use crate::fetch::{FetchError, ManifestFetcher, MANIFEST_MAX};
 use crate::image::{
-    checkpoint_annotations, checkpoint_layer, checkpoint_manifest, config_architecture,
-    image_config, layer_media_type, sha256_digest, CheckpointImage, FetchedImage, Spooled,
-    PLAIN_LAYER_MEDIA_TYPE,
+    add_parts, checkpoint_annotations, checkpoint_layers, checkpoint_manifest, config_architecture,
+    image_config_with_parts, layer_media_type, sha256_digest, CheckpointImage, FetchedImage,
+    Spooled, PLAIN_LAYER_MEDIA_TYPE,
 };
+use crate::parts::{self, Assembly, Part};
 use crate::stream::{self, Capped, Chunks, Counted, PieceWriter, Pieces};
 
 /// How to reach a registry.
@@ -62,7 +66,8 @@ pub struct RegistryConfig {
 /// What a push or pull cost.
 #[derive(Debug, Clone, Copy)]
 pub struct Transfer {
-    /// Bytes of the layer moved.
+    /// Bytes of the layers moved (the archive, and the parts of a
+    /// migration image's pages, see [`crate::parts`]).
     pub layer_bytes: u64,
     /// Wall time of the whole operation.
     pub elapsed: Duration,
@@ -194,7 +199,14 @@ impl Registry {
         let start = Instant::now();
         let deadline = start + limits.deadline;
         let r = parse(reference)?;
-        let (annotations, layer) = self.checked_manifest(&r, reference, host, deadline)?;
+        let (annotations, layer, parts) = self.checked_manifest(&r, reference, host, deadline)?;
+        if !parts.is_empty() {
+            return Err(Error::Malformed(format!(
+                "{reference} is a migration image whose pages travel in {} part layers: \
+                 pull it with Registry::pull_checkpoint",
+                parts.len()
+            )));
+        }
         let size = layer_size(reference, &layer, limits)?;
         let mut spool = Spooled::new()?;
         let out = Capped::new(&mut spool, size);
@@ -243,7 +255,10 @@ impl Registry {
     /// sizes beyond `limits` in any archive; once it refuses an entry the
     /// download stops, the rest of the layer is not fetched. A plain tar
     /// layer unpacks to no more than its declared size.
-    /// [`Registry::pull_limited`] verifies before anything reads.)
+    /// [`Registry::pull_limited`] verifies before anything reads.) A
+    /// migration image's pages parts ([`Registry::push_checkpoint_while`])
+    /// follow the archive, each downloaded into memory and written into
+    /// its pages image only once it matched its digest.
     pub fn pull_checkpoint(
         &self,
         reference: &str,
@@ -272,8 +287,9 @@ impl Registry {
         let start = Instant::now();
         let deadline = start + limits.deadline;
         let r = parse(reference)?;
-        let (annotations, layer) = self.checked_manifest(&r, reference, host, deadline)?;
+        let (annotations, layer, parts) = self.checked_manifest(&r, reference, host, deadline)?;
         let size = layer_size(reference, &layer, limits)?;
+        let parts_bytes: u64 = parts.iter().map(|p| p.size).sum();
         let mut unpack_limits = *limits;
         if layer.media_type == PLAIN_LAYER_MEDIA_TYPE {
             unpack_limits.total_bytes = unpack_limits.total_bytes.min(size);
@@ -292,7 +308,7 @@ impl Registry {
                 reporting(
                     self.client.pull_blob(&r, &layer, writer),
                     &moved,
-                    Some(size),
+                    Some(size + parts_bytes),
                     progress,
                 ),
             );
@@ -320,15 +336,79 @@ impl Registry {
             Ok(Err(e)) => return refused(classify(&r, "pull (layer)", e)),
         };
         let unpacked = unpacked?;
+        let pulled = match parts.is_empty() {
+            true => pulled,
+            false => {
+                let total = (size + parts_bytes, moved, progress);
+                match self.pull_parts(&r, &parts, &unpacked, limits, deadline, total) {
+                    Ok(()) => start.elapsed(),
+                    Err(e) => {
+                        let _ = std::fs::remove_dir_all(&unpacked.root);
+                        return Err(e);
+                    }
+                }
+            }
+        };
         Ok(PulledCheckpoint {
             unpacked,
             annotations,
             pull: Transfer {
-                layer_bytes: size,
+                layer_bytes: size + parts_bytes,
                 elapsed: pulled,
             },
             unpack: done.saturating_duration_since(start + pulled),
         })
+    }
+
+    /// Downloads `parts` one by one into memory, each checked against its
+    /// digest (by oci-client) before [`Assembly`] writes it into the
+    /// unpacked checkpoint directory; `(total, moved, progress)` go on
+    /// reporting the pull's progress.
+    fn pull_parts(
+        &self,
+        r: &Reference,
+        parts: &[Part],
+        unpacked: &Unpacked,
+        limits: &Limits,
+        deadline: Instant,
+        (total, moved, progress): (u64, Arc<AtomicU64>, ProgressFn<'_>),
+    ) -> Result<()> {
+        let dir = unpacked.root.join(archive::CHECKPOINT_DIR);
+        let mut assembly = Assembly::new(&dir, limits.total_bytes);
+        for part in parts {
+            assembly.check(part)?;
+            let mut data = Vec::with_capacity(part.size as usize);
+            let desc = OciDescriptor {
+                media_type: parts::PART_MEDIA_TYPE.into(),
+                digest: part.digest.clone(),
+                size: part.size as i64,
+                ..Default::default()
+            };
+            let out = Capped::new(Counted::new(&mut data, moved.clone()), part.size);
+            self.before(
+                deadline,
+                limits,
+                "pull (a part of the pages)",
+                r,
+                reporting(
+                    self.client.pull_blob(r, &desc, out),
+                    &moved,
+                    Some(total),
+                    progress,
+                ),
+            )?
+            .map_err(|e| classify(r, "pull (a part of the pages)", e))?;
+            if data.len() as u64 != part.size {
+                return Err(Error::Malformed(format!(
+                    "{r}: a part of {} has {} bytes, its manifest says {}",
+                    part.file,
+                    data.len(),
+                    part.size
+                )));
+            }
+            assembly.write(part, &data)?;
+        }
+        Ok(())
     }
 
     /// Runs `fut` on the runtime, abandoned at `deadline`.
@@ -364,7 +444,7 @@ impl Registry {
         reference: &str,
         host: &HostFacts,
         deadline: Instant,
-    ) -> Result<(BTreeMap<String, String>, OciDescriptor)> {
+    ) -> Result<(BTreeMap<String, String>, OciDescriptor, Vec<Part>)> {
         let limits = Limits::default();
         let fetch = |r: &Reference| {
             let fetched = self.before(
@@ -424,8 +504,8 @@ impl Registry {
             .map_err(|e| classify(&r, "pull (config)", e))?;
             config_architecture(&data)
         })?;
-        let layer = checkpoint_layer(reference, &manifest)?.clone();
-        Ok((annotations, layer))
+        let (layer, parts) = checkpoint_layers(reference, &manifest)?;
+        Ok((annotations, layer.clone(), parts))
     }
 
     /// Packs the dump in `images` (with `meta`'s engine files and `host`'s
@@ -480,20 +560,111 @@ impl Registry {
             self.client
                 .store_auth_if_needed(r.resolve_registry(), &self.auth),
         );
+        let archive = Archive {
+            images,
+            meta,
+            host,
+            compression,
+            parts: &[],
+        };
+        self.push_archive(&r, &archive, start, progress)
+    }
+
+    /// Runs `dumping` (a dump of the tree into `images`, returning once
+    /// the images are complete) while a thread pushes CRIU's pages images
+    /// to `reference`'s repository as they are written, in parts of
+    /// 32 MiB each checked by its digest (see [`crate::parts`]); then
+    /// pushes the rest of the dump as the checkpoint archive, without the
+    /// pages images, and the manifest listing the archive and the parts
+    /// as layers. Returns what `dumping` returned and what the push did,
+    /// whose `push.elapsed` counts from the dump's end. The layer is not
+    /// compressed. If `dumping` fails, the parts stop and nothing is
+    /// tagged (parts already pushed stay in the registry, unreferenced,
+    /// for its garbage collection); likewise if a push fails.
+    ///
+    /// Such an image is for criu-oci's pulls ([`Registry::pull_checkpoint`]):
+    /// Podman and checkpointctl expect the whole checkpoint in one layer.
+    pub fn push_checkpoint_while<T>(
+        &self,
+        reference: &str,
+        images: &criu::ImagesDir,
+        meta: &ArchiveMeta,
+        host: &HostFacts,
+        dumping: impl FnOnce() -> Result<T>,
+    ) -> Result<(T, PushedCheckpoint)> {
+        let r = parse(reference)?;
+        self.runtime.block_on(
+            self.client
+                .store_auth_if_needed(r.resolve_registry(), &self.auth),
+        );
+        let ended = AtomicBool::new(false);
+        let abandoned = AtomicBool::new(false);
+        let (dumped, followed) = std::thread::scope(|s| {
+            let follower = s.spawn(|| {
+                parts::follow(images.path(), &ended, |part, data| {
+                    if abandoned.load(Ordering::Acquire) {
+                        return Err(Error::Malformed("the dump failed".into()));
+                    }
+                    self.runtime
+                        .block_on(self.client.push_blob(&r, data, &part.digest))
+                        .map(drop)
+                        .map_err(|e| classify(&r, "push (a part of the pages)", e))
+                })
+            });
+            let dumped = dumping();
+            abandoned.store(dumped.is_err(), Ordering::Release);
+            ended.store(true, Ordering::Release);
+            (dumped, follower.join())
+        });
+        let dumped = dumped?;
+        let parts = followed.map_err(|_| Error::Malformed("the part pusher panicked".into()))??;
+        let start = Instant::now();
+        let archive = Archive {
+            images,
+            meta,
+            host,
+            compression: Compression::None,
+            parts: &parts,
+        };
+        let pushed = self.push_archive(&r, &archive, start, &mut |_, _| {})?;
+        Ok((dumped, pushed))
+    }
+
+    /// Pushes `a`'s archive as the image's first layer (in one streamed
+    /// `PUT` when plain, see [`Registry::push_checkpoint`]), its config,
+    /// and the manifest, with `a.parts` (pushed already) as more layers.
+    fn push_archive(
+        &self,
+        r: &Reference,
+        a: &Archive<'_>,
+        start: Instant,
+        progress: &mut dyn FnMut(u64, Option<u64>),
+    ) -> Result<PushedCheckpoint> {
+        let Archive {
+            images,
+            meta,
+            host,
+            compression,
+            parts,
+        } = *a;
+        let r = r.clone();
+        let mut skip: Vec<String> = parts.iter().map(|p| p.file.clone()).collect();
+        skip.dedup();
+        let skip = &skip[..];
         // Both passes (see `sized_in_advance`) must write the same bytes.
         let mut meta = meta.clone();
         if meta.checkpointed_time.is_empty() {
             meta.checkpointed_time = archive::rfc3339_now();
         }
         let meta = &meta;
-        let sized = sized_in_advance(images, meta, compression)?;
+        let sized = sized_in_advance(images, meta, compression, skip)?;
         let (chunks, rx) = Chunks::channel();
         let moved = Arc::new(AtomicU64::new(0));
         let total = sized.as_ref().map(|w| w.tar_bytes);
         let (packed, sent) = std::thread::scope(|s| {
-            let packer = s.spawn(move || pack_into(images, meta, compression, chunks));
+            let packer = s.spawn(move || pack_into(images, meta, compression, skip, chunks));
             let sent = self.runtime.block_on(reporting(
-                self.send_layer(&r, rx, &moved, sized.as_ref(), host),
+                self.send_layer(&r, rx, &moved, sized.as_ref(), host, parts),
                 &moved,
                 total,
                 progress,
@@ -514,14 +685,15 @@ impl Registry {
                 images.path().display()
             )));
         }
-        let config = image_config(host, &written.diff_id);
-        let manifest = checkpoint_manifest(
+        let config = image_config_with_parts(host, &written.diff_id, parts);
+        let mut manifest = checkpoint_manifest(
             &config,
             checkpoint_annotations(meta, host),
             layer_media_type(compression),
             &layer_digest,
             layer_bytes,
         );
+        add_parts(&mut manifest, parts);
         self.runtime
             .block_on(async {
                 if sized.is_none() {
@@ -533,11 +705,12 @@ impl Registry {
             .map_err(|e| classify(&r, "push (manifest)", e))?;
         Ok(PushedCheckpoint {
             push: Transfer {
-                layer_bytes,
+                layer_bytes: layer_bytes + parts.iter().map(|p| p.size).sum::<u64>(),
                 elapsed: start.elapsed(),
             },
             pack,
             layer_digest,
+            parts: parts.len(),
         })
     }
 
@@ -552,11 +725,12 @@ impl Registry {
         moved: &Arc<AtomicU64>,
         sized: Option<&archive::Written>,
         host: &HostFacts,
+        parts: &[Part],
     ) -> std::result::Result<(String, u64), OciDistributionError> {
         let Some(w) = sized else {
             return self.push_layer(r, rx, moved).await;
         };
-        let config = image_config(host, &w.diff_id);
+        let config = image_config_with_parts(host, &w.diff_id, parts);
         let config_digest = sha256_digest(&config);
         let layer = self.client.push_blob_stream(
             r,
@@ -610,6 +784,20 @@ pub struct PushedCheckpoint {
     pub pack: Duration,
     /// The layer's digest (`sha256:...`).
     pub layer_digest: String,
+    /// How many part layers carried the pages images (0 unless pushed
+    /// with [`Registry::push_checkpoint_while`]).
+    pub parts: usize,
+}
+
+/// What [`Registry::push_archive`] packs and pushes.
+#[derive(Clone, Copy)]
+struct Archive<'a> {
+    images: &'a criu::ImagesDir,
+    meta: &'a ArchiveMeta,
+    host: &'a HostFacts,
+    compression: Compression,
+    /// Pushed already: left out of the archive, listed after it.
+    parts: &'a [Part],
 }
 
 /// What [`Registry::pull_checkpoint`] did.
@@ -650,6 +838,9 @@ fn move_count(moved: Arc<AtomicU64>) -> impl FnMut(&stream::Item) {
         }
     }
 }
+
+/// A transfer's progress callback, as the methods take it.
+type ProgressFn<'p> = &'p mut dyn FnMut(u64, Option<u64>);
 
 /// How often, at most, a transfer's progress callback is called while
 /// bytes move (plus once at the end).
@@ -697,13 +888,15 @@ fn sized_in_advance(
     images: &criu::ImagesDir,
     meta: &ArchiveMeta,
     compression: Compression,
+    skip: &[String],
 ) -> Result<Option<archive::Written>> {
     match compression {
-        Compression::None => Ok(Some(archive::write(
+        Compression::None => Ok(Some(archive::write_skipping(
             images,
             meta,
             std::io::sink(),
             Compression::None,
+            skip,
         )?)),
         Compression::Gzip => Ok(None),
     }
@@ -785,10 +978,11 @@ fn pack_into(
     images: &criu::ImagesDir,
     meta: &ArchiveMeta,
     compression: Compression,
+    skip: &[String],
     mut chunks: Chunks,
 ) -> Result<(archive::Written, Duration)> {
     let t = Instant::now();
-    match archive::write(images, meta, &mut chunks, compression) {
+    match archive::write_skipping(images, meta, &mut chunks, compression, skip) {
         Ok(written) => {
             chunks
                 .finish()

@@ -929,6 +929,78 @@ fn a_layer_tampered_inside_a_file_is_refused_and_leaves_no_target() {
     assert!(e.is_digest_mismatch(), "{e}");
 }
 
+/// The blob file in `reg`'s storage whose content is `data`.
+fn blob_holding(reg: &RegistryHost, data: &[u8]) -> std::path::PathBuf {
+    let root = reg.storage().join("docker/registry/v2/blobs/sha256");
+    for prefix in std::fs::read_dir(&root).unwrap().flatten() {
+        for blob in std::fs::read_dir(prefix.path()).unwrap().flatten() {
+            let path = blob.path().join("data");
+            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if len == data.len() as u64 && std::fs::read(&path).unwrap() == data {
+                return path;
+            }
+        }
+    }
+    panic!("no blob of {} bytes holds that", data.len());
+}
+
+#[test]
+fn a_migration_image_carries_its_pages_in_parts_each_checked_before_it_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, images) = real_dump_of(dir.path(), true, 40);
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let meta = ArchiveMeta::of_process(w.pid(), "counter");
+    let pages = std::fs::read(images.path().join("pages-1.img")).unwrap();
+    let part = 32 << 20;
+    assert!(pages.len() > part, "more than one part: {}", pages.len());
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    let reference = reg.fresh_reference("parts");
+    // The images are complete already: the parts go up at once.
+    let ((), pushed) = hosts
+        .a
+        .run(|| {
+            Registry::new(&http())?
+                .push_checkpoint_while(&reference, &images, &meta, &host, || Ok(()))
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(pushed.parts, pages.len().div_ceil(part), "{pushed:?}");
+    assert!(pushed.push.layer_bytes > pages.len() as u64, "{pushed:?}");
+    let pull = |target: &Path| {
+        hosts
+            .b
+            .run(|| {
+                Registry::new(&http())?.pull_checkpoint(
+                    &reference,
+                    &host,
+                    target,
+                    &Limits::default(),
+                )
+            })
+            .unwrap()
+    };
+    let target = dir.path().join("pulled");
+    let pulled = pull(&target).unwrap();
+    assert_eq!(pulled.pull.layer_bytes, pushed.push.layer_bytes);
+    assert_same_images(&images, &pulled.unpacked.images().unwrap());
+    // The whole image in one file is not what this is: refused, named.
+    let e = pull_on_b(&hosts, &http(), &reference).unwrap_err();
+    assert!(matches!(e, Error::Malformed(_)), "{e}");
+
+    // One byte flipped in the second part: refused by its digest, and
+    // nothing pulled is left.
+    let blob = blob_holding(&reg, &pages[part..]);
+    let mut data = std::fs::read(&blob).unwrap();
+    let middle = data.len() / 2;
+    data[middle] ^= 0xff;
+    std::fs::write(&blob, &data).unwrap();
+    let target = dir.path().join("tampered");
+    let e = pull(&target).unwrap_err();
+    assert!(e.is_digest_mismatch(), "{e}");
+    assert!(!target.exists(), "the unpacked files are removed");
+}
+
 /// Restores the unpacked checkpoint of `w` (dumped and killed), with
 /// CRIU's log in a private work directory, and sees it count on.
 fn restore_and_count(w: &Workload, un: &archive::Unpacked) {
