@@ -14,9 +14,16 @@
 //! `Cancel` wakes the migration's blocked reads, not a write blocked on a
 //! destination that stopped reading; so `send` also hands over its TCP
 //! socket ([`Interrupts::stalled_peer`]): if the migration has not ended
-//! [`GRACE`] after the signal, that socket is shut down, which fails the
-//! blocked write and lets the core resume the source as for any other
-//! cancellation.
+//! [`GRACE`] after the signal, that socket's sending side is shut down,
+//! which fails the blocked write and lets the core resume the source as
+//! for any other cancellation. Only the sending side: once the
+//! destination has restored, the core no longer heeds the cancel (the
+//! move is past its point of no return) and waits for the destination to
+//! answer its `Done`, which a slow destination may still do; breaking
+//! the reading side off too would resume the source while the
+//! destination keeps its copy (two copies). Only a destination silent
+//! [`LAST_WAIT`] after the signal has the connection broken off whole, so
+//! that a dead peer cannot hold the command forever.
 //!
 //! Later signals are ignored while the source resumes (a `SIGKILL` then
 //! would leave it stopped), except once `receive` waits for its restored
@@ -32,9 +39,13 @@ use criu::migrate::Cancel;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::{Handle, Signals};
 
-/// How long a cancelled migration may take to end before the
-/// connection of a stalled destination is shut down.
+/// How long a cancelled migration may take to end before nothing more is
+/// sent to the destination (a write it does not read then fails).
 pub const GRACE: Duration = Duration::from_secs(3);
+
+/// How long after the signal a migration that still has not ended has
+/// its connection broken off whole (its reads fail too).
+pub const LAST_WAIT: Duration = Duration::from_secs(30);
 
 /// The socket shut down if a cancelled migration does not end in time.
 type Stalled = Arc<Mutex<Option<TcpStream>>>;
@@ -87,13 +98,7 @@ impl Interrupts {
                         w.iter().for_each(|wake| wake());
                     }
                     let st = st.clone();
-                    std::thread::spawn(move || {
-                        std::thread::sleep(GRACE);
-                        if let Some(s) = st.lock().ok().and_then(|mut s| s.take()) {
-                            eprintln!("the destination does not read: breaking the connection off");
-                            let _ = s.shutdown(Shutdown::Both);
-                        }
-                    });
+                    std::thread::spawn(move || stall_breaker(&st));
                 }
             }
         });
@@ -138,8 +143,8 @@ impl Interrupts {
     }
 
     /// `socket` (a clone of the migration's) is shut down if a cancelled
-    /// migration has not ended [`GRACE`] after the signal, until
-    /// [`Interrupts::settled`].
+    /// migration has not ended [`GRACE`] after the signal (its sending
+    /// side; whole after [`LAST_WAIT`]), until [`Interrupts::settled`].
     pub fn stalled_peer(&self, socket: TcpStream) {
         if let Ok(mut s) = self.stalled.lock() {
             *s = Some(socket);
@@ -169,6 +174,27 @@ impl Interrupts {
             SIGHUP => Some("SIGHUP"),
             _ => Some("a signal"),
         }
+    }
+}
+
+/// After a signal: once [`GRACE`] has passed, shuts the sending side of
+/// the stalled socket down (if the migration has not settled); once
+/// [`LAST_WAIT`] has, the whole connection.
+fn stall_breaker(stalled: &Stalled) {
+    let socket = || {
+        let s = stalled.lock().ok()?;
+        s.as_ref()?.try_clone().ok()
+    };
+    std::thread::sleep(GRACE);
+    let Some(s) = socket() else {
+        return;
+    };
+    eprintln!("the migration goes on after the signal: nothing more is sent to the destination");
+    let _ = s.shutdown(Shutdown::Write);
+    std::thread::sleep(LAST_WAIT.saturating_sub(GRACE));
+    if socket().is_some() {
+        eprintln!("the destination does not answer: breaking the connection off");
+        let _ = s.shutdown(Shutdown::Both);
     }
 }
 

@@ -3,8 +3,11 @@
 //! from another mount namespace say, and CRIU cannot dump those; their
 //! own session when asked: CRIU needs the tree's session leader inside
 //! it, and CI runs in session 0), children killed and reaped on drop,
-//! and polling with a deadline. Each test file uses part of it.
+//! and polling with a deadline; in `moves`, what the tests of `send` and
+//! `receive` share. Each test file uses part of it.
 #![allow(dead_code)]
+
+pub mod moves;
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Output};
