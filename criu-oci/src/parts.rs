@@ -182,6 +182,15 @@ impl<'d> Assembly<'d> {
         Ok(())
     }
 
+    /// Checks `part` as [`Assembly::check`] does and counts it as if
+    /// written: for checking a whole list before anything is fetched.
+    pub(crate) fn plan(&mut self, part: &Part) -> Result<()> {
+        self.check(part)?;
+        self.next.insert(part.file.clone(), part.offset + part.size);
+        self.total += part.size;
+        Ok(())
+    }
+
     /// Writes `data`, `part`'s blob already checked against its digest.
     pub(crate) fn write(&mut self, part: &Part, data: &[u8]) -> Result<()> {
         self.check(part)?;

@@ -360,10 +360,12 @@ impl Registry {
         })
     }
 
-    /// Downloads `parts` one by one into memory, each checked against its
-    /// digest (by oci-client) before [`Assembly`] writes it into the
-    /// unpacked checkpoint directory; `(total, moved, progress)` go on
-    /// reporting the pull's progress.
+    /// Downloads `parts`, [`PARTS_IN_FLIGHT`] at a time, each into memory
+    /// and checked against its digest (by oci-client) before
+    /// [`Assembly`] writes it into the unpacked checkpoint directory, in
+    /// order; all of them are checked for names, order and sizes before
+    /// the first is fetched. `(total, moved, progress)` go on reporting
+    /// the pull's progress.
     fn pull_parts(
         &self,
         r: &Reference,
@@ -374,41 +376,50 @@ impl Registry {
         (total, moved, progress): (u64, Arc<AtomicU64>, ProgressFn<'_>),
     ) -> Result<()> {
         let dir = unpacked.root.join(archive::CHECKPOINT_DIR);
-        let mut assembly = Assembly::new(&dir, limits.total_bytes);
+        let mut plan = Assembly::new(&dir, limits.total_bytes);
         for part in parts {
-            assembly.check(part)?;
-            let mut data = Vec::with_capacity(part.size as usize);
-            let desc = OciDescriptor {
-                media_type: parts::PART_MEDIA_TYPE.into(),
-                digest: part.digest.clone(),
-                size: part.size as i64,
-                ..Default::default()
-            };
-            let out = Capped::new(Counted::new(&mut data, moved.clone()), part.size);
-            self.before(
-                deadline,
-                limits,
-                "pull (a part of the pages)",
-                r,
-                reporting(
-                    self.client.pull_blob(r, &desc, out),
-                    &moved,
-                    Some(total),
-                    progress,
-                ),
-            )?
-            .map_err(|e| classify(r, "pull (a part of the pages)", e))?;
-            if data.len() as u64 != part.size {
-                return Err(Error::Malformed(format!(
-                    "{r}: a part of {} has {} bytes, its manifest says {}",
-                    part.file,
-                    data.len(),
-                    part.size
-                )));
-            }
-            assembly.write(part, &data)?;
+            plan.plan(part)?;
         }
-        Ok(())
+        let what = "pull (a part of the pages)";
+        let fetches = futures_util::stream::iter(parts)
+            .map(|part| {
+                let moved = moved.clone();
+                async move {
+                    let mut data = Vec::with_capacity(part.size as usize);
+                    let desc = OciDescriptor {
+                        media_type: parts::PART_MEDIA_TYPE.into(),
+                        digest: part.digest.clone(),
+                        size: part.size as i64,
+                        ..Default::default()
+                    };
+                    let out = Capped::new(Counted::new(&mut data, moved), part.size);
+                    self.client
+                        .pull_blob(r, &desc, out)
+                        .await
+                        .map_err(|e| classify(r, what, e))?;
+                    Ok::<_, Error>((part, data))
+                }
+            })
+            .buffered(PARTS_IN_FLIGHT);
+        let mut assembly = Assembly::new(&dir, limits.total_bytes);
+        let all = async {
+            let mut fetches = std::pin::pin!(fetches);
+            while let Some(fetched) = fetches.next().await {
+                let (part, data) = fetched?;
+                if data.len() as u64 != part.size {
+                    return Err(Error::Malformed(format!(
+                        "{r}: a part of {} has {} bytes, its manifest says {}",
+                        part.file,
+                        data.len(),
+                        part.size
+                    )));
+                }
+                assembly.write(part, &data)?;
+            }
+            Ok(())
+        };
+        let all = reporting(all, &moved, Some(total), progress);
+        self.before(deadline, limits, what, r, all)?
     }
 
     /// Runs `fut` on the runtime, abandoned at `deadline`.
@@ -838,6 +849,9 @@ fn move_count(moved: Arc<AtomicU64>) -> impl FnMut(&stream::Item) {
         }
     }
 }
+
+/// How many parts of a migration image's pages a pull fetches at once.
+const PARTS_IN_FLIGHT: usize = 2;
 
 /// A transfer's progress callback, as the methods take it.
 type ProgressFn<'p> = &'p mut dyn FnMut(u64, Option<u64>);

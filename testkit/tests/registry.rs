@@ -967,22 +967,26 @@ fn a_migration_image_carries_its_pages_in_parts_each_checked_before_it_is_writte
         .unwrap();
     assert_eq!(pushed.parts, pages.len().div_ceil(part), "{pushed:?}");
     assert!(pushed.push.layer_bytes > pages.len() as u64, "{pushed:?}");
-    let pull = |target: &Path| {
+    let pull = |target: &Path, reports: &mut Vec<(u64, Option<u64>)>| {
         hosts
             .b
             .run(|| {
-                Registry::new(&http())?.pull_checkpoint(
+                Registry::new(&http())?.pull_checkpoint_with_progress(
                     &reference,
                     &host,
                     target,
                     &Limits::default(),
+                    &mut |done, total| reports.push((done, total)),
                 )
             })
             .unwrap()
     };
     let target = dir.path().join("pulled");
-    let pulled = pull(&target).unwrap();
-    assert_eq!(pulled.pull.layer_bytes, pushed.push.layer_bytes);
+    let mut reports = Vec::new();
+    let pulled = pull(&target, &mut reports).unwrap();
+    let size = pushed.push.layer_bytes;
+    assert_eq!(pulled.pull.layer_bytes, size);
+    assert_progress("pull of parts", &reports, size, Some(size));
     assert_same_images(&images, &pulled.unpacked.images().unwrap());
     // The whole image in one file is not what this is: refused, named.
     let e = pull_on_b(&hosts, &http(), &reference).unwrap_err();
@@ -996,7 +1000,7 @@ fn a_migration_image_carries_its_pages_in_parts_each_checked_before_it_is_writte
     data[middle] ^= 0xff;
     std::fs::write(&blob, &data).unwrap();
     let target = dir.path().join("tampered");
-    let e = pull(&target).unwrap_err();
+    let e = pull(&target, &mut Vec::new()).unwrap_err();
     assert!(e.is_digest_mismatch(), "{e}");
     assert!(!target.exists(), "the unpacked files are removed");
 }
