@@ -1,19 +1,23 @@
 //! Progress on long transfers, on stderr, only when it is a terminal (and
 //! never with `--json`, whose callers leave the bar out): [`Bar`] for a
-//! transfer whose size is known as it goes (`send`), [`Spinner`] for one
-//! whose progress is only seen from outside (`push`, `pull`).
+//! transfer whose size is known as it goes (`send`, and `push` / `pull`
+//! to and from a registry), [`Spinner`] for one whose progress is only
+//! seen from outside (`push` / `pull` of an OCI layout directory).
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// A progress bar that has not appeared yet: it appears once the
 /// transfer has lasted a second.
 pub struct Bar {
     label: &'static str,
+    unknown: &'static str,
     start: Instant,
     bar: Option<ProgressBar>,
+    /// Whether the bar is styled for a known total, once styled.
+    styled: Option<bool>,
 }
 
 impl Bar {
@@ -21,36 +25,52 @@ impl Bar {
     pub fn new(label: &'static str) -> Bar {
         Bar {
             label,
+            unknown: "while the dump writes",
             start: Instant::now(),
             bar: None,
+            styled: None,
         }
     }
 
+    /// What the bar says while the total is unknown (0).
+    pub fn unknown_total(mut self, says: &'static str) -> Bar {
+        self.unknown = says;
+        self
+    }
+
     /// Bytes done, bytes in total (0 while unknown: stop-and-copy sends
-    /// the images while the dump still writes them).
+    /// the images while the dump still writes them; a gzip push learns
+    /// its layer's size at the end). While the total is unknown the bar
+    /// shows the bytes and the rate only.
     pub fn update(&mut self, done: u64, total: u64) {
-        if self.bar.is_none()
-            && self.start.elapsed() > Duration::from_secs(1)
-            && std::io::stderr().is_terminal()
-        {
-            let b = ProgressBar::new(total);
-            let template = format!(
-                "  {} {{bar:40}} {{bytes}}/{{total_bytes}} {{bytes_per_sec}}, {{msg}}",
-                self.label
-            );
+        if self.bar.is_none() && std::io::stderr().is_terminal() {
+            // Made hidden at the first report, so that its rate counts
+            // from the start; shown once the transfer has lasted a second.
+            let hidden = ProgressDrawTarget::hidden();
+            self.bar = Some(ProgressBar::with_draw_target(Some(total), hidden));
+        }
+        let Some(b) = &self.bar else { return };
+        if b.is_hidden() && self.start.elapsed() > Duration::from_secs(1) {
+            b.set_draw_target(ProgressDrawTarget::stderr());
+        }
+        let known = total > 0;
+        if self.styled != Some(known) {
+            self.styled = Some(known);
+            let shape = match known {
+                true => "{bar:40} {bytes}/{total_bytes}",
+                false => "{bytes}",
+            };
+            let template = format!("  {} {shape} {{bytes_per_sec}}, {{msg}}", self.label);
             if let Ok(style) = ProgressStyle::with_template(&template) {
                 b.set_style(style);
             }
-            self.bar = Some(b);
         }
-        if let Some(b) = &self.bar {
-            b.set_length(total.max(done));
-            b.set_position(done);
-            b.set_message(match total {
-                0 => "while the dump writes".to_string(),
-                t => format!("{} to go", HumanBytes(t.saturating_sub(done))),
-            });
-        }
+        b.set_length(total.max(done));
+        b.set_position(done);
+        b.set_message(match total {
+            0 => self.unknown.to_string(),
+            t => format!("{} to go", HumanBytes(t.saturating_sub(done))),
+        });
     }
 
     /// The closure `SourceConfig::progress` takes.

@@ -102,13 +102,20 @@ fn a_checkpoint_pushed_and_pulled_restores_and_an_archive_unpacks_the_same() {
         .unwrap()
         .starts_with("sha256:"));
     let pulled = dir.path().join("pulled");
-    cli(&[
+    let piped = cli(&[
         "pull",
         &reference,
         "--target",
         pulled.to_str().unwrap(),
         "--plain-http",
     ]);
+    // Piped: the one line on stdout, no progress bar on stderr.
+    assert!(String::from_utf8_lossy(&piped.stdout).starts_with("pulled "));
+    assert!(
+        piped.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
     let archive = dir.path().join("ck.tar");
     let a = archive.to_str().unwrap();
     cli(&[

@@ -14,6 +14,7 @@ use sha2::{Digest as _, Sha256};
 use crate::annotations::{self, HostFacts};
 use crate::archive::{self, ArchiveMeta, Compression, Limits, Unpacked};
 use crate::error::{Error, Result};
+use crate::parts::{Part, PART_FILE, PART_MEDIA_TYPE, PART_OFFSET};
 
 /// A gzip-compressed tar layer's media type.
 pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -210,10 +211,19 @@ pub(crate) fn checkpoint_manifest(
 
 /// The image config (JSON) of a layer whose tar stream hashes to `diff_id`.
 pub(crate) fn image_config(host: &HostFacts, diff_id: &str) -> Vec<u8> {
+    image_config_with_parts(host, diff_id, &[])
+}
+
+/// The image config of a layer whose tar stream hashes to `diff_id`
+/// followed by `parts` (each its own diff id: they are not compressed).
+pub(crate) fn image_config_with_parts(host: &HostFacts, diff_id: &str, parts: &[Part]) -> Vec<u8> {
+    let diff_ids: Vec<&str> = std::iter::once(diff_id)
+        .chain(parts.iter().map(|p| p.digest.as_str()))
+        .collect();
     let config = serde_json::json!({
         "architecture": host.arch,
         "os": "linux",
-        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
         "config": {},
     });
     serde_json::to_vec(&config).unwrap_or_default()
@@ -303,6 +313,69 @@ pub(crate) fn verify(what: &str, data: &[u8], digest: &str, size: i64) -> Result
         )));
     }
     Ok(())
+}
+
+/// Adds `parts` to `manifest` as layers after the checkpoint archive.
+pub(crate) fn add_parts(manifest: &mut OciImageManifest, parts: &[Part]) {
+    for p in parts {
+        manifest.layers.push(oci_client::manifest::OciDescriptor {
+            media_type: PART_MEDIA_TYPE.into(),
+            digest: p.digest.clone(),
+            size: p.size as i64,
+            annotations: Some(
+                [
+                    (PART_FILE.to_string(), p.file.clone()),
+                    (PART_OFFSET.to_string(), p.offset.to_string()),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        });
+    }
+}
+
+/// The checkpoint layer of `manifest` and the parts after it, if any
+/// (a migration image's, see [`crate::parts`]).
+pub(crate) fn checkpoint_layers<'m>(
+    reference: &str,
+    manifest: &'m OciImageManifest,
+) -> Result<(&'m oci_client::manifest::OciDescriptor, Vec<Part>)> {
+    let Some((first, rest)) = manifest.layers.split_first() else {
+        return checkpoint_layer(reference, manifest).map(|l| (l, Vec::new()));
+    };
+    if rest.is_empty() || rest.iter().any(|l| l.media_type != PART_MEDIA_TYPE) {
+        return checkpoint_layer(reference, manifest).map(|l| (l, Vec::new()));
+    }
+    if !READ_LAYER_MEDIA_TYPES.contains(&first.media_type.as_str()) {
+        return Err(Error::Malformed(format!(
+            "{reference}: its first layer is a {:?}, not a tar archive (one of \
+             {READ_LAYER_MEDIA_TYPES:?})",
+            first.media_type
+        )));
+    }
+    let parts = rest
+        .iter()
+        .map(|l| part_of(reference, l))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((first, parts))
+}
+
+/// The part a part layer's descriptor describes.
+fn part_of(reference: &str, l: &oci_client::manifest::OciDescriptor) -> Result<Part> {
+    let bad =
+        |what: &str| Error::Malformed(format!("{reference}: a part layer ({}) {what}", l.digest));
+    let note = |key: &str| l.annotations.as_ref().and_then(|a| a.get(key));
+    let file = note(PART_FILE).ok_or_else(|| bad("names no file"))?;
+    let offset = note(PART_OFFSET)
+        .and_then(|o| o.parse().ok())
+        .ok_or_else(|| bad("has no offset"))?;
+    let size = u64::try_from(l.size).map_err(|_| bad("has a negative size"))?;
+    Ok(Part {
+        file: file.clone(),
+        offset,
+        digest: l.digest.clone(),
+        size,
+    })
 }
 
 /// The single checkpoint layer of `manifest`.

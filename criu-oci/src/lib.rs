@@ -11,7 +11,8 @@
 //!   distribution API (basic auth, TLS with a private CA), every blob
 //!   checked against its digest, checkpoints streamed both ways with
 //!   bounded memory; [`layout`]: the same image as an OCI image layout
-//!   directory (sizes checked before anything is read).
+//!   directory (sizes checked before anything is read); [`parts`]: a
+//!   migration image's pages pushed in parts while CRIU writes them.
 //! * [`migrate`]: a tree moved through a registry, its source kept
 //!   stopped, not killed, until the destination has restored it (with
 //!   criu-rs's `criu::migrate::hold`); [`strategy`]: the same route as a
@@ -52,6 +53,7 @@ mod fetch;
 pub mod image;
 pub mod layout;
 pub mod migrate;
+pub mod parts;
 pub mod registry;
 pub mod strategy;
 mod stream;

@@ -24,7 +24,8 @@ pub struct Pushed {
     /// Packing the images into the image (archive, compression), while
     /// the push ran.
     pub pack: Duration,
-    /// The push (packing included).
+    /// The push (packing included; when the pages went in parts while
+    /// the dump ran, from the dump's end: what the push added to it).
     pub push: Transfer,
     /// The layer's size.
     pub image_bytes: u64,
@@ -58,8 +59,11 @@ pub struct PushTo<'a> {
 }
 
 /// Dumps the tree rooted at `pid` into `work_dir/images` (created), packs
-/// it as a checkpoint image named `name`, and pushes it as `to` says.
-/// On failure the source runs on.
+/// it as a checkpoint image named `name`, and pushes it as `to` says:
+/// uncompressed, the pages go up in parts while CRIU writes them
+/// ([`Registry::push_checkpoint_while`]; an image for
+/// [`pull_and_restore`], not for Podman), the rest once the dump is over;
+/// gzip'd, as one layer after the dump. On failure the source runs on.
 pub fn checkpoint_and_push(
     criu: &criu::Criu,
     pid: i32,
@@ -74,10 +78,22 @@ pub fn checkpoint_and_push(
     let mut o = criu::Options::new();
     customize(&mut o);
     o.pid(pid).images_dir(&images).log_file("dump.log");
-    let (dump, held) = hold::dump(criu, &mut o)?;
-    let pushed =
-        to.registry
-            .push_checkpoint(to.reference, &images, &meta, &host, to.compression)?;
+    let ((dump, held), pushed) = match to.compression {
+        // The pages go up while CRIU writes them.
+        Compression::None => {
+            to.registry
+                .push_checkpoint_while(to.reference, &images, &meta, &host, || {
+                    Ok(hold::dump(criu, &mut o)?)
+                })?
+        }
+        _ => {
+            let dumped = hold::dump(criu, &mut o)?;
+            let pushed =
+                to.registry
+                    .push_checkpoint(to.reference, &images, &meta, &host, to.compression)?;
+            (dumped, pushed)
+        }
+    };
     Ok(Pushed {
         dump,
         pack: pushed.pack,

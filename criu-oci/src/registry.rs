@@ -9,7 +9,10 @@
 //! every byte as it arrives), so CRIU never sees a byte of an altered
 //! one; [`Registry::pull`] streams the layer into a temporary file and
 //! hands it on only once the digest matched. ([`Registry::push`] sends a
-//! [`CheckpointImage`] already in memory.)
+//! [`CheckpointImage`] already in memory.) For a move,
+//! [`Registry::push_checkpoint_while`] pushes the pages in parts while
+//! CRIU writes them; [`Registry::pull_checkpoint`] writes each part only
+//! once it matched its digest (see [`crate::parts`]).
 //!
 //! What oci-client 0.18 offers, and what is used: `pull_blob` into any
 //! `AsyncWrite`, verifying the layer's digest (and the registry's
@@ -22,6 +25,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
@@ -38,11 +43,12 @@ use crate::archive::{self, ArchiveMeta, Compression, Limits, Unpacked};
 use crate::error::{Error, Result};
 use crate::fetch::{FetchError, ManifestFetcher, MANIFEST_MAX};
 use crate::image::{
-    checkpoint_annotations, checkpoint_layer, checkpoint_manifest, config_architecture,
-    image_config, layer_media_type, sha256_digest, CheckpointImage, FetchedImage, Spooled,
-    PLAIN_LAYER_MEDIA_TYPE,
+    add_parts, checkpoint_annotations, checkpoint_layers, checkpoint_manifest, config_architecture,
+    image_config_with_parts, layer_media_type, sha256_digest, CheckpointImage, FetchedImage,
+    Spooled, PLAIN_LAYER_MEDIA_TYPE,
 };
-use crate::stream::{self, Capped, Chunks, PieceWriter, Pieces};
+use crate::parts::{self, Assembly, Part};
+use crate::stream::{self, Capped, Chunks, Counted, PieceWriter, Pieces};
 
 /// How to reach a registry.
 #[derive(Debug, Clone, Default)]
@@ -60,7 +66,8 @@ pub struct RegistryConfig {
 /// What a push or pull cost.
 #[derive(Debug, Clone, Copy)]
 pub struct Transfer {
-    /// Bytes of the layer moved.
+    /// Bytes of the layers moved (the archive, and the parts of a
+    /// migration image's pages, see [`crate::parts`]).
     pub layer_bytes: u64,
     /// Wall time of the whole operation.
     pub elapsed: Duration,
@@ -192,7 +199,14 @@ impl Registry {
         let start = Instant::now();
         let deadline = start + limits.deadline;
         let r = parse(reference)?;
-        let (annotations, layer) = self.checked_manifest(&r, reference, host, deadline)?;
+        let (annotations, layer, parts) = self.checked_manifest(&r, reference, host, deadline)?;
+        if !parts.is_empty() {
+            return Err(Error::Malformed(format!(
+                "{reference} is a migration image whose pages travel in {} part layers: \
+                 pull it with Registry::pull_checkpoint",
+                parts.len()
+            )));
+        }
         let size = layer_size(reference, &layer, limits)?;
         let mut spool = Spooled::new()?;
         let out = Capped::new(&mut spool, size);
@@ -241,7 +255,10 @@ impl Registry {
     /// sizes beyond `limits` in any archive; once it refuses an entry the
     /// download stops, the rest of the layer is not fetched. A plain tar
     /// layer unpacks to no more than its declared size.
-    /// [`Registry::pull_limited`] verifies before anything reads.)
+    /// [`Registry::pull_limited`] verifies before anything reads.) A
+    /// migration image's pages parts ([`Registry::push_checkpoint_while`])
+    /// follow the archive, each downloaded into memory and written into
+    /// its pages image only once it matched its digest.
     pub fn pull_checkpoint(
         &self,
         reference: &str,
@@ -249,17 +266,38 @@ impl Registry {
         target: &Path,
         limits: &Limits,
     ) -> Result<PulledCheckpoint> {
+        self.pull_checkpoint_with_progress(reference, host, target, limits, &mut |_, _| {})
+    }
+
+    /// [`Registry::pull_checkpoint`], calling `progress(done, total)` as
+    /// the layer arrives: `done` the bytes of the layer received so far
+    /// (never decreasing), `total` its size as its manifest says (always
+    /// `Some` for a pull). It is called on this thread, at most every
+    /// [`PROGRESS_EVERY`] while bytes arrive, and with the final count
+    /// when the download ends (successful or not: the result says which).
+    /// It is not called before the manifest was accepted.
+    pub fn pull_checkpoint_with_progress(
+        &self,
+        reference: &str,
+        host: &HostFacts,
+        target: &Path,
+        limits: &Limits,
+        progress: &mut dyn FnMut(u64, Option<u64>),
+    ) -> Result<PulledCheckpoint> {
         let start = Instant::now();
         let deadline = start + limits.deadline;
         let r = parse(reference)?;
-        let (annotations, layer) = self.checked_manifest(&r, reference, host, deadline)?;
+        let (annotations, layer, parts) = self.checked_manifest(&r, reference, host, deadline)?;
         let size = layer_size(reference, &layer, limits)?;
+        let parts_bytes: u64 = parts.iter().map(|p| p.size).sum();
         let mut unpack_limits = *limits;
         if layer.media_type == PLAIN_LAYER_MEDIA_TYPE {
             unpack_limits.total_bytes = unpack_limits.total_bytes.min(size);
         }
         let unpack_limits = &unpack_limits;
         let (writer, pieces) = PieceWriter::channel();
+        let moved = Arc::new(AtomicU64::new(0));
+        let writer = Capped::new(Counted::new(writer, moved.clone()), size);
         let (pulled, unpacked) = std::thread::scope(|s| {
             let unpacker = s.spawn(move || unpack_all(pieces, target, unpack_limits));
             let pulled = self.before(
@@ -267,7 +305,12 @@ impl Registry {
                 limits,
                 "pull (layer)",
                 &r,
-                self.client.pull_blob(&r, &layer, Capped::new(writer, size)),
+                reporting(
+                    self.client.pull_blob(&r, &layer, writer),
+                    &moved,
+                    Some(size + parts_bytes),
+                    progress,
+                ),
             );
             (pulled, unpacker.join())
         });
@@ -293,15 +336,90 @@ impl Registry {
             Ok(Err(e)) => return refused(classify(&r, "pull (layer)", e)),
         };
         let unpacked = unpacked?;
+        let pulled = match parts.is_empty() {
+            true => pulled,
+            false => {
+                let total = (size + parts_bytes, moved, progress);
+                match self.pull_parts(&r, &parts, &unpacked, limits, deadline, total) {
+                    Ok(()) => start.elapsed(),
+                    Err(e) => {
+                        let _ = std::fs::remove_dir_all(&unpacked.root);
+                        return Err(e);
+                    }
+                }
+            }
+        };
         Ok(PulledCheckpoint {
             unpacked,
             annotations,
             pull: Transfer {
-                layer_bytes: size,
+                layer_bytes: size + parts_bytes,
                 elapsed: pulled,
             },
             unpack: done.saturating_duration_since(start + pulled),
         })
+    }
+
+    /// Downloads `parts`, [`PARTS_IN_FLIGHT`] at a time, each into memory
+    /// and checked against its digest (by oci-client) before
+    /// [`Assembly`] writes it into the unpacked checkpoint directory, in
+    /// order; all of them are checked for names, order and sizes before
+    /// the first is fetched. `(total, moved, progress)` go on reporting
+    /// the pull's progress.
+    fn pull_parts(
+        &self,
+        r: &Reference,
+        parts: &[Part],
+        unpacked: &Unpacked,
+        limits: &Limits,
+        deadline: Instant,
+        (total, moved, progress): (u64, Arc<AtomicU64>, ProgressFn<'_>),
+    ) -> Result<()> {
+        let dir = unpacked.root.join(archive::CHECKPOINT_DIR);
+        let mut plan = Assembly::new(&dir, limits.total_bytes);
+        for part in parts {
+            plan.plan(part)?;
+        }
+        let what = "pull (a part of the pages)";
+        let fetches = futures_util::stream::iter(parts)
+            .map(|part| {
+                let moved = moved.clone();
+                async move {
+                    let mut data = Vec::with_capacity(part.size as usize);
+                    let desc = OciDescriptor {
+                        media_type: parts::PART_MEDIA_TYPE.into(),
+                        digest: part.digest.clone(),
+                        size: part.size as i64,
+                        ..Default::default()
+                    };
+                    let out = Capped::new(Counted::new(&mut data, moved), part.size);
+                    self.client
+                        .pull_blob(r, &desc, out)
+                        .await
+                        .map_err(|e| classify(r, what, e))?;
+                    Ok::<_, Error>((part, data))
+                }
+            })
+            .buffered(PARTS_IN_FLIGHT);
+        let mut assembly = Assembly::new(&dir, limits.total_bytes);
+        let all = async {
+            let mut fetches = std::pin::pin!(fetches);
+            while let Some(fetched) = fetches.next().await {
+                let (part, data) = fetched?;
+                if data.len() as u64 != part.size {
+                    return Err(Error::Malformed(format!(
+                        "{r}: a part of {} has {} bytes, its manifest says {}",
+                        part.file,
+                        data.len(),
+                        part.size
+                    )));
+                }
+                assembly.write(part, &data)?;
+            }
+            Ok(())
+        };
+        let all = reporting(all, &moved, Some(total), progress);
+        self.before(deadline, limits, what, r, all)?
     }
 
     /// Runs `fut` on the runtime, abandoned at `deadline`.
@@ -337,7 +455,7 @@ impl Registry {
         reference: &str,
         host: &HostFacts,
         deadline: Instant,
-    ) -> Result<(BTreeMap<String, String>, OciDescriptor)> {
+    ) -> Result<(BTreeMap<String, String>, OciDescriptor, Vec<Part>)> {
         let limits = Limits::default();
         let fetch = |r: &Reference| {
             let fetched = self.before(
@@ -397,8 +515,8 @@ impl Registry {
             .map_err(|e| classify(&r, "pull (config)", e))?;
             config_architecture(&data)
         })?;
-        let layer = checkpoint_layer(reference, &manifest)?.clone();
-        Ok((annotations, layer))
+        let (layer, parts) = checkpoint_layers(reference, &manifest)?;
+        Ok((annotations, layer.clone(), parts))
     }
 
     /// Packs the dump in `images` (with `meta`'s engine files and `host`'s
@@ -420,25 +538,148 @@ impl Registry {
         host: &HostFacts,
         compression: Compression,
     ) -> Result<PushedCheckpoint> {
+        self.push_checkpoint_with_progress(
+            reference,
+            images,
+            meta,
+            host,
+            compression,
+            &mut |_, _| {},
+        )
+    }
+
+    /// [`Registry::push_checkpoint`], calling `progress(done, total)` as
+    /// the layer goes up: `done` the bytes of the layer handed to the
+    /// connection so far (never decreasing), `total` the layer's size
+    /// when it is known before the upload (`Some` for a plain layer,
+    /// whose size a first pass measures; `None` for a gzip one). It is
+    /// called on this thread, at most every [`PROGRESS_EVERY`] while
+    /// bytes go, and with the final count when the upload ends
+    /// (successful or not: the result says which).
+    pub fn push_checkpoint_with_progress(
+        &self,
+        reference: &str,
+        images: &criu::ImagesDir,
+        meta: &ArchiveMeta,
+        host: &HostFacts,
+        compression: Compression,
+        progress: &mut dyn FnMut(u64, Option<u64>),
+    ) -> Result<PushedCheckpoint> {
         let start = Instant::now();
         let r = parse(reference)?;
         self.runtime.block_on(
             self.client
                 .store_auth_if_needed(r.resolve_registry(), &self.auth),
         );
+        let archive = Archive {
+            images,
+            meta,
+            host,
+            compression,
+            parts: &[],
+        };
+        self.push_archive(&r, &archive, start, progress)
+    }
+
+    /// Runs `dumping` (a dump of the tree into `images`, returning once
+    /// the images are complete) while a thread pushes CRIU's pages images
+    /// to `reference`'s repository as they are written, in parts of
+    /// 32 MiB each checked by its digest (see [`crate::parts`]); then
+    /// pushes the rest of the dump as the checkpoint archive, without the
+    /// pages images, and the manifest listing the archive and the parts
+    /// as layers. Returns what `dumping` returned and what the push did,
+    /// whose `push.elapsed` counts from the dump's end. The layer is not
+    /// compressed. If `dumping` fails, the parts stop and nothing is
+    /// tagged (parts already pushed stay in the registry, unreferenced,
+    /// for its garbage collection); likewise if a push fails.
+    ///
+    /// Such an image is for criu-oci's pulls ([`Registry::pull_checkpoint`]):
+    /// Podman and checkpointctl expect the whole checkpoint in one layer.
+    pub fn push_checkpoint_while<T>(
+        &self,
+        reference: &str,
+        images: &criu::ImagesDir,
+        meta: &ArchiveMeta,
+        host: &HostFacts,
+        dumping: impl FnOnce() -> Result<T>,
+    ) -> Result<(T, PushedCheckpoint)> {
+        let r = parse(reference)?;
+        self.runtime.block_on(
+            self.client
+                .store_auth_if_needed(r.resolve_registry(), &self.auth),
+        );
+        let ended = AtomicBool::new(false);
+        let abandoned = AtomicBool::new(false);
+        let (dumped, followed) = std::thread::scope(|s| {
+            let follower = s.spawn(|| {
+                parts::follow(images.path(), &ended, |part, data| {
+                    if abandoned.load(Ordering::Acquire) {
+                        return Err(Error::Malformed("the dump failed".into()));
+                    }
+                    self.runtime
+                        .block_on(self.client.push_blob(&r, data, &part.digest))
+                        .map(drop)
+                        .map_err(|e| classify(&r, "push (a part of the pages)", e))
+                })
+            });
+            let dumped = dumping();
+            abandoned.store(dumped.is_err(), Ordering::Release);
+            ended.store(true, Ordering::Release);
+            (dumped, follower.join())
+        });
+        let dumped = dumped?;
+        let parts = followed.map_err(|_| Error::Malformed("the part pusher panicked".into()))??;
+        let start = Instant::now();
+        let archive = Archive {
+            images,
+            meta,
+            host,
+            compression: Compression::None,
+            parts: &parts,
+        };
+        let pushed = self.push_archive(&r, &archive, start, &mut |_, _| {})?;
+        Ok((dumped, pushed))
+    }
+
+    /// Pushes `a`'s archive as the image's first layer (in one streamed
+    /// `PUT` when plain, see [`Registry::push_checkpoint`]), its config,
+    /// and the manifest, with `a.parts` (pushed already) as more layers.
+    fn push_archive(
+        &self,
+        r: &Reference,
+        a: &Archive<'_>,
+        start: Instant,
+        progress: &mut dyn FnMut(u64, Option<u64>),
+    ) -> Result<PushedCheckpoint> {
+        let Archive {
+            images,
+            meta,
+            host,
+            compression,
+            parts,
+        } = *a;
+        let r = r.clone();
+        let mut skip: Vec<String> = parts.iter().map(|p| p.file.clone()).collect();
+        skip.dedup();
+        let skip = &skip[..];
         // Both passes (see `sized_in_advance`) must write the same bytes.
         let mut meta = meta.clone();
         if meta.checkpointed_time.is_empty() {
             meta.checkpointed_time = archive::rfc3339_now();
         }
         let meta = &meta;
-        let sized = sized_in_advance(images, meta, compression)?;
+        let sized = sized_in_advance(images, meta, compression, skip)?;
         let (chunks, rx) = Chunks::channel();
+        let moved = Arc::new(AtomicU64::new(0));
+        let total = sized.as_ref().map(|w| w.tar_bytes);
         let (packed, sent) = std::thread::scope(|s| {
-            let packer = s.spawn(move || pack_into(images, meta, compression, chunks));
-            let sent = self
-                .runtime
-                .block_on(self.send_layer(&r, rx, sized.as_ref(), host));
+            let packer = s.spawn(move || pack_into(images, meta, compression, skip, chunks));
+            let sent = self.runtime.block_on(reporting(
+                self.send_layer(&r, rx, &moved, sized.as_ref(), host, parts),
+                &moved,
+                total,
+                progress,
+            ));
             (packer.join(), sent)
         });
         let packed = packed.map_err(|_| Error::Malformed("the packing thread panicked".into()))?;
@@ -455,14 +696,15 @@ impl Registry {
                 images.path().display()
             )));
         }
-        let config = image_config(host, &written.diff_id);
-        let manifest = checkpoint_manifest(
+        let config = image_config_with_parts(host, &written.diff_id, parts);
+        let mut manifest = checkpoint_manifest(
             &config,
             checkpoint_annotations(meta, host),
             layer_media_type(compression),
             &layer_digest,
             layer_bytes,
         );
+        add_parts(&mut manifest, parts);
         self.runtime
             .block_on(async {
                 if sized.is_none() {
@@ -474,11 +716,12 @@ impl Registry {
             .map_err(|e| classify(&r, "push (manifest)", e))?;
         Ok(PushedCheckpoint {
             push: Transfer {
-                layer_bytes,
+                layer_bytes: layer_bytes + parts.iter().map(|p| p.size).sum::<u64>(),
                 elapsed: start.elapsed(),
             },
             pack,
             layer_digest,
+            parts: parts.len(),
         })
     }
 
@@ -490,17 +733,22 @@ impl Registry {
         &self,
         r: &Reference,
         rx: mpsc::Receiver<stream::Item>,
+        moved: &Arc<AtomicU64>,
         sized: Option<&archive::Written>,
         host: &HostFacts,
+        parts: &[Part],
     ) -> std::result::Result<(String, u64), OciDistributionError> {
         let Some(w) = sized else {
-            return self.push_layer(r, rx).await;
+            return self.push_layer(r, rx, moved).await;
         };
-        let config = image_config(host, &w.diff_id);
+        let config = image_config_with_parts(host, &w.diff_id, parts);
         let config_digest = sha256_digest(&config);
-        let layer =
-            self.client
-                .push_blob_stream(r, receiver_stream(rx), &w.diff_id, Some(w.tar_bytes));
+        let layer = self.client.push_blob_stream(
+            r,
+            receiver_stream(rx, moved),
+            &w.diff_id,
+            Some(w.tar_bytes),
+        );
         let config = self.client.push_blob(r, config, &config_digest);
         futures_util::future::try_join(layer, config).await?;
         Ok((w.diff_id.clone(), w.tar_bytes))
@@ -508,10 +756,12 @@ impl Registry {
 
     /// Sends the chunks from `rx` as one blob: in one request when there
     /// is only one, else as a chunked upload. Returns its digest and size.
+    /// Counts what it hands to the client in `moved`.
     async fn push_layer(
         &self,
         r: &Reference,
         mut rx: mpsc::Receiver<stream::Item>,
+        moved: &Arc<AtomicU64>,
     ) -> std::result::Result<(String, u64), OciDistributionError> {
         let first = rx.recv().await.transpose()?;
         let second = rx.recv().await.transpose()?;
@@ -521,11 +771,13 @@ impl Registry {
                 let digest = sha256_digest(&only);
                 let len = only.len() as u64;
                 self.client.push_blob(r, only, &digest).await?;
+                moved.fetch_add(len, Ordering::Relaxed);
                 Ok((digest, len))
             }
             (Some(first), Some(second)) => {
-                let all =
-                    futures_util::stream::iter([Ok(first), Ok(second)]).chain(receiver_stream(rx));
+                let all = futures_util::stream::iter([Ok(first), Ok(second)])
+                    .inspect(move_count(moved.clone()))
+                    .chain(receiver_stream(rx, moved));
                 let done = self.client.push_blob_stream_chunked(r, all).await?;
                 Ok((done.blob_digest, done.size))
             }
@@ -543,6 +795,20 @@ pub struct PushedCheckpoint {
     pub pack: Duration,
     /// The layer's digest (`sha256:...`).
     pub layer_digest: String,
+    /// How many part layers carried the pages images (0 unless pushed
+    /// with [`Registry::push_checkpoint_while`]).
+    pub parts: usize,
+}
+
+/// What [`Registry::push_archive`] packs and pushes.
+#[derive(Clone, Copy)]
+struct Archive<'a> {
+    images: &'a criu::ImagesDir,
+    meta: &'a ArchiveMeta,
+    host: &'a HostFacts,
+    compression: Compression,
+    /// Pushed already: left out of the archive, listed after it.
+    parts: &'a [Part],
 }
 
 /// What [`Registry::pull_checkpoint`] did.
@@ -563,13 +829,65 @@ fn stopped_by_the_push(e: &Error) -> bool {
     matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
-/// The chunks from `rx`, as the stream a push sends.
+/// The chunks from `rx`, as the stream a push sends, counted into
+/// `moved` as the client takes them.
 fn receiver_stream(
     rx: mpsc::Receiver<stream::Item>,
+    moved: &Arc<AtomicU64>,
 ) -> impl futures_util::Stream<Item = stream::Item> + Send + 'static {
     futures_util::stream::unfold(rx, |mut rx| async {
         rx.recv().await.map(|item| (item, rx))
     })
+    .inspect(move_count(moved.clone()))
+}
+
+/// Adds each chunk's length to `moved`.
+fn move_count(moved: Arc<AtomicU64>) -> impl FnMut(&stream::Item) {
+    move |item| {
+        if let Ok(chunk) = item {
+            moved.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How many parts of a migration image's pages a pull fetches at once.
+const PARTS_IN_FLIGHT: usize = 2;
+
+/// A transfer's progress callback, as the methods take it.
+type ProgressFn<'p> = &'p mut dyn FnMut(u64, Option<u64>);
+
+/// How often, at most, a transfer's progress callback is called while
+/// bytes move (plus once at the end).
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+/// Runs `fut`, calling `progress` with `moved` (and `total`) every
+/// [`PROGRESS_EVERY`] if it changed, and when `fut` ends if it changed
+/// since it was last told (so the final count is always told, once).
+async fn reporting<F: std::future::Future>(
+    fut: F,
+    moved: &AtomicU64,
+    total: Option<u64>,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut told = None;
+    let mut report = |progress: &mut dyn FnMut(u64, Option<u64>)| {
+        let now = moved.load(Ordering::Relaxed);
+        if told != Some(now) {
+            told = Some(now);
+            progress(now, total);
+        }
+    };
+    loop {
+        let tick = std::pin::pin!(tokio::time::sleep(PROGRESS_EVERY));
+        match futures_util::future::select(fut.as_mut(), tick).await {
+            futures_util::future::Either::Left((out, _)) => {
+                report(progress);
+                return out;
+            }
+            futures_util::future::Either::Right(_) => report(progress),
+        }
+    }
 }
 
 /// A plain archive's size and digest, from a first pass that writes it
@@ -584,13 +902,15 @@ fn sized_in_advance(
     images: &criu::ImagesDir,
     meta: &ArchiveMeta,
     compression: Compression,
+    skip: &[String],
 ) -> Result<Option<archive::Written>> {
     match compression {
-        Compression::None => Ok(Some(archive::write(
+        Compression::None => Ok(Some(archive::write_skipping(
             images,
             meta,
             std::io::sink(),
             Compression::None,
+            skip,
         )?)),
         Compression::Gzip => Ok(None),
     }
@@ -672,10 +992,11 @@ fn pack_into(
     images: &criu::ImagesDir,
     meta: &ArchiveMeta,
     compression: Compression,
+    skip: &[String],
     mut chunks: Chunks,
 ) -> Result<(archive::Written, Duration)> {
     let t = Instant::now();
-    match archive::write(images, meta, &mut chunks, compression) {
+    match archive::write_skipping(images, meta, &mut chunks, compression, skip) {
         Ok(written) => {
             chunks
                 .finish()

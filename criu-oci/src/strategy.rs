@@ -1,6 +1,8 @@
 //! The registry route as a migration strategy of criu-rs's
 //! ([`criu::migrate::strategy`]): the source dumps with its tree held,
-//! pushes the checkpoint as an OCI image and tells the destination, over
+//! pushes the checkpoint as an OCI image (a plain layer's pages going up
+//! in parts while CRIU writes them, see [`crate::parts`]; the rest once
+//! the dump is over) and tells the destination, over
 //! the migration's stream, which reference and layer it pushed; the
 //! destination pulls it (every blob checked against its digest, the
 //! annotations against this host, the layer's size against the source's
@@ -107,24 +109,39 @@ impl SourceStrategy for PushTo<'_> {
             )
         })?;
         let dump = source.dump(DumpPlan::new())?;
-        let images = source.images_ready(dump)?;
-        let pushed = self
-            .registry
-            .push_checkpoint(
-                &self.reference,
-                images.dir(),
-                &meta,
-                &host,
-                self.compression,
+        let failed = |e| {
+            typed(
+                e,
+                Step::Transfer,
+                SourceState::Resumed,
+                &format!("pushing the checkpoint to {}", self.reference),
             )
-            .map_err(|e| {
-                typed(
-                    e,
-                    Step::Transfer,
-                    SourceState::Resumed,
-                    &format!("pushing the checkpoint to {}", self.reference),
-                )
-            })?;
+        };
+        let (images, pushed) = match self.compression {
+            // The pages go up while CRIU writes them.
+            Compression::None => {
+                let dir = dump.dir();
+                self.registry
+                    .push_checkpoint_while(&self.reference, dir, &meta, &host, || {
+                        Ok(source.images_ready(dump)?)
+                    })
+                    .map_err(failed)?
+            }
+            _ => {
+                let images = source.images_ready(dump)?;
+                let pushed = self
+                    .registry
+                    .push_checkpoint(
+                        &self.reference,
+                        images.dir(),
+                        &meta,
+                        &host,
+                        self.compression,
+                    )
+                    .map_err(failed)?;
+                (images, pushed)
+            }
+        };
         source.step(Step::Transfer);
         source.send(&Own::Pushed {
             reference: self.reference.clone(),

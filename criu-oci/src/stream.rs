@@ -1,12 +1,15 @@
 //! The adapters that let a checkpoint stream through the registry client
 //! with bounded memory: [`Chunks`] turns the archive writer's output into
 //! the chunks a push sends; [`PieceWriter`] hands a pulled blob to the
-//! unpacking thread ([`Pieces`]), and [`Spooled`] takes one into a
+//! unpacking thread ([`Pieces`]), [`Counted`] counts a blob's bytes for
+//! progress reports, and [`Spooled`] takes one into a
 //! temporary file, either through [`Capped`], which holds it to the size
 //! its descriptor says.
 
 use std::io::{self, Write};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -211,6 +214,31 @@ impl Write for PieceWriter {
 
     fn flush(&mut self) -> io::Result<()> {
         self.send_buffered()
+    }
+}
+
+/// A `Write` that counts what passes through it into a shared counter,
+/// which the driver of a pull reads to report progress.
+pub(crate) struct Counted<W> {
+    inner: W,
+    moved: Arc<AtomicU64>,
+}
+
+impl<W> Counted<W> {
+    pub(crate) fn new(inner: W, moved: Arc<AtomicU64>) -> Counted<W> {
+        Counted { inner, moved }
+    }
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(data)?;
+        self.moved.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 

@@ -426,6 +426,73 @@ fn streamed_push_and_pull_with_credentials(
     }
 }
 
+/// Checks what a progress callback was told: at least one report, the
+/// bytes strictly increasing and never beyond the size, every report
+/// with `total`, the last one at `size`.
+fn assert_progress(what: &str, reports: &[(u64, Option<u64>)], size: u64, total: Option<u64>) {
+    assert!(!reports.is_empty(), "{what}: no report");
+    for pair in reports.windows(2) {
+        assert!(pair[0].0 < pair[1].0, "{what}: not increasing: {reports:?}");
+    }
+    for r in reports {
+        assert_eq!(r.1, total, "{what}: {reports:?}");
+        assert!(r.0 <= size, "{what}: beyond {size}: {reports:?}");
+    }
+    assert_eq!(reports.last().unwrap().0, size, "{what}: {reports:?}");
+}
+
+#[test]
+fn push_and_pull_report_their_bytes_up_to_the_layer_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, images) = real_dump_of(dir.path(), true, 24);
+    let meta = ArchiveMeta::of_process(w.pid(), "counter");
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    for compression in [Compression::None, Compression::Gzip] {
+        let reference = reg.fresh_reference("progress");
+        let mut pushed_reports = Vec::new();
+        let pushed = hosts
+            .a
+            .run(|| {
+                Registry::new(&http())?.push_checkpoint_with_progress(
+                    &reference,
+                    &images,
+                    &meta,
+                    &host,
+                    compression,
+                    &mut |done, total| pushed_reports.push((done, total)),
+                )
+            })
+            .unwrap()
+            .unwrap();
+        let size = pushed.push.layer_bytes;
+        assert!(size > 4 << 20, "more than one chunk: {pushed:?}");
+        // A plain layer's size is measured before the upload; a gzip
+        // layer's is known only at its end.
+        let known = (compression == Compression::None).then_some(size);
+        assert_progress("push", &pushed_reports, size, known);
+        let target = dir.path().join(format!("pulled-{compression:?}"));
+        let mut pulled_reports = Vec::new();
+        let pulled = hosts
+            .b
+            .run(|| {
+                Registry::new(&http())?.pull_checkpoint_with_progress(
+                    &reference,
+                    &host,
+                    &target,
+                    &Limits::default(),
+                    &mut |done, total| pulled_reports.push((done, total)),
+                )
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(pulled.pull.layer_bytes, size);
+        assert_progress("pull", &pulled_reports, size, Some(size));
+        assert_same_images(&images, &pulled.unpacked.images().unwrap());
+    }
+}
+
 /// Every image of `a` (CRIU's log and statistics aside) is in `b`, byte
 /// for byte.
 fn assert_same_images(a: &criu::ImagesDir, b: &criu::ImagesDir) {
@@ -860,6 +927,82 @@ fn a_layer_tampered_inside_a_file_is_refused_and_leaves_no_target() {
     assert!(!target.exists(), "the unpacked files are removed");
     let e = pull_on_b(&hosts, &http(), &reference).unwrap_err();
     assert!(e.is_digest_mismatch(), "{e}");
+}
+
+/// The blob file in `reg`'s storage whose content is `data`.
+fn blob_holding(reg: &RegistryHost, data: &[u8]) -> std::path::PathBuf {
+    let root = reg.storage().join("docker/registry/v2/blobs/sha256");
+    for prefix in std::fs::read_dir(&root).unwrap().flatten() {
+        for blob in std::fs::read_dir(prefix.path()).unwrap().flatten() {
+            let path = blob.path().join("data");
+            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if len == data.len() as u64 && std::fs::read(&path).unwrap() == data {
+                return path;
+            }
+        }
+    }
+    panic!("no blob of {} bytes holds that", data.len());
+}
+
+#[test]
+fn a_migration_image_carries_its_pages_in_parts_each_checked_before_it_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, images) = real_dump_of(dir.path(), true, 40);
+    let host = HostFacts::current(&criu::Criu::new()).unwrap();
+    let meta = ArchiveMeta::of_process(w.pid(), "counter");
+    let pages = std::fs::read(images.path().join("pages-1.img")).unwrap();
+    let part = 32 << 20;
+    assert!(pages.len() > part, "more than one part: {}", pages.len());
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    let reference = reg.fresh_reference("parts");
+    // The images are complete already: the parts go up at once.
+    let ((), pushed) = hosts
+        .a
+        .run(|| {
+            Registry::new(&http())?
+                .push_checkpoint_while(&reference, &images, &meta, &host, || Ok(()))
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(pushed.parts, pages.len().div_ceil(part), "{pushed:?}");
+    assert!(pushed.push.layer_bytes > pages.len() as u64, "{pushed:?}");
+    let pull = |target: &Path, reports: &mut Vec<(u64, Option<u64>)>| {
+        hosts
+            .b
+            .run(|| {
+                Registry::new(&http())?.pull_checkpoint_with_progress(
+                    &reference,
+                    &host,
+                    target,
+                    &Limits::default(),
+                    &mut |done, total| reports.push((done, total)),
+                )
+            })
+            .unwrap()
+    };
+    let target = dir.path().join("pulled");
+    let mut reports = Vec::new();
+    let pulled = pull(&target, &mut reports).unwrap();
+    let size = pushed.push.layer_bytes;
+    assert_eq!(pulled.pull.layer_bytes, size);
+    assert_progress("pull of parts", &reports, size, Some(size));
+    assert_same_images(&images, &pulled.unpacked.images().unwrap());
+    // The whole image in one file is not what this is: refused, named.
+    let e = pull_on_b(&hosts, &http(), &reference).unwrap_err();
+    assert!(matches!(e, Error::Malformed(_)), "{e}");
+
+    // One byte flipped in the second part: refused by its digest, and
+    // nothing pulled is left.
+    let blob = blob_holding(&reg, &pages[part..]);
+    let mut data = std::fs::read(&blob).unwrap();
+    let middle = data.len() / 2;
+    data[middle] ^= 0xff;
+    std::fs::write(&blob, &data).unwrap();
+    let target = dir.path().join("tampered");
+    let e = pull(&target, &mut Vec::new()).unwrap_err();
+    assert!(e.is_digest_mismatch(), "{e}");
+    assert!(!target.exists(), "the unpacked files are removed");
 }
 
 /// Restores the unpacked checkpoint of `w` (dumped and killed), with

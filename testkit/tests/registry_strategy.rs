@@ -90,7 +90,8 @@ fn the_registry_strategy_moves_a_live_workload_through_a_registry() {
     let reg = RegistryHost::start(&hosts, None).unwrap();
     let reference = reg.fresh_reference("strategy");
     let (a, b) = reg.clients(&hosts, &reference).unwrap();
-    let mut w = fixture::counter_on(&hosts.a, &dir.path().join("out.log"), 8);
+    // More than one 32 MiB part of pages, pushed while CRIU writes them.
+    let mut w = fixture::counter_on(&hosts.a, &dir.path().join("out.log"), 40);
     let sum = w.memory_checksum().unwrap();
     w.wait_for_seq(50, WAIT).unwrap();
 
@@ -124,11 +125,12 @@ fn the_registry_strategy_moves_a_live_workload_through_a_registry() {
     // The memory went through the registry, not the stream.
     assert_eq!(src.transfer.bytes, 0, "no images over the stream");
     assert!(
-        src.page_server_bytes >= 8 << 20,
+        src.page_server_bytes >= 40 << 20,
         "the layer carried the memory: {} bytes",
         src.page_server_bytes
     );
     let pushed = push.pushed().expect("pushed");
+    assert_eq!(pushed.parts, 2, "the pages in parts: {pushed:?}");
     let pulled = pull.pulled().expect("pulled");
     assert_eq!(pulled.reference, reference);
     assert_eq!(pulled.layer_digest, pushed.layer_digest);

@@ -13,7 +13,7 @@ use super::archive::{checkpoint_dir, meta};
 use crate::args::{PullArgs, PushArgs, RegistryArgs};
 use crate::error::{CliError, CliResult};
 use crate::output::print_json;
-use crate::progress::{bytes_under, Spinner};
+use crate::progress::{bytes_under, Bar, Spinner};
 
 /// Where an image goes or comes from.
 enum Target {
@@ -64,23 +64,36 @@ fn registry(a: &RegistryArgs) -> CliResult<Registry> {
     Ok(Registry::new(&config)?)
 }
 
+/// A registry transfer's progress callback: a byte bar labelled `label`
+/// on stderr when `shown` (not `--json`) and stderr is a terminal (the
+/// bar checks), saying `unknown` while the layer's size is not known;
+/// nothing otherwise. The bar goes when the callback is dropped.
+fn bar(shown: bool, label: &'static str, unknown: &'static str) -> impl FnMut(u64, Option<u64>) {
+    let mut bar = shown.then(|| Bar::new(label).unknown_total(unknown));
+    move |done, total| {
+        if let Some(b) = &mut bar {
+            b.update(done, total.unwrap_or(0));
+        }
+    }
+}
+
 /// Pushes the checkpoint.
 pub fn push(a: &PushArgs) -> CliResult {
     let images = checkpoint_dir(&a.images_dir)?;
     let host = HostFacts::current(&Criu::new())?;
     let meta = meta(&a.meta);
-    let size = bytes_under(images.path());
-    let spinner = Spinner::start(
-        !a.json,
-        format!(
-            "pushing {} of images to {}",
-            indicatif::HumanBytes(size),
-            a.reference
-        ),
-        || None,
-    );
     let report = match target(&a.reference)? {
         Target::Layout(dir, tag) => {
+            let size = bytes_under(images.path());
+            let _spinner = Spinner::start(
+                !a.json,
+                format!(
+                    "writing {} of images to {}",
+                    indicatif::HumanBytes(size),
+                    a.reference
+                ),
+                || None,
+            );
             let image = CheckpointImage::build(&images, &meta, &host, a.compression.into())?;
             let digest = layout::write(&dir, &tag, &image)?;
             json!({
@@ -92,8 +105,15 @@ pub fn push(a: &PushArgs) -> CliResult {
         }
         Target::Registry(reference) => {
             let r = registry(&a.registry)?;
-            let pushed =
-                r.push_checkpoint(&reference, &images, &meta, &host, a.compression.into())?;
+            let mut progress = bar(!a.json, "pushing", "gzip: its size is known at the end");
+            let pushed = r.push_checkpoint_with_progress(
+                &reference,
+                &images,
+                &meta,
+                &host,
+                a.compression.into(),
+                &mut progress,
+            )?;
             json!({
                 "reference": a.reference,
                 "layer_digest": pushed.layer_digest,
@@ -102,7 +122,6 @@ pub fn push(a: &PushArgs) -> CliResult {
             })
         }
     };
-    drop(spinner);
     if a.json {
         return print_json(&report);
     }
@@ -116,25 +135,31 @@ pub fn push(a: &PushArgs) -> CliResult {
 /// Pulls and unpacks a checkpoint.
 pub fn pull(a: &PullArgs) -> CliResult {
     let host = HostFacts::current(&Criu::new())?;
-    let into = a.target.clone();
-    let spinner = Spinner::start(
-        !a.json,
-        format!("pulling {} into {}", a.reference, a.target.display()),
-        move || Some(bytes_under(&into)),
-    );
     let (unpacked, layer_bytes) = match target(&a.reference)? {
         Target::Layout(dir, tag) => {
+            let into = a.target.clone();
+            let _spinner = Spinner::start(
+                !a.json,
+                format!("reading {} into {}", a.reference, a.target.display()),
+                move || Some(bytes_under(&into)),
+            );
             let fetched = layout::read(&dir, &tag, &host)?;
             let bytes = fetched.layer_len();
             (fetched.unpack(&a.target, &Limits::default())?, bytes)
         }
         Target::Registry(reference) => {
             let r = registry(&a.registry)?;
-            let pulled = r.pull_checkpoint(&reference, &host, &a.target, &Limits::default())?;
+            let mut progress = bar(!a.json, "pulling", "");
+            let pulled = r.pull_checkpoint_with_progress(
+                &reference,
+                &host,
+                &a.target,
+                &Limits::default(),
+                &mut progress,
+            )?;
             (pulled.unpacked, pulled.pull.layer_bytes)
         }
     };
-    drop(spinner);
     let images = unpacked.root.join(criu_oci::archive::CHECKPOINT_DIR);
     if a.json {
         return print_json(&json!({

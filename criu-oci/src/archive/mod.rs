@@ -200,6 +200,18 @@ pub fn write(
     out: impl Write,
     compression: Compression,
 ) -> Result<Written> {
+    write_skipping(images, meta, out, compression, &[])
+}
+
+/// [`write`], leaving out the images named in `skip` (pages images that
+/// travel as parts, see [`crate::parts`]).
+pub(crate) fn write_skipping(
+    images: &criu::ImagesDir,
+    meta: &ArchiveMeta,
+    out: impl Write,
+    compression: Compression,
+    skip: &[String],
+) -> Result<Written> {
     for (name, _) in &meta.extra {
         if !EXTRA_FILES.contains(&name.as_str()) {
             return Err(Error::Malformed(format!(
@@ -208,10 +220,10 @@ pub fn write(
         }
     }
     match compression {
-        Compression::None => write_tar(images, meta, out),
+        Compression::None => write_tar(images, meta, out, skip),
         Compression::Gzip => {
             let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
-            let w = write_tar(images, meta, &mut gz)?;
+            let w = write_tar(images, meta, &mut gz, skip)?;
             gz.try_finish()
                 .map_err(|e| Error::io("finishing the gzip stream", e))?;
             Ok(w)
@@ -254,7 +266,12 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-fn write_tar(images: &criu::ImagesDir, meta: &ArchiveMeta, out: impl Write) -> Result<Written> {
+fn write_tar(
+    images: &criu::ImagesDir,
+    meta: &ArchiveMeta,
+    out: impl Write,
+    skip: &[String],
+) -> Result<Written> {
     let hashing = HashingWriter::new(out);
     let mut tar = tar::Builder::new(hashing);
     let mut files = 0;
@@ -277,7 +294,7 @@ fn write_tar(images: &criu::ImagesDir, meta: &ArchiveMeta, out: impl Write) -> R
         files += 1;
     }
     append_dir(&mut tar, CHECKPOINT_DIR).map_err(io("writing the checkpoint directory"))?;
-    files += append_images(&mut tar, images.path(), Path::new(CHECKPOINT_DIR))?;
+    files += append_images(&mut tar, images.path(), Path::new(CHECKPOINT_DIR), skip)?;
     let hashing = tar.into_inner().map_err(io("finishing the tar stream"))?;
     Ok(Written {
         tar_bytes: hashing.bytes,
@@ -288,7 +305,12 @@ fn write_tar(images: &criu::ImagesDir, meta: &ArchiveMeta, out: impl Write) -> R
 
 /// Adds the images under `dir` as `prefix/...`, sorted, leaving out the
 /// files that go to the top level.
-fn append_images<W: Write>(tar: &mut tar::Builder<W>, dir: &Path, prefix: &Path) -> Result<usize> {
+fn append_images<W: Write>(
+    tar: &mut tar::Builder<W>,
+    dir: &Path,
+    prefix: &Path,
+    skip: &[String],
+) -> Result<usize> {
     let mut names: Vec<_> = fs::read_dir(dir)
         .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?
         .filter_map(|e| e.ok().map(|e| e.file_name()))
@@ -296,7 +318,8 @@ fn append_images<W: Write>(tar: &mut tar::Builder<W>, dir: &Path, prefix: &Path)
     names.sort();
     let mut files = 0;
     for name in names {
-        if prefix == Path::new(CHECKPOINT_DIR) && (name == STATS_DUMP || name == DUMP_LOG) {
+        let top = prefix == Path::new(CHECKPOINT_DIR);
+        if top && (name == STATS_DUMP || name == DUMP_LOG || skip.iter().any(|s| name == **s)) {
             continue;
         }
         let path = dir.join(&name);
@@ -310,7 +333,7 @@ fn append_images<W: Write>(tar: &mut tar::Builder<W>, dir: &Path, prefix: &Path)
             tar.append_link(&mut h, &inside, &target).map_err(io)?;
         } else if meta.is_dir() {
             append_dir(tar, &inside).map_err(io)?;
-            files += append_images(tar, &path, &inside)?;
+            files += append_images(tar, &path, &inside, &[])?;
         } else if meta.is_file() {
             let f = fs::File::open(&path).map_err(io)?;
             let mut h = header(tar::EntryType::Regular, meta.len(), 0o600);

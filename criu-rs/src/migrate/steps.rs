@@ -168,6 +168,15 @@ pub struct Dump<'s> {
     serves: bool,
 }
 
+impl<'s> Dump<'s> {
+    /// The directory the dump is writing (complete only once
+    /// [`Source::images_ready`] or [`Source::stream_images`] says so):
+    /// for a strategy that follows the images as they are written.
+    pub fn dir(&self) -> &'s ImagesDir {
+        self.dumping.images()
+    }
+}
+
 /// The dump's images, complete, with the source held (see
 /// [`Source::stream_images`], [`Source::images_ready`]).
 pub struct Images<'s> {
