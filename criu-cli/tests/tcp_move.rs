@@ -134,6 +134,7 @@ fn a_server_moves_with_its_client_connected_and_its_address() {
     let ready_s = ready.to_str().unwrap();
     let (_server, root) = start_on_a(
         &net,
+        d,
         &["/usr/bin/python3", server_py.to_str().unwrap(), ready_s],
     );
     assert!(wait_for(|| ready.exists()), "the server never listened");
@@ -203,11 +204,15 @@ fn assert_on(pid: i32, ns: &str, what: &str) {
     );
 }
 
-/// Starts `argv` on host a as the init of its own PID namespace; the
-/// unshare process (killed on drop) and the tree's root pid.
-fn start_on_a(net: &Net, argv: &[&str]) -> (Killed, i32) {
+/// Starts `argv` on host a as the init of its own PID namespace, in
+/// `dir`; the unshare process (killed on drop) and the tree's root pid.
+/// Its own working directory: CRIU's parasite makes `proc.crtools` in the
+/// dumped task's (its /proc is not its PID namespace's), and two dumps
+/// from one directory at once fail with EEXIST.
+fn start_on_a(net: &Net, dir: &Path, argv: &[&str]) -> (Killed, i32) {
     let mut cmd = in_ns(net, "a", &["unshare", "--pid", "--fork", "setsid"]);
     cmd.args(argv)
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -325,6 +330,7 @@ fn redis_moves_with_its_data_and_a_connected_client_with_every_strategy() {
         let hook = write_hook(&net, d);
         let (_server, root) = start_on_a(
             &net,
+            d,
             &[
                 "redis-server",
                 "--bind",
