@@ -62,6 +62,10 @@ pub struct SendReport {
     pub downtime: Duration,
     /// What the downtime spent beyond checkpoint, transfer and restore:
     /// messages between the hosts, listing and placing the checkpoint.
+    /// At least 0: the source's transfer time ends when its thread reads
+    /// the clock after the last write, by which time the destination may
+    /// already be restoring, so the three can add up to a little more
+    /// than the downtime.
     #[serde(rename = "handoff_us", serialize_with = "micros")]
     pub handoff: Duration,
     /// The whole move, until the source container was removed.

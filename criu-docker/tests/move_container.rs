@@ -68,7 +68,16 @@ fn a_users_redis_container_moves_to_another_docker_host_with_its_data() {
     // The report adds up, with the checkpoint's bytes on the wire.
     assert!(src.transfer.bytes > (KEYS as u64) * 1024, "{src:?}");
     assert_eq!(src.transfer.bytes, dst.transfer.bytes);
-    assert!(src.downtime >= src.checkpoint + src.transfer.elapsed + src.restore);
+    // The checkpoint, then the send, on the source's one thread; the
+    // destination's restore between the checkpoint and the answer. The
+    // send's and the restore's times may overlap by a scheduling delay:
+    // the destination can start restoring before the source's thread,
+    // its last bytes written, reads its clock.
+    assert!(
+        src.downtime >= src.checkpoint + src.transfer.elapsed,
+        "{src:?}"
+    );
+    assert!(src.downtime >= src.checkpoint + src.restore, "{src:?}");
     let json = serde_json::to_value(&src).unwrap();
     assert!(json["downtime_us"].as_u64().unwrap() > 0, "{json}");
     eprintln!("moved: {json}");
