@@ -1,8 +1,8 @@
 //! A migration image's memory in part blobs, pushed while CRIU writes it.
 //!
 //! CRIU writes each `pages-<n>.img` front to back while it dumps, and
-//! nothing else of a dump is large. A follower ([`follow`]) reads what has
-//! been written, cuts it into parts of [`PART`] bytes, and hands each, with
+//! nothing else of a dump is large. A follower (`follow`) reads what has
+//! been written, cuts it into parts of 32 MiB, and hands each, with
 //! its digest, to be pushed as a blob of its own while the dump goes on;
 //! the rest of the dump (every other file, as the usual checkpoint
 //! archive without the parted pages images) goes up once the dump has
@@ -11,7 +11,7 @@
 //!
 //! On the destination each part is downloaded whole into memory, checked
 //! against its digest, and only then written into its file at its offset
-//! ([`Assembly`]); parts must follow each other without gap or overlap.
+//! (`Assembly`); parts must follow each other without gap or overlap.
 //!
 //! Such an image is criu-oci's own, for its migration routes: Podman,
 //! CRI-O and checkpointctl expect the checkpoint archive as the only
