@@ -138,6 +138,23 @@ impl DaemonConfig {
         )
     }
 
+    /// Starts `criu lazy-pages` serving a lazy restore from `images`
+    /// themselves (no page server): the pages of the images and of their
+    /// parents that CRIU marked lazy are filled in after the tree resumes,
+    /// as it touches them and in the background. It exits when every
+    /// page has been delivered.
+    #[cfg(feature = "migrate")]
+    pub(crate) fn lazy_pages_local(&self, images: &ImagesDir) -> Result<Daemon> {
+        let args: Vec<OsString> = vec!["lazy-pages".into()];
+        self.start(
+            "lazy-pages daemon",
+            "lazy-pages.log",
+            images.path(),
+            args,
+            None,
+        )
+    }
+
     /// Starts `criu lazy-pages` fetching the lazy dump's pages over
     /// `socket`, already connected to the dump's page server
     /// (`--ps-socket`; no TLS of CRIU's: the migration's transport carries
