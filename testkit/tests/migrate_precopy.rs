@@ -292,3 +292,79 @@ fn a_destination_refusing_the_restore_leaves_the_source_intact() {
     assert!(passes(&dst_dir).is_empty(), "{:?}", passes(&dst_dir));
     assert!(!dst_dir.join("images").exists());
 }
+
+/// The destination's own lazy-pages daemon (see `strategy/pre_copy.rs`)
+/// killed at post-restore, before the restored tree resumes: the
+/// destination fails (CRIU 4.2.1 fails the restore itself; had the tree
+/// resumed, the daemon's exit would fail the move and kill the copy), and
+/// the source, never released, resumes with every word right.
+#[test]
+fn a_lazy_pages_daemon_that_dies_fails_the_move_and_the_source_resumes() {
+    let test = "a_lazy_pages_daemon_that_dies_fails_the_move_and_the_source_resumes";
+    if !tracking_or_skip(test) {
+        return;
+    }
+    if !Criu::new().feature_check().unwrap().lazy_pages {
+        criu_testkit::skip::skip(
+            &format!("migrate_precopy::{test}"),
+            "CRIU cannot restore lazily here (no userfaultfd), so pre-copy's destination \
+             restores without a lazy-pages daemon",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let mut w = workload(&hosts, &dir.path().join("out.log"));
+    w.wait_for_seq(w.last_seq() + 50, WAIT).unwrap();
+
+    let needle = dir.path().join("dst").to_string_lossy().into_owned();
+    let killed = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let (seen, restored) = (
+        killed.clone(),
+        std::sync::Arc::new(std::sync::Mutex::new(None)),
+    );
+    let named = restored.clone();
+    let run = migrate(&hosts, w.pid(), dir.path(), move |c| {
+        c.customize(move |o| {
+            let (seen, named, needle) = (seen.clone(), named.clone(), needle.clone());
+            o.on_notify(move |n| {
+                if let (criu::Event::PostRestore, Some(pid)) = (&n.event, n.pid) {
+                    *named.lock().unwrap() = Some(pid);
+                    let daemon = criu_testkit::find_process(&needle);
+                    if let Some(p) = daemon {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(p),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    *seen.lock().unwrap() = daemon;
+                }
+                std::ops::ControlFlow::Continue(())
+            });
+        })
+    });
+    assert!(
+        killed.lock().unwrap().is_some(),
+        "a lazy-pages daemon served the restore from {}",
+        dir.path().join("dst").display()
+    );
+    let e = run.src.expect_err("the daemon died");
+    let d = run.dst.expect_err("the daemon died");
+    eprintln!("source: {e}\ndestination: {d}");
+    assert_eq!(e.source_state(), Some(SourceState::Resumed), "{e}");
+
+    // The restored copy is gone; the source runs on, every word right.
+    let copy = restored
+        .lock()
+        .unwrap()
+        .expect("CRIU named the restored root");
+    assert!(
+        criu_testkit::wait_until(WAIT, || !criu_testkit::alive(copy)),
+        "the restored copy {copy} is killed"
+    );
+    let seq = w.last_seq();
+    w.wait_for_seq(seq + 50, WAIT).unwrap();
+    assert!(w.is_running(), "the source runs on");
+    let (writes, ok) = w.verify_memory(w.pid(), WAIT).unwrap();
+    assert!(ok, "the source's memory is intact ({writes} page writes)");
+}
