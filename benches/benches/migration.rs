@@ -29,6 +29,10 @@
 //! the source report's `stopped_to_restored`. `CRIU_RS_BENCH_PRECOPY=0`
 //! leaves them out.
 //!
+//! `CRIU_RS_BENCH_LAZY_RESTORE=1` adds stop-and-copy with the destination
+//! restoring lazily from the received images
+//! (`DestConfig::restore_lazily`), row `stop-and-copy+lazy-restore`.
+//!
 //! After the table, `targets` prints each target of issue #27 as a ratio
 //! of medians with its verdict: stop-and-copy over a local dump + restore
 //! on tmpfs (<= 1.3x at 1 GiB), TLS over plain per strategy (<= 1.15x or
@@ -47,7 +51,7 @@ use criu_rs_benches::{
     become_subreaper, median, migration_sizes, out_dir, reps, strategies, workload, Fs,
 };
 use criu_testkit::link::Security;
-use criu_testkit::measure::migrate_workload_over;
+use criu_testkit::measure::{migrate_workload_over, migrate_workload_with};
 use plotters::prelude::*;
 use serde::Serialize;
 
@@ -163,6 +167,16 @@ fn transports() -> Vec<Security> {
     v
 }
 
+/// The row of stop-and-copy restored lazily on the destination
+/// (`DestConfig::restore_lazily`), run when `CRIU_RS_BENCH_LAZY_RESTORE=1`.
+const SC_LAZY: &str = "stop-and-copy+lazy-restore";
+
+/// Whether stop-and-copy restored lazily runs too
+/// (`CRIU_RS_BENCH_LAZY_RESTORE=1`).
+fn with_lazy_restore() -> bool {
+    std::env::var("CRIU_RS_BENCH_LAZY_RESTORE").is_ok_and(|v| v == "1")
+}
+
 /// Whether the registry route runs too (`CRIU_RS_BENCH_REGISTRY=1`).
 fn with_registry() -> bool {
     std::env::var("CRIU_RS_BENCH_REGISTRY").is_ok_and(|v| v == "1")
@@ -212,7 +226,7 @@ fn print_targets(rows: &[Summary]) {
     let tls = |s: Strategy| row_name(s, Security::Tls);
     let sc = Strategy::StopAndCopy;
     for &mib in &sizes {
-        for name in [sc.to_string(), tls(sc)] {
+        for name in [sc.to_string(), tls(sc), SC_LAZY.to_string()] {
             if let (Some(a), Some(b)) = (down(rows, &name, mib), down(rows, LOCAL, mib)) {
                 let limit = if mib >= 1024 { 1.3 } else { f64::INFINITY };
                 target_line(&format!("{name} / {LOCAL} at {mib} MiB"), a, b, limit, None);
@@ -308,6 +322,17 @@ fn main() {
                     }
                 }
             }
+            if with_lazy_restore() {
+                let start = Instant::now();
+                let lazily = || criu::migrate::DestConfig::new().restore_lazily(true);
+                match migrate_workload_with(Security::Plain, Strategy::StopAndCopy, lazily, &format!("memory:{mib}"), mib, Duration::from_millis(300), |_, _| {}) {
+                    Ok(r) if r.continued && r.memory_intact != Some(false) => {
+                        by.entry(SC_LAZY.into()).or_default().add_migration(&r, start.elapsed());
+                    }
+                    Ok(r) => panic!("{SC_LAZY} {mib} MiB run {rep}: the workload did not continue correctly: {r:?}"),
+                    Err(e) => panic!("{SC_LAZY} {mib} MiB run {rep}: {e}"),
+                }
+            }
             if with_registry() {
                 let start = Instant::now();
                 match criu_testkit::registry::migrate_via_registry(criu_testkit::registry::Compression::None, &format!("memory:{mib}"), mib, Duration::from_millis(300)) {
@@ -345,7 +370,7 @@ fn main() {
         let names = Strategy::ALL
             .iter()
             .flat_map(|&s| [row_name(s, Security::Plain), row_name(s, Security::Tls)])
-            .chain([SC_WRITES, PC_WRITES, "registry", LOCAL].map(String::from));
+            .chain([SC_LAZY, SC_WRITES, PC_WRITES, "registry", LOCAL].map(String::from));
         for name in names {
             if let Some(runs) = by.remove(&name) {
                 rows.push(runs.summary(&name, mib));

@@ -261,6 +261,28 @@ pub fn migrate_workload_over(
     warmup: Duration,
     progress: impl FnMut(u64, u64) + Send,
 ) -> Result<Row, BoxError> {
+    migrate_workload_with(
+        security,
+        strategy,
+        DestConfig::new,
+        workload,
+        mib,
+        warmup,
+        progress,
+    )
+}
+
+/// [`migrate_workload_over`] with the destination's settings from `dest`
+/// (the images still in memory on both hosts).
+pub fn migrate_workload_with<'a>(
+    security: Security,
+    strategy: Strategy,
+    dest: impl FnOnce() -> DestConfig<'a> + Send,
+    workload: &str,
+    mib: usize,
+    warmup: Duration,
+    progress: impl FnMut(u64, u64) + Send + 'a,
+) -> Result<Row, BoxError> {
     let links = DemoLinks::new(security)?;
     let mut started = Started::new("criu-rs-migrate-", mib, warmup)?;
     let pid_before = started.pid;
@@ -270,7 +292,7 @@ pub fn migrate_workload_over(
         // The images live in memory on both hosts (no disk in the path),
         // in private tmpfs directories removed when each side returns.
         || SourceConfig::new(strategy).progress(progress),
-        DestConfig::new,
+        dest,
         None,
     )?;
     let (src, dst) = (run.src, run.dst);

@@ -145,6 +145,47 @@ fn stop_and_copy_in_memory_moves_the_workload_word_for_word() {
     assert!(!criu_testkit::alive(pid));
 }
 
+/// `DestConfig::restore_lazily`: stop-and-copy's destination leaves the
+/// memory to a lazy-pages daemon of its own reading the received images;
+/// the copy is reported once every page is in, and its memory is the
+/// source's word for word. Where CRIU cannot restore lazily, a loud skip.
+#[test]
+fn stop_and_copy_restored_lazily_moves_the_workload_word_for_word() {
+    let test = "migrate::stop_and_copy_restored_lazily_moves_the_workload_word_for_word";
+    if !criu::Criu::new().feature_check().unwrap().lazy_pages {
+        criu_testkit::skip::skip(test, "CRIU cannot restore lazily here (no userfaultfd)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let mut w = fixture::counter_on(&hosts.a, &dir.path().join("out.log"), 32);
+    let sum = w.memory_checksum().unwrap();
+    w.wait_for_seq(50, WAIT).unwrap();
+    let run = hosts
+        .migrate(
+            w.pid(),
+            || SourceConfig::new(Strategy::StopAndCopy),
+            || DestConfig::new().restore_lazily(true),
+            None,
+        )
+        .unwrap();
+    let src = run.src.unwrap_or_else(|e| panic!("stop-and-copy: {e}"));
+    let dst = run.dst.unwrap_or_else(|e| panic!("stop-and-copy: {e}"));
+    w.reap(WAIT).unwrap();
+    // CRIU filled only what cannot be lazy (the stack, non-anonymous
+    // memory) before the tree resumed: far less than the 32 MiB.
+    let filled = dst.restore.stats.and_then(|s| s.pages_restored);
+    eprintln!("pages filled before the resume: {filled:?}");
+    let filled = filled.expect("the restore's statistics count its pages");
+    assert!(filled < 1024, "{filled} pages filled before the resume");
+    let pid = dst.child.pid();
+    assert_eq!(src.restored_pid, pid);
+    let (sum_after, ok) = w.verify_memory(pid, WAIT).unwrap();
+    assert!(ok && sum_after == sum, "memory pattern intact");
+    drop(dst);
+    assert!(!criu_testkit::alive(pid));
+}
+
 #[test]
 fn page_server_moves_the_workload_to_host_b() {
     check_strategy(Strategy::PageServer);

@@ -165,6 +165,7 @@ pub struct DestConfig<'a> {
     pub(super) limits: Limits,
     pub(super) time_limit: Duration,
     pub(super) tcp_established: bool,
+    pub(super) restore_lazily: Option<bool>,
     pub(super) cancel: Cancel,
 }
 
@@ -192,7 +193,30 @@ impl<'a> DestConfig<'a> {
             limits: Limits::default(),
             time_limit: DEFAULT_TIME_LIMIT,
             tcp_established: false,
+            restore_lazily: None,
             cancel: Cancel::new(),
+        }
+    }
+
+    /// Whether the restore leaves the tree's memory to a lazy-pages
+    /// daemon of this host reading the received images, where CRIU can
+    /// restore lazily ([`Features::lazy_pages`](crate::Features)): the
+    /// tree resumes as soon as it is rebuilt, and its memory is filled in
+    /// as it touches it and in the background, instead of all of it
+    /// before it resumes (about a second per GiB on the machines this
+    /// was measured on). The copy is reported running, and the source
+    /// released, only once every page is in, so the source stays whole
+    /// until then; nothing crosses the network after the resume (unlike
+    /// [`Strategy::Lazy`](super::Strategy::Lazy)). Until then the tree
+    /// waits on its first touch of each page not yet filled. For the
+    /// strategies whose images arrive whole before the restore:
+    /// stop-and-copy and pre-copy. By default pre-copy does (most of its
+    /// memory arrived while the source still ran) and stop-and-copy does
+    /// not.
+    pub fn restore_lazily(self, on: bool) -> Self {
+        DestConfig {
+            restore_lazily: Some(on),
+            ..self
         }
     }
 

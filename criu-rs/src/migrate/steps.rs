@@ -935,6 +935,37 @@ impl<'s> Dest<'s> {
         Ok(images)
     }
 
+    /// Whether the restore should leave the memory to a local lazy-pages
+    /// daemon ([`Dest::restore_lazily`]): as
+    /// [`DestConfig::restore_lazily`] says, else `default`, and only
+    /// where this host's CRIU restores lazily. Asks CRIU (a check that
+    /// takes a while): call it before the images arrive.
+    pub fn lazy_restore_wanted(&self, default: bool) -> bool {
+        self.cfg.restore_lazily.unwrap_or(default)
+            && self
+                .criu
+                .feature_check()
+                .is_ok_and(|features| features.lazy_pages)
+    }
+
+    /// Restores as [`Dest::restore`] does, with the tree's memory left to
+    /// a lazy-pages daemon of this host's reading `received` (its pages,
+    /// and its parents' that CRIU marked lazy), and returns only once the
+    /// daemon has delivered every page: the source, told of the copy only
+    /// then, stays whole until the copy has all its memory. A daemon that
+    /// fails, or is still at work at the daemon timeout, fails the
+    /// migration (the copy killed, the source resumed).
+    pub fn restore_lazily(&mut self, received: Received) -> Result<Running> {
+        let cfg = self.cfg;
+        let daemon = cfg.daemons.lazy_pages_local(received.images())?;
+        let running = self.restore(received, |o| {
+            o.lazy_pages(true);
+        })?;
+        let cancel = &cfg.cancel;
+        daemon.wait_unless(cfg.daemon_timeout, || cancel.is_cancelled())?;
+        Ok(running)
+    }
+
     /// Restores the tree from `received` as a child of this process (with
     /// the caller's options, the deadline, then the strategy's `options`),
     /// continues it, and tells the source.

@@ -9,10 +9,12 @@
 //!
 //! Where CRIU can restore lazily (userfaultfd), the destination restores
 //! with a `criu lazy-pages` daemon of its own serving the memory from the
-//! images it already holds: the tree resumes once it is rebuilt, its
-//! memory filled in as it touches it and in the background, instead of
-//! the whole of it (a gigabyte takes about a second here) being filled
-//! while the tree is stopped. With the project's CRIU patch
+//! images it already holds ([`super::Dest::restore_lazily`]; unless
+//! [`DestConfig::restore_lazily`](crate::migrate::DestConfig::restore_lazily)
+//! says not to): the tree resumes once it is rebuilt, its memory filled
+//! in as it touches it and in the background, instead of the whole of it
+//! (a gigabyte takes about a second here) being filled while the tree is
+//! stopped. With the project's CRIU patch
 //! (`patches/criu-lazy-parent-pages.patch`) the passes' pages are lazy
 //! too, not only the final dump's. The destination reports its copy
 //! running once every page is in, so the source stays whole until then:
@@ -138,7 +140,7 @@ impl DestStrategy for Dest {
 
     fn run(&mut self, dest: &mut super::Dest<'_>) -> Result<Running> {
         // Asked while the source still runs: CRIU's check takes a while.
-        let lazily = can_restore_lazily(dest);
+        let lazily = dest.lazy_restore_wanted(true);
         let root = dest.work_dir().to_path_buf();
         let mut total = TransferStats::default();
         let mut passes = 0;
@@ -152,35 +154,11 @@ impl DestStrategy for Dest {
         add(&mut total, dest.receive_dir(&images)?);
         link_parent(&images, passes)?;
         let received = super::Received::new(ImagesDir::open(&images)?, total);
-        match lazily && passes > 0 {
-            true => restore_lazily(dest, received),
+        match lazily {
+            true => dest.restore_lazily(received),
             false => dest.restore(received, |_| {}),
         }
     }
-}
-
-/// Whether this host's CRIU restores lazily (userfaultfd's non-cooperative
-/// mode, `criu check --feature uffd-noncoop`).
-fn can_restore_lazily(dest: &super::Dest<'_>) -> bool {
-    dest.criu()
-        .feature_check()
-        .is_ok_and(|features| features.lazy_pages)
-}
-
-/// Restores with the memory left to a lazy-pages daemon reading the images
-/// here, and waits until it has filled every page: only then is the copy
-/// reported running and the source released. A daemon that fails (or is
-/// still at work at `DestConfig::daemon_timeout`) fails the migration:
-/// the copy is killed and the source resumes.
-fn restore_lazily(dest: &mut super::Dest<'_>, received: super::Received) -> Result<Running> {
-    let cfg = dest.config();
-    let daemon = cfg.daemons.lazy_pages_local(received.images())?;
-    let running = dest.restore(received, |o| {
-        o.lazy_pages(true);
-    })?;
-    let cancel = &cfg.cancel;
-    daemon.wait_unless(cfg.daemon_timeout, || cancel.is_cancelled())?;
-    Ok(running)
 }
 
 /// The number of the pass whose images come next, or `None` once the

@@ -1,6 +1,8 @@
 //! Stop-and-copy: the dump writes every image locally, the images cross the
 //! stream (the pages while the dump writes them), the destination restores
-//! from them as soon as the last byte has landed.
+//! from them as soon as the last byte has landed (lazily, from those
+//! images, when [`DestConfig::restore_lazily`](crate::migrate::DestConfig::restore_lazily)
+//! asks for it: see [`super::Dest::restore_lazily`]).
 
 use super::{DestStrategy, DumpPlan, Restored, Running, SourceStrategy};
 use crate::error::Result;
@@ -28,7 +30,12 @@ impl DestStrategy for Dest {
     }
 
     fn run(&mut self, dest: &mut super::Dest<'_>) -> Result<Running> {
+        // Asked before the images arrive: CRIU's check takes a while.
+        let lazily = dest.lazy_restore_wanted(false);
         let received = dest.receive_images()?;
-        dest.restore(received, |_| {})
+        match lazily {
+            true => dest.restore_lazily(received),
+            false => dest.restore(received, |_| {}),
+        }
     }
 }
