@@ -252,7 +252,13 @@ pub fn writing_workload(
         .arg(out)
         .args(["--interval-us", "1000", "--pages-per-tick", "4"])
         .arg("--memory-mib")
-        .arg(mib.to_string());
+        .arg(mib.to_string())
+        // Not the bench's own: under `unshare --mount-proc` (CI's harness)
+        // an inherited /dev/null is on a mount of another mount namespace,
+        // which CRIU cannot dump ("Can't lookup mount=24 for fd=0").
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     Ok(hosts.a.run(|| Workload::start_wrapped(cmd, out, mib))??)
 }
 

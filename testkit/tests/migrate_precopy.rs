@@ -8,7 +8,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use criu::migrate::{DestConfig, PreCopyPolicy, SourceConfig, SourceState, Strategy};
@@ -50,7 +50,10 @@ fn workload(hosts: &TwoHosts, out: &Path) -> Workload {
         .arg(out)
         .args(["--interval-us", "1000", "--pages-per-tick", "2"])
         .arg("--memory-mib")
-        .arg(MIB.to_string());
+        .arg(MIB.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     hosts
         .a
         .run(|| Workload::start_wrapped(cmd, out, MIB))
