@@ -336,6 +336,7 @@ impl Registry {
             Ok(Err(e)) => return refused(classify(&r, "pull (layer)", e)),
         };
         let unpacked = unpacked?;
+        let parts_start = Instant::now();
         let pulled = match parts.is_empty() {
             true => pulled,
             false => {
@@ -357,6 +358,10 @@ impl Registry {
                 elapsed: pulled,
             },
             unpack: done.saturating_duration_since(start + pulled),
+            parts: match parts.is_empty() {
+                true => Duration::ZERO,
+                false => parts_start.elapsed(),
+            },
         })
     }
 
@@ -610,7 +615,7 @@ impl Registry {
         );
         let ended = AtomicBool::new(false);
         let abandoned = AtomicBool::new(false);
-        let (dumped, followed) = std::thread::scope(|s| {
+        let dumped = std::thread::scope(|s| {
             let follower = s.spawn(|| {
                 parts::follow(images.path(), &ended, |part, data| {
                     if abandoned.load(Ordering::Acquire) {
@@ -623,13 +628,15 @@ impl Registry {
                 })
             });
             let dumped = dumping();
+            let dump_end = Instant::now();
             abandoned.store(dumped.is_err(), Ordering::Release);
             ended.store(true, Ordering::Release);
-            (dumped, follower.join())
+            (dumped, follower.join(), dump_end)
         });
+        let (dumped, followed, start) = dumped;
         let dumped = dumped?;
         let parts = followed.map_err(|_| Error::Malformed("the part pusher panicked".into()))??;
-        let start = Instant::now();
+        let parts_wait = start.elapsed();
         let archive = Archive {
             images,
             meta,
@@ -638,7 +645,13 @@ impl Registry {
             parts: &parts,
         };
         let pushed = self.push_archive(&r, &archive, start, &mut |_, _| {})?;
-        Ok((dumped, pushed))
+        Ok((
+            dumped,
+            PushedCheckpoint {
+                parts_wait,
+                ..pushed
+            },
+        ))
     }
 
     /// Pushes `a`'s archive as the image's first layer (in one streamed
@@ -722,6 +735,7 @@ impl Registry {
             pack,
             layer_digest,
             parts: parts.len(),
+            parts_wait: Duration::ZERO,
         })
     }
 
@@ -798,6 +812,10 @@ pub struct PushedCheckpoint {
     /// How many part layers carried the pages images (0 unless pushed
     /// with [`Registry::push_checkpoint_while`]).
     pub parts: usize,
+    /// Of `push.elapsed`, the wait from the dump's end until the last
+    /// part was pushed (zero unless pushed with
+    /// [`Registry::push_checkpoint_while`]).
+    pub parts_wait: Duration,
 }
 
 /// What [`Registry::push_archive`] packs and pushes.
@@ -822,6 +840,9 @@ pub struct PulledCheckpoint {
     pub pull: Transfer,
     /// What unpacking took beyond the end of the download.
     pub unpack: Duration,
+    /// Of `pull.elapsed`, fetching, checking and writing the pages parts
+    /// after the archive (zero without parts).
+    pub parts: Duration,
 }
 
 /// Whether packing failed only because the push stopped reading.
