@@ -85,7 +85,12 @@ pub fn migrate_via_registry(
 ) -> Result<(Row, RegistryCost), BoxError> {
     let mut started = Started::new("criu-rs-regmig-", mib, warmup)?;
     let registry = RegistryHost::start(&started.hosts, None)?;
-    let (src_dir, dst_dir) = (started.dir().join("a"), started.dir().join("b"));
+    // The dump and the unpacked images in memory, as the direct
+    // strategies keep theirs (their private tmpfs directories).
+    let images = tempfile::Builder::new()
+        .prefix("criu-rs-regmig-")
+        .tempdir_in("/dev/shm")?;
+    let (src_dir, dst_dir) = (images.path().join("a"), images.path().join("b"));
     fs::create_dir_all(&src_dir)?;
     fs::create_dir_all(&dst_dir)?;
     let m = Move {
