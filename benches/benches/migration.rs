@@ -379,6 +379,15 @@ fn main() {
                     "migration {name} {mib} MiB: median downtime {:.1} ms (spread {:.2}x)",
                     r.median_downtime_ms, r.downtime_spread
                 );
+                if name == "registry" {
+                    let phases: Vec<String> = r
+                        .phases_ms
+                        .iter()
+                        .filter(|(_, &v)| v > 0.0)
+                        .map(|(k, v)| format!("{k} {v:.0}"))
+                        .collect();
+                    eprintln!("  registry phases (median ms): {}", phases.join(", "));
+                }
             }
         }
     }

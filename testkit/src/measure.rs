@@ -133,6 +133,26 @@ pub struct RowPhases {
     #[serde(flatten)]
     pub migration: criu::migrate::Phases,
     pub resume_us: u64,
+    /// The registry route's own phases (its `transfer` is zero: the
+    /// images travel in these).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistryPhases>,
+}
+
+/// Where the registry route's transfer goes, in µs: after the dump, the
+/// wait for the last pages parts (`push_parts`), then the archive of the
+/// other images, the image config and the manifest (`push_rest`); the
+/// destination's manifest and archive (`pull`), its pages parts, fetched,
+/// checked against their digests and written (`pull_parts`), and what
+/// unpacking took beyond the download (`unpack`).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[allow(missing_docs)]
+pub struct RegistryPhases {
+    pub push_parts_us: u64,
+    pub push_rest_us: u64,
+    pub pull_us: u64,
+    pub pull_parts_us: u64,
+    pub unpack_us: u64,
 }
 
 /// What one migration cost, phase by phase, under the field names the
@@ -205,6 +225,7 @@ impl Row {
             phases: Some(RowPhases {
                 migration: src.phases,
                 resume_us: 0,
+                registry: None,
             }),
         }
     }
@@ -307,6 +328,7 @@ pub fn migrate_workload_with<'a>(
         phases: Some(RowPhases {
             migration: src.phases,
             resume_us: u64::try_from(resume_us).unwrap_or(u64::MAX),
+            registry: None,
         }),
         ..Row::of(&src, links.a.name(), workload).observed(&started, &seen)
     })

@@ -243,8 +243,9 @@ fn main() {
 
 /// The phases of a migration's downtime, in the order they happen (see
 /// `criu::migrate::Phases`; `resume` is measured by the testkit); the
-/// local baseline has `dump` and `restore`.
-const PHASES: [&str; 10] = [
+/// local baseline has `dump` and `restore`, the registry route its push
+/// and pull in place of `transfer` (`testkit::measure::RegistryPhases`).
+const PHASES: [&str; 15] = [
     "dump",
     "freeze",
     "frozen",
@@ -252,6 +253,11 @@ const PHASES: [&str; 10] = [
     "memory_write",
     "dump_other",
     "transfer",
+    "push_parts",
+    "push_rest",
+    "pull",
+    "pull_parts",
+    "unpack",
     "restore",
     "handoff",
     "resume",

@@ -1,6 +1,7 @@
 //! A real OCI registry for tests: Debian's `docker-registry` (the CNCF
 //! distribution registry) in a third network namespace, bridged to both
-//! hosts of a [`TwoHosts`], with its storage in a temporary directory and,
+//! hosts of a [`TwoHosts`], with its storage in a temporary directory in
+//! `/dev/shm` (memory, as the direct strategies' images) and,
 //! optionally, htpasswd basic authentication. It listens only on its
 //! namespace's address; dropping it kills it (by pid), deletes the
 //! namespace and removes the storage.
@@ -22,6 +23,8 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 /// The registry's address on the bridge; host a is .1, host b is .2.
 pub const REGISTRY_ADDR: Ipv4Addr = Ipv4Addr::new(10, 232, 0, 254);
 const PORT: u16 = 5000;
+/// Where the registry's directory (storage, config, log) is made: a tmpfs.
+const STORAGE_PARENT: &str = "/dev/shm";
 
 /// A running registry in its own network namespace.
 #[derive(Debug)]
@@ -59,9 +62,11 @@ impl RegistryHost {
             addr: REGISTRY_ADDR,
         };
         ip(&["netns", "add", &host.name])?;
+        // In memory, as the direct strategies' images are: the registry
+        // writes every blob pushed and reads it back for every pull.
         let dir = tempfile::Builder::new()
             .prefix("criu-rs-registry-")
-            .tempdir()?;
+            .tempdir_in(STORAGE_PARENT)?;
         let mut reg = RegistryHost {
             host,
             child: None,

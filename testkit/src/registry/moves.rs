@@ -11,7 +11,7 @@ use criu_oci::{Compression, Limits};
 use super::host::RegistryHost;
 use crate::container::{BoxError, RegistryCost};
 use crate::hosts::TwoHosts;
-use crate::measure::{ms, Cost, DumpTimes, Row, Started};
+use crate::measure::{ms, Cost, DumpTimes, RegistryPhases, Row, RowPhases, Started};
 
 /// What [`move_through_registry`] moves, and how.
 #[derive(Debug, Clone, Copy)]
@@ -85,7 +85,12 @@ pub fn migrate_via_registry(
 ) -> Result<(Row, RegistryCost), BoxError> {
     let mut started = Started::new("criu-rs-regmig-", mib, warmup)?;
     let registry = RegistryHost::start(&started.hosts, None)?;
-    let (src_dir, dst_dir) = (started.dir().join("a"), started.dir().join("b"));
+    // The dump and the unpacked images in memory, as the direct
+    // strategies keep theirs (their private tmpfs directories).
+    let images = tempfile::Builder::new()
+        .prefix("criu-rs-regmig-")
+        .tempdir_in("/dev/shm")?;
+    let (src_dir, dst_dir) = (images.path().join("a"), images.path().join("b"));
     fs::create_dir_all(&src_dir)?;
     fs::create_dir_all(&dst_dir)?;
     let m = Move {
@@ -96,6 +101,7 @@ pub fn migrate_via_registry(
         compression,
     };
     let (pushed, restored) = move_through_registry(&started.hosts, &registry, &m, |_| {}, |_| {})?;
+    let stopped_to_restored = pushed.stopped_since().elapsed();
     let cost = RegistryCost {
         pack_ms: ms(pushed.pack),
         push_ms: ms(pushed.push.elapsed),
@@ -104,6 +110,7 @@ pub fn migrate_via_registry(
         image_bytes: pushed.image_bytes,
     };
     let (dump_wall, dump_stats) = (pushed.dump.wall_time, pushed.dump.stats);
+    let migration = registry_phases(&pushed, &restored, stopped_to_restored);
     pushed.finish();
     let pid_after = restored.child.pid();
     let seen = started.observe(pid_after, mib)?;
@@ -127,6 +134,56 @@ pub fn migrate_via_registry(
         ..Row::default()
     }
     .observed(&started, &seen);
+    // The application's gap beyond the move's own phases.
+    let resume = (seen.downtime_ns / 1000).saturating_sub(stopped_to_restored.as_micros());
+    let row = Row {
+        phases: Some(RowPhases {
+            resume_us: u64::try_from(resume).unwrap_or(u64::MAX),
+            ..migration
+        }),
+        ..row
+    };
     drop(restored.child);
     Ok((row, cost))
+}
+
+/// Where the registry route's downtime went: CRIU's own phases from its
+/// statistics (split as `criu::migrate::Phases` splits them), the push's
+/// and the pull's ([`RegistryPhases`]), the restore, and in `handoff`
+/// what none of them explains of `stopped_to_restored`.
+fn registry_phases(
+    pushed: &Pushed,
+    restored: &Restored,
+    stopped_to_restored: Duration,
+) -> RowPhases {
+    let dump = pushed.dump.wall_time;
+    let criu = pushed.dump.stats.as_ref();
+    let mut p = criu::migrate::Phases::default();
+    p.memory_write = criu.map(|s| s.memwrite_time.min(s.memdump_time));
+    p.memory_dump = criu.map(|s| s.memdump_time.saturating_sub(s.memwrite_time));
+    p.frozen = criu.map(|s| s.frozen_time.saturating_sub(s.memdump_time));
+    p.freeze = criu.map(|s| s.freezing_time);
+    let in_criu: Duration = [p.freeze, p.frozen, p.memory_dump, p.memory_write]
+        .into_iter()
+        .flatten()
+        .sum();
+    p.dump_other = dump.saturating_sub(in_criu);
+    p.restore = restored.restore.wall_time;
+    let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let (push, pull) = (pushed.push.elapsed, restored.pull.elapsed);
+    let registry = RegistryPhases {
+        push_parts_us: us(pushed.parts_wait),
+        push_rest_us: us(push.saturating_sub(pushed.parts_wait)),
+        pull_us: us(pull.saturating_sub(restored.parts)),
+        pull_parts_us: us(restored.parts),
+        unpack_us: us(restored.unpack),
+    };
+    p.handoff = stopped_to_restored
+        .saturating_sub(dump.max(in_criu))
+        .saturating_sub(push + pull + restored.unpack + p.restore);
+    RowPhases {
+        migration: p,
+        resume_us: 0,
+        registry: Some(registry),
+    }
 }
