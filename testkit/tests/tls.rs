@@ -321,9 +321,9 @@ fn an_end_that_expects_its_peer_by_name_refuses_another_holder_of_the_ca() {
     w.reap(Duration::ZERO).ok();
 }
 
-/// The TCP ports listening on `ip` in the network namespace of thread
-/// `tid` of this process.
-fn listening_on(tid: i32, ip: Ipv4Addr) -> Vec<u16> {
+/// The local TCP ports on `ip` in state `st` (`0A` listening, `01`
+/// established) in the network namespace of thread `tid` of this process.
+fn ports_on(tid: i32, ip: Ipv4Addr, st: &str) -> Vec<u16> {
     let want = format!("{:08X}", u32::from_ne_bytes(ip.octets()));
     let table = std::fs::read_to_string(format!("/proc/{tid}/net/tcp")).unwrap_or_default();
     table
@@ -332,9 +332,15 @@ fn listening_on(tid: i32, ip: Ipv4Addr) -> Vec<u16> {
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             let (addr, port) = f.get(1)?.split_once(':')?;
-            (addr == want && f.get(3) == Some(&"0A")).then(|| u16::from_str_radix(port, 16).ok())?
+            (addr == want && f.get(3) == Some(&st)).then(|| u16::from_str_radix(port, 16).ok())?
         })
         .collect()
+}
+
+/// The TCP ports listening on `ip` in the network namespace of thread
+/// `tid` of this process.
+fn listening_on(tid: i32, ip: Ipv4Addr) -> Vec<u16> {
+    ports_on(tid, ip, "0A")
 }
 
 #[test]
@@ -385,18 +391,22 @@ fn the_page_server_relay_takes_only_the_streams_source() {
             hosts
                 .a
                 .run(|| {
-                    // The relay's listener is the second one on host b's
-                    // address (the migration's own comes first).
+                    // The relay's listener: once the migration's stream
+                    // is up (a connection established on host b's
+                    // address), a listener there with no connection yet.
+                    // (The migration's own listener has the stream; the
+                    // source reaches the relay a second later.) Not by
+                    // order of appearance: a thread that starts polling
+                    // late sees both listeners at once.
                     let deadline = std::time::Instant::now() + WAIT;
-                    let mut first = None;
                     let mut ports = Vec::new();
                     while ports.is_empty() && std::time::Instant::now() < deadline {
-                        let now = listening_on(tid, hosts.b.addr);
-                        if first.is_none() && now.len() == 1 {
-                            first = Some(now[0]);
-                        }
-                        if first.is_some() {
-                            ports = now.into_iter().filter(|p| Some(*p) != first).collect();
+                        let busy = ports_on(tid, hosts.b.addr, "01");
+                        if !busy.is_empty() {
+                            ports = listening_on(tid, hosts.b.addr)
+                                .into_iter()
+                                .filter(|p| !busy.contains(p))
+                                .collect();
                         }
                     }
                     let mut held = Vec::new();
