@@ -126,9 +126,15 @@ impl DaemonConfig {
     /// page server at `source` and serves them to a lazy restore from
     /// `images`. It exits when every page has been delivered.
     pub fn lazy_pages(&self, images: &ImagesDir, source: SocketAddr) -> Result<Daemon> {
-        let mut args: Vec<OsString> = vec!["lazy-pages".into(), "--page-server".into()];
+        let mut args: Vec<OsString> = vec!["--page-server".into()];
         args.extend(address_args(source));
         args.extend(self.tls_args());
+        self.start_lazy_pages(images, args)
+    }
+
+    /// Starts `criu lazy-pages` with `args` on `images`.
+    fn start_lazy_pages(&self, images: &ImagesDir, args: Vec<OsString>) -> Result<Daemon> {
+        let args = std::iter::once("lazy-pages".into()).chain(args).collect();
         self.start(
             "lazy-pages daemon",
             "lazy-pages.log",
@@ -145,14 +151,7 @@ impl DaemonConfig {
     /// page has been delivered.
     #[cfg(feature = "migrate")]
     pub(crate) fn lazy_pages_local(&self, images: &ImagesDir) -> Result<Daemon> {
-        let args: Vec<OsString> = vec!["lazy-pages".into()];
-        self.start(
-            "lazy-pages daemon",
-            "lazy-pages.log",
-            images.path(),
-            args,
-            None,
-        )
+        self.start_lazy_pages(images, Vec::new())
     }
 
     /// Starts `criu lazy-pages` fetching the lazy dump's pages over

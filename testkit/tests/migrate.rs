@@ -7,7 +7,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use criu::migrate::{DestConfig, SourceConfig, SourceState, Step, Strategy};
+use criu::migrate::{
+    DestConfig, DestReport, SourceConfig, SourceReport, SourceState, Step, Strategy,
+};
 use criu::TransferKind;
 use criu_testkit::hosts::{netns_of, Migration, TwoHosts};
 use criu_testkit::{fixture, Workload};
@@ -114,8 +116,14 @@ fn pages_image_bytes(dir: &Path) -> (u64, u64) {
 /// Stop-and-copy with both sides' images in the crate's own directories
 /// in memory (the default), where the source frees its pages images as
 /// they are streamed: every word arrives.
-#[test]
-fn stop_and_copy_in_memory_moves_the_workload_word_for_word() {
+/// Moves a 32 MiB counter with stop-and-copy, the images in memory on
+/// both hosts and the destination's settings from `dest`; `check` sees
+/// both reports, then the restored copy's memory is checked word for word
+/// and the copy is gone once its report is dropped.
+fn stop_and_copy_in_memory(
+    dest: impl FnOnce() -> DestConfig<'static> + Send,
+    check: impl FnOnce(&SourceReport, &DestReport),
+) {
     let dir = tempfile::tempdir().unwrap();
     let hosts = TwoHosts::new().unwrap();
     let mut w = fixture::counter_on(&hosts.a, &dir.path().join("out.log"), 32);
@@ -125,7 +133,7 @@ fn stop_and_copy_in_memory_moves_the_workload_word_for_word() {
         .migrate(
             w.pid(),
             || SourceConfig::new(Strategy::StopAndCopy),
-            DestConfig::new,
+            dest,
             None,
         )
         .unwrap();
@@ -134,15 +142,22 @@ fn stop_and_copy_in_memory_moves_the_workload_word_for_word() {
     w.reap(WAIT).unwrap();
     let pid = dst.child.pid();
     assert_eq!(src.restored_pid, pid);
-    assert!(
-        src.transfer.bytes >= 32 << 20,
-        "{} bytes",
-        src.transfer.bytes
-    );
+    check(&src, &dst);
     let (sum_after, ok) = w.verify_memory(pid, WAIT).unwrap();
     assert!(ok && sum_after == sum, "memory pattern intact");
     drop(dst);
     assert!(!criu_testkit::alive(pid));
+}
+
+#[test]
+fn stop_and_copy_in_memory_moves_the_workload_word_for_word() {
+    stop_and_copy_in_memory(DestConfig::new, |src, _| {
+        assert!(
+            src.transfer.bytes >= 32 << 20,
+            "{} bytes",
+            src.transfer.bytes
+        );
+    });
 }
 
 /// `DestConfig::restore_lazily`: stop-and-copy's destination leaves the
@@ -156,34 +171,15 @@ fn stop_and_copy_restored_lazily_moves_the_workload_word_for_word() {
         criu_testkit::skip::skip(test, "CRIU cannot restore lazily here (no userfaultfd)");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = TwoHosts::new().unwrap();
-    let mut w = fixture::counter_on(&hosts.a, &dir.path().join("out.log"), 32);
-    let sum = w.memory_checksum().unwrap();
-    w.wait_for_seq(50, WAIT).unwrap();
-    let run = hosts
-        .migrate(
-            w.pid(),
-            || SourceConfig::new(Strategy::StopAndCopy),
-            || DestConfig::new().restore_lazily(true),
-            None,
-        )
-        .unwrap();
-    let src = run.src.unwrap_or_else(|e| panic!("stop-and-copy: {e}"));
-    let dst = run.dst.unwrap_or_else(|e| panic!("stop-and-copy: {e}"));
-    w.reap(WAIT).unwrap();
-    // CRIU filled only what cannot be lazy (the stack, non-anonymous
-    // memory) before the tree resumed: far less than the 32 MiB.
-    let filled = dst.restore.stats.and_then(|s| s.pages_restored);
-    eprintln!("pages filled before the resume: {filled:?}");
-    let filled = filled.expect("the restore's statistics count its pages");
-    assert!(filled < 1024, "{filled} pages filled before the resume");
-    let pid = dst.child.pid();
-    assert_eq!(src.restored_pid, pid);
-    let (sum_after, ok) = w.verify_memory(pid, WAIT).unwrap();
-    assert!(ok && sum_after == sum, "memory pattern intact");
-    drop(dst);
-    assert!(!criu_testkit::alive(pid));
+    let lazily = || DestConfig::new().restore_lazily(true);
+    stop_and_copy_in_memory(lazily, |_, dst| {
+        // CRIU filled only what cannot be lazy (the stack, non-anonymous
+        // memory) before the tree resumed: far less than the 32 MiB.
+        let filled = dst.restore.stats.and_then(|s| s.pages_restored);
+        eprintln!("pages filled before the resume: {filled:?}");
+        let filled = filled.expect("the restore's statistics count its pages");
+        assert!(filled < 1024, "{filled} pages filled before the resume");
+    });
 }
 
 #[test]
