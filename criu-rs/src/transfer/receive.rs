@@ -19,8 +19,8 @@ use crate::error::{Error, Result, TransferKind};
 /// checked before a byte of it is written; the free space of the target's
 /// file system is always checked too, and a part of it is never given to
 /// the sender: the reserve ([`Limits::keep_free`], by default the larger
-/// of 64 MiB and 5% of the file system), so that a sender cannot take a
-/// shared tmpfs such as `/dev/shm` to its last byte.
+/// of 64 MiB and 5% of the file system, at most 2 GiB), so that a sender
+/// cannot take a shared tmpfs such as `/dev/shm` to its last byte.
 ///
 /// ```
 /// let limits = criu::transfer::Limits::default()
@@ -44,6 +44,11 @@ const RESERVE_MIN: u64 = 64 << 20;
 /// The share of the target's file system, in percent, a receiver leaves
 /// free when that is more than [`RESERVE_MIN`].
 const RESERVE_PERCENT: u64 = 5;
+
+/// The most a receiver leaves free by default. A share of a large disk is
+/// far more than its other writers need to go on: 5% of 252 GiB refused a
+/// 1 KiB file with 9 GiB free.
+const RESERVE_MAX: u64 = 2 << 30;
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -97,7 +102,7 @@ impl Limits {
     /// The free space the receiver leaves on the target's file system,
     /// whatever the sender announces: a file or chunk that would leave less
     /// is refused. The default is the larger of 64 MiB and 5% of the file
-    /// system's size; 0 lets a sender fill it.
+    /// system's size, but at most 2 GiB; 0 lets a sender fill it.
     pub fn keep_free(self, bytes: u64) -> Limits {
         Limits {
             keep_free: Some(bytes),
@@ -113,7 +118,7 @@ impl Limits {
     /// The reserve on a file system of `size` bytes.
     pub(crate) fn reserve(&self, size: u64) -> u64 {
         self.keep_free
-            .unwrap_or_else(|| RESERVE_MIN.max(size / 100 * RESERVE_PERCENT))
+            .unwrap_or_else(|| (size / 100 * RESERVE_PERCENT).clamp(RESERVE_MIN, RESERVE_MAX))
     }
 
     /// How many bytes a sender may still write under these limits into
@@ -439,5 +444,32 @@ impl Receiving<'_, '_> {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn the_default_reserve_is_five_percent_between_64_mib_and_2_gib() {
+        let l = Limits::default();
+        assert_eq!(l.reserve(GIB), 64 << 20, "5% of 1 GiB is under the floor");
+        assert_eq!(l.reserve(24 * GIB), 24 * GIB / 100 * 5);
+        assert_eq!(
+            l.reserve(252 * GIB),
+            2 * GIB,
+            "a large disk's share is capped"
+        );
+        assert_eq!(l.keep_free(0).reserve(252 * GIB), 0);
+    }
+
+    #[test]
+    fn a_large_disk_with_little_free_still_takes_small_files() {
+        // The CI failure this came from: 9 GiB free on a 252 GiB disk.
+        let room = Limits::default().room(9 * GIB, 252 * GIB, 0);
+        assert_eq!(room, 7 * GIB);
     }
 }
