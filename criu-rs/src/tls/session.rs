@@ -7,14 +7,16 @@
 //! that buffer instead: the socket is read straight into it in large
 //! pieces, rustls decrypts each record in place there, and only a partial
 //! record at its end is moved to the front before the next read. Sending,
-//! each fragment is encrypted into one buffer that goes to the socket in
-//! one call, without a `Vec` per record.
+//! the records of a write go into one buffer that goes to the socket in
+//! one call.
 //!
 //! What is still copied (rustls 0.23): each decrypted record's plaintext
 //! into a `Vec` of rustls's (`ReadTraffic::next_record` hands out that
-//! `Vec`, not the record in the buffer), from there into the reader's
-//! buffer, and, sending, each fragment into its record before it is
-//! encrypted in place (without kTLS, some copy has to make the record).
+//! `Vec`, not the record in the buffer), and from there into the reader's
+//! buffer; sending, each fragment into its record, which rustls seals in
+//! a `Vec` of its own (without kTLS, some copy has to make the record),
+//! and that record into our buffer: one copy more than the buffered API,
+//! whose `Vec`s went to `writev` (see the stream's `SEND_BATCH`).
 
 use std::io::{self, Read, Write};
 
@@ -197,7 +199,7 @@ pub(super) struct Session {
 }
 
 /// A rustls error as an I/O error, as rustls's own streams return it.
-pub(super) fn tls_io(e: rustls::Error) -> io::Error {
+fn tls_io(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 

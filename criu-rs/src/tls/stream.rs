@@ -583,7 +583,7 @@ impl Read for TlsStream {
 }
 
 impl Write for TlsStream {
-    /// Encrypts up to [`SEND_BATCH`] bytes of `buf` and sends them.
+    /// Encrypts up to `SEND_BATCH` bytes of `buf` and sends them.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
