@@ -80,16 +80,41 @@ fn side(strategy: Strategy, rows: &[Row]) -> Side {
     }
 }
 
-/// The CPU time this thread has used so far: unlike wall time, it
-/// hardly changes with the machine's load.
-fn thread_cpu() -> Duration {
+/// The CPU time this thread has used so far, in all and in user space:
+/// unlike wall time, it hardly changes with the machine's load. The user
+/// part is the cipher and the copies of the stream's own code; the
+/// kernel's part (socket, page cache) varies more with the load.
+#[derive(Clone, Copy)]
+struct ThreadCpu {
+    all: Duration,
+    user: Duration,
+}
+
+fn thread_cpu() -> ThreadCpu {
     let mut t = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: a valid out-pointer for a clock every Linux has.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    // SAFETY: an all-zero rusage is valid; getrusage fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer; RUSAGE_THREAD is this thread's.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    ThreadCpu {
+        all: Duration::new(t.tv_sec as u64, t.tv_nsec as u32),
+        user: Duration::new(ru.ru_utime.tv_sec as u64, ru.ru_utime.tv_usec as u32 * 1000),
+    }
+}
+
+impl std::ops::Sub for ThreadCpu {
+    type Output = ThreadCpu;
+    fn sub(self, earlier: ThreadCpu) -> ThreadCpu {
+        ThreadCpu {
+            all: self.all.saturating_sub(earlier.all),
+            user: self.user.saturating_sub(earlier.user),
+        }
+    }
 }
 
 /// One stream's figures: MiB/s, and the CPU time of the sending and of
@@ -99,6 +124,9 @@ struct Rate {
     mib_s: f64,
     send_cpu_ms: f64,
     recv_cpu_ms: f64,
+    /// The user-space part of each.
+    send_user_ms: f64,
+    recv_user_ms: f64,
 }
 
 /// One directory of `mib` MiB sent over loopback TCP, plain or through
@@ -144,8 +172,10 @@ fn stream_rate(pki: &Pki, src: &Path, mib: usize, tls: bool) -> Rate {
     let recv_cpu = receiver.join().unwrap();
     Rate {
         mib_s: mib as f64 / start.elapsed().as_secs_f64(),
-        send_cpu_ms: send_cpu.as_secs_f64() * 1000.0,
-        recv_cpu_ms: recv_cpu.as_secs_f64() * 1000.0,
+        send_cpu_ms: send_cpu.all.as_secs_f64() * 1000.0,
+        recv_cpu_ms: recv_cpu.all.as_secs_f64() * 1000.0,
+        send_user_ms: send_cpu.user.as_secs_f64() * 1000.0,
+        recv_user_ms: recv_cpu.user.as_secs_f64() * 1000.0,
     }
 }
 
@@ -165,6 +195,8 @@ fn median_rate(v: &[Rate]) -> Rate {
         mib_s: m(|r| r.mib_s),
         send_cpu_ms: m(|r| r.send_cpu_ms),
         recv_cpu_ms: m(|r| r.recv_cpu_ms),
+        send_user_ms: m(|r| r.send_user_ms),
+        recv_user_ms: m(|r| r.recv_user_ms),
     }
 }
 
@@ -193,8 +225,9 @@ fn stream_throughput(reps: usize) -> (Rate, Rate) {
     );
     for (name, r) in [("plain", p), ("tls", t)] {
         println!(
-            "  {name:<5} {:>6.0} MiB/s, sender CPU {:>6.1} ms, receiver CPU {:>6.1} ms",
-            r.mib_s, r.send_cpu_ms, r.recv_cpu_ms
+            "  {name:<5} {:>6.0} MiB/s, sender CPU {:>6.1} ms ({:>6.1} user), receiver CPU \
+             {:>6.1} ms ({:>6.1} user)",
+            r.mib_s, r.send_cpu_ms, r.send_user_ms, r.recv_cpu_ms, r.recv_user_ms
         );
     }
     println!(

@@ -35,7 +35,7 @@
 #[cfg(feature = "tls")]
 pub(crate) mod relay;
 #[cfg(feature = "tls")]
-mod socket;
+mod session;
 #[cfg(feature = "tls")]
 mod stream;
 

@@ -29,6 +29,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::session::{Session, Wire};
 use super::{TlsConfig, TlsStream};
 use crate::transfer::{accept_polling, Carrying, CriuConnection, Offer, Service, SideChannels};
 
@@ -83,9 +84,9 @@ impl Plain for CriuSocket {
 /// and CRIU's connection with them).
 pub(crate) const IDLE: Duration = Duration::from_secs(600);
 
-type Session = Arc<Mutex<rustls::Connection>>;
+type Shared = Arc<Mutex<Session>>;
 
-fn lock(s: &Session) -> MutexGuard<'_, rustls::Connection> {
+fn lock(s: &Shared) -> MutexGuard<'_, Session> {
     s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -126,11 +127,10 @@ pub(crate) fn carry(plain: OwnedFd, tls: TlsStream, idle: Duration) -> io::Resul
 }
 
 fn carry_plain<P: Plain>(plain: P, tls: TlsStream, idle: Duration) -> io::Result<Carrying> {
-    let (conn, socket) = tls.into_parts();
-    let (tcp, early) = socket.into_parts();
+    let (session, tcp) = tls.into_parts();
     tcp.set_read_timeout(Some(idle))?;
     tcp.set_write_timeout(Some(idle))?;
-    let session: Session = Arc::new(Mutex::new(conn));
+    let session: Shared = Arc::new(Mutex::new(session));
     let (plain_in, tcp_out) = (plain.duplicate()?, tcp.try_clone()?);
     let hang_up = {
         let (plain, tcp) = (plain.duplicate()?, tcp.try_clone()?);
@@ -144,20 +144,20 @@ fn carry_plain<P: Plain>(plain: P, tls: TlsStream, idle: Duration) -> io::Result
         let (session, activity) = (session.clone(), activity.clone());
         std::thread::spawn(move || outbound(plain_in, tcp_out, &session, &activity))
     };
-    let inb = std::thread::spawn(move || inbound(tcp, early, plain, &session, (&activity, idle)));
+    let inb = std::thread::spawn(move || inbound(tcp, plain, &session, (&activity, idle)));
     Ok(Carrying::new(vec![out, inb], hang_up))
 }
 
 /// CRIU's bytes, encrypted onto the TLS connection, then `close_notify`.
-fn outbound(mut plain: impl Plain, mut tcp: TcpStream, session: &Session, activity: &Activity) {
+fn outbound(mut plain: impl Plain, mut tcp: TcpStream, session: &Shared, activity: &Activity) {
     let mut buf = vec![0u8; CHUNK];
-    let mut wire = Vec::with_capacity(CHUNK + CHUNK / 64);
+    let mut wire = Wire::default();
     loop {
         let n = match plain.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if seal(session, &buf[..n], &mut wire).is_err() || tcp.write_all(&wire).is_err() {
+        if seal(session, &buf[..n], &mut wire).is_err() || tcp.write_all(wire.filled()).is_err() {
             // The peer is gone (or read nothing for the idle timeout):
             // so is CRIU's connection.
             plain.end(Shutdown::Both);
@@ -166,21 +166,26 @@ fn outbound(mut plain: impl Plain, mut tcp: TcpStream, session: &Session, activi
         }
         activity.touch();
     }
-    lock(session).send_close_notify();
-    if seal(session, &[], &mut wire).is_ok() {
-        let _ = tcp.write_all(&wire);
+    if close(session, &mut wire).is_ok() {
+        let _ = tcp.write_all(wire.filled());
     }
     tcp.end(Shutdown::Write);
 }
 
-/// Encrypts `clear` into `wire` (replacing its contents).
-fn seal(session: &Session, clear: &[u8], wire: &mut Vec<u8>) -> io::Result<()> {
-    wire.clear();
-    let mut c = lock(session);
-    c.writer().write_all(clear)?;
-    while c.wants_write() {
-        c.write_tls(wire)?;
-    }
+/// Encrypts `clear` into `wire` (replacing its contents), after any
+/// records the session had for the peer.
+fn seal(session: &Shared, clear: &[u8], wire: &mut Wire) -> io::Result<()> {
+    let mut s = lock(session);
+    s.encrypt(clear)?;
+    s.swap_outgoing(wire);
+    Ok(())
+}
+
+/// A `close_notify` into `wire` (replacing its contents).
+fn close(session: &Shared, wire: &mut Wire) -> io::Result<()> {
+    let mut s = lock(session);
+    s.close_notify()?;
+    s.swap_outgoing(wire);
     Ok(())
 }
 
@@ -188,50 +193,51 @@ fn seal(session: &Session, clear: &[u8], wire: &mut Vec<u8>) -> io::Result<()> {
 /// `close_notify` (or hang-up).
 fn inbound(
     mut tcp: TcpStream,
-    early: Vec<u8>,
     mut plain: impl Plain,
-    session: &Session,
+    session: &Shared,
     (activity, idle): (&Activity, Duration),
 ) {
     let mut raw = vec![0u8; CHUNK];
     let mut clear = Vec::with_capacity(CHUNK);
-    let mut pending = early;
-    // What the session decrypted already (after the token) goes first.
-    if drain(session, &mut clear).is_err() || plain.write_all(&clear).is_err() {
-        plain.end(Shutdown::Both);
-        tcp.end(Shutdown::Both);
-        return;
-    }
-    loop {
-        let data = if pending.is_empty() {
-            match tcp.read(&mut raw) {
-                Ok(0) => break,
-                Ok(n) => {
-                    activity.touch();
-                    &raw[..n]
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) && !activity.idle_for(idle) =>
-                {
-                    continue;
-                }
-                Err(_) => {
-                    // Silent past the idle timeout, or reset: CRIU's side
-                    // must not wait on for it.
-                    plain.end(Shutdown::Both);
-                    tcp.end(Shutdown::Both);
-                    return;
-                }
+    // What the session holds already (after the token) goes first.
+    let early = {
+        let mut s = lock(session);
+        s.collect(&mut clear)
+    };
+    let mut closed = match early {
+        Ok(closed) if plain.write_all(&clear).is_ok() => closed,
+        _ => {
+            plain.end(Shutdown::Both);
+            tcp.end(Shutdown::Both);
+            return;
+        }
+    };
+    while !closed {
+        let data = match tcp.read(&mut raw) {
+            Ok(0) => break,
+            Ok(n) => {
+                activity.touch();
+                &raw[..n]
             }
-        } else {
-            &pending[..]
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) && !activity.idle_for(idle) =>
+            {
+                continue;
+            }
+            Err(_) => {
+                // Silent past the idle timeout, or reset: CRIU's side
+                // must not wait on for it.
+                plain.end(Shutdown::Both);
+                tcp.end(Shutdown::Both);
+                return;
+            }
         };
-        let opened = open(session, data, &mut clear);
-        pending = Vec::new();
-        let closed = match opened {
+        clear.clear();
+        let opened = lock(session).open(data, &mut clear);
+        closed = match opened {
             Ok(closed) => closed,
             Err(_) => {
                 // Forged or broken records: nothing more reaches CRIU.
@@ -244,44 +250,8 @@ fn inbound(
             tcp.end(Shutdown::Both);
             return;
         }
-        if closed {
-            break;
-        }
     }
     plain.end(Shutdown::Write);
-}
-
-/// The plaintext the session holds already, into `clear` (replacing its
-/// contents).
-fn drain(session: &Session, clear: &mut Vec<u8>) -> io::Result<()> {
-    clear.clear();
-    let mut c = lock(session);
-    c.process_new_packets().map_err(io::Error::other)?;
-    match c.reader().read_to_end(clear) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Decrypts `data` into `clear` (replacing its contents); true once the
-/// peer has closed the session.
-fn open(session: &Session, mut data: &[u8], clear: &mut Vec<u8>) -> io::Result<bool> {
-    clear.clear();
-    let mut c = lock(session);
-    while !data.is_empty() {
-        c.read_tls(&mut data)?;
-        let state = c.process_new_packets().map_err(io::Error::other)?;
-        match c.reader().read_to_end(clear) {
-            Ok(_) => return Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-        if state.peer_has_closed() {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// The bytes of a relay's one-time token.
@@ -447,13 +417,13 @@ impl SideChannels for TlsChannels {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::net::Ipv4Addr;
     use std::os::unix::net::UnixStream;
 
     /// A CA and one host certificate signed by it, both ends' files.
-    fn pki(dir: &std::path::Path) -> crate::credentials::TlsFiles {
+    pub(in crate::tls) fn pki(dir: &std::path::Path) -> crate::credentials::TlsFiles {
         use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
