@@ -418,12 +418,14 @@ impl Registry {
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let moved = Arc::new(AtomicU64::new(0));
         let mut plan = Assembly::new(dir, limits.total_bytes);
+        let first_fetch = std::cell::Cell::new(None);
         let fetches = futures_util::stream::unfold(announced, |mut rx| async {
             rx.recv().await.map(|part| (part, rx))
         })
         .map(|part| {
             // Checked on arrival, in order, before any byte is fetched.
             let planned = plan.plan(&part);
+            first_fetch.set(first_fetch.get().or_else(|| Some(Instant::now())));
             let moved = moved.clone();
             async move {
                 planned?;
@@ -433,10 +435,12 @@ impl Registry {
         })
         .buffered(PULL_PARTS_IN_FLIGHT);
         let mut assembly = Assembly::new(dir, limits.total_bytes);
+        let first_fetch = &first_fetch;
         let all = async move {
             let mut done = Prefetched {
                 dir: dir.to_path_buf(),
                 parts: Vec::new(),
+                first_fetch: None,
                 first_written: None,
             };
             let mut fetches = std::pin::pin!(fetches);
@@ -446,6 +450,7 @@ impl Registry {
                 done.first_written.get_or_insert_with(Instant::now);
                 done.parts.push(part);
             }
+            done.first_fetch = first_fetch.get();
             Ok(done)
         };
         let stopped = async {
@@ -1046,6 +1051,8 @@ pub(crate) struct Prefetched {
     pub(crate) dir: std::path::PathBuf,
     /// The parts written, in the order announced.
     pub(crate) parts: Vec<Part>,
+    /// When the first of them was asked for (as soon as it was announced).
+    pub(crate) first_fetch: Option<Instant>,
     /// When the first of them had been written.
     pub(crate) first_written: Option<Instant>,
 }

@@ -107,7 +107,7 @@ impl<'r> PushTo<'r> {
     }
 
     /// When the push ended (the manifest in the registry), once the
-    /// migration pushed: beside [`Pulled::first_part_written`], it shows
+    /// migration pushed: beside [`Pulled::first_part_fetched`], it shows
     /// whether the destination's pull overlapped the push.
     pub fn push_ended(&self) -> Option<Instant> {
         self.push_ended
@@ -204,6 +204,10 @@ pub struct Pulled {
     /// How many pages parts were fetched while the source still pushed
     /// (as it announced them), of the image's parts.
     pub parts_prefetched: usize,
+    /// When the first of them was asked for (as soon as the source
+    /// announced it): before [`PushTo::push_ended`] when the pull
+    /// overlapped the push.
+    pub first_part_fetched: Option<Instant>,
     /// When the first of them had been fetched, checked and written.
     pub first_part_written: Option<Instant>,
 }
@@ -331,6 +335,7 @@ impl DestStrategy for PullFrom<'_> {
             parts: pulled.parts,
             unpack: pulled.unpack,
             parts_prefetched: prefetched.as_ref().map_or(0, |p| p.parts.len()),
+            first_part_fetched: prefetched.as_ref().and_then(|p| p.first_fetch),
             first_part_written: prefetched.and_then(|p| p.first_written),
         });
         let received = Received::new(images, transfer).criu_work_dir(work);
