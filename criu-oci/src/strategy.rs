@@ -2,13 +2,18 @@
 //! ([`criu::migrate::strategy`]): the source dumps with its tree held,
 //! pushes the checkpoint as an OCI image (a plain layer's pages going up
 //! in parts while CRIU writes them, see [`crate::parts`]; the rest once
-//! the dump is over) and tells the destination, over
-//! the migration's stream, which reference and layer it pushed; the
-//! destination pulls it (every blob checked against its digest, the
-//! annotations against this host, the layer's size against the source's
-//! word), restores it, and only on its confirmation is the source copy
-//! killed. If anything fails before that (the registry unreachable, say)
-//! the source resumes where it was.
+//! the dump is over) and tells the destination, over the migration's
+//! stream, first the reference it pushes to, then each part once the
+//! registry acknowledged it, then the reference and layer it pushed. The
+//! destination fetches each announced part at once, while the rest is
+//! still pushed (a part is written only once its whole blob matched its
+//! digest), then pulls the image (every blob checked against its
+//! digest, the annotations against this host, the parts against those
+//! announced, the layer's size against the source's word), restores it,
+//! and only on its confirmation is the source copy killed. If anything
+//! fails before that (the registry unreachable, a part refused, the
+//! stream cut) the source resumes where it was and the destination
+//! removes what it fetched.
 //!
 //! ```no_run
 //! use criu::migrate::{receive_with, send_with, DestConfig, SourceConfig, Strategy};
