@@ -735,6 +735,7 @@ impl Registry {
         host: &HostFacts,
         dumping: impl FnOnce() -> Result<T>,
     ) -> Result<(T, PushedCheckpoint)> {
+        let dumping = |_: &mut dyn FnMut() -> Option<Part>| dumping();
         self.push_checkpoint_announcing(reference, images, meta, host, dumping, &mut |_| Ok(()))
     }
 
@@ -742,17 +743,19 @@ impl Registry {
     /// thread with each part once the registry acknowledged its blob
     /// (its digest and size are then final), in the order the parts were
     /// cut, before the archive goes up: so that a destination told of
-    /// them can fetch them while the rest is pushed. Parts acknowledged
-    /// while `dumping` runs are announced as soon as it has returned
-    /// (this thread is in it until then). If `announce` fails, the push
-    /// stops, nothing is tagged, and its error is returned.
+    /// them can fetch them while the rest is pushed. While `dumping`
+    /// runs (this thread is in it), it takes the parts acknowledged so
+    /// far from the function it is given (`None`: no more for now) and
+    /// announces them itself; the rest go to `announce` once it has
+    /// returned. If either fails, the push stops, nothing is tagged, and
+    /// that error is returned.
     pub(crate) fn push_checkpoint_announcing<T>(
         &self,
         reference: &str,
         images: &criu::ImagesDir,
         meta: &ArchiveMeta,
         host: &HostFacts,
-        dumping: impl FnOnce() -> Result<T>,
+        dumping: impl FnOnce(&mut dyn FnMut() -> Option<Part>) -> Result<T>,
         announce: &mut dyn FnMut(&Part) -> Result<()>,
     ) -> Result<(T, PushedCheckpoint)> {
         let r = parse(reference)?;
@@ -780,7 +783,7 @@ impl Registry {
                 })
             });
             let pusher = s.spawn(|| self.runtime.block_on(self.push_parts(&r, rx, acked_tx)));
-            let dumped = dumping();
+            let dumped = dumping(&mut || acked.try_recv().ok());
             let dump_end = Instant::now();
             abandoned.store(dumped.is_err(), Ordering::Release);
             ended.store(true, Ordering::Release);

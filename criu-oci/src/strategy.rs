@@ -50,6 +50,9 @@ use crate::registry::{Prefetched, Registry};
 /// The strategy's name, in the migration's hello.
 pub const NAME: &str = "registry";
 
+/// How often the source looks for parts to announce while the dump runs.
+const ANNOUNCE_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// The strategy's own messages, from the source, in this order:
 /// `Pushing` once, `Part` for each pages part in the registry, `Pushed`
 /// last. A destination refuses any other order (and a source of an
@@ -158,7 +161,21 @@ impl SourceStrategy for PushTo<'_> {
                         dir,
                         &meta,
                         &host,
-                        || Ok(source.borrow_mut().images_ready(dump)?),
+                        |acked| {
+                            // Announced while CRIU still writes the rest.
+                            let announce_acked = |s: &mut Source<'_>| {
+                                while let Some(part) = acked() {
+                                    s.send(&Own::Part(part))?;
+                                }
+                                Ok(())
+                            };
+                            let mut source = source.borrow_mut();
+                            Ok(source.images_ready_meanwhile(
+                                dump,
+                                ANNOUNCE_EVERY,
+                                announce_acked,
+                            )?)
+                        },
                         &mut |part| Ok(source.borrow_mut().send(&Own::Part(part.clone()))?),
                     )
                     .map_err(failed)?
