@@ -7,7 +7,8 @@
 //! ([`Source::send_dir`]), the dump with the source held
 //! ([`Source::dump`], a [`Dump`]), the images complete
 //! ([`Source::stream_images`] while the dump writes them, or
-//! [`Source::images_ready`], an [`Images`]), the images sent
+//! [`Source::images_ready`], or [`Source::images_ready_meanwhile`] with
+//! messages of the strategy's own sent while it waits: an [`Images`]), the images sent
 //! ([`Source::send_images`]) and the destination's restore
 //! ([`Source::await_restore`], the [`Restored`] that `run` returns). Each
 //! step takes the value the one before it returned, so a strategy cannot
