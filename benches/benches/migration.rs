@@ -18,7 +18,10 @@
 //! (`plain`, `tls` or both, default `plain`); TLS rows are named
 //! `STRATEGY/tls`. `CRIU_RS_BENCH_REGISTRY=1` adds the registry route
 //! (checkpoint pushed to a registry on a third host, pulled on the
-//! destination). Every repetition runs each of them once, in that order,
+//! destination): row `registry` through criu-oci's strategy, whose pull
+//! starts during the push, and row `registry-sequential` through
+//! `criu_oci::migrate`, which pulls once the push has ended (the
+//! strategy's way before issue #27 item 3). Every repetition runs each of them once, in that order,
 //! so that the ratios below come from one interleaved run.
 //!
 //! Where CRIU can track memory (soft-dirty, or the set-up's userfaultfd
@@ -177,6 +180,9 @@ fn with_lazy_restore() -> bool {
     std::env::var("CRIU_RS_BENCH_LAZY_RESTORE").is_ok_and(|v| v == "1")
 }
 
+/// The registry route pulling only once the push has ended.
+const REG_SEQ: &str = "registry-sequential";
+
 /// Whether the registry route runs too (`CRIU_RS_BENCH_REGISTRY=1`).
 fn with_registry() -> bool {
     std::env::var("CRIU_RS_BENCH_REGISTRY").is_ok_and(|v| v == "1")
@@ -258,6 +264,15 @@ fn print_targets(rows: &[Summary]) {
             let limit = if mib >= 256 { 1.5 } else { f64::INFINITY };
             target_line(&format!("registry / {sc} at {mib} MiB"), a, b, limit, None);
         }
+        if let (Some(a), Some(b)) = (down(rows, REG_SEQ, mib), down(rows, &sc.to_string(), mib)) {
+            target_line(
+                &format!("{REG_SEQ} / {sc} at {mib} MiB"),
+                a,
+                b,
+                f64::INFINITY,
+                None,
+            );
+        }
         if let (Some(a), Some(b)) = (down(rows, PC_WRITES, mib), down(rows, SC_WRITES, mib)) {
             let limit = if mib >= 1024 { 0.25 } else { f64::INFINITY };
             target_line(
@@ -335,12 +350,20 @@ fn main() {
             }
             if with_registry() {
                 let start = Instant::now();
-                match criu_testkit::registry::migrate_via_registry(criu_testkit::registry::Compression::None, &format!("memory:{mib}"), mib, Duration::from_millis(300)) {
-                    Ok((r, _)) if r.continued && r.memory_intact != Some(false) => {
+                match criu_testkit::registry::migrate_via_registry_strategy(&format!("memory:{mib}"), mib, Duration::from_millis(300)) {
+                    Ok(r) if r.continued && r.memory_intact != Some(false) => {
                         by.entry("registry".into()).or_default().add_migration(&r, start.elapsed());
                     }
-                    Ok((r, _)) => panic!("registry {mib} MiB run {rep}: the workload did not continue correctly: {r:?}"),
+                    Ok(r) => panic!("registry {mib} MiB run {rep}: the workload did not continue correctly: {r:?}"),
                     Err(e) => panic!("registry {mib} MiB run {rep}: {e}"),
+                }
+                let start = Instant::now();
+                match criu_testkit::registry::migrate_via_registry(criu_testkit::registry::Compression::None, &format!("memory:{mib}"), mib, Duration::from_millis(300)) {
+                    Ok((r, _)) if r.continued && r.memory_intact != Some(false) => {
+                        by.entry(REG_SEQ.into()).or_default().add_migration(&r, start.elapsed());
+                    }
+                    Ok((r, _)) => panic!("{REG_SEQ} {mib} MiB run {rep}: the workload did not continue correctly: {r:?}"),
+                    Err(e) => panic!("{REG_SEQ} {mib} MiB run {rep}: {e}"),
                 }
             }
             if precopy {
@@ -370,7 +393,7 @@ fn main() {
         let names = Strategy::ALL
             .iter()
             .flat_map(|&s| [row_name(s, Security::Plain), row_name(s, Security::Tls)])
-            .chain([SC_LAZY, SC_WRITES, PC_WRITES, "registry", LOCAL].map(String::from));
+            .chain([SC_LAZY, SC_WRITES, PC_WRITES, "registry", REG_SEQ, LOCAL].map(String::from));
         for name in names {
             if let Some(runs) = by.remove(&name) {
                 rows.push(runs.summary(&name, mib));
@@ -379,7 +402,7 @@ fn main() {
                     "migration {name} {mib} MiB: median downtime {:.1} ms (spread {:.2}x)",
                     r.median_downtime_ms, r.downtime_spread
                 );
-                if name == "registry" {
+                if name == "registry" || name == REG_SEQ {
                     let phases: Vec<String> = r
                         .phases_ms
                         .iter()

@@ -47,8 +47,10 @@ pub(crate) const PART: u64 = 32 << 20;
 /// How long the follower waits when the dump wrote nothing new.
 const POLL: Duration = Duration::from_millis(2);
 
-/// One part of a pages image: where it belongs, and its blob.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One part of a pages image: where it belongs, and its blob. The
+/// registry strategy's source announces each over the migration's stream
+/// once its blob is in the registry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Part {
     pub(crate) file: String,
     pub(crate) offset: u64,

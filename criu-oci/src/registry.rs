@@ -24,6 +24,7 @@
 //! and go whole.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -284,10 +285,32 @@ impl Registry {
         limits: &Limits,
         progress: &mut dyn FnMut(u64, Option<u64>),
     ) -> Result<PulledCheckpoint> {
+        self.pull_checkpoint_prefetched(reference, host, target, limits, progress, None)
+    }
+
+    /// [`Registry::pull_checkpoint_with_progress`], the pages parts taken
+    /// from `prefetched` (fetched and checked part by part while the
+    /// source pushed, [`Registry::prefetch_parts`]) when it holds any:
+    /// they must be exactly the parts the manifest lists, and are linked
+    /// into the unpacked checkpoint directory only once the manifest and
+    /// the archive passed every check.
+    pub(crate) fn pull_checkpoint_prefetched(
+        &self,
+        reference: &str,
+        host: &HostFacts,
+        target: &Path,
+        limits: &Limits,
+        progress: &mut dyn FnMut(u64, Option<u64>),
+        prefetched: Option<&Prefetched>,
+    ) -> Result<PulledCheckpoint> {
         let start = Instant::now();
         let deadline = start + limits.deadline;
         let r = parse(reference)?;
         let (annotations, layer, parts) = self.checked_manifest(&r, reference, host, deadline)?;
+        let prefetched = prefetched.filter(|p| !p.parts.is_empty());
+        if let Some(p) = prefetched {
+            same_parts(reference, &parts, &p.parts)?;
+        }
         let size = layer_size(reference, &layer, limits)?;
         let parts_bytes: u64 = parts.iter().map(|p| p.size).sum();
         let mut unpack_limits = *limits;
@@ -341,7 +364,11 @@ impl Registry {
             true => pulled,
             false => {
                 let total = (size + parts_bytes, moved, progress);
-                match self.pull_parts(&r, &parts, &unpacked, limits, deadline, total) {
+                let placed = match prefetched {
+                    Some(p) => place_prefetched(p, &unpacked),
+                    None => self.pull_parts(&r, &parts, &unpacked, limits, deadline, total),
+                };
+                match placed {
                     Ok(()) => start.elapsed(),
                     Err(e) => {
                         let _ = std::fs::remove_dir_all(&unpacked.root);
@@ -363,6 +390,85 @@ impl Registry {
                 false => parts_start.elapsed(),
             },
         })
+    }
+
+    /// Fetches the parts `announced` by a source still pushing, from
+    /// `reference`'s repository, as they come: [`PULL_PARTS_IN_FLIGHT`]
+    /// at a time, each checked (a pages image's name, the next offset of
+    /// its file, within `limits`) before it is fetched, held in memory
+    /// until its whole blob matched its digest, and only then written
+    /// into its pages image in `dir` (created here, private; the caller
+    /// removes it). Runs on this thread until `announced` ends and every
+    /// fetch is done, a fetch fails, `stop` resolves (its sender dropped:
+    /// the migration failed), or `limits.deadline` passes.
+    pub(crate) fn prefetch_parts(
+        &self,
+        reference: &str,
+        announced: mpsc::UnboundedReceiver<Part>,
+        stop: tokio::sync::oneshot::Receiver<()>,
+        dir: &Path,
+        limits: &Limits,
+    ) -> Result<Prefetched> {
+        let deadline = Instant::now() + limits.deadline;
+        let r = parse(reference)?;
+        let r = &r;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let moved = Arc::new(AtomicU64::new(0));
+        let mut plan = Assembly::new(dir, limits.total_bytes);
+        let first_fetch = std::cell::Cell::new(None);
+        let fetches = futures_util::stream::unfold(announced, |mut rx| async {
+            rx.recv().await.map(|part| (part, rx))
+        })
+        .map(|part| {
+            // Checked on arrival, in order, before any byte is fetched.
+            let planned = plan.plan(&part);
+            first_fetch.set(first_fetch.get().or_else(|| Some(Instant::now())));
+            let moved = moved.clone();
+            async move {
+                planned?;
+                let data = self.fetch_part(r, &part, &moved).await?;
+                Ok::<_, Error>((part, data))
+            }
+        })
+        .buffered(PULL_PARTS_IN_FLIGHT);
+        let mut assembly = Assembly::new(dir, limits.total_bytes);
+        let first_fetch = &first_fetch;
+        let all = async move {
+            let mut done = Prefetched {
+                dir: dir.to_path_buf(),
+                parts: Vec::new(),
+                first_fetch: None,
+                first_written: None,
+            };
+            let mut fetches = std::pin::pin!(fetches);
+            while let Some(fetched) = fetches.next().await {
+                let (part, data) = fetched?;
+                write_part(r, &mut assembly, &part, &data)?;
+                done.first_written.get_or_insert_with(Instant::now);
+                done.parts.push(part);
+            }
+            done.first_fetch = first_fetch.get();
+            Ok(done)
+        };
+        let stopped = async {
+            let _ = stop.await;
+            Err(Error::Malformed(
+                "the migration failed while announced parts were fetched".into(),
+            ))
+        };
+        let what = "pull (a part announced by the source)";
+        let (all, stopped) = (std::pin::pin!(all), std::pin::pin!(stopped));
+        let ended = self.before(
+            deadline,
+            limits,
+            what,
+            r,
+            futures_util::future::select(all, stopped),
+        )?;
+        ended.factor_first().0
     }
 
     /// Downloads `parts`, [`PULL_PARTS_IN_FLIGHT`] at a time, each into memory
@@ -400,15 +506,7 @@ impl Registry {
             let mut fetches = std::pin::pin!(fetches);
             while let Some(fetched) = fetches.next().await {
                 let (part, data) = fetched?;
-                if data.len() as u64 != part.size {
-                    return Err(Error::Malformed(format!(
-                        "{r}: a part of {} has {} bytes, its manifest says {}",
-                        part.file,
-                        data.len(),
-                        part.size
-                    )));
-                }
-                assembly.write(part, &data)?;
+                write_part(r, &mut assembly, part, &data)?;
             }
             Ok(())
         };
@@ -637,6 +735,29 @@ impl Registry {
         host: &HostFacts,
         dumping: impl FnOnce() -> Result<T>,
     ) -> Result<(T, PushedCheckpoint)> {
+        let dumping = |_: &mut dyn FnMut() -> Option<Part>| dumping();
+        self.push_checkpoint_announcing(reference, images, meta, host, dumping, &mut |_| Ok(()))
+    }
+
+    /// [`Registry::push_checkpoint_while`], calling `announce` on this
+    /// thread with each part once the registry acknowledged its blob
+    /// (its digest and size are then final), in the order the parts were
+    /// cut, before the archive goes up: so that a destination told of
+    /// them can fetch them while the rest is pushed. While `dumping`
+    /// runs (this thread is in it), it takes the parts acknowledged so
+    /// far from the function it is given (`None`: no more for now) and
+    /// announces them itself; the rest go to `announce` once it has
+    /// returned. If either fails, the push stops, nothing is tagged, and
+    /// that error is returned.
+    pub(crate) fn push_checkpoint_announcing<T>(
+        &self,
+        reference: &str,
+        images: &criu::ImagesDir,
+        meta: &ArchiveMeta,
+        host: &HostFacts,
+        dumping: impl FnOnce(&mut dyn FnMut() -> Option<Part>) -> Result<T>,
+        announce: &mut dyn FnMut(&Part) -> Result<()>,
+    ) -> Result<(T, PushedCheckpoint)> {
         let r = parse(reference)?;
         self.runtime.block_on(
             self.client
@@ -645,8 +766,10 @@ impl Registry {
         let ended = AtomicBool::new(false);
         let abandoned = AtomicBool::new(false);
         // The follower reads and hashes each part, the pusher sends them,
-        // PARTS_IN_FLIGHT at a time (the queue between them holds one).
+        // PARTS_IN_FLIGHT at a time (the queue between them holds one),
+        // and hands each acknowledged part back to this thread.
         let (tx, rx) = mpsc::channel::<(Part, bytes::Bytes)>(1);
+        let (acked_tx, acked) = std::sync::mpsc::channel::<Part>();
         let dumped = std::thread::scope(|s| {
             let (ended, abandoned) = (&ended, &abandoned);
             // It owns `tx`: its end ends the pusher's queue.
@@ -659,17 +782,24 @@ impl Registry {
                         .map_err(|_| Error::Malformed("the part pusher stopped".into()))
                 })
             });
-            let pusher = s.spawn(|| self.runtime.block_on(self.push_parts(&r, rx)));
-            let dumped = dumping();
+            let pusher = s.spawn(|| self.runtime.block_on(self.push_parts(&r, rx, acked_tx)));
+            let dumped = dumping(&mut || acked.try_recv().ok());
             let dump_end = Instant::now();
             abandoned.store(dumped.is_err(), Ordering::Release);
             ended.store(true, Ordering::Release);
-            (dumped, follower.join(), pusher.join(), dump_end)
+            let announced = match dumped.is_ok() {
+                true => announce_acked(acked, announce, abandoned),
+                false => Ok(()),
+            };
+            (dumped, announced, follower.join(), pusher.join(), dump_end)
         });
-        let (dumped, followed, pushed, start) = dumped;
+        let (dumped, announced, followed, pushed, start) = dumped;
         let dumped = dumped?;
+        // The announcement's failure (the destination gone, say) first:
+        // the pusher's is then only that nobody took its parts.
+        announced?;
         let panicked = |_| Error::Malformed("the part pusher panicked".into());
-        // The pusher's failure first: the follower's is then only that
+        // The pusher's failure next: the follower's is then only that
         // it could not hand it more.
         pushed.map_err(panicked)??;
         let parts = followed.map_err(panicked)??;
@@ -692,12 +822,15 @@ impl Registry {
     }
 
     /// Pushes the parts from `rx` (each hashed already) as blobs,
-    /// [`PARTS_IN_FLIGHT`] at a time, until `rx` ends or a push fails
-    /// (then `rx` is dropped, which stops the follower).
+    /// [`PARTS_IN_FLIGHT`] at a time, handing each to `acked` once the
+    /// registry took it, in the order they came, until `rx` ends or a
+    /// push fails or nobody takes the acknowledgements any more (then
+    /// `rx` is dropped, which stops the follower).
     async fn push_parts(
         &self,
         r: &Reference,
         rx: mpsc::Receiver<(Part, bytes::Bytes)>,
+        acked: std::sync::mpsc::Sender<Part>,
     ) -> Result<()> {
         let parts = futures_util::stream::unfold(rx, |mut rx| async {
             rx.recv().await.map(|item| (item, rx))
@@ -707,13 +840,16 @@ impl Registry {
                 self.client
                     .push_blob(r, data, &part.digest)
                     .await
-                    .map(drop)
-                    .map_err(|e| classify(r, "push (a part of the pages)", e))
+                    .map_err(|e| classify(r, "push (a part of the pages)", e))?;
+                Ok::<_, Error>(part)
             })
-            .buffer_unordered(PARTS_IN_FLIGHT);
+            // In order: a destination assembles each file front to back.
+            .buffered(PARTS_IN_FLIGHT);
         let mut pushes = std::pin::pin!(pushes);
         while let Some(pushed) = pushes.next().await {
-            pushed?;
+            acked
+                .send(pushed?)
+                .map_err(|_| Error::Malformed("the parts' announcer stopped".into()))?;
         }
         Ok(())
     }
@@ -909,6 +1045,77 @@ pub struct PulledCheckpoint {
     pub parts: Duration,
 }
 
+/// Parts of a migration image fetched while its source still pushed
+/// ([`Registry::prefetch_parts`]): each checked against its digest
+/// before it was written into its pages image in `dir`.
+#[derive(Debug)]
+pub(crate) struct Prefetched {
+    /// The directory holding the pages images assembled from the parts.
+    pub(crate) dir: std::path::PathBuf,
+    /// The parts written, in the order announced.
+    pub(crate) parts: Vec<Part>,
+    /// When the first of them was asked for (as soon as it was announced).
+    pub(crate) first_fetch: Option<Instant>,
+    /// When the first of them had been written.
+    pub(crate) first_written: Option<Instant>,
+}
+
+/// Writes `data`, `part`'s blob already checked against its digest,
+/// refused unless it has the size the part announces.
+fn write_part(r: &Reference, assembly: &mut Assembly<'_>, part: &Part, data: &[u8]) -> Result<()> {
+    if data.len() as u64 != part.size {
+        return Err(Error::Malformed(format!(
+            "{r}: a part of {} has {} bytes, its manifest says {}",
+            part.file,
+            data.len(),
+            part.size
+        )));
+    }
+    assembly.write(part, data)
+}
+
+/// Refuses a manifest whose parts are not exactly the ones the source
+/// announced (and the destination fetched) while it pushed.
+fn same_parts(reference: &str, listed: &[Part], announced: &[Part]) -> Result<()> {
+    if listed == announced {
+        return Ok(());
+    }
+    Err(Error::Malformed(format!(
+        "{reference} lists {} pages parts, not the {} the source announced while it pushed \
+         (or not the same ones): the image changed in the registry, or the source pushed \
+         another; nothing of it was restored",
+        listed.len(),
+        announced.len()
+    )))
+}
+
+/// Links the pages images assembled from `p`'s parts into the unpacked
+/// checkpoint directory, none of them over a file the archive brought.
+fn place_prefetched(p: &Prefetched, unpacked: &Unpacked) -> Result<()> {
+    let dir = unpacked.root.join(archive::CHECKPOINT_DIR);
+    let files: std::collections::BTreeSet<&str> = p.parts.iter().map(|p| p.file.as_str()).collect();
+    for file in files {
+        let (from, to) = (p.dir.join(file), dir.join(file));
+        // A hard link never replaces what is there (a link of the
+        // archive's, say): that is refused.
+        std::fs::hard_link(&from, &to).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => {
+                Error::Malformed(format!("{file} is both in the archive and in parts"))
+            }
+            _ => Error::io(
+                format!(
+                    "linking {} into {} (the parts' directory and the unpacked archive must \
+                     share a filesystem)",
+                    from.display(),
+                    dir.display()
+                ),
+                e,
+            ),
+        })?;
+    }
+    Ok(())
+}
+
 /// Whether packing failed only because the push stopped reading.
 fn stopped_by_the_push(e: &Error) -> bool {
     matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
@@ -944,6 +1151,24 @@ const PARTS_IN_FLIGHT: usize = 2;
 /// How many parts a pull fetches at once: a part is written while the
 /// others keep downloading (each is held in memory until checked).
 const PULL_PARTS_IN_FLIGHT: usize = 4;
+
+/// Announces each part the pusher acknowledges through `announce`,
+/// until the pusher ends. If `announce` fails, the follower is told to
+/// stop (`abandoned`) and the receiver dropped, which stops the pusher
+/// at its next acknowledgement.
+fn announce_acked(
+    acked: std::sync::mpsc::Receiver<Part>,
+    announce: &mut dyn FnMut(&Part) -> Result<()>,
+    abandoned: &AtomicBool,
+) -> Result<()> {
+    for part in acked {
+        if let Err(e) = announce(&part) {
+            abandoned.store(true, Ordering::Release);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
 
 /// A transfer's progress callback, as the methods take it.
 type ProgressFn<'p> = &'p mut dyn FnMut(u64, Option<u64>);

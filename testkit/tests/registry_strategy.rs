@@ -90,8 +90,9 @@ fn the_registry_strategy_moves_a_live_workload_through_a_registry() {
     let reg = RegistryHost::start(&hosts, None).unwrap();
     let reference = reg.fresh_reference("strategy");
     let (a, b) = reg.clients(&hosts, &reference).unwrap();
-    // More than one 32 MiB part of pages, pushed while CRIU writes them.
-    let mut w = fixture::counter_on(&hosts.a, &dir.path().join("out.log"), 40);
+    // Several 32 MiB parts of pages, pushed while CRIU writes them and
+    // fetched by the destination as the source announces them.
+    let mut w = fixture::counter_on(&hosts.a, &dir.path().join("out.log"), 130);
     let sum = w.memory_checksum().unwrap();
     w.wait_for_seq(50, WAIT).unwrap();
 
@@ -130,8 +131,28 @@ fn the_registry_strategy_moves_a_live_workload_through_a_registry() {
         src.page_server_bytes
     );
     let pushed = push.pushed().expect("pushed");
-    assert_eq!(pushed.parts, 2, "the pages in parts: {pushed:?}");
+    assert!(pushed.parts >= 5, "the pages in parts: {pushed:?}");
     let pulled = pull.pulled().expect("pulled");
+    // The pull overlapped the push: every part was fetched as the source
+    // announced it, the first asked for before the source had pushed the
+    // rest (the archive and the manifest go up only after every part was
+    // in the registry and announced).
+    assert_eq!(pulled.parts_prefetched, pushed.parts, "{pulled:?}");
+    let fetched = pulled.first_part_fetched.expect("a part fetched early");
+    let written = pulled.first_part_written.expect("a part written early");
+    let push_ended = push.push_ended().expect("the push's end");
+    assert!(
+        fetched < push_ended,
+        "the first part was asked for {:?} after the push ended",
+        fetched.duration_since(push_ended)
+    );
+    // Whether it was also written before depends on the two hosts'
+    // speeds (debug builds here); said, not asserted.
+    eprintln!(
+        "first part asked for {:?} and written {:?} before the push ended",
+        push_ended.saturating_duration_since(fetched),
+        push_ended.checked_duration_since(written)
+    );
     assert_eq!(pulled.reference, reference);
     assert_eq!(pulled.layer_digest, pushed.layer_digest);
     assert_eq!(pulled.pull.layer_bytes, pushed.push.layer_bytes);

@@ -156,6 +156,19 @@ impl<'scope> Dumping<'scope> {
         }
     }
 
+    /// Like [`Dumping::images_ready`], waiting at most `timeout`: `None`
+    /// while the images are not complete yet.
+    pub(super) fn images_ready_within(
+        &mut self,
+        timeout: Duration,
+    ) -> Option<Result<Option<DumpReport>>> {
+        match self.events.recv_timeout(timeout) {
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Ok(e) => Some(self.ready_on(Ok(e))),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Some(self.ready_on(Err(()))),
+        }
+    }
+
     /// Like [`Dumping::images_ready`] without waiting: `None` while the
     /// images are not complete yet.
     pub(super) fn try_images_ready(&mut self) -> Option<Result<Option<DumpReport>>> {

@@ -7,7 +7,8 @@
 //! ([`Source::send_dir`]), the dump with the source held
 //! ([`Source::dump`], a [`Dump`]), the images complete
 //! ([`Source::stream_images`] while the dump writes them, or
-//! [`Source::images_ready`], an [`Images`]), the images sent
+//! [`Source::images_ready`], or [`Source::images_ready_meanwhile`] with
+//! messages of the strategy's own sent while it waits: an [`Images`]), the images sent
 //! ([`Source::send_images`]) and the destination's restore
 //! ([`Source::await_restore`], the [`Restored`] that `run` returns). Each
 //! step takes the value the one before it returned, so a strategy cannot
@@ -561,6 +562,38 @@ impl<'s> Source<'s> {
             Err(e) => return Err(self.dump_failed(e)),
         };
         self.complete(dumping, early, Instant::now(), None, dump.serves)
+    }
+
+    /// Waits as [`Source::images_ready`] does, calling `meanwhile` with
+    /// this source at least every `every` while the dump runs: for a
+    /// strategy that tells the destination of its own progress (its
+    /// messages, [`Source::send`]) while CRIU still writes, such as the
+    /// parts of the images it has put somewhere already. An error of
+    /// `meanwhile` fails the migration: the dump is abandoned and the
+    /// tree resumed.
+    pub fn images_ready_meanwhile(
+        &mut self,
+        dump: Dump<'s>,
+        every: Duration,
+        mut meanwhile: impl FnMut(&mut Source<'s>) -> Result<()>,
+    ) -> Result<Images<'s>> {
+        let serves = dump.serves;
+        let mut dumping = dump.dumping;
+        let early = loop {
+            if let Some(ready) = dumping.images_ready_within(every) {
+                break ready;
+            }
+            if let Err(e) = meanwhile(self) {
+                // Dropped, the dump is unblocked and waited for.
+                drop(dumping);
+                return Err(self.fail(e));
+            }
+        };
+        let early = match early {
+            Ok(early) => early,
+            Err(e) => return Err(self.dump_failed(e)),
+        };
+        self.complete(dumping, early, Instant::now(), None, serves)
     }
 
     /// The images are complete: the tree is held here from now on, and

@@ -21,4 +21,4 @@ pub use container::RegistryEngine;
 pub use criu_oci::Compression;
 pub use docker::DockerRegistryEngine;
 pub use host::{unique_tag, RegistryHost, REGISTRY_ADDR};
-pub use moves::{migrate_via_registry, move_through_registry, Move};
+pub use moves::{migrate_via_registry, migrate_via_registry_strategy, move_through_registry, Move};

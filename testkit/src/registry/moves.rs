@@ -2,11 +2,13 @@
 //! [`RegistryHost`], and the cost of it beside the direct strategies.
 
 use std::fs;
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
+use criu::migrate::{receive_with, send_with, DestConfig, SourceConfig, Strategy};
 use criu_oci::migrate::{checkpoint_and_push, pull_and_restore, PushTo, Pushed, Restored};
-use criu_oci::{Compression, Limits};
+use criu_oci::{strategy, Compression, Limits};
 
 use super::host::RegistryHost;
 use crate::container::{BoxError, RegistryCost};
@@ -145,6 +147,94 @@ pub fn migrate_via_registry(
     };
     drop(restored.child);
     Ok((row, cost))
+}
+
+/// [`migrate_via_registry`] as a live migration runs it: criu-oci's
+/// registry strategy (`criu_oci::strategy`) over a TCP stream from host a
+/// to host b, the layer plain, the destination fetching each pages part
+/// as the source announces it while the rest is still pushed. The row's
+/// phases are the driver's, with the push's and the pull's beside them
+/// (`pull` and `pull parts` count from the source's last message, after
+/// the push: what the pull added to it).
+pub fn migrate_via_registry_strategy(
+    workload: &str,
+    mib: usize,
+    warmup: Duration,
+) -> Result<Row, BoxError> {
+    let mut started = Started::new("criu-rs-regmig-", mib, warmup)?;
+    let registry = RegistryHost::start(&started.hosts, None)?;
+    // The dump and the unpacked images in memory, as the direct
+    // strategies keep theirs.
+    let images = tempfile::Builder::new()
+        .prefix("criu-rs-regmig-")
+        .tempdir_in("/dev/shm")?;
+    let (src_dir, dst_dir) = (images.path().join("a"), images.path().join("b"));
+    fs::create_dir_all(&src_dir)?;
+    fs::create_dir_all(&dst_dir)?;
+    let reference = registry.fresh_reference(workload);
+    let (client_a, client_b) = registry.clients(&started.hosts, &reference)?;
+    let mut push = strategy::PushTo::new(&client_a, &reference, workload);
+    let prefix = format!("{}/criu-rs/", registry.address());
+    let mut pull = strategy::PullFrom::new(&client_b, &prefix, Limits::default());
+    let hosts = &started.hosts;
+    let listener = hosts.b.run(|| TcpListener::bind((hosts.b.addr, 0)))??;
+    let addr = listener.local_addr()?;
+    let (src, dst) = std::thread::scope(|s| {
+        let dst = s.spawn(|| {
+            hosts.b.run(|| {
+                let (mut stream, _) = listener.accept()?;
+                let cfg = DestConfig::new().work_dir(&dst_dir);
+                Ok::<_, BoxError>(receive_with(
+                    &criu::Criu::new(),
+                    &mut stream,
+                    cfg,
+                    &mut pull,
+                )?)
+            })
+        });
+        let src = hosts.a.run(|| {
+            let mut stream = TcpStream::connect(addr)?;
+            // The strategy is the registry's; the config's is not used.
+            let cfg = SourceConfig::new(Strategy::StopAndCopy).work_dir(&src_dir);
+            Ok::<_, BoxError>(send_with(
+                &criu::Criu::new(),
+                started.pid,
+                &mut stream,
+                cfg,
+                &mut push,
+            )?)
+        });
+        (src, dst.join())
+    });
+    let dst = dst.map_err(|_| "the destination's thread panicked")???;
+    let src = src??;
+    let pushed = push.pushed().ok_or("the source reported no push")?.clone();
+    let pulled = pull
+        .pulled()
+        .ok_or("the destination reported no pull")?
+        .clone();
+    let pid_after = dst.child.pid();
+    let seen = started.observe(pid_after, mib)?;
+    drop(dst.child);
+    let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let registry_phases = RegistryPhases {
+        push_parts_us: us(pushed.parts_wait),
+        push_rest_us: us(pushed.push.elapsed.saturating_sub(pushed.parts_wait)),
+        pull_us: us(pulled.pull.elapsed.saturating_sub(pulled.parts)),
+        pull_parts_us: us(pulled.parts),
+        unpack_us: us(pulled.unpack),
+    };
+    // The application's gap beyond the migration's own phases.
+    let resume = (seen.downtime_ns / 1000).saturating_sub(src.stopped_to_restored.as_micros());
+    Ok(Row {
+        phases: Some(RowPhases {
+            migration: src.phases,
+            resume_us: u64::try_from(resume).unwrap_or(u64::MAX),
+            registry: Some(registry_phases),
+        }),
+        // The registry is reached over plain HTTP.
+        ..Row::of(&src, "plain", workload).observed(&started, &seen)
+    })
 }
 
 /// Where the registry route's downtime went: CRIU's own phases from its
