@@ -466,15 +466,21 @@ fn refuse(s: &mut TlsStream, e: rustls::Error) -> HandshakeError {
     HandshakeError::Tls(e)
 }
 
-/// Reads what the peer sent, with the time left.
-fn read_some(s: &mut TlsStream, deadline: Instant) -> std::result::Result<(), HandshakeError> {
+/// Makes the socket's next reads give up at `deadline`, or says it has
+/// passed.
+fn read_within(s: &mut TlsStream, deadline: Instant) -> std::result::Result<(), HandshakeError> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
         return Err(HandshakeError::TimedOut);
     }
     s.tcp
         .set_read_timeout(Some(left))
-        .map_err(HandshakeError::Io)?;
+        .map_err(HandshakeError::Io)
+}
+
+/// Reads what the peer sent, with the time left.
+fn read_some(s: &mut TlsStream, deadline: Instant) -> std::result::Result<(), HandshakeError> {
+    read_within(s, deadline)?;
     match s.session.fill(&mut s.tcp) {
         Ok(0) => Err(HandshakeError::Closed),
         Ok(_) => Ok(()),
@@ -488,13 +494,7 @@ fn await_acceptance(
     s: &mut TlsStream,
     deadline: Instant,
 ) -> std::result::Result<(), HandshakeError> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(HandshakeError::TimedOut);
-    }
-    s.tcp
-        .set_read_timeout(Some(left))
-        .map_err(HandshakeError::Io)?;
+    read_within(s, deadline)?;
     let mut byte = [0u8; 1];
     match s.read(&mut byte) {
         Ok(1) if byte[0] == ACCEPTED => Ok(()),

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use criu::migrate::{receive_with, send_with, DestConfig, SourceConfig, Strategy};
@@ -87,14 +87,7 @@ pub fn migrate_via_registry(
 ) -> Result<(Row, RegistryCost), BoxError> {
     let mut started = Started::new("criu-rs-regmig-", mib, warmup)?;
     let registry = RegistryHost::start(&started.hosts, None)?;
-    // The dump and the unpacked images in memory, as the direct
-    // strategies keep theirs (their private tmpfs directories).
-    let images = tempfile::Builder::new()
-        .prefix("criu-rs-regmig-")
-        .tempdir_in("/dev/shm")?;
-    let (src_dir, dst_dir) = (images.path().join("a"), images.path().join("b"));
-    fs::create_dir_all(&src_dir)?;
-    fs::create_dir_all(&dst_dir)?;
+    let (_images, src_dir, dst_dir) = images_in_memory()?;
     let m = Move {
         pid: started.pid,
         name: workload,
@@ -163,14 +156,7 @@ pub fn migrate_via_registry_strategy(
 ) -> Result<Row, BoxError> {
     let mut started = Started::new("criu-rs-regmig-", mib, warmup)?;
     let registry = RegistryHost::start(&started.hosts, None)?;
-    // The dump and the unpacked images in memory, as the direct
-    // strategies keep theirs.
-    let images = tempfile::Builder::new()
-        .prefix("criu-rs-regmig-")
-        .tempdir_in("/dev/shm")?;
-    let (src_dir, dst_dir) = (images.path().join("a"), images.path().join("b"));
-    fs::create_dir_all(&src_dir)?;
-    fs::create_dir_all(&dst_dir)?;
+    let (_images, src_dir, dst_dir) = images_in_memory()?;
     let reference = registry.fresh_reference(workload);
     let (client_a, client_b) = registry.clients(&started.hosts, &reference)?;
     let mut push = strategy::PushTo::new(&client_a, &reference, workload);
@@ -276,4 +262,18 @@ fn registry_phases(
         resume_us: 0,
         registry: Some(registry),
     }
+}
+
+/// A private directory in `/dev/shm` with the source's (`a`) and the
+/// destination's (`b`) images directories: the dump and the unpacked
+/// images in memory, as the direct strategies keep theirs (their private
+/// tmpfs directories).
+fn images_in_memory() -> Result<(tempfile::TempDir, PathBuf, PathBuf), BoxError> {
+    let images = tempfile::Builder::new()
+        .prefix("criu-rs-regmig-")
+        .tempdir_in("/dev/shm")?;
+    let (src_dir, dst_dir) = (images.path().join("a"), images.path().join("b"));
+    fs::create_dir_all(&src_dir)?;
+    fs::create_dir_all(&dst_dir)?;
+    Ok((images, src_dir, dst_dir))
 }
