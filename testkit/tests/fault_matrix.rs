@@ -427,11 +427,9 @@ fn reuse_pid(pid: i32) -> Option<Innocent> {
 
 /// At the source's query-ext-files (CRIU is connected to the page server,
 /// no page sent yet): from another thread, waits until the destination's
-/// page server has its pages image open (it answered the dump's request
-/// to open one), stops it, waits until more than 64 KiB of pages reached
-/// it (written, or waiting unread on its connection: the protocol's own
-/// messages are far smaller), samples the held source and kills the page
-/// server.
+/// page server has its pages image open, stops it with pages flowing
+/// into it (written, or waiting unread on its connection), samples the
+/// held source and kills the page server.
 fn kill_page_server_once_pages_flow(b: u64, probe: &HeldProbe, record: &Shared) {
     let Some(server) = faults::criu_daemon(b, "page-server") else {
         return;
@@ -449,7 +447,6 @@ fn kill_page_server_once_pages_flow(b: u64, probe: &HeldProbe, record: &Shared) 
             file = pages();
             file.is_some()
         });
-        faults::signal(server, nix::sys::signal::Signal::SIGSTOP);
         let arrived = || {
             let written = file
                 .as_ref()
@@ -461,7 +458,7 @@ fn kill_page_server_once_pages_flow(b: u64, probe: &HeldProbe, record: &Shared) 
                 .sum();
             written + queued
         };
-        let flowing = opened && criu_testkit::wait_until(WAIT, || arrived() > 64 << 10);
+        let flowing = opened && stop_once_pages_flow(server, arrived);
         probe.sample();
         let bytes = arrived();
         // Recorded first: the migration may return as soon as it is dead.
@@ -469,6 +466,27 @@ fn kill_page_server_once_pages_flow(b: u64, probe: &HeldProbe, record: &Shared) 
         faults::signal(server, nix::sys::signal::Signal::SIGKILL);
         eprintln!("page server {server} killed after {bytes} bytes of pages");
     });
+}
+
+/// Stops `server` with pages flowing into it: more than 64 KiB `arrived`
+/// (the protocol's own messages are far smaller).
+///
+/// The server opens the pages image before it answers the dump's request
+/// to open it: a stop that lands between the two leaves the dump waiting
+/// for that answer and no page ever flows. So a stop that sees no pages
+/// within `TRY` is undone, and the server runs a moment before the next.
+fn stop_once_pages_flow(server: i32, arrived: impl Fn() -> u64) -> bool {
+    const TRY: Duration = Duration::from_millis(500);
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline {
+        faults::signal(server, nix::sys::signal::Signal::SIGSTOP);
+        if criu_testkit::wait_until(TRY, || arrived() > 64 << 10) {
+            return true;
+        }
+        faults::signal(server, nix::sys::signal::Signal::SIGCONT);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
 }
 
 /// When the destination's `Restored` passes: cuts the (stopped) lazy-pages
