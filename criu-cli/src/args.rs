@@ -444,7 +444,7 @@ const RECEIVE_JSON: &str = "\
 Also write the report as JSON to this file (\"-\" for stdout), one object on one line. On \
 success: \"restored_pid\", \"strategy\", \"restore\" (CRIU's restore report), \"transfer\" \
 (\"files\", \"bytes\", ...), \"source_confirmed\" (false: the source did not confirm it \
-stopped its copy), \"link\" (\"plain\" or \"tls\"), \"peer\" (the source's address). On \
+stopped its copy, and the command exits 8), \"link\" (\"plain\" or \"tls\"), \"peer\" (the source's address). On \
 failure the same {\"error\": {...}} row as send's (see `criu-rs send --help`; \"source_state\" \
 is mostly \"unknown\" here: the source decides).";
 

@@ -26,6 +26,9 @@ pub enum Exit {
     /// 7: the destination's pre-flight check refused the move; nothing
     /// was stopped.
     Refused = 7,
+    /// 8: the tree was restored here, but the source never confirmed
+    /// that it stopped its own copy: two copies may run.
+    Unconfirmed = 8,
 }
 
 /// The text `--help` shows for the exit codes.
@@ -38,7 +41,8 @@ Exit codes:
   4  the other host or the registry was unreachable, refused us, or broke off
   5  interrupted by SIGINT, SIGTERM or SIGHUP (the source process resumed)
   6  malformed input: an image, crit JSON, or an archive
-  7  the destination refused the move at pre-flight (nothing was stopped)";
+  7  the destination refused the move at pre-flight (nothing was stopped)
+  8  restored, but the source never confirmed it stopped its copy: check it";
 
 /// A command's failure.
 #[derive(Debug)]
@@ -449,6 +453,7 @@ mod tests {
             Exit::Interrupted,
             Exit::BadInput,
             Exit::Refused,
+            Exit::Unconfirmed,
         ];
         for code in all {
             let line = format!("\n  {}  ", code as u8);

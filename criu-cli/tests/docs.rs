@@ -13,7 +13,7 @@ use common::{bin, run};
 const EXAMPLED: [&str; 6] = ["send", "receive", "dump", "restore", "push", "pull"];
 
 /// Every exit code `error::Exit` has, and 0.
-const CODES: [u8; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
+const CODES: [u8; 9] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
 
 fn stdout(args: &[&str]) -> String {
     let out = run(Command::new(bin()).args(args));

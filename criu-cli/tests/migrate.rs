@@ -1379,3 +1379,66 @@ fn sigint_to_receive_while_the_page_server_streams_resumes_the_source() {
     assert_ne!(i.send_code, Some(0), "send: {}", i.send_err);
     assert_eq!(i.send_row["source_state"], "resumed", "{}", i.send_row);
 }
+
+/// The source's `Done` lost on the way (a relay stops passing anything to
+/// the destination once its `Restored` has gone by): the receive keeps
+/// its copy, reports it, and exits 8, since the source may run its own
+/// too; and it does, having never heard `Kept`. Both copies are killed
+/// here by pid.
+#[test]
+fn a_restore_the_source_never_confirmed_exits_8() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = counter(dir.path(), 8, true);
+    let port = free_port();
+    let json = dir.path().join("recv.json");
+    let r = receive(
+        port,
+        &["--plain", "--detach", "--json", json.to_str().unwrap()],
+    );
+    // Between the two: the relay that loses the end.
+    let relay = TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay_port = relay.local_addr().unwrap().port();
+    let relaying = std::thread::spawn(move || {
+        let (from_send, _) = relay.accept().unwrap();
+        let to_receive = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        criu_testkit::faults::lose_the_end()(from_send, to_receive);
+    });
+    let send = Command::new(bin())
+        .args(["send", "--pid", &c.pid.to_string(), "--plain"])
+        .args(["--strategy", "stop-and-copy", "--json", "-"])
+        .args(["--to", &format!("127.0.0.1:{relay_port}")])
+        .output()
+        .unwrap();
+    let (recv_code, recv_err) = r.finish();
+    relaying.join().unwrap();
+    let received: Option<Value> = std::fs::read(&json)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let restored = received
+        .as_ref()
+        .and_then(|v| v["restored_pid"].as_i64())
+        .map(|p| p as i32);
+    // Both copies run: kill them before asserting.
+    let running = copies(dir.path());
+    kill_all(&running);
+    let send_err = String::from_utf8_lossy(&send.stderr);
+    let restored =
+        restored.unwrap_or_else(|| panic!("no restore reported: {received:?}\n{recv_err}"));
+    assert_eq!(recv_code, Some(8), "receive: {recv_err}");
+    assert!(
+        recv_err.contains("never confirmed") && recv_err.contains(&format!("pid {restored}")),
+        "the receive names the restored pid and the missing word: {recv_err}"
+    );
+    let received = received.unwrap();
+    assert_eq!(received["source_confirmed"], false, "{received}");
+    // The source heard no `Kept`: it resumed, and says the stream broke off.
+    assert_eq!(send.status.code(), Some(4), "send: {send_err}");
+    let mut expected = vec![c.pid, restored];
+    expected.sort();
+    let mut running = running;
+    running.sort();
+    assert_eq!(
+        running, expected,
+        "the source resumed and the copy here runs on\nsend: {send_err}\nreceive: {recv_err}"
+    );
+}

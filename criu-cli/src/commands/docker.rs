@@ -12,6 +12,7 @@ use criu_docker::{DockerClient, ReceiveConfig, SendConfig, SendReport};
 
 use super::migrate::{
     accept, connect, interrupted, interrupts, link, listen, resolve, wait_for_source, write_report,
+    Restored,
 };
 use crate::args::{ReceiveArgs, SendArgs};
 use crate::error::{CliError, CliResult, Exit};
@@ -209,5 +210,10 @@ pub fn receive(a: ReceiveArgs, d: &DockerReceive) -> CliResult {
         link.name(),
         "peer",
         &peer.to_string(),
-    )
+    )?;
+    Restored {
+        what: report.name.clone(),
+        source_confirmed: report.source_confirmed,
+    }
+    .confirmed("container", "container")
 }

@@ -225,7 +225,10 @@ pub(super) fn listen(addr: SocketAddr) -> CliResult<TcpListener> {
 
 /// Runs `f`; with `--json`, a failure is written there too, as an
 /// `{"error": ...}` row (see `CliError::to_json`).
-pub(super) fn reporting_errors(json: Option<&Path>, f: impl FnOnce() -> CliResult) -> CliResult {
+pub(super) fn reporting_errors<T>(
+    json: Option<&Path>,
+    f: impl FnOnce() -> CliResult<T>,
+) -> CliResult<T> {
     let r = f();
     if let (Err(e), Some(path)) = (&r, json) {
         let _ = write_json(path, &e.to_json());
@@ -536,7 +539,38 @@ fn dest_config<'a>(
 
 /// Waits for a source on `--listen`; restores what it sends.
 pub fn receive(a: ReceiveArgs) -> CliResult {
-    reporting_errors(a.json.as_deref(), || receive_tree(&a))
+    let restored = reporting_errors(a.json.as_deref(), || receive_tree(&a))?;
+    restored.confirmed("tree", "process")
+}
+
+/// A restore here, as far as the source said.
+pub(super) struct Restored {
+    /// The restored tree's root (or the container's name).
+    pub what: String,
+    /// The source confirmed that it stopped its copy.
+    pub source_confirmed: bool,
+}
+
+impl Restored {
+    /// Exit 8 when the source never confirmed: the copy here runs (its
+    /// report was written), and the source's may too. A script must not
+    /// take that for a clean move.
+    pub(super) fn confirmed(self, kind: &str, theirs: &str) -> CliResult {
+        if self.source_confirmed {
+            return Ok(());
+        }
+        Err(CliError::new(
+            Exit::Unconfirmed,
+            format!(
+                "the {kind} was restored here ({}), but the source never confirmed that it \
+                 stopped its own copy (the stream ended first): two copies may run",
+                self.what
+            ),
+        )
+        .hint(format!(
+            "check the source host: if its {theirs} runs too, stop one of the two"
+        )))
+    }
 }
 
 /// Waits for sources until one passes pre-flight (or, with `--once`, the
@@ -574,7 +608,7 @@ fn next_source(
     }
 }
 
-fn receive_tree(a: &ReceiveArgs) -> CliResult {
+fn receive_tree(a: &ReceiveArgs) -> CliResult<Restored> {
     a.criu.check_for("receive")?;
     check_work_dir(a.work_dir.as_deref())?;
     let link = link(&a.security)?;
@@ -618,9 +652,13 @@ fn receive_tree(a: &ReceiveArgs) -> CliResult {
             }),
         )?;
     }
+    let restored = Restored {
+        what: format!("pid {pid}"),
+        source_confirmed: report.source_confirmed,
+    };
     if a.detach {
         report.child.detach();
-        return Ok(());
+        return Ok(restored);
     }
     signals.exit_leaving(pid);
     if let Some(sig) = signals.caught() {
@@ -635,5 +673,5 @@ fn receive_tree(a: &ReceiveArgs) -> CliResult {
         .wait()
         .map_err(|e| CliError::io("waiting for the restored tree", e))?;
     eprintln!("the restored tree exited: {status}");
-    Ok(())
+    Ok(restored)
 }
