@@ -422,3 +422,105 @@ fn a_destination_refuses_a_manifest_of_other_parts_than_the_announced_ones() {
     drop(w);
     drop(reg);
 }
+
+#[test]
+fn cancelling_the_source_while_parts_are_pushed_and_fetched_resumes_it() {
+    for hook in [Hook::PartPushed, Hook::PartFetched] {
+        aftermath::isolated(|| cancel_during_the_overlap(hook));
+    }
+}
+
+/// When the overlap test cancels the source, as the registry's access
+/// log shows.
+#[derive(Debug, Clone, Copy)]
+enum Hook {
+    /// Once the first part's blob is in the registry (the source
+    /// announces it at once), CRIU still writing the pages.
+    PartPushed,
+    /// Once the destination fetched a part the source announced, the
+    /// rest still pushed.
+    PartFetched,
+}
+
+/// Cancels the source of a 192 MiB move (six parts) at `hook`, while the
+/// other parts are still dumped and pushed.
+fn cancel_during_the_overlap(hook: Hook) {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = TwoHosts::new().unwrap();
+    let reg = RegistryHost::start(&hosts, None).unwrap();
+    let reference = reg.fresh_reference("cancelled");
+    let (a, b) = reg.clients(&hosts, &reference).unwrap();
+    let out = dir.path().join("out.log");
+    let mut w = fixture::counter_on(&hosts.a, &out, 192);
+    let sum = w.memory_checksum().unwrap();
+    w.wait_for_seq(20, WAIT).unwrap();
+
+    let cancel = Cancel::new();
+    let mut push = PushTo::new(&a, &reference, "counter");
+    let prefix = format!("{}/criu-rs/", reg.address());
+    let mut pull = PullFrom::new(&b, &prefix, Limits::default());
+    let (_, repo) = reference.split_once('/').unwrap();
+    let (repo, _) = repo.rsplit_once(':').unwrap();
+    // A blob's upload ends with its PUT; only the destination gets blobs
+    // before the manifest is pushed: the parts the source announced.
+    let seen = match hook {
+        Hook::PartPushed => format!("PUT /v2/{repo}/blobs/uploads/"),
+        Hook::PartFetched => format!("GET /v2/{repo}/blobs/sha256:"),
+    };
+    let tagged = format!("PUT /v2/{repo}/manifests/");
+    let moving = std::sync::atomic::AtomicBool::new(true);
+    let (run, at_cancel) = std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            while moving.load(std::sync::atomic::Ordering::Acquire) {
+                let requests = reg.requests();
+                if requests.iter().any(|r| r.starts_with(&seen)) {
+                    cancel.cancel();
+                    return Some(requests);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            None
+        });
+        let run = move_tree(&hosts, w.pid(), dir.path(), &mut push, &mut pull, &cancel);
+        moving.store(false, std::sync::atomic::Ordering::Release);
+        (run, watcher.join().unwrap())
+    });
+    let what = format!("cancelled at {hook:?}");
+    let at_cancel = at_cancel.unwrap_or_else(|| panic!("{what}: never seen"));
+    assert!(
+        !at_cancel.iter().any(|r| r.starts_with(&tagged)),
+        "{what}: before the manifest was pushed: {at_cancel:?}"
+    );
+    let e = run.src.expect_err(&what);
+    assert!(e.is_cancelled(), "{what}: {}", chain(&e));
+    assert_eq!(e.source_state(), Some(SourceState::Resumed), "{e}");
+    let d = run.dst.expect_err("the destination is told");
+    eprintln!(
+        "{what}: source: {}\n  destination: {}",
+        chain(&e),
+        chain(&d)
+    );
+    // Told before it was told to pull: it never restored a copy (to
+    // have it killed once the source saw its cancellation). Cancelled
+    // while CRIU dumps, the dump is refused at its end (`Step::Dump`).
+    let dm = d.migration_error().expect("a migration error");
+    assert!(
+        matches!(dm.step(), Step::Dump | Step::Transfer),
+        "{what}: {:?}: {}",
+        dm.step(),
+        chain(&d)
+    );
+    assert_eq!(dm.source_state(), SourceState::Resumed, "{}", chain(&d));
+    assert!(push.pushed().is_none() && pull.pulled().is_none());
+    only_the_source_runs(&mut w, &sum, &hosts, &out, dir.path());
+    drop(w);
+    // Nothing of the move in /dev/shm (this test's own): the registry's
+    // directory only.
+    let registry_dir = reg.storage().parent().unwrap().to_path_buf();
+    let left: Vec<_> = aftermath::shm_entries()
+        .into_iter()
+        .filter(|p| *p != registry_dir)
+        .collect();
+    assert!(left.is_empty(), "left in /dev/shm: {left:?}");
+    drop(reg);
+}
