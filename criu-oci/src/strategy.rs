@@ -176,7 +176,12 @@ impl SourceStrategy for PushTo<'_> {
                                 announce_acked,
                             )?)
                         },
-                        &mut |part| Ok(source.borrow_mut().send(&Own::Part(part.clone()))?),
+                        &mut |part| {
+                            // The rest of the parts, the dump over.
+                            let mut source = source.borrow_mut();
+                            unless_cancelled(&source)?;
+                            Ok(source.send(&Own::Part(part.clone()))?)
+                        },
                     )
                     .map_err(failed)?
             }
@@ -197,6 +202,9 @@ impl SourceStrategy for PushTo<'_> {
         };
         self.push_ended = Some(Instant::now());
         source.step(Step::Transfer);
+        // Cancelled while the rest went up: the destination is never told
+        // to pull (nor restores a copy only to have it killed).
+        unless_cancelled(source)?;
         source.send(&Own::Pushed {
             reference: self.reference.clone(),
             layer_digest: pushed.layer_digest.clone(),
@@ -207,6 +215,28 @@ impl SourceStrategy for PushTo<'_> {
         let restored = source.await_restore(images)?;
         Ok(restored.carried_beside(bytes))
     }
+}
+
+/// `Err` (cancelled, the source to be resumed) once the migration was
+/// cancelled. A cancel while CRIU dumps refuses the dump at its next
+/// notification; once the dump is over, the push checks here, between
+/// the parts left and before the destination is told to pull: without
+/// it, the source heard of its cancellation only in
+/// [`Source::await_restore`], after the destination had restored a copy
+/// (killed then).
+fn unless_cancelled(source: &Source<'_>) -> criu::Result<()> {
+    if !source.cancel().is_cancelled() {
+        return Ok(());
+    }
+    Err(criu::Error::migration(
+        MigrationError::new(
+            Step::Transfer,
+            SourceState::Resumed,
+            "stopped on request while the checkpoint was pushed",
+        )
+        .cancelled(),
+        None,
+    ))
 }
 
 /// What the destination pulled.
