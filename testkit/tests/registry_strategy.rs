@@ -203,7 +203,6 @@ fn an_unreachable_registry_leaves_the_source_running() {
     assert_eq!(m.step(), Step::Transfer, "{e}");
     assert_eq!(m.source_state(), SourceState::Resumed, "{e}");
     let dm = d.migration_error().expect("a migration error");
-    eprintln!("dest step {:?}", dm.step());
     assert_eq!(dm.step(), Step::Transfer, "the source's step: {d}");
     assert_eq!(dm.source_state(), SourceState::Resumed, "{d}");
     assert!(w.is_running(), "the source process is alive: {e}");
