@@ -130,6 +130,10 @@ fn carry_plain<P: Plain>(plain: P, tls: TlsStream, idle: Duration) -> io::Result
     let (session, tcp) = tls.into_parts();
     tcp.set_read_timeout(Some(idle))?;
     tcp.set_write_timeout(Some(idle))?;
+    // CRIU's protocols wait for small answers (the page server's to each
+    // image opened, the lazy-pages daemon's requests): each write goes
+    // at once, not after the peer's delayed ACK (Nagle's algorithm).
+    tcp.set_nodelay(true)?;
     let session: Shared = Arc::new(Mutex::new(session));
     let (plain_in, tcp_out) = (plain.duplicate()?, tcp.try_clone()?);
     let hang_up = {

@@ -311,6 +311,10 @@ impl LoopbackEnd {
             let own = |s: &TcpStream| is_own_socket(s).unwrap_or(false);
             if let Ok(criu) = accept_polling(&listener, deadline, wanted, own) {
                 drop(listener);
+                // What comes back to the dump (the page server's one-byte
+                // answer to each image it opens) goes at once, not after
+                // CRIU's delayed ACK.
+                let _ = criu.set_nodelay(true);
                 if let Ok(carrying) = conn.attach(criu.into()) {
                     carrying.wait();
                 }
@@ -413,6 +417,8 @@ fn dial(addr: SocketAddr, stop: &AtomicBool) -> io::Result<TcpStream> {
     let deadline = Instant::now() + ACCEPT_WAIT;
     loop {
         if is_own_socket(&s)? {
+            // The lazy-pages daemon's requests reach the dump at once.
+            s.set_nodelay(true)?;
             return Ok(s);
         }
         if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
