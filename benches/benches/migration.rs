@@ -10,6 +10,9 @@
 //! repetition measures a local baseline interleaved with them: a dump of
 //! the same workload to tmpfs plus a restore from it on the same host
 //! (`local-tmpfs`), the floor a stop-and-copy migration is held against.
+//! The strategies (each over each transport) and the baseline run in an
+//! order rotated by one place per repetition, so that no row always
+//! follows the same one.
 //!
 //! Sizes: `CRIU_RS_BENCH_MIGRATION_SIZES` (MiB, default `16`; the
 //! published run uses `16,256,1024`). Strategies:
@@ -139,6 +142,19 @@ impl Runs {
         self.bytes.push(r.cost.transfer_bytes as f64);
         let v = serde_json::to_value(r).unwrap_or_default();
         self.add_phases(&v["phases"]);
+    }
+
+    /// The local baseline's figures: its dump and its restore.
+    fn add_local(&mut self, dump: Duration, restore: Duration) {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        self.down.push(ms(dump + restore));
+        self.total.push(ms(dump + restore));
+        self.bytes.push(0.0);
+        self.phases.entry("dump".into()).or_default().push(ms(dump));
+        self.phases
+            .entry("restore".into())
+            .or_default()
+            .push(ms(restore));
     }
 }
 
@@ -310,6 +326,22 @@ fn local_dump_restore(mib: usize) -> (Duration, Duration) {
     (dump, restore)
 }
 
+/// One run of a repetition: a migration, or the local baseline.
+#[derive(Clone, Copy)]
+enum Run {
+    Migrate(Strategy, Security),
+    Local,
+}
+
+/// `order` rotated left by `rep` places.
+fn rotated<T: Clone>(order: &[T], rep: usize) -> Vec<T> {
+    let mut v = order.to_vec();
+    if !v.is_empty() {
+        v.rotate_left(rep % order.len());
+    }
+    v
+}
+
 fn main() {
     // `cargo bench` passes --bench; a filter argument is not supported here.
     if std::env::args().any(|a| a == "--list") {
@@ -322,19 +354,36 @@ fn main() {
     for mib in migration_sizes() {
         let mut by: BTreeMap<String, Runs> = BTreeMap::new();
         // Interleaved: each repetition runs every strategy and the local
-        // baseline once, so drift on this shared machine falls on all.
+        // baseline once, so drift on this shared machine falls on all;
+        // and in an order rotated by one each time, so that no row always
+        // follows the same one (on this VM a restore is slow or fast by
+        // what the run before it freed: BENCHMARKS.md, "Stop-and-copy's
+        // restore on a fresh machine").
+        let order: Vec<Run> = strategies()
+            .into_iter()
+            .flat_map(|s| transports().into_iter().map(move |t| Run::Migrate(s, t)))
+            .chain([Run::Local])
+            .collect();
         for rep in 0..reps {
-            for &strategy in &strategies() {
-                for security in transports() {
-                    let name = row_name(strategy, security);
-                    let start = Instant::now();
-                    match migrate_workload_over(security, strategy, &format!("memory:{mib}"), mib, Duration::from_millis(300), |_, _| {}) {
-                        Ok(r) if r.continued && r.memory_intact != Some(false) => {
-                            by.entry(name).or_default().add_migration(&r, start.elapsed());
-                        }
-                        Ok(r) => panic!("{name} {mib} MiB run {rep}: the workload did not continue correctly: {r:?}"),
-                        Err(e) => panic!("{name} {mib} MiB run {rep}: {e}"),
+            for run in rotated(&order, rep) {
+                let (strategy, security) = match run {
+                    Run::Migrate(strategy, security) => (strategy, security),
+                    Run::Local => {
+                        let (dump, restore) = local_dump_restore(mib);
+                        by.entry(LOCAL.to_string())
+                            .or_default()
+                            .add_local(dump, restore);
+                        continue;
                     }
+                };
+                let name = row_name(strategy, security);
+                let start = Instant::now();
+                match migrate_workload_over(security, strategy, &format!("memory:{mib}"), mib, Duration::from_millis(300), |_, _| {}) {
+                    Ok(r) if r.continued && r.memory_intact != Some(false) => {
+                        by.entry(name).or_default().add_migration(&r, start.elapsed());
+                    }
+                    Ok(r) => panic!("{name} {mib} MiB run {rep}: the workload did not continue correctly: {r:?}"),
+                    Err(e) => panic!("{name} {mib} MiB run {rep}: {e}"),
                 }
             }
             if with_lazy_restore() {
@@ -378,17 +427,6 @@ fn main() {
                     }
                 }
             }
-            let (dump, restore) = local_dump_restore(mib);
-            let runs = by.entry(LOCAL.to_string()).or_default();
-            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-            runs.down.push(ms(dump + restore));
-            runs.total.push(ms(dump + restore));
-            runs.bytes.push(0.0);
-            runs.phases.entry("dump".into()).or_default().push(ms(dump));
-            runs.phases
-                .entry("restore".into())
-                .or_default()
-                .push(ms(restore));
         }
         let names = Strategy::ALL
             .iter()
