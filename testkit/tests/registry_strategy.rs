@@ -90,47 +90,130 @@ fn client() -> Registry {
     .unwrap()
 }
 
+/// The destination's side, through `b`: pulls what the source names
+/// under `reg`'s `criu-rs/` repositories. (Not a method of [`Scene`]: it
+/// borrows the client alone, and the workload stays free to change.)
+fn pull_from<'r>(reg: &RegistryHost, b: &'r Registry) -> PullFrom<'r> {
+    let prefix = format!("{}/criu-rs/", reg.address());
+    PullFrom::new(b, &prefix, Limits::default())
+}
+
+/// A move's setting: two hosts, a registry host beside them with a fresh
+/// reference and a client of it on each host, and a counting workload of
+/// `mib` MiB on host a, writing to `out`. Dropped in field order: the
+/// workload first, the hosts and the directory last.
+struct Scene {
+    w: Workload,
+    /// The workload's memory checksum before the move.
+    sum: String,
+    out: std::path::PathBuf,
+    /// The registry's client on host a (the source's).
+    a: Registry,
+    /// Its client on host b (the destination's).
+    b: Registry,
+    reference: String,
+    reg: RegistryHost,
+    hosts: TwoHosts,
+    dir: tempfile::TempDir,
+}
+
+impl Scene {
+    /// The setting, its workload counting past `seq`; `name` names the
+    /// reference's repository.
+    fn new(name: &str, mib: usize, seq: u64) -> Scene {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = TwoHosts::new().unwrap();
+        let reg = RegistryHost::start(&hosts, None).unwrap();
+        let reference = reg.fresh_reference(name);
+        let (a, b) = reg.clients(&hosts, &reference).unwrap();
+        let out = dir.path().join("out.log");
+        let w = fixture::counter_on(&hosts.a, &out, mib);
+        let sum = w.memory_checksum().unwrap();
+        w.wait_for_seq(seq, WAIT).unwrap();
+        Scene {
+            w,
+            sum,
+            out,
+            a,
+            b,
+            reference,
+            reg,
+            hosts,
+            dir,
+        }
+    }
+
+    /// Moves the workload from host a to host b with `push`, the source
+    /// cancelled by `cancel`.
+    fn move_with(
+        &self,
+        push: &mut (dyn SourceStrategy + Send),
+        pull: &mut PullFrom<'_>,
+        cancel: &Cancel,
+    ) -> Move {
+        move_tree(
+            &self.hosts,
+            self.w.pid(),
+            self.dir.path(),
+            push,
+            pull,
+            cancel,
+        )
+    }
+
+    /// What must hold after a move from host a that failed: the workload
+    /// runs on, on host a, its memory intact, with no copy of it
+    /// elsewhere, no process left on host b, nothing in the destination's
+    /// work directory.
+    fn only_the_source_runs(&mut self) {
+        let w = &mut self.w;
+        assert!(w.is_running() && w.advances(WAIT), "the source runs on");
+        let (now, ok) = w.verify_memory(w.pid(), WAIT).unwrap();
+        assert!(ok && now == self.sum, "its memory is intact");
+        let copies = aftermath::copies(Path::new(BIN), &self.out);
+        assert_eq!(copies.len(), 1, "exactly one copy runs: {copies:?}");
+        let on_b = aftermath::netns_pids(&self.hosts.b).unwrap();
+        assert!(on_b.is_empty(), "no process on host b: {on_b:?}");
+        let left: Vec<_> = std::fs::read_dir(self.dir.path().join("dst"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "nothing left on the destination: {left:?}");
+        let ticks = w.ticks();
+        assert!(
+            ticks.iter().enumerate().all(|(i, t)| t.seq == i as u64 + 1),
+            "the counter went on where it stopped"
+        );
+    }
+}
+
 #[test]
 fn the_registry_strategy_moves_a_live_workload_through_a_registry() {
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = TwoHosts::new().unwrap();
-    let reg = RegistryHost::start(&hosts, None).unwrap();
-    let reference = reg.fresh_reference("strategy");
-    let (a, b) = reg.clients(&hosts, &reference).unwrap();
     // Several 32 MiB parts of pages, pushed while CRIU writes them and
     // fetched by the destination as the source announces them.
-    let mut w = fixture::counter_on(&hosts.a, &dir.path().join("out.log"), 130);
-    let sum = w.memory_checksum().unwrap();
-    w.wait_for_seq(50, WAIT).unwrap();
-
-    let mut push = PushTo::new(&a, &reference, "counter");
-    let prefix = format!("{}/criu-rs/", reg.address());
-    let mut pull = PullFrom::new(&b, &prefix, Limits::default());
-    let run = move_tree(
-        &hosts,
-        w.pid(),
-        dir.path(),
-        &mut push,
-        &mut pull,
-        &Cancel::new(),
-    );
+    let mut sc = Scene::new("strategy", 130, 50);
+    let mut push = PushTo::new(&sc.a, &sc.reference, "counter");
+    let mut pull = pull_from(&sc.reg, &sc.b);
+    let run = sc.move_with(&mut push, &mut pull, &Cancel::new());
     let src = run.src.unwrap_or_else(|e| panic!("source: {e}"));
     let dst = run.dst.unwrap_or_else(|e| panic!("destination: {e}"));
 
     // The source copy is gone: killed once the destination kept its own.
-    w.reap(WAIT).unwrap();
-    let seq_at_stop = w.last_seq();
+    sc.w.reap(WAIT).unwrap();
+    let seq_at_stop = sc.w.last_seq();
     let pid = dst.child.pid();
     assert_eq!(src.restored_pid, pid);
     assert!(dst.source_confirmed, "the source confirmed its end");
-    assert_eq!(netns_of(pid).unwrap(), hosts.b.netns_inode().unwrap());
-    w.wait_for_seq(seq_at_stop + 50, WAIT).unwrap();
-    let (sum_after, ok) = w.verify_memory(pid, WAIT).unwrap();
-    assert!(ok && sum_after == sum, "the memory pattern crossed intact");
+    assert_eq!(netns_of(pid).unwrap(), sc.hosts.b.netns_inode().unwrap());
+    sc.w.wait_for_seq(seq_at_stop + 50, WAIT).unwrap();
+    let (sum_after, ok) = sc.w.verify_memory(pid, WAIT).unwrap();
+    assert!(
+        ok && sum_after == sc.sum,
+        "the memory pattern crossed intact"
+    );
     // Both copies write the one log: a source that ran on after its dump
     // (not held while the image crossed the registry) would repeat
     // numbers the destination writes again.
-    let ticks = w.ticks();
+    let ticks = sc.w.ticks();
     assert!(
         ticks.iter().enumerate().all(|(i, t)| t.seq == i as u64 + 1),
         "no repeat, no reset"
@@ -167,7 +250,7 @@ fn the_registry_strategy_moves_a_live_workload_through_a_registry() {
         push_ended.saturating_duration_since(fetched),
         push_ended.checked_duration_since(written)
     );
-    assert_eq!(pulled.reference, reference);
+    assert_eq!(pulled.reference, sc.reference);
     assert_eq!(pulled.layer_digest, pushed.layer_digest);
     assert_eq!(pulled.pull.layer_bytes, pushed.push.layer_bytes);
     drop(dst);
@@ -335,74 +418,21 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Live processes of the workload's binary that name `out` (the source
-/// copy, and any restored copy).
-fn copies(out: &Path) -> usize {
-    let out = out.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            cmd.starts_with(BIN) && cmd.contains(&out) && criu_testkit::alive(pid)
-        })
-        .count()
-}
-
-/// What must hold after a move from host a that failed: the workload
-/// runs on, on host a, its memory intact (`sum`), with no copy of it
-/// elsewhere, no process left on host b, nothing in the destination's
-/// work directory.
-fn only_the_source_runs(w: &mut Workload, sum: &str, hosts: &TwoHosts, out: &Path, dir: &Path) {
-    assert!(w.is_running() && w.advances(WAIT), "the source runs on");
-    let (now, ok) = w.verify_memory(w.pid(), WAIT).unwrap();
-    assert!(ok && now == sum, "its memory is intact");
-    assert_eq!(copies(out), 1, "exactly one copy runs");
-    let on_b = aftermath::netns_pids(&hosts.b).unwrap();
-    assert!(on_b.is_empty(), "no process on host b: {on_b:?}");
-    let left: Vec<_> = std::fs::read_dir(dir.join("dst")).unwrap().collect();
-    assert!(left.is_empty(), "nothing left on the destination: {left:?}");
-    let ticks = w.ticks();
-    assert!(
-        ticks.iter().enumerate().all(|(i, t)| t.seq == i as u64 + 1),
-        "the counter went on where it stopped"
-    );
-}
-
 #[test]
 fn a_destination_refuses_a_manifest_of_other_parts_than_the_announced_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = TwoHosts::new().unwrap();
-    let reg = RegistryHost::start(&hosts, None).unwrap();
-    let reference = reg.fresh_reference("liar");
-    let (a, b) = reg.clients(&hosts, &reference).unwrap();
     // 72 MiB of pages: three parts of at most 32 MiB.
-    let out = dir.path().join("out.log");
-    let mut w = fixture::counter_on(&hosts.a, &out, 72);
-    let sum = w.memory_checksum().unwrap();
-    w.wait_for_seq(20, WAIT).unwrap();
-
+    let mut sc = Scene::new("liar", 72, 20);
     // Only the first part announced: a prefix of the parts, which the
     // destination fetches as it would a true source's.
     let mut liar = Liar {
-        registry: &a,
-        reg: &reg,
-        reference: reference.clone(),
+        registry: &sc.a,
+        reg: &sc.reg,
+        reference: sc.reference.clone(),
         announce: 1,
         listed: Vec::new(),
     };
-    let prefix = format!("{}/criu-rs/", reg.address());
-    let mut pull = PullFrom::new(&b, &prefix, Limits::default());
-    let run = move_tree(
-        &hosts,
-        w.pid(),
-        dir.path(),
-        &mut liar,
-        &mut pull,
-        &Cancel::new(),
-    );
+    let mut pull = pull_from(&sc.reg, &sc.b);
+    let run = sc.move_with(&mut liar, &mut pull, &Cancel::new());
     let listed = liar.listed.len();
     assert!(
         listed >= 3,
@@ -417,9 +447,7 @@ fn a_destination_refuses_a_manifest_of_other_parts_than_the_announced_ones() {
     assert!(pull.pulled().is_none(), "nothing pulled");
     let e = run.src.expect_err("the source hears of the refusal");
     assert_eq!(e.source_state(), Some(SourceState::Resumed), "{e}");
-    only_the_source_runs(&mut w, &sum, &hosts, &out, dir.path());
-    drop(w);
-    drop(reg);
+    sc.only_the_source_runs();
 }
 
 #[test]
@@ -444,21 +472,11 @@ enum Hook {
 /// Cancels the source of a 192 MiB move (six parts) at `hook`, while the
 /// other parts are still dumped and pushed.
 fn cancel_during_the_overlap(hook: Hook) {
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = TwoHosts::new().unwrap();
-    let reg = RegistryHost::start(&hosts, None).unwrap();
-    let reference = reg.fresh_reference("cancelled");
-    let (a, b) = reg.clients(&hosts, &reference).unwrap();
-    let out = dir.path().join("out.log");
-    let mut w = fixture::counter_on(&hosts.a, &out, 192);
-    let sum = w.memory_checksum().unwrap();
-    w.wait_for_seq(20, WAIT).unwrap();
-
+    let mut sc = Scene::new("cancelled", 192, 20);
     let cancel = Cancel::new();
-    let mut push = PushTo::new(&a, &reference, "counter");
-    let prefix = format!("{}/criu-rs/", reg.address());
-    let mut pull = PullFrom::new(&b, &prefix, Limits::default());
-    let (_, repo) = reference.split_once('/').unwrap();
+    let mut push = PushTo::new(&sc.a, &sc.reference, "counter");
+    let mut pull = pull_from(&sc.reg, &sc.b);
+    let (_, repo) = sc.reference.split_once('/').unwrap();
     let (repo, _) = repo.rsplit_once(':').unwrap();
     // A blob's upload ends with its PUT; only the destination gets blobs
     // before the manifest is pushed: the parts the source announced.
@@ -471,7 +489,7 @@ fn cancel_during_the_overlap(hook: Hook) {
     let (run, at_cancel) = std::thread::scope(|s| {
         let watcher = s.spawn(|| {
             while moving.load(std::sync::atomic::Ordering::Acquire) {
-                let requests = reg.requests();
+                let requests = sc.reg.requests();
                 if requests.iter().any(|r| r.starts_with(&seen)) {
                     cancel.cancel();
                     return Some(requests);
@@ -480,7 +498,7 @@ fn cancel_during_the_overlap(hook: Hook) {
             }
             None
         });
-        let run = move_tree(&hosts, w.pid(), dir.path(), &mut push, &mut pull, &cancel);
+        let run = sc.move_with(&mut push, &mut pull, &cancel);
         moving.store(false, std::sync::atomic::Ordering::Release);
         (run, watcher.join().unwrap())
     });
@@ -511,15 +529,14 @@ fn cancel_during_the_overlap(hook: Hook) {
     );
     assert_eq!(dm.source_state(), SourceState::Resumed, "{}", chain(&d));
     assert!(push.pushed().is_none() && pull.pulled().is_none());
-    only_the_source_runs(&mut w, &sum, &hosts, &out, dir.path());
-    drop(w);
+    sc.only_the_source_runs();
+    drop(sc.w);
     // Nothing of the move in /dev/shm (this test's own): the registry's
     // directory only.
-    let registry_dir = reg.storage().parent().unwrap().to_path_buf();
+    let registry_dir = sc.reg.storage().parent().unwrap().to_path_buf();
     let left: Vec<_> = aftermath::shm_entries()
         .into_iter()
         .filter(|p| *p != registry_dir)
         .collect();
     assert!(left.is_empty(), "left in /dev/shm: {left:?}");
-    drop(reg);
 }
