@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Proves that the CRIU on PATH carries the page-server fix of
-# patches/criu-page-server-uncork.patch (docs/page-server-stall.md):
+# Proves that the CRIU on PATH carries the page-server fixes of
+# patches/criu-page-server-uncork.patch (docs/page-server-stall.md) and
+# patches/criu-xfer-pipe-size.patch (docs/page-server-pipe.md):
 # dumps a 16 MiB workload with `criu dump --page-server` into a real
 # `criu page-server` on loopback, several times, and fails unless CRIU's
 # own frozen time (stats-dump) stays far below the 200 ms that Linux holds
 # a corked TCP frame. An unpatched CRIU 4.2.1 keeps the tasks frozen
 # >= 200 ms on every run (it waits for the page server's answer to a close
 # request that is still sitting in its corked socket); a patched one ~20 ms.
+# And the page server must receive the pages through a 1 MiB pipe (its
+# debug log names the size; an unpatched one keeps 64 KiB), wherever
+# /proc/sys/fs/pipe-max-size allows 1 MiB.
 #
 # This is a behaviour check, not a benchmark: the limit sits between the
 # two modes with a wide margin on both sides (see the doc for the numbers).
@@ -130,6 +134,23 @@ finished() {
   [ -z "$state" ] || [ "$state" = Z ]
 }
 
+# The page server's receiving pipe, from its log, must be 1 MiB where the
+# system allows it.
+PIPE_WANT=$((1 << 20))
+check_pipe_size() {
+  local log=$1 got max
+  got=$(sed -n 's/.*Created xfer pipe size \([0-9]*\).*/\1/p' "$log" | head -n1)
+  [ -n "$got" ] || die "the page server's log ($log) does not name its pipe size"
+  max=$(cat /proc/sys/fs/pipe-max-size)
+  if [ "$max" -lt "$PIPE_WANT" ]; then
+    echo "check-page-server: NOT CHECKED: the pipe size (pipe-max-size is $max, under $PIPE_WANT)"
+    return 0
+  fi
+  [ "$got" -eq "$PIPE_WANT" ] \
+    || die "the page server received pages through a $got-byte pipe, not $PIPE_WANT: is patches/criu-xfer-pipe-size.patch applied? Re-run scripts/setup.sh; see docs/page-server-pipe.md"
+  pipe_bytes=$got
+}
+
 # One dump through the page server; sets run_ms to CRIU's frozen time.
 one_run() {
   local n=$1 src="$work/src-$1" dst="$work/dst-$1" port server_pid
@@ -153,6 +174,7 @@ one_run() {
   got=$(cat "$dst"/pages-*.img 2>/dev/null | wc -c)
   [ "$got" -ge "$want" ] || die "the page server received $got bytes of pages, expected >= $want"
   ! compgen -G "$src/pages-*.img" >/dev/null || die "pages were written locally, not sent to the page server"
+  check_pipe_size "$dst/server.log"
   local us
   us=$(frozen_us "$src/stats-dump") || die "cannot read frozen_time from $src/stats-dump"
   run_ms=$((us / 1000))
@@ -164,7 +186,7 @@ for n in $(seq 1 "$RUNS"); do
   frozen+=("$run_ms")
 done
 median=$(printf '%s\n' "${frozen[@]}" | sort -n | sed -n "$(((RUNS + 1) / 2))p")
-echo "check-page-server: $("$CRIU" --version | awk '/^Version:/ {print $2}'), ${MIB} MiB through a page server on loopback: frozen ${frozen[*]} ms (median $median, limit $LIMIT_MS)"
+echo "check-page-server: $("$CRIU" --version | awk '/^Version:/ {print $2}'), ${MIB} MiB through a page server on loopback: frozen ${frozen[*]} ms (median $median, limit $LIMIT_MS), receiving pipe ${pipe_bytes:-unchecked} bytes"
 if [ "$median" -ge "$LIMIT_MS" ]; then
   die "CRIU kept the tasks frozen ${median} ms (median): its page-server close request waits in a corked socket (~200 ms). Is patches/criu-page-server-uncork.patch applied? Re-run scripts/setup.sh; see docs/page-server-stall.md"
 fi
