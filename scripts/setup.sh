@@ -160,7 +160,7 @@ criu_ok() {
       return 1
     fi
   elif [ -n "$(criu_patches)" ]; then
-    log "note: CRIU at $bin was not built by this script and lacks the patches in $PATCH_DIR: dumps through a page server stay frozen ~200 ms longer (docs/page-server-stall.md), scripts/check-page-server.sh will fail, and without soft-dirty bits pre-dumps are unsupported (docs/precopy-uffd.md)"
+    log "note: CRIU at $bin was not built by this script and lacks the patches in $PATCH_DIR: dumps through a page server stay frozen ~200 ms longer (docs/page-server-stall.md) and write their pages at half speed (docs/page-server-pipe.md), scripts/check-page-server.sh will fail, and without soft-dirty bits pre-dumps are unsupported (docs/precopy-uffd.md)"
   fi
   log "CRIU $v at $bin passes 'criu check'; keeping it"
 }
